@@ -1,0 +1,53 @@
+// FP8 E4M3 weights with FP32 scales, per tensor or per output channel (row).
+// weight_scale = amax / 448; code = E4M3_satfinite_RNE(w / weight_scale); value = code · weight_scale.
+// Spec: shared/reference/autoquantize-numerics.md §2.5, §3 (multiplier MSE).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "formats/weight_view.hpp"
+
+namespace mixq {
+
+inline constexpr float kE4M3Max = 448.0f;
+
+enum class fp8_granularity : uint8_t { per_tensor, per_channel };
+enum class fp8_selector : uint8_t { max, mse };  // mse: amax × c over the MSE multipliers, least error
+
+struct fp8_options {
+  fp8_granularity granularity = fp8_granularity::per_tensor;
+  fp8_selector selector = fp8_selector::max;
+  float amax = 0.0f;                     // > 0: per-tensor amax to use (shared by fused siblings)
+  std::span<const float> multipliers{};  // empty = default_mse_multipliers()
+  nonfinite_policy nonfinite = nonfinite_policy::reject;
+};
+
+struct fp8_weight {
+  int64_t rows = 0, cols = 0;
+  std::vector<float> scales;   // 1 (per tensor) or rows (per channel)
+  std::vector<uint8_t> codes;  // [rows, cols] E4M3 bits
+
+  float scale_of_row(int64_t r) const { return scales.size() == 1 ? scales[0] : scales[size_t(r)]; }
+};
+
+// amax / 448, with an all-zero (or denormal) amax treated as 1.
+float fp8_scale_for_amax(float amax);
+inline uint8_t fp8_code(float w, float scale);
+
+// Squared error of FP8 with `scale`: per row in double, then the row sums in row order (the order
+// every implementation keeps, so MSE choices agree bit for bit).
+double fp8_row_sq_error(const float* row, int64_t n, float scale);
+double fp8_sq_error(const weight_view& w, float scale);
+
+fp8_weight fp8_quantize(const weight_view& w, const fp8_options& options = {});
+void fp8_dequantize(const fp8_weight& q, std::span<float> out);
+
+}  // namespace mixq
+
+#include "formats/minifloat.hpp"
+
+namespace mixq {
+inline uint8_t fp8_code(float w, float scale) { return e4m3_encode(w / scale); }
+}  // namespace mixq

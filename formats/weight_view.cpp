@@ -1,0 +1,32 @@
+#include "formats/weight_view.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+namespace mixq {
+
+std::string describe_index(const weight_view& w, int64_t flat_index) {
+  return fmt::format("tensor '{}' [{}, {}] (flat index {})", w.name, flat_index / w.cols, flat_index % w.cols,
+                     flat_index);
+}
+
+std::string nonfinite_message(const weight_view& w, int64_t flat_index, float value, int64_t count) {
+  return fmt::format("{} is {} ({} non-finite value{} in the tensor); refusing to quantize it "
+                     "(fix the checkpoint, or allow with --nonfinite=zero to count them and quantize them as 0)",
+                     describe_index(w, flat_index), value, count, count == 1 ? "" : "s");
+}
+
+nonfinite_report check_finite(const weight_view& w, nonfinite_policy policy) {
+  nonfinite_report report;
+  const int64_t n = w.size();
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isfinite(w.data[i])) continue;
+    if (report.count++ == 0) report.first_index = i;
+  }
+  if (report.count > 0 && policy == nonfinite_policy::reject)
+    throw format_error(nonfinite_message(w, report.first_index, w.data[report.first_index], report.count));
+  return report;
+}
+
+}  // namespace mixq

@@ -1,0 +1,277 @@
+#include "kernels/cpu/quantize.hpp"
+
+#include <cmath>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "formats/minifloat.hpp"
+#include "formats/packing.hpp"
+
+namespace mixq::cpu {
+namespace {
+
+void require_shape(const source_matrix& w, format_id format) {
+  if (auto why = format_cannot_hold(format, w.rows, w.cols))
+    throw format_error(fmt::format("tensor '{}': {}", w.name, *why));
+}
+
+void require_output(std::span<float> out, int64_t n, std::string_view what) {
+  if (int64_t(out.size()) != n) throw format_error(fmt::format("{}: output holds {} values, need {}", what, out.size(), n));
+}
+
+// The exhaustive E4M3 scale sweep, pruned without changing its answer: a candidate whose error on
+// the block's largest element alone already exceeds the best full error cannot win (the block
+// error is a sum of non-negative terms, and rounding keeps a float sum >= each of its terms).
+// Seeded with the max-rule scale; ties go to the smallest code, as in the reference's ascending scan.
+uint8_t fp8_sweep_pruned(const float* x, float block_amax, float global_amax, float normalizer, float ws2) {
+  const float* e4m3 = e4m3_decode_table();
+  uint8_t best_bits = e4m3_encode(nvfp4_block_scale_f32(block_amax, global_amax, normalizer));
+  float best = nvfp4_block_sq_error(x, e4m3[best_bits] * ws2);
+  for (uint8_t bits = 1; bits <= 0x7e; ++bits) {
+    const float scale = e4m3[bits] * ws2;
+    const float d = e2m1_round_magnitude(block_amax / scale) * scale;
+    if ((block_amax - d) * (block_amax - d) > best) continue;
+    const float err = nvfp4_block_sq_error(x, scale);
+    if (err < best || (err == best && bits < best_bits)) best = err, best_bits = bits;
+  }
+  return best_bits;
+}
+
+// Quantizes every block of w with one normalizer; per-block squared errors go to block_errors
+// (summed afterwards in block order, as the reference does).
+nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, float global_amax, float normalizer,
+                                   const nvfp4_options& options, std::vector<float>& block_errors) {
+  nvfp4_weight q;
+  q.rows = w.rows;
+  q.cols = w.cols;
+  q.normalizer = normalizer;
+  q.global_scale = nvfp4_global_scale(global_amax, normalizer);
+  const int64_t blocks = w.size() / kNvfp4Block;
+  q.packed.resize(size_t(w.size() / 2));
+  q.block_scales.resize(size_t(blocks));
+  block_errors.resize(size_t(blocks));
+  const std::span<const float> multipliers =
+      options.multipliers.empty() ? default_mse_multipliers() : options.multipliers;
+  const bool sweep = options.selector == nvfp4_selector::mse_fp8_sweep ||
+                     options.selector == nvfp4_selector::mse_four_over_six;
+  const float ws2 = q.global_scale;
+  const float* e4m3 = e4m3_decode_table();
+
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t b = 0; b < blocks; ++b) {
+    float x[kNvfp4Block];
+    load_f32(w, b * kNvfp4Block, kNvfp4Block, x, zero_nonfinite);
+    float block_amax = 0.0f;
+    for (int i = 0; i < kNvfp4Block; ++i) block_amax = std::fmax(block_amax, std::fabs(x[i]));
+    const uint8_t bits = sweep ? fp8_sweep_pruned(x, block_amax, global_amax, normalizer, ws2)
+                               : nvfp4_choose_block_scale(x, block_amax, global_amax, normalizer, options.selector,
+                                                          multipliers);
+    q.block_scales[size_t(b)] = bits;
+    block_errors[size_t(b)] = nvfp4_encode_block(x, e4m3[bits] * ws2, q.packed.data() + b * (kNvfp4Block / 2));
+  }
+  return q;
+}
+
+double sum_in_order(const std::vector<float>& v) {
+  double s = 0.0;
+  for (float x : v) s += x;
+  return s;
+}
+
+}  // namespace
+
+nvfp4_weight nvfp4_quantize(const source_matrix& w, const nvfp4_options& options) {
+  require_shape(w, format_id::nvfp4);
+  const source_scan scan = scan_source(w);
+  const bool zero = apply_nonfinite_policy(w, scan, options.nonfinite);
+  const float global_amax = options.global_amax > 0.0f ? options.global_amax : scan.amax;
+  std::vector<float> errors;
+  switch (options.selector) {
+    case nvfp4_selector::four_over_six:
+      return nvfp4_with_normalizer(w, zero, global_amax, kNvfp4FourOverSixNormalizer, options, errors);
+    case nvfp4_selector::mse_four_over_six: {
+      std::vector<float> narrow_errors;
+      nvfp4_weight standard = nvfp4_with_normalizer(w, zero, global_amax, kNvfp4Normalizer, options, errors);
+      nvfp4_weight narrow =
+          nvfp4_with_normalizer(w, zero, global_amax, kNvfp4FourOverSixNormalizer, options, narrow_errors);
+      return sum_in_order(narrow_errors) < sum_in_order(errors) ? narrow : standard;
+    }
+    default: return nvfp4_with_normalizer(w, zero, global_amax, kNvfp4Normalizer, options, errors);
+  }
+}
+
+void nvfp4_dequantize(const nvfp4_weight& q, std::span<float> out) {
+  require_output(out, q.rows * q.cols, "nvfp4_dequantize");
+  const int64_t blocks = q.rows * q.cols / kNvfp4Block;
+  const float* e4m3 = e4m3_decode_table();
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float scale = e4m3[q.block_scales[size_t(b)]] * q.global_scale;
+    const uint8_t* p = q.packed.data() + b * (kNvfp4Block / 2);
+    float* o = out.data() + b * kNvfp4Block;
+    for (int i = 0; i < kNvfp4Block; ++i) {
+      const uint8_t nib = (i & 1) ? uint8_t(p[i / 2] >> 4) : uint8_t(p[i / 2] & 0xF);
+      const float m = kE2M1Magnitudes[nib & 7];
+      o[i] = ((nib & 8) ? -m : m) * scale;
+    }
+  }
+}
+
+fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
+  if (w.rows <= 0 || w.cols <= 0) throw format_error(fmt::format("tensor '{}': empty shape", w.name));
+  const source_scan scan = scan_source(w);
+  const bool zero = apply_nonfinite_policy(w, scan, options.nonfinite);
+  const std::span<const float> multipliers =
+      options.multipliers.empty() ? default_mse_multipliers() : options.multipliers;
+  const bool per_tensor = options.granularity == fp8_granularity::per_tensor;
+  const bool mse = options.selector == fp8_selector::mse;
+  const size_t n_cand = mse ? multipliers.size() : 1;
+  const float tensor_amax = options.amax > 0.0f ? options.amax : scan.amax;
+
+  fp8_weight q;
+  q.rows = w.rows;
+  q.cols = w.cols;
+  q.codes.resize(size_t(w.size()));
+  q.scales.assign(per_tensor ? 1 : size_t(w.rows), 0.0f);
+  // Per-row squared error of every candidate scale (MSE only): rows in parallel, each read once.
+  std::vector<double> row_err(mse ? size_t(w.rows) * n_cand : 0);
+
+#pragma omp parallel
+  {
+    std::vector<float> x(size_t(w.cols));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < w.rows; ++r) {
+      load_f32(w, r * w.cols, int(w.cols), x.data(), zero);
+      float amax = tensor_amax;
+      if (!per_tensor) {
+        amax = 0.0f;
+        for (float v : x) amax = std::fmax(amax, std::fabs(v));
+      }
+      if (mse)
+        for (size_t c = 0; c < n_cand; ++c)
+          row_err[size_t(r) * n_cand + c] = fp8_row_sq_error(x.data(), w.cols, fp8_scale_for_amax(amax * multipliers[c]));
+      if (!per_tensor) {
+        size_t best = 0;
+        for (size_t c = 1; c < n_cand; ++c)
+          if (row_err[size_t(r) * n_cand + c] < row_err[size_t(r) * n_cand + best]) best = c;
+        q.scales[size_t(r)] = fp8_scale_for_amax(mse ? amax * multipliers[best] : amax);
+      }
+    }
+  }
+  if (per_tensor) {
+    float scale = fp8_scale_for_amax(tensor_amax);
+    if (mse) {
+      double best = INFINITY;
+      for (size_t c = 0; c < n_cand; ++c) {
+        double total = 0.0;  // rows in order, as fp8_sq_error sums them
+        for (int64_t r = 0; r < w.rows; ++r) total += row_err[size_t(r) * n_cand + c];
+        if (total < best) best = total, scale = fp8_scale_for_amax(tensor_amax * multipliers[c]);
+      }
+    }
+    q.scales[0] = scale;
+  }
+
+#pragma omp parallel
+  {
+    std::vector<float> x(size_t(w.cols));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < w.rows; ++r) {
+      load_f32(w, r * w.cols, int(w.cols), x.data(), zero);
+      const float scale = q.scale_of_row(r);
+      uint8_t* dst = q.codes.data() + r * w.cols;
+      for (int64_t c = 0; c < w.cols; ++c) dst[c] = fp8_code(x[size_t(c)], scale);
+    }
+  }
+  return q;
+}
+
+void fp8_dequantize(const fp8_weight& q, std::span<float> out) {
+  require_output(out, q.rows * q.cols, "fp8_dequantize");
+  const float* e4m3 = e4m3_decode_table();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < q.rows; ++r) {
+    const float scale = q.scale_of_row(r);
+    for (int64_t c = 0; c < q.cols; ++c) out[size_t(r * q.cols + c)] = e4m3[q.codes[size_t(r * q.cols + c)]] * scale;
+  }
+}
+
+mx_weight mx_quantize(const source_matrix& w, format_id format, nonfinite_policy nonfinite) {
+  if (format != format_id::mxfp4 && format != format_id::mxfp8)
+    throw format_error(fmt::format("mx_quantize: {} is not an MX format", traits_of(format).name));
+  require_shape(w, format);
+  const bool zero = apply_nonfinite_policy(w, scan_source(w), nonfinite);
+  mx_weight q;
+  q.format = format;
+  q.rows = w.rows;
+  q.cols = w.cols;
+  const int64_t blocks = w.size() / kMxBlock;
+  q.scales.resize(size_t(blocks));
+  std::vector<uint8_t> codes(size_t(w.size()));
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    float x[kMxBlock];
+    load_f32(w, b * kMxBlock, kMxBlock, x, zero);
+    q.scales[size_t(b)] = mx_quantize_block(x, format, codes.data() + b * kMxBlock);
+  }
+  mx_store_elements(q, codes);
+  return q;
+}
+
+nf4_weight nf4_quantize(const source_matrix& w, nonfinite_policy nonfinite) {
+  require_shape(w, format_id::nf4);
+  const bool zero = apply_nonfinite_policy(w, scan_source(w), nonfinite);
+  nf4_weight q;
+  q.rows = w.rows;
+  q.cols = w.cols;
+  const int64_t blocks = w.size() / kNf4Block;
+  q.packed.resize(size_t(w.size() / 2));
+  q.scales.resize(size_t(blocks));
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    float x[kNf4Block];
+    load_f32(w, b * kNf4Block, kNf4Block, x, zero);
+    q.scales[size_t(b)] = nf4_quantize_block(x, q.packed.data() + b * (kNf4Block / 2));
+  }
+  return q;
+}
+
+void fake_quant_weight(const source_matrix& w, const weight_quant_spec& spec, std::span<float> out) {
+  require_output(out, w.size(), fmt::format("tensor '{}'", w.name));
+  switch (spec.format) {
+    case format_id::bf16: {
+      const bool zero = apply_nonfinite_policy(w, scan_source(w), spec.nonfinite);
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < w.rows; ++r) {
+        float* o = out.data() + r * w.cols;
+        load_f32(w, r * w.cols, int(w.cols), o, zero);
+        for (int64_t c = 0; c < w.cols; ++c) o[c] = bf16_decode(bf16_encode(o[c]));
+      }
+      return;
+    }
+    case format_id::fp8_per_tensor:
+    case format_id::fp8_per_channel: {
+      fp8_options o;
+      o.granularity = spec.format == format_id::fp8_per_tensor ? fp8_granularity::per_tensor : fp8_granularity::per_channel;
+      o.selector = spec.fp8;
+      o.nonfinite = spec.nonfinite;
+      cpu::fp8_dequantize(cpu::fp8_quantize(w, o), out);
+      return;
+    }
+    case format_id::nvfp4:
+    case format_id::nvfp4_w4a16: {
+      nvfp4_options o;
+      o.selector = spec.nvfp4;
+      o.nonfinite = spec.nonfinite;
+      cpu::nvfp4_dequantize(cpu::nvfp4_quantize(w, o), out);
+      return;
+    }
+    case format_id::mxfp4:
+    case format_id::mxfp8: mixq::mx_dequantize(cpu::mx_quantize(w, spec.format, spec.nonfinite), out); return;
+    case format_id::nf4: mixq::nf4_dequantize(cpu::nf4_quantize(w, spec.nonfinite), out); return;
+    case format_id::count: break;
+  }
+  throw format_error("fake_quant_weight: unknown format");
+}
+
+}  // namespace mixq::cpu

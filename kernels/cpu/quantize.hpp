@@ -1,0 +1,28 @@
+// Fast CPU quantizers: OpenMP over blocks / rows, reading BF16 / F16 / F32 in place, with loops
+// written for the compiler's vectorizer. Each returns exactly (bit for bit) what the scalar
+// reference in formats/ returns for the same values widened to fp32; tests/kernels check it.
+#pragma once
+
+#include <span>
+
+#include "formats/fp8.hpp"
+#include "formats/mx.hpp"
+#include "formats/nf4.hpp"
+#include "formats/nvfp4.hpp"
+#include "formats/weight_fake_quant.hpp"
+#include "kernels/cpu/source_matrix.hpp"
+
+namespace mixq::cpu {
+
+nvfp4_weight nvfp4_quantize(const source_matrix& w, const nvfp4_options& options = {});
+fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options = {});
+mx_weight mx_quantize(const source_matrix& w, format_id format, nonfinite_policy nonfinite = nonfinite_policy::reject);
+nf4_weight nf4_quantize(const source_matrix& w, nonfinite_policy nonfinite = nonfinite_policy::reject);
+
+void nvfp4_dequantize(const nvfp4_weight& q, std::span<float> out);
+void fp8_dequantize(const fp8_weight& q, std::span<float> out);
+
+// The fast twin of mixq::fake_quant_weight.
+void fake_quant_weight(const source_matrix& w, const weight_quant_spec& spec, std::span<float> out);
+
+}  // namespace mixq::cpu

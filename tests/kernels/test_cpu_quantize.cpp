@@ -1,0 +1,133 @@
+// The fast CPU kernels return exactly what the scalar references in formats/ return, for every
+// format and selector, from F32, BF16 and F16 sources, on every kind of test tensor.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "formats/minifloat.hpp"
+#include "kernels/cpu/quantize.hpp"
+#include "../test_tensors.hpp"
+
+namespace mixq {
+namespace {
+
+using testing::all_kinds;
+using testing::test_tensor;
+
+// The same values in each source dtype; the fp32 reference sees the widened values.
+struct sourced {
+  cpu::source_matrix source;
+  std::vector<float> widened;
+  std::vector<uint16_t> half_bits;
+};
+
+sourced as_dtype(const test_tensor& t, cpu::source_dtype dtype) {
+  sourced s;
+  s.widened = t.values;
+  if (dtype != cpu::source_dtype::f32) {
+    s.half_bits.resize(t.values.size());
+    for (size_t i = 0; i < t.values.size(); ++i) {
+      s.half_bits[i] = dtype == cpu::source_dtype::bf16 ? bf16_encode(t.values[i]) : fp16_encode(t.values[i]);
+      s.widened[i] = dtype == cpu::source_dtype::bf16 ? bf16_decode(s.half_bits[i]) : fp16_decode(s.half_bits[i]);
+    }
+  }
+  s.source = {dtype == cpu::source_dtype::f32 ? static_cast<const void*>(s.widened.data()) : s.half_bits.data(),
+              dtype, t.rows, t.cols, t.name};
+  return s;
+}
+
+weight_view view_of(const sourced& s) { return {s.widened.data(), s.source.rows, s.source.cols, s.source.name}; }
+
+const cpu::source_dtype kDtypes[] = {cpu::source_dtype::f32, cpu::source_dtype::bf16, cpu::source_dtype::f16};
+
+TEST(cpu_kernels, nvfp4_every_selector_bit_identical) {
+  const nvfp4_selector selectors[] = {nvfp4_selector::max, nvfp4_selector::mse_multiplier, nvfp4_selector::mse_fp8_sweep,
+                                      nvfp4_selector::four_over_six, nvfp4_selector::mse_four_over_six};
+  for (const auto& t : all_kinds(24, 160, 31))
+    for (auto dtype : kDtypes) {
+      const sourced s = as_dtype(t, dtype);
+      for (auto sel : selectors) {
+        nvfp4_options o;
+        o.selector = sel;
+        const nvfp4_weight ref = nvfp4_quantize(view_of(s), o);
+        const nvfp4_weight fast = cpu::nvfp4_quantize(s.source, o);
+        EXPECT_EQ(fast.global_scale, ref.global_scale) << t.name << " " << selector_name(sel);
+        EXPECT_EQ(fast.normalizer, ref.normalizer) << t.name << " " << selector_name(sel);
+        EXPECT_EQ(fast.block_scales, ref.block_scales) << t.name << " " << selector_name(sel);
+        EXPECT_EQ(fast.packed, ref.packed) << t.name << " " << selector_name(sel);
+        std::vector<float> a(t.values.size()), b(t.values.size());
+        nvfp4_dequantize(ref, a);
+        cpu::nvfp4_dequantize(fast, b);
+        EXPECT_EQ(a, b);
+      }
+    }
+}
+
+TEST(cpu_kernels, fp8_every_granularity_and_selector_bit_identical) {
+  for (const auto& t : all_kinds(16, 96, 41))
+    for (auto dtype : kDtypes) {
+      const sourced s = as_dtype(t, dtype);
+      for (auto gran : {fp8_granularity::per_tensor, fp8_granularity::per_channel})
+        for (auto sel : {fp8_selector::max, fp8_selector::mse}) {
+          fp8_options o;
+          o.granularity = gran;
+          o.selector = sel;
+          const fp8_weight ref = fp8_quantize(view_of(s), o);
+          const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+          EXPECT_EQ(fast.scales, ref.scales) << t.name;
+          EXPECT_EQ(fast.codes, ref.codes) << t.name;
+          std::vector<float> a(t.values.size()), b(t.values.size());
+          fp8_dequantize(ref, a);
+          cpu::fp8_dequantize(fast, b);
+          EXPECT_EQ(a, b);
+        }
+    }
+}
+
+TEST(cpu_kernels, mx_and_nf4_bit_identical) {
+  for (const auto& t : all_kinds(8, 128, 51))
+    for (auto dtype : kDtypes) {
+      const sourced s = as_dtype(t, dtype);
+      for (format_id f : {format_id::mxfp4, format_id::mxfp8}) {
+        const mx_weight ref = mx_quantize(view_of(s), f);
+        const mx_weight fast = cpu::mx_quantize(s.source, f);
+        EXPECT_EQ(fast.scales, ref.scales);
+        EXPECT_EQ(fast.elements, ref.elements);
+      }
+      const nf4_weight ref = nf4_quantize(view_of(s));
+      const nf4_weight fast = cpu::nf4_quantize(s.source);
+      EXPECT_EQ(fast.scales, ref.scales);
+      EXPECT_EQ(fast.packed, ref.packed);
+    }
+}
+
+TEST(cpu_kernels, fake_quant_matches_reference_for_every_format) {
+  const auto t = testing::make_tensor(testing::tensor_kind::heavy_tailed, 16, 128, 61);
+  const sourced s = as_dtype(t, cpu::source_dtype::bf16);
+  for (const auto& f : all_formats()) {
+    weight_quant_spec spec;
+    spec.format = f.id;
+    std::vector<float> a(t.values.size()), b(t.values.size());
+    fake_quant_weight(view_of(s), spec, a);
+    cpu::fake_quant_weight(s.source, spec, b);
+    EXPECT_EQ(a, b) << describe(spec);
+  }
+}
+
+TEST(cpu_kernels, nonfinite_errors_name_the_same_place) {
+  auto t = testing::make_tensor(testing::tensor_kind::normal, 4, 32, 71);
+  t.name = "blk.3.ffn";
+  t.values[70] = -INFINITY;
+  for (auto dtype : kDtypes) {
+    const sourced s = as_dtype(t, dtype);
+    std::string ref_msg, fast_msg;
+    try { nvfp4_quantize(view_of(s)); } catch (const format_error& e) { ref_msg = e.what(); }
+    try { cpu::nvfp4_quantize(s.source); } catch (const format_error& e) { fast_msg = e.what(); }
+    EXPECT_FALSE(ref_msg.empty());
+    EXPECT_EQ(ref_msg, fast_msg);
+    EXPECT_NE(fast_msg.find("[2, 6]"), std::string::npos) << fast_msg;
+  }
+}
+
+}  // namespace
+}  // namespace mixq
