@@ -1,0 +1,36 @@
+// mixq: post-training quantization of LLM checkpoints to NVFP4 / FP8 / BF16.
+#include <cstdio>
+#include <exception>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "pipeline/cli/commands.hpp"
+
+#ifndef MIXQ_VERSION
+#define MIXQ_VERSION "unknown"
+#endif
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "mixq: post-training quantization and mixed-precision search for LLM checkpoints.\n"
+      "Quantizes Hugging Face checkpoints per layer to NVFP4 / FP8 / BF16 (plus MXFP4, MXFP8, NF4),\n"
+      "with max, MSE and four-over-six block-scale selection.\n\n"
+      "Start with:  mixq formats          the formats and what they cost\n"
+      "             mixq qerror           quantization error of every selector on a built-in tensor set\n"
+      "             mixq qerror --model ../shared/models/stories260K\n",
+      "mixq"};
+  app.set_version_flag("--version", std::string("mixq ") + MIXQ_VERSION);
+  app.require_subcommand(1);
+  mixq::cli::add_formats_command(app);
+  mixq::cli::add_qerror_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "mixq: error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
