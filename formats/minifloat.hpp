@@ -16,6 +16,14 @@
 #include <cmath>
 #include <cstdint>
 
+// Marks the few helpers that CUDA kernels (kernels/cuda) share with the CPU code, so that host
+// and device compile the same arithmetic; empty for other compilers.
+#if defined(__CUDACC__)
+#define MIXQ_HD __host__ __device__
+#else
+#define MIXQ_HD
+#endif
+
 namespace mixq {
 
 enum class minifloat_specials : uint8_t {
@@ -53,12 +61,12 @@ float minifloat_max_finite(const minifloat_spec& spec);
 // E2M1 magnitude code (0..7) of a >= 0 by RNE with saturation. The thresholds are the midpoints
 // of the grid; ties at 0.25, 1.25, 2.5, 5 go down and at 0.75, 1.75, 3.5 go up (to the even code).
 // Written as a sum of comparisons so loops over it vectorize.
-inline uint8_t e2m1_magnitude_code(float a) {
+MIXQ_HD inline uint8_t e2m1_magnitude_code(float a) {
   return static_cast<uint8_t>((a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) +
                               (a >= 3.5f) + (a > 5.0f));
 }
 // The E2M1 value a rounds to (same rounding as e2m1_magnitude_code), branch-free.
-inline float e2m1_round_magnitude(float a) {
+MIXQ_HD inline float e2m1_round_magnitude(float a) {
   return 0.5f * float(a > 0.25f) + 0.5f * float(a >= 0.75f) + 0.5f * float(a > 1.25f) + 0.5f * float(a >= 1.75f) +
          float(a > 2.5f) + float(a >= 3.5f) + 2.0f * float(a > 5.0f);
 }

@@ -4,12 +4,14 @@
 #include <chrono>
 #include <fstream>
 #include <map>
+#include <set>
 #include <optional>
 #include <string>
 #include <unistd.h>
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <omp.h>
 
@@ -153,7 +155,8 @@ void run(const options& o) {
   fmt::print("{:<26} {:>8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>9}\n", "format/selector", "eff.bits", "median SNR",
              "worst SNR", "MSE ratio", "unavailable", "time ms", "MB/s");
   nlohmann::json report = {{"source", source_name}, {"baseline", o.baseline}, {"specs", nlohmann::json::array()}};
-  std::map<std::string, std::vector<std::string>> unavailable_reasons;
+  std::map<std::string, std::vector<std::string>> unavailable_reasons;  // format -> distinct reasons
+  std::map<std::string, std::set<std::string>> unavailable_tensors;    // format -> tensors
   for (size_t s = 0; s < specs.size(); ++s) {
     std::vector<double> snr, ratio;
     double worst = INFINITY, seconds = 0, bytes = 0;
@@ -163,7 +166,9 @@ void run(const options& o) {
       const tensor_result& r = results[i][s];
       if (r.unavailable) {
         ++unavailable;
-        unavailable_reasons[r.spec].push_back(std::string(weights[i].name) + ": " + *r.unavailable);
+        auto& reasons = unavailable_reasons[std::string(traits_of(specs[s].format).name)];
+        if (std::find(reasons.begin(), reasons.end(), *r.unavailable) == reasons.end()) reasons.push_back(*r.unavailable);
+        unavailable_tensors[std::string(traits_of(specs[s].format).name)].insert(std::string(weights[i].name));
         per_tensor.push_back({{"tensor", std::string(weights[i].name)}, {"unavailable", *r.unavailable}});
         continue;
       }
@@ -184,10 +189,10 @@ void run(const options& o) {
                                {"median_snr_db", median(snr)}, {"median_mse_ratio", median(ratio)},
                                {"unavailable", unavailable}, {"tensors", per_tensor}});
   }
-  for (const auto& [spec, reasons] : unavailable_reasons) {
-    fmt::print("\n{} unavailable for {} tensor(s):\n", spec, reasons.size());
-    for (size_t k = 0; k < reasons.size() && k < 5; ++k) fmt::print("  {}\n", reasons[k]);
-    if (reasons.size() > 5) fmt::print("  ... and {} more\n", reasons.size() - 5);
+  for (const auto& [format, reasons] : unavailable_reasons) {
+    const auto& tensors = unavailable_tensors[format];
+    fmt::print("\n{} is unavailable for {} tensor(s) ({}{}): {}\n", format, tensors.size(), *tensors.begin(),
+               tensors.size() > 1 ? ", ..." : "", fmt::join(reasons, "; "));
   }
   if (!o.json_path.empty()) {
     std::ofstream(o.json_path) << report.dump(2) << "\n";

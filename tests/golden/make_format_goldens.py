@@ -574,7 +574,21 @@ def explain_nvfp4(case: str, method: str, w: np.ndarray, mo: dict, ref: dict) ->
     dq_m = np_blocks(mo["deq"]).view(np.uint32)
     dq_r = np_blocks(ref["deq"]).view(np.uint32)
     bad = (mo["sf"] != ref["sf"]) | (pk_m != pk_r).any(-1) | (dq_m != dq_r).any(-1)
-    diff_blocks = np.argwhere(bad)
+    zero = bad & (amax_b == 0)
+    if zero.any():
+        zb = [(int(r), int(b)) for r, b in np.argwhere(zero)]
+        sfz = sorted({int(mo["sf"][r, b]) for r, b in zb})
+        notes.append(
+            f"all-zero blocks (row, blk) {zb}: only weight_scale differs, modelopt "
+            + "/".join(f"0x{v:02x}" for v in sfz)
+            + " vs spec 0x38 (=1.0); codes and dequant identical (all 0). Cause: ModelOpt's "
+            "static export (NVFP4QTensor.get_weights_scaling_factor_from_quantizer) replaces "
+            "per_block_scale = amax/6 == 0 by 1.0 BEFORE rescaling by m/(G/6), i.e. "
+            "s = e4m3(clamp(f32(f32(1.0*m)/f32(G/6)), 2^-9, 448)) instead of the spec's s = 1 "
+            "(the dynamic nvfp4_max export and the fp8 sweep, whose zero blocks pick code 1, "
+            "do not have this)"
+        )
+    diff_blocks = np.argwhere(bad & ~zero)
     for r, b in diff_blocks:
         a = amax_b[r, b]
         desc = (
@@ -584,13 +598,7 @@ def explain_nvfp4(case: str, method: str, w: np.ndarray, mo: dict, ref: dict) ->
         )
         if method != "nvfp4_max":
             desc += f"; candidate index modelopt {mo_ch[r, b]} vs numpy {ref['choice'][r, b]}"
-        if a == 0 and method != "nvfp4_mse_fp8_sweep":
-            desc += (
-                "; zero block: ModelOpt's static export (get_weights_scaling_factor_from_quantizer)"
-                " sets per_block_scale=amax/6 := 1.0 when 0 and THEN rescales by m/(G/6), giving"
-                f" e4m3(clamp(6*m/G, 2^-9, 448)); spec sets s=1 (codes/dequant unaffected: all 0)"
-            )
-        elif method != "nvfp4_max":
+        if method != "nvfp4_max":
             # Does ModelOpt's calibration fake quant (no lower clamp, own float32 op order)
             # reproduce ModelOpt's choice?
             if method == "nvfp4_mse_fp8_sweep":
@@ -634,6 +642,42 @@ def explain_nvfp4(case: str, method: str, w: np.ndarray, mo: dict, ref: dict) ->
             )
         notes.append(desc)
     return notes
+
+
+def choice_note(w, method, mres, ref, cdiff) -> str:
+    m = 256.0 if method == "nvfp4_four_over_six" else 448.0
+    G = F32(np.abs(w).max())
+    amax_b = np.abs(np_blocks(w)).max(-1).astype(np.float32)
+    parts = []
+    all_flushed = True
+    for r, b in cdiff:
+        a = amax_b[r, b]
+        mi, ni = int(mres["choice"][r, b]), int(ref["choice"][r, b])
+        if method == "nvfp4_mse_fp8_sweep":
+            cands = np.array([F32(G * F32(F32(E4M3_POS[k]) / F32(448.0))) for k in (mi, ni)])
+        else:
+            cands = (a * _mults_for(method)[[mi, ni]]).astype(np.float32)
+        fq = mo_fakequant_block_scale(cands[None, :], G, m)[0]
+        all_flushed &= bool(fq[1] == 0)
+        parts.append(
+            f"({int(r)},{int(b)}) amax/G={float(a / G):.2g} modelopt {mi} vs numpy {ni}"
+            f" [fake-quant block scale of numpy's pick: {float(fq[1]):.3g}]"
+        )
+    same = all(mres["sf"][r, b] == ref["sf"][r, b] for r, b in cdiff)
+    return (
+        "candidate index (choice_u8_hex, ModelOpt's) differs from the spec's at (row,blk): "
+        + "; ".join(parts)
+        + (
+            ". Exported weight_scale/codes are identical: ModelOpt's calibration fake quant "
+            "(compute_fp4_scales -> _fp8_eager) casts the block scale to E4M3 with no 2^-9 lower "
+            "clamp, so candidates whose scale < 2^-10 flush to 0 (block error = sum w^2) and "
+            "lose to the first candidate whose scale rounds up to 2^-9; the spec clamps every "
+            "such candidate to 2^-9, ties them, and keeps the first (index 0). Both export "
+            "s = 2^-9. numpy_choice_u8_hex holds the spec's indices."
+            if same and all_flushed
+            else ". numpy_choice_u8_hex holds the spec's indices."
+        )
+    )
 
 
 def compare(method: str, mo: dict, ref: dict) -> bool:
@@ -749,6 +793,11 @@ def generate(out_path: Path) -> None:
                 notes.append(mo.shim_note)
             if method.startswith("nvfp4") and mres.get("amax_dtype") not in (None, "torch.float32"):
                 notes.append(f"ModelOpt per-block _amax dtype {mres['amax_dtype']}")
+            if method.startswith("nvfp4") and method != "nvfp4_max":
+                cdiff = np.argwhere(mres["choice"] != ref["choice"])
+                if len(cdiff):
+                    entry["numpy_choice_u8_hex"] = u8_hex(ref["choice"].reshape(-1))
+                    notes.append(choice_note(w, method, mres, ref, cdiff))
             if not agree:
                 if method.startswith("nvfp4"):
                     notes += explain_nvfp4(case["name"], method, w, mres, ref)
