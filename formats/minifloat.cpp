@@ -86,24 +86,6 @@ const float* e4m3_decode_table() {
   return table.data();
 }
 
-uint8_t e4m3_encode(float x) {
-  // Branch-free so that loops over it vectorize: every case is computed, then selected.
-  const uint32_t bits = std::bit_cast<uint32_t>(x);
-  const uint32_t sign = (bits >> 24) & 0x80u;
-  const uint32_t u = bits & 0x7fffffffu;
-  // Below 2^-6 the grid is k·2^-9, k = 0..8: adding 2^23 to a·512 rounds it to an integer by the
-  // FPU's RNE (k = 8 is the smallest normal, 0x08).
-  const float t = std::bit_cast<float>(u) * 512.0f + 8388608.0f;
-  const uint32_t subnormal = std::bit_cast<uint32_t>(t) - 0x4b000000u;
-  // Normal: RNE of the 23-bit mantissa to 3 bits; a carry moves into the exponent by itself.
-  const uint32_t r = u + 0x7ffffu + ((u >> 20) & 1u);
-  const uint32_t normal = ((((r >> 23) - 120u) << 3) | ((r >> 20) & 7u)) & 0x7fu;
-  uint32_t code = u < 0x3c800000u ? subnormal : normal;
-  code = u >= 0x43e00000u ? 0x7eu : code;  // >= 448 (and inf): satfinite
-  code = u > 0x7f800000u ? 0x7fu : code;   // NaN
-  return static_cast<uint8_t>(sign | code);
-}
-
 uint16_t fp16_encode(float x) { return static_cast<uint16_t>(minifloat_encode(x, kFP16)); }
 float fp16_decode(uint16_t h) { return minifloat_decode(h, kFP16); }
 

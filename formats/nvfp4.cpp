@@ -40,13 +40,6 @@ float nvfp4_global_scale(float global_amax, float normalizer) {
   return g / (6.0f * normalizer);
 }
 
-float nvfp4_block_scale_f32(float block_amax, float global_amax, float normalizer) {
-  const float g = global_amax > 0.0f ? global_amax : 1.0f;
-  float s = block_amax == 0.0f ? 1.0f : block_amax * normalizer / g;
-  s = s < kNvfp4MinBlockScale ? kNvfp4MinBlockScale : s;
-  return s > 448.0f ? 448.0f : s;
-}
-
 namespace {
 
 struct block_choice {

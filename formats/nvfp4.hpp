@@ -56,7 +56,7 @@ struct nvfp4_weight {
 float nvfp4_global_scale(float global_amax, float normalizer);
 // FP32 block scale for a block amax a (before E4M3 rounding): a · normalizer / global_amax,
 // 1 for an all-zero block, clamped to [2^-9, 448].
-float nvfp4_block_scale_f32(float block_amax, float global_amax, float normalizer);
+inline float nvfp4_block_scale_f32(float block_amax, float global_amax, float normalizer);
 // Squared error of a 16-block quantized with the dequantization step `scale` =
 // weight_scale·weight_scale_2, in float, summed as a fixed tree (lanes j and j+8, then j+4, ...)
 // so that vectorized implementations reproduce it bit for bit.
@@ -82,6 +82,13 @@ void nvfp4_dequantize(const nvfp4_weight& q, std::span<float> out);
 #include "formats/minifloat.hpp"
 
 namespace mixq {
+inline float nvfp4_block_scale_f32(float block_amax, float global_amax, float normalizer) {
+  const float g = global_amax > 0.0f ? global_amax : 1.0f;
+  float s = block_amax == 0.0f ? 1.0f : block_amax * normalizer / g;
+  s = s < kNvfp4MinBlockScale ? kNvfp4MinBlockScale : s;
+  return s > 448.0f ? 448.0f : s;
+}
+
 inline float nvfp4_block_sq_error(const float* w, float scale) {
   float t[kNvfp4Block];
   for (int i = 0; i < kNvfp4Block; ++i) {

@@ -1,5 +1,6 @@
 #include "kernels/cpu/quantize.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -38,10 +39,81 @@ uint8_t fp8_sweep_pruned(const float* x, float block_amax, float global_amax, fl
   return best_bits;
 }
 
+// Hot loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MIXQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MIXQ_CLONES
+#endif
+
+constexpr int64_t kChunkBlocks = 256;  // 4096 values per work item: fits L1 with its codes
+
+// E2M1 codes of a 16-block under `scale` (what nvfp4_code does, written lane-wise), unpacked.
+inline void codes16(const float* x, float scale, uint8_t* c) {
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    const float a = (x[i] < 0.0f ? -x[i] : x[i]) / scale;
+    c[i] = static_cast<uint8_t>((x[i] < 0.0f ? 8 : 0) + (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) +
+                                (a > 2.5f) + (a >= 3.5f) + (a > 5.0f));
+  }
+}
+
+// max |x| of a 16-block (max is exact, so any reduction order gives the reference's value).
+inline float amax16(const float* x) {
+  float m = 0.0f;
+#pragma omp simd reduction(max : m)
+  for (int i = 0; i < kNvfp4Block; ++i) m = std::max(m, x[i] < 0.0f ? -x[i] : x[i]);
+  return m;
+}
+
+struct chunk_job {
+  float global_amax, normalizer, ws2;
+  nvfp4_selector selector;
+  std::span<const float> multipliers;
+};
+
+// Blocks x[0 .. n·16): scale bits to scales[], codes to packed[]; per-block squared errors to
+// errors[] when it is not null.
+MIXQ_CLONES void encode_chunk(const float* x, int64_t n, const chunk_job& job, uint8_t* scales, uint8_t* packed,
+                              float* errors) {
+  static constexpr float kFourOverSix[2] = {1.0f, 1.5f};
+  const float* e4m3 = e4m3_decode_table();
+  uint8_t codes[kChunkBlocks * kNvfp4Block];
+  for (int64_t b = 0; b < n; ++b) {
+    const float* xb = x + b * kNvfp4Block;
+    const float bmax = amax16(xb);
+    uint8_t bits = e4m3_encode(nvfp4_block_scale_f32(bmax, job.global_amax, job.normalizer));
+    switch (job.selector) {
+      case nvfp4_selector::max: break;
+      case nvfp4_selector::four_over_six:
+      case nvfp4_selector::mse_multiplier: {
+        const std::span<const float> cands =
+            job.selector == nvfp4_selector::four_over_six ? std::span<const float>(kFourOverSix) : job.multipliers;
+        float best = INFINITY;
+        for (float c : cands) {
+          const uint8_t cb = e4m3_encode(nvfp4_block_scale_f32(bmax * c, job.global_amax, job.normalizer));
+          const float err = nvfp4_block_sq_error(xb, e4m3[cb] * job.ws2);
+          if (err < best) best = err, bits = cb;
+        }
+        break;
+      }
+      case nvfp4_selector::mse_fp8_sweep:
+      case nvfp4_selector::mse_four_over_six:
+        bits = fp8_sweep_pruned(xb, bmax, job.global_amax, job.normalizer, job.ws2);
+        break;
+    }
+    scales[b] = bits;
+    const float scale = e4m3[bits] * job.ws2;
+    codes16(xb, scale, codes + b * kNvfp4Block);
+    if (errors) errors[b] = nvfp4_block_sq_error(xb, scale);
+  }
+  for (int64_t j = 0; j < n * kNvfp4Block / 2; ++j)
+    packed[j] = static_cast<uint8_t>(codes[2 * j] | (codes[2 * j + 1] << 4));
+}
+
 // Quantizes every block of w with one normalizer; per-block squared errors go to block_errors
-// (summed afterwards in block order, as the reference does).
+// when it is not null (summed afterwards in block order, as the reference does).
 nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, float global_amax, float normalizer,
-                                   const nvfp4_options& options, std::vector<float>& block_errors) {
+                                   const nvfp4_options& options, std::vector<float>* block_errors) {
   nvfp4_weight q;
   q.rows = w.rows;
   q.cols = w.cols;
@@ -50,25 +122,20 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
   const int64_t blocks = w.size() / kNvfp4Block;
   q.packed.resize(size_t(w.size() / 2));
   q.block_scales.resize(size_t(blocks));
-  block_errors.resize(size_t(blocks));
-  const std::span<const float> multipliers =
-      options.multipliers.empty() ? default_mse_multipliers() : options.multipliers;
-  const bool sweep = options.selector == nvfp4_selector::mse_fp8_sweep ||
-                     options.selector == nvfp4_selector::mse_four_over_six;
-  const float ws2 = q.global_scale;
-  const float* e4m3 = e4m3_decode_table();
-
-#pragma omp parallel for schedule(dynamic, 64)
-  for (int64_t b = 0; b < blocks; ++b) {
-    float x[kNvfp4Block];
-    load_f32(w, b * kNvfp4Block, kNvfp4Block, x, zero_nonfinite);
-    float block_amax = 0.0f;
-    for (int i = 0; i < kNvfp4Block; ++i) block_amax = std::fmax(block_amax, std::fabs(x[i]));
-    const uint8_t bits = sweep ? fp8_sweep_pruned(x, block_amax, global_amax, normalizer, ws2)
-                               : nvfp4_choose_block_scale(x, block_amax, global_amax, normalizer, options.selector,
-                                                          multipliers);
-    q.block_scales[size_t(b)] = bits;
-    block_errors[size_t(b)] = nvfp4_encode_block(x, e4m3[bits] * ws2, q.packed.data() + b * (kNvfp4Block / 2));
+  if (block_errors) block_errors->resize(size_t(blocks));
+  const chunk_job job{global_amax, normalizer, q.global_scale, options.selector,
+                      options.multipliers.empty() ? default_mse_multipliers() : options.multipliers};
+  const int64_t chunks = (blocks + kChunkBlocks - 1) / kChunkBlocks;
+#pragma omp parallel
+  {
+    std::vector<float> x(size_t(kChunkBlocks * kNvfp4Block));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t b0 = c * kChunkBlocks, n = std::min(kChunkBlocks, blocks - b0);
+      load_f32(w, b0 * kNvfp4Block, int(n * kNvfp4Block), x.data(), zero_nonfinite);
+      encode_chunk(x.data(), n, job, q.block_scales.data() + b0, q.packed.data() + b0 * (kNvfp4Block / 2),
+                   block_errors ? block_errors->data() + b0 : nullptr);
+    }
   }
   return q;
 }
@@ -86,18 +153,17 @@ nvfp4_weight nvfp4_quantize(const source_matrix& w, const nvfp4_options& options
   const source_scan scan = scan_source(w);
   const bool zero = apply_nonfinite_policy(w, scan, options.nonfinite);
   const float global_amax = options.global_amax > 0.0f ? options.global_amax : scan.amax;
-  std::vector<float> errors;
   switch (options.selector) {
     case nvfp4_selector::four_over_six:
-      return nvfp4_with_normalizer(w, zero, global_amax, kNvfp4FourOverSixNormalizer, options, errors);
+      return nvfp4_with_normalizer(w, zero, global_amax, kNvfp4FourOverSixNormalizer, options, nullptr);
     case nvfp4_selector::mse_four_over_six: {
-      std::vector<float> narrow_errors;
-      nvfp4_weight standard = nvfp4_with_normalizer(w, zero, global_amax, kNvfp4Normalizer, options, errors);
+      std::vector<float> errors, narrow_errors;
+      nvfp4_weight standard = nvfp4_with_normalizer(w, zero, global_amax, kNvfp4Normalizer, options, &errors);
       nvfp4_weight narrow =
-          nvfp4_with_normalizer(w, zero, global_amax, kNvfp4FourOverSixNormalizer, options, narrow_errors);
+          nvfp4_with_normalizer(w, zero, global_amax, kNvfp4FourOverSixNormalizer, options, &narrow_errors);
       return sum_in_order(narrow_errors) < sum_in_order(errors) ? narrow : standard;
     }
-    default: return nvfp4_with_normalizer(w, zero, global_amax, kNvfp4Normalizer, options, errors);
+    default: return nvfp4_with_normalizer(w, zero, global_amax, kNvfp4Normalizer, options, nullptr);
   }
 }
 

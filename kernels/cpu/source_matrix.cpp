@@ -27,24 +27,19 @@ struct bits_scan {
 
 template <class Bits, Bits kAbsMask, Bits kExpMask>
 bits_scan scan_bits(const Bits* p, int64_t n) {
-  Bits best = 0;
-  int64_t bad = 0;
-#pragma omp parallel for reduction(max : best) reduction(+ : bad) schedule(static)
+  Bits best = 0, any_nonfinite = 0;
+#pragma omp parallel for simd reduction(max : best) reduction(| : any_nonfinite) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const Bits a = static_cast<Bits>(p[i] & kAbsMask);
-    const bool nonfinite = (a & kExpMask) == kExpMask;
-    bad += nonfinite;
+    const Bits nonfinite = static_cast<Bits>((a & kExpMask) == kExpMask);
+    any_nonfinite = static_cast<Bits>(any_nonfinite | nonfinite);
     best = std::max(best, nonfinite ? Bits(0) : a);
   }
   bits_scan s;
   s.amax_bits = best;
-  s.nonfinite = bad;
-  if (bad > 0)
+  if (any_nonfinite)  // rare: count them and find the first, serially
     for (int64_t i = 0; i < n; ++i)
-      if ((p[i] & kExpMask) == kExpMask) {
-        s.first_nonfinite = i;
-        break;
-      }
+      if ((p[i] & kExpMask) == kExpMask && s.nonfinite++ == 0) s.first_nonfinite = i;
   return s;
 }
 

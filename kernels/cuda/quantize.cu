@@ -1,0 +1,852 @@
+// CUDA NVFP4 / FP8 weight quantizers, bit for bit the scalar reference in formats/ (see quantize.hpp).
+//
+// How the kernels stay exact:
+//  * built with --fmad=false -ftz=false -prec-div=true (kernels/cuda/CMakeLists.txt), and every
+//    float / double operation whose rounding matters is spelled __fmul_rn / __fdiv_rn / __fadd_rn /
+//    __fsub_rn / __dadd_rn ..., in the order the reference evaluates it;
+//  * E2M1 rounding is the host's own code (formats/minifloat.hpp, MIXQ_HD); E4M3 encoding is the
+//    host's branch-free bit arithmetic (formats/minifloat.cpp) written out again below, and E4M3
+//    decoding builds the exact float from the bits (tests compare both with the host's exhaustively);
+//  * float sums keep the reference's fixed tree (16-block error) and double sums its order (FP8 row
+//    errors by column, tensor errors by row); argmins scan candidates in the reference's order with
+//    its strict "<", so ties go to the first (smallest) candidate;
+//  * the global amax is a max, which is exact in any order; the one order-sensitive tensor-wide sum
+//    (mse_four_over_six) is settled as described at narrow_normalizer_wins.
+#include "kernels/cuda/quantize.hpp"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <bit>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "formats/format_traits.hpp"
+#include "formats/minifloat.hpp"
+
+namespace mixq::cuda {
+namespace {
+
+using cpu::source_dtype;
+using cpu::source_matrix;
+
+std::atomic<bool> g_force_ordered_sum{false};
+std::atomic<bool> g_misalign{false};
+
+// ---- host-side plumbing -----------------------------------------------------------------------
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("mixq::cuda: ") + what + ": " + cudaGetErrorString(e));
+}
+void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+// Stream-ordered device memory, freed on the same stream.
+template <class T>
+class device_buffer {
+ public:
+  device_buffer(size_t n, cudaStream_t stream) : stream_(stream) {
+    if (n > 0) check(cudaMallocAsync(reinterpret_cast<void**>(&ptr_), n * sizeof(T), stream), "cudaMallocAsync");
+  }
+  ~device_buffer() {
+    if (ptr_ != nullptr) cudaFreeAsync(ptr_, stream_);
+  }
+  device_buffer(const device_buffer&) = delete;
+  device_buffer& operator=(const device_buffer&) = delete;
+  T* get() const { return ptr_; }
+
+ private:
+  T* ptr_ = nullptr;
+  cudaStream_t stream_;
+};
+
+// A stream owned by a host-API call.
+class owned_stream {
+ public:
+  owned_stream() { check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"); }
+  ~owned_stream() {
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
+  owned_stream(const owned_stream&) = delete;
+  owned_stream& operator=(const owned_stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+size_t element_bytes(source_dtype d) { return d == source_dtype::f32 ? 4 : 2; }
+bool aligned(const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; }
+
+int sm_count() {
+  int device = 0, sms = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  return sms > 0 ? sms : 1;
+}
+
+// Grid for a grid-stride loop over `work` items with `threads` per block.
+unsigned grid_for(int64_t work, int threads, int blocks_per_sm = 8) {
+  const int64_t needed = std::max<int64_t>(1, (work + threads - 1) / threads);
+  return static_cast<unsigned>(std::min<int64_t>(needed, int64_t(sm_count()) * blocks_per_sm));
+}
+
+template <source_dtype D>
+using dtype_tag = std::integral_constant<source_dtype, D>;
+
+// Calls f(dtype_tag<d>{}) for the runtime dtype d.
+template <class F>
+void dispatch(source_dtype d, F&& f) {
+  switch (d) {
+    case source_dtype::f32: f(dtype_tag<source_dtype::f32>{}); return;
+    case source_dtype::bf16: f(dtype_tag<source_dtype::bf16>{}); return;
+    case source_dtype::f16: f(dtype_tag<source_dtype::f16>{}); return;
+  }
+  throw std::invalid_argument("mixq::cuda: unknown source dtype");
+}
+
+// ---- device arithmetic: the reference's, operation for operation --------------------------------
+
+// formats/minifloat.cpp e4m3_encode, the same bit arithmetic (RNE, satfinite, NaN -> 0x7F|sign).
+__device__ __forceinline__ uint32_t e4m3_encode_dev(float x) {
+  const uint32_t bits = __float_as_uint(x);
+  const uint32_t sign = (bits >> 24) & 0x80u;
+  const uint32_t u = bits & 0x7fffffffu;
+  const float t = __fadd_rn(__fmul_rn(__uint_as_float(u), 512.0f), 8388608.0f);
+  const uint32_t subnormal = __float_as_uint(t) - 0x4b000000u;
+  const uint32_t r = u + 0x7ffffu + ((u >> 20) & 1u);
+  const uint32_t normal = ((((r >> 23) - 120u) << 3) | ((r >> 20) & 7u)) & 0x7fu;
+  uint32_t code = u < 0x3c800000u ? subnormal : normal;
+  code = u >= 0x43e00000u ? 0x7eu : code;
+  code = u > 0x7f800000u ? 0x7fu : code;
+  return sign | code;
+}
+
+// The exact E4M3FN value of a byte (what e4m3_decode_table() holds): 2^(e-7)·(1+m/8), m·2^-9, NaN.
+__device__ __forceinline__ float e4m3_decode_dev(uint32_t b) {
+  const uint32_t e = (b >> 3) & 15u, m = b & 7u;
+  float v = e == 0 ? __fmul_rn(float(m), 0.001953125f) : __uint_as_float(((e + 120u) << 23) | (m << 20));
+  v = (b & 0x7fu) == 0x7fu ? __uint_as_float(0x7fc00000u) : v;
+  return (b & 0x80u) ? -v : v;
+}
+
+__device__ __forceinline__ float abs_as_reference(float w) { return w < 0.0f ? -w : w; }
+__device__ __forceinline__ bool finite_dev(float v) { return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u; }
+
+// nvfp4_block_scale_f32.
+__device__ __forceinline__ float nvfp4_block_scale_dev(float block_amax, float global_amax, float normalizer) {
+  const float g = global_amax > 0.0f ? global_amax : 1.0f;
+  float s = block_amax == 0.0f ? 1.0f : __fdiv_rn(__fmul_rn(block_amax, normalizer), g);
+  s = s < kNvfp4MinBlockScale ? kNvfp4MinBlockScale : s;
+  return s > 448.0f ? 448.0f : s;
+}
+
+// nvfp4_block_sq_error: squared errors summed as the same fixed tree.
+__device__ __forceinline__ float nvfp4_sq_error_dev(const float (&w)[kNvfp4Block], float scale) {
+  float t[kNvfp4Block];
+#pragma unroll
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    const float a = abs_as_reference(w[i]);
+    const float d = __fmul_rn(e2m1_round_magnitude(__fdiv_rn(a, scale)), scale);
+    const float e = __fsub_rn(a, d);
+    t[i] = __fmul_rn(e, e);
+  }
+#pragma unroll
+  for (int width = kNvfp4Block / 2; width >= 1; width /= 2)
+#pragma unroll
+    for (int i = 0; i < width; ++i) t[i] = __fadd_rn(t[i], t[i + width]);
+  return t[0];
+}
+
+// nvfp4_code.
+__device__ __forceinline__ uint32_t nvfp4_code_dev(float w, float scale) {
+  const float a = __fdiv_rn(abs_as_reference(w), scale);
+  return (w < 0.0f ? 0x8u : 0x0u) | e2m1_magnitude_code(a);
+}
+
+// fp8_scale_for_amax.
+__device__ __forceinline__ float fp8_scale_dev(float amax) {
+  if (!(amax > 0x1p-24f)) amax = 1.0f;
+  return __fdiv_rn(amax, kE4M3Max);
+}
+
+// ---- loads: BF16 / F16 / F32 widened to fp32 exactly ---------------------------------------------
+
+template <source_dtype D>
+__device__ __forceinline__ float half_bits_to_float(uint32_t h) {
+  if constexpr (D == source_dtype::bf16) return __uint_as_float(h << 16);
+  else return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+}
+
+template <source_dtype D>
+__device__ __forceinline__ float widen(const void* p, int64_t i) {
+  if constexpr (D == source_dtype::f32) return static_cast<const float*>(p)[i];
+  else return half_bits_to_float<D>(static_cast<const uint16_t*>(p)[i]);
+}
+
+template <source_dtype D>
+__device__ __forceinline__ float widen_clean(const void* p, int64_t i, bool zero) {
+  const float v = widen<D>(p, i);
+  return zero && !finite_dev(v) ? 0.0f : v;
+}
+
+// Eight values from flat index i (a multiple of 8); vec: p is 16-byte aligned.
+template <source_dtype D>
+__device__ __forceinline__ void load8(const void* p, int64_t i, bool vec, float* x) {
+  if (vec) {
+    if constexpr (D == source_dtype::f32) {
+      const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
+      const float4 a = q[0], b = q[1];
+      x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+    } else {
+      const uint4 v = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p) + i);
+      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        x[2 * k] = half_bits_to_float<D>(w[k] & 0xffffu);
+        x[2 * k + 1] = half_bits_to_float<D>(w[k] >> 16);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) x[k] = widen<D>(p, i + k);
+  }
+}
+
+// ---- scan: max |x| over finite values (as magnitude bits) and the non-finite count / first index ----
+
+struct scan_result {
+  unsigned int amax_bits;
+  unsigned int unused;
+  unsigned long long nonfinite;
+  unsigned long long first;
+};
+
+template <source_dtype D>
+__global__ void scan_kernel(const void* src, int64_t n, bool vec, scan_result* out) {
+  unsigned int amax = 0;
+  unsigned long long bad = 0, first = ULLONG_MAX;
+  auto visit = [&](float v, int64_t i) {
+    const unsigned int u = __float_as_uint(v) & 0x7fffffffu;
+    if (u >= 0x7f800000u) {
+      ++bad;
+      first = min(first, static_cast<unsigned long long>(i));
+    } else {
+      amax = max(amax, u);
+    }
+  };
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t groups = n / 8;
+  for (int64_t g = start; g < groups; g += stride) {
+    float x[8];
+    load8<D>(src, g * 8, vec, x);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) visit(x[k], g * 8 + k);
+  }
+  for (int64_t i = groups * 8 + start; i < n; i += stride) visit(widen<D>(src, i), i);
+  for (int off = 16; off > 0; off /= 2) amax = max(amax, __shfl_down_sync(0xffffffffu, amax, off));
+  if ((threadIdx.x & 31) == 0 && amax > 0) atomicMax(&out->amax_bits, amax);
+  if (bad > 0) {
+    atomicAdd(&out->nonfinite, bad);
+    atomicMin(&out->first, first);
+  }
+}
+
+// Runs the scan on `stream` and waits for it.
+scan_result scan_source_device(const source_matrix& w, cudaStream_t stream) {
+  device_buffer<scan_result> d(1, stream);
+  const scan_result init{0u, 0u, 0ull, ULLONG_MAX};
+  check(cudaMemcpyAsync(d.get(), &init, sizeof init, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+  const bool vec = aligned(w.data, 16);
+  dispatch(w.dtype, [&](auto tag) {
+    scan_kernel<decltype(tag)::value><<<grid_for(w.size() / 8, 256), 256, 0, stream>>>(w.data, w.size(), vec, d.get());
+  });
+  check_launch("scan_kernel");
+  scan_result r{};
+  check(cudaMemcpyAsync(&r, d.get(), sizeof r, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  return r;
+}
+
+// cpu::apply_nonfinite_policy for a device-resident tensor: the same message, the same value.
+bool apply_nonfinite_policy_device(const source_matrix& w, const scan_result& scan, nonfinite_policy policy,
+                                   cudaStream_t stream) {
+  if (scan.nonfinite == 0) return false;
+  if (policy == nonfinite_policy::reject) {
+    const int64_t first = static_cast<int64_t>(scan.first);
+    alignas(4) unsigned char raw[4] = {};
+    const size_t bytes = element_bytes(w.dtype);
+    check(cudaMemcpyAsync(raw, static_cast<const unsigned char*>(w.data) + size_t(first) * bytes, bytes,
+                          cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    const source_matrix one{raw, w.dtype, 1, 1, w.name};
+    float value = 0.0f;
+    cpu::load_f32(one, 0, 1, &value, false);
+    throw format_error(nonfinite_message(w.shape_view(), first, value, static_cast<int64_t>(scan.nonfinite)));
+  }
+  return true;
+}
+
+void require_shape(const source_matrix& w, format_id format) {
+  if (auto why = format_cannot_hold(format, w.rows, w.cols))
+    throw format_error("tensor '" + std::string(w.name) + "': " + *why);
+}
+
+// ---- NVFP4 -------------------------------------------------------------------------------------
+
+enum class block_mode : int { max, multipliers, sweep };
+
+struct nvfp4_params {
+  const void* src;
+  int64_t blocks;
+  bool vec_in;
+  bool zero;
+  float global_amax;
+  float normalizer;
+  float ws2;  // nvfp4_global_scale(global_amax, normalizer), from the host
+  const float* multipliers;
+  int n_multipliers;
+  uint8_t* packed;
+  uint8_t* scales;
+  float* errors;  // per-block squared error, or nullptr
+};
+
+// choose_by_amax_multipliers: candidates in list order, strict "<" from +inf (0 if none is finite).
+__device__ __forceinline__ uint32_t choose_by_multipliers(const float (&x)[kNvfp4Block], float block_amax,
+                                                          const nvfp4_params& p) {
+  uint32_t best_bits = 0;
+  float best = INFINITY;
+  for (int k = 0; k < p.n_multipliers; ++k) {
+    const uint32_t bits =
+        e4m3_encode_dev(nvfp4_block_scale_dev(__fmul_rn(block_amax, p.multipliers[k]), p.global_amax, p.normalizer));
+    const float err = nvfp4_sq_error_dev(x, __fmul_rn(e4m3_decode_dev(bits), p.ws2));
+    if (err < best) best = err, best_bits = bits;
+  }
+  return best_bits;
+}
+
+// choose_by_fp8_sweep (codes 1..126 ascending, strict "<" from +inf), pruned as kernels/cpu does it
+// without changing the answer: a code whose error on the block's largest element alone exceeds the
+// best full error cannot win (a float sum of non-negative terms is >= each term). Seeded with the
+// max-rule code when its error is finite; among equal errors the smallest code is kept, which is
+// the one the ascending strict scan returns. (A non-finite seed is dropped, so that a block whose
+// every error overflows gets the reference's code 0.)
+__device__ __forceinline__ uint32_t choose_by_sweep(const float (&x)[kNvfp4Block], float block_amax,
+                                                    const nvfp4_params& p) {
+  uint32_t best_bits = e4m3_encode_dev(nvfp4_block_scale_dev(block_amax, p.global_amax, p.normalizer));
+  float best = nvfp4_sq_error_dev(x, __fmul_rn(e4m3_decode_dev(best_bits), p.ws2));
+  if (!(best < INFINITY)) best = INFINITY, best_bits = 0;
+  for (uint32_t bits = 1; bits <= 0x7eu; ++bits) {
+    const float scale = __fmul_rn(e4m3_decode_dev(bits), p.ws2);
+    const float d = __fmul_rn(e2m1_round_magnitude(__fdiv_rn(block_amax, scale)), scale);
+    const float e = __fsub_rn(block_amax, d);
+    if (__fmul_rn(e, e) > best) continue;
+    const float err = nvfp4_sq_error_dev(x, scale);
+    if (err < best || (err == best && bits < best_bits)) best = err, best_bits = bits;
+  }
+  return best_bits;
+}
+
+// One thread per 16-block.
+template <source_dtype D, block_mode Mode>
+__global__ void __launch_bounds__(128) nvfp4_kernel(nvfp4_params p) {
+  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= p.blocks) return;
+  float x[kNvfp4Block];
+  load8<D>(p.src, b * kNvfp4Block, p.vec_in, x);
+  load8<D>(p.src, b * kNvfp4Block + 8, p.vec_in, x + 8);
+  float block_amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    if (p.zero && !finite_dev(x[i])) x[i] = 0.0f;
+    block_amax = fmaxf(block_amax, fabsf(x[i]));
+  }
+  uint32_t bits;
+  if constexpr (Mode == block_mode::max)
+    bits = e4m3_encode_dev(nvfp4_block_scale_dev(block_amax, p.global_amax, p.normalizer));
+  else if constexpr (Mode == block_mode::multipliers)
+    bits = choose_by_multipliers(x, block_amax, p);
+  else
+    bits = choose_by_sweep(x, block_amax, p);
+
+  const float scale = __fmul_rn(e4m3_decode_dev(bits), p.ws2);
+  uint32_t lo = 0, hi = 0;  // nibble i of the block at bits 4i: even element in the low nibble
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    lo |= nvfp4_code_dev(x[i], scale) << (4 * i);
+    hi |= nvfp4_code_dev(x[i + 8], scale) << (4 * i);
+  }
+  uint8_t* dst = p.packed + b * (kNvfp4Block / 2);
+  if (aligned(dst, 8)) {
+    *reinterpret_cast<uint2*>(dst) = make_uint2(lo, hi);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) dst[k] = uint8_t(lo >> (8 * k)), dst[k + 4] = uint8_t(hi >> (8 * k));
+  }
+  p.scales[b] = static_cast<uint8_t>(bits);
+  if (p.errors != nullptr) p.errors[b] = nvfp4_sq_error_dev(x, scale);
+}
+
+void launch_nvfp4(source_dtype dtype, block_mode mode, const nvfp4_params& p, cudaStream_t stream) {
+  constexpr int kThreads = 128;
+  const unsigned grid = static_cast<unsigned>((p.blocks + kThreads - 1) / kThreads);
+  dispatch(dtype, [&](auto tag) {
+    constexpr source_dtype D = decltype(tag)::value;
+    switch (mode) {
+      case block_mode::max: nvfp4_kernel<D, block_mode::max><<<grid, kThreads, 0, stream>>>(p); break;
+      case block_mode::multipliers: nvfp4_kernel<D, block_mode::multipliers><<<grid, kThreads, 0, stream>>>(p); break;
+      case block_mode::sweep: nvfp4_kernel<D, block_mode::sweep><<<grid, kThreads, 0, stream>>>(p); break;
+    }
+  });
+  check_launch("nvfp4_kernel");
+}
+
+// Sums of a and b in any order (atomics), in double.
+__global__ void unordered_sum_kernel(const float* a, const float* b, int64_t n, double* out) {
+  double sa = 0.0, sb = 0.0;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    sa = __dadd_rn(sa, double(a[i]));
+    sb = __dadd_rn(sb, double(b[i]));
+  }
+  for (int off = 16; off > 0; off /= 2) {
+    sa = __dadd_rn(sa, __shfl_down_sync(0xffffffffu, sa, off));
+    sb = __dadd_rn(sb, __shfl_down_sync(0xffffffffu, sb, off));
+  }
+  if ((threadIdx.x & 31) == 0) {
+    atomicAdd(&out[0], sa);
+    atomicAdd(&out[1], sb);
+  }
+}
+
+// Sums of a and b in index order, in double from 0.0: the reference's `sq_error += block error`.
+// The block stages chunks in shared memory; one thread adds them in order.
+constexpr int kOrderedChunk = 4096;
+__global__ void ordered_sum_kernel(const float* a, const float* b, int64_t n, double* out) {
+  __shared__ float sa[kOrderedChunk], sb[kOrderedChunk];
+  double ra = 0.0, rb = 0.0;
+  for (int64_t base = 0; base < n; base += kOrderedChunk) {
+    const int m = static_cast<int>(min(int64_t(kOrderedChunk), n - base));
+    for (int i = threadIdx.x; i < m; i += blockDim.x) sa[i] = a[base + i], sb[i] = b[base + i];
+    __syncthreads();
+    if (threadIdx.x == 0)
+      for (int i = 0; i < m; ++i) ra = __dadd_rn(ra, double(sa[i])), rb = __dadd_rn(rb, double(sb[i]));
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[0] = ra, out[1] = rb;
+}
+
+// Whether the reference's `narrow.sq_error < standard.sq_error` holds, where each side sums the n
+// per-block float errors in block order in double. Any summation order of n non-negative terms is
+// within a relative γ(n-1) = (n-1)·2^-53/(1-(n-1)·2^-53) of the exact sum, the ordered sum included;
+// so when the unordered sums differ by more than both bounds together (the factor k below, with room
+// for the rounding of the comparison itself) the ordered ones compare the same way. Otherwise (near
+// ties, or when forced) the ordered sums are taken on the device, one thread adding in block order.
+bool narrow_normalizer_wins(const float* narrow_err, const float* standard_err, int64_t n, cudaStream_t stream) {
+  device_buffer<double> d(2, stream);
+  double sums[2] = {0.0, 0.0};
+  if (!g_force_ordered_sum.load()) {
+    check(cudaMemsetAsync(d.get(), 0, 2 * sizeof(double), stream), "cudaMemsetAsync");
+    unordered_sum_kernel<<<grid_for(n, 256, 4), 256, 0, stream>>>(narrow_err, standard_err, n, d.get());
+    check_launch("unordered_sum_kernel");
+    check(cudaMemcpyAsync(sums, d.get(), sizeof sums, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    const double pn = sums[0], ps = sums[1];
+    if (pn == 0.0 && ps == 0.0) return false;  // every term is 0: both ordered sums are 0 too
+    const double k = 1.0 + 4.0 * double(n) * 0x1p-53 + 0x1p-40;
+    if (pn * k < ps / k) return true;
+    if (pn / k > ps * k) return false;
+  }
+  ordered_sum_kernel<<<1, 1024, 0, stream>>>(narrow_err, standard_err, n, d.get());
+  check_launch("ordered_sum_kernel");
+  check(cudaMemcpyAsync(sums, d.get(), sizeof sums, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  return sums[0] < sums[1];
+}
+
+// ---- FP8 ---------------------------------------------------------------------------------------
+
+// row_amax: max |x| of each row (one block per row).
+template <source_dtype D>
+__global__ void row_amax_kernel(const void* src, int64_t rows, int64_t cols, bool zero, float* row_amax) {
+  __shared__ float warp_max[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    float m = 0.0f;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fabsf(widen_clean<D>(src, r * cols + c, zero)));
+    for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_down_sync(0xffffffffu, m, off));
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x / 32] = m;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (unsigned w = 1; w < blockDim.x / 32; ++w) m = fmaxf(m, warp_max[w]);
+      row_amax[r] = m;
+    }
+    __syncthreads();
+  }
+}
+
+// fp8_row_sq_error of every (row, candidate): one block per row, one thread per candidate, the row
+// staged in shared memory; each thread adds its squared differences in column order, in double.
+constexpr int kRowChunk = 2048;
+template <source_dtype D>
+__global__ void fp8_row_error_kernel(const void* src, int64_t rows, int64_t cols, bool zero, const float* row_amax,
+                                     float tensor_amax, const float* multipliers, int n_cand, double* row_err) {
+  __shared__ float xs[kRowChunk];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float amax = row_amax != nullptr ? row_amax[r] : tensor_amax;
+    for (int c0 = 0; c0 < n_cand; c0 += blockDim.x) {
+      const int c = c0 + int(threadIdx.x);
+      const bool active = c < n_cand;
+      const float scale = active ? fp8_scale_dev(__fmul_rn(amax, multipliers[c])) : 1.0f;
+      double err = 0.0;
+      for (int64_t base = 0; base < cols; base += kRowChunk) {
+        const int m = static_cast<int>(min(int64_t(kRowChunk), cols - base));
+        __syncthreads();
+        for (int i = threadIdx.x; i < m; i += blockDim.x) xs[i] = widen_clean<D>(src, r * cols + base + i, zero);
+        __syncthreads();
+        if (active)
+          for (int i = 0; i < m; ++i) {
+            const float v = xs[i];
+            const float q = __fmul_rn(e4m3_decode_dev(e4m3_encode_dev(__fdiv_rn(v, scale))), scale);
+            const double d = __dsub_rn(double(v), double(q));
+            err = __dadd_rn(err, __dmul_rn(d, d));
+          }
+      }
+      if (active) row_err[r * n_cand + c] = err;
+    }
+  }
+}
+
+// Per tensor, mse: each candidate's error summed over rows in row order, then the first least one.
+__global__ void fp8_pick_tensor_kernel(const double* row_err, int64_t rows, int n_cand, float tensor_amax,
+                                       const float* multipliers, double* totals, float* scale_out) {
+  for (int c = threadIdx.x; c < n_cand; c += blockDim.x) {
+    double total = 0.0;
+    for (int64_t r = 0; r < rows; ++r) total = __dadd_rn(total, row_err[r * n_cand + c]);
+    totals[c] = total;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double best = INFINITY;
+    float best_scale = 0.0f;
+    for (int c = 0; c < n_cand; ++c)
+      if (totals[c] < best) best = totals[c], best_scale = fp8_scale_dev(__fmul_rn(tensor_amax, multipliers[c]));
+    *scale_out = best_scale;
+  }
+}
+
+// Per channel: the row's max-rule scale, or its first least-error candidate.
+__global__ void fp8_pick_rows_kernel(const double* row_err, int64_t rows, int n_cand, const float* row_amax,
+                                     const float* multipliers, float* scales) {
+  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  if (row_err == nullptr) {
+    scales[r] = fp8_scale_dev(row_amax[r]);
+    return;
+  }
+  double best = INFINITY;
+  float best_scale = 0.0f;
+  for (int c = 0; c < n_cand; ++c) {
+    const double e = row_err[r * n_cand + c];
+    if (e < best) best = e, best_scale = fp8_scale_dev(__fmul_rn(row_amax[r], multipliers[c]));
+  }
+  scales[r] = best_scale;
+}
+
+__global__ void store_kernel(float* dst, float value) { *dst = value; }
+
+// codes[i] = e4m3(x[i] / scale of its row), eight per thread.
+template <source_dtype D>
+__global__ void fp8_codes_kernel(const void* src, int64_t n, int64_t cols, bool vec_in, bool zero, const float* scales,
+                                 bool per_row, uint8_t* codes) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t groups = n / 8;
+  const float tensor_scale = per_row ? 0.0f : scales[0];
+  for (int64_t g = start; g < groups; g += stride) {
+    float x[8];
+    load8<D>(src, g * 8, vec_in, x);
+    int64_t r = per_row ? (g * 8) / cols : 0;
+    int64_t row_end = (r + 1) * cols;
+    uint32_t lo = 0, hi = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      float scale = tensor_scale;
+      if (per_row) {
+        while (g * 8 + k >= row_end) ++r, row_end += cols;
+        scale = scales[r];
+      }
+      const float v = zero && !finite_dev(x[k]) ? 0.0f : x[k];
+      const uint32_t c = e4m3_encode_dev(__fdiv_rn(v, scale));
+      if (k < 4) lo |= c << (8 * k);
+      else hi |= c << (8 * (k - 4));
+    }
+    uint8_t* dst = codes + g * 8;
+    if (aligned(dst, 8)) {
+      *reinterpret_cast<uint2*>(dst) = make_uint2(lo, hi);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) dst[k] = uint8_t(lo >> (8 * k)), dst[k + 4] = uint8_t(hi >> (8 * k));
+    }
+  }
+  for (int64_t i = groups * 8 + start; i < n; i += stride) {
+    const float scale = per_row ? scales[i / cols] : tensor_scale;
+    codes[i] = static_cast<uint8_t>(e4m3_encode_dev(__fdiv_rn(widen_clean<D>(src, i, zero), scale)));
+  }
+}
+
+// ---- test probe --------------------------------------------------------------------------------
+
+__global__ void probe_kernel(uint32_t first, uint32_t count, uint8_t* e4m3, uint8_t* e2m1_code, float* e2m1_round,
+                             float* decode) {
+  const uint32_t stride = gridDim.x * blockDim.x;
+  const uint32_t start = blockIdx.x * blockDim.x + threadIdx.x;
+  for (uint32_t i = start; i < count; i += stride) {
+    const float x = __uint_as_float(first + i);
+    const float a = abs_as_reference(x);
+    e4m3[i] = static_cast<uint8_t>(e4m3_encode_dev(x));
+    e2m1_code[i] = e2m1_magnitude_code(a);
+    e2m1_round[i] = e2m1_round_magnitude(a);
+  }
+  if (start < 256) decode[start] = e4m3_decode_dev(start);
+}
+
+}  // namespace
+
+// ---- public API --------------------------------------------------------------------------------
+
+bool device_available() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the error state the failed query left
+    return false;
+  }
+  return n > 0;
+}
+
+nvfp4_device_result nvfp4_quantize_device(const source_matrix& w, uint8_t* packed, uint8_t* block_scales,
+                                          const nvfp4_options& options, stream_t stream_in) {
+  require_shape(w, format_id::nvfp4);
+  const cudaStream_t stream = stream_in;
+  const scan_result scan = scan_source_device(w, stream);
+  const bool zero = apply_nonfinite_policy_device(w, scan, options.nonfinite, stream);
+  const float global_amax = options.global_amax > 0.0f ? options.global_amax : std::bit_cast<float>(scan.amax_bits);
+
+  static constexpr float kFourOverSix[2] = {1.0f, 1.5f};
+  std::span<const float> multipliers;
+  block_mode mode = block_mode::max;
+  switch (options.selector) {
+    case nvfp4_selector::max: break;
+    case nvfp4_selector::mse_multiplier:
+      mode = block_mode::multipliers;
+      multipliers = options.multipliers.empty() ? default_mse_multipliers() : options.multipliers;
+      break;
+    case nvfp4_selector::four_over_six:
+      mode = block_mode::multipliers;
+      multipliers = kFourOverSix;
+      break;
+    case nvfp4_selector::mse_fp8_sweep:
+    case nvfp4_selector::mse_four_over_six: mode = block_mode::sweep; break;
+  }
+  device_buffer<float> d_mult(multipliers.size(), stream);
+  if (!multipliers.empty())
+    check(cudaMemcpyAsync(d_mult.get(), multipliers.data(), multipliers.size_bytes(), cudaMemcpyHostToDevice, stream),
+          "cudaMemcpyAsync");
+
+  const int64_t blocks = w.size() / kNvfp4Block;
+  auto params = [&](float normalizer, uint8_t* out_packed, uint8_t* out_scales, float* errors) {
+    nvfp4_params p{};
+    p.src = w.data;
+    p.blocks = blocks;
+    p.vec_in = aligned(w.data, 16);
+    p.zero = zero;
+    p.global_amax = global_amax;
+    p.normalizer = normalizer;
+    p.ws2 = nvfp4_global_scale(global_amax, normalizer);
+    p.multipliers = d_mult.get();
+    p.n_multipliers = static_cast<int>(multipliers.size());
+    p.packed = out_packed;
+    p.scales = out_scales;
+    p.errors = errors;
+    return p;
+  };
+
+  if (options.selector != nvfp4_selector::mse_four_over_six) {
+    const float normalizer =
+        options.selector == nvfp4_selector::four_over_six ? kNvfp4FourOverSixNormalizer : kNvfp4Normalizer;
+    launch_nvfp4(w.dtype, mode, params(normalizer, packed, block_scales, nullptr), stream);
+    return {nvfp4_global_scale(global_amax, normalizer), normalizer};
+  }
+
+  // Both normalizers, each block swept; the tensor keeps the one with the smaller error sum.
+  device_buffer<float> standard_err(size_t(blocks), stream), narrow_err(size_t(blocks), stream);
+  device_buffer<uint8_t> narrow_packed(size_t(w.size() / 2), stream), narrow_scales(size_t(blocks), stream);
+  launch_nvfp4(w.dtype, mode, params(kNvfp4Normalizer, packed, block_scales, standard_err.get()), stream);
+  launch_nvfp4(w.dtype, mode,
+               params(kNvfp4FourOverSixNormalizer, narrow_packed.get(), narrow_scales.get(), narrow_err.get()), stream);
+  if (!narrow_normalizer_wins(narrow_err.get(), standard_err.get(), blocks, stream))
+    return {nvfp4_global_scale(global_amax, kNvfp4Normalizer), kNvfp4Normalizer};
+  check(cudaMemcpyAsync(packed, narrow_packed.get(), size_t(w.size() / 2), cudaMemcpyDeviceToDevice, stream),
+        "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(block_scales, narrow_scales.get(), size_t(blocks), cudaMemcpyDeviceToDevice, stream),
+        "cudaMemcpyAsync");
+  return {nvfp4_global_scale(global_amax, kNvfp4FourOverSixNormalizer), kNvfp4FourOverSixNormalizer};
+}
+
+void fp8_quantize_device(const source_matrix& w, uint8_t* codes, float* scales, const fp8_options& options,
+                         stream_t stream_in) {
+  if (w.rows <= 0 || w.cols <= 0) throw format_error("tensor '" + std::string(w.name) + "': empty shape");
+  const cudaStream_t stream = stream_in;
+  const scan_result scan = scan_source_device(w, stream);
+  const bool zero = apply_nonfinite_policy_device(w, scan, options.nonfinite, stream);
+  const float tensor_amax = options.amax > 0.0f ? options.amax : std::bit_cast<float>(scan.amax_bits);
+  const bool per_tensor = options.granularity == fp8_granularity::per_tensor;
+  const bool mse = options.selector == fp8_selector::mse;
+  const std::span<const float> multipliers =
+      options.multipliers.empty() ? default_mse_multipliers() : options.multipliers;
+  const int n_cand = mse ? static_cast<int>(multipliers.size()) : 0;
+
+  device_buffer<float> d_mult(size_t(n_cand), stream);
+  if (n_cand > 0)
+    check(cudaMemcpyAsync(d_mult.get(), multipliers.data(), multipliers.size_bytes(), cudaMemcpyHostToDevice, stream),
+          "cudaMemcpyAsync");
+  device_buffer<float> row_amax(per_tensor ? 0 : size_t(w.rows), stream);
+  device_buffer<double> row_err(size_t(w.rows) * size_t(n_cand), stream);
+  const unsigned row_grid = static_cast<unsigned>(std::min<int64_t>(w.rows, 1 << 20));
+
+  dispatch(w.dtype, [&](auto tag) {
+    constexpr source_dtype D = decltype(tag)::value;
+    if (!per_tensor) {
+      row_amax_kernel<D><<<row_grid, 256, 0, stream>>>(w.data, w.rows, w.cols, zero, row_amax.get());
+      check_launch("row_amax_kernel");
+    }
+    if (mse) {
+      const int threads = std::min(256, (n_cand + 31) / 32 * 32);
+      fp8_row_error_kernel<D><<<row_grid, threads, 0, stream>>>(w.data, w.rows, w.cols, zero, row_amax.get(),
+                                                                tensor_amax, d_mult.get(), n_cand, row_err.get());
+      check_launch("fp8_row_error_kernel");
+    }
+  });
+
+  if (per_tensor) {
+    if (mse) {
+      device_buffer<double> totals(size_t(n_cand), stream);
+      fp8_pick_tensor_kernel<<<1, 256, 0, stream>>>(row_err.get(), w.rows, n_cand, tensor_amax, d_mult.get(),
+                                                    totals.get(), scales);
+      check_launch("fp8_pick_tensor_kernel");
+    } else {
+      store_kernel<<<1, 1, 0, stream>>>(scales, fp8_scale_for_amax(tensor_amax));
+      check_launch("store_kernel");
+    }
+  } else {
+    fp8_pick_rows_kernel<<<static_cast<unsigned>((w.rows + 127) / 128), 128, 0, stream>>>(
+        mse ? row_err.get() : nullptr, w.rows, n_cand, row_amax.get(), d_mult.get(), scales);
+    check_launch("fp8_pick_rows_kernel");
+  }
+
+  const bool vec_in = aligned(w.data, 16);
+  dispatch(w.dtype, [&](auto tag) {
+    fp8_codes_kernel<decltype(tag)::value><<<grid_for(w.size() / 8, 256), 256, 0, stream>>>(
+        w.data, w.size(), w.cols, vec_in, zero, scales, !per_tensor, codes);
+  });
+  check_launch("fp8_codes_kernel");
+}
+
+nvfp4_weight nvfp4_quantize(const source_matrix& host_w, const nvfp4_options& options) {
+  require_shape(host_w, format_id::nvfp4);
+  const owned_stream stream;
+  const size_t n = size_t(host_w.size()), in_bytes = n * element_bytes(host_w.dtype);
+  const size_t in_off = g_misalign.load() ? element_bytes(host_w.dtype) : 0, out_off = g_misalign.load() ? 1 : 0;
+  device_buffer<unsigned char> src(in_off + in_bytes, stream.get());
+  device_buffer<uint8_t> packed_buf(out_off + n / 2, stream.get()), scales_buf(out_off + n / kNvfp4Block, stream.get());
+  uint8_t* packed = packed_buf.get() + out_off;
+  uint8_t* scales = scales_buf.get() + out_off;
+  check(cudaMemcpyAsync(src.get() + in_off, host_w.data, in_bytes, cudaMemcpyHostToDevice, stream.get()),
+        "cudaMemcpyAsync");
+  source_matrix dw = host_w;
+  dw.data = src.get() + in_off;
+  const nvfp4_device_result r = nvfp4_quantize_device(dw, packed, scales, options, stream.get());
+
+  nvfp4_weight q;
+  q.rows = host_w.rows;
+  q.cols = host_w.cols;
+  q.global_scale = r.global_scale;
+  q.normalizer = r.normalizer;
+  q.packed.resize(n / 2);
+  q.block_scales.resize(n / kNvfp4Block);
+  check(cudaMemcpyAsync(q.packed.data(), packed, q.packed.size(), cudaMemcpyDeviceToHost, stream.get()),
+        "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(q.block_scales.data(), scales, q.block_scales.size(), cudaMemcpyDeviceToHost, stream.get()),
+        "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(stream.get()), "cudaStreamSynchronize");
+  return q;
+}
+
+fp8_weight fp8_quantize(const source_matrix& host_w, const fp8_options& options) {
+  if (host_w.rows <= 0 || host_w.cols <= 0)
+    throw format_error("tensor '" + std::string(host_w.name) + "': empty shape");
+  const owned_stream stream;
+  const size_t n = size_t(host_w.size()), in_bytes = n * element_bytes(host_w.dtype);
+  const size_t n_scales = options.granularity == fp8_granularity::per_tensor ? 1 : size_t(host_w.rows);
+  const size_t in_off = g_misalign.load() ? element_bytes(host_w.dtype) : 0, out_off = g_misalign.load() ? 1 : 0;
+  device_buffer<unsigned char> src(in_off + in_bytes, stream.get());
+  device_buffer<uint8_t> codes_buf(out_off + n, stream.get());
+  device_buffer<float> scales(n_scales, stream.get());
+  uint8_t* codes = codes_buf.get() + out_off;
+  check(cudaMemcpyAsync(src.get() + in_off, host_w.data, in_bytes, cudaMemcpyHostToDevice, stream.get()),
+        "cudaMemcpyAsync");
+  source_matrix dw = host_w;
+  dw.data = src.get() + in_off;
+  fp8_quantize_device(dw, codes, scales.get(), options, stream.get());
+
+  fp8_weight q;
+  q.rows = host_w.rows;
+  q.cols = host_w.cols;
+  q.codes.resize(n);
+  q.scales.resize(n_scales);
+  check(cudaMemcpyAsync(q.codes.data(), codes, n, cudaMemcpyDeviceToHost, stream.get()), "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(q.scales.data(), scales.get(), n_scales * sizeof(float), cudaMemcpyDeviceToHost, stream.get()),
+        "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(stream.get()), "cudaStreamSynchronize");
+  return q;
+}
+
+namespace testing {
+
+minifloat_probe probe_minifloat(uint32_t first, uint32_t count) {
+  const owned_stream stream;
+  device_buffer<uint8_t> e4m3(count, stream.get()), e2m1_code(count, stream.get());
+  device_buffer<float> e2m1_round(count, stream.get()), decode(256, stream.get());
+  probe_kernel<<<grid_for(std::max<int64_t>(count, 256), 256), 256, 0, stream.get()>>>(
+      first, count, e4m3.get(), e2m1_code.get(), e2m1_round.get(), decode.get());
+  check_launch("probe_kernel");
+  minifloat_probe out;
+  out.e4m3_code.resize(count);
+  out.e2m1_code.resize(count);
+  out.e2m1_round.resize(count);
+  out.e4m3_decode.resize(256);
+  check(cudaMemcpyAsync(out.e4m3_code.data(), e4m3.get(), count, cudaMemcpyDeviceToHost, stream.get()), "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(out.e2m1_code.data(), e2m1_code.get(), count, cudaMemcpyDeviceToHost, stream.get()),
+        "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(out.e2m1_round.data(), e2m1_round.get(), size_t(count) * sizeof(float), cudaMemcpyDeviceToHost,
+                        stream.get()),
+        "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(out.e4m3_decode.data(), decode.get(), 256 * sizeof(float), cudaMemcpyDeviceToHost, stream.get()),
+        "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(stream.get()), "cudaStreamSynchronize");
+  return out;
+}
+
+void force_ordered_error_sum(bool on) { g_force_ordered_sum.store(on); }
+void misalign_device_copies(bool on) { g_misalign.store(on); }
+
+}  // namespace testing
+}  // namespace mixq::cuda
