@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include "formats/minifloat.hpp"
 #include "formats/packing.hpp"
+#include "kernels/cpu/simd_dispatch.hpp"
 
 namespace mixq::cpu {
 namespace {
@@ -39,23 +41,7 @@ uint8_t fp8_sweep_pruned(const float* x, float block_amax, float global_amax, fl
   return best_bits;
 }
 
-// Hot loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define MIXQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MIXQ_CLONES
-#endif
-
 constexpr int64_t kChunkBlocks = 256;  // 4096 values per work item: fits L1 with its codes
-
-// E2M1 codes of a 16-block under `scale` (what nvfp4_code does, written lane-wise), unpacked.
-inline void codes16(const float* x, float scale, uint8_t* c) {
-  for (int i = 0; i < kNvfp4Block; ++i) {
-    const float a = (x[i] < 0.0f ? -x[i] : x[i]) / scale;
-    c[i] = static_cast<uint8_t>((x[i] < 0.0f ? 8 : 0) + (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) +
-                                (a > 2.5f) + (a >= 3.5f) + (a > 5.0f));
-  }
-}
 
 // max |x| of a 16-block (max is exact, so any reduction order gives the reference's value).
 inline float amax16(const float* x) {
@@ -71,43 +57,60 @@ struct chunk_job {
   std::span<const float> multipliers;
 };
 
-// Blocks x[0 .. n·16): scale bits to scales[], codes to packed[]; per-block squared errors to
-// errors[] when it is not null.
+// Blocks x[0 .. n·16), n <= kChunkBlocks: scale bits to scales[], codes to packed[]; per-block
+// squared errors to errors[] when it is not null. Written in phases over the whole chunk (block
+// maxima, scale choice, codes, packing) so that each phase is a loop the vectorizer handles.
 MIXQ_CLONES void encode_chunk(const float* x, int64_t n, const chunk_job& job, uint8_t* scales, uint8_t* packed,
                               float* errors) {
   static constexpr float kFourOverSix[2] = {1.0f, 1.5f};
   const float* e4m3 = e4m3_decode_table();
-  uint8_t codes[kChunkBlocks * kNvfp4Block];
-  for (int64_t b = 0; b < n; ++b) {
-    const float* xb = x + b * kNvfp4Block;
-    const float bmax = amax16(xb);
-    uint8_t bits = e4m3_encode(nvfp4_block_scale_f32(bmax, job.global_amax, job.normalizer));
-    switch (job.selector) {
-      case nvfp4_selector::max: break;
-      case nvfp4_selector::four_over_six:
-      case nvfp4_selector::mse_multiplier: {
-        const std::span<const float> cands =
-            job.selector == nvfp4_selector::four_over_six ? std::span<const float>(kFourOverSix) : job.multipliers;
-        float best = INFINITY;
-        for (float c : cands) {
-          const uint8_t cb = e4m3_encode(nvfp4_block_scale_f32(bmax * c, job.global_amax, job.normalizer));
-          const float err = nvfp4_block_sq_error(xb, e4m3[cb] * job.ws2);
-          if (err < best) best = err, bits = cb;
-        }
-        break;
+  float bmax[kChunkBlocks], step[kChunkBlocks];
+  alignas(64) float step_of[kChunkBlocks * kNvfp4Block];  // each block's step, per element
+  alignas(64) uint8_t codes[kChunkBlocks * kNvfp4Block];
+
+  for (int64_t b = 0; b < n; ++b) bmax[b] = amax16(x + b * kNvfp4Block);
+
+  for (int64_t b = 0; b < n; ++b) scales[b] = e4m3_encode(nvfp4_block_scale_f32(bmax[b], job.global_amax, job.normalizer));
+  if (job.selector == nvfp4_selector::four_over_six || job.selector == nvfp4_selector::mse_multiplier) {
+    const std::span<const float> cands =
+        job.selector == nvfp4_selector::four_over_six ? std::span<const float>(kFourOverSix) : job.multipliers;
+    for (int64_t b = 0; b < n; ++b) {
+      float best = INFINITY;
+      for (float c : cands) {
+        const uint8_t bits = e4m3_encode(nvfp4_block_scale_f32(bmax[b] * c, job.global_amax, job.normalizer));
+        const float err = nvfp4_block_sq_error(x + b * kNvfp4Block, e4m3[bits] * job.ws2);
+        if (err < best) best = err, scales[b] = bits;  // strict: the first candidate wins ties
       }
-      case nvfp4_selector::mse_fp8_sweep:
-      case nvfp4_selector::mse_four_over_six:
-        bits = fp8_sweep_pruned(xb, bmax, job.global_amax, job.normalizer, job.ws2);
-        break;
     }
-    scales[b] = bits;
-    const float scale = e4m3[bits] * job.ws2;
-    codes16(xb, scale, codes + b * kNvfp4Block);
-    if (errors) errors[b] = nvfp4_block_sq_error(xb, scale);
+  } else if (job.selector != nvfp4_selector::max) {
+    for (int64_t b = 0; b < n; ++b)
+      scales[b] = fp8_sweep_pruned(x + b * kNvfp4Block, bmax[b], job.global_amax, job.normalizer, job.ws2);
   }
-  for (int64_t j = 0; j < n * kNvfp4Block / 2; ++j)
-    packed[j] = static_cast<uint8_t>(codes[2 * j] | (codes[2 * j + 1] << 4));
+  for (int64_t b = 0; b < n; ++b) step[b] = e4m3[scales[b]] * job.ws2;
+
+  // Codes as one flat loop over the chunk (nvfp4_code, lane-wise), each value divided by its
+  // block's step spelled out per element so the loop runs at full vector width.
+  for (int64_t b = 0; b < n; ++b)
+    for (int i = 0; i < kNvfp4Block; ++i) step_of[b * kNvfp4Block + i] = step[b];
+  for (int64_t i = 0; i < n * kNvfp4Block; ++i) {
+    const float a = (x[i] < 0.0f ? -x[i] : x[i]) / step_of[i];
+    codes[i] = static_cast<uint8_t>((x[i] < 0.0f ? 8 : 0) + (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) +
+                                    (a > 2.5f) + (a >= 3.5f) + (a > 5.0f));
+  }
+  if (errors)
+    for (int64_t b = 0; b < n; ++b) errors[b] = nvfp4_block_sq_error(x + b * kNvfp4Block, step[b]);
+
+  // Two codes per byte, even element low: little-endian u16 (even | odd << 8) -> even | odd << 4.
+  for (int64_t j = 0; j < n * kNvfp4Block / 2; ++j) {
+    uint16_t pair;
+    std::memcpy(&pair, codes + 2 * j, 2);
+    packed[j] = static_cast<uint8_t>((pair & 0x0f) | ((pair >> 4) & 0xf0));
+  }
+}
+
+// Source values [i, i + n) widened to fp32 (BF16 / F16 / F32), vectorized per target.
+MIXQ_CLONES void widen(const source_matrix& w, int64_t i, int n, float* dst, bool zero_nonfinite) {
+  load_f32(w, i, n, dst, zero_nonfinite);
 }
 
 // Quantizes every block of w with one normalizer; per-block squared errors go to block_errors
@@ -132,7 +135,7 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t b0 = c * kChunkBlocks, n = std::min(kChunkBlocks, blocks - b0);
-      load_f32(w, b0 * kNvfp4Block, int(n * kNvfp4Block), x.data(), zero_nonfinite);
+      widen(w, b0 * kNvfp4Block, int(n * kNvfp4Block), x.data(), zero_nonfinite);
       encode_chunk(x.data(), n, job, q.block_scales.data() + b0, q.packed.data() + b0 * (kNvfp4Block / 2),
                    block_errors ? block_errors->data() + b0 : nullptr);
     }

@@ -4,6 +4,8 @@
 #include <array>
 #include <bit>
 
+#include "kernels/cpu/simd_dispatch.hpp"
+
 namespace mixq::cpu {
 
 const float* f16_decode_table() {
@@ -26,7 +28,7 @@ struct bits_scan {
 };
 
 template <class Bits, Bits kAbsMask, Bits kExpMask>
-bits_scan scan_bits(const Bits* p, int64_t n) {
+MIXQ_CLONES bits_scan scan_bits(const Bits* p, int64_t n) {
   Bits best = 0, any_nonfinite = 0;
 #pragma omp parallel for simd reduction(max : best) reduction(| : any_nonfinite) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
