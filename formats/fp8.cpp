@@ -15,15 +15,6 @@ float fp8_scale_for_amax(float amax) {
   return amax / kE4M3Max;
 }
 
-double fp8_row_sq_error(const float* row, int64_t n, float scale) {
-  double err = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = double(row[i]) - double(e4m3_decode_table()[fp8_code(row[i], scale)] * scale);
-    err += d * d;
-  }
-  return err;
-}
-
 double fp8_sq_error(const weight_view& w, float scale) {
   double err = 0.0;
   for (int64_t r = 0; r < w.rows; ++r) err += fp8_row_sq_error(w.row(r), w.cols, scale);

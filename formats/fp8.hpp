@@ -36,9 +36,10 @@ struct fp8_weight {
 float fp8_scale_for_amax(float amax);
 inline uint8_t fp8_code(float w, float scale);
 
-// Squared error of FP8 with `scale`: per row in double, then the row sums in row order (the order
-// every implementation keeps, so MSE choices agree bit for bit).
-double fp8_row_sq_error(const float* row, int64_t n, float scale);
+// Squared error of FP8 with `scale`: per row in double over 8 interleaved partial sums (lane j
+// takes elements j, j+8, ...; lanes added in order at the end), then the row sums in row order.
+// Every implementation keeps this order, so MSE choices agree bit for bit.
+inline double fp8_row_sq_error(const float* row, int64_t n, float scale);
 double fp8_sq_error(const weight_view& w, float scale);
 
 fp8_weight fp8_quantize(const weight_view& w, const fp8_options& options = {});
@@ -50,4 +51,21 @@ void fp8_dequantize(const fp8_weight& q, std::span<float> out);
 
 namespace mixq {
 inline uint8_t fp8_code(float w, float scale) { return e4m3_encode(w / scale); }
+
+inline double fp8_row_sq_error(const float* row, int64_t n, float scale) {
+  double lane[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) {
+      const double d = double(row[i + j]) - double(e4m3_decode(fp8_code(row[i + j], scale)) * scale);
+      lane[j] += d * d;
+    }
+  for (int j = 0; i + j < n; ++j) {
+    const double d = double(row[i + j]) - double(e4m3_decode(fp8_code(row[i + j], scale)) * scale);
+    lane[j] += d * d;
+  }
+  double err = 0.0;
+  for (double l : lane) err += l;
+  return err;
+}
 }  // namespace mixq

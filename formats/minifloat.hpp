@@ -74,6 +74,14 @@ inline constexpr float kE2M1Magnitudes[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f,
 
 // E4M3FN value of every byte (NaN for 0x7F / 0xFF).
 const float* e4m3_decode_table();
+// The same value computed from the bits, branch-free (for vectorized loops).
+inline float e4m3_decode(uint8_t b) {
+  const uint32_t sign = uint32_t(b & 0x80u) << 24, e = (b >> 3) & 15u, m = b & 7u;
+  const float subnormal = std::bit_cast<float>(sign | std::bit_cast<uint32_t>(float(m) * 0x1p-9f));
+  const float normal = std::bit_cast<float>(sign | ((e + 120u) << 23) | (m << 20));
+  const float v = e == 0 ? subnormal : normal;
+  return (b & 0x7fu) == 0x7fu ? std::bit_cast<float>(0x7fc00000u) : v;
+}
 // E4M3FN from float: RNE, satfinite (|x| > 448 -> ±448), NaN -> 0x7F|sign.
 inline uint8_t e4m3_encode(float x) {
   // Branch-free so that loops over it vectorize: every case is computed, then selected.

@@ -26,17 +26,28 @@ void require_output(std::span<float> out, int64_t n, std::string_view what) {
 // The exhaustive E4M3 scale sweep, pruned without changing its answer: a candidate whose error on
 // the block's largest element alone already exceeds the best full error cannot win (the block
 // error is a sum of non-negative terms, and rounding keeps a float sum >= each of its terms).
-// Seeded with the max-rule scale; ties go to the smallest code, as in the reference's ascending scan.
-uint8_t fp8_sweep_pruned(const float* x, float block_amax, float global_amax, float normalizer, float ws2) {
-  const float* e4m3 = e4m3_decode_table();
+// The per-candidate bounds are computed for all 126 codes at once (one vector loop); the full
+// error is computed only for candidates that survive. Seeded with the max-rule scale; ties go to
+// the smallest code, as in the reference's ascending scan.
+struct sweep_table {
+  float step[128] = {};  // step[k-1] = E4M3 code k × weight_scale_2, k = 1..126
+  explicit sweep_table(float ws2) {
+    for (int k = 1; k <= 0x7e; ++k) step[k - 1] = e4m3_decode_table()[k] * ws2;
+  }
+};
+
+uint8_t fp8_sweep_pruned(const float* x, float block_amax, float global_amax, float normalizer, const sweep_table& t) {
+  float bound[128];
+  for (int k = 0; k < 0x7e; ++k) {
+    const float d = e2m1_round_magnitude(block_amax / t.step[k]) * t.step[k];
+    bound[k] = (block_amax - d) * (block_amax - d);
+  }
   uint8_t best_bits = e4m3_encode(nvfp4_block_scale_f32(block_amax, global_amax, normalizer));
-  float best = nvfp4_block_sq_error(x, e4m3[best_bits] * ws2);
-  for (uint8_t bits = 1; bits <= 0x7e; ++bits) {
-    const float scale = e4m3[bits] * ws2;
-    const float d = e2m1_round_magnitude(block_amax / scale) * scale;
-    if ((block_amax - d) * (block_amax - d) > best) continue;
-    const float err = nvfp4_block_sq_error(x, scale);
-    if (err < best || (err == best && bits < best_bits)) best = err, best_bits = bits;
+  float best = nvfp4_block_sq_error(x, t.step[best_bits - 1]);
+  for (int k = 1; k <= 0x7e; ++k) {
+    if (bound[k - 1] > best) continue;
+    const float err = nvfp4_block_sq_error(x, t.step[k - 1]);
+    if (err < best || (err == best && k < best_bits)) best = err, best_bits = uint8_t(k);
   }
   return best_bits;
 }
@@ -55,7 +66,36 @@ struct chunk_job {
   float global_amax, normalizer, ws2;
   nvfp4_selector selector;
   std::span<const float> multipliers;
+  const sweep_table* sweep;
 };
+
+// Codes (nvfp4_code, lane-wise) of the values x[0, m), each divided by its block's step spelled
+// out per element, so the loop runs at full vector width; with kErrors also each value's squared
+// error term exactly as nvfp4_block_sq_error forms it.
+template <bool kErrors>
+inline void quantize_flat(const float* x, const float* step_of, int64_t m, uint8_t* codes, float* terms) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float ax = x[i] < 0.0f ? -x[i] : x[i];
+    const float a = ax / step_of[i];
+    codes[i] = static_cast<uint8_t>((x[i] < 0.0f ? 8 : 0) + (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) +
+                                    (a > 2.5f) + (a >= 3.5f) + (a > 5.0f));
+    if constexpr (kErrors) {
+      const float d = e2m1_round_magnitude(a) * step_of[i];
+      terms[i] = (ax - d) * (ax - d);
+    }
+  }
+}
+
+// Per-block sums of terms (in place), in nvfp4_block_sq_error's tree order; result at terms[16b].
+inline void block_sums(float* terms, int64_t n) {
+  for (int64_t b = 0; b < n; ++b) {
+    float* t = terms + b * kNvfp4Block;
+    float h8[8], h4[4];
+    for (int i = 0; i < 8; ++i) h8[i] = t[i] + t[i + 8];
+    for (int i = 0; i < 4; ++i) h4[i] = h8[i] + h8[i + 4];
+    t[0] = (h4[0] + h4[2]) + (h4[1] + h4[3]);
+  }
+}
 
 // Blocks x[0 .. n·16), n <= kChunkBlocks: scale bits to scales[], codes to packed[]; per-block
 // squared errors to errors[] when it is not null. Written in phases over the whole chunk (block
@@ -64,44 +104,60 @@ MIXQ_CLONES void encode_chunk(const float* x, int64_t n, const chunk_job& job, u
                               float* errors) {
   static constexpr float kFourOverSix[2] = {1.0f, 1.5f};
   const float* e4m3 = e4m3_decode_table();
-  float bmax[kChunkBlocks], step[kChunkBlocks];
-  alignas(64) float step_of[kChunkBlocks * kNvfp4Block];  // each block's step, per element
+  const int64_t m = n * kNvfp4Block;
+  float bmax[kChunkBlocks], best[kChunkBlocks];
+  alignas(64) float step_of[kChunkBlocks * kNvfp4Block];
+  alignas(64) float terms[kChunkBlocks * kNvfp4Block];
   alignas(64) uint8_t codes[kChunkBlocks * kNvfp4Block];
+  alignas(64) uint8_t trial[kChunkBlocks * kNvfp4Block];
+  auto spell_steps = [&](const uint8_t* bits) {
+    for (int64_t b = 0; b < n; ++b) {
+      const float s = e4m3[bits[b]] * job.ws2;
+      for (int i = 0; i < kNvfp4Block; ++i) step_of[b * kNvfp4Block + i] = s;
+    }
+  };
 
   for (int64_t b = 0; b < n; ++b) bmax[b] = amax16(x + b * kNvfp4Block);
-
   for (int64_t b = 0; b < n; ++b) scales[b] = e4m3_encode(nvfp4_block_scale_f32(bmax[b], job.global_amax, job.normalizer));
+
   if (job.selector == nvfp4_selector::four_over_six || job.selector == nvfp4_selector::mse_multiplier) {
+    // Each candidate multiplier is one pass over the chunk; a block keeps a candidate's scale and
+    // codes only when its error is strictly lower (the first candidate wins ties).
     const std::span<const float> cands =
         job.selector == nvfp4_selector::four_over_six ? std::span<const float>(kFourOverSix) : job.multipliers;
-    for (int64_t b = 0; b < n; ++b) {
-      float best = INFINITY;
-      for (float c : cands) {
-        const uint8_t bits = e4m3_encode(nvfp4_block_scale_f32(bmax[b] * c, job.global_amax, job.normalizer));
-        const float err = nvfp4_block_sq_error(x + b * kNvfp4Block, e4m3[bits] * job.ws2);
-        if (err < best) best = err, scales[b] = bits;  // strict: the first candidate wins ties
+    uint8_t cand_bits[kChunkBlocks];
+    for (int64_t b = 0; b < n; ++b) best[b] = INFINITY;
+    for (float c : cands) {
+      for (int64_t b = 0; b < n; ++b)
+        cand_bits[b] = e4m3_encode(nvfp4_block_scale_f32(bmax[b] * c, job.global_amax, job.normalizer));
+      spell_steps(cand_bits);
+      quantize_flat<true>(x, step_of, m, trial, terms);
+      block_sums(terms, n);
+      for (int64_t b = 0; b < n; ++b) {
+        if (!(terms[b * kNvfp4Block] < best[b])) continue;
+        best[b] = terms[b * kNvfp4Block];
+        scales[b] = cand_bits[b];
+        std::memcpy(codes + b * kNvfp4Block, trial + b * kNvfp4Block, kNvfp4Block);
       }
     }
-  } else if (job.selector != nvfp4_selector::max) {
-    for (int64_t b = 0; b < n; ++b)
-      scales[b] = fp8_sweep_pruned(x + b * kNvfp4Block, bmax[b], job.global_amax, job.normalizer, job.ws2);
+    if (errors)
+      for (int64_t b = 0; b < n; ++b) errors[b] = best[b];
+  } else {
+    if (job.selector != nvfp4_selector::max)
+      for (int64_t b = 0; b < n; ++b)
+        scales[b] = fp8_sweep_pruned(x + b * kNvfp4Block, bmax[b], job.global_amax, job.normalizer, *job.sweep);
+    spell_steps(scales);
+    if (errors) {
+      quantize_flat<true>(x, step_of, m, codes, terms);
+      block_sums(terms, n);
+      for (int64_t b = 0; b < n; ++b) errors[b] = terms[b * kNvfp4Block];
+    } else {
+      quantize_flat<false>(x, step_of, m, codes, nullptr);
+    }
   }
-  for (int64_t b = 0; b < n; ++b) step[b] = e4m3[scales[b]] * job.ws2;
-
-  // Codes as one flat loop over the chunk (nvfp4_code, lane-wise), each value divided by its
-  // block's step spelled out per element so the loop runs at full vector width.
-  for (int64_t b = 0; b < n; ++b)
-    for (int i = 0; i < kNvfp4Block; ++i) step_of[b * kNvfp4Block + i] = step[b];
-  for (int64_t i = 0; i < n * kNvfp4Block; ++i) {
-    const float a = (x[i] < 0.0f ? -x[i] : x[i]) / step_of[i];
-    codes[i] = static_cast<uint8_t>((x[i] < 0.0f ? 8 : 0) + (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) +
-                                    (a > 2.5f) + (a >= 3.5f) + (a > 5.0f));
-  }
-  if (errors)
-    for (int64_t b = 0; b < n; ++b) errors[b] = nvfp4_block_sq_error(x + b * kNvfp4Block, step[b]);
 
   // Two codes per byte, even element low: little-endian u16 (even | odd << 8) -> even | odd << 4.
-  for (int64_t j = 0; j < n * kNvfp4Block / 2; ++j) {
+  for (int64_t j = 0; j < m / 2; ++j) {
     uint16_t pair;
     std::memcpy(&pair, codes + 2 * j, 2);
     packed[j] = static_cast<uint8_t>((pair & 0x0f) | ((pair >> 4) & 0xf0));
@@ -126,8 +182,9 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
   q.packed.resize(size_t(w.size() / 2));
   q.block_scales.resize(size_t(blocks));
   if (block_errors) block_errors->resize(size_t(blocks));
+  const sweep_table sweep(q.global_scale);
   const chunk_job job{global_amax, normalizer, q.global_scale, options.selector,
-                      options.multipliers.empty() ? default_mse_multipliers() : options.multipliers};
+                      options.multipliers.empty() ? default_mse_multipliers() : options.multipliers, &sweep};
   const int64_t chunks = (blocks + kChunkBlocks - 1) / kChunkBlocks;
 #pragma omp parallel
   {
@@ -187,69 +244,76 @@ void nvfp4_dequantize(const nvfp4_weight& q, std::span<float> out) {
   }
 }
 
+// One row of FP8 work: optionally its amax and its squared error under each candidate scale.
+MIXQ_CLONES float fp8_row_amax(const float* x, int64_t n) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i] < 0.0f ? -x[i] : x[i]);
+  return m;
+}
+
+MIXQ_CLONES void fp8_row_errors(const float* x, int64_t n, float amax, std::span<const float> multipliers, double* err) {
+  for (size_t c = 0; c < multipliers.size(); ++c) err[c] = fp8_row_sq_error(x, n, fp8_scale_for_amax(amax * multipliers[c]));
+}
+
+MIXQ_CLONES void fp8_row_codes(const float* x, int64_t n, float scale, uint8_t* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = fp8_code(x[i], scale);
+}
+
 fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   if (w.rows <= 0 || w.cols <= 0) throw format_error(fmt::format("tensor '{}': empty shape", w.name));
   const source_scan scan = scan_source(w);
   const bool zero = apply_nonfinite_policy(w, scan, options.nonfinite);
   const std::span<const float> multipliers =
-      options.multipliers.empty() ? default_mse_multipliers() : options.multipliers;
+      options.selector == fp8_selector::mse
+          ? (options.multipliers.empty() ? default_mse_multipliers() : options.multipliers)
+          : std::span<const float>();
   const bool per_tensor = options.granularity == fp8_granularity::per_tensor;
-  const bool mse = options.selector == fp8_selector::mse;
-  const size_t n_cand = mse ? multipliers.size() : 1;
+  const size_t n_cand = multipliers.size();
   const float tensor_amax = options.amax > 0.0f ? options.amax : scan.amax;
 
   fp8_weight q;
   q.rows = w.rows;
   q.cols = w.cols;
   q.codes.resize(size_t(w.size()));
-  q.scales.assign(per_tensor ? 1 : size_t(w.rows), 0.0f);
+  q.scales.assign(per_tensor ? 1 : size_t(w.rows), fp8_scale_for_amax(tensor_amax));
   // Per-row squared error of every candidate scale (MSE only): rows in parallel, each read once.
-  std::vector<double> row_err(mse ? size_t(w.rows) * n_cand : 0);
+  std::vector<double> row_err(size_t(w.rows) * n_cand);
 
+  // Per-channel scales are decided row by row; a per-tensor MSE scale needs every row's errors first.
+  const bool codes_in_first_pass = !(per_tensor && n_cand > 0);
 #pragma omp parallel
   {
     std::vector<float> x(size_t(w.cols));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < w.rows; ++r) {
-      load_f32(w, r * w.cols, int(w.cols), x.data(), zero);
-      float amax = tensor_amax;
-      if (!per_tensor) {
-        amax = 0.0f;
-        for (float v : x) amax = std::fmax(amax, std::fabs(v));
-      }
-      if (mse)
-        for (size_t c = 0; c < n_cand; ++c)
-          row_err[size_t(r) * n_cand + c] = fp8_row_sq_error(x.data(), w.cols, fp8_scale_for_amax(amax * multipliers[c]));
+      widen(w, r * w.cols, int(w.cols), x.data(), zero);
+      const float amax = per_tensor ? tensor_amax : fp8_row_amax(x.data(), w.cols);
+      double* err = row_err.data() + size_t(r) * n_cand;
+      if (n_cand > 0) fp8_row_errors(x.data(), w.cols, amax, multipliers, err);
       if (!per_tensor) {
         size_t best = 0;
         for (size_t c = 1; c < n_cand; ++c)
-          if (row_err[size_t(r) * n_cand + c] < row_err[size_t(r) * n_cand + best]) best = c;
-        q.scales[size_t(r)] = fp8_scale_for_amax(mse ? amax * multipliers[best] : amax);
+          if (err[c] < err[best]) best = c;
+        q.scales[size_t(r)] = fp8_scale_for_amax(n_cand > 0 ? amax * multipliers[best] : amax);
       }
+      if (codes_in_first_pass) fp8_row_codes(x.data(), w.cols, q.scale_of_row(r), q.codes.data() + r * w.cols);
     }
   }
-  if (per_tensor) {
-    float scale = fp8_scale_for_amax(tensor_amax);
-    if (mse) {
-      double best = INFINITY;
-      for (size_t c = 0; c < n_cand; ++c) {
-        double total = 0.0;  // rows in order, as fp8_sq_error sums them
-        for (int64_t r = 0; r < w.rows; ++r) total += row_err[size_t(r) * n_cand + c];
-        if (total < best) best = total, scale = fp8_scale_for_amax(tensor_amax * multipliers[c]);
-      }
-    }
-    q.scales[0] = scale;
-  }
+  if (codes_in_first_pass) return q;
 
+  double best = INFINITY;
+  for (size_t c = 0; c < n_cand; ++c) {
+    double total = 0.0;  // rows in order, as fp8_sq_error sums them
+    for (int64_t r = 0; r < w.rows; ++r) total += row_err[size_t(r) * n_cand + c];
+    if (total < best) best = total, q.scales[0] = fp8_scale_for_amax(tensor_amax * multipliers[c]);
+  }
 #pragma omp parallel
   {
     std::vector<float> x(size_t(w.cols));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < w.rows; ++r) {
-      load_f32(w, r * w.cols, int(w.cols), x.data(), zero);
-      const float scale = q.scale_of_row(r);
-      uint8_t* dst = q.codes.data() + r * w.cols;
-      for (int64_t c = 0; c < w.cols; ++c) dst[c] = fp8_code(x[size_t(c)], scale);
+      widen(w, r * w.cols, int(w.cols), x.data(), zero);
+      fp8_row_codes(x.data(), w.cols, q.scales[0], q.codes.data() + r * w.cols);
     }
   }
   return q;

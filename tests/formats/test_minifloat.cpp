@@ -47,6 +47,7 @@ TEST(minifloat, decode_every_code_matches_the_definition) {
   for (uint32_t b = 0; b < 16; ++b) expect_same(e2m1_by_formula(b), minifloat_decode(b, kE2M1), b);
   for (uint32_t b = 0; b < 16; ++b) expect_same(e2m1_by_formula(b), e2m1_t{uint8_t(b)}.to_float(), b);
   for (uint32_t b = 0; b < 256; ++b) expect_same(e4m3_by_formula(b), e4m3_t{uint8_t(b)}.to_float(), b);
+  for (uint32_t b = 0; b < 256; ++b) expect_same(e4m3_by_formula(b), e4m3_decode(uint8_t(b)), b);
   for (uint32_t b = 0; b < 256; ++b) expect_same(e5m2_by_formula(b), e5m2_t{uint8_t(b)}.to_float(), b);
   for (uint32_t b = 0; b < 65536; ++b) expect_same(fp16_by_formula(b), fp16_decode(uint16_t(b)), b);
   for (uint32_t b = 0; b < 65536; ++b) expect_same(bf16_by_formula(b), minifloat_decode(b, kBF16), b);
