@@ -53,7 +53,7 @@ block_choice choose_by_amax_multipliers(const float* x, float block_amax, float 
   for (float c : multipliers) {
     const uint8_t bits = e4m3_encode(nvfp4_block_scale_f32(block_amax * c, global_amax, normalizer));
     const float err = nvfp4_block_sq_error(x, e4m3_decode_table()[bits] * ws2);
-    if (err < best.sq_error) best = {bits, err};  // strict: the first candidate wins ties
+    if (err < best.sq_error || best.scale_bits == 0) best = {bits, err};  // strict: the first candidate wins ties
   }
   return best;
 }
@@ -62,7 +62,7 @@ block_choice choose_by_fp8_sweep(const float* x, float ws2) {
   block_choice best;
   for (uint8_t bits = 1; bits <= 0x7e; ++bits) {  // every positive finite E4M3 value, ascending
     const float err = nvfp4_block_sq_error(x, e4m3_decode_table()[bits] * ws2);
-    if (err < best.sq_error) best = {bits, err};
+    if (err < best.sq_error || best.scale_bits == 0) best = {bits, err};  // (even if every error is inf)
   }
   return best;
 }
@@ -143,7 +143,7 @@ void nvfp4_dequantize(const nvfp4_weight& q, std::span<float> out) {
   if (int64_t(out.size()) != n) throw format_error(fmt::format("nvfp4_dequantize: output holds {} values, need {}", out.size(), n));
   for (int64_t i = 0; i < n; ++i) {
     const float scale = e4m3_decode_table()[q.block_scales[size_t(i / kNvfp4Block)]] * q.global_scale;
-    out[size_t(i)] = e2m1_t{nibble_at(q.packed.data(), i)}.to_float() * scale;
+    out[size_t(i)] = kNvfp4Values[nibble_at(q.packed.data(), i)] * scale;
   }
 }
 

@@ -71,6 +71,11 @@ uint8_t nvfp4_choose_block_scale(const float* x, float block_amax, float global_
 // Packs the 16 codes of x under `scale` into 8 bytes at dst; returns the block's squared error.
 float nvfp4_encode_block(const float* x, float scale, uint8_t* dst);
 
+// The value of each NVFP4 nibble as the runtimes dequantize it: E2M1, except that 0x8 (the code
+// of a small negative that rounds to zero) reads as +0, as in ModelOpt's NVFP4QTensor.
+inline constexpr float kNvfp4Values[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                                           0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
 // ---- whole tensors ----------------------------------------------------------------------------
 
 nvfp4_weight nvfp4_quantize(const weight_view& w, const nvfp4_options& options = {});

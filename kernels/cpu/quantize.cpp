@@ -141,14 +141,15 @@ MIXQ_CLONES void encode_chunk(const float* x, int64_t n, const chunk_job& job, u
         job.selector == nvfp4_selector::four_over_six ? std::span<const float>(kFourOverSix) : job.multipliers;
     uint8_t cand_bits[kChunkBlocks];
     for (int64_t b = 0; b < n; ++b) best[b] = INFINITY;
-    for (float c : cands) {
+    for (size_t ci = 0; ci < cands.size(); ++ci) {
+      const float c = cands[ci];
       for (int64_t b = 0; b < n; ++b)
         cand_bits[b] = e4m3_encode(nvfp4_block_scale_f32(bmax[b] * c, job.global_amax, job.normalizer));
       spell_steps(cand_bits);
       quantize_flat<true>(x, step_of, m, trial, terms);
       block_sums(terms, n);
       for (int64_t b = 0; b < n; ++b) {
-        if (!(terms[b * kNvfp4Block] < best[b])) continue;
+        if (!(terms[b * kNvfp4Block] < best[b]) && ci > 0) continue;  // the first is taken even if inf
         best[b] = terms[b * kNvfp4Block];
         scales[b] = cand_bits[b];
         std::memcpy(codes + b * kNvfp4Block, trial + b * kNvfp4Block, kNvfp4Block);
@@ -252,8 +253,7 @@ void nvfp4_dequantize(const nvfp4_weight& q, std::span<float> out) {
     float* o = out.data() + b * kNvfp4Block;
     for (int i = 0; i < kNvfp4Block; ++i) {
       const uint8_t nib = (i & 1) ? uint8_t(p[i / 2] >> 4) : uint8_t(p[i / 2] & 0xF);
-      const float m = kE2M1Magnitudes[nib & 7];
-      o[i] = ((nib & 8) ? -m : m) * scale;
+      o[i] = kNvfp4Values[nib] * scale;
     }
   }
 }

@@ -2,16 +2,16 @@
 //
 // How the kernels stay exact:
 //  * built with --fmad=false -ftz=false -prec-div=true (kernels/cuda/CMakeLists.txt), and every
-//    float / double operation whose rounding matters is spelled __fmul_rn / __fdiv_rn / __fadd_rn /
-//    __fsub_rn / __dadd_rn ..., in the order the reference evaluates it;
+//    float / double operation whose rounding matters is an explicit __f*_rn / __d*_rn (device_math.cuh
+//    and below), in the order the reference evaluates it;
 //  * E2M1 rounding is the host's own code (formats/minifloat.hpp, MIXQ_HD); E4M3 encoding is the
-//    host's branch-free bit arithmetic (formats/minifloat.cpp) written out again below, and E4M3
-//    decoding builds the exact float from the bits (tests compare both with the host's exhaustively);
+//    host's branch-free bit arithmetic (formats/minifloat.cpp) written out again in device_math.cuh,
+//    and E4M3 decoding builds the exact float from the bits (tests compare both with the host's);
 //  * float sums keep the reference's fixed tree (16-block error) and double sums its order (FP8 row
-//    errors by column, tensor errors by row); argmins scan candidates in the reference's order with
-//    its strict "<", so ties go to the first (smallest) candidate;
+//    errors in 8 column lanes, then lanes in order; tensor errors by row); argmins scan candidates in
+//    the reference's order with its strict "<", so ties go to the first (smallest) candidate;
 //  * the global amax is a max, which is exact in any order; the one order-sensitive tensor-wide sum
-//    (mse_four_over_six) is settled as described at narrow_normalizer_wins.
+//    (mse_four_over_six) is settled as described at narrow_normalizer_wins / dm::settle_by_bounds.
 #include "kernels/cuda/quantize.hpp"
 
 #include <cuda_fp16.h>
@@ -30,6 +30,7 @@
 
 #include "formats/format_traits.hpp"
 #include "formats/minifloat.hpp"
+#include "kernels/cuda/device_math.cuh"
 
 namespace mixq::cuda {
 namespace {
@@ -83,7 +84,7 @@ class owned_stream {
 };
 
 size_t element_bytes(source_dtype d) { return d == source_dtype::f32 ? 4 : 2; }
-bool aligned(const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; }
+__host__ __device__ inline bool aligned(const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; }
 
 int sm_count() {
   int device = 0, sms = 0;
@@ -112,71 +113,6 @@ void dispatch(source_dtype d, F&& f) {
   throw std::invalid_argument("mixq::cuda: unknown source dtype");
 }
 
-// ---- device arithmetic: the reference's, operation for operation --------------------------------
-
-// formats/minifloat.cpp e4m3_encode, the same bit arithmetic (RNE, satfinite, NaN -> 0x7F|sign).
-__device__ __forceinline__ uint32_t e4m3_encode_dev(float x) {
-  const uint32_t bits = __float_as_uint(x);
-  const uint32_t sign = (bits >> 24) & 0x80u;
-  const uint32_t u = bits & 0x7fffffffu;
-  const float t = __fadd_rn(__fmul_rn(__uint_as_float(u), 512.0f), 8388608.0f);
-  const uint32_t subnormal = __float_as_uint(t) - 0x4b000000u;
-  const uint32_t r = u + 0x7ffffu + ((u >> 20) & 1u);
-  const uint32_t normal = ((((r >> 23) - 120u) << 3) | ((r >> 20) & 7u)) & 0x7fu;
-  uint32_t code = u < 0x3c800000u ? subnormal : normal;
-  code = u >= 0x43e00000u ? 0x7eu : code;
-  code = u > 0x7f800000u ? 0x7fu : code;
-  return sign | code;
-}
-
-// The exact E4M3FN value of a byte (what e4m3_decode_table() holds): 2^(e-7)·(1+m/8), m·2^-9, NaN.
-__device__ __forceinline__ float e4m3_decode_dev(uint32_t b) {
-  const uint32_t e = (b >> 3) & 15u, m = b & 7u;
-  float v = e == 0 ? __fmul_rn(float(m), 0.001953125f) : __uint_as_float(((e + 120u) << 23) | (m << 20));
-  v = (b & 0x7fu) == 0x7fu ? __uint_as_float(0x7fc00000u) : v;
-  return (b & 0x80u) ? -v : v;
-}
-
-__device__ __forceinline__ float abs_as_reference(float w) { return w < 0.0f ? -w : w; }
-__device__ __forceinline__ bool finite_dev(float v) { return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u; }
-
-// nvfp4_block_scale_f32.
-__device__ __forceinline__ float nvfp4_block_scale_dev(float block_amax, float global_amax, float normalizer) {
-  const float g = global_amax > 0.0f ? global_amax : 1.0f;
-  float s = block_amax == 0.0f ? 1.0f : __fdiv_rn(__fmul_rn(block_amax, normalizer), g);
-  s = s < kNvfp4MinBlockScale ? kNvfp4MinBlockScale : s;
-  return s > 448.0f ? 448.0f : s;
-}
-
-// nvfp4_block_sq_error: squared errors summed as the same fixed tree.
-__device__ __forceinline__ float nvfp4_sq_error_dev(const float (&w)[kNvfp4Block], float scale) {
-  float t[kNvfp4Block];
-#pragma unroll
-  for (int i = 0; i < kNvfp4Block; ++i) {
-    const float a = abs_as_reference(w[i]);
-    const float d = __fmul_rn(e2m1_round_magnitude(__fdiv_rn(a, scale)), scale);
-    const float e = __fsub_rn(a, d);
-    t[i] = __fmul_rn(e, e);
-  }
-#pragma unroll
-  for (int width = kNvfp4Block / 2; width >= 1; width /= 2)
-#pragma unroll
-    for (int i = 0; i < width; ++i) t[i] = __fadd_rn(t[i], t[i + width]);
-  return t[0];
-}
-
-// nvfp4_code.
-__device__ __forceinline__ uint32_t nvfp4_code_dev(float w, float scale) {
-  const float a = __fdiv_rn(abs_as_reference(w), scale);
-  return (w < 0.0f ? 0x8u : 0x0u) | e2m1_magnitude_code(a);
-}
-
-// fp8_scale_for_amax.
-__device__ __forceinline__ float fp8_scale_dev(float amax) {
-  if (!(amax > 0x1p-24f)) amax = 1.0f;
-  return __fdiv_rn(amax, kE4M3Max);
-}
-
 // ---- loads: BF16 / F16 / F32 widened to fp32 exactly ---------------------------------------------
 
 template <source_dtype D>
@@ -194,7 +130,7 @@ __device__ __forceinline__ float widen(const void* p, int64_t i) {
 template <source_dtype D>
 __device__ __forceinline__ float widen_clean(const void* p, int64_t i, bool zero) {
   const float v = widen<D>(p, i);
-  return zero && !finite_dev(v) ? 0.0f : v;
+  return zero && !dm::is_finite(v) ? 0.0f : v;
 }
 
 // Eight values from flat index i (a multiple of 8); vec: p is 16-byte aligned.
@@ -320,42 +256,6 @@ struct nvfp4_params {
   float* errors;  // per-block squared error, or nullptr
 };
 
-// choose_by_amax_multipliers: candidates in list order, strict "<" from +inf (0 if none is finite).
-__device__ __forceinline__ uint32_t choose_by_multipliers(const float (&x)[kNvfp4Block], float block_amax,
-                                                          const nvfp4_params& p) {
-  uint32_t best_bits = 0;
-  float best = INFINITY;
-  for (int k = 0; k < p.n_multipliers; ++k) {
-    const uint32_t bits =
-        e4m3_encode_dev(nvfp4_block_scale_dev(__fmul_rn(block_amax, p.multipliers[k]), p.global_amax, p.normalizer));
-    const float err = nvfp4_sq_error_dev(x, __fmul_rn(e4m3_decode_dev(bits), p.ws2));
-    if (err < best) best = err, best_bits = bits;
-  }
-  return best_bits;
-}
-
-// choose_by_fp8_sweep (codes 1..126 ascending, strict "<" from +inf), pruned as kernels/cpu does it
-// without changing the answer: a code whose error on the block's largest element alone exceeds the
-// best full error cannot win (a float sum of non-negative terms is >= each term). Seeded with the
-// max-rule code when its error is finite; among equal errors the smallest code is kept, which is
-// the one the ascending strict scan returns. (A non-finite seed is dropped, so that a block whose
-// every error overflows gets the reference's code 0.)
-__device__ __forceinline__ uint32_t choose_by_sweep(const float (&x)[kNvfp4Block], float block_amax,
-                                                    const nvfp4_params& p) {
-  uint32_t best_bits = e4m3_encode_dev(nvfp4_block_scale_dev(block_amax, p.global_amax, p.normalizer));
-  float best = nvfp4_sq_error_dev(x, __fmul_rn(e4m3_decode_dev(best_bits), p.ws2));
-  if (!(best < INFINITY)) best = INFINITY, best_bits = 0;
-  for (uint32_t bits = 1; bits <= 0x7eu; ++bits) {
-    const float scale = __fmul_rn(e4m3_decode_dev(bits), p.ws2);
-    const float d = __fmul_rn(e2m1_round_magnitude(__fdiv_rn(block_amax, scale)), scale);
-    const float e = __fsub_rn(block_amax, d);
-    if (__fmul_rn(e, e) > best) continue;
-    const float err = nvfp4_sq_error_dev(x, scale);
-    if (err < best || (err == best && bits < best_bits)) best = err, best_bits = bits;
-  }
-  return best_bits;
-}
-
 // One thread per 16-block.
 template <source_dtype D, block_mode Mode>
 __global__ void __launch_bounds__(128) nvfp4_kernel(nvfp4_params p) {
@@ -367,23 +267,23 @@ __global__ void __launch_bounds__(128) nvfp4_kernel(nvfp4_params p) {
   float block_amax = 0.0f;
 #pragma unroll
   for (int i = 0; i < kNvfp4Block; ++i) {
-    if (p.zero && !finite_dev(x[i])) x[i] = 0.0f;
+    if (p.zero && !dm::is_finite(x[i])) x[i] = 0.0f;
     block_amax = fmaxf(block_amax, fabsf(x[i]));
   }
   uint32_t bits;
   if constexpr (Mode == block_mode::max)
-    bits = e4m3_encode_dev(nvfp4_block_scale_dev(block_amax, p.global_amax, p.normalizer));
+    bits = dm::e4m3_encode(dm::nvfp4_block_scale(block_amax, p.global_amax, p.normalizer));
   else if constexpr (Mode == block_mode::multipliers)
-    bits = choose_by_multipliers(x, block_amax, p);
+    bits = dm::choose_by_multipliers(x, block_amax, p.global_amax, p.normalizer, p.ws2, p.multipliers, p.n_multipliers);
   else
-    bits = choose_by_sweep(x, block_amax, p);
+    bits = dm::choose_by_sweep(x, block_amax, p.global_amax, p.normalizer, p.ws2);
 
-  const float scale = __fmul_rn(e4m3_decode_dev(bits), p.ws2);
+  const float scale = __fmul_rn(dm::e4m3_decode(bits), p.ws2);
   uint32_t lo = 0, hi = 0;  // nibble i of the block at bits 4i: even element in the low nibble
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    lo |= nvfp4_code_dev(x[i], scale) << (4 * i);
-    hi |= nvfp4_code_dev(x[i + 8], scale) << (4 * i);
+    lo |= dm::nvfp4_code(x[i], scale) << (4 * i);
+    hi |= dm::nvfp4_code(x[i + 8], scale) << (4 * i);
   }
   uint8_t* dst = p.packed + b * (kNvfp4Block / 2);
   if (aligned(dst, 8)) {
@@ -393,7 +293,7 @@ __global__ void __launch_bounds__(128) nvfp4_kernel(nvfp4_params p) {
     for (int k = 0; k < 4; ++k) dst[k] = uint8_t(lo >> (8 * k)), dst[k + 4] = uint8_t(hi >> (8 * k));
   }
   p.scales[b] = static_cast<uint8_t>(bits);
-  if (p.errors != nullptr) p.errors[b] = nvfp4_sq_error_dev(x, scale);
+  if (p.errors != nullptr) p.errors[b] = dm::nvfp4_sq_error(x, scale);
 }
 
 void launch_nvfp4(source_dtype dtype, block_mode mode, const nvfp4_params& p, cudaStream_t stream) {
@@ -446,11 +346,9 @@ __global__ void ordered_sum_kernel(const float* a, const float* b, int64_t n, do
 }
 
 // Whether the reference's `narrow.sq_error < standard.sq_error` holds, where each side sums the n
-// per-block float errors in block order in double. Any summation order of n non-negative terms is
-// within a relative γ(n-1) = (n-1)·2^-53/(1-(n-1)·2^-53) of the exact sum, the ordered sum included;
-// so when the unordered sums differ by more than both bounds together (the factor k below, with room
-// for the rounding of the comparison itself) the ordered ones compare the same way. Otherwise (near
-// ties, or when forced) the ordered sums are taken on the device, one thread adding in block order.
+// per-block float errors in block order in double: settled from fast unordered sums when their error
+// bounds keep apart (dm::settle_by_bounds), else (near ties, or when forced) by the ordered sums, taken
+// on the device by one thread adding in block order.
 bool narrow_normalizer_wins(const float* narrow_err, const float* standard_err, int64_t n, cudaStream_t stream) {
   device_buffer<double> d(2, stream);
   double sums[2] = {0.0, 0.0};
@@ -460,11 +358,8 @@ bool narrow_normalizer_wins(const float* narrow_err, const float* standard_err, 
     check_launch("unordered_sum_kernel");
     check(cudaMemcpyAsync(sums, d.get(), sizeof sums, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    const double pn = sums[0], ps = sums[1];
-    if (pn == 0.0 && ps == 0.0) return false;  // every term is 0: both ordered sums are 0 too
-    const double k = 1.0 + 4.0 * double(n) * 0x1p-53 + 0x1p-40;
-    if (pn * k < ps / k) return true;
-    if (pn / k > ps * k) return false;
+    const int settled = dm::settle_by_bounds(sums[0], sums[1], n);
+    if (settled >= 0) return settled == 1;
   }
   ordered_sum_kernel<<<1, 1024, 0, stream>>>(narrow_err, standard_err, n, d.get());
   check_launch("ordered_sum_kernel");
@@ -494,8 +389,10 @@ __global__ void row_amax_kernel(const void* src, int64_t rows, int64_t cols, boo
 }
 
 // fp8_row_sq_error of every (row, candidate): one block per row, one thread per candidate, the row
-// staged in shared memory; each thread adds its squared differences in column order, in double.
-constexpr int kRowChunk = 2048;
+// staged in shared memory. As the reference: squared differences in double into 8 lanes (lane j takes
+// columns j, j+8, ..., in column order), the lanes then added in lane order from 0.
+constexpr int kRowChunk = 2048;  // a multiple of kFp8Lanes, so that lane = column % 8 within a chunk
+static_assert(kRowChunk % dm::kFp8Lanes == 0);
 template <source_dtype D>
 __global__ void fp8_row_error_kernel(const void* src, int64_t rows, int64_t cols, bool zero, const float* row_amax,
                                      float tensor_amax, const float* multipliers, int n_cand, double* row_err) {
@@ -505,22 +402,20 @@ __global__ void fp8_row_error_kernel(const void* src, int64_t rows, int64_t cols
     for (int c0 = 0; c0 < n_cand; c0 += blockDim.x) {
       const int c = c0 + int(threadIdx.x);
       const bool active = c < n_cand;
-      const float scale = active ? fp8_scale_dev(__fmul_rn(amax, multipliers[c])) : 1.0f;
-      double err = 0.0;
+      const float scale = active ? dm::fp8_scale(__fmul_rn(amax, multipliers[c])) : 1.0f;
+      double lane[dm::kFp8Lanes] = {};
       for (int64_t base = 0; base < cols; base += kRowChunk) {
         const int m = static_cast<int>(min(int64_t(kRowChunk), cols - base));
         __syncthreads();
         for (int i = threadIdx.x; i < m; i += blockDim.x) xs[i] = widen_clean<D>(src, r * cols + base + i, zero);
         __syncthreads();
         if (active)
-          for (int i = 0; i < m; ++i) {
-            const float v = xs[i];
-            const float q = __fmul_rn(e4m3_decode_dev(e4m3_encode_dev(__fdiv_rn(v, scale))), scale);
-            const double d = __dsub_rn(double(v), double(q));
-            err = __dadd_rn(err, __dmul_rn(d, d));
-          }
+          for (int i = 0; i < m; i += dm::kFp8Lanes)
+#pragma unroll
+            for (int j = 0; j < dm::kFp8Lanes; ++j)
+              if (i + j < m) lane[j] = __dadd_rn(lane[j], dm::fp8_sq_term(xs[i + j], scale));
       }
-      if (active) row_err[r * n_cand + c] = err;
+      if (active) row_err[r * n_cand + c] = dm::fp8_lanes_total(lane);
     }
   }
 }
@@ -530,6 +425,7 @@ __global__ void fp8_pick_tensor_kernel(const double* row_err, int64_t rows, int 
                                        const float* multipliers, double* totals, float* scale_out) {
   for (int c = threadIdx.x; c < n_cand; c += blockDim.x) {
     double total = 0.0;
+#pragma unroll 8
     for (int64_t r = 0; r < rows; ++r) total = __dadd_rn(total, row_err[r * n_cand + c]);
     totals[c] = total;
   }
@@ -538,7 +434,7 @@ __global__ void fp8_pick_tensor_kernel(const double* row_err, int64_t rows, int 
     double best = INFINITY;
     float best_scale = 0.0f;
     for (int c = 0; c < n_cand; ++c)
-      if (totals[c] < best) best = totals[c], best_scale = fp8_scale_dev(__fmul_rn(tensor_amax, multipliers[c]));
+      if (totals[c] < best) best = totals[c], best_scale = dm::fp8_scale(__fmul_rn(tensor_amax, multipliers[c]));
     *scale_out = best_scale;
   }
 }
@@ -549,14 +445,14 @@ __global__ void fp8_pick_rows_kernel(const double* row_err, int64_t rows, int n_
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   if (row_err == nullptr) {
-    scales[r] = fp8_scale_dev(row_amax[r]);
+    scales[r] = dm::fp8_scale(row_amax[r]);
     return;
   }
   double best = INFINITY;
   float best_scale = 0.0f;
   for (int c = 0; c < n_cand; ++c) {
     const double e = row_err[r * n_cand + c];
-    if (e < best) best = e, best_scale = fp8_scale_dev(__fmul_rn(row_amax[r], multipliers[c]));
+    if (e < best) best = e, best_scale = dm::fp8_scale(__fmul_rn(row_amax[r], multipliers[c]));
   }
   scales[r] = best_scale;
 }
@@ -584,8 +480,8 @@ __global__ void fp8_codes_kernel(const void* src, int64_t n, int64_t cols, bool 
         while (g * 8 + k >= row_end) ++r, row_end += cols;
         scale = scales[r];
       }
-      const float v = zero && !finite_dev(x[k]) ? 0.0f : x[k];
-      const uint32_t c = e4m3_encode_dev(__fdiv_rn(v, scale));
+      const float v = zero && !dm::is_finite(x[k]) ? 0.0f : x[k];
+      const uint32_t c = dm::fp8_code(v, scale);
       if (k < 4) lo |= c << (8 * k);
       else hi |= c << (8 * (k - 4));
     }
@@ -599,7 +495,7 @@ __global__ void fp8_codes_kernel(const void* src, int64_t n, int64_t cols, bool 
   }
   for (int64_t i = groups * 8 + start; i < n; i += stride) {
     const float scale = per_row ? scales[i / cols] : tensor_scale;
-    codes[i] = static_cast<uint8_t>(e4m3_encode_dev(__fdiv_rn(widen_clean<D>(src, i, zero), scale)));
+    codes[i] = static_cast<uint8_t>(dm::fp8_code(widen_clean<D>(src, i, zero), scale));
   }
 }
 
@@ -611,12 +507,12 @@ __global__ void probe_kernel(uint32_t first, uint32_t count, uint8_t* e4m3, uint
   const uint32_t start = blockIdx.x * blockDim.x + threadIdx.x;
   for (uint32_t i = start; i < count; i += stride) {
     const float x = __uint_as_float(first + i);
-    const float a = abs_as_reference(x);
-    e4m3[i] = static_cast<uint8_t>(e4m3_encode_dev(x));
+    const float a = dm::abs_as_reference(x);
+    e4m3[i] = static_cast<uint8_t>(dm::e4m3_encode(x));
     e2m1_code[i] = e2m1_magnitude_code(a);
     e2m1_round[i] = e2m1_round_magnitude(a);
   }
-  if (start < 256) decode[start] = e4m3_decode_dev(start);
+  if (start < 256) decode[start] = dm::e4m3_decode(start);
 }
 
 }  // namespace

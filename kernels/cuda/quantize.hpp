@@ -33,7 +33,8 @@ fp8_weight fp8_quantize(const cpu::source_matrix& host_w, const fp8_options& opt
 // Both synchronize `stream` once to read the global amax / non-finite scan (so that `reject` can
 // throw here, with the CPU path's message), and the NVFP4 one again for mse_four_over_six to learn
 // which normalizer won. The outputs are complete once `stream` is. Any alignment works; 16-byte
-// aligned inputs and 8-byte aligned outputs take the vectorized loads and stores.
+// aligned inputs and 8-byte aligned outputs take the vectorized loads and stores. Scratch memory
+// comes from the stream-ordered allocator (cudaMallocAsync on `stream`, the device's current pool).
 
 struct nvfp4_device_result {
   float global_scale = 0.0f;  // weight_scale_2

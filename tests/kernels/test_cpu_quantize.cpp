@@ -63,6 +63,22 @@ TEST(cpu_kernels, nvfp4_every_selector_bit_identical) {
     }
 }
 
+TEST(cpu_kernels, nvfp4_agrees_when_block_errors_overflow) {
+  // Values near 1e25: squared errors overflow float for many candidate scales.
+  auto t = testing::make_tensor(testing::tensor_kind::heavy_tailed, 4, 64, 81);
+  for (auto& v : t.values) v *= 1e27f;
+  for (auto sel : {nvfp4_selector::mse_multiplier, nvfp4_selector::mse_fp8_sweep, nvfp4_selector::four_over_six,
+                   nvfp4_selector::mse_four_over_six}) {
+    nvfp4_options o;
+    o.selector = sel;
+    const nvfp4_weight ref = nvfp4_quantize(t.view(), o);
+    const nvfp4_weight fast = cpu::nvfp4_quantize(cpu::from_f32(t.view()), o);
+    EXPECT_EQ(fast.block_scales, ref.block_scales) << selector_name(sel);
+    EXPECT_EQ(fast.packed, ref.packed) << selector_name(sel);
+    for (uint8_t s : ref.block_scales) EXPECT_NE(s, 0) << selector_name(sel);  // never a zero scale
+  }
+}
+
 TEST(cpu_kernels, fp8_every_granularity_and_selector_bit_identical) {
   for (const auto& t : all_kinds(16, 96, 41))
     for (auto dtype : kDtypes) {

@@ -1,0 +1,194 @@
+// The per-block / per-element arithmetic of the CUDA quantizers, written once for host and device.
+// On the device every rounding is an explicit __f*_rn / __d*_rn intrinsic; on the host the same
+// expressions are plain IEEE operations (the project compiles with -ffp-contract=off), so host
+// tests (tests/cuda) can check this logic against the scalar reference without a GPU, and the GPU
+// tests check that the device computes the same.
+//
+// Plain C++ when not compiled by nvcc: include it from .cpp files freely.
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+#include "formats/fp8.hpp"
+#include "formats/minifloat.hpp"  // MIXQ_HD, e2m1_magnitude_code, e2m1_round_magnitude
+#include "formats/nvfp4.hpp"
+
+#if defined(__CUDACC__)
+#define MIXQ_HDI __host__ __device__ __forceinline__
+#else
+#define MIXQ_HDI inline
+#endif
+#if defined(__CUDA_ARCH__)
+#define MIXQ_UNROLL _Pragma("unroll")
+#else
+#define MIXQ_UNROLL
+#endif
+
+namespace mixq::cuda::dm {
+
+// ---- roundings, spelled out ------------------------------------------------------------------------
+#if defined(__CUDA_ARCH__)
+MIXQ_HDI float add(float a, float b) { return __fadd_rn(a, b); }
+MIXQ_HDI float sub(float a, float b) { return __fsub_rn(a, b); }
+MIXQ_HDI float mul(float a, float b) { return __fmul_rn(a, b); }
+MIXQ_HDI float div(float a, float b) { return __fdiv_rn(a, b); }
+MIXQ_HDI double add(double a, double b) { return __dadd_rn(a, b); }
+MIXQ_HDI double sub(double a, double b) { return __dsub_rn(a, b); }
+MIXQ_HDI double mul(double a, double b) { return __dmul_rn(a, b); }
+MIXQ_HDI uint32_t bits_of(float x) { return __float_as_uint(x); }
+MIXQ_HDI float float_of(uint32_t u) { return __uint_as_float(u); }
+#else
+MIXQ_HDI float add(float a, float b) { return a + b; }
+MIXQ_HDI float sub(float a, float b) { return a - b; }
+MIXQ_HDI float mul(float a, float b) { return a * b; }
+MIXQ_HDI float div(float a, float b) { return a / b; }
+MIXQ_HDI double add(double a, double b) { return a + b; }
+MIXQ_HDI double sub(double a, double b) { return a - b; }
+MIXQ_HDI double mul(double a, double b) { return a * b; }
+MIXQ_HDI uint32_t bits_of(float x) { return std::bit_cast<uint32_t>(x); }
+MIXQ_HDI float float_of(uint32_t u) { return std::bit_cast<float>(u); }
+#endif
+
+MIXQ_HDI bool is_finite(float v) { return (bits_of(v) & 0x7f800000u) != 0x7f800000u; }
+MIXQ_HDI float abs_as_reference(float w) { return w < 0.0f ? -w : w; }  // the reference's w < 0 ? -w : w
+
+// ---- minifloats ----------------------------------------------------------------------------------
+
+// formats/minifloat.cpp e4m3_encode, the same branch-free bit arithmetic (RNE, satfinite, NaN -> 0x7F|sign).
+MIXQ_HDI uint32_t e4m3_encode(float x) {
+  const uint32_t bits = bits_of(x);
+  const uint32_t sign = (bits >> 24) & 0x80u;
+  const uint32_t u = bits & 0x7fffffffu;
+  const float t = add(mul(float_of(u), 512.0f), 8388608.0f);
+  const uint32_t subnormal = bits_of(t) - 0x4b000000u;
+  const uint32_t r = u + 0x7ffffu + ((u >> 20) & 1u);
+  const uint32_t normal = ((((r >> 23) - 120u) << 3) | ((r >> 20) & 7u)) & 0x7fu;
+  uint32_t code = u < 0x3c800000u ? subnormal : normal;
+  code = u >= 0x43e00000u ? 0x7eu : code;
+  code = u > 0x7f800000u ? 0x7fu : code;
+  return sign | code;
+}
+
+// What e4m3_decode_table() holds, built from the bits: 2^(e-7)·(1+m/8), m·2^-9, NaN for S.1111.111.
+MIXQ_HDI float e4m3_decode(uint32_t b) {
+  const uint32_t e = (b >> 3) & 15u, m = b & 7u;
+  float v = e == 0 ? mul(float(m), 0.001953125f) : float_of(((e + 120u) << 23) | (m << 20));
+  v = (b & 0x7fu) == 0x7fu ? float_of(0x7fc00000u) : v;
+  return (b & 0x80u) ? -v : v;
+}
+
+// ---- NVFP4 ---------------------------------------------------------------------------------------
+
+// nvfp4_block_scale_f32.
+MIXQ_HDI float nvfp4_block_scale(float block_amax, float global_amax, float normalizer) {
+  const float g = global_amax > 0.0f ? global_amax : 1.0f;
+  float s = block_amax == 0.0f ? 1.0f : div(mul(block_amax, normalizer), g);
+  s = s < kNvfp4MinBlockScale ? kNvfp4MinBlockScale : s;
+  return s > 448.0f ? 448.0f : s;
+}
+
+// nvfp4_block_sq_error: the same squared errors, summed as the same fixed tree.
+MIXQ_HDI float nvfp4_sq_error(const float (&w)[kNvfp4Block], float scale) {
+  float t[kNvfp4Block];
+MIXQ_UNROLL
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    const float a = abs_as_reference(w[i]);
+    const float d = mul(e2m1_round_magnitude(div(a, scale)), scale);
+    const float e = sub(a, d);
+    t[i] = mul(e, e);
+  }
+MIXQ_UNROLL
+  for (int width = kNvfp4Block / 2; width >= 1; width /= 2)
+MIXQ_UNROLL
+    for (int i = 0; i < width; ++i) t[i] = add(t[i], t[i + width]);
+  return t[0];
+}
+
+// nvfp4_code.
+MIXQ_HDI uint32_t nvfp4_code(float w, float scale) {
+  const float a = div(abs_as_reference(w), scale);
+  return (w < 0.0f ? 0x8u : 0x0u) | e2m1_magnitude_code(a);
+}
+
+// choose_by_amax_multipliers: candidates in list order, strict "<"; the first is taken even if its error is inf.
+MIXQ_HDI uint32_t choose_by_multipliers(const float (&x)[kNvfp4Block], float block_amax, float global_amax,
+                                        float normalizer, float ws2, const float* multipliers, int n_multipliers) {
+  uint32_t best_bits = 0;
+  float best = INFINITY;
+  for (int k = 0; k < n_multipliers; ++k) {
+    const uint32_t bits = e4m3_encode(nvfp4_block_scale(mul(block_amax, multipliers[k]), global_amax, normalizer));
+    const float err = nvfp4_sq_error(x, mul(e4m3_decode(bits), ws2));
+    if (err < best || best_bits == 0) best = err, best_bits = bits;
+  }
+  return best_bits;
+}
+
+// choose_by_fp8_sweep (codes 1..126 ascending, strict "<" from +inf), pruned as kernels/cpu does it
+// without changing the answer: a code whose error on the block's largest element alone exceeds the
+// best full error cannot win (a float sum of non-negative terms is >= each of them). Seeded with the
+// max-rule code; among equal errors (inf included) the smallest code is kept, which is what the
+// reference's ascending scan returns (it takes code 1 first, then strictly better ones).
+MIXQ_HDI uint32_t choose_by_sweep(const float (&x)[kNvfp4Block], float block_amax, float global_amax, float normalizer,
+                                  float ws2) {
+  uint32_t best_bits = e4m3_encode(nvfp4_block_scale(block_amax, global_amax, normalizer));
+  float best = nvfp4_sq_error(x, mul(e4m3_decode(best_bits), ws2));
+  for (uint32_t bits = 1; bits <= 0x7eu; ++bits) {
+    const float scale = mul(e4m3_decode(bits), ws2);
+    const float d = mul(e2m1_round_magnitude(div(block_amax, scale)), scale);
+    const float e = sub(block_amax, d);
+    if (mul(e, e) > best) continue;
+    const float err = nvfp4_sq_error(x, scale);
+    if (err < best || (err == best && bits < best_bits)) best = err, best_bits = bits;
+  }
+  return best_bits;
+}
+
+// ---- FP8 -----------------------------------------------------------------------------------------
+
+// fp8_scale_for_amax.
+MIXQ_HDI float fp8_scale(float amax) {
+  if (!(amax > 0x1p-24f)) amax = 1.0f;
+  return div(amax, kE4M3Max);
+}
+
+// fp8_code.
+MIXQ_HDI uint32_t fp8_code(float w, float scale) { return e4m3_encode(div(w, scale)); }
+
+// One term of fp8_row_sq_error: (double(w) - double(e4m3(code)·scale))².
+MIXQ_HDI double fp8_sq_term(float w, float scale) {
+  const float q = mul(e4m3_decode(fp8_code(w, scale)), scale);
+  const double d = sub(double(w), double(q));
+  return mul(d, d);
+}
+
+// fp8_row_sq_error adds the terms of columns j, j+8, j+16, ... into lane j (in column order), then
+// the lanes in lane order from 0.
+inline constexpr int kFp8Lanes = 8;
+MIXQ_HDI double fp8_lanes_total(const double (&lane)[kFp8Lanes]) {
+  double err = 0.0;
+  MIXQ_UNROLL
+  for (int j = 0; j < kFp8Lanes; ++j) err = add(err, lane[j]);
+  return err;
+}
+
+// ---- the mse_four_over_six tensor choice -----------------------------------------------------------
+
+// The reference keeps the narrow (256) normalizer iff narrow_sum < standard_sum, each the n per-block
+// float errors (>= 0) added in block order in double from 0. Given sums pn, ps of the same terms in
+// any order: every summation order of n non-negative terms lies within a relative
+// γ(n-1) = (n-1)·2^-53 / (1 - (n-1)·2^-53) of the exact sum, the block-order sum included, so the
+// ordered sums lie within a factor (1+γ)/(1-γ) <= 1 + 4·n·2^-53 of pn and ps (for n <= 2^50), and when
+// the intervals do not meet the ordered comparison is known. 2^-40 covers the rounding of k and of the
+// products below. Returns 1 (narrow wins), 0 (standard stays) or -1 (too close: sum in order).
+inline int settle_by_bounds(double pn, double ps, int64_t n) {
+  if (!(pn >= 0.0) || !(ps >= 0.0)) return -1;
+  if (pn == 0.0 && ps == 0.0) return 0;  // every term is 0: both ordered sums are 0 too, not "<"
+  const double k = 1.0 + 4.0 * double(n) * 0x1p-53 + 0x1p-40;
+  if (pn * k < ps / k) return 1;
+  if (pn / k > ps * k) return 0;
+  return -1;
+}
+
+}  // namespace mixq::cuda::dm
