@@ -9,6 +9,7 @@
 
 #include "formats/minifloat.hpp"
 #include "formats/packing.hpp"
+#include "kernels/cpu/e2m1_bits.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
 
 namespace mixq::cpu {
@@ -91,10 +92,10 @@ inline void quantize_flat(const float* x, const float* step_of, int64_t m, uint8
   for (int64_t i = 0; i < m; ++i) {
     const float ax = x[i] < 0.0f ? -x[i] : x[i];
     const float a = ax / step_of[i];
-    codes[i] = static_cast<uint8_t>((x[i] < 0.0f ? 8 : 0) + (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) +
-                                    (a > 2.5f) + (a >= 3.5f) + (a > 5.0f));
+    const uint32_t c = e2m1_code_by_bits(a);
+    codes[i] = static_cast<uint8_t>((x[i] < 0.0f ? 8u : 0u) | c);
     if constexpr (kErrors) {
-      const float d = e2m1_round_magnitude(a) * step_of[i];
+      const float d = e2m1_magnitude_of(c) * step_of[i];
       terms[i] = (ax - d) * (ax - d);
     }
   }

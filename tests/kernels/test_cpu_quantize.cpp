@@ -2,9 +2,12 @@
 // format and selector, from F32, BF16 and F16 sources, on every kind of test tensor.
 #include <gtest/gtest.h>
 
+#include <bit>
+#include <cmath>
 #include <vector>
 
 #include "formats/minifloat.hpp"
+#include "kernels/cpu/e2m1_bits.hpp"
 #include "kernels/cpu/quantize.hpp"
 #include "../test_tensors.hpp"
 
@@ -39,6 +42,20 @@ sourced as_dtype(const test_tensor& t, cpu::source_dtype dtype) {
 weight_view view_of(const sourced& s) { return {s.widened.data(), s.source.rows, s.source.cols, s.source.name}; }
 
 const cpu::source_dtype kDtypes[] = {cpu::source_dtype::f32, cpu::source_dtype::bf16, cpu::source_dtype::f16};
+
+TEST(cpu_kernels, e2m1_by_bits_matches_the_comparisons) {
+  // Every float in [2^-4, 1024) (all the rounding boundaries), every 97th below, and inf: codes and
+  // magnitudes agree with formats/.
+  int64_t mismatches = 0;
+  for (uint32_t u = 0; u <= 0x44800000u; u += u < 0x3d800000u ? 97u : 1u) {
+    const float a = std::bit_cast<float>(u);
+    const uint32_t c = cpu::e2m1_code_by_bits(a);
+    mismatches += c != e2m1_magnitude_code(a) || cpu::e2m1_magnitude_of(c) != e2m1_round_magnitude(a);
+  }
+  EXPECT_EQ(mismatches, 0);
+  EXPECT_EQ(cpu::e2m1_code_by_bits(INFINITY), 7u);
+  EXPECT_EQ(cpu::e2m1_code_by_bits(3e38f), 7u);
+}
 
 TEST(cpu_kernels, nvfp4_every_selector_bit_identical) {
   const nvfp4_selector selectors[] = {nvfp4_selector::max, nvfp4_selector::mse_multiplier, nvfp4_selector::mse_fp8_sweep,
