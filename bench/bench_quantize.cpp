@@ -1,8 +1,11 @@
 // Quantize throughput per format and selector, in GB/s of BF16 input, next to memcpy of the same
 // bytes measured in the same run with the same thread count (the yardstick: a quantizer reads its
 // input at least once and writes ~1/4 of it, so memcpy bandwidth is the ceiling to compare with).
+// Two sizes: 4096 x 4096 (32 MiB of BF16, larger than this machine's L3: both passes — the global
+// amax, then the blocks — stream from DRAM) and 1024 x 4096 (8 MiB, an expert-sized weight whose
+// second pass is served from L3).
 //
-//   build/bench/bench_quantize                      # all threads and 1 thread
+//   build/bench/bench_quantize                      # 1 thread and all threads, both sizes
 //   build/bench/bench_quantize --benchmark_filter=nvfp4
 #include <benchmark/benchmark.h>
 #include <omp.h>
@@ -20,14 +23,17 @@ namespace {
 
 using namespace mixq;
 
-constexpr int64_t kRows = 4096, kCols = 4096;
+constexpr int64_t kCols = 4096;
 
-const synth_weight& weight() {
-  static const synth_weight w = synth_make_weight("bench.weight", kRows, kCols, synth_distribution::heavy_tailed, 7);
-  return w;
+const synth_weight& weight(int64_t rows) {
+  static std::map<int64_t, synth_weight> cache;
+  auto it = cache.find(rows);
+  if (it == cache.end())
+    it = cache.emplace(rows, synth_make_weight("bench.weight", rows, kCols, synth_distribution::heavy_tailed, 7)).first;
+  return it->second;
 }
 
-int64_t input_bytes() { return kRows * kCols * 2; }
+int64_t input_bytes(int64_t rows) { return rows * kCols * 2; }
 
 void parallel_memcpy(std::byte* dst, const std::byte* src, int64_t n) {
 #pragma omp parallel
@@ -38,103 +44,106 @@ void parallel_memcpy(std::byte* dst, const std::byte* src, int64_t n) {
   }
 }
 
-// Best-of-N memcpy bandwidth (bytes/s) at a thread count, cached.
-double memcpy_bandwidth(int threads) {
-  static std::map<int, double> cache;
-  if (auto it = cache.find(threads); it != cache.end()) return it->second;
+// Median-of-N memcpy bandwidth (bytes/s) for a thread count and size, cached.
+double memcpy_bandwidth(int threads, int64_t rows) {
+  static std::map<std::pair<int, int64_t>, double> cache;
+  if (auto it = cache.find({threads, rows}); it != cache.end()) return it->second;
   omp_set_num_threads(threads);
-  const auto* src = reinterpret_cast<const std::byte*>(weight().bf16.data());
-  std::vector<std::byte> dst(static_cast<size_t>(input_bytes()));
-  double best = 1e30;
-  for (int i = 0; i < 20; ++i) {
+  const auto* src = reinterpret_cast<const std::byte*>(weight(rows).bf16.data());
+  std::vector<std::byte> dst(static_cast<size_t>(input_bytes(rows)));
+  std::vector<double> times;
+  for (int i = 0; i < 21; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    parallel_memcpy(dst.data(), src, input_bytes());
+    parallel_memcpy(dst.data(), src, input_bytes(rows));
     benchmark::DoNotOptimize(dst.data());
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  return cache[threads] = double(input_bytes()) / best;
+  std::sort(times.begin(), times.end());
+  return cache[{threads, rows}] = double(input_bytes(rows)) / times[times.size() / 2];
 }
 
-void report(benchmark::State& state, int threads) {
-  state.SetBytesProcessed(state.iterations() * input_bytes());
+struct bench_setup {
+  int threads;
+  int64_t rows;
+};
+
+bench_setup setup(benchmark::State& state) {
+  const bench_setup s{int(state.range(0)), state.range(1)};
+  memcpy_bandwidth(s.threads, s.rows);
+  omp_set_num_threads(s.threads);
+  return s;
+}
+
+void report(benchmark::State& state, const bench_setup& s) {
+  state.SetBytesProcessed(state.iterations() * input_bytes(s.rows));
   // (bytes / time) / memcpy bandwidth: the fraction of memcpy speed reached.
-  state.counters["x_memcpy"] =
-      benchmark::Counter(double(input_bytes()) / memcpy_bandwidth(threads), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["x_memcpy"] = benchmark::Counter(double(input_bytes(s.rows)) / memcpy_bandwidth(s.threads, s.rows),
+                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
-cpu::source_matrix source() {
-  const auto& w = weight();
+cpu::source_matrix source(int64_t rows) {
+  const auto& w = weight(rows);
   return {w.bf16.data(), cpu::source_dtype::bf16, w.rows, w.cols, w.name};
 }
 
 void BM_memcpy(benchmark::State& state) {
-  const int threads = int(state.range(0));
-  memcpy_bandwidth(threads);
-  omp_set_num_threads(threads);
-  const auto* src = reinterpret_cast<const std::byte*>(weight().bf16.data());
-  std::vector<std::byte> dst(static_cast<size_t>(input_bytes()));
+  const bench_setup s = setup(state);
+  const auto* src = reinterpret_cast<const std::byte*>(weight(s.rows).bf16.data());
+  std::vector<std::byte> dst(static_cast<size_t>(input_bytes(s.rows)));
   for (auto _ : state) {
-    parallel_memcpy(dst.data(), src, input_bytes());
+    parallel_memcpy(dst.data(), src, input_bytes(s.rows));
     benchmark::DoNotOptimize(dst.data());
   }
-  report(state, threads);
+  report(state, s);
 }
 
 void BM_nvfp4(benchmark::State& state, nvfp4_selector selector) {
-  const int threads = int(state.range(0));
-  memcpy_bandwidth(threads);
-  omp_set_num_threads(threads);
+  const bench_setup s = setup(state);
   nvfp4_options o;
   o.selector = selector;
-  for (auto _ : state) benchmark::DoNotOptimize(cpu::nvfp4_quantize(source(), o));
-  report(state, threads);
+  for (auto _ : state) benchmark::DoNotOptimize(cpu::nvfp4_quantize(source(s.rows), o));
+  report(state, s);
 }
 
 void BM_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector selector) {
-  const int threads = int(state.range(0));
-  memcpy_bandwidth(threads);
-  omp_set_num_threads(threads);
+  const bench_setup s = setup(state);
   fp8_options o;
   o.granularity = granularity;
   o.selector = selector;
-  for (auto _ : state) benchmark::DoNotOptimize(cpu::fp8_quantize(source(), o));
-  report(state, threads);
+  for (auto _ : state) benchmark::DoNotOptimize(cpu::fp8_quantize(source(s.rows), o));
+  report(state, s);
 }
 
 void BM_mx(benchmark::State& state, format_id format) {
-  const int threads = int(state.range(0));
-  memcpy_bandwidth(threads);
-  omp_set_num_threads(threads);
-  for (auto _ : state) benchmark::DoNotOptimize(cpu::mx_quantize(source(), format));
-  report(state, threads);
+  const bench_setup s = setup(state);
+  for (auto _ : state) benchmark::DoNotOptimize(cpu::mx_quantize(source(s.rows), format));
+  report(state, s);
 }
 
 void BM_nf4(benchmark::State& state) {
-  const int threads = int(state.range(0));
-  memcpy_bandwidth(threads);
-  omp_set_num_threads(threads);
-  for (auto _ : state) benchmark::DoNotOptimize(cpu::nf4_quantize(source()));
-  report(state, threads);
+  const bench_setup s = setup(state);
+  for (auto _ : state) benchmark::DoNotOptimize(cpu::nf4_quantize(source(s.rows)));
+  report(state, s);
 }
 
 void BM_nvfp4_dequantize(benchmark::State& state) {
-  const int threads = int(state.range(0));
-  memcpy_bandwidth(threads);
-  omp_set_num_threads(threads);
-  const nvfp4_weight q = cpu::nvfp4_quantize(source());
-  std::vector<float> out(size_t(kRows * kCols));
+  const bench_setup s = setup(state);
+  const nvfp4_weight q = cpu::nvfp4_quantize(source(s.rows));
+  std::vector<float> out(size_t(s.rows * kCols));
   for (auto _ : state) {
     cpu::nvfp4_dequantize(q, out);
     benchmark::DoNotOptimize(out.data());
   }
-  report(state, threads);
+  report(state, s);
 }
 
 void thread_counts(benchmark::internal::Benchmark* b) {
   const int all = omp_get_max_threads();
-  b->Arg(1);
-  if (all > 1) b->Arg(all);
-  b->ArgName("threads")->Unit(benchmark::kMillisecond)->UseRealTime();
+  for (int64_t rows : {4096, 1024}) {
+    b->Args({1, rows});
+    if (all > 1) b->Args({all, rows});
+  }
+  b->ArgNames({"threads", "rows"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
 }  // namespace

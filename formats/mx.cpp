@@ -32,7 +32,9 @@ uint8_t mx_quantize_block(const float* x, format_id format, uint8_t* codes) {
   float amax = 0.0f;
   for (int i = 0; i < kMxBlock; ++i) amax = std::fmax(amax, std::fabs(x[i]));
   const int e = mx_shared_exponent(amax, format);
-  for (int i = 0; i < kMxBlock; ++i) codes[i] = encode_element(std::ldexp(x[i], -e), format);  // exact: power of 2
+  // Scaling by a power of two (2^-e is a float for e in [-127, 127]) rounds exactly as ldexp does.
+  const float inv = std::ldexp(1.0f, -e);
+  for (int i = 0; i < kMxBlock; ++i) codes[i] = encode_element(x[i] * inv, format);
   return ue8m0_t::from_exponent(e).bits;
 }
 
@@ -70,7 +72,7 @@ void mx_dequantize(const mx_weight& q, std::span<float> out) {
   if (int64_t(out.size()) != n) throw format_error(fmt::format("mx_dequantize: output holds {} values, need {}", out.size(), n));
   for (int64_t i = 0; i < n; ++i) {
     const uint8_t bits = q.format == format_id::mxfp4 ? nibble_at(q.elements.data(), i) : q.elements[size_t(i)];
-    out[size_t(i)] = std::ldexp(decode_element(bits, q.format), ue8m0_t{q.scales[size_t(i / kMxBlock)]}.exponent());
+    out[size_t(i)] = decode_element(bits, q.format) * ue8m0_t{q.scales[size_t(i / kMxBlock)]}.to_float();
   }
 }
 

@@ -67,6 +67,15 @@ MIXQ_CLONES uint8_t fp8_sweep_pruned(const float* x, float block_amax, float glo
   return best_bits;
 }
 
+// Relative cost per value of each NVFP4 selector (for deciding whether threads pay off).
+int64_t job_cost(nvfp4_selector s) {
+  switch (s) {
+    case nvfp4_selector::max: return 1;
+    case nvfp4_selector::four_over_six: return 3;
+    default: return 40;
+  }
+}
+
 constexpr int64_t kChunkBlocks = 256;  // 4096 values per work item: fits L1 with its codes
 
 // max |x| of a 16-block (max is exact, so any reduction order gives the reference's value).
@@ -202,7 +211,7 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
   const chunk_job job{global_amax, normalizer, q.global_scale, options.selector,
                       options.multipliers.empty() ? default_mse_multipliers() : options.multipliers, &sweep};
   const int64_t chunks = (blocks + kChunkBlocks - 1) / kChunkBlocks;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(w.size() * job_cost(options.selector)))
   {
     std::vector<float> x(size_t(kChunkBlocks * kNvfp4Block));
 #pragma omp for schedule(dynamic, 1)
@@ -247,7 +256,7 @@ void nvfp4_dequantize(const nvfp4_weight& q, std::span<float> out) {
   require_output(out, q.rows * q.cols, "nvfp4_dequantize");
   const int64_t blocks = q.rows * q.cols / kNvfp4Block;
   const float* e4m3 = e4m3_decode_table();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(q.rows * q.cols))
   for (int64_t b = 0; b < blocks; ++b) {
     const float scale = e4m3[q.block_scales[size_t(b)]] * q.global_scale;
     const uint8_t* p = q.packed.data() + b * (kNvfp4Block / 2);
@@ -296,7 +305,7 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
 
   // Per-channel scales are decided row by row; a per-tensor MSE scale needs every row's errors first.
   const bool codes_in_first_pass = !(per_tensor && n_cand > 0);
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(w.size() * int64_t(1 + n_cand)))
   {
     std::vector<float> x(size_t(w.cols));
 #pragma omp for schedule(static)
@@ -322,7 +331,7 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
     for (int64_t r = 0; r < w.rows; ++r) total += row_err[size_t(r) * n_cand + c];
     if (total < best) best = total, q.scales[0] = fp8_scale_for_amax(tensor_amax * multipliers[c]);
   }
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(w.size()))
   {
     std::vector<float> x(size_t(w.cols));
 #pragma omp for schedule(static)
@@ -337,7 +346,7 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
 void fp8_dequantize(const fp8_weight& q, std::span<float> out) {
   require_output(out, q.rows * q.cols, "fp8_dequantize");
   const float* e4m3 = e4m3_decode_table();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(q.rows * q.cols))
   for (int64_t r = 0; r < q.rows; ++r) {
     const float scale = q.scale_of_row(r);
     for (int64_t c = 0; c < q.cols; ++c) out[size_t(r * q.cols + c)] = e4m3[q.codes[size_t(r * q.cols + c)]] * scale;
@@ -356,7 +365,7 @@ mx_weight mx_quantize(const source_matrix& w, format_id format, nonfinite_policy
   const int64_t blocks = w.size() / kMxBlock;
   q.scales.resize(size_t(blocks));
   std::vector<uint8_t> codes(size_t(w.size()));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(w.size()))
   for (int64_t b = 0; b < blocks; ++b) {
     float x[kMxBlock];
     load_f32(w, b * kMxBlock, kMxBlock, x, zero);
@@ -375,7 +384,7 @@ nf4_weight nf4_quantize(const source_matrix& w, nonfinite_policy nonfinite) {
   const int64_t blocks = w.size() / kNf4Block;
   q.packed.resize(size_t(w.size() / 2));
   q.scales.resize(size_t(blocks));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(w.size()))
   for (int64_t b = 0; b < blocks; ++b) {
     float x[kNf4Block];
     load_f32(w, b * kNf4Block, kNf4Block, x, zero);
@@ -389,7 +398,7 @@ void fake_quant_weight(const source_matrix& w, const weight_quant_spec& spec, st
   switch (spec.format) {
     case format_id::bf16: {
       const bool zero = apply_nonfinite_policy(w, scan_source(w), spec.nonfinite);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(w.size()))
       for (int64_t r = 0; r < w.rows; ++r) {
         float* o = out.data() + r * w.cols;
         load_f32(w, r * w.cols, int(w.cols), o, zero);

@@ -30,7 +30,7 @@ struct bits_scan {
 template <class Bits, Bits kAbsMask, Bits kExpMask>
 MIXQ_CLONES bits_scan scan_bits(const Bits* p, int64_t n) {
   Bits best = 0, any_nonfinite = 0;
-#pragma omp parallel for simd reduction(max : best) reduction(| : any_nonfinite) schedule(static)
+#pragma omp parallel for simd reduction(max : best) reduction(| : any_nonfinite) schedule(static) if (worth_threads(n))
   for (int64_t i = 0; i < n; ++i) {
     const Bits a = static_cast<Bits>(p[i] & kAbsMask);
     const Bits nonfinite = static_cast<Bits>((a & kExpMask) == kExpMask);

@@ -50,6 +50,10 @@ inline void load_f32(const source_matrix& m, int64_t i, int n, float* dst, bool 
     for (int k = 0; k < n; ++k) dst[k] = std::isfinite(dst[k]) ? dst[k] : 0.0f;
 }
 
+// Whether `work` value-operations are worth waking the OpenMP team for: below ~256k, starting
+// threads costs more than it saves (and a busy core makes a team much slower than one thread).
+inline bool worth_threads(int64_t work) { return work >= (int64_t(1) << 18); }
+
 // One parallel pass over the tensor: max |x| over its finite values and the non-finite count.
 struct source_scan {
   float amax = 0.0f;
