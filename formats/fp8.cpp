@@ -11,7 +11,7 @@
 namespace mixq {
 
 float fp8_scale_for_amax(float amax) {
-  if (!(amax > 0x1p-24f)) amax = 1.0f;  // ModelOpt: amax <= 2^-24 -> 1
+  if (!(amax > 0x1p-24f)) return 1.0f;  // as ModelOpt exports an all-zero weight: amax taken as 448
   return amax / kE4M3Max;
 }
 

@@ -32,7 +32,7 @@ struct fp8_weight {
   float scale_of_row(int64_t r) const { return scales.size() == 1 ? scales[0] : scales[size_t(r)]; }
 };
 
-// amax / 448, with an all-zero (or denormal) amax treated as 1.
+// amax / 448; 1 for an all-zero (amax <= 2^-24) weight, as ModelOpt exports it.
 float fp8_scale_for_amax(float amax);
 inline uint8_t fp8_code(float w, float scale);
 

@@ -100,7 +100,7 @@ uint8_t nvfp4_choose_block_scale(const float* x, float block_amax, float global_
   static constexpr float kFourOverSix[2] = {1.0f, 1.5f};
   const float ws2 = nvfp4_global_scale(global_amax, normalizer);
   switch (selector) {
-    case nvfp4_selector::max: return e4m3_encode(nvfp4_block_scale_f32(block_amax, global_amax, normalizer));
+    case nvfp4_selector::max: return e4m3_encode(nvfp4_max_block_scale_f32(block_amax, ws2));
     case nvfp4_selector::mse_multiplier:
       return choose_by_amax_multipliers(x, block_amax, global_amax, normalizer, ws2, multipliers).scale_bits;
     case nvfp4_selector::four_over_six:

@@ -54,8 +54,12 @@ struct nvfp4_weight {
 
 // weight_scale_2 for a tensor whose (shared) amax is g; an all-zero tensor gets amax 1.
 float nvfp4_global_scale(float global_amax, float normalizer);
-// FP32 block scale for a block amax a (before E4M3 rounding): a · normalizer / global_amax,
-// 1 for an all-zero block, clamped to [2^-9, 448].
+// FP32 block scales before E4M3 rounding, in ModelOpt's exact float32 operation order (so exports
+// match it bit for bit), each clamped to [2^-9, 448]:
+//  - the max rule (ModelOpt's dynamic path): a / (6 · weight_scale_2), 1 for an all-zero block;
+//  - scales searched from a block amax a = max·c (its static path: MSE multipliers, 4/6):
+//    ((a/6 or 1 if that is 0) · normalizer) / (global_amax / 6).
+inline float nvfp4_max_block_scale_f32(float block_amax, float weight_scale_2);
 inline float nvfp4_block_scale_f32(float block_amax, float global_amax, float normalizer);
 // Squared error of a 16-block quantized with the dequantization step `scale` =
 // weight_scale·weight_scale_2, in float, summed as a fixed tree (lanes j and j+8, then j+4, ...)
@@ -87,11 +91,21 @@ void nvfp4_dequantize(const nvfp4_weight& q, std::span<float> out);
 #include "formats/minifloat.hpp"
 
 namespace mixq {
-inline float nvfp4_block_scale_f32(float block_amax, float global_amax, float normalizer) {
-  const float g = global_amax > 0.0f ? global_amax : 1.0f;
-  float s = block_amax == 0.0f ? 1.0f : block_amax * normalizer / g;
+inline float nvfp4_clamp_block_scale(float s) {
   s = s < kNvfp4MinBlockScale ? kNvfp4MinBlockScale : s;
   return s > 448.0f ? 448.0f : s;
+}
+
+inline float nvfp4_max_block_scale_f32(float block_amax, float weight_scale_2) {
+  const float s = block_amax / (6.0f * weight_scale_2);
+  return nvfp4_clamp_block_scale(s == 0.0f ? 1.0f : s);
+}
+
+inline float nvfp4_block_scale_f32(float block_amax, float global_amax, float normalizer) {
+  const float g = global_amax > 0.0f ? global_amax : 1.0f;
+  float t = block_amax / 6.0f;
+  if (t == 0.0f) t = 1.0f;  // ModelOpt substitutes 1 before rescaling: an all-zero block gets 6·m/g
+  return nvfp4_clamp_block_scale(t * normalizer / (g / 6.0f));
 }
 
 inline float nvfp4_block_sq_error(const float* w, float scale) {

@@ -57,7 +57,7 @@ MIXQ_CLONES uint8_t fp8_sweep_pruned(const float* x, float block_amax, float glo
     const float d = e2m1_round_magnitude(block_amax / t.step[k]) * t.step[k];
     bound[k] = (block_amax - d) * (block_amax - d);
   }
-  uint8_t best_bits = e4m3_encode(nvfp4_block_scale_f32(block_amax, global_amax, normalizer));
+  uint8_t best_bits = e4m3_encode(nvfp4_block_scale_f32(block_amax, global_amax, normalizer));  // any seed is exact
   float best = block_error(x, t.step[best_bits - 1]);
   for (int k = 1; k <= 0x7e; ++k) {
     if (bound[k - 1] > best) continue;
@@ -142,7 +142,7 @@ MIXQ_CLONES void encode_chunk(const float* x, int64_t n, const chunk_job& job, u
   };
 
   for (int64_t b = 0; b < n; ++b) bmax[b] = amax16(x + b * kNvfp4Block);
-  for (int64_t b = 0; b < n; ++b) scales[b] = e4m3_encode(nvfp4_block_scale_f32(bmax[b], job.global_amax, job.normalizer));
+  for (int64_t b = 0; b < n; ++b) scales[b] = e4m3_encode(nvfp4_max_block_scale_f32(bmax[b], job.ws2));
 
   if (job.selector == nvfp4_selector::four_over_six || job.selector == nvfp4_selector::mse_multiplier) {
     // Each candidate multiplier is one pass over the chunk; a block keeps a candidate's scale and

@@ -81,12 +81,23 @@ MIXQ_HDI float e4m3_decode(uint32_t b) {
 
 // ---- NVFP4 ---------------------------------------------------------------------------------------
 
-// nvfp4_block_scale_f32.
-MIXQ_HDI float nvfp4_block_scale(float block_amax, float global_amax, float normalizer) {
-  const float g = global_amax > 0.0f ? global_amax : 1.0f;
-  float s = block_amax == 0.0f ? 1.0f : div(mul(block_amax, normalizer), g);
+MIXQ_HDI float nvfp4_clamp_block_scale(float s) {
   s = s < kNvfp4MinBlockScale ? kNvfp4MinBlockScale : s;
   return s > 448.0f ? 448.0f : s;
+}
+
+// nvfp4_max_block_scale_f32 (ModelOpt's dynamic path): a / (6 · weight_scale_2).
+MIXQ_HDI float nvfp4_max_block_scale(float block_amax, float ws2) {
+  const float s = div(block_amax, mul(6.0f, ws2));
+  return nvfp4_clamp_block_scale(s == 0.0f ? 1.0f : s);
+}
+
+// nvfp4_block_scale_f32 (ModelOpt's static path): ((a/6 or 1) · normalizer) / (global_amax / 6).
+MIXQ_HDI float nvfp4_block_scale(float block_amax, float global_amax, float normalizer) {
+  const float g = global_amax > 0.0f ? global_amax : 1.0f;
+  float t = div(block_amax, 6.0f);
+  if (t == 0.0f) t = 1.0f;
+  return nvfp4_clamp_block_scale(div(mul(t, normalizer), div(g, 6.0f)));
 }
 
 // nvfp4_block_sq_error: the same squared errors, summed as the same fixed tree.
@@ -149,7 +160,7 @@ MIXQ_HDI uint32_t choose_by_sweep(const float (&x)[kNvfp4Block], float block_ama
 
 // fp8_scale_for_amax.
 MIXQ_HDI float fp8_scale(float amax) {
-  if (!(amax > 0x1p-24f)) amax = 1.0f;
+  if (!(amax > 0x1p-24f)) return 1.0f;
   return div(amax, kE4M3Max);
 }
 

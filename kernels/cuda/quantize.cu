@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(128) nvfp4_kernel(nvfp4_params p) {
   }
   uint32_t bits;
   if constexpr (Mode == block_mode::max)
-    bits = dm::e4m3_encode(dm::nvfp4_block_scale(block_amax, p.global_amax, p.normalizer));
+    bits = dm::e4m3_encode(dm::nvfp4_max_block_scale(block_amax, p.ws2));
   else if constexpr (Mode == block_mode::multipliers)
     bits = dm::choose_by_multipliers(x, block_amax, p.global_amax, p.normalizer, p.ws2, p.multipliers, p.n_multipliers);
   else

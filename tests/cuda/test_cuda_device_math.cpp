@@ -71,7 +71,9 @@ void check_block(const float (&x)[kNvfp4Block], float global_amax, int64_t& bad)
         fail("block scale", bits(dm::nvfp4_block_scale(a, global_amax, normalizer)),
              bits(nvfp4_block_scale_f32(a, global_amax, normalizer)));
     }
-    const uint32_t max_bits = dm::e4m3_encode(dm::nvfp4_block_scale(block_amax, global_amax, normalizer));
+    if (bits(dm::nvfp4_max_block_scale(block_amax, ws2)) != bits(nvfp4_max_block_scale_f32(block_amax, ws2)))
+      fail("max block scale", bits(dm::nvfp4_max_block_scale(block_amax, ws2)), bits(nvfp4_max_block_scale_f32(block_amax, ws2)));
+    const uint32_t max_bits = dm::e4m3_encode(dm::nvfp4_max_block_scale(block_amax, ws2));
     const uint32_t ref_max = nvfp4_choose_block_scale(x, block_amax, global_amax, normalizer, nvfp4_selector::max, {});
     if (max_bits != ref_max) fail("max", max_bits, ref_max);
 

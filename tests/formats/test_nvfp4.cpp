@@ -53,7 +53,7 @@ TEST(nvfp4, max_rule_follows_the_spec) {
       const float* x = t.values.data() + b * 16;
       float bmax = 0;
       for (int i = 0; i < 16; ++i) bmax = std::fmax(bmax, std::fabs(x[i]));
-      double s = bmax == 0 ? 1.0 : double(bmax) * 448.0 / double(amax);
+      double s = bmax == 0 ? 1.0 : double(bmax) / (6.0 * double(q.global_scale));
       s = std::clamp(s, std::ldexp(1.0, -9), 448.0);
       // The stored scale is the nearest E4M3 value to s (checked by search over all codes).
       double best_d = INFINITY;
