@@ -74,11 +74,23 @@ bench_setup setup(benchmark::State& state) {
   return s;
 }
 
-void report(benchmark::State& state, const bench_setup& s) {
+// Sets GB/s and x_memcpy = (this bandwidth) / (memcpy bandwidth, same bytes, same threads).
+void report(benchmark::State& state, const bench_setup& s, double seconds) {
   state.SetBytesProcessed(state.iterations() * input_bytes(s.rows));
-  // (bytes / time) / memcpy bandwidth: the fraction of memcpy speed reached.
-  state.counters["x_memcpy"] = benchmark::Counter(double(input_bytes(s.rows)) / memcpy_bandwidth(s.threads, s.rows),
-                                                  benchmark::Counter::kIsIterationInvariantRate);
+  const double bandwidth = double(input_bytes(s.rows)) * double(state.iterations()) / seconds;
+  state.counters["x_memcpy"] = bandwidth / memcpy_bandwidth(s.threads, s.rows);
+}
+
+// Runs body once per benchmark iteration and returns the wall seconds spent in it.
+template <class Body>
+double timed_loop(benchmark::State& state, Body body) {
+  double seconds = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    body();
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return seconds;
 }
 
 cpu::source_matrix source(int64_t rows) {
@@ -90,19 +102,18 @@ void BM_memcpy(benchmark::State& state) {
   const bench_setup s = setup(state);
   const auto* src = reinterpret_cast<const std::byte*>(weight(s.rows).bf16.data());
   std::vector<std::byte> dst(static_cast<size_t>(input_bytes(s.rows)));
-  for (auto _ : state) {
+  const double t = timed_loop(state, [&] {
     parallel_memcpy(dst.data(), src, input_bytes(s.rows));
     benchmark::DoNotOptimize(dst.data());
-  }
-  report(state, s);
+  });
+  report(state, s, t);
 }
 
 void BM_nvfp4(benchmark::State& state, nvfp4_selector selector) {
   const bench_setup s = setup(state);
   nvfp4_options o;
   o.selector = selector;
-  for (auto _ : state) benchmark::DoNotOptimize(cpu::nvfp4_quantize(source(s.rows), o));
-  report(state, s);
+  report(state, s, timed_loop(state, [&] { benchmark::DoNotOptimize(cpu::nvfp4_quantize(source(s.rows), o)); }));
 }
 
 void BM_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector selector) {
@@ -110,31 +121,27 @@ void BM_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector s
   fp8_options o;
   o.granularity = granularity;
   o.selector = selector;
-  for (auto _ : state) benchmark::DoNotOptimize(cpu::fp8_quantize(source(s.rows), o));
-  report(state, s);
+  report(state, s, timed_loop(state, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(source(s.rows), o)); }));
 }
 
 void BM_mx(benchmark::State& state, format_id format) {
   const bench_setup s = setup(state);
-  for (auto _ : state) benchmark::DoNotOptimize(cpu::mx_quantize(source(s.rows), format));
-  report(state, s);
+  report(state, s, timed_loop(state, [&] { benchmark::DoNotOptimize(cpu::mx_quantize(source(s.rows), format)); }));
 }
 
 void BM_nf4(benchmark::State& state) {
   const bench_setup s = setup(state);
-  for (auto _ : state) benchmark::DoNotOptimize(cpu::nf4_quantize(source(s.rows)));
-  report(state, s);
+  report(state, s, timed_loop(state, [&] { benchmark::DoNotOptimize(cpu::nf4_quantize(source(s.rows))); }));
 }
 
 void BM_nvfp4_dequantize(benchmark::State& state) {
   const bench_setup s = setup(state);
   const nvfp4_weight q = cpu::nvfp4_quantize(source(s.rows));
   std::vector<float> out(size_t(s.rows * kCols));
-  for (auto _ : state) {
+  report(state, s, timed_loop(state, [&] {
     cpu::nvfp4_dequantize(q, out);
     benchmark::DoNotOptimize(out.data());
-  }
-  report(state, s);
+  }));
 }
 
 void thread_counts(benchmark::internal::Benchmark* b) {
