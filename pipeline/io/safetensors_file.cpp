@@ -23,7 +23,7 @@ int64_t tensor_info::numel() const {
 
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;  // keeps the header's order (metadata is written back as read)
 
 [[noreturn]] void fail(const std::string& origin, const std::string& what) {
   throw io_error(fmt::format("{}: {}", origin, what));
@@ -76,7 +76,7 @@ tensor_info parse_entry(const std::string& name, const json& e, const std::strin
 }  // namespace
 
 std::vector<tensor_info> parse_safetensors_header(std::string_view header, uint64_t data_size, const std::string& origin,
-                                                  std::map<std::string, std::string>* metadata) {
+                                                  safetensors_metadata* metadata) {
   if (header.empty() || header.front() != '{') fail(origin, "header does not start with '{'");
   // nlohmann keeps the last of duplicate keys silently; safetensors forbids them, so watch the parse.
   std::set<std::string> seen;
@@ -101,7 +101,7 @@ std::vector<tensor_info> parse_safetensors_header(std::string_view header, uint6
       if (!entry.is_object()) fail(origin, "__metadata__ is not an object");
       for (const auto& [k, v] : entry.items()) {
         if (!v.is_string()) fail(origin, fmt::format("__metadata__['{}'] is not a string", k));
-        if (metadata) (*metadata)[k] = v.get<std::string>();
+        if (metadata) metadata->emplace_back(k, v.get<std::string>());
       }
       continue;
     }

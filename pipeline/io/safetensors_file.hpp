@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
-#include <map>
+#include <utility>
 #include <memory>
 #include <span>
 #include <stdexcept>
@@ -33,11 +33,14 @@ struct tensor_info {
 
 inline constexpr uint64_t kSafetensorsMaxHeader = 100'000'000;
 
+// __metadata__ entries in file order (string to string, as the format allows).
+using safetensors_metadata = std::vector<std::pair<std::string, std::string>>;
+
 // Parses and validates a header (the JSON text) for a data buffer of data_size bytes.
 // `origin` names the file in messages. Tensors come back sorted by offset.
 std::vector<tensor_info> parse_safetensors_header(std::string_view header, uint64_t data_size,
                                                   const std::string& origin,
-                                                  std::map<std::string, std::string>* metadata = nullptr);
+                                                  safetensors_metadata* metadata = nullptr);
 
 class safetensors_file {
  public:
@@ -45,7 +48,7 @@ class safetensors_file {
 
   const std::filesystem::path& path() const { return path_; }
   const std::vector<tensor_info>& tensors() const { return tensors_; }
-  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const safetensors_metadata& metadata() const { return metadata_; }
   const tensor_info* find(std::string_view name) const;
   const tensor_info& at(std::string_view name) const;  // io_error naming file and tensor if absent
   std::span<const std::byte> bytes(const tensor_info& t) const;
@@ -56,7 +59,7 @@ class safetensors_file {
   std::shared_ptr<mapping> map_;
   const std::byte* data_ = nullptr;  // start of the data buffer
   std::vector<tensor_info> tensors_;
-  std::map<std::string, std::string> metadata_;
+  safetensors_metadata metadata_;
 };
 
 }  // namespace mixq
