@@ -3,5 +3,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh build
-cd build
-ctest --output-on-failure --timeout 600 -j "$(nproc)"
+(cd build && ctest --output-on-failure --timeout 600 -j "$(nproc)")
+
+# Fuzz the parsers for a bounded time (libFuzzer + ASan + UBSan; clang builds them separately).
+if command -v clang++ >/dev/null; then
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DMIXQ_FUZZ=ON -DMIXQ_CUDA=OFF >/dev/null
+  cmake --build build-fuzz --parallel "$(nproc)"
+  for corpus in tests/fuzz/corpus/*/; do
+    target=$(basename "$corpus")
+    work=$(mktemp -d)
+    cp "$corpus"* "$work"/
+    echo "fuzzing $target for ${MIXQ_FUZZ_SECONDS:-60} s"
+    if ! (cd "$work" && "$OLDPWD/build-fuzz/tests/fuzz/fuzz_$target" "$work" \
+          -max_total_time="${MIXQ_FUZZ_SECONDS:-60}" -max_len=4096 > "$work/log" 2>&1); then
+      tail -n 40 "$work/log"
+      echo "fuzz_$target found a failing input (above; the file is in $work)" >&2
+      exit 1
+    fi
+    grep -E "^Done" "$work/log" || true
+    rm -rf "$work"
+  done
+fi

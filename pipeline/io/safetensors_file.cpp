@@ -89,7 +89,7 @@ std::vector<tensor_info> parse_safetensors_header(std::string_view header, uint6
   json j;
   try {
     j = json::parse(header.begin(), header.end(), watch);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers too large
     fail(origin, fmt::format("header is not valid JSON ({})", e.what()));
   }
   if (!duplicate.empty()) fail(origin, fmt::format("tensor '{}' appears twice in the header", duplicate));

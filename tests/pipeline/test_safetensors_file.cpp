@@ -198,6 +198,7 @@ TEST(safetensors, every_validation_rule_names_file_and_tensor) {
       {"header length past the end", "{" + ok + "}", eight, 1000, "runs past the end"},
       {"header length over 100 MB", "{" + ok + "}", eight, 200'000'000, "exceeds the 100 MB limit"},
       {"not JSON", "{\"w\":", eight, -1, "not valid JSON"},
+      {"number too large (found by fuzzing)", R"({"__metadata__":88888888888E39888888988})", "", -1, "not valid JSON"},
       {"not an object", "[1,2]", "", -1, "does not start with '{'"},
       {"unknown dtype", R"({"w":{"dtype":"F12","shape":[2],"data_offsets":[0,8]}})", eight, -1, "unknown dtype 'F12'"},
       {"missing dtype", R"({"w":{"shape":[2],"data_offsets":[0,8]}})", eight, -1, "missing string field 'dtype'"},
