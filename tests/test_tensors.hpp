@@ -47,4 +47,16 @@ inline std::vector<test_tensor> all_kinds(int64_t rows, int64_t cols, uint32_t s
   return v;
 }
 
+// Nearest E2M1 magnitude index (0..7) to a >= 0 by exhaustive search, saturating at 6; exact ties
+// go to the even index. An independent reference for the E2M1 rounding under test.
+inline int nearest_e2m1(double a) {
+  const double grid[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+  int best = 0;
+  for (int k = 1; k < 8; ++k) {
+    const double dk = std::fabs(a - grid[k]), db = std::fabs(a - grid[best]);
+    if (dk < db || (dk == db && k % 2 == 0)) best = k;
+  }
+  return best;
+}
+
 }  // namespace mixq::testing

@@ -34,16 +34,7 @@ uint8_t nearest_e4m3(double v) {
   return std::signbit(v) && best == 0 ? 0x80 : best;
 }
 
-// Nearest E2M1 magnitude by search, saturating at 6; ties to the even code.
-double nearest_e2m1_value(double a) {
-  const double grid[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
-  int best = 0;
-  for (int k = 1; k < 8; ++k) {
-    const double dk = std::fabs(a - grid[k]), db = std::fabs(a - grid[best]);
-    if (dk < db || (dk == db && k % 2 == 0)) best = k;
-  }
-  return grid[best];
-}
+double nearest_e2m1_value(double a) { return kE2M1Magnitudes[testing::nearest_e2m1(a)]; }
 
 TEST(fp8, per_tensor_and_per_channel_max) {
   for (const auto& t : all_kinds(8, 48)) {

@@ -14,17 +14,8 @@ namespace mixq {
 namespace {
 
 using testing::all_kinds;
+using testing::nearest_e2m1;
 
-// Nearest E2M1 magnitude index by exhaustive search; exact ties go to the even index.
-int nearest_e2m1(double a) {
-  const double grid[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
-  int best = 0;
-  for (int k = 1; k < 8; ++k) {
-    const double dk = std::fabs(a - grid[k]), db = std::fabs(a - grid[best]);
-    if (dk < db || (dk == db && k % 2 == 0)) best = k;
-  }
-  return best;
-}
 
 double block_error_double(const float* x, double scale) {
   const double grid[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};

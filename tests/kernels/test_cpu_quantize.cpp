@@ -9,39 +9,18 @@
 #include "formats/minifloat.hpp"
 #include "kernels/cpu/e2m1_bits.hpp"
 #include "kernels/cpu/quantize.hpp"
+#include "../sourced_tensor.hpp"
 #include "../test_tensors.hpp"
 
 namespace mixq {
 namespace {
 
 using testing::all_kinds;
-using testing::test_tensor;
+using testing::as_dtype;
+using testing::kDtypes;
+using testing::sourced;
+using testing::view_of;
 
-// The same values in each source dtype; the fp32 reference sees the widened values.
-struct sourced {
-  cpu::source_matrix source;
-  std::vector<float> widened;
-  std::vector<uint16_t> half_bits;
-};
-
-sourced as_dtype(const test_tensor& t, cpu::source_dtype dtype) {
-  sourced s;
-  s.widened = t.values;
-  if (dtype != cpu::source_dtype::f32) {
-    s.half_bits.resize(t.values.size());
-    for (size_t i = 0; i < t.values.size(); ++i) {
-      s.half_bits[i] = dtype == cpu::source_dtype::bf16 ? bf16_encode(t.values[i]) : fp16_encode(t.values[i]);
-      s.widened[i] = dtype == cpu::source_dtype::bf16 ? bf16_decode(s.half_bits[i]) : fp16_decode(s.half_bits[i]);
-    }
-  }
-  s.source = {dtype == cpu::source_dtype::f32 ? static_cast<const void*>(s.widened.data()) : s.half_bits.data(),
-              dtype, t.rows, t.cols, t.name};
-  return s;
-}
-
-weight_view view_of(const sourced& s) { return {s.widened.data(), s.source.rows, s.source.cols, s.source.name}; }
-
-const cpu::source_dtype kDtypes[] = {cpu::source_dtype::f32, cpu::source_dtype::bf16, cpu::source_dtype::f16};
 
 TEST(cpu_kernels, e2m1_by_bits_matches_the_comparisons) {
   // Every float in [2^-4, 1024) (all the rounding boundaries), every 97th below, and inf: codes and
