@@ -1,0 +1,73 @@
+// mixq inspect DIR: architecture, parameters, dtypes, size, and for quantized exports the format of
+// every linear, the effective bits and the checks the inference runtimes depend on.
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "pipeline/cli/commands.hpp"
+#include "pipeline/inspect/checkpoint_inspection.hpp"
+
+namespace mixq::cli {
+namespace {
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000 && u < 4) b /= 1000, ++u;
+  return fmt::format("{:.2f} {}", b, units[u]);
+}
+
+void print(const checkpoint_inspection& r, bool list_layers) {
+  fmt::print("checkpoint:   {}\n", r.dir.string());
+  fmt::print("architecture: {}\n", r.architecture);
+  fmt::print("tensors:      {} in {} file(s), {} on disk\n", r.tensors, r.files, human_bytes(double(r.file_bytes)));
+  fmt::print("parameters:   {} ({:.1f} M); as BF16 {}: this checkpoint is {:.2f}x that\n", r.parameters,
+             double(r.parameters) / 1e6, human_bytes(2.0 * double(r.parameters)),
+             double(r.file_bytes) / (2.0 * double(r.parameters)));
+  fmt::print("dtypes:      ");
+  for (const auto& [d, b] : r.bytes_by_dtype) fmt::print(" {} {}", d, human_bytes(double(b)));
+  fmt::print("\nquantization: {}", r.quant_algo.empty() ? "none (no hf_quant_config.json)" : r.quant_algo);
+  if (!r.kv_cache_quant_algo.empty()) fmt::print(", KV cache {}", r.kv_cache_quant_algo);
+  fmt::print("\nlinears:      {} —", r.linears.size());
+  for (const auto& [f, n] : r.linears_by_format()) fmt::print(" {} {}", f, n);
+  fmt::print("; effective bits {:.2f}\n", r.effective_bits);
+  if (list_layers) {
+    fmt::print("\n{:<64} {:>16} {:>12}\n", "module", "format", "shape");
+    for (const auto& l : r.linears)
+      fmt::print("{:<64} {:>16} {:>12}\n", l.module, stored_format_name(l.format), fmt::format("{}x{}", l.rows, l.cols));
+  }
+  for (const auto& n : r.notes) fmt::print("note: {}\n", n);
+  if (r.problems.empty()) fmt::print("checks:       passed (scales finite and positive, fused siblings agree, "
+                                     "config matches tensors)\n");
+  for (const auto& p : r.problems) fmt::print("PROBLEM: {}\n", p);
+}
+
+}  // namespace
+
+void add_inspect_command(CLI::App& app) {
+  struct options {
+    std::string dir, json_path;
+    bool layers = false;
+  };
+  auto o = std::make_shared<options>();
+  auto* cmd = app.add_subcommand("inspect", "Describe a checkpoint and check a quantized export the way the runtimes will");
+  cmd->add_option("dir", o->dir, "Hugging Face checkpoint directory")->required();
+  cmd->add_flag("--layers", o->layers, "List every linear with its format");
+  cmd->add_option("--json", o->json_path, "Also write the findings to this JSON file");
+  cmd->callback([o] {
+    const checkpoint_inspection r = inspect_checkpoint(o->dir);
+    print(r, o->layers);
+    if (!o->json_path.empty()) {
+      nlohmann::json j = {{"dir", r.dir.string()}, {"architecture", r.architecture}, {"parameters", r.parameters},
+                          {"file_bytes", r.file_bytes}, {"quant_algo", r.quant_algo},
+                          {"effective_bits", r.effective_bits}, {"problems", r.problems}, {"notes", r.notes}};
+      for (const auto& l : r.linears)
+        j["linears"].push_back({{"module", l.module}, {"format", stored_format_name(l.format)}, {"rows", l.rows}, {"cols", l.cols}});
+      std::ofstream(o->json_path) << j.dump(2) << "\n";
+    }
+    if (!r.problems.empty()) throw std::runtime_error(fmt::format("{}: {} problem(s) found", o->dir, r.problems.size()));
+  });
+}
+
+}  // namespace mixq::cli
