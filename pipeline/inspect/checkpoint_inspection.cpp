@@ -13,6 +13,7 @@
 
 #include "formats/minifloat.hpp"
 #include "pipeline/io/checkpoint.hpp"
+#include "pipeline/model/model_spec.hpp"
 
 namespace mixq {
 
@@ -244,6 +245,24 @@ checkpoint_inspection inspect_checkpoint(const std::filesystem::path& dir) {
     }
   }
 
+  // An unquantized checkpoint must hold exactly the tensors its config.json describes.
+  bool any_quantized = false;
+  for (const auto& l : r.linears) any_quantized |= stored_format_bits(l.format) < 16;
+  if (std::filesystem::exists(dir / "config.json")) {
+    try {
+      const model_spec spec = model_spec_from_file(dir);
+      if (any_quantized) {
+        r.notes.push_back("config.json understood; tensor-by-tensor check skipped for a quantized export");
+      } else {
+        std::vector<std::pair<std::string, std::vector<int64_t>>> present;
+        for (const auto& [name, t] : by_name) present.emplace_back(name, t.info->shape);
+        for (auto& m : check_against_tensors(spec, present)) r.problems.push_back(std::move(m));
+      }
+    } catch (const io_error& e) {
+      r.notes.push_back(fmt::format("config.json not checked against the tensors: {}", e.what()));
+    }
+  }
+
   double bits = 0, weights = 0;
   for (const auto& l : r.linears) {
     bits += stored_format_bits(l.format) * double(l.rows * l.cols);
@@ -253,8 +272,6 @@ checkpoint_inspection inspect_checkpoint(const std::filesystem::path& dir) {
 
   // hf_quant_config.json against the tensors.
   const auto hf = read_json(dir / "hf_quant_config.json", r.problems);
-  bool any_quantized = false;
-  for (const auto& l : r.linears) any_quantized |= stored_format_bits(l.format) < 16;
   if (!hf) {
     if (any_quantized) r.problems.push_back("quantized tensors but no hf_quant_config.json: the runtimes will not load them");
     return r;
