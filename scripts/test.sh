@@ -13,9 +13,9 @@ if command -v clang++ >/dev/null; then
     target=$(basename "$corpus")
     work=$(mktemp -d)
     cp "$corpus"* "$work"/
-    echo "fuzzing $target for ${MIXQ_FUZZ_SECONDS:-60} s"
+    echo "fuzzing $target for ${MIXQ_FUZZ_SECONDS:-45} s"
     if ! (cd "$work" && "$OLDPWD/build-fuzz/tests/fuzz/fuzz_$target" "$work" \
-          -max_total_time="${MIXQ_FUZZ_SECONDS:-60}" -max_len=4096 > "$work/log" 2>&1); then
+          -max_total_time="${MIXQ_FUZZ_SECONDS:-45}" -max_len=4096 > "$work/log" 2>&1); then
       tail -n 40 "$work/log"
       echo "fuzz_$target found a failing input (above; the file is in $work)" >&2
       exit 1
