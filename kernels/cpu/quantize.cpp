@@ -121,6 +121,79 @@ inline void block_sums(float* terms, int64_t n) {
   }
 }
 
+// The max rule, one 16-block per vector (GCC vector extensions: one zmm with AVX-512, two ymm with
+// AVX2, four xmm otherwise): block max, scale, codes by the bits of |x| / step, and packing, all in
+// registers. Same arithmetic as nvfp4_encode_block with the max-rule scale.
+typedef float v16f __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint8_t v8b __attribute__((vector_size(8)));
+typedef uint8_t v16b __attribute__((vector_size(16)));
+
+inline float hmax16(v16f m) {
+  v16f o = __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  m = m > o ? m : o;
+  o = __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  m = m > o ? m : o;
+  o = __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  m = m > o ? m : o;
+  o = __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+  m = m > o ? m : o;
+  return m[0];
+}
+
+// In three passes, so that no pass waits on another's latency: block maxima, then all scales (a
+// flat loop over blocks, vectorized), then codes and packing.
+inline void encode_blocks_max(const float* x, int64_t n, float ws2, uint8_t* scales, uint8_t* packed) {
+  float bmax[kChunkBlocks], step[kChunkBlocks];
+  for (int64_t b = 0; b < n; ++b) {
+    v16u bits;
+    std::memcpy(&bits, x + b * kNvfp4Block, sizeof bits);
+    bmax[b] = hmax16((v16f)(bits & 0x7fffffffu));
+  }
+  int64_t b0 = 0;
+  for (; b0 + 16 <= n; b0 += 16) {  // nvfp4_max_block_scale_f32, e4m3_encode, e4m3_decode, lane-wise
+    v16f a;
+    std::memcpy(&a, bmax + b0, sizeof a);
+    v16f sc = a / (6.0f * ws2);
+    sc = sc == 0.0f ? 1.0f : sc;
+    sc = sc < kNvfp4MinBlockScale ? kNvfp4MinBlockScale : sc;
+    sc = sc > 448.0f ? 448.0f : sc;
+    const v16u u = (v16u)sc;  // positive and finite here
+    const v16u subnormal = (v16u)(sc * 512.0f + 8388608.0f) - 0x4b000000u;
+    const v16u r = u + 0x7ffffu + ((u >> 20) & 1u);
+    const v16u normal = ((((r >> 23) - 120u) << 3) | ((r >> 20) & 7u)) & 0x7fu;
+    v16u code = u < 0x3c800000u ? subnormal : normal;
+    code = u >= 0x43e00000u ? 0x7eu : code;
+    const v16u e = code >> 3, m = code & 7u;
+    const v16f value = e == 0u ? __builtin_convertvector(m, v16f) * 0x1p-9f : (v16f)(((e + 120u) << 23) | (m << 20));
+    const v16f st = value * ws2;
+    std::memcpy(step + b0, &st, sizeof st);
+    const auto code_bytes = __builtin_convertvector(code, v16b);
+    std::memcpy(scales + b0, &code_bytes, sizeof code_bytes);
+  }
+  for (int64_t b = b0; b < n; ++b) {
+    scales[b] = e4m3_encode(nvfp4_max_block_scale_f32(bmax[b], ws2));
+    step[b] = e4m3_decode(scales[b]) * ws2;
+  }
+  for (int64_t b = 0; b < n; ++b) {
+    v16u bits;
+    std::memcpy(&bits, x + b * kNvfp4Block, sizeof bits);
+    const v16f q = (v16f)(bits & 0x7fffffffu) / step[b];
+    // e2m1_code_by_bits, lane-wise: RNE(2q) below 1, one mantissa bit above, saturate at 7.
+    const v16u small = (v16u)(q * 2.0f + 8388608.0f) - 0x4b000000u;
+    const v16u u = (v16u)q;
+    const v16u large = ((u + 0x1fffffu + ((u >> 22) & 1u)) >> 22) - 252u;
+    v16u code = q < 1.0f ? small : large;
+    code = code < 7u ? code : 7u;
+    code |= (v16u)((v16f)bits < 0.0f) & 8u;  // sign bit for x < 0 (not for -0), as nvfp4_code
+    const v8u even = __builtin_shufflevector(code, code, 0, 2, 4, 6, 8, 10, 12, 14);
+    const v8u odd = __builtin_shufflevector(code, code, 1, 3, 5, 7, 9, 11, 13, 15);
+    const v8b bytes = __builtin_convertvector(even | (odd << 4), v8b);
+    std::memcpy(packed + b * (kNvfp4Block / 2), &bytes, sizeof bytes);
+  }
+}
+
 // Blocks x[0 .. n·16), n <= kChunkBlocks: scale bits to scales[], codes to packed[]; per-block
 // squared errors to errors[] when it is not null. Written in phases over the whole chunk (block
 // maxima, scale choice, codes, packing) so that each phase is a loop the vectorizer handles.
@@ -140,6 +213,8 @@ MIXQ_CLONES void encode_chunk(const float* x, int64_t n, const chunk_job& job, u
       for (int i = 0; i < kNvfp4Block; ++i) step_of[b * kNvfp4Block + i] = s;
     }
   };
+
+  if (job.selector == nvfp4_selector::max && !errors) return encode_blocks_max(x, n, job.ws2, scales, packed);
 
   for (int64_t b = 0; b < n; ++b) bmax[b] = amax16(x + b * kNvfp4Block);
   for (int64_t b = 0; b < n; ++b) scales[b] = e4m3_encode(nvfp4_max_block_scale_f32(bmax[b], job.ws2));
