@@ -9,7 +9,7 @@
 
 #include "formats/minifloat.hpp"
 #include "formats/packing.hpp"
-#include "kernels/cpu/e2m1_bits.hpp"
+#include "kernels/cpu/nvfp4_lanes.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
 
 namespace mixq::cpu {
@@ -39,7 +39,7 @@ struct sweep_table {
 
 // nvfp4_block_sq_error with its tree spelled as 8-, 4-, 2- and 1-wide steps (same sums, same
 // order), which the vectorizer keeps in registers.
-inline float block_error(const float* x, float step) {
+MIXQ_ALWAYS_INLINE float block_error(const float* x, float step) {
   float t[kNvfp4Block], h8[8], h4[4];
   for (int i = 0; i < kNvfp4Block; ++i) {
     const float a = x[i] < 0.0f ? -x[i] : x[i];
@@ -78,14 +78,6 @@ int64_t job_cost(nvfp4_selector s) {
 
 constexpr int64_t kChunkBlocks = 256;  // 4096 values per work item: fits L1 with its codes
 
-// max |x| of a 16-block (max is exact, so any reduction order gives the reference's value).
-inline float amax16(const float* x) {
-  float m = 0.0f;
-#pragma omp simd reduction(max : m)
-  for (int i = 0; i < kNvfp4Block; ++i) m = std::max(m, x[i] < 0.0f ? -x[i] : x[i]);
-  return m;
-}
-
 struct chunk_job {
   float global_amax, normalizer, ws2;
   nvfp4_selector selector;
@@ -93,174 +85,129 @@ struct chunk_job {
   const sweep_table* sweep;
 };
 
-// Codes (nvfp4_code, lane-wise) of the values x[0, m), each divided by its block's step spelled
-// out per element, so the loop runs at full vector width; with kErrors also each value's squared
-// error term exactly as nvfp4_block_sq_error forms it.
-template <bool kErrors>
-inline void quantize_flat(const float* x, const float* step_of, int64_t m, uint8_t* codes, float* terms) {
-  for (int64_t i = 0; i < m; ++i) {
-    const float ax = x[i] < 0.0f ? -x[i] : x[i];
-    const float a = ax / step_of[i];
-    const uint32_t c = e2m1_code_by_bits(a);
-    codes[i] = static_cast<uint8_t>((x[i] < 0.0f ? 8u : 0u) | c);
-    if constexpr (kErrors) {
-      const float d = e2m1_magnitude_of(c) * step_of[i];
-      terms[i] = (ax - d) * (ax - d);
+// Codes (and, when errors is not null, squared errors) of blocks whose scales are chosen, one
+// 16-block per vector register.
+MIXQ_ALWAYS_INLINE void encode_blocks_with_scales(const float* x, int64_t n, float ws2, const uint8_t* scales, uint8_t* packed,
+                                      float* errors) {
+  using namespace lanes;
+  for (int64_t b = 0; b < n; ++b) {
+    const v16u bits = load_bits(x + b * kNvfp4Block);
+    const v16f ax = abs_of(bits);
+    const float step = mixq::e4m3_decode(scales[b]) * ws2;
+    const v16u codes = e2m1_codes(ax / step);
+    store_packed(codes | sign_bits(bits), packed + b * (kNvfp4Block / 2));
+    if (errors) {
+      const v16f d = e2m1_magnitudes(codes) * step;
+      errors[b] = sum16((ax - d) * (ax - d));
     }
   }
 }
 
-// Per-block sums of terms (in place), in nvfp4_block_sq_error's tree order; result at terms[16b].
-inline void block_sums(float* terms, int64_t n) {
-  for (int64_t b = 0; b < n; ++b) {
-    float* t = terms + b * kNvfp4Block;
-    float h8[8], h4[4];
-    for (int i = 0; i < 8; ++i) h8[i] = t[i] + t[i + 8];
-    for (int i = 0; i < 4; ++i) h4[i] = h8[i] + h8[i + 4];
-    t[0] = (h4[0] + h4[2]) + (h4[1] + h4[3]);
-  }
-}
-
-// The max rule, one 16-block per vector (GCC vector extensions: one zmm with AVX-512, two ymm with
-// AVX2, four xmm otherwise): block max, scale, codes by the bits of |x| / step, and packing, all in
-// registers. Same arithmetic as nvfp4_encode_block with the max-rule scale.
-typedef float v16f __attribute__((vector_size(64)));
-typedef uint32_t v16u __attribute__((vector_size(64)));
-typedef uint32_t v8u __attribute__((vector_size(32)));
-typedef uint8_t v8b __attribute__((vector_size(8)));
-typedef uint8_t v16b __attribute__((vector_size(16)));
-
-inline float hmax16(v16f m) {
-  v16f o = __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  m = m > o ? m : o;
-  o = __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-  m = m > o ? m : o;
-  o = __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-  m = m > o ? m : o;
-  o = __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-  m = m > o ? m : o;
-  return m[0];
-}
-
-// In three passes, so that no pass waits on another's latency: block maxima, then all scales (a
-// flat loop over blocks, vectorized), then codes and packing.
-inline void encode_blocks_max(const float* x, int64_t n, float ws2, uint8_t* scales, uint8_t* packed) {
-  float bmax[kChunkBlocks], step[kChunkBlocks];
-  for (int64_t b = 0; b < n; ++b) {
-    v16u bits;
-    std::memcpy(&bits, x + b * kNvfp4Block, sizeof bits);
-    bmax[b] = hmax16((v16f)(bits & 0x7fffffffu));
-  }
+// The max rule: block maxima, then the scales of 16 blocks at a time (so no block waits on the
+// latency of another's scale arithmetic).
+MIXQ_ALWAYS_INLINE void encode_blocks_max(const float* x, int64_t n, float ws2, uint8_t* scales, uint8_t* packed, float* errors) {
+  using namespace lanes;
+  float bmax[kChunkBlocks];
+  for (int64_t b = 0; b < n; ++b) bmax[b] = max16(abs_of(load_bits(x + b * kNvfp4Block)));
   int64_t b0 = 0;
-  for (; b0 + 16 <= n; b0 += 16) {  // nvfp4_max_block_scale_f32, e4m3_encode, e4m3_decode, lane-wise
-    v16f a;
-    std::memcpy(&a, bmax + b0, sizeof a);
-    v16f sc = a / (6.0f * ws2);
-    sc = sc == 0.0f ? 1.0f : sc;
-    sc = sc < kNvfp4MinBlockScale ? kNvfp4MinBlockScale : sc;
-    sc = sc > 448.0f ? 448.0f : sc;
-    const v16u u = (v16u)sc;  // positive and finite here
-    const v16u subnormal = (v16u)(sc * 512.0f + 8388608.0f) - 0x4b000000u;
-    const v16u r = u + 0x7ffffu + ((u >> 20) & 1u);
-    const v16u normal = ((((r >> 23) - 120u) << 3) | ((r >> 20) & 7u)) & 0x7fu;
-    v16u code = u < 0x3c800000u ? subnormal : normal;
-    code = u >= 0x43e00000u ? 0x7eu : code;
-    const v16u e = code >> 3, m = code & 7u;
-    const v16f value = e == 0u ? __builtin_convertvector(m, v16f) * 0x1p-9f : (v16f)(((e + 120u) << 23) | (m << 20));
-    const v16f st = value * ws2;
+  for (; b0 + 16 <= n; b0 += 16) store_bytes(lanes::e4m3_encode(max_block_scale((v16f)load_bits(bmax + b0), ws2)), scales + b0);
+  for (int64_t b = b0; b < n; ++b) scales[b] = mixq::e4m3_encode(nvfp4_max_block_scale_f32(bmax[b], ws2));
+  encode_blocks_with_scales(x, n, ws2, scales, packed, errors);
+}
+
+// Scales searched over multipliers of the block max (four-over-six's {1, 1.5}, or the MSE list):
+// first every candidate's scale for all blocks (16 blocks at a time), then per block every
+// candidate's codes and squared error in registers; the first strictly lower error wins (the first
+// candidate is taken even if its error is inf), as in the reference.
+// One candidate's scales for all blocks, 16 blocks at a time.
+MIXQ_ALWAYS_INLINE void candidate_scales(const float* bmax, int64_t n, float multiplier, float g, float normalizer,
+                                         float ws2, uint8_t* bits, float* step) {
+  using namespace lanes;
+  int64_t b0 = 0;
+  for (; b0 + 16 <= n; b0 += 16) {
+    const v16u code = lanes::e4m3_encode(static_block_scale((v16f)load_bits(bmax + b0) * multiplier, g, normalizer));
+    const v16f st = lanes::e4m3_decode(code) * ws2;
     std::memcpy(step + b0, &st, sizeof st);
-    const auto code_bytes = __builtin_convertvector(code, v16b);
-    std::memcpy(scales + b0, &code_bytes, sizeof code_bytes);
+    store_bytes(code, bits + b0);
   }
   for (int64_t b = b0; b < n; ++b) {
-    scales[b] = e4m3_encode(nvfp4_max_block_scale_f32(bmax[b], ws2));
-    step[b] = e4m3_decode(scales[b]) * ws2;
+    bits[b] = mixq::e4m3_encode(nvfp4_block_scale_f32(bmax[b] * multiplier, g, normalizer));
+    step[b] = mixq::e4m3_decode(bits[b]) * ws2;
   }
-  for (int64_t b = 0; b < n; ++b) {
-    v16u bits;
-    std::memcpy(&bits, x + b * kNvfp4Block, sizeof bits);
-    const v16f q = (v16f)(bits & 0x7fffffffu) / step[b];
-    // e2m1_code_by_bits, lane-wise: RNE(2q) below 1, one mantissa bit above, saturate at 7.
-    const v16u small = (v16u)(q * 2.0f + 8388608.0f) - 0x4b000000u;
-    const v16u u = (v16u)q;
-    const v16u large = ((u + 0x1fffffu + ((u >> 22) & 1u)) >> 22) - 252u;
-    v16u code = q < 1.0f ? small : large;
-    code = code < 7u ? code : 7u;
-    code |= (v16u)((v16f)bits < 0.0f) & 8u;  // sign bit for x < 0 (not for -0), as nvfp4_code
-    const v8u even = __builtin_shufflevector(code, code, 0, 2, 4, 6, 8, 10, 12, 14);
-    const v8u odd = __builtin_shufflevector(code, code, 1, 3, 5, 7, 9, 11, 13, 15);
-    const v8b bytes = __builtin_convertvector(even | (odd << 4), v8b);
-    std::memcpy(packed + b * (kNvfp4Block / 2), &bytes, sizeof bytes);
+}
+
+// A block's E2M1 codes under step and their squared error (nvfp4_block_sq_error's sum).
+struct block_trial {
+  lanes::v16u codes;
+  float error;
+};
+MIXQ_ALWAYS_INLINE block_trial try_step(lanes::v16f ax, float step) {
+  using namespace lanes;
+  const v16u codes = e2m1_codes(ax / step);
+  const v16f d = e2m1_magnitudes(codes) * step;
+  return {codes, sum16((ax - d) * (ax - d))};
+}
+
+MIXQ_ALWAYS_INLINE void encode_blocks_candidates(const float* x, int64_t n, float global_amax, float normalizer,
+                                                 float ws2, std::span<const float> multipliers, uint8_t* scales,
+                                                 uint8_t* packed, float* errors) {
+  using namespace lanes;
+  const float g = global_amax > 0.0f ? global_amax : 1.0f;
+  alignas(64) float bmax[kChunkBlocks], best[kChunkBlocks];
+  alignas(64) float step[2][kChunkBlocks];
+  alignas(64) uint8_t bits[2][kChunkBlocks];
+  for (int64_t b = 0; b < n; ++b) bmax[b] = max16(abs_of(load_bits(x + b * kNvfp4Block)));
+
+  if (multipliers.size() == 2) {  // four-over-six: both trials in registers, chosen without a branch
+    candidate_scales(bmax, n, multipliers[0], g, normalizer, ws2, bits[0], step[0]);
+    candidate_scales(bmax, n, multipliers[1], g, normalizer, ws2, bits[1], step[1]);
+    for (int64_t b = 0; b < n; ++b) {
+      const v16u xb = load_bits(x + b * kNvfp4Block);
+      const v16f ax = abs_of(xb);
+      const block_trial first = try_step(ax, step[0][b]), second = try_step(ax, step[1][b]);
+      const bool take_second = second.error < first.error;
+      const v16u pick = v16u{} + (take_second ? ~0u : 0u);
+      store_packed(((second.codes & pick) | (first.codes & ~pick)) | sign_bits(xb), packed + b * (kNvfp4Block / 2));
+      scales[b] = take_second ? bits[1][b] : bits[0][b];
+      best[b] = take_second ? second.error : first.error;
+    }
+  } else {
+    for (size_t c = 0; c < multipliers.size(); ++c) {
+      candidate_scales(bmax, n, multipliers[c], g, normalizer, ws2, bits[0], step[0]);
+      for (int64_t b = 0; b < n; ++b) {
+        const v16u xb = load_bits(x + b * kNvfp4Block);
+        const block_trial t = try_step(abs_of(xb), step[0][b]);
+        if (c > 0 && !(t.error < best[b])) continue;
+        best[b] = t.error;
+        scales[b] = bits[0][b];
+        store_packed(t.codes | sign_bits(xb), packed + b * (kNvfp4Block / 2));
+      }
+    }
   }
+  if (errors) std::memcpy(errors, best, size_t(n) * sizeof(float));
 }
 
 // Blocks x[0 .. n·16), n <= kChunkBlocks: scale bits to scales[], codes to packed[]; per-block
-// squared errors to errors[] when it is not null. Written in phases over the whole chunk (block
-// maxima, scale choice, codes, packing) so that each phase is a loop the vectorizer handles.
+// squared errors to errors[] when it is not null.
 MIXQ_CLONES void encode_chunk(const float* x, int64_t n, const chunk_job& job, uint8_t* scales, uint8_t* packed,
                               float* errors) {
   static constexpr float kFourOverSix[2] = {1.0f, 1.5f};
-  const float* e4m3 = e4m3_decode_table();
-  const int64_t m = n * kNvfp4Block;
-  float bmax[kChunkBlocks], best[kChunkBlocks];
-  alignas(64) float step_of[kChunkBlocks * kNvfp4Block];
-  alignas(64) float terms[kChunkBlocks * kNvfp4Block];
-  alignas(64) uint8_t codes[kChunkBlocks * kNvfp4Block];
-  alignas(64) uint8_t trial[kChunkBlocks * kNvfp4Block];
-  auto spell_steps = [&](const uint8_t* bits) {
-    for (int64_t b = 0; b < n; ++b) {
-      const float s = e4m3[bits[b]] * job.ws2;
-      for (int i = 0; i < kNvfp4Block; ++i) step_of[b * kNvfp4Block + i] = s;
-    }
-  };
-
-  if (job.selector == nvfp4_selector::max && !errors) return encode_blocks_max(x, n, job.ws2, scales, packed);
-
-  for (int64_t b = 0; b < n; ++b) bmax[b] = amax16(x + b * kNvfp4Block);
-  for (int64_t b = 0; b < n; ++b) scales[b] = e4m3_encode(nvfp4_max_block_scale_f32(bmax[b], job.ws2));
-
-  if (job.selector == nvfp4_selector::four_over_six || job.selector == nvfp4_selector::mse_multiplier) {
-    // Each candidate multiplier is one pass over the chunk; a block keeps a candidate's scale and
-    // codes only when its error is strictly lower (the first candidate wins ties).
-    const std::span<const float> cands =
-        job.selector == nvfp4_selector::four_over_six ? std::span<const float>(kFourOverSix) : job.multipliers;
-    uint8_t cand_bits[kChunkBlocks];
-    for (int64_t b = 0; b < n; ++b) best[b] = INFINITY;
-    for (size_t ci = 0; ci < cands.size(); ++ci) {
-      const float c = cands[ci];
-      for (int64_t b = 0; b < n; ++b)
-        cand_bits[b] = e4m3_encode(nvfp4_block_scale_f32(bmax[b] * c, job.global_amax, job.normalizer));
-      spell_steps(cand_bits);
-      quantize_flat<true>(x, step_of, m, trial, terms);
-      block_sums(terms, n);
+  switch (job.selector) {
+    case nvfp4_selector::max: return encode_blocks_max(x, n, job.ws2, scales, packed, errors);
+    case nvfp4_selector::four_over_six:
+      return encode_blocks_candidates(x, n, job.global_amax, job.normalizer, job.ws2, kFourOverSix, scales, packed,
+                                      errors);
+    case nvfp4_selector::mse_multiplier:
+      return encode_blocks_candidates(x, n, job.global_amax, job.normalizer, job.ws2, job.multipliers, scales, packed,
+                                      errors);
+    case nvfp4_selector::mse_fp8_sweep:
+    case nvfp4_selector::mse_four_over_six:
       for (int64_t b = 0; b < n; ++b) {
-        if (!(terms[b * kNvfp4Block] < best[b]) && ci > 0) continue;  // the first is taken even if inf
-        best[b] = terms[b * kNvfp4Block];
-        scales[b] = cand_bits[b];
-        std::memcpy(codes + b * kNvfp4Block, trial + b * kNvfp4Block, kNvfp4Block);
+        const float* xb = x + b * kNvfp4Block;
+        scales[b] = fp8_sweep_pruned(xb, lanes::max16(lanes::abs_of(lanes::load_bits(xb))), job.global_amax,
+                                     job.normalizer, *job.sweep);
       }
-    }
-    if (errors)
-      for (int64_t b = 0; b < n; ++b) errors[b] = best[b];
-  } else {
-    if (job.selector != nvfp4_selector::max)
-      for (int64_t b = 0; b < n; ++b)
-        scales[b] = fp8_sweep_pruned(x + b * kNvfp4Block, bmax[b], job.global_amax, job.normalizer, *job.sweep);
-    spell_steps(scales);
-    if (errors) {
-      quantize_flat<true>(x, step_of, m, codes, terms);
-      block_sums(terms, n);
-      for (int64_t b = 0; b < n; ++b) errors[b] = terms[b * kNvfp4Block];
-    } else {
-      quantize_flat<false>(x, step_of, m, codes, nullptr);
-    }
-  }
-
-  // Two codes per byte, even element low: little-endian u16 (even | odd << 8) -> even | odd << 4.
-  for (int64_t j = 0; j < m / 2; ++j) {
-    uint16_t pair;
-    std::memcpy(&pair, codes + 2 * j, 2);
-    packed[j] = static_cast<uint8_t>((pair & 0x0f) | ((pair >> 4) & 0xf0));
+      return encode_blocks_with_scales(x, n, job.ws2, scales, packed, errors);
   }
 }
 

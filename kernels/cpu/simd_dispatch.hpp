@@ -8,3 +8,11 @@
 #else
 #define MIXQ_CLONES
 #endif
+
+// Helpers of the cloned hot loops must be inlined into each clone, or they are compiled once for the
+// baseline target (and pass their 64-byte vectors through memory).
+#if defined(__GNUC__)
+#define MIXQ_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define MIXQ_ALWAYS_INLINE inline
+#endif

@@ -2,12 +2,14 @@
 // format and selector, from F32, BF16 and F16 sources, on every kind of test tensor.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
+#include <cstring>
 #include <cmath>
 #include <vector>
 
 #include "formats/minifloat.hpp"
-#include "kernels/cpu/e2m1_bits.hpp"
+#include "kernels/cpu/nvfp4_lanes.hpp"
 #include "kernels/cpu/quantize.hpp"
 #include "../sourced_tensor.hpp"
 #include "../test_tensors.hpp"
@@ -22,24 +24,54 @@ using testing::sourced;
 using testing::view_of;
 
 
-TEST(cpu_kernels, e2m1_by_bits_matches_the_comparisons) {
-  // Every float in [2^-4, 1024) (all the rounding boundaries), every 97th below, and inf: codes and
-  // magnitudes agree with formats/.
+// The 16-lane arithmetic against the scalar references, 16 floats at a time.
+template <class Check>
+int64_t count_lane_mismatches(uint32_t first, uint32_t last, uint32_t stride, Check check) {
   int64_t mismatches = 0;
-  for (uint32_t u = 0; u <= 0x44800000u; u += u < 0x3d800000u ? 97u : 1u) {
-    const float a = std::bit_cast<float>(u);
-    const uint32_t c = cpu::e2m1_code_by_bits(a);
-    mismatches += c != e2m1_magnitude_code(a) || cpu::e2m1_magnitude_of(c) != e2m1_round_magnitude(a);
+  for (uint64_t u = first; u <= last; u += 16ull * stride) {
+    float in[16];
+    for (uint32_t j = 0; j < 16; ++j) in[j] = std::bit_cast<float>(uint32_t(std::min<uint64_t>(u + j * stride, last)));
+    cpu::lanes::v16f v;
+    std::memcpy(&v, in, sizeof v);
+    mismatches += check(v, in);
   }
-  EXPECT_EQ(mismatches, 0);
-  EXPECT_EQ(cpu::e2m1_code_by_bits(INFINITY), 7u);
-  EXPECT_EQ(cpu::e2m1_code_by_bits(3e38f), 7u);
+  return mismatches;
+}
+
+TEST(cpu_kernels, lane_e2m1_rounding_matches_the_reference) {
+  // Every float in [2^-4, 1024) (all the rounding boundaries), every 97th below, and inf.
+  auto check = [](cpu::lanes::v16f q, const float* in) {
+    const auto codes = cpu::lanes::e2m1_codes(q);
+    const auto mags = cpu::lanes::e2m1_magnitudes(codes);
+    int bad = 0;
+    for (int j = 0; j < 16; ++j) bad += codes[j] != e2m1_magnitude_code(in[j]) || mags[j] != e2m1_round_magnitude(in[j]);
+    return bad;
+  };
+  EXPECT_EQ(count_lane_mismatches(0, 0x3d800000u, 97, check), 0);
+  EXPECT_EQ(count_lane_mismatches(0x3d800000u, 0x44800000u, 1, check), 0);
+  EXPECT_EQ(count_lane_mismatches(0x7f000000u, 0x7f800000u, 4099, check), 0);  // huge values and inf saturate
+}
+
+TEST(cpu_kernels, lane_e4m3_codec_matches_the_reference) {
+  // Every positive float a block scale can take (after the [2^-9, 448] clamp), and all codes.
+  auto check = [](cpu::lanes::v16f s, const float* in) {
+    const auto codes = cpu::lanes::e4m3_encode(s);
+    const auto values = cpu::lanes::e4m3_decode(codes);
+    int bad = 0;
+    for (int j = 0; j < 16; ++j) bad += codes[j] != e4m3_encode(in[j]) || values[j] != e4m3_decode(uint8_t(codes[j]));
+    return bad;
+  };
+  EXPECT_EQ(count_lane_mismatches(0x3b000000u, 0x43e00000u, 1, check), 0);
 }
 
 TEST(cpu_kernels, nvfp4_every_selector_bit_identical) {
   const nvfp4_selector selectors[] = {nvfp4_selector::max, nvfp4_selector::mse_multiplier, nvfp4_selector::mse_fp8_sweep,
                                       nvfp4_selector::four_over_six, nvfp4_selector::mse_four_over_six};
-  for (const auto& t : all_kinds(24, 160, 31))
+  // 240 blocks (whole vectors of 16 blocks), 15 (a tail only) and 68 (vectors and a tail).
+  std::vector<testing::test_tensor> tensors = all_kinds(24, 160, 31);
+  for (auto& t : all_kinds(5, 48, 32)) tensors.push_back(t);
+  for (auto& t : all_kinds(17, 64, 33)) tensors.push_back(t);
+  for (const auto& t : tensors)
     for (auto dtype : kDtypes) {
       const sourced s = as_dtype(t, dtype);
       for (auto sel : selectors) {
