@@ -8,5 +8,6 @@ namespace mixq::cli {
 void add_formats_command(CLI::App& app);
 void add_qerror_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
+void add_synth_command(CLI::App& app);
 
 }  // namespace mixq::cli

@@ -18,13 +18,15 @@ int main(int argc, char** argv) {
       "with max, MSE and four-over-six block-scale selection.\n\n"
       "Start with:  mixq formats          the formats and what they cost\n"
       "             mixq qerror           quantization error of every selector on a built-in tensor set\n"
-      "             mixq qerror --model ../shared/models/stories260K\n",
+      "             mixq qerror --model ../shared/models/stories260K\n"
+      "             mixq synth --arch nemotron_h --out /tmp/nh   a synthetic checkpoint to try things on\n",
       "mixq"};
   app.set_version_flag("--version", std::string("mixq ") + MIXQ_VERSION);
   app.require_subcommand(1);
   mixq::cli::add_formats_command(app);
   mixq::cli::add_qerror_command(app);
   mixq::cli::add_inspect_command(app);
+  mixq::cli::add_synth_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
