@@ -21,6 +21,7 @@ typedef uint32_t v16u __attribute__((vector_size(64)));
 typedef uint32_t v8u __attribute__((vector_size(32)));
 typedef uint8_t v8b __attribute__((vector_size(8)));
 typedef uint8_t v16b __attribute__((vector_size(16)));
+typedef double v8d __attribute__((vector_size(64)));
 
 MIXQ_ALWAYS_INLINE v16u load_bits(const float* p) {
   v16u v;
@@ -76,6 +77,35 @@ MIXQ_ALWAYS_INLINE v16f e4m3_decode(v16u code) {
   const v16u e = code >> 3, m = code & 7u;
   return e == 0u ? __builtin_convertvector(m, v16f) * 0x1p-9f : (v16f)(((e + 120u) << 23) | (m << 20));
 }
+// fp8_row_sq_error over a row: 8 double lanes (lane j takes elements j, j+8, ...), lanes added
+// in order at the end; the same sums as the reference.
+MIXQ_ALWAYS_INLINE double fp8_row_sq_error(const float* row, int64_t n, float scale) {
+  v8d acc = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const v16u bits = load_bits(row + i);
+    const v16f x = (v16f)bits;
+    const v16u code = e4m3_encode(abs_of(bits) / scale);  // |x / scale|: sign restored below
+    const v16f deq = (v16f)((v16u)(e4m3_decode(code) * scale) | (bits & 0x80000000u));
+    const v8d lo = __builtin_convertvector(__builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7), v8d) -
+                   __builtin_convertvector(__builtin_shufflevector(deq, deq, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
+    const v8d hi = __builtin_convertvector(__builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15), v8d) -
+                   __builtin_convertvector(__builtin_shufflevector(deq, deq, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+    acc += lo * lo;
+    acc += hi * hi;
+  }
+  double lane[8];
+  std::memcpy(lane, &acc, sizeof lane);
+  for (int j = 0; i + j < n; ++j) {  // the tail, into the lanes the reference uses
+    const int64_t k = i + j;
+    const double d = double(row[k]) - double(mixq::e4m3_decode(mixq::e4m3_encode(row[k] / scale)) * scale);
+    lane[j % 8] += d * d;
+  }
+  double err = 0.0;
+  for (double l : lane) err += l;
+  return err;
+}
+
 // e2m1_code_by_bits: RNE(2q) below 1, one mantissa bit above, saturating at 7.
 MIXQ_ALWAYS_INLINE v16u e2m1_codes(v16f q) {
   const v16u small = (v16u)(q * 2.0f + 8388608.0f) - 0x4b000000u;

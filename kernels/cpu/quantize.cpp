@@ -298,7 +298,8 @@ MIXQ_CLONES float fp8_row_amax(const float* x, int64_t n) {
 }
 
 MIXQ_CLONES void fp8_row_errors(const float* x, int64_t n, float amax, std::span<const float> multipliers, double* err) {
-  for (size_t c = 0; c < multipliers.size(); ++c) err[c] = fp8_row_sq_error(x, n, fp8_scale_for_amax(amax * multipliers[c]));
+  for (size_t c = 0; c < multipliers.size(); ++c)
+    err[c] = lanes::fp8_row_sq_error(x, n, fp8_scale_for_amax(amax * multipliers[c]));
 }
 
 MIXQ_CLONES void fp8_row_codes(const float* x, int64_t n, float scale, uint8_t* dst) {
