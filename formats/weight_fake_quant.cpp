@@ -22,6 +22,21 @@ std::string describe(const weight_quant_spec& spec) {
   }
 }
 
+fp8_options fp8_options_for(const weight_quant_spec& spec) {
+  fp8_options o;
+  o.granularity = spec.format == format_id::fp8_per_channel ? fp8_granularity::per_channel : fp8_granularity::per_tensor;
+  o.selector = spec.fp8;
+  o.nonfinite = spec.nonfinite;
+  return o;
+}
+
+nvfp4_options nvfp4_options_for(const weight_quant_spec& spec) {
+  nvfp4_options o;
+  o.selector = spec.nvfp4;
+  o.nonfinite = spec.nonfinite;
+  return o;
+}
+
 void fake_quant_weight(const weight_view& w, const weight_quant_spec& spec, std::span<float> out) {
   if (int64_t(out.size()) != w.size())
     throw format_error(fmt::format("tensor '{}': output holds {} values, need {}", w.name, out.size(), w.size()));
@@ -33,22 +48,9 @@ void fake_quant_weight(const weight_view& w, const weight_quant_spec& spec, std:
       return;
     }
     case format_id::fp8_per_tensor:
-    case format_id::fp8_per_channel: {
-      fp8_options o;
-      o.granularity = spec.format == format_id::fp8_per_tensor ? fp8_granularity::per_tensor : fp8_granularity::per_channel;
-      o.selector = spec.fp8;
-      o.nonfinite = spec.nonfinite;
-      fp8_dequantize(fp8_quantize(w, o), out);
-      return;
-    }
+    case format_id::fp8_per_channel: fp8_dequantize(fp8_quantize(w, fp8_options_for(spec)), out); return;
     case format_id::nvfp4:
-    case format_id::nvfp4_w4a16: {
-      nvfp4_options o;
-      o.selector = spec.nvfp4;
-      o.nonfinite = spec.nonfinite;
-      nvfp4_dequantize(nvfp4_quantize(w, o), out);
-      return;
-    }
+    case format_id::nvfp4_w4a16: nvfp4_dequantize(nvfp4_quantize(w, nvfp4_options_for(spec)), out); return;
     case format_id::mxfp4:
     case format_id::mxfp8: mx_dequantize(mx_quantize(w, spec.format, spec.nonfinite), out); return;
     case format_id::nf4: nf4_dequantize(nf4_quantize(w, spec.nonfinite), out); return;

@@ -21,6 +21,10 @@ struct weight_quant_spec {
 
 std::string describe(const weight_quant_spec& spec);  // "nvfp4/four_over_six", "fp8/max", "bf16"
 
+// The quantizer options a spec implies (for FP8 / NVFP4 formats).
+fp8_options fp8_options_for(const weight_quant_spec& spec);
+nvfp4_options nvfp4_options_for(const weight_quant_spec& spec);
+
 // Quantizes w under spec and writes the dequantized values (rows·cols) to out. BF16 rounds to BF16.
 // Reference implementation: kernels/cpu has the fast one.
 void fake_quant_weight(const weight_view& w, const weight_quant_spec& spec, std::span<float> out);

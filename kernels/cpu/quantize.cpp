@@ -430,22 +430,9 @@ void fake_quant_weight(const source_matrix& w, const weight_quant_spec& spec, st
       return;
     }
     case format_id::fp8_per_tensor:
-    case format_id::fp8_per_channel: {
-      fp8_options o;
-      o.granularity = spec.format == format_id::fp8_per_tensor ? fp8_granularity::per_tensor : fp8_granularity::per_channel;
-      o.selector = spec.fp8;
-      o.nonfinite = spec.nonfinite;
-      cpu::fp8_dequantize(cpu::fp8_quantize(w, o), out);
-      return;
-    }
+    case format_id::fp8_per_channel: cpu::fp8_dequantize(cpu::fp8_quantize(w, fp8_options_for(spec)), out); return;
     case format_id::nvfp4:
-    case format_id::nvfp4_w4a16: {
-      nvfp4_options o;
-      o.selector = spec.nvfp4;
-      o.nonfinite = spec.nonfinite;
-      cpu::nvfp4_dequantize(cpu::nvfp4_quantize(w, o), out);
-      return;
-    }
+    case format_id::nvfp4_w4a16: cpu::nvfp4_dequantize(cpu::nvfp4_quantize(w, nvfp4_options_for(spec)), out); return;
     case format_id::mxfp4:
     case format_id::mxfp8: mixq::mx_dequantize(cpu::mx_quantize(w, spec.format, spec.nonfinite), out); return;
     case format_id::nf4: mixq::nf4_dequantize(cpu::nf4_quantize(w, spec.nonfinite), out); return;
