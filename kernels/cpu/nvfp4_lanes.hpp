@@ -114,10 +114,10 @@ MIXQ_ALWAYS_INLINE v16u e2m1_codes(v16f q) {
   const v16u code = q < 1.0f ? small : large;
   return code < 7u ? code : 7u;
 }
-// e2m1_magnitude_of.
+// e2m1_magnitude_of: a table lookup held in one register (a lane permute).
 MIXQ_ALWAYS_INLINE v16f e2m1_magnitudes(v16u c) {
-  const v16f f = __builtin_convertvector(c, v16f);
-  return 0.5f * f + 0.5f * (c > 4u ? f - 4.0f : 0.0f) + (c > 6u ? 1.0f : 0.0f);
+  const v16f table = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  return __builtin_shuffle(table, c);
 }
 // The sign bit of nvfp4_code: set for x < 0 (not for -0).
 MIXQ_ALWAYS_INLINE v16u sign_bits(v16u x_bits) { return (v16u)((v16f)x_bits < 0.0f) & 8u; }
