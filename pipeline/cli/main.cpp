@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
       "Start with:  mixq formats          the formats and what they cost\n"
       "             mixq qerror           quantization error of every selector on a built-in tensor set\n"
       "             mixq qerror --model ../shared/models/stories260K\n"
-      "             mixq synth --arch nemotron_h --out /tmp/nh   a synthetic checkpoint to try things on\n",
+      "             mixq synth --arch nemotron_h --out /tmp/nh   a synthetic checkpoint to try things on\n"
+      "             mixq eval --model ../shared/models/stories260K --data ../shared/data/tinystories/TinyStories-valid-reduced.tok512.u16.bin   FP32 perplexity\n",
       "mixq"};
   app.set_version_flag("--version", std::string("mixq ") + MIXQ_VERSION);
   app.require_subcommand(1);
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
   mixq::cli::add_qerror_command(app);
   mixq::cli::add_inspect_command(app);
   mixq::cli::add_synth_command(app);
+  mixq::cli::add_eval_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,70 @@
+#include "pipeline/eval/perplexity.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace mixq {
+
+double nll_sum(const float* logits, const int32_t* targets, int64_t n, int64_t V) {
+  double total = 0.0;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* row = logits + t * V;  // [V]
+    double maxv = row[0];
+    for (int64_t i = 1; i < V; ++i) maxv = std::max(maxv, double(row[i]));
+    double sum = 0.0;
+    for (int64_t i = 0; i < V; ++i) sum += std::exp(double(row[i]) - maxv);
+    total += maxv + std::log(sum) - double(row[targets[t]]);  // logsumexp - logit[target]
+  }
+  return total;
+}
+
+perplexity_result evaluate_perplexity(const llama_model& model, std::span<const int32_t> tokens, int64_t ctx) {
+  const int64_t max_ctx = model.config().max_positions;
+  if (ctx < 2 || ctx > max_ctx)
+    throw std::invalid_argument(
+        fmt::format("perplexity: ctx {} is out of range 2..{} (max_position_embeddings)", ctx, max_ctx));
+  const int64_t N = int64_t(tokens.size());
+  const int64_t V = model.config().vocab;
+  const int64_t n_windows = (N + ctx - 1) / ctx;
+  std::vector<double> window_nll(size_t(n_windows), 0.0);
+  std::vector<int64_t> window_predicted(size_t(n_windows), 0);
+
+  const auto start = std::chrono::steady_clock::now();
+  // Exceptions must not leave an OpenMP region: keep the first message and rethrow after it.
+  std::string error;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t w = 0; w < n_windows; ++w) {
+    const int64_t begin = w * ctx, len = std::min(ctx, N - begin);
+    if (len < 2) continue;  // a lone trailing token predicts nothing
+    try {
+      const std::vector<float> logits = model.forward(tokens.subspan(size_t(begin), size_t(len)));  // [len, V]
+      window_nll[size_t(w)] = nll_sum(logits.data(), tokens.data() + begin + 1, len - 1, V);
+      window_predicted[size_t(w)] = len - 1;
+    } catch (const std::exception& e) {
+#pragma omp critical(mixq_perplexity_error)
+      if (error.empty()) error = e.what();
+    }
+  }
+  if (!error.empty()) throw std::runtime_error(error);
+
+  perplexity_result r;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.tokens = N;
+  double total = 0.0;
+  for (int64_t w = 0; w < n_windows; ++w) {
+    total += window_nll[size_t(w)];
+    r.predicted += window_predicted[size_t(w)];
+    r.windows += window_predicted[size_t(w)] > 0 ? 1 : 0;
+  }
+  if (r.predicted == 0) throw std::invalid_argument(fmt::format("perplexity: {} tokens predict nothing", N));
+  r.mean_nll = total / double(r.predicted);
+  r.ppl = std::exp(r.mean_nll);
+  return r;
+}
+
+}  // namespace mixq

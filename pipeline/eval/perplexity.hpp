@@ -1,0 +1,29 @@
+// Perplexity of a token stream (shared/data/tinystories/README.md protocol): non-overlapping
+// windows of ctx tokens over the whole stream, a fresh context per window, every token after a
+// window's first is predicted; the mean NLL (nats) over the predicted tokens, accumulated in double.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "pipeline/model/llama.hpp"
+
+namespace mixq {
+
+struct perplexity_result {
+  int64_t tokens = 0;     // tokens in the stream
+  int64_t windows = 0;    // windows that predicted at least one token
+  int64_t predicted = 0;  // tokens predicted
+  double mean_nll = 0.0;  // nats per predicted token
+  double ppl = 0.0;       // exp(mean_nll)
+  double seconds = 0.0;   // wall time of the forward passes
+};
+
+// Negative log-likelihood sum (nats, double) of targets[t] under logits[t, V] for t < n.
+double nll_sum(const float* logits, const int32_t* targets, int64_t n, int64_t V);
+
+// Windows run in parallel (OpenMP, one forward per thread); the per-window sums are added in window
+// order, so the result does not depend on the thread count. ctx must be in 2..max_positions.
+perplexity_result evaluate_perplexity(const llama_model& model, std::span<const int32_t> tokens, int64_t ctx);
+
+}  // namespace mixq

@@ -1,0 +1,344 @@
+#include "pipeline/model/llama.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <unordered_map>
+
+#include <Eigen/Core>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "kernels/cpu/source_matrix.hpp"
+#include "pipeline/io/checkpoint.hpp"
+#include "pipeline/io/safetensors_file.hpp"  // io_error
+
+namespace mixq {
+
+namespace {
+
+using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using const_map = Eigen::Map<const row_matrix>;
+using map = Eigen::Map<row_matrix>;
+
+}  // namespace
+
+// ---- the ops ---------------------------------------------------------------------------------
+
+void linear_forward(const std::string& name, const float* x, const llama_linear& W, float* out, int64_t T) {
+  (void)name;  // the hook point: fake-quant and observers will key on the module name
+  const_map X(x, T, W.in);           // [T, in]
+  const_map Wm(W.w.data(), W.out, W.in);  // [out, in]
+  map Y(out, T, W.out);              // [T, out]
+  Y.noalias() = X * Wm.transpose();
+  if (!W.bias.empty())
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t o = 0; o < W.out; ++o) out[t * W.out + o] += W.bias[size_t(o)];
+}
+
+void rmsnorm_forward(float* out, const float* x, const float* weight, int64_t T, int64_t C, float eps) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xt = x + t * C;
+    float* ot = out + t * C;
+    float ss = 0.0f;
+    for (int64_t c = 0; c < C; ++c) ss += xt[c] * xt[c];
+    const float rstd = 1.0f / std::sqrt(ss / float(C) + eps);
+    for (int64_t c = 0; c < C; ++c) ot[c] = xt[c] * rstd * weight[c];
+  }
+}
+
+void rope_forward(float* x, const float* cos_table, const float* sin_table, int64_t T, int64_t n_heads, int64_t hd) {
+  const int64_t half = hd / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = cos_table + t * half;
+    const float* s = sin_table + t * half;
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* xh = x + (t * n_heads + h) * hd;
+      for (int64_t i = 0; i < half; ++i) {  // rotate_half: pairs (i, i + hd/2)
+        const float x1 = xh[i], x2 = xh[i + half];
+        xh[i] = x1 * c[i] - x2 * s[i];
+        xh[i + half] = x2 * c[i] + x1 * s[i];
+      }
+    }
+  }
+}
+
+void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t nh,
+                       int64_t nkv, int64_t hd) {
+  const int64_t group = nh / nkv;  // query heads per KV head
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const int64_t q_stride = nh * hd, kv_stride = nkv * hd;
+  using strided = Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>>;
+  using strided_out = Eigen::Map<row_matrix, 0, Eigen::OuterStride<>>;
+#pragma omp parallel if (cpu::worth_threads(nh * T * T * hd))
+  {
+    row_matrix att(T, T);  // scores, then probabilities, of one head [T, T]
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t h = 0; h < nh; ++h) {
+      const int64_t kvh = h / group;  // GQA: the KV head this query head reads
+      const strided Q(q + h * hd, T, hd, Eigen::OuterStride<>(q_stride));       // [T, hd]
+      const strided K(k + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));    // [T, hd]
+      const strided V(v + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));    // [T, hd]
+      strided_out O(out + h * hd, T, hd, Eigen::OuterStride<>(q_stride));       // [T, hd]
+      att.noalias() = Q * K.transpose();  // the full square; the causal mask drops the upper half
+      for (int64_t t = 0; t < T; ++t) {
+        float* row = att.data() + t * T;
+        float maxv = -INFINITY;
+        for (int64_t s = 0; s <= t; ++s) {  // causal: keys 0..t
+          row[s] *= scale;
+          maxv = std::max(maxv, row[s]);
+        }
+        float sum = 0.0f;
+        for (int64_t s = 0; s <= t; ++s) {
+          row[s] = std::exp(row[s] - maxv);
+          sum += row[s];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t s = 0; s <= t; ++s) row[s] *= inv;
+        for (int64_t s = t + 1; s < T; ++s) row[s] = 0.0f;
+      }
+      O.noalias() = att * V;
+    }
+  }
+}
+
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t T, int64_t I) {
+  for (int64_t i = 0; i < T * I; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];  // silu(g) * up
+  }
+}
+
+void residual_forward(float* x, const float* y, int64_t T, int64_t C) {
+  for (int64_t i = 0; i < T * C; ++i) x[i] += y[i];
+}
+
+// ---- loading ---------------------------------------------------------------------------------
+
+namespace {
+
+using json = nlohmann::json;
+
+[[noreturn]] void fail(const std::filesystem::path& dir, const std::string& what) {
+  throw io_error(fmt::format("{}: {}", dir.string(), what));
+}
+
+json read_config(const std::filesystem::path& dir) {
+  const std::filesystem::path path = dir / "config.json";
+  std::ifstream in(path);
+  if (!in) throw io_error(fmt::format("{}: cannot read config.json", dir.string()));
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw io_error(fmt::format("{}: {}", path.string(), e.what()));
+  }
+}
+
+double number_or(const json& j, const char* key, double fallback) {
+  const auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_number()) throw io_error(fmt::format("config key '{}' must be a number, got {}", key, it->dump()));
+  return it->get<double>();
+}
+
+// rope_theta from the old (rope_theta + rope_scaling) or the transformers-v5 (rope_parameters) form;
+// only the default rope type is supported for now.
+double read_rope_theta(const json& cfg, const std::filesystem::path& dir) {
+  double theta = number_or(cfg, "rope_theta", 10000.0);
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    const auto it = cfg.find(key);
+    if (it == cfg.end() || it->is_null()) continue;
+    if (!it->is_object()) fail(dir, fmt::format("config key '{}' must be an object, got {}", key, it->dump()));
+    std::string type = "default";
+    for (const char* tkey : {"rope_type", "type"})
+      if (it->contains(tkey) && (*it)[tkey].is_string()) type = (*it)[tkey].get<std::string>();
+    if (type != "default")
+      fail(dir, fmt::format("unsupported option: config key '{}' has rope type '{}' (only the default RoPE is "
+                            "implemented; llama3 / linear / dynamic / yarn scaling is not yet)", key, type));
+    theta = number_or(*it, "rope_theta", theta);
+  }
+  if (number_or(cfg, "partial_rotary_factor", 1.0) != 1.0)
+    fail(dir, "unsupported option: partial_rotary_factor other than 1");
+  return theta;
+}
+
+class weight_loader {
+ public:
+  explicit weight_loader(const std::filesystem::path& dir) : ckpt_(checkpoint::open(dir)) {
+    for (const auto& e : ckpt_.tensors()) by_name_.emplace(e.tensor->name, e);
+  }
+
+  bool has(const std::string& name) const { return by_name_.count(name) != 0; }
+
+  // The tensor widened to fp32; its shape must be `shape` (1-D or 2-D).
+  std::vector<float> load(const std::string& name, const std::vector<int64_t>& shape) const {
+    const auto it = by_name_.find(name);
+    if (it == by_name_.end()) fail(ckpt_.dir(), fmt::format("tensor '{}' is missing", name));
+    const tensor_info& t = *it->second.tensor;
+    if (t.shape != shape)
+      fail(ckpt_.dir(), fmt::format("tensor '{}' has shape [{}], expected [{}]", name, fmt::join(t.shape, ", "),
+                                    fmt::join(shape, ", ")));
+    tensor_info as_2d = t;  // 1-D tensors are read as one row
+    if (as_2d.shape.size() == 1) as_2d.shape = {1, t.shape[0]};
+    const auto m = checkpoint::as_matrix({it->second.shard, &as_2d});
+    if (!m) fail(ckpt_.dir(), fmt::format("tensor '{}' is {}; only F32, BF16 and F16 are read", name, dtype_name(t.type)));
+    std::vector<float> out(size_t(m->size()));
+    const int64_t chunk = int64_t(1) << 20;
+    for (int64_t i = 0; i < m->size(); i += chunk)
+      cpu::load_f32(*m, i, int(std::min(chunk, m->size() - i)), out.data() + i, false);
+    return out;
+  }
+
+  llama_linear linear(const linear_spec& l) const {
+    llama_linear W;
+    W.name = l.module;
+    W.out = l.out_features;
+    W.in = l.in_features;
+    W.w = load(l.weight_name(), {l.out_features, l.in_features});
+    if (l.has_bias) W.bias = load(l.module + ".bias", {l.out_features});
+    return W;
+  }
+
+ private:
+  checkpoint ckpt_;
+  std::unordered_map<std::string, checkpoint::entry> by_name_;
+};
+
+}  // namespace
+
+llama_model llama_model::load(const std::filesystem::path& dir) {
+  llama_model m;
+  m.spec_ = model_spec_from_file(dir);
+  if (m.spec_.architecture != "llama")
+    fail(dir, fmt::format("unsupported architecture '{}': the FP32 forward pass runs llama only for now",
+                          m.spec_.architecture));
+  const json cfg = read_config(dir);
+  llama_config& c = m.config_;
+  const model_dims& d = m.spec_.dims;
+  c.vocab = d.vocab;
+  c.hidden = d.hidden;
+  c.layers = d.layers;
+  c.heads = d.heads;
+  c.kv_heads = d.kv_heads;
+  c.head_dim = d.head_dim;
+  c.intermediate = d.intermediate;
+  c.tie_word_embeddings = d.tie_word_embeddings;
+  c.max_positions = int64_t(number_or(cfg, "max_position_embeddings", 2048));
+  c.rms_norm_eps = float(number_or(cfg, "rms_norm_eps", 1e-6));
+  c.rope_theta = read_rope_theta(cfg, dir);
+  if (cfg.contains("hidden_act") && cfg["hidden_act"] != "silu")
+    fail(dir, fmt::format("unsupported option: hidden_act {} (only silu)", cfg["hidden_act"].dump()));
+  if (c.heads % c.kv_heads != 0 || c.head_dim % 2 != 0 || c.max_positions <= 0)
+    fail(dir, fmt::format("unsupported shape: {} heads, {} KV heads, head_dim {}, max_position_embeddings {}",
+                          c.heads, c.kv_heads, c.head_dim, c.max_positions));
+
+  const weight_loader w(dir);
+  m.embed_ = w.load("model.embed_tokens.weight", {c.vocab, c.hidden});
+  m.final_norm_ = w.load("model.norm.weight", {c.hidden});
+  m.layers_.resize(size_t(c.layers));
+  for (int64_t i = 0; i < c.layers; ++i) {
+    const std::string p = fmt::format("model.layers.{}", i);
+    m.layers_[size_t(i)].attn_norm = w.load(p + ".input_layernorm.weight", {c.hidden});
+    m.layers_[size_t(i)].mlp_norm = w.load(p + ".post_attention_layernorm.weight", {c.hidden});
+  }
+  // Linears as the spec lists them: "model.layers.N.{self_attn,mlp}.X_proj", then lm_head.
+  bool have_lm_head = false;
+  for (const linear_spec& l : m.spec_.linears) {
+    if (l.role == linear_role::lm_head) {
+      m.lm_head_ = w.linear(l);
+      have_lm_head = true;
+      continue;
+    }
+    const size_t dot = l.module.rfind('.');
+    const std::string leaf = l.module.substr(dot + 1);
+    const int layer = m.spec_.blocks.at(size_t(l.block)).layer;
+    llama_layer& L = m.layers_.at(size_t(layer));
+    llama_linear* slot = leaf == "q_proj"      ? &L.q
+                         : leaf == "k_proj"    ? &L.k
+                         : leaf == "v_proj"    ? &L.v
+                         : leaf == "o_proj"    ? &L.o
+                         : leaf == "gate_proj" ? &L.gate
+                         : leaf == "up_proj"   ? &L.up
+                         : leaf == "down_proj" ? &L.down
+                                               : nullptr;
+    if (!slot) fail(dir, fmt::format("unexpected linear '{}' in a llama model", l.module));
+    *slot = w.linear(l);
+  }
+  if (!have_lm_head) {
+    if (!c.tie_word_embeddings) fail(dir, "no lm_head in the spec and tie_word_embeddings is false");
+    m.lm_head_.name = "lm_head";  // tied: the embedding matrix, [V, H]
+    m.lm_head_.out = c.vocab;
+    m.lm_head_.in = c.hidden;
+    m.lm_head_.w = m.embed_;
+  }
+
+  // RoPE tables: inv_freq[i] = theta^(-2i/hd), angle = pos * inv_freq[i], i < hd/2.
+  const int64_t half = c.head_dim / 2;
+  m.rope_cos_.resize(size_t(c.max_positions * half));
+  m.rope_sin_.resize(size_t(c.max_positions * half));
+  for (int64_t p = 0; p < c.max_positions; ++p)
+    for (int64_t i = 0; i < half; ++i) {
+      const double inv_freq = std::pow(c.rope_theta, -double(2 * i) / double(c.head_dim));
+      const double angle = double(p) * inv_freq;
+      m.rope_cos_[size_t(p * half + i)] = float(std::cos(angle));
+      m.rope_sin_[size_t(p * half + i)] = float(std::sin(angle));
+    }
+  return m;
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+std::vector<float> llama_model::forward(std::span<const int32_t> tokens) const {
+  const llama_config& c = config_;
+  const int64_t T = int64_t(tokens.size());
+  if (T < 1 || T > c.max_positions)
+    throw std::invalid_argument(
+        fmt::format("llama forward: {} tokens; expected 1..{} (max_position_embeddings)", T, c.max_positions));
+  const int64_t H = c.hidden, I = c.intermediate, V = c.vocab;
+  const int64_t QD = c.heads * c.head_dim, KVD = c.kv_heads * c.head_dim;
+
+  std::vector<float> h(size_t(T * H));    // residual stream [T, H]
+  std::vector<float> a(size_t(T * H));    // normed input [T, H]
+  std::vector<float> q(size_t(T * QD));   // [T, nh*hd]
+  std::vector<float> k(size_t(T * KVD));  // [T, nkv*hd]
+  std::vector<float> v(size_t(T * KVD));  // [T, nkv*hd]
+  std::vector<float> att(size_t(T * QD)); // attention output [T, nh*hd]
+  std::vector<float> y(size_t(T * H));    // block output [T, H]
+  std::vector<float> g(size_t(T * I));    // gate [T, I]
+  std::vector<float> u(size_t(T * I));    // up [T, I]
+
+  for (int64_t t = 0; t < T; ++t) {  // h = Emb[ids]
+    const int32_t id = tokens[size_t(t)];
+    if (id < 0 || id >= V)
+      throw std::invalid_argument(fmt::format("llama forward: token id {} at position {} is not below vocab {}", id, t, V));
+    std::copy_n(embed_.data() + int64_t(id) * H, H, h.data() + t * H);
+  }
+
+  for (const llama_layer& L : layers_) {
+    // attention block
+    rmsnorm_forward(a.data(), h.data(), L.attn_norm.data(), T, H, c.rms_norm_eps);
+    linear_forward(L.q.name, a.data(), L.q, q.data(), T);
+    linear_forward(L.k.name, a.data(), L.k, k.data(), T);
+    linear_forward(L.v.name, a.data(), L.v, v.data(), T);
+    rope_forward(q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
+    rope_forward(k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
+    attention_forward(att.data(), q.data(), k.data(), v.data(), T, c.heads, c.kv_heads, c.head_dim);
+    linear_forward(L.o.name, att.data(), L.o, y.data(), T);
+    residual_forward(h.data(), y.data(), T, H);
+    // MLP block
+    rmsnorm_forward(a.data(), h.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
+    linear_forward(L.gate.name, a.data(), L.gate, g.data(), T);
+    linear_forward(L.up.name, a.data(), L.up, u.data(), T);
+    swiglu_forward(g.data(), g.data(), u.data(), T, I);
+    linear_forward(L.down.name, g.data(), L.down, y.data(), T);
+    residual_forward(h.data(), y.data(), T, H);
+  }
+
+  rmsnorm_forward(a.data(), h.data(), final_norm_.data(), T, H, c.rms_norm_eps);
+  std::vector<float> logits(size_t(T * V));  // [T, V]
+  linear_forward(lm_head_.name, a.data(), lm_head_, logits.data(), T);
+  return logits;
+}
+
+}  // namespace mixq

@@ -1,0 +1,88 @@
+// An FP32 Llama decoder (shared/reference/architecture.md §2.1), llm.c style: the weights are widened
+// to fp32 once at load, and the forward pass is a sequence of plain per-op functions over row-major
+// fp32 buffers. Shapes in comments: T tokens, H hidden, nh / nkv query / KV heads, hd head_dim,
+// I intermediate, V vocab.
+//
+// Every linear layer goes through linear_forward(), the one place where fake-quantization and
+// activation observers will attach later.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "pipeline/model/model_spec.hpp"
+
+namespace mixq {
+
+struct llama_config {
+  int64_t vocab = 0, hidden = 0, layers = 0;
+  int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  int64_t intermediate = 0;
+  int64_t max_positions = 0;   // max_position_embeddings
+  float rms_norm_eps = 1e-6f;  // rms_norm_eps (HF LlamaConfig default)
+  double rope_theta = 10000.0; // rope_theta, or rope_parameters.rope_theta
+  bool tie_word_embeddings = false;
+};
+
+// One linear: y[T, out] = x[T, in] @ w[out, in]^T (+ bias[out]).
+struct llama_linear {
+  std::string name;           // module name, "model.layers.0.self_attn.q_proj"
+  int64_t out = 0, in = 0;
+  std::vector<float> w;       // [out, in] row-major
+  std::vector<float> bias;    // [out], empty when the layer has none
+};
+
+struct llama_layer {
+  std::vector<float> attn_norm;  // input_layernorm [H]
+  llama_linear q, k, v, o;       // [nh*hd, H], [nkv*hd, H], [nkv*hd, H], [H, nh*hd]
+  std::vector<float> mlp_norm;   // post_attention_layernorm [H]
+  llama_linear gate, up, down;   // [I, H], [I, H], [H, I]
+};
+
+// ---- the ops ---------------------------------------------------------------------------------
+
+// out[T, out] = x[T, in] @ W.w^T (+ W.bias). Every quantizable linear (and lm_head) is called here.
+void linear_forward(const std::string& name, const float* x, const llama_linear& W, float* out, int64_t T);
+// out[T, C] = x / sqrt(mean(x^2) + eps) * weight[C]   (normalised in fp32, as HF does)
+void rmsnorm_forward(float* out, const float* x, const float* weight, int64_t T, int64_t C, float eps);
+// In place on x[T, n_heads * hd]: HF rotate_half RoPE at positions 0..T-1; cos/sin are [max_pos, hd/2].
+void rope_forward(float* x, const float* cos_table, const float* sin_table, int64_t T, int64_t n_heads, int64_t hd);
+// out[T, nh*hd] = softmax(q k^T / sqrt(hd) + causal mask) v, with q [T, nh*hd], k and v [T, nkv*hd];
+// query head h reads KV head h / (nh / nkv) (GQA repeat_kv). Softmax in fp32.
+void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t nh,
+                       int64_t nkv, int64_t hd);
+// out[T, I] = silu(gate[T, I]) * up[T, I]
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t T, int64_t I);
+// x[T, C] += y[T, C]
+void residual_forward(float* x, const float* y, int64_t T, int64_t C);
+
+// ---- the model -------------------------------------------------------------------------------
+
+class llama_model {
+ public:
+  // Reads config.json and the safetensors weights of a Hugging Face LlamaForCausalLM directory.
+  // Throws io_error for another architecture, an unsupported option (rope_scaling other than
+  // the default, a hidden_act other than silu), or missing / ill-shaped / non-float tensors.
+  static llama_model load(const std::filesystem::path& dir);
+
+  const llama_config& config() const { return config_; }
+  const model_spec& spec() const { return spec_; }
+
+  // logits [T, V] for tokens [T] at positions 0..T-1 (a fresh context). T must be in 1..max_positions
+  // and every id below V.
+  std::vector<float> forward(std::span<const int32_t> tokens) const;
+
+ private:
+  model_spec spec_;
+  llama_config config_;
+  std::vector<float> embed_;       // embed_tokens [V, H]
+  std::vector<llama_layer> layers_;
+  std::vector<float> final_norm_;  // model.norm [H]
+  llama_linear lm_head_;           // [V, H]; a copy of embed_tokens when tied
+  std::vector<float> rope_cos_, rope_sin_;  // [max_positions, hd/2]
+};
+
+}  // namespace mixq
