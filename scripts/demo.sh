@@ -15,4 +15,7 @@ echo
 if [ -d ../shared/models/stories260K ]; then
   echo
   ./build/mixq qerror --model ../shared/models/stories260K
+  echo
+  ./build/mixq eval --model ../shared/models/stories260K \
+    --data ../shared/data/tinystories/TinyStories-valid-reduced.tok512.u16.bin --ctx 512
 fi
