@@ -1,5 +1,6 @@
-// mixq eval --model DIR --data FILE [--ctx N]: FP32 perplexity of a Llama checkpoint on a
-// pre-tokenized stream (non-overlapping windows, shared/data/tinystories/README.md protocol).
+// mixq eval --model DIR --data FILE [--ctx N]: FP32 perplexity of a Llama checkpoint on a token
+// stream — pre-tokenized, or text encoded with the model's tokenizer — with non-overlapping windows
+// (shared/data/tinystories/README.md protocol).
 #include <filesystem>
 #include <memory>
 #include <stdexcept>
@@ -8,6 +9,7 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include "calib/text_tokenizer.hpp"
 #include "calib/token_file.hpp"
 #include "pipeline/cli/commands.hpp"
 #include "pipeline/eval/perplexity.hpp"
@@ -21,15 +23,19 @@ void add_eval_command(CLI::App& app) {
     int64_t ctx = 0;
   };
   auto o = std::make_shared<options>();
-  auto* cmd = app.add_subcommand("eval", "Perplexity of a checkpoint (FP32 forward) on a pre-tokenized token file");
+  auto* cmd = app.add_subcommand("eval", "Perplexity of a checkpoint (FP32 forward) on text or a token file");
   cmd->add_option("--model", o->model, "Hugging Face checkpoint directory (LlamaForCausalLM)")->required();
-  cmd->add_option("--data", o->data, "token file: little-endian u16 / u32 ids (*.u16.bin, *.u32.bin)")->required();
+  cmd->add_option("--data", o->data,
+                  "text (*.txt: documents separated by <|endoftext|>; *.jsonl: {\"text\": ...} per line), encoded "
+                  "with DIR/tokenizer.model as [BOS] + pieces per document; or little-endian u16 / u32 token ids "
+                  "(*.u16.bin, *.u32.bin)")
+      ->required();
   cmd->add_option("--ctx", o->ctx, "window length in tokens (default: max_position_embeddings)");
   cmd->add_option("--dtype", o->dtype, "token id width: u16, u32, or auto (from the file name)");
   cmd->callback([o] {
     if (!std::filesystem::is_directory(o->model))
       throw std::runtime_error(fmt::format("{}: model directory not found", o->model));
-    if (!std::filesystem::exists(o->data)) throw std::runtime_error(fmt::format("{}: token file not found", o->data));
+    if (!std::filesystem::exists(o->data)) throw std::runtime_error(fmt::format("{}: data file not found", o->data));
     const token_dtype dtype = token_dtype_from_string(o->dtype);
     const llama_model model = llama_model::load(o->model);
     const llama_config& c = model.config();
@@ -38,7 +44,7 @@ void add_eval_command(CLI::App& app) {
       throw std::runtime_error(fmt::format("--ctx {} is larger than the model's max_position_embeddings {}", ctx,
                                            c.max_positions));
     if (ctx < 2) throw std::runtime_error(fmt::format("--ctx {} is too small: a window needs at least 2 tokens", ctx));
-    const std::vector<int32_t> tokens = read_token_file(o->data, c.vocab, dtype);
+    const std::vector<int32_t> tokens = read_token_stream(o->data, o->model, c.vocab, dtype);
     const perplexity_result r = evaluate_perplexity(model, tokens, ctx);
     fmt::print("model:      {} ({}, {} layers, hidden {}, vocab {})\n", o->model, model.spec().architecture, c.layers,
                c.hidden, c.vocab);

@@ -1,0 +1,105 @@
+#include "calib/text_tokenizer.hpp"
+
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <sentencepiece_processor.h>
+
+namespace mixq {
+namespace {
+
+std::string_view strip(std::string_view s) {
+  const char* ws = " \t\n\r\f\v";
+  const size_t b = s.find_first_not_of(ws);
+  if (b == std::string_view::npos) return {};
+  return s.substr(b, s.find_last_not_of(ws) - b + 1);
+}
+
+std::string read_all(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw token_file_error(fmt::format("{}: cannot open", path.string()));
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+sentencepiece_tokenizer sentencepiece_tokenizer::open(const std::filesystem::path& model_file) {
+  if (!std::filesystem::exists(model_file))
+    throw token_file_error(fmt::format("{}: no SentencePiece tokenizer model (text data needs one; tokenizer.json BPE "
+                                       "is not supported yet — pass pre-tokenized .u16.bin / .u32.bin instead)",
+                                       model_file.string()));
+  sentencepiece_tokenizer t;
+  t.processor_ = std::make_shared<sentencepiece::SentencePieceProcessor>();
+  t.path_ = model_file;
+  const auto status = t.processor_->Load(model_file.string());
+  if (!status.ok())
+    throw token_file_error(fmt::format("{}: not a SentencePiece model ({})", model_file.string(), status.ToString()));
+  return t;
+}
+
+std::vector<int32_t> sentencepiece_tokenizer::encode(std::string_view text) const {
+  std::vector<int> ids;
+  const auto status = processor_->Encode(text, &ids);
+  if (!status.ok()) throw token_file_error(fmt::format("{}: encoding failed ({})", path_.string(), status.ToString()));
+  return {ids.begin(), ids.end()};
+}
+
+int32_t sentencepiece_tokenizer::bos_id() const { return processor_->bos_id(); }
+int32_t sentencepiece_tokenizer::vocab_size() const { return processor_->GetPieceSize(); }
+
+std::vector<std::string> read_documents(const std::filesystem::path& path) {
+  const std::string text = read_all(path);
+  std::vector<std::string> docs;
+  const std::string ext = path.extension().string();
+  if (ext == ".jsonl") {
+    std::istringstream lines(text);
+    std::string line;
+    for (int64_t n = 1; std::getline(lines, line); ++n) {
+      if (strip(line).empty()) continue;
+      const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("text") || !j["text"].is_string())
+        throw token_file_error(fmt::format("{}:{}: expected a JSON object with a string field \"text\"", path.string(), n));
+      const std::string_view doc = strip(j["text"].get_ref<const std::string&>());
+      if (!doc.empty()) docs.emplace_back(doc);
+    }
+  } else if (ext == ".txt") {
+    static constexpr std::string_view kSeparator = "<|endoftext|>";
+    for (size_t pos = 0; pos <= text.size();) {
+      const size_t end = std::min(text.find(kSeparator, pos), text.size());
+      const std::string_view doc = strip(std::string_view(text).substr(pos, end - pos));
+      if (!doc.empty()) docs.emplace_back(doc);
+      pos = end + kSeparator.size();
+    }
+  } else {
+    throw token_file_error(fmt::format("{}: unknown text format '{}' (use .txt or .jsonl)", path.string(), ext));
+  }
+  if (docs.empty()) throw token_file_error(fmt::format("{}: no text in it", path.string()));
+  return docs;
+}
+
+std::vector<int32_t> tokenize_documents(const sentencepiece_tokenizer& tokenizer, const std::vector<std::string>& docs) {
+  std::vector<int32_t> ids;
+  for (const auto& d : docs) {
+    ids.push_back(tokenizer.bos_id());
+    const auto piece_ids = tokenizer.encode(d);
+    ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
+  }
+  return ids;
+}
+
+std::vector<int32_t> read_token_stream(const std::filesystem::path& data, const std::filesystem::path& model_dir,
+                                       int64_t vocab, token_dtype dtype) {
+  const std::string ext = data.extension().string();
+  if (ext != ".txt" && ext != ".jsonl") return read_token_file(data, vocab, dtype);
+  const auto tokenizer = sentencepiece_tokenizer::open(model_dir / "tokenizer.model");
+  if (vocab > 0 && tokenizer.vocab_size() > vocab)
+    throw token_file_error(fmt::format("{}: tokenizer has {} pieces but the model's vocab is {}",
+                                       (model_dir / "tokenizer.model").string(), tokenizer.vocab_size(), vocab));
+  return tokenize_documents(tokenizer, read_documents(data));
+}
+
+}  // namespace mixq
