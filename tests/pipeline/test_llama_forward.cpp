@@ -2,6 +2,8 @@
 // (shared/models/stories260K/reference.json), plus token-file validation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +16,7 @@
 #include "calib/token_file.hpp"
 #include "pipeline/eval/perplexity.hpp"
 #include "pipeline/model/llama.hpp"
+#include "pipeline/synth/synth_checkpoint.hpp"
 
 namespace mixq {
 namespace {
@@ -158,6 +161,37 @@ TEST(llama, forward_rejects_bad_input) {
   EXPECT_THROW(s.model.forward(std::vector<int32_t>{1, 512}), std::invalid_argument);
   EXPECT_THROW(s.model.forward(std::vector<int32_t>(513, 1)), std::invalid_argument);
   EXPECT_THROW(evaluate_perplexity(s.model, std::vector<int32_t>(10, 1), 1024), std::invalid_argument);
+}
+
+// A synthetic Llama (mixq synth --arch llama --preset tiny --seed 0) against the logits transformers
+// computes on the same checkpoint (tests/interop/check_hf_loading.py wrote the golden file).
+TEST(llama, synth_checkpoint_logits_match_transformers) {
+  const char* src = std::getenv("MIXQ_SOURCE_DIR");
+  const fs::path golden_path = fs::path(src ? src : ".") / "tests" / "golden" / "data" / "synth_llama_tiny_logits.json";
+  std::ifstream in(golden_path);
+  ASSERT_TRUE(in) << "cannot read " << golden_path;
+  const auto golden = nlohmann::json::parse(in);
+  const fs::path dir = fs::temp_directory_path() / ("mixq-synth-llama-" + std::to_string(::getpid()));
+  synth_options o;
+  o.arch = synth_arch::llama;
+  o.preset = synth_preset::tiny;
+  o.seed = 0;
+  o.out = dir;
+  o.force = true;
+  synth_checkpoint(o);
+  const llama_model model = llama_model::load(dir);
+  const auto tokens = golden["tokens"].get<std::vector<int32_t>>();
+  const std::vector<float> logits = model.forward(tokens);
+  const auto& expect = golden["logits"];
+  ASSERT_EQ(logits.size(), tokens.size() * expect[0].size());
+  double worst = 0;
+  for (size_t t = 0; t < tokens.size(); ++t)
+    for (size_t v = 0; v < expect[t].size(); ++v) {
+      const double ref = expect[t][v].get<double>();
+      worst = std::max(worst, std::fabs(double(logits[t * expect[t].size() + v]) - ref) / (1.0 + std::fabs(ref)));
+    }
+  EXPECT_LT(worst, 1e-5) << "largest relative difference from transformers";
+  fs::remove_all(dir);
 }
 
 }  // namespace
