@@ -37,6 +37,13 @@ void linear_forward(const std::string& name, const float* x, const llama_linear&
       for (int64_t o = 0; o < W.out; ++o) out[t * W.out + o] += W.bias[size_t(o)];
 }
 
+void linear_backward_input(float* dx, const float* dout, const llama_linear& W, int64_t T) {
+  const_map dY(dout, T, W.out);            // [T, out]
+  const_map Wm(W.w.data(), W.out, W.in);   // [out, in]
+  map dX(dx, T, W.in);                     // [T, in]
+  dX.noalias() += dY * Wm;                 // the bias has no effect on the input gradient
+}
+
 void rmsnorm_forward(float* out, const float* x, const float* weight, int64_t T, int64_t C, float eps) {
   for (int64_t t = 0; t < T; ++t) {
     const float* xt = x + t * C;
@@ -45,6 +52,25 @@ void rmsnorm_forward(float* out, const float* x, const float* weight, int64_t T,
     for (int64_t c = 0; c < C; ++c) ss += xt[c] * xt[c];
     const float rstd = 1.0f / std::sqrt(ss / float(C) + eps);
     for (int64_t c = 0; c < C; ++c) ot[c] = xt[c] * rstd * weight[c];
+  }
+}
+
+void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* weight, int64_t T, int64_t C,
+                      float eps) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xt = x + t * C;
+    const float* dt = dout + t * C;
+    float* dxt = dx + t * C;
+    // first: recompute rstd exactly as the forward did
+    float ss = 0.0f;
+    for (int64_t c = 0; c < C; ++c) ss += xt[c] * xt[c];
+    const float rstd = 1.0f / std::sqrt(ss / float(C) + eps);
+    // then the one reduction: mean(g * xhat) with g = weight * dout
+    double dot = 0.0;
+    for (int64_t c = 0; c < C; ++c) dot += double(weight[c] * dt[c]) * double(xt[c] * rstd);
+    const float mean_gx = float(dot / double(C));
+    // now accumulate dx = rstd * (g - xhat * mean(g * xhat))
+    for (int64_t c = 0; c < C; ++c) dxt[c] += rstd * (weight[c] * dt[c] - xt[c] * rstd * mean_gx);
   }
 }
 
@@ -59,6 +85,22 @@ void rope_forward(float* x, const float* cos_table, const float* sin_table, int6
         const float x1 = xh[i], x2 = xh[i + half];
         xh[i] = x1 * c[i] - x2 * s[i];
         xh[i + half] = x2 * c[i] + x1 * s[i];
+      }
+    }
+  }
+}
+
+void rope_backward(float* dx, const float* cos_table, const float* sin_table, int64_t T, int64_t n_heads, int64_t hd) {
+  const int64_t half = hd / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = cos_table + t * half;
+    const float* s = sin_table + t * half;
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* dh = dx + (t * n_heads + h) * hd;
+      for (int64_t i = 0; i < half; ++i) {  // the transpose of [[c, -s], [s, c]]: rotate by -angle
+        const float d1 = dh[i], d2 = dh[i + half];
+        dh[i] = d1 * c[i] + d2 * s[i];
+        dh[i + half] = d2 * c[i] - d1 * s[i];
       }
     }
   }
@@ -103,10 +145,83 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
   }
 }
 
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                        const float* v, int64_t T, int64_t nh, int64_t nkv, int64_t hd) {
+  const int64_t group = nh / nkv;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const int64_t q_stride = nh * hd, kv_stride = nkv * hd;
+  using strided = Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>>;
+  using strided_out = Eigen::Map<row_matrix, 0, Eigen::OuterStride<>>;
+  // Parallel over KV heads: the query heads of one group all add into the same dk / dv slice.
+#pragma omp parallel if (cpu::worth_threads(nh * T * T * hd))
+  {
+    row_matrix att(T, T), datt(T, T);  // probabilities and their gradient, one head [T, T]
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t kvh = 0; kvh < nkv; ++kvh) {
+      const strided K(k + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));
+      const strided V(v + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));
+      strided_out dK(dk + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));
+      strided_out dV(dv + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));
+      dK.setZero();
+      dV.setZero();
+      for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+        const strided Q(q + h * hd, T, hd, Eigen::OuterStride<>(q_stride));
+        const strided dO(dout + h * hd, T, hd, Eigen::OuterStride<>(q_stride));
+        strided_out dQ(dq + h * hd, T, hd, Eigen::OuterStride<>(q_stride));
+        // first: recompute the probabilities exactly as attention_forward does
+        att.noalias() = Q * K.transpose();
+        for (int64_t t = 0; t < T; ++t) {
+          float* row = att.data() + t * T;
+          float maxv = -INFINITY;
+          for (int64_t s = 0; s <= t; ++s) {
+            row[s] *= scale;
+            maxv = std::max(maxv, row[s]);
+          }
+          float sum = 0.0f;
+          for (int64_t s = 0; s <= t; ++s) {
+            row[s] = std::exp(row[s] - maxv);
+            sum += row[s];
+          }
+          const float inv = 1.0f / sum;
+          for (int64_t s = 0; s <= t; ++s) row[s] *= inv;
+          for (int64_t s = t + 1; s < T; ++s) row[s] = 0.0f;
+        }
+        // out = P V:  dV += P^T dO,  dP = dO V^T
+        dV.noalias() += att.transpose() * dO;
+        datt.noalias() = dO * V.transpose();
+        // softmax backward per row: dS = P * (dP - sum(dP * P)); masked entries have P = 0, so
+        // they get no gradient; then the 1/sqrt(hd) scale of the scores
+        for (int64_t t = 0; t < T; ++t) {
+          const float* p = att.data() + t * T;
+          float* d = datt.data() + t * T;
+          float dot = 0.0f;
+          for (int64_t s = 0; s <= t; ++s) dot += p[s] * d[s];
+          for (int64_t s = 0; s <= t; ++s) d[s] = p[s] * (d[s] - dot) * scale;
+          for (int64_t s = t + 1; s < T; ++s) d[s] = 0.0f;
+        }
+        // scores = Q K^T:  dQ = dS K,  dK += dS^T Q
+        dQ.noalias() = datt * K;
+        dK.noalias() += datt.transpose() * Q;
+      }
+    }
+  }
+}
+
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t T, int64_t I) {
   for (int64_t i = 0; i < T * I; ++i) {
     const float g = gate[i];
     out[i] = g / (1.0f + std::exp(-g)) * up[i];  // silu(g) * up
+  }
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t T,
+                     int64_t I) {
+  for (int64_t i = 0; i < T * I; ++i) {
+    const float g = gate[i];
+    const float sig = 1.0f / (1.0f + std::exp(-g));
+    const float silu = g * sig;
+    dup[i] = dout[i] * silu;
+    dgate[i] = dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));  // silu'(g) = sig (1 + g (1 - sig))
   }
 }
 
@@ -289,12 +404,33 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
 
 // ---- forward ---------------------------------------------------------------------------------
 
-std::vector<float> llama_model::forward(std::span<const int32_t> tokens) const {
+namespace {
+
+// linear_forward, then the hook (when set) on its output.
+void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const linear_output_hook& hook) {
+  linear_forward(W.name, x, W, out, T);
+  if (hook) hook(W.name, out, T, W.out);
+}
+
+}  // namespace
+
+void llama_model::check_tokens(std::span<const int32_t> tokens, int64_t min_tokens, const char* what) const {
+  const int64_t T = int64_t(tokens.size());
+  if (T < min_tokens || T > config_.max_positions)
+    throw std::invalid_argument(fmt::format("{}: {} tokens; expected {}..{} (max_position_embeddings)", what, T,
+                                            min_tokens, config_.max_positions));
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t id = tokens[size_t(t)];
+    if (id < 0 || id >= config_.vocab)
+      throw std::invalid_argument(
+          fmt::format("{}: token id {} at position {} is not below vocab {}", what, id, t, config_.vocab));
+  }
+}
+
+std::vector<float> llama_model::forward(std::span<const int32_t> tokens, const linear_output_hook& hook) const {
   const llama_config& c = config_;
   const int64_t T = int64_t(tokens.size());
-  if (T < 1 || T > c.max_positions)
-    throw std::invalid_argument(
-        fmt::format("llama forward: {} tokens; expected 1..{} (max_position_embeddings)", T, c.max_positions));
+  check_tokens(tokens, 1, "llama forward");
   const int64_t H = c.hidden, I = c.intermediate, V = c.vocab;
   const int64_t QD = c.heads * c.head_dim, KVD = c.kv_heads * c.head_dim;
 
@@ -308,37 +444,162 @@ std::vector<float> llama_model::forward(std::span<const int32_t> tokens) const {
   std::vector<float> g(size_t(T * I));    // gate [T, I]
   std::vector<float> u(size_t(T * I));    // up [T, I]
 
-  for (int64_t t = 0; t < T; ++t) {  // h = Emb[ids]
-    const int32_t id = tokens[size_t(t)];
-    if (id < 0 || id >= V)
-      throw std::invalid_argument(fmt::format("llama forward: token id {} at position {} is not below vocab {}", id, t, V));
-    std::copy_n(embed_.data() + int64_t(id) * H, H, h.data() + t * H);
-  }
+  for (int64_t t = 0; t < T; ++t)  // h = Emb[ids]
+    std::copy_n(embed_.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);
 
   for (const llama_layer& L : layers_) {
     // attention block
     rmsnorm_forward(a.data(), h.data(), L.attn_norm.data(), T, H, c.rms_norm_eps);
-    linear_forward(L.q.name, a.data(), L.q, q.data(), T);
-    linear_forward(L.k.name, a.data(), L.k, k.data(), T);
-    linear_forward(L.v.name, a.data(), L.v, v.data(), T);
+    linear_hooked(L.q, a.data(), q.data(), T, hook);
+    linear_hooked(L.k, a.data(), k.data(), T, hook);
+    linear_hooked(L.v, a.data(), v.data(), T, hook);
     rope_forward(q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
     rope_forward(k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
     attention_forward(att.data(), q.data(), k.data(), v.data(), T, c.heads, c.kv_heads, c.head_dim);
-    linear_forward(L.o.name, att.data(), L.o, y.data(), T);
+    linear_hooked(L.o, att.data(), y.data(), T, hook);
     residual_forward(h.data(), y.data(), T, H);
     // MLP block
     rmsnorm_forward(a.data(), h.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
-    linear_forward(L.gate.name, a.data(), L.gate, g.data(), T);
-    linear_forward(L.up.name, a.data(), L.up, u.data(), T);
+    linear_hooked(L.gate, a.data(), g.data(), T, hook);
+    linear_hooked(L.up, a.data(), u.data(), T, hook);
     swiglu_forward(g.data(), g.data(), u.data(), T, I);
-    linear_forward(L.down.name, g.data(), L.down, y.data(), T);
+    linear_hooked(L.down, g.data(), y.data(), T, hook);
     residual_forward(h.data(), y.data(), T, H);
   }
 
   rmsnorm_forward(a.data(), h.data(), final_norm_.data(), T, H, c.rms_norm_eps);
   std::vector<float> logits(size_t(T * V));  // [T, V]
-  linear_forward(lm_head_.name, a.data(), lm_head_, logits.data(), T);
+  linear_hooked(lm_head_, a.data(), logits.data(), T, hook);
   return logits;
+}
+
+
+// ---- forward + backward ----------------------------------------------------------------------
+
+namespace {
+
+// What the backward needs from one layer's forward, [T, *] each.
+struct layer_acts {
+  std::vector<float> h_in;    // residual stream entering the layer (input of input_layernorm) [T, H]
+  std::vector<float> a1;      // attention-normed [T, H]
+  std::vector<float> q, k, v; // after RoPE (q, k) [T, nh*hd], [T, nkv*hd]
+  std::vector<float> att;     // attention output [T, nh*hd]
+  std::vector<float> h_mid;   // residual after the attention block [T, H]
+  std::vector<float> a2;      // mlp-normed [T, H]
+  std::vector<float> g, u;    // gate / up outputs [T, I]
+  std::vector<float> s;       // silu(g) * u [T, I]
+};
+
+}  // namespace
+
+llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const linear_output_hook& hook) const {
+  const llama_config& c = config_;
+  check_tokens(tokens, 2, "llama forward_backward");
+  const int64_t T = int64_t(tokens.size());
+  const int64_t H = c.hidden, I = c.intermediate, V = c.vocab;
+  const int64_t QD = c.heads * c.head_dim, KVD = c.kv_heads * c.head_dim;
+  const auto buf = [](int64_t n) { return std::vector<float>(size_t(n)); };
+
+  // ---- forward, saving activations (same op sequence as forward())
+  std::vector<float> h = buf(T * H), y = buf(T * H);
+  for (int64_t t = 0; t < T; ++t)
+    std::copy_n(embed_.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);
+  std::vector<layer_acts> acts(layers_.size());
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const llama_layer& L = layers_[l];
+    layer_acts& A = acts[l];
+    A.h_in = h;
+    A.a1 = buf(T * H);
+    A.q = buf(T * QD);
+    A.k = buf(T * KVD);
+    A.v = buf(T * KVD);
+    A.att = buf(T * QD);
+    A.a2 = buf(T * H);
+    A.g = buf(T * I);
+    A.u = buf(T * I);
+    A.s = buf(T * I);
+    rmsnorm_forward(A.a1.data(), h.data(), L.attn_norm.data(), T, H, c.rms_norm_eps);
+    linear_hooked(L.q, A.a1.data(), A.q.data(), T, hook);
+    linear_hooked(L.k, A.a1.data(), A.k.data(), T, hook);
+    linear_hooked(L.v, A.a1.data(), A.v.data(), T, hook);
+    rope_forward(A.q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
+    rope_forward(A.k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
+    attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, c.heads, c.kv_heads, c.head_dim);
+    linear_hooked(L.o, A.att.data(), y.data(), T, hook);
+    residual_forward(h.data(), y.data(), T, H);
+    A.h_mid = h;
+    rmsnorm_forward(A.a2.data(), h.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
+    linear_hooked(L.gate, A.a2.data(), A.g.data(), T, hook);
+    linear_hooked(L.up, A.a2.data(), A.u.data(), T, hook);
+    swiglu_forward(A.s.data(), A.g.data(), A.u.data(), T, I);
+    linear_hooked(L.down, A.s.data(), y.data(), T, hook);
+    residual_forward(h.data(), y.data(), T, H);
+  }
+  std::vector<float> a = buf(T * H);  // final-normed [T, H]; h is now the final residual stream
+  rmsnorm_forward(a.data(), h.data(), final_norm_.data(), T, H, c.rms_norm_eps);
+  std::vector<float> logits = buf(T * V);
+  linear_hooked(lm_head_, a.data(), logits.data(), T, hook);
+
+  // ---- loss and dlogits: softmax - onehot(next token), / (T-1); the last position predicts nothing
+  llama_grads out;
+  std::vector<float> dlogits = buf(T * V);  // zero for row T-1
+  const int64_t n = T - 1;
+  double nll = 0.0;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* row = logits.data() + t * V;
+    float* drow = dlogits.data() + t * V;
+    const int32_t target = tokens[size_t(t + 1)];
+    double maxv = row[0];
+    for (int64_t i = 1; i < V; ++i) maxv = std::max(maxv, double(row[i]));
+    double sum = 0.0;
+    for (int64_t i = 0; i < V; ++i) sum += std::exp(double(row[i]) - maxv);
+    const double lse = maxv + std::log(sum);
+    nll += lse - double(row[target]);
+    for (int64_t i = 0; i < V; ++i) drow[i] = float(std::exp(double(row[i]) - lse) / double(n));
+    drow[target] -= float(1.0 / double(n));
+  }
+  out.loss = nll / double(n);
+
+  // ---- backward: dh is dloss/d(residual stream) at the current point, walking back
+  std::vector<float> dh = buf(T * H), da = buf(T * H);
+  linear_backward_input(da.data(), dlogits.data(), lm_head_, T);
+  out.dy[lm_head_.name] = std::move(dlogits);
+  rmsnorm_backward(dh.data(), da.data(), h.data(), final_norm_.data(), T, H, c.rms_norm_eps);
+
+  std::vector<float> ds = buf(T * I), dq = buf(T * QD), dk = buf(T * KVD), dv = buf(T * KVD), datt = buf(T * QD);
+  for (size_t li = layers_.size(); li-- > 0;) {
+    const llama_layer& L = layers_[li];
+    const layer_acts& A = acts[li];
+    // MLP block: h_out = h_mid + down(silu(gate(a2)) * up(a2)); the residual passes dh through
+    out.dy[L.down.name] = dh;
+    std::fill(ds.begin(), ds.end(), 0.0f);
+    linear_backward_input(ds.data(), dh.data(), L.down, T);
+    std::vector<float> dg = buf(T * I), du = buf(T * I);
+    swiglu_backward(dg.data(), du.data(), ds.data(), A.g.data(), A.u.data(), T, I);
+    std::fill(da.begin(), da.end(), 0.0f);
+    linear_backward_input(da.data(), dg.data(), L.gate, T);
+    linear_backward_input(da.data(), du.data(), L.up, T);
+    out.dy[L.gate.name] = std::move(dg);
+    out.dy[L.up.name] = std::move(du);
+    rmsnorm_backward(dh.data(), da.data(), A.h_mid.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
+    // attention block: h_mid = h_in + o(attention(rope(q(a1)), rope(k(a1)), v(a1)))
+    out.dy[L.o.name] = dh;
+    std::fill(datt.begin(), datt.end(), 0.0f);
+    linear_backward_input(datt.data(), dh.data(), L.o, T);
+    attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), A.q.data(), A.k.data(), A.v.data(), T,
+                       c.heads, c.kv_heads, c.head_dim);
+    rope_backward(dq.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
+    rope_backward(dk.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
+    std::fill(da.begin(), da.end(), 0.0f);
+    linear_backward_input(da.data(), dq.data(), L.q, T);
+    linear_backward_input(da.data(), dk.data(), L.k, T);
+    linear_backward_input(da.data(), dv.data(), L.v, T);
+    out.dy[L.q.name] = dq;
+    out.dy[L.k.name] = dk;
+    out.dy[L.v.name] = dv;
+    rmsnorm_backward(dh.data(), da.data(), A.h_in.data(), L.attn_norm.data(), T, H, c.rms_norm_eps);
+  }
+  return out;
 }
 
 }  // namespace mixq

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -44,22 +46,55 @@ struct llama_layer {
 
 // ---- the ops ---------------------------------------------------------------------------------
 
+// The backward functions propagate activation gradients only (no weight gradients). Those that
+// write an input gradient into a buffer shared by several consumers ACCUMULATE (+=) into it, llm.c
+// style; the caller zeroes it first. Each says which.
+
 // out[T, out] = x[T, in] @ W.w^T (+ W.bias). Every quantizable linear (and lm_head) is called here.
 void linear_forward(const std::string& name, const float* x, const llama_linear& W, float* out, int64_t T);
+// dx[T, in] += dout[T, out] @ W.w   (the input gradient; accumulates, as q/k/v share their input)
+void linear_backward_input(float* dx, const float* dout, const llama_linear& W, int64_t T);
 // out[T, C] = x / sqrt(mean(x^2) + eps) * weight[C]   (normalised in fp32, as HF does)
 void rmsnorm_forward(float* out, const float* x, const float* weight, int64_t T, int64_t C, float eps);
+// dx[T, C] += r * (g - xhat * mean(g * xhat)) with g = weight * dout, xhat = x * r, r = rstd(x);
+// x is the forward input. Accumulates (dx is the residual-stream gradient).
+void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* weight, int64_t T, int64_t C,
+                      float eps);
 // In place on x[T, n_heads * hd]: HF rotate_half RoPE at positions 0..T-1; cos/sin are [max_pos, hd/2].
 void rope_forward(float* x, const float* cos_table, const float* sin_table, int64_t T, int64_t n_heads, int64_t hd);
+// In place on dx[T, n_heads * hd]: the gradient through RoPE, i.e. the inverse (transposed) rotation.
+void rope_backward(float* dx, const float* cos_table, const float* sin_table, int64_t T, int64_t n_heads, int64_t hd);
 // out[T, nh*hd] = softmax(q k^T / sqrt(hd) + causal mask) v, with q [T, nh*hd], k and v [T, nkv*hd];
 // query head h reads KV head h / (nh / nkv) (GQA repeat_kv). Softmax in fp32.
 void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t nh,
                        int64_t nkv, int64_t hd);
+// dq [T, nh*hd], dk and dv [T, nkv*hd] (overwritten) from dout [T, nh*hd], given the forward inputs
+// q, k (after RoPE) and v. The probabilities are recomputed; dk / dv sum over the query heads that
+// share a KV head (GQA).
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                        const float* v, int64_t T, int64_t nh, int64_t nkv, int64_t hd);
 // out[T, I] = silu(gate[T, I]) * up[T, I]
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t T, int64_t I);
+// dgate = dout * up * silu'(gate), dup = dout * silu(gate)   (overwritten; [T, I] each)
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t T,
+                     int64_t I);
 // x[T, C] += y[T, C]
 void residual_forward(float* x, const float* y, int64_t T, int64_t C);
 
 // ---- the model -------------------------------------------------------------------------------
+
+// Called right after every linear (and lm_head) with its output y [T, out], which it may modify in
+// place; everything downstream sees the modified output. The seam for fake-quant scoring and for
+// the finite-difference tests (an additive perturbation at one module).
+using linear_output_hook = std::function<void(const std::string& name, float* y, int64_t T, int64_t out)>;
+
+struct llama_grads {
+  // Mean next-token cross-entropy (nats) over positions 0..T-2 predicting tokens 1..T-1 (the HF
+  // labels = input_ids convention), accumulated in double.
+  double loss = 0.0;
+  // Module name ("model.layers.0.self_attn.q_proj", ..., "lm_head") -> dloss/dY, [T, out] row-major.
+  std::map<std::string, std::vector<float>> dy;
+};
 
 class llama_model {
  public:
@@ -73,7 +108,12 @@ class llama_model {
 
   // logits [T, V] for tokens [T] at positions 0..T-1 (a fresh context). T must be in 1..max_positions
   // and every id below V.
-  std::vector<float> forward(std::span<const int32_t> tokens) const;
+  // `hook`, when set, sees (and may modify) every linear's output.
+  std::vector<float> forward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const;
+
+  // The loss and dloss/dY at the output of every linear (activation gradients only, no weight
+  // gradients). T must be in 2..max_positions. The forward saves every activation the backward needs.
+  llama_grads forward_backward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const;
 
  private:
   model_spec spec_;
@@ -83,6 +123,8 @@ class llama_model {
   std::vector<float> final_norm_;  // model.norm [H]
   llama_linear lm_head_;           // [V, H]; a copy of embed_tokens when tied
   std::vector<float> rope_cos_, rope_sin_;  // [max_positions, hd/2]
+
+  void check_tokens(std::span<const int32_t> tokens, int64_t min_tokens, const char* what) const;
 };
 
 }  // namespace mixq

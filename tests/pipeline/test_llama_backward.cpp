@@ -1,0 +1,202 @@
+// llama_model::forward_backward: the loss and dloss/dY at every linear's output, against transformers
+// (tests/golden/make_llama_grad_goldens.py), against central finite differences through the
+// linear-output hook, and against the forward pass's own NLL.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include "pipeline/eval/perplexity.hpp"
+#include "pipeline/model/llama.hpp"
+#include "pipeline/synth/synth_checkpoint.hpp"
+
+namespace mixq {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+constexpr double kLossTol = 1e-5;  // relative
+constexpr double kGradTol = 1e-4;  // max|a-b| / max|b| per tensor (gradients can be tiny: no +1)
+constexpr double kFdTol = 1e-3;    // relative, finite difference vs <g, d>
+
+fs::path source_dir() {
+  const char* src = std::getenv("MIXQ_SOURCE_DIR");
+  return fs::path(src ? src : ".");
+}
+
+const json& golden() {
+  static const json g = [] {
+    const fs::path path = source_dir() / "tests" / "golden" / "data" / "synth_llama_tiny_grads.json";
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error("cannot read " + path.string());
+    return json::parse(in);
+  }();
+  return g;
+}
+
+// mixq synth --arch llama --preset tiny --seed 0, loaded once for the suite.
+const llama_model& synth_model() {
+  static const llama_model m = [] {
+    const fs::path dir = fs::temp_directory_path() / ("mixq-synth-llama-bwd-" + std::to_string(::getpid()));
+    synth_options o;
+    o.arch = synth_arch::llama;
+    o.preset = synth_preset::tiny;
+    o.seed = 0;
+    o.out = dir;
+    o.force = true;
+    synth_checkpoint(o);
+    llama_model model = llama_model::load(dir);
+    fs::remove_all(dir);
+    return model;
+  }();
+  return m;
+}
+
+// Every module's dloss/dY against the golden key; returns the worst max|a-b| / (1 + max|b|).
+double compare_to_golden(const llama_model& model, const json& want) {
+  const auto tokens = want.at("tokens").get<std::vector<int32_t>>();
+  const llama_grads got = model.forward_backward(tokens);
+  const double ref_loss = want.at("loss").get<double>();
+  EXPECT_LT(std::fabs(got.loss - ref_loss) / std::fabs(ref_loss), kLossTol) << got.loss << " vs " << ref_loss;
+  const json& grads = want.at("grads");
+  EXPECT_EQ(got.dy.size(), grads.size());
+  const auto& linears = model.spec().linears;
+  const bool lm_head_listed = std::any_of(linears.begin(), linears.end(),
+                                          [](const linear_spec& l) { return l.role == linear_role::lm_head; });
+  EXPECT_EQ(got.dy.size(), linears.size() + (lm_head_listed ? 0 : 1));
+  double worst = 0.0;
+  std::string worst_name;
+  for (const auto& [name, rows] : grads.items()) {
+    const auto it = got.dy.find(name);
+    if (it == got.dy.end()) {
+      ADD_FAILURE() << "no gradient for " << name;
+      continue;
+    }
+    const std::vector<float>& g = it->second;
+    const size_t out = rows.at(0).size();
+    EXPECT_EQ(g.size(), tokens.size() * out) << name;
+    if (g.size() != tokens.size() * out) continue;
+    double max_diff = 0.0, max_ref = 0.0;
+    for (size_t t = 0; t < tokens.size(); ++t)
+      for (size_t o = 0; o < out; ++o) {
+        const double ref = rows[t][o].get<double>();
+        max_diff = std::max(max_diff, std::fabs(double(g[t * out + o]) - ref));
+        max_ref = std::max(max_ref, std::fabs(ref));
+      }
+    const double rel = max_ref > 0 ? max_diff / max_ref : max_diff;
+    EXPECT_LT(rel, kGradTol) << name;
+    if (rel > worst) worst_name = name;
+    worst = std::max(worst, rel);
+  }
+  std::cout << fmt::format("  loss {:.9g} (transformers {:.9g}); worst dY max|a-b|/max|b| {:.3g} ({})\n", got.loss,
+                           ref_loss, worst, worst_name);
+  ::testing::Test::RecordProperty("worst_rel", fmt::format("{:.3g}", worst));
+  return worst;
+}
+
+TEST(llama_backward, synth_tiny_matches_transformers) {
+  compare_to_golden(synth_model(), golden().at("synth_llama_tiny"));
+}
+
+TEST(llama_backward, stories260k_matches_transformers) {
+  const fs::path dir = source_dir() / ".." / "shared" / "models" / "stories260K";
+  if (!golden().contains("stories260K") || !fs::exists(dir / "model.safetensors")) {
+    const char* ci = std::getenv("CI");
+    if (ci && std::string(ci) == "true") FAIL() << "../shared/models/stories260K is missing";
+    GTEST_SKIP() << "stories260K (../shared) or its golden key is absent";
+  }
+  compare_to_golden(llama_model::load(dir), golden().at("stories260K"));
+}
+
+// Mean next-token NLL of forward(tokens, hook), in double.
+double mean_nll(const llama_model& model, const std::vector<int32_t>& tokens, const linear_output_hook& hook = {}) {
+  const std::vector<float> logits = model.forward(tokens, hook);
+  const int64_t n = int64_t(tokens.size()) - 1;
+  return nll_sum(logits.data(), tokens.data() + 1, n, model.config().vocab) / double(n);
+}
+
+TEST(llama_backward, loss_equals_forward_mean_nll) {
+  const llama_model& model = synth_model();
+  const auto tokens = golden().at("synth_llama_tiny").at("tokens").get<std::vector<int32_t>>();
+  const double want = mean_nll(model, tokens);
+  EXPECT_NEAR(model.forward_backward(tokens).loss, want, 1e-9 * want);
+  // a hook that changes nothing changes nothing
+  const linear_output_hook noop = [](const std::string&, float*, int64_t, int64_t) {};
+  EXPECT_EQ(mean_nll(model, tokens, noop), want);
+  EXPECT_THROW(model.forward_backward(std::vector<int32_t>{1}), std::invalid_argument);
+}
+
+// The 4-point central difference (8 (L(h) - L(-h)) - (L(2h) - L(-2h))) / (12 h), L(h) the loss with
+// Y + h d at one module's output Y, against <g, d>, for d = g / |g| and for
+// a random unit direction, with the step h = eps * max(1, |Y|): a step relative to the output keeps
+// the loss change well above the fp32 rounding noise of the forward pass. The error is measured
+// relative to |g| (the largest directional derivative); the loss is accumulated in double.
+TEST(llama_backward, output_gradients_match_finite_differences) {
+  const llama_model& model = synth_model();
+  const auto tokens = golden().at("synth_llama_tiny").at("tokens").get<std::vector<int32_t>>();
+  const llama_grads grads = model.forward_backward(tokens);
+  const int64_t last = model.config().layers - 1;
+  const std::vector<std::string> modules = {
+      "lm_head",
+      "model.layers.0.self_attn.q_proj",
+      "model.layers.0.self_attn.k_proj",
+      "model.layers.0.self_attn.v_proj",
+      fmt::format("model.layers.{}.mlp.down_proj", last),
+      fmt::format("model.layers.{}.mlp.gate_proj", last),
+      fmt::format("model.layers.{}.self_attn.o_proj", last),
+  };
+  constexpr double eps = 1e-3;
+  std::mt19937 rng(7);
+  std::normal_distribution<double> normal;
+  double worst = 0.0;
+  for (const std::string& name : modules) {
+    const std::vector<float>& g = grads.dy.at(name);
+    double gnorm = 0.0;
+    for (const float x : g) gnorm += double(x) * double(x);
+    gnorm = std::sqrt(gnorm);
+    ASSERT_GT(gnorm, 0.0) << name;
+    double ynorm = 0.0;
+    mean_nll(model, tokens, [&](const std::string& m, float* y, int64_t T, int64_t out) {
+      if (m == name)
+        for (int64_t i = 0; i < T * out; ++i) ynorm += double(y[i]) * double(y[i]);
+    });
+    const double h = eps * std::max(1.0, std::sqrt(ynorm));
+    std::vector<double> along(g.begin(), g.end()), random(g.size());
+    for (double& x : along) x /= gnorm;
+    double rnorm = 0.0;
+    for (double& x : random) rnorm += (x = normal(rng)) * x;
+    for (double& x : random) x /= std::sqrt(rnorm);
+    for (const std::vector<double>* d : {&along, &random}) {
+      const auto loss_at = [&](double step) {
+        return mean_nll(model, tokens, [&](const std::string& m, float* y, int64_t T, int64_t out) {
+          if (m != name) return;
+          for (int64_t i = 0; i < T * out; ++i) y[i] += float(step * (*d)[size_t(i)]);
+        });
+      };
+      const double fd = (8 * (loss_at(h) - loss_at(-h)) - (loss_at(2 * h) - loss_at(-2 * h))) / (12 * h);
+      double analytic = 0.0;
+      for (size_t i = 0; i < g.size(); ++i) analytic += double(g[i]) * (*d)[i];
+      const double rel = std::fabs(fd - analytic) / gnorm;
+      worst = std::max(worst, rel);
+      std::cout << fmt::format("  {:40} {:6} |g| {:.4e} step {:.2e}  fd {:+.6e}  <g,d> {:+.6e}  rel {:.2e}\n",
+                               name, d == &along ? "along" : "random", gnorm, h, fd, analytic, rel);
+      EXPECT_LT(rel, kFdTol) << name;
+    }
+  }
+  ::testing::Test::RecordProperty("worst_fd_rel", fmt::format("{:.3g}", worst));
+}
+
+}  // namespace
+}  // namespace mixq
