@@ -229,6 +229,76 @@ void residual_forward(float* x, const float* y, int64_t T, int64_t C) {
   for (int64_t i = 0; i < T * C; ++i) x[i] += y[i];
 }
 
+namespace {
+
+// linear_forward, then the hook (when set) on its output.
+void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const linear_output_hook& hook) {
+  linear_forward(W.name, x, W, out, T);
+  if (hook) hook(W.name, out, T, W.out);
+}
+
+}  // namespace
+
+void moe_forward(float* out, const float* x, const llama_linear& router, const std::vector<llama_expert>& experts,
+                 int64_t k, bool renormalize, int64_t T, const linear_output_hook& hook) {
+  const int64_t E = int64_t(experts.size()), H = router.in;
+  // first: the router. logits [T, E] -> p = softmax (fp32) -> the k largest per token
+  std::vector<float> logits(size_t(T * E));
+  linear_hooked(router, x, logits.data(), T, hook);
+  const size_t nE = experts.size();
+  std::vector<std::vector<int64_t>> tokens_of(nE);  // expert -> its tokens, ascending
+  std::vector<std::vector<float>> weights_of(nE);   // expert -> the matching routing weights
+  std::vector<float> p(nE);
+  std::vector<int64_t> order(nE);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* row = logits.data() + t * E;
+    float maxv = -INFINITY;
+    for (int64_t e = 0; e < E; ++e) maxv = std::max(maxv, row[e]);
+    float sum = 0.0f;
+    for (int64_t e = 0; e < E; ++e) {
+      p[size_t(e)] = std::exp(row[e] - maxv);
+      sum += p[size_t(e)];
+    }
+    for (int64_t e = 0; e < E; ++e) p[size_t(e)] /= sum;
+    // top-k by probability, descending (ties: the lower expert number first)
+    for (int64_t e = 0; e < E; ++e) order[size_t(e)] = e;
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int64_t a, int64_t b) {
+      return p[size_t(a)] > p[size_t(b)] || (p[size_t(a)] == p[size_t(b)] && a < b);
+    });
+    float wsum = 0.0f;
+    for (int64_t j = 0; j < k; ++j) wsum += p[size_t(order[size_t(j)])];
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = order[size_t(j)];
+      tokens_of[size_t(e)].push_back(t);
+      weights_of[size_t(e)].push_back(renormalize ? p[size_t(e)] / wsum : p[size_t(e)]);
+    }
+  }
+  // then each expert on its own tokens: gather [T_e, H] -> SwiGLU expert -> out[t] += w * y
+  std::fill_n(out, T * H, 0.0f);
+  std::vector<float> xe, g, u, ye;
+  for (int64_t e = 0; e < E; ++e) {
+    const std::vector<int64_t>& toks = tokens_of[size_t(e)];
+    if (toks.empty()) continue;
+    const llama_expert& X = experts[size_t(e)];
+    const int64_t Te = int64_t(toks.size()), I = X.gate.out;
+    xe.resize(size_t(Te * H));
+    g.resize(size_t(Te * I));
+    u.resize(size_t(Te * I));
+    ye.resize(size_t(Te * H));
+    for (int64_t i = 0; i < Te; ++i) std::copy_n(x + toks[size_t(i)] * H, H, xe.data() + i * H);
+    linear_hooked(X.gate, xe.data(), g.data(), Te, hook);  // [T_e, I]
+    linear_hooked(X.up, xe.data(), u.data(), Te, hook);    // [T_e, I]
+    swiglu_forward(g.data(), g.data(), u.data(), Te, I);
+    linear_hooked(X.down, g.data(), ye.data(), Te, hook);  // [T_e, H]
+    for (int64_t i = 0; i < Te; ++i) {
+      const float w = weights_of[size_t(e)][size_t(i)];
+      float* ot = out + toks[size_t(i)] * H;
+      const float* yt = ye.data() + i * H;
+      for (int64_t c = 0; c < H; ++c) ot[c] += yt[c] * w;
+    }
+  }
+}
+
 // ---- loading ---------------------------------------------------------------------------------
 
 namespace {
@@ -325,9 +395,10 @@ class weight_loader {
 llama_model llama_model::load(const std::filesystem::path& dir) {
   llama_model m;
   m.spec_ = model_spec_from_file(dir);
-  if (m.spec_.architecture != "llama")
-    fail(dir, fmt::format("unsupported architecture '{}': the FP32 forward pass runs llama only for now",
-                          m.spec_.architecture));
+  const std::string& arch = m.spec_.architecture;
+  if (arch != "llama" && arch != "mixtral" && arch != "qwen3_moe")
+    fail(dir, fmt::format("unsupported architecture '{}': the FP32 forward pass runs llama, mixtral and qwen3_moe "
+                          "only for now", arch));
   const json cfg = read_config(dir);
   llama_config& c = m.config_;
   const model_dims& d = m.spec_.dims;
@@ -339,6 +410,29 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
   c.head_dim = d.head_dim;
   c.intermediate = d.intermediate;
   c.tie_word_embeddings = d.tie_word_embeddings;
+  c.experts = d.experts;
+  c.experts_per_token = d.experts_per_token;
+  c.moe_intermediate = d.moe_intermediate;
+  c.qk_norm = arch == "qwen3_moe";
+  if (arch == "mixtral") {
+    c.norm_topk_prob = true;  // MixtralTopKRouter always renormalises
+  } else if (arch == "qwen3_moe") {
+    const auto it = cfg.find("norm_topk_prob");  // Qwen3MoeConfig default: false
+    if (it != cfg.end() && !it->is_null() && !it->is_boolean())
+      fail(dir, fmt::format("config key 'norm_topk_prob' must be true or false, got {}", it->dump()));
+    c.norm_topk_prob = it != cfg.end() && it->is_boolean() && it->get<bool>();
+  }
+  if (c.experts_per_token > c.experts)
+    fail(dir, fmt::format("unsupported option: num_experts_per_tok ({}) exceeds the number of experts ({})",
+                          c.experts_per_token, c.experts));
+  // A sliding window changes the attention mask; only full causal attention is implemented.
+  const auto sliding = cfg.find("sliding_window");
+  const auto use_sliding = cfg.find("use_sliding_window");  // Qwen3: the window applies only when true
+  const bool sliding_used = arch == "mixtral" || (arch == "qwen3_moe" && use_sliding != cfg.end() &&
+                                                  use_sliding->is_boolean() && use_sliding->get<bool>());
+  if (sliding_used && sliding != cfg.end() && !sliding->is_null())
+    fail(dir, fmt::format("unsupported option: sliding_window {} (only full causal attention is implemented)",
+                          sliding->dump()));
   c.max_positions = int64_t(number_or(cfg, "max_position_embeddings", 2048));
   c.rms_norm_eps = float(number_or(cfg, "rms_norm_eps", 1e-6));
   c.rope_theta = read_rope_theta(cfg, dir);
@@ -356,8 +450,20 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
     const std::string p = fmt::format("model.layers.{}", i);
     m.layers_[size_t(i)].attn_norm = w.load(p + ".input_layernorm.weight", {c.hidden});
     m.layers_[size_t(i)].mlp_norm = w.load(p + ".post_attention_layernorm.weight", {c.hidden});
+    if (c.qk_norm) {
+      m.layers_[size_t(i)].q_norm = w.load(p + ".self_attn.q_norm.weight", {c.head_dim});
+      m.layers_[size_t(i)].k_norm = w.load(p + ".self_attn.k_norm.weight", {c.head_dim});
+    }
   }
-  // Linears as the spec lists them: "model.layers.N.{self_attn,mlp}.X_proj", then lm_head.
+  for (const block_spec& b : m.spec_.blocks)
+    if (b.kind == block_kind::moe) {
+      llama_layer& L = m.layers_.at(size_t(b.layer));
+      L.moe = true;
+      L.experts.resize(size_t(c.experts));
+    }
+  // Linears as the spec lists them: "model.layers.N.{self_attn,mlp}.X_proj", the MoE router
+  // ("...block_sparse_moe.gate", "...mlp.gate") and experts ("...experts.E.{w1,w3,w2}" or
+  // "...experts.E.{gate,up,down}_proj"), then lm_head.
   bool have_lm_head = false;
   for (const linear_spec& l : m.spec_.linears) {
     if (l.role == linear_role::lm_head) {
@@ -369,6 +475,22 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
     const std::string leaf = l.module.substr(dot + 1);
     const int layer = m.spec_.blocks.at(size_t(l.block)).layer;
     llama_layer& L = m.layers_.at(size_t(layer));
+    if (l.role == linear_role::router || l.expert >= 0) {
+      if (!L.moe) fail(dir, fmt::format("linear '{}' outside a MoE block", l.module));
+      llama_linear* slot = nullptr;
+      if (l.role == linear_role::router) {
+        slot = &L.router;
+      } else if (size_t(l.expert) < L.experts.size()) {
+        llama_expert& X = L.experts[size_t(l.expert)];
+        slot = leaf == "w1" || leaf == "gate_proj"   ? &X.gate
+               : leaf == "w3" || leaf == "up_proj"   ? &X.up
+               : leaf == "w2" || leaf == "down_proj" ? &X.down
+                                                     : nullptr;
+      }
+      if (!slot) fail(dir, fmt::format("unexpected linear '{}' in a {} model", l.module, arch));
+      *slot = w.linear(l);
+      continue;
+    }
     llama_linear* slot = leaf == "q_proj"      ? &L.q
                          : leaf == "k_proj"    ? &L.k
                          : leaf == "v_proj"    ? &L.v
@@ -377,7 +499,7 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
                          : leaf == "up_proj"   ? &L.up
                          : leaf == "down_proj" ? &L.down
                                                : nullptr;
-    if (!slot) fail(dir, fmt::format("unexpected linear '{}' in a llama model", l.module));
+    if (!slot) fail(dir, fmt::format("unexpected linear '{}' in a {} model", l.module, arch));
     *slot = w.linear(l);
   }
   if (!have_lm_head) {
@@ -404,16 +526,6 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
 
 // ---- forward ---------------------------------------------------------------------------------
 
-namespace {
-
-// linear_forward, then the hook (when set) on its output.
-void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const linear_output_hook& hook) {
-  linear_forward(W.name, x, W, out, T);
-  if (hook) hook(W.name, out, T, W.out);
-}
-
-}  // namespace
-
 void llama_model::check_tokens(std::span<const int32_t> tokens, int64_t min_tokens, const char* what) const {
   const int64_t T = int64_t(tokens.size());
   if (T < min_tokens || T > config_.max_positions)
@@ -431,7 +543,7 @@ std::vector<float> llama_model::forward(std::span<const int32_t> tokens, const l
   const llama_config& c = config_;
   const int64_t T = int64_t(tokens.size());
   check_tokens(tokens, 1, "llama forward");
-  const int64_t H = c.hidden, I = c.intermediate, V = c.vocab;
+  const int64_t H = c.hidden, I = c.intermediate, V = c.vocab;  // I: dense MLP layers (0 if none)
   const int64_t QD = c.heads * c.head_dim, KVD = c.kv_heads * c.head_dim;
 
   std::vector<float> h(size_t(T * H));    // residual stream [T, H]
@@ -453,17 +565,25 @@ std::vector<float> llama_model::forward(std::span<const int32_t> tokens, const l
     linear_hooked(L.q, a.data(), q.data(), T, hook);
     linear_hooked(L.k, a.data(), k.data(), T, hook);
     linear_hooked(L.v, a.data(), v.data(), T, hook);
+    if (c.qk_norm) {  // Qwen3: RMSNorm over each head's hd values, in place, before RoPE
+      rmsnorm_forward(q.data(), q.data(), L.q_norm.data(), T * c.heads, c.head_dim, c.rms_norm_eps);
+      rmsnorm_forward(k.data(), k.data(), L.k_norm.data(), T * c.kv_heads, c.head_dim, c.rms_norm_eps);
+    }
     rope_forward(q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
     rope_forward(k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
     attention_forward(att.data(), q.data(), k.data(), v.data(), T, c.heads, c.kv_heads, c.head_dim);
     linear_hooked(L.o, att.data(), y.data(), T, hook);
     residual_forward(h.data(), y.data(), T, H);
-    // MLP block
+    // feed-forward block: routed experts or the dense MLP
     rmsnorm_forward(a.data(), h.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
-    linear_hooked(L.gate, a.data(), g.data(), T, hook);
-    linear_hooked(L.up, a.data(), u.data(), T, hook);
-    swiglu_forward(g.data(), g.data(), u.data(), T, I);
-    linear_hooked(L.down, g.data(), y.data(), T, hook);
+    if (L.moe) {
+      moe_forward(y.data(), a.data(), L.router, L.experts, c.experts_per_token, c.norm_topk_prob, T, hook);
+    } else {
+      linear_hooked(L.gate, a.data(), g.data(), T, hook);
+      linear_hooked(L.up, a.data(), u.data(), T, hook);
+      swiglu_forward(g.data(), g.data(), u.data(), T, I);
+      linear_hooked(L.down, g.data(), y.data(), T, hook);
+    }
     residual_forward(h.data(), y.data(), T, H);
   }
 
@@ -494,6 +614,9 @@ struct layer_acts {
 
 llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const linear_output_hook& hook) const {
   const llama_config& c = config_;
+  if (spec_.architecture != "llama")
+    throw io_error(fmt::format("backward not supported for {} yet (forward_backward runs llama only)",
+                               spec_.architecture));
   check_tokens(tokens, 2, "llama forward_backward");
   const int64_t T = int64_t(tokens.size());
   const int64_t H = c.hidden, I = c.intermediate, V = c.vocab;

@@ -1,7 +1,8 @@
-// An FP32 Llama decoder (shared/reference/architecture.md §2.1), llm.c style: the weights are widened
-// to fp32 once at load, and the forward pass is a sequence of plain per-op functions over row-major
-// fp32 buffers. Shapes in comments: T tokens, H hidden, nh / nkv query / KV heads, hd head_dim,
-// I intermediate, V vocab.
+// An FP32 Llama-family decoder (shared/reference/architecture.md §2.1-2.4): Llama, and the forward
+// pass of Mixtral and Qwen3-MoE (routed SwiGLU experts; Qwen3 q/k RMSNorm). llm.c style: the weights
+// are widened to fp32 once at load, and the forward pass is a sequence of plain per-op functions
+// over row-major fp32 buffers. Shapes in comments: T tokens, H hidden, nh / nkv query / KV heads,
+// hd head_dim, I intermediate (dense MLP or one expert), V vocab, E experts, k experts per token.
 //
 // Every linear layer goes through linear_forward(), the one place where fake-quantization and
 // activation observers will attach later.
@@ -27,6 +28,11 @@ struct llama_config {
   float rms_norm_eps = 1e-6f;  // rms_norm_eps (HF LlamaConfig default)
   double rope_theta = 10000.0; // rope_theta, or rope_parameters.rope_theta
   bool tie_word_embeddings = false;
+  // Mixture of experts (Mixtral, Qwen3-MoE); 0 / false for Llama.
+  int64_t experts = 0, experts_per_token = 0;  // E (num_local_experts / num_experts), k (num_experts_per_tok)
+  int64_t moe_intermediate = 0;                // one expert's width
+  bool norm_topk_prob = false;                 // renormalise the top-k weights (always for Mixtral)
+  bool qk_norm = false;                        // Qwen3: RMSNorm over head_dim on q and k, before RoPE
 };
 
 // One linear: y[T, out] = x[T, in] @ w[out, in]^T (+ bias[out]).
@@ -37,12 +43,27 @@ struct llama_linear {
   std::vector<float> bias;    // [out], empty when the layer has none
 };
 
+// One routed SwiGLU expert: Mixtral w1 / w3 / w2, Qwen3-MoE gate_proj / up_proj / down_proj.
+struct llama_expert {
+  llama_linear gate, up, down;   // [I, H], [I, H], [H, I]
+};
+
 struct llama_layer {
   std::vector<float> attn_norm;  // input_layernorm [H]
   llama_linear q, k, v, o;       // [nh*hd, H], [nkv*hd, H], [nkv*hd, H], [H, nh*hd]
+  std::vector<float> q_norm, k_norm;  // Qwen3 self_attn.{q,k}_norm [hd]; empty otherwise
   std::vector<float> mlp_norm;   // post_attention_layernorm [H]
-  llama_linear gate, up, down;   // [I, H], [I, H], [H, I]
+  bool moe = false;              // feed-forward: the routed experts below, else the dense MLP
+  llama_linear gate, up, down;   // dense MLP [I, H], [I, H], [H, I]
+  llama_linear router;           // MoE gate [E, H] ("...block_sparse_moe.gate", "...mlp.gate")
+  std::vector<llama_expert> experts;  // [E]
 };
+
+// Called right after every linear (and lm_head) with its output y [T, out], which it may modify in
+// place; everything downstream sees the modified output. The seam for fake-quant scoring and for
+// the finite-difference tests (an additive perturbation at one module). For a routed expert, T is
+// the number of tokens routed to it and the rows are those tokens in position order.
+using linear_output_hook = std::function<void(const std::string& name, float* y, int64_t T, int64_t out)>;
 
 // ---- the ops ---------------------------------------------------------------------------------
 
@@ -80,13 +101,14 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
                      int64_t I);
 // x[T, C] += y[T, C]
 void residual_forward(float* x, const float* y, int64_t T, int64_t C);
+// out[T, H] = sum over each token's top-k experts e of w_e * down_e(silu(gate_e(x)) * up_e(x)), with
+// p = softmax(router(x)) over all E experts in fp32, the k largest p as w, divided by their sum when
+// `renormalize` (§2.4). Each expert runs (through linear_forward and `hook`) on only its routed
+// tokens, [T_e, *]; experts in ascending order, each adding into out (overwritten first).
+void moe_forward(float* out, const float* x, const llama_linear& router, const std::vector<llama_expert>& experts,
+                 int64_t k, bool renormalize, int64_t T, const linear_output_hook& hook);
 
 // ---- the model -------------------------------------------------------------------------------
-
-// Called right after every linear (and lm_head) with its output y [T, out], which it may modify in
-// place; everything downstream sees the modified output. The seam for fake-quant scoring and for
-// the finite-difference tests (an additive perturbation at one module).
-using linear_output_hook = std::function<void(const std::string& name, float* y, int64_t T, int64_t out)>;
 
 struct llama_grads {
   // Mean next-token cross-entropy (nats) over positions 0..T-2 predicting tokens 1..T-1 (the HF
@@ -98,9 +120,11 @@ struct llama_grads {
 
 class llama_model {
  public:
-  // Reads config.json and the safetensors weights of a Hugging Face LlamaForCausalLM directory.
-  // Throws io_error for another architecture, an unsupported option (rope_scaling other than
-  // the default, a hidden_act other than silu), or missing / ill-shaped / non-float tensors.
+  // Reads config.json and the safetensors weights of a Hugging Face LlamaForCausalLM,
+  // MixtralForCausalLM or Qwen3MoeForCausalLM directory. Throws io_error for another architecture,
+  // an unsupported option (rope_scaling other than the default, a hidden_act other than silu, a
+  // sliding window, num_experts_per_tok above the expert count), or missing / ill-shaped /
+  // non-float tensors.
   static llama_model load(const std::filesystem::path& dir);
 
   const llama_config& config() const { return config_; }
@@ -113,6 +137,7 @@ class llama_model {
 
   // The loss and dloss/dY at the output of every linear (activation gradients only, no weight
   // gradients). T must be in 2..max_positions. The forward saves every activation the backward needs.
+  // Llama only for now: throws io_error for Mixtral and Qwen3-MoE.
   llama_grads forward_backward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const;
 
  private:
