@@ -37,18 +37,16 @@ struct sweep_table {
   }
 };
 
-// nvfp4_block_sq_error with its tree spelled as 8-, 4-, 2- and 1-wide steps (same sums, same
-// order), which the vectorizer keeps in registers.
-MIXQ_ALWAYS_INLINE float block_error(const float* x, float step) {
-  float t[kNvfp4Block], h8[8], h4[4];
-  for (int i = 0; i < kNvfp4Block; ++i) {
-    const float a = x[i] < 0.0f ? -x[i] : x[i];
-    const float d = e2m1_round_magnitude(a / step) * step;
-    t[i] = (a - d) * (a - d);
-  }
-  for (int i = 0; i < 8; ++i) h8[i] = t[i] + t[i + 8];
-  for (int i = 0; i < 4; ++i) h4[i] = h8[i] + h8[i + 4];
-  return (h4[0] + h4[2]) + (h4[1] + h4[3]);
+// A block's E2M1 codes under step and their squared error (nvfp4_block_sq_error's sum).
+struct block_trial {
+  lanes::v16u codes;
+  float error;
+};
+MIXQ_ALWAYS_INLINE block_trial try_step(lanes::v16f ax, float step) {
+  using namespace lanes;
+  const v16u codes = e2m1_codes(ax / step);
+  const v16f d = e2m1_magnitudes(codes) * step;
+  return {codes, sum16((ax - d) * (ax - d))};
 }
 
 MIXQ_CLONES uint8_t fp8_sweep_pruned(const float* x, float block_amax, float global_amax, float normalizer, const sweep_table& t) {
@@ -57,11 +55,12 @@ MIXQ_CLONES uint8_t fp8_sweep_pruned(const float* x, float block_amax, float glo
     const float d = e2m1_round_magnitude(block_amax / t.step[k]) * t.step[k];
     bound[k] = (block_amax - d) * (block_amax - d);
   }
+  const lanes::v16f ax = lanes::abs_of(lanes::load_bits(x));
   uint8_t best_bits = e4m3_encode(nvfp4_block_scale_f32(block_amax, global_amax, normalizer));  // any seed is exact
-  float best = block_error(x, t.step[best_bits - 1]);
+  float best = try_step(ax, t.step[best_bits - 1]).error;
   for (int k = 1; k <= 0x7e; ++k) {
     if (bound[k - 1] > best) continue;
-    const float err = block_error(x, t.step[k - 1]);
+    const float err = try_step(ax, t.step[k - 1]).error;
     if (err < best || (err == best && k < best_bits)) best = err, best_bits = uint8_t(k);
   }
   return best_bits;
@@ -134,18 +133,6 @@ MIXQ_ALWAYS_INLINE void candidate_scales(const float* bmax, int64_t n, float mul
     bits[b] = mixq::e4m3_encode(nvfp4_block_scale_f32(bmax[b] * multiplier, g, normalizer));
     step[b] = mixq::e4m3_decode(bits[b]) * ws2;
   }
-}
-
-// A block's E2M1 codes under step and their squared error (nvfp4_block_sq_error's sum).
-struct block_trial {
-  lanes::v16u codes;
-  float error;
-};
-MIXQ_ALWAYS_INLINE block_trial try_step(lanes::v16f ax, float step) {
-  using namespace lanes;
-  const v16u codes = e2m1_codes(ax / step);
-  const v16f d = e2m1_magnitudes(codes) * step;
-  return {codes, sum16((ax - d) * (ax - d))};
 }
 
 MIXQ_ALWAYS_INLINE void encode_blocks_candidates(const float* x, int64_t n, float global_amax, float normalizer,
