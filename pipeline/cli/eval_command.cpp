@@ -1,6 +1,6 @@
-// mixq eval --model DIR --data FILE [--ctx N]: FP32 perplexity of a Llama checkpoint on a token
-// stream — pre-tokenized, or text encoded with the model's tokenizer — with non-overlapping windows
-// (shared/data/tinystories/README.md protocol).
+// mixq eval --model DIR --data FILE [--ctx N]: FP32 perplexity of a Llama-family or Nemotron-H
+// checkpoint on a token stream — pre-tokenized, or text encoded with the model's tokenizer — with
+// non-overlapping windows (shared/data/tinystories/README.md protocol).
 #include <filesystem>
 #include <memory>
 #include <stdexcept>
@@ -14,6 +14,8 @@
 #include "pipeline/cli/commands.hpp"
 #include "pipeline/eval/perplexity.hpp"
 #include "pipeline/model/llama.hpp"
+#include "pipeline/model/model_spec.hpp"
+#include "pipeline/model/nemotron_h.hpp"
 
 namespace mixq::cli {
 
@@ -24,7 +26,9 @@ void add_eval_command(CLI::App& app) {
   };
   auto o = std::make_shared<options>();
   auto* cmd = app.add_subcommand("eval", "Perplexity of a checkpoint (FP32 forward) on text or a token file");
-  cmd->add_option("--model", o->model, "Hugging Face checkpoint directory (LlamaForCausalLM)")->required();
+  cmd->add_option("--model", o->model,
+                  "Hugging Face checkpoint directory (Llama, Mixtral, Qwen3-MoE or NemotronH ForCausalLM)")
+      ->required();
   cmd->add_option("--data", o->data,
                   "text (*.txt: documents separated by <|endoftext|>; *.jsonl: {\"text\": ...} per line), encoded "
                   "with DIR/tokenizer.model as [BOS] + pieces per document; or little-endian u16 / u32 token ids "
@@ -37,16 +41,21 @@ void add_eval_command(CLI::App& app) {
       throw std::runtime_error(fmt::format("{}: model directory not found", o->model));
     if (!std::filesystem::exists(o->data)) throw std::runtime_error(fmt::format("{}: data file not found", o->data));
     const token_dtype dtype = token_dtype_from_string(o->dtype);
-    const llama_model model = llama_model::load(o->model);
-    const llama_config& c = model.config();
-    const int64_t ctx = o->ctx == 0 ? c.max_positions : o->ctx;
-    if (ctx > c.max_positions)
+    std::unique_ptr<causal_lm> model;
+    if (model_spec_from_file(o->model).architecture == "nemotron_h")
+      model = std::make_unique<nemotron_h_model>(nemotron_h_model::load(o->model));
+    else
+      model = std::make_unique<llama_model>(llama_model::load(o->model));
+    const model_dims& c = model->spec().dims;
+    const int64_t max_positions = model->max_positions();
+    const int64_t ctx = o->ctx == 0 ? max_positions : o->ctx;
+    if (ctx > max_positions)
       throw std::runtime_error(fmt::format("--ctx {} is larger than the model's max_position_embeddings {}", ctx,
-                                           c.max_positions));
+                                           max_positions));
     if (ctx < 2) throw std::runtime_error(fmt::format("--ctx {} is too small: a window needs at least 2 tokens", ctx));
     const std::vector<int32_t> tokens = read_token_stream(o->data, o->model, c.vocab, dtype);
-    const perplexity_result r = evaluate_perplexity(model, tokens, ctx);
-    fmt::print("model:      {} ({}, {} layers, hidden {}, vocab {})\n", o->model, model.spec().architecture, c.layers,
+    const perplexity_result r = evaluate_perplexity(*model, tokens, ctx);
+    fmt::print("model:      {} ({}, {} layers, hidden {}, vocab {})\n", o->model, model->spec().architecture, c.layers,
                c.hidden, c.vocab);
     fmt::print("data:       {}\n", o->data);
     fmt::print("ctx:        {} ({} windows)\n", ctx, r.windows);

@@ -23,13 +23,13 @@ double nll_sum(const float* logits, const int32_t* targets, int64_t n, int64_t V
   return total;
 }
 
-perplexity_result evaluate_perplexity(const llama_model& model, std::span<const int32_t> tokens, int64_t ctx) {
-  const int64_t max_ctx = model.config().max_positions;
+perplexity_result evaluate_perplexity(const causal_lm& model, std::span<const int32_t> tokens, int64_t ctx) {
+  const int64_t max_ctx = model.max_positions();
   if (ctx < 2 || ctx > max_ctx)
     throw std::invalid_argument(
         fmt::format("perplexity: ctx {} is out of range 2..{} (max_position_embeddings)", ctx, max_ctx));
   const int64_t N = int64_t(tokens.size());
-  const int64_t V = model.config().vocab;
+  const int64_t V = model.vocab();
   const int64_t n_windows = (N + ctx - 1) / ctx;
   std::vector<double> window_nll(size_t(n_windows), 0.0);
   std::vector<int64_t> window_predicted(size_t(n_windows), 0);

@@ -24,6 +24,7 @@ double nll_sum(const float* logits, const int32_t* targets, int64_t n, int64_t V
 
 // Windows run in parallel (OpenMP, one forward per thread); the per-window sums are added in window
 // order, so the result does not depend on the thread count. ctx must be in 2..max_positions.
-perplexity_result evaluate_perplexity(const llama_model& model, std::span<const int32_t> tokens, int64_t ctx);
+// Any causal_lm: llama_model, nemotron_h_model.
+perplexity_result evaluate_perplexity(const causal_lm& model, std::span<const int32_t> tokens, int64_t ctx);
 
 }  // namespace mixq

@@ -229,15 +229,10 @@ void residual_forward(float* x, const float* y, int64_t T, int64_t C) {
   for (int64_t i = 0; i < T * C; ++i) x[i] += y[i];
 }
 
-namespace {
-
-// linear_forward, then the hook (when set) on its output.
 void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const linear_output_hook& hook) {
   linear_forward(W.name, x, W, out, T);
   if (hook) hook(W.name, out, T, W.out);
 }
-
-}  // namespace
 
 void moe_forward(float* out, const float* x, const llama_linear& router, const std::vector<llama_expert>& experts,
                  int64_t k, bool renormalize, int64_t T, const linear_output_hook& hook) {
@@ -348,49 +343,56 @@ double read_rope_theta(const json& cfg, const std::filesystem::path& dir) {
   return theta;
 }
 
-class weight_loader {
- public:
-  explicit weight_loader(const std::filesystem::path& dir) : ckpt_(checkpoint::open(dir)) {
-    for (const auto& e : ckpt_.tensors()) by_name_.emplace(e.tensor->name, e);
-  }
+}  // namespace
 
-  bool has(const std::string& name) const { return by_name_.count(name) != 0; }
-
-  // The tensor widened to fp32; its shape must be `shape` (1-D or 2-D).
-  std::vector<float> load(const std::string& name, const std::vector<int64_t>& shape) const {
-    const auto it = by_name_.find(name);
-    if (it == by_name_.end()) fail(ckpt_.dir(), fmt::format("tensor '{}' is missing", name));
-    const tensor_info& t = *it->second.tensor;
-    if (t.shape != shape)
-      fail(ckpt_.dir(), fmt::format("tensor '{}' has shape [{}], expected [{}]", name, fmt::join(t.shape, ", "),
-                                    fmt::join(shape, ", ")));
-    tensor_info as_2d = t;  // 1-D tensors are read as one row
-    if (as_2d.shape.size() == 1) as_2d.shape = {1, t.shape[0]};
-    const auto m = checkpoint::as_matrix({it->second.shard, &as_2d});
-    if (!m) fail(ckpt_.dir(), fmt::format("tensor '{}' is {}; only F32, BF16 and F16 are read", name, dtype_name(t.type)));
-    std::vector<float> out(size_t(m->size()));
-    const int64_t chunk = int64_t(1) << 20;
-    for (int64_t i = 0; i < m->size(); i += chunk)
-      cpu::load_f32(*m, i, int(std::min(chunk, m->size() - i)), out.data() + i, false);
-    return out;
-  }
-
-  llama_linear linear(const linear_spec& l) const {
-    llama_linear W;
-    W.name = l.module;
-    W.out = l.out_features;
-    W.in = l.in_features;
-    W.w = load(l.weight_name(), {l.out_features, l.in_features});
-    if (l.has_bias) W.bias = load(l.module + ".bias", {l.out_features});
-    return W;
-  }
-
- private:
-  checkpoint ckpt_;
-  std::unordered_map<std::string, checkpoint::entry> by_name_;
+struct fp32_weight_reader::impl {
+  checkpoint ckpt;
+  std::unordered_map<std::string, checkpoint::entry> by_name;
 };
 
-}  // namespace
+fp32_weight_reader::fp32_weight_reader(const std::filesystem::path& dir)
+    : impl_(new impl{checkpoint::open(dir), {}}) {
+  for (const auto& e : impl_->ckpt.tensors()) impl_->by_name.emplace(e.tensor->name, e);
+}
+
+fp32_weight_reader::~fp32_weight_reader() = default;
+
+bool fp32_weight_reader::has(const std::string& name) const { return impl_->by_name.count(name) != 0; }
+
+std::vector<float> fp32_weight_reader::load(const std::string& name, const std::vector<int64_t>& shape) const {
+  const auto it = impl_->by_name.find(name);
+  if (it == impl_->by_name.end()) fail(impl_->ckpt.dir(), fmt::format("tensor '{}' is missing", name));
+  const tensor_info& t = *it->second.tensor;
+  if (t.shape != shape)
+    fail(impl_->ckpt.dir(), fmt::format("tensor '{}' has shape [{}], expected [{}]", name, fmt::join(t.shape, ", "),
+                                        fmt::join(shape, ", ")));
+  tensor_info as_2d = t;  // 1-D tensors are read as one row; 3-D and up as [dim 0, the rest]
+  if (as_2d.shape.size() == 1) as_2d.shape = {1, t.shape[0]};
+  if (as_2d.shape.size() > 2) {
+    int64_t rest = 1;
+    for (size_t i = 1; i < t.shape.size(); ++i) rest *= t.shape[i];
+    as_2d.shape = {t.shape[0], rest};
+  }
+  const auto m = checkpoint::as_matrix({it->second.shard, &as_2d});
+  if (!m)
+    fail(impl_->ckpt.dir(),
+         fmt::format("tensor '{}' is {}; only F32, BF16 and F16 are read", name, dtype_name(t.type)));
+  std::vector<float> out(size_t(m->size()));
+  const int64_t chunk = int64_t(1) << 20;
+  for (int64_t i = 0; i < m->size(); i += chunk)
+    cpu::load_f32(*m, i, int(std::min(chunk, m->size() - i)), out.data() + i, false);
+  return out;
+}
+
+llama_linear fp32_weight_reader::linear(const linear_spec& l) const {
+  llama_linear W;
+  W.name = l.module;
+  W.out = l.out_features;
+  W.in = l.in_features;
+  W.w = load(l.weight_name(), {l.out_features, l.in_features});
+  if (l.has_bias) W.bias = load(l.module + ".bias", {l.out_features});
+  return W;
+}
 
 llama_model llama_model::load(const std::filesystem::path& dir) {
   llama_model m;
@@ -442,7 +444,7 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
     fail(dir, fmt::format("unsupported shape: {} heads, {} KV heads, head_dim {}, max_position_embeddings {}",
                           c.heads, c.kv_heads, c.head_dim, c.max_positions));
 
-  const weight_loader w(dir);
+  const fp32_weight_reader w(dir);
   m.embed_ = w.load("model.embed_tokens.weight", {c.vocab, c.hidden});
   m.final_norm_ = w.load("model.norm.weight", {c.hidden});
   m.layers_.resize(size_t(c.layers));

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -65,6 +66,43 @@ struct llama_layer {
 // the number of tokens routed to it and the rows are those tokens in position order.
 using linear_output_hook = std::function<void(const std::string& name, float* y, int64_t T, int64_t out)>;
 
+// A causal language model as evaluation sees it (llama_model, nemotron_h_model): logits [T, V] for
+// tokens [T] in a fresh context, every linear's output passed through `hook` when set.
+class causal_lm {
+ public:
+  virtual ~causal_lm() = default;
+  virtual std::vector<float> forward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const = 0;
+  virtual const model_spec& spec() const = 0;
+  virtual int64_t vocab() const = 0;
+  virtual int64_t max_positions() const = 0;  // the longest forward(): max_position_embeddings
+
+ protected:
+  causal_lm() = default;
+  causal_lm(const causal_lm&) = default;
+  causal_lm(causal_lm&&) = default;
+  causal_lm& operator=(const causal_lm&) = default;
+  causal_lm& operator=(causal_lm&&) = default;
+};
+
+// Reads a checkpoint's tensors widened to fp32, checking names and shapes (both model loaders use it).
+class fp32_weight_reader {
+ public:
+  explicit fp32_weight_reader(const std::filesystem::path& dir);
+  ~fp32_weight_reader();
+  fp32_weight_reader(const fp32_weight_reader&) = delete;
+  fp32_weight_reader& operator=(const fp32_weight_reader&) = delete;
+
+  bool has(const std::string& name) const;
+  // The tensor widened to fp32; its shape must be `shape` (1-D, 2-D, or 3-D with unit middle dims).
+  std::vector<float> load(const std::string& name, const std::vector<int64_t>& shape) const;
+  // The weight (and bias, when the spec lists one) of one linear.
+  llama_linear linear(const linear_spec& l) const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
 // ---- the ops ---------------------------------------------------------------------------------
 
 // The backward functions propagate activation gradients only (no weight gradients). Those that
@@ -73,6 +111,8 @@ using linear_output_hook = std::function<void(const std::string& name, float* y,
 
 // out[T, out] = x[T, in] @ W.w^T (+ W.bias). Every quantizable linear (and lm_head) is called here.
 void linear_forward(const std::string& name, const float* x, const llama_linear& W, float* out, int64_t T);
+// linear_forward, then `hook` (when set) on its output: how every model calls its linears.
+void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const linear_output_hook& hook);
 // dx[T, in] += dout[T, out] @ W.w   (the input gradient; accumulates, as q/k/v share their input)
 void linear_backward_input(float* dx, const float* dout, const llama_linear& W, int64_t T);
 // out[T, C] = x / sqrt(mean(x^2) + eps) * weight[C]   (normalised in fp32, as HF does)
@@ -118,7 +158,7 @@ struct llama_grads {
   std::map<std::string, std::vector<float>> dy;
 };
 
-class llama_model {
+class llama_model : public causal_lm {
  public:
   // Reads config.json and the safetensors weights of a Hugging Face LlamaForCausalLM,
   // MixtralForCausalLM or Qwen3MoeForCausalLM directory. Throws io_error for another architecture,
@@ -128,12 +168,14 @@ class llama_model {
   static llama_model load(const std::filesystem::path& dir);
 
   const llama_config& config() const { return config_; }
-  const model_spec& spec() const { return spec_; }
+  const model_spec& spec() const override { return spec_; }
+  int64_t vocab() const override { return config_.vocab; }
+  int64_t max_positions() const override { return config_.max_positions; }
 
   // logits [T, V] for tokens [T] at positions 0..T-1 (a fresh context). T must be in 1..max_positions
   // and every id below V.
   // `hook`, when set, sees (and may modify) every linear's output.
-  std::vector<float> forward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const;
+  std::vector<float> forward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const override;
 
   // The loss and dloss/dY at the output of every linear (activation gradients only, no weight
   // gradients). T must be in 2..max_positions. The forward saves every activation the backward needs.

@@ -3,9 +3,9 @@
 
 For every architecture: `mixq synth --preset tiny` -> AutoModelForCausalLM.from_pretrained must report
 no missing, unexpected or mismatched keys, and a forward pass must give finite logits. For llama,
-mixtral and qwen3_moe it also writes the logits of a fixed token sequence (eager attention) to
-tests/golden/data/synth_<arch>_tiny_logits.json, which tests/pipeline/test_llama_forward.cpp and
-tests/pipeline/test_moe_forward.cpp compare mixq's forward pass against.
+mixtral, qwen3_moe and nemotron_h (torch fallback for Mamba) it also writes the logits of a fixed
+token sequence (eager attention) to tests/golden/data/synth_<arch>_tiny_logits.json, which
+tests/pipeline/test_{llama,moe,nemotron_h}_forward.cpp compare mixq's forward pass against.
 
 Needs: a built build/mixq, and a virtualenv with torch and transformers (not needed by CI).
     .venv/bin/python tests/interop/check_hf_loading.py [--mixq build/mixq]
@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOKENS = [1, 5, 7, 9, 11, 300, 42, 17]
-GOLDEN_ARCHS = ("llama", "mixtral", "qwen3_moe")
+GOLDEN_ARCHS = ("llama", "mixtral", "qwen3_moe", "nemotron_h")
 
 
 def main() -> int:
@@ -38,7 +38,7 @@ def main() -> int:
                            check=True, stdout=subprocess.DEVNULL)
             # The MoE goldens use eager attention; the llama golden predates them and was written with
             # the default (sdpa), which differs from eager by ~2e-6: keep it reproducible.
-            attn = {"attn_implementation": "eager"} if arch in ("mixtral", "qwen3_moe") else {}
+            attn = {"attn_implementation": "eager"} if arch in ("mixtral", "qwen3_moe", "nemotron_h") else {}
             model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True, dtype=torch.float32,
                                                                **attn)
             problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}

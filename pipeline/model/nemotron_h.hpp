@@ -1,0 +1,129 @@
+// An FP32 Nemotron-H decoder (NemotronHForCausalLM, model_type nemotron_h; shared/reference/
+// architecture.md §1.4-1.8, pitfalls §1.10): a hybrid stack of one-mixer blocks, each
+// h = h + mixer(rmsnorm(h)), with the mixer one of
+//   M  Mamba-2 (in_proj -> [z, xBC, dt]; causal depthwise conv1d + SiLU over xBC; exact SSD recurrence;
+//      D skip; gated grouped RMSNorm y * silu(z); out_proj),
+//   *  causal GQA attention with no positional encoding,
+//   E  latent MoE (sigmoid router, correction bias for selection only; relu2 experts in the latent
+//      width between fc1/fc2_latent_proj; a relu2 shared expert on the full width),
+//   -  dense relu2 MLP;
+// then backbone.norm_f and an untied lm_head. llm.c style as pipeline/model/llama.hpp, whose ops
+// (rmsnorm_forward, attention_forward, linear_hooked) it reuses. Shapes in comments: T tokens,
+// H hidden, Hm Mamba heads of P channels, I = Hm*P, G groups (R = Hm/G heads each), N state,
+// K conv width, CD = I + 2GN conv channels, E experts, k per token, L latent width, V vocab.
+// The MTP head (mtp.*) is not part of the forward pass and is not loaded.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "pipeline/model/llama.hpp"
+#include "pipeline/model/model_spec.hpp"
+
+namespace mixq {
+
+struct nemotron_h_config {
+  int64_t vocab = 0, hidden = 0, layers = 0;
+  int64_t max_positions = 0;                    // max_position_embeddings
+  float eps = 1e-5f;                            // layer_norm_epsilon: block norms, norm_f, the gated norm
+  // attention (*)
+  int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  // dense MLP (-)
+  int64_t intermediate = 0;
+  // Mamba-2 (M)
+  int64_t mamba_heads = 0, mamba_head_dim = 0, mamba_groups = 0, ssm_state = 0, conv_kernel = 0;
+  // Lower dt clamp after the softplus: time_step_limit[0], 0 (no clamp) unless the config sets
+  // time_step_limit. Transformers' torch path clamps at time_step_min instead (architecture.md §1.5).
+  float dt_min = 0.0f;
+  // latent MoE (E)
+  int64_t experts = 0, experts_per_token = 0, moe_intermediate = 0;
+  int64_t shared_intermediate = 0;              // 0: no shared expert
+  int64_t moe_latent = 0;                       // 0: no latent projections (experts run at H)
+  bool norm_topk_prob = true;
+  float routed_scaling_factor = 1.0f;
+};
+
+// One routed expert, or the shared expert: down(relu2(up(x))), no gate.
+struct relu2_mlp {
+  llama_linear up, down;  // [I_e, in], [in, I_e]
+};
+
+struct nemotron_h_layer {
+  block_kind kind = block_kind::mamba;
+  std::vector<float> norm;                  // pre-norm [H]
+  // M
+  llama_linear in_proj, out_proj;           // [I + CD + Hm, H], [H, I]
+  std::vector<float> conv_w, conv_b;        // [CD, K] (conv1d.weight [CD, 1, K]), [CD] (empty: no bias)
+  std::vector<float> dt_bias, A_log, D;     // [Hm] each
+  std::vector<float> gated_norm;            // mixer.norm [I]
+  // *
+  llama_linear q, k, v, o;                  // [nh*hd, H], [nkv*hd, H], [nkv*hd, H], [H, nh*hd]
+  // -
+  relu2_mlp mlp;                            // [I_mlp, H], [H, I_mlp]
+  // E
+  llama_linear router;                      // gate [E, H]
+  std::vector<float> score_bias;            // gate.e_score_correction_bias [E]
+  llama_linear fc1_latent, fc2_latent;      // [L, H], [H, L]; empty when moe_latent == 0
+  std::vector<relu2_mlp> experts;           // [E]: [I_moe, L], [L, I_moe]
+  relu2_mlp shared;                         // [I_sh, H], [H, I_sh]; empty when no shared expert
+};
+
+// ---- the ops ---------------------------------------------------------------------------------
+
+// x[n] = relu(x)^2, in place
+void relu2(float* x, int64_t n);
+// out[T, C] = silu(b[c] + sum_k w[c, k] * x[t - (K-1) + k, c])  with x[<0] = 0; depthwise causal conv1d
+// over time, then SiLU. w [C, K], b [C] or null. out must not alias x. x rows have stride x_stride.
+void causal_conv1d_forward(float* out, const float* x, int64_t x_stride, const float* w, const float* b, int64_t T,
+                           int64_t C, int64_t K);
+// The exact SSD recurrence, fp32, zero initial state S[h] [P, N]; per step t and head h (group g = h / R):
+//   S[h] = exp(dt[t,h] * A[h]) * S[h] + dt[t,h] * x[t,h,:] outer B[t,g,:]
+//   y[t,h,:] = S[h] @ C[t,g,:] + D[h] * x[t,h,:]
+// x [T, Hm*P] (row stride xbc_stride), B and C [T, G*N] (same stride), dt [T, Hm] (after softplus),
+// A, D [Hm]; y [T, Hm*P].
+void ssd_scan_forward(float* y, const float* x, const float* B, const float* C, int64_t xbc_stride, const float* dt,
+                      const float* A, const float* D, int64_t T, int64_t Hm, int64_t P, int64_t G, int64_t N);
+// out[T, I] = weight * rmsnorm_per_group(y * silu(z)), groups of I/G channels (norm_before_gate=False).
+// z rows have stride z_stride. out may alias y.
+void gated_rmsnorm_forward(float* out, const float* y, const float* z, int64_t z_stride, const float* weight,
+                           int64_t T, int64_t I, int64_t G, float eps);
+// out[T, H] = out_proj(gated_norm(ssd(conv(xBC)), z)) with [z, xBC, dt] = in_proj(x); x [T, H].
+void mamba2_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
+                    const linear_output_hook& hook);
+// out[T, H] = fc2(sum_j w_j * expert_j(fc1(x))) + shared(x), x [T, H] (pre-normed). Router: s = sigmoid(gate(x))
+// in fp32; the k largest s + score_bias chosen; w = s (unbiased) / sum (when norm_topk_prob) * scaling.
+// Each expert runs on its routed tokens only, [T_e, *], experts in ascending order.
+void latent_moe_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
+                        const linear_output_hook& hook);
+
+// ---- the model -------------------------------------------------------------------------------
+
+class nemotron_h_model : public causal_lm {
+ public:
+  // Reads config.json and the safetensors weights of a NemotronHForCausalLM directory (on-disk
+  // names, backbone.*; embedding or embeddings). Throws io_error for another architecture, an
+  // unsupported option (n_group or topk_group above 1, activations other than relu2 / silu), or
+  // missing / ill-shaped / non-float tensors.
+  static nemotron_h_model load(const std::filesystem::path& dir);
+
+  const nemotron_h_config& config() const { return config_; }
+  const model_spec& spec() const override { return spec_; }
+  int64_t vocab() const override { return config_.vocab; }
+  int64_t max_positions() const override { return config_.max_positions; }
+
+  // logits [T, V] for tokens [T] (a fresh context); T in 1..max_positions, ids below V.
+  std::vector<float> forward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const override;
+
+ private:
+  model_spec spec_;
+  nemotron_h_config config_;
+  std::vector<float> embed_;        // backbone.embeddings [V, H]
+  std::vector<nemotron_h_layer> layers_;
+  std::vector<float> norm_f_;       // [H]
+  llama_linear lm_head_;            // [V, H]
+};
+
+}  // namespace mixq
