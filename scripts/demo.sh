@@ -19,3 +19,8 @@ if [ -d ../shared/models/stories260K ]; then
   ./build/mixq eval --model ../shared/models/stories260K \
     --data ../shared/data/tinystories/TinyStories-valid-reduced.tok512.u16.bin --ctx 512
 fi
+if [ -d ../shared/models/nemotron-h-tiny ]; then
+  echo
+  ./build/mixq eval --model ../shared/models/nemotron-h-tiny \
+    --data ../shared/data/tinystories/TinyStories-valid-reduced.txt --ctx 512
+fi
