@@ -234,13 +234,32 @@ void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T,
   if (hook) hook(W.name, out, T, W.out);
 }
 
-void moe_forward(float* out, const float* x, const llama_linear& router, const std::vector<llama_expert>& experts,
-                 int64_t k, bool renormalize, int64_t T, const linear_output_hook& hook) {
+namespace {
+
+// What the MoE backward needs from one moe_forward (router outputs after the hook; per expert, its
+// tokens and linear outputs after the hook), filled when moe_forward_impl is given one.
+struct moe_saved {
+  std::vector<float> logits;                     // router output [T, E]
+  std::vector<float> probs;                      // softmax(logits) [T, E]
+  std::vector<int64_t> topk;                     // each token's k experts, by descending p [T, k]
+  std::vector<std::vector<int64_t>> tokens_of;   // expert -> its tokens, ascending
+  std::vector<std::vector<float>> weights_of;    // expert -> the matching routing weights
+  std::vector<std::vector<float>> g, u, s, y;    // expert -> gate, up [T_e, I], silu(g) * u [T_e, I], down [T_e, H]
+};
+
+void moe_forward_impl(float* out, const float* x, const llama_linear& router, const std::vector<llama_expert>& experts,
+                      int64_t k, bool renormalize, int64_t T, const linear_output_hook& hook, moe_saved* save) {
   const int64_t E = int64_t(experts.size()), H = router.in;
   // first: the router. logits [T, E] -> p = softmax (fp32) -> the k largest per token
   std::vector<float> logits(size_t(T * E));
   linear_hooked(router, x, logits.data(), T, hook);
   const size_t nE = experts.size();
+  if (save) {
+    save->logits = logits;
+    save->probs.assign(size_t(T * E), 0.0f);
+    save->topk.assign(size_t(T * k), 0);
+    for (auto* v : {&save->g, &save->u, &save->s, &save->y}) v->assign(nE, {});
+  }
   std::vector<std::vector<int64_t>> tokens_of(nE);  // expert -> its tokens, ascending
   std::vector<std::vector<float>> weights_of(nE);   // expert -> the matching routing weights
   std::vector<float> p(nE);
@@ -260,6 +279,10 @@ void moe_forward(float* out, const float* x, const llama_linear& router, const s
     std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int64_t a, int64_t b) {
       return p[size_t(a)] > p[size_t(b)] || (p[size_t(a)] == p[size_t(b)] && a < b);
     });
+    if (save) {
+      std::copy(p.begin(), p.end(), save->probs.begin() + t * E);
+      std::copy_n(order.begin(), k, save->topk.begin() + t * k);
+    }
     float wsum = 0.0f;
     for (int64_t j = 0; j < k; ++j) wsum += p[size_t(order[size_t(j)])];
     for (int64_t j = 0; j < k; ++j) {
@@ -283,8 +306,16 @@ void moe_forward(float* out, const float* x, const llama_linear& router, const s
     for (int64_t i = 0; i < Te; ++i) std::copy_n(x + toks[size_t(i)] * H, H, xe.data() + i * H);
     linear_hooked(X.gate, xe.data(), g.data(), Te, hook);  // [T_e, I]
     linear_hooked(X.up, xe.data(), u.data(), Te, hook);    // [T_e, I]
+    if (save) {
+      save->g[size_t(e)] = g;
+      save->u[size_t(e)] = u;
+    }
     swiglu_forward(g.data(), g.data(), u.data(), Te, I);
     linear_hooked(X.down, g.data(), ye.data(), Te, hook);  // [T_e, H]
+    if (save) {
+      save->s[size_t(e)] = g;
+      save->y[size_t(e)] = ye;
+    }
     for (int64_t i = 0; i < Te; ++i) {
       const float w = weights_of[size_t(e)][size_t(i)];
       float* ot = out + toks[size_t(i)] * H;
@@ -292,6 +323,17 @@ void moe_forward(float* out, const float* x, const llama_linear& router, const s
       for (int64_t c = 0; c < H; ++c) ot[c] += yt[c] * w;
     }
   }
+  if (save) {
+    save->tokens_of = std::move(tokens_of);
+    save->weights_of = std::move(weights_of);
+  }
+}
+
+}  // namespace
+
+void moe_forward(float* out, const float* x, const llama_linear& router, const std::vector<llama_expert>& experts,
+                 int64_t k, bool renormalize, int64_t T, const linear_output_hook& hook) {
+  moe_forward_impl(out, x, router, experts, k, renormalize, T, hook, nullptr);
 }
 
 // ---- loading ---------------------------------------------------------------------------------
@@ -610,15 +652,81 @@ struct layer_acts {
   std::vector<float> a2;      // mlp-normed [T, H]
   std::vector<float> g, u;    // gate / up outputs [T, I]
   std::vector<float> s;       // silu(g) * u [T, I]
+  std::vector<float> q_raw, k_raw;  // Qwen3: q_proj / k_proj outputs, before q_norm / k_norm
+  moe_saved moe;              // MoE layers: the router and expert activations
 };
+
+// The MoE block backward: dy = dloss/d(block output) [T, H]; adds dloss/dx into dx [T, H]
+// (x: the block input) and stores dloss/dY of the router and of every expert linear ([T_e, *] over
+// its routed tokens, ascending; empty when no token is routed to it). The top-k choice is piecewise
+// constant: no gradient flows through the selection, only through the selected probabilities.
+void moe_backward(float* dx, const float* dy, const llama_layer& L, const moe_saved& S, int64_t k, bool renormalize,
+                  int64_t T, std::map<std::string, std::vector<float>>& grads) {
+  const int64_t E = int64_t(L.experts.size()), H = L.router.in;
+  std::vector<float> dw(size_t(T * E), 0.0f);  // dloss/d(routing weight) of (token, expert), selected only
+  for (int64_t e = 0; e < E; ++e) {
+    const llama_expert& X = L.experts[size_t(e)];
+    const std::vector<int64_t>& toks = S.tokens_of[size_t(e)];
+    const int64_t Te = int64_t(toks.size()), I = X.gate.out;
+    if (Te == 0) {
+      grads[X.gate.name] = {};
+      grads[X.up.name] = {};
+      grads[X.down.name] = {};
+      continue;
+    }
+    const std::vector<float>& ye = S.y[size_t(e)];
+    // out[t] += w * ye[i]:  dye[i] = w * dy[t],  dw = <dy[t], ye[i]>
+    std::vector<float> dye(size_t(Te * H));
+    for (int64_t i = 0; i < Te; ++i) {
+      const int64_t t = toks[size_t(i)];
+      const float w = S.weights_of[size_t(e)][size_t(i)];
+      double dot = 0.0;
+      for (int64_t c = 0; c < H; ++c) {
+        dye[size_t(i * H + c)] = w * dy[t * H + c];
+        dot += double(dy[t * H + c]) * double(ye[size_t(i * H + c)]);
+      }
+      dw[size_t(t * E + e)] = float(dot);
+    }
+    std::vector<float> ds(size_t(Te * I), 0.0f), dg(size_t(Te * I)), du(size_t(Te * I)), dxe(size_t(Te * H), 0.0f);
+    linear_backward_input(ds.data(), dye.data(), X.down, Te);
+    swiglu_backward(dg.data(), du.data(), ds.data(), S.g[size_t(e)].data(), S.u[size_t(e)].data(), Te, I);
+    linear_backward_input(dxe.data(), dg.data(), X.gate, Te);
+    linear_backward_input(dxe.data(), du.data(), X.up, Te);
+    for (int64_t i = 0; i < Te; ++i) {
+      float* dxt = dx + toks[size_t(i)] * H;
+      for (int64_t c = 0; c < H; ++c) dxt[c] += dxe[size_t(i * H + c)];
+    }
+    grads[X.gate.name] = std::move(dg);
+    grads[X.up.name] = std::move(du);
+    grads[X.down.name] = std::move(dye);
+  }
+  // routing weights -> probabilities (through w = p / sum_topk p when renormalizing) -> logits
+  std::vector<float> dlogits(size_t(T * E), 0.0f);
+  std::vector<double> dp(static_cast<size_t>(E));
+  for (int64_t t = 0; t < T; ++t) {
+    const float* p = S.probs.data() + t * E;
+    const int64_t* sel = S.topk.data() + t * k;
+    std::fill(dp.begin(), dp.end(), 0.0);
+    if (renormalize) {  // dp_j = (dw_j - sum_e dw_e w_e) / sum, with w_e = p_e / sum
+      double sum = 0.0, dot = 0.0;
+      for (int64_t j = 0; j < k; ++j) sum += double(p[sel[j]]);
+      for (int64_t j = 0; j < k; ++j) dot += double(dw[size_t(t * E + sel[j])]) * double(p[sel[j]]) / sum;
+      for (int64_t j = 0; j < k; ++j) dp[size_t(sel[j])] = (double(dw[size_t(t * E + sel[j])]) - dot) / sum;
+    } else {
+      for (int64_t j = 0; j < k; ++j) dp[size_t(sel[j])] = double(dw[size_t(t * E + sel[j])]);
+    }
+    double pdp = 0.0;  // softmax: dlogit_j = p_j (dp_j - sum_i p_i dp_i)
+    for (int64_t e = 0; e < E; ++e) pdp += double(p[e]) * dp[size_t(e)];
+    for (int64_t e = 0; e < E; ++e) dlogits[size_t(t * E + e)] = float(double(p[e]) * (dp[size_t(e)] - pdp));
+  }
+  linear_backward_input(dx, dlogits.data(), L.router, T);
+  grads[L.router.name] = std::move(dlogits);
+}
 
 }  // namespace
 
 llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const linear_output_hook& hook) const {
   const llama_config& c = config_;
-  if (spec_.architecture != "llama")
-    throw io_error(fmt::format("backward not supported for {} yet (forward_backward runs llama only)",
-                               spec_.architecture));
   check_tokens(tokens, 2, "llama forward_backward");
   const int64_t T = int64_t(tokens.size());
   const int64_t H = c.hidden, I = c.intermediate, V = c.vocab;
@@ -640,13 +748,16 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
     A.v = buf(T * KVD);
     A.att = buf(T * QD);
     A.a2 = buf(T * H);
-    A.g = buf(T * I);
-    A.u = buf(T * I);
-    A.s = buf(T * I);
     rmsnorm_forward(A.a1.data(), h.data(), L.attn_norm.data(), T, H, c.rms_norm_eps);
     linear_hooked(L.q, A.a1.data(), A.q.data(), T, hook);
     linear_hooked(L.k, A.a1.data(), A.k.data(), T, hook);
     linear_hooked(L.v, A.a1.data(), A.v.data(), T, hook);
+    if (c.qk_norm) {  // Qwen3: per-head RMSNorm before RoPE, in place as forward() does
+      A.q_raw = A.q;
+      A.k_raw = A.k;
+      rmsnorm_forward(A.q.data(), A.q.data(), L.q_norm.data(), T * c.heads, c.head_dim, c.rms_norm_eps);
+      rmsnorm_forward(A.k.data(), A.k.data(), L.k_norm.data(), T * c.kv_heads, c.head_dim, c.rms_norm_eps);
+    }
     rope_forward(A.q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
     rope_forward(A.k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
     attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, c.heads, c.kv_heads, c.head_dim);
@@ -654,10 +765,18 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
     residual_forward(h.data(), y.data(), T, H);
     A.h_mid = h;
     rmsnorm_forward(A.a2.data(), h.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
-    linear_hooked(L.gate, A.a2.data(), A.g.data(), T, hook);
-    linear_hooked(L.up, A.a2.data(), A.u.data(), T, hook);
-    swiglu_forward(A.s.data(), A.g.data(), A.u.data(), T, I);
-    linear_hooked(L.down, A.s.data(), y.data(), T, hook);
+    if (L.moe) {
+      moe_forward_impl(y.data(), A.a2.data(), L.router, L.experts, c.experts_per_token, c.norm_topk_prob, T, hook,
+                       &A.moe);
+    } else {
+      A.g = buf(T * I);
+      A.u = buf(T * I);
+      A.s = buf(T * I);
+      linear_hooked(L.gate, A.a2.data(), A.g.data(), T, hook);
+      linear_hooked(L.up, A.a2.data(), A.u.data(), T, hook);
+      swiglu_forward(A.s.data(), A.g.data(), A.u.data(), T, I);
+      linear_hooked(L.down, A.s.data(), y.data(), T, hook);
+    }
     residual_forward(h.data(), y.data(), T, H);
   }
   std::vector<float> a = buf(T * H);  // final-normed [T, H]; h is now the final residual stream
@@ -695,17 +814,22 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
   for (size_t li = layers_.size(); li-- > 0;) {
     const llama_layer& L = layers_[li];
     const layer_acts& A = acts[li];
-    // MLP block: h_out = h_mid + down(silu(gate(a2)) * up(a2)); the residual passes dh through
-    out.dy[L.down.name] = dh;
-    std::fill(ds.begin(), ds.end(), 0.0f);
-    linear_backward_input(ds.data(), dh.data(), L.down, T);
-    std::vector<float> dg = buf(T * I), du = buf(T * I);
-    swiglu_backward(dg.data(), du.data(), ds.data(), A.g.data(), A.u.data(), T, I);
+    // MLP block: h_out = h_mid + down(silu(gate(a2)) * up(a2)) (or the routed experts); the
+    // residual passes dh through
     std::fill(da.begin(), da.end(), 0.0f);
-    linear_backward_input(da.data(), dg.data(), L.gate, T);
-    linear_backward_input(da.data(), du.data(), L.up, T);
-    out.dy[L.gate.name] = std::move(dg);
-    out.dy[L.up.name] = std::move(du);
+    if (L.moe) {
+      moe_backward(da.data(), dh.data(), L, A.moe, c.experts_per_token, c.norm_topk_prob, T, out.dy);
+    } else {
+      out.dy[L.down.name] = dh;
+      std::fill(ds.begin(), ds.end(), 0.0f);
+      linear_backward_input(ds.data(), dh.data(), L.down, T);
+      std::vector<float> dg = buf(T * I), du = buf(T * I);
+      swiglu_backward(dg.data(), du.data(), ds.data(), A.g.data(), A.u.data(), T, I);
+      linear_backward_input(da.data(), dg.data(), L.gate, T);
+      linear_backward_input(da.data(), du.data(), L.up, T);
+      out.dy[L.gate.name] = std::move(dg);
+      out.dy[L.up.name] = std::move(du);
+    }
     rmsnorm_backward(dh.data(), da.data(), A.h_mid.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
     // attention block: h_mid = h_in + o(attention(rope(q(a1)), rope(k(a1)), v(a1)))
     out.dy[L.o.name] = dh;
@@ -715,6 +839,15 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
                        c.heads, c.kv_heads, c.head_dim);
     rope_backward(dq.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
     rope_backward(dk.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
+    if (c.qk_norm) {  // back through q_norm / k_norm to the q_proj / k_proj outputs
+      std::vector<float> dq_raw = buf(T * QD), dk_raw = buf(T * KVD);
+      rmsnorm_backward(dq_raw.data(), dq.data(), A.q_raw.data(), L.q_norm.data(), T * c.heads, c.head_dim,
+                       c.rms_norm_eps);
+      rmsnorm_backward(dk_raw.data(), dk.data(), A.k_raw.data(), L.k_norm.data(), T * c.kv_heads, c.head_dim,
+                       c.rms_norm_eps);
+      dq = std::move(dq_raw);
+      dk = std::move(dk_raw);
+    }
     std::fill(da.begin(), da.end(), 0.0f);
     linear_backward_input(da.data(), dq.data(), L.q, T);
     linear_backward_input(da.data(), dk.data(), L.k, T);

@@ -1,5 +1,5 @@
-// An FP32 Llama-family decoder (shared/reference/architecture.md §2.1-2.4): Llama, and the forward
-// pass of Mixtral and Qwen3-MoE (routed SwiGLU experts; Qwen3 q/k RMSNorm). llm.c style: the weights
+// An FP32 Llama-family decoder (shared/reference/architecture.md §2.1-2.4): Llama, Mixtral and
+// Qwen3-MoE (routed SwiGLU experts; Qwen3 q/k RMSNorm). llm.c style: the weights
 // are widened to fp32 once at load, and the forward pass is a sequence of plain per-op functions
 // over row-major fp32 buffers. Shapes in comments: T tokens, H hidden, nh / nkv query / KV heads,
 // hd head_dim, I intermediate (dense MLP or one expert), V vocab, E experts, k experts per token.
@@ -154,7 +154,8 @@ struct llama_grads {
   // Mean next-token cross-entropy (nats) over positions 0..T-2 predicting tokens 1..T-1 (the HF
   // labels = input_ids convention), accumulated in double.
   double loss = 0.0;
-  // Module name ("model.layers.0.self_attn.q_proj", ..., "lm_head") -> dloss/dY, [T, out] row-major.
+  // Module name ("model.layers.0.self_attn.q_proj", ..., "lm_head") -> dloss/dY, [T, out] row-major
+  // ([T_e, out] for a routed expert).
   std::map<std::string, std::vector<float>> dy;
 };
 
@@ -179,7 +180,10 @@ class llama_model : public causal_lm {
 
   // The loss and dloss/dY at the output of every linear (activation gradients only, no weight
   // gradients). T must be in 2..max_positions. The forward saves every activation the backward needs.
-  // Llama only for now: throws io_error for Mixtral and Qwen3-MoE.
+  // Llama, Mixtral and Qwen3-MoE (through q_norm / k_norm, the routed experts and the router: the
+  // top-k selection is piecewise constant, the gradient flows through the selected probabilities).
+  // A routed expert's linears get [T_e, out] over its tokens in the order the hook sees them
+  // (ascending positions), empty when no token is routed to it.
   llama_grads forward_backward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const;
 
  private:

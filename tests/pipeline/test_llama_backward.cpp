@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -46,22 +47,23 @@ const json& golden() {
   return g;
 }
 
-// mixq synth --arch llama --preset tiny --seed 0, loaded once for the suite.
-const llama_model& synth_model() {
-  static const llama_model m = [] {
-    const fs::path dir = fs::temp_directory_path() / ("mixq-synth-llama-bwd-" + std::to_string(::getpid()));
-    synth_options o;
-    o.arch = synth_arch::llama;
-    o.preset = synth_preset::tiny;
-    o.seed = 0;
-    o.out = dir;
-    o.force = true;
-    synth_checkpoint(o);
-    llama_model model = llama_model::load(dir);
-    fs::remove_all(dir);
-    return model;
-  }();
-  return m;
+// mixq synth --arch <arch> --preset tiny --seed 0, loaded once per architecture for the suite.
+const llama_model& synth_model(synth_arch arch = synth_arch::llama) {
+  static std::map<synth_arch, llama_model> models;
+  const auto it = models.find(arch);
+  if (it != models.end()) return it->second;
+  const fs::path dir = fs::temp_directory_path() /
+                       fmt::format("mixq-synth-{}-bwd-{}", to_string(arch), std::to_string(::getpid()));
+  synth_options o;
+  o.arch = arch;
+  o.preset = synth_preset::tiny;
+  o.seed = 0;
+  o.out = dir;
+  o.force = true;
+  synth_checkpoint(o);
+  llama_model model = llama_model::load(dir);
+  fs::remove_all(dir);
+  return models.emplace(arch, std::move(model)).first->second;
 }
 
 // Every module's dloss/dY against the golden key; returns the worst max|a-b| / (1 + max|b|).
@@ -85,11 +87,13 @@ double compare_to_golden(const llama_model& model, const json& want) {
       continue;
     }
     const std::vector<float>& g = it->second;
-    const size_t out = rows.at(0).size();
-    EXPECT_EQ(g.size(), tokens.size() * out) << name;
-    if (g.size() != tokens.size() * out) continue;
+    // [T, out], or [T_e, out] over a routed expert's tokens ([] when none is routed to it)
+    const size_t n_rows = rows.size(), out = n_rows ? rows.at(0).size() : 0;
+    if (name.find(".experts.") == std::string::npos) EXPECT_EQ(n_rows, tokens.size()) << name;
+    EXPECT_EQ(g.size(), n_rows * out) << name;
+    if (g.size() != n_rows * out || n_rows == 0) continue;
     double max_diff = 0.0, max_ref = 0.0;
-    for (size_t t = 0; t < tokens.size(); ++t)
+    for (size_t t = 0; t < n_rows; ++t)
       for (size_t o = 0; o < out; ++o) {
         const double ref = rows[t][o].get<double>();
         max_diff = std::max(max_diff, std::fabs(double(g[t * out + o]) - ref));
@@ -108,6 +112,14 @@ double compare_to_golden(const llama_model& model, const json& want) {
 
 TEST(llama_backward, synth_tiny_matches_transformers) {
   compare_to_golden(synth_model(), golden().at("synth_llama_tiny"));
+}
+
+TEST(llama_backward, synth_mixtral_tiny_matches_transformers) {
+  compare_to_golden(synth_model(synth_arch::mixtral), golden().at("synth_mixtral_tiny"));
+}
+
+TEST(llama_backward, synth_qwen3_moe_tiny_matches_transformers) {
+  compare_to_golden(synth_model(synth_arch::qwen3_moe), golden().at("synth_qwen3_moe_tiny"));
 }
 
 TEST(llama_backward, stories260k_matches_transformers) {
@@ -143,21 +155,14 @@ TEST(llama_backward, loss_equals_forward_mean_nll) {
 // a random unit direction, with the step h = eps * max(1, |Y|): a step relative to the output keeps
 // the loss change well above the fp32 rounding noise of the forward pass. The error is measured
 // relative to |g| (the largest directional derivative); the loss is accumulated in double.
-TEST(llama_backward, output_gradients_match_finite_differences) {
-  const llama_model& model = synth_model();
+// For a routed expert, Y and g are [T_e, out] over its tokens (the hook sees the same rows).
+// `router_eps` replaces eps for a MoE router: its logits are small (|Y| < 1), so eps = 1e-3 moves
+// the loss by little more than its fp32 noise (at 1e-2 the 4-point estimate still agrees to ~1e-4,
+// so no top-k choice flips within the steps).
+void check_finite_differences(const llama_model& model, const std::vector<std::string>& modules,
+                              double router_eps = 1e-3) {
   const auto tokens = golden().at("synth_llama_tiny").at("tokens").get<std::vector<int32_t>>();
   const llama_grads grads = model.forward_backward(tokens);
-  const int64_t last = model.config().layers - 1;
-  const std::vector<std::string> modules = {
-      "lm_head",
-      "model.layers.0.self_attn.q_proj",
-      "model.layers.0.self_attn.k_proj",
-      "model.layers.0.self_attn.v_proj",
-      fmt::format("model.layers.{}.mlp.down_proj", last),
-      fmt::format("model.layers.{}.mlp.gate_proj", last),
-      fmt::format("model.layers.{}.self_attn.o_proj", last),
-  };
-  constexpr double eps = 1e-3;
   std::mt19937 rng(7);
   std::normal_distribution<double> normal;
   double worst = 0.0;
@@ -172,6 +177,8 @@ TEST(llama_backward, output_gradients_match_finite_differences) {
       if (m == name)
         for (int64_t i = 0; i < T * out; ++i) ynorm += double(y[i]) * double(y[i]);
     });
+    const bool router = name.ends_with(".gate") && name.find(".experts.") == std::string::npos;
+    const double eps = router ? router_eps : 1e-3;
     const double h = eps * std::max(1.0, std::sqrt(ynorm));
     std::vector<double> along(g.begin(), g.end()), random(g.size());
     for (double& x : along) x /= gnorm;
@@ -196,6 +203,45 @@ TEST(llama_backward, output_gradients_match_finite_differences) {
     }
   }
   ::testing::Test::RecordProperty("worst_fd_rel", fmt::format("{:.3g}", worst));
+}
+
+TEST(llama_backward, output_gradients_match_finite_differences) {
+  const llama_model& model = synth_model();
+  const int64_t last = model.config().layers - 1;
+  check_finite_differences(model, {
+                                      "lm_head",
+                                      "model.layers.0.self_attn.q_proj",
+                                      "model.layers.0.self_attn.k_proj",
+                                      "model.layers.0.self_attn.v_proj",
+                                      fmt::format("model.layers.{}.mlp.down_proj", last),
+                                      fmt::format("model.layers.{}.mlp.gate_proj", last),
+                                      fmt::format("model.layers.{}.self_attn.o_proj", last),
+                                  });
+}
+
+// One expert (its down and gate linears), the router and one q_proj of each MoE model.
+constexpr double kRouterEps = 1e-2;
+TEST(llama_backward, mixtral_output_gradients_match_finite_differences) {
+  check_finite_differences(synth_model(synth_arch::mixtral), {
+                                                                 "model.layers.0.block_sparse_moe.experts.1.w2",
+                                                                 "model.layers.0.block_sparse_moe.experts.1.w1",
+                                                                 "model.layers.0.block_sparse_moe.gate",
+                                                                 "model.layers.1.block_sparse_moe.gate",
+                                                                 "model.layers.1.self_attn.q_proj",
+                                                             },
+                           kRouterEps);
+}
+
+TEST(llama_backward, qwen3_moe_output_gradients_match_finite_differences) {
+  check_finite_differences(synth_model(synth_arch::qwen3_moe), {
+                                                                   "model.layers.2.mlp.experts.2.down_proj",
+                                                                   "model.layers.2.mlp.experts.2.gate_proj",
+                                                                   "model.layers.1.mlp.gate",
+                                                                   "model.layers.2.mlp.gate",
+                                                                   "model.layers.1.self_attn.q_proj",
+                                                                   "model.layers.1.self_attn.k_proj",
+                                                               },
+                           kRouterEps);
 }
 
 }  // namespace

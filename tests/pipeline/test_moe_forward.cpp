@@ -223,16 +223,5 @@ TEST(moe, rejects_sliding_window) {
   EXPECT_NE(e.find("unsupported option: sliding_window 4"), std::string::npos) << e;
 }
 
-TEST(moe, backward_is_llama_only) {
-  const synth_dir d(synth_arch::qwen3_moe);
-  const llama_model model = llama_model::load(d.dir);
-  try {
-    model.forward_backward(std::vector<int32_t>{1, 5, 7});
-    FAIL() << "forward_backward ran on a qwen3_moe model";
-  } catch (const io_error& e) {
-    EXPECT_NE(std::string(e.what()).find("backward not supported for qwen3_moe yet"), std::string::npos) << e.what();
-  }
-}
-
 }  // namespace
 }  // namespace mixq
