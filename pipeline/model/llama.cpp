@@ -1,5 +1,7 @@
 #include "pipeline/model/llama.hpp"
 
+#include "pipeline/model/hf_config.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -346,28 +348,11 @@ using json = nlohmann::json;
   throw io_error(fmt::format("{}: {}", dir.string(), what));
 }
 
-json read_config(const std::filesystem::path& dir) {
-  const std::filesystem::path path = dir / "config.json";
-  std::ifstream in(path);
-  if (!in) throw io_error(fmt::format("{}: cannot read config.json", dir.string()));
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw io_error(fmt::format("{}: {}", path.string(), e.what()));
-  }
-}
-
-double number_or(const json& j, const char* key, double fallback) {
-  const auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_number()) throw io_error(fmt::format("config key '{}' must be a number, got {}", key, it->dump()));
-  return it->get<double>();
-}
 
 // rope_theta from the old (rope_theta + rope_scaling) or the transformers-v5 (rope_parameters) form;
 // only the default rope type is supported for now.
 double read_rope_theta(const json& cfg, const std::filesystem::path& dir) {
-  double theta = number_or(cfg, "rope_theta", 10000.0);
+  double theta = config_number_or(dir, cfg, "rope_theta", 10000.0);
   for (const char* key : {"rope_scaling", "rope_parameters"}) {
     const auto it = cfg.find(key);
     if (it == cfg.end() || it->is_null()) continue;
@@ -378,9 +363,9 @@ double read_rope_theta(const json& cfg, const std::filesystem::path& dir) {
     if (type != "default")
       fail(dir, fmt::format("unsupported option: config key '{}' has rope type '{}' (only the default RoPE is "
                             "implemented; llama3 / linear / dynamic / yarn scaling is not yet)", key, type));
-    theta = number_or(*it, "rope_theta", theta);
+    theta = config_number_or(dir, *it, "rope_theta", theta);
   }
-  if (number_or(cfg, "partial_rotary_factor", 1.0) != 1.0)
+  if (config_number_or(dir, cfg, "partial_rotary_factor", 1.0) != 1.0)
     fail(dir, "unsupported option: partial_rotary_factor other than 1");
   return theta;
 }
@@ -443,7 +428,7 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
   if (arch != "llama" && arch != "mixtral" && arch != "qwen3_moe")
     fail(dir, fmt::format("unsupported architecture '{}': the FP32 forward pass runs llama, mixtral and qwen3_moe "
                           "only for now", arch));
-  const json cfg = read_config(dir);
+  const json cfg = read_hf_config(dir);
   llama_config& c = m.config_;
   const model_dims& d = m.spec_.dims;
   c.vocab = d.vocab;
@@ -477,8 +462,8 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
   if (sliding_used && sliding != cfg.end() && !sliding->is_null())
     fail(dir, fmt::format("unsupported option: sliding_window {} (only full causal attention is implemented)",
                           sliding->dump()));
-  c.max_positions = int64_t(number_or(cfg, "max_position_embeddings", 2048));
-  c.rms_norm_eps = float(number_or(cfg, "rms_norm_eps", 1e-6));
+  c.max_positions = int64_t(config_number_or(dir, cfg, "max_position_embeddings", 2048));
+  c.rms_norm_eps = float(config_number_or(dir, cfg, "rms_norm_eps", 1e-6));
   c.rope_theta = read_rope_theta(cfg, dir);
   if (cfg.contains("hidden_act") && cfg["hidden_act"] != "silu")
     fail(dir, fmt::format("unsupported option: hidden_act {} (only silu)", cfg["hidden_act"].dump()));

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pipeline/io/safetensors_file.hpp"  // io_error
+#include "pipeline/model/hf_config.hpp"
 
 namespace mixq {
 
@@ -602,15 +603,7 @@ model_spec model_spec_from_config(const json& config, std::string_view origin) {
 
 model_spec model_spec_from_file(const std::filesystem::path& path) {
   const std::filesystem::path file = std::filesystem::is_directory(path) ? path / "config.json" : path;
-  std::ifstream in(file);
-  if (!in) throw io_error(fmt::format("{}: cannot open (expected a config.json or a directory holding one)", file.string()));
-  json config;
-  try {
-    config = json::parse(in);
-  } catch (const json::exception& e) {
-    throw io_error(fmt::format("{}: not valid JSON ({})", file.string(), e.what()));
-  }
-  return model_spec_from_config(config, file.string());
+  return model_spec_from_config(read_hf_config(file), file.string());
 }
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const model_spec& spec) {

@@ -1,5 +1,7 @@
 #include "pipeline/model/nemotron_h.hpp"
 
+#include "pipeline/model/hf_config.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -206,23 +208,6 @@ using json = nlohmann::json;
   throw io_error(fmt::format("{}: {}", dir.string(), what));
 }
 
-json read_config(const std::filesystem::path& dir) {
-  const std::filesystem::path path = dir / "config.json";
-  std::ifstream in(path);
-  if (!in) fail(dir, "cannot read config.json");
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw io_error(fmt::format("{}: {}", path.string(), e.what()));
-  }
-}
-
-double number_or(const std::filesystem::path& dir, const json& j, const char* key, double fallback) {
-  const auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_number()) fail(dir, fmt::format("config key '{}' must be a number, got {}", key, it->dump()));
-  return it->get<double>();
-}
 
 void require_act(const std::filesystem::path& dir, const json& cfg, const char* key, const char* want) {
   const auto it = cfg.find(key);
@@ -237,7 +222,7 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir) {
   m.spec_ = model_spec_from_file(dir);
   if (m.spec_.architecture != "nemotron_h")
     fail(dir, fmt::format("architecture '{}' is not nemotron_h", m.spec_.architecture));
-  const json cfg = read_config(dir);
+  const json cfg = read_hf_config(dir);
   const model_dims& d = m.spec_.dims;
   nemotron_h_config& c = m.config_;
   c.vocab = d.vocab;
@@ -257,9 +242,9 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir) {
   c.moe_intermediate = d.moe_intermediate;
   c.shared_intermediate = d.shared_intermediate;
   c.moe_latent = d.moe_latent;
-  c.max_positions = int64_t(number_or(dir, cfg, "max_position_embeddings", 4096));
-  c.eps = float(number_or(dir, cfg, "layer_norm_epsilon", 1e-5));
-  c.routed_scaling_factor = float(number_or(dir, cfg, "routed_scaling_factor", 1.0));
+  c.max_positions = int64_t(config_number_or(dir, cfg, "max_position_embeddings", 4096));
+  c.eps = float(config_number_or(dir, cfg, "layer_norm_epsilon", 1e-5));
+  c.routed_scaling_factor = float(config_number_or(dir, cfg, "routed_scaling_factor", 1.0));
   if (const auto it = cfg.find("norm_topk_prob"); it != cfg.end() && !it->is_null()) {
     if (!it->is_boolean()) fail(dir, fmt::format("config key 'norm_topk_prob' must be true or false, got {}", it->dump()));
     c.norm_topk_prob = it->get<bool>();
@@ -269,7 +254,7 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir) {
       fail(dir, fmt::format("config key 'time_step_limit' must be [min, max], got {}", it->dump()));
     c.dt_min = (*it)[0].get<float>();
   }
-  if (number_or(dir, cfg, "n_group", 1) != 1 || number_or(dir, cfg, "topk_group", 1) != 1)
+  if (config_number_or(dir, cfg, "n_group", 1) != 1 || config_number_or(dir, cfg, "topk_group", 1) != 1)
     fail(dir, "unsupported option: grouped expert selection (n_group / topk_group other than 1)");
   require_act(dir, cfg, "mlp_hidden_act", "relu2");
   require_act(dir, cfg, "mamba_hidden_act", "silu");
