@@ -21,6 +21,7 @@
 #include "pipeline/eval/perplexity.hpp"
 #include "pipeline/model/llama.hpp"
 #include "pipeline/synth/synth_checkpoint.hpp"
+#include "model_test_support.hpp"
 
 namespace mixq {
 namespace {
@@ -32,18 +33,8 @@ constexpr double kLossTol = 1e-5;  // relative
 constexpr double kGradTol = 1e-4;  // max|a-b| / max|b| per tensor (gradients can be tiny: no +1)
 constexpr double kFdTol = 1e-3;    // relative, finite difference vs <g, d>
 
-fs::path source_dir() {
-  const char* src = std::getenv("MIXQ_SOURCE_DIR");
-  return fs::path(src ? src : ".");
-}
-
 const json& golden() {
-  static const json g = [] {
-    const fs::path path = source_dir() / "tests" / "golden" / "data" / "synth_llama_tiny_grads.json";
-    std::ifstream in(path);
-    if (!in) throw std::runtime_error("cannot read " + path.string());
-    return json::parse(in);
-  }();
+  static const json g = testing::read_golden("synth_llama_tiny_grads.json");
   return g;
 }
 
@@ -52,18 +43,8 @@ const llama_model& synth_model(synth_arch arch = synth_arch::llama) {
   static std::map<synth_arch, llama_model> models;
   const auto it = models.find(arch);
   if (it != models.end()) return it->second;
-  const fs::path dir = fs::temp_directory_path() /
-                       fmt::format("mixq-synth-{}-bwd-{}", to_string(arch), std::to_string(::getpid()));
-  synth_options o;
-  o.arch = arch;
-  o.preset = synth_preset::tiny;
-  o.seed = 0;
-  o.out = dir;
-  o.force = true;
-  synth_checkpoint(o);
-  llama_model model = llama_model::load(dir);
-  fs::remove_all(dir);
-  return models.emplace(arch, std::move(model)).first->second;
+  const testing::synth_dir d(arch);
+  return models.emplace(arch, llama_model::load(d.dir)).first->second;
 }
 
 // Every module's dloss/dY against the golden key; returns the worst max|a-b| / (1 + max|b|).
@@ -123,12 +104,7 @@ TEST(llama_backward, synth_qwen3_moe_tiny_matches_transformers) {
 }
 
 TEST(llama_backward, stories260k_matches_transformers) {
-  const fs::path dir = source_dir() / ".." / "shared" / "models" / "stories260K";
-  if (!golden().contains("stories260K") || !fs::exists(dir / "model.safetensors")) {
-    const char* ci = std::getenv("CI");
-    if (ci && std::string(ci) == "true") FAIL() << "../shared/models/stories260K is missing";
-    GTEST_SKIP() << "stories260K (../shared) or its golden key is absent";
-  }
+  MIXQ_REQUIRE_SHARED_MODEL(dir, "stories260K");
   compare_to_golden(llama_model::load(dir), golden().at("stories260K"));
 }
 

@@ -17,6 +17,7 @@
 #include "pipeline/eval/perplexity.hpp"
 #include "pipeline/model/llama.hpp"
 #include "pipeline/synth/synth_checkpoint.hpp"
+#include "model_test_support.hpp"
 
 namespace mixq {
 namespace {
@@ -27,33 +28,16 @@ using json = nlohmann::json;
 constexpr double kLogitTol = 1e-4;
 constexpr double kPplTol = 1e-4;
 
-// $MIXQ_SOURCE_DIR/../shared; empty when the variable or the folder is absent.
-fs::path shared_dir() {
-  const char* src = std::getenv("MIXQ_SOURCE_DIR");
-  if (!src) return {};
-  const fs::path dir = fs::path(src) / ".." / "shared";
-  return fs::exists(dir / "models" / "stories260K" / "model.safetensors") ? dir : fs::path{};
-}
-bool on_ci() {
-  const char* ci = std::getenv("CI");
-  return ci && std::string(ci) == "true";
-}
-
-#define REQUIRE_SHARED(dir)                                                                          \
-  const fs::path dir = shared_dir();                                                                 \
-  if (dir.empty()) {                                                                                 \
-    if (on_ci()) FAIL() << "../shared/models/stories260K is missing (CI needs ../shared beside the clone)"; \
-    GTEST_SKIP() << "../shared not found through MIXQ_SOURCE_DIR; skipping the stories260K check";   \
-  }
+// The stories260K checkpoint directory, or skip (fail under CI=true).
+#define REQUIRE_SHARED(dir) MIXQ_REQUIRE_SHARED_MODEL(dir, "stories260K")
 
 // Loaded once for the suite: the model and its reference.json.
 struct stories {
   llama_model model;
   json ref;
 };
-const stories& stories260k(const fs::path& shared) {
+const stories& stories260k(const fs::path& dir) {
   static const stories s = [&] {
-    const fs::path dir = shared / "models" / "stories260K";
     std::ifstream in(dir / "reference.json");
     return stories{llama_model::load(dir), json::parse(in)};
   }();
@@ -61,8 +45,8 @@ const stories& stories260k(const fs::path& shared) {
 }
 
 TEST(llama, logits_after_bos_match_reference) {
-  REQUIRE_SHARED(shared);
-  const stories& s = stories260k(shared);
+  REQUIRE_SHARED(model_dir);
+  const stories& s = stories260k(model_dir);
   const std::vector<int32_t> bos = {1};
   const std::vector<float> logits = s.model.forward(bos);  // [1, V]
   const auto& want = s.ref.at("logits_after_bos_first8");
@@ -71,8 +55,8 @@ TEST(llama, logits_after_bos_match_reference) {
 }
 
 TEST(llama, greedy_from_bos_matches_reference) {
-  REQUIRE_SHARED(shared);
-  const stories& s = stories260k(shared);
+  REQUIRE_SHARED(model_dir);
+  const stories& s = stories260k(model_dir);
   const std::vector<int32_t> want = s.ref.at("greedy_from_bos").at("ids").get<std::vector<int32_t>>();
   ASSERT_EQ(want.size(), 65u);
   const int64_t V = s.model.config().vocab;
@@ -88,10 +72,10 @@ TEST(llama, greedy_from_bos_matches_reference) {
   EXPECT_EQ(ids, want);
 }
 
-void check_perplexity(const fs::path& shared, int64_t ctx, const char* key) {
-  const stories& s = stories260k(shared);
+void check_perplexity(const fs::path& model_dir, int64_t ctx, const char* key) {
+  const stories& s = stories260k(model_dir);
   const std::vector<int32_t> tokens = read_token_file(
-      shared / "data" / "tinystories" / "TinyStories-valid-reduced.tok512.u16.bin", s.model.config().vocab);
+      testing::shared_data("tinystories/TinyStories-valid-reduced.tok512.u16.bin"), s.model.config().vocab);
   ASSERT_EQ(int64_t(tokens.size()), s.ref.at("perplexity").at("n_tokens").get<int64_t>());
   const perplexity_result r = evaluate_perplexity(s.model, tokens, ctx);
   const json& want = s.ref.at("perplexity").at(key);
@@ -102,13 +86,13 @@ void check_perplexity(const fs::path& shared, int64_t ctx, const char* key) {
 }
 
 TEST(llama, perplexity_ctx128_matches_reference) {
-  REQUIRE_SHARED(shared);
-  check_perplexity(shared, 128, "ctx128");
+  REQUIRE_SHARED(model_dir);
+  check_perplexity(model_dir, 128, "ctx128");
 }
 
 TEST(llama, perplexity_ctx512_matches_reference) {
-  REQUIRE_SHARED(shared);
-  check_perplexity(shared, 512, "ctx512");
+  REQUIRE_SHARED(model_dir);
+  check_perplexity(model_dir, 512, "ctx512");
 }
 
 // A scratch token file, removed when the test ends.
@@ -156,8 +140,8 @@ TEST(llama, token_file_rejects_partial_id_and_missing_file) {
 }
 
 TEST(llama, forward_rejects_bad_input) {
-  REQUIRE_SHARED(shared);
-  const stories& s = stories260k(shared);
+  REQUIRE_SHARED(model_dir);
+  const stories& s = stories260k(model_dir);
   EXPECT_THROW(s.model.forward(std::vector<int32_t>{1, 512}), std::invalid_argument);
   EXPECT_THROW(s.model.forward(std::vector<int32_t>(513, 1)), std::invalid_argument);
   EXPECT_THROW(evaluate_perplexity(s.model, std::vector<int32_t>(10, 1), 1024), std::invalid_argument);
@@ -166,32 +150,14 @@ TEST(llama, forward_rejects_bad_input) {
 // A synthetic Llama (mixq synth --arch llama --preset tiny --seed 0) against the logits transformers
 // computes on the same checkpoint (tests/interop/check_hf_loading.py wrote the golden file).
 TEST(llama, synth_checkpoint_logits_match_transformers) {
-  const char* src = std::getenv("MIXQ_SOURCE_DIR");
-  const fs::path golden_path = fs::path(src ? src : ".") / "tests" / "golden" / "data" / "synth_llama_tiny_logits.json";
-  std::ifstream in(golden_path);
-  ASSERT_TRUE(in) << "cannot read " << golden_path;
-  const auto golden = nlohmann::json::parse(in);
-  const fs::path dir = fs::temp_directory_path() / ("mixq-synth-llama-" + std::to_string(::getpid()));
-  synth_options o;
-  o.arch = synth_arch::llama;
-  o.preset = synth_preset::tiny;
-  o.seed = 0;
-  o.out = dir;
-  o.force = true;
-  synth_checkpoint(o);
-  const llama_model model = llama_model::load(dir);
+  const json golden = testing::read_golden("synth_llama_tiny_logits.json");
+  const testing::synth_dir d(synth_arch::llama);
+  const llama_model model = llama_model::load(d.dir);
   const auto tokens = golden["tokens"].get<std::vector<int32_t>>();
   const std::vector<float> logits = model.forward(tokens);
-  const auto& expect = golden["logits"];
-  ASSERT_EQ(logits.size(), tokens.size() * expect[0].size());
-  double worst = 0;
-  for (size_t t = 0; t < tokens.size(); ++t)
-    for (size_t v = 0; v < expect[t].size(); ++v) {
-      const double ref = expect[t][v].get<double>();
-      worst = std::max(worst, std::fabs(double(logits[t * expect[t].size() + v]) - ref) / (1.0 + std::fabs(ref)));
-    }
-  EXPECT_LT(worst, 1e-5) << "largest relative difference from transformers";
-  fs::remove_all(dir);
+  ASSERT_EQ(logits.size(), tokens.size() * golden["logits"][0].size());
+  EXPECT_LT(testing::worst_logit_difference(logits, golden["logits"]), 1e-5)
+      << "largest relative difference from transformers";
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "pipeline/io/safetensors_file.hpp"  // io_error
 #include "pipeline/model/llama.hpp"
 #include "pipeline/synth/synth_checkpoint.hpp"
+#include "model_test_support.hpp"
 
 namespace mixq {
 namespace {
@@ -28,54 +29,11 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot read " + path.string());
-  return json::parse(in);
-}
+using testing::read_golden;
+using testing::synth_dir;
+using testing::worst_logit_difference;
 
-json golden(const std::string& arch) {
-  const char* src = std::getenv("MIXQ_SOURCE_DIR");
-  return read_json(fs::path(src ? src : ".") / "tests" / "golden" / "data" / ("synth_" + arch + "_tiny_logits.json"));
-}
-
-// A synthetic tiny checkpoint in a scratch directory, removed when the test ends.
-struct synth_dir {
-  fs::path dir;
-  explicit synth_dir(synth_arch arch) {
-    dir = fs::temp_directory_path() /
-          ("mixq-synth-" + std::string(to_string(arch)) + "-" + std::to_string(::getpid()));
-    synth_options o;
-    o.arch = arch;
-    o.preset = synth_preset::tiny;
-    o.seed = 0;
-    o.out = dir;
-    o.force = true;
-    synth_checkpoint(o);
-  }
-  ~synth_dir() { fs::remove_all(dir); }
-  synth_dir(const synth_dir&) = delete;
-  synth_dir& operator=(const synth_dir&) = delete;
-
-  // Rewrites config.json with `patch` merged in.
-  void patch_config(const json& patch) const {
-    json cfg = read_json(dir / "config.json");
-    cfg.merge_patch(patch);
-    std::ofstream(dir / "config.json") << cfg.dump(2);
-  }
-};
-
-// max |a - b| / (1 + |ref|) over every logit
-double worst_relative(const std::vector<float>& logits, const json& expect) {
-  const size_t V = expect[0].size();
-  double worst = 0;
-  for (size_t t = 0; t < expect.size(); ++t)
-    for (size_t v = 0; v < V; ++v) {
-      const double ref = expect[t][v].get<double>();
-      worst = std::max(worst, std::fabs(double(logits[t * V + v]) - ref) / (1.0 + std::fabs(ref)));
-    }
-  return worst;
-}
+json golden(const std::string& arch) { return read_golden("synth_" + arch + "_tiny_logits.json"); }
 
 void check_logits(synth_arch arch) {
   const std::string name(to_string(arch));
@@ -85,7 +43,7 @@ void check_logits(synth_arch arch) {
   const auto tokens = g["tokens"].get<std::vector<int32_t>>();
   const std::vector<float> logits = model.forward(tokens);
   ASSERT_EQ(logits.size(), tokens.size() * g["logits"][0].size());
-  const double worst = worst_relative(logits, g["logits"]);
+  const double worst = worst_logit_difference(logits, g["logits"]);
   EXPECT_LT(worst, 1e-5) << name << ": largest relative difference from transformers";
   std::ostringstream os;
   os << std::scientific << std::setprecision(2) << worst;
@@ -105,7 +63,7 @@ TEST(moe, qwen3_moe_reads_norm_topk_prob) {
   d.patch_config({{"norm_topk_prob", false}});
   const llama_model model = llama_model::load(d.dir);
   EXPECT_FALSE(model.config().norm_topk_prob);
-  EXPECT_GT(worst_relative(model.forward(g["tokens"].get<std::vector<int32_t>>()), g["logits"]), 1e-3);
+  EXPECT_GT(worst_logit_difference(model.forward(g["tokens"].get<std::vector<int32_t>>()), g["logits"]), 1e-3);
 }
 
 // The hook sees the router [T, E] and each expert that received tokens on exactly those, [T_e, out];

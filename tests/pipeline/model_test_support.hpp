@@ -1,0 +1,97 @@
+// What the model tests share: the golden files, the real checkpoints in ../shared (skipped when
+// absent, a failure under CI=true), and tiny synthetic checkpoints in scratch directories.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "pipeline/synth/synth_checkpoint.hpp"
+
+namespace mixq::testing {
+
+namespace fs = std::filesystem;
+
+inline fs::path source_dir() {
+  const char* src = std::getenv("MIXQ_SOURCE_DIR");
+  return fs::path(src ? src : ".");
+}
+
+inline nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot read " + path.string());
+  return nlohmann::json::parse(in);
+}
+
+inline nlohmann::json read_golden(const std::string& file) {
+  return read_json(source_dir() / "tests" / "golden" / "data" / file);
+}
+
+inline bool on_ci() {
+  const char* ci = std::getenv("CI");
+  return ci && std::string(ci) == "true";
+}
+
+// ../shared/models/<model> when it holds a checkpoint, found through MIXQ_SOURCE_DIR; else empty.
+inline fs::path shared_model(const std::string& model) {
+  if (!std::getenv("MIXQ_SOURCE_DIR")) return {};
+  const fs::path dir = source_dir() / ".." / "shared" / "models" / model;
+  return fs::exists(dir / "model.safetensors") ? dir : fs::path{};
+}
+inline fs::path shared_data(const std::string& file) { return source_dir() / ".." / "shared" / "data" / file; }
+
+// Declares `var` = the shared model directory, or skips the test (fails it under CI=true).
+#define MIXQ_REQUIRE_SHARED_MODEL(var, model)                                                           \
+  const ::std::filesystem::path var = ::mixq::testing::shared_model(model);                              \
+  if (var.empty()) {                                                                                     \
+    if (::mixq::testing::on_ci()) FAIL() << "../shared/models/" model " is missing (CI needs ../shared)"; \
+    GTEST_SKIP() << "../shared/models/" model " not found through MIXQ_SOURCE_DIR; skipping";            \
+  }
+
+// mixq synth --arch <arch> --preset tiny --seed 0 in a scratch directory, removed at scope end.
+struct synth_dir {
+  fs::path dir;
+  explicit synth_dir(synth_arch arch) {
+    dir = fs::temp_directory_path() / ("mixq-synth-" + std::string(to_string(arch)) + "-" + std::to_string(::getpid()));
+    synth_options o;
+    o.arch = arch;
+    o.preset = synth_preset::tiny;
+    o.seed = 0;
+    o.out = dir;
+    o.force = true;
+    synth_checkpoint(o);
+  }
+  ~synth_dir() { fs::remove_all(dir); }
+  synth_dir(const synth_dir&) = delete;
+  synth_dir& operator=(const synth_dir&) = delete;
+
+  // Rewrites config.json with `patch` merged in.
+  void patch_config(const nlohmann::json& patch) const {
+    nlohmann::json cfg = read_json(dir / "config.json");
+    cfg.merge_patch(patch);
+    std::ofstream(dir / "config.json") << cfg.dump(2);
+  }
+};
+
+// max |a - b| / (1 + |ref|) over every logit of [T, V] logits against a golden [T][V].
+inline double worst_logit_difference(const std::vector<float>& logits, const nlohmann::json& expect) {
+  const size_t V = expect[0].size();
+  double worst = 0;
+  for (size_t t = 0; t < expect.size(); ++t)
+    for (size_t v = 0; v < V; ++v) {
+      const double ref = expect[t][v].get<double>();
+      worst = std::max(worst, std::fabs(double(logits[t * V + v]) - ref) / (1.0 + std::fabs(ref)));
+    }
+  return worst;
+}
+
+}  // namespace mixq::testing
