@@ -108,6 +108,31 @@ void rope_backward(float* dx, const float* cos_table, const float* sin_table, in
   }
 }
 
+namespace {
+
+// In place on scores [T, T]: row t becomes softmax(scale · scores[t, 0..t]), zeros after t (causal).
+// Shared by attention_forward and attention_backward, which must recompute the same probabilities.
+void causal_softmax(float* att, int64_t T, float scale) {
+  for (int64_t t = 0; t < T; ++t) {
+    float* row = att + t * T;
+    float maxv = -INFINITY;
+    for (int64_t s = 0; s <= t; ++s) {
+      row[s] *= scale;
+      maxv = std::max(maxv, row[s]);
+    }
+    float sum = 0.0f;
+    for (int64_t s = 0; s <= t; ++s) {
+      row[s] = std::exp(row[s] - maxv);
+      sum += row[s];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t s = 0; s <= t; ++s) row[s] *= inv;
+    for (int64_t s = t + 1; s < T; ++s) row[s] = 0.0f;
+  }
+}
+
+}  // namespace
+
 void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t nh,
                        int64_t nkv, int64_t hd) {
   const int64_t group = nh / nkv;  // query heads per KV head
@@ -126,22 +151,7 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
       const strided V(v + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));    // [T, hd]
       strided_out O(out + h * hd, T, hd, Eigen::OuterStride<>(q_stride));       // [T, hd]
       att.noalias() = Q * K.transpose();  // the full square; the causal mask drops the upper half
-      for (int64_t t = 0; t < T; ++t) {
-        float* row = att.data() + t * T;
-        float maxv = -INFINITY;
-        for (int64_t s = 0; s <= t; ++s) {  // causal: keys 0..t
-          row[s] *= scale;
-          maxv = std::max(maxv, row[s]);
-        }
-        float sum = 0.0f;
-        for (int64_t s = 0; s <= t; ++s) {
-          row[s] = std::exp(row[s] - maxv);
-          sum += row[s];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t s = 0; s <= t; ++s) row[s] *= inv;
-        for (int64_t s = t + 1; s < T; ++s) row[s] = 0.0f;
-      }
+      causal_softmax(att.data(), T, scale);
       O.noalias() = att * V;
     }
   }
@@ -172,22 +182,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         strided_out dQ(dq + h * hd, T, hd, Eigen::OuterStride<>(q_stride));
         // first: recompute the probabilities exactly as attention_forward does
         att.noalias() = Q * K.transpose();
-        for (int64_t t = 0; t < T; ++t) {
-          float* row = att.data() + t * T;
-          float maxv = -INFINITY;
-          for (int64_t s = 0; s <= t; ++s) {
-            row[s] *= scale;
-            maxv = std::max(maxv, row[s]);
-          }
-          float sum = 0.0f;
-          for (int64_t s = 0; s <= t; ++s) {
-            row[s] = std::exp(row[s] - maxv);
-            sum += row[s];
-          }
-          const float inv = 1.0f / sum;
-          for (int64_t s = 0; s <= t; ++s) row[s] *= inv;
-          for (int64_t s = t + 1; s < T; ++s) row[s] = 0.0f;
-        }
+        causal_softmax(att.data(), T, scale);
         // out = P V:  dV += P^T dO,  dP = dO V^T
         dV.noalias() += att.transpose() * dO;
         datt.noalias() = dO * V.transpose();
