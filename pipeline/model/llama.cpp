@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <unordered_map>
 
@@ -12,8 +13,10 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "formats/activation_quant.hpp"
 #include "kernels/cpu/source_matrix.hpp"
 #include "pipeline/io/checkpoint.hpp"
+#include "pipeline/io/quantized_linear.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
 
 namespace mixq {
@@ -29,7 +32,17 @@ using map = Eigen::Map<row_matrix>;
 // ---- the ops ---------------------------------------------------------------------------------
 
 void linear_forward(const std::string& name, const float* x, const llama_linear& W, float* out, int64_t T) {
-  (void)name;  // the hook point: fake-quant and observers will key on the module name
+  (void)name;
+  std::vector<float> xq;  // the input as the quantized runtime sees it
+  if (W.act.format != format_id::bf16) {
+    xq.resize(size_t(T * W.in));
+    const std::span<const float> src(x, xq.size());
+    if (W.act.format == format_id::nvfp4)
+      nvfp4_fake_quant_activations(src, W.in, W.act.input_scale, xq);
+    else
+      fp8_fake_quant_activations(src, W.act.input_scale, xq);
+    x = xq.data();
+  }
   const_map X(x, T, W.in);           // [T, in]
   const_map Wm(W.w.data(), W.out, W.in);  // [out, in]
   map Y(out, T, W.out);              // [T, out]
@@ -226,9 +239,23 @@ void residual_forward(float* x, const float* y, int64_t T, int64_t C) {
   for (int64_t i = 0; i < T * C; ++i) x[i] += y[i];
 }
 
-void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const linear_output_hook& hook) {
+void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const forward_hooks& hook) {
+  if (hook.input) hook.input(W.name, x, T, W.in);
   linear_forward(W.name, x, W, out, T);
-  if (hook) hook(W.name, out, T, W.out);
+  if (hook.output) hook.output(W.name, out, T, W.out);
+}
+
+std::string attention_module_of(const llama_linear& k_proj) {
+  const size_t dot = k_proj.name.rfind('.');
+  return dot == std::string::npos ? k_proj.name : k_proj.name.substr(0, dot);
+}
+
+void kv_cache_forward(const std::string& attention, float* k, float* v, int64_t T, int64_t kv_dim,
+                      const kv_cache_scales& scales, const forward_hooks& hook) {
+  if (hook.kv) hook.kv(attention, k, v, T, kv_dim);
+  const size_t n = size_t(T * kv_dim);
+  if (scales.k > 0.0f) fp8_fake_quant_activations({k, n}, scales.k, {k, n});
+  if (scales.v > 0.0f) fp8_fake_quant_activations({v, n}, scales.v, {v, n});
 }
 
 namespace {
@@ -245,7 +272,7 @@ struct moe_saved {
 };
 
 void moe_forward_impl(float* out, const float* x, const llama_linear& router, const std::vector<llama_expert>& experts,
-                      int64_t k, bool renormalize, int64_t T, const linear_output_hook& hook, moe_saved* save) {
+                      int64_t k, bool renormalize, int64_t T, const forward_hooks& hook, moe_saved* save) {
   const int64_t E = int64_t(experts.size()), H = router.in;
   // first: the router. logits [T, E] -> p = softmax (fp32) -> the k largest per token
   std::vector<float> logits(size_t(T * E));
@@ -329,7 +356,7 @@ void moe_forward_impl(float* out, const float* x, const llama_linear& router, co
 }  // namespace
 
 void moe_forward(float* out, const float* x, const llama_linear& router, const std::vector<llama_expert>& experts,
-                 int64_t k, bool renormalize, int64_t T, const linear_output_hook& hook) {
+                 int64_t k, bool renormalize, int64_t T, const forward_hooks& hook) {
   moe_forward_impl(out, x, router, experts, k, renormalize, T, hook, nullptr);
 }
 
@@ -406,14 +433,57 @@ std::vector<float> fp32_weight_reader::load(const std::string& name, const std::
   return out;
 }
 
+std::optional<stored_tensor> fp32_weight_reader::stored(const std::string& name) const {
+  const auto it = impl_->by_name.find(name);
+  if (it == impl_->by_name.end()) return std::nullopt;
+  const tensor_info& t = *it->second.tensor;
+  return stored_tensor{t.type, t.shape, it->second.shard->bytes(t)};
+}
+
 llama_linear fp32_weight_reader::linear(const linear_spec& l) const {
   llama_linear W;
   W.name = l.module;
   W.out = l.out_features;
   W.in = l.in_features;
-  W.w = load(l.weight_name(), {l.out_features, l.in_features});
+  std::optional<decoded_linear> q;
+  try {
+    q = decode_quantized_linear(l.module, l.out_features, l.in_features,
+                                [this](const std::string& name) { return stored(name); });
+  } catch (const std::exception& e) {
+    fail(impl_->ckpt.dir(), e.what());
+  }
+  if (q) {  // a quantized checkpoint: the weights the runtime computes with, and its input rounding
+    W.w = std::move(q->w);
+    const bool act_quant = q->input_scale > 0.0f &&
+                           (q->format == format_id::nvfp4 || q->format == format_id::fp8_per_tensor);
+    if (act_quant) W.act = {q->format, q->input_scale};
+  } else {
+    W.w = load(l.weight_name(), {l.out_features, l.in_features});
+  }
   if (l.has_bias) W.bias = load(l.module + ".bias", {l.out_features});
   return W;
+}
+
+kv_cache_scales fp32_weight_reader::kv_scales(const std::string& attention) const {
+  kv_cache_scales s;
+  try {
+    const auto one = [this](const std::string& name) -> float {
+      const auto t = stored(name);
+      if (!t) return 0.0f;
+      if (t->type != dtype::f32 || t->bytes.size() != 4)
+        throw std::runtime_error(fmt::format("tensor '{}' must be one F32 value", name));
+      float v;
+      std::memcpy(&v, t->bytes.data(), 4);
+      if (!(v > 0.0f) || !std::isfinite(v))
+        throw std::runtime_error(fmt::format("tensor '{}' holds {}, not a positive finite scale", name, v));
+      return v;
+    };
+    s.k = one(attention + ".k_proj.k_scale");
+    s.v = one(attention + ".v_proj.v_scale");
+  } catch (const std::runtime_error& e) {
+    fail(impl_->ckpt.dir(), e.what());
+  }
+  return s;
 }
 
 llama_model llama_model::load(const std::filesystem::path& dir) {
@@ -474,6 +544,7 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
     const std::string p = fmt::format("model.layers.{}", i);
     m.layers_[size_t(i)].attn_norm = w.load(p + ".input_layernorm.weight", {c.hidden});
     m.layers_[size_t(i)].mlp_norm = w.load(p + ".post_attention_layernorm.weight", {c.hidden});
+    m.layers_[size_t(i)].kv = w.kv_scales(p + ".self_attn");
     if (c.qk_norm) {
       m.layers_[size_t(i)].q_norm = w.load(p + ".self_attn.q_norm.weight", {c.head_dim});
       m.layers_[size_t(i)].k_norm = w.load(p + ".self_attn.k_norm.weight", {c.head_dim});
@@ -563,7 +634,7 @@ void llama_model::check_tokens(std::span<const int32_t> tokens, int64_t min_toke
   }
 }
 
-std::vector<float> llama_model::forward(std::span<const int32_t> tokens, const linear_output_hook& hook) const {
+std::vector<float> llama_model::forward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
   const llama_config& c = config_;
   const int64_t T = int64_t(tokens.size());
   check_tokens(tokens, 1, "llama forward");
@@ -595,6 +666,7 @@ std::vector<float> llama_model::forward(std::span<const int32_t> tokens, const l
     }
     rope_forward(q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
     rope_forward(k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
+    kv_cache_forward(attention_module_of(L.k), k.data(), v.data(), T, KVD, L.kv, hook);
     attention_forward(att.data(), q.data(), k.data(), v.data(), T, c.heads, c.kv_heads, c.head_dim);
     linear_hooked(L.o, att.data(), y.data(), T, hook);
     residual_forward(h.data(), y.data(), T, H);
@@ -705,7 +777,7 @@ void moe_backward(float* dx, const float* dy, const llama_layer& L, const moe_sa
 
 }  // namespace
 
-llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const linear_output_hook& hook) const {
+llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
   const llama_config& c = config_;
   check_tokens(tokens, 2, "llama forward_backward");
   const int64_t T = int64_t(tokens.size());
@@ -740,6 +812,7 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
     }
     rope_forward(A.q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
     rope_forward(A.k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
+    kv_cache_forward(attention_module_of(L.k), A.k.data(), A.v.data(), T, KVD, L.kv, hook);  // straight-through
     attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, c.heads, c.kv_heads, c.head_dim);
     linear_hooked(L.o, A.att.data(), y.data(), T, hook);
     residual_forward(h.data(), y.data(), T, H);

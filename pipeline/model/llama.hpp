@@ -12,11 +12,15 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "formats/format_traits.hpp"
+#include "pipeline/io/quantized_linear.hpp"
 #include "pipeline/model/model_spec.hpp"
 
 namespace mixq {
@@ -36,12 +40,25 @@ struct llama_config {
   bool qk_norm = false;                        // Qwen3: RMSNorm over head_dim on q and k, before RoPE
 };
 
-// One linear: y[T, out] = x[T, in] @ w[out, in]^T (+ bias[out]).
+// How a quantized runtime rounds a linear's input before the GEMM (W8A8: FP8 per tensor; W4A4:
+// NVFP4 with dynamic block scales under a static input_scale). bf16: the input is used as is.
+struct input_quant {
+  format_id format = format_id::bf16;
+  float input_scale = 0.0f;
+};
+
+// One linear: y[T, out] = q(x)[T, in] @ w[out, in]^T (+ bias[out]), q the input fake-quant.
 struct llama_linear {
   std::string name;           // module name, "model.layers.0.self_attn.q_proj"
   int64_t out = 0, in = 0;
-  std::vector<float> w;       // [out, in] row-major
+  std::vector<float> w;       // [out, in] row-major (dequantized, for a quantized checkpoint)
   std::vector<float> bias;    // [out], empty when the layer has none
+  input_quant act;            // from the checkpoint's input_scale, or set by a fake-quant run
+};
+
+// FP8 KV-cache scales of one attention block (k_proj.k_scale, v_proj.v_scale); 0: KV kept in full precision.
+struct kv_cache_scales {
+  float k = 0.0f, v = 0.0f;
 };
 
 // One routed SwiGLU expert: Mixtral w1 / w3 / w2, Qwen3-MoE gate_proj / up_proj / down_proj.
@@ -53,6 +70,7 @@ struct llama_layer {
   std::vector<float> attn_norm;  // input_layernorm [H]
   llama_linear q, k, v, o;       // [nh*hd, H], [nkv*hd, H], [nkv*hd, H], [H, nh*hd]
   std::vector<float> q_norm, k_norm;  // Qwen3 self_attn.{q,k}_norm [hd]; empty otherwise
+  kv_cache_scales kv;            // FP8 KV cache, when the checkpoint has k_scale / v_scale
   std::vector<float> mlp_norm;   // post_attention_layernorm [H]
   bool moe = false;              // feed-forward: the routed experts below, else the dense MLP
   llama_linear gate, up, down;   // dense MLP [I, H], [I, H], [H, I]
@@ -65,13 +83,33 @@ struct llama_layer {
 // the finite-difference tests (an additive perturbation at one module). For a routed expert, T is
 // the number of tokens routed to it and the rows are those tokens in position order.
 using linear_output_hook = std::function<void(const std::string& name, float* y, int64_t T, int64_t out)>;
+// Called right before every linear with its input x [T, in] as the source model computes it (before
+// any activation fake-quant): calibration observes input amax here.
+using linear_input_observer = std::function<void(const std::string& name, const float* x, int64_t T, int64_t in)>;
+// Called once per attention block with post-RoPE K and V, [T, kv_dim] each (before any KV fake-quant):
+// the KV-cache scales come from here. `attention` is the module owning k_proj ("...self_attn", "...mixer").
+using kv_observer =
+    std::function<void(const std::string& attention, const float* k, const float* v, int64_t T, int64_t kv_dim)>;
+
+// Everything a forward pass lets callers see or change. Converts from a bare output hook, which is
+// what most callers pass.
+struct forward_hooks {
+  linear_output_hook output;
+  linear_input_observer input;
+  kv_observer kv;
+
+  forward_hooks() = default;
+  template <class F>
+    requires std::is_invocable_v<F&, const std::string&, float*, int64_t, int64_t>
+  forward_hooks(F f) : output(std::move(f)) {}  // NOLINT: implicit on purpose
+};
 
 // A causal language model as evaluation sees it (llama_model, nemotron_h_model): logits [T, V] for
 // tokens [T] in a fresh context, every linear's output passed through `hook` when set.
 class causal_lm {
  public:
   virtual ~causal_lm() = default;
-  virtual std::vector<float> forward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const = 0;
+  virtual std::vector<float> forward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const = 0;
   virtual const model_spec& spec() const = 0;
   virtual int64_t vocab() const = 0;
   virtual int64_t max_positions() const = 0;  // the longest forward(): max_position_embeddings
@@ -95,8 +133,13 @@ class fp32_weight_reader {
   bool has(const std::string& name) const;
   // The tensor widened to fp32; its shape must be `shape` (1-D, 2-D, or 3-D with unit middle dims).
   std::vector<float> load(const std::string& name, const std::vector<int64_t>& shape) const;
-  // The weight (and bias, when the spec lists one) of one linear.
+  // The weight (and bias, when the spec lists one) of one linear; a quantized weight (ModelOpt or
+  // compressed-tensors NVFP4 / FP8) comes back dequantized, with its input fake-quant set.
   llama_linear linear(const linear_spec& l) const;
+  // k_proj.k_scale / v_proj.v_scale of an attention module ("...self_attn"); 0 where absent.
+  kv_cache_scales kv_scales(const std::string& attention) const;
+  // The raw stored tensor, or nullopt.
+  std::optional<stored_tensor> stored(const std::string& name) const;
 
  private:
   struct impl;
@@ -109,12 +152,18 @@ class fp32_weight_reader {
 // write an input gradient into a buffer shared by several consumers ACCUMULATE (+=) into it, llm.c
 // style; the caller zeroes it first. Each says which.
 
-// out[T, out] = x[T, in] @ W.w^T (+ W.bias). Every quantizable linear (and lm_head) is called here.
+// out[T, out] = q(x)[T, in] @ W.w^T (+ W.bias), q = W.act's input fake-quant. Every linear is called here.
 void linear_forward(const std::string& name, const float* x, const llama_linear& W, float* out, int64_t T);
-// linear_forward, then `hook` (when set) on its output: how every model calls its linears.
-void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const linear_output_hook& hook);
+// hook.input on x, linear_forward, then hook.output on its output: how every model calls its linears.
+void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const forward_hooks& hook);
 // dx[T, in] += dout[T, out] @ W.w   (the input gradient; accumulates, as q/k/v share their input)
 void linear_backward_input(float* dx, const float* dout, const llama_linear& W, int64_t T);
+// Post-RoPE k and v [T, kv_dim] as the KV cache holds them: shown to hook.kv, then FP8
+// fake-quantized in place when the scales are set. `attention` names the block for the observer.
+void kv_cache_forward(const std::string& attention, float* k, float* v, int64_t T, int64_t kv_dim,
+                      const kv_cache_scales& scales, const forward_hooks& hook);
+// The attention module owning a k_proj: "model.layers.0.self_attn.k_proj" -> "model.layers.0.self_attn".
+std::string attention_module_of(const llama_linear& k_proj);
 // out[T, C] = x / sqrt(mean(x^2) + eps) * weight[C]   (normalised in fp32, as HF does)
 void rmsnorm_forward(float* out, const float* x, const float* weight, int64_t T, int64_t C, float eps);
 // dx[T, C] += r * (g - xhat * mean(g * xhat)) with g = weight * dout, xhat = x * r, r = rstd(x);
@@ -146,7 +195,7 @@ void residual_forward(float* x, const float* y, int64_t T, int64_t C);
 // `renormalize` (§2.4). Each expert runs (through linear_forward and `hook`) on only its routed
 // tokens, [T_e, *]; experts in ascending order, each adding into out (overwritten first).
 void moe_forward(float* out, const float* x, const llama_linear& router, const std::vector<llama_expert>& experts,
-                 int64_t k, bool renormalize, int64_t T, const linear_output_hook& hook);
+                 int64_t k, bool renormalize, int64_t T, const forward_hooks& hook);
 
 // ---- the model -------------------------------------------------------------------------------
 
@@ -176,7 +225,7 @@ class llama_model : public causal_lm {
   // logits [T, V] for tokens [T] at positions 0..T-1 (a fresh context). T must be in 1..max_positions
   // and every id below V.
   // `hook`, when set, sees (and may modify) every linear's output.
-  std::vector<float> forward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const override;
+  std::vector<float> forward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const override;
 
   // The loss and dloss/dY at the output of every linear (activation gradients only, no weight
   // gradients). T must be in 2..max_positions. The forward saves every activation the backward needs.
@@ -184,7 +233,7 @@ class llama_model : public causal_lm {
   // top-k selection is piecewise constant, the gradient flows through the selected probabilities).
   // A routed expert's linears get [T_e, out] over its tokens in the order the hook sees them
   // (ascending positions), empty when no token is routed to it.
-  llama_grads forward_backward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const;
+  llama_grads forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const;
 
  private:
   model_spec spec_;

@@ -95,7 +95,7 @@ void gated_rmsnorm_forward(float* out, const float* y, const float* z, int64_t z
 }
 
 void mamba2_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
-                    const linear_output_hook& hook) {
+                    const forward_hooks& hook) {
   const int64_t Hm = c.mamba_heads, P = c.mamba_head_dim, G = c.mamba_groups, N = c.ssm_state, K = c.conv_kernel;
   const int64_t I = Hm * P, CD = I + 2 * G * N, W = I + CD + Hm;
   // first: zxbcdt [T, W] = in_proj(x), split [z (I), xBC (CD), dt (Hm)]
@@ -123,7 +123,7 @@ void mamba2_forward(float* out, const float* x, const nemotron_h_layer& L, const
 namespace {
 
 // out[T, in] = down(relu2(up(x))), x [T, in]
-void relu2_mlp_forward(float* out, const float* x, const relu2_mlp& M, int64_t T, const linear_output_hook& hook) {
+void relu2_mlp_forward(float* out, const float* x, const relu2_mlp& M, int64_t T, const forward_hooks& hook) {
   std::vector<float> u(size_t(T * M.up.out));  // [T, I_e]
   linear_hooked(M.up, x, u.data(), T, hook);
   relu2(u.data(), T * M.up.out);
@@ -133,7 +133,7 @@ void relu2_mlp_forward(float* out, const float* x, const relu2_mlp& M, int64_t T
 }  // namespace
 
 void latent_moe_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
-                        const linear_output_hook& hook) {
+                        const forward_hooks& hook) {
   const int64_t E = L.router.out, H = L.router.in, k = c.experts_per_token;
   const bool latent = c.moe_latent > 0;
   const int64_t Lw = latent ? c.moe_latent : H;  // the experts' width
@@ -288,6 +288,8 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir) {
       L.A_log = w.load(mx + ".A_log", {Hm});
       L.D = w.load(mx + ".D", {Hm});
       L.gated_norm = w.load(mx + ".norm.weight", {I});
+    } else if (b.kind == block_kind::attention) {
+      L.kv = w.kv_scales(mx);
     } else if (b.kind == block_kind::moe) {
       L.score_bias = w.load(mx + ".gate.e_score_correction_bias", {c.experts});
       L.experts.resize(size_t(c.experts));
@@ -348,7 +350,7 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir) {
 
 // ---- forward ---------------------------------------------------------------------------------
 
-std::vector<float> nemotron_h_model::forward(std::span<const int32_t> tokens, const linear_output_hook& hook) const {
+std::vector<float> nemotron_h_model::forward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
   const nemotron_h_config& c = config_;
   const int64_t T = int64_t(tokens.size()), H = c.hidden, V = c.vocab;
   if (T < 1 || T > c.max_positions)
@@ -378,6 +380,7 @@ std::vector<float> nemotron_h_model::forward(std::span<const int32_t> tokens, co
         linear_hooked(L.q, a.data(), q.data(), T, hook);
         linear_hooked(L.k, a.data(), k.data(), T, hook);
         linear_hooked(L.v, a.data(), v.data(), T, hook);
+        kv_cache_forward(attention_module_of(L.k), k.data(), v.data(), T, KVD, L.kv, hook);
         attention_forward(att.data(), q.data(), k.data(), v.data(), T, c.heads, c.kv_heads, c.head_dim);
         linear_hooked(L.o, att.data(), y.data(), T, hook);
         break;

@@ -61,6 +61,7 @@ struct nemotron_h_layer {
   std::vector<float> gated_norm;            // mixer.norm [I]
   // *
   llama_linear q, k, v, o;                  // [nh*hd, H], [nkv*hd, H], [nkv*hd, H], [H, nh*hd]
+  kv_cache_scales kv;                       // FP8 KV cache, when the checkpoint has k_scale / v_scale
   // -
   relu2_mlp mlp;                            // [I_mlp, H], [H, I_mlp]
   // E
@@ -92,12 +93,12 @@ void gated_rmsnorm_forward(float* out, const float* y, const float* z, int64_t z
                            int64_t T, int64_t I, int64_t G, float eps);
 // out[T, H] = out_proj(gated_norm(ssd(conv(xBC)), z)) with [z, xBC, dt] = in_proj(x); x [T, H].
 void mamba2_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
-                    const linear_output_hook& hook);
+                    const forward_hooks& hook);
 // out[T, H] = fc2(sum_j w_j * expert_j(fc1(x))) + shared(x), x [T, H] (pre-normed). Router: s = sigmoid(gate(x))
 // in fp32; the k largest s + score_bias chosen; w = s (unbiased) / sum (when norm_topk_prob) * scaling.
 // Each expert runs on its routed tokens only, [T_e, *], experts in ascending order.
 void latent_moe_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
-                        const linear_output_hook& hook);
+                        const forward_hooks& hook);
 
 // ---- the model -------------------------------------------------------------------------------
 
@@ -115,7 +116,7 @@ class nemotron_h_model : public causal_lm {
   int64_t max_positions() const override { return config_.max_positions; }
 
   // logits [T, V] for tokens [T] (a fresh context); T in 1..max_positions, ids below V.
-  std::vector<float> forward(std::span<const int32_t> tokens, const linear_output_hook& hook = {}) const override;
+  std::vector<float> forward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const override;
 
  private:
   model_spec spec_;

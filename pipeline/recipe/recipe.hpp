@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "formats/weight_fake_quant.hpp"
+#include "pipeline/io/quantized_linear.hpp"  // export_layout
 #include "pipeline/model/model_spec.hpp"
 
 namespace mixq {
@@ -30,7 +31,6 @@ struct format_rule {
 };
 
 enum class kv_cache_format { none, fp8 };
-enum class export_layout { modelopt, compressed_tensors };
 
 std::string_view to_string(kv_cache_format f);
 std::string_view to_string(export_layout l);

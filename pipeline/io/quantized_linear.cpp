@@ -1,0 +1,164 @@
+#include "pipeline/io/quantized_linear.hpp"
+
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace mixq {
+namespace {
+
+template <class T>
+std::vector<std::byte> as_bytes(const std::vector<T>& v) {
+  std::vector<std::byte> b(v.size() * sizeof(T));
+  if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
+encoded_tensor f32_scalar(std::string name, float value, std::vector<int64_t> shape) {
+  return {std::move(name), dtype::f32, std::move(shape), as_bytes(std::vector<float>{value})};
+}
+
+const std::vector<int64_t> kScalar{};     // ModelOpt writes 0-d scales
+const std::vector<int64_t> kOneElem{1};   // compressed-tensors writes [1]
+
+}  // namespace
+
+std::vector<encoded_tensor> encode_quantized_linear(const quantized_linear& q, export_layout layout) {
+  const std::string& m = q.module;
+  const bool ct = layout == export_layout::compressed_tensors;
+  const std::vector<int64_t>& scalar = ct ? kOneElem : kScalar;
+  std::vector<encoded_tensor> out;
+  switch (q.format) {
+    case format_id::nvfp4:
+    case format_id::nvfp4_w4a16: {
+      const nvfp4_weight& w = q.nvfp4;
+      out.push_back({m + (ct ? ".weight_packed" : ".weight"), dtype::u8, {w.rows, w.cols / 2}, as_bytes(w.packed)});
+      out.push_back({m + ".weight_scale", dtype::f8_e4m3, {w.rows, w.blocks_per_row()}, as_bytes(w.block_scales)});
+      if (ct) {
+        out.push_back(f32_scalar(m + ".weight_global_scale", 1.0f / w.global_scale, scalar));
+        if (q.format == format_id::nvfp4) out.push_back(f32_scalar(m + ".input_global_scale", 1.0f / q.input_scale, scalar));
+      } else {
+        out.push_back(f32_scalar(m + ".weight_scale_2", w.global_scale, scalar));
+        if (q.format == format_id::nvfp4) out.push_back(f32_scalar(m + ".input_scale", q.input_scale, scalar));
+      }
+      return out;
+    }
+    case format_id::fp8_per_tensor: {
+      const fp8_weight& w = q.fp8;
+      if (w.scales.size() != 1) throw std::invalid_argument(fmt::format("{}: FP8 export is per tensor", m));
+      out.push_back({m + ".weight", dtype::f8_e4m3, {w.rows, w.cols}, as_bytes(w.codes)});
+      out.push_back(f32_scalar(m + ".weight_scale", w.scales[0], scalar));
+      out.push_back(f32_scalar(m + ".input_scale", q.input_scale, scalar));
+      return out;
+    }
+    default:
+      throw std::invalid_argument(
+          fmt::format("{}: format {} has no HF export layout", m, traits_of(q.format).name));
+  }
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& what) { throw std::runtime_error(what); }
+
+stored_tensor require(const stored_tensor_lookup& lookup, const std::string& name, dtype type,
+                      const std::vector<int64_t>& shape) {
+  const auto t = lookup(name);
+  if (!t) bad(fmt::format("tensor '{}' is missing", name));
+  if (t->type != type) bad(fmt::format("tensor '{}' is {}, expected {}", name, dtype_name(t->type), dtype_name(type)));
+  if (t->shape != shape)
+    bad(fmt::format("tensor '{}' has shape [{}], expected [{}]", name, fmt::join(t->shape, ", "),
+                    fmt::join(shape, ", ")));
+  return *t;
+}
+
+// One F32 value stored as [] or [1].
+std::optional<float> scalar(const stored_tensor_lookup& lookup, const std::string& name) {
+  const auto t = lookup(name);
+  if (!t) return std::nullopt;
+  if (t->type != dtype::f32 || t->bytes.size() != 4)
+    bad(fmt::format("tensor '{}' must be one F32 value, is {} [{}]", name, dtype_name(t->type),
+                    fmt::join(t->shape, ", ")));
+  float v;
+  std::memcpy(&v, t->bytes.data(), 4);
+  if (!(v > 0.0f) || !std::isfinite(v)) bad(fmt::format("tensor '{}' holds {}, not a positive finite scale", name, v));
+  return v;
+}
+
+float required_scalar(const stored_tensor_lookup& lookup, const std::string& name) {
+  const auto v = scalar(lookup, name);
+  if (!v) bad(fmt::format("tensor '{}' is missing", name));
+  return *v;
+}
+
+template <class T>
+std::vector<T> copy_of(std::span<const std::byte> b) {
+  std::vector<T> v(b.size() / sizeof(T));
+  if (!v.empty()) std::memcpy(v.data(), b.data(), v.size() * sizeof(T));
+  return v;
+}
+
+}  // namespace
+
+std::optional<decoded_linear> decode_quantized_linear(const std::string& module, int64_t out, int64_t in,
+                                                      const stored_tensor_lookup& lookup) {
+  const auto weight = lookup(module + ".weight");
+  const bool ct_packed = !weight && lookup(module + ".weight_packed").has_value();
+  const bool nvfp4 = ct_packed || (weight && weight->type == dtype::u8);
+  const bool fp8 = weight && weight->type == dtype::f8_e4m3;
+  if (!nvfp4 && !fp8) return std::nullopt;
+
+  decoded_linear d;
+  d.w.resize(size_t(out * in));
+  if (nvfp4) {
+    if (in % kNvfp4Block != 0) bad(fmt::format("'{}' is stored as NVFP4 but K = {} is not a multiple of 16", module, in));
+    nvfp4_weight q;
+    q.rows = out;
+    q.cols = in;
+    q.packed = copy_of<uint8_t>(
+        require(lookup, module + (ct_packed ? ".weight_packed" : ".weight"), dtype::u8, {out, in / 2}).bytes);
+    q.block_scales =
+        copy_of<uint8_t>(require(lookup, module + ".weight_scale", dtype::f8_e4m3, {out, in / kNvfp4Block}).bytes);
+    if (ct_packed) {
+      q.global_scale = 1.0f / required_scalar(lookup, module + ".weight_global_scale");
+      const auto igs = scalar(lookup, module + ".input_global_scale");
+      d.input_scale = igs ? 1.0f / *igs : 0.0f;
+    } else {
+      q.global_scale = required_scalar(lookup, module + ".weight_scale_2");
+      d.input_scale = scalar(lookup, module + ".input_scale").value_or(0.0f);
+    }
+    d.format = d.input_scale > 0.0f ? format_id::nvfp4 : format_id::nvfp4_w4a16;
+    nvfp4_dequantize(q, d.w);
+  } else {
+    fp8_weight q;
+    q.rows = out;
+    q.cols = in;
+    q.codes = copy_of<uint8_t>(require(lookup, module + ".weight", dtype::f8_e4m3, {out, in}).bytes);
+    const auto ws = lookup(module + ".weight_scale");
+    if (!ws) bad(fmt::format("tensor '{}.weight_scale' is missing", module));
+    if (ws->type != dtype::f32 || (ws->bytes.size() != 4 && ws->bytes.size() != size_t(out) * 4))
+      bad(fmt::format("tensor '{}.weight_scale' must be F32 with 1 or {} values", module, out));
+    q.scales = copy_of<float>(ws->bytes);
+    for (float s : q.scales)
+      if (!(s > 0.0f) || !std::isfinite(s)) bad(fmt::format("tensor '{}.weight_scale' holds {}", module, s));
+    d.input_scale = scalar(lookup, module + ".input_scale").value_or(0.0f);
+    d.format = q.scales.size() == 1 ? format_id::fp8_per_tensor : format_id::fp8_per_channel;
+    fp8_dequantize(q, d.w);
+  }
+  return d;
+}
+
+bool is_quantization_tensor(std::string_view name) {
+  static constexpr std::array kSuffixes{".weight_scale",        ".weight_scale_2",     ".input_scale",
+                                        ".weight_packed",       ".weight_global_scale", ".input_global_scale",
+                                        ".k_scale",             ".v_scale"};
+  for (std::string_view s : kSuffixes)
+    if (name.size() > s.size() && name.substr(name.size() - s.size()) == s) return true;
+  return false;
+}
+
+}  // namespace mixq

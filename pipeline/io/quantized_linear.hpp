@@ -1,0 +1,74 @@
+// How one quantized linear is stored on disk, in the two layouts inference engines load
+// (shared/reference/hf-export-format.md §2.4 and §4):
+//   ModelOpt           <m>.weight U8 [N, K/2] | F8_E4M3 [N, K];  <m>.weight_scale F8_E4M3 [N, K/16] | F32 [];
+//                      <m>.weight_scale_2 F32 [] (NVFP4);  <m>.input_scale F32 [] (W4A4, W8A8)
+//   compressed-tensors <m>.weight_packed U8 [N, K/2] | <m>.weight F8_E4M3 [N, K];  <m>.weight_scale as above
+//                      ([1] for FP8);  <m>.weight_global_scale / <m>.input_global_scale F32 [1], the
+//                      reciprocals of weight_scale_2 / input_scale (NVFP4);  <m>.input_scale F32 [1] (FP8)
+// Writing (encode) and reading back (decode, dequantizing to fp32) live together so they cannot drift.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "formats/format_traits.hpp"
+#include "formats/fp8.hpp"
+#include "formats/nvfp4.hpp"
+#include "pipeline/io/dtype.hpp"
+
+namespace mixq {
+
+enum class export_layout { modelopt, compressed_tensors };
+
+// A quantized linear: fp8 (per tensor), nvfp4 (W4A4) or nvfp4_w4a16.
+struct quantized_linear {
+  std::string module;              // "model.layers.0.self_attn.q_proj"
+  format_id format = format_id::nvfp4;
+  nvfp4_weight nvfp4;              // NVFP4 formats
+  fp8_weight fp8;                  // fp8
+  float input_scale = 0.0f;        // formats that quantize activations: amax / (6·448) or amax / 448
+};
+
+// A tensor with its bytes, ready for write_safetensors.
+struct encoded_tensor {
+  std::string name;
+  dtype type = dtype::f32;
+  std::vector<int64_t> shape;
+  std::vector<std::byte> bytes;
+};
+
+// The tensors that replace <m>.weight for q in `layout` (a bias, if any, is written unchanged elsewhere).
+std::vector<encoded_tensor> encode_quantized_linear(const quantized_linear& q, export_layout layout);
+
+// A stored tensor as decode sees it: dtype, shape and raw little-endian bytes.
+struct stored_tensor {
+  dtype type = dtype::f32;
+  std::vector<int64_t> shape;
+  std::span<const std::byte> bytes;
+};
+using stored_tensor_lookup = std::function<std::optional<stored_tensor>(const std::string& name)>;
+
+// A linear's weight read back from a checkpoint in either layout.
+struct decoded_linear {
+  std::vector<float> w;            // [out, in], dequantized exactly as the runtime does
+  format_id format = format_id::bf16;
+  float input_scale = 0.0f;        // 0: the checkpoint stores no input scale (weight-only or BF16)
+};
+
+// nullopt when `module` is not stored quantized (plain <m>.weight in BF16 / F16 / F32). Shapes,
+// dtypes and missing siblings are checked: io_error-worthy problems come back as std::runtime_error
+// naming the tensor, for the caller to prefix with the file.
+std::optional<decoded_linear> decode_quantized_linear(const std::string& module, int64_t out, int64_t in,
+                                                      const stored_tensor_lookup& lookup);
+
+// True for the tensor names quantization adds next to a linear's weight (weight_scale, input_scale,
+// k_scale, ...) and the renamed weights (weight_packed): a checkpoint check must not call them unexpected.
+bool is_quantization_tensor(std::string_view name);
+
+}  // namespace mixq
