@@ -41,11 +41,7 @@ void add_eval_command(CLI::App& app) {
       throw std::runtime_error(fmt::format("{}: model directory not found", o->model));
     if (!std::filesystem::exists(o->data)) throw std::runtime_error(fmt::format("{}: data file not found", o->data));
     const token_dtype dtype = token_dtype_from_string(o->dtype);
-    std::unique_ptr<causal_lm> model;
-    if (model_spec_from_file(o->model).architecture == "nemotron_h")
-      model = std::make_unique<nemotron_h_model>(nemotron_h_model::load(o->model));
-    else
-      model = std::make_unique<llama_model>(llama_model::load(o->model));
+    const std::unique_ptr<causal_lm> model = load_causal_lm(o->model);
     const model_dims& c = model->spec().dims;
     const int64_t max_positions = model->max_positions();
     const int64_t ctx = o->ctx == 0 ? max_positions : o->ctx;

@@ -914,3 +914,30 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
 }
 
 }  // namespace mixq
+
+namespace mixq {
+
+void llama_model::for_each_linear(const std::function<void(llama_linear&)>& f) {
+  for (llama_layer& L : layers_) {
+    for (llama_linear* W : {&L.q, &L.k, &L.v, &L.o}) f(*W);
+    if (L.moe) {
+      f(L.router);
+      for (llama_expert& X : L.experts)
+        for (llama_linear* W : {&X.gate, &X.up, &X.down}) f(*W);
+    } else {
+      for (llama_linear* W : {&L.gate, &L.up, &L.down}) f(*W);
+    }
+  }
+  f(lm_head_);
+}
+
+void llama_model::set_kv_cache_scales(const std::string& attention, const kv_cache_scales& scales) {
+  for (llama_layer& L : layers_)
+    if (attention_module_of(L.k) == attention) {
+      L.kv = scales;
+      return;
+    }
+  throw io_error(fmt::format("no attention module '{}' in this model", attention));
+}
+
+}  // namespace mixq

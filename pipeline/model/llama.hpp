@@ -113,6 +113,10 @@ class causal_lm {
   virtual const model_spec& spec() const = 0;
   virtual int64_t vocab() const = 0;
   virtual int64_t max_positions() const = 0;  // the longest forward(): max_position_embeddings
+  // Fake-quant runs rewrite the model in place: every linear (lm_head included) in forward order,
+  // and each attention block's KV-cache scales by attention module name (io_error if unknown).
+  virtual void for_each_linear(const std::function<void(llama_linear&)>& f) = 0;
+  virtual void set_kv_cache_scales(const std::string& attention, const kv_cache_scales& scales) = 0;
 
  protected:
   causal_lm() = default;
@@ -199,6 +203,9 @@ void moe_forward(float* out, const float* x, const llama_linear& router, const s
 
 // ---- the model -------------------------------------------------------------------------------
 
+// Loads a Llama / Mixtral / Qwen3-MoE or Nemotron-H checkpoint directory, by its config's model_type.
+std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir);
+
 struct llama_grads {
   // Mean next-token cross-entropy (nats) over positions 0..T-2 predicting tokens 1..T-1 (the HF
   // labels = input_ids convention), accumulated in double.
@@ -221,6 +228,8 @@ class llama_model : public causal_lm {
   const model_spec& spec() const override { return spec_; }
   int64_t vocab() const override { return config_.vocab; }
   int64_t max_positions() const override { return config_.max_positions; }
+  void for_each_linear(const std::function<void(llama_linear&)>& f) override;
+  void set_kv_cache_scales(const std::string& attention, const kv_cache_scales& scales) override;
 
   // logits [T, V] for tokens [T] at positions 0..T-1 (a fresh context). T must be in 1..max_positions
   // and every id below V.

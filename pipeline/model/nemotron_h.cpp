@@ -396,3 +396,45 @@ std::vector<float> nemotron_h_model::forward(std::span<const int32_t> tokens, co
 }
 
 }  // namespace mixq
+
+namespace mixq {
+
+void nemotron_h_model::for_each_linear(const std::function<void(llama_linear&)>& f) {
+  const auto mlp = [&](relu2_mlp& M) {
+    if (!M.up.w.empty()) f(M.up), f(M.down);
+  };
+  for (nemotron_h_layer& L : layers_) {
+    switch (L.kind) {
+      case block_kind::mamba: f(L.in_proj), f(L.out_proj); break;
+      case block_kind::attention:
+        for (llama_linear* W : {&L.q, &L.k, &L.v, &L.o}) f(*W);
+        break;
+      case block_kind::mlp: mlp(L.mlp); break;
+      case block_kind::moe:
+        f(L.router);
+        if (!L.fc1_latent.w.empty()) f(L.fc1_latent);
+        for (relu2_mlp& X : L.experts) mlp(X);
+        if (!L.fc2_latent.w.empty()) f(L.fc2_latent);
+        mlp(L.shared);
+        break;
+    }
+  }
+  f(lm_head_);
+}
+
+void nemotron_h_model::set_kv_cache_scales(const std::string& attention, const kv_cache_scales& scales) {
+  for (nemotron_h_layer& L : layers_)
+    if (L.kind == block_kind::attention && attention_module_of(L.k) == attention) {
+      L.kv = scales;
+      return;
+    }
+  throw io_error(fmt::format("no attention module '{}' in this model", attention));
+}
+
+std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir) {
+  if (model_spec_from_file(dir).architecture == "nemotron_h")
+    return std::make_unique<nemotron_h_model>(nemotron_h_model::load(dir));
+  return std::make_unique<llama_model>(llama_model::load(dir));
+}
+
+}  // namespace mixq

@@ -114,6 +114,8 @@ class nemotron_h_model : public causal_lm {
   const model_spec& spec() const override { return spec_; }
   int64_t vocab() const override { return config_.vocab; }
   int64_t max_positions() const override { return config_.max_positions; }
+  void for_each_linear(const std::function<void(llama_linear&)>& f) override;
+  void set_kv_cache_scales(const std::string& attention, const kv_cache_scales& scales) override;
 
   // logits [T, V] for tokens [T] (a fresh context); T in 1..max_positions, ids below V.
   std::vector<float> forward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const override;

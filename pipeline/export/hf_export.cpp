@@ -1,0 +1,127 @@
+#include "pipeline/export/hf_export.hpp"
+
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <fmt/format.h>
+
+#include "pipeline/io/safetensors_file.hpp"  // io_error
+#include "pipeline/io/safetensors_writer.hpp"
+#include "pipeline/model/hf_config.hpp"
+
+namespace mixq {
+namespace fs = std::filesystem;
+
+layer_formats formats_of(const model_spec& spec, const quantized_weights& q) {
+  std::unordered_map<std::string, format_id> quantized;
+  for (const quantized_linear& l : q.linears) quantized.emplace(l.module, l.format);
+  layer_formats out;
+  for (const linear_spec& l : spec.linears) {
+    const auto it = quantized.find(l.module);
+    out.emplace_back(l.module, it == quantized.end() ? format_id::bf16 : it->second);
+  }
+  return out;
+}
+
+namespace {
+
+// Files of a HF model directory besides weights and config that loaders read: tokenizer, chat
+// template, generation settings, remote code.
+bool is_companion_file(const fs::path& p) {
+  static const std::set<std::string> kNames{"tokenizer.json",        "tokenizer_config.json", "tokenizer.model",
+                                            "special_tokens_map.json", "added_tokens.json",   "vocab.json",
+                                            "merges.txt",            "generation_config.json", "chat_template.jinja",
+                                            "chat_template.json",    "preprocessor_config.json"};
+  const std::string name = p.filename().string(), ext = p.extension().string();
+  return kNames.count(name) != 0 || ext == ".py" || ext == ".tiktoken";
+}
+
+void write_json(const fs::path& path, const nlohmann::ordered_json& j) {
+  std::ofstream f(path, std::ios::binary);
+  f << j.dump(2) << "\n";
+  f.flush();
+  if (!f) throw io_error(fmt::format("{}: cannot write", path.string()));
+}
+
+encoded_tensor f32_scalar(std::string name, float v) {
+  encoded_tensor t{std::move(name), dtype::f32, {}, std::vector<std::byte>(4)};
+  std::memcpy(t.bytes.data(), &v, 4);
+  return t;
+}
+
+}  // namespace
+
+export_summary export_checkpoint(const checkpoint& source, const model_spec& spec, const quantized_weights& q,
+                                 const fs::path& out, const export_options& options) {
+  const fs::path final_dir = fs::absolute(out).lexically_normal();
+  if (fs::exists(final_dir) && fs::equivalent(source.dir(), final_dir))
+    throw io_error(fmt::format("{}: the output must not be the source checkpoint", final_dir.string()));
+  if (fs::exists(final_dir) && !options.overwrite)
+    throw io_error(fmt::format("{}: already exists (pass --force to replace it once the new export is complete)",
+                               final_dir.string()));
+
+  // 1. the tensors: quantized linears replace their weight; everything else is copied
+  std::vector<encoded_tensor> encoded;
+  std::unordered_set<std::string> replaced;
+  for (const quantized_linear& l : q.linears) {
+    replaced.insert(l.module + ".weight");
+    for (encoded_tensor& t : encode_quantized_linear(l, options.layout)) encoded.push_back(std::move(t));
+  }
+  for (const auto& [attention, s] : q.kv) {
+    encoded.push_back(f32_scalar(attention + ".k_proj.k_scale", s.k));
+    encoded.push_back(f32_scalar(attention + ".v_proj.v_scale", s.v));
+  }
+  std::vector<tensor_to_write> tensors;
+  export_summary summary;
+  for (const checkpoint::entry& e : source.tensors()) {
+    if (replaced.count(e.tensor->name)) continue;
+    tensors.push_back({e.tensor->name, e.tensor->type, e.tensor->shape, e.shard->bytes(*e.tensor)});
+    ++summary.copied;
+  }
+  for (const encoded_tensor& t : encoded) tensors.push_back({t.name, t.type, t.shape, t.bytes});
+  sort_for_alignment(tensors);
+  summary.tensors = int64_t(tensors.size());
+  for (const tensor_to_write& t : tensors) summary.tensor_bytes += t.bytes.size();
+
+  // 2. into a temporary sibling directory
+  fs::create_directories(final_dir.parent_path());
+  std::random_device rd;
+  const fs::path tmp = final_dir.parent_path() / fmt::format(".{}.partial-{:08x}", final_dir.filename().string(), rd());
+  try {
+    fs::create_directory(tmp);
+    write_checkpoint_tensors(tmp, tensors, options.max_shard_bytes);
+    read_hf_config(source.dir());  // validates; the copy below keeps the source's key order
+    std::ifstream config_file(source.dir() / "config.json", std::ios::binary);
+    nlohmann::ordered_json config = nlohmann::ordered_json::parse(config_file);
+    if (!q.linears.empty()) {
+      const quant_configs c = make_quant_configs(formats_of(spec, q), options.kv, options.layout, options.producer_version);
+      config["quantization_config"] = c.quantization_config;
+      if (!c.hf_quant_config.is_null()) write_json(tmp / "hf_quant_config.json", c.hf_quant_config);
+    }
+    write_json(tmp / "config.json", config);
+    for (const fs::directory_entry& f : fs::directory_iterator(source.dir()))
+      if (f.is_regular_file() && is_companion_file(f.path())) fs::copy_file(f.path(), tmp / f.path().filename());
+    // 3. into place
+    if (fs::exists(final_dir)) {
+      const fs::path old = final_dir.parent_path() / fmt::format(".{}.old-{:08x}", final_dir.filename().string(), rd());
+      fs::rename(final_dir, old);
+      fs::rename(tmp, final_dir);
+      fs::remove_all(old);
+    } else {
+      fs::rename(tmp, final_dir);
+    }
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  for (const fs::directory_entry& f : fs::directory_iterator(final_dir)) summary.files.push_back(f.path());
+  std::sort(summary.files.begin(), summary.files.end());
+  return summary;
+}
+
+}  // namespace mixq

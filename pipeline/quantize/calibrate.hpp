@@ -1,0 +1,27 @@
+// Calibration: the calibration sequences through the unquantized model, with observers on every
+// linear's input (amax), on post-RoPE K and V (amax) and on the routed experts (token counts).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "calib/calibration_stats.hpp"
+#include "pipeline/model/llama.hpp"
+
+namespace mixq {
+
+// Called after each sequence with (done, total).
+using progress_callback = std::function<void(int64_t done, int64_t total)>;
+
+// Every linear and expert of model.spec() gets an entry, zero where nothing was seen. Sequences run
+// one after another; amax is a max and counts are sums, so the result does not depend on order.
+calibration_stats calibrate(const causal_lm& model, std::span<const std::vector<int32_t>> sequences,
+                            const progress_callback& progress = {});
+
+// The routed-expert module of a linear ("...experts.3.up_proj" -> "...experts.3"), for linears with
+// expert >= 0.
+std::string expert_module_of(const linear_spec& l);
+
+}  // namespace mixq

@@ -1,0 +1,134 @@
+#include "pipeline/quantize/quantize_weights.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "formats/activation_quant.hpp"
+#include "kernels/cpu/quantize.hpp"
+#include "pipeline/io/safetensors_file.hpp"  // io_error
+
+namespace mixq {
+
+std::string scale_sharing_key(const std::string& module) {
+  const size_t dot = module.rfind('.');
+  if (dot == std::string::npos) return module;
+  const std::string leaf = module.substr(dot + 1), prefix = module.substr(0, dot);
+  if (leaf == "q_proj" || leaf == "k_proj" || leaf == "v_proj") return prefix + ".qkv";
+  if (leaf == "gate_proj" || leaf == "up_proj" || leaf == "w1" || leaf == "w3") return prefix + ".gate_up";
+  return module;
+}
+
+namespace {
+
+struct source_weight {
+  const linear_spec* spec;
+  weight_quant_spec quant;
+  cpu::source_matrix matrix;
+  float amax = 0.0f;
+};
+
+float stat_or_zero(const std::map<std::string, float>& m, const std::string& key) {
+  const auto it = m.find(key);
+  return it == m.end() ? 0.0f : it->second;
+}
+
+}  // namespace
+
+quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
+                                   kv_cache_format kv, const calibration_stats& stats,
+                                   const progress_callback& progress) {
+  std::unordered_map<std::string, checkpoint::entry> by_name;
+  for (const auto& e : ckpt.tensors()) by_name.emplace(e.tensor->name, e);
+
+  // 1. the weights to quantize, each scanned once for its amax (and NaN / Inf)
+  std::vector<source_weight> todo;
+  for (size_t i = 0; i < spec.linears.size(); ++i) {
+    const weight_quant_spec& q = plan.linears.at(i).weight;
+    if (q.format == format_id::bf16) continue;
+    const linear_spec& l = spec.linears[i];
+    const auto it = by_name.find(l.weight_name());
+    if (it == by_name.end()) throw io_error(fmt::format("{}: tensor '{}' is missing", ckpt.dir().string(), l.weight_name()));
+    const auto m = checkpoint::as_matrix(it->second);
+    if (!m || m->rows != l.out_features || m->cols != l.in_features)
+      throw io_error(fmt::format("{}: tensor '{}' must be a [{}, {}] BF16, F16 or F32 weight to be quantized",
+                                 it->second.shard->path().string(), l.weight_name(), l.out_features, l.in_features));
+    const cpu::source_scan scan = cpu::scan_source(*m);
+    cpu::apply_nonfinite_policy(*m, scan, q.nonfinite);
+    todo.push_back({&l, q, *m, scan.amax});
+  }
+
+  // 2. shared amax of fused siblings: weights, and inputs (which they share anyway)
+  std::map<std::string, float> group_w_amax, group_x_amax;
+  std::map<std::string, float> expert_leaf_x_amax;  // "<layer>.experts.*.<leaf>" -> max over calibrated experts
+  const auto expert_leaf_key = [](const linear_spec& l) {
+    const std::string e = expert_module_of(l);
+    return e.substr(0, e.rfind('.')) + ".*" + l.module.substr(l.module.rfind('.'));
+  };
+  quantized_weights out;
+  for (const source_weight& s : todo) {
+    const std::string key = scale_sharing_key(s.spec->module);
+    group_w_amax[key] = std::max(group_w_amax[key], s.amax);
+    group_x_amax[key] = std::max(group_x_amax[key], stat_or_zero(stats.input_amax, s.spec->module));
+    if (s.spec->expert >= 0) {
+      float& a = expert_leaf_x_amax[expert_leaf_key(*s.spec)];
+      a = std::max(a, stat_or_zero(stats.input_amax, s.spec->module));
+    }
+  }
+  for (const auto& [expert, tokens] : stats.expert_tokens)
+    if (tokens == 0) out.uncalibrated_experts.push_back(expert);
+
+  // 3. quantize
+  int64_t done = 0;
+  for (const source_weight& s : todo) {
+    const std::string key = scale_sharing_key(s.spec->module);
+    quantized_linear q;
+    q.module = s.spec->module;
+    q.format = s.quant.format;
+    float x_amax = group_x_amax[key];
+    if (x_amax == 0.0f && s.spec->expert >= 0) x_amax = expert_leaf_x_amax[expert_leaf_key(*s.spec)];
+    if (q.format == format_id::fp8_per_tensor) {
+      fp8_options o = fp8_options_for(s.quant);
+      o.amax = group_w_amax[key];
+      q.fp8 = cpu::fp8_quantize(s.matrix, o);
+      q.input_scale = fp8_input_scale(x_amax);
+    } else if (q.format == format_id::nvfp4 || q.format == format_id::nvfp4_w4a16) {
+      nvfp4_options o = nvfp4_options_for(s.quant);
+      o.global_amax = group_w_amax[key];
+      q.nvfp4 = cpu::nvfp4_quantize(s.matrix, o);
+      if (q.format == format_id::nvfp4) q.input_scale = nvfp4_input_scale(x_amax);
+    } else {
+      throw io_error(fmt::format("{}: format {} cannot be exported", q.module, traits_of(q.format).name));
+    }
+    out.linears.push_back(std::move(q));
+    if (progress) progress(++done, int64_t(todo.size()));
+  }
+
+  // 4. KV cache
+  if (kv == kv_cache_format::fp8)
+    for (const auto& [attention, k_amax] : stats.k_amax)
+      out.kv[attention] = {fp8_input_scale(k_amax), fp8_input_scale(stat_or_zero(stats.v_amax, attention))};
+  return out;
+}
+
+void apply_fake_quant(causal_lm& model, const quantized_weights& q) {
+  std::unordered_map<std::string, const quantized_linear*> by_module;
+  for (const quantized_linear& l : q.linears) by_module.emplace(l.module, &l);
+  model.for_each_linear([&](llama_linear& W) {
+    const auto it = by_module.find(W.name);
+    if (it == by_module.end()) return;
+    const quantized_linear& l = *it->second;
+    if (l.format == format_id::fp8_per_tensor) {
+      fp8_dequantize(l.fp8, W.w);
+      W.act = {format_id::fp8_per_tensor, l.input_scale};
+    } else {
+      nvfp4_dequantize(l.nvfp4, W.w);
+      W.act = l.format == format_id::nvfp4 ? input_quant{format_id::nvfp4, l.input_scale} : input_quant{};
+    }
+  });
+  for (const auto& [attention, scales] : q.kv) model.set_kv_cache_scales(attention, scales);
+}
+
+}  // namespace mixq

@@ -1,0 +1,43 @@
+// Quantizes a checkpoint's weights as a plan says, with the scales calibration measured:
+//  - fused siblings (q/k/v; gate/up, per expert too) share one weight amax and one input amax, so
+//    their weight_scale_2 / weight_scale and input_scale are equal, which the engines require;
+//  - a routed expert that saw no calibration token takes the input amax of the same projection in
+//    the other experts of its layer (and is listed), instead of an input_scale of nothing;
+//  - FP8 KV-cache scales are amax / 448 of post-RoPE K and V.
+// Weights are read from the mapped checkpoint in their stored dtype; nothing else is loaded.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "calib/calibration_stats.hpp"
+#include "pipeline/io/checkpoint.hpp"
+#include "pipeline/io/quantized_linear.hpp"
+#include "pipeline/model/llama.hpp"  // kv_cache_scales
+#include "pipeline/quantize/calibrate.hpp"
+#include "pipeline/recipe/recipe.hpp"
+
+namespace mixq {
+
+struct quantized_weights {
+  std::vector<quantized_linear> linears;          // every linear the plan quantizes, in spec order
+  std::map<std::string, kv_cache_scales> kv;      // attention module -> FP8 KV scales; empty without KV quant
+  std::vector<std::string> uncalibrated_experts;  // experts with no calibration tokens (input amax borrowed)
+};
+
+// The key fused siblings share: "<prefix>.qkv" for q/k/v_proj, "<prefix>.gate_up" for gate/up_proj
+// and Mixtral w1/w3; the module itself otherwise.
+std::string scale_sharing_key(const std::string& module);
+
+// io_error naming the tensor for a weight that is missing, not 2-D BF16 / F16 / F32, or holds
+// NaN / Inf. The progress callback counts linears.
+quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
+                                   kv_cache_format kv, const calibration_stats& stats,
+                                   const progress_callback& progress = {});
+
+// Rewrites the in-memory model to compute as the quantized checkpoint will: dequantized weights,
+// input fake-quant with the exported input scales, FP8 KV fake-quant.
+void apply_fake_quant(causal_lm& model, const quantized_weights& q);
+
+}  // namespace mixq
