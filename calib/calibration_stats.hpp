@@ -9,6 +9,8 @@
 #include <map>
 #include <string>
 
+#include "calib/token_file.hpp"  // token_file_error: the one error type of calib/
+
 namespace mixq {
 
 // Fingerprint parts: hex digests of the inputs that decide the statistics.
@@ -31,11 +33,12 @@ struct calibration_stats {
 // 64-bit FNV-1a over bytes, as 16 hex digits: the fingerprint hash (stable across platforms).
 std::string fnv1a_hex(const void* data, size_t size, uint64_t seed = 0xcbf29ce484222325ull);
 // Fingerprint of a checkpoint directory: config.json, and each *.safetensors file's name, size and header.
+// token_file_error naming the path when config.json is missing or a shard is not safetensors.
 std::string model_fingerprint(const std::filesystem::path& model_dir);
 
-// Writes the statistics to an HDF5 file atomically (temporary name, then rename). io_error on failure.
+// Writes the statistics to an HDF5 file atomically (temporary name, then rename). token_file_error on failure.
 void write_calibration_stats(const std::filesystem::path& file, const calibration_stats& stats);
-// Reads them back; io_error naming the file and the group / dataset that is missing or malformed.
+// Reads them back; token_file_error naming the file and the group / dataset that is missing or malformed.
 calibration_stats read_calibration_stats(const std::filesystem::path& file);
 // "" when equal, else a sentence naming which parts differ, for a refused --resume.
 std::string describe_fingerprint_mismatch(const stats_fingerprint& stored, const stats_fingerprint& wanted);
