@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   mixq::cli::add_inspect_command(app);
   mixq::cli::add_synth_command(app);
   mixq::cli::add_eval_command(app);
+  mixq::cli::add_quantize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -105,6 +105,7 @@ export_summary export_checkpoint(const checkpoint& source, const model_spec& spe
     write_json(tmp / "config.json", config);
     for (const fs::directory_entry& f : fs::directory_iterator(source.dir()))
       if (f.is_regular_file() && is_companion_file(f.path())) fs::copy_file(f.path(), tmp / f.path().filename());
+    if (options.verify) options.verify(tmp);
     // 3. into place
     if (fs::exists(final_dir)) {
       const fs::path old = final_dir.parent_path() / fmt::format(".{}.old-{:08x}", final_dir.filename().string(), rd());

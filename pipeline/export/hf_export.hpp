@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,9 @@ struct export_options {
   uint64_t max_shard_bytes = 5'000'000'000;
   bool overwrite = false;          // replace an existing output directory (only once the new one is complete)
   std::string producer_version;    // recorded in the quantization config
+  // Called with the complete temporary directory before it is renamed into place; throwing aborts
+  // the export (the temporary directory is removed, an existing output is left untouched).
+  std::function<void(const std::filesystem::path&)> verify;
 };
 
 struct export_summary {

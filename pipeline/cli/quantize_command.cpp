@@ -1,0 +1,119 @@
+// mixq quantize --model DIR --recipe FILE|NAME --out DIR: calibrate, quantize per the recipe's rules,
+// export a checkpoint vLLM / SGLang / TensorRT-LLM load, and verify it by re-loading.
+#include <map>
+#include <memory>
+#include <string>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "pipeline/cli/commands.hpp"
+#include "pipeline/cli/progress.hpp"
+#include "pipeline/quantize/quantize_run.hpp"
+
+#ifndef MIXQ_VERSION
+#define MIXQ_VERSION "unknown"
+#endif
+
+namespace mixq::cli {
+namespace {
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000.0 && u < 4) b /= 1000.0, ++u;
+  return u == 0 ? fmt::format("{:.0f} {}", b, units[u]) : fmt::format("{:.2f} {}", b, units[u]);
+}
+
+void print_report(const quantize_request& rq, const quantize_report& r) {
+  fmt::print("model:        {}\n", rq.model.string());
+  fmt::print("recipe:       {} ({}, kv cache {}, layout {})\n", rq.rcp.name, rq.rcp.origin, to_string(rq.rcp.kv_cache),
+             to_string(rq.rcp.output.layout));
+  fmt::print("calibration:  {} sequences, {} tokens from {}{}\n", r.calib_sequences, r.calib_tokens, r.calib_source,
+             r.stats_reused ? fmt::format(" (reused {})", r.stats_file.string()) : "");
+  for (const std::string& w : r.plan.warnings) fmt::print("warning:      {}\n", w);
+  std::map<std::string, int> notes;  // identical notes (e.g. every down_proj) printed once with a count
+  for (const linear_decision& d : r.plan.linears)
+    if (!d.note.empty()) ++notes[d.note];
+  for (const auto& [note, n] : notes) fmt::print("kept BF16:    {} linear{}: {}\n", n, n == 1 ? "" : "s", note);
+  if (!r.uncalibrated_experts.empty())
+    fmt::print("note:         {} expert(s) saw no calibration token; their input scales come from the other "
+               "experts of their layer: {}\n",
+               r.uncalibrated_experts.size(), fmt::join(r.uncalibrated_experts, ", "));
+  fmt::print("\n{:<14}{:>9}{:>14}{:>10}{:>14}\n", "format", "linears", "parameters", "bits", "size");
+  for (const format_usage& u : r.usage)
+    fmt::print("{:<14}{:>9}{:>14}{:>10.2f}{:>14}\n", traits_of(u.format).name, u.linears, u.parameters,
+               u.bits / double(u.parameters), human_bytes(u.bits / 8.0));
+  fmt::print("effective bits over all linears: {:.3f}\n", r.effective_bits);
+  fmt::print("checkpoint size: {} -> {} ({:.2f}x smaller)\n\n", human_bytes(double(r.source_bytes)),
+             human_bytes(double(r.exported.tensor_bytes)), double(r.source_bytes) / double(r.exported.tensor_bytes));
+  fmt::print("perplexity on {} ({} tokens): source {:.6f}, fake-quant {:.6f}, export {:.6f} (re-loaded; matches)\n",
+             r.eval_source, r.eval_tokens, r.ppl_source, r.ppl_fake_quant, r.ppl_export);
+  double total = 0.0;
+  std::string stages;
+  for (const auto& [stage, s] : r.stage_seconds) stages += fmt::format("{}{} {:.2f}s", stages.empty() ? "" : ", ", stage, s), total += s;
+  fmt::print("time:         {:.2f}s ({})\n", total, stages);
+  fmt::print("peak memory:  {}\n", human_bytes(double(r.peak_rss_bytes)));
+  fmt::print("wrote:        {} ({} files; run record in {})\n", rq.out.string(), r.exported.files.size(),
+             r.run_dir.string());
+}
+
+}  // namespace
+
+void add_quantize_command(CLI::App& app) {
+  struct options {
+    std::string model, recipe, out, run_dir, calib, eval, layout;
+    int64_t eval_ctx = 0, samples = 0, seq_len = 0;
+    bool resume = false, force = false, quiet = false;
+  };
+  auto o = std::make_shared<options>();
+  auto* cmd = app.add_subcommand(
+      "quantize",
+      "Quantize a checkpoint with a recipe: calibrate, quantize, export (ModelOpt or compressed-tensors layout), "
+      "and verify the export by re-loading it.\n"
+      "Example: mixq quantize --model ../shared/models/stories260K --recipe llama_nvfp4 --out /tmp/s-nvfp4");
+  cmd->add_option("--model", o->model, "Hugging Face checkpoint directory")->required();
+  cmd->add_option("--recipe", o->recipe,
+                  "recipe YAML file, or the name of a built-in recipe (mixq formats --recipes lists them)")
+      ->required();
+  cmd->add_option("--out", o->out, "output checkpoint directory (written complete or not at all)")->required();
+  cmd->add_option("--calib", o->calib, "calibration data (.txt, .jsonl, .u16.bin / .u32.bin); overrides the recipe");
+  cmd->add_option("--samples", o->samples, "calibration sequences; overrides the recipe");
+  cmd->add_option("--seq-len", o->seq_len, "tokens per calibration sequence; overrides the recipe");
+  cmd->add_option("--eval", o->eval, "held-out data to report perplexity on (default: the calibration sequences)");
+  cmd->add_option("--eval-ctx", o->eval_ctx, "perplexity window (default: the calibration seq_len)");
+  cmd->add_option("--layout", o->layout, "modelopt or compressed-tensors; overrides the recipe")
+      ->check(CLI::IsMember({"modelopt", "compressed-tensors"}));
+  cmd->add_option("--run-dir", o->run_dir, "run directory for statistics and the summary (default: OUT.run)");
+  cmd->add_flag("--resume", o->resume, "reuse the run directory's calibration statistics if they match");
+  cmd->add_flag("--force", o->force, "replace an existing output directory once the new export is verified");
+  cmd->add_flag("--quiet", o->quiet, "no progress output");
+  cmd->callback([o] {
+    quantize_request rq;
+    rq.model = o->model;
+    rq.out = o->out;
+    rq.run_dir = o->run_dir;
+    rq.rcp = load_recipe(o->recipe);
+    if (o->samples > 0) rq.rcp.calibration.samples = o->samples;
+    if (o->seq_len > 0) rq.rcp.calibration.seq_len = o->seq_len;
+    if (o->layout == "modelopt") rq.rcp.output.layout = export_layout::modelopt;
+    if (o->layout == "compressed-tensors") rq.rcp.output.layout = export_layout::compressed_tensors;
+    rq.calib = o->calib;
+    rq.eval_data = o->eval;
+    rq.eval_ctx = o->eval_ctx;
+    rq.resume = o->resume;
+    rq.overwrite = o->force;
+    rq.producer_version = MIXQ_VERSION;
+    std::unique_ptr<progress_bar> bar;
+    std::string bar_stage;
+    rq.progress = [&](const std::string& stage, int64_t done, int64_t total) {
+      if (stage != bar_stage) bar.reset(), bar = std::make_unique<progress_bar>(stage, total, o->quiet), bar_stage = stage;
+      bar->update(done);
+    };
+    const quantize_report r = run_quantize(rq);
+    bar.reset();
+    print_report(rq, r);
+  });
+}
+
+}  // namespace mixq::cli

@@ -1,0 +1,216 @@
+#include "pipeline/quantize/quantize_run.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <sys/resource.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "calib/builtin_calibration.hpp"
+#include "calib/text_tokenizer.hpp"
+#include "pipeline/eval/perplexity.hpp"
+#include "pipeline/io/checkpoint.hpp"
+#include "pipeline/io/safetensors_file.hpp"  // io_error
+#include "pipeline/model/llama.hpp"
+#include "pipeline/quantize/calibrate.hpp"
+#include "pipeline/quantize/quantize_weights.hpp"
+
+namespace mixq {
+namespace fs = std::filesystem;
+
+namespace {
+
+class stage_clock {
+ public:
+  explicit stage_clock(std::vector<std::pair<std::string, double>>& out) : out_(out) {}
+  void done(const std::string& stage) {
+    const auto now = std::chrono::steady_clock::now();
+    out_.emplace_back(stage, std::chrono::duration<double>(now - last_).count());
+    last_ = now;
+  }
+
+ private:
+  std::vector<std::pair<std::string, double>>& out_;
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
+
+// Non-overlapping windows of seq_len tokens from the start of the stream, at most `samples`.
+std::vector<std::vector<int32_t>> split_sequences(const std::vector<int32_t>& tokens, int64_t samples,
+                                                  int64_t seq_len) {
+  std::vector<std::vector<int32_t>> out;
+  for (size_t at = 0; int64_t(out.size()) < samples && at + size_t(seq_len) <= tokens.size(); at += size_t(seq_len))
+    out.emplace_back(tokens.begin() + std::ptrdiff_t(at), tokens.begin() + std::ptrdiff_t(at) + seq_len);
+  if (out.empty() && tokens.size() >= 2) out.emplace_back(tokens);  // shorter than one window: use it whole
+  return out;
+}
+
+std::string calibration_settings_text(const calibration_settings& c, const std::string& source, int64_t seq_len) {
+  return fmt::format("samples={};seq_len={};batch={};data={}", c.samples, seq_len, c.batch, source);
+}
+
+int64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return int64_t(u.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+}  // namespace
+
+quantize_report run_quantize(const quantize_request& rq) {
+  quantize_report rep;
+  stage_clock clock(rep.stage_seconds);
+  const auto progress = [&](const std::string& stage) {
+    return [&, stage](int64_t done, int64_t total) {
+      if (rq.progress) rq.progress(stage, done, total);
+    };
+  };
+  if (!fs::is_directory(rq.model)) throw io_error(fmt::format("{}: model directory not found", rq.model.string()));
+  if (fs::exists(rq.out) && !rq.overwrite)
+    throw io_error(fmt::format("{}: already exists (pass --force to replace it once the new export is complete)",
+                               rq.out.string()));
+
+  // plan: rules -> one decision per linear (no weights read)
+  const checkpoint source = checkpoint::open(rq.model);
+  const model_spec spec = model_spec_from_file(rq.model);
+  rep.plan = plan_quantization(rq.rcp, spec);
+  const std::vector<std::string> problems = check_against_tensors(spec, [&] {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> t;
+    for (const auto& e : source.tensors()) t.emplace_back(e.tensor->name, e.tensor->shape);
+    return t;
+  }());
+  if (!problems.empty())
+    throw io_error(fmt::format("{}: the checkpoint does not match its config.json: {}{}", rq.model.string(),
+                               problems.front(), problems.size() > 1 ? fmt::format(" (and {} more)", problems.size() - 1) : ""));
+
+  // calibration tokens
+  std::unique_ptr<causal_lm> model = load_causal_lm(rq.model);
+  const calibration_settings& cs = rq.rcp.calibration;
+  const fs::path data = !rq.calib.empty() ? rq.calib : fs::path(cs.data);
+  rep.calib_source = data.empty() ? "built-in" : data.string();
+  const std::vector<int32_t> tokens =
+      data.empty() ? builtin_calibration_tokens(rq.model, spec.dims.vocab)
+                   : read_token_stream(data, rq.model, spec.dims.vocab);
+  const int64_t seq_len = std::min(cs.seq_len, model->max_positions());
+  const std::vector<std::vector<int32_t>> sequences = split_sequences(tokens, cs.samples, seq_len);
+  if (sequences.empty())
+    throw io_error(fmt::format("{}: {} tokens are too few to calibrate on", rep.calib_source, tokens.size()));
+  clock.done("load");
+
+  // calibrate, or reuse the statistics of an earlier run with the same fingerprint
+  rep.run_dir = rq.run_dir.empty() ? fs::path(rq.out.string() + ".run") : rq.run_dir;
+  rep.stats_file = rep.run_dir / "calibration.h5";
+  stats_fingerprint fp;
+  fp.model = model_fingerprint(rq.model);
+  fp.calibration = fnv1a_hex(calibration_settings_text(cs, rep.calib_source, seq_len).data(),
+                             calibration_settings_text(cs, rep.calib_source, seq_len).size());
+  {
+    std::vector<int32_t> used;
+    for (const auto& s : sequences) used.insert(used.end(), s.begin(), s.end());
+    fp.data = fnv1a_hex(used.data(), used.size() * sizeof(int32_t));
+  }
+  calibration_stats stats;
+  if (rq.resume && fs::exists(rep.stats_file)) {
+    stats = read_calibration_stats(rep.stats_file);
+    const std::string mismatch = describe_fingerprint_mismatch(stats.fingerprint, fp);
+    if (!mismatch.empty()) throw io_error(fmt::format("{}: {}", rep.stats_file.string(), mismatch));
+    rep.stats_reused = true;
+  } else {
+    stats = calibrate(*model, sequences, progress("calibrate"));
+    stats.fingerprint = fp;
+    fs::create_directories(rep.run_dir);
+    write_calibration_stats(rep.stats_file, stats);
+  }
+  rep.calib_sequences = stats.sequences;
+  rep.calib_tokens = stats.tokens;
+  clock.done("calibrate");
+
+  // quantize
+  const quantized_weights q = quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"));
+  rep.uncalibrated_experts = q.uncalibrated_experts;
+  clock.done("quantize");
+
+  // size and bits per format, over every linear
+  std::map<format_id, format_usage> usage;
+  const layer_formats formats = formats_of(spec, q);
+  double bits = 0.0;
+  int64_t params = 0;
+  for (size_t i = 0; i < spec.linears.size(); ++i) {
+    format_usage& u = usage.try_emplace(formats[i].second, format_usage{formats[i].second}).first->second;
+    const int64_t n = spec.linears[i].numel();
+    ++u.linears;
+    u.parameters += n;
+    u.bits += double(n) * traits_of(u.format).effective_bits;
+    bits += double(n) * traits_of(u.format).effective_bits;
+    params += n;
+  }
+  for (const auto& [f, u] : usage) rep.usage.push_back(u);
+  rep.effective_bits = params > 0 ? bits / double(params) : 0.0;
+  for (const auto& e : source.tensors()) rep.source_bytes += e.tensor->end - e.tensor->begin;
+
+  // verification tokens: source, fake-quant and the re-loaded export see the same ones
+  std::vector<int32_t> eval_tokens;
+  if (rq.eval_data.empty()) {
+    rep.eval_source = "the calibration sequences";
+    for (const auto& s : sequences) eval_tokens.insert(eval_tokens.end(), s.begin(), s.end());
+  } else {
+    rep.eval_source = rq.eval_data.string();
+    eval_tokens = read_token_stream(rq.eval_data, rq.model, spec.dims.vocab);
+  }
+  const int64_t ctx = std::min(rq.eval_ctx > 0 ? rq.eval_ctx : seq_len, model->max_positions());
+  rep.eval_tokens = int64_t(eval_tokens.size());
+  const auto eval = [&](const causal_lm& m, int64_t step) {
+    const double ppl = evaluate_perplexity(m, eval_tokens, ctx).ppl;
+    if (rq.progress) rq.progress("evaluate", step, 3);
+    return ppl;
+  };
+  rep.ppl_source = eval(*model, 1);
+  apply_fake_quant(*model, q);
+  rep.ppl_fake_quant = eval(*model, 2);
+  model.reset();
+  clock.done("evaluate");
+
+  // export, verified before it is renamed into place
+  export_options eo;
+  eo.layout = rq.rcp.output.layout;
+  eo.kv = rq.rcp.kv_cache;
+  eo.max_shard_bytes = rq.rcp.output.max_shard_bytes;
+  eo.overwrite = rq.overwrite;
+  eo.producer_version = rq.producer_version;
+  eo.verify = [&](const fs::path& staged) {
+    rep.ppl_export = eval(*load_causal_lm(staged), 3);
+    const double rel = std::fabs(rep.ppl_export - rep.ppl_fake_quant) / rep.ppl_fake_quant;
+    if (!(rel <= 1e-4))
+      throw io_error(fmt::format("{}: the exported checkpoint's perplexity {:.6f} differs from the fake-quantized "
+                                 "model's {:.6f} by {:.2e} (relative; the limit is 1e-4), so it was not written",
+                                 rq.out.string(), rep.ppl_export, rep.ppl_fake_quant, rel));
+  };
+  rep.exported = export_checkpoint(source, spec, q, rq.out, eo);
+  clock.done("export + verify");
+  rep.peak_rss_bytes = peak_rss_bytes();
+
+  // the run's record
+  nlohmann::ordered_json s = {{"model", rq.model.string()},
+                              {"recipe", rq.rcp.origin},
+                              {"out", rq.out.string()},
+                              {"layout", std::string(to_string(rq.rcp.output.layout))},
+                              {"effective_bits", rep.effective_bits},
+                              {"source_bytes", rep.source_bytes},
+                              {"export_bytes", rep.exported.tensor_bytes},
+                              {"ppl", {{"source", rep.ppl_source}, {"fake_quant", rep.ppl_fake_quant},
+                                       {"export", rep.ppl_export}, {"data", rep.eval_source}, {"ctx", ctx}}},
+                              {"uncalibrated_experts", rep.uncalibrated_experts}};
+  nlohmann::ordered_json layers = nlohmann::ordered_json::object();
+  for (size_t i = 0; i < spec.linears.size(); ++i) {
+    nlohmann::ordered_json l = {{"format", std::string(traits_of(formats[i].second).name)}};
+    if (formats[i].second != format_id::bf16) l["weights"] = describe(rep.plan.linears[i].weight);
+    if (!rep.plan.linears[i].note.empty()) l["note"] = rep.plan.linears[i].note;
+    layers[spec.linears[i].module] = std::move(l);
+  }
+  s["layers"] = std::move(layers);
+  std::ofstream(rep.run_dir / "summary.json") << s.dump(2) << "\n";
+  return rep;
+}
+
+}  // namespace mixq

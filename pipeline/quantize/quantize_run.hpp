@@ -1,0 +1,59 @@
+// `mixq quantize` as a function: plan -> calibrate (or reuse the run directory's statistics) ->
+// quantize -> export -> verify. Verification evaluates the source model, the fake-quantized model
+// and the export re-loaded from disk on the same tokens; an export whose perplexity differs from the
+// fake-quantized model's by more than 1e-4 (relative) is an error, not a result.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "calib/calibration_stats.hpp"
+#include "pipeline/export/hf_export.hpp"
+#include "pipeline/recipe/recipe.hpp"
+
+namespace mixq {
+
+struct quantize_request {
+  std::filesystem::path model, out;
+  std::filesystem::path run_dir;      // statistics and summary; empty: "<out>.run"
+  recipe rcp;
+  std::filesystem::path calib;        // overrides the recipe's calibration data when set
+  std::filesystem::path eval_data;    // verification tokens; empty: the calibration sequences
+  int64_t eval_ctx = 0;               // 0: the calibration seq_len
+  bool resume = false;                // reuse <run_dir>/calibration.h5 when its fingerprint matches
+  bool overwrite = false;             // replace an existing output directory
+  std::string producer_version;
+  // (stage, done, total) as each stage advances: "calibrate", "quantize", "evaluate".
+  std::function<void(const std::string&, int64_t, int64_t)> progress;
+};
+
+struct format_usage {
+  format_id format;
+  int64_t linears = 0, parameters = 0;
+  double bits = 0.0;                  // parameters x effective bits
+};
+
+struct quantize_report {
+  quant_plan plan;
+  std::filesystem::path run_dir, stats_file;
+  bool stats_reused = false;
+  int64_t calib_sequences = 0, calib_tokens = 0;
+  std::string calib_source;           // file, or "built-in"
+  std::vector<std::string> uncalibrated_experts;
+  std::vector<format_usage> usage;    // one row per format used, bf16 included
+  double effective_bits = 0.0;        // over every linear of the model
+  uint64_t source_bytes = 0;          // tensor payload of the source checkpoint
+  export_summary exported;
+  std::string eval_source;
+  int64_t eval_tokens = 0;
+  double ppl_source = 0.0, ppl_fake_quant = 0.0, ppl_export = 0.0;
+  std::vector<std::pair<std::string, double>> stage_seconds;
+  int64_t peak_rss_bytes = 0;
+};
+
+quantize_report run_quantize(const quantize_request& request);
+
+}  // namespace mixq
