@@ -1,7 +1,7 @@
 // Where recipes come from: a YAML file on disk, or a built-in recipe by name.
 #include <algorithm>
 #include <fstream>
-#include <sstream>
+#include <iterator>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -24,10 +24,9 @@ recipe load_recipe(std::string_view path_or_name) {
   std::error_code ec;
   if (std::filesystem::is_regular_file(path, ec)) {
     std::ifstream in(path, std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
-    if (!in || !text) throw io_error(fmt::format("{}: cannot read the recipe", path.string()));
-    return parse_recipe(text.str(), path.string());
+    if (!in) throw io_error(fmt::format("{}: cannot read the recipe", path.string()));
+    const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    return parse_recipe(text, path.string());
   }
   std::string_view name = path_or_name;
   if (name.ends_with(".yaml")) name.remove_suffix(5);

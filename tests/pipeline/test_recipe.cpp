@@ -511,6 +511,13 @@ TEST(RecipeBuiltin, LoadsAFileAndNamesItInErrors) {
   } catch (const io_error& e) {
     EXPECT_THAT(e.what(), HasSubstr(path.string() + ":3: unknown kv_cache 'fp16'"));
   }
+  std::ofstream(path).close();  // empty: the parser's message, not a read error
+  try {
+    load_recipe(path.string());
+    ADD_FAILURE() << "no error";
+  } catch (const io_error& e) {
+    EXPECT_THAT(e.what(), HasSubstr(path.string() + ":1: the recipe must be a mapping, not empty"));
+  }
   {
     std::ofstream out(path);
     out << "quantize:\n  default: fp8\n";
