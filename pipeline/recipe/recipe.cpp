@@ -185,6 +185,7 @@ class recipe_parser {
     return c;
   }
 
+  // A format name the exporter can write; its selectors stay at max.
   weight_quant_spec format_spec(const YAML::Node& format, std::string_view where) const {
     const std::string name = scalar(format, fmt::format("{}.format", where));
     const std::optional<format_id> id = parse_format(name);
