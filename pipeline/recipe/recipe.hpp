@@ -1,4 +1,4 @@
-// Recipes: what `mixq quantize` does to a model, as YAML (schema in README.md, "Recipes").
+// Recipes: what `mixq quantize` does to a model, as YAML (schema in recipes/README.md).
 // A recipe names the calibration data, per-module format rules (glob on module names, first match
 // wins, then the default), the weight scale selector per rule, the KV-cache format and the export
 // layout. Shipped recipes live in recipes/*.yaml and are also compiled into the binary, so
@@ -46,7 +46,7 @@ struct recipe {
   std::string description;
   calibration_settings calibration;
   std::vector<format_rule> rules;   // in file order: the first match wins
-  weight_quant_spec default_weight; // for modules no rule matches (bf16 unless the recipe says)
+  weight_quant_spec default_weight{format_id::bf16};  // for modules no rule matches (bf16 unless the recipe says)
   kv_cache_format kv_cache = kv_cache_format::none;
   export_settings output;
 };

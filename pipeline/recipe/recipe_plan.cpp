@@ -1,0 +1,108 @@
+// A recipe applied to a model: glob matching over module names, then one format per linear, with
+// routers kept BF16, shape fallbacks, and one format per quant group (fused siblings).
+#include <map>
+
+#include <fmt/format.h>
+
+#include "pipeline/io/safetensors_file.hpp"
+#include "pipeline/recipe/recipe.hpp"
+
+namespace mixq {
+
+// Greedy with one backtrack point: on a mismatch, the last '*' takes one more character. A later
+// '*' makes earlier ones irrelevant, so the cost is O(|pattern| · |name|) whatever the input.
+bool glob_match(std::string_view pattern, std::string_view name) {
+  size_t p = 0, n = 0;
+  size_t star = std::string_view::npos, star_n = 0;
+  while (n < name.size()) {
+    if (p < pattern.size() && (pattern[p] == '?' || (pattern[p] != '*' && pattern[p] == name[n]))) {
+      ++p;
+      ++n;
+    } else if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      star_n = n;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      n = ++star_n;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+namespace {
+
+std::string rule_source(const recipe& r, int rule) {
+  return rule < 0 ? std::string("the default") : fmt::format("the rule at line {}", r.rules[size_t(rule)].line);
+}
+
+}  // namespace
+
+quant_plan plan_quantization(const recipe& r, const model_spec& spec) {
+  quant_plan plan;
+  plan.linears.resize(spec.linears.size());
+  const weight_quant_spec keep{format_id::bf16};
+  std::vector<bool> shape_fallback(spec.linears.size(), false);
+  std::vector<bool> rule_matches(r.rules.size(), false);
+
+  for (size_t i = 0; i < spec.linears.size(); ++i) {
+    const linear_spec& l = spec.linears[i];
+    linear_decision& d = plan.linears[i];
+    for (size_t k = 0; k < r.rules.size(); ++k) {
+      if (!glob_match(r.rules[k].pattern, l.module)) continue;
+      rule_matches[k] = true;
+      if (d.rule < 0) d.rule = int(k);
+    }
+    d.weight = d.rule < 0 ? r.default_weight : r.rules[size_t(d.rule)].weight;
+    if (l.role == linear_role::router) {
+      // The router picks the experts: a quantized router changes which experts run.
+      if (d.rule >= 0 && d.weight.format != format_id::bf16) d.note = "router stays BF16";
+      d.weight = keep;
+    } else if (d.weight.format != format_id::bf16) {
+      if (auto reason = format_cannot_hold(d.weight.format, l.out_features, l.in_features)) {
+        d.weight = keep;
+        d.note = std::move(*reason);
+        shape_fallback[i] = true;
+      }
+    }
+  }
+
+  // Fused siblings run as one GEMM in the engines, so they need one format.
+  std::map<std::string, std::vector<size_t>> groups;
+  for (size_t i = 0; i < spec.linears.size(); ++i) groups[spec.linears[i].quant_group].push_back(i);
+  for (const auto& [group, members] : groups) {
+    const auto wanted = [&](size_t i) {
+      const linear_decision& d = plan.linears[i];
+      if (spec.linears[i].role == linear_role::router) return format_id::bf16;
+      return d.rule < 0 ? r.default_weight.format : r.rules[size_t(d.rule)].weight.format;
+    };
+    const size_t first = members.front();
+    for (size_t i : members) {
+      if (wanted(i) == wanted(first)) continue;
+      throw io_error(fmt::format(
+          "{}: quant group '{}' mixes formats: {} gets {} from {}, {} gets {} from {}; fused linears need one format",
+          r.origin, group, spec.linears[first].module, traits_of(wanted(first)).name, rule_source(r, plan.linears[first].rule),
+          spec.linears[i].module, traits_of(wanted(i)).name, rule_source(r, plan.linears[i].rule)));
+    }
+    for (size_t cause : members) {
+      if (!shape_fallback[cause]) continue;
+      for (size_t i : members) {
+        linear_decision& d = plan.linears[i];
+        if (i == cause || d.weight.format == format_id::bf16) continue;
+        d.weight = keep;
+        d.note = fmt::format("fused with {}, which stays BF16: {}", spec.linears[cause].module, plan.linears[cause].note);
+      }
+      break;
+    }
+  }
+
+  for (size_t k = 0; k < r.rules.size(); ++k)
+    if (!rule_matches[k])
+      plan.warnings.push_back(fmt::format("{}:{}: rule '{}' matches no module of this model", r.origin,
+                                          r.rules[k].line, r.rules[k].pattern));
+  return plan;
+}
+
+}  // namespace mixq
