@@ -46,7 +46,8 @@ quantized_linear make_nvfp4(format_id f, const testing::test_tensor& t) {
   return q;
 }
 
-// W = e2m1(code) * e4m3(block scale) * weight_scale_2, from the stored bytes.
+// W = e2m1(code) * (e4m3(block scale) * weight_scale_2), from the stored bytes: the same product the
+// quantizer divided by.
 std::vector<float> dequant_by_formula(const std::vector<std::byte>& packed, const std::vector<std::byte>& scales,
                                       float ws2, int64_t rows, int64_t cols) {
   std::vector<float> w(size_t(rows * cols));
@@ -56,7 +57,7 @@ std::vector<float> dequant_by_formula(const std::vector<std::byte>& packed, cons
       const uint8_t code = c % 2 == 0 ? byte & 0xF : byte >> 4;  // low nibble = even element
       const float mag = kNvfp4Values[code & 7];
       const float s = e4m3_decode(uint8_t(scales[size_t(r * (cols / 16) + c / 16)]));
-      w[size_t(r * cols + c)] = (code & 8 ? -mag : mag) * s * ws2;
+      w[size_t(r * cols + c)] = (code & 8 ? -mag : mag) * (s * ws2);
     }
   return w;
 }
