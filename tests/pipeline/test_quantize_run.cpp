@@ -1,0 +1,274 @@
+// mixq quantize end to end: real checkpoints through calibrate -> quantize -> export -> re-load, the
+// run directory's statistics (resume, refused mismatches), uncalibrated experts, atomic exports.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "pipeline/io/checkpoint.hpp"
+#include "pipeline/quantize/quantize_run.hpp"
+#include "tests/pipeline/model_test_support.hpp"
+
+namespace mixq {
+namespace {
+
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+struct scratch_dir {
+  fs::path path;
+  explicit scratch_dir(const std::string& name)
+      : path(fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~scratch_dir() { fs::remove_all(path); }
+};
+
+recipe test_recipe(const std::string& rules, const std::string& extra = "") {
+  return parse_recipe("name: test\ncalibration:\n  samples: 4\n  seq_len: 128\nquantize:\n  rules:\n" + rules + extra,
+                      "test.yaml");
+}
+
+struct export_view {
+  checkpoint ckpt;
+  explicit export_view(const fs::path& dir) : ckpt(checkpoint::open(dir)) {}
+  const tensor_info* find(const std::string& name) const {
+    for (const auto& s : ckpt.shards())
+      if (const tensor_info* t = s.find(name)) return t;
+    return nullptr;
+  }
+  float scalar(const std::string& name) const {
+    for (const auto& s : ckpt.shards())
+      if (const tensor_info* t = s.find(name)) {
+        float v;
+        std::memcpy(&v, s.bytes(*t).data(), 4);
+        return v;
+      }
+    ADD_FAILURE() << name << " missing";
+    return 0.0f;
+  }
+  std::span<const std::byte> bytes(const std::string& name) const {
+    for (const auto& s : ckpt.shards())
+      if (const tensor_info* t = s.find(name)) return s.bytes(*t);
+    return {};
+  }
+};
+
+const std::string kLlamaNvfp4Rules =
+    "    - match: lm_head\n      format: bf16\n    - match: \"*\"\n      format: nvfp4\n      weights: four_over_six\n";
+
+TEST(quantize_run, stories260k_nvfp4_export_reloads_to_the_fake_quant_perplexity) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "stories260K");
+  const scratch_dir tmp("mixq-qrun-s");
+  quantize_request rq;
+  rq.model = model;
+  rq.out = tmp.path / "out";
+  rq.rcp = test_recipe(kLlamaNvfp4Rules);
+  const quantize_report r = run_quantize(rq);
+
+  // the verification ran (it throws on a mismatch) and quantization costs a little, not a lot
+  EXPECT_NEAR(r.ppl_export, r.ppl_fake_quant, 1e-4 * r.ppl_fake_quant);
+  EXPECT_GT(r.ppl_fake_quant, r.ppl_source);
+  EXPECT_LT(r.ppl_fake_quant, 1.5 * r.ppl_source);
+  EXPECT_EQ(r.calib_sequences, 4);
+  EXPECT_EQ(r.calib_source, "built-in");
+
+  // down_proj (K = 172) cannot be NVFP4: kept, with the reason, and copied unchanged
+  const model_spec spec = model_spec_from_file(model);
+  int kept = 0;
+  for (size_t i = 0; i < spec.linears.size(); ++i)
+    if (spec.linears[i].module.ends_with("down_proj")) {
+      EXPECT_EQ(r.plan.linears[i].weight.format, format_id::bf16);
+      EXPECT_THAT(r.plan.linears[i].note, HasSubstr("172"));
+      ++kept;
+    }
+  EXPECT_EQ(kept, 5);
+  const export_view out(rq.out);
+  const checkpoint src = checkpoint::open(model);
+  const auto& down = src.shards()[0].at("model.layers.2.mlp.down_proj.weight");
+  const auto got = out.bytes("model.layers.2.mlp.down_proj.weight");
+  ASSERT_EQ(got.size(), src.shards()[0].bytes(down).size());
+  EXPECT_EQ(std::memcmp(got.data(), src.shards()[0].bytes(down).data(), got.size()), 0);
+
+  // NVFP4 tensors as the engines expect; q/k/v and gate/up share their global and input scales
+  const tensor_info* q = out.find("model.layers.0.self_attn.q_proj.weight");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->type, dtype::u8);
+  EXPECT_EQ(q->shape, (std::vector<int64_t>{64, 32}));
+  for (const char* sib : {"k_proj", "v_proj"}) {
+    const std::string p = std::string("model.layers.0.self_attn.") + sib;
+    EXPECT_EQ(out.scalar(p + ".weight_scale_2"), out.scalar("model.layers.0.self_attn.q_proj.weight_scale_2"));
+    EXPECT_EQ(out.scalar(p + ".input_scale"), out.scalar("model.layers.0.self_attn.q_proj.input_scale"));
+  }
+  EXPECT_EQ(out.scalar("model.layers.1.mlp.up_proj.weight_scale_2"),
+            out.scalar("model.layers.1.mlp.gate_proj.weight_scale_2"));
+  const nlohmann::json hq = testing::read_json(rq.out / "hf_quant_config.json");
+  EXPECT_EQ(hq["quantization"]["quant_algo"], "NVFP4");
+  EXPECT_EQ(hq["quantization"]["exclude_modules"].size(), 5u);
+  const nlohmann::json cfg = testing::read_json(rq.out / "config.json");
+  EXPECT_EQ(cfg["quantization_config"]["quant_method"], "modelopt");
+  EXPECT_EQ(cfg["hidden_size"], 64);
+  EXPECT_TRUE(fs::exists(rq.out / "tokenizer.model"));
+  EXPECT_TRUE(fs::exists(r.run_dir / "summary.json"));
+
+  // the export evaluates on its own, through the ordinary loader
+  const auto reloaded = load_causal_lm(rq.out);
+  EXPECT_EQ(reloaded->spec().architecture, "llama");
+}
+
+TEST(quantize_run, resume_reuses_matching_statistics_and_refuses_others) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "stories260K");
+  const scratch_dir tmp("mixq-qrun-resume");
+  quantize_request rq;
+  rq.model = model;
+  rq.out = tmp.path / "out";
+  rq.rcp = test_recipe("    - match: \"*proj\"\n      format: fp8\n");
+  const quantize_report first = run_quantize(rq);
+  EXPECT_FALSE(first.stats_reused);
+
+  rq.resume = true;
+  rq.overwrite = true;
+  const quantize_report again = run_quantize(rq);
+  EXPECT_TRUE(again.stats_reused);
+  EXPECT_EQ(again.ppl_export, first.ppl_export);
+
+  rq.rcp.calibration.samples = 3;  // different calibration: the stored statistics no longer apply
+  try {
+    run_quantize(rq);
+    FAIL() << "a mismatched --resume was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_THAT(e.what(), HasSubstr("calibration.h5"));
+    EXPECT_THAT(e.what(), HasSubstr("different calibration"));
+  }
+}
+
+TEST(quantize_run, an_existing_output_is_refused_and_left_alone) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "stories260K");
+  const scratch_dir tmp("mixq-qrun-exists");
+  fs::create_directories(tmp.path / "out");
+  std::ofstream(tmp.path / "out" / "keep.txt") << "mine";
+  quantize_request rq;
+  rq.model = model;
+  rq.out = tmp.path / "out";
+  rq.rcp = test_recipe(kLlamaNvfp4Rules);
+  EXPECT_THROW(run_quantize(rq), std::exception);
+  EXPECT_TRUE(fs::exists(tmp.path / "out" / "keep.txt"));
+}
+
+TEST(quantize_run, a_failed_verification_leaves_no_export) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "stories260K");
+  const scratch_dir tmp("mixq-qrun-verify");
+  const checkpoint src = checkpoint::open(model);
+  const model_spec spec = model_spec_from_file(model);
+  export_options o;
+  o.verify = [](const fs::path& staged) {
+    EXPECT_TRUE(fs::exists(staged / "model.safetensors"));
+    throw std::runtime_error("verification failed");
+  };
+  EXPECT_THROW(export_checkpoint(src, spec, {}, tmp.path / "out", o), std::runtime_error);
+  EXPECT_FALSE(fs::exists(tmp.path / "out"));
+  EXPECT_TRUE(fs::is_empty(tmp.path)) << "a temporary directory was left behind";
+
+  // replacing an existing export: the old one survives a failed verification
+  fs::create_directories(tmp.path / "out");
+  std::ofstream(tmp.path / "out" / "old.txt") << "old";
+  o.overwrite = true;
+  EXPECT_THROW(export_checkpoint(src, spec, {}, tmp.path / "out", o), std::runtime_error);
+  EXPECT_TRUE(fs::exists(tmp.path / "out" / "old.txt"));
+}
+
+TEST(quantize_run, compressed_tensors_layout_reloads_identically) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "stories260K");
+  const scratch_dir tmp("mixq-qrun-ct");
+  quantize_request rq;
+  rq.model = model;
+  rq.out = tmp.path / "out";
+  rq.rcp = test_recipe(kLlamaNvfp4Rules, "kv_cache: fp8\nexport:\n  layout: compressed-tensors\n");
+  const quantize_report r = run_quantize(rq);
+  EXPECT_NEAR(r.ppl_export, r.ppl_fake_quant, 1e-4 * r.ppl_fake_quant);
+  const export_view out(rq.out);
+  EXPECT_NE(out.find("model.layers.0.self_attn.q_proj.weight_packed"), nullptr);
+  EXPECT_EQ(out.find("model.layers.0.self_attn.q_proj.weight"), nullptr);
+  EXPECT_GT(out.scalar("model.layers.0.self_attn.k_proj.k_scale"), 0.0f);
+  EXPECT_FALSE(fs::exists(rq.out / "hf_quant_config.json"));
+  EXPECT_EQ(testing::read_json(rq.out / "config.json")["quantization_config"]["quant_method"], "compressed-tensors");
+}
+
+TEST(quantize_run, nemotron_h_release_mix_with_fp8_kv_cache) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "nemotron-h-tiny");
+  const scratch_dir tmp("mixq-qrun-nh");
+  quantize_request rq;
+  rq.model = model;
+  rq.out = tmp.path / "out";
+  rq.rcp = load_recipe("nemotron_super_nvfp4_release");
+  rq.rcp.calibration.samples = 4;
+  rq.rcp.calibration.seq_len = 128;
+  const quantize_report r = run_quantize(rq);
+  EXPECT_NEAR(r.ppl_export, r.ppl_fake_quant, 1e-4 * r.ppl_fake_quant);
+  EXPECT_LT(r.ppl_fake_quant, 1.2 * r.ppl_source);
+  const nlohmann::json hq = testing::read_json(rq.out / "hf_quant_config.json");
+  EXPECT_EQ(hq["quantization"]["quant_algo"], "MIXED_PRECISION");
+  EXPECT_EQ(hq["quantization"]["kv_cache_quant_algo"], "FP8");
+  EXPECT_EQ(hq["quantization"]["quantized_layers"]["backbone.layers.0.mixer.in_proj"]["quant_algo"], "FP8");
+  EXPECT_EQ(hq["quantization"]["quantized_layers"]["backbone.layers.1.mixer.experts.0.up_proj"]["quant_algo"], "NVFP4");
+  const export_view out(rq.out);
+  EXPECT_GT(out.scalar("backbone.layers.3.mixer.k_proj.k_scale"), 0.0f);
+  EXPECT_GT(out.scalar("backbone.layers.3.mixer.v_proj.v_scale"), 0.0f);
+  EXPECT_EQ(out.find("backbone.layers.3.mixer.q_proj.weight")->type, dtype::bf16);  // attention stays BF16
+}
+
+TEST(quantize_run, experts_without_calibration_tokens_borrow_their_layers_input_scale) {
+  const testing::synth_dir synth(synth_arch::mixtral);
+  const scratch_dir tmp("mixq-qrun-experts");
+  quantize_request rq;
+  rq.model = synth.dir;
+  rq.out = tmp.path / "out";
+  rq.rcp = test_recipe("    - match: \"*experts*\"\n      format: nvfp4\n");
+  rq.rcp.calibration.samples = 1;  // two tokens: most experts see none
+  rq.rcp.calibration.seq_len = 2;
+  const quantize_report r = run_quantize(rq);
+  ASSERT_FALSE(r.uncalibrated_experts.empty());
+  const export_view out(rq.out);
+  const model_spec spec = model_spec_from_file(synth.dir);
+  for (const std::string& e : r.uncalibrated_experts) {
+    const std::string layer = e.substr(0, e.rfind('.'));
+    for (const char* leaf : {"w1", "w2", "w3"}) {
+      const float s = out.scalar(e + "." + leaf + ".input_scale");
+      EXPECT_TRUE(std::isfinite(s) && s > 0.0f) << e;
+      float others = 0.0f;  // the largest input scale among the layer's calibrated experts
+      for (int x = 0; x < spec.dims.experts; ++x) {
+        const std::string other = layer + "." + std::to_string(x);
+        if (std::find(r.uncalibrated_experts.begin(), r.uncalibrated_experts.end(), other) ==
+            r.uncalibrated_experts.end())
+          others = std::max(others, out.scalar(other + "." + leaf + ".input_scale"));
+      }
+      EXPECT_EQ(s, others) << e << "." << leaf;
+    }
+  }
+}
+
+TEST(quantize_run, a_checkpoint_that_contradicts_its_config_is_refused) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "stories260K");
+  const scratch_dir tmp("mixq-qrun-badcfg");
+  fs::copy(model, tmp.path / "model");
+  nlohmann::json cfg = testing::read_json(tmp.path / "model" / "config.json");
+  cfg["intermediate_size"] = 176;
+  std::ofstream(tmp.path / "model" / "config.json") << cfg.dump(2);
+  quantize_request rq;
+  rq.model = tmp.path / "model";
+  rq.out = tmp.path / "out";
+  rq.rcp = test_recipe(kLlamaNvfp4Rules);
+  try {
+    run_quantize(rq);
+    FAIL() << "accepted";
+  } catch (const std::exception& e) {
+    EXPECT_THAT(e.what(), HasSubstr("does not match its config.json"));
+    EXPECT_THAT(e.what(), HasSubstr("mlp"));
+  }
+  EXPECT_FALSE(fs::exists(rq.out));
+}
+
+}  // namespace
+}  // namespace mixq
