@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: build, make a synthetic Nemotron-H checkpoint (hybrid
-# Mamba-2 + attention + latent MoE, 170 M parameters, BF16), describe and check it, then measure
-# every format and scale selector on its weights (and on ../shared/models/stories260K when present).
+# Mamba-2 + attention + latent MoE, 170 M parameters, BF16), quantize it with NVIDIA's released
+# Nemotron 3 Super mix (routed experts NVFP4, shared experts and Mamba projections FP8, FP8 KV cache,
+# the rest BF16) on the built-in calibration text, verify the export by re-loading it, and check it
+# the way vLLM will. With ../shared present, the same on the real trained models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh build
@@ -9,18 +11,20 @@ bash scripts/build.sh build
 echo
 ./build/mixq synth --arch nemotron_h --preset small --out out/nemotron_h-small --force
 echo
-./build/mixq inspect out/nemotron_h-small
+./build/mixq quantize --model out/nemotron_h-small --recipe nemotron_super_nvfp4_release \
+  --out out/nemotron_h-small-nvfp4 --force
 echo
-./build/mixq qerror --model out/nemotron_h-small
+./build/mixq inspect out/nemotron_h-small-nvfp4
+tinystories=../shared/data/tinystories/TinyStories-valid-reduced.tok512.u16.bin
 if [ -d ../shared/models/stories260K ]; then
   echo
   ./build/mixq qerror --model ../shared/models/stories260K
   echo
-  ./build/mixq eval --model ../shared/models/stories260K \
-    --data ../shared/data/tinystories/TinyStories-valid-reduced.tok512.u16.bin --ctx 512
+  ./build/mixq quantize --model ../shared/models/stories260K --recipe llama_nvfp4 --out out/stories260K-nvfp4 \
+    --force --eval "$tinystories" --eval-ctx 512
 fi
 if [ -d ../shared/models/nemotron-h-tiny ]; then
   echo
-  ./build/mixq eval --model ../shared/models/nemotron-h-tiny \
-    --data ../shared/data/tinystories/TinyStories-valid-reduced.txt --ctx 512
+  ./build/mixq quantize --model ../shared/models/nemotron-h-tiny --recipe nemotron_super_nvfp4_release \
+    --out out/nemotron-h-tiny-nvfp4 --force --eval "$tinystories" --eval-ctx 512
 fi

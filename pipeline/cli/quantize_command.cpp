@@ -39,7 +39,12 @@ void print_report(const quantize_request& rq, const quantize_report& r) {
   if (!r.uncalibrated_experts.empty())
     fmt::print("note:         {} expert(s) saw no calibration token; their input scales come from the other "
                "experts of their layer: {}\n",
-               r.uncalibrated_experts.size(), fmt::join(r.uncalibrated_experts, ", "));
+               r.uncalibrated_experts.size(),
+               r.uncalibrated_experts.size() <= 8
+                   ? fmt::format("{}", fmt::join(r.uncalibrated_experts, ", "))
+                   : fmt::format("{}, ... (all in {})",
+                                 fmt::join(r.uncalibrated_experts.begin(), r.uncalibrated_experts.begin() + 8, ", "),
+                                 (r.run_dir / "summary.json").string()));
   fmt::print("\n{:<14}{:>9}{:>14}{:>10}{:>14}\n", "format", "linears", "parameters", "bits", "size");
   for (const format_usage& u : r.usage)
     fmt::print("{:<14}{:>9}{:>14}{:>10.2f}{:>14}\n", traits_of(u.format).name, u.linears, u.parameters,

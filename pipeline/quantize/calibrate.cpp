@@ -4,6 +4,8 @@
 #include <map>
 #include <string>
 
+#include <omp.h>
+
 namespace mixq {
 
 std::string expert_module_of(const linear_spec& l) { return l.module.substr(0, l.module.rfind('.')); }
@@ -21,35 +23,52 @@ float abs_max(const float* x, int64_t n) {
 calibration_stats calibrate(const causal_lm& model, std::span<const std::vector<int32_t>> sequences,
                             const progress_callback& progress) {
   const model_spec& spec = model.spec();
-  calibration_stats stats;
+  calibration_stats empty;
   // Each routed expert is counted at its first linear (gate or up), which sees exactly its tokens.
   std::map<std::string, std::string> counted_at;  // first linear of an expert -> expert module
   for (const linear_spec& l : spec.linears) {
-    stats.input_amax[l.module] = 0.0f;
+    empty.input_amax[l.module] = 0.0f;
     if (l.expert >= 0) {
       const std::string e = expert_module_of(l);
-      if (stats.expert_tokens.emplace(e, 0).second) counted_at[l.module] = e;
+      if (empty.expert_tokens.emplace(e, 0).second) counted_at[l.module] = e;
     }
   }
-  forward_hooks hooks;
-  hooks.input = [&](const std::string& name, const float* x, int64_t T, int64_t in) {
-    float& a = stats.input_amax[name];
-    a = std::fmax(a, abs_max(x, T * in));
-    if (const auto it = counted_at.find(name); it != counted_at.end()) stats.expert_tokens[it->second] += T;
-  };
-  hooks.kv = [&](const std::string& attention, const float* k, const float* v, int64_t T, int64_t kv_dim) {
-    float& ka = stats.k_amax[attention];
-    float& va = stats.v_amax[attention];
-    ka = std::fmax(ka, abs_max(k, T * kv_dim));
-    va = std::fmax(va, abs_max(v, T * kv_dim));
-  };
+  // Sequences run in parallel, one forward per thread into the thread's own statistics (as perplexity
+  // evaluation does: GEMMs this small do not gain from threads of their own). Merged by max and sum,
+  // which do not depend on the order.
   const int64_t n = int64_t(sequences.size());
+  std::vector<calibration_stats> partial(size_t(std::max(1, omp_get_max_threads())), empty);
+  int64_t done = 0;
+#pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < n; ++i) {
+    calibration_stats& st = partial[size_t(omp_get_thread_num())];
+    forward_hooks hooks;
+    hooks.input = [&](const std::string& name, const float* x, int64_t T, int64_t in) {
+      float& a = st.input_amax[name];
+      a = std::fmax(a, abs_max(x, T * in));
+      if (const auto it = counted_at.find(name); it != counted_at.end()) st.expert_tokens[it->second] += T;
+    };
+    hooks.kv = [&](const std::string& attention, const float* k, const float* v, int64_t T, int64_t kv_dim) {
+      float& ka = st.k_amax[attention];
+      float& va = st.v_amax[attention];
+      ka = std::fmax(ka, abs_max(k, T * kv_dim));
+      va = std::fmax(va, abs_max(v, T * kv_dim));
+    };
     const std::vector<int32_t>& seq = sequences[size_t(i)];
     model.forward(seq, hooks);
-    ++stats.sequences;
-    stats.tokens += int64_t(seq.size());
-    if (progress) progress(i + 1, n);
+    ++st.sequences;
+    st.tokens += int64_t(seq.size());
+#pragma omp critical(mixq_calibrate_progress)
+    if (progress) progress(++done, n);
+  }
+  calibration_stats stats = empty;
+  for (const calibration_stats& st : partial) {
+    stats.sequences += st.sequences;
+    stats.tokens += st.tokens;
+    for (const auto& [k, v] : st.input_amax) stats.input_amax[k] = std::fmax(stats.input_amax[k], v);
+    for (const auto& [k, v] : st.k_amax) stats.k_amax[k] = std::fmax(stats.k_amax[k], v);
+    for (const auto& [k, v] : st.v_amax) stats.v_amax[k] = std::fmax(stats.v_amax[k], v);
+    for (const auto& [k, v] : st.expert_tokens) stats.expert_tokens[k] += v;
   }
   return stats;
 }

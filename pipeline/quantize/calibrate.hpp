@@ -16,7 +16,8 @@ namespace mixq {
 using progress_callback = std::function<void(int64_t done, int64_t total)>;
 
 // Every linear and expert of model.spec() gets an entry, zero where nothing was seen. Sequences run
-// one after another; amax is a max and counts are sums, so the result does not depend on order.
+// in parallel (OpenMP); amax is a max and counts are sums, so the result does not depend on the
+// thread count or order. `progress` is called from one thread at a time.
 calibration_stats calibrate(const causal_lm& model, std::span<const std::vector<int32_t>> sequences,
                             const progress_callback& progress = {});
 

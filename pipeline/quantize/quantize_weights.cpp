@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -77,8 +78,11 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
       a = std::max(a, stat_or_zero(stats.input_amax, s.spec->module));
     }
   }
+  std::set<std::string> quantized_experts;  // only these need an input scale
+  for (const source_weight& s : todo)
+    if (s.spec->expert >= 0) quantized_experts.insert(expert_module_of(*s.spec));
   for (const auto& [expert, tokens] : stats.expert_tokens)
-    if (tokens == 0) out.uncalibrated_experts.push_back(expert);
+    if (tokens == 0 && quantized_experts.count(expert)) out.uncalibrated_experts.push_back(expert);
 
   // 3. quantize
   int64_t done = 0;
