@@ -2,9 +2,9 @@
 
 #include <fstream>
 #include <optional>
+#include <stdexcept>
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "pipeline/inspect/inspection_checks.hpp"
@@ -83,6 +83,8 @@ std::vector<std::string> linear_modules(const std::optional<model_spec>& spec, c
 checkpoint_inspection inspect_checkpoint(const std::filesystem::path& dir, const inspect_options& options) {
   checkpoint_inspection r;
   r.dir = dir;
+  if (options.tensor_parallel < 1)
+    throw std::invalid_argument(fmt::format("tensor_parallel must be at least 1, is {}", options.tensor_parallel));
   r.tensor_parallel = options.tensor_parallel;
   const checkpoint c = checkpoint::open(dir);
   tensor_map by_name;

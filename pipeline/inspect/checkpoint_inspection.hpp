@@ -49,7 +49,8 @@ struct checkpoint_inspection {
 };
 
 // Reads only headers, scales and configs (never a whole weight). Throws io_error on files that
-// cannot be read at all; everything else is reported in problems.
+// cannot be read at all and std::invalid_argument for tensor_parallel < 1; everything else is
+// reported in problems.
 checkpoint_inspection inspect_checkpoint(const std::filesystem::path& dir, const inspect_options& options = {});
 
 }  // namespace mixq
