@@ -1,8 +1,9 @@
 // What a user wants to know about a checkpoint directory before serving or quantizing it: the
-// architecture, parameters, dtypes and size; for quantized exports (ModelOpt HF layout) the format
-// of every linear, the effective bits, and the checks that decide whether vLLM / SGLang /
-// TensorRT-LLM load it and compute correctly (scales present, finite and positive; fused siblings
-// sharing weight_scale_2 and input_scale; hf_quant_config.json agreeing with the tensors).
+// architecture, parameters, dtypes and size; for quantized exports (ModelOpt or compressed-tensors
+// layout) the format of every linear, the effective bits, and the checks that decide whether vLLM /
+// SGLang / TensorRT-LLM load it and compute correctly (shared/reference/hf-export-format.md §3, §4):
+// scales present, finite and positive; fused siblings and MoE experts sharing one format and scale;
+// NVFP4 K per tensor-parallel slice a multiple of 16; the configs agreeing with the tensors.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +22,11 @@ struct linear_layer {
   std::string module;   // tensor name without ".weight"
   stored_format format;
   int64_t rows = 0, cols = 0;  // logical [N, K]
+  bool input_scale = false;    // stores an activation scale (input_scale / input_global_scale)
+};
+
+struct inspect_options {
+  int tensor_parallel = 1;     // the TP degree the NVFP4 slice rules are checked for
 };
 
 struct checkpoint_inspection {
@@ -30,9 +36,11 @@ struct checkpoint_inspection {
   int64_t parameters = 0;       // logical weights: a packed NVFP4 byte counts 2
   uint64_t file_bytes = 0;      // on disk
   std::map<std::string, int64_t> bytes_by_dtype;
-  std::string quant_algo;       // hf_quant_config.json, or "" when absent
-  std::string kv_cache_quant_algo;
-  std::vector<linear_layer> linears;
+  std::string layout;           // "modelopt", "compressed-tensors", or "" when not quantized
+  std::string quant_algo;       // ModelOpt quant_algo or the compressed-tensors format; "" when absent
+  std::string kv_cache_quant_algo;  // "FP8" when the config quantizes the KV cache
+  int tensor_parallel = 1;
+  std::vector<linear_layer> linears;  // the model's linear weights only (config.json's model when it parses)
   double effective_bits = 0;    // over the linears, weighted by size
   std::vector<std::string> problems;  // the runtimes would refuse or compute wrongly
   std::vector<std::string> notes;     // worth knowing, not wrong
@@ -41,7 +49,8 @@ struct checkpoint_inspection {
 };
 
 // Reads only headers, scales and configs (never a whole weight). Throws io_error on files that
-// cannot be read at all; everything else is reported in problems.
-checkpoint_inspection inspect_checkpoint(const std::filesystem::path& dir);
+// cannot be read at all and std::invalid_argument for tensor_parallel < 1; everything else is
+// reported in problems.
+checkpoint_inspection inspect_checkpoint(const std::filesystem::path& dir, const inspect_options& options = {});
 
 }  // namespace mixq
