@@ -45,6 +45,10 @@ void print_report(const quantize_request& rq, const quantize_report& r) {
                    : fmt::format("{}, ... (all in {})",
                                  fmt::join(r.uncalibrated_experts.begin(), r.uncalibrated_experts.begin() + 8, ", "),
                                  (r.run_dir / "summary.json").string()));
+  if (!r.uncalibrated_attention.empty())
+    fmt::print("note:         {} attention block(s) are outside the calibrated forward pass; their KV scales are "
+               "the largest calibrated ones: {}\n",
+               r.uncalibrated_attention.size(), fmt::join(r.uncalibrated_attention, ", "));
   fmt::print("\n{:<14}{:>9}{:>14}{:>10}{:>14}\n", "format", "linears", "parameters", "bits", "size");
   for (const format_usage& u : r.usage)
     fmt::print("{:<14}{:>9}{:>14}{:>10.2f}{:>14}\n", traits_of(u.format).name, u.linears, u.parameters,

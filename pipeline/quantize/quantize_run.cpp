@@ -129,6 +129,7 @@ quantize_report run_quantize(const quantize_request& rq) {
   // quantize
   const quantized_weights q = quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"));
   rep.uncalibrated_experts = q.uncalibrated_experts;
+  rep.uncalibrated_attention = q.uncalibrated_attention;
   clock.done("quantize");
 
   // size and bits per format, over every linear
@@ -200,7 +201,8 @@ quantize_report run_quantize(const quantize_request& rq) {
                               {"export_bytes", rep.exported.tensor_bytes},
                               {"ppl", {{"source", rep.ppl_source}, {"fake_quant", rep.ppl_fake_quant},
                                        {"export", rep.ppl_export}, {"data", rep.eval_source}, {"ctx", ctx}}},
-                              {"uncalibrated_experts", rep.uncalibrated_experts}};
+                              {"uncalibrated_experts", rep.uncalibrated_experts},
+                              {"uncalibrated_attention", rep.uncalibrated_attention}};
   nlohmann::ordered_json layers = nlohmann::ordered_json::object();
   for (size_t i = 0; i < spec.linears.size(); ++i) {
     nlohmann::ordered_json l = {{"format", std::string(traits_of(formats[i].second).name)}};

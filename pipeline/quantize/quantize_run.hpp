@@ -43,6 +43,7 @@ struct quantize_report {
   int64_t calib_sequences = 0, calib_tokens = 0;
   std::string calib_source;           // file, or "built-in"
   std::vector<std::string> uncalibrated_experts;
+  std::vector<std::string> uncalibrated_attention;  // KV scales borrowed (MTP attention)
   std::vector<format_usage> usage;    // one row per format used, bf16 included
   double effective_bits = 0.0;        // over every linear of the model
   uint64_t source_bytes = 0;          // tensor payload of the source checkpoint

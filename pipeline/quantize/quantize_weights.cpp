@@ -111,9 +111,22 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
   }
 
   // 4. KV cache
-  if (kv == kv_cache_format::fp8)
-    for (const auto& [attention, k_amax] : stats.k_amax)
-      out.kv[attention] = {fp8_input_scale(k_amax), fp8_input_scale(stat_or_zero(stats.v_amax, attention))};
+  if (kv == kv_cache_format::fp8) {
+    float k_max = 0.0f, v_max = 0.0f;
+    for (const auto& [attention, a] : stats.k_amax) k_max = std::max(k_max, a);
+    for (const auto& [attention, a] : stats.v_amax) v_max = std::max(v_max, a);
+    for (const linear_spec& l : spec.linears) {
+      if (!l.module.ends_with(".k_proj")) continue;
+      const std::string attention = l.module.substr(0, l.module.size() - 7);
+      if (stats.k_amax.count(attention)) {
+        out.kv[attention] = {fp8_input_scale(stats.k_amax.at(attention)),
+                             fp8_input_scale(stat_or_zero(stats.v_amax, attention))};
+      } else {
+        out.kv[attention] = {fp8_input_scale(k_max), fp8_input_scale(v_max)};
+        out.uncalibrated_attention.push_back(attention);
+      }
+    }
+  }
   return out;
 }
 
@@ -132,7 +145,10 @@ void apply_fake_quant(causal_lm& model, const quantized_weights& q) {
       W.act = l.format == format_id::nvfp4 ? input_quant{format_id::nvfp4, l.input_scale} : input_quant{};
     }
   });
-  for (const auto& [attention, scales] : q.kv) model.set_kv_cache_scales(attention, scales);
+  for (const auto& [attention, scales] : q.kv)
+    if (std::find(q.uncalibrated_attention.begin(), q.uncalibrated_attention.end(), attention) ==
+        q.uncalibrated_attention.end())
+      model.set_kv_cache_scales(attention, scales);
 }
 
 }  // namespace mixq

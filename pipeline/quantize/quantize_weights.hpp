@@ -3,7 +3,8 @@
 //    their weight_scale_2 / weight_scale and input_scale are equal, which the engines require;
 //  - a routed expert that saw no calibration token takes the input amax of the same projection in
 //    the other experts of its layer (and is listed), instead of an input_scale of nothing;
-//  - FP8 KV-cache scales are amax / 448 of post-RoPE K and V.
+//  - FP8 KV-cache scales are amax / 448 of post-RoPE K and V (blocks outside the forward pass, like
+//    the MTP head, take the largest calibrated ones).
 // Weights are read from the mapped checkpoint in their stored dtype; nothing else is loaded.
 #pragma once
 
@@ -24,6 +25,9 @@ struct quantized_weights {
   std::vector<quantized_linear> linears;          // every linear the plan quantizes, in spec order
   std::map<std::string, kv_cache_scales> kv;      // attention module -> FP8 KV scales; empty without KV quant
   std::vector<std::string> uncalibrated_experts;  // experts with no calibration tokens (input amax borrowed)
+  // Attention blocks calibration never ran (the MTP head): their KV scales are the largest of the
+  // calibrated blocks', so the engines do not fall back to 1.0.
+  std::vector<std::string> uncalibrated_attention;
 };
 
 // The key fused siblings share: "<prefix>.qkv" for q/k/v_proj, "<prefix>.gate_up" for gate/up_proj

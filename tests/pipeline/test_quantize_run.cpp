@@ -272,3 +272,31 @@ TEST(quantize_run, a_checkpoint_that_contradicts_its_config_is_refused) {
 
 }  // namespace
 }  // namespace mixq
+
+namespace mixq {
+namespace {
+
+TEST(quantize_run, mtp_attention_gets_the_largest_calibrated_kv_scales) {
+  const testing::synth_dir synth(synth_arch::nemotron_h);  // has an MTP head with attention
+  const scratch_dir tmp("mixq-qrun-mtp");
+  quantize_request rq;
+  rq.model = synth.dir;
+  rq.out = tmp.path / "out";
+  rq.rcp = test_recipe("    - match: \"*mixer.experts.*\"\n      format: nvfp4\n", "kv_cache: fp8\n");
+  const quantize_report r = run_quantize(rq);
+  ASSERT_EQ(r.uncalibrated_attention, std::vector<std::string>{"mtp.layers.0.mixer"});
+  const export_view out(rq.out);
+  float k_max = 0.0f, v_max = 0.0f;
+  for (const auto& s : out.ckpt.shards())
+    for (const tensor_info& t : s.tensors())
+      if (!t.name.starts_with("mtp.")) {
+        if (t.name.ends_with(".k_scale")) k_max = std::max(k_max, out.scalar(t.name));
+        if (t.name.ends_with(".v_scale")) v_max = std::max(v_max, out.scalar(t.name));
+      }
+  EXPECT_GT(k_max, 0.0f);
+  EXPECT_EQ(out.scalar("mtp.layers.0.mixer.k_proj.k_scale"), k_max);
+  EXPECT_EQ(out.scalar("mtp.layers.0.mixer.v_proj.v_scale"), v_max);
+}
+
+}  // namespace
+}  // namespace mixq
