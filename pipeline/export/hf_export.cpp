@@ -71,9 +71,10 @@ export_summary export_checkpoint(const checkpoint& source, const model_spec& spe
     replaced.insert(l.module + ".weight");
     for (encoded_tensor& t : encode_quantized_linear(l, options.layout)) encoded.push_back(std::move(t));
   }
-  for (const auto& [attention, s] : q.kv) {
-    encoded.push_back(f32_scalar(attention + ".k_proj.k_scale", s.k));
-    encoded.push_back(f32_scalar(attention + ".v_proj.v_scale", s.v));
+  for (const auto& [attention, s] : q.kv) {  // names per layout: kv_scale_names
+    const auto [k_name, v_name] = kv_scale_names(attention, options.layout);
+    encoded.push_back(f32_scalar(k_name, s.k));
+    encoded.push_back(f32_scalar(v_name, s.v));
   }
   std::vector<tensor_to_write> tensors;
   export_summary summary;

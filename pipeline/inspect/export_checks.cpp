@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include "pipeline/io/quantized_linear.hpp"
+
 #include "pipeline/inspect/inspection_checks.hpp"
 
 namespace mixq::inspection {
@@ -135,7 +137,9 @@ void check_kv_scales(const tensor_map& tensors, checkpoint_inspection& r) {
   for (const auto& l : r.linears) {
     if (!l.module.ends_with(".k_proj")) continue;
     const std::string attention = l.module.substr(0, l.module.size() - 7);
-    for (const std::string& name : {attention + ".k_proj.k_scale", attention + ".v_proj.v_scale"}) {
+    const auto [k_name, v_name] = kv_scale_names(
+        attention, r.layout == "compressed-tensors" ? export_layout::compressed_tensors : export_layout::modelopt);
+    for (const std::string& name : {k_name, v_name}) {
       if (!tensors.count(name))
         r.problems.push_back(fmt::format("attention {}: kv_cache_quant_algo is {} but {} is missing (the runtime "
                                          "falls back to scale 1.0)",

@@ -152,6 +152,11 @@ std::optional<decoded_linear> decode_quantized_linear(const std::string& module,
   return d;
 }
 
+std::pair<std::string, std::string> kv_scale_names(const std::string& attention, export_layout layout) {
+  if (layout == export_layout::compressed_tensors) return {attention + ".k_scale", attention + ".v_scale"};
+  return {attention + ".k_proj.k_scale", attention + ".v_proj.v_scale"};
+}
+
 bool is_quantization_tensor(std::string_view name) {
   static constexpr std::array kSuffixes{".weight_scale",        ".weight_scale_2",     ".input_scale",
                                         ".weight_packed",       ".weight_global_scale", ".input_global_scale",

@@ -15,6 +15,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "formats/format_traits.hpp"
@@ -66,6 +67,11 @@ struct decoded_linear {
 // naming the tensor, for the caller to prefix with the file.
 std::optional<decoded_linear> decode_quantized_linear(const std::string& module, int64_t out, int64_t in,
                                                       const stored_tensor_lookup& lookup);
+
+// The FP8 KV-cache scale tensors of an attention module: ModelOpt writes "<attn>.k_proj.k_scale" /
+// "<attn>.v_proj.v_scale"; compressed-tensors (and transformers' loader for it) "<attn>.k_scale" /
+// "<attn>.v_scale". vLLM maps both.
+std::pair<std::string, std::string> kv_scale_names(const std::string& attention, export_layout layout);
 
 // True for the tensor names quantization adds next to a linear's weight (weight_scale, input_scale,
 // k_scale, ...) and the renamed weights (weight_packed): a checkpoint check must not call them unexpected.

@@ -478,8 +478,11 @@ kv_cache_scales fp32_weight_reader::kv_scales(const std::string& attention) cons
         throw std::runtime_error(fmt::format("tensor '{}' holds {}, not a positive finite scale", name, v));
       return v;
     };
-    s.k = one(attention + ".k_proj.k_scale");
-    s.v = one(attention + ".v_proj.v_scale");
+    for (export_layout layout : {export_layout::modelopt, export_layout::compressed_tensors}) {
+      const auto [k_name, v_name] = kv_scale_names(attention, layout);
+      if (const float k = one(k_name); k > 0.0f) s.k = k;
+      if (const float v = one(v_name); v > 0.0f) s.v = v;
+    }
   } catch (const std::runtime_error& e) {
     fail(impl_->ckpt.dir(), e.what());
   }

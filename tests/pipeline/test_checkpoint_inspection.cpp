@@ -245,8 +245,9 @@ fs::path write_crafted(const fs::path& dir, const std::vector<crafted_layer>& la
     for (const auto& l : layers)
       if (l.module.ends_with(".k_proj")) {
         const std::string attention = l.module.substr(0, l.module.size() - 7);
-        e.tensors.push_back({attention + ".k_proj.k_scale", dtype::f32, {}, bytes_of(std::vector<float>{0.05f})});
-        e.tensors.push_back({attention + ".v_proj.v_scale", dtype::f32, {}, bytes_of(std::vector<float>{0.05f})});
+        const auto [k_name, v_name] = kv_scale_names(attention, layout);
+        e.tensors.push_back({k_name, dtype::f32, {}, bytes_of(std::vector<float>{0.05f})});
+        e.tensors.push_back({v_name, dtype::f32, {}, bytes_of(std::vector<float>{0.05f})});
       }
   const quant_configs c = make_quant_configs(formats, kv, layout, "test");
   e.hf_quant_config = nlohmann::json::parse(c.hf_quant_config.dump());
@@ -382,8 +383,8 @@ TEST(inspect, fp8_kv_cache_needs_every_attention_scale) {
 
   r = inspect_checkpoint(write_crafted(t.path / "b", attention_layers(), export_layout::compressed_tensors,
                                        kv_cache_format::fp8,
-                                       [](crafted_export& e) { e.at(kAttn + "k_proj.k_scale").bytes = bytes_of(std::vector<float>{-1.0f}); }));
-  EXPECT_TRUE(mentions(r.problems, kAttn + "k_proj.k_scale", "finite and positive")) << all(r.problems);
+                                       [](crafted_export& e) { e.at(kAttn + "k_scale").bytes = bytes_of(std::vector<float>{-1.0f}); }));
+  EXPECT_TRUE(mentions(r.problems, kAttn + "k_scale", "finite and positive")) << all(r.problems);
 
   r = inspect_checkpoint(write_crafted(t.path / "c", attention_layers(), export_layout::modelopt, kv_cache_format::fp8,
                                        [](crafted_export& e) {
