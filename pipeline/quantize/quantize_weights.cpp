@@ -38,6 +38,30 @@ float stat_or_zero(const std::map<std::string, float>& m, const std::string& key
 
 }  // namespace
 
+std::map<std::string, float> input_amax_by_linear(const model_spec& spec, const calibration_stats& stats) {
+  std::map<std::string, float> group, expert_leaf;  // sharing key / "<layer>.experts.*.<leaf>" -> max
+  const auto leaf_key = [](const linear_spec& l) {
+    const std::string e = expert_module_of(l);
+    return e.substr(0, e.rfind('.')) + ".*" + l.module.substr(l.module.rfind('.'));
+  };
+  for (const linear_spec& l : spec.linears) {
+    const float a = stat_or_zero(stats.input_amax, l.module);
+    float& g = group[scale_sharing_key(l.module)];
+    g = std::max(g, a);
+    if (l.expert >= 0) {
+      float& e = expert_leaf[leaf_key(l)];
+      e = std::max(e, a);
+    }
+  }
+  std::map<std::string, float> out;
+  for (const linear_spec& l : spec.linears) {
+    float a = group[scale_sharing_key(l.module)];
+    if (a == 0.0f && l.expert >= 0) a = expert_leaf[leaf_key(l)];
+    out[l.module] = a;
+  }
+  return out;
+}
+
 quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
                                    kv_cache_format kv, const calibration_stats& stats,
                                    const progress_callback& progress) {
@@ -61,23 +85,14 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
     todo.push_back({&l, q, *m, scan.amax});
   }
 
-  // 2. shared amax of fused siblings: weights, and inputs (which they share anyway)
-  std::map<std::string, float> group_w_amax, group_x_amax;
-  std::map<std::string, float> expert_leaf_x_amax;  // "<layer>.experts.*.<leaf>" -> max over calibrated experts
-  const auto expert_leaf_key = [](const linear_spec& l) {
-    const std::string e = expert_module_of(l);
-    return e.substr(0, e.rfind('.')) + ".*" + l.module.substr(l.module.rfind('.'));
-  };
-  quantized_weights out;
+  // 2. shared amax of fused siblings: weights here, inputs from the calibration statistics
+  std::map<std::string, float> group_w_amax;
   for (const source_weight& s : todo) {
     const std::string key = scale_sharing_key(s.spec->module);
     group_w_amax[key] = std::max(group_w_amax[key], s.amax);
-    group_x_amax[key] = std::max(group_x_amax[key], stat_or_zero(stats.input_amax, s.spec->module));
-    if (s.spec->expert >= 0) {
-      float& a = expert_leaf_x_amax[expert_leaf_key(*s.spec)];
-      a = std::max(a, stat_or_zero(stats.input_amax, s.spec->module));
-    }
   }
+  const std::map<std::string, float> x_amax_of = input_amax_by_linear(spec, stats);
+  quantized_weights out;
   std::set<std::string> quantized_experts;  // only these need an input scale
   for (const source_weight& s : todo)
     if (s.spec->expert >= 0) quantized_experts.insert(expert_module_of(*s.spec));
@@ -91,8 +106,7 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
     quantized_linear q;
     q.module = s.spec->module;
     q.format = s.quant.format;
-    float x_amax = group_x_amax[key];
-    if (x_amax == 0.0f && s.spec->expert >= 0) x_amax = expert_leaf_x_amax[expert_leaf_key(*s.spec)];
+    const float x_amax = x_amax_of.at(s.spec->module);
     if (q.format == format_id::fp8_per_tensor) {
       fp8_options o = fp8_options_for(s.quant);
       o.amax = group_w_amax[key];

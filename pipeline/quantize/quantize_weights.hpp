@@ -34,6 +34,11 @@ struct quantized_weights {
 // and Mixtral w1/w3; the module itself otherwise.
 std::string scale_sharing_key(const std::string& module);
 
+// The input amax each linear's activation scale comes from: the max over its fused siblings (they
+// read the same input), or, for a routed expert that saw no calibration token, the max of the same
+// projection over its layer's experts.
+std::map<std::string, float> input_amax_by_linear(const model_spec& spec, const calibration_stats& stats);
+
 // io_error naming the tensor for a weight that is missing, not 2-D BF16 / F16 / F32, or holds
 // NaN / Inf. The progress callback counts linears.
 quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,

@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cmath>
 #include <initializer_list>
 #include <limits>
 #include <set>
@@ -94,15 +95,22 @@ class recipe_parser {
 
   recipe parse(const YAML::Node& root) const {
     expect_map(root, "the recipe");
-    check_keys(root, "the recipe", {"name", "description", "calibration", "quantize", "kv_cache", "export"});
+    check_keys(root, "the recipe", {"name", "description", "calibration", "quantize", "search", "kv_cache", "export"});
     recipe r;
     r.origin = origin_;
     r.name = root["name"] ? scalar(root["name"], "name") : stem_of(origin_);
     if (r.name.empty()) fail(root["name"], "name must not be empty");
     if (root["description"]) r.description = scalar(root["description"], "description");
     if (root["calibration"]) r.calibration = calibration(root["calibration"]);
-    if (!root["quantize"]) fail(root, "missing key 'quantize' (the format rules)");
-    quantize(root["quantize"], r);
+    if (root["search"]) {
+      r.search = search(root["search"]);
+      if (root["quantize"])
+        fail(root["quantize"], "a recipe with 'search' chooses the formats itself; keep modules BF16 with "
+                               "search.disable instead of quantize rules");
+    } else {
+      if (!root["quantize"]) fail(root, "missing key 'quantize' (the format rules) or 'search'");
+      quantize(root["quantize"], r);
+    }
     if (root["kv_cache"]) r.kv_cache = kv_cache(root["kv_cache"]);
     if (root["export"]) r.output = output(root["export"]);
     return r;
@@ -272,6 +280,72 @@ class recipe_parser {
     for (const YAML::Node& item : rules) rule(item, index++, r);
   }
 
+  double positive_number(const YAML::Node& n, std::string_view where) const {
+    const std::string s = scalar(n, where);
+    double v = 0.0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc{} || end != s.data() + s.size() || !(v > 0.0) || !std::isfinite(v))
+      fail(n, fmt::format("{} must be a positive number, not '{}'", where, s));
+    return v;
+  }
+
+  search_settings search(const YAML::Node& n) const {
+    expect_map(n, "search");
+    check_keys(n, "search", {"effective_bits", "candidates", "method", "score_samples", "disable", "cost"});
+    search_settings st;
+    st.enabled = true;
+    if (!n["effective_bits"]) fail(n, "missing key 'effective_bits' in search (the budget, e.g. 5.0)");
+    st.effective_bits = positive_number(n["effective_bits"], "search.effective_bits");
+    if (st.effective_bits > 16.0) fail(n["effective_bits"], "search.effective_bits cannot exceed 16 (all BF16)");
+    const YAML::Node cands = n["candidates"];
+    if (!cands) fail(n, "missing key 'candidates' in search (e.g. [nvfp4, fp8])");
+    if (!cands.IsSequence() || cands.size() == 0)
+      fail(cands, fmt::format("search.candidates must be a non-empty list of formats, not {}", kind_of(cands)));
+    size_t i = 0;
+    for (const YAML::Node& c : cands) {
+      const std::string where = fmt::format("search.candidates[{}]", i++);
+      weight_quant_spec spec;
+      if (c.IsScalar()) {
+        spec = format_spec(c, where);
+      } else {
+        expect_map(c, where);
+        check_keys(c, where, {"format", "weights"});
+        spec = weight_spec(c, where);
+      }
+      if (spec.format == format_id::bf16) continue;  // always a candidate
+      for (const weight_quant_spec& other : st.candidates)
+        if (other.format == spec.format) fail(c, fmt::format("{}: format '{}' is listed twice", where, traits_of(spec.format).name));
+      st.candidates.push_back(spec);
+    }
+    if (st.candidates.empty()) fail(cands, "search.candidates needs at least one format besides bf16");
+    if (const YAML::Node m = n["method"]) {
+      const std::string s = scalar(m, "search.method");
+      const auto methods = {score_method::fisher, score_method::kl, score_method::hessian};
+      const auto it = std::find_if(methods.begin(), methods.end(), [&](score_method x) { return to_string(x) == s; });
+      if (it == methods.end()) fail(m, fmt::format("unknown search.method '{}' (expected one of: fisher, kl, hessian)", s));
+      st.method = *it;
+    }
+    if (n["score_samples"]) st.score_samples = positive_int(n["score_samples"], "search.score_samples");
+    if (const YAML::Node d = n["disable"]) {
+      std::vector<YAML::Node> globs;
+      if (d.IsScalar()) globs.push_back(d);
+      else if (d.IsSequence()) for (const auto& g : d) globs.push_back(g);
+      else fail(d, fmt::format("search.disable must be a glob or a list of globs, not {}", kind_of(d)));
+      for (const YAML::Node& g : globs) {
+        const std::string pattern = scalar(g, "search.disable");
+        if (pattern.empty()) fail(g, "empty glob in search.disable");
+        st.disable.emplace_back(pattern, line_of(g.Mark()));
+      }
+    }
+    if (const YAML::Node c = n["cost"]) {
+      const std::string s = scalar(c, "search.cost");
+      if (s == "weight") st.cost = cost_model::weight;
+      else if (s == "active_moe") st.cost = cost_model::active_moe;
+      else fail(c, fmt::format("unknown search.cost '{}' (expected one of: weight, active_moe)", s));
+    }
+    return st;
+  }
+
   kv_cache_format kv_cache(const YAML::Node& n) const {
     const std::string s = scalar(n, "kv_cache");
     for (kv_cache_format f : {kv_cache_format::none, kv_cache_format::fp8})
@@ -297,6 +371,11 @@ class recipe_parser {
 };
 
 }  // namespace
+
+std::string_view to_string(score_method m) {
+  return m == score_method::fisher ? "fisher" : m == score_method::kl ? "kl" : "hessian";
+}
+std::string_view to_string(cost_model c) { return c == cost_model::weight ? "weight" : "active_moe"; }
 
 std::string_view to_string(kv_cache_format f) { return f == kv_cache_format::fp8 ? "fp8" : "none"; }
 std::string_view to_string(export_layout l) {

@@ -40,6 +40,23 @@ struct export_settings {
   uint64_t max_shard_bytes = 5'000'000'000;  // "5GB", "500MB", or a byte count in YAML
 };
 
+// The mixed-precision search (AutoQuantize): each quant group picks one candidate format (BF16 is
+// always one) by measured sensitivity, minimizing the summed score under an effective-bits budget.
+enum class score_method { fisher, kl, hessian };
+enum class cost_model { weight, active_moe };  // active_moe: routed experts weigh top_k / num_experts
+std::string_view to_string(score_method m);
+std::string_view to_string(cost_model c);
+
+struct search_settings {
+  bool enabled = false;
+  double effective_bits = 0.0;                  // the budget, over every linear weight
+  std::vector<weight_quant_spec> candidates;    // besides bf16, in recipe order
+  score_method method = score_method::fisher;
+  int64_t score_samples = 8;                    // calibration sequences the scores are measured on
+  std::vector<std::pair<std::string, int>> disable;  // globs (and recipe lines) kept BF16
+  cost_model cost = cost_model::weight;
+};
+
 struct recipe {
   std::string name;          // "mamba_moe_fp8_aggressive"
   std::string origin;        // file path or "built-in:<name>", for messages
@@ -49,6 +66,7 @@ struct recipe {
   weight_quant_spec default_weight{format_id::bf16};  // for modules no rule matches (bf16 unless the recipe says)
   kv_cache_format kv_cache = kv_cache_format::none;
   export_settings output;
+  search_settings search;    // enabled: the formats come from the search, not from rules
 };
 
 // Parses YAML text; `origin` names it in messages. Unknown keys, bad values and malformed YAML throw

@@ -9,7 +9,9 @@ stories260K W4A16 NVFP4 compressed-tensors export made from a temporary copy of 
     data, no holes, 8-byte padded header, no trailing bytes), `__metadata__["format"] == "pt"`, the
     index (when sharded) names every tensor exactly once and its total_size is the payload sum; the
     dtype and shape of every quantized linear's tensors follow shared/reference/hf-export-format.md
-    §2.4 (ModelOpt) and §4 (compressed-tensors), and the FP8-KV scales are F32 scalars.
+    §2.4 (ModelOpt) and §4 (compressed-tensors), and the FP8-KV scales are F32 scalars named
+    <attn>.k_proj.k_scale / <attn>.v_proj.v_scale (ModelOpt) or <attn>.k_scale / <attn>.v_scale
+    (compressed-tensors, where transformers looks), for every attention.
  2. numbers: every quantized linear is decoded here from the spec formulas (NVFP4: low nibble = even
     k, E2M1 table, E4M3 block scale x weight_scale_2 or 1/weight_global_scale; FP8: E4M3 x
     weight_scale) and the source weight re-quantized under the stored scales must give the stored
@@ -25,7 +27,8 @@ stories260K W4A16 NVFP4 compressed-tensors export made from a temporary copy of 
     "same scheme for fused shards" rule. AutoConfig.from_pretrained must read every export's config.
  4. transformers: the compressed-tensors exports of stories260K are loaded with
     AutoModelForCausalLM.from_pretrained (CPU, float32, eager) and their perplexity on the TinyStories
-    held-out tokens (ctx 512, fresh context per window) is compared with `mixq eval`.
+    held-out tokens (ctx 512, fresh context per window) is compared with `mixq eval`; the load must
+    report no missing/unexpected keys and the FP8 export's KV scales must arrive in the attention modules.
 
 Prints one PASS / FAIL / INFO line per check and exits 1 when any check fails.
 
@@ -185,6 +188,14 @@ def expected_tensors(m, fmt, layout, n, k):
             m + ".input_scale": ("F32", scalar)}
 
 
+def kv_names(attention, layout):
+    """FP8-KV scale tensor names: ModelOpt <attn>.k_proj.k_scale (§2.4); compressed-tensors <attn>.k_scale,
+    the attention-module parameters compressed-tensors registers and transformers loads (KVCacheScaleType)."""
+    if layout == "compressed-tensors":
+        return attention + ".k_scale", attention + ".v_scale"
+    return attention + ".k_proj.k_scale", attention + ".v_proj.v_scale"
+
+
 def scalar(t):
     return float(t.float().reshape(-1)[0])
 
@@ -265,6 +276,13 @@ def check_export(name, src_dir, out_dir, layout):
             claimed.add(t)
             if (dt, shape) != ("F32", []):
                 problems.append(f"{t} is {dt} {shape}, spec F32 []")
+    # FP8-KV scale names per layout (kv_scale_names): every attention has both, no other spelling
+    attns = [m[: -len(".k_proj")] for m in source_linears(src) if m.endswith(".k_proj")]
+    kv_stored = {t for t in out if t.endswith((".k_scale", ".v_scale"))}
+    kv_want = {n for a in attns for n in kv_names(a, layout)} if kv_stored else set()
+    problems += [f"KV scale {t} not named as {layout} expects (want e.g. {sorted(kv_want)[:2]})"
+                 for t in sorted(kv_stored - kv_want)[:3]]
+    problems += [f"KV scale {t} missing" for t in sorted(kv_want - kv_stored)[:3]]
     unknown = [t for t in out if t not in claimed and t not in src]
     lost = [t for t in src if t not in out and t[: -len(".weight")] not in quant]
     problems += [f"unexpected {t}" for t in unknown[:3]] + [f"source tensor {t} dropped" for t in lost[:3]]
@@ -534,13 +552,28 @@ def load_ct(d, **kw):
                                                     output_loading_info=True, **kw)
 
 
-def check_transformers(name, d, tokens, mixq_value, tol, fix_kv_from=None):
-    """transformers' own compressed-tensors load: default path (activation quant kept) and dequantize=True."""
+def check_transformers(name, d, tokens, mixq_value, tol, kv_from=None):
+    """transformers' own compressed-tensors load: default path (activation quant kept) and dequantize=True.
+    tol None: the perplexity line is INFO; kv_from (the export's tensors): the FP8-KV scales transformers
+    loaded into each attention module must be the stored <attn>.k_scale / <attn>.v_scale."""
     from transformers.utils.quantization_config import CompressedTensorsConfig
     model, info = load_ct(d)
     probs = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    (check if fix_kv_from is None else lambda ok, *a: report("INFO", *a))(not probs, f"{name} transformers from_pretrained load report", "no missing/unexpected keys" if not probs
-          else "; ".join(f"{k} {len(v)}: {v[:2]}" for k, v in probs.items()))
+    check(not probs, f"{name} transformers from_pretrained load report", "no missing/unexpected/mismatched keys"
+          if not probs else "; ".join(f"{k} {len(v)}: {v[:2]}" for k, v in probs.items()))
+    if kv_from is not None:
+        bad, n = [], 0
+        for i, layer in enumerate(model.model.layers):
+            a = layer.self_attn
+            for kv in ("k", "v"):
+                t = f"model.layers.{i}.self_attn.{kv}_scale"
+                got = getattr(a, f"{kv}_scale", None)
+                want = scalar(load(kv_from, t)) if t in kv_from else None
+                n += 1
+                if got is None or want is None or got.numel() != 1 or float(got.detach().float().reshape(-1)[0]) != want:
+                    bad.append(f"{t}: module {None if got is None else got.detach().reshape(-1).tolist()}, stored {want}")
+        check(not bad, f"{name} transformers attention k_scale/v_scale = stored <attn>.k_scale/v_scale",
+              f"{n} scales equal" if not bad else f"{len(bad)} differ: {bad[:2]}")
     q0 = model.model.layers[0].self_attn.q_proj
     scheme = getattr(q0, "quantization_scheme", None)
     report("INFO", f"{name} transformers default path",
@@ -560,16 +593,9 @@ def check_transformers(name, d, tokens, mixq_value, tol, fix_kv_from=None):
     for p in model.parameters():
         if p.dtype != torch.float32:
             p.data = p.data.float()
-    if fix_kv_from is not None:
-        # transformers/compressed-tensors look for <attn>.k_scale; mixq wrote <attn>.k_proj.k_scale
-        for i, layer in enumerate(model.model.layers):
-            a = layer.self_attn
-            a.k_scale.data.fill_(scalar(load(fix_kv_from, f"model.layers.{i}.self_attn.k_proj.k_scale")))
-            a.v_scale.data.fill_(scalar(load(fix_kv_from, f"model.layers.{i}.self_attn.v_proj.v_scale")))
     value, count = hf_ppl(model, tokens)
-    what = "with KV scales copied from k_proj.k_scale/v_proj.v_scale" if fix_kv_from is not None else "as loaded"
     (report if tol is None else lambda _s, *a: check(rel(value, mixq_value) <= tol, *a))(
-          "INFO", f"{name} transformers(compressed-tensors forward, {what}) ppl vs mixq eval",
+          "INFO", f"{name} transformers(compressed-tensors forward, as loaded) ppl vs mixq eval",
           f"{value:.6f} vs {mixq_value:.6f}, rel {rel(value, mixq_value):.2e} ({count} tokens)"
           + (f", tolerance {tol:g}" if tol is not None else ", informational"))
     model2, _ = load_ct(d, quantization_config=CompressedTensorsConfig(dequantize=True))
@@ -665,9 +691,11 @@ def main() -> int:
                f"{ct4:.6f} vs {mixq['w4a4']:.6f}, rel {rel(ct4, mixq['w4a4']):.2e}")
         report("INFO", "stories260K/nvfp4/ct transformers dequantize=True (weight-only) ppl",
                f"{ct4_deq:.6f}; mixq W4A16 {mixq['w4a16']:.6f}, rel {rel(ct4_deq, mixq['w4a16']):.2e}")
-        # FP8: static FP8 input_scale + FP8 KV cache (kv_cache_scheme) in compressed-tensors' forward
-        ct8, ct8_deq = check_transformers("stories260K/fp8/ct", d_fp8, tokens, mixq["fp8"], None)
-        ct8_fix, _ = check_transformers("stories260K/fp8/ct", d_fp8, tokens, mixq["fp8"], None, fix_kv_from=out_fp8)
+        # FP8: static FP8 input_scale + FP8 KV cache (kv_cache_scheme) in compressed-tensors' forward, on the
+        # export as written. Not like for like (compressed-tensors' own activation/KV fake-quant; the last run
+        # with the scales in place gave rel 5.7e-4), so the tolerance is loose: it catches scales that were not
+        # loaded or not applied (uninitialised KV scales gave ppl 132.9), not implementation differences.
+        ct8, ct8_deq = check_transformers("stories260K/fp8/ct", d_fp8, tokens, mixq["fp8"], 2e-3, kv_from=out_fp8)
         report("INFO", "stories260K/fp8/ct transformers dequantize=True (weights only, no activation/KV quant) ppl",
                f"{ct8_deq:.6f}; source {mixq['source']:.6f}")
     print(f"{'FAILED' if failures else 'ALL PASSED'}: {failures} failing check(s)")
