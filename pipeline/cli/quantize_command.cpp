@@ -32,6 +32,20 @@ void print_report(const quantize_request& rq, const quantize_report& r) {
   fmt::print("calibration:  {} sequences, {} tokens from {}{}\n", r.calib_sequences, r.calib_tokens, r.calib_source,
              r.stats_reused ? fmt::format(" (reused {})", r.stats_file.string()) : "");
   for (const std::string& w : r.plan.warnings) fmt::print("warning:      {}\n", w);
+  if (r.searched) {
+    const search_outcome& s = r.search;
+    for (const std::string& w : s.space.warnings) fmt::print("warning:      {}: {}\n", rq.rcp.origin, w);
+    fmt::print("search:       {} scores on {} sequences ({} tokens){}, {:.2f}s; solved {} groups exactly in {:.3f}s{}\n",
+               to_string(rq.rcp.search.method), s.scores.sequences, s.scores.tokens,
+               s.scores_reused ? " (reused)" : "", s.score_seconds, s.space.groups.size(), s.solve_seconds,
+               s.proven_optimal ? " (proven optimal)" : " (NOT proven optimal: node limit)");
+    fmt::print("budget:       {:.3f} effective bits asked, {:.3f} reached (this model spans {:.3f} to {:.3f})\n",
+               s.budget_bits, s.achieved_bits, s.min_bits, s.max_bits);
+    fmt::print("front:       ");
+    for (const front_entry& e : s.front)
+      fmt::print(e.feasible ? " {:.1f} bits: score {:.4g};" : " {:.1f} bits: infeasible;", e.bits, e.score);
+    fmt::print("\n");
+  }
   std::map<std::string, int> notes;  // identical notes (e.g. every down_proj) printed once with a count
   for (const linear_decision& d : r.plan.linears)
     if (!d.note.empty()) ++notes[d.note];

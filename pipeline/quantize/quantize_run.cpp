@@ -126,6 +126,14 @@ quantize_report run_quantize(const quantize_request& rq) {
   rep.calib_tokens = stats.tokens;
   clock.done("calibrate");
 
+  // search: the formats come from measured sensitivity under the budget
+  if (rq.rcp.search.enabled) {
+    rep.searched = true;
+    rep.search = run_search(*model, rq.rcp, stats, sequences, rep.run_dir, rq.resume, progress("score"));
+    rep.plan = rep.search.plan;
+    clock.done("score + solve");
+  }
+
   // quantize
   const quantized_weights q = quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"));
   rep.uncalibrated_experts = q.uncalibrated_experts;

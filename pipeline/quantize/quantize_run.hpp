@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "calib/calibration_stats.hpp"
+#include "pipeline/autoquant/search_run.hpp"
 #include "pipeline/export/hf_export.hpp"
 #include "pipeline/recipe/recipe.hpp"
 
@@ -26,7 +27,7 @@ struct quantize_request {
   bool resume = false;                // reuse <run_dir>/calibration.h5 when its fingerprint matches
   bool overwrite = false;             // replace an existing output directory
   std::string producer_version;
-  // (stage, done, total) as each stage advances: "calibrate", "quantize", "evaluate".
+  // (stage, done, total) as each stage advances: "calibrate", "score", "quantize", "evaluate".
   std::function<void(const std::string&, int64_t, int64_t)> progress;
 };
 
@@ -38,6 +39,8 @@ struct format_usage {
 
 struct quantize_report {
   quant_plan plan;
+  bool searched = false;              // the recipe has `search:`; `search` holds the outcome
+  search_outcome search;
   std::filesystem::path run_dir, stats_file;
   bool stats_reused = false;
   int64_t calib_sequences = 0, calib_tokens = 0;

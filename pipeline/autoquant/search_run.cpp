@@ -1,0 +1,207 @@
+#include "pipeline/autoquant/search_run.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "pipeline/io/safetensors_file.hpp"  // io_error
+#include "search/mck_solver.hpp"
+
+namespace mixq {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<mck_group> knapsack_of(const model_spec& spec, const search_settings& st, const search_space& space,
+                                   const sensitivity_scores& scores) {
+  std::vector<mck_group> groups(space.groups.size());
+  for (size_t g = 0; g < space.groups.size(); ++g) {
+    const search_group& G = space.groups[g];
+    const size_t options = G.disabled ? 1 : G.candidates.size();  // disabled: bf16 only
+    for (size_t c = 0; c < options; ++c)
+      groups[g].options.push_back({scores.score[g][c], group_cost(space, spec, st, G, G.candidates[c])});
+  }
+  return groups;
+}
+
+// Everything the scores depend on besides the budget.
+std::string score_fingerprint(const stats_fingerprint& fp, const search_settings& st) {
+  std::string s = fmt::format("{}|{}|{}|{}|{}|{}", fp.model, fp.calibration, fp.data, to_string(st.method),
+                              st.score_samples, to_string(st.cost));
+  for (const auto& c : st.candidates) s += "|" + describe(c);
+  for (const auto& [glob, line] : st.disable) s += "|" + glob;
+  return fnv1a_hex(s.data(), s.size());
+}
+
+}  // namespace
+
+quant_plan plan_of_choice(const model_spec& spec, const search_space& space, std::span<const int> choice) {
+  quant_plan plan;
+  plan.linears.resize(spec.linears.size());
+  for (size_t g = 0; g < space.groups.size(); ++g)
+    for (int i : space.groups[g].linears)
+      plan.linears[size_t(i)].weight = space.groups[g].candidates[size_t(choice[g])];
+  return plan;
+}
+
+front_entry solve_budget(const model_spec& spec, const search_settings& st, const search_space& space,
+                         const sensitivity_scores& scores, double bits) {
+  const std::vector<mck_group> groups = knapsack_of(spec, st, space, scores);
+  const int64_t per_bit = cost_per_bit(space, spec, st);
+  const mck_solution s = solve_mck(groups, int64_t(std::floor(bits * double(per_bit))));
+  front_entry e;
+  e.bits = bits;
+  e.feasible = s.feasible;
+  e.achieved_bits = double(s.cost) / double(per_bit);
+  e.score = s.score;
+  e.choice = s.choice;
+  return e;
+}
+
+search_outcome run_search(causal_lm& model, const recipe& r, const calibration_stats& stats,
+                          std::span<const std::vector<int32_t>> sequences, const fs::path& run_dir, bool resume,
+                          const progress_callback& progress) {
+  const model_spec& spec = model.spec();
+  const search_settings& st = r.search;
+  search_outcome out;
+  out.space = make_search_space(spec, st);
+  const std::string fingerprint = score_fingerprint(stats.fingerprint, st);
+  const fs::path record_file = run_dir / "search.json";
+
+  // scores: measured, or reused from a previous run with the same fingerprint
+  const auto t0 = std::chrono::steady_clock::now();
+  if (resume && fs::exists(record_file)) {
+    std::ifstream in(record_file);
+    const nlohmann::json rec = nlohmann::json::parse(in, nullptr, false);
+    if (rec.is_discarded() || !rec.contains("score_fingerprint"))
+      throw io_error(fmt::format("{}: not a search record mixq can resume from", record_file.string()));
+    if (rec["score_fingerprint"] != fingerprint)
+      throw io_error(fmt::format("{}: the stored scores were measured with a different model, calibration, method, "
+                                 "candidates or disabled layers; rerun without --resume or point --run-dir elsewhere",
+                                 record_file.string()));
+    const nlohmann::json& groups = rec.at("groups");
+    if (groups.size() != out.space.groups.size())
+      throw io_error(fmt::format("{}: {} groups stored, the model has {}", record_file.string(), groups.size(),
+                                 out.space.groups.size()));
+    out.scores.score.resize(groups.size());
+    for (size_t g = 0; g < groups.size(); ++g)
+      for (const weight_quant_spec& c : out.space.groups[g].candidates)
+        out.scores.score[g].push_back(groups[g].at("scores").value(std::string(traits_of(c.format).name), 0.0));
+    out.scores.sequences = rec.value("score_samples", int64_t(0));
+    out.scores.tokens = rec.value("score_tokens", int64_t(0));
+    out.scores_reused = true;
+  } else {
+    const size_t n = std::min(sequences.size(), size_t(st.score_samples));
+    out.scores = score_groups(model, out.space, stats, sequences.first(n), st.method, progress);
+  }
+  const auto t1 = std::chrono::steady_clock::now();
+  out.score_seconds = std::chrono::duration<double>(t1 - t0).count();
+
+  // solve: the asked budget, then the report budgets
+  const std::vector<mck_group> groups = knapsack_of(spec, st, out.space, out.scores);
+  const int64_t per_bit = cost_per_bit(out.space, spec, st);
+  int64_t lo = 0, hi = 0;
+  for (const mck_group& g : groups) {
+    int64_t cmin = g.options[0].cost, cmax = g.options[0].cost;
+    for (const mck_option& o : g.options) cmin = std::min(cmin, o.cost), cmax = std::max(cmax, o.cost);
+    lo += cmin;
+    hi += cmax;
+  }
+  out.min_bits = double(lo) / double(per_bit);
+  out.max_bits = double(hi) / double(per_bit);
+  out.budget_bits = st.effective_bits;
+  std::vector<double> budgets{st.effective_bits};
+  for (double b : {4.5, 4.8, 5.0, 5.4, 6.0, 8.0})
+    if (b != st.effective_bits) budgets.push_back(b);
+  std::vector<int64_t> costs;
+  for (double b : budgets) costs.push_back(int64_t(std::floor(b * double(per_bit))));
+  const std::vector<mck_solution> sols = solve_mck_budgets(groups, costs);
+  out.solve_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  const mck_solution& asked = sols[0];
+  if (!asked.feasible)
+    throw io_error(fmt::format("{}: search.effective_bits {} is below what this model can reach: {:.3f} bits with every "
+                               "group in its smallest candidate (groups a format cannot hold, disabled ones and "
+                               "routers stay larger)",
+                               r.origin, st.effective_bits, out.min_bits));
+  out.choice = asked.choice;
+  out.achieved_bits = double(asked.cost) / double(per_bit);
+  out.proven_optimal = asked.proven_optimal;
+  for (size_t k = 0; k < budgets.size(); ++k) {
+    front_entry e;
+    e.bits = budgets[k];
+    e.feasible = sols[k].feasible;
+    e.achieved_bits = double(sols[k].cost) / double(per_bit);
+    e.score = sols[k].score;
+    e.choice = sols[k].choice;
+    out.front.push_back(std::move(e));
+  }
+  std::sort(out.front.begin(), out.front.end(), [](const front_entry& a, const front_entry& b) { return a.bits < b.bits; });
+  out.plan = plan_of_choice(spec, out.space, out.choice);
+
+  // the record (also what `mixq report` draws)
+  nlohmann::ordered_json rec;
+  rec["model"] = stats.fingerprint.model;
+  rec["architecture"] = spec.architecture;
+  rec["method"] = std::string(to_string(st.method));
+  nlohmann::ordered_json formats = nlohmann::ordered_json::array(), bits = nlohmann::ordered_json::object();
+  for (const auto& c : st.candidates) {
+    formats.push_back(std::string(traits_of(c.format).name));
+    bits[std::string(traits_of(c.format).name)] = traits_of(c.format).effective_bits;
+  }
+  formats.push_back("bf16");
+  bits["bf16"] = 16.0;
+  rec["formats"] = formats;
+  rec["format_bits"] = bits;
+  rec["budget_bits"] = out.budget_bits;
+  rec["effective_bits"] = out.achieved_bits;
+  rec["min_bits"] = out.min_bits;
+  rec["proven_optimal"] = out.proven_optimal;
+  rec["score_samples"] = out.scores.sequences;
+  rec["score_tokens"] = out.scores.tokens;
+  rec["seconds"] = {{"score", out.score_seconds}, {"solve", out.solve_seconds}};
+  rec["score_fingerprint"] = fingerprint;
+  nlohmann::ordered_json gs = nlohmann::ordered_json::array();
+  for (size_t g = 0; g < out.space.groups.size(); ++g) {
+    const search_group& G = out.space.groups[g];
+    nlohmann::ordered_json j;
+    j["name"] = G.name;
+    j["kind"] = G.kind;
+    j["layer"] = G.layer;
+    nlohmann::ordered_json mods = nlohmann::ordered_json::array();
+    for (int i : G.linears) mods.push_back(spec.linears[size_t(i)].module);
+    j["modules"] = mods;
+    j["weights"] = G.weights;
+    nlohmann::ordered_json sc = nlohmann::ordered_json::object();
+    for (size_t c = 0; c < G.candidates.size(); ++c)
+      sc[std::string(traits_of(G.candidates[c].format).name)] = out.scores.score[g][c];
+    j["scores"] = sc;
+    j["unavailable"] = G.unavailable;
+    j["chosen"] = std::string(traits_of(G.candidates[size_t(out.choice[g])].format).name);
+    j["disabled"] = G.disabled;
+    j["disabled_reason"] = G.disabled_reason;
+    gs.push_back(std::move(j));
+  }
+  rec["groups"] = gs;
+  nlohmann::ordered_json front = nlohmann::ordered_json::array();
+  for (const front_entry& e : out.front)
+    if (e.feasible) front.push_back({{"bits", e.achieved_bits}, {"score", e.score}, {"budget", e.bits}});
+  rec["front"] = front;
+  rec["expert_tokens"] = stats.expert_tokens;
+  nlohmann::ordered_json excluded = nlohmann::ordered_json::array();
+  for (const search_group& G : out.space.groups) {
+    if (G.disabled)
+      for (int i : G.linears) excluded.push_back({{"module", spec.linears[size_t(i)].module}, {"reason", G.disabled_reason}});
+  }
+  rec["excluded"] = excluded;
+  rec["measured"] = nlohmann::ordered_json::array();
+  fs::create_directories(run_dir);
+  const fs::path tmp = record_file.string() + ".tmp";
+  std::ofstream(tmp) << rec.dump(1) << "\n";
+  fs::rename(tmp, record_file);
+  return out;
+}
+
+}  // namespace mixq

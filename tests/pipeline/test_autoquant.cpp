@@ -1,0 +1,186 @@
+// The mixed-precision search: groups and costs from real specs, scores checked against the model's
+// own execution (not the replay arithmetic), monotonicity, and the search end to end.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "kernels/cpu/quantize.hpp"
+#include "formats/activation_quant.hpp"
+#include "pipeline/autoquant/search_run.hpp"
+#include "pipeline/quantize/quantize_run.hpp"
+#include "pipeline/quantize/quantize_weights.hpp"
+#include "tests/pipeline/model_test_support.hpp"
+
+namespace mixq {
+namespace {
+
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+search_settings settings(score_method m) {
+  search_settings st;
+  st.enabled = true;
+  st.effective_bits = 6.0;
+  st.candidates = {weight_quant_spec{format_id::nvfp4}, weight_quant_spec{format_id::fp8_per_tensor}};
+  st.method = m;
+  return st;
+}
+
+const search_group& group_named(const search_space& s, const std::string& name) {
+  for (const auto& g : s.groups)
+    if (g.name == name) return g;
+  throw std::runtime_error("no group " + name);
+}
+
+TEST(autoquant, stories260k_groups_candidates_and_costs) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "stories260K");
+  const model_spec spec = model_spec_from_file(model);
+  const search_settings st = settings(score_method::fisher);
+  const search_space s = make_search_space(spec, st);
+  EXPECT_EQ(s.groups.size(), 5u * 4u);  // per layer: q/k/v, o, gate/up, down (lm_head is tied)
+  const search_group& qkv = group_named(s, "model.layers.0.self_attn");
+  EXPECT_EQ(qkv.linears.size(), 3u);
+  EXPECT_EQ(qkv.kind, "attention");
+  EXPECT_EQ(qkv.candidates.size(), 3u);
+  const search_group& down = group_named(s, "model.layers.2.mlp.down_proj");
+  ASSERT_EQ(down.candidates.size(), 2u);  // bf16, fp8: K = 172 cannot hold NVFP4
+  EXPECT_THAT(down.unavailable.at("nvfp4"), HasSubstr("172"));
+  EXPECT_EQ(s.total_weights, 226560);
+  // cost units are quarter-bits x weights
+  EXPECT_EQ(group_cost(s, spec, st, qkv, qkv.candidates[1]), 3 * 64 * 64 * 18);
+  EXPECT_EQ(cost_per_bit(s, spec, st), 226560 * 4);
+}
+
+TEST(autoquant, routers_and_globs_are_disabled_and_active_moe_weighs_experts) {
+  const testing::synth_dir synth(synth_arch::mixtral);
+  const model_spec spec = model_spec_from_file(synth.dir);
+  search_settings st = settings(score_method::fisher);
+  st.disable = {{"*self_attn*", 3}, {"nothing.like.this", 4}};
+  st.cost = cost_model::active_moe;
+  const search_space s = make_search_space(spec, st);
+  int routers = 0, experts = 0;
+  for (const auto& g : s.groups) {
+    if (g.name.ends_with("block_sparse_moe.gate")) {
+      EXPECT_TRUE(g.disabled);
+      ++routers;
+    }
+    if (g.kind == "attention") EXPECT_THAT(g.disabled_reason, HasSubstr("*self_attn*"));
+    if (g.name.ends_with(".experts")) {
+      ++experts;
+      const int64_t per_weight = group_cost(s, spec, st, g, g.candidates[1]) / g.weights;
+      EXPECT_EQ(per_weight, 18 * spec.dims.experts_per_token);  // quarter-bits x top_k
+    }
+  }
+  EXPECT_GT(routers, 0);
+  EXPECT_GT(experts, 0);
+  ASSERT_EQ(s.warnings.size(), 1u);
+  EXPECT_THAT(s.warnings[0], HasSubstr("nothing.like.this"));
+}
+
+TEST(autoquant, scores_are_monotone_in_bits) {
+  search_group g;
+  g.candidates = {weight_quant_spec{format_id::bf16}, weight_quant_spec{format_id::nvfp4},
+                  weight_quant_spec{format_id::fp8_per_tensor}};
+  std::vector<double> s{5.0, 1.0, 3.0};  // fp8 (8 bits) measured worse than nvfp4 (4.5): noise
+  make_monotone_in_bits(g, s);
+  EXPECT_EQ(s, (std::vector<double>{0.0, 1.0, 1.0}));
+}
+
+// The fisher score of one group equals sum (g * (Y_q - Y))^2 with Y_q taken from the model itself
+// running the quantized layer (weights and input rounding), not from the replay.
+TEST(autoquant, fisher_score_matches_the_models_own_quantized_output) {
+  MIXQ_REQUIRE_SHARED_MODEL(dir, "stories260K");
+  llama_model model = llama_model::load(dir);
+  const search_settings st = settings(score_method::fisher);
+  const search_space space = make_search_space(model.spec(), st);
+  const std::vector<int32_t> tokens = [] {
+    std::vector<int32_t> t;
+    for (int i = 0; i < 64; ++i) t.push_back(int32_t((i * 37 + 11) % 500 + 3));
+    return t;
+  }();
+  const std::vector<std::vector<int32_t>> seqs{tokens};
+  const calibration_stats stats = calibrate(model, seqs);
+  const sensitivity_scores scores = score_groups(model, space, stats, seqs, score_method::fisher);
+
+  const std::string target = "model.layers.1.self_attn.o_proj";
+  size_t gi = 0;
+  while (space.groups[gi].name != target) ++gi;
+  for (size_t c = 1; c < space.groups[gi].candidates.size(); ++c) {
+    const weight_quant_spec cand = space.groups[gi].candidates[c];
+    std::vector<float> y_ref, y_q;
+    const auto capture = [&](std::vector<float>& into) {
+      return forward_hooks([&, target](const std::string& name, float* y, int64_t T, int64_t out) {
+        if (name == target) into.assign(y, y + T * out);
+      });
+    };
+    const llama_grads grads = model.forward_backward(tokens, capture(y_ref));
+    // quantize o_proj the way the export does, run the model, restore
+    llama_model quantized = model;
+    quantized.for_each_linear([&](llama_linear& W) {
+      if (W.name != target) return;
+      const cpu::source_matrix src{W.w.data(), cpu::source_dtype::f32, W.out, W.in, target};
+      const float x_amax = stats.input_amax.at(target);
+      if (cand.format == format_id::nvfp4) {
+        cpu::nvfp4_dequantize(cpu::nvfp4_quantize(src, nvfp4_options_for(cand)), W.w);
+        W.act = {format_id::nvfp4, nvfp4_input_scale(x_amax)};
+      } else {
+        cpu::fp8_dequantize(cpu::fp8_quantize(src, fp8_options_for(cand)), W.w);
+        W.act = {format_id::fp8_per_tensor, fp8_input_scale(x_amax)};
+      }
+    });
+    quantized.forward(tokens, capture(y_q));
+    const std::vector<float>& g = grads.dy.at(target);
+    double want = 0.0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      const double v = double(g[i]) * (double(y_q[i]) - double(y_ref[i]));
+      want += v * v;
+    }
+    ASSERT_GT(want, 0.0);
+    EXPECT_NEAR(scores.score[gi][c], want, 1e-4 * want) << traits_of(cand.format).name;
+  }
+}
+
+TEST(autoquant, search_end_to_end_meets_the_budget_and_reuses_scores) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "stories260K");
+  const fs::path tmp = fs::temp_directory_path() / ("mixq-autoquant-" + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  quantize_request rq;
+  rq.model = model;
+  rq.out = tmp / "out";
+  rq.rcp = load_recipe("auto_nvfp4_fp8_6p0bits");
+  rq.rcp.calibration.samples = 4;
+  rq.rcp.calibration.seq_len = 128;
+  rq.rcp.search.score_samples = 2;
+  const quantize_report r = run_quantize(rq);
+  ASSERT_TRUE(r.searched);
+  EXPECT_TRUE(r.search.proven_optimal);
+  EXPECT_LE(r.search.achieved_bits, 6.0);
+  EXPECT_GT(r.search.achieved_bits, 5.5);  // a good search spends the budget
+  EXPECT_NEAR(r.effective_bits, r.search.achieved_bits, 1e-9);
+  EXPECT_NEAR(r.ppl_export, r.ppl_fake_quant, 1e-4 * r.ppl_fake_quant);
+  EXPECT_TRUE(fs::exists(r.run_dir / "search.json"));
+  // at 5.4 bits (the front) the stored scores re-solve without a model run
+  const front_entry e = solve_budget(model_spec_from_file(model), rq.rcp.search, r.search.space, r.search.scores, 5.4);
+  EXPECT_TRUE(e.feasible);
+  EXPECT_LE(e.achieved_bits, 5.4);
+  // resume: the scores come back from search.json, the same choice follows
+  rq.resume = true;
+  rq.overwrite = true;
+  const quantize_report again = run_quantize(rq);
+  EXPECT_TRUE(again.search.scores_reused);
+  EXPECT_EQ(again.search.choice, r.search.choice);
+  // below the reachable minimum: refused with the minimum named
+  rq.rcp.search.effective_bits = 4.5;
+  rq.resume = false;
+  try {
+    run_quantize(rq);
+    ADD_FAILURE() << "an unreachable budget was accepted";
+  } catch (const std::exception& ex) {
+    EXPECT_THAT(ex.what(), HasSubstr("below what this model can reach"));
+  }
+  fs::remove_all(tmp);
+}
+
+}  // namespace
+}  // namespace mixq
