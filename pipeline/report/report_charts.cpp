@@ -34,7 +34,8 @@ std::vector<std::pair<double, std::string>> placed(const std::vector<svg::tick>&
 std::string name_in_layer(const search_group& g) {
   const std::string marker = fmt::format("layers.{}.", g.layer);
   const size_t at = g.layer >= 0 ? g.name.find(marker) : std::string::npos;
-  return at == std::string::npos ? g.name : g.name.substr(at + marker.size());
+  const std::string own = at == std::string::npos ? g.name : g.name.substr(at + marker.size());
+  return g.modules.size() > 1 ? fmt::format("{} +{}", own, g.modules.size() - 1) : own;
 }
 
 std::string shorten(const std::string& s, double width_px, double font_px) {
@@ -90,7 +91,7 @@ std::string sensitivity_chart(const search_record& r, const report_figures& f) {
   for (const std::string& format : series) legend.push_back({format, format_color(format, f.formats_shown)});
   legend.push_back({"chosen format", "#111", svg::shape::ring});
   const double top = c.legend(14, 46, legend) + 6;
-  const svg::frame fr{78, top, kWidth - 100, height - top - 52};
+  const svg::frame fr{88, top, kWidth - 100, height - top - 52};
   if (series.empty()) {
     c.text(fr.left + fr.width / 2, fr.top + fr.height / 2, "no positive scores to draw", "middle", 13, "fill=\"#666\"");
     return c.str();
@@ -113,16 +114,16 @@ std::string sensitivity_chart(const search_record& r, const report_figures& f) {
   for (size_t i = 0; i <= n; ++i) {
     if (i < n && i > 0 && r.groups[f.layer_order[i]].layer == r.groups[f.layer_order[i - 1]].layer) continue;
     if (i > 0) {
-      if (bands % 2 == 1) c.rect(fr.left + double(band_start) * slot, fr.top, double(i - band_start) * slot, fr.height, "#f3f5f8");
+      const double left = fr.left + double(band_start) * slot, span = double(i - band_start) * slot;
+      if (bands % 2 == 1) c.rect(left, fr.top, span, fr.height, "#f3f5f8");
+      const search_group& g = r.groups[f.layer_order[band_start]];
+      if (bands % label_every == 0)
+        xt.emplace_back(left + span / 2, g.layer >= 0 ? std::to_string(g.layer) : shorten(g.kind, 60, 11));
       ++bands;
     }
-    if (i == n) break;
     band_start = i;
-    const search_group& g = r.groups[f.layer_order[i]];
-    if (bands % label_every == 0)
-      xt.emplace_back(x_of(i), g.layer >= 0 ? std::to_string(g.layer) : shorten(g.kind, 60, 11));
   }
-  c.axes(fr, xt, placed(yt, y), "group, in layer order (tick: first group of the layer)", "score");
+  c.axes(fr, xt, placed(yt, y), "layer (its groups in record order; hover a dot for the group)", "score");
 
   const double spread = std::min(3.0, slot / double(series.size() + 1));
   const double dot = std::clamp(slot * 0.6, 3.0, 7.0);
@@ -164,7 +165,8 @@ std::string assignment_chart(const search_record& r, const report_figures& f) {
   std::vector<svg::legend_entry> legend;
   for (const format_share& s : f.assignment)
     if (s.groups > 0)
-      legend.push_back({fmt::format("{} ({} bits): {} groups, {} of weights", s.format, fixed_text(s.bits, 2), s.groups,
+      legend.push_back({fmt::format("{} ({} bits): {} group{}, {} of weights", s.format, fixed_text(s.bits, 2), s.groups,
+                                    s.groups == 1 ? "" : "s",
                                     percent_text(s.weight_share)),
                         format_color(s.format, f.formats_shown), svg::shape::square});
   if (f.disabled_groups > 0) legend.push_back({"disabled (kept bf16)", "#c62828", svg::shape::dashed_line});
@@ -236,7 +238,7 @@ std::string front_chart(const search_record& r, const report_figures& f) {
                                         {fmt::format("budget {:.2f} bits", r.budget_bits), "#c62828", svg::shape::dashed_line}};
   if (f.front_at_budget) legend.push_back({"optimum within the budget", "#c62828", svg::shape::ring});
   const double top = c.legend(14, 46, legend) + 6;
-  const svg::frame fr{78, top, kWidth - 110, height - top - 52};
+  const svg::frame fr{88, top, kWidth - 110, height - top - 52};
   std::tie(x_lo, x_hi) = svg::nice_domain(x_lo, x_hi, 10);
   const std::vector<svg::tick> xt = svg::nice_ticks(x_lo, x_hi, 10);
   const svg::linear_scale x{x_lo, x_hi, fr.left, fr.right()};
@@ -248,7 +250,6 @@ std::string front_chart(const search_record& r, const report_figures& f) {
   } else {
     const auto [lo, hi] = svg::nice_domain(std::min(0.0, y_lo), y_hi, 6);
     yt = svg::nice_ticks(lo, hi, 6);
-    for (svg::tick& t : yt) t.label = score_text(t.value);
     y = svg::linear_scale{lo, hi, fr.bottom(), fr.top};
   }
   c.axes(fr, placed(xt, x), placed(yt, y), "effective bits per weight", log_y ? "score (log)" : "score");
@@ -302,7 +303,7 @@ std::string perplexity_chart(const search_record& r) {
   const double height = 380;
   svg::canvas c(kWidth, height, "Measured perplexity vs bits");
   const double top = c.legend(14, 46, legend) + 6;
-  const svg::frame fr{78, top, kWidth - 110, height - top - 52};
+  const svg::frame fr{88, top, kWidth - 110, height - top - 52};
   std::tie(x_lo, x_hi) = svg::nice_domain(x_lo - 0.25, x_hi + 0.25, 10);
   const std::vector<svg::tick> xt = svg::nice_ticks(x_lo, x_hi, 10);
   const svg::linear_scale x{x_lo, x_hi, fr.left, fr.right()};
@@ -313,7 +314,8 @@ std::string perplexity_chart(const search_record& r) {
   if (r.reference_ppl) {
     const double ry = y(*r.reference_ppl);
     c.line(fr.left, ry, fr.right(), ry, "#555", 1.5, "6 4");
-    c.text(fr.right() - 4, ry - 6, fmt::format("unquantized {:.3f}", *r.reference_ppl), "end", 11, "fill=\"#444\"");
+    // Left end: low-bit points sit well above the reference there, high-bit ones crowd it on the right.
+    c.text(fr.left + 6, ry - 6, fmt::format("unquantized {:.3f}", *r.reference_ppl), "start", 11, "fill=\"#444\"");
   }
   std::vector<measured_point> searched;
   for (const measured_point& p : r.measured)
@@ -332,7 +334,7 @@ std::string perplexity_chart(const search_record& r) {
     c.marker(mark, px, py, p.searched ? 7 : 9, color, fmt::format("{}: {:.2f} bits, ppl {:.4f}", p.label, p.bits, p.ppl));
     if (p.searched) continue;
     const bool right_room = px < fr.right() - 180;
-    c.text(right_room ? px + 9 : px - 9, py + (labeled++ % 2 == 0 ? -8 : 16), fmt::format("{} ({:.3f})", p.label, p.ppl),
+    c.text(right_room ? px + 9 : px - 9, py + (labeled++ % 2 == 0 ? -8 : 16), fmt::format("{}: {:.3f}", p.label, p.ppl),
            right_room ? "start" : "end", 11, fmt::format("fill=\"{}\"", color));
   }
   return c.str();
@@ -345,7 +347,7 @@ std::string expert_chart(const expert_layer& l) {
                             l.zero_token_experts, count_text(l.tokens)));
   double top = 40;
   if (l.zero_token_experts > 0) top = c.legend(14, 46, {{"zero tokens", "#c62828", svg::shape::triangle}}) + 4;
-  const svg::frame fr{78, top, kWidth - 100, height - top - 50};
+  const svg::frame fr{88, top, kWidth - 100, height - top - 50};
   int64_t most = 1;
   for (const expert_count& e : l.experts) most = std::max(most, e.tokens);
   const auto [lo, hi] = svg::nice_domain(0, double(most), 4);

@@ -189,7 +189,7 @@ void canvas::axes(const frame& f, const std::vector<std::pair<double, std::strin
   line(f.left, f.top, f.left, f.bottom(), "#555");
   if (!x_title.empty()) text(f.left + f.width / 2, f.bottom() + 36, x_title, "middle", 12, "fill=\"#222\"");
   if (!y_title.empty()) {
-    const double x = f.left - 52, y = f.top + f.height / 2;
+    const double x = f.left - 62, y = f.top + f.height / 2;
     text(x, y, y_title, "middle", 12, fmt::format("fill=\"#222\" transform=\"rotate(-90 {:.1f} {:.1f})\"", x, y));
   }
 }
