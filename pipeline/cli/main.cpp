@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   mixq::cli::add_synth_command(app);
   mixq::cli::add_eval_command(app);
   mixq::cli::add_quantize_command(app);
+  mixq::cli::add_report_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
