@@ -82,7 +82,7 @@ std::string group_table(const search_record& r, const report_figures& f) {
   for (const std::string& format : r.formats) t += fmt::format("<th>{}</th>", swatch(format, f));
   t += "<th>chosen</th></tr>\n";
   for (size_t i : f.layer_order) {
-    const search_group& g = r.groups[i];
+    const record_group& g = r.groups[i];
     t += fmt::format("<tr><td class=\"name\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>",
                      escape(g.name), escape(g.kind), g.layer, count_text(g.weights));
     for (const std::string& format : r.formats) {
@@ -107,7 +107,7 @@ std::string exclusions(const search_record& r, const report_figures& f) {
     for (const excluded_module& e : r.excluded)
       h += fmt::format("<tr><td class=\"name\">{}</td><td>excluded</td><td>{}</td></tr>\n", escape(e.module),
                        escape(e.reason));
-    for (const search_group& g : r.groups)
+    for (const record_group& g : r.groups)
       if (g.disabled)
         h += fmt::format("<tr><td class=\"name\">{}</td><td>disabled (kept bf16)</td><td>{}</td></tr>\n", escape(g.name),
                          escape(g.disabled_reason));

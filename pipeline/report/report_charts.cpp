@@ -31,7 +31,7 @@ std::vector<std::pair<double, std::string>> placed(const std::vector<svg::tick>&
 }
 
 // Name of a group inside its layer: "self_attn.q_proj" for "model.layers.0.self_attn.q_proj".
-std::string name_in_layer(const search_group& g) {
+std::string name_in_layer(const record_group& g) {
   const std::string marker = fmt::format("layers.{}.", g.layer);
   const size_t at = g.layer >= 0 ? g.name.find(marker) : std::string::npos;
   const std::string own = at == std::string::npos ? g.name : g.name.substr(at + marker.size());
@@ -76,7 +76,7 @@ std::string sensitivity_chart(const search_record& r, const report_figures& f) {
   double lo = std::numeric_limits<double>::infinity(), hi = 0;
   for (const std::string& format : r.formats) {
     bool any = false;
-    for (const search_group& g : r.groups)
+    for (const record_group& g : r.groups)
       if (const auto it = g.scores.find(format); it != g.scores.end() && it->second > 0) {
         any = true;
         lo = std::min(lo, it->second);
@@ -107,7 +107,7 @@ std::string sensitivity_chart(const search_record& r, const report_figures& f) {
   size_t band_start = 0, bands = 0;
   const size_t layers = [&] {
     std::set<int64_t> distinct;
-    for (const search_group& g : r.groups) distinct.insert(g.layer);
+    for (const record_group& g : r.groups) distinct.insert(g.layer);
     return distinct.size();
   }();
   const size_t label_every = std::max<size_t>(1, layers / 30 + 1);
@@ -116,7 +116,7 @@ std::string sensitivity_chart(const search_record& r, const report_figures& f) {
     if (i > 0) {
       const double left = fr.left + double(band_start) * slot, span = double(i - band_start) * slot;
       if (bands % 2 == 1) c.rect(left, fr.top, span, fr.height, "#f3f5f8");
-      const search_group& g = r.groups[f.layer_order[band_start]];
+      const record_group& g = r.groups[f.layer_order[band_start]];
       if (bands % label_every == 0)
         xt.emplace_back(left + span / 2, g.layer >= 0 ? std::to_string(g.layer) : shorten(g.kind, 60, 11));
       ++bands;
@@ -128,7 +128,7 @@ std::string sensitivity_chart(const search_record& r, const report_figures& f) {
   const double spread = std::min(3.0, slot / double(series.size() + 1));
   const double dot = std::clamp(slot * 0.6, 3.0, 7.0);
   for (size_t i = 0; i < n; ++i) {
-    const search_group& g = r.groups[f.layer_order[i]];
+    const record_group& g = r.groups[f.layer_order[i]];
     for (size_t s = 0; s < series.size(); ++s) {
       const auto it = g.scores.find(series[s]);
       if (it == g.scores.end() || it->second <= 0) continue;
@@ -148,7 +148,7 @@ std::string assignment_chart(const search_record& r, const report_figures& f) {
   std::vector<std::string> rows;  // "layer N", or the kind for groups outside the stack
   std::map<std::pair<std::string, column>, size_t> cell;  // (row, column) -> group index
   for (size_t i : f.layer_order) {
-    const search_group& g = r.groups[i];
+    const record_group& g = r.groups[i];
     const column col{kind_rank(g.kind), name_in_layer(g)};
     if (std::find(columns.begin(), columns.end(), col) == columns.end()) columns.push_back(col);
     const std::string row = g.layer >= 0 ? fmt::format("layer {}", g.layer) : g.kind;
@@ -204,7 +204,7 @@ std::string assignment_chart(const search_record& r, const report_figures& f) {
     for (size_t k = 0; k < columns.size(); ++k) {
       const auto it = cell.find({rows[ri], columns[k]});
       if (it == cell.end()) continue;
-      const search_group& g = r.groups[it->second];
+      const record_group& g = r.groups[it->second];
       const std::string format = stored_format(g);
       const std::string color = format_color(format, f.formats_shown);
       std::string tip = fmt::format("{}\n{} ({} weights)", g.name, format, count_text(g.weights));
@@ -222,11 +222,11 @@ std::string assignment_chart(const search_record& r, const report_figures& f) {
 
 std::string front_chart(const search_record& r, const report_figures& f) {
   if (r.front.empty()) return "";
-  std::vector<front_point> pts = r.front;
-  std::sort(pts.begin(), pts.end(), [](const front_point& a, const front_point& b) { return a.bits < b.bits; });
+  std::vector<record_front_point> pts = r.front;
+  std::sort(pts.begin(), pts.end(), [](const record_front_point& a, const record_front_point& b) { return a.bits < b.bits; });
   double x_lo = std::min(pts.front().bits, r.budget_bits), x_hi = std::max(pts.back().bits, r.budget_bits);
   double y_lo = std::numeric_limits<double>::infinity(), y_hi = -y_lo;
-  for (const front_point& p : pts) {
+  for (const record_front_point& p : pts) {
     y_lo = std::min(y_lo, p.score);
     y_hi = std::max(y_hi, p.score);
   }
@@ -254,9 +254,9 @@ std::string front_chart(const search_record& r, const report_figures& f) {
   }
   c.axes(fr, placed(xt, x), placed(yt, y), "effective bits per weight", log_y ? "score (log)" : "score");
   std::vector<std::pair<double, double>> line;
-  for (const front_point& p : pts) line.emplace_back(x(p.bits), y(p.score));
+  for (const record_front_point& p : pts) line.emplace_back(x(p.bits), y(p.score));
   c.polyline(line, "#2b4c7e", 2);
-  for (const front_point& p : pts)
+  for (const record_front_point& p : pts)
     c.marker(svg::shape::circle, x(p.bits), y(p.score), 5, "#2b4c7e",
              fmt::format("{:.3f} bits: score {}", p.bits, score_text(p.score)));
   c.line(x(r.budget_bits), fr.top, x(r.budget_bits), fr.bottom(), "#c62828", 1.5, "6 4");

@@ -47,7 +47,7 @@ std::vector<expert_layer> expert_layers(const search_record& r) {
 
 }  // namespace
 
-std::string stored_format(const search_group& group) { return group.disabled ? "bf16" : group.chosen; }
+std::string stored_format(const record_group& group) { return group.disabled ? "bf16" : group.chosen; }
 
 double format_bits_of(const search_record& record, const std::string& format) {
   const auto it = record.format_bits.find(format);
@@ -67,13 +67,13 @@ report_figures derive_report_figures(const search_record& r) {
   std::stable_sort(f.layer_order.begin(), f.layer_order.end(), [&](size_t a, size_t b) { return rank(a) < rank(b); });
 
   f.formats_shown = r.formats;
-  for (const search_group& g : r.groups)
+  for (const record_group& g : r.groups)
     if (std::find(f.formats_shown.begin(), f.formats_shown.end(), stored_format(g)) == f.formats_shown.end())
       f.formats_shown.push_back(stored_format(g));
   for (const std::string& format : f.formats_shown) f.assignment.push_back({format, format_bits_of(r, format), 0, 0, 0});
 
   double bit_sum = 0;
-  for (const search_group& g : r.groups) {
+  for (const record_group& g : r.groups) {
     const std::string format = stored_format(g);
     const auto it = std::find_if(f.assignment.begin(), f.assignment.end(),
                                  [&](const format_share& s) { return s.format == format; });
@@ -88,7 +88,7 @@ report_figures derive_report_figures(const search_record& r) {
     s.weight_share = f.total_weights > 0 ? double(s.weights) / double(f.total_weights) : 0;
   f.grouped_bits = f.total_weights > 0 ? bit_sum / double(f.total_weights) : 0;
 
-  for (const front_point& p : r.front)
+  for (const record_front_point& p : r.front)
     if (p.bits <= r.budget_bits + 1e-9 && (!f.front_at_budget || p.bits >= f.front_at_budget->bits)) f.front_at_budget = p;
   f.experts = expert_layers(r);
   for (const auto& [stage, s] : r.seconds) f.total_seconds += s;
@@ -141,7 +141,7 @@ json report_figures_to_json(const search_record& r, const report_figures& f) {
   j["excluded"] = json::array();
   for (const excluded_module& e : r.excluded) j["excluded"].push_back({{"module", e.module}, {"reason", e.reason}});
   j["disabled"] = json::array();
-  for (const search_group& g : r.groups)
+  for (const record_group& g : r.groups)
     if (g.disabled) j["disabled"].push_back({{"group", g.name}, {"reason", g.disabled_reason}});
   j["unavailable"] = json::array();
   for (const unavailable_format& u : f.unavailable)

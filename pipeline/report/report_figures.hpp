@@ -43,7 +43,7 @@ struct report_figures {
   std::vector<format_share> assignment;    // per formats_shown entry
   int64_t total_weights = 0;
   double grouped_bits = 0;  // weight-weighted bits of the groups alone (excluded modules not counted)
-  std::optional<front_point> front_at_budget;  // the front's largest-bits point within budget_bits
+  std::optional<record_front_point> front_at_budget;  // the front's largest-bits point within budget_bits
   std::vector<expert_layer> experts;
   std::vector<unavailable_format> unavailable;
   int64_t disabled_groups = 0;
@@ -51,7 +51,7 @@ struct report_figures {
 };
 
 // The format a group is stored in: a disabled group stays BF16.
-std::string stored_format(const search_group& group);
+std::string stored_format(const record_group& group);
 // Bits per weight of a format: format_bits, or 16 for a bf16 that is not a candidate.
 double format_bits_of(const search_record& record, const std::string& format);
 

@@ -106,8 +106,8 @@ class node {
   const std::string& source_;
 };
 
-search_group parse_group(const node& g, const search_record& r) {
-  search_group out;
+record_group parse_group(const node& g, const search_record& r) {
+  record_group out;
   out.name = g.at("name").str();
   out.kind = g.at("kind").str();
   if (!one_of(out.kind, kKinds)) g.at("kind").fail(fmt::format("must be one of {}, not \"{}\"", listed(kKinds), out.kind));
@@ -197,7 +197,7 @@ json search_record_to_json(const search_record& r) {
   j["seconds"] = json::object();
   for (const auto& [stage, s] : r.seconds) j["seconds"][stage] = s;
   j["groups"] = json::array();
-  for (const search_group& g : r.groups) {
+  for (const record_group& g : r.groups) {
     json o;
     o["name"] = g.name;
     o["kind"] = g.kind;
@@ -214,7 +214,7 @@ json search_record_to_json(const search_record& r) {
     j["groups"].push_back(std::move(o));
   }
   j["front"] = json::array();
-  for (const front_point& p : r.front) j["front"].push_back({{"bits", p.bits}, {"score", p.score}});
+  for (const record_front_point& p : r.front) j["front"].push_back({{"bits", p.bits}, {"score", p.score}});
   j["measured"] = json::array();
   for (const measured_point& p : r.measured)
     j["measured"].push_back({{"bits", p.bits}, {"ppl", p.ppl}, {"searched", p.searched}, {"label", p.label}});

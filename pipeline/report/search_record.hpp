@@ -22,7 +22,7 @@ struct search_record_error : std::runtime_error {
 };
 
 // A set of linears that the search gives one format (e.g. a layer's q/k/v projections).
-struct search_group {
+struct record_group {
   std::string name;
   std::string kind;  // attention | mamba | moe | dense | latent | lm_head | other
   int64_t layer = 0;  // negative for groups outside the layer stack
@@ -35,7 +35,7 @@ struct search_group {
   std::string disabled_reason;
 };
 
-struct front_point {
+struct record_front_point {
   double bits = 0, score = 0;
 };
 
@@ -57,8 +57,8 @@ struct search_record {
   double budget_bits = 0, effective_bits = 0;
   int64_t score_samples = 0, score_tokens = 0;
   std::vector<std::pair<std::string, double>> seconds;  // stage -> wall time, in run order
-  std::vector<search_group> groups;
-  std::vector<front_point> front;  // optimum score per budget, ascending bits
+  std::vector<record_group> groups;
+  std::vector<record_front_point> front;  // optimum score per budget, ascending bits
   std::vector<measured_point> measured;
   std::optional<double> reference_ppl;           // unquantized model
   std::map<std::string, int64_t> expert_tokens;  // expert module -> calibration tokens routed to it

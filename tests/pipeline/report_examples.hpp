@@ -14,9 +14,9 @@ namespace mixq::report_examples {
 // A smooth, deterministic spread so scores look measured rather than constant.
 inline double wobble(int i) { return 1.0 + 0.45 * std::sin(1.7 * i + 0.3); }
 
-inline search_group llama_group(int layer, const std::string& part, const std::string& kind, int64_t weights,
+inline record_group llama_group(int layer, const std::string& part, const std::string& kind, int64_t weights,
                                 double base, bool nvfp4_ok, int salt) {
-  search_group g;
+  record_group g;
   g.name = fmt::format("model.layers.{}.{}", layer, part);
   g.kind = kind;
   g.layer = layer;
@@ -46,12 +46,12 @@ inline search_record llama5() {
   r.score_tokens = 4096;
   r.seconds = {{"score", 12.3}, {"solve", 0.012}, {"measure", 41.7}};
   for (int l = 0; l < 5; ++l) {
-    search_group qkv = llama_group(l, "self_attn.q_proj", "attention", 8192, 2.1e-3, true, 1);
+    record_group qkv = llama_group(l, "self_attn.q_proj", "attention", 8192, 2.1e-3, true, 1);
     qkv.modules = {qkv.name, fmt::format("model.layers.{}.self_attn.k_proj", l),
                    fmt::format("model.layers.{}.self_attn.v_proj", l)};
     r.groups.push_back(qkv);
     r.groups.push_back(llama_group(l, "self_attn.o_proj", "attention", 4096, 1.2e-3, true, 2));
-    search_group gate_up = llama_group(l, "mlp.gate_proj", "dense", 22016, 3.4e-3, true, 3);
+    record_group gate_up = llama_group(l, "mlp.gate_proj", "dense", 22016, 3.4e-3, true, 3);
     gate_up.modules = {gate_up.name, fmt::format("model.layers.{}.mlp.up_proj", l)};
     r.groups.push_back(gate_up);
     r.groups.push_back(llama_group(l, "mlp.down_proj", "dense", 11008, 6.0e-3, false, 4));
@@ -59,7 +59,7 @@ inline search_record llama5() {
   r.groups.back().disabled = true;
   r.groups.back().disabled_reason = "recipe keeps the last down_proj in bf16";
   r.groups.back().chosen = "bf16";
-  search_group head;
+  record_group head;
   head.name = "lm_head";
   head.kind = "lm_head";
   head.layer = -1;
@@ -98,7 +98,7 @@ inline search_record nemotron_h() {
   for (const char* p = pattern; *p; ++p) {
     if (*p == ' ') continue;
     const auto add = [&](const std::string& part, const std::string& kind, int64_t weights, double base) {
-      search_group g;
+      record_group g;
       g.name = fmt::format("backbone.layers.{}.mixer.{}", layer, part);
       g.kind = kind;
       g.layer = layer;
@@ -129,7 +129,7 @@ inline search_record nemotron_h() {
     }
     ++layer;
   }
-  search_group head;
+  record_group head;
   head.name = "lm_head";
   head.kind = "lm_head";
   head.layer = -1;

@@ -68,7 +68,7 @@ void expect_well_formed(const std::string& html, const search_record& r) {
   EXPECT_EQ(count(html, "<figure>"), count(html, "</figure>"));
   EXPECT_THAT(html, Not(HasSubstr("<script")));
   for (const char* fetch : {"href=", "src=", "url(", "@import"}) EXPECT_THAT(html, Not(HasSubstr(fetch)));
-  for (const search_group& g : r.groups) EXPECT_THAT(html, HasSubstr(svg::escape(g.name))) << g.name;
+  for (const record_group& g : r.groups) EXPECT_THAT(html, HasSubstr(svg::escape(g.name))) << g.name;
 }
 
 TEST(SearchRecord, RoundTripsThroughWriteAndRead) {
@@ -199,7 +199,7 @@ TEST(HtmlReport, RendersWithNothingOptional) {
   r.excluded.clear();
   r.seconds.clear();
   r.reference_ppl.reset();
-  for (search_group& g : r.groups) {
+  for (record_group& g : r.groups) {
     g.unavailable.clear();
     g.disabled = false;
     if (g.chosen == "bf16") g.chosen = "fp8";
@@ -214,7 +214,7 @@ TEST(HtmlReport, RendersWithNothingOptional) {
 
 TEST(HtmlReport, RendersWhenEveryScoreIsZero) {
   search_record r = report_examples::llama5();
-  for (search_group& g : r.groups)
+  for (record_group& g : r.groups)
     for (auto& [format, score] : g.scores) score = 0;
   const std::string html = render_html_report(r);
   expect_well_formed(html, r);
