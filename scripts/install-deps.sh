@@ -12,6 +12,7 @@ packages=(
   libfmt-dev libspdlog-dev              # formatting and logging
   libgtest-dev libgmock-dev             # unit tests
   libbenchmark-dev                      # bench/
+  libglpk-dev                           # test-only: proves the search solver optimal
   libcli11-dev                          # the mixq command line
   nlohmann-json3-dev                    # safetensors headers, HF configs, goldens
   libsentencepiece-dev                  # SentencePiece tokenizers
