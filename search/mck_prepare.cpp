@@ -16,10 +16,12 @@ constexpr int64_t kMaxTotalCost = int64_t(1) << 62;
 
 void validate(std::span<const mck_group> groups) {
   int64_t total = 0;
+  size_t options = 0;  // option positions are int32
   for (size_t g = 0; g < groups.size(); ++g) {
     const auto& opts = groups[g].options;
     if (opts.empty()) throw std::invalid_argument("solve_mck: group " + std::to_string(g) + " has no options");
-    if (opts.size() > size_t(INT32_MAX)) throw std::invalid_argument("solve_mck: too many options");
+    options += opts.size();
+    if (options > size_t(INT32_MAX)) throw std::invalid_argument("solve_mck: more than 2^31 options");
     int64_t dearest = 0;
     for (const auto& o : opts) {
       if (!std::isfinite(o.score) || o.score < 0)
@@ -30,7 +32,6 @@ void validate(std::span<const mck_group> groups) {
     if (dearest >= kMaxTotalCost - total) throw std::invalid_argument("solve_mck: summed costs reach 2^62");
     total += dearest;
   }
-  if (groups.size() > size_t(INT32_MAX)) throw std::invalid_argument("solve_mck: too many groups");
 }
 
 }  // namespace

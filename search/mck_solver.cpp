@@ -42,7 +42,7 @@ mck_solution finish(const mck_prepared& p, std::span<const int32_t> pick, std::c
 struct reduction {
   struct open_group {
     size_t group;
-    double key;
+    int64_t spread;  // cost of its dearest kept option less its cheapest
     std::vector<int32_t> options;
   };
   std::vector<int32_t> fixed;  // every group's option, for the open ones the reference
@@ -52,8 +52,9 @@ struct reduction {
   std::vector<detail::core_group> groups;  // the open groups relative to the reference
 };
 
-// Open groups are ordered by their second-smallest reduced cost, largest first: those branch
-// least, so the state lists grow late.
+// Open groups are ordered by the cost spread of their options, largest first: deciding the big
+// groups first leaves the small ones, which fill the remaining capacity finely, to the LP bound of
+// the suffix, which then prunes the coarse early states hardest.
 reduction reduce(const mck_prepared& p, std::span<const double> reduced, std::span<const int32_t> ref,
                  double keep_below) {
   reduction red;
@@ -61,23 +62,19 @@ reduction reduce(const mck_prepared& p, std::span<const double> reduced, std::sp
   std::vector<int32_t> kept;
   for (size_t g = 0; g < ref.size(); ++g) {
     kept.clear();
-    double second = std::numeric_limits<double>::infinity();
     for (auto j = size_t(p.first[g]); j < size_t(p.first[g + 1]); ++j)
-      if (reduced[j] < keep_below) {
-        kept.push_back(int32_t(j));
-        if (reduced[j] > 0) second = std::min(second, reduced[j]);
-      }
+      if (reduced[j] < keep_below) kept.push_back(int32_t(j));
     if (kept.size() == 1) {
       const auto j = size_t(kept[0]), r = size_t(ref[g]);
       red.fixed[g] = kept[0];
       red.fixed_cost += p.cost[j] - p.cost[r];
       red.fixed_score += p.score[j] - p.score[r];
     } else {
-      red.open.push_back({g, second, kept});
+      red.open.push_back({g, p.cost[size_t(kept.back())] - p.cost[size_t(kept.front())], kept});
     }
   }
   std::sort(red.open.begin(), red.open.end(), [](const auto& a, const auto& b) {
-    return a.key != b.key ? a.key > b.key : a.group < b.group;
+    return a.spread != b.spread ? a.spread > b.spread : a.group < b.group;
   });
   red.groups.resize(red.open.size());
   for (size_t t = 0; t < red.open.size(); ++t) {
@@ -160,7 +157,7 @@ mck_solution solve_prepared(const mck_prepared& p, int64_t budget) {
 
   // The exact stage. Its work grows steeply with the cutoff (options are kept while
   // bound + reduced < cutoff), and the optimum is usually far closer to the bound than the greedy
-  // incumbent is, so the cutoff starts near the bound and grows 4x until an assignment below it
+  // incumbent is, so the cutoff starts near the bound and doubles until an assignment below it
   // is found: then it is optimal, since everything below the cutoff was searched.
   double step = std::max(gap / 1024, 4 * tol);
   double target = bound + step;
@@ -186,7 +183,7 @@ mck_solution solve_prepared(const mck_prepared& p, int64_t budget) {
       break;
     }
     sol.lower_bound = ref_score + target - tol;  // nothing scores below the cutoff
-    target = bound + (step *= 4);
+    target = bound + (step *= 2);
   }
   return finish(p, incumbent, t0, sol);
 }
