@@ -31,8 +31,8 @@ std::vector<mck_group> knapsack_of(const model_spec& spec, const search_settings
 std::string score_fingerprint(const stats_fingerprint& fp, const search_settings& st) {
   std::string s = fmt::format("{}|{}|{}|{}|{}|{}", fp.model, fp.calibration, fp.data, to_string(st.method),
                               st.score_samples, to_string(st.cost));
-  for (const auto& c : st.candidates) s += "|" + describe(c);
-  for (const auto& [glob, line] : st.disable) s += "|" + glob;
+  for (const auto& c : st.candidates) s.append("|").append(describe(c));
+  for (const auto& [glob, line] : st.disable) s.append("|").append(glob);
   return fnv1a_hex(s.data(), s.size());
 }
 

@@ -178,7 +178,7 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
 
   if (method == score_method::kl) {
     const int64_t V = model.vocab();
-    std::vector<std::vector<float>> base(size_t(n));
+    std::vector<std::vector<float>> base(static_cast<size_t>(n));
     for (int64_t s = 0; s < n; ++s) base[size_t(s)] = model.forward(sequences[size_t(s)]);
     for (size_t g = 0; g < space.groups.size(); ++g) {
       const search_group& G = space.groups[g];

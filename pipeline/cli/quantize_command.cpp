@@ -43,7 +43,8 @@ void print_report(const quantize_request& rq, const quantize_report& r) {
                s.budget_bits, s.achieved_bits, s.min_bits, s.max_bits);
     fmt::print("front:       ");
     for (const front_entry& e : s.front)
-      fmt::print(e.feasible ? " {:.1f} bits: score {:.4g};" : " {:.1f} bits: infeasible;", e.bits, e.score);
+      if (e.feasible) fmt::print(" {:.1f} bits: score {:.4g};", e.bits, e.score);
+      else fmt::print(" {:.1f} bits: infeasible;", e.bits);
     fmt::print("\n");
   }
   std::map<std::string, int> notes;  // identical notes (e.g. every down_proj) printed once with a count

@@ -47,8 +47,11 @@ void write_json(const fs::path& path, const nlohmann::ordered_json& j) {
   if (!f) throw io_error(fmt::format("{}: cannot write", path.string()));
 }
 
-encoded_tensor f32_scalar(std::string name, float v) {
-  encoded_tensor t{std::move(name), dtype::f32, {}, std::vector<std::byte>(4)};
+// One F32 value: 0-d for ModelOpt, [1] for compressed-tensors (its loader's per-tensor shape).
+encoded_tensor f32_scalar(std::string name, float v, export_layout layout) {
+  std::vector<int64_t> shape;
+  if (layout == export_layout::compressed_tensors) shape = {1};
+  encoded_tensor t{std::move(name), dtype::f32, std::move(shape), std::vector<std::byte>(4)};
   std::memcpy(t.bytes.data(), &v, 4);
   return t;
 }
@@ -73,8 +76,8 @@ export_summary export_checkpoint(const checkpoint& source, const model_spec& spe
   }
   for (const auto& [attention, s] : q.kv) {  // names per layout: kv_scale_names
     const auto [k_name, v_name] = kv_scale_names(attention, options.layout);
-    encoded.push_back(f32_scalar(k_name, s.k));
-    encoded.push_back(f32_scalar(v_name, s.v));
+    encoded.push_back(f32_scalar(k_name, s.k, options.layout));
+    encoded.push_back(f32_scalar(v_name, s.v, options.layout));
   }
   std::vector<tensor_to_write> tensors;
   export_summary summary;

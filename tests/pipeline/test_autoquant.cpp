@@ -10,6 +10,7 @@
 #include "pipeline/autoquant/search_run.hpp"
 #include "pipeline/quantize/quantize_run.hpp"
 #include "pipeline/quantize/quantize_weights.hpp"
+#include "pipeline/report/search_record.hpp"
 #include "tests/pipeline/model_test_support.hpp"
 
 namespace mixq {
@@ -48,7 +49,10 @@ TEST(autoquant, stories260k_groups_candidates_and_costs) {
   EXPECT_THAT(down.unavailable.at("nvfp4"), HasSubstr("172"));
   EXPECT_EQ(s.total_weights, 226560);
   // cost units are quarter-bits x weights
-  EXPECT_EQ(group_cost(s, spec, st, qkv, qkv.candidates[1]), 3 * 64 * 64 * 18);
+  const int64_t qkv_weights = spec.dims.hidden * (spec.dims.heads + 2 * spec.dims.kv_heads) * spec.dims.head_dim;
+  EXPECT_EQ(qkv.weights, qkv_weights);
+  EXPECT_EQ(group_cost(s, spec, st, qkv, qkv.candidates[1]), qkv_weights * 18);  // NVFP4: 4.5 bits = 18 quarters
+  EXPECT_EQ(group_cost(s, spec, st, qkv, qkv.candidates[2]), qkv_weights * 32);  // FP8
   EXPECT_EQ(cost_per_bit(s, spec, st), 226560 * 4);
 }
 
@@ -159,7 +163,9 @@ TEST(autoquant, search_end_to_end_meets_the_budget_and_reuses_scores) {
   EXPECT_GT(r.search.achieved_bits, 5.5);  // a good search spends the budget
   EXPECT_NEAR(r.effective_bits, r.search.achieved_bits, 1e-9);
   EXPECT_NEAR(r.ppl_export, r.ppl_fake_quant, 1e-4 * r.ppl_fake_quant);
-  EXPECT_TRUE(fs::exists(r.run_dir / "search.json"));
+  const search_record rec = read_search_record(r.run_dir / "search.json");  // what `mixq report` reads
+  EXPECT_EQ(rec.groups.size(), r.search.space.groups.size());
+  EXPECT_EQ(rec.method, "fisher");
   // at 5.4 bits (the front) the stored scores re-solve without a model run
   const front_entry e = solve_budget(model_spec_from_file(model), rq.rcp.search, r.search.space, r.search.scores, 5.4);
   EXPECT_TRUE(e.feasible);

@@ -192,6 +192,7 @@ TEST(quantize_run, compressed_tensors_layout_reloads_identically) {
   EXPECT_NE(out.find("model.layers.0.self_attn.q_proj.weight_packed"), nullptr);
   EXPECT_EQ(out.find("model.layers.0.self_attn.q_proj.weight"), nullptr);
   EXPECT_GT(out.scalar("model.layers.0.self_attn.k_scale"), 0.0f);  // where transformers' loader looks
+  EXPECT_EQ(out.find("model.layers.0.self_attn.k_scale")->shape, std::vector<int64_t>{1});  // its shape, too
   EXPECT_EQ(out.find("model.layers.0.self_attn.k_proj.k_scale"), nullptr);
   EXPECT_FALSE(fs::exists(rq.out / "hf_quant_config.json"));
   EXPECT_EQ(testing::read_json(rq.out / "config.json")["quantization_config"]["quant_method"], "compressed-tensors");

@@ -159,7 +159,7 @@ TEST(RecipeParse, ShardSizes) {
 TEST(RecipeErrors, UnknownKeysEverywhere) {
   EXPECT_THAT(parse_error("name: a\nquantize: {}\nkv_cahce: fp8\n"),
               HasSubstr("x.yaml:3: unknown key 'kv_cahce' in the recipe (expected one of: name, description, "
-                        "calibration, quantize, kv_cache, export)"));
+                        "calibration, quantize, search, kv_cache, export)"));
   EXPECT_THAT(parse_error("quantize: {}\ncalibration:\n  samples: 8\n  sample: 8\n"),
               HasSubstr("x.yaml:4: unknown key 'sample' in calibration (expected one of: data, samples, seq_len, batch)"));
   EXPECT_THAT(parse_error("quantize:\n  default: bf16\n  rule: []\n"),
@@ -462,6 +462,9 @@ TEST(RecipePlan, RulesThatMatchNothingWarn) {
 // ---- built-in and shipped recipes ------------------------------------------------------------
 
 const std::vector<std::string> kShipped = {
+    "auto_nemotron_nvfp4_fp8_4p8bits", "auto_nemotron_nvfp4_fp8_5p0bits", "auto_nemotron_nvfp4_fp8_5p4bits",
+    "auto_nemotron_nvfp4_fp8_6p0bits", "auto_nvfp4_fp8_4p8bits", "auto_nvfp4_fp8_5p0bits", "auto_nvfp4_fp8_5p4bits",
+    "auto_nvfp4_fp8_6p0bits",
     "llama_fp8",          "llama_nvfp4",          "mamba_moe_fp8_aggressive",     "mamba_moe_fp8_conservative",
     "mamba_moe_nvfp4_aggressive", "mamba_moe_nvfp4_conservative", "moe_nvfp4", "nemotron_super_nvfp4_release"};
 
@@ -477,6 +480,8 @@ TEST(RecipeBuiltin, EveryShippedRecipeIsBuiltInAndParses) {
     EXPECT_EQ(r.calibration.seq_len, 256) << name;
     EXPECT_EQ(r.default_weight.format, format_id::bf16) << name;
     EXPECT_EQ(load_recipe(name + ".yaml").rules.size(), r.rules.size()) << name;
+    EXPECT_EQ(r.search.enabled, name.starts_with("auto_")) << name;
+    if (r.search.enabled) EXPECT_EQ(r.search.effective_bits, std::stod(name.substr(name.size() - 7, 3).replace(1, 1, "."))) << name;
     // The compiled-in text is the file's.
     const recipe file = load_recipe((source_dir() / "recipes" / (name + ".yaml")).string());
     EXPECT_EQ(file.origin, (source_dir() / "recipes" / (name + ".yaml")).string());
@@ -495,7 +500,8 @@ TEST(RecipeBuiltin, UnknownNamesListTheBuiltIns) {
     FAIL() << "no error";
   } catch (const io_error& e) {
     EXPECT_THAT(e.what(), HasSubstr("recipe 'mamba_moe_fp4' is neither a file nor a built-in recipe (built-in: "
-                                    "llama_fp8, llama_nvfp4, mamba_moe_fp8_aggressive"));
+                                    "auto_nemotron_nvfp4_fp8_4p8bits, "));
+    EXPECT_THAT(e.what(), HasSubstr("llama_fp8, llama_nvfp4, mamba_moe_fp8_aggressive"));
   }
 }
 
@@ -688,6 +694,39 @@ TEST(RecipeShipped, MoeNvfp4) {
   EXPECT_EQ(format_of(n, spec, "backbone.layers.0.mixer.in_proj"), format_id::bf16);
   EXPECT_EQ(format_of(n, spec, "backbone.layers.1.mixer.gate"), format_id::bf16);
   EXPECT_EQ(warned_patterns(n), std::set<std::string>{"*self_attn.?_proj"});
+}
+
+}  // namespace
+}  // namespace mixq
+
+namespace mixq {
+namespace {
+
+TEST(RecipeSearch, ParsesEveryKey) {
+  const recipe r = parse(
+      "search:\n  effective_bits: 5.4\n  candidates:\n    - nvfp4\n    - {format: fp8, weights: mse}\n    - bf16\n"
+      "  method: kl\n  score_samples: 3\n  disable: ['lm_head', 'mtp.*']\n  cost: active_moe\n");
+  ASSERT_TRUE(r.search.enabled);
+  EXPECT_EQ(r.search.effective_bits, 5.4);
+  ASSERT_EQ(r.search.candidates.size(), 2u);  // bf16 is always a candidate, not listed
+  EXPECT_EQ(r.search.candidates[0].format, format_id::nvfp4);
+  EXPECT_EQ(r.search.candidates[1].fp8, fp8_selector::mse);
+  EXPECT_EQ(r.search.method, score_method::kl);
+  EXPECT_EQ(r.search.score_samples, 3);
+  ASSERT_EQ(r.search.disable.size(), 2u);
+  EXPECT_EQ(r.search.disable[1], (std::pair<std::string, int>{"mtp.*", 9}));
+  EXPECT_EQ(r.search.cost, cost_model::active_moe);
+}
+
+TEST(RecipeSearch, ErrorsNameTheLine) {
+  EXPECT_THAT(parse_error("search:\n  candidates: [nvfp4]\n"), HasSubstr("x.yaml:2: missing key 'effective_bits'"));
+  EXPECT_THAT(parse_error("search:\n  effective_bits: 17\n  candidates: [nvfp4]\n"), HasSubstr("x.yaml:2: search.effective_bits cannot exceed 16"));
+  EXPECT_THAT(parse_error("search:\n  effective_bits: -1\n  candidates: [nvfp4]\n"), HasSubstr("x.yaml:2: search.effective_bits must be a positive number"));
+  EXPECT_THAT(parse_error("search:\n  effective_bits: 5\n  candidates: [bf16]\n"), HasSubstr("x.yaml:3: search.candidates needs at least one format besides bf16"));
+  EXPECT_THAT(parse_error("search:\n  effective_bits: 5\n  candidates: [nvfp4, nvfp4]\n"), HasSubstr("listed twice"));
+  EXPECT_THAT(parse_error("search:\n  effective_bits: 5\n  candidates: [nvfp4]\n  method: taylor\n"), HasSubstr("x.yaml:4: unknown search.method 'taylor'"));
+  EXPECT_THAT(parse_error("search:\n  effective_bits: 5\n  candidates: [nvfp4]\n  budget: 3\n"), HasSubstr("x.yaml:4: unknown key 'budget' in search"));
+  EXPECT_THAT(parse_error("search:\n  effective_bits: 5\n  candidates: [nvfp4]\nquantize:\n  rules: []\n"), HasSubstr("x.yaml:5: a recipe with 'search' chooses the formats itself"));
 }
 
 }  // namespace
