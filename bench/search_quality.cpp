@@ -10,6 +10,7 @@
 // Writes a Markdown table to stdout; with --record RUN_DIR/search.json adds the measured points
 // (what `mixq report` draws) to that file.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -149,14 +150,28 @@ int main(int argc, char** argv) {
     const calibration_stats stats = calibrate(*model, seqs);
     const search_space space = make_search_space(spec, rcp.search);
     const size_t n_score = std::min(seqs.size(), size_t(rcp.search.score_samples));
+    const auto t0 = std::chrono::steady_clock::now();
     const sensitivity_scores scores =
         score_groups(*model, space, stats, std::span(seqs).first(n_score), rcp.search.method);
+    const double score_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    // the yardstick: the passes scoring cannot avoid (forward + backward for fisher, forward otherwise)
+    const auto t1 = std::chrono::steady_clock::now();
+    for (size_t i = 0; i < n_score; ++i) {
+      if (auto* lm = dynamic_cast<llama_model*>(model.get()); lm && rcp.search.method == score_method::fisher)
+        lm->forward_backward(seqs[i]);
+      else
+        model->forward(seqs[i]);
+    }
+    const double pass_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
     bench_context b{model_dir, &ckpt, &spec, &rcp, &stats, &space,
                     read_token_stream(eval_file, model_dir, spec.dims.vocab), std::min(ctx, model->max_positions()),
                     cost_per_bit(space, spec, rcp.search)};
     const double reference = evaluate_perplexity(*model, b.eval_tokens, b.ctx).ppl;
-    fmt::print("model {}  recipe {}  method {}  eval {} (ctx {})  unquantized ppl {:.6f}\n\n", model_dir, rcp.name,
+    fmt::print("model {}  recipe {}  method {}  eval {} (ctx {})  unquantized ppl {:.6f}\n", model_dir, rcp.name,
                to_string(rcp.search.method), eval_file, b.ctx, reference);
+    fmt::print("scoring: {} groups on {} sequences in {:.3f} s = {:.2f}x the bare {} passes ({:.3f} s)\n\n",
+               space.groups.size(), n_score, score_seconds, score_seconds / pass_seconds,
+               rcp.search.method == score_method::fisher ? "forward + backward" : "forward", pass_seconds);
 
     nlohmann::json measured = nlohmann::json::array();
     std::vector<std::pair<std::string, std::vector<int>>> uniforms;

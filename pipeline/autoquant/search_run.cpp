@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "calib/search_scores.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
 #include "search/mck_solver.hpp"
 
@@ -34,6 +35,24 @@ std::string score_fingerprint(const stats_fingerprint& fp, const search_settings
   for (const auto& c : st.candidates) s.append("|").append(describe(c));
   for (const auto& [glob, line] : st.disable) s.append("|").append(glob);
   return fnv1a_hex(s.data(), s.size());
+}
+
+search_scores_table scores_table(const search_outcome& out, const search_settings& st, const std::string& fingerprint) {
+  search_scores_table t;
+  t.method = std::string(to_string(st.method));
+  t.fingerprint = fingerprint;
+  t.budget_bits = out.budget_bits;
+  t.effective_bits = out.achieved_bits;
+  t.format_bits["bf16"] = 16.0;
+  for (const weight_quant_spec& c : st.candidates) t.format_bits[std::string(traits_of(c.format).name)] = traits_of(c.format).effective_bits;
+  for (size_t g = 0; g < out.space.groups.size(); ++g) {
+    const search_group& G = out.space.groups[g];
+    t.weights[G.name] = G.weights;
+    for (size_t c = 0; c < G.candidates.size(); ++c)
+      t.scores[std::string(traits_of(G.candidates[c].format).name)][G.name] = out.scores.score[g][c];
+    t.chosen[G.name] = std::string(traits_of(G.candidates[size_t(out.choice[g])].format).name);
+  }
+  return t;
 }
 
 }  // namespace
@@ -198,6 +217,7 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
   rec["excluded"] = excluded;
   rec["measured"] = nlohmann::ordered_json::array();
   fs::create_directories(run_dir);
+  write_search_scores(run_dir / "search.h5", scores_table(out, st, fingerprint));
   const fs::path tmp = record_file.string() + ".tmp";
   std::ofstream(tmp) << rec.dump(1) << "\n";
   fs::rename(tmp, record_file);

@@ -2,7 +2,8 @@
 // candidate format on the first score_samples calibration sequences (or reuse the scores a previous
 // run stored in RUN_DIR/search.json, when its fingerprint matches), solve the budgeted assignment
 // exactly, and turn it into the per-linear plan the quantize and export stages follow. The whole
-// record (groups, scores, choice, the exact front at the report budgets) is written to search.json.
+// record (groups, scores, choice, the exact front at the report budgets) is written to search.json,
+// and the scores and choice also to search.h5 (HDF5, beside calibration.h5).
 #pragma once
 
 #include <filesystem>

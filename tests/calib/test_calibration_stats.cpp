@@ -12,6 +12,7 @@
 #include <string>
 
 #include "calib/calibration_stats.hpp"
+#include "calib/search_scores.hpp"
 
 namespace mixq {
 namespace {
@@ -327,6 +328,50 @@ TEST(Fingerprint, MismatchNamesEveryDifferingPart) {
   EXPECT_NE(settings.find("computed for different calibration settings (stored settings bbbb, now ffff)"),
             std::string::npos)
       << settings;
+}
+
+}  // namespace
+}  // namespace mixq
+
+namespace mixq {
+namespace {
+
+TEST(SearchScores, RoundTripsAndNamesDamage) {
+  const std::filesystem::path file = std::filesystem::temp_directory_path() / ("mixq-scores-" + std::to_string(::getpid()) + ".h5");
+  search_scores_table t;
+  t.method = "fisher";
+  t.fingerprint = "0123456789abcdef";
+  t.budget_bits = 5.4;
+  t.effective_bits = 5.3912;
+  t.format_bits = {{"bf16", 16.0}, {"fp8", 8.0}, {"nvfp4", 4.5}};
+  t.weights = {{"model.layers.0.self_attn", 8192}, {"model.layers.0.mlp.down_proj", 11008}};
+  t.scores["bf16"] = {{"model.layers.0.self_attn", 0.0}, {"model.layers.0.mlp.down_proj", 0.0}};
+  t.scores["fp8"] = {{"model.layers.0.self_attn", 1.5e-7}, {"model.layers.0.mlp.down_proj", 3.25e-5}};
+  t.scores["nvfp4"] = {{"model.layers.0.self_attn", 2.0e-3}};  // down_proj cannot hold NVFP4
+  t.chosen = {{"model.layers.0.self_attn", "nvfp4"}, {"model.layers.0.mlp.down_proj", "fp8"}};
+  write_search_scores(file, t);
+  const search_scores_table back = read_search_scores(file);
+  EXPECT_EQ(back.method, t.method);
+  EXPECT_EQ(back.fingerprint, t.fingerprint);
+  EXPECT_EQ(back.budget_bits, t.budget_bits);
+  EXPECT_EQ(back.effective_bits, t.effective_bits);
+  EXPECT_EQ(back.format_bits, t.format_bits);
+  EXPECT_EQ(back.weights, t.weights);
+  EXPECT_EQ(back.scores, t.scores);
+  EXPECT_EQ(back.chosen, t.chosen);
+  EXPECT_FALSE(std::filesystem::exists(file.string() + ".tmp"));
+
+  t.chosen["model.layers.0.self_attn"] = "mxfp4";
+  try {
+    write_search_scores(file, t);
+    ADD_FAILURE() << "an unlisted format was written";
+  } catch (const token_file_error& e) {
+    EXPECT_NE(std::string(e.what()).find("chose 'mxfp4'"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read_search_scores(file).chosen.at("model.layers.0.self_attn"), "nvfp4");  // the old file survives
+  std::ofstream(file, std::ios::trunc) << "not hdf5";
+  EXPECT_THROW(read_search_scores(file), token_file_error);
+  std::filesystem::remove(file);
 }
 
 }  // namespace

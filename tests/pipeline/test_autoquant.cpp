@@ -10,6 +10,7 @@
 #include "pipeline/autoquant/search_run.hpp"
 #include "pipeline/quantize/quantize_run.hpp"
 #include "pipeline/quantize/quantize_weights.hpp"
+#include "calib/search_scores.hpp"
 #include "pipeline/report/search_record.hpp"
 #include "tests/pipeline/model_test_support.hpp"
 
@@ -166,6 +167,13 @@ TEST(autoquant, search_end_to_end_meets_the_budget_and_reuses_scores) {
   const search_record rec = read_search_record(r.run_dir / "search.json");  // what `mixq report` reads
   EXPECT_EQ(rec.groups.size(), r.search.space.groups.size());
   EXPECT_EQ(rec.method, "fisher");
+  const search_scores_table h5 = read_search_scores(r.run_dir / "search.h5");
+  EXPECT_EQ(h5.chosen.size(), r.search.space.groups.size());
+  for (size_t g = 0; g < r.search.space.groups.size(); ++g) {
+    const search_group& G = r.search.space.groups[g];
+    EXPECT_EQ(h5.chosen.at(G.name), traits_of(G.candidates[size_t(r.search.choice[g])].format).name);
+    EXPECT_EQ(h5.scores.at("bf16").at(G.name), 0.0);
+  }
   // at 5.4 bits (the front) the stored scores re-solve without a model run
   const front_entry e = solve_budget(model_spec_from_file(model), rq.rcp.search, r.search.space, r.search.scores, 5.4);
   EXPECT_TRUE(e.feasible);
