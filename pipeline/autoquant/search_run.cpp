@@ -135,6 +135,10 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
   std::vector<double> budgets{st.effective_bits};
   for (double b : {4.5, 4.8, 5.0, 5.4, 6.0, 8.0})
     if (b != st.effective_bits) budgets.push_back(b);
+  const size_t report_budgets = budgets.size();
+  constexpr int kFrontPoints = 32;  // the exact front, evenly spaced over the reachable range
+  for (int k = 0; k <= kFrontPoints; ++k)
+    budgets.push_back(out.min_bits + (out.max_bits - out.min_bits) * double(k) / kFrontPoints);
   std::vector<int64_t> costs;
   for (double b : budgets) costs.push_back(int64_t(std::floor(b * double(per_bit))));
   const std::vector<mck_solution> sols = solve_mck_budgets(groups, costs);
@@ -148,6 +152,7 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
   out.choice = asked.choice;
   out.achieved_bits = double(asked.cost) / double(per_bit);
   out.proven_optimal = asked.proven_optimal;
+  std::vector<front_entry> dense;
   for (size_t k = 0; k < budgets.size(); ++k) {
     front_entry e;
     e.bits = budgets[k];
@@ -155,8 +160,10 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
     e.achieved_bits = double(sols[k].cost) / double(per_bit);
     e.score = sols[k].score;
     e.choice = sols[k].choice;
-    out.front.push_back(std::move(e));
+    (k < report_budgets ? out.front : dense).push_back(std::move(e));
   }
+  dense.insert(dense.end(), out.front.begin(), out.front.end());
+  std::sort(dense.begin(), dense.end(), [](const front_entry& a, const front_entry& b) { return a.bits < b.bits; });
   std::sort(out.front.begin(), out.front.end(), [](const front_entry& a, const front_entry& b) { return a.bits < b.bits; });
   out.plan = plan_of_choice(spec, out.space, out.choice);
 
@@ -205,7 +212,7 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
   }
   rec["groups"] = gs;
   nlohmann::ordered_json front = nlohmann::ordered_json::array();
-  for (const front_entry& e : out.front)
+  for (const front_entry& e : dense)
     if (e.feasible) front.push_back({{"bits", e.achieved_bits}, {"score", e.score}, {"budget", e.bits}});
   rec["front"] = front;
   rec["expert_tokens"] = stats.expert_tokens;
