@@ -6,27 +6,21 @@
 #include <nlohmann/json.hpp>
 
 #include "pipeline/cli/commands.hpp"
+#include "pipeline/report/number_text.hpp"
 #include "pipeline/inspect/checkpoint_inspection.hpp"
 
 namespace mixq::cli {
 namespace {
 
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-  int u = 0;
-  while (b >= 1000 && u < 4) b /= 1000, ++u;
-  return fmt::format("{:.2f} {}", b, units[u]);
-}
-
 void print(const checkpoint_inspection& r, bool list_layers) {
   fmt::print("checkpoint:   {}\n", r.dir.string());
   fmt::print("architecture: {}\n", r.architecture);
-  fmt::print("tensors:      {} in {} file(s), {} on disk\n", r.tensors, r.files, human_bytes(double(r.file_bytes)));
+  fmt::print("tensors:      {} in {} file(s), {} on disk\n", r.tensors, r.files, bytes_text(double(r.file_bytes)));
   fmt::print("parameters:   {} ({:.1f} M); as BF16 {}: this checkpoint is {:.2f}x that\n", r.parameters,
-             double(r.parameters) / 1e6, human_bytes(2.0 * double(r.parameters)),
+             double(r.parameters) / 1e6, bytes_text(2.0 * double(r.parameters)),
              double(r.file_bytes) / (2.0 * double(r.parameters)));
   fmt::print("dtypes:      ");
-  for (const auto& [d, b] : r.bytes_by_dtype) fmt::print(" {} {}", d, human_bytes(double(b)));
+  for (const auto& [d, b] : r.bytes_by_dtype) fmt::print(" {} {}", d, bytes_text(double(b)));
   if (r.layout.empty()) fmt::print("\nquantization: none");
   else fmt::print("\nquantization: {} {}", r.layout, r.quant_algo);
   if (!r.kv_cache_quant_algo.empty()) fmt::print(", KV cache {}", r.kv_cache_quant_algo);

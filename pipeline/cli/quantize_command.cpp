@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 
 #include "pipeline/cli/commands.hpp"
+#include "pipeline/report/number_text.hpp"
 #include "pipeline/cli/progress.hpp"
 #include "pipeline/quantize/quantize_run.hpp"
 
@@ -17,13 +18,6 @@
 
 namespace mixq::cli {
 namespace {
-
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-  int u = 0;
-  while (b >= 1000.0 && u < 4) b /= 1000.0, ++u;
-  return u == 0 ? fmt::format("{:.0f} {}", b, units[u]) : fmt::format("{:.2f} {}", b, units[u]);
-}
 
 void print_report(const quantize_request& rq, const quantize_report& r) {
   fmt::print("model:        {}\n", rq.model.string());
@@ -67,17 +61,17 @@ void print_report(const quantize_request& rq, const quantize_report& r) {
   fmt::print("\n{:<14}{:>9}{:>14}{:>10}{:>14}\n", "format", "linears", "parameters", "bits", "size");
   for (const format_usage& u : r.usage)
     fmt::print("{:<14}{:>9}{:>14}{:>10.2f}{:>14}\n", traits_of(u.format).name, u.linears, u.parameters,
-               u.bits / double(u.parameters), human_bytes(u.bits / 8.0));
+               u.bits / double(u.parameters), bytes_text(u.bits / 8.0));
   fmt::print("effective bits over all linears: {:.3f}\n", r.effective_bits);
-  fmt::print("checkpoint size: {} -> {} ({:.2f}x smaller)\n\n", human_bytes(double(r.source_bytes)),
-             human_bytes(double(r.exported.tensor_bytes)), double(r.source_bytes) / double(r.exported.tensor_bytes));
+  fmt::print("checkpoint size: {} -> {} ({:.2f}x smaller)\n\n", bytes_text(double(r.source_bytes)),
+             bytes_text(double(r.exported.tensor_bytes)), double(r.source_bytes) / double(r.exported.tensor_bytes));
   fmt::print("perplexity on {} ({} tokens): source {:.6f}, fake-quant {:.6f}, export {:.6f} (re-loaded; matches)\n",
              r.eval_source, r.eval_tokens, r.ppl_source, r.ppl_fake_quant, r.ppl_export);
   double total = 0.0;
   std::string stages;
   for (const auto& [stage, s] : r.stage_seconds) stages += fmt::format("{}{} {:.2f}s", stages.empty() ? "" : ", ", stage, s), total += s;
   fmt::print("time:         {:.2f}s ({})\n", total, stages);
-  fmt::print("peak memory:  {}\n", human_bytes(double(r.peak_rss_bytes)));
+  fmt::print("peak memory:  {}\n", bytes_text(double(r.peak_rss_bytes)));
   fmt::print("wrote:        {} ({} files; run record in {})\n", rq.out.string(), r.exported.files.size(),
              r.run_dir.string());
 }

@@ -29,4 +29,11 @@ std::string seconds_text(double seconds) {
   return fmt::format("{} min {:02} s", whole / 60, whole % 60);
 }
 
+std::string bytes_text(double b) {
+  static constexpr const char* kUnits[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000.0 && u < 4) b /= 1000.0, ++u;
+  return u == 0 ? fmt::format("{:.0f} {}", b, kUnits[u]) : fmt::format("{:.2f} {}", b, kUnits[u]);
+}
+
 }  // namespace mixq
