@@ -2,6 +2,7 @@
 // export a checkpoint vLLM / SGLang / TensorRT-LLM load, and verify it by re-loading.
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include <fmt/format.h>
@@ -82,6 +83,7 @@ void add_quantize_command(CLI::App& app) {
   struct options {
     std::string model, recipe, out, run_dir, calib, eval, layout;
     int64_t eval_ctx = 0, samples = 0, seq_len = 0;
+    double effective_bits = 0.0;
     bool resume = false, force = false, quiet = false;
   };
   auto o = std::make_shared<options>();
@@ -100,6 +102,10 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--seq-len", o->seq_len, "tokens per calibration sequence; overrides the recipe");
   cmd->add_option("--eval", o->eval, "held-out data to report perplexity on (default: the calibration sequences)");
   cmd->add_option("--eval-ctx", o->eval_ctx, "perplexity window (default: the calibration seq_len)");
+  cmd->add_option("--effective-bits", o->effective_bits,
+                  "the search budget; overrides the recipe's search.effective_bits (with --resume: re-solves from "
+                  "the stored scores, no scoring pass)")
+      ->check(CLI::Range(0.0, 16.0));
   cmd->add_option("--layout", o->layout, "modelopt or compressed-tensors; overrides the recipe")
       ->check(CLI::IsMember({"modelopt", "compressed-tensors"}));
   cmd->add_option("--run-dir", o->run_dir, "run directory for statistics and the summary (default: OUT.run)");
@@ -114,6 +120,12 @@ void add_quantize_command(CLI::App& app) {
     rq.rcp = load_recipe(o->recipe);
     if (o->samples > 0) rq.rcp.calibration.samples = o->samples;
     if (o->seq_len > 0) rq.rcp.calibration.seq_len = o->seq_len;
+    if (o->effective_bits > 0.0) {
+      if (!rq.rcp.search.enabled)
+        throw std::runtime_error(fmt::format("--effective-bits needs a recipe with a search: section; {} has fixed rules",
+                                             rq.rcp.origin));
+      rq.rcp.search.effective_bits = o->effective_bits;
+    }
     if (o->layout == "modelopt") rq.rcp.output.layout = export_layout::modelopt;
     if (o->layout == "compressed-tensors") rq.rcp.output.layout = export_layout::compressed_tensors;
     rq.calib = o->calib;
