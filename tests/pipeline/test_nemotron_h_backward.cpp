@@ -270,6 +270,15 @@ TEST(nemotron_h_backward, synth_output_gradients_match_finite_differences) {
   check_finite_differences(model, test_tokens(model.vocab()), kFdModules, kFdEps, 5e-3);
 }
 
+// With time_step_limit set, dt is clamped below where softplus falls under dt_min: no gradient
+// flows there (0.1 clamps part of the synthetic model's steps).
+TEST(nemotron_h_backward, synth_dt_clamp_gradients_match_finite_differences) {
+  const synth_dir d(synth_arch::nemotron_h);
+  d.patch_config({{"time_step_limit", {0.1, nullptr}}});
+  const nemotron_h_model model = nemotron_h_model::load(d.dir);
+  check_finite_differences(model, test_tokens(model.vocab()), {".mixer.in_proj", ".mixer.out_proj"}, kFdEps, 5e-3);
+}
+
 TEST(nemotron_h_backward, tiny_output_gradients_match_finite_differences) {
   MIXQ_REQUIRE_SHARED_MODEL(dir, "nemotron-h-tiny");
   const nemotron_h_model model = nemotron_h_model::load(dir);
