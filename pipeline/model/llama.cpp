@@ -239,6 +239,26 @@ void residual_forward(float* x, const float* y, int64_t T, int64_t C) {
   for (int64_t i = 0; i < T * C; ++i) x[i] += y[i];
 }
 
+double cross_entropy_backward(float* dlogits, const float* logits, std::span<const int32_t> tokens, int64_t V) {
+  const int64_t T = int64_t(tokens.size()), n = T - 1;
+  std::fill_n(dlogits + n * V, V, 0.0f);  // the last position predicts nothing
+  double nll = 0.0;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* row = logits + t * V;
+    float* drow = dlogits + t * V;
+    const int32_t target = tokens[size_t(t + 1)];
+    double maxv = row[0];
+    for (int64_t i = 1; i < V; ++i) maxv = std::max(maxv, double(row[i]));
+    double sum = 0.0;
+    for (int64_t i = 0; i < V; ++i) sum += std::exp(double(row[i]) - maxv);
+    const double lse = maxv + std::log(sum);
+    nll += lse - double(row[target]);
+    for (int64_t i = 0; i < V; ++i) drow[i] = float(std::exp(double(row[i]) - lse) / double(n));
+    drow[target] -= float(1.0 / double(n));
+  }
+  return nll / double(n);
+}
+
 void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const forward_hooks& hook) {
   if (hook.input) hook.input(W.name, x, T, W.in);
   linear_forward(W.name, x, W, out, T);
@@ -840,25 +860,10 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
   std::vector<float> logits = buf(T * V);
   linear_hooked(lm_head_, a.data(), logits.data(), T, hook);
 
-  // ---- loss and dlogits: softmax - onehot(next token), / (T-1); the last position predicts nothing
+  // ---- loss and dlogits
   llama_grads out;
-  std::vector<float> dlogits = buf(T * V);  // zero for row T-1
-  const int64_t n = T - 1;
-  double nll = 0.0;
-  for (int64_t t = 0; t < n; ++t) {
-    const float* row = logits.data() + t * V;
-    float* drow = dlogits.data() + t * V;
-    const int32_t target = tokens[size_t(t + 1)];
-    double maxv = row[0];
-    for (int64_t i = 1; i < V; ++i) maxv = std::max(maxv, double(row[i]));
-    double sum = 0.0;
-    for (int64_t i = 0; i < V; ++i) sum += std::exp(double(row[i]) - maxv);
-    const double lse = maxv + std::log(sum);
-    nll += lse - double(row[target]);
-    for (int64_t i = 0; i < V; ++i) drow[i] = float(std::exp(double(row[i]) - lse) / double(n));
-    drow[target] -= float(1.0 / double(n));
-  }
-  out.loss = nll / double(n);
+  std::vector<float> dlogits = buf(T * V);
+  out.loss = cross_entropy_backward(dlogits.data(), logits.data(), tokens, V);
 
   // ---- backward: dh is dloss/d(residual stream) at the current point, walking back
   std::vector<float> dh = buf(T * H), da = buf(T * H);

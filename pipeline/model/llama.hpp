@@ -194,6 +194,10 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
                      int64_t I);
 // x[T, C] += y[T, C]
 void residual_forward(float* x, const float* y, int64_t T, int64_t C);
+// The mean next-token cross-entropy (nats, in double) of logits [T, V] over positions 0..T-2 predicting
+// tokens 1..T-1, and its gradient dlogits [T, V] = (softmax - onehot(next token)) / (T-1), overwritten;
+// row T-1 is zero. T >= 2, ids below V.
+double cross_entropy_backward(float* dlogits, const float* logits, std::span<const int32_t> tokens, int64_t V);
 // out[T, H] = sum over each token's top-k experts e of w_e * down_e(silu(gate_e(x)) * up_e(x)), with
 // p = softmax(router(x)) over all E experts in fp32, the k largest p as w, divided by their sum when
 // `renormalize` (§2.4). Each expert runs (through linear_forward and `hook`) on only its routed

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <set>
 #include <stdexcept>
 
@@ -17,7 +18,13 @@ namespace mixq {
 
 namespace {
 
+float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 float silu(float v) { return v / (1.0f + std::exp(-v)); }
+// silu'(v) = sig (1 + v (1 - sig))
+float silu_grad(float v) {
+  const float sig = sigmoid(v);
+  return sig * (1.0f + v * (1.0f - sig));
+}
 
 // torch.nn.functional.softplus (beta 1, threshold 20)
 float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
@@ -33,6 +40,10 @@ void relu2(float* x, int64_t n) {
   }
 }
 
+void relu2_backward(float* dx, const float* dout, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] = dout[i] * 2.0f * std::max(x[i], 0.0f);
+}
+
 void causal_conv1d_forward(float* out, const float* x, int64_t x_stride, const float* w, const float* b, int64_t T,
                            int64_t C, int64_t K) {
   for (int64_t t = 0; t < T; ++t) {
@@ -44,6 +55,27 @@ void causal_conv1d_forward(float* out, const float* x, int64_t x_stride, const f
       for (int64_t c = 0; c < C; ++c) ot[c] += w[c * K + k] * xs[c];
     }
     for (int64_t c = 0; c < C; ++c) ot[c] = silu(ot[c]);
+  }
+}
+
+void causal_conv1d_backward(float* dx, int64_t dx_stride, const float* dout, const float* x, int64_t x_stride,
+                            const float* w, const float* b, int64_t T, int64_t C, int64_t K) {
+  std::vector<float> dv(static_cast<size_t>(C));  // dloss/d(pre-activation) of one step
+  for (int64_t t = 0; t < T; ++t) {
+    // first: recompute the pre-activation as the forward did, then through the SiLU
+    const int64_t k0 = std::max<int64_t>(0, K - 1 - t);
+    for (int64_t c = 0; c < C; ++c) dv[size_t(c)] = b ? b[c] : 0.0f;
+    for (int64_t k = k0; k < K; ++k) {
+      const float* xs = x + (t - (K - 1) + k) * x_stride;
+      for (int64_t c = 0; c < C; ++c) dv[size_t(c)] += w[c * K + k] * xs[c];
+    }
+    const float* dout_t = dout + t * C;
+    for (int64_t c = 0; c < C; ++c) dv[size_t(c)] = dout_t[c] * silu_grad(dv[size_t(c)]);
+    // then every tap scatters back to the step it read
+    for (int64_t k = k0; k < K; ++k) {
+      float* dxs = dx + (t - (K - 1) + k) * dx_stride;
+      for (int64_t c = 0; c < C; ++c) dxs[c] += w[c * K + k] * dv[size_t(c)];
+    }
   }
 }
 
@@ -75,6 +107,61 @@ void ssd_scan_forward(float* y, const float* x, const float* B, const float* C, 
   }
 }
 
+void ssd_scan_backward(float* dx, float* dB, float* dC, float* ddt, const float* dy, const float* x, const float* B,
+                       const float* C, int64_t xbc_stride, const float* dt, const float* A, const float* D, int64_t T,
+                       int64_t Hm, int64_t P, int64_t G, int64_t N) {
+  const int64_t R = Hm / G, PN = P * N;
+  std::vector<float> S(size_t(T * PN));  // one head's states after every step [T, P, N]
+  std::vector<float> dS(static_cast<size_t>(PN));     // dloss/dS_t, carried back through S_t = dA_t S_{t-1} + ...
+  for (int64_t h = 0; h < Hm; ++h) {
+    const int64_t g = h / R;
+    // first: the forward states, with the forward's arithmetic
+    for (int64_t t = 0; t < T; ++t) {
+      const float* xt = x + t * xbc_stride + h * P;
+      const float* Bt = B + t * xbc_stride + g * N;
+      const float dth = dt[t * Hm + h];
+      const float dA = std::exp(dth * A[h]);
+      for (int64_t p = 0; p < P; ++p) {
+        float* Sp = S.data() + t * PN + p * N;
+        const float* Sprev = t > 0 ? Sp - PN : nullptr;
+        const float dx_ = dth * xt[p];
+        for (int64_t n = 0; n < N; ++n) Sp[n] = (Sprev ? dA * Sprev[n] : 0.0f) + dx_ * Bt[n];
+      }
+    }
+    // now walk back in time
+    std::fill(dS.begin(), dS.end(), 0.0f);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const float* xt = x + t * xbc_stride + h * P;
+      const float* Bt = B + t * xbc_stride + g * N;
+      const float* Ct = C + t * xbc_stride + g * N;
+      const float* dyt = dy + t * Hm * P + h * P;
+      float* dxt = dx + t * xbc_stride + h * P;
+      float* dBt = dB + t * xbc_stride + g * N;
+      float* dCt = dC + t * xbc_stride + g * N;
+      const float dth = dt[t * Hm + h];
+      const float dA = std::exp(dth * A[h]);
+      double ddA = 0.0, ddt_in = 0.0;  // dloss/d(dA), and the dt of the input term dt x B^T
+      for (int64_t p = 0; p < P; ++p) {
+        const float* Sp = S.data() + t * PN + p * N;
+        const float* Sprev = t > 0 ? Sp - PN : nullptr;
+        float* dSp = dS.data() + p * N;
+        float dSB = 0.0f;
+        for (int64_t n = 0; n < N; ++n) {
+          dSp[n] += dyt[p] * Ct[n];  // y = S C: the output's share, plus what step t+1 carried back
+          dCt[n] += dyt[p] * Sp[n];
+          dSB += dSp[n] * Bt[n];
+          dBt[n] += dSp[n] * dth * xt[p];
+          if (Sprev) ddA += double(dSp[n]) * double(Sprev[n]);
+        }
+        dxt[p] += D[h] * dyt[p] + dth * dSB;
+        ddt_in += double(dSB) * double(xt[p]);
+        for (int64_t n = 0; n < N; ++n) dSp[n] *= dA;  // to S_{t-1}
+      }
+      ddt[t * Hm + h] += float(ddt_in + ddA * double(A[h]) * double(dA));  // dA = exp(dt A)
+    }
+  }
+}
+
 void gated_rmsnorm_forward(float* out, const float* y, const float* z, int64_t z_stride, const float* weight,
                            int64_t T, int64_t I, int64_t G, float eps) {
   const int64_t gs = I / G;  // group size
@@ -94,58 +181,174 @@ void gated_rmsnorm_forward(float* out, const float* y, const float* z, int64_t z
   }
 }
 
-void mamba2_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
-                    const forward_hooks& hook) {
-  const int64_t Hm = c.mamba_heads, P = c.mamba_head_dim, G = c.mamba_groups, N = c.ssm_state, K = c.conv_kernel;
-  const int64_t I = Hm * P, CD = I + 2 * G * N, W = I + CD + Hm;
-  // first: zxbcdt [T, W] = in_proj(x), split [z (I), xBC (CD), dt (Hm)]
-  std::vector<float> zxbcdt(size_t(T * W));
-  linear_hooked(L.in_proj, x, zxbcdt.data(), T, hook);
-  // xBC [T, CD] = silu(conv(xBC)), then its views x [T, I], B [T, G*N], C [T, G*N]
-  std::vector<float> xbc(size_t(T * CD));
-  causal_conv1d_forward(xbc.data(), zxbcdt.data() + I, W, L.conv_w.data(), L.conv_b.empty() ? nullptr : L.conv_b.data(),
-                        T, CD, K);
-  // dt [T, Hm] = softplus(dt + dt_bias), clamped below at time_step_limit[0]; A = -exp(A_log)
-  std::vector<float> dt(size_t(T * Hm)), A(static_cast<size_t>(Hm));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < Hm; ++h)
-      dt[size_t(t * Hm + h)] = std::max(softplus(zxbcdt[size_t(t * W + I + CD + h)] + L.dt_bias[size_t(h)]), c.dt_min);
-  for (int64_t h = 0; h < Hm; ++h) A[size_t(h)] = -std::exp(L.A_log[size_t(h)]);
-  // y [T, I] = SSD scan, then the gated grouped norm in place
-  std::vector<float> y(size_t(T * I));
-  ssd_scan_forward(y.data(), xbc.data(), xbc.data() + I, xbc.data() + I + G * N, CD, dt.data(), A.data(), L.D.data(),
-                   T, Hm, P, G, N);
-  gated_rmsnorm_forward(y.data(), y.data(), zxbcdt.data(), W, L.gated_norm.data(), T, I, G, c.eps);
-  // out [T, H] = out_proj(y)
-  linear_hooked(L.out_proj, y.data(), out, T, hook);
+void gated_rmsnorm_backward(float* dy, float* dz, int64_t dz_stride, const float* dout, const float* y, const float* z,
+                            int64_t z_stride, const float* weight, int64_t T, int64_t I, int64_t G, float eps) {
+  const int64_t gs = I / G;
+  std::vector<float> u(static_cast<size_t>(I));
+  for (int64_t t = 0; t < T; ++t) {
+    const float* yt = y + t * I;
+    const float* zt = z + t * z_stride;
+    const float* dout_t = dout + t * I;
+    float* dyt = dy + t * I;
+    float* dzt = dz + t * dz_stride;
+    for (int64_t i = 0; i < I; ++i) u[size_t(i)] = yt[i] * silu(zt[i]);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t o = g * gs;
+      const float* ug = u.data() + o;
+      // first: the group's rstd as the forward computed it
+      float ss = 0.0f;
+      for (int64_t i = 0; i < gs; ++i) ss += ug[i] * ug[i];
+      const float rstd = 1.0f / std::sqrt(ss / float(gs) + eps);
+      // then the rmsnorm backward to u: du = rstd * (gw - uhat * mean(gw * uhat)), gw = weight * dout
+      double acc = 0.0;
+      for (int64_t i = 0; i < gs; ++i) acc += double(weight[o + i] * dout_t[o + i]) * double(ug[i] * rstd);
+      const float mean_gu = float(acc / double(gs));
+      // now through the gate u = y * silu(z)
+      for (int64_t i = 0; i < gs; ++i) {
+        const float du = rstd * (weight[o + i] * dout_t[o + i] - ug[i] * rstd * mean_gu);
+        dyt[o + i] = du * silu(zt[o + i]);
+        dzt[o + i] = du * yt[o + i] * silu_grad(zt[o + i]);
+      }
+    }
+  }
 }
 
 namespace {
 
+// What the backward needs from one forward, filled when the forward is given one. Linear outputs
+// are kept after the output hook, as everything downstream saw them.
+struct relu2_saved {
+  std::vector<float> u;  // up output, before relu2 [T, I_e]
+  std::vector<float> y;  // down output [T, out] (a routed expert's weight gradient reads it)
+};
+
+struct mamba_saved {
+  std::vector<float> zxbcdt;  // in_proj output [T, I + CD + Hm]
+  std::vector<float> xbc;     // silu(conv(xBC)) [T, CD]
+  std::vector<float> dt;      // after softplus and clamp [T, Hm]
+  std::vector<float> A;       // -exp(A_log) [Hm]
+  std::vector<float> y;       // SSD output, before the gated norm [T, I]
+};
+
+struct latent_moe_saved {
+  std::vector<float> s;                          // sigmoid router scores [T, E]
+  std::vector<int64_t> topk;                     // each token's k experts [T, k]
+  std::vector<float> scale;                      // w = s * scale for the selected experts [T]
+  std::vector<std::vector<int64_t>> tokens_of;   // expert -> its tokens, ascending
+  std::vector<std::vector<float>> weights_of;    // expert -> the matching routing weights
+  std::vector<relu2_saved> experts;              // [E]
+  relu2_saved shared;
+};
+
+struct attention_saved {
+  std::vector<float> q, k, v;  // k and v as the KV cache holds them
+  std::vector<float> att;      // [T, nh*hd]
+};
+
 // out[T, in] = down(relu2(up(x))), x [T, in]
-void relu2_mlp_forward(float* out, const float* x, const relu2_mlp& M, int64_t T, const forward_hooks& hook) {
+void relu2_mlp_forward(float* out, const float* x, const relu2_mlp& M, int64_t T, const forward_hooks& hook,
+                       relu2_saved* save) {
   std::vector<float> u(size_t(T * M.up.out));  // [T, I_e]
   linear_hooked(M.up, x, u.data(), T, hook);
+  if (save) save->u = u;
   relu2(u.data(), T * M.up.out);
   linear_hooked(M.down, u.data(), out, T, hook);
+  if (save) save->y.assign(out, out + T * M.down.out);
 }
 
-}  // namespace
+// dx[T, in] += the input gradient of relu2_mlp_forward from dout [T, in]; stores up's and down's dY.
+void relu2_mlp_backward(float* dx, const float* dout, const relu2_mlp& M, const relu2_saved& S, int64_t T,
+                        std::map<std::string, std::vector<float>>& grads) {
+  const size_t n = size_t(T * M.up.out);
+  std::vector<float> dr(n, 0.0f), du(n);
+  linear_backward_input(dr.data(), dout, M.down, T);
+  relu2_backward(du.data(), dr.data(), S.u.data(), T * M.up.out);
+  linear_backward_input(dx, du.data(), M.up, T);
+  grads[M.up.name] = std::move(du);
+  grads[M.down.name].assign(dout, dout + T * M.down.out);
+}
 
-void latent_moe_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
-                        const forward_hooks& hook) {
+void mamba2_forward_impl(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
+                         const forward_hooks& hook, mamba_saved* save) {
+  const int64_t Hm = c.mamba_heads, P = c.mamba_head_dim, G = c.mamba_groups, N = c.ssm_state, K = c.conv_kernel;
+  const int64_t I = Hm * P, CD = I + 2 * G * N, W = I + CD + Hm;
+  mamba_saved local;
+  mamba_saved& S = save ? *save : local;
+  // first: zxbcdt [T, W] = in_proj(x), split [z (I), xBC (CD), dt (Hm)]
+  S.zxbcdt.resize(size_t(T * W));
+  linear_hooked(L.in_proj, x, S.zxbcdt.data(), T, hook);
+  // xBC [T, CD] = silu(conv(xBC)), then its views x [T, I], B [T, G*N], C [T, G*N]
+  S.xbc.resize(size_t(T * CD));
+  causal_conv1d_forward(S.xbc.data(), S.zxbcdt.data() + I, W, L.conv_w.data(),
+                        L.conv_b.empty() ? nullptr : L.conv_b.data(), T, CD, K);
+  // dt [T, Hm] = softplus(dt + dt_bias), clamped below at time_step_limit[0]; A = -exp(A_log)
+  S.dt.resize(size_t(T * Hm));
+  S.A.resize(size_t(Hm));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < Hm; ++h)
+      S.dt[size_t(t * Hm + h)] =
+          std::max(softplus(S.zxbcdt[size_t(t * W + I + CD + h)] + L.dt_bias[size_t(h)]), c.dt_min);
+  for (int64_t h = 0; h < Hm; ++h) S.A[size_t(h)] = -std::exp(L.A_log[size_t(h)]);
+  // y [T, I] = SSD scan, then the gated grouped norm
+  S.y.resize(size_t(T * I));
+  ssd_scan_forward(S.y.data(), S.xbc.data(), S.xbc.data() + I, S.xbc.data() + I + G * N, CD, S.dt.data(),
+                   S.A.data(), L.D.data(), T, Hm, P, G, N);
+  std::vector<float> yn(size_t(T * I));
+  gated_rmsnorm_forward(yn.data(), S.y.data(), S.zxbcdt.data(), W, L.gated_norm.data(), T, I, G, c.eps);
+  // out [T, H] = out_proj(yn)
+  linear_hooked(L.out_proj, yn.data(), out, T, hook);
+}
+
+// dx[T, H] += the input gradient of the Mamba-2 mixer from dout [T, H]; stores out_proj's and in_proj's dY.
+void mamba2_backward(float* dx, const float* dout, const nemotron_h_layer& L, const nemotron_h_config& c,
+                     const mamba_saved& S, int64_t T, std::map<std::string, std::vector<float>>& grads) {
+  const int64_t Hm = c.mamba_heads, P = c.mamba_head_dim, G = c.mamba_groups, N = c.ssm_state, K = c.conv_kernel;
+  const int64_t I = Hm * P, CD = I + 2 * G * N, W = I + CD + Hm;
+  grads[L.out_proj.name].assign(dout, dout + T * L.out_proj.out);
+  std::vector<float> dyn(size_t(T * I), 0.0f), dy(size_t(T * I));
+  linear_backward_input(dyn.data(), dout, L.out_proj, T);
+  // d(in_proj output) [T, W] is assembled from its three parts: dz here, dxBC and ddt below
+  std::vector<float> dzxbcdt(size_t(T * W), 0.0f);
+  gated_rmsnorm_backward(dy.data(), dzxbcdt.data(), W, dyn.data(), S.y.data(), S.zxbcdt.data(), W,
+                         L.gated_norm.data(), T, I, G, c.eps);
+  std::vector<float> dxbc(size_t(T * CD), 0.0f), ddt(size_t(T * Hm), 0.0f);
+  ssd_scan_backward(dxbc.data(), dxbc.data() + I, dxbc.data() + I + G * N, ddt.data(), dy.data(), S.xbc.data(),
+                    S.xbc.data() + I, S.xbc.data() + I + G * N, CD, S.dt.data(), S.A.data(), L.D.data(), T, Hm, P, G,
+                    N);
+  causal_conv1d_backward(dzxbcdt.data() + I, W, dxbc.data(), S.zxbcdt.data() + I, W, L.conv_w.data(),
+                         L.conv_b.empty() ? nullptr : L.conv_b.data(), T, CD, K);
+  // dt = max(softplus(v), dt_min), v = raw + dt_bias: softplus' = sigmoid(v) (1 past the threshold, as
+  // torch); no gradient where the clamp holds
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < Hm; ++h) {
+      const float v = S.zxbcdt[size_t(t * W + I + CD + h)] + L.dt_bias[size_t(h)];
+      const bool clamped = softplus(v) < c.dt_min;
+      const float dsp = v > 20.0f ? 1.0f : sigmoid(v);
+      dzxbcdt[size_t(t * W + I + CD + h)] = clamped ? 0.0f : ddt[size_t(t * Hm + h)] * dsp;
+    }
+  linear_backward_input(dx, dzxbcdt.data(), L.in_proj, T);
+  grads[L.in_proj.name] = std::move(dzxbcdt);
+}
+
+void latent_moe_forward_impl(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c,
+                             int64_t T, const forward_hooks& hook, latent_moe_saved* save) {
   const int64_t E = L.router.out, H = L.router.in, k = c.experts_per_token;
   const bool latent = c.moe_latent > 0;
   const int64_t Lw = latent ? c.moe_latent : H;  // the experts' width
   // first: the router on the full-width x. s = sigmoid(logits) [T, E] in fp32
   std::vector<float> s(size_t(T * E));
   linear_hooked(L.router, x, s.data(), T, hook);
-  for (float& v : s) v = 1.0f / (1.0f + std::exp(-v));
+  for (float& v : s) v = sigmoid(v);
   const size_t nE = size_t(E);
   std::vector<std::vector<int64_t>> tokens_of(nE);  // expert -> its tokens, ascending
   std::vector<std::vector<float>> weights_of(nE);   // expert -> the matching routing weights
   std::vector<float> sel(nE);
   std::vector<int64_t> order(nE);
+  if (save) {
+    save->topk.assign(size_t(T * k), 0);
+    save->scale.assign(size_t(T), 0.0f);
+    save->experts.assign(nE, {});
+  }
   for (int64_t t = 0; t < T; ++t) {
     const float* st = s.data() + t * E;
     for (size_t e = 0; e < nE; ++e) sel[e] = st[e] + L.score_bias[e];  // the bias picks, it does not weigh
@@ -156,6 +359,10 @@ void latent_moe_forward(float* out, const float* x, const nemotron_h_layer& L, c
     float wsum = 0.0f;
     for (int64_t j = 0; j < k; ++j) wsum += st[order[size_t(j)]];
     const float scale = c.norm_topk_prob ? c.routed_scaling_factor / (wsum + 1e-20f) : c.routed_scaling_factor;
+    if (save) {
+      std::copy_n(order.begin(), k, save->topk.begin() + t * k);
+      save->scale[size_t(t)] = scale;
+    }
     for (int64_t j = 0; j < k; ++j) {
       const int64_t e = order[size_t(j)];
       tokens_of[size_t(e)].push_back(t);
@@ -178,7 +385,8 @@ void latent_moe_forward(float* out, const float* x, const nemotron_h_layer& L, c
     xe.resize(size_t(Te * Lw));
     ye.resize(size_t(Te * Lw));
     for (int64_t i = 0; i < Te; ++i) std::copy_n(xl + toks[size_t(i)] * Lw, Lw, xe.data() + i * Lw);
-    relu2_mlp_forward(ye.data(), xe.data(), L.experts[size_t(e)], Te, hook);  // [T_e, L]
+    relu2_mlp_forward(ye.data(), xe.data(), L.experts[size_t(e)], Te, hook,
+                      save ? &save->experts[size_t(e)] : nullptr);  // [T_e, L]
     for (int64_t i = 0; i < Te; ++i) {
       const float w = weights_of[size_t(e)][size_t(i)];
       float* ot = yl.data() + toks[size_t(i)] * Lw;
@@ -193,9 +401,103 @@ void latent_moe_forward(float* out, const float* x, const nemotron_h_layer& L, c
     std::copy(yl.begin(), yl.end(), out);
   if (c.shared_intermediate > 0) {
     std::vector<float> sh(size_t(T * H));
-    relu2_mlp_forward(sh.data(), x, L.shared, T, hook);
+    relu2_mlp_forward(sh.data(), x, L.shared, T, hook, save ? &save->shared : nullptr);
     residual_forward(out, sh.data(), T, H);
   }
+  if (save) {
+    save->s = std::move(s);
+    save->tokens_of = std::move(tokens_of);
+    save->weights_of = std::move(weights_of);
+  }
+}
+
+// dx[T, H] += the input gradient of the latent MoE from dout [T, H]; stores the dY of the router, the
+// latent projections and every expert linear (empty for an expert with no tokens). The top-k choice
+// is piecewise constant: the gradient reaches the router through the selected scores only.
+void latent_moe_backward(float* dx, const float* dout, const nemotron_h_layer& L, const nemotron_h_config& c,
+                         const latent_moe_saved& S, int64_t T, std::map<std::string, std::vector<float>>& grads) {
+  const int64_t E = L.router.out, H = L.router.in, k = c.experts_per_token;
+  const bool latent = c.moe_latent > 0;
+  const int64_t Lw = latent ? c.moe_latent : H;
+  if (c.shared_intermediate > 0) relu2_mlp_backward(dx, dout, L.shared, S.shared, T, grads);
+  // dyl [T, L]: through fc2_latent (or dout itself)
+  std::vector<float> dyl(size_t(T * Lw), 0.0f), dxl(size_t(T * Lw), 0.0f);
+  if (latent) {
+    grads[L.fc2_latent.name].assign(dout, dout + T * H);
+    linear_backward_input(dyl.data(), dout, L.fc2_latent, T);
+  } else {
+    std::copy_n(dout, T * H, dyl.begin());
+  }
+  std::vector<float> dw(size_t(T * E), 0.0f);  // dloss/d(routing weight) of (token, expert), selected only
+  for (int64_t e = 0; e < E; ++e) {
+    const relu2_mlp& X = L.experts[size_t(e)];
+    const std::vector<int64_t>& toks = S.tokens_of[size_t(e)];
+    const int64_t Te = int64_t(toks.size());
+    if (Te == 0) {
+      grads[X.up.name] = {};
+      grads[X.down.name] = {};
+      continue;
+    }
+    const std::vector<float>& ye = S.experts[size_t(e)].y;
+    // yl[t] += w * ye[i]:  dye[i] = w * dyl[t],  dw = <dyl[t], ye[i]>
+    std::vector<float> dye(size_t(Te * Lw)), dxe(size_t(Te * Lw), 0.0f);
+    for (int64_t i = 0; i < Te; ++i) {
+      const int64_t t = toks[size_t(i)];
+      const float w = S.weights_of[size_t(e)][size_t(i)];
+      double acc = 0.0;
+      for (int64_t j = 0; j < Lw; ++j) {
+        dye[size_t(i * Lw + j)] = w * dyl[size_t(t * Lw + j)];
+        acc += double(dyl[size_t(t * Lw + j)]) * double(ye[size_t(i * Lw + j)]);
+      }
+      dw[size_t(t * E + e)] = float(acc);
+    }
+    relu2_mlp_backward(dxe.data(), dye.data(), X, S.experts[size_t(e)], Te, grads);
+    for (int64_t i = 0; i < Te; ++i) {
+      float* dxt = dxl.data() + toks[size_t(i)] * Lw;
+      for (int64_t j = 0; j < Lw; ++j) dxt[j] += dxe[size_t(i * Lw + j)];
+    }
+  }
+  if (latent) {
+    linear_backward_input(dx, dxl.data(), L.fc1_latent, T);
+    grads[L.fc1_latent.name] = std::move(dxl);
+  } else {
+    residual_forward(dx, dxl.data(), T, H);
+  }
+  // routing weights w_j = s_j * scale, scale = r / sum_sel s (norm_topk_prob) or r:
+  //   ds_j = scale * (dw_j - sum_i dw_i s_i / sum_sel s), or scale * dw_j; then sigmoid' = s (1 - s)
+  std::vector<float> dlogits(size_t(T * E), 0.0f);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* st = S.s.data() + t * E;
+    const int64_t* sel = S.topk.data() + t * k;
+    const float* dwt = dw.data() + t * E;
+    double shared_term = 0.0;
+    if (c.norm_topk_prob) {
+      float wsum = 0.0f;
+      for (int64_t j = 0; j < k; ++j) wsum += st[sel[j]];
+      double dot = 0.0;
+      for (int64_t j = 0; j < k; ++j) dot += double(dwt[sel[j]]) * double(st[sel[j]]);
+      shared_term = dot / double(wsum + 1e-20f);
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = sel[j];
+      const double ds = double(S.scale[size_t(t)]) * (double(dwt[e]) - shared_term);
+      dlogits[size_t(t * E + e)] = float(ds * double(st[e]) * (1.0 - double(st[e])));
+    }
+  }
+  linear_backward_input(dx, dlogits.data(), L.router, T);
+  grads[L.router.name] = std::move(dlogits);
+}
+
+}  // namespace
+
+void mamba2_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
+                    const forward_hooks& hook) {
+  mamba2_forward_impl(out, x, L, c, T, hook, nullptr);
+}
+
+void latent_moe_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
+                        const forward_hooks& hook) {
+  latent_moe_forward_impl(out, x, L, c, T, hook, nullptr);
 }
 
 // ---- loading ---------------------------------------------------------------------------------
@@ -350,49 +652,142 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir) {
 
 // ---- forward ---------------------------------------------------------------------------------
 
-std::vector<float> nemotron_h_model::forward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
+namespace {
+
+// One block's activations for the backward (the mixer's part of them: its input gradient needs no
+// more than these).
+struct block_saved {
+  std::vector<float> h_in;  // residual stream entering the block, the pre-norm's input [T, H]
+  mamba_saved mamba;
+  attention_saved attn;
+  relu2_saved mlp;
+  latent_moe_saved moe;
+};
+
+}  // namespace
+
+struct nemotron_h_model::saved {
+  std::vector<block_saved> blocks;
+  std::vector<float> h;  // the final residual stream, norm_f's input [T, H]
+};
+
+namespace {
+
+// y[T, H] = the mixer of block L on its pre-normed input a [T, H].
+void mixer_forward(float* y, const float* a, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
+                   const forward_hooks& hook, block_saved* save) {
+  switch (L.kind) {
+    case block_kind::mamba: mamba2_forward_impl(y, a, L, c, T, hook, save ? &save->mamba : nullptr); break;
+    case block_kind::attention: {  // causal GQA, no positional encoding
+      const int64_t QD = c.heads * c.head_dim, KVD = c.kv_heads * c.head_dim;
+      attention_saved local;
+      attention_saved& A = save ? save->attn : local;
+      A.q.resize(size_t(T * QD));
+      A.k.resize(size_t(T * KVD));
+      A.v.resize(size_t(T * KVD));
+      A.att.resize(size_t(T * QD));
+      linear_hooked(L.q, a, A.q.data(), T, hook);
+      linear_hooked(L.k, a, A.k.data(), T, hook);
+      linear_hooked(L.v, a, A.v.data(), T, hook);
+      kv_cache_forward(attention_module_of(L.k), A.k.data(), A.v.data(), T, KVD, L.kv, hook);  // straight-through
+      attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, c.heads, c.kv_heads, c.head_dim);
+      linear_hooked(L.o, A.att.data(), y, T, hook);
+      break;
+    }
+    case block_kind::mlp: relu2_mlp_forward(y, a, L.mlp, T, hook, save ? &save->mlp : nullptr); break;
+    case block_kind::moe: latent_moe_forward_impl(y, a, L, c, T, hook, save ? &save->moe : nullptr); break;
+  }
+}
+
+// da[T, H] += the input gradient of block L's mixer from dy [T, H].
+void mixer_backward(float* da, const float* dy, const nemotron_h_layer& L, const nemotron_h_config& c,
+                    const block_saved& S, int64_t T,
+                    std::map<std::string, std::vector<float>>& grads) {
+  switch (L.kind) {
+    case block_kind::mamba: mamba2_backward(da, dy, L, c, S.mamba, T, grads); break;
+    case block_kind::attention: {
+      const int64_t H = c.hidden, QD = c.heads * c.head_dim, KVD = c.kv_heads * c.head_dim;
+      const attention_saved& A = S.attn;
+      std::vector<float> datt(size_t(T * QD), 0.0f), dq(size_t(T * QD)), dk(size_t(T * KVD)), dv(size_t(T * KVD));
+      linear_backward_input(datt.data(), dy, L.o, T);
+      attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), A.q.data(), A.k.data(), A.v.data(), T,
+                         c.heads, c.kv_heads, c.head_dim);
+      linear_backward_input(da, dq.data(), L.q, T);
+      linear_backward_input(da, dk.data(), L.k, T);
+      linear_backward_input(da, dv.data(), L.v, T);
+      grads[L.o.name].assign(dy, dy + T * H);
+      grads[L.q.name] = std::move(dq);
+      grads[L.k.name] = std::move(dk);
+      grads[L.v.name] = std::move(dv);
+      break;
+    }
+    case block_kind::mlp: relu2_mlp_backward(da, dy, L.mlp, S.mlp, T, grads); break;
+    case block_kind::moe: latent_moe_backward(da, dy, L, c, S.moe, T, grads); break;
+  }
+}
+
+}  // namespace
+
+std::vector<float> nemotron_h_model::run(std::span<const int32_t> tokens, int64_t min_tokens, const char* what,
+                                         const forward_hooks& hook, saved* save) const {
   const nemotron_h_config& c = config_;
   const int64_t T = int64_t(tokens.size()), H = c.hidden, V = c.vocab;
-  if (T < 1 || T > c.max_positions)
-    throw std::invalid_argument(fmt::format("nemotron_h forward: {} tokens; expected 1..{} (max_position_embeddings)",
-                                            T, c.max_positions));
+  if (T < min_tokens || T > c.max_positions)
+    throw std::invalid_argument(
+        fmt::format("{}: {} tokens; expected {}..{} (max_position_embeddings)", what, T, min_tokens, c.max_positions));
   std::vector<float> h(size_t(T * H));  // residual stream [T, H]
   for (int64_t t = 0; t < T; ++t) {
     const int32_t id = tokens[size_t(t)];
     if (id < 0 || id >= V)
-      throw std::invalid_argument(
-          fmt::format("nemotron_h forward: token id {} at position {} is not below vocab {}", id, t, V));
+      throw std::invalid_argument(fmt::format("{}: token id {} at position {} is not below vocab {}", what, id, t, V));
     std::copy_n(embed_.data() + int64_t(id) * H, H, h.data() + t * H);  // h = Emb[ids]
   }
-  const int64_t QD = c.heads * c.head_dim, KVD = c.kv_heads * c.head_dim;
   std::vector<float> a(size_t(T * H));  // normed input [T, H]
   std::vector<float> y(size_t(T * H));  // mixer output [T, H]
-  std::vector<float> q, k, v, att;
-  for (const nemotron_h_layer& L : layers_) {
+  if (save) save->blocks.assign(layers_.size(), {});
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const nemotron_h_layer& L = layers_[l];
+    block_saved* S = save ? &save->blocks[l] : nullptr;
+    if (S) S->h_in = h;
     rmsnorm_forward(a.data(), h.data(), L.norm.data(), T, H, c.eps);
-    switch (L.kind) {
-      case block_kind::mamba: mamba2_forward(y.data(), a.data(), L, c, T, hook); break;
-      case block_kind::attention:  // causal GQA, no positional encoding
-        q.resize(size_t(T * QD));
-        k.resize(size_t(T * KVD));
-        v.resize(size_t(T * KVD));
-        att.resize(size_t(T * QD));
-        linear_hooked(L.q, a.data(), q.data(), T, hook);
-        linear_hooked(L.k, a.data(), k.data(), T, hook);
-        linear_hooked(L.v, a.data(), v.data(), T, hook);
-        kv_cache_forward(attention_module_of(L.k), k.data(), v.data(), T, KVD, L.kv, hook);
-        attention_forward(att.data(), q.data(), k.data(), v.data(), T, c.heads, c.kv_heads, c.head_dim);
-        linear_hooked(L.o, att.data(), y.data(), T, hook);
-        break;
-      case block_kind::mlp: relu2_mlp_forward(y.data(), a.data(), L.mlp, T, hook); break;
-      case block_kind::moe: latent_moe_forward(y.data(), a.data(), L, c, T, hook); break;
-    }
+    mixer_forward(y.data(), a.data(), L, c, T, hook, S);
     residual_forward(h.data(), y.data(), T, H);
   }
   rmsnorm_forward(a.data(), h.data(), norm_f_.data(), T, H, c.eps);
   std::vector<float> logits(size_t(T * V));  // [T, V]
   linear_hooked(lm_head_, a.data(), logits.data(), T, hook);
+  if (save) save->h = std::move(h);
   return logits;
+}
+
+std::vector<float> nemotron_h_model::forward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
+  return run(tokens, 1, "nemotron_h forward", hook, nullptr);
+}
+
+// ---- forward + backward ----------------------------------------------------------------------
+
+llama_grads nemotron_h_model::forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
+  const nemotron_h_config& c = config_;
+  saved S;
+  const std::vector<float> logits = run(tokens, 2, "nemotron_h forward_backward", hook, &S);
+  const int64_t T = int64_t(tokens.size()), H = c.hidden, V = c.vocab;
+  llama_grads out;
+  std::vector<float> dlogits(size_t(T * V));
+  out.loss = cross_entropy_backward(dlogits.data(), logits.data(), tokens, V);
+
+  // ---- backward: dh is dloss/d(residual stream) at the current point, walking back
+  std::vector<float> dh(size_t(T * H), 0.0f), da(size_t(T * H), 0.0f);
+  linear_backward_input(da.data(), dlogits.data(), lm_head_, T);
+  out.dy[lm_head_.name] = std::move(dlogits);
+  rmsnorm_backward(dh.data(), da.data(), S.h.data(), norm_f_.data(), T, H, c.eps);
+  for (size_t l = layers_.size(); l-- > 0;) {
+    // h_out = h_in + mixer(rmsnorm(h_in)): the residual passes dh through, the norm adds its share
+    const nemotron_h_layer& L = layers_[l];
+    std::fill(da.begin(), da.end(), 0.0f);
+    mixer_backward(da.data(), dh.data(), L, c, S.blocks[l], T, out.dy);
+    rmsnorm_backward(dh.data(), da.data(), S.blocks[l].h_in.data(), L.norm.data(), T, H, c.eps);
+  }
+  return out;
 }
 
 }  // namespace mixq

@@ -74,12 +74,21 @@ struct nemotron_h_layer {
 
 // ---- the ops ---------------------------------------------------------------------------------
 
+// The backward functions follow llama.hpp: activation gradients only, and each says whether it
+// overwrites or ACCUMULATES (+=) into its input gradients.
+
 // x[n] = relu(x)^2, in place
 void relu2(float* x, int64_t n);
+// dx[n] = dout * 2 relu(x), x the forward input (overwritten)
+void relu2_backward(float* dx, const float* dout, const float* x, int64_t n);
 // out[T, C] = silu(b[c] + sum_k w[c, k] * x[t - (K-1) + k, c])  with x[<0] = 0; depthwise causal conv1d
 // over time, then SiLU. w [C, K], b [C] or null. out must not alias x. x rows have stride x_stride.
 void causal_conv1d_forward(float* out, const float* x, int64_t x_stride, const float* w, const float* b, int64_t T,
                            int64_t C, int64_t K);
+// dx[T, C] += dloss/dx from dout [T, C] (the gradient at the SiLU output), x the forward input; the
+// pre-activation is recomputed. dx rows have stride dx_stride. Accumulates (every tap adds).
+void causal_conv1d_backward(float* dx, int64_t dx_stride, const float* dout, const float* x, int64_t x_stride,
+                            const float* w, const float* b, int64_t T, int64_t C, int64_t K);
 // The exact SSD recurrence, fp32, zero initial state S[h] [P, N]; per step t and head h (group g = h / R):
 //   S[h] = exp(dt[t,h] * A[h]) * S[h] + dt[t,h] * x[t,h,:] outer B[t,g,:]
 //   y[t,h,:] = S[h] @ C[t,g,:] + D[h] * x[t,h,:]
@@ -87,10 +96,20 @@ void causal_conv1d_forward(float* out, const float* x, int64_t x_stride, const f
 // A, D [Hm]; y [T, Hm*P].
 void ssd_scan_forward(float* y, const float* x, const float* B, const float* C, int64_t xbc_stride, const float* dt,
                       const float* A, const float* D, int64_t T, int64_t Hm, int64_t P, int64_t G, int64_t N);
+// Backprop through time over the same recurrence: dx, dB, dC (row stride xbc_stride, like x, B, C)
+// and ddt [T, Hm] from dy [T, Hm*P]. The forward states are recomputed and kept for one head at a
+// time ([T, P, N]). Accumulates into all four (B and C are shared by the R heads of a group).
+void ssd_scan_backward(float* dx, float* dB, float* dC, float* ddt, const float* dy, const float* x, const float* B,
+                       const float* C, int64_t xbc_stride, const float* dt, const float* A, const float* D, int64_t T,
+                       int64_t Hm, int64_t P, int64_t G, int64_t N);
 // out[T, I] = weight * rmsnorm_per_group(y * silu(z)), groups of I/G channels (norm_before_gate=False).
 // z rows have stride z_stride. out may alias y.
 void gated_rmsnorm_forward(float* out, const float* y, const float* z, int64_t z_stride, const float* weight,
                            int64_t T, int64_t I, int64_t G, float eps);
+// dy [T, I] and dz (row stride z_stride) from dout [T, I], given the forward inputs y and z; the
+// group rstd is recomputed. Overwrites both.
+void gated_rmsnorm_backward(float* dy, float* dz, int64_t dz_stride, const float* dout, const float* y, const float* z,
+                            int64_t z_stride, const float* weight, int64_t T, int64_t I, int64_t G, float eps);
 // out[T, H] = out_proj(gated_norm(ssd(conv(xBC)), z)) with [z, xBC, dt] = in_proj(x); x [T, H].
 void mamba2_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
                     const forward_hooks& hook);
@@ -120,6 +139,15 @@ class nemotron_h_model : public causal_lm {
   // logits [T, V] for tokens [T] (a fresh context); T in 1..max_positions, ids below V.
   std::vector<float> forward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const override;
 
+  // The loss and dloss/dY at the output of every linear, as llama_model::forward_backward (activation
+  // gradients only; T in 2..max_positions). Through the Mamba-2 mixers (in_proj's dY assembles dz, the
+  // conv input's gradient and ddt through the softplus, zero where the dt_min clamp is active), the
+  // attention blocks, the relu2 MLPs and the latent MoE: the top-k choice (made with the correction
+  // bias) is piecewise constant; the router's gradient flows through the selected sigmoid scores and
+  // their normalization. A routed expert's linears get [T_e, out] over its tokens in the order the
+  // hook sees them, empty when no token is routed to it.
+  llama_grads forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const;
+
  private:
   model_spec spec_;
   nemotron_h_config config_;
@@ -127,6 +155,12 @@ class nemotron_h_model : public causal_lm {
   std::vector<nemotron_h_layer> layers_;
   std::vector<float> norm_f_;       // [H]
   llama_linear lm_head_;            // [V, H]
+
+  struct saved;  // the activations forward_backward keeps
+  // The forward pass shared by forward() and forward_backward(): logits [T, V], after checking T in
+  // min_tokens..max_positions and the ids; fills `save` when given one.
+  std::vector<float> run(std::span<const int32_t> tokens, int64_t min_tokens, const char* what,
+                         const forward_hooks& hook, saved* save) const;
 };
 
 }  // namespace mixq
