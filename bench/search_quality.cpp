@@ -157,8 +157,8 @@ int main(int argc, char** argv) {
     // the yardstick: the passes scoring cannot avoid (forward + backward for fisher, forward otherwise)
     const auto t1 = std::chrono::steady_clock::now();
     for (size_t i = 0; i < n_score; ++i) {
-      if (auto* lm = dynamic_cast<llama_model*>(model.get()); lm && rcp.search.method == score_method::fisher)
-        lm->forward_backward(seqs[i]);
+      if (rcp.search.method == score_method::fisher)
+        model->forward_backward(seqs[i]);
       else
         model->forward(seqs[i]);
     }

@@ -153,11 +153,6 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
   sensitivity_scores out;
   out.score.resize(space.groups.size());
   for (size_t g = 0; g < space.groups.size(); ++g) out.score[g].assign(space.groups[g].candidates.size(), 0.0);
-  llama_model* with_backward = dynamic_cast<llama_model*>(&model);
-  if (method == score_method::fisher && !with_backward)
-    throw io_error(fmt::format("search.method fisher needs a backward pass, which mixq has for llama, mixtral and "
-                               "qwen3_moe but not yet for {}; use method: hessian (forward only, layer-local) or kl",
-                               spec.architecture));
   const model_linears linears(model);
   const quantized_cache cache(linears, spec, stats);
 
@@ -215,7 +210,7 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
         v.insert(v.end(), x, x + T * in);
       };
       llama_grads grads;
-      if (method == score_method::fisher) grads = with_backward->forward_backward(sequences[size_t(s)], hooks);
+      if (method == score_method::fisher) grads = model.forward_backward(sequences[size_t(s)], hooks);
       else model.forward(sequences[size_t(s)], hooks);
 #pragma omp parallel for schedule(dynamic, 1)
       for (size_t g = 0; g < space.groups.size(); ++g) {

@@ -28,8 +28,7 @@ struct sensitivity_scores {
   int64_t sequences = 0, tokens = 0;
 };
 
-// fisher needs a model with a backward pass (Llama, Mixtral, Qwen3-MoE); for another it throws,
-// naming the architecture and the methods that work. The model is left as it was found.
+// The model is left as it was found (kl swaps one group's weights in and out).
 sensitivity_scores score_groups(causal_lm& model, const search_space& space, const calibration_stats& stats,
                                 std::span<const std::vector<int32_t>> sequences, score_method method,
                                 const progress_callback& progress = {});

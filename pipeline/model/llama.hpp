@@ -104,6 +104,15 @@ struct forward_hooks {
   forward_hooks(F f) : output(std::move(f)) {}  // NOLINT: implicit on purpose
 };
 
+struct llama_grads {
+  // Mean next-token cross-entropy (nats) over positions 0..T-2 predicting tokens 1..T-1 (the HF
+  // labels = input_ids convention), accumulated in double.
+  double loss = 0.0;
+  // Module name ("model.layers.0.self_attn.q_proj", ..., "lm_head") -> dloss/dY, [T, out] row-major
+  // ([T_e, out] for a routed expert).
+  std::map<std::string, std::vector<float>> dy;
+};
+
 // A causal language model as evaluation sees it (llama_model, nemotron_h_model): logits [T, V] for
 // tokens [T] in a fresh context, every linear's output passed through `hook` when set.
 class causal_lm {
@@ -113,6 +122,9 @@ class causal_lm {
   virtual const model_spec& spec() const = 0;
   virtual int64_t vocab() const = 0;
   virtual int64_t max_positions() const = 0;  // the longest forward(): max_position_embeddings
+  // The loss and dloss/dY at the output of every linear (activation gradients only), for
+  // sensitivity scoring; T in 2..max_positions.
+  virtual llama_grads forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const = 0;
   // Fake-quant runs rewrite the model in place: every linear (lm_head included) in forward order,
   // and each attention block's KV-cache scales by attention module name (io_error if unknown).
   virtual void for_each_linear(const std::function<void(llama_linear&)>& f) = 0;
@@ -210,15 +222,6 @@ void moe_forward(float* out, const float* x, const llama_linear& router, const s
 // Loads a Llama / Mixtral / Qwen3-MoE or Nemotron-H checkpoint directory, by its config's model_type.
 std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir);
 
-struct llama_grads {
-  // Mean next-token cross-entropy (nats) over positions 0..T-2 predicting tokens 1..T-1 (the HF
-  // labels = input_ids convention), accumulated in double.
-  double loss = 0.0;
-  // Module name ("model.layers.0.self_attn.q_proj", ..., "lm_head") -> dloss/dY, [T, out] row-major
-  // ([T_e, out] for a routed expert).
-  std::map<std::string, std::vector<float>> dy;
-};
-
 class llama_model : public causal_lm {
  public:
   // Reads config.json and the safetensors weights of a Hugging Face LlamaForCausalLM,
@@ -246,7 +249,7 @@ class llama_model : public causal_lm {
   // top-k selection is piecewise constant, the gradient flows through the selected probabilities).
   // A routed expert's linears get [T_e, out] over its tokens in the order the hook sees them
   // (ascending positions), empty when no token is routed to it.
-  llama_grads forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const;
+  llama_grads forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const override;
 
  private:
   model_spec spec_;

@@ -92,38 +92,35 @@ TEST(autoquant, scores_are_monotone_in_bits) {
   EXPECT_EQ(s, (std::vector<double>{0.0, 1.0, 1.0}));
 }
 
-// The fisher score of one group equals sum (g * (Y_q - Y))^2 with Y_q taken from the model itself
-// running the quantized layer (weights and input rounding), not from the replay.
-TEST(autoquant, fisher_score_matches_the_models_own_quantized_output) {
-  MIXQ_REQUIRE_SHARED_MODEL(dir, "stories260K");
-  llama_model model = llama_model::load(dir);
+// The fisher score of one single-linear group equals sum (g * (Y_q - Y))^2 with Y_q taken from the
+// model itself running the quantized layer (weights and input rounding), not from the replay.
+void expect_fisher_matches_own_execution(const fs::path& dir, const std::string& target) {
+  const std::unique_ptr<causal_lm> model = load_causal_lm(dir);
   const search_settings st = settings(score_method::fisher);
-  const search_space space = make_search_space(model.spec(), st);
-  const std::vector<int32_t> tokens = [] {
-    std::vector<int32_t> t;
-    for (int i = 0; i < 64; ++i) t.push_back(int32_t((i * 37 + 11) % 500 + 3));
-    return t;
-  }();
+  const search_space space = make_search_space(model->spec(), st);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 64; ++i) tokens.push_back(int32_t((i * 37 + 11) % 500 + 3));
   const std::vector<std::vector<int32_t>> seqs{tokens};
-  const calibration_stats stats = calibrate(model, seqs);
-  const sensitivity_scores scores = score_groups(model, space, stats, seqs, score_method::fisher);
-
-  const std::string target = "model.layers.1.self_attn.o_proj";
+  const calibration_stats stats = calibrate(*model, seqs);
+  const sensitivity_scores scores = score_groups(*model, space, stats, seqs, score_method::fisher);
   size_t gi = 0;
   while (space.groups[gi].name != target) ++gi;
+  const auto capture = [&](std::vector<float>& into) {
+    return forward_hooks([&into, target](const std::string& name, float* y, int64_t T, int64_t out) {
+      if (name == target) into.assign(y, y + T * out);
+    });
+  };
   for (size_t c = 1; c < space.groups[gi].candidates.size(); ++c) {
     const weight_quant_spec cand = space.groups[gi].candidates[c];
     std::vector<float> y_ref, y_q;
-    const auto capture = [&](std::vector<float>& into) {
-      return forward_hooks([&, target](const std::string& name, float* y, int64_t T, int64_t out) {
-        if (name == target) into.assign(y, y + T * out);
-      });
-    };
-    const llama_grads grads = model.forward_backward(tokens, capture(y_ref));
-    // quantize o_proj the way the export does, run the model, restore
-    llama_model quantized = model;
-    quantized.for_each_linear([&](llama_linear& W) {
+    const llama_grads grads = model->forward_backward(tokens, capture(y_ref));
+    // quantize the layer the way the export does, run the model, restore
+    std::vector<float> saved;
+    input_quant saved_act;
+    model->for_each_linear([&](llama_linear& W) {
       if (W.name != target) return;
+      saved = W.w;
+      saved_act = W.act;
       const cpu::source_matrix src{W.w.data(), cpu::source_dtype::f32, W.out, W.in, target};
       const float x_amax = stats.input_amax.at(target);
       if (cand.format == format_id::nvfp4) {
@@ -134,7 +131,10 @@ TEST(autoquant, fisher_score_matches_the_models_own_quantized_output) {
         W.act = {format_id::fp8_per_tensor, fp8_input_scale(x_amax)};
       }
     });
-    quantized.forward(tokens, capture(y_q));
+    model->forward(tokens, capture(y_q));
+    model->for_each_linear([&](llama_linear& W) {
+      if (W.name == target) W.w = saved, W.act = saved_act;
+    });
     const std::vector<float>& g = grads.dy.at(target);
     double want = 0.0;
     for (size_t i = 0; i < g.size(); ++i) {
@@ -142,8 +142,19 @@ TEST(autoquant, fisher_score_matches_the_models_own_quantized_output) {
       want += v * v;
     }
     ASSERT_GT(want, 0.0);
-    EXPECT_NEAR(scores.score[gi][c], want, 1e-4 * want) << traits_of(cand.format).name;
+    EXPECT_NEAR(scores.score[gi][c], want, 1e-4 * want) << target << " " << traits_of(cand.format).name;
   }
+}
+
+TEST(autoquant, fisher_score_matches_the_models_own_quantized_output) {
+  MIXQ_REQUIRE_SHARED_MODEL(dir, "stories260K");
+  expect_fisher_matches_own_execution(dir, "model.layers.1.self_attn.o_proj");
+}
+
+TEST(autoquant, nemotron_h_fisher_score_matches_the_models_own_quantized_output) {
+  MIXQ_REQUIRE_SHARED_MODEL(dir, "nemotron-h-tiny");
+  expect_fisher_matches_own_execution(dir, "backbone.layers.2.mixer.out_proj");  // a Mamba block
+  expect_fisher_matches_own_execution(dir, "backbone.layers.3.mixer.o_proj");    // attention
 }
 
 TEST(autoquant, search_end_to_end_meets_the_budget_and_reuses_scores) {
