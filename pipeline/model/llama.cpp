@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <numbers>
 #include <unordered_map>
 
 #include <Eigen/Core>
@@ -87,6 +88,27 @@ void rmsnorm_backward(float* dx, const float* dout, const float* x, const float*
     // now accumulate dx = rstd * (g - xhat * mean(g * xhat))
     for (int64_t c = 0; c < C; ++c) dxt[c] += rstd * (weight[c] * dt[c] - xt[c] * rstd * mean_gx);
   }
+}
+
+std::vector<double> rope_inverse_frequencies(const llama_config& c) {
+  std::vector<double> inv_freq(size_t(c.head_dim / 2));
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
+    const double f = std::pow(c.rope_theta, -double(2 * i) / double(c.head_dim));
+    inv_freq[i] = f;
+    if (!c.rope_llama3) continue;
+    // Llama 3: wavelengths shorter than original / high_freq_factor are kept, longer than
+    // original / low_freq_factor are stretched by `factor`, and the band between is interpolated.
+    const llama3_rope_scaling& s = *c.rope_llama3;
+    const double wavelen = 2.0 * std::numbers::pi / f;
+    if (wavelen > s.original_max_positions / s.low_freq_factor) {
+      inv_freq[i] = f / s.factor;
+    } else if (!(wavelen < s.original_max_positions / s.high_freq_factor)) {
+      const double smooth = (s.original_max_positions / wavelen - s.low_freq_factor) /
+                            (s.high_freq_factor - s.low_freq_factor);
+      inv_freq[i] = (1.0 - smooth) * f / s.factor + smooth * f;
+    }
+  }
+  return inv_freq;
 }
 
 void rope_forward(float* x, const float* cos_table, const float* sin_table, int64_t T, int64_t n_heads, int64_t hd) {
@@ -391,25 +413,52 @@ using json = nlohmann::json;
 }
 
 
-// rope_theta from the old (rope_theta + rope_scaling) or the transformers-v5 (rope_parameters) form;
-// only the default rope type is supported for now.
-double read_rope_theta(const json& cfg, const std::filesystem::path& dir) {
-  double theta = config_number_or(dir, cfg, "rope_theta", 10000.0);
+// A llama3 parameter in `holder` (the rope section, or the top level when section is empty): a
+// positive number; its absence is an error, as transformers cannot do without it either.
+double llama3_key(const std::filesystem::path& dir, const json& holder, const std::string& section, const char* key) {
+  const std::string name = section.empty() ? key : section + "." + key;
+  const auto it = holder.find(key);
+  if (it == holder.end() || it->is_null())
+    fail(dir, fmt::format("config key '{}' is missing (needed by rope type llama3)", name));
+  if (!it->is_number() || it->get<double>() <= 0.0)
+    fail(dir, fmt::format("config key '{}' must be a positive number, got {}", name, it->dump()));
+  return it->get<double>();
+}
+
+// rope_theta and the rope type from the old (rope_theta + rope_scaling) or the transformers-v5
+// (rope_parameters) form. original_max_position_embeddings is resolved as transformers'
+// standardize_rope_params does: a top-level key wins, then the rope section's, then
+// max_position_embeddings.
+void read_rope(const json& cfg, const std::filesystem::path& dir, llama_config& c) {
+  c.rope_theta = config_number_or(dir, cfg, "rope_theta", 10000.0);
   for (const char* key : {"rope_scaling", "rope_parameters"}) {
     const auto it = cfg.find(key);
     if (it == cfg.end() || it->is_null()) continue;
     if (!it->is_object()) fail(dir, fmt::format("config key '{}' must be an object, got {}", key, it->dump()));
     std::string type = "default";
-    for (const char* tkey : {"rope_type", "type"})
+    for (const char* tkey : {"type", "rope_type"})  // rope_type wins when both are given
       if (it->contains(tkey) && (*it)[tkey].is_string()) type = (*it)[tkey].get<std::string>();
-    if (type != "default")
-      fail(dir, fmt::format("unsupported option: config key '{}' has rope type '{}' (only the default RoPE is "
-                            "implemented; llama3 / linear / dynamic / yarn scaling is not yet)", key, type));
-    theta = config_number_or(dir, *it, "rope_theta", theta);
+    if (type != "default" && type != "llama3")
+      fail(dir, fmt::format("unsupported option: config key '{}' has rope type '{}' (only 'default' and 'llama3' "
+                            "are implemented)", key, type));
+    c.rope_theta = config_number_or(dir, *it, "rope_theta", c.rope_theta);
+    if (type != "llama3") continue;
+    llama3_rope_scaling s;
+    s.factor = llama3_key(dir, *it, key, "factor");
+    s.low_freq_factor = llama3_key(dir, *it, key, "low_freq_factor");
+    s.high_freq_factor = llama3_key(dir, *it, key, "high_freq_factor");
+    if (s.low_freq_factor >= s.high_freq_factor)
+      fail(dir, fmt::format("config key '{}.low_freq_factor' ({}) must be below '{}.high_freq_factor' ({})", key,
+                            s.low_freq_factor, key, s.high_freq_factor));
+    const char* omp = "original_max_position_embeddings";
+    s.original_max_positions = cfg.contains(omp)   ? llama3_key(dir, cfg, "", omp)
+                               : it->contains(omp) ? llama3_key(dir, *it, key, omp)
+                                                   : double(c.max_positions);
+    c.rope_llama3 = s;
   }
+  if (c.rope_theta <= 0.0) fail(dir, fmt::format("config key 'rope_theta' must be positive, got {}", c.rope_theta));
   if (config_number_or(dir, cfg, "partial_rotary_factor", 1.0) != 1.0)
     fail(dir, "unsupported option: partial_rotary_factor other than 1");
-  return theta;
 }
 
 }  // namespace
@@ -552,7 +601,7 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
                           sliding->dump()));
   c.max_positions = int64_t(config_number_or(dir, cfg, "max_position_embeddings", 2048));
   c.rms_norm_eps = float(config_number_or(dir, cfg, "rms_norm_eps", 1e-6));
-  c.rope_theta = read_rope_theta(cfg, dir);
+  read_rope(cfg, dir, c);
   if (cfg.contains("hidden_act") && cfg["hidden_act"] != "silu")
     fail(dir, fmt::format("unsupported option: hidden_act {} (only silu)", cfg["hidden_act"].dump()));
   if (c.heads % c.kv_heads != 0 || c.head_dim % 2 != 0 || c.max_positions <= 0)
@@ -628,14 +677,14 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
     m.lm_head_.w = m.embed_;
   }
 
-  // RoPE tables: inv_freq[i] = theta^(-2i/hd), angle = pos * inv_freq[i], i < hd/2.
+  // RoPE tables: angle = pos * inv_freq[i], i < hd/2.
   const int64_t half = c.head_dim / 2;
+  const std::vector<double> inv_freq = rope_inverse_frequencies(c);
   m.rope_cos_.resize(size_t(c.max_positions * half));
   m.rope_sin_.resize(size_t(c.max_positions * half));
   for (int64_t p = 0; p < c.max_positions; ++p)
     for (int64_t i = 0; i < half; ++i) {
-      const double inv_freq = std::pow(c.rope_theta, -double(2 * i) / double(c.head_dim));
-      const double angle = double(p) * inv_freq;
+      const double angle = double(p) * inv_freq[size_t(i)];
       m.rope_cos_[size_t(p * half + i)] = float(std::cos(angle));
       m.rope_sin_[size_t(p * half + i)] = float(std::sin(angle));
     }

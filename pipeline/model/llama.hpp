@@ -25,6 +25,14 @@
 
 namespace mixq {
 
+// rope_type "llama3" (Llama 3.1+): per-band rescaling of the RoPE inverse frequencies, as
+// transformers' _compute_llama3_parameters (its attention factor is always 1).
+struct llama3_rope_scaling {
+  double factor = 8.0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;
+  double original_max_positions = 8192.0;  // original_max_position_embeddings
+};
+
 struct llama_config {
   int64_t vocab = 0, hidden = 0, layers = 0;
   int64_t heads = 0, kv_heads = 0, head_dim = 0;
@@ -32,6 +40,7 @@ struct llama_config {
   int64_t max_positions = 0;   // max_position_embeddings
   float rms_norm_eps = 1e-6f;  // rms_norm_eps (HF LlamaConfig default)
   double rope_theta = 10000.0; // rope_theta, or rope_parameters.rope_theta
+  std::optional<llama3_rope_scaling> rope_llama3;  // rope_scaling / rope_parameters with rope_type llama3
   bool tie_word_embeddings = false;
   // Mixture of experts (Mixtral, Qwen3-MoE); 0 / false for Llama.
   int64_t experts = 0, experts_per_token = 0;  // E (num_local_experts / num_experts), k (num_experts_per_tok)
@@ -186,6 +195,8 @@ void rmsnorm_forward(float* out, const float* x, const float* weight, int64_t T,
 // x is the forward input. Accumulates (dx is the residual-stream gradient).
 void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* weight, int64_t T, int64_t C,
                       float eps);
+// The hd/2 RoPE inverse frequencies theta^(-2i/hd), rescaled when c.rope_llama3 is set.
+std::vector<double> rope_inverse_frequencies(const llama_config& c);
 // In place on x[T, n_heads * hd]: HF rotate_half RoPE at positions 0..T-1; cos/sin are [max_pos, hd/2].
 void rope_forward(float* x, const float* cos_table, const float* sin_table, int64_t T, int64_t n_heads, int64_t hd);
 // In place on dx[T, n_heads * hd]: the gradient through RoPE, i.e. the inverse (transposed) rotation.
@@ -226,9 +237,9 @@ class llama_model : public causal_lm {
  public:
   // Reads config.json and the safetensors weights of a Hugging Face LlamaForCausalLM,
   // MixtralForCausalLM or Qwen3MoeForCausalLM directory. Throws io_error for another architecture,
-  // an unsupported option (rope_scaling other than the default, a hidden_act other than silu, a
-  // sliding window, num_experts_per_tok above the expert count), or missing / ill-shaped /
-  // non-float tensors.
+  // an unsupported option (a rope type other than default / llama3, a hidden_act other than silu, a
+  // sliding window, num_experts_per_tok above the expert count), invalid llama3 rope parameters,
+  // or missing / ill-shaped / non-float tensors.
   static llama_model load(const std::filesystem::path& dir);
 
   const llama_config& config() const { return config_; }
