@@ -135,9 +135,10 @@ TEST(llama_backward, loss_equals_forward_mean_nll) {
 // `router_eps` replaces eps for a MoE router: its logits are small (|Y| < 1), so eps = 1e-3 moves
 // the loss by little more than its fp32 noise (at 1e-2 the 4-point estimate still agrees to ~1e-4,
 // so no top-k choice flips within the steps).
+// `tokens` defaults to the synth_llama_tiny golden's; `eps` is the step of the other modules.
 void check_finite_differences(const llama_model& model, const std::vector<std::string>& modules,
-                              double router_eps = 1e-3) {
-  const auto tokens = golden().at("synth_llama_tiny").at("tokens").get<std::vector<int32_t>>();
+                              double router_eps = 1e-3, std::vector<int32_t> tokens = {}, double eps_other = 1e-3) {
+  if (tokens.empty()) tokens = golden().at("synth_llama_tiny").at("tokens").get<std::vector<int32_t>>();
   const llama_grads grads = model.forward_backward(tokens);
   std::mt19937 rng(7);
   std::normal_distribution<double> normal;
@@ -154,7 +155,7 @@ void check_finite_differences(const llama_model& model, const std::vector<std::s
         for (int64_t i = 0; i < T * out; ++i) ynorm += double(y[i]) * double(y[i]);
     });
     const bool router = name.ends_with(".gate") && name.find(".experts.") == std::string::npos;
-    const double eps = router ? router_eps : 1e-3;
+    const double eps = router ? router_eps : eps_other;
     const double h = eps * std::max(1.0, std::sqrt(ynorm));
     std::vector<double> along(g.begin(), g.end()), random(g.size());
     for (double& x : along) x /= gnorm;
@@ -193,6 +194,29 @@ TEST(llama_backward, output_gradients_match_finite_differences) {
                                       fmt::format("model.layers.{}.mlp.gate_proj", last),
                                       fmt::format("model.layers.{}.self_attn.o_proj", last),
                                   });
+}
+
+// Llama 3 RoPE scaling: the golden's patched model over its 100 tokens, past the original 64
+// positions; q_proj / k_proj gradients pass back through the rescaled rotation. Over 100 rows |Y|
+// is ~3.5x that of 8, so eps 1e-3 makes steps large enough for the 4-point formula's truncation
+// error to show (3e-2 along g in layer 0, random directions agree to 1e-6): eps 2e-4 instead.
+TEST(llama_backward, llama3_rope_gradients_match_finite_differences) {
+  const json rope = testing::read_golden("llama3_rope_logits.json");
+  const testing::synth_dir d(synth_arch::llama);
+  d.patch_config(rope.at("config_patch"));
+  const llama_model model = llama_model::load(d.dir);
+  ASSERT_TRUE(model.config().rope_llama3.has_value());
+  const auto tokens = rope.at("tokens").get<std::vector<int32_t>>();
+  EXPECT_NEAR(model.forward_backward(tokens).loss, mean_nll(model, tokens), 1e-9 * mean_nll(model, tokens));
+  check_finite_differences(model,
+                           {
+                               "model.layers.0.self_attn.q_proj",
+                               "model.layers.0.self_attn.k_proj",
+                               "model.layers.1.self_attn.q_proj",
+                               "model.layers.1.self_attn.k_proj",
+                               "lm_head",
+                           },
+                           1e-3, tokens, 2e-4);
 }
 
 // One expert (its down and gate linears), the router and one q_proj of each MoE model.
