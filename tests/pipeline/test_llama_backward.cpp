@@ -169,7 +169,7 @@ void check_finite_differences(const llama_model& model, const std::vector<std::s
           for (int64_t i = 0; i < T * out; ++i) y[i] += float(step * (*d)[size_t(i)]);
         });
       };
-      const double fd = (8 * (loss_at(h) - loss_at(-h)) - (loss_at(2 * h) - loss_at(-2 * h))) / (12 * h);
+      const double fd = testing::five_point_derivative(loss_at, h);
       double analytic = 0.0;
       for (size_t i = 0; i < g.size(); ++i) analytic += double(g[i]) * (*d)[i];
       const double rel = std::fabs(fd - analytic) / gnorm;
