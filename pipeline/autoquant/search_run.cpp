@@ -66,6 +66,20 @@ quant_plan plan_of_choice(const model_spec& spec, const search_space& space, std
   return plan;
 }
 
+void record_measured_front(const fs::path& record_file, std::span<const std::pair<double, double>> points,
+                           double reference_ppl) {
+  std::ifstream in(record_file);
+  nlohmann::ordered_json rec = nlohmann::ordered_json::parse(in);
+  nlohmann::ordered_json measured = nlohmann::ordered_json::array();
+  for (const auto& [bits, ppl] : points)
+    measured.push_back({{"bits", bits}, {"ppl", ppl}, {"searched", true}, {"label", "searched"}});
+  rec["measured"] = measured;
+  rec["reference_ppl"] = reference_ppl;
+  const fs::path tmp = record_file.string() + ".tmp";
+  std::ofstream(tmp) << rec.dump(1) << "\n";
+  fs::rename(tmp, record_file);
+}
+
 front_entry solve_budget(const model_spec& spec, const search_settings& st, const search_space& space,
                          const sensitivity_scores& scores, double bits) {
   const std::vector<mck_group> groups = knapsack_of(spec, st, space, scores);

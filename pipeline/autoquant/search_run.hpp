@@ -46,6 +46,11 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
 // The per-linear plan of a choice (every linear of group g gets candidate choice[g]).
 quant_plan plan_of_choice(const model_spec& spec, const search_space& space, std::span<const int> choice);
 
+// Adds measured (effective bits, perplexity) points of searched assignments, and the unquantized
+// perplexity, to a search.json (what `mixq report` draws as the measured front).
+void record_measured_front(const std::filesystem::path& record_file,
+                           std::span<const std::pair<double, double>> points, double reference_ppl);
+
 // Re-solves at another budget from scores (no model run): the choice and its achieved bits.
 front_entry solve_budget(const model_spec& spec, const search_settings& st, const search_space& space,
                          const sensitivity_scores& scores, double bits);

@@ -66,6 +66,8 @@ void print_report(const quantize_request& rq, const quantize_report& r) {
   fmt::print("effective bits over all linears: {:.3f}\n", r.effective_bits);
   fmt::print("checkpoint size: {} -> {} ({:.2f}x smaller)\n\n", bytes_text(double(r.source_bytes)),
              bytes_text(double(r.exported.tensor_bytes)), double(r.source_bytes) / double(r.exported.tensor_bytes));
+  for (const auto& [bits, ppl] : r.measured_front)
+    fmt::print("front:        {:.3f} bits: ppl {:.6f} (searched)\n", bits, ppl);
   fmt::print("perplexity on {} ({} tokens): source {:.6f}, fake-quant {:.6f}, export {:.6f} (re-loaded; matches)\n",
              r.eval_source, r.eval_tokens, r.ppl_source, r.ppl_fake_quant, r.ppl_export);
   double total = 0.0;
@@ -84,7 +86,7 @@ void add_quantize_command(CLI::App& app) {
     std::string model, recipe, out, run_dir, calib, eval, layout;
     int64_t eval_ctx = 0, samples = 0, seq_len = 0;
     double effective_bits = 0.0;
-    bool resume = false, force = false, quiet = false;
+    bool resume = false, force = false, quiet = false, measure_front = false;
   };
   auto o = std::make_shared<options>();
   auto* cmd = app.add_subcommand(
@@ -112,6 +114,8 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_flag("--resume", o->resume, "reuse the run directory's calibration statistics if they match");
   cmd->add_flag("--force", o->force, "replace an existing output directory once the new export is verified");
   cmd->add_flag("--quiet", o->quiet, "no progress output");
+  cmd->add_flag("--measure-front", o->measure_front,
+                "with a search: also evaluate the optimum at every feasible report budget (for mixq report)");
   cmd->callback([o] {
     quantize_request rq;
     rq.model = o->model;
@@ -133,6 +137,7 @@ void add_quantize_command(CLI::App& app) {
     rq.eval_ctx = o->eval_ctx;
     rq.resume = o->resume;
     rq.overwrite = o->force;
+    rq.measure_front = o->measure_front;
     rq.producer_version = MIXQ_VERSION;
     std::unique_ptr<progress_bar> bar;
     std::string bar_stage;

@@ -175,6 +175,17 @@ quantize_report run_quantize(const quantize_request& rq) {
     return ppl;
   };
   rep.ppl_source = eval(*model, 1);
+  if (rep.searched && rq.measure_front) {  // the front's optimum at each feasible budget, on these tokens
+    for (const front_entry& e : rep.search.front) {
+      if (!e.feasible) continue;
+      const quantized_weights qe =
+          quantize_weights(source, spec, plan_of_choice(spec, rep.search.space, e.choice), rq.rcp.kv_cache, stats);
+      const std::unique_ptr<causal_lm> m = load_causal_lm(rq.model);
+      apply_fake_quant(*m, qe);
+      rep.measured_front.emplace_back(e.achieved_bits, evaluate_perplexity(*m, eval_tokens, ctx).ppl);
+    }
+    record_measured_front(rep.run_dir / "search.json", rep.measured_front, rep.ppl_source);
+  }
   apply_fake_quant(*model, q);
   rep.ppl_fake_quant = eval(*model, 2);
   model.reset();

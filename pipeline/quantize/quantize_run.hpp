@@ -26,6 +26,7 @@ struct quantize_request {
   int64_t eval_ctx = 0;               // 0: the calibration seq_len
   bool resume = false;                // reuse <run_dir>/calibration.h5 when its fingerprint matches
   bool overwrite = false;             // replace an existing output directory
+  bool measure_front = false;         // search: also evaluate the optimum at every feasible report budget
   std::string producer_version;
   // (stage, done, total) as each stage advances: "calibrate", "score", "quantize", "evaluate".
   std::function<void(const std::string&, int64_t, int64_t)> progress;
@@ -54,6 +55,7 @@ struct quantize_report {
   std::string eval_source;
   int64_t eval_tokens = 0;
   double ppl_source = 0.0, ppl_fake_quant = 0.0, ppl_export = 0.0;
+  std::vector<std::pair<double, double>> measured_front;  // (effective bits, ppl) with --measure-front
   std::vector<std::pair<std::string, double>> stage_seconds;
   int64_t peak_rss_bytes = 0;
 };

@@ -168,7 +168,11 @@ TEST(autoquant, search_end_to_end_meets_the_budget_and_reuses_scores) {
   rq.rcp.calibration.samples = 4;
   rq.rcp.calibration.seq_len = 128;
   rq.rcp.search.score_samples = 2;
+  rq.measure_front = true;
   const quantize_report r = run_quantize(rq);
+  ASSERT_EQ(r.measured_front.size(), 3u);  // 5.4, 6.0 and 8.0 bits are feasible on stories260K
+  EXPECT_GT(r.measured_front[0].second, r.measured_front[2].second);  // more bits, lower perplexity
+  EXPECT_NEAR(r.measured_front[1].second, r.ppl_fake_quant, 1e-9 * r.ppl_fake_quant);  // 6.0 is the asked budget
   ASSERT_TRUE(r.searched);
   EXPECT_TRUE(r.search.proven_optimal);
   EXPECT_LE(r.search.achieved_bits, 6.0);
@@ -178,6 +182,9 @@ TEST(autoquant, search_end_to_end_meets_the_budget_and_reuses_scores) {
   const search_record rec = read_search_record(r.run_dir / "search.json");  // what `mixq report` reads
   EXPECT_EQ(rec.groups.size(), r.search.space.groups.size());
   EXPECT_EQ(rec.method, "fisher");
+  EXPECT_EQ(rec.measured.size(), 3u);
+  ASSERT_TRUE(rec.reference_ppl.has_value());
+  EXPECT_EQ(*rec.reference_ppl, r.ppl_source);
   const search_scores_table h5 = read_search_scores(r.run_dir / "search.h5");
   EXPECT_EQ(h5.chosen.size(), r.search.space.groups.size());
   for (size_t g = 0; g < r.search.space.groups.size(); ++g) {
