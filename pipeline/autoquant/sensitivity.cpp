@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <map>
 #include <unordered_map>
 
 #include <Eigen/Core>
@@ -134,6 +135,90 @@ double kl_mean(const std::vector<float>& p_logits, const std::vector<float>& q_l
   return T > 0 ? total / double(T) : 0.0;
 }
 
+// One sequence's routing: MoE block -> per expert its tokens (ascending) and their weights.
+struct expert_routing {
+  std::vector<int64_t> tokens;
+  std::vector<float> weights;
+};
+using routing_map = std::unordered_map<std::string, std::vector<expert_routing>>;
+
+// x [rows, in] through one quantized linear: the input rounding, then the quantized weights.
+row_matrix quantized_linear_output(const float* x, int64_t rows, const llama_linear& W, const quantized_view& q) {
+  const std::vector<float> xv(x, x + rows * W.in);
+  const std::vector<float> xq = q.act.format != format_id::bf16 ? quantize_input(xv, W.in, q.act) : xv;
+  return const_map(xq.data(), rows, W.in) * const_map(q.w.data(), W.out, W.in).transpose();
+}
+
+// A routed expert's linears, by the part they play.
+struct expert_parts {
+  int64_t expert = -1;
+  const llama_linear *gate = nullptr, *up = nullptr, *down = nullptr;  // gate: SwiGLU experts only
+  size_t gate_k = 0, up_k = 0, down_k = 0;  // their positions in the group's quantized views
+};
+
+// The change of one expert's output over its tokens, [T_e, out], with all its linears quantized
+// (each with its input rounding); the unquantized output is recomputed from the recorded down input.
+row_matrix expert_output_change(const expert_parts& p, const std::vector<quantized_view>& q,
+                                const std::unordered_map<std::string, std::vector<float>>& inputs) {
+  const std::vector<float>& x = inputs.at((p.gate ? p.gate : p.up)->name);
+  const int64_t rows = int64_t(x.size()) / p.up->in;
+  row_matrix h = quantized_linear_output(x.data(), rows, *p.up, q[p.up_k]);
+  if (p.gate) {  // SwiGLU: silu(gate) * up
+    const row_matrix g = quantized_linear_output(x.data(), rows, *p.gate, q[p.gate_k]);
+    for (int64_t i = 0; i < h.size(); ++i) {
+      const float a = g.data()[i];
+      h.data()[i] *= a / (1.0f + std::exp(-a));
+    }
+  } else {  // relu^2
+    for (int64_t i = 0; i < h.size(); ++i) h.data()[i] = h.data()[i] > 0.0f ? h.data()[i] * h.data()[i] : 0.0f;
+  }
+  row_matrix dy = quantized_linear_output(h.data(), rows, *p.down, q[p.down_k]);
+  const std::vector<float>& s = inputs.at(p.down->name);
+  dy.noalias() -= const_map(s.data(), rows, p.down->in) * const_map(p.down->w.data(), p.down->out, p.down->in).transpose();
+  return dy;
+}
+
+// A whole routed-expert group scored at the MoE block output, as Model Optimizer scores experts:
+// dB[t] = sum over t's experts e of w_te * dy_e[t] (mapped through fc2_latent_proj when the block
+// has one), g = dL/dB; score = sum (g * dB)^2 (g = 1 for hessian). For a block without a latent
+// projection dL/dB[t] is recovered from any routed expert's down_proj gradient, which is w_te * g[t].
+double moe_block_score(const std::vector<expert_parts>& experts, const std::vector<quantized_view>& q,
+                       const std::string& moe, const routing_map& routing,
+                       const std::unordered_map<std::string, std::vector<float>>& inputs, const model_linears& linears,
+                       const llama_grads* grads, int64_t T) {
+  const auto r = routing.find(moe);
+  if (r == routing.end()) return 0.0;
+  const int64_t D = experts.front().down->out;  // the experts' output width
+  row_matrix block = row_matrix::Zero(T, D);
+  row_matrix g_block;  // [T, D] when recovered from the experts' gradients
+  if (grads) g_block = row_matrix::Zero(T, D);
+  for (const expert_parts& p : experts) {
+    const expert_routing& er = r->second.at(size_t(p.expert));
+    if (er.tokens.empty() || !inputs.count(p.down->name)) continue;
+    const row_matrix dy = expert_output_change(p, q, inputs);
+    const std::vector<float>* dy_down = grads ? &grads->dy.at(p.down->name) : nullptr;
+    for (size_t i = 0; i < er.tokens.size(); ++i) {
+      const int64_t t = er.tokens[i];
+      block.row(t) += er.weights[i] * dy.row(int64_t(i));
+      if (dy_down && er.weights[i] != 0.0f)
+        g_block.row(t) = const_map(dy_down->data() + int64_t(i) * D, 1, D) / er.weights[i];
+    }
+  }
+  const std::string fc2 = moe + ".fc2_latent_proj";
+  const bool latent = linears.has(fc2);
+  if (latent) {  // the block output is fc2_latent_proj(sum of weighted expert outputs)
+    const llama_linear& W = linears.at(fc2);
+    block = row_matrix(block * const_map(W.w.data(), W.out, W.in).transpose());
+    if (grads) g_block = const_map(grads->dy.at(fc2).data(), T, W.out);
+  }
+  double s = 0.0;
+  for (int64_t i = 0; i < block.size(); ++i) {
+    const double v = grads ? double(g_block.data()[i]) * double(block.data()[i]) : double(block.data()[i]);
+    s += v * v;
+  }
+  return s;
+}
+
 }  // namespace
 
 void make_monotone_in_bits(const search_group& g, std::vector<double>& scores) {
@@ -167,6 +252,39 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
         if (linears.has(spec.linears[size_t(i)].module))  // MTP linears are not in the forward pass: score 0
           views[g][c].push_back(cache.make(spec.linears[size_t(i)], G.candidates[c]));
   }
+  // Routed-expert groups, scored at their MoE block's output: each expert's parts and view positions.
+  std::vector<std::vector<expert_parts>> expert_groups(space.groups.size());
+  std::vector<std::string> moe_of(space.groups.size());
+  for (size_t g = 0; g < space.groups.size(); ++g) {
+    const search_group& G = space.groups[g];
+    if (G.disabled) continue;
+    std::map<int64_t, expert_parts> by_expert;
+    size_t k = 0;
+    bool all_routed = true;
+    for (int i : G.linears) {
+      const linear_spec& l = spec.linears[size_t(i)];
+      if (!linears.has(l.module)) continue;
+      const size_t at = k++;
+      if (l.expert < 0) {
+        all_routed = false;
+        continue;
+      }
+      expert_parts& p = by_expert[l.expert];
+      p.expert = l.expert;
+      const std::string leaf = l.module.substr(l.module.rfind('.') + 1);
+      const llama_linear* W = &linears.at(l.module);
+      if (leaf == "gate_proj" || leaf == "w1") p.gate = W, p.gate_k = at;
+      else if (leaf == "up_proj" || leaf == "w3") p.up = W, p.up_k = at;
+      else p.down = W, p.down_k = at;
+      const std::string experts = expert_module_of(l);
+      moe_of[g] = experts.substr(0, experts.rfind('.'));                // "...experts"
+      moe_of[g] = moe_of[g].substr(0, moe_of[g].rfind('.'));            // the MoE block
+    }
+    if (!all_routed || by_expert.empty()) continue;
+    for (auto& [e, p] : by_expert)
+      if (p.up && p.down) expert_groups[g].push_back(p);
+  }
+
   const int64_t n = int64_t(sequences.size());
   int64_t done = 0;
   const int64_t total = method == score_method::kl ? n * int64_t(space.groups.size()) : n;
@@ -204,10 +322,16 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
     const std::vector<float> no_gradient;  // hessian: every output weighs 1
     for (int64_t s = 0; s < n; ++s) {
       std::unordered_map<std::string, std::vector<float>> inputs;
+      routing_map routing;
       forward_hooks hooks;
       hooks.input = [&](const std::string& name, const float* x, int64_t T, int64_t in) {
         std::vector<float>& v = inputs[name];
         v.insert(v.end(), x, x + T * in);
+      };
+      hooks.routing = [&](const std::string& moe, int64_t e, const int64_t* toks, const float* w, int64_t n_routed) {
+        std::vector<expert_routing>& r = routing[moe];
+        if (r.size() <= size_t(e)) r.resize(size_t(e) + 1);
+        r[size_t(e)] = {std::vector<int64_t>(toks, toks + n_routed), std::vector<float>(w, w + n_routed)};
       };
       llama_grads grads;
       if (method == score_method::fisher) grads = model.forward_backward(sequences[size_t(s)], hooks);
@@ -216,6 +340,13 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
       for (size_t g = 0; g < space.groups.size(); ++g) {
         const search_group& G = space.groups[g];
         if (G.disabled) continue;
+        if (!expert_groups[g].empty()) {  // routed experts: at the MoE block output
+          for (size_t c = 1; c < G.candidates.size(); ++c)
+            out.score[g][c] += moe_block_score(expert_groups[g], views[g][c], moe_of[g], routing, inputs, linears,
+                                               method == score_method::fisher ? &grads : nullptr,
+                                               int64_t(sequences[size_t(s)].size()));
+          continue;
+        }
         for (size_t c = 1; c < G.candidates.size(); ++c) {
           size_t k = 0;
           double sum = 0.0;

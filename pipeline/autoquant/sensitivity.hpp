@@ -7,6 +7,9 @@
 //            quantization is tr(dW H dW^T) with H = sum x x^T of the group's inputs.
 //   kl       KL(p || q) of the final next-token distributions with only that group quantized,
 //            averaged over tokens (one forward per group, candidate and sequence).
+// Routed experts are scored at the MoE block output, as Model Optimizer does: every expert of the
+// layer quantized (all its linears and their inputs), dB[t] = sum over t's experts of w * dy_e[t]
+// (through fc2_latent_proj where the block has one), score = sum (dL/dB * dB)^2.
 // Scores are then made monotone in bits (a format with more bits never scores worse than one with
 // fewer); BF16 scores 0. Activation scales come from the calibration statistics, fused siblings share
 // their weight and input amax, exactly as the export will quantize them.

@@ -357,6 +357,11 @@ void moe_forward_impl(float* out, const float* x, const llama_linear& router, co
       weights_of[size_t(e)].push_back(renormalize ? p[size_t(e)] / wsum : p[size_t(e)]);
     }
   }
+  if (hook.routing) {
+    const std::string moe = attention_module_of(router);  // the block owning the gate
+    for (size_t e = 0; e < nE; ++e)
+      hook.routing(moe, int64_t(e), tokens_of[e].data(), weights_of[e].data(), int64_t(tokens_of[e].size()));
+  }
   // then each expert on its own tokens: gather [T_e, H] -> SwiGLU expert -> out[t] += w * y
   std::fill_n(out, T * H, 0.0f);
   std::vector<float> xe, g, u, ye;

@@ -100,12 +100,19 @@ using linear_input_observer = std::function<void(const std::string& name, const 
 using kv_observer =
     std::function<void(const std::string& attention, const float* k, const float* v, int64_t T, int64_t kv_dim)>;
 
+// Called for every routed expert of each MoE block, before it runs: the tokens routed to it (ascending
+// positions: the rows its linears see) and the weights its output is scaled by. Scoring a whole MoE
+// layer at the block output needs them. `moe` is the block ("...block_sparse_moe", "...mixer").
+using routing_observer = std::function<void(const std::string& moe, int64_t expert, const int64_t* tokens,
+                                            const float* weights, int64_t n)>;
+
 // Everything a forward pass lets callers see or change. Converts from a bare output hook, which is
 // what most callers pass.
 struct forward_hooks {
   linear_output_hook output;
   linear_input_observer input;
   kv_observer kv;
+  routing_observer routing;
 
   forward_hooks() = default;
   template <class F>

@@ -369,6 +369,11 @@ void latent_moe_forward_impl(float* out, const float* x, const nemotron_h_layer&
       weights_of[size_t(e)].push_back(st[e] * scale);
     }
   }
+  if (hook.routing) {
+    const std::string moe = attention_module_of(L.router);  // the block owning the gate
+    for (size_t e = 0; e < nE; ++e)
+      hook.routing(moe, int64_t(e), tokens_of[e].data(), weights_of[e].data(), int64_t(tokens_of[e].size()));
+  }
   // then xl [T, L] = fc1_latent(x) (or x itself), each expert on its tokens adding w * y into yl [T, L]
   std::vector<float> xl_buf, yl(size_t(T * Lw), 0.0f);
   const float* xl = x;

@@ -216,3 +216,144 @@ TEST(autoquant, search_end_to_end_meets_the_budget_and_reuses_scores) {
 
 }  // namespace
 }  // namespace mixq
+
+namespace mixq {
+namespace {
+
+// A routed-expert group is scored at its MoE block's output: sum (g * dB)^2 with dB the change of
+// fc2_latent_proj's output when the model itself runs every expert of the layer quantized.
+TEST(autoquant, nemotron_h_expert_group_scored_at_the_moe_block_output) {
+  MIXQ_REQUIRE_SHARED_MODEL(dir, "nemotron-h-tiny");
+  const std::unique_ptr<causal_lm> model = load_causal_lm(dir);
+  const model_spec& spec = model->spec();
+  const search_settings st = settings(score_method::fisher);
+  const search_space space = make_search_space(spec, st);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 64; ++i) tokens.push_back(int32_t((i * 37 + 11) % 500 + 3));
+  const std::vector<std::vector<int32_t>> seqs{tokens};
+  const calibration_stats stats = calibrate(*model, seqs);
+  const sensitivity_scores scores = score_groups(*model, space, stats, seqs, score_method::fisher);
+  const std::string block = "backbone.layers.1.mixer", fc2 = block + ".fc2_latent_proj";
+  size_t gi = 0;
+  while (!(space.groups[gi].name.starts_with(block + ".experts"))) ++gi;
+  const std::map<std::string, float> x_amax = input_amax_by_linear(spec, stats);
+  const auto capture = [&](std::vector<float>& into) {
+    return forward_hooks([&into, fc2](const std::string& name, float* y, int64_t T, int64_t out) {
+      if (name == fc2) into.assign(y, y + T * out);
+    });
+  };
+  for (size_t c = 1; c < space.groups[gi].candidates.size(); ++c) {
+    const weight_quant_spec cand = space.groups[gi].candidates[c];
+    std::vector<float> y_ref, y_q;
+    const llama_grads grads = model->forward_backward(tokens, capture(y_ref));
+    const std::unique_ptr<causal_lm> quantized = load_causal_lm(dir);
+    quantized->for_each_linear([&](llama_linear& W) {
+      if (!W.name.starts_with(block + ".experts.")) return;
+      const cpu::source_matrix src{W.w.data(), cpu::source_dtype::f32, W.out, W.in, W.name};
+      if (cand.format == format_id::nvfp4) {
+        cpu::nvfp4_dequantize(cpu::nvfp4_quantize(src, nvfp4_options_for(cand)), W.w);
+        W.act = {format_id::nvfp4, nvfp4_input_scale(x_amax.at(W.name))};
+      } else {
+        cpu::fp8_dequantize(cpu::fp8_quantize(src, fp8_options_for(cand)), W.w);
+        W.act = {format_id::fp8_per_tensor, fp8_input_scale(x_amax.at(W.name))};
+      }
+    });
+    quantized->forward(tokens, capture(y_q));
+    const std::vector<float>& g = grads.dy.at(fc2);
+    double want = 0.0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      const double v = double(g[i]) * (double(y_q[i]) - double(y_ref[i]));
+      want += v * v;
+    }
+    ASSERT_GT(want, 0.0);
+    EXPECT_NEAR(scores.score[gi][c], want, 1e-3 * want) << traits_of(cand.format).name;
+  }
+}
+
+}  // namespace
+}  // namespace mixq
+
+namespace mixq {
+namespace {
+
+// The same for a SwiGLU MoE without a latent projection (Mixtral): dB[t] = sum over t's experts of
+// w * (y_q - y), with y_q from the model running every expert quantized and dL/dB = dL/dy_e / w.
+TEST(autoquant, mixtral_expert_group_scored_at_the_moe_block_output) {
+  const testing::synth_dir synth(synth_arch::mixtral);
+  const std::unique_ptr<causal_lm> model = load_causal_lm(synth.dir);
+  const model_spec& spec = model->spec();
+  const search_settings st = settings(score_method::fisher);
+  const search_space space = make_search_space(spec, st);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 48; ++i) tokens.push_back(int32_t((i * 37 + 11) % 500 + 3));
+  const std::vector<std::vector<int32_t>> seqs{tokens};
+  const calibration_stats stats = calibrate(*model, seqs);
+  const sensitivity_scores scores = score_groups(*model, space, stats, seqs, score_method::fisher);
+  const std::string block = "model.layers.1.block_sparse_moe";
+  size_t gi = 0;
+  while (!space.groups[gi].name.starts_with(block + ".experts")) ++gi;
+  const std::map<std::string, float> x_amax = input_amax_by_linear(spec, stats);
+  // every expert's down_proj output (rows: its tokens) and its routing, from one forward
+  struct run {
+    std::map<std::string, std::vector<float>> down;
+    std::map<int64_t, std::pair<std::vector<int64_t>, std::vector<float>>> routed;
+  };
+  const auto hooks_for = [&](run& r) {
+    forward_hooks h([&r, block](const std::string& name, float* y, int64_t T, int64_t out) {
+      if (name.starts_with(block + ".experts.") && name.ends_with(".w2")) r.down[name].assign(y, y + T * out);
+    });
+    h.routing = [&r, block](const std::string& moe, int64_t e, const int64_t* t, const float* w, int64_t n) {
+      if (moe == block) r.routed[e] = {std::vector<int64_t>(t, t + n), std::vector<float>(w, w + n)};
+    };
+    return h;
+  };
+  const int64_t H = spec.dims.hidden, T = int64_t(tokens.size());
+  for (size_t c = 1; c < space.groups[gi].candidates.size(); ++c) {
+    const weight_quant_spec cand = space.groups[gi].candidates[c];
+    run ref, quant;
+    const llama_grads grads = model->forward_backward(tokens, hooks_for(ref));
+    const std::unique_ptr<causal_lm> quantized = load_causal_lm(synth.dir);
+    quantized->for_each_linear([&](llama_linear& W) {
+      if (!W.name.starts_with(block + ".experts.")) return;
+      const cpu::source_matrix src{W.w.data(), cpu::source_dtype::f32, W.out, W.in, W.name};
+      nvfp4_options o = nvfp4_options_for(cand);
+      fp8_options f = fp8_options_for(cand);
+      // w1 / w3 share their global amax, as the export does
+      const std::string e = W.name.substr(0, W.name.rfind('.'));
+      float amax = 0.0f;
+      quantized->for_each_linear([&](llama_linear& V) {
+        if (V.name == e + ".w1" || V.name == e + ".w3" || (V.name == W.name))
+          if (W.name.ends_with(".w2") == V.name.ends_with(".w2"))
+            for (float v : V.w) amax = std::fmax(amax, std::fabs(v));
+      });
+      o.global_amax = amax;
+      f.amax = amax;
+      if (cand.format == format_id::nvfp4) {
+        cpu::nvfp4_dequantize(cpu::nvfp4_quantize(src, o), W.w);
+        W.act = {format_id::nvfp4, nvfp4_input_scale(x_amax.at(W.name))};
+      } else {
+        cpu::fp8_dequantize(cpu::fp8_quantize(src, f), W.w);
+        W.act = {format_id::fp8_per_tensor, fp8_input_scale(x_amax.at(W.name))};
+      }
+    });
+    quantized->forward(tokens, hooks_for(quant));
+    std::vector<double> dB(size_t(T * H), 0.0), g(size_t(T * H), 0.0);
+    for (const auto& [e, routed] : ref.routed) {
+      const std::string down = block + ".experts." + std::to_string(e) + ".w2";
+      const auto& [toks, ws] = routed;
+      for (size_t i = 0; i < toks.size(); ++i)
+        for (int64_t h = 0; h < H; ++h) {
+          const size_t at = i * size_t(H) + size_t(h);
+          dB[size_t(toks[i] * H + h)] += ws[i] * (double(quant.down.at(down)[at]) - double(ref.down.at(down)[at]));
+          g[size_t(toks[i] * H + h)] = double(grads.dy.at(down)[at]) / ws[i];
+        }
+    }
+    double want = 0.0;
+    for (size_t i = 0; i < dB.size(); ++i) want += (g[i] * dB[i]) * (g[i] * dB[i]);
+    ASSERT_GT(want, 0.0);
+    EXPECT_NEAR(scores.score[gi][c], want, 1e-3 * want) << traits_of(cand.format).name;
+  }
+}
+
+}  // namespace
+}  // namespace mixq
