@@ -85,10 +85,12 @@ class quantized_cache {
   std::map<std::string, float> x_amax_, w_amax_;
 };
 
-std::vector<float> quantize_input(const std::vector<float>& x, int64_t in, const input_quant& act) {
-  std::vector<float> xq(x.size());
-  if (act.format == format_id::nvfp4) nvfp4_fake_quant_activations(x, in, act.input_scale, xq);
-  else fp8_fake_quant_activations(x, act.input_scale, xq);
+// x [rows, in] as the quantized runtime rounds it (act.format is not bf16).
+std::vector<float> quantize_input(const float* x, int64_t rows, int64_t in, const input_quant& act) {
+  const std::span<const float> src(x, size_t(rows * in));
+  std::vector<float> xq(src.size());
+  if (act.format == format_id::nvfp4) nvfp4_fake_quant_activations(src, in, act.input_scale, xq);
+  else fp8_fake_quant_activations(src, act.input_scale, xq);
   return xq;
 }
 
@@ -100,7 +102,7 @@ double replay_score(const std::vector<float>& x, const std::vector<float>& g, co
   const_map X(x.data(), T, W.in), Wm(W.w.data(), W.out, W.in), Wq(q.w.data(), W.out, W.in);
   row_matrix dy;
   if (q.act.format != format_id::bf16) {
-    const std::vector<float> xq = quantize_input(x, W.in, q.act);
+    const std::vector<float> xq = quantize_input(x.data(), T, W.in, q.act);
     dy = const_map(xq.data(), T, W.in) * Wq.transpose();
   } else {
     dy = X * Wq.transpose();
@@ -144,9 +146,10 @@ using routing_map = std::unordered_map<std::string, std::vector<expert_routing>>
 
 // x [rows, in] through one quantized linear: the input rounding, then the quantized weights.
 row_matrix quantized_linear_output(const float* x, int64_t rows, const llama_linear& W, const quantized_view& q) {
-  const std::vector<float> xv(x, x + rows * W.in);
-  const std::vector<float> xq = q.act.format != format_id::bf16 ? quantize_input(xv, W.in, q.act) : xv;
-  return const_map(xq.data(), rows, W.in) * const_map(q.w.data(), W.out, W.in).transpose();
+  const const_map Wq(q.w.data(), W.out, W.in);
+  if (q.act.format == format_id::bf16) return const_map(x, rows, W.in) * Wq.transpose();
+  const std::vector<float> xq = quantize_input(x, rows, W.in, q.act);
+  return const_map(xq.data(), rows, W.in) * Wq.transpose();
 }
 
 // A routed expert's linears, by the part they play.

@@ -103,8 +103,8 @@ quantize_report run_quantize(const quantize_request& rq) {
   rep.stats_file = rep.run_dir / "calibration.h5";
   stats_fingerprint fp;
   fp.model = model_fingerprint(rq.model);
-  fp.calibration = fnv1a_hex(calibration_settings_text(cs, rep.calib_source, seq_len).data(),
-                             calibration_settings_text(cs, rep.calib_source, seq_len).size());
+  const std::string settings = calibration_settings_text(cs, rep.calib_source, seq_len);
+  fp.calibration = fnv1a_hex(settings.data(), settings.size());
   {
     std::vector<int32_t> used;
     for (const auto& s : sequences) used.insert(used.end(), s.begin(), s.end());

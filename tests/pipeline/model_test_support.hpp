@@ -9,8 +9,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -86,6 +88,25 @@ struct synth_dir {
 template <class F>
 double five_point_derivative(const F& loss_at, double h) {
   return (8 * (loss_at(h) - loss_at(-h)) - (loss_at(2 * h) - loss_at(-2 * h))) / (12 * h);
+}
+
+// Unit directions for a finite-difference check of a gradient g with norm gnorm: along g, and random.
+inline std::pair<std::vector<double>, std::vector<double>> fd_directions(const std::vector<float>& g, double gnorm,
+                                                                         std::mt19937& rng) {
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> along(g.begin(), g.end()), random(g.size());
+  for (double& x : along) x /= gnorm;
+  double rnorm = 0.0;
+  for (double& x : random) rnorm += (x = normal(rng)) * x;
+  for (double& x : random) x /= std::sqrt(rnorm);
+  return {std::move(along), std::move(random)};
+}
+
+// <g, d>: the directional derivative the gradient predicts.
+inline double directional(const std::vector<float>& g, const std::vector<double>& d) {
+  double s = 0.0;
+  for (size_t i = 0; i < g.size(); ++i) s += double(g[i]) * d[i];
+  return s;
 }
 
 // max |a - b| / (1 + |ref|) over every logit of [T, V] logits against a golden [T][V].

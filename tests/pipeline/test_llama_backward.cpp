@@ -141,7 +141,6 @@ void check_finite_differences(const llama_model& model, const std::vector<std::s
   if (tokens.empty()) tokens = golden().at("synth_llama_tiny").at("tokens").get<std::vector<int32_t>>();
   const llama_grads grads = model.forward_backward(tokens);
   std::mt19937 rng(7);
-  std::normal_distribution<double> normal;
   double worst = 0.0;
   for (const std::string& name : modules) {
     const std::vector<float>& g = grads.dy.at(name);
@@ -157,11 +156,7 @@ void check_finite_differences(const llama_model& model, const std::vector<std::s
     const bool router = name.ends_with(".gate") && name.find(".experts.") == std::string::npos;
     const double eps = router ? router_eps : eps_other;
     const double h = eps * std::max(1.0, std::sqrt(ynorm));
-    std::vector<double> along(g.begin(), g.end()), random(g.size());
-    for (double& x : along) x /= gnorm;
-    double rnorm = 0.0;
-    for (double& x : random) rnorm += (x = normal(rng)) * x;
-    for (double& x : random) x /= std::sqrt(rnorm);
+    const auto [along, random] = testing::fd_directions(g, gnorm, rng);
     for (const std::vector<double>* d : {&along, &random}) {
       const auto loss_at = [&](double step) {
         return mean_nll(model, tokens, [&](const std::string& m, float* y, int64_t T, int64_t out) {
@@ -170,8 +165,7 @@ void check_finite_differences(const llama_model& model, const std::vector<std::s
         });
       };
       const double fd = testing::five_point_derivative(loss_at, h);
-      double analytic = 0.0;
-      for (size_t i = 0; i < g.size(); ++i) analytic += double(g[i]) * (*d)[i];
+      const double analytic = testing::directional(g, *d);
       const double rel = std::fabs(fd - analytic) / gnorm;
       worst = std::max(worst, rel);
       std::cout << fmt::format("  {:40} {:6} |g| {:.4e} step {:.2e}  fd {:+.6e}  <g,d> {:+.6e}  rel {:.2e}\n",

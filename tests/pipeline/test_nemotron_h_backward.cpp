@@ -201,7 +201,6 @@ void check_finite_differences(const nemotron_h_model& model, const std::vector<i
                               const std::vector<std::string>& suffixes, double eps, double tol) {
   const llama_grads grads = model.forward_backward(tokens);
   std::mt19937 rng(7);
-  std::normal_distribution<double> normal;
   double worst = 0.0;
   for (const std::string& suffix : suffixes) {
     const std::string name = find_module(grads, suffix);
@@ -218,11 +217,7 @@ void check_finite_differences(const nemotron_h_model& model, const std::vector<i
       if (m == name)
         for (int64_t i = 0; i < T * out; ++i) ynorm += double(y[i]) * double(y[i]);
     });
-    std::vector<double> along(g.begin(), g.end()), random(g.size());
-    for (double& x : along) x /= gnorm;
-    double rnorm = 0.0;
-    for (double& x : random) rnorm += (x = normal(rng)) * x;
-    for (double& x : random) x /= std::sqrt(rnorm);
+    const auto [along, random] = testing::fd_directions(g, gnorm, rng);
     for (const std::vector<double>* d : {&along, &random}) {
       bool same_routing = true;
       const auto loss_at = [&](double step) {
@@ -243,8 +238,7 @@ void check_finite_differences(const nemotron_h_model& model, const std::vector<i
         if (same_routing) break;
       }
       EXPECT_TRUE(same_routing) << name << ": every step flips a top-k choice";
-      double analytic = 0.0;
-      for (size_t i = 0; i < g.size(); ++i) analytic += double(g[i]) * (*d)[i];
+      const double analytic = testing::directional(g, *d);
       const double rel = std::fabs(fd - analytic) / gnorm;
       worst = std::max(worst, rel);
       std::cout << fmt::format("  {:48} {:6} |g| {:.4e} step {:.2e}  fd {:+.6e}  <g,d> {:+.6e}  rel {:.2e}\n",
