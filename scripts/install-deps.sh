@@ -6,7 +6,8 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config git python3
   libopenmpi-dev openmpi-bin            # MPI runtime for the distributed pipeline
-  libeigen3-dev                         # dense linear algebra (GEMM in forward/backward)
+  libeigen3-dev                         # dense linear algebra (matrix expressions in forward/backward)
+  libopenblas-openmp-dev                # sgemm behind Eigen: AVX2 / AVX-512 kernels picked at load time
   libhdf5-dev                           # run-directory stats / scores store
   libyaml-cpp-dev                       # recipes
   libfmt-dev libspdlog-dev              # formatting and logging

@@ -8,17 +8,15 @@
 
 #include <fmt/format.h>
 
+#include "kernels/cpu/row_math.hpp"
+
 namespace mixq {
 
 double nll_sum(const float* logits, const int32_t* targets, int64_t n, int64_t V) {
   double total = 0.0;
   for (int64_t t = 0; t < n; ++t) {
     const float* row = logits + t * V;  // [V]
-    double maxv = row[0];
-    for (int64_t i = 1; i < V; ++i) maxv = std::max(maxv, double(row[i]));
-    double sum = 0.0;
-    for (int64_t i = 0; i < V; ++i) sum += std::exp(double(row[i]) - maxv);
-    total += maxv + std::log(sum) - double(row[targets[t]]);  // logsumexp - logit[target]
+    total += cpu::log_sum_exp(row, V) - double(row[targets[t]]);
   }
   return total;
 }

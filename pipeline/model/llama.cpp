@@ -15,6 +15,8 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/activation_quant.hpp"
+#include "kernels/cpu/attention.hpp"
+#include "kernels/cpu/row_math.hpp"
 #include "kernels/cpu/source_matrix.hpp"
 #include "pipeline/io/checkpoint.hpp"
 #include "pipeline/io/quantized_linear.hpp"
@@ -143,118 +145,13 @@ void rope_backward(float* dx, const float* cos_table, const float* sin_table, in
   }
 }
 
-namespace {
-
-// In place on scores [T, T]: row t becomes softmax(scale · scores[t, 0..t]), zeros after t (causal).
-// Shared by attention_forward and attention_backward, which must recompute the same probabilities.
-void causal_softmax(float* att, int64_t T, float scale) {
-  for (int64_t t = 0; t < T; ++t) {
-    float* row = att + t * T;
-    float maxv = -INFINITY;
-    for (int64_t s = 0; s <= t; ++s) {
-      row[s] *= scale;
-      maxv = std::max(maxv, row[s]);
-    }
-    float sum = 0.0f;
-    for (int64_t s = 0; s <= t; ++s) {
-      row[s] = std::exp(row[s] - maxv);
-      sum += row[s];
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t s = 0; s <= t; ++s) row[s] *= inv;
-    for (int64_t s = t + 1; s < T; ++s) row[s] = 0.0f;
-  }
-}
-
-}  // namespace
-
-void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t nh,
-                       int64_t nkv, int64_t hd) {
-  const int64_t group = nh / nkv;  // query heads per KV head
-  const float scale = 1.0f / std::sqrt(float(hd));
-  const int64_t q_stride = nh * hd, kv_stride = nkv * hd;
-  using strided = Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>>;
-  using strided_out = Eigen::Map<row_matrix, 0, Eigen::OuterStride<>>;
-#pragma omp parallel if (cpu::worth_threads(nh * T * T * hd))
-  {
-    row_matrix att(T, T);  // scores, then probabilities, of one head [T, T]
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t h = 0; h < nh; ++h) {
-      const int64_t kvh = h / group;  // GQA: the KV head this query head reads
-      const strided Q(q + h * hd, T, hd, Eigen::OuterStride<>(q_stride));       // [T, hd]
-      const strided K(k + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));    // [T, hd]
-      const strided V(v + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));    // [T, hd]
-      strided_out O(out + h * hd, T, hd, Eigen::OuterStride<>(q_stride));       // [T, hd]
-      att.noalias() = Q * K.transpose();  // the full square; the causal mask drops the upper half
-      causal_softmax(att.data(), T, scale);
-      O.noalias() = att * V;
-    }
-  }
-}
-
-void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                        const float* v, int64_t T, int64_t nh, int64_t nkv, int64_t hd) {
-  const int64_t group = nh / nkv;
-  const float scale = 1.0f / std::sqrt(float(hd));
-  const int64_t q_stride = nh * hd, kv_stride = nkv * hd;
-  using strided = Eigen::Map<const row_matrix, 0, Eigen::OuterStride<>>;
-  using strided_out = Eigen::Map<row_matrix, 0, Eigen::OuterStride<>>;
-  // Parallel over KV heads: the query heads of one group all add into the same dk / dv slice.
-#pragma omp parallel if (cpu::worth_threads(nh * T * T * hd))
-  {
-    row_matrix att(T, T), datt(T, T);  // probabilities and their gradient, one head [T, T]
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t kvh = 0; kvh < nkv; ++kvh) {
-      const strided K(k + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));
-      const strided V(v + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));
-      strided_out dK(dk + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));
-      strided_out dV(dv + kvh * hd, T, hd, Eigen::OuterStride<>(kv_stride));
-      dK.setZero();
-      dV.setZero();
-      for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
-        const strided Q(q + h * hd, T, hd, Eigen::OuterStride<>(q_stride));
-        const strided dO(dout + h * hd, T, hd, Eigen::OuterStride<>(q_stride));
-        strided_out dQ(dq + h * hd, T, hd, Eigen::OuterStride<>(q_stride));
-        // first: recompute the probabilities exactly as attention_forward does
-        att.noalias() = Q * K.transpose();
-        causal_softmax(att.data(), T, scale);
-        // out = P V:  dV += P^T dO,  dP = dO V^T
-        dV.noalias() += att.transpose() * dO;
-        datt.noalias() = dO * V.transpose();
-        // softmax backward per row: dS = P * (dP - sum(dP * P)); masked entries have P = 0, so
-        // they get no gradient; then the 1/sqrt(hd) scale of the scores
-        for (int64_t t = 0; t < T; ++t) {
-          const float* p = att.data() + t * T;
-          float* d = datt.data() + t * T;
-          float dot = 0.0f;
-          for (int64_t s = 0; s <= t; ++s) dot += p[s] * d[s];
-          for (int64_t s = 0; s <= t; ++s) d[s] = p[s] * (d[s] - dot) * scale;
-          for (int64_t s = t + 1; s < T; ++s) d[s] = 0.0f;
-        }
-        // scores = Q K^T:  dQ = dS K,  dK += dS^T Q
-        dQ.noalias() = datt * K;
-        dK.noalias() += datt.transpose() * Q;
-      }
-    }
-  }
-}
-
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t T, int64_t I) {
-  for (int64_t i = 0; i < T * I; ++i) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];  // silu(g) * up
-  }
+  cpu::swiglu(out, gate, up, T * I);
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t T,
                      int64_t I) {
-  for (int64_t i = 0; i < T * I; ++i) {
-    const float g = gate[i];
-    const float sig = 1.0f / (1.0f + std::exp(-g));
-    const float silu = g * sig;
-    dup[i] = dout[i] * silu;
-    dgate[i] = dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));  // silu'(g) = sig (1 + g (1 - sig))
-  }
+  cpu::swiglu_backward(dgate, dup, dout, gate, up, T * I);
 }
 
 void residual_forward(float* x, const float* y, int64_t T, int64_t C) {
@@ -269,13 +166,9 @@ double cross_entropy_backward(float* dlogits, const float* logits, std::span<con
     const float* row = logits + t * V;
     float* drow = dlogits + t * V;
     const int32_t target = tokens[size_t(t + 1)];
-    double maxv = row[0];
-    for (int64_t i = 1; i < V; ++i) maxv = std::max(maxv, double(row[i]));
-    double sum = 0.0;
-    for (int64_t i = 0; i < V; ++i) sum += std::exp(double(row[i]) - maxv);
-    const double lse = maxv + std::log(sum);
+    const double lse = cpu::log_sum_exp(row, V);
     nll += lse - double(row[target]);
-    for (int64_t i = 0; i < V; ++i) drow[i] = float(std::exp(double(row[i]) - lse) / double(n));
+    cpu::exp_shift_scale(drow, row, V, lse, float(1.0 / double(n)));  // softmax / n
     drow[target] -= float(1.0 / double(n));
   }
   return nll / double(n);
@@ -744,7 +637,7 @@ std::vector<float> llama_model::forward(std::span<const int32_t> tokens, const f
     rope_forward(q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
     rope_forward(k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
     kv_cache_forward(attention_module_of(L.k), k.data(), v.data(), T, KVD, L.kv, hook);
-    attention_forward(att.data(), q.data(), k.data(), v.data(), T, c.heads, c.kv_heads, c.head_dim);
+    cpu::attention_forward(att.data(), q.data(), k.data(), v.data(), T, c.heads, c.kv_heads, c.head_dim);
     linear_hooked(L.o, att.data(), y.data(), T, hook);
     residual_forward(h.data(), y.data(), T, H);
     // feed-forward block: routed experts or the dense MLP
@@ -890,7 +783,7 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
     rope_forward(A.q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
     rope_forward(A.k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
     kv_cache_forward(attention_module_of(L.k), A.k.data(), A.v.data(), T, KVD, L.kv, hook);  // straight-through
-    attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, c.heads, c.kv_heads, c.head_dim);
+    cpu::attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, c.heads, c.kv_heads, c.head_dim);
     linear_hooked(L.o, A.att.data(), y.data(), T, hook);
     residual_forward(h.data(), y.data(), T, H);
     A.h_mid = h;
@@ -950,7 +843,7 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
     out.dy[L.o.name] = dh;
     std::fill(datt.begin(), datt.end(), 0.0f);
     linear_backward_input(datt.data(), dh.data(), L.o, T);
-    attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), A.q.data(), A.k.data(), A.v.data(), T,
+    cpu::attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), A.q.data(), A.k.data(), A.v.data(), T,
                        c.heads, c.kv_heads, c.head_dim);
     rope_backward(dq.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
     rope_backward(dk.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);

@@ -208,15 +208,6 @@ std::vector<double> rope_inverse_frequencies(const llama_config& c);
 void rope_forward(float* x, const float* cos_table, const float* sin_table, int64_t T, int64_t n_heads, int64_t hd);
 // In place on dx[T, n_heads * hd]: the gradient through RoPE, i.e. the inverse (transposed) rotation.
 void rope_backward(float* dx, const float* cos_table, const float* sin_table, int64_t T, int64_t n_heads, int64_t hd);
-// out[T, nh*hd] = softmax(q k^T / sqrt(hd) + causal mask) v, with q [T, nh*hd], k and v [T, nkv*hd];
-// query head h reads KV head h / (nh / nkv) (GQA repeat_kv). Softmax in fp32.
-void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t nh,
-                       int64_t nkv, int64_t hd);
-// dq [T, nh*hd], dk and dv [T, nkv*hd] (overwritten) from dout [T, nh*hd], given the forward inputs
-// q, k (after RoPE) and v. The probabilities are recomputed; dk / dv sum over the query heads that
-// share a KV head (GQA).
-void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                        const float* v, int64_t T, int64_t nh, int64_t nkv, int64_t hd);
 // out[T, I] = silu(gate[T, I]) * up[T, I]
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t T, int64_t I);
 // dgate = dout * up * silu'(gate), dup = dout * silu(gate)   (overwritten; [T, I] each)

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "kernels/cpu/attention.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
 
 namespace mixq {
@@ -695,7 +696,7 @@ void mixer_forward(float* y, const float* a, const nemotron_h_layer& L, const ne
       linear_hooked(L.k, a, A.k.data(), T, hook);
       linear_hooked(L.v, a, A.v.data(), T, hook);
       kv_cache_forward(attention_module_of(L.k), A.k.data(), A.v.data(), T, KVD, L.kv, hook);  // straight-through
-      attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, c.heads, c.kv_heads, c.head_dim);
+      cpu::attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, c.heads, c.kv_heads, c.head_dim);
       linear_hooked(L.o, A.att.data(), y, T, hook);
       break;
     }
@@ -715,7 +716,7 @@ void mixer_backward(float* da, const float* dy, const nemotron_h_layer& L, const
       const attention_saved& A = S.attn;
       std::vector<float> datt(size_t(T * QD), 0.0f), dq(size_t(T * QD)), dk(size_t(T * KVD)), dv(size_t(T * KVD));
       linear_backward_input(datt.data(), dy, L.o, T);
-      attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), A.q.data(), A.k.data(), A.v.data(), T,
+      cpu::attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), A.q.data(), A.k.data(), A.v.data(), T,
                          c.heads, c.kv_heads, c.head_dim);
       linear_backward_input(da, dq.data(), L.q, T);
       linear_backward_input(da, dk.data(), L.k, T);

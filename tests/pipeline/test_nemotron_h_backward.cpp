@@ -212,7 +212,7 @@ void check_finite_differences(const nemotron_h_model& model, const std::vector<i
     ASSERT_GT(gnorm, 0.0) << name;
     double ynorm = 0.0;
     routing base;
-    mean_nll(model, tokens, [&](const std::string& m, float* y, int64_t T, int64_t out) {
+    const double loss0 = mean_nll(model, tokens, [&](const std::string& m, float* y, int64_t T, int64_t out) {
       if (m.find(".experts.") != std::string::npos) base.emplace_back(m, T);
       if (m == name)
         for (int64_t i = 0; i < T * out; ++i) ynorm += double(y[i]) * double(y[i]);
@@ -241,9 +241,13 @@ void check_finite_differences(const nemotron_h_model& model, const std::vector<i
       const double analytic = testing::directional(g, *d);
       const double rel = std::fabs(fd - analytic) / gnorm;
       worst = std::max(worst, rel);
+      // The float forward rounds the loss by ~2^-24 of itself; the stencil (weights 1, 8, 8, 1 over 12h)
+      // turns that into 1.5 · that / h of derivative noise, which a step halved for routing can lift
+      // above tol: allow it.
+      const double noise = 1.5 * std::ldexp(std::fabs(loss0), -24) / h / gnorm;
       std::cout << fmt::format("  {:48} {:6} |g| {:.4e} step {:.2e}  fd {:+.6e}  <g,d> {:+.6e}  rel {:.2e}\n",
                                name, d == &along ? "along" : "random", gnorm, h, fd, analytic, rel);
-      EXPECT_LT(rel, tol) << name;
+      EXPECT_LT(rel, tol + noise) << name;
     }
   }
   ::testing::Test::RecordProperty("worst_fd_rel", fmt::format("{:.3g}", worst));
