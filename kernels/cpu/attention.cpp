@@ -25,18 +25,28 @@ void load_head(float* xt, const float* x, int64_t T, int64_t Tp, int64_t hd, int
 }
 
 // s[j] = scale · Σ_d a[d] · bt[d, j] for the keys j < n16 (bt is [hd, Tp]); channels in order.
-MIXQ_ALWAYS_INLINE void row_products(float* s, const float* a, const float* bt, int64_t Tp, int64_t n16, int64_t hd,
-                                     float scale) {
-  for (int64_t j0 = 0; j0 < n16; j0 += chunk) {
-    float acc[chunk];
-    for (int64_t l = 0; l < chunk; ++l) acc[l] = a[0] * bt[j0 + l];
+// Keys go `width` at a time (a multiple of the chunk) so that several independent accumulator
+// chains hide the multiply-add latency.
+template <int64_t width>
+MIXQ_ALWAYS_INLINE int64_t row_products_by(float* s, const float* a, const float* bt, int64_t Tp, int64_t j0,
+                                           int64_t n16, int64_t hd, float scale) {
+  for (; j0 + width <= n16; j0 += width) {
+    float acc[width];
+    for (int64_t l = 0; l < width; ++l) acc[l] = a[0] * bt[j0 + l];
     for (int64_t d = 1; d < hd; ++d) {
       const float ad = a[d];
       const float* b = bt + d * Tp + j0;
-      for (int64_t l = 0; l < chunk; ++l) acc[l] += ad * b[l];
+      for (int64_t l = 0; l < width; ++l) acc[l] += ad * b[l];
     }
-    for (int64_t l = 0; l < chunk; ++l) s[j0 + l] = acc[l] * scale;
+    for (int64_t l = 0; l < width; ++l) s[j0 + l] = acc[l] * scale;
   }
+  return j0;
+}
+
+MIXQ_ALWAYS_INLINE void row_products(float* s, const float* a, const float* bt, int64_t Tp, int64_t n16, int64_t hd,
+                                     float scale) {
+  const int64_t j0 = row_products_by<4 * chunk>(s, a, bt, Tp, 0, n16, hd, scale);
+  row_products_by<chunk>(s, a, bt, Tp, j0, n16, hd, scale);
 }
 
 // In place on the scores of keys j < n16: e^(s[j] - max) for the n visible keys, 0 for the masked

@@ -55,12 +55,18 @@ MIXQ_ALWAYS_INLINE float lane_sum(const float* x, int64_t n) {
   return total;
 }
 
+// Four lane sets in flight (64 products per step) so that the multiply-add latency does not
+// serialize the loop; folded to 16 lanes, then summed.
 MIXQ_ALWAYS_INLINE float lane_dot(const float* x, const float* y, int64_t n) {
-  float acc[reduce_lanes] = {};
+  constexpr int64_t wide = 4 * reduce_lanes;
+  float acc[wide] = {};
   int64_t i = 0;
+  for (; i + wide <= n; i += wide)
+    for (int64_t l = 0; l < wide; ++l) acc[l] += x[i + l] * y[i + l];
   for (; i + reduce_lanes <= n; i += reduce_lanes)
     for (int64_t l = 0; l < reduce_lanes; ++l) acc[l] += x[i + l] * y[i + l];
   for (int64_t l = 0; i + l < n; ++l) acc[l] += x[i + l] * y[i + l];
+  for (int64_t l = 0; l < reduce_lanes; ++l) acc[l] += (acc[l + 16] + acc[l + 32]) + acc[l + 48];
   float total = 0.0f;
   for (int64_t l = 0; l < reduce_lanes; ++l) total += acc[l];
   return total;
