@@ -61,11 +61,13 @@ int main(int argc, char** argv) {
   CLI::App app{"Forward / forward+backward speed of a checkpoint against the machine's GEMM peak"};
   std::filesystem::path model_dir, data;
   int64_t ctx = 512, windows = 8, gemm_n = 2048;
+  bool recompute = false;
   app.add_option("--model", model_dir, "Hugging Face checkpoint directory")->required();
   app.add_option("--data", data, "token file (.bin / .txt / .jsonl); default: the built-in calibration text");
   app.add_option("--ctx", ctx, "tokens per window");
   app.add_option("--windows", windows, "windows per measurement");
   app.add_option("--gemm-n", gemm_n, "size of the square sgemm that measures the peak");
+  app.add_flag("--recompute", recompute, "backward recomputes each block instead of keeping its activations");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -93,9 +95,10 @@ int main(int argc, char** argv) {
     const double fwd_s = seconds_since(start);
     const double fwd_rss = peak_rss_mib();
 
-    model->forward_backward(window(0));  // warm-up
+    const activation_memory memory = recompute ? activation_memory::recompute : activation_memory::keep;
+    model->forward_backward(window(0), {}, memory);  // warm-up
     start = clock_type::now();
-    for (int64_t w = 0; w < windows; ++w) model->forward_backward(window(w));
+    for (int64_t w = 0; w < windows; ++w) model->forward_backward(window(w), {}, memory);
     const double fwd_bwd_s = seconds_since(start);
 
     const double peak = gemm_peak_gflops(gemm_n);
@@ -106,6 +109,7 @@ int main(int argc, char** argv) {
         {"threads", omp_get_max_threads()},
         {"ctx", ctx},
         {"windows", windows},
+        {"activation_memory", recompute ? "recompute" : "keep"},
         {"forward_tokens_per_s", tokens_run / fwd_s},
         {"forward_backward_tokens_per_s", tokens_run / fwd_bwd_s},
         {"gemm_peak_gflops", peak},

@@ -747,7 +747,8 @@ void moe_backward(float* dx, const float* dy, const llama_layer& L, const moe_sa
 
 }  // namespace
 
-llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
+llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook,
+                                          activation_memory memory) const {
   const llama_config& c = config_;
   check_tokens(tokens, 2, "llama forward_backward");
   const int64_t T = int64_t(tokens.size());
@@ -756,24 +757,21 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
   const auto buf = [](int64_t n) { return std::vector<float>(size_t(n)); };
 
   // ---- forward, saving activations (same op sequence as forward())
-  std::vector<float> h = buf(T * H), y = buf(T * H);
-  for (int64_t t = 0; t < T; ++t)
-    std::copy_n(embed_.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);
-  std::vector<layer_acts> acts(layers_.size());
-  for (size_t l = 0; l < layers_.size(); ++l) {
+  // One layer on the residual stream hs [T, H] (advanced in place), saving in A what its backward needs.
+  std::vector<float> y = buf(T * H);
+  const auto layer_forward = [&](size_t l, std::vector<float>& hs, layer_acts& A, const forward_hooks& hk) {
     const llama_layer& L = layers_[l];
-    layer_acts& A = acts[l];
-    A.h_in = h;
+    A.h_in = hs;
     A.a1 = buf(T * H);
     A.q = buf(T * QD);
     A.k = buf(T * KVD);
     A.v = buf(T * KVD);
     A.att = buf(T * QD);
     A.a2 = buf(T * H);
-    rmsnorm_forward(A.a1.data(), h.data(), L.attn_norm.data(), T, H, c.rms_norm_eps);
-    linear_hooked(L.q, A.a1.data(), A.q.data(), T, hook);
-    linear_hooked(L.k, A.a1.data(), A.k.data(), T, hook);
-    linear_hooked(L.v, A.a1.data(), A.v.data(), T, hook);
+    rmsnorm_forward(A.a1.data(), hs.data(), L.attn_norm.data(), T, H, c.rms_norm_eps);
+    linear_hooked(L.q, A.a1.data(), A.q.data(), T, hk);
+    linear_hooked(L.k, A.a1.data(), A.k.data(), T, hk);
+    linear_hooked(L.v, A.a1.data(), A.v.data(), T, hk);
     if (c.qk_norm) {  // Qwen3: per-head RMSNorm before RoPE, in place as forward() does
       A.q_raw = A.q;
       A.k_raw = A.k;
@@ -782,25 +780,36 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
     }
     rope_forward(A.q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
     rope_forward(A.k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
-    kv_cache_forward(attention_module_of(L.k), A.k.data(), A.v.data(), T, KVD, L.kv, hook);  // straight-through
+    kv_cache_forward(attention_module_of(L.k), A.k.data(), A.v.data(), T, KVD, L.kv, hk);  // straight-through
     cpu::attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, c.heads, c.kv_heads, c.head_dim);
-    linear_hooked(L.o, A.att.data(), y.data(), T, hook);
-    residual_forward(h.data(), y.data(), T, H);
-    A.h_mid = h;
-    rmsnorm_forward(A.a2.data(), h.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
+    linear_hooked(L.o, A.att.data(), y.data(), T, hk);
+    residual_forward(hs.data(), y.data(), T, H);
+    A.h_mid = hs;
+    rmsnorm_forward(A.a2.data(), hs.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
     if (L.moe) {
-      moe_forward_impl(y.data(), A.a2.data(), L.router, L.experts, c.experts_per_token, c.norm_topk_prob, T, hook,
+      A.moe = {};
+      moe_forward_impl(y.data(), A.a2.data(), L.router, L.experts, c.experts_per_token, c.norm_topk_prob, T, hk,
                        &A.moe);
     } else {
       A.g = buf(T * I);
       A.u = buf(T * I);
       A.s = buf(T * I);
-      linear_hooked(L.gate, A.a2.data(), A.g.data(), T, hook);
-      linear_hooked(L.up, A.a2.data(), A.u.data(), T, hook);
+      linear_hooked(L.gate, A.a2.data(), A.g.data(), T, hk);
+      linear_hooked(L.up, A.a2.data(), A.u.data(), T, hk);
       swiglu_forward(A.s.data(), A.g.data(), A.u.data(), T, I);
-      linear_hooked(L.down, A.s.data(), y.data(), T, hook);
+      linear_hooked(L.down, A.s.data(), y.data(), T, hk);
     }
-    residual_forward(h.data(), y.data(), T, H);
+    residual_forward(hs.data(), y.data(), T, H);
+  };
+  const bool keep = memory == activation_memory::keep;
+  std::vector<float> h = buf(T * H);
+  for (int64_t t = 0; t < T; ++t)
+    std::copy_n(embed_.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);
+  std::vector<layer_acts> acts(keep ? layers_.size() : 1);  // recompute: one layer's, reused
+  std::vector<std::vector<float>> inputs(keep ? 0 : layers_.size());  // recompute: each layer's h_in
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (!keep) inputs[l] = h;
+    layer_forward(l, h, acts[keep ? l : 0], hook);
   }
   std::vector<float> a = buf(T * H);  // final-normed [T, H]; h is now the final residual stream
   rmsnorm_forward(a.data(), h.data(), final_norm_.data(), T, H, c.rms_norm_eps);
@@ -819,9 +828,14 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
   rmsnorm_backward(dh.data(), da.data(), h.data(), final_norm_.data(), T, H, c.rms_norm_eps);
 
   std::vector<float> ds = buf(T * I), dq = buf(T * QD), dk = buf(T * KVD), dv = buf(T * KVD), datt = buf(T * QD);
+  const forward_hooks replay = recompute_hooks(hook);
   for (size_t li = layers_.size(); li-- > 0;) {
     const llama_layer& L = layers_[li];
-    const layer_acts& A = acts[li];
+    if (!keep) {  // this layer's activations again, from its saved input
+      std::vector<float> hs = std::move(inputs[li]);
+      layer_forward(li, hs, acts[0], replay);
+    }
+    const layer_acts& A = acts[keep ? li : 0];
     // MLP block: h_out = h_mid + down(silu(gate(a2)) * up(a2)) (or the routed experts); the
     // residual passes dh through
     std::fill(da.begin(), da.end(), 0.0f);

@@ -120,6 +120,21 @@ struct forward_hooks {
   forward_hooks(F f) : output(std::move(f)) {}  // NOLINT: implicit on purpose
 };
 
+// What forward_backward keeps between its forward and its backward half.
+enum class activation_memory {
+  keep,       // every block's activations: the fastest
+  recompute,  // only each block's input [T, H]: a block runs forward again right before its backward,
+              // so activations take L·T·H plus one block. The re-run calls only the output hook (which
+              // may rewrite Y, as fake-quant replays do): observers see each block once.
+};
+
+// The hooks a recomputed block runs with.
+inline forward_hooks recompute_hooks(const forward_hooks& hook) {
+  forward_hooks replay;
+  replay.output = hook.output;
+  return replay;
+}
+
 struct llama_grads {
   // Mean next-token cross-entropy (nats) over positions 0..T-2 predicting tokens 1..T-1 (the HF
   // labels = input_ids convention), accumulated in double.
@@ -140,7 +155,8 @@ class causal_lm {
   virtual int64_t max_positions() const = 0;  // the longest forward(): max_position_embeddings
   // The loss and dloss/dY at the output of every linear (activation gradients only), for
   // sensitivity scoring; T in 2..max_positions.
-  virtual llama_grads forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const = 0;
+  virtual llama_grads forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook = {},
+                                       activation_memory memory = activation_memory::keep) const = 0;
   // Fake-quant runs rewrite the model in place: every linear (lm_head included) in forward order,
   // and each attention block's KV-cache scales by attention module name (io_error if unknown).
   virtual void for_each_linear(const std::function<void(llama_linear&)>& f) = 0;
@@ -258,7 +274,8 @@ class llama_model : public causal_lm {
   // top-k selection is piecewise constant, the gradient flows through the selected probabilities).
   // A routed expert's linears get [T_e, out] over its tokens in the order the hook sees them
   // (ascending positions), empty when no token is routed to it.
-  llama_grads forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const override;
+  llama_grads forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook = {},
+                               activation_memory memory = activation_memory::keep) const override;
 
  private:
   model_spec spec_;

@@ -673,6 +673,7 @@ struct block_saved {
 }  // namespace
 
 struct nemotron_h_model::saved {
+  bool keep = true;  // every block's activations; else only h_in, the rest recomputed in the backward
   std::vector<block_saved> blocks;
   std::vector<float> h;  // the final residual stream, norm_f's input [T, H]
 };
@@ -756,7 +757,7 @@ std::vector<float> nemotron_h_model::run(std::span<const int32_t> tokens, int64_
     block_saved* S = save ? &save->blocks[l] : nullptr;
     if (S) S->h_in = h;
     rmsnorm_forward(a.data(), h.data(), L.norm.data(), T, H, c.eps);
-    mixer_forward(y.data(), a.data(), L, c, T, hook, S);
+    mixer_forward(y.data(), a.data(), L, c, T, hook, save && save->keep ? S : nullptr);
     residual_forward(h.data(), y.data(), T, H);
   }
   rmsnorm_forward(a.data(), h.data(), norm_f_.data(), T, H, c.eps);
@@ -772,9 +773,11 @@ std::vector<float> nemotron_h_model::forward(std::span<const int32_t> tokens, co
 
 // ---- forward + backward ----------------------------------------------------------------------
 
-llama_grads nemotron_h_model::forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
+llama_grads nemotron_h_model::forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook,
+                                               activation_memory memory) const {
   const nemotron_h_config& c = config_;
   saved S;
+  S.keep = memory == activation_memory::keep;
   const std::vector<float> logits = run(tokens, 2, "nemotron_h forward_backward", hook, &S);
   const int64_t T = int64_t(tokens.size()), H = c.hidden, V = c.vocab;
   llama_grads out;
@@ -786,12 +789,19 @@ llama_grads nemotron_h_model::forward_backward(std::span<const int32_t> tokens, 
   linear_backward_input(da.data(), dlogits.data(), lm_head_, T);
   out.dy[lm_head_.name] = std::move(dlogits);
   rmsnorm_backward(dh.data(), da.data(), S.h.data(), norm_f_.data(), T, H, c.eps);
+  const forward_hooks replay = recompute_hooks(hook);
   for (size_t l = layers_.size(); l-- > 0;) {
     // h_out = h_in + mixer(rmsnorm(h_in)): the residual passes dh through, the norm adds its share
     const nemotron_h_layer& L = layers_[l];
+    if (!S.keep) {  // this block's activations again, from its saved input
+      rmsnorm_forward(da.data(), S.blocks[l].h_in.data(), L.norm.data(), T, H, c.eps);
+      std::vector<float> y(size_t(T * H));
+      mixer_forward(y.data(), da.data(), L, c, T, replay, &S.blocks[l]);
+    }
     std::fill(da.begin(), da.end(), 0.0f);
     mixer_backward(da.data(), dh.data(), L, c, S.blocks[l], T, out.dy);
     rmsnorm_backward(dh.data(), da.data(), S.blocks[l].h_in.data(), L.norm.data(), T, H, c.eps);
+    if (!S.keep) S.blocks[l] = {};  // one block's activations at a time
   }
   return out;
 }

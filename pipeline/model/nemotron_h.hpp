@@ -146,7 +146,8 @@ class nemotron_h_model : public causal_lm {
   // bias) is piecewise constant; the router's gradient flows through the selected sigmoid scores and
   // their normalization. A routed expert's linears get [T_e, out] over its tokens in the order the
   // hook sees them, empty when no token is routed to it.
-  llama_grads forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const override;
+  llama_grads forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook = {},
+                               activation_memory memory = activation_memory::keep) const override;
 
  private:
   model_spec spec_;
