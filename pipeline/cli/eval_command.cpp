@@ -46,8 +46,8 @@ void add_eval_command(CLI::App& app) {
     const int64_t max_positions = model->max_positions();
     const int64_t ctx = o->ctx == 0 ? max_positions : o->ctx;
     if (ctx > max_positions)
-      throw std::runtime_error(fmt::format("--ctx {} is larger than the model's max_position_embeddings {}", ctx,
-                                           max_positions));
+      throw std::runtime_error(fmt::format("--ctx {} is more than the model allows: max_position_embeddings is {} in {}",
+                                           ctx, max_positions, model->spec().origin));
     if (ctx < 2) throw std::runtime_error(fmt::format("--ctx {} is too small: a window needs at least 2 tokens", ctx));
     const std::vector<int32_t> tokens = read_token_stream(o->data, o->model, c.vocab, dtype);
     const perplexity_result r = evaluate_perplexity(*model, tokens, ctx);

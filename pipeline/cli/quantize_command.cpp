@@ -101,9 +101,9 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--out", o->out, "output checkpoint directory (written complete or not at all)")->required();
   cmd->add_option("--calib", o->calib, "calibration data (.txt, .jsonl, .u16.bin / .u32.bin); overrides the recipe");
   cmd->add_option("--samples", o->samples, "calibration sequences; overrides the recipe");
-  cmd->add_option("--seq-len", o->seq_len, "tokens per calibration sequence; overrides the recipe");
+  cmd->add_option("--seq-len", o->seq_len, "tokens per calibration sequence, at most max_position_embeddings; overrides the recipe");
   cmd->add_option("--eval", o->eval, "held-out data to report perplexity on (default: the calibration sequences)");
-  cmd->add_option("--eval-ctx", o->eval_ctx, "perplexity window (default: the calibration seq_len)");
+  cmd->add_option("--eval-ctx", o->eval_ctx, "perplexity window, at most max_position_embeddings (default: the calibration seq_len)");
   cmd->add_option("--effective-bits", o->effective_bits,
                   "the search budget; overrides the recipe's search.effective_bits (with --resume: re-solves from "
                   "the stored scores, no scoring pass)")
@@ -123,7 +123,7 @@ void add_quantize_command(CLI::App& app) {
     rq.run_dir = o->run_dir;
     rq.rcp = load_recipe(o->recipe);
     if (o->samples > 0) rq.rcp.calibration.samples = o->samples;
-    if (o->seq_len > 0) rq.rcp.calibration.seq_len = o->seq_len;
+    if (o->seq_len > 0) rq.rcp.calibration.seq_len = o->seq_len, rq.seq_len_explicit = true;
     if (o->effective_bits > 0.0) {
       if (!rq.rcp.search.enabled)
         throw std::runtime_error(fmt::format("--effective-bits needs a recipe with a search: section; {} has fixed rules",

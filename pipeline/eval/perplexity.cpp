@@ -23,9 +23,11 @@ double nll_sum(const float* logits, const int32_t* targets, int64_t n, int64_t V
 
 perplexity_result evaluate_perplexity(const causal_lm& model, std::span<const int32_t> tokens, int64_t ctx) {
   const int64_t max_ctx = model.max_positions();
-  if (ctx < 2 || ctx > max_ctx)
-    throw std::invalid_argument(
-        fmt::format("perplexity: ctx {} is out of range 2..{} (max_position_embeddings)", ctx, max_ctx));
+  if (ctx > max_ctx)
+    throw std::invalid_argument(fmt::format("perplexity: ctx {} is more than the model allows: max_position_embeddings "
+                                            "is {} in {}",
+                                            ctx, max_ctx, model.spec().origin));
+  if (ctx < 2) throw std::invalid_argument(fmt::format("perplexity: ctx {} is too small: a window needs 2 tokens", ctx));
   const int64_t N = int64_t(tokens.size());
   const int64_t V = model.vocab();
   const int64_t n_windows = (N + ctx - 1) / ctx;

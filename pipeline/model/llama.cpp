@@ -7,7 +7,9 @@
 #include <cstring>
 #include <fstream>
 #include <numbers>
+#include <mutex>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <Eigen/Core>
 #include <fmt/format.h>
@@ -317,9 +319,9 @@ double llama3_key(const std::filesystem::path& dir, const json& holder, const st
   const std::string name = section.empty() ? key : section + "." + key;
   const auto it = holder.find(key);
   if (it == holder.end() || it->is_null())
-    fail(dir, fmt::format("config key '{}' is missing (needed by rope type llama3)", name));
+    config_error(dir, fmt::format("config key '{}' is missing (needed by rope type llama3)", name));
   if (!it->is_number() || it->get<double>() <= 0.0)
-    fail(dir, fmt::format("config key '{}' must be a positive number, got {}", name, it->dump()));
+    config_error(dir, fmt::format("config key '{}' must be a positive number, got {}", name, it->dump()));
   return it->get<double>();
 }
 
@@ -332,13 +334,13 @@ void read_rope(const json& cfg, const std::filesystem::path& dir, llama_config& 
   for (const char* key : {"rope_scaling", "rope_parameters"}) {
     const auto it = cfg.find(key);
     if (it == cfg.end() || it->is_null()) continue;
-    if (!it->is_object()) fail(dir, fmt::format("config key '{}' must be an object, got {}", key, it->dump()));
+    if (!it->is_object()) config_error(dir, fmt::format("config key '{}' must be an object, got {}", key, it->dump()));
     std::string type = "default";
     for (const char* tkey : {"type", "rope_type"})  // rope_type wins when both are given
       if (it->contains(tkey) && (*it)[tkey].is_string()) type = (*it)[tkey].get<std::string>();
     if (type != "default" && type != "llama3")
-      fail(dir, fmt::format("unsupported option: config key '{}' has rope type '{}' (only 'default' and 'llama3' "
-                            "are implemented)", key, type));
+      config_error(dir, fmt::format("unsupported option: config key '{}' has rope type '{}' (only 'default' and "
+                                    "'llama3' RoPE are implemented)", key, type));
     c.rope_theta = config_number_or(dir, *it, "rope_theta", c.rope_theta);
     if (type != "llama3") continue;
     llama3_rope_scaling s;
@@ -346,7 +348,7 @@ void read_rope(const json& cfg, const std::filesystem::path& dir, llama_config& 
     s.low_freq_factor = llama3_key(dir, *it, key, "low_freq_factor");
     s.high_freq_factor = llama3_key(dir, *it, key, "high_freq_factor");
     if (s.low_freq_factor >= s.high_freq_factor)
-      fail(dir, fmt::format("config key '{}.low_freq_factor' ({}) must be below '{}.high_freq_factor' ({})", key,
+      config_error(dir, fmt::format("config key '{}.low_freq_factor' ({}) must be below '{}.high_freq_factor' ({})", key,
                             s.low_freq_factor, key, s.high_freq_factor));
     const char* omp = "original_max_position_embeddings";
     s.original_max_positions = cfg.contains(omp)   ? llama3_key(dir, cfg, "", omp)
@@ -354,9 +356,10 @@ void read_rope(const json& cfg, const std::filesystem::path& dir, llama_config& 
                                                    : double(c.max_positions);
     c.rope_llama3 = s;
   }
-  if (c.rope_theta <= 0.0) fail(dir, fmt::format("config key 'rope_theta' must be positive, got {}", c.rope_theta));
-  if (config_number_or(dir, cfg, "partial_rotary_factor", 1.0) != 1.0)
-    fail(dir, "unsupported option: partial_rotary_factor other than 1");
+  if (c.rope_theta <= 0.0) config_error(dir, fmt::format("config key 'rope_theta' must be positive, got {}", c.rope_theta));
+  if (const double f = config_number_or(dir, cfg, "partial_rotary_factor", 1.0); f != 1.0)
+    config_error(dir, fmt::format("unsupported option: config key 'partial_rotary_factor' is {} (only 1, RoPE over "
+                                  "the whole head, is implemented)", f));
 }
 
 }  // namespace
@@ -364,11 +367,30 @@ void read_rope(const json& cfg, const std::filesystem::path& dir, llama_config& 
 struct fp32_weight_reader::impl {
   checkpoint ckpt;
   std::unordered_map<std::string, checkpoint::entry> by_name;
+  mutable std::mutex read_mutex;
+  mutable std::unordered_set<std::string> read;  // names load() / stored() returned
+  void mark_read(const std::string& name) const {
+    const std::lock_guard<std::mutex> lock(read_mutex);
+    read.insert(name);
+  }
 };
 
 fp32_weight_reader::fp32_weight_reader(const std::filesystem::path& dir)
-    : impl_(new impl{checkpoint::open(dir), {}}) {
+    : impl_(new impl{checkpoint::open(dir), {}, {}, {}}) {
   for (const auto& e : impl_->ckpt.tensors()) impl_->by_name.emplace(e.tensor->name, e);
+  // Quantized weights are read as ModelOpt or compressed-tensors NVFP4 / FP8 lay them out; other
+  // methods store weights under other names (qweight, scales, ...) and would only show up as
+  // missing tensors.
+  const json cfg = read_hf_config(dir);
+  if (const auto qc = cfg.find("quantization_config"); qc != cfg.end() && !qc->is_null()) {
+    const auto method = qc->is_object() ? qc->find("quant_method") : qc->end();
+    const std::string m = qc->is_object() && method != qc->end() && method->is_string() ? method->get<std::string>() : "";
+    if (m != "modelopt" && m != "compressed-tensors")
+      config_error(dir, fmt::format("unsupported option: config key 'quantization_config.quant_method' is {} (mixq "
+                                    "reads unquantized checkpoints and ModelOpt / compressed-tensors NVFP4 and FP8 "
+                                    "exports)",
+                                    qc->is_object() && method != qc->end() ? method->dump() : "absent"));
+  }
 }
 
 fp32_weight_reader::~fp32_weight_reader() = default;
@@ -377,11 +399,14 @@ bool fp32_weight_reader::has(const std::string& name) const { return impl_->by_n
 
 std::vector<float> fp32_weight_reader::load(const std::string& name, const std::vector<int64_t>& shape) const {
   const auto it = impl_->by_name.find(name);
-  if (it == impl_->by_name.end()) fail(impl_->ckpt.dir(), fmt::format("tensor '{}' is missing", name));
+  if (it == impl_->by_name.end())
+    fail(impl_->ckpt.dir(),
+         fmt::format("tensor '{}' is missing: config.json describes it, no file of the checkpoint holds it", name));
   const tensor_info& t = *it->second.tensor;
   if (t.shape != shape)
-    fail(impl_->ckpt.dir(), fmt::format("tensor '{}' has shape [{}], expected [{}]", name, fmt::join(t.shape, ", "),
-                                        fmt::join(shape, ", ")));
+    fail(it->second.shard->path(), fmt::format("tensor '{}' has shape [{}], config.json implies [{}]", name,
+                                               fmt::join(t.shape, ", "), fmt::join(shape, ", ")));
+  impl_->mark_read(name);
   tensor_info as_2d = t;  // 1-D tensors are read as one row; 3-D and up as [dim 0, the rest]
   if (as_2d.shape.size() == 1) as_2d.shape = {1, t.shape[0]};
   if (as_2d.shape.size() > 2) {
@@ -403,8 +428,30 @@ std::vector<float> fp32_weight_reader::load(const std::string& name, const std::
 std::optional<stored_tensor> fp32_weight_reader::stored(const std::string& name) const {
   const auto it = impl_->by_name.find(name);
   if (it == impl_->by_name.end()) return std::nullopt;
+  impl_->mark_read(name);
   const tensor_info& t = *it->second.tensor;
   return stored_tensor{t.type, t.shape, it->second.shard->bytes(t)};
+}
+
+void fp32_weight_reader::check_nothing_unexpected(const model_spec& spec) const {
+  std::unordered_set<std::string> listed;
+  for (const auto& [name, shape] : expected_tensors(spec)) listed.insert(name);
+  for (const tensor_spec& t : spec.tensors) listed.insert(t.aliases.begin(), t.aliases.end());
+  const checkpoint::entry* first = nullptr;
+  int64_t count = 0;
+  const std::vector<checkpoint::entry> all = impl_->ckpt.tensors();  // in file order: the first one is stable
+  for (const checkpoint::entry& e : all) {
+    const std::string& name = e.tensor->name;
+    if (listed.count(name) || impl_->read.count(name) || is_quantization_tensor(name)) continue;
+    if (!first) first = &e;
+    ++count;
+  }
+  if (!first) return;
+  fail(first->shard->path(),
+       fmt::format("unexpected tensor '{}' [{}]: config.json describes a {} model of {} layers without it; the "
+                   "checkpoint and its config.json disagree{}",
+                   first->tensor->name, fmt::join(first->tensor->shape, ", "), spec.architecture, spec.dims.layers,
+                   count > 1 ? fmt::format(" ({} unexpected tensors in all)", count) : ""));
 }
 
 llama_linear fp32_weight_reader::linear(const linear_spec& l) const {
@@ -461,8 +508,8 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
   m.spec_ = model_spec_from_file(dir);
   const std::string& arch = m.spec_.architecture;
   if (arch != "llama" && arch != "mixtral" && arch != "qwen3_moe")
-    fail(dir, fmt::format("unsupported architecture '{}': the FP32 forward pass runs llama, mixtral and qwen3_moe "
-                          "only for now", arch));
+    config_error(dir, fmt::format("unsupported architecture '{}': the FP32 forward pass runs llama, mixtral and "
+                                  "qwen3_moe only for now", arch));
   const json cfg = read_hf_config(dir);
   llama_config& c = m.config_;
   const model_dims& d = m.spec_.dims;
@@ -483,28 +530,31 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
   } else if (arch == "qwen3_moe") {
     const auto it = cfg.find("norm_topk_prob");  // Qwen3MoeConfig default: false
     if (it != cfg.end() && !it->is_null() && !it->is_boolean())
-      fail(dir, fmt::format("config key 'norm_topk_prob' must be true or false, got {}", it->dump()));
+      config_error(dir, fmt::format("config key 'norm_topk_prob' must be true or false, got {}", it->dump()));
     c.norm_topk_prob = it != cfg.end() && it->is_boolean() && it->get<bool>();
   }
   if (c.experts_per_token > c.experts)
-    fail(dir, fmt::format("unsupported option: num_experts_per_tok ({}) exceeds the number of experts ({})",
-                          c.experts_per_token, c.experts));
+    config_error(dir, fmt::format("unsupported option: config key 'num_experts_per_tok' is {}, more than the {} experts",
+                                  c.experts_per_token, c.experts));
   // A sliding window changes the attention mask; only full causal attention is implemented.
   const auto sliding = cfg.find("sliding_window");
   const auto use_sliding = cfg.find("use_sliding_window");  // Qwen3: the window applies only when true
   const bool sliding_used = arch == "mixtral" || (arch == "qwen3_moe" && use_sliding != cfg.end() &&
                                                   use_sliding->is_boolean() && use_sliding->get<bool>());
   if (sliding_used && sliding != cfg.end() && !sliding->is_null())
-    fail(dir, fmt::format("unsupported option: sliding_window {} (only full causal attention is implemented)",
-                          sliding->dump()));
-  c.max_positions = int64_t(config_number_or(dir, cfg, "max_position_embeddings", 2048));
+    config_error(dir, fmt::format("unsupported option: config key 'sliding_window' is {} (only full causal attention "
+                                  "is implemented)", sliding->dump()));
+  // transformers' defaults where the key is absent
+  const int64_t default_positions = arch == "mixtral" ? 4096 * 32 : arch == "qwen3_moe" ? 32768 : 2048;
+  c.max_positions = config_positive_int_or(dir, cfg, "max_position_embeddings", default_positions);
   c.rms_norm_eps = float(config_number_or(dir, cfg, "rms_norm_eps", 1e-6));
   read_rope(cfg, dir, c);
-  if (cfg.contains("hidden_act") && cfg["hidden_act"] != "silu")
-    fail(dir, fmt::format("unsupported option: hidden_act {} (only silu)", cfg["hidden_act"].dump()));
-  if (c.heads % c.kv_heads != 0 || c.head_dim % 2 != 0 || c.max_positions <= 0)
-    fail(dir, fmt::format("unsupported shape: {} heads, {} KV heads, head_dim {}, max_position_embeddings {}",
-                          c.heads, c.kv_heads, c.head_dim, c.max_positions));
+  if (const auto act = cfg.find("hidden_act"); act != cfg.end() && !act->is_null() && *act != "silu")
+    config_error(dir, fmt::format("unsupported option: config key 'hidden_act' is {} (only silu is implemented)",
+                                  act->dump()));
+  if (c.head_dim % 2 != 0)
+    config_error(dir, fmt::format("unsupported option: config key 'head_dim' is {}: RoPE needs an even head size",
+                                  c.head_dim));
 
   const fp32_weight_reader w(dir);
   m.embed_ = w.load("model.embed_tokens.weight", {c.vocab, c.hidden});
@@ -574,6 +624,7 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
     m.lm_head_.in = c.hidden;
     m.lm_head_.w = m.embed_;
   }
+  w.check_nothing_unexpected(m.spec_);
 
   // RoPE tables: angle = pos * inv_freq[i], i < hd/2.
   const int64_t half = c.head_dim / 2;
@@ -591,16 +642,19 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
 
 // ---- forward ---------------------------------------------------------------------------------
 
-void llama_model::check_tokens(std::span<const int32_t> tokens, int64_t min_tokens, const char* what) const {
-  const int64_t T = int64_t(tokens.size());
-  if (T < min_tokens || T > config_.max_positions)
-    throw std::invalid_argument(fmt::format("{}: {} tokens; expected {}..{} (max_position_embeddings)", what, T,
-                                            min_tokens, config_.max_positions));
+void causal_lm::check_tokens(std::span<const int32_t> tokens, int64_t min_tokens, const char* what) const {
+  const int64_t T = int64_t(tokens.size()), max_T = max_positions(), V = vocab();
+  if (T > max_T)
+    throw std::invalid_argument(fmt::format("{}: {} tokens, more than the model allows: max_position_embeddings is {} "
+                                            "in {}",
+                                            what, T, max_T, spec().origin));
+  if (T < min_tokens)
+    throw std::invalid_argument(fmt::format("{}: {} tokens; needs at least {}", what, T, min_tokens));
   for (int64_t t = 0; t < T; ++t) {
     const int32_t id = tokens[size_t(t)];
-    if (id < 0 || id >= config_.vocab)
+    if (id < 0 || id >= V)
       throw std::invalid_argument(
-          fmt::format("{}: token id {} at position {} is not below vocab {}", what, id, t, config_.vocab));
+          fmt::format("{}: token id {} at position {} is outside the vocabulary (vocab_size {})", what, id, t, V));
   }
 }
 

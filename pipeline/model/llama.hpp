@@ -163,6 +163,10 @@ class causal_lm {
   virtual void set_kv_cache_scales(const std::string& attention, const kv_cache_scales& scales) = 0;
 
  protected:
+  // std::invalid_argument unless tokens has min_tokens..max_positions() ids, each below vocab();
+  // `what` ("llama forward") starts the message.
+  void check_tokens(std::span<const int32_t> tokens, int64_t min_tokens, const char* what) const;
+
   causal_lm() = default;
   causal_lm(const causal_lm&) = default;
   causal_lm(causal_lm&&) = default;
@@ -173,6 +177,8 @@ class causal_lm {
 // Reads a checkpoint's tensors widened to fp32, checking names and shapes (both model loaders use it).
 class fp32_weight_reader {
  public:
+  // Opens the checkpoint; a config.json quantization_config of a method it cannot read (GPTQ, AWQ,
+  // bitsandbytes, ...) is an io_error naming config.json, the key and the value.
   explicit fp32_weight_reader(const std::filesystem::path& dir);
   ~fp32_weight_reader();
   fp32_weight_reader(const fp32_weight_reader&) = delete;
@@ -188,6 +194,12 @@ class fp32_weight_reader {
   kv_cache_scales kv_scales(const std::string& attention) const;
   // The raw stored tensor, or nullopt.
   std::optional<stored_tensor> stored(const std::string& name) const;
+  // After loading: io_error when the checkpoint holds a tensor that neither `spec` lists nor any
+  // load() / stored() call read, other than a quantization scale (is_quantization_tensor) — a layer
+  // or expert beyond the config's counts, a bias the config says is absent, lm_head with tied
+  // embeddings: the checkpoint and its config.json disagree. The message names the file, the tensor,
+  // its shape and how many more there are.
+  void check_nothing_unexpected(const model_spec& spec) const;
 
  private:
   struct impl;
@@ -285,8 +297,6 @@ class llama_model : public causal_lm {
   std::vector<float> final_norm_;  // model.norm [H]
   llama_linear lm_head_;           // [V, H]; a copy of embed_tokens when tied
   std::vector<float> rope_cos_, rope_sin_;  // [max_positions, hd/2]
-
-  void check_tokens(std::span<const int32_t> tokens, int64_t min_tokens, const char* what) const;
 };
 
 }  // namespace mixq

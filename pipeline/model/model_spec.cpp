@@ -632,7 +632,8 @@ int64_t active_parameter_count(const model_spec& spec) {
 }
 
 std::vector<std::string> check_against_tensors(
-    const model_spec& spec, const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors) {
+    const model_spec& spec, const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors,
+    const std::vector<std::string>& files) {
   struct expected {
     std::string name;
     std::vector<int64_t> shape;
@@ -648,21 +649,24 @@ std::vector<std::string> check_against_tensors(
     for (const auto& alias : t.aliases) by_name.emplace(alias, by_name.at(t.name));
 
   std::vector<std::string> problems;
-  for (const auto& [name, shape] : tensors) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& [name, shape] = tensors[i];
+    const std::string in = i < files.size() ? files[i] + ": " : "";
     const auto it = by_name.find(name);
     if (it == by_name.end()) {
-      problems.push_back(fmt::format("unexpected tensor '{}' {}: not in the {} model of {}", name, shape_string(shape),
-                                     spec.architecture, spec.origin));
+      problems.push_back(fmt::format("{}unexpected tensor '{}' {}: not in the {} model of {}", in, name,
+                                     shape_string(shape), spec.architecture, spec.origin));
       continue;
     }
     expected& e = want[it->second];
     if (e.found) {
-      problems.push_back(fmt::format("tensor '{}' appears twice (or under two spellings of '{}')", name, e.name));
+      problems.push_back(fmt::format("{}tensor '{}' appears twice (or under two spellings of '{}')", in, name, e.name));
       continue;
     }
     e.found = true;
     if (shape != e.shape)
-      problems.push_back(fmt::format("tensor '{}' has shape {}, expected {}", name, shape_string(shape), shape_string(e.shape)));
+      problems.push_back(fmt::format("{}tensor '{}' has shape {}, expected {}", in, name, shape_string(shape),
+                                     shape_string(e.shape)));
   }
   for (const auto& e : want)
     if (!e.found) problems.push_back(fmt::format("missing tensor '{}' (expected shape {})", e.name, shape_string(e.shape)));

@@ -121,8 +121,10 @@ int64_t parameter_count(const model_spec& spec);
 int64_t active_parameter_count(const model_spec& spec);
 
 // Messages naming each missing, unexpected or wrong-shaped tensor; empty when the checkpoint
-// matches the spec.
+// matches the spec. `files`, when given, holds each tensor's file (parallel to `tensors`): the
+// messages about a present tensor then start with "<file>: ".
 std::vector<std::string> check_against_tensors(
-    const model_spec& spec, const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors);
+    const model_spec& spec, const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors,
+    const std::vector<std::string>& files = {});
 
 }  // namespace mixq

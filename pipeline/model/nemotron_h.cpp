@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
@@ -282,13 +284,13 @@ void mamba2_forward_impl(float* out, const float* x, const nemotron_h_layer& L, 
   S.xbc.resize(size_t(T * CD));
   causal_conv1d_forward(S.xbc.data(), S.zxbcdt.data() + I, W, L.conv_w.data(),
                         L.conv_b.empty() ? nullptr : L.conv_b.data(), T, CD, K);
-  // dt [T, Hm] = softplus(dt + dt_bias), clamped below at time_step_limit[0]; A = -exp(A_log)
+  // dt [T, Hm] = softplus(dt + dt_bias), clamped to time_step_limit; A = -exp(A_log)
   S.dt.resize(size_t(T * Hm));
   S.A.resize(size_t(Hm));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < Hm; ++h)
       S.dt[size_t(t * Hm + h)] =
-          std::max(softplus(S.zxbcdt[size_t(t * W + I + CD + h)] + L.dt_bias[size_t(h)]), c.dt_min);
+          std::clamp(softplus(S.zxbcdt[size_t(t * W + I + CD + h)] + L.dt_bias[size_t(h)]), c.dt_min, c.dt_max);
   for (int64_t h = 0; h < Hm; ++h) S.A[size_t(h)] = -std::exp(L.A_log[size_t(h)]);
   // y [T, I] = SSD scan, then the gated grouped norm
   S.y.resize(size_t(T * I));
@@ -318,12 +320,13 @@ void mamba2_backward(float* dx, const float* dout, const nemotron_h_layer& L, co
                     N);
   causal_conv1d_backward(dzxbcdt.data() + I, W, dxbc.data(), S.zxbcdt.data() + I, W, L.conv_w.data(),
                          L.conv_b.empty() ? nullptr : L.conv_b.data(), T, CD, K);
-  // dt = max(softplus(v), dt_min), v = raw + dt_bias: softplus' = sigmoid(v) (1 past the threshold, as
-  // torch); no gradient where the clamp holds
+  // dt = clamp(softplus(v), dt_min, dt_max), v = raw + dt_bias: softplus' = sigmoid(v) (1 past the
+  // threshold, as torch); no gradient where the clamp holds
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < Hm; ++h) {
       const float v = S.zxbcdt[size_t(t * W + I + CD + h)] + L.dt_bias[size_t(h)];
-      const bool clamped = softplus(v) < c.dt_min;
+      const float sp = softplus(v);
+      const bool clamped = sp < c.dt_min || sp > c.dt_max;
       const float dsp = v > 20.0f ? 1.0f : sigmoid(v);
       dzxbcdt[size_t(t * W + I + CD + h)] = clamped ? 0.0f : ddt[size_t(t * Hm + h)] * dsp;
     }
@@ -516,11 +519,28 @@ using json = nlohmann::json;
   throw io_error(fmt::format("{}: {}", dir.string(), what));
 }
 
-
 void require_act(const std::filesystem::path& dir, const json& cfg, const char* key, const char* want) {
   const auto it = cfg.find(key);
   if (it != cfg.end() && !it->is_null() && *it != want)
-    fail(dir, fmt::format("unsupported option: {} {} (only {})", key, it->dump(), want));
+    config_error(dir, fmt::format("unsupported option: config key '{}' is {} (only {} is implemented)", key, it->dump(),
+                                  want));
+}
+
+// time_step_limit (legacy mamba_dt_limit): [min, max] with 0 <= min < max; max may be null or
+// infinite (any spelling config_float() reads).
+void read_dt_limit(const std::filesystem::path& dir, const json& cfg, nemotron_h_config& c) {
+  for (const char* key : {"time_step_limit", "mamba_dt_limit"}) {
+    const auto it = cfg.find(key);
+    if (it == cfg.end() || it->is_null()) continue;
+    const std::string bad = fmt::format("config key '{}' must be [min, max] with 0 <= min < max, got {}", key, it->dump());
+    if (!it->is_array() || it->size() != 2) config_error(dir, bad);
+    const std::optional<double> lo = config_float((*it)[0]);
+    const std::optional<double> hi = (*it)[1].is_null() ? std::numeric_limits<double>::infinity() : config_float((*it)[1]);
+    if (!lo || !hi || !(*lo >= 0.0) || !(*hi > *lo)) config_error(dir, bad);
+    c.dt_min = float(*lo);
+    c.dt_max = float(*hi);
+    return;
+  }
 }
 
 }  // namespace
@@ -529,7 +549,7 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir) {
   nemotron_h_model m;
   m.spec_ = model_spec_from_file(dir);
   if (m.spec_.architecture != "nemotron_h")
-    fail(dir, fmt::format("architecture '{}' is not nemotron_h", m.spec_.architecture));
+    config_error(dir, fmt::format("architecture '{}' is not nemotron_h", m.spec_.architecture));
   const json cfg = read_hf_config(dir);
   const model_dims& d = m.spec_.dims;
   nemotron_h_config& c = m.config_;
@@ -550,28 +570,26 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir) {
   c.moe_intermediate = d.moe_intermediate;
   c.shared_intermediate = d.shared_intermediate;
   c.moe_latent = d.moe_latent;
-  c.max_positions = int64_t(config_number_or(dir, cfg, "max_position_embeddings", 4096));
+  // No positional encoding limits the length; max_position_embeddings (NemotronHConfig default 4096)
+  // is the context the model declares, and serving runtimes enforce it as the maximum length too.
+  c.max_positions = config_positive_int_or(dir, cfg, "max_position_embeddings", 4096);
   c.eps = float(config_number_or(dir, cfg, "layer_norm_epsilon", 1e-5));
   c.routed_scaling_factor = float(config_number_or(dir, cfg, "routed_scaling_factor", 1.0));
   if (const auto it = cfg.find("norm_topk_prob"); it != cfg.end() && !it->is_null()) {
-    if (!it->is_boolean()) fail(dir, fmt::format("config key 'norm_topk_prob' must be true or false, got {}", it->dump()));
+    if (!it->is_boolean())
+      config_error(dir, fmt::format("config key 'norm_topk_prob' must be true or false, got {}", it->dump()));
     c.norm_topk_prob = it->get<bool>();
   }
-  if (const auto it = cfg.find("time_step_limit"); it != cfg.end() && !it->is_null()) {
-    if (!it->is_array() || it->size() != 2 || !(*it)[0].is_number())
-      fail(dir, fmt::format("config key 'time_step_limit' must be [min, max], got {}", it->dump()));
-    c.dt_min = (*it)[0].get<float>();
-  }
-  if (config_number_or(dir, cfg, "n_group", 1) != 1 || config_number_or(dir, cfg, "topk_group", 1) != 1)
-    fail(dir, "unsupported option: grouped expert selection (n_group / topk_group other than 1)");
+  read_dt_limit(dir, cfg, c);
+  for (const char* key : {"n_group", "topk_group"})
+    if (const double v = config_number_or(dir, cfg, key, 1); v != 1)
+      config_error(dir, fmt::format("unsupported option: config key '{}' is {} (grouped expert selection is not "
+                                    "implemented; only 1)", key, cfg[key].dump()));
   require_act(dir, cfg, "mlp_hidden_act", "relu2");
   require_act(dir, cfg, "mamba_hidden_act", "silu");
   if (c.experts_per_token > c.experts)
-    fail(dir, fmt::format("unsupported option: num_experts_per_tok ({}) exceeds the number of experts ({})",
-                          c.experts_per_token, c.experts));
-  if (c.max_positions <= 0 || (c.heads > 0 && (c.kv_heads <= 0 || c.heads % c.kv_heads != 0)))
-    fail(dir, fmt::format("unsupported shape: {} heads, {} KV heads, max_position_embeddings {}", c.heads, c.kv_heads,
-                          c.max_positions));
+    config_error(dir, fmt::format("unsupported option: config key 'num_experts_per_tok' is {}, more than the {} "
+                                  "experts", c.experts_per_token, c.experts));
 
   const fp32_weight_reader w(dir);
   const int64_t H = c.hidden;
@@ -653,6 +671,7 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir) {
     m.lm_head_.in = H;
     m.lm_head_.w = m.embed_;
   }
+  w.check_nothing_unexpected(m.spec_);
   return m;
 }
 
@@ -739,16 +758,10 @@ std::vector<float> nemotron_h_model::run(std::span<const int32_t> tokens, int64_
                                          const forward_hooks& hook, saved* save) const {
   const nemotron_h_config& c = config_;
   const int64_t T = int64_t(tokens.size()), H = c.hidden, V = c.vocab;
-  if (T < min_tokens || T > c.max_positions)
-    throw std::invalid_argument(
-        fmt::format("{}: {} tokens; expected {}..{} (max_position_embeddings)", what, T, min_tokens, c.max_positions));
+  check_tokens(tokens, min_tokens, what);
   std::vector<float> h(size_t(T * H));  // residual stream [T, H]
-  for (int64_t t = 0; t < T; ++t) {
-    const int32_t id = tokens[size_t(t)];
-    if (id < 0 || id >= V)
-      throw std::invalid_argument(fmt::format("{}: token id {} at position {} is not below vocab {}", what, id, t, V));
-    std::copy_n(embed_.data() + int64_t(id) * H, H, h.data() + t * H);  // h = Emb[ids]
-  }
+  for (int64_t t = 0; t < T; ++t)
+    std::copy_n(embed_.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);  // h = Emb[ids]
   std::vector<float> a(size_t(T * H));  // normed input [T, H]
   std::vector<float> y(size_t(T * H));  // mixer output [T, H]
   if (save) save->blocks.assign(layers_.size(), {});

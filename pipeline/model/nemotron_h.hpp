@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <span>
 #include <string>
 #include <vector>
@@ -35,9 +36,11 @@ struct nemotron_h_config {
   int64_t intermediate = 0;
   // Mamba-2 (M)
   int64_t mamba_heads = 0, mamba_head_dim = 0, mamba_groups = 0, ssm_state = 0, conv_kernel = 0;
-  // Lower dt clamp after the softplus: time_step_limit[0], 0 (no clamp) unless the config sets
-  // time_step_limit. Transformers' torch path clamps at time_step_min instead (architecture.md §1.5).
+  // dt clamp after the softplus: time_step_limit (legacy mamba_dt_limit) = [dt_min, dt_max], no clamp
+  // ([0, inf)) unless the config sets it. Transformers' torch path clamps at [time_step_min, inf)
+  // instead (architecture.md §1.5).
   float dt_min = 0.0f;
+  float dt_max = std::numeric_limits<float>::infinity();
   // latent MoE (E)
   int64_t experts = 0, experts_per_token = 0, moe_intermediate = 0;
   int64_t shared_intermediate = 0;              // 0: no shared expert
@@ -141,7 +144,7 @@ class nemotron_h_model : public causal_lm {
 
   // The loss and dloss/dY at the output of every linear, as llama_model::forward_backward (activation
   // gradients only; T in 2..max_positions). Through the Mamba-2 mixers (in_proj's dY assembles dz, the
-  // conv input's gradient and ddt through the softplus, zero where the dt_min clamp is active), the
+  // conv input's gradient and ddt through the softplus, zero where the dt clamp is active), the
   // attention blocks, the relu2 MLPs and the latent MoE: the top-k choice (made with the correction
   // bias) is piecewise constant; the router's gradient flows through the selected sigmoid scores and
   // their normalization. A routed expert's linears get [T_e, out] over its tokens in the order the

@@ -75,11 +75,13 @@ quantize_report run_quantize(const quantize_request& rq) {
   const checkpoint source = checkpoint::open(rq.model);
   const model_spec spec = model_spec_from_file(rq.model);
   rep.plan = plan_quantization(rq.rcp, spec);
-  const std::vector<std::string> problems = check_against_tensors(spec, [&] {
-    std::vector<std::pair<std::string, std::vector<int64_t>>> t;
-    for (const auto& e : source.tensors()) t.emplace_back(e.tensor->name, e.tensor->shape);
-    return t;
-  }());
+  std::vector<std::pair<std::string, std::vector<int64_t>>> present;
+  std::vector<std::string> files;  // each tensor's file, named in the messages
+  for (const auto& e : source.tensors()) {
+    present.emplace_back(e.tensor->name, e.tensor->shape);
+    files.push_back(e.shard->path().filename().string());
+  }
+  const std::vector<std::string> problems = check_against_tensors(spec, present, files);
   if (!problems.empty())
     throw io_error(fmt::format("{}: the checkpoint does not match its config.json: {}{}", rq.model.string(),
                                problems.front(), problems.size() > 1 ? fmt::format(" (and {} more)", problems.size() - 1) : ""));
@@ -92,6 +94,12 @@ quantize_report run_quantize(const quantize_request& rq) {
   const std::vector<int32_t> tokens =
       data.empty() ? builtin_calibration_tokens(rq.model, spec.dims.vocab)
                    : read_token_stream(data, rq.model, spec.dims.vocab);
+  const auto too_long = [&](const char* what, int64_t n) {
+    return io_error(fmt::format("{} {} is more than {} allows: max_position_embeddings is {} in {}", what, n,
+                                rq.model.string(), model->max_positions(), spec.origin));
+  };
+  if (rq.seq_len_explicit && cs.seq_len > model->max_positions()) throw too_long("calibration seq_len", cs.seq_len);
+  if (rq.eval_ctx > model->max_positions()) throw too_long("evaluation window (eval ctx)", rq.eval_ctx);
   const int64_t seq_len = std::min(cs.seq_len, model->max_positions());
   const std::vector<std::vector<int32_t>> sequences = split_sequences(tokens, cs.samples, seq_len);
   if (sequences.empty())

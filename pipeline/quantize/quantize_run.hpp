@@ -23,7 +23,10 @@ struct quantize_request {
   recipe rcp;
   std::filesystem::path calib;        // overrides the recipe's calibration data when set
   std::filesystem::path eval_data;    // verification tokens; empty: the calibration sequences
-  int64_t eval_ctx = 0;               // 0: the calibration seq_len
+  int64_t eval_ctx = 0;               // 0: the calibration seq_len; above max_position_embeddings an error
+  // rcp.calibration.seq_len was asked for explicitly (--seq-len): above max_position_embeddings it is
+  // an error; a recipe's own seq_len is capped there instead (recipes are written for many models).
+  bool seq_len_explicit = false;
   bool resume = false;                // reuse <run_dir>/calibration.h5 when its fingerprint matches
   bool overwrite = false;             // replace an existing output directory
   bool measure_front = false;         // search: also evaluate the optimum at every feasible report budget
