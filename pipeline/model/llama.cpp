@@ -182,6 +182,20 @@ void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T,
   if (hook.output) hook.output(W.name, out, T, W.out);
 }
 
+namespace {
+
+// A row-parallel linear (o_proj, down_proj): each tp rank multiplies its share of the input columns,
+// the group sums the partial outputs, and the output hook sees the whole Y, as in one process.
+void row_parallel_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const forward_hooks& hook,
+                         const parallel_context& par) {
+  if (hook.input) hook.input(W.name, x, T, W.in);
+  linear_forward(W.name, x, W, out, T);
+  par.tp_sum({out, size_t(T * W.out)});
+  if (hook.output) hook.output(W.name, out, T, W.out);
+}
+
+}  // namespace
+
 std::string attention_module_of(const llama_linear& k_proj) {
   const size_t dot = k_proj.name.rfind('.');
   return dot == std::string::npos ? k_proj.name : k_proj.name.substr(0, dot);
@@ -208,8 +222,11 @@ struct moe_saved {
   std::vector<std::vector<float>> g, u, s, y;    // expert -> gate, up [T_e, I], silu(g) * u [T_e, I], down [T_e, H]
 };
 
+// Experts whose weights are empty live on another ep rank: this rank adds the share of the experts
+// it holds, and the ep group sums the shares.
 void moe_forward_impl(float* out, const float* x, const llama_linear& router, const std::vector<llama_expert>& experts,
-                      int64_t k, bool renormalize, int64_t T, const forward_hooks& hook, moe_saved* save) {
+                      int64_t k, bool renormalize, int64_t T, const forward_hooks& hook, moe_saved* save,
+                      const parallel_context& par) {
   const int64_t E = int64_t(experts.size()), H = router.in;
   // first: the router. logits [T, E] -> p = softmax (fp32) -> the k largest per token
   std::vector<float> logits(size_t(T * E));
@@ -255,15 +272,16 @@ void moe_forward_impl(float* out, const float* x, const llama_linear& router, co
   if (hook.routing) {
     const std::string moe = attention_module_of(router);  // the block owning the gate
     for (size_t e = 0; e < nE; ++e)
-      hook.routing(moe, int64_t(e), tokens_of[e].data(), weights_of[e].data(), int64_t(tokens_of[e].size()));
+      if (!experts[e].gate.w.empty())
+        hook.routing(moe, int64_t(e), tokens_of[e].data(), weights_of[e].data(), int64_t(tokens_of[e].size()));
   }
   // then each expert on its own tokens: gather [T_e, H] -> SwiGLU expert -> out[t] += w * y
   std::fill_n(out, T * H, 0.0f);
   std::vector<float> xe, g, u, ye;
   for (int64_t e = 0; e < E; ++e) {
     const std::vector<int64_t>& toks = tokens_of[size_t(e)];
-    if (toks.empty()) continue;
     const llama_expert& X = experts[size_t(e)];
+    if (toks.empty() || X.gate.w.empty()) continue;
     const int64_t Te = int64_t(toks.size()), I = X.gate.out;
     xe.resize(size_t(Te * H));
     g.resize(size_t(Te * I));
@@ -289,6 +307,7 @@ void moe_forward_impl(float* out, const float* x, const llama_linear& router, co
       for (int64_t c = 0; c < H; ++c) ot[c] += yt[c] * w;
     }
   }
+  par.ep_sum({out, size_t(T * H)});
   if (save) {
     save->tokens_of = std::move(tokens_of);
     save->weights_of = std::move(weights_of);
@@ -299,7 +318,7 @@ void moe_forward_impl(float* out, const float* x, const llama_linear& router, co
 
 void moe_forward(float* out, const float* x, const llama_linear& router, const std::vector<llama_expert>& experts,
                  int64_t k, bool renormalize, int64_t T, const forward_hooks& hook) {
-  moe_forward_impl(out, x, router, experts, k, renormalize, T, hook, nullptr);
+  moe_forward_impl(out, x, router, experts, k, renormalize, T, hook, nullptr, parallel_context{});
 }
 
 // ---- loading ---------------------------------------------------------------------------------
@@ -503,8 +522,14 @@ kv_cache_scales fp32_weight_reader::kv_scales(const std::string& attention) cons
   return s;
 }
 
-llama_model llama_model::load(const std::filesystem::path& dir) {
+llama_model llama_model::load(const std::filesystem::path& dir, const parallel_context& parallel) {
+  parallel.check();
+  if (parallel.layout.pp > 1 || parallel.layout.dp > 1)
+    throw std::invalid_argument(fmt::format("{}: a model share holds whole layers of one data-parallel replica: pp and "
+                                            "dp split the work of the runtime, not the model ({})",
+                                            dir.string(), parallel.layout.describe()));
   llama_model m;
+  m.par_ = parallel;
   m.spec_ = model_spec_from_file(dir);
   const std::string& arch = m.spec_.architecture;
   if (arch != "llama" && arch != "mixtral" && arch != "qwen3_moe")
@@ -637,7 +662,59 @@ llama_model llama_model::load(const std::filesystem::path& dir) {
       m.rope_cos_[size_t(p * half + i)] = float(std::cos(angle));
       m.rope_sin_[size_t(p * half + i)] = float(std::sin(angle));
     }
+  m.keep_share();
   return m;
+}
+
+namespace {
+
+// Rows [r.begin, r.end) of W: a column-parallel share (bias rows with them).
+void keep_rows(llama_linear& W, index_range r) {
+  if (W.w.empty() || r.size() == W.out) return;
+  W.w = std::vector<float>(W.w.begin() + r.begin * W.in, W.w.begin() + r.end * W.in);
+  if (!W.bias.empty()) W.bias = std::vector<float>(W.bias.begin() + r.begin, W.bias.begin() + r.end);
+  W.out = r.size();
+}
+
+// Columns [r.begin, r.end) of W: a row-parallel share. The bias joins the output once, on the
+// group's first rank.
+void keep_columns(llama_linear& W, index_range r, bool first_rank) {
+  if (W.w.empty() || r.size() == W.in) return;
+  std::vector<float> w(size_t(W.out * r.size()));
+  for (int64_t o = 0; o < W.out; ++o)
+    std::copy_n(W.w.begin() + o * W.in + r.begin, r.size(), w.begin() + o * r.size());
+  W.w = std::move(w);
+  W.in = r.size();
+  if (!first_rank) W.bias.clear();
+}
+
+}  // namespace
+
+void llama_model::keep_share() {
+  const llama_config& c = config_;
+  const parallel_layout& p = par_.layout;
+  const index_range heads = p.tensor_share(c.heads, "attention heads");
+  const index_range kv_heads = p.tensor_share(c.kv_heads, "KV heads");
+  const index_range mlp = p.tensor_share(c.intermediate, "MLP columns (intermediate_size)");
+  const index_range experts = p.expert_share(c.experts);
+  const int64_t hd = c.head_dim;
+  heads_here_ = heads.size();
+  kv_heads_here_ = kv_heads.size();
+  intermediate_here_ = mlp.size();
+  const auto times = [](index_range r, int64_t n) { return index_range{r.begin * n, r.end * n}; };
+  for (llama_layer& L : layers_) {
+    keep_rows(L.q, times(heads, hd));
+    keep_rows(L.k, times(kv_heads, hd));
+    keep_rows(L.v, times(kv_heads, hd));
+    keep_columns(L.o, times(heads, hd), p.tp_rank == 0);
+    keep_rows(L.gate, mlp);
+    keep_rows(L.up, mlp);
+    keep_columns(L.down, mlp, p.tp_rank == 0);
+    for (int64_t e = 0; e < int64_t(L.experts.size()); ++e)
+      if (!experts.contains(e))
+        for (llama_linear* W : {&L.experts[size_t(e)].gate, &L.experts[size_t(e)].up, &L.experts[size_t(e)].down})
+          W->w = {};
+  }
 }
 
 // ---- forward ---------------------------------------------------------------------------------
@@ -662,8 +739,9 @@ std::vector<float> llama_model::forward(std::span<const int32_t> tokens, const f
   const llama_config& c = config_;
   const int64_t T = int64_t(tokens.size());
   check_tokens(tokens, 1, "llama forward");
-  const int64_t H = c.hidden, I = c.intermediate, V = c.vocab;  // I: dense MLP layers (0 if none)
-  const int64_t QD = c.heads * c.head_dim, KVD = c.kv_heads * c.head_dim;
+  const int64_t H = c.hidden, I = intermediate_here_, V = c.vocab;  // I: dense MLP layers (0 if none)
+  // this rank's heads (all of them in one process; see parallel_layout)
+  const int64_t nh = heads_here_, nkv = kv_heads_here_, QD = nh * c.head_dim, KVD = nkv * c.head_dim;
 
   std::vector<float> h(size_t(T * H));    // residual stream [T, H]
   std::vector<float> a(size_t(T * H));    // normed input [T, H]
@@ -685,24 +763,25 @@ std::vector<float> llama_model::forward(std::span<const int32_t> tokens, const f
     linear_hooked(L.k, a.data(), k.data(), T, hook);
     linear_hooked(L.v, a.data(), v.data(), T, hook);
     if (c.qk_norm) {  // Qwen3: RMSNorm over each head's hd values, in place, before RoPE
-      rmsnorm_forward(q.data(), q.data(), L.q_norm.data(), T * c.heads, c.head_dim, c.rms_norm_eps);
-      rmsnorm_forward(k.data(), k.data(), L.k_norm.data(), T * c.kv_heads, c.head_dim, c.rms_norm_eps);
+      rmsnorm_forward(q.data(), q.data(), L.q_norm.data(), T * nh, c.head_dim, c.rms_norm_eps);
+      rmsnorm_forward(k.data(), k.data(), L.k_norm.data(), T * nkv, c.head_dim, c.rms_norm_eps);
     }
-    rope_forward(q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
-    rope_forward(k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
+    rope_forward(q.data(), rope_cos_.data(), rope_sin_.data(), T, nh, c.head_dim);
+    rope_forward(k.data(), rope_cos_.data(), rope_sin_.data(), T, nkv, c.head_dim);
     kv_cache_forward(attention_module_of(L.k), k.data(), v.data(), T, KVD, L.kv, hook);
-    cpu::attention_forward(att.data(), q.data(), k.data(), v.data(), T, c.heads, c.kv_heads, c.head_dim);
-    linear_hooked(L.o, att.data(), y.data(), T, hook);
+    cpu::attention_forward(att.data(), q.data(), k.data(), v.data(), T, nh, nkv, c.head_dim);
+    row_parallel_hooked(L.o, att.data(), y.data(), T, hook, par_);
     residual_forward(h.data(), y.data(), T, H);
     // feed-forward block: routed experts or the dense MLP
     rmsnorm_forward(a.data(), h.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
     if (L.moe) {
-      moe_forward(y.data(), a.data(), L.router, L.experts, c.experts_per_token, c.norm_topk_prob, T, hook);
+      moe_forward_impl(y.data(), a.data(), L.router, L.experts, c.experts_per_token, c.norm_topk_prob, T, hook,
+                       nullptr, par_);
     } else {
       linear_hooked(L.gate, a.data(), g.data(), T, hook);
       linear_hooked(L.up, a.data(), u.data(), T, hook);
       swiglu_forward(g.data(), g.data(), u.data(), T, I);
-      linear_hooked(L.down, g.data(), y.data(), T, hook);
+      row_parallel_hooked(L.down, g.data(), y.data(), T, hook, par_);
     }
     residual_forward(h.data(), y.data(), T, H);
   }
@@ -732,16 +811,17 @@ struct layer_acts {
   moe_saved moe;              // MoE layers: the router and expert activations
 };
 
-// The MoE block backward: dy = dloss/d(block output) [T, H]; adds dloss/dx into dx [T, H]
-// (x: the block input) and stores dloss/dY of the router and of every expert linear ([T_e, *] over
-// its routed tokens, ascending; empty when no token is routed to it). The top-k choice is piecewise
+// The MoE block backward: dy = dloss/d(block output) [T, H]; writes dloss/dx into dx [T, H] (x: the
+// block input; dx zero on entry) and stores dloss/dY of the router and of every expert linear held
+// here ([T_e, *] over its routed tokens, ascending; empty when no token is routed to it). The top-k choice is piecewise
 // constant: no gradient flows through the selection, only through the selected probabilities.
 void moe_backward(float* dx, const float* dy, const llama_layer& L, const moe_saved& S, int64_t k, bool renormalize,
-                  int64_t T, std::map<std::string, std::vector<float>>& grads) {
+                  int64_t T, std::map<std::string, std::vector<float>>& grads, const parallel_context& par) {
   const int64_t E = int64_t(L.experts.size()), H = L.router.in;
   std::vector<float> dw(size_t(T * E), 0.0f);  // dloss/d(routing weight) of (token, expert), selected only
   for (int64_t e = 0; e < E; ++e) {
     const llama_expert& X = L.experts[size_t(e)];
+    if (X.gate.w.empty()) continue;  // on another ep rank
     const std::vector<int64_t>& toks = S.tokens_of[size_t(e)];
     const int64_t Te = int64_t(toks.size()), I = X.gate.out;
     if (Te == 0) {
@@ -776,6 +856,10 @@ void moe_backward(float* dx, const float* dy, const llama_layer& L, const moe_sa
     grads[X.up.name] = std::move(du);
     grads[X.down.name] = std::move(dye);
   }
+  // the experts' shares of dx and of the routing-weight gradients, from every ep rank (dx held only
+  // the experts' contributions so far: the caller passes it zeroed)
+  par.ep_sum({dx, size_t(T * H)});
+  par.ep_sum(dw);
   // routing weights -> probabilities (through w = p / sum_topk p when renormalizing) -> logits
   std::vector<float> dlogits(size_t(T * E), 0.0f);
   std::vector<double> dp(static_cast<size_t>(E));
@@ -806,8 +890,9 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
   const llama_config& c = config_;
   check_tokens(tokens, 2, "llama forward_backward");
   const int64_t T = int64_t(tokens.size());
-  const int64_t H = c.hidden, I = c.intermediate, V = c.vocab;
-  const int64_t QD = c.heads * c.head_dim, KVD = c.kv_heads * c.head_dim;
+  const int64_t H = c.hidden, I = intermediate_here_, V = c.vocab;
+  // this rank's heads (all of them in one process; see parallel_layout)
+  const int64_t nh = heads_here_, nkv = kv_heads_here_, QD = nh * c.head_dim, KVD = nkv * c.head_dim;
   const auto buf = [](int64_t n) { return std::vector<float>(size_t(n)); };
 
   // ---- forward, saving activations (same op sequence as forward())
@@ -829,21 +914,21 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
     if (c.qk_norm) {  // Qwen3: per-head RMSNorm before RoPE, in place as forward() does
       A.q_raw = A.q;
       A.k_raw = A.k;
-      rmsnorm_forward(A.q.data(), A.q.data(), L.q_norm.data(), T * c.heads, c.head_dim, c.rms_norm_eps);
-      rmsnorm_forward(A.k.data(), A.k.data(), L.k_norm.data(), T * c.kv_heads, c.head_dim, c.rms_norm_eps);
+      rmsnorm_forward(A.q.data(), A.q.data(), L.q_norm.data(), T * nh, c.head_dim, c.rms_norm_eps);
+      rmsnorm_forward(A.k.data(), A.k.data(), L.k_norm.data(), T * nkv, c.head_dim, c.rms_norm_eps);
     }
-    rope_forward(A.q.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
-    rope_forward(A.k.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
+    rope_forward(A.q.data(), rope_cos_.data(), rope_sin_.data(), T, nh, c.head_dim);
+    rope_forward(A.k.data(), rope_cos_.data(), rope_sin_.data(), T, nkv, c.head_dim);
     kv_cache_forward(attention_module_of(L.k), A.k.data(), A.v.data(), T, KVD, L.kv, hk);  // straight-through
-    cpu::attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, c.heads, c.kv_heads, c.head_dim);
-    linear_hooked(L.o, A.att.data(), y.data(), T, hk);
+    cpu::attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, nh, nkv, c.head_dim);
+    row_parallel_hooked(L.o, A.att.data(), y.data(), T, hk, par_);
     residual_forward(hs.data(), y.data(), T, H);
     A.h_mid = hs;
     rmsnorm_forward(A.a2.data(), hs.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
     if (L.moe) {
       A.moe = {};
       moe_forward_impl(y.data(), A.a2.data(), L.router, L.experts, c.experts_per_token, c.norm_topk_prob, T, hk,
-                       &A.moe);
+                       &A.moe, par_);
     } else {
       A.g = buf(T * I);
       A.u = buf(T * I);
@@ -851,7 +936,7 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
       linear_hooked(L.gate, A.a2.data(), A.g.data(), T, hk);
       linear_hooked(L.up, A.a2.data(), A.u.data(), T, hk);
       swiglu_forward(A.s.data(), A.g.data(), A.u.data(), T, I);
-      linear_hooked(L.down, A.s.data(), y.data(), T, hk);
+      row_parallel_hooked(L.down, A.s.data(), y.data(), T, hk, par_);
     }
     residual_forward(hs.data(), y.data(), T, H);
   };
@@ -894,7 +979,7 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
     // residual passes dh through
     std::fill(da.begin(), da.end(), 0.0f);
     if (L.moe) {
-      moe_backward(da.data(), dh.data(), L, A.moe, c.experts_per_token, c.norm_topk_prob, T, out.dy);
+      moe_backward(da.data(), dh.data(), L, A.moe, c.experts_per_token, c.norm_topk_prob, T, out.dy, par_);
     } else {
       out.dy[L.down.name] = dh;
       std::fill(ds.begin(), ds.end(), 0.0f);
@@ -903,6 +988,7 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
       swiglu_backward(dg.data(), du.data(), ds.data(), A.g.data(), A.u.data(), T, I);
       linear_backward_input(da.data(), dg.data(), L.gate, T);
       linear_backward_input(da.data(), du.data(), L.up, T);
+      par_.tp_sum(da);  // column-parallel: each rank's columns give part of dX
       out.dy[L.gate.name] = std::move(dg);
       out.dy[L.up.name] = std::move(du);
     }
@@ -912,14 +998,14 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
     std::fill(datt.begin(), datt.end(), 0.0f);
     linear_backward_input(datt.data(), dh.data(), L.o, T);
     cpu::attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), A.q.data(), A.k.data(), A.v.data(), T,
-                       c.heads, c.kv_heads, c.head_dim);
-    rope_backward(dq.data(), rope_cos_.data(), rope_sin_.data(), T, c.heads, c.head_dim);
-    rope_backward(dk.data(), rope_cos_.data(), rope_sin_.data(), T, c.kv_heads, c.head_dim);
+                       nh, nkv, c.head_dim);
+    rope_backward(dq.data(), rope_cos_.data(), rope_sin_.data(), T, nh, c.head_dim);
+    rope_backward(dk.data(), rope_cos_.data(), rope_sin_.data(), T, nkv, c.head_dim);
     if (c.qk_norm) {  // back through q_norm / k_norm to the q_proj / k_proj outputs
       std::vector<float> dq_raw = buf(T * QD), dk_raw = buf(T * KVD);
-      rmsnorm_backward(dq_raw.data(), dq.data(), A.q_raw.data(), L.q_norm.data(), T * c.heads, c.head_dim,
+      rmsnorm_backward(dq_raw.data(), dq.data(), A.q_raw.data(), L.q_norm.data(), T * nh, c.head_dim,
                        c.rms_norm_eps);
-      rmsnorm_backward(dk_raw.data(), dk.data(), A.k_raw.data(), L.k_norm.data(), T * c.kv_heads, c.head_dim,
+      rmsnorm_backward(dk_raw.data(), dk.data(), A.k_raw.data(), L.k_norm.data(), T * nkv, c.head_dim,
                        c.rms_norm_eps);
       dq = std::move(dq_raw);
       dk = std::move(dk_raw);
@@ -928,6 +1014,7 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
     linear_backward_input(da.data(), dq.data(), L.q, T);
     linear_backward_input(da.data(), dk.data(), L.k, T);
     linear_backward_input(da.data(), dv.data(), L.v, T);
+    par_.tp_sum(da);
     out.dy[L.q.name] = dq;
     out.dy[L.k.name] = dk;
     out.dy[L.v.name] = dv;

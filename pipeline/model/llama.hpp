@@ -19,6 +19,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "pipeline/parallel/comm.hpp"
+
 #include "formats/format_traits.hpp"
 #include "pipeline/io/quantized_linear.hpp"
 #include "pipeline/model/model_spec.hpp"
@@ -266,7 +268,13 @@ class llama_model : public causal_lm {
   // an unsupported option (a rope type other than default / llama3, a hidden_act other than silu, a
   // sliding window, num_experts_per_tok above the expert count), invalid llama3 rope parameters,
   // or missing / ill-shaped / non-float tensors.
-  static llama_model load(const std::filesystem::path& dir);
+  // With a parallel layout the model keeps only this rank's share (parallel_layout): the q / k / v
+  // rows and o columns of its heads, the gate / up rows and down columns of its MLP columns, its ep
+  // share of the routed experts (the others left empty); norms, router, embeddings and lm_head
+  // whole. The forward and backward then combine partial results over the context's groups, which
+  // must outlive the model; hooks see this rank's rows of column-parallel outputs, the whole output
+  // of row-parallel ones, and only its own experts, and dY follows the same shares.
+  static llama_model load(const std::filesystem::path& dir, const parallel_context& parallel = {});
 
   const llama_config& config() const { return config_; }
   const model_spec& spec() const override { return spec_; }
@@ -297,6 +305,10 @@ class llama_model : public causal_lm {
   std::vector<float> final_norm_;  // model.norm [H]
   llama_linear lm_head_;           // [V, H]; a copy of embed_tokens when tied
   std::vector<float> rope_cos_, rope_sin_;  // [max_positions, hd/2]
+  parallel_context par_;
+  int64_t heads_here_ = 0, kv_heads_here_ = 0, intermediate_here_ = 0;  // this rank's shares
+
+  void keep_share();  // cuts the loaded weights down to this rank's share of par_.layout
 };
 
 }  // namespace mixq
