@@ -18,8 +18,7 @@ extern const size_t kBuiltinCalibrationTok512Bytes;
 std::string_view builtin_calibration_text() { return kBuiltinCalibrationText; }
 
 std::vector<int32_t> builtin_calibration_tokens(const std::filesystem::path& model_dir, int64_t vocab) {
-  const std::filesystem::path tokenizer = model_dir / "tokenizer.model";
-  if (std::filesystem::exists(tokenizer)) {
+  if (std::filesystem::exists(model_dir / "tokenizer.json") || std::filesystem::exists(model_dir / "tokenizer.model")) {
     std::vector<std::string> docs;
     const std::string text(builtin_calibration_text());
     const std::string sep = "<|endoftext|>";
@@ -31,12 +30,12 @@ std::vector<int32_t> builtin_calibration_tokens(const std::filesystem::path& mod
       if (next == std::string::npos) break;
       at = next + sep.size();
     }
-    return tokenize_documents(sentencepiece_tokenizer::open(tokenizer), docs);
+    return tokenize_documents(*open_text_tokenizer(model_dir), docs);
   }
   if (vocab < 512)
     throw token_file_error(fmt::format(
-        "{} has no tokenizer.model and a vocabulary of {} (< 512), so the built-in calibration text cannot be "
-        "used; pass calibration data with --calib (a .txt, .jsonl or pre-tokenized .bin file)",
+        "{} has no tokenizer.json or tokenizer.model and a vocabulary of {} (< 512), so the built-in calibration "
+        "text cannot be used; pass calibration data with --calib (a .txt, .jsonl or pre-tokenized .bin file)",
         model_dir.string(), vocab));
   std::vector<int32_t> ids(kBuiltinCalibrationTok512Bytes / 2);
   for (size_t i = 0; i < ids.size(); ++i)  // little-endian u16

@@ -7,6 +7,9 @@
 #include <nlohmann/json.hpp>
 #include <sentencepiece_processor.h>
 
+#include "calib/bpe_tokenizer.hpp"
+#include "calib/unicode_text.hpp"
+
 namespace mixq {
 namespace {
 
@@ -29,9 +32,7 @@ std::string read_all(const std::filesystem::path& path) {
 
 sentencepiece_tokenizer sentencepiece_tokenizer::open(const std::filesystem::path& model_file) {
   if (!std::filesystem::exists(model_file))
-    throw token_file_error(fmt::format("{}: no SentencePiece tokenizer model (text data needs one; tokenizer.json BPE "
-                                       "is not supported yet — pass pre-tokenized .u16.bin / .u32.bin instead)",
-                                       model_file.string()));
+    throw token_file_error(fmt::format("{}: no SentencePiece tokenizer model", model_file.string()));
   sentencepiece_tokenizer t;
   t.processor_ = std::make_shared<sentencepiece::SentencePieceProcessor>();
   t.path_ = model_file;
@@ -48,11 +49,17 @@ std::vector<int32_t> sentencepiece_tokenizer::encode(std::string_view text) cons
   return {ids.begin(), ids.end()};
 }
 
-int32_t sentencepiece_tokenizer::bos_id() const { return processor_->bos_id(); }
+std::optional<int32_t> sentencepiece_tokenizer::bos_id() const {
+  const int id = processor_->bos_id();  // -1 when the model has none
+  return id >= 0 ? std::optional<int32_t>(id) : std::nullopt;
+}
 int32_t sentencepiece_tokenizer::vocab_size() const { return processor_->GetPieceSize(); }
 
 std::vector<std::string> read_documents(const std::filesystem::path& path) {
   const std::string text = read_all(path);
+  if (const size_t bad = unicode::find_invalid_utf8(text); bad != std::string::npos)
+    throw token_file_error(fmt::format("{}: not UTF-8 text (ill-formed byte 0x{:02x} at byte offset {})", path.string(),
+                                       static_cast<unsigned char>(text[bad]), bad));
   std::vector<std::string> docs;
   const std::string ext = path.extension().string();
   if (ext == ".jsonl") {
@@ -81,10 +88,11 @@ std::vector<std::string> read_documents(const std::filesystem::path& path) {
   return docs;
 }
 
-std::vector<int32_t> tokenize_documents(const sentencepiece_tokenizer& tokenizer, const std::vector<std::string>& docs) {
+std::vector<int32_t> tokenize_documents(const text_tokenizer& tokenizer, const std::vector<std::string>& docs) {
   std::vector<int32_t> ids;
+  const std::optional<int32_t> bos = tokenizer.bos_id();
   for (const auto& d : docs) {
-    ids.push_back(tokenizer.bos_id());
+    if (bos) ids.push_back(*bos);
     const auto piece_ids = tokenizer.encode(d);
     ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
   }
@@ -95,11 +103,28 @@ std::vector<int32_t> read_token_stream(const std::filesystem::path& data, const 
                                        int64_t vocab, token_dtype dtype) {
   const std::string ext = data.extension().string();
   if (ext != ".txt" && ext != ".jsonl") return read_token_file(data, vocab, dtype);
-  const auto tokenizer = sentencepiece_tokenizer::open(model_dir / "tokenizer.model");
-  if (vocab > 0 && tokenizer.vocab_size() > vocab)
-    throw token_file_error(fmt::format("{}: tokenizer has {} pieces but the model's vocab is {}",
-                                       (model_dir / "tokenizer.model").string(), tokenizer.vocab_size(), vocab));
-  return tokenize_documents(tokenizer, read_documents(data));
+  const auto tokenizer = open_text_tokenizer(model_dir);
+  if (vocab > 0 && tokenizer->vocab_size() > vocab)
+    throw token_file_error(fmt::format("{}: tokenizer has {} ids but the model's vocab is {}", tokenizer->path().string(),
+                                       tokenizer->vocab_size(), vocab));
+  return tokenize_documents(*tokenizer, read_documents(data));
+}
+
+std::unique_ptr<text_tokenizer> open_text_tokenizer(const std::filesystem::path& model_dir) {
+  const std::filesystem::path json = model_dir / "tokenizer.json", sp = model_dir / "tokenizer.model";
+  const bool have_sp = std::filesystem::exists(sp);
+  if (std::filesystem::exists(json)) {
+    try {
+      return std::make_unique<bpe_tokenizer>(bpe_tokenizer::open(json));
+    } catch (const unsupported_tokenizer_error&) {
+      if (!have_sp) throw;
+    }
+  }
+  if (!have_sp)
+    throw token_file_error(fmt::format("{}: no tokenizer.json or tokenizer.model (text data needs one; or pass "
+                                       "pre-tokenized .u16.bin / .u32.bin)",
+                                       model_dir.string()));
+  return std::make_unique<sentencepiece_tokenizer>(sentencepiece_tokenizer::open(sp));
 }
 
 }  // namespace mixq

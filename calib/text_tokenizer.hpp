@@ -1,13 +1,15 @@
 // Raw text into the token stream a model is evaluated or calibrated on: documents from a .txt file
 // (separated by "<|endoftext|>") or a .jsonl file (one {"text": ...} per line), each stripped of
-// surrounding whitespace, empty ones dropped, encoded with the model's SentencePiece tokenizer
-// (libsentencepiece) as [BOS] + pieces, and concatenated — llama2.c's pretokenize rule, which is
-// how shared/data/tinystories's .u16.bin was made.
+// surrounding whitespace, empty ones dropped, encoded with the model's tokenizer as [BOS] + pieces,
+// and concatenated — llama2.c's pretokenize rule, which is how shared/data/tinystories's .u16.bin
+// was made. The tokenizer is the model directory's tokenizer.json (byte-level BPE,
+// calib/bpe_tokenizer.hpp) or its SentencePiece tokenizer.model (libsentencepiece).
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,14 +22,35 @@ class SentencePieceProcessor;
 
 namespace mixq {
 
-class sentencepiece_tokenizer {
+// A well-formed tokenizer file of a kind mixq does not implement (e.g. a SentencePiece-style
+// tokenizer.json with byte fallback).
+class unsupported_tokenizer_error : public token_file_error {
+ public:
+  using token_file_error::token_file_error;
+};
+
+// What the document rule needs of a tokenizer.
+class text_tokenizer {
+ public:
+  virtual ~text_tokenizer() = default;
+  // The ids of the text alone (no BOS / EOS added).
+  virtual std::vector<int32_t> encode(std::string_view text) const = 0;
+  // The token starting each document, when the tokenizer has one.
+  virtual std::optional<int32_t> bos_id() const = 0;
+  // Every id encode gives is below this.
+  virtual int32_t vocab_size() const = 0;
+  virtual const std::filesystem::path& path() const = 0;
+};
+
+class sentencepiece_tokenizer final : public text_tokenizer {
  public:
   // Throws token_file_error naming the file when it is missing or not a SentencePiece model.
   static sentencepiece_tokenizer open(const std::filesystem::path& model_file);
 
-  std::vector<int32_t> encode(std::string_view text) const;
-  int32_t bos_id() const;
-  int32_t vocab_size() const;
+  std::vector<int32_t> encode(std::string_view text) const override;
+  std::optional<int32_t> bos_id() const override;
+  int32_t vocab_size() const override;
+  const std::filesystem::path& path() const override { return path_; }
 
  private:
   std::shared_ptr<sentencepiece::SentencePieceProcessor> processor_;
@@ -35,13 +58,21 @@ class sentencepiece_tokenizer {
 };
 
 // The documents of a .txt or .jsonl file (see above); errors name the file and, for JSONL, the line.
+// Text must be UTF-8: an ill-formed byte is an error naming the file and its byte offset.
 std::vector<std::string> read_documents(const std::filesystem::path& path);
 
-// [BOS] + encode(document) for each document, concatenated.
-std::vector<int32_t> tokenize_documents(const sentencepiece_tokenizer& tokenizer, const std::vector<std::string>& docs);
+// [BOS] + encode(document) for each document, concatenated; just encode(document) when the
+// tokenizer has no BOS (GPT-2 / Qwen2 style byte-level BPE: their post-processor adds nothing).
+std::vector<int32_t> tokenize_documents(const text_tokenizer& tokenizer, const std::vector<std::string>& docs);
+
+// The tokenizer of a model directory: tokenizer.json when there is one, as transformers' fast
+// tokenizers choose — unless it is a kind mixq does not implement (a SentencePiece conversion) and
+// tokenizer.model is there too, which then encodes the same; else tokenizer.model. Throws
+// token_file_error naming both files when neither exists.
+std::unique_ptr<text_tokenizer> open_text_tokenizer(const std::filesystem::path& model_dir);
 
 // Token ids from any supported data file: pre-tokenized .bin (u16 / u32) as is, or .txt / .jsonl
-// encoded with model_dir/tokenizer.model. Every id is checked against vocab.
+// encoded with the model directory's tokenizer (open_text_tokenizer). Every id is checked against vocab.
 std::vector<int32_t> read_token_stream(const std::filesystem::path& data, const std::filesystem::path& model_dir,
                                        int64_t vocab, token_dtype dtype = token_dtype::from_extension);
 

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Writes calib/unicode_data.cpp: the Unicode tables the tokenizer.json BPE tokenizer needs, from
+unicodedata2 16.0.0 when installed (`pip install unicodedata2==16.0.0`: the Unicode version of the
+regex engine of the `tokenizers` library, Oniguruma 6.9.10, which tests/golden/make_bpe_goldens.py
+checks code point by code point), else Python's own unicodedata; the version is recorded in the file.
+
+* one class per code point, as sorted range starts: letter (L*), mark (M*), Nd, Nl, No, White_Space,
+  connector punctuation (Pc), Join_Control, and the alphabetic symbols (the circled / squared
+  Latin letters that Other_Alphabetic adds to So) — enough for \\p{L}, \\p{N}, \\s and the
+  regex crate's Unicode \\w;
+* canonical combining classes, full canonical decompositions and primary compositions for NFC
+  (Hangul syllables are algorithmic and not in the tables).
+
+Usage: python3 calib/make_unicode_tables.py   (rewrites calib/unicode_data.cpp; run from anywhere)
+"""
+import os
+import sys
+
+try:
+    import unicodedata2 as ud
+    SOURCE = f"unicodedata2 {ud.__version__ if hasattr(ud, '__version__') else ud.unidata_version}"
+except ImportError:
+    import unicodedata as ud
+    SOURCE = f"Python {sys.version.split()[0]}'s unicodedata"
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unicode_data.cpp")
+MAX_CP = 0x110000
+
+# Must match enum class char_class in calib/unicode_text.hpp.
+OTHER, LETTER, MARK, DECIMAL, LETTER_NUMBER, OTHER_NUMBER, SPACE, CONNECTOR, JOIN_CONTROL, ALPHA_SYMBOL = range(10)
+
+# PropList.txt facts unicodedata does not expose (stable across versions 6.3 to 15.1).
+WHITE_SPACE_CONTROLS = {0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x85}
+JOIN_CONTROLS = {0x200C, 0x200D}
+ALPHABETIC_SYMBOLS = [(0x24B6, 0x24E9), (0x1F130, 0x1F149), (0x1F150, 0x1F169), (0x1F170, 0x1F189)]
+KNOWN_WHITE_SPACE = {0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028,
+                     0x2029, 0x202F, 0x205F, 0x3000}
+
+
+def char_class(cp):
+    if cp in WHITE_SPACE_CONTROLS:
+        return SPACE
+    if cp in JOIN_CONTROLS:
+        return JOIN_CONTROL
+    if any(a <= cp <= b for a, b in ALPHABETIC_SYMBOLS):
+        return ALPHA_SYMBOL
+    cat = ud.category(chr(cp))
+    if cat[0] == "L":
+        return LETTER
+    if cat[0] == "M":
+        return MARK
+    if cat == "Nd":
+        return DECIMAL
+    if cat == "Nl":
+        return LETTER_NUMBER
+    if cat == "No":
+        return OTHER_NUMBER
+    if cat in ("Zs", "Zl", "Zp"):
+        return SPACE
+    if cat == "Pc":
+        return CONNECTOR
+    return OTHER
+
+
+def class_ranges():
+    starts = []
+    prev = None
+    for cp in range(MAX_CP):
+        c = char_class(cp)
+        if c != prev:
+            starts.append((cp, c))
+            prev = c
+    return starts
+
+
+def canonical_decomposition(cp):
+    d = ud.decomposition(chr(cp))
+    if not d or d.startswith("<"):
+        return None
+    out = []
+    for part in d.split():
+        sub = int(part, 16)
+        full = canonical_decomposition(sub)
+        out.extend(full if full else [sub])
+    return out
+
+
+def is_hangul_syllable(cp):
+    return 0xAC00 <= cp < 0xAC00 + 11172
+
+
+def main():
+    starts = class_ranges()
+    spaces = {cp for cp in range(MAX_CP) if char_class(cp) == SPACE}
+    assert spaces == KNOWN_WHITE_SPACE, sorted(spaces ^ KNOWN_WHITE_SPACE)
+
+    ccc = []  # (first, last, class) runs of equal non-zero combining class
+    for cp in range(MAX_CP):
+        c = ud.combining(chr(cp))
+        if c and ccc and ccc[-1][1] == cp - 1 and ccc[-1][2] == c:
+            ccc[-1][1] = cp
+        elif c:
+            ccc.append([cp, cp, c])
+
+    decomp = []  # (cp, full canonical decomposition)
+    comps = []  # (first, second, composite) for primary composites
+    for cp in range(MAX_CP):
+        if is_hangul_syllable(cp):
+            continue
+        full = canonical_decomposition(cp)
+        if full is None:
+            continue
+        decomp.append((cp, full))
+        parts = [int(p, 16) for p in ud.decomposition(chr(cp)).split()]
+        # A two-part canonical mapping composes back unless the character is excluded from
+        # composition, which is exactly when NFC does not give the character itself.
+        if len(parts) == 2 and ud.normalize("NFC", chr(cp)) == chr(cp):
+            comps.append((parts[0], parts[1], cp))
+    comps.sort()
+    assert len({(a, b) for a, b, _ in comps}) == len(comps)
+
+    pool = []
+    index = []
+    for cp, full in decomp:
+        index.append((cp, len(pool), len(full)))
+        pool.extend(full)
+    assert len(pool) < 65536 and max(n for _, _, n in index) < 256
+
+    def rows(items, per_line, fmt):
+        lines = []
+        for i in range(0, len(items), per_line):
+            lines.append("    " + " ".join(fmt(x) for x in items[i:i + per_line]))
+        return "\n".join(lines)
+
+    version = ud.unidata_version
+    with open(OUT, "w", encoding="utf-8", newline="\n") as f:
+        f.write(f"""// Generated by calib/make_unicode_tables.py from {SOURCE}, Unicode {version}.
+// Do not edit; rerun the script.
+#include "calib/unicode_text.hpp"
+
+namespace mixq::unicode::data {{
+
+extern const char kVersion[] = "{version}";
+
+// Class of every code point: entry i is (start << 4 | class); a class holds up to the next start.
+extern const uint32_t kClassStarts[] = {{
+{rows(starts, 8, lambda s: f"0x{(s[0] << 4) | s[1]:07x},")}
+}};
+extern const size_t kClassStartCount = {len(starts)};
+
+// Non-zero canonical combining classes: first, last, class.
+extern const CombiningRange kCombiningRanges[] = {{
+{rows(ccc, 5, lambda r: f"{{0x{r[0]:05x}, 0x{r[1]:05x}, {r[2]}}},")}
+}};
+extern const size_t kCombiningRangeCount = {len(ccc)};
+
+// Full canonical decompositions (Hangul syllables excluded): code point, offset and length in kDecompositionPool.
+extern const Decomposition kDecompositions[] = {{
+{rows(index, 5, lambda d: f"{{0x{d[0]:05x}, {d[1]}, {d[2]}}},")}
+}};
+extern const size_t kDecompositionCount = {len(index)};
+extern const char32_t kDecompositionPool[] = {{
+{rows(pool, 10, lambda c: f"0x{c:05x},")}
+}};
+
+// Primary compositions (Hangul excluded), sorted by (first, second).
+extern const Composition kCompositions[] = {{
+{rows(comps, 4, lambda c: f"{{0x{c[0]:05x}, 0x{c[1]:05x}, 0x{c[2]:05x}}},")}
+}};
+extern const size_t kCompositionCount = {len(comps)};
+
+}}  // namespace mixq::unicode::data
+""")
+    print(f"{OUT}: Unicode {version}, {len(starts)} class ranges, {len(ccc)} combining ranges, "
+          f"{len(index)} decompositions ({len(pool)} code points), {len(comps)} compositions")
+
+
+if __name__ == "__main__":
+    main()
