@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kernels/cpu/attention.hpp"
+#include "kernels/cpu/ssd_scan.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
 
 namespace mixq {
@@ -78,89 +79,6 @@ void causal_conv1d_backward(float* dx, int64_t dx_stride, const float* dout, con
     for (int64_t k = k0; k < K; ++k) {
       float* dxs = dx + (t - (K - 1) + k) * dx_stride;
       for (int64_t c = 0; c < C; ++c) dxs[c] += w[c * K + k] * dv[size_t(c)];
-    }
-  }
-}
-
-void ssd_scan_forward(float* y, const float* x, const float* B, const float* C, int64_t xbc_stride, const float* dt,
-                      const float* A, const float* D, int64_t T, int64_t Hm, int64_t P, int64_t G, int64_t N) {
-  const int64_t R = Hm / G;  // heads per group: head h reads B/C group h / R (contiguous blocks)
-  std::vector<float> S(size_t(P * N));  // one head's state [P, N]
-  for (int64_t h = 0; h < Hm; ++h) {
-    const int64_t g = h / R;
-    std::fill(S.begin(), S.end(), 0.0f);
-    for (int64_t t = 0; t < T; ++t) {
-      const float* xt = x + t * xbc_stride + h * P;  // [P]
-      const float* Bt = B + t * xbc_stride + g * N;  // [N]
-      const float* Ct = C + t * xbc_stride + g * N;  // [N]
-      const float dth = dt[t * Hm + h];
-      const float dA = std::exp(dth * A[h]);
-      float* yt = y + t * Hm * P + h * P;            // [P]
-      for (int64_t p = 0; p < P; ++p) {
-        float* Sp = S.data() + p * N;
-        const float dx = dth * xt[p];
-        float acc = 0.0f;
-        for (int64_t n = 0; n < N; ++n) {
-          Sp[n] = dA * Sp[n] + dx * Bt[n];  // S = dA S + dt x B^T
-          acc += Sp[n] * Ct[n];             // y = S C
-        }
-        yt[p] = acc + D[h] * xt[p];         // D skip on the post-conv x
-      }
-    }
-  }
-}
-
-void ssd_scan_backward(float* dx, float* dB, float* dC, float* ddt, const float* dy, const float* x, const float* B,
-                       const float* C, int64_t xbc_stride, const float* dt, const float* A, const float* D, int64_t T,
-                       int64_t Hm, int64_t P, int64_t G, int64_t N) {
-  const int64_t R = Hm / G, PN = P * N;
-  std::vector<float> S(size_t(T * PN));  // one head's states after every step [T, P, N]
-  std::vector<float> dS(static_cast<size_t>(PN));     // dloss/dS_t, carried back through S_t = dA_t S_{t-1} + ...
-  for (int64_t h = 0; h < Hm; ++h) {
-    const int64_t g = h / R;
-    // first: the forward states, with the forward's arithmetic
-    for (int64_t t = 0; t < T; ++t) {
-      const float* xt = x + t * xbc_stride + h * P;
-      const float* Bt = B + t * xbc_stride + g * N;
-      const float dth = dt[t * Hm + h];
-      const float dA = std::exp(dth * A[h]);
-      for (int64_t p = 0; p < P; ++p) {
-        float* Sp = S.data() + t * PN + p * N;
-        const float* Sprev = t > 0 ? Sp - PN : nullptr;
-        const float dx_ = dth * xt[p];
-        for (int64_t n = 0; n < N; ++n) Sp[n] = (Sprev ? dA * Sprev[n] : 0.0f) + dx_ * Bt[n];
-      }
-    }
-    // now walk back in time
-    std::fill(dS.begin(), dS.end(), 0.0f);
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const float* xt = x + t * xbc_stride + h * P;
-      const float* Bt = B + t * xbc_stride + g * N;
-      const float* Ct = C + t * xbc_stride + g * N;
-      const float* dyt = dy + t * Hm * P + h * P;
-      float* dxt = dx + t * xbc_stride + h * P;
-      float* dBt = dB + t * xbc_stride + g * N;
-      float* dCt = dC + t * xbc_stride + g * N;
-      const float dth = dt[t * Hm + h];
-      const float dA = std::exp(dth * A[h]);
-      double ddA = 0.0, ddt_in = 0.0;  // dloss/d(dA), and the dt of the input term dt x B^T
-      for (int64_t p = 0; p < P; ++p) {
-        const float* Sp = S.data() + t * PN + p * N;
-        const float* Sprev = t > 0 ? Sp - PN : nullptr;
-        float* dSp = dS.data() + p * N;
-        float dSB = 0.0f;
-        for (int64_t n = 0; n < N; ++n) {
-          dSp[n] += dyt[p] * Ct[n];  // y = S C: the output's share, plus what step t+1 carried back
-          dCt[n] += dyt[p] * Sp[n];
-          dSB += dSp[n] * Bt[n];
-          dBt[n] += dSp[n] * dth * xt[p];
-          if (Sprev) ddA += double(dSp[n]) * double(Sprev[n]);
-        }
-        dxt[p] += D[h] * dyt[p] + dth * dSB;
-        ddt_in += double(dSB) * double(xt[p]);
-        for (int64_t n = 0; n < N; ++n) dSp[n] *= dA;  // to S_{t-1}
-      }
-      ddt[t * Hm + h] += float(ddt_in + ddA * double(A[h]) * double(dA));  // dA = exp(dt A)
     }
   }
 }
@@ -294,7 +212,7 @@ void mamba2_forward_impl(float* out, const float* x, const nemotron_h_layer& L, 
   for (int64_t h = 0; h < Hm; ++h) S.A[size_t(h)] = -std::exp(L.A_log[size_t(h)]);
   // y [T, I] = SSD scan, then the gated grouped norm
   S.y.resize(size_t(T * I));
-  ssd_scan_forward(S.y.data(), S.xbc.data(), S.xbc.data() + I, S.xbc.data() + I + G * N, CD, S.dt.data(),
+  cpu::ssd_scan_forward(S.y.data(), S.xbc.data(), S.xbc.data() + I, S.xbc.data() + I + G * N, CD, S.dt.data(),
                    S.A.data(), L.D.data(), T, Hm, P, G, N);
   std::vector<float> yn(size_t(T * I));
   gated_rmsnorm_forward(yn.data(), S.y.data(), S.zxbcdt.data(), W, L.gated_norm.data(), T, I, G, c.eps);
@@ -315,7 +233,7 @@ void mamba2_backward(float* dx, const float* dout, const nemotron_h_layer& L, co
   gated_rmsnorm_backward(dy.data(), dzxbcdt.data(), W, dyn.data(), S.y.data(), S.zxbcdt.data(), W,
                          L.gated_norm.data(), T, I, G, c.eps);
   std::vector<float> dxbc(size_t(T * CD), 0.0f), ddt(size_t(T * Hm), 0.0f);
-  ssd_scan_backward(dxbc.data(), dxbc.data() + I, dxbc.data() + I + G * N, ddt.data(), dy.data(), S.xbc.data(),
+  cpu::ssd_scan_backward(dxbc.data(), dxbc.data() + I, dxbc.data() + I + G * N, ddt.data(), dy.data(), S.xbc.data(),
                     S.xbc.data() + I, S.xbc.data() + I + G * N, CD, S.dt.data(), S.A.data(), L.D.data(), T, Hm, P, G,
                     N);
   causal_conv1d_backward(dzxbcdt.data() + I, W, dxbc.data(), S.zxbcdt.data() + I, W, L.conv_w.data(),

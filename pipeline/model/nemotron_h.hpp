@@ -92,19 +92,7 @@ void causal_conv1d_forward(float* out, const float* x, int64_t x_stride, const f
 // pre-activation is recomputed. dx rows have stride dx_stride. Accumulates (every tap adds).
 void causal_conv1d_backward(float* dx, int64_t dx_stride, const float* dout, const float* x, int64_t x_stride,
                             const float* w, const float* b, int64_t T, int64_t C, int64_t K);
-// The exact SSD recurrence, fp32, zero initial state S[h] [P, N]; per step t and head h (group g = h / R):
-//   S[h] = exp(dt[t,h] * A[h]) * S[h] + dt[t,h] * x[t,h,:] outer B[t,g,:]
-//   y[t,h,:] = S[h] @ C[t,g,:] + D[h] * x[t,h,:]
-// x [T, Hm*P] (row stride xbc_stride), B and C [T, G*N] (same stride), dt [T, Hm] (after softplus),
-// A, D [Hm]; y [T, Hm*P].
-void ssd_scan_forward(float* y, const float* x, const float* B, const float* C, int64_t xbc_stride, const float* dt,
-                      const float* A, const float* D, int64_t T, int64_t Hm, int64_t P, int64_t G, int64_t N);
-// Backprop through time over the same recurrence: dx, dB, dC (row stride xbc_stride, like x, B, C)
-// and ddt [T, Hm] from dy [T, Hm*P]. The forward states are recomputed and kept for one head at a
-// time ([T, P, N]). Accumulates into all four (B and C are shared by the R heads of a group).
-void ssd_scan_backward(float* dx, float* dB, float* dC, float* ddt, const float* dy, const float* x, const float* B,
-                       const float* C, int64_t xbc_stride, const float* dt, const float* A, const float* D, int64_t T,
-                       int64_t Hm, int64_t P, int64_t G, int64_t N);
+// The SSD recurrence itself is kernels/cpu/ssd_scan.hpp.
 // out[T, I] = weight * rmsnorm_per_group(y * silu(z)), groups of I/G channels (norm_before_gate=False).
 // z rows have stride z_stride. out may alias y.
 void gated_rmsnorm_forward(float* out, const float* y, const float* z, int64_t z_stride, const float* weight,

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pipeline/eval/perplexity.hpp"
+#include "kernels/cpu/ssd_scan.hpp"
 #include "pipeline/model/nemotron_h.hpp"
 #include "pipeline/synth/synth_checkpoint.hpp"
 #include "model_test_support.hpp"
@@ -148,12 +149,12 @@ TEST(nemotron_h_backward, ssd_scan_matches_finite_differences) {
   const std::vector<float> dy = random_vector(rng, size_t(T * I), -1.0f, 1.0f);
   const auto loss = [&] {
     std::vector<float> y(size_t(T * I));
-    ssd_scan_forward(y.data(), xbc.data(), xbc.data() + I, xbc.data() + I + G * N, CD, dt.data(), A.data(), D.data(),
+    cpu::ssd_scan_forward(y.data(), xbc.data(), xbc.data() + I, xbc.data() + I + G * N, CD, dt.data(), A.data(), D.data(),
                      T, Hm, P, G, N);
     return weighted_sum(y, dy);
   };
   std::vector<float> dxbc(size_t(T * CD), 0.0f), ddt(size_t(T * Hm), 0.0f);
-  ssd_scan_backward(dxbc.data(), dxbc.data() + I, dxbc.data() + I + G * N, ddt.data(), dy.data(), xbc.data(),
+  cpu::ssd_scan_backward(dxbc.data(), dxbc.data() + I, dxbc.data() + I + G * N, ddt.data(), dy.data(), xbc.data(),
                     xbc.data() + I, xbc.data() + I + G * N, CD, dt.data(), A.data(), D.data(), T, Hm, P, G, N);
   const auto column = [&](int64_t lo, int64_t hi) {
     return [=](size_t i) { return int64_t(i) % CD >= lo && int64_t(i) % CD < hi; };
