@@ -182,10 +182,6 @@ void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T,
   if (hook.output) hook.output(W.name, out, T, W.out);
 }
 
-namespace {
-
-// A row-parallel linear (o_proj, down_proj): each tp rank multiplies its share of the input columns,
-// the group sums the partial outputs, and the output hook sees the whole Y, as in one process.
 void row_parallel_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const forward_hooks& hook,
                          const parallel_context& par) {
   if (hook.input) hook.input(W.name, x, T, W.in);
@@ -193,8 +189,6 @@ void row_parallel_hooked(const llama_linear& W, const float* x, float* out, int6
   par.tp_sum({out, size_t(T * W.out)});
   if (hook.output) hook.output(W.name, out, T, W.out);
 }
-
-}  // namespace
 
 std::string attention_module_of(const llama_linear& k_proj) {
   const size_t dot = k_proj.name.rfind('.');
@@ -666,18 +660,20 @@ llama_model llama_model::load(const std::filesystem::path& dir, const parallel_c
   return m;
 }
 
-namespace {
-
-// Rows [r.begin, r.end) of W: a column-parallel share (bias rows with them).
-void keep_rows(llama_linear& W, index_range r) {
-  if (W.w.empty() || r.size() == W.out) return;
-  W.w = std::vector<float>(W.w.begin() + r.begin * W.in, W.w.begin() + r.end * W.in);
-  if (!W.bias.empty()) W.bias = std::vector<float>(W.bias.begin() + r.begin, W.bias.begin() + r.end);
-  W.out = r.size();
+void keep_rows(llama_linear& W, const std::vector<index_range>& ranges) {
+  int64_t rows = 0;
+  for (const index_range& r : ranges) rows += r.size();
+  if (W.w.empty() || rows == W.out) return;
+  std::vector<float> w, bias;
+  for (const index_range& r : ranges) {
+    w.insert(w.end(), W.w.begin() + r.begin * W.in, W.w.begin() + r.end * W.in);
+    if (!W.bias.empty()) bias.insert(bias.end(), W.bias.begin() + r.begin, W.bias.begin() + r.end);
+  }
+  W.w = std::move(w);
+  W.bias = std::move(bias);
+  W.out = rows;
 }
 
-// Columns [r.begin, r.end) of W: a row-parallel share. The bias joins the output once, on the
-// group's first rank.
 void keep_columns(llama_linear& W, index_range r, bool first_rank) {
   if (W.w.empty() || r.size() == W.in) return;
   std::vector<float> w(size_t(W.out * r.size()));
@@ -687,8 +683,6 @@ void keep_columns(llama_linear& W, index_range r, bool first_rank) {
   W.in = r.size();
   if (!first_rank) W.bias.clear();
 }
-
-}  // namespace
 
 void llama_model::keep_share() {
   const llama_config& c = config_;
@@ -703,12 +697,12 @@ void llama_model::keep_share() {
   intermediate_here_ = mlp.size();
   const auto times = [](index_range r, int64_t n) { return index_range{r.begin * n, r.end * n}; };
   for (llama_layer& L : layers_) {
-    keep_rows(L.q, times(heads, hd));
-    keep_rows(L.k, times(kv_heads, hd));
-    keep_rows(L.v, times(kv_heads, hd));
+    keep_rows(L.q, {times(heads, hd)});
+    keep_rows(L.k, {times(kv_heads, hd)});
+    keep_rows(L.v, {times(kv_heads, hd)});
     keep_columns(L.o, times(heads, hd), p.tp_rank == 0);
-    keep_rows(L.gate, mlp);
-    keep_rows(L.up, mlp);
+    keep_rows(L.gate, {mlp});
+    keep_rows(L.up, {mlp});
     keep_columns(L.down, mlp, p.tp_rank == 0);
     for (int64_t e = 0; e < int64_t(L.experts.size()); ++e)
       if (!experts.contains(e))

@@ -218,6 +218,16 @@ class fp32_weight_reader {
 void linear_forward(const std::string& name, const float* x, const llama_linear& W, float* out, int64_t T);
 // hook.input on x, linear_forward, then hook.output on its output: how every model calls its linears.
 void linear_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const forward_hooks& hook);
+// A tp share of a loaded linear: the given output rows in order (column-parallel; bias rows with
+// them), or one range of input columns (row-parallel; the bias kept on the group's first rank only,
+// so the sum adds it once).
+void keep_rows(llama_linear& W, const std::vector<index_range>& ranges);
+void keep_columns(llama_linear& W, index_range r, bool first_rank);
+// A row-parallel linear (o_proj, down_proj, out_proj): each tp rank multiplies its share of the
+// input columns, the group sums the partial outputs (parallel_context::tp_sum), and the output hook
+// sees the whole Y, as in one process.
+void row_parallel_hooked(const llama_linear& W, const float* x, float* out, int64_t T, const forward_hooks& hook,
+                         const parallel_context& par);
 // dx[T, in] += dout[T, out] @ W.w   (the input gradient; accumulates, as q/k/v share their input)
 void linear_backward_input(float* dx, const float* dout, const llama_linear& W, int64_t T);
 // Post-RoPE k and v [T, kv_dim] as the KV cache holds them: shown to hook.kv, then FP8
@@ -259,7 +269,7 @@ void moe_forward(float* out, const float* x, const llama_linear& router, const s
 // ---- the model -------------------------------------------------------------------------------
 
 // Loads a Llama / Mixtral / Qwen3-MoE or Nemotron-H checkpoint directory, by its config's model_type.
-std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir);
+std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir, const parallel_context& parallel = {});
 
 class llama_model : public causal_lm {
  public:

@@ -166,14 +166,15 @@ struct attention_saved {
   std::vector<float> att;      // [T, nh*hd]
 };
 
-// out[T, in] = down(relu2(up(x))), x [T, in]
+// out[T, in] = down(relu2(up(x))), x [T, in]; `split` sums a tp-split MLP's partial outputs (the
+// dense MLP, the shared expert; a routed expert is whole: parallel_context{}).
 void relu2_mlp_forward(float* out, const float* x, const relu2_mlp& M, int64_t T, const forward_hooks& hook,
-                       relu2_saved* save) {
+                       relu2_saved* save, const parallel_context& split) {
   std::vector<float> u(size_t(T * M.up.out));  // [T, I_e]
   linear_hooked(M.up, x, u.data(), T, hook);
   if (save) save->u = u;
   relu2(u.data(), T * M.up.out);
-  linear_hooked(M.down, u.data(), out, T, hook);
+  row_parallel_hooked(M.down, u.data(), out, T, hook, split);
   if (save) save->y.assign(out, out + T * M.down.out);
 }
 
@@ -190,7 +191,7 @@ void relu2_mlp_backward(float* dx, const float* dout, const relu2_mlp& M, const 
 }
 
 void mamba2_forward_impl(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
-                         const forward_hooks& hook, mamba_saved* save) {
+                         const forward_hooks& hook, mamba_saved* save, const parallel_context& par) {
   const int64_t Hm = c.mamba_heads, P = c.mamba_head_dim, G = c.mamba_groups, N = c.ssm_state, K = c.conv_kernel;
   const int64_t I = Hm * P, CD = I + 2 * G * N, W = I + CD + Hm;
   mamba_saved local;
@@ -217,7 +218,7 @@ void mamba2_forward_impl(float* out, const float* x, const nemotron_h_layer& L, 
   std::vector<float> yn(size_t(T * I));
   gated_rmsnorm_forward(yn.data(), S.y.data(), S.zxbcdt.data(), W, L.gated_norm.data(), T, I, G, c.eps);
   // out [T, H] = out_proj(yn)
-  linear_hooked(L.out_proj, yn.data(), out, T, hook);
+  row_parallel_hooked(L.out_proj, yn.data(), out, T, hook, par);
 }
 
 // dx[T, H] += the input gradient of the Mamba-2 mixer from dout [T, H]; stores out_proj's and in_proj's dY.
@@ -252,8 +253,10 @@ void mamba2_backward(float* dx, const float* dout, const nemotron_h_layer& L, co
   grads[L.in_proj.name] = std::move(dzxbcdt);
 }
 
+// Experts whose weights are empty live on another ep rank: the ep group sums the shares of the
+// experts each holds (in the latent width, before fc2); the shared expert is tp-split.
 void latent_moe_forward_impl(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c,
-                             int64_t T, const forward_hooks& hook, latent_moe_saved* save) {
+                             int64_t T, const forward_hooks& hook, latent_moe_saved* save, const parallel_context& par) {
   const int64_t E = L.router.out, H = L.router.in, k = c.experts_per_token;
   const bool latent = c.moe_latent > 0;
   const int64_t Lw = latent ? c.moe_latent : H;  // the experts' width
@@ -294,7 +297,8 @@ void latent_moe_forward_impl(float* out, const float* x, const nemotron_h_layer&
   if (hook.routing) {
     const std::string moe = attention_module_of(L.router);  // the block owning the gate
     for (size_t e = 0; e < nE; ++e)
-      hook.routing(moe, int64_t(e), tokens_of[e].data(), weights_of[e].data(), int64_t(tokens_of[e].size()));
+      if (!L.experts[e].up.w.empty())
+        hook.routing(moe, int64_t(e), tokens_of[e].data(), weights_of[e].data(), int64_t(tokens_of[e].size()));
   }
   // then xl [T, L] = fc1_latent(x) (or x itself), each expert on its tokens adding w * y into yl [T, L]
   std::vector<float> xl_buf, yl(size_t(T * Lw), 0.0f);
@@ -307,13 +311,13 @@ void latent_moe_forward_impl(float* out, const float* x, const nemotron_h_layer&
   std::vector<float> xe, ye;
   for (int64_t e = 0; e < E; ++e) {
     const std::vector<int64_t>& toks = tokens_of[size_t(e)];
-    if (toks.empty()) continue;
+    if (toks.empty() || L.experts[size_t(e)].up.w.empty()) continue;
     const int64_t Te = int64_t(toks.size());
     xe.resize(size_t(Te * Lw));
     ye.resize(size_t(Te * Lw));
     for (int64_t i = 0; i < Te; ++i) std::copy_n(xl + toks[size_t(i)] * Lw, Lw, xe.data() + i * Lw);
     relu2_mlp_forward(ye.data(), xe.data(), L.experts[size_t(e)], Te, hook,
-                      save ? &save->experts[size_t(e)] : nullptr);  // [T_e, L]
+                      save ? &save->experts[size_t(e)] : nullptr, parallel_context{});  // [T_e, L]
     for (int64_t i = 0; i < Te; ++i) {
       const float w = weights_of[size_t(e)][size_t(i)];
       float* ot = yl.data() + toks[size_t(i)] * Lw;
@@ -321,6 +325,7 @@ void latent_moe_forward_impl(float* out, const float* x, const nemotron_h_layer&
       for (int64_t j = 0; j < Lw; ++j) ot[j] += yt[j] * w;
     }
   }
+  par.ep_sum(yl);
   // out [T, H] = fc2_latent(yl) (or yl), + the shared expert on the full-width x
   if (latent)
     linear_hooked(L.fc2_latent, yl.data(), out, T, hook);
@@ -328,7 +333,7 @@ void latent_moe_forward_impl(float* out, const float* x, const nemotron_h_layer&
     std::copy(yl.begin(), yl.end(), out);
   if (c.shared_intermediate > 0) {
     std::vector<float> sh(size_t(T * H));
-    relu2_mlp_forward(sh.data(), x, L.shared, T, hook, save ? &save->shared : nullptr);
+    relu2_mlp_forward(sh.data(), x, L.shared, T, hook, save ? &save->shared : nullptr, par);
     residual_forward(out, sh.data(), T, H);
   }
   if (save) {
@@ -342,11 +347,17 @@ void latent_moe_forward_impl(float* out, const float* x, const nemotron_h_layer&
 // latent projections and every expert linear (empty for an expert with no tokens). The top-k choice
 // is piecewise constant: the gradient reaches the router through the selected scores only.
 void latent_moe_backward(float* dx, const float* dout, const nemotron_h_layer& L, const nemotron_h_config& c,
-                         const latent_moe_saved& S, int64_t T, std::map<std::string, std::vector<float>>& grads) {
+                         const latent_moe_saved& S, int64_t T, std::map<std::string, std::vector<float>>& grads,
+                         const parallel_context& par) {
   const int64_t E = L.router.out, H = L.router.in, k = c.experts_per_token;
   const bool latent = c.moe_latent > 0;
   const int64_t Lw = latent ? c.moe_latent : H;
-  if (c.shared_intermediate > 0) relu2_mlp_backward(dx, dout, L.shared, S.shared, T, grads);
+  if (c.shared_intermediate > 0) {  // the tp-split shared expert: its ranks' shares of dx summed
+    std::vector<float> dsh(size_t(T * H), 0.0f);
+    relu2_mlp_backward(dsh.data(), dout, L.shared, S.shared, T, grads);
+    par.tp_sum(dsh);
+    residual_forward(dx, dsh.data(), T, H);
+  }
   // dyl [T, L]: through fc2_latent (or dout itself)
   std::vector<float> dyl(size_t(T * Lw), 0.0f), dxl(size_t(T * Lw), 0.0f);
   if (latent) {
@@ -358,6 +369,7 @@ void latent_moe_backward(float* dx, const float* dout, const nemotron_h_layer& L
   std::vector<float> dw(size_t(T * E), 0.0f);  // dloss/d(routing weight) of (token, expert), selected only
   for (int64_t e = 0; e < E; ++e) {
     const relu2_mlp& X = L.experts[size_t(e)];
+    if (X.up.w.empty()) continue;  // on another ep rank
     const std::vector<int64_t>& toks = S.tokens_of[size_t(e)];
     const int64_t Te = int64_t(toks.size());
     if (Te == 0) {
@@ -384,6 +396,8 @@ void latent_moe_backward(float* dx, const float* dout, const nemotron_h_layer& L
       for (int64_t j = 0; j < Lw; ++j) dxt[j] += dxe[size_t(i * Lw + j)];
     }
   }
+  par.ep_sum(dxl);  // every ep rank's experts
+  par.ep_sum(dw);
   if (latent) {
     linear_backward_input(dx, dxl.data(), L.fc1_latent, T);
     grads[L.fc1_latent.name] = std::move(dxl);
@@ -419,12 +433,12 @@ void latent_moe_backward(float* dx, const float* dout, const nemotron_h_layer& L
 
 void mamba2_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
                     const forward_hooks& hook) {
-  mamba2_forward_impl(out, x, L, c, T, hook, nullptr);
+  mamba2_forward_impl(out, x, L, c, T, hook, nullptr, parallel_context{});
 }
 
 void latent_moe_forward(float* out, const float* x, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
                         const forward_hooks& hook) {
-  latent_moe_forward_impl(out, x, L, c, T, hook, nullptr);
+  latent_moe_forward_impl(out, x, L, c, T, hook, nullptr, parallel_context{});
 }
 
 // ---- loading ---------------------------------------------------------------------------------
@@ -463,8 +477,14 @@ void read_dt_limit(const std::filesystem::path& dir, const json& cfg, nemotron_h
 
 }  // namespace
 
-nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir) {
+nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir, const parallel_context& parallel) {
+  parallel.check();
+  if (parallel.layout.pp > 1 || parallel.layout.dp > 1)
+    throw std::invalid_argument(fmt::format("{}: a model share holds whole layers of one data-parallel replica: pp and "
+                                            "dp split the work of the runtime, not the model ({})",
+                                            dir.string(), parallel.layout.describe()));
   nemotron_h_model m;
+  m.par_ = parallel;
   m.spec_ = model_spec_from_file(dir);
   if (m.spec_.architecture != "nemotron_h")
     config_error(dir, fmt::format("architecture '{}' is not nemotron_h", m.spec_.architecture));
@@ -590,7 +610,78 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir) {
     m.lm_head_.w = m.embed_;
   }
   w.check_nothing_unexpected(m.spec_);
+  m.keep_share();
   return m;
+}
+
+namespace {
+
+std::vector<float> keep_range(const std::vector<float>& v, index_range r, int64_t width = 1) {
+  if (v.empty()) return v;
+  return std::vector<float>(v.begin() + r.begin * width, v.begin() + r.end * width);
+}
+
+}  // namespace
+
+void nemotron_h_model::keep_share() {
+  const nemotron_h_config& c = config_;
+  const parallel_layout& p = par_.layout;
+  const bool first = p.tp_rank == 0;
+  const auto times = [](index_range r, int64_t n) { return index_range{r.begin * n, r.end * n}; };
+  const auto shifted = [](index_range r, int64_t by) { return index_range{r.begin + by, r.end + by}; };
+  const index_range heads = p.tensor_share(c.heads, "attention heads");
+  const index_range kv_heads = p.tensor_share(c.kv_heads, "KV heads");
+  const index_range mlp = p.tensor_share(c.intermediate, "MLP columns (intermediate_size)");
+  const index_range shared = p.tensor_share(c.shared_intermediate, "shared-expert columns");
+  const index_range mheads = p.tensor_share(c.mamba_heads, "Mamba heads");
+  const index_range groups = p.tensor_share(c.mamba_groups, "Mamba groups (n_groups)");
+  const index_range experts = p.expert_share(c.experts);
+  local_ = c;
+  local_.heads = heads.size();
+  local_.kv_heads = kv_heads.size();
+  local_.intermediate = mlp.size();
+  local_.shared_intermediate = shared.size();
+  local_.mamba_heads = mheads.size();
+  local_.mamba_groups = groups.size();
+  const int64_t P = c.mamba_head_dim, N = c.ssm_state, hd = c.head_dim;
+  const int64_t I = c.mamba_heads * P, GN = c.mamba_groups * N, CD = I + 2 * GN;
+  const index_range x_rows = times(mheads, P), b_rows = shifted(times(groups, N), I),
+                    c_rows = shifted(times(groups, N), I + GN);
+  for (nemotron_h_layer& L : layers_) {
+    switch (L.kind) {
+      case block_kind::mamba: {
+        // in_proj rows [z (I) | x (I) | B (GN) | C (GN) | dt (Hm)]; conv1d over [x | B | C]
+        keep_rows(L.in_proj, {x_rows, shifted(x_rows, I), shifted(b_rows, I), shifted(c_rows, I),
+                              shifted(mheads, I + CD)});
+        llama_linear conv{"conv1d", CD, c.conv_kernel, L.conv_w, L.conv_b, {}};
+        keep_rows(conv, {x_rows, b_rows, c_rows});
+        L.conv_w = std::move(conv.w);
+        L.conv_b = std::move(conv.bias);
+        L.dt_bias = keep_range(L.dt_bias, mheads);
+        L.A_log = keep_range(L.A_log, mheads);
+        L.D = keep_range(L.D, mheads);
+        L.gated_norm = keep_range(L.gated_norm, mheads, P);
+        keep_columns(L.out_proj, x_rows, first);
+        break;
+      }
+      case block_kind::attention:
+        keep_rows(L.q, {times(heads, hd)});
+        keep_rows(L.k, {times(kv_heads, hd)});
+        keep_rows(L.v, {times(kv_heads, hd)});
+        keep_columns(L.o, times(heads, hd), first);
+        break;
+      case block_kind::mlp:
+        keep_rows(L.mlp.up, {mlp});
+        keep_columns(L.mlp.down, mlp, first);
+        break;
+      case block_kind::moe:
+        keep_rows(L.shared.up, {shared});
+        keep_columns(L.shared.down, shared, first);
+        for (int64_t e = 0; e < int64_t(L.experts.size()); ++e)
+          if (!experts.contains(e)) L.experts[size_t(e)].up.w = {}, L.experts[size_t(e)].down.w = {};
+        break;
+    }
+  }
 }
 
 // ---- forward ---------------------------------------------------------------------------------
@@ -618,10 +709,11 @@ struct nemotron_h_model::saved {
 namespace {
 
 // y[T, H] = the mixer of block L on its pre-normed input a [T, H].
+// c holds this rank's shares of the heads and widths (nemotron_h_model::local_).
 void mixer_forward(float* y, const float* a, const nemotron_h_layer& L, const nemotron_h_config& c, int64_t T,
-                   const forward_hooks& hook, block_saved* save) {
+                   const forward_hooks& hook, block_saved* save, const parallel_context& par) {
   switch (L.kind) {
-    case block_kind::mamba: mamba2_forward_impl(y, a, L, c, T, hook, save ? &save->mamba : nullptr); break;
+    case block_kind::mamba: mamba2_forward_impl(y, a, L, c, T, hook, save ? &save->mamba : nullptr, par); break;
     case block_kind::attention: {  // causal GQA, no positional encoding
       const int64_t QD = c.heads * c.head_dim, KVD = c.kv_heads * c.head_dim;
       attention_saved local;
@@ -635,20 +727,25 @@ void mixer_forward(float* y, const float* a, const nemotron_h_layer& L, const ne
       linear_hooked(L.v, a, A.v.data(), T, hook);
       kv_cache_forward(attention_module_of(L.k), A.k.data(), A.v.data(), T, KVD, L.kv, hook);  // straight-through
       cpu::attention_forward(A.att.data(), A.q.data(), A.k.data(), A.v.data(), T, c.heads, c.kv_heads, c.head_dim);
-      linear_hooked(L.o, A.att.data(), y, T, hook);
+      row_parallel_hooked(L.o, A.att.data(), y, T, hook, par);
       break;
     }
-    case block_kind::mlp: relu2_mlp_forward(y, a, L.mlp, T, hook, save ? &save->mlp : nullptr); break;
-    case block_kind::moe: latent_moe_forward_impl(y, a, L, c, T, hook, save ? &save->moe : nullptr); break;
+    case block_kind::mlp: relu2_mlp_forward(y, a, L.mlp, T, hook, save ? &save->mlp : nullptr, par); break;
+    case block_kind::moe: latent_moe_forward_impl(y, a, L, c, T, hook, save ? &save->moe : nullptr, par); break;
   }
 }
 
 // da[T, H] += the input gradient of block L's mixer from dy [T, H].
+// da zero on entry; the tp-split mixers' partial input gradients are summed over the tp group.
 void mixer_backward(float* da, const float* dy, const nemotron_h_layer& L, const nemotron_h_config& c,
-                    const block_saved& S, int64_t T,
-                    std::map<std::string, std::vector<float>>& grads) {
+                    const block_saved& S, int64_t T, std::map<std::string, std::vector<float>>& grads,
+                    const parallel_context& par) {
+  const std::span<float> da_all(da, size_t(T * c.hidden));
   switch (L.kind) {
-    case block_kind::mamba: mamba2_backward(da, dy, L, c, S.mamba, T, grads); break;
+    case block_kind::mamba:
+      mamba2_backward(da, dy, L, c, S.mamba, T, grads);
+      par.tp_sum(da_all);
+      break;
     case block_kind::attention: {
       const int64_t H = c.hidden, QD = c.heads * c.head_dim, KVD = c.kv_heads * c.head_dim;
       const attention_saved& A = S.attn;
@@ -663,10 +760,14 @@ void mixer_backward(float* da, const float* dy, const nemotron_h_layer& L, const
       grads[L.q.name] = std::move(dq);
       grads[L.k.name] = std::move(dk);
       grads[L.v.name] = std::move(dv);
+      par.tp_sum(da_all);
       break;
     }
-    case block_kind::mlp: relu2_mlp_backward(da, dy, L.mlp, S.mlp, T, grads); break;
-    case block_kind::moe: latent_moe_backward(da, dy, L, c, S.moe, T, grads); break;
+    case block_kind::mlp:
+      relu2_mlp_backward(da, dy, L.mlp, S.mlp, T, grads);
+      par.tp_sum(da_all);
+      break;
+    case block_kind::moe: latent_moe_backward(da, dy, L, c, S.moe, T, grads, par); break;
   }
 }
 
@@ -688,7 +789,7 @@ std::vector<float> nemotron_h_model::run(std::span<const int32_t> tokens, int64_
     block_saved* S = save ? &save->blocks[l] : nullptr;
     if (S) S->h_in = h;
     rmsnorm_forward(a.data(), h.data(), L.norm.data(), T, H, c.eps);
-    mixer_forward(y.data(), a.data(), L, c, T, hook, save && save->keep ? S : nullptr);
+    mixer_forward(y.data(), a.data(), L, local_, T, hook, save && save->keep ? S : nullptr, par_);
     residual_forward(h.data(), y.data(), T, H);
   }
   rmsnorm_forward(a.data(), h.data(), norm_f_.data(), T, H, c.eps);
@@ -727,10 +828,10 @@ llama_grads nemotron_h_model::forward_backward(std::span<const int32_t> tokens, 
     if (!S.keep) {  // this block's activations again, from its saved input
       rmsnorm_forward(da.data(), S.blocks[l].h_in.data(), L.norm.data(), T, H, c.eps);
       std::vector<float> y(size_t(T * H));
-      mixer_forward(y.data(), da.data(), L, c, T, replay, &S.blocks[l]);
+      mixer_forward(y.data(), da.data(), L, local_, T, replay, &S.blocks[l], par_);
     }
     std::fill(da.begin(), da.end(), 0.0f);
-    mixer_backward(da.data(), dh.data(), L, c, S.blocks[l], T, out.dy);
+    mixer_backward(da.data(), dh.data(), L, local_, S.blocks[l], T, out.dy, par_);
     rmsnorm_backward(dh.data(), da.data(), S.blocks[l].h_in.data(), L.norm.data(), T, H, c.eps);
     if (!S.keep) S.blocks[l] = {};  // one block's activations at a time
   }
@@ -773,10 +874,10 @@ void nemotron_h_model::set_kv_cache_scales(const std::string& attention, const k
   throw io_error(fmt::format("no attention module '{}' in this model", attention));
 }
 
-std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir) {
+std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir, const parallel_context& parallel) {
   if (model_spec_from_file(dir).architecture == "nemotron_h")
-    return std::make_unique<nemotron_h_model>(nemotron_h_model::load(dir));
-  return std::make_unique<llama_model>(llama_model::load(dir));
+    return std::make_unique<nemotron_h_model>(nemotron_h_model::load(dir, parallel));
+  return std::make_unique<llama_model>(llama_model::load(dir, parallel));
 }
 
 }  // namespace mixq

@@ -118,7 +118,11 @@ class nemotron_h_model : public causal_lm {
   // names, backbone.*; embedding or embeddings). Throws io_error for another architecture, an
   // unsupported option (n_group or topk_group above 1, activations other than relu2 / silu), or
   // missing / ill-shaped / non-float tensors.
-  static nemotron_h_model load(const std::filesystem::path& dir);
+  // With a parallel layout it keeps this rank's share, as llama_model::load does: attention heads,
+  // dense-MLP and shared-expert columns, and Mamba heads with their groups (in_proj's z, x, B, C and
+  // dt rows, conv1d channels, dt_bias / A_log / D / norm, out_proj columns) split over tp; routed
+  // experts over ep; router, latent projections, norms, embeddings and lm_head whole.
+  static nemotron_h_model load(const std::filesystem::path& dir, const parallel_context& parallel = {});
 
   const nemotron_h_config& config() const { return config_; }
   const model_spec& spec() const override { return spec_; }
@@ -147,7 +151,10 @@ class nemotron_h_model : public causal_lm {
   std::vector<nemotron_h_layer> layers_;
   std::vector<float> norm_f_;       // [H]
   llama_linear lm_head_;            // [V, H]
+  parallel_context par_;
+  nemotron_h_config local_;         // config_ with this rank's shares of the heads and widths
 
+  void keep_share();  // cuts the loaded weights down to this rank's share of par_.layout
   struct saved;  // the activations forward_backward keeps
   // The forward pass shared by forward() and forward_backward(): logits [T, V], after checking T in
   // min_tokens..max_positions and the ids; fills `save` when given one.

@@ -1,6 +1,6 @@
-// parallel_layout's shares and errors, and sharded Llama-family models: tp / ep ranks running as
-// threads over an in-process comm give the logits, the loss and every dY (their share of it) of
-// the whole model in one process.
+// parallel_layout's shares and errors, and sharded models of every architecture: tp / ep ranks
+// running as threads over an in-process comm give the logits, the loss and every dY (their share of
+// it) of the whole model in one process.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -53,6 +53,20 @@ double max_relative(std::span<const float> got, std::span<const float> want) {
   return err / std::max(ref, 1e-30);
 }
 
+// The output columns a tp rank holds of a column-parallel linear: an equal contiguous share, except
+// Mamba's in_proj, whose output [z (I) | x (I) | B (G·N) | C (G·N) | dt (Hm)] is split part by part
+// (heads for z, x and dt; groups for B and C), as Megatron splits it.
+std::vector<index_range> share_columns(const std::string& name, int64_t out, const parallel_layout& l,
+                                       const model_spec& spec) {
+  const auto part = [&](int64_t begin, int64_t n) {
+    return index_range{begin + n / l.tp * l.tp_rank, begin + n / l.tp * (l.tp_rank + 1)};
+  };
+  if (!name.ends_with("mixer.in_proj")) return {part(0, out)};
+  const model_dims& d = spec.dims;
+  const int64_t I = d.mamba_heads * d.mamba_head_dim, GN = d.mamba_groups * d.ssm_state;
+  return {part(0, I), part(I, I), part(2 * I, GN), part(2 * I + GN, GN), part(2 * I + 2 * GN, d.mamba_heads)};
+}
+
 struct sharding_case {
   synth_arch arch;
   int tp, ep;
@@ -63,7 +77,8 @@ class ShardedModel : public ::testing::TestWithParam<sharding_case> {};
 TEST_P(ShardedModel, MatchesTheWholeModel) {
   const sharding_case sc = GetParam();
   const testing::synth_dir d(sc.arch);
-  const llama_model whole = llama_model::load(d.dir);
+  const auto whole_model = load_causal_lm(d.dir);
+  const causal_lm& whole = *whole_model;
   std::vector<int32_t> tokens;
   for (int32_t t = 0; t < 20; ++t) tokens.push_back((t * 53 + 7) % int32_t(whole.vocab()));
   const std::vector<float> want_logits = whole.forward(tokens);
@@ -85,10 +100,10 @@ TEST_P(ShardedModel, MatchesTheWholeModel) {
         const parallel_layout l = parallel_layout::of_rank(r, sc.tp, sc.ep);
         const parallel_context ctx{l, &tp_groups[size_t(l.ep_rank)]->member(l.tp_rank),
                                    &ep_groups[size_t(l.tp_rank)]->member(l.ep_rank)};
-        const llama_model share = llama_model::load(d.dir, ctx);
+        const auto share = load_causal_lm(d.dir, ctx);
         layouts[size_t(r)] = l;
-        logits[size_t(r)] = share.forward(tokens);
-        grads[size_t(r)] = share.forward_backward(tokens);
+        logits[size_t(r)] = share->forward(tokens);
+        grads[size_t(r)] = share->forward_backward(tokens);
       } catch (const std::exception& e) {
         errors[size_t(r)] = e.what();
       }
@@ -106,12 +121,13 @@ TEST_P(ShardedModel, MatchesTheWholeModel) {
       if (dy.size() == full.size()) {  // whole outputs: row-parallel linears, router, experts, lm_head
         EXPECT_LT(max_relative(dy, full), 1e-4) << name << " on rank " << r;
       } else {  // a column-parallel share: this rank's columns of [T, out]
-        const int64_t T = int64_t(tokens.size()), out = int64_t(full.size()) / T, mine = int64_t(dy.size()) / T;
-        ASSERT_EQ(out % mine, 0) << name;
-        const int64_t first = l.tp_rank * mine;
+        const int64_t T = int64_t(tokens.size()), out = int64_t(full.size()) / T;
+        const std::vector<index_range> cols = share_columns(name, out, l, whole.spec());
         std::vector<float> slice;
         for (int64_t t = 0; t < T; ++t)
-          slice.insert(slice.end(), full.begin() + t * out + first, full.begin() + t * out + first + mine);
+          for (const index_range& c : cols)
+            slice.insert(slice.end(), full.begin() + t * out + c.begin, full.begin() + t * out + c.end);
+        ASSERT_EQ(slice.size(), dy.size()) << name;
         EXPECT_LT(max_relative(dy, slice), 1e-4) << name << " on rank " << r;
       }
     }
@@ -126,7 +142,10 @@ INSTANTIATE_TEST_SUITE_P(Layouts, ShardedModel,
                                            sharding_case{synth_arch::mixtral, 2, 1},
                                            sharding_case{synth_arch::mixtral, 1, 2},
                                            sharding_case{synth_arch::qwen3_moe, 2, 2},
-                                           sharding_case{synth_arch::qwen3_moe, 1, 4}),
+                                           sharding_case{synth_arch::qwen3_moe, 1, 4},
+                                           sharding_case{synth_arch::nemotron_h, 2, 1},
+                                           sharding_case{synth_arch::nemotron_h, 1, 4},
+                                           sharding_case{synth_arch::nemotron_h, 2, 2}),
                          [](const auto& info) {
                            return std::string(to_string(info.param.arch)) + "_tp" + std::to_string(info.param.tp) +
                                   "_ep" + std::to_string(info.param.ep);
