@@ -1,8 +1,9 @@
 // Forward and forward+backward speed of a checkpoint, next to the machine's GEMM peak measured in
 // the same run (OpenBLAS sgemm on 2048^3, the same threads): tokens/s, the linears' share of the
 // FLOPs and their achieved fraction of that peak, and the process's peak resident memory.
-// Windows run one after another, each using all threads inside its operators, so the figures
-// compare one-to-one with a framework that does the same (bench/model_vs_pytorch.py).
+// Windows run as mixq's evaluation and calibration run them: in parallel over the threads, each on
+// one thread (--sequential: one after another, each using all threads inside its operators). With
+// one thread the two are the same. bench/model_vs_pytorch.py puts PyTorch beside it.
 //
 //   OMP_NUM_THREADS=1 build/bench/bench_model --model ../shared/models/stories260K \
 //       --data ../shared/data/tinystories/TinyStories-valid-reduced.tok512.u16.bin --ctx 512 --windows 16
@@ -61,13 +62,14 @@ int main(int argc, char** argv) {
   CLI::App app{"Forward / forward+backward speed of a checkpoint against the machine's GEMM peak"};
   std::filesystem::path model_dir, data;
   int64_t ctx = 512, windows = 8, gemm_n = 2048;
-  bool recompute = false;
+  bool recompute = false, sequential = false;
   app.add_option("--model", model_dir, "Hugging Face checkpoint directory")->required();
   app.add_option("--data", data, "token file (.bin / .txt / .jsonl); default: the built-in calibration text");
   app.add_option("--ctx", ctx, "tokens per window");
   app.add_option("--windows", windows, "windows per measurement");
   app.add_option("--gemm-n", gemm_n, "size of the square sgemm that measures the peak");
   app.add_flag("--recompute", recompute, "backward recomputes each block instead of keeping its activations");
+  app.add_flag("--sequential", sequential, "windows one after another, threads inside the operators");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -90,16 +92,23 @@ int main(int argc, char** argv) {
     for (int64_t w = 0; w < windows; ++w) model->forward(window(w), count);
     model->forward(window(0));  // warm-up
 
-    auto start = clock_type::now();
-    for (int64_t w = 0; w < windows; ++w) model->forward(window(w));
-    const double fwd_s = seconds_since(start);
+    // every window, in parallel (one thread each) or one after another
+    const auto each_window = [&](const auto& run) {
+      const auto start = clock_type::now();
+      if (sequential) {
+        for (int64_t w = 0; w < windows; ++w) run(w);
+      } else {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int64_t w = 0; w < windows; ++w) run(w);
+      }
+      return seconds_since(start);
+    };
+    const double fwd_s = each_window([&](int64_t w) { model->forward(window(w)); });
     const double fwd_rss = peak_rss_mib();
 
     const activation_memory memory = recompute ? activation_memory::recompute : activation_memory::keep;
     model->forward_backward(window(0), {}, memory);  // warm-up
-    start = clock_type::now();
-    for (int64_t w = 0; w < windows; ++w) model->forward_backward(window(w), {}, memory);
-    const double fwd_bwd_s = seconds_since(start);
+    const double fwd_bwd_s = each_window([&](int64_t w) { model->forward_backward(window(w), {}, memory); });
 
     const double peak = gemm_peak_gflops(gemm_n);
     const double tokens_run = double(ctx * windows);
@@ -110,6 +119,7 @@ int main(int argc, char** argv) {
         {"ctx", ctx},
         {"windows", windows},
         {"activation_memory", recompute ? "recompute" : "keep"},
+        {"windows_in_parallel", !sequential},
         {"forward_tokens_per_s", tokens_run / fwd_s},
         {"forward_backward_tokens_per_s", tokens_run / fwd_bwd_s},
         {"gemm_peak_gflops", peak},

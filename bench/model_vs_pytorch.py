@@ -2,7 +2,9 @@
 """Forward and forward+backward tokens/s of mixq (build/bench/bench_model) next to PyTorch
 (transformers, float32, eager) on the same checkpoint, windows, tokens and thread count, in the
 same run, plus the GEMM peak bench_model measures, the linears' fraction of it, and each
-process's peak resident memory. The backward is the activation-gradient pass mixq's scoring needs:
+process's peak resident memory. Each runs as it runs in practice: mixq spreads the windows over the
+threads (as its evaluation and calibration do), PyTorch uses the threads inside each operator;
+with --threads 1 both are one thread. The backward is the activation-gradient pass mixq's scoring needs:
 PyTorch gets frozen weights and an input that requires grad, so it computes no weight gradients
 either.
 
