@@ -22,6 +22,7 @@
 #include <Eigen/Core>
 #include <nlohmann/json.hpp>
 
+#include "pipeline/model/allocator_tuning.hpp"
 #include "calib/builtin_calibration.hpp"
 #include "calib/text_tokenizer.hpp"
 #include "pipeline/model/llama.hpp"
@@ -59,6 +60,7 @@ double gemm_peak_gflops(int64_t n) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  mixq::keep_buffers_in_heap();
   CLI::App app{"Forward / forward+backward speed of a checkpoint against the machine's GEMM peak"};
   std::filesystem::path model_dir, data;
   int64_t ctx = 512, windows = 8, gemm_n = 2048;

@@ -1,5 +1,8 @@
 #include "kernels/cpu/attention.hpp"
 
+#include <cblas.h>
+
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -14,6 +17,10 @@ namespace {
 // (zeros), and a query row's masked keys inside its last chunk get probability 0, so no loop has a
 // scalar tail.
 constexpr int64_t chunk = reduce_lanes;
+
+// From this head size on, a head's products are worth a GEMM library's blocking and packing; below
+// it (stories260K: 8) the per-row kernel wins.
+constexpr int64_t gemm_head_dim = 32;
 
 int64_t round_up(int64_t n) { return (n + chunk - 1) / chunk * chunk; }
 
@@ -111,6 +118,81 @@ MIXQ_CLONES void head_backward(float* dq, float* dkt, float* dvt, const float* d
   }
 }
 
+// ---- heads of gemm_head_dim channels and more: blocks of query rows against the keys they may see,
+// the two products as sgemm calls (OpenBLAS, single-threaded inside the parallel loop over heads),
+// the causal softmax between them vectorized. Deterministic: fixed blocks, fixed order.
+constexpr int64_t block_rows = 64;
+
+// Rows of scaled scores [rows, keys] for queries first_row.. : softmax over each row's visible keys
+// in place, zeros after them.
+MIXQ_CLONES void causal_softmax_block(float* att, int64_t rows, int64_t keys, int64_t first_row) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = att + r * keys;
+    const int64_t n = first_row + r + 1;
+    const float m = lane_max(row, n);
+    float acc[chunk] = {};
+    int64_t j = 0;
+    for (; j + chunk <= n; j += chunk)
+      for (int64_t l = 0; l < chunk; ++l) acc[l] += row[j + l] = fast_exp(row[j + l] - m);
+    for (int64_t l = 0; j + l < n; ++l) acc[l] += row[j + l] = fast_exp(row[j + l] - m);
+    const float inv = 1.0f / lane_sum(acc, chunk);
+    for (int64_t i = 0; i < n; ++i) row[i] *= inv;
+    std::fill(row + n, row + keys, 0.0f);
+  }
+}
+
+// In place on d (dL/dP on entry, dL/d(q k^T) on return), given the probabilities p.
+MIXQ_CLONES void causal_softmax_block_backward(float* d, const float* p, int64_t rows, int64_t keys, int64_t first_row,
+                                               float scale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* pr = p + r * keys;
+    float* dr = d + r * keys;
+    const int64_t n = first_row + r + 1;
+    const float c = lane_dot(pr, dr, n);
+    for (int64_t j = 0; j < n; ++j) dr[j] = pr[j] * (dr[j] - c) * scale;
+    std::fill(dr + n, dr + keys, 0.0f);
+  }
+}
+
+// q, k, v, out already at the head's columns; att is scratch [block_rows, T].
+void head_forward_blocked(float* out, const float* q, const float* k, const float* v, float* att, int64_t T,
+                          int64_t hd, int64_t q_stride, int64_t kv_stride, float scale) {
+  for (int64_t r0 = 0; r0 < T; r0 += block_rows) {
+    const int64_t rows = std::min(block_rows, T - r0), keys = r0 + rows;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(keys), int(hd), scale, q + r0 * q_stride,
+                int(q_stride), k, int(kv_stride), 0.0f, att, int(keys));
+    causal_softmax_block(att, rows, keys, r0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(hd), int(keys), 1.0f, att, int(keys), v,
+                int(kv_stride), 0.0f, out + r0 * q_stride, int(q_stride));
+  }
+}
+
+// One query head's backward, adding into its KV head's dk / dv; p and dp are scratch [block_rows, T].
+void head_backward_blocked(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                           const float* v, float* p, float* dp, int64_t T, int64_t hd, int64_t q_stride,
+                           int64_t kv_stride, float scale) {
+  for (int64_t r0 = 0; r0 < T; r0 += block_rows) {
+    const int64_t rows = std::min(block_rows, T - r0), keys = r0 + rows;
+    const float* qb = q + r0 * q_stride;
+    const float* dob = dout + r0 * q_stride;
+    // recompute the probabilities as the forward does
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(keys), int(hd), scale, qb, int(q_stride), k,
+                int(kv_stride), 0.0f, p, int(keys));
+    causal_softmax_block(p, rows, keys, r0);
+    // out = P V:  dV += P^T dO,  dP = dO V^T
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(keys), int(hd), int(rows), 1.0f, p, int(keys), dob,
+                int(q_stride), 1.0f, dv, int(kv_stride));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(keys), int(hd), 1.0f, dob, int(q_stride), v,
+                int(kv_stride), 0.0f, dp, int(keys));
+    causal_softmax_block_backward(dp, p, rows, keys, r0, scale);
+    // scores = scale q k^T:  dQ = dS K,  dK += dS^T Q
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(hd), int(keys), 1.0f, dp, int(keys), k,
+                int(kv_stride), 0.0f, dq + r0 * q_stride, int(q_stride));
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(keys), int(hd), int(rows), 1.0f, dp, int(keys), qb,
+                int(q_stride), 1.0f, dk, int(kv_stride));
+  }
+}
+
 }  // namespace
 
 void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t nh,
@@ -118,6 +200,17 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
   const int64_t group = nh / nkv;  // query heads per KV head
   const float scale = 1.0f / std::sqrt(float(hd));
   const int64_t q_stride = nh * hd, kv_stride = nkv * hd, Tp = round_up(T);
+  if (hd >= gemm_head_dim) {
+#pragma omp parallel if (worth_threads(nh * T * T * hd))
+    {
+      std::vector<float> att(static_cast<size_t>(std::min(T, block_rows) * T));
+#pragma omp for schedule(static)
+      for (int64_t h = 0; h < nh; ++h)
+        head_forward_blocked(out + h * hd, q + h * hd, k + h / group * hd, v + h / group * hd, att.data(), T, hd,
+                             q_stride, kv_stride, scale);
+    }
+    return;
+  }
   const size_t slice = size_t(Tp * hd);
 #pragma omp parallel if (worth_threads(nh * T * T * hd))
   {
@@ -141,8 +234,28 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const int64_t group = nh / nkv;
   const float scale = 1.0f / std::sqrt(float(hd));
   const int64_t q_stride = nh * hd, kv_stride = nkv * hd, Tp = round_up(T);
-  const size_t slice = size_t(Tp * hd);
   // Parallel over KV heads: the query heads of one group all add into the same dk / dv slice.
+  if (hd >= gemm_head_dim) {
+#pragma omp parallel if (worth_threads(nh * T * T * hd))
+    {
+      const size_t block = static_cast<size_t>(std::min(T, block_rows) * T);
+      std::vector<float> p(block), dp(block);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t kvh = 0; kvh < nkv; ++kvh) {
+        float* dk_h = dk + kvh * hd;
+        float* dv_h = dv + kvh * hd;
+        for (int64_t t = 0; t < T; ++t) {
+          std::fill_n(dk_h + t * kv_stride, hd, 0.0f);
+          std::fill_n(dv_h + t * kv_stride, hd, 0.0f);
+        }
+        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
+          head_backward_blocked(dq + h * hd, dk_h, dv_h, dout + h * hd, q + h * hd, k + kvh * hd, v + kvh * hd,
+                                p.data(), dp.data(), T, hd, q_stride, kv_stride, scale);
+      }
+    }
+    return;
+  }
+  const size_t slice = size_t(Tp * hd);
 #pragma omp parallel if (worth_threads(nh * T * T * hd))
   {
     std::vector<float> kt(slice), vt(slice), dkt(slice), dvt(slice);

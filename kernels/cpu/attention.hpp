@@ -1,8 +1,9 @@
-// Causal self-attention, forward and backward, one query row at a time against the keys it may see:
-// the scores never leave cache, the masked upper triangle is never computed, and every loop runs
-// across keys (contiguous after a per-head transpose), so it vectorizes for any head size — at
-// stories260K's head size 8 a GEMM library's packing would cost more than the products themselves.
-// tests/kernels/test_attention.cpp checks both against a plain double-precision reference.
+// Causal self-attention, forward and backward; the masked upper triangle is never computed. Small
+// heads (below 32 channels: stories260K's 8) go one query row at a time against the keys it may
+// see, every loop across keys (contiguous after a per-head transpose), so the scores never leave
+// cache and no GEMM library's packing costs more than the products themselves. Larger heads go in
+// blocks of 64 query rows: the two products per block as sgemm calls, the softmax between them
+// vectorized. tests/kernels/test_model_kernels.cpp checks both against a double-precision reference.
 #pragma once
 
 #include <cstdint>

@@ -6,12 +6,14 @@
 #include <fmt/format.h>
 
 #include "pipeline/cli/commands.hpp"
+#include "pipeline/model/allocator_tuning.hpp"
 
 #ifndef MIXQ_VERSION
 #define MIXQ_VERSION "unknown"
 #endif
 
 int main(int argc, char** argv) {
+  mixq::keep_buffers_in_heap();
   CLI::App app{
       "mixq: post-training quantization and mixed-precision search for LLM checkpoints.\n"
       "Quantizes Hugging Face checkpoints per layer to NVFP4 / FP8 / BF16 (plus MXFP4, MXFP8, NF4),\n"

@@ -180,7 +180,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernel,
                          testing::Values(attention_case{1, 2, 1, 8}, attention_case{5, 4, 4, 8},
                                          attention_case{17, 8, 4, 8}, attention_case{64, 6, 3, 24},
                                          attention_case{130, 4, 2, 64}, attention_case{300, 8, 1, 16},
-                                         attention_case{33, 2, 2, 1}));
+                                         attention_case{33, 2, 2, 1}, attention_case{200, 4, 2, 32},
+                                         attention_case{70, 2, 1, 128}));
 
 }  // namespace
 }  // namespace mixq
