@@ -517,11 +517,7 @@ kv_cache_scales fp32_weight_reader::kv_scales(const std::string& attention) cons
 }
 
 llama_model llama_model::load(const std::filesystem::path& dir, const parallel_context& parallel) {
-  parallel.check();
-  if (parallel.layout.pp > 1 || parallel.layout.dp > 1)
-    throw std::invalid_argument(fmt::format("{}: a model share holds whole layers of one data-parallel replica: pp and "
-                                            "dp split the work of the runtime, not the model ({})",
-                                            dir.string(), parallel.layout.describe()));
+  parallel.check_model_share(dir.string());
   llama_model m;
   m.par_ = parallel;
   m.spec_ = model_spec_from_file(dir);

@@ -478,11 +478,7 @@ void read_dt_limit(const std::filesystem::path& dir, const json& cfg, nemotron_h
 }  // namespace
 
 nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir, const parallel_context& parallel) {
-  parallel.check();
-  if (parallel.layout.pp > 1 || parallel.layout.dp > 1)
-    throw std::invalid_argument(fmt::format("{}: a model share holds whole layers of one data-parallel replica: pp and "
-                                            "dp split the work of the runtime, not the model ({})",
-                                            dir.string(), parallel.layout.describe()));
+  parallel.check_model_share(dir.string());
   nemotron_h_model m;
   m.par_ = parallel;
   m.spec_ = model_spec_from_file(dir);

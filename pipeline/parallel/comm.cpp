@@ -24,6 +24,14 @@ void parallel_context::check() const {
   check_group(ep_group, layout.ep, layout.ep_rank, "ep");
 }
 
+void parallel_context::check_model_share(const std::string& dir) const {
+  check();
+  if (layout.pp > 1 || layout.dp > 1)
+    throw std::invalid_argument(fmt::format("{}: a model share holds whole layers of one data-parallel replica: pp and "
+                                            "dp split the work of the runtime, not the model ({})",
+                                            dir, layout.describe()));
+}
+
 void parallel_context::tp_sum(std::span<float> x) const {
   if (tp_group && tp_group->size() > 1) tp_group->all_reduce_sum(x);
 }

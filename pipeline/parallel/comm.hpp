@@ -5,6 +5,7 @@
 #pragma once
 
 #include <span>
+#include <string>
 
 #include "pipeline/parallel/parallel_layout.hpp"
 
@@ -38,6 +39,9 @@ struct parallel_context {
 
   // Throws std::invalid_argument unless each group's size and rank agree with the layout.
   void check() const;
+  // check(), and that the layout cuts a model (a share holds whole layers of one replica: pp and dp
+  // split the runtime's work, not the model); `dir` names the model in the message.
+  void check_model_share(const std::string& dir) const;
   void tp_sum(std::span<float> x) const;  // all_reduce_sum over the tp group (nothing alone)
   void ep_sum(std::span<float> x) const;
 };

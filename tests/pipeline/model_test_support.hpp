@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -110,6 +111,46 @@ inline double directional(const std::vector<float>& g, const std::vector<double>
 }
 
 // max |a - b| / (1 + |ref|) over every logit of [T, V] logits against a golden [T][V].
+// Every module's dloss/dY in `dy` against a golden's "grads" (transformers' autograd): [T, out] rows,
+// or [T_e, out] over a routed expert's tokens ([] when none is routed to it: a different row count
+// means a different top-k choice). Each module must agree to grad_tol in max|a-b| / max|b|; the worst
+// is returned, overall and by leaf name (in_proj, gate, up_proj, ...).
+struct golden_grads_result {
+  double worst = 0.0;
+  std::string worst_name;
+  std::map<std::string, double> worst_of_kind;
+};
+inline golden_grads_result compare_grads_to_golden(const std::map<std::string, std::vector<float>>& dy,
+                                                   const nlohmann::json& grads, size_t T, double grad_tol) {
+  golden_grads_result r;
+  for (const auto& [name, rows] : grads.items()) {
+    const auto it = dy.find(name);
+    if (it == dy.end()) {
+      ADD_FAILURE() << "no gradient for " << name;
+      continue;
+    }
+    const std::vector<float>& g = it->second;
+    const size_t n_rows = rows.size(), out = n_rows ? rows.at(0).size() : 0;
+    if (name.find(".experts.") == std::string::npos) EXPECT_EQ(n_rows, T) << name;
+    EXPECT_EQ(g.size(), n_rows * out) << name;
+    if (g.size() != n_rows * out || n_rows == 0) continue;
+    double max_diff = 0.0, max_ref = 0.0;
+    for (size_t t = 0; t < n_rows; ++t)
+      for (size_t o = 0; o < out; ++o) {
+        const double ref = rows[t][o].get<double>();
+        max_diff = std::max(max_diff, std::fabs(double(g[t * out + o]) - ref));
+        max_ref = std::max(max_ref, std::fabs(ref));
+      }
+    const double rel = max_ref > 0 ? max_diff / max_ref : max_diff;
+    EXPECT_LT(rel, grad_tol) << name << ": max|a-b| " << max_diff << ", max|b| " << max_ref;
+    if (rel > r.worst) r.worst_name = name;
+    r.worst = std::max(r.worst, rel);
+    double& w = r.worst_of_kind[name.substr(name.rfind('.') + 1)];
+    w = std::max(w, rel);
+  }
+  return r;
+}
+
 inline double worst_logit_difference(const std::vector<float>& logits, const nlohmann::json& expect) {
   const size_t V = expect[0].size();
   double worst = 0;

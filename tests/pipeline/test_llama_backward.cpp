@@ -59,32 +59,8 @@ double compare_to_golden(const llama_model& model, const json& want) {
   const bool lm_head_listed = std::any_of(linears.begin(), linears.end(),
                                           [](const linear_spec& l) { return l.role == linear_role::lm_head; });
   EXPECT_EQ(got.dy.size(), linears.size() + (lm_head_listed ? 0 : 1));
-  double worst = 0.0;
-  std::string worst_name;
-  for (const auto& [name, rows] : grads.items()) {
-    const auto it = got.dy.find(name);
-    if (it == got.dy.end()) {
-      ADD_FAILURE() << "no gradient for " << name;
-      continue;
-    }
-    const std::vector<float>& g = it->second;
-    // [T, out], or [T_e, out] over a routed expert's tokens ([] when none is routed to it)
-    const size_t n_rows = rows.size(), out = n_rows ? rows.at(0).size() : 0;
-    if (name.find(".experts.") == std::string::npos) EXPECT_EQ(n_rows, tokens.size()) << name;
-    EXPECT_EQ(g.size(), n_rows * out) << name;
-    if (g.size() != n_rows * out || n_rows == 0) continue;
-    double max_diff = 0.0, max_ref = 0.0;
-    for (size_t t = 0; t < n_rows; ++t)
-      for (size_t o = 0; o < out; ++o) {
-        const double ref = rows[t][o].get<double>();
-        max_diff = std::max(max_diff, std::fabs(double(g[t * out + o]) - ref));
-        max_ref = std::max(max_ref, std::fabs(ref));
-      }
-    const double rel = max_ref > 0 ? max_diff / max_ref : max_diff;
-    EXPECT_LT(rel, kGradTol) << name;
-    if (rel > worst) worst_name = name;
-    worst = std::max(worst, rel);
-  }
+  const auto [worst, worst_name, worst_of_kind] =
+      testing::compare_grads_to_golden(got.dy, grads, tokens.size(), kGradTol);
   std::cout << fmt::format("  loss {:.9g} (transformers {:.9g}); worst dY max|a-b|/max|b| {:.3g} ({})\n", got.loss,
                            ref_loss, worst, worst_name);
   ::testing::Test::RecordProperty("worst_rel", fmt::format("{:.3g}", worst));

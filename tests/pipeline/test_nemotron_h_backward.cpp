@@ -46,36 +46,8 @@ void compare_to_golden(const nemotron_h_model& model, const json& want) {
   EXPECT_LT(std::fabs(got.loss - ref_loss) / std::fabs(ref_loss), kLossTol) << got.loss << " vs " << ref_loss;
   const json& grads = want.at("grads");
   EXPECT_EQ(got.dy.size(), grads.size()) << "modules with a gradient";
-  double worst = 0.0;
-  std::string worst_name;
-  std::map<std::string, double> worst_of_kind;  // by leaf name: in_proj, gate, up_proj, ...
-  for (const auto& [name, rows] : grads.items()) {
-    const auto it = got.dy.find(name);
-    if (it == got.dy.end()) {
-      ADD_FAILURE() << "no gradient for " << name;
-      continue;
-    }
-    const std::vector<float>& g = it->second;
-    // [T, out], or [T_e, out] over a routed expert's tokens ([] when none is routed to it): a
-    // different row count means a different top-k choice
-    const size_t n_rows = rows.size(), out = n_rows ? rows.at(0).size() : 0;
-    if (name.find(".experts.") == std::string::npos) EXPECT_EQ(n_rows, tokens.size()) << name;
-    EXPECT_EQ(g.size(), n_rows * out) << name;
-    if (g.size() != n_rows * out || n_rows == 0) continue;
-    double max_diff = 0.0, max_ref = 0.0;
-    for (size_t t = 0; t < n_rows; ++t)
-      for (size_t o = 0; o < out; ++o) {
-        const double ref = rows[t][o].get<double>();
-        max_diff = std::max(max_diff, std::fabs(double(g[t * out + o]) - ref));
-        max_ref = std::max(max_ref, std::fabs(ref));
-      }
-    const double rel = max_ref > 0 ? max_diff / max_ref : max_diff;
-    EXPECT_LT(rel, kGradTol) << name << ": max|a-b| " << max_diff << ", max|b| " << max_ref;
-    if (rel > worst) worst_name = name;
-    worst = std::max(worst, rel);
-    double& w = worst_of_kind[name.substr(name.rfind('.') + 1)];
-    w = std::max(w, rel);
-  }
+  const auto [worst, worst_name, worst_of_kind] =
+      testing::compare_grads_to_golden(got.dy, grads, tokens.size(), kGradTol);
   std::cout << fmt::format("  loss {:.9g} (transformers {:.9g}, rel {:.2g}); worst dY max|a-b|/max|b| {:.3g} ({})\n",
                            got.loss, ref_loss, std::fabs(got.loss - ref_loss) / std::fabs(ref_loss), worst, worst_name);
   for (const auto& [kind, w] : worst_of_kind) std::cout << fmt::format("    {:18} {:.3g}\n", kind, w);
