@@ -68,8 +68,24 @@ MIXQ_ALWAYS_INLINE float causal_exp(float* s, int64_t n, int64_t n16) {
 }
 
 // y[d] = Σ_j w[j] · xt[d, j] over the keys j < n16 (xt is [hd, Tp]).
+// HD channels known at compile time: all the dots in one pass over the keys, w read once per chunk,
+// an accumulator register per channel.
+template <int64_t HD>
+MIXQ_ALWAYS_INLINE void weighted_keys_fixed(float* y, const float* w, const float* xt, int64_t Tp, int64_t n16) {
+  float acc[HD][chunk] = {};
+  for (int64_t j0 = 0; j0 < n16; j0 += chunk)
+    for (int64_t d = 0; d < HD; ++d)
+      for (int64_t l = 0; l < chunk; ++l) acc[d][l] += w[j0 + l] * xt[d * Tp + j0 + l];
+  for (int64_t d = 0; d < HD; ++d) y[d] = lane_sum(acc[d], chunk);
+}
+
 MIXQ_ALWAYS_INLINE void weighted_keys(float* y, const float* w, const float* xt, int64_t Tp, int64_t n16, int64_t hd) {
-  for (int64_t d = 0; d < hd; ++d) y[d] = lane_dot(w, xt + d * Tp, n16);
+  switch (hd) {
+    case 8: weighted_keys_fixed<8>(y, w, xt, Tp, n16); return;
+    case 16: weighted_keys_fixed<16>(y, w, xt, Tp, n16); return;
+    default:
+      for (int64_t d = 0; d < hd; ++d) y[d] = lane_dot(w, xt + d * Tp, n16);
+  }
 }
 
 // xt[d, j] += a[d] · w[j] for the keys j < n16 (xt is [hd, Tp]).
