@@ -79,7 +79,9 @@ int main(int argc, char** argv) {
     std::vector<int32_t> tokens = data.empty() ? builtin_calibration_tokens(model_dir, model->vocab())
                                                : read_token_stream(data, model_dir, model->vocab());
     ctx = std::min(ctx, model->max_positions());
-    while (int64_t(tokens.size()) < ctx * windows) tokens.insert(tokens.end(), tokens.begin(), tokens.end());
+    if (tokens.empty()) throw std::invalid_argument("no tokens to run");
+    for (const std::vector<int32_t> once = tokens; int64_t(tokens.size()) < ctx * windows;)
+      tokens.insert(tokens.end(), once.begin(), once.end());
     const auto window = [&](int64_t w) { return std::span<const int32_t>(tokens).subspan(size_t(w * ctx), size_t(ctx)); };
 
     // FLOPs in the linears, from their input / output shapes as the forward reports them (routed

@@ -1,5 +1,7 @@
 #include "kernels/cpu/ssd_scan.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -106,7 +108,8 @@ void ssd_scan_backward(float* dx, float* dB, float* dC, float* ddt, const float*
                        const float* C, int64_t xbc_stride, const float* dt, const float* A, const float* D, int64_t T,
                        int64_t Hm, int64_t P, int64_t G, int64_t N) {
   const int64_t R = Hm / G;
-#pragma omp parallel if (G > 1 && worth_threads(T * Hm * P * N))
+  // each thread keeps one head's states over time [T, P, N]: no more threads than groups
+#pragma omp parallel if (G > 1 && worth_threads(T * Hm * P * N)) num_threads(int(std::min<int64_t>(G, omp_get_max_threads())))
   {
     std::vector<float> S(static_cast<size_t>(T * P * N)), dS(static_cast<size_t>(P * N));
 #pragma omp for schedule(dynamic, 1)

@@ -34,14 +34,16 @@ MIXQ_ALWAYS_INLINE float fast_exp(float x) {
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   const float y = std::bit_cast<float>(std::bit_cast<int32_t>(p) + (int32_t(n) << 23));
-  return x < lo ? 0.0f : (x > hi ? __builtin_inff() : y);
+  return x < lo ? 0.0f : (x > hi ? __builtin_inff() : (x == x ? y : x));  // NaN stays NaN
 }
 
 MIXQ_ALWAYS_INLINE float fast_sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
 
 // Reductions in a fixed order: 16 partial results (lane l takes elements l, l + 16, ...), combined
-// at the end. The compiler vectorizes a fixed-width lane loop without reassociating anything, so
-// every instruction-set clone returns the same bits.
+// at the end. The compiler vectorizes a fixed-width lane loop without reassociating anything, so the
+// result does not depend on thread counts or data layout. Where a file allows FMA contraction
+// (kernels/cpu/CMakeLists.txt) the AVX2 / AVX-512 clones differ from the baseline one in the last
+// bits; the quantizers, which must match their references bit for bit, do not allow it.
 constexpr int64_t reduce_lanes = 16;
 
 MIXQ_ALWAYS_INLINE float lane_sum(const float* x, int64_t n) {

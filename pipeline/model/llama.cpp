@@ -1023,7 +1023,8 @@ void llama_model::for_each_linear(const std::function<void(llama_linear&)>& f) {
     if (L.moe) {
       f(L.router);
       for (llama_expert& X : L.experts)
-        for (llama_linear* W : {&X.gate, &X.up, &X.down}) f(*W);
+        if (!X.gate.w.empty())  // an expert held by another ep rank is not here
+          for (llama_linear* W : {&X.gate, &X.up, &X.down}) f(*W);
     } else {
       for (llama_linear* W : {&L.gate, &L.up, &L.down}) f(*W);
     }

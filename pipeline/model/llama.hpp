@@ -126,8 +126,9 @@ struct forward_hooks {
 enum class activation_memory {
   keep,       // every block's activations: the fastest
   recompute,  // only each block's input [T, H]: a block runs forward again right before its backward,
-              // so activations take L·T·H plus one block. The re-run calls only the output hook (which
-              // may rewrite Y, as fake-quant replays do): observers see each block once.
+              // so activations take L·T·H plus one block. The re-run calls the output hook again (it
+              // may rewrite Y, as fake-quant replays do, and must do it the same way both times) and
+              // no observer: input / KV / routing observers see each block once.
 };
 
 // The hooks a recomputed block runs with.
@@ -282,8 +283,12 @@ class llama_model : public causal_lm {
   // rows and o columns of its heads, the gate / up rows and down columns of its MLP columns, its ep
   // share of the routed experts (the others left empty); norms, router, embeddings and lm_head
   // whole. The forward and backward then combine partial results over the context's groups, which
-  // must outlive the model; hooks see this rank's rows of column-parallel outputs, the whole output
-  // of row-parallel ones, and only its own experts, and dY follows the same shares.
+  // must outlive the model. Hooks see this rank's share: its rows of column-parallel outputs, the
+  // whole (summed) output of row-parallel ones but only its columns of their input, its KV heads,
+  // only its own experts (each tp rank sees the same experts: tp-replicated); dY follows the same
+  // shares. Observers that aggregate across ranks must reduce (amax by all_reduce_max) and count
+  // replicated work once. for_each_linear skips the experts other ranks hold; a sharded model is for
+  // forward / backward passes, not for fake-quantizing whole-model weights into it.
   static llama_model load(const std::filesystem::path& dir, const parallel_context& parallel = {});
 
   const llama_config& config() const { return config_; }

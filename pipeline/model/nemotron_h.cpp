@@ -625,13 +625,22 @@ void nemotron_h_model::keep_share() {
   const bool first = p.tp_rank == 0;
   const auto times = [](index_range r, int64_t n) { return index_range{r.begin * n, r.end * n}; };
   const auto shifted = [](index_range r, int64_t by) { return index_range{r.begin + by, r.end + by}; };
-  const index_range heads = p.tensor_share(c.heads, "attention heads");
-  const index_range kv_heads = p.tensor_share(c.kv_heads, "KV heads");
-  const index_range mlp = p.tensor_share(c.intermediate, "MLP columns (intermediate_size)");
-  const index_range shared = p.tensor_share(c.shared_intermediate, "shared-expert columns");
-  const index_range mheads = p.tensor_share(c.mamba_heads, "Mamba heads");
-  const index_range groups = p.tensor_share(c.mamba_groups, "Mamba groups (n_groups)");
-  const index_range experts = p.expert_share(c.experts);
+  // only the dimensions of block kinds the pattern has are split (an unused one need not divide)
+  const auto has = [&](block_kind k) {
+    return std::any_of(layers_.begin(), layers_.end(), [k](const nemotron_h_layer& L) { return L.kind == k; });
+  };
+  const auto share = [&](bool used, int64_t n, const char* what) {
+    return used ? p.tensor_share(n, what) : index_range{0, n};
+  };
+  const bool attention = has(block_kind::attention), dense = has(block_kind::mlp), moe = has(block_kind::moe),
+             mamba = has(block_kind::mamba);
+  const index_range heads = share(attention, c.heads, "attention heads");
+  const index_range kv_heads = share(attention, c.kv_heads, "KV heads");
+  const index_range mlp = share(dense, c.intermediate, "MLP columns (intermediate_size)");
+  const index_range shared = share(moe, c.shared_intermediate, "shared-expert columns");
+  const index_range mheads = share(mamba, c.mamba_heads, "Mamba heads");
+  const index_range groups = share(mamba, c.mamba_groups, "Mamba groups (n_groups)");
+  const index_range experts = moe ? p.expert_share(c.experts) : index_range{0, c.experts};
   local_ = c;
   local_.heads = heads.size();
   local_.kv_heads = kv_heads.size();

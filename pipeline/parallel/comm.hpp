@@ -1,7 +1,8 @@
 // Collectives over the ranks of one group: tp, ep, dp (see parallel_layout). Implementations: this
-// single-process one, and an MPI / NCCL one for the distributed runtime. Every implementation
-// reduces in a fixed order, so every rank gets the same bits whatever the timing, and a layout
-// never changes a number that decides the output (amax by max, scores by sum).
+// single-process one and mpi_comm (an NCCL one is to come). Every implementation reduces in rank
+// order, so every rank of a run gets the same bits whatever the timing. (A sharded sum adds in
+// another order than one process does: results agree with the whole model to rounding, not bit
+// for bit.)
 #pragma once
 
 #include <span>

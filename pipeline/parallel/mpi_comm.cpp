@@ -21,13 +21,21 @@ void check_mpi(int code, const char* what) {
 }  // namespace
 
 mpi_comm::mpi_comm(MPI_Comm c) : comm_(c) {
-  check_mpi(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
-  check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
-  check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+  try {
+    // errors as return codes on communicators made for this object; the world keeps its handler
+    if (comm_ != MPI_COMM_WORLD) check_mpi(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+    check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+    check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+  } catch (...) {
+    if (comm_ != MPI_COMM_WORLD) MPI_Comm_free(&comm_);
+    throw;
+  }
 }
 
 mpi_comm::~mpi_comm() {
-  if (comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  int finalized = 0;
+  MPI_Finalized(&finalized);  // freeing after MPI_Finalize would be an error
+  if (!finalized && comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
 template <class Op>
@@ -57,10 +65,11 @@ mpi_groups make_mpi_groups(int tp, int ep, int pp, int dp) {
   int rank = 0, world = 1;
   check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
   check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &world), "MPI_Comm_size");
-  if (tp * ep * pp * dp != world)
+  const int needed = parallel_layout::of_rank(0, tp, ep, pp, dp).world();  // validates the sizes
+  if (needed != world)
     throw std::invalid_argument(fmt::format("parallel layout tp {} x ep {} x pp {} x dp {} needs {} ranks; mpirun "
                                             "started {}",
-                                            tp, ep, pp, dp, tp * ep * pp * dp, world));
+                                            tp, ep, pp, dp, needed, world));
   mpi_groups g;
   g.layout = parallel_layout::of_rank(rank, tp, ep, pp, dp);
   const parallel_layout& l = g.layout;

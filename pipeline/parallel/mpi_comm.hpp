@@ -13,7 +13,8 @@ namespace mixq {
 
 class mpi_comm final : public comm {
  public:
-  // Takes ownership of a communicator made for it (MPI_Comm_split); MPI_COMM_WORLD is never freed.
+  // Takes ownership of a communicator made for it (MPI_Comm_split) and has it return errors, which
+  // the collectives throw as std::runtime_error; MPI_COMM_WORLD is used as it is and never freed.
   explicit mpi_comm(MPI_Comm c);
   ~mpi_comm() override;
   mpi_comm(const mpi_comm&) = delete;

@@ -1,5 +1,6 @@
 #include "pipeline/parallel/parallel_layout.hpp"
 
+#include <limits>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -26,6 +27,9 @@ index_range exact_share(int64_t n, int parts, int index, const std::string& what
 parallel_layout parallel_layout::of_rank(int rank, int tp, int ep, int pp, int dp) {
   for (const auto& [name, v] : {std::pair{"tp", tp}, {"ep", ep}, {"pp", pp}, {"dp", dp}})
     if (v < 1) throw std::invalid_argument(fmt::format("parallel layout: {} must be at least 1, got {}", name, v));
+  if (int64_t(tp) * ep * pp * dp > std::numeric_limits<int>::max())
+    throw std::invalid_argument(fmt::format("parallel layout: tp {} x ep {} x pp {} x dp {} ranks is too many", tp, ep,
+                                            pp, dp));
   parallel_layout l{tp, ep, pp, dp, 0, 0, 0, 0};
   if (rank < 0 || rank >= l.world())
     throw std::invalid_argument(fmt::format("parallel layout: rank {} is outside 0..{} (tp {} x ep {} x pp {} x dp {})",

@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <bit>
+#include <limits>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -62,6 +63,9 @@ TEST(FastExp, OutOfRangeAndInfinities) {
   for (int i = 4; i < 7; ++i) EXPECT_EQ(x[size_t(i)], INFINITY) << i;
   EXPECT_EQ(x[7], 1.0f);
   EXPECT_EQ(x[8], 1.0f);
+  std::vector<float> nan = {std::numeric_limits<float>::quiet_NaN()};
+  cpu::exp_inplace(nan.data(), 1);
+  EXPECT_TRUE(std::isnan(nan[0]));
 }
 
 TEST(LogSumExp, MatchesDouble) {

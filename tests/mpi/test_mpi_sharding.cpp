@@ -52,6 +52,17 @@ void check_layout(synth_arch arch, int tp, int ep) {
   EXPECT_NEAR(g.loss, want.loss, 1e-6 * want.loss) << groups.layout.describe();
   EXPECT_TRUE(same_on_every_rank(logits)) << groups.layout.describe();
   EXPECT_TRUE(same_on_every_rank({float(g.loss)})) << groups.layout.describe();
+  // the backward's sums: every whole (row-parallel, router, lm_head) output gradient equals the whole
+  // model's; lm_head's, which every rank holds, is the same on all
+  int whole_outputs = 0;
+  for (const auto& [name, dy] : g.dy) {
+    const std::vector<float>& full = want.dy.at(name);
+    if (dy.size() != full.size() || dy.empty()) continue;
+    EXPECT_LT(max_relative(dy, full), 1e-4) << name << ", " << groups.layout.describe();
+    ++whole_outputs;
+  }
+  EXPECT_GT(whole_outputs, 3);
+  EXPECT_TRUE(same_on_every_rank(g.dy.at("lm_head"))) << groups.layout.describe();
 }
 
 TEST(MpiSharding, TensorParallelOverAllRanks) {

@@ -20,12 +20,18 @@ TEST_P(ActivationRecompute, SameLossAndGradientsAsKeepingEverything) {
   std::vector<int32_t> tokens;
   for (int32_t t = 0; t < 24; ++t) tokens.push_back((t * 37 + 11) % int32_t(model->vocab()));
 
-  // Observers count calls; the output hook scales every Y by a fixed factor (a stand-in for the
+  // Observers (input, KV, routing) count calls; the output hook scales every Y by a fixed factor (a stand-in for the
   // fake-quant replay), so a recomputed block that skipped it would give different activations.
   std::map<std::string, int> seen_keep, seen_recompute;
   const auto hooks_counting = [](std::map<std::string, int>& seen) {
     forward_hooks h;
     h.input = [&seen](const std::string& name, const float*, int64_t, int64_t) { ++seen[name]; };
+    h.kv = [&seen](const std::string& attention, const float*, const float*, int64_t, int64_t) {
+      ++seen["kv " + attention];
+    };
+    h.routing = [&seen](const std::string& moe, int64_t e, const int64_t*, const float*, int64_t) {
+      ++seen["routing " + moe + " " + std::to_string(e)];
+    };
     h.output = [](const std::string&, float* y, int64_t T, int64_t out) {
       for (int64_t i = 0; i < T * out; ++i) y[i] *= 0.999f;
     };
