@@ -73,17 +73,21 @@ MIXQ_ALWAYS_INLINE uint32_t reduce16_bits(v16u m) { return std::bit_cast<uint32_
 
 // reduce16 of 16 vectors at once: lane j of the result is reduce16(v[j], op), combined in the same
 // order (lanes i and i+8 first, ...), but as a transpose: 15 ops and 30 in-lane shuffles in all
-// instead of 16 × (4 ops + 4 shuffles).
+// instead of 16 × (4 ops + 4 shuffles). In steps: halves_of_pair does the first level;
+// reduce_halves the rest, on vectors whose lanes 0-7 and 8-15 are 8 partial results of two
+// vectors each (v[2p] and v[2p+1] in m[p]).
 template <class Op>
-MIXQ_ALWAYS_INLINE v16f reduce16x16(const v16f* v, Op op) {
-  v16f m1[8], m2[4], m3[2];
-  for (int p = 0; p < 8; ++p) {  // lanes 0-7: v[2p] (i, i+8 combined), 8-15: v[2p+1]
-    const v16f a = v[2 * p], b = v[2 * p + 1];
-    m1[p] = op(__builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
-               __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
-  }
+MIXQ_ALWAYS_INLINE v16f halves_of_pair(v16f a, v16f b, Op op) {
+  return op(__builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+            __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+}
+// The last three levels, with the result's lanes in the order v[0], v[4], v[8], v[12], v[2], v[6],
+// v[10], v[14], v[1], v[5], ... (to_vector_order puts them back).
+template <class Op>
+MIXQ_ALWAYS_INLINE v16f reduce_halves_unordered(const v16f* m, Op op) {
+  v16f m2[4], m3[2];
   for (int p = 0; p < 4; ++p) {  // 4-lane groups: v[4p], v[4p+2], v[4p+1], v[4p+3]
-    const v16f a = m1[2 * p], b = m1[2 * p + 1];
+    const v16f a = m[2 * p], b = m[2 * p + 1];
     m2[p] = op(__builtin_shufflevector(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
                __builtin_shufflevector(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31));
   }
@@ -93,10 +97,21 @@ MIXQ_ALWAYS_INLINE v16f reduce16x16(const v16f* v, Op op) {
                __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31));
   }
   const v16f a = m3[0], b = m3[1];
-  const v16f r = op(__builtin_shufflevector(a, b, 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30),
-                    __builtin_shufflevector(a, b, 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15, 29, 31));
-  // r holds v[0], v[4], v[8], v[12], v[2], v[6], v[10], v[14], v[1], v[5], ...: back to v order
+  return op(__builtin_shufflevector(a, b, 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30),
+            __builtin_shufflevector(a, b, 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15, 29, 31));
+}
+MIXQ_ALWAYS_INLINE v16f to_vector_order(v16f r) {
   return __builtin_shufflevector(r, r, 0, 8, 4, 12, 1, 9, 5, 13, 2, 10, 6, 14, 3, 11, 7, 15);
+}
+template <class Op>
+MIXQ_ALWAYS_INLINE v16f reduce_halves(const v16f* m, Op op) {
+  return to_vector_order(reduce_halves_unordered(m, op));
+}
+template <class Op>
+MIXQ_ALWAYS_INLINE v16f reduce16x16(const v16f* v, Op op) {
+  v16f m[8];
+  for (int p = 0; p < 8; ++p) m[p] = halves_of_pair(v[2 * p], v[2 * p + 1], op);
+  return reduce_halves(m, op);
 }
 
 // nvfp4_clamp_block_scale (with the all-zero substitution done by the caller).
@@ -197,18 +212,28 @@ inline constexpr v16u kE2M1CodeLo = key_table<v16u>(e2m1_code_of_key, 512, std::
 inline constexpr v16u kE2M1CodeHi = key_table<v16u>(e2m1_code_of_key, 496, std::make_index_sequence<16>());
 inline constexpr v16f kE2M1MagLo = key_table<v16f>(e2m1_magnitude_of_floor_key, 512, std::make_index_sequence<16>());
 inline constexpr v16f kE2M1MagHi = key_table<v16f>(e2m1_magnitude_of_floor_key, 496, std::make_index_sequence<16>());
+// By the code key: the codes shifted to the high nibble, and their magnitudes.
+constexpr uint32_t e2m1_high_code_of_key(uint32_t k) { return e2m1_code_of_key(k) << 4; }
+constexpr float e2m1_magnitude_of_key(uint32_t k) {
+  constexpr float mags[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  return mags[e2m1_code_of_key(k)];
+}
+inline constexpr v16u kE2M1HighCodeLo = key_table<v16u>(e2m1_high_code_of_key, 512, std::make_index_sequence<16>());
+inline constexpr v16u kE2M1HighCodeHi = key_table<v16u>(e2m1_high_code_of_key, 496, std::make_index_sequence<16>());
+inline constexpr v16f kE2M1KeyMagLo = key_table<v16f>(e2m1_magnitude_of_key, 512, std::make_index_sequence<16>());
+inline constexpr v16f kE2M1KeyMagHi = key_table<v16f>(e2m1_magnitude_of_key, 496, std::make_index_sequence<16>());
 MIXQ_ALWAYS_INLINE v16u e2m1_codes_by_key(v16f q) {
   const v16u u = (v16u)q;
   v16u key = (u + ((u & 0x400000u) != 0u ? 0x200000u : 0x1fffffu)) >> 21;
-  key = key < 496u ? 496u : key;
-  key = key > 527u ? 527u : key;
+  key = key > 496u ? key : v16u{} + 496u;
+  key = key < 527u ? key : v16u{} + 527u;
   return __builtin_shuffle(kE2M1CodeLo, kE2M1CodeHi, key);
 }
 // The E2M1 magnitude nearest to q in [0, 32), ties either way (the floor key puts a threshold in
 // the interval above it): for error estimates, not for codes.
 MIXQ_ALWAYS_INLINE v16f e2m1_nearest_by_key(v16f q) {
   v16u key = (v16u)q >> 21;
-  key = key < 496u ? 496u : key;
+  key = key > 496u ? key : v16u{} + 496u;
   return __builtin_shuffle(kE2M1MagLo, kE2M1MagHi, key);
 }
 // The same by comparisons (e2m1_round_magnitude), for targets without a two-register permute.

@@ -27,6 +27,7 @@
 #include <optional>
 
 #include <fmt/format.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include "formats/minifloat.hpp"
@@ -67,7 +68,7 @@ struct nvfp4_job {
   nvfp4_selector selector;
   std::span<const float> multipliers;
   const code_tables* tables;
-  bool want_errors;
+  bool amax_bounds_weight;  // global_amax >= max |w|
 };
 
 // ---- per-group building blocks ----------------------------------------------------------------
@@ -168,17 +169,12 @@ MIXQ_ALWAYS_INLINE void four_over_six_group(const v16u* bits, v16f bmax, const n
 //    <= 142u·s·|e| + 13u·e² in all, and Σ|e| <= 4·sqrt(S): <= 568u·s·sqrt(S) + 13u·S
 //    <= 284u·s² + 297u·S.
 // In all <= 927u·s² + 297u·S; δ allows about twice that.
-struct window_estimate {
-  v16f hi, lo;  // A + δ, A - δ
-};
-
 template <simd_level L>
-MIXQ_ALWAYS_INLINE window_estimate estimate_window(v16f ax, int lo, const code_tables& t) {
+MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
+                                        v16f* below_error) {
   v16f recip, step_sq;
   std::memcpy(&recip, t.recip + lo, sizeof recip);
   std::memcpy(&step_sq, t.step_sq + lo, sizeof step_sq);
-  float a[kNvfp4Block];
-  std::memcpy(a, &ax, sizeof a);
   v16f acc[4] = {};
   for (int i = 0; i < kNvfp4Block; ++i) {
     const v16f q = a[i] * recip;
@@ -187,99 +183,135 @@ MIXQ_ALWAYS_INLINE window_estimate estimate_window(v16f ax, int lo, const code_t
   }
   const v16f est = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * step_sq;
   const v16f delta = step_sq * 0x1p-13f + est * 0x1p-15f;
-  return {est + delta, est - delta};
-}
-
-// One block's scale code among the candidate codes (bit k-lo of in_window for window codes; for
-// codes above the window, bit 8 + (k-lo)%8 of above_bases marks the window code it doubles), or -1
-// when the window search cannot decide and the reference must.
-template <simd_level L>
-MIXQ_ALWAYS_INLINE int search_block(v16f ax, float amax, int lo, uint32_t in_window, uint32_t above_bases,
-                                    const code_tables& t) {
-  const window_estimate w = estimate_window<L>(ax, lo, t);
-  const v16u lane_bit = {1u << 0, 1u << 1, 1u << 2, 1u << 3, 1u << 4, 1u << 5, 1u << 6, 1u << 7,
-                         1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
-  const v16u candidate = (v16u)((lane_bit & in_window) != 0u);
-  // >= the least error of any candidate (the window holds one)
-  const float bound = lanes::min16((v16f)(((v16u)w.hi & candidate) | ((v16u)lanes::broadcast(INFINITY) & ~candidate)));
-  if (!(bound < INFINITY)) return -1;
-  if (lo > 1) {  // every code below lo clips amax: its error's amax term grows as the step shrinks
-    const float e = amax - 6.0f * t.step[lo - 1];
-    if (!(e * e > bound)) return -1;
-  }
-  // Lanes whose error may be the least (a NaN estimate, inf - inf, counts as close).
-  const uint32_t close = lanes::reduce16_bits(~(v16u)(w.lo > bound) & lane_bit);
-  uint32_t contenders = close & in_window;
-  // A code above the window whose doubled-from window code is not a candidate itself is beaten
-  // only by a window code; the window code must then be out of the running.
-  if (above_bases & ~in_window & close) return -1;
-  if (std::popcount(contenders) == 1) return lo + std::countr_zero(contenders);
-  int best_k = -1;
-  float best = 0.0f;
-  for (; contenders; contenders &= contenders - 1) {
-    const int k = lo + std::countr_zero(contenders);
-    const float err = block_error<L>(ax, t.step[k]);
-    if (best_k < 0 || err < best) best = err, best_k = k;
-  }
-  return best_k;
+  *above_error = est + delta;
+  *below_error = est - delta;
 }
 
 // Whether a block with this max-rule scale (before its E4M3 rounding and clamp) meets the window
 // search's conditions: code k0 >= 9 (so the window's codes lo = k0-7 .. k0+8 keep |w|/step < 32
 // and its top octave is above the subnormal codes) and no clamp at 448.
-MIXQ_ALWAYS_INLINE bool window_applies(float max_rule_scale) {
-  return max_rule_scale > 0x1.1p-6f && max_rule_scale <= 448.0f;  // RNE: 0x1.1p-6 itself rounds to code 8
+MIXQ_ALWAYS_INLINE v16u window_applies(v16f max_rule_scale) {
+  return (v16u)(max_rule_scale > 0x1.1p-6f) & (v16u)(max_rule_scale <= 448.0f);  // 0x1.1p-6 rounds to code 8
 }
 
-template <simd_level L>
-MIXQ_ALWAYS_INLINE v16u search_group(const v16u* bits, v16f bmax, const nvfp4_job& job) {
+inline constexpr v16u kLaneBit = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+                                  1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
+
+// The window search of 16 blocks, in three steps: search_setup (each block's window and candidate
+// codes), the estimates of every eligible block's window (estimate_window, or its AVX-512 twin),
+// and search_decide, which takes each step for all 16 blocks at once (the reductions as
+// transposes) and leaves per block what is left: usually a single candidate.
+struct search_setup {
+  v16u lo, in_window, above_bases, eligible;
+};
+
+MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   const code_tables& t = *job.tables;
   const v16f max_rule = bmax / (6.0f * job.ws2);  // nvfp4_max_block_scale_f32 before its clamp
   const v16u k0 = lanes::e4m3_encode(lanes::clamp_block_scale(max_rule == 0.0f ? 1.0f : max_rule));
-  const bool multipliers = job.selector == nvfp4_selector::mse_multiplier;
-
-  // Multipliers: every candidate's code per block (the reference's order), its window bit and
-  // the window codes that codes above the window double. Requires codes non-decreasing along the
-  // list, so that its first least error is the least code's.
-  v16u in_window = v16u{} + 0xffffu, above_bases = {}, ordered = v16u{} + 1u;
-  v16u lo_v = k0 - 7u;
-  lo_v = lo_v > 111u ? 111u : lo_v;  // (k0 < 9 leaves the window search anyway)
-  if (multipliers) {
-    in_window = v16u{};
+  search_setup s;
+  s.lo = k0 - 7u;
+  s.lo = s.lo > 111u ? v16u{} + 111u : s.lo;  // (blocks with k0 < 9 leave the window search)
+  // Candidates: the sweep's are every code; a multiplier list's, each block's codes in the list's
+  // order (the reference's), as window bits, and for codes above the window the window codes they
+  // double. Requires codes non-decreasing along the list, so that its first least error is the
+  // least code's.
+  s.in_window = v16u{} + 0xffffu;
+  s.above_bases = v16u{};
+  v16u ordered = v16u{} - 1u;
+  if (job.selector == nvfp4_selector::mse_multiplier) {
+    s.in_window = v16u{};
     v16u prev = {};
     for (float c : job.multipliers) {
       const v16u code = lanes::e4m3_encode(lanes::static_block_scale(bmax * c, job.g, job.normalizer));
       ordered &= (v16u)(code >= prev);
       prev = code;
-      const v16u d = code - lo_v;  // wraps for codes below the window
-      in_window |= (v16u)(d < 16u) & (1u << (d & 15u));
-      above_bases |= (v16u)((d >= 16u) & (d < 0x80u)) & (1u << (8u + (d & 7u)));
+      const v16u d = code - s.lo;  // wraps for codes below the window
+      s.in_window |= (v16u)(d < 16u) & (1u << (d & 15u));
+      s.above_bases |= (v16u)((d >= 16u) & (d < 0x80u)) & (1u << (8u + (d & 7u)));
     }
   }
+  s.eligible = window_applies(max_rule) & ordered & (v16u{} - uint32_t(t.usable));
+  return s;
+}
 
-  alignas(64) float amax[kGroup], rule[kGroup];
-  alignas(64) uint32_t lo[kGroup], window[kGroup], above[kGroup], in_order[kGroup], chosen[kGroup];
-  std::memcpy(amax, &bmax, sizeof amax);
-  std::memcpy(rule, &max_rule, sizeof rule);
-  std::memcpy(lo, &lo_v, sizeof lo);
-  std::memcpy(window, &in_window, sizeof window);
-  std::memcpy(above, &above_bases, sizeof above);
-  std::memcpy(in_order, &ordered, sizeof in_order);
+// values: each block's magnitudes (element order, in memory); above / below: A + δ and A - δ of
+// the eligible blocks' windows.
+template <simd_level L>
+MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f bmax, const search_setup& s,
+                                      v16f* above, const v16f* below, const nvfp4_job& job) {
+  const code_tables& t = *job.tables;
+  alignas(64) uint32_t lo[kGroup], window[kGroup], ok[kGroup];
+  std::memcpy(lo, &s.lo, sizeof lo);
+  std::memcpy(window, &s.in_window, sizeof window);
+  std::memcpy(ok, &s.eligible, sizeof ok);
+  const v16f inf = lanes::broadcast(INFINITY);
   for (int j = 0; j < kGroup; ++j) {
-    const v16f ax = lanes::abs_of(bits[j]);
-    int k = -1;
-    if (t.usable && window_applies(rule[j]) && in_order[j])
-      k = search_block<L>(ax, amax[j], int(lo[j]), window[j], above[j], t);
-    if (k < 0) {
-      float x[kNvfp4Block];
-      std::memcpy(x, &ax, sizeof x);
-      k = nvfp4_choose_block_scale(x, amax[j], job.global_amax, job.normalizer, job.selector, job.multipliers);
+    const v16u candidate = (v16u)((kLaneBit & window[j]) != 0u) & (v16u{} + ok[j]);  // ok: 0 or ~0
+    above[j] = (v16f)(((v16u)above[j] & candidate) | ((v16u)inf & ~candidate));
+  }
+  // >= the least error of each block's candidates (the window holds one)
+  const v16f bound = lanes::reduce16x16(above, lanes::min_op{});
+  alignas(64) float bound_of[kGroup];
+  std::memcpy(bound_of, &bound, sizeof bound_of);
+  v16f close_lanes[kGroup];  // lanes whose error may be the least (a NaN estimate, inf - inf, too)
+  for (int j = 0; j < kGroup; ++j) close_lanes[j] = (v16f)(~(v16u)(below[j] > bound_of[j]) & kLaneBit);
+  const v16u close = (v16u)lanes::reduce16x16(close_lanes, lanes::or_op{});
+  // Every code below lo clips the block's max: the max's own error term grows as the step shrinks.
+  alignas(64) float step_below[kGroup];
+  for (int j = 0; j < kGroup; ++j) step_below[j] = t.step[lo[j] > 0 ? lo[j] - 1 : 0];  // lo >= 2 where eligible
+  v16f step_below_v;
+  std::memcpy(&step_below_v, step_below, sizeof step_below_v);
+  const v16f clipped = bmax - 6.0f * step_below_v;
+  // A code above the window whose doubled-from window code is not a candidate is beaten only by
+  // that window code: it must be out of the running.
+  const v16u decided = s.eligible & (v16u)(bound < INFINITY) & (v16u)(clipped * clipped > bound) &
+                       (v16u)((s.above_bases & ~s.in_window & close) == 0u);
+  const v16u contenders_v = close & s.in_window;
+
+  alignas(64) uint32_t contenders[kGroup], chosen[kGroup];
+  alignas(64) float amax[kGroup];
+  std::memcpy(ok, &decided, sizeof ok);
+  std::memcpy(contenders, &contenders_v, sizeof contenders);
+  std::memcpy(amax, &bmax, sizeof amax);
+  for (int j = 0; j < kGroup; ++j) {
+    uint32_t c = contenders[j];
+    if (ok[j] && std::popcount(c) == 1) {
+      chosen[j] = lo[j] + uint32_t(std::countr_zero(c));
+    } else if (ok[j]) {  // a near tie: the contenders' exact errors, in ascending order
+      v16f ax;
+      std::memcpy(&ax, values[j], sizeof ax);
+      int best_k = -1;
+      float best = 0.0f;
+      for (; c; c &= c - 1) {
+        const int k = int(lo[j]) + std::countr_zero(c);
+        const float err = block_error<L>(ax, t.step[k]);
+        if (best_k < 0 || err < best) best = err, best_k = k;
+      }
+      chosen[j] = uint32_t(best_k);
+    } else {
+      chosen[j] = nvfp4_choose_block_scale(values[j], amax[j], job.global_amax, job.normalizer, job.selector,
+                                           job.multipliers);
     }
-    chosen[j] = uint32_t(k);
   }
   v16u out;
   std::memcpy(&out, chosen, sizeof out);
   return out;
+}
+
+// The scale codes the MSE selector picks for 16 blocks (ax: their magnitudes, in element order).
+template <simd_level L>
+MIXQ_ALWAYS_INLINE v16u search_group(const v16f* ax, v16f bmax, const nvfp4_job& job) {
+  const search_setup s = setup_search(bmax, job);
+  alignas(64) float values[kGroup][kNvfp4Block];  // in memory: the estimates broadcast each value
+  std::memcpy(values, ax, sizeof values);
+  alignas(64) uint32_t eligible[kGroup], lo[kGroup];
+  std::memcpy(eligible, &s.eligible, sizeof eligible);
+  std::memcpy(lo, &s.lo, sizeof lo);
+  v16f above[kGroup], below[kGroup];
+  for (int j = 0; j < kGroup; ++j)
+    if (eligible[j]) estimate_window<L>(values[j], lo[j], *job.tables, &above[j], &below[j]);
+  return search_decide<L>(values, bmax, s, above, below, job);
 }
 
 // ---- groups, chunks, the tensor -----------------------------------------------------------------
@@ -303,7 +335,7 @@ MIXQ_ALWAYS_INLINE void quantize_group(const Source& src, int64_t i0, const nvfp
     case nvfp4_selector::mse_multiplier:
     case nvfp4_selector::mse_fp8_sweep:
     case nvfp4_selector::mse_four_over_six:
-      return encode_group<L>(bits, search_group<L>(bits, bmax, job), job.ws2, scales, packed, errors);
+      return encode_group<L>(bits, search_group<L>(ax, bmax, job), job.ws2, scales, packed, errors);
   }
 }
 
@@ -319,9 +351,19 @@ struct f32_values {
 // Blocks [b0, b0 + n) of w; scales, packed and errors point at block b0's outputs. Whole groups
 // read BF16 / F32 in place; F16, zeroed non-finite values and the last partial group go through
 // an F32 copy (zero-padded to a whole group; padding blocks' outputs are dropped).
+#if MIXQ_HAVE_SIMD_TARGETS
+namespace avx512 {
+void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
+                     uint8_t* scales, uint8_t* packed, float* errors);
+}
+#endif
+
 template <simd_level L>
 MIXQ_ALWAYS_INLINE void quantize_blocks_impl(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n,
                                              const nvfp4_job& job, uint8_t* scales, uint8_t* packed, float* errors) {
+#if MIXQ_HAVE_SIMD_TARGETS
+  if constexpr (L == simd_level::avx512) return avx512::quantize_blocks(w, zero_nonfinite, b0, n, job, scales, packed, errors);
+#endif
   constexpr int half = kNvfp4Block / 2;
   const int64_t whole = n / kGroup;
   const bool in_place = !zero_nonfinite && w.dtype != source_dtype::f16;
@@ -351,6 +393,251 @@ MIXQ_ALWAYS_INLINE void quantize_blocks_impl(const source_matrix& w, bool zero_n
   }
 }
 
+
+// ---- AVX-512: two blocks per register pair -------------------------------------------------------
+//
+// 64 bytes of BF16 (two blocks) split as float bits into their even elements (one register: block
+// 2p's in lanes 0-7, block 2p+1's in 8-15) and odd elements (another): one shift or one and per
+// 16 values, and a byte per element pair (even code | odd code << 4) comes straight out, two
+// blocks' packed codes in one 16-byte store. The reference's error tree (i+8, i+4, i+2, i+1) maps
+// onto the halves: i+8, i+4, i+2 stay within the even or the odd elements, i+1 adds the two.
+#if MIXQ_HAVE_SIMD_TARGETS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+// GCC 12 reports the deliberately undefined pass-through operand of unmasked AVX-512 intrinsics.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+namespace avx512 {
+
+struct pair {
+  __m512i even, odd;
+};
+
+MIXQ_ALWAYS_INLINE __m512i u32(uint32_t x) { return _mm512_set1_epi32(int(x)); }
+MIXQ_ALWAYS_INLINE __m512i vec(v16u v) { return (__m512i)v; }
+
+MIXQ_ALWAYS_INLINE pair load_pair(const uint16_t* p) {
+  const __m512i w = _mm512_loadu_si512(p);
+  return {_mm512_slli_epi32(w, 16), _mm512_and_si512(w, u32(0xffff0000u))};
+}
+MIXQ_ALWAYS_INLINE pair load_pair(const float* p) {
+  const __m512i a = _mm512_loadu_si512(p), b = _mm512_loadu_si512(p + 16);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  return {_mm512_permutex2var_epi32(a, even, b), _mm512_permutex2var_epi32(a, _mm512_add_epi32(even, u32(1)), b)};
+}
+MIXQ_ALWAYS_INLINE __m512 magnitude(__m512i bits) { return _mm512_castsi512_ps(_mm512_and_si512(bits, u32(0x7fffffffu))); }
+
+// lanes::e2m1_codes_by_key's key, with its bit-22 step as a masked add. kBelow32: every q < 32,
+// so keys need no upper clamp.
+template <bool kBelow32>
+MIXQ_ALWAYS_INLINE __m512i e2m1_key(__m512 q) {
+  const __m512i u = _mm512_castps_si512(q);
+  const __mmask16 ge = _mm512_test_epi32_mask(u, u32(0x400000u));
+  __m512i k = _mm512_add_epi32(u, u32(0x1fffffu));
+  k = _mm512_mask_add_epi32(k, ge, k, u32(1));
+  k = _mm512_max_epu32(_mm512_srli_epi32(k, 21), u32(496));
+  return kBelow32 ? k : _mm512_min_epu32(k, u32(527));
+}
+MIXQ_ALWAYS_INLINE __m512i lookup(__m512i key, v16u lo, v16u hi) { return _mm512_permutex2var_epi32(vec(lo), key, vec(hi)); }
+MIXQ_ALWAYS_INLINE __m512 lookup(__m512i key, v16f lo, v16f hi) { return _mm512_permutex2var_ps((__m512)lo, key, (__m512)hi); }
+// nibble (the sign bit of a low or high nibble) where x < 0, -0 excepted: bits above 0x80000000.
+MIXQ_ALWAYS_INLINE __m512i with_sign(__m512i code, __m512i bits, uint32_t nibble) {
+  return _mm512_mask_or_epi32(code, _mm512_cmpgt_epu32_mask(bits, u32(0x80000000u)), code, u32(nibble));
+}
+// Lanes 0-7: steps[2p], 8-15: steps[2p+1].
+alignas(64) inline constexpr uint32_t kPairLanes[8][16] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},         {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},         {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},         {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13}, {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+MIXQ_ALWAYS_INLINE __m512 pair_steps(v16f steps, int p) {
+  return _mm512_permutexvar_ps(_mm512_load_si512(kPairLanes[p]), (__m512)steps);
+}
+
+// Codes of a pair under its steps: the packed bytes in 16 lanes and, when errors, the squared
+// error terms of the even and odd elements.
+template <bool kErrors, bool kBelow32>
+MIXQ_ALWAYS_INLINE void encode_pair(const pair& x, __m512 step, __m128i* bytes, v16f* te, v16f* to) {
+  const __m512 ae = magnitude(x.even), ao = magnitude(x.odd);
+  const __m512i ke = e2m1_key<kBelow32>(_mm512_div_ps(ae, step)), ko = e2m1_key<kBelow32>(_mm512_div_ps(ao, step));
+  const __m512i ce = with_sign(lookup(ke, lanes::kE2M1CodeLo, lanes::kE2M1CodeHi), x.even, 0x8);
+  const __m512i co = with_sign(lookup(ko, lanes::kE2M1HighCodeLo, lanes::kE2M1HighCodeHi), x.odd, 0x80);
+  *bytes = _mm512_cvtepi32_epi8(_mm512_or_si512(ce, co));
+  if constexpr (kErrors) {
+    const __m512 de = _mm512_mul_ps(lookup(ke, lanes::kE2M1KeyMagLo, lanes::kE2M1KeyMagHi), step);
+    const __m512 dor = _mm512_mul_ps(lookup(ko, lanes::kE2M1KeyMagLo, lanes::kE2M1KeyMagHi), step);
+    const __m512 ee = _mm512_sub_ps(ae, de), eo = _mm512_sub_ps(ao, dor);
+    *te = (v16f)_mm512_mul_ps(ee, ee);
+    *to = (v16f)_mm512_mul_ps(eo, eo);
+  }
+}
+
+// The 16 blocks' squared errors from their even and odd terms, in the reference's order.
+MIXQ_ALWAYS_INLINE v16f block_errors(const v16f* te, const v16f* to) {
+  return lanes::to_vector_order(lanes::reduce_halves_unordered(te, lanes::sum_op{}) +
+                                lanes::reduce_halves_unordered(to, lanes::sum_op{}));
+}
+
+// Scale bytes, packed codes and (kErrors) squared errors of 16 blocks.
+template <bool kErrors, bool kBelow32>
+MIXQ_ALWAYS_INLINE void encode_group(const pair* x, v16u scale_codes, float ws2, uint8_t* scales, uint8_t* packed,
+                                     float* errors) {
+  lanes::store_bytes(scale_codes, scales);
+  const v16f step = lanes::e4m3_decode(scale_codes) * ws2;
+  v16f te[kGroup / 2], to[kGroup / 2];
+  for (int p = 0; p < kGroup / 2; ++p) {
+    __m128i bytes;
+    encode_pair<kErrors, kBelow32>(x[p], pair_steps(step, p), &bytes, &te[p], &to[p]);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + p * kNvfp4Block), bytes);
+  }
+  if constexpr (kErrors) {
+    const v16f e = block_errors(te, to);
+    std::memcpy(errors, &e, sizeof e);
+  }
+}
+
+template <bool kBelow32>
+MIXQ_ALWAYS_INLINE void four_over_six_group(const pair* x, v16f bmax, const nvfp4_job& job, uint8_t* scales,
+                                            uint8_t* packed, float* errors) {
+  const v16u code1 = lanes::e4m3_encode(lanes::static_block_scale(bmax, job.g, job.normalizer));
+  const v16u code2 = lanes::e4m3_encode(lanes::static_block_scale(bmax * 1.5f, job.g, job.normalizer));
+  const v16f step1 = lanes::e4m3_decode(code1) * job.ws2, step2 = lanes::e4m3_decode(code2) * job.ws2;
+  v16f te1[kGroup / 2], to1[kGroup / 2], te2[kGroup / 2], to2[kGroup / 2];
+  __m128i bytes1[kGroup / 2], bytes2[kGroup / 2];
+  for (int p = 0; p < kGroup / 2; ++p) {
+    encode_pair<true, kBelow32>(x[p], pair_steps(step1, p), &bytes1[p], &te1[p], &to1[p]);
+    encode_pair<true, kBelow32>(x[p], pair_steps(step2, p), &bytes2[p], &te2[p], &to2[p]);
+  }
+  const v16f err1 = block_errors(te1, to1), err2 = block_errors(te2, to2);
+  const __mmask16 second = _mm512_cmp_ps_mask((__m512)err2, (__m512)err1, _CMP_LT_OQ);
+  lanes::store_bytes((v16u)_mm512_mask_blend_epi32(second, vec(code1), vec(code2)), scales);
+  for (int p = 0; p < kGroup / 2; ++p)  // bytes 0-7: block 2p, 8-15: block 2p+1
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + p * kNvfp4Block),
+                     _mm_mask_blend_epi64(__mmask8((second >> (2 * p)) & 3u), bytes1[p], bytes2[p]));
+  if (errors) {
+    const v16f e = (v16f)_mm512_mask_blend_ps(second, (__m512)err1, (__m512)err2);
+    std::memcpy(errors, &e, sizeof e);
+  }
+}
+
+// The generic estimate_window with multiply-adds and the floor key's table in two registers (see
+// its bound: the fused roundings are among those it counts).
+MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
+                                        v16f* below_error) {
+  const __m512 recip = _mm512_loadu_ps(t.recip + lo), step_sq = _mm512_loadu_ps(t.step_sq + lo);
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  for (int i = 0; i < kNvfp4Block; i += 2) {
+    const __m512 q0 = _mm512_mul_ps(_mm512_set1_ps(a[i]), recip), q1 = _mm512_mul_ps(_mm512_set1_ps(a[i + 1]), recip);
+    const __m512i k0 = _mm512_max_epu32(_mm512_srli_epi32(_mm512_castps_si512(q0), 21), u32(496));
+    const __m512i k1 = _mm512_max_epu32(_mm512_srli_epi32(_mm512_castps_si512(q1), 21), u32(496));
+    const __m512 e0 = _mm512_sub_ps(q0, lookup(k0, lanes::kE2M1MagLo, lanes::kE2M1MagHi));
+    const __m512 e1 = _mm512_sub_ps(q1, lookup(k1, lanes::kE2M1MagLo, lanes::kE2M1MagHi));
+    acc0 = _mm512_fmadd_ps(e0, e0, acc0);
+    acc1 = _mm512_fmadd_ps(e1, e1, acc1);
+  }
+  const __m512 est = _mm512_mul_ps(_mm512_add_ps(acc0, acc1), step_sq);
+  const __m512 delta = _mm512_fmadd_ps(step_sq, _mm512_set1_ps(0x1p-13f), _mm512_mul_ps(est, _mm512_set1_ps(0x1p-15f)));
+  *above_error = (v16f)_mm512_add_ps(est, delta);
+  *below_error = (v16f)_mm512_sub_ps(est, delta);
+}
+
+// max and four_over_six with the global amax at least every |w| (as when it is the weight's own)
+// keep every |w| / step below 6.4: their bounded kinds skip a clamp.
+enum class group_kind { max, max_bounded, four_over_six, four_over_six_bounded, search, search_with_errors };
+
+template <group_kind K, class T>
+MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8_t* scales, uint8_t* packed,
+                                       float* errors) {
+  pair x[kGroup / 2];
+  v16f m[kGroup / 2];
+  for (int p = 0; p < kGroup / 2; ++p) {
+    x[p] = load_pair(src + p * 2 * kNvfp4Block);
+    m[p] = (v16f)_mm512_max_ps(magnitude(x[p].even), magnitude(x[p].odd));
+  }
+  const v16f bmax = lanes::reduce_halves(m, lanes::max_op{});
+  if constexpr (K == group_kind::max || K == group_kind::max_bounded) {
+    encode_group<false, K == group_kind::max_bounded>(x, lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2)),
+                                                      job.ws2, scales, packed, nullptr);
+  } else if constexpr (K == group_kind::four_over_six || K == group_kind::four_over_six_bounded) {
+    four_over_six_group<K == group_kind::four_over_six_bounded>(x, bmax, job, scales, packed, errors);
+  } else {
+    const search_setup setup = setup_search(bmax, job);
+    alignas(64) float values[kGroup][kNvfp4Block];  // each block's magnitudes in element order
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, u32(8));
+    for (int p = 0; p < kGroup / 2; ++p) {
+      _mm512_store_ps(values[2 * p], _mm512_permutex2var_ps(magnitude(x[p].even), lo, magnitude(x[p].odd)));
+      _mm512_store_ps(values[2 * p + 1], _mm512_permutex2var_ps(magnitude(x[p].even), hi, magnitude(x[p].odd)));
+    }
+    alignas(64) uint32_t eligible[kGroup], window_lo[kGroup];
+    std::memcpy(eligible, &setup.eligible, sizeof eligible);
+    std::memcpy(window_lo, &setup.lo, sizeof window_lo);
+    v16f above[kGroup], below[kGroup];
+    for (int j = 0; j < kGroup; ++j)
+      if (eligible[j]) estimate_window(values[j], window_lo[j], *job.tables, &above[j], &below[j]);
+    encode_group<K == group_kind::search_with_errors, false>(
+        x, search_decide<simd_level::avx512>(values, bmax, setup, above, below, job), job.ws2, scales, packed, errors);
+  }
+}
+
+// count groups of 16 blocks from src (one function per kind and source type: small loops whose
+// constants stay in registers).
+template <group_kind K, class T>
+__attribute__((noinline)) void quantize_groups(const T* src, int64_t count, const nvfp4_job& job, uint8_t* scales,
+                                               uint8_t* packed, float* errors) {
+  for (int64_t g = 0; g < count; ++g)
+    quantize_group<K>(src + g * kGroupValues, job, scales + g * kGroup, packed + g * kGroup * (kNvfp4Block / 2),
+                      errors ? errors + g * kGroup : nullptr);
+}
+
+template <class T>
+void quantize_groups_of(const T* src, int64_t count, const nvfp4_job& job, uint8_t* scales, uint8_t* packed,
+                        float* errors) {
+  switch (job.selector) {
+    case nvfp4_selector::max:
+      if (job.amax_bounds_weight) return quantize_groups<group_kind::max_bounded>(src, count, job, scales, packed, errors);
+      return quantize_groups<group_kind::max>(src, count, job, scales, packed, errors);
+    case nvfp4_selector::four_over_six:
+      if (job.amax_bounds_weight)
+        return quantize_groups<group_kind::four_over_six_bounded>(src, count, job, scales, packed, errors);
+      return quantize_groups<group_kind::four_over_six>(src, count, job, scales, packed, errors);
+    default:
+      if (errors) return quantize_groups<group_kind::search_with_errors>(src, count, job, scales, packed, errors);
+      return quantize_groups<group_kind::search>(src, count, job, scales, packed, errors);
+  }
+}
+
+void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
+                     uint8_t* scales, uint8_t* packed, float* errors) {
+  constexpr int half = kNvfp4Block / 2;
+  const int64_t whole = n / kGroup, i0 = b0 * kNvfp4Block;
+  if (!zero_nonfinite && w.dtype == source_dtype::bf16)
+    quantize_groups_of(static_cast<const uint16_t*>(w.data) + i0, whole, job, scales, packed, errors);
+  else if (!zero_nonfinite && w.dtype == source_dtype::f32)
+    quantize_groups_of(static_cast<const float*>(w.data) + i0, whole, job, scales, packed, errors);
+  alignas(64) float buf[kGroupValues];
+  for (int64_t g = 0; g < whole && (zero_nonfinite || w.dtype == source_dtype::f16); ++g) {
+    load_f32(w, i0 + g * kGroupValues, kGroupValues, buf, zero_nonfinite);
+    quantize_groups_of(buf, 1, job, scales + g * kGroup, packed + g * kGroup * half, errors ? errors + g * kGroup : nullptr);
+  }
+  if (const int64_t rest = n - whole * kGroup; rest > 0) {  // zero-padded to a whole group
+    const int64_t o = whole * kGroup;
+    std::fill(std::begin(buf), std::end(buf), 0.0f);
+    load_f32(w, (b0 + o) * kNvfp4Block, int(rest * kNvfp4Block), buf, zero_nonfinite);
+    uint8_t s[kGroup], p[kGroup * half];
+    float e[kGroup];
+    quantize_groups_of(buf, 1, job, s, p, errors ? e : nullptr);
+    std::copy_n(s, rest, scales + o);
+    std::copy_n(p, rest * half, packed + o * half);
+    if (errors) std::copy_n(e, rest, errors + o);
+  }
+}
+
+}  // namespace avx512
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
 MIXQ_SIMD_KERNEL(void, quantize_blocks, quantize_blocks_impl,
                  (const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
                   uint8_t* scales, uint8_t* packed, float* errors),
@@ -367,8 +654,8 @@ int64_t job_cost(nvfp4_selector s) {
 
 // Quantizes every block of w with one normalizer; per-block squared errors go to block_errors
 // when it is not null (summed afterwards in block order, as the reference does).
-nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, float global_amax, float normalizer,
-                                   const nvfp4_options& options, std::vector<float>* block_errors) {
+nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, float global_amax, float weight_amax,
+                                   float normalizer, const nvfp4_options& options, std::vector<float>* block_errors) {
   nvfp4_weight q;
   q.rows = w.rows;
   q.cols = w.cols;
@@ -387,15 +674,14 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
                       options.selector,
                       options.multipliers.empty() ? default_mse_multipliers() : options.multipliers,
                       tables ? &*tables : nullptr,
-                      block_errors != nullptr};
-  // Each thread takes a contiguous share, as the amax pass before did, and walks it backwards: the
-  // share's end, read last by that pass, may still be in cache.
+                      global_amax >= weight_amax};
+  // Each thread streams through a contiguous share (forward: the hardware prefetchers follow it).
   const int64_t items = (blocks + kChunkGroups * kGroup - 1) / (kChunkGroups * kGroup);
 #pragma omp parallel if (worth_threads(w.size() * job_cost(options.selector)))
   {
     const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t first = items * t / nt, last = items * (t + 1) / nt;
-    for (int64_t c = last - 1; c >= first; --c) {
+    for (int64_t c = first; c < last; ++c) {
       const int64_t b0 = c * kChunkGroups * kGroup, n = std::min(kChunkGroups * kGroup, blocks - b0);
       quantize_blocks(w, zero_nonfinite, b0, n, job, q.block_scales.data() + b0,
                       q.packed.data() + b0 * (kNvfp4Block / 2), block_errors ? block_errors->data() + b0 : nullptr);
@@ -424,15 +710,15 @@ nvfp4_weight nvfp4_quantize(const source_matrix& w, const nvfp4_options& options
   const float global_amax = options.global_amax > 0.0f ? options.global_amax : scan.amax;
   switch (options.selector) {
     case nvfp4_selector::four_over_six:
-      return nvfp4_with_normalizer(w, zero, global_amax, kNvfp4FourOverSixNormalizer, options, nullptr);
+      return nvfp4_with_normalizer(w, zero, global_amax, scan.amax, kNvfp4FourOverSixNormalizer, options, nullptr);
     case nvfp4_selector::mse_four_over_six: {
       std::vector<float> errors, narrow_errors;
-      nvfp4_weight standard = nvfp4_with_normalizer(w, zero, global_amax, kNvfp4Normalizer, options, &errors);
+      nvfp4_weight standard = nvfp4_with_normalizer(w, zero, global_amax, scan.amax, kNvfp4Normalizer, options, &errors);
       nvfp4_weight narrow =
-          nvfp4_with_normalizer(w, zero, global_amax, kNvfp4FourOverSixNormalizer, options, &narrow_errors);
+          nvfp4_with_normalizer(w, zero, global_amax, scan.amax, kNvfp4FourOverSixNormalizer, options, &narrow_errors);
       return sum_in_order(narrow_errors) < sum_in_order(errors) ? narrow : standard;
     }
-    default: return nvfp4_with_normalizer(w, zero, global_amax, kNvfp4Normalizer, options, nullptr);
+    default: return nvfp4_with_normalizer(w, zero, global_amax, scan.amax, kNvfp4Normalizer, options, nullptr);
   }
 }
 
