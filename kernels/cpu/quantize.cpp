@@ -1,11 +1,13 @@
 #include "kernels/cpu/quantize.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
+#include <immintrin.h>
 
 #include "formats/minifloat.hpp"
 #include "formats/packing.hpp"
@@ -48,10 +50,12 @@ void nvfp4_dequantize(const nvfp4_weight& q, std::span<float> out) {
 }
 
 // One row of FP8 work: optionally its amax and its squared error under each candidate scale.
+// The amax as the max of magnitude bits (integers vectorize where a float max with NaN rules
+// does not; the values are finite here).
 MIXQ_CLONES float fp8_row_amax(const float* x, int64_t n) {
-  float m = 0.0f;
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i] < 0.0f ? -x[i] : x[i]);
-  return m;
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::bit_cast<uint32_t>(x[i]) & 0x7fffffffu);
+  return std::bit_cast<float>(m);
 }
 
 MIXQ_CLONES void fp8_row_errors(const float* x, int64_t n, float amax, std::span<const float> multipliers, double* err) {
@@ -63,35 +67,164 @@ MIXQ_CLONES void fp8_row_codes(const float* x, int64_t n, float scale, uint8_t* 
   for (int64_t i = 0; i < n; ++i) dst[i] = fp8_code(x[i], scale);
 }
 
+#if MIXQ_HAVE_SIMD_TARGETS
+// AVX-512 rows read BF16 / F32 in place: the codes from the source (no F32 copy of the row) and
+// the amax of a row as the max of its magnitude bits, 32 BF16 or 16 F32 per instruction.
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12: unmasked intrinsics' undefined pass-through
+#pragma GCC diagnostic ignored "-Wuninitialized"
+namespace avx512 {
+
+MIXQ_ALWAYS_INLINE __m512i u32(uint32_t x) { return _mm512_set1_epi32(int(x)); }
+
+// Max magnitude bits of a row, as float bits: >= 0x7f800000 when it holds an inf or a NaN.
+uint32_t row_amax_bits(const uint16_t* p, int64_t n) {
+  const __m512i magnitude = _mm512_set1_epi16(0x7fff);
+  __m512i m = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) m = _mm512_max_epu16(m, _mm512_and_si512(_mm512_loadu_si512(p + i), magnitude));
+  if (i < n)
+    m = _mm512_max_epu16(m, _mm512_and_si512(_mm512_maskz_loadu_epi16(__mmask32((1ull << (n - i)) - 1), p + i), magnitude));
+  const __m512i pairs = _mm512_max_epu32(_mm512_and_si512(m, u32(0xffffu)), _mm512_srli_epi32(m, 16));
+  return _mm512_reduce_max_epu32(pairs) << 16;
+}
+uint32_t row_amax_bits(const float* p, int64_t n) {
+  __m512i m = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) m = _mm512_max_epu32(m, _mm512_and_si512(_mm512_loadu_si512(p + i), u32(0x7fffffffu)));
+  if (i < n)
+    m = _mm512_max_epu32(m, _mm512_and_si512(_mm512_maskz_loadu_epi32(__mmask16((1u << (n - i)) - 1), p + i), u32(0x7fffffffu)));
+  return _mm512_reduce_max_epu32(m);
+}
+
+// fp8_code of 16 values (float bits) under scale: e4m3_encode(x / scale), with the normal codes'
+// RNE as a masked add and the subnormal ones' by a rounding conversion.
+MIXQ_ALWAYS_INLINE __m128i fp8_codes(__m512i bits, __m512 scale) {
+  const __m512i q = _mm512_castps_si512(_mm512_div_ps(_mm512_castsi512_ps(bits), scale));
+  const __m512i u = _mm512_and_si512(q, u32(0x7fffffffu));
+  __m512i r = _mm512_add_epi32(u, u32(0x7ffffu));
+  r = _mm512_mask_add_epi32(r, _mm512_test_epi32_mask(u, u32(0x100000u)), r, u32(1));
+  __m512i code = _mm512_sub_epi32(_mm512_srli_epi32(r, 20), u32(960));  // ((exp - 120) << 3) | mantissa
+  const __m512i sub = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_castsi512_ps(u), _mm512_set1_ps(512.0f)),
+                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  code = _mm512_mask_mov_epi32(code, _mm512_cmplt_epu32_mask(u, u32(0x3c800000u)), sub);
+  code = _mm512_mask_mov_epi32(code, _mm512_cmpge_epu32_mask(u, u32(0x43e00000u)), u32(0x7e));
+  code = _mm512_ternarylogic_epi32(code, _mm512_srli_epi32(q, 24), u32(0x80), 0xf8);  // code | (sign & 0x80)
+  return _mm512_cvtepi32_epi8(code);
+}
+MIXQ_ALWAYS_INLINE __m512i bits_of(const uint16_t* p) { return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16); }
+MIXQ_ALWAYS_INLINE __m512i bits_of(const float* p) { return _mm512_loadu_si512(p); }
+
+template <class T>
+void row_codes(const T* p, int64_t n, float scale, uint8_t* dst) {
+  const __m512 s = _mm512_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), fp8_codes(bits_of(p + i), s));
+  if (i < n) {  // the tail through a zero-padded copy
+    T tail[16] = {};
+    std::copy_n(p + i, n - i, tail);
+    alignas(16) uint8_t codes[16];
+    _mm_store_si128(reinterpret_cast<__m128i*>(codes), fp8_codes(bits_of(tail), s));
+    std::copy_n(codes, n - i, dst + i);
+  }
+}
+template void row_codes(const uint16_t*, int64_t, float, uint8_t*);
+template void row_codes(const float*, int64_t, float, uint8_t*);
+
+}  // namespace avx512
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
+// How the FP8 rows are read: in place with the AVX-512 row kernels (BF16 / F32, nothing to zero),
+// else through an F32 copy of each row.
+struct fp8_rows {
+  const source_matrix& w;
+  bool zero_nonfinite;
+  bool in_place;
+
+  fp8_rows(const source_matrix& m, bool zero)
+      : w(m), zero_nonfinite(zero),
+        in_place(MIXQ_HAVE_SIMD_TARGETS && active_simd_level() == simd_level::avx512 && !zero &&
+                 (m.dtype == source_dtype::bf16 || m.dtype == source_dtype::f32)) {}
+
+  // Max magnitude bits of row r (>= 0x7f800000: not finite); x: the row as F32 when not in place.
+  uint32_t amax_bits(int64_t r, const float* x) const {
+#if MIXQ_HAVE_SIMD_TARGETS
+    if (in_place && w.dtype == source_dtype::bf16)
+      return avx512::row_amax_bits(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols);
+    if (in_place) return avx512::row_amax_bits(static_cast<const float*>(w.data) + r * w.cols, w.cols);
+#endif
+    return std::bit_cast<uint32_t>(fp8_row_amax(x, w.cols));
+  }
+  void codes(int64_t r, const float* x, float scale, uint8_t* dst) const {
+#if MIXQ_HAVE_SIMD_TARGETS
+    if (in_place && w.dtype == source_dtype::bf16)
+      return avx512::row_codes(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols, scale, dst);
+    if (in_place) return avx512::row_codes(static_cast<const float*>(w.data) + r * w.cols, w.cols, scale, dst);
+#endif
+    fp8_row_codes(x, w.cols, scale, dst);
+  }
+};
+
+// Per-channel max in one pass when it can read in place: each row's amax, then its codes while the
+// row is in cache. The non-finite check rides along (an inf / NaN makes a row's max magnitude
+// bits >= 0x7f800000); false when a row has one, for the general path to apply the policy.
+bool fp8_per_channel_max_in_one_pass(const source_matrix& w, fp8_weight& q) {
+  const fp8_rows rows(w, false);
+  if (!rows.in_place) return false;
+  int finite = 1;
+#pragma omp parallel for schedule(static) reduction(& : finite) if (worth_threads(w.size()))
+  for (int64_t r = 0; r < w.rows; ++r) {
+    const uint32_t bits = rows.amax_bits(r, nullptr);
+    if (bits >= 0x7f800000u) {
+      finite = 0;
+      continue;
+    }
+    q.scales[size_t(r)] = fp8_scale_for_amax(std::bit_cast<float>(bits));
+    rows.codes(r, nullptr, q.scales[size_t(r)], q.codes.data() + r * w.cols);
+  }
+  return finite != 0;
+}
+
 fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   if (w.rows <= 0 || w.cols <= 0) throw format_error(fmt::format("tensor '{}': empty shape", w.name));
+  const bool per_tensor = options.granularity == fp8_granularity::per_tensor;
+  fp8_weight q;
+  q.rows = w.rows;
+  q.cols = w.cols;
+  q.codes.resize(size_t(w.size()));
+  if (!per_tensor && options.selector == fp8_selector::max) {
+    q.scales.resize(size_t(w.rows));
+    if (fp8_per_channel_max_in_one_pass(w, q)) return q;
+  }
+
   const source_scan scan = scan_source(w);
   const bool zero = apply_nonfinite_policy(w, scan, options.nonfinite);
   const std::span<const float> multipliers =
       options.selector == fp8_selector::mse
           ? (options.multipliers.empty() ? default_mse_multipliers() : options.multipliers)
           : std::span<const float>();
-  const bool per_tensor = options.granularity == fp8_granularity::per_tensor;
   const size_t n_cand = multipliers.size();
   const float tensor_amax = options.amax > 0.0f ? options.amax : scan.amax;
-
-  fp8_weight q;
-  q.rows = w.rows;
-  q.cols = w.cols;
-  q.codes.resize(size_t(w.size()));
   q.scales.assign(per_tensor ? 1 : size_t(w.rows), fp8_scale_for_amax(tensor_amax));
   // Per-row squared error of every candidate scale (MSE only): rows in parallel, each read once.
   std::vector<double> row_err(size_t(w.rows) * n_cand);
+  const fp8_rows rows(w, zero);
 
   // Per-channel scales are decided row by row; a per-tensor MSE scale needs every row's errors first.
   const bool codes_in_first_pass = !(per_tensor && n_cand > 0);
+  // The F32 copy of a row is needed for the errors, or when rows are not read in place.
+  const bool copy_rows = n_cand > 0 || !rows.in_place;
 #pragma omp parallel if (worth_threads(w.size() * int64_t(1 + n_cand)))
   {
-    std::vector<float> x(size_t(w.cols));
+    std::vector<float> x(copy_rows ? size_t(w.cols) : 0);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < w.rows; ++r) {
-      widen(w, r * w.cols, int(w.cols), x.data(), zero);
-      const float amax = per_tensor ? tensor_amax : fp8_row_amax(x.data(), w.cols);
+      if (copy_rows) widen(w, r * w.cols, int(w.cols), x.data(), zero);
+      const float amax = per_tensor ? tensor_amax : std::bit_cast<float>(rows.amax_bits(r, x.data()));
       double* err = row_err.data() + size_t(r) * n_cand;
       if (n_cand > 0) fp8_row_errors(x.data(), w.cols, amax, multipliers, err);
       if (!per_tensor) {
@@ -100,7 +233,7 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
           if (err[c] < err[best]) best = c;
         q.scales[size_t(r)] = fp8_scale_for_amax(n_cand > 0 ? amax * multipliers[best] : amax);
       }
-      if (codes_in_first_pass) fp8_row_codes(x.data(), w.cols, q.scale_of_row(r), q.codes.data() + r * w.cols);
+      if (codes_in_first_pass) rows.codes(r, x.data(), q.scale_of_row(r), q.codes.data() + r * w.cols);
     }
   }
   if (codes_in_first_pass) return q;
@@ -113,11 +246,11 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   }
 #pragma omp parallel if (worth_threads(w.size()))
   {
-    std::vector<float> x(size_t(w.cols));
+    std::vector<float> x(rows.in_place ? 0 : size_t(w.cols));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < w.rows; ++r) {
-      widen(w, r * w.cols, int(w.cols), x.data(), zero);
-      fp8_row_codes(x.data(), w.cols, q.scales[0], q.codes.data() + r * w.cols);
+      if (!rows.in_place) widen(w, r * w.cols, int(w.cols), x.data(), zero);
+      rows.codes(r, x.data(), q.scales[0], q.codes.data() + r * w.cols);
     }
   }
   return q;

@@ -227,8 +227,9 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
       ordered &= (v16u)(code >= prev);
       prev = code;
       const v16u d = code - s.lo;  // wraps for codes below the window
-      s.in_window |= (v16u)(d < 16u) & (1u << (d & 15u));
-      s.above_bases |= (v16u)((d >= 16u) & (d < 0x80u)) & (1u << (8u + (d & 7u)));
+      const v16u one = v16u{} + 1u;
+      s.in_window |= (v16u)(d < 16u) & (one << (d & 15u));
+      s.above_bases |= (v16u)(d - 16u < 0x70u) & (one << (8u + (d & 7u)));
     }
   }
   s.eligible = window_applies(max_rule) & ordered & (v16u{} - uint32_t(t.usable));
