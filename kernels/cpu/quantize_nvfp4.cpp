@@ -67,6 +67,7 @@ struct nvfp4_job {
   float g;  // the global amax as the block scale formula uses it (1 for an all-zero weight)
   nvfp4_selector selector;
   std::span<const float> multipliers;
+  std::span<const float> multiplier_factors;  // mse_multiplier: scale / bmax per multiplier, rounded once
   const code_tables* tables;
   bool amax_bounds_weight;  // global_amax >= max |w|
 };
@@ -218,21 +219,39 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   // least code's.
   s.in_window = v16u{} + 0xffffu;
   s.above_bases = v16u{};
-  v16u ordered = v16u{} - 1u;
+  s.eligible = window_applies(max_rule) & (v16u{} - uint32_t(t.usable));
   if (job.selector == nvfp4_selector::mse_multiplier) {
-    s.in_window = v16u{};
-    v16u prev = {};
-    for (float c : job.multipliers) {
-      const v16u code = lanes::e4m3_encode(lanes::static_block_scale(bmax * c, job.g, job.normalizer));
-      ordered &= (v16u)(code >= prev);
-      prev = code;
+    const auto add_candidate = [&s](v16u code) {
       const v16u d = code - s.lo;  // wraps for codes below the window
       const v16u one = v16u{} + 1u;
       s.in_window |= (v16u)(d < 16u) & (one << (d & 15u));
       s.above_bases |= (v16u)(d - 16u < 0x70u) & (one << (8u + (d & 7u)));
+    };
+    // Each multiplier's scale is bmax·c/6·normalizer/(g/6) in four roundings; bmax·K_c (K_c its
+    // constant factor, rounded once) is within 6.1u of it, i.e. 12.2 units in the last place, so
+    // both round to the same E4M3 code unless within 16 units of a rounding boundary between
+    // codes, or below the normal codes (2^-6): then every code of the group is computed exactly
+    // (as always for a list that does not ascend).
+    s.in_window = v16u{};
+    v16u near = {};
+    for (float k : job.multiplier_factors) {
+      const v16u u = (v16u)(bmax * k);
+      const v16u code = ((u + 0x80000u) >> 20) - 960u;  // RNE but at the (excluded) ties
+      near |= (v16u)(((u - 0x80000u + 16u) & 0xfffffu) < 32u) | (v16u)(u < 0x3c810000u);
+      add_candidate(code < 126u ? code : v16u{} + 126u);  // >= 448 clamps to 448 (126)
+    }
+    if (job.multiplier_factors.empty() || lanes::reduce16_bits(near & s.eligible) != 0) {
+      s.in_window = s.above_bases = v16u{};
+      v16u ordered = v16u{} - 1u, prev = {};
+      for (float c : job.multipliers) {
+        const v16u code = lanes::e4m3_encode(lanes::static_block_scale(bmax * c, job.g, job.normalizer));
+        ordered &= (v16u)(code >= prev);
+        prev = code;
+        add_candidate(code);
+      }
+      s.eligible &= ordered;
     }
   }
-  s.eligible = window_applies(max_rule) & ordered & (v16u{} - uint32_t(t.usable));
   return s;
 }
 
@@ -264,30 +283,42 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
   v16f step_below_v;
   std::memcpy(&step_below_v, step_below, sizeof step_below_v);
   const v16f clipped = bmax - 6.0f * step_below_v;
-  // A code above the window whose doubled-from window code is not a candidate is beaten only by
-  // that window code: it must be out of the running.
-  const v16u decided = s.eligible & (v16u)(bound < INFINITY) & (v16u)(clipped * clipped > bound) &
-                       (v16u)((s.above_bases & ~s.in_window & close) == 0u);
+  const v16u decided = s.eligible & (v16u)(bound < INFINITY) & (v16u)(clipped * clipped > bound);
   const v16u contenders_v = close & s.in_window;
+  // A code above the window loses to the window code it doubles; where that one is not a
+  // candidate itself but may be the least, the codes above it join the exact evaluation.
+  const v16u unsettled_v = s.above_bases & ~s.in_window & close;
 
-  alignas(64) uint32_t contenders[kGroup], chosen[kGroup];
+  alignas(64) uint32_t contenders[kGroup], unsettled[kGroup], chosen[kGroup];
   alignas(64) float amax[kGroup];
   std::memcpy(ok, &decided, sizeof ok);
   std::memcpy(contenders, &contenders_v, sizeof contenders);
+  std::memcpy(unsettled, &unsettled_v, sizeof unsettled);
   std::memcpy(amax, &bmax, sizeof amax);
   for (int j = 0; j < kGroup; ++j) {
     uint32_t c = contenders[j];
-    if (ok[j] && std::popcount(c) == 1) {
+    if (ok[j] && !unsettled[j] && std::popcount(c) == 1) {
       chosen[j] = lo[j] + uint32_t(std::countr_zero(c));
-    } else if (ok[j]) {  // a near tie: the contenders' exact errors, in ascending order
+    } else if (ok[j]) {  // the contenders' exact errors, in ascending code order
       v16f ax;
       std::memcpy(&ax, values[j], sizeof ax);
       int best_k = -1;
       float best = 0.0f;
-      for (; c; c &= c - 1) {
-        const int k = int(lo[j]) + std::countr_zero(c);
+      const auto consider = [&](int k) {
         const float err = block_error<L>(ax, t.step[k]);
         if (best_k < 0 || err < best) best = err, best_k = k;
+      };
+      for (; c; c &= c - 1) consider(int(lo[j]) + std::countr_zero(c));
+      if (unsettled[j]) {  // multiplier codes above the window (the list ascends with its codes)
+        uint32_t above_codes[64];
+        int n_above = 0;
+        for (size_t m = job.multipliers.size(); m-- > 0;) {
+          const uint32_t k = e4m3_encode(nvfp4_block_scale_f32(amax[j] * job.multipliers[m], job.global_amax, job.normalizer));
+          if (k < lo[j] + 16) break;
+          if ((unsettled[j] >> (8 + (k - lo[j]) % 8) & 1) && (n_above == 0 || above_codes[n_above - 1] != k) && n_above < 64)
+            above_codes[n_above++] = k;
+        }
+        while (n_above > 0) consider(int(above_codes[--n_above]));
       }
       chosen[j] = uint32_t(best_k);
     } else {
@@ -526,17 +557,14 @@ MIXQ_ALWAYS_INLINE void four_over_six_group(const pair* x, v16f bmax, const nvfp
 MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
                                         v16f* below_error) {
   const __m512 recip = _mm512_loadu_ps(t.recip + lo), step_sq = _mm512_loadu_ps(t.step_sq + lo);
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  for (int i = 0; i < kNvfp4Block; i += 2) {
-    const __m512 q0 = _mm512_mul_ps(_mm512_set1_ps(a[i]), recip), q1 = _mm512_mul_ps(_mm512_set1_ps(a[i + 1]), recip);
-    const __m512i k0 = _mm512_max_epu32(_mm512_srli_epi32(_mm512_castps_si512(q0), 21), u32(496));
-    const __m512i k1 = _mm512_max_epu32(_mm512_srli_epi32(_mm512_castps_si512(q1), 21), u32(496));
-    const __m512 e0 = _mm512_sub_ps(q0, lookup(k0, lanes::kE2M1MagLo, lanes::kE2M1MagHi));
-    const __m512 e1 = _mm512_sub_ps(q1, lookup(k1, lanes::kE2M1MagLo, lanes::kE2M1MagHi));
-    acc0 = _mm512_fmadd_ps(e0, e0, acc0);
-    acc1 = _mm512_fmadd_ps(e1, e1, acc1);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    const __m512 q = _mm512_mul_ps(_mm512_set1_ps(a[i]), recip);
+    const __m512i k = _mm512_max_epu32(_mm512_srli_epi32(_mm512_castps_si512(q), 21), u32(496));
+    const __m512 e = _mm512_sub_ps(q, lookup(k, lanes::kE2M1MagLo, lanes::kE2M1MagHi));
+    acc[i & 3] = _mm512_fmadd_ps(e, e, acc[i & 3]);
   }
-  const __m512 est = _mm512_mul_ps(_mm512_add_ps(acc0, acc1), step_sq);
+  const __m512 est = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])), step_sq);
   const __m512 delta = _mm512_fmadd_ps(step_sq, _mm512_set1_ps(0x1p-13f), _mm512_mul_ps(est, _mm512_set1_ps(0x1p-15f)));
   *above_error = (v16f)_mm512_add_ps(est, delta);
   *below_error = (v16f)_mm512_sub_ps(est, delta);
@@ -668,12 +696,20 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
   if (block_errors) block_errors->resize(size_t(blocks));
   const bool searches = options.selector != nvfp4_selector::max && options.selector != nvfp4_selector::four_over_six;
   const std::optional<code_tables> tables = searches ? std::optional<code_tables>(q.global_scale) : std::nullopt;
+  const std::span<const float> multipliers =
+      options.multipliers.empty() ? default_mse_multipliers() : options.multipliers;
+  const float g = global_amax > 0.0f ? global_amax : 1.0f;
+  // The approximate multiplier codes rely on an ascending list (codes then ascend with it).
+  std::vector<float> factors;
+  if (options.selector == nvfp4_selector::mse_multiplier && std::is_sorted(multipliers.begin(), multipliers.end()))
+    for (float c : multipliers) factors.push_back(float(double(c) * double(normalizer) / (6.0 * double(g / 6.0f))));
   const nvfp4_job job{global_amax,
                       normalizer,
                       q.global_scale,
-                      global_amax > 0.0f ? global_amax : 1.0f,
+                      g,
                       options.selector,
-                      options.multipliers.empty() ? default_mse_multipliers() : options.multipliers,
+                      multipliers,
+                      factors,
                       tables ? &*tables : nullptr,
                       global_amax >= weight_amax};
   // Each thread streams through a contiguous share (forward: the hardware prefetchers follow it).
