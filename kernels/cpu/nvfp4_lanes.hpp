@@ -62,6 +62,9 @@ struct min_op {
 struct sum_op {
   MIXQ_ALWAYS_INLINE v16f operator()(v16f a, v16f b) const { return a + b; }
 };
+struct bits_max_op {  // the max of the bit patterns as unsigned integers
+  MIXQ_ALWAYS_INLINE v16f operator()(v16f a, v16f b) const { return (v16f)((v16u)a > (v16u)b ? (v16u)a : (v16u)b); }
+};
 struct or_op {
   MIXQ_ALWAYS_INLINE v16f operator()(v16f a, v16f b) const { return (v16f)((v16u)a | (v16u)b); }
 };

@@ -69,7 +69,8 @@ struct nvfp4_job {
   std::span<const float> multipliers;
   std::span<const float> multiplier_factors;  // mse_multiplier: scale / bmax per multiplier, rounded once
   const code_tables* tables;
-  bool amax_bounds_weight;  // global_amax >= max |w|
+  bool amax_bounds_weight;      // global_amax >= max |w|
+  const float* block_maxima;    // each block's max |w| when the amax pass found them, else null
 };
 
 // ---- per-group building blocks ----------------------------------------------------------------
@@ -574,16 +575,20 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
 // keep every |w| / step below 6.4: their bounded kinds skip a clamp.
 enum class group_kind { max, max_bounded, four_over_six, four_over_six_bounded, search, search_with_errors };
 
+// known_max: the 16 blocks' maxima from the amax pass, or null.
 template <group_kind K, class T>
-MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8_t* scales, uint8_t* packed,
-                                       float* errors) {
+MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, const nvfp4_job& job, uint8_t* scales,
+                                       uint8_t* packed, float* errors) {
   pair x[kGroup / 2];
-  v16f m[kGroup / 2];
-  for (int p = 0; p < kGroup / 2; ++p) {
-    x[p] = load_pair(src + p * 2 * kNvfp4Block);
-    m[p] = (v16f)_mm512_max_ps(magnitude(x[p].even), magnitude(x[p].odd));
+  for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(src + p * 2 * kNvfp4Block);
+  v16f bmax;
+  if (known_max) {
+    std::memcpy(&bmax, known_max, sizeof bmax);
+  } else {
+    v16f m[kGroup / 2];
+    for (int p = 0; p < kGroup / 2; ++p) m[p] = (v16f)_mm512_max_ps(magnitude(x[p].even), magnitude(x[p].odd));
+    bmax = lanes::reduce_halves(m, lanes::max_op{});
   }
-  const v16f bmax = lanes::reduce_halves(m, lanes::max_op{});
   if constexpr (K == group_kind::max || K == group_kind::max_bounded) {
     encode_group<false, K == group_kind::max_bounded>(x, lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2)),
                                                       job.ws2, scales, packed, nullptr);
@@ -612,27 +617,29 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
 // count groups of 16 blocks from src (one function per kind and source type: small loops whose
 // constants stay in registers).
 template <group_kind K, class T>
-__attribute__((noinline)) void quantize_groups(const T* src, int64_t count, const nvfp4_job& job, uint8_t* scales,
-                                               uint8_t* packed, float* errors) {
+__attribute__((noinline)) void quantize_groups(const T* src, const float* known_max, int64_t count,
+                                               const nvfp4_job& job, uint8_t* scales, uint8_t* packed, float* errors) {
   for (int64_t g = 0; g < count; ++g)
-    quantize_group<K>(src + g * kGroupValues, job, scales + g * kGroup, packed + g * kGroup * (kNvfp4Block / 2),
-                      errors ? errors + g * kGroup : nullptr);
+    quantize_group<K>(src + g * kGroupValues, known_max ? known_max + g * kGroup : nullptr, job, scales + g * kGroup,
+                      packed + g * kGroup * (kNvfp4Block / 2), errors ? errors + g * kGroup : nullptr);
 }
 
 template <class T>
-void quantize_groups_of(const T* src, int64_t count, const nvfp4_job& job, uint8_t* scales, uint8_t* packed,
-                        float* errors) {
+void quantize_groups_of(const T* src, const float* known_max, int64_t count, const nvfp4_job& job, uint8_t* scales,
+                        uint8_t* packed, float* errors) {
+  const auto run = [&](auto kind) {
+    quantize_groups<decltype(kind)::value>(src, known_max, count, job, scales, packed, errors);
+  };
   switch (job.selector) {
     case nvfp4_selector::max:
-      if (job.amax_bounds_weight) return quantize_groups<group_kind::max_bounded>(src, count, job, scales, packed, errors);
-      return quantize_groups<group_kind::max>(src, count, job, scales, packed, errors);
+      if (job.amax_bounds_weight) return run(std::integral_constant<group_kind, group_kind::max_bounded>());
+      return run(std::integral_constant<group_kind, group_kind::max>());
     case nvfp4_selector::four_over_six:
-      if (job.amax_bounds_weight)
-        return quantize_groups<group_kind::four_over_six_bounded>(src, count, job, scales, packed, errors);
-      return quantize_groups<group_kind::four_over_six>(src, count, job, scales, packed, errors);
+      if (job.amax_bounds_weight) return run(std::integral_constant<group_kind, group_kind::four_over_six_bounded>());
+      return run(std::integral_constant<group_kind, group_kind::four_over_six>());
     default:
-      if (errors) return quantize_groups<group_kind::search_with_errors>(src, count, job, scales, packed, errors);
-      return quantize_groups<group_kind::search>(src, count, job, scales, packed, errors);
+      if (errors) return run(std::integral_constant<group_kind, group_kind::search_with_errors>());
+      return run(std::integral_constant<group_kind, group_kind::search>());
   }
 }
 
@@ -640,14 +647,16 @@ void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, in
                      uint8_t* scales, uint8_t* packed, float* errors) {
   constexpr int half = kNvfp4Block / 2;
   const int64_t whole = n / kGroup, i0 = b0 * kNvfp4Block;
+  const float* known_max = job.block_maxima ? job.block_maxima + b0 : nullptr;
   if (!zero_nonfinite && w.dtype == source_dtype::bf16)
-    quantize_groups_of(static_cast<const uint16_t*>(w.data) + i0, whole, job, scales, packed, errors);
+    quantize_groups_of(static_cast<const uint16_t*>(w.data) + i0, known_max, whole, job, scales, packed, errors);
   else if (!zero_nonfinite && w.dtype == source_dtype::f32)
-    quantize_groups_of(static_cast<const float*>(w.data) + i0, whole, job, scales, packed, errors);
+    quantize_groups_of(static_cast<const float*>(w.data) + i0, known_max, whole, job, scales, packed, errors);
   alignas(64) float buf[kGroupValues];
   for (int64_t g = 0; g < whole && (zero_nonfinite || w.dtype == source_dtype::f16); ++g) {
     load_f32(w, i0 + g * kGroupValues, kGroupValues, buf, zero_nonfinite);
-    quantize_groups_of(buf, 1, job, scales + g * kGroup, packed + g * kGroup * half, errors ? errors + g * kGroup : nullptr);
+    quantize_groups_of(buf, nullptr, 1, job, scales + g * kGroup, packed + g * kGroup * half,
+                       errors ? errors + g * kGroup : nullptr);
   }
   if (const int64_t rest = n - whole * kGroup; rest > 0) {  // zero-padded to a whole group
     const int64_t o = whole * kGroup;
@@ -655,11 +664,60 @@ void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, in
     load_f32(w, (b0 + o) * kNvfp4Block, int(rest * kNvfp4Block), buf, zero_nonfinite);
     uint8_t s[kGroup], p[kGroup * half];
     float e[kGroup];
-    quantize_groups_of(buf, 1, job, s, p, errors ? e : nullptr);
+    quantize_groups_of(buf, nullptr, 1, job, s, p, errors ? e : nullptr);
     std::copy_n(s, rest, scales + o);
     std::copy_n(p, rest * half, packed + o * half);
     if (errors) std::copy_n(e, rest, errors + o);
   }
+}
+
+// The amax pass for BF16 / F32 read in place: besides the tensor's max |w|, every block's max
+// (the groups' transposed reductions move here, where they hide under the memory traffic, out of
+// the pass that computes codes). Magnitudes compare as integers. False when an inf or a NaN is
+// found: the general scan then applies the non-finite policy.
+MIXQ_ALWAYS_INLINE v16f pair_maxima(const uint16_t* p) {  // lanes 0-7: block 2p's pairs' maxima, 8-15: 2p+1's
+  const __m512i m = _mm512_and_si512(_mm512_loadu_si512(p), u32(0x7fff7fffu));
+  return (v16f)_mm512_slli_epi32(_mm512_max_epu16(m, _mm512_srli_epi32(m, 16)), 16);  // max in the upper half
+}
+MIXQ_ALWAYS_INLINE v16f pair_maxima(const float* p) {
+  const pair x = load_pair(p);
+  return (v16f)_mm512_max_epu32(_mm512_castps_si512(magnitude(x.even)), _mm512_castps_si512(magnitude(x.odd)));
+}
+
+template <class T>
+bool block_maxima_of(const T* src, int64_t blocks, float* out, float* amax) {
+  const int64_t groups = blocks / kGroup;
+  uint32_t top = 0, bad = 0;
+#pragma omp parallel for schedule(static) reduction(max : top) reduction(| : bad) if (worth_threads(blocks * kNvfp4Block))
+  for (int64_t g = 0; g < groups; ++g) {
+    v16f m[kGroup / 2];
+    for (int p = 0; p < kGroup / 2; ++p) m[p] = pair_maxima(src + g * kGroupValues + p * 2 * kNvfp4Block);
+    const __m512i b = (__m512i)lanes::reduce_halves(m, lanes::bits_max_op{});
+    _mm512_storeu_si512(out + g * kGroup, b);
+    const uint32_t t = _mm512_reduce_max_epu32(b);
+    top = std::max(top, t);
+    bad |= uint32_t(t >= 0x7f800000u);
+  }
+  for (int64_t b = groups * kGroup; b < blocks; ++b) {
+    uint32_t m = 0;
+    for (int i = 0; i < kNvfp4Block; ++i) {
+      const T v = src[b * kNvfp4Block + i];
+      if constexpr (std::is_same_v<T, uint16_t>) m = std::max(m, (uint32_t(v) << 16) & 0x7fffffffu);
+      else m = std::max(m, std::bit_cast<uint32_t>(v) & 0x7fffffffu);
+    }
+    out[b] = std::bit_cast<float>(m);
+    top = std::max(top, m);
+    bad |= uint32_t(m >= 0x7f800000u);
+  }
+  *amax = std::bit_cast<float>(top);
+  return bad == 0;
+}
+
+bool block_maxima(const source_matrix& w, float* out, float* amax) {
+  const int64_t blocks = w.size() / kNvfp4Block;
+  if (w.dtype == source_dtype::bf16) return block_maxima_of(static_cast<const uint16_t*>(w.data), blocks, out, amax);
+  if (w.dtype == source_dtype::f32) return block_maxima_of(static_cast<const float*>(w.data), blocks, out, amax);
+  return false;
 }
 
 }  // namespace avx512
@@ -684,7 +742,8 @@ int64_t job_cost(nvfp4_selector s) {
 // Quantizes every block of w with one normalizer; per-block squared errors go to block_errors
 // when it is not null (summed afterwards in block order, as the reference does).
 nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, float global_amax, float weight_amax,
-                                   float normalizer, const nvfp4_options& options, std::vector<float>* block_errors) {
+                                   const float* block_maxima, float normalizer, const nvfp4_options& options,
+                                   std::vector<float>* block_errors) {
   nvfp4_weight q;
   q.rows = w.rows;
   q.cols = w.cols;
@@ -711,7 +770,8 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
                       multipliers,
                       factors,
                       tables ? &*tables : nullptr,
-                      global_amax >= weight_amax};
+                      global_amax >= weight_amax,
+                      block_maxima};
   // Each thread streams through a contiguous share (forward: the hardware prefetchers follow it).
   const int64_t items = (blocks + kChunkGroups * kGroup - 1) / (kChunkGroups * kGroup);
 #pragma omp parallel if (worth_threads(w.size() * job_cost(options.selector)))
@@ -738,24 +798,48 @@ void require_shape(const source_matrix& w, format_id format) {
     throw format_error(fmt::format("tensor '{}': {}", w.name, *why));
 }
 
+// Each block's max from the amax pass (AVX-512, BF16 / F32 without an inf or a NaN), kept per
+// calling thread between calls; null where the general scan ran.
+struct amax_pass {
+  source_scan scan;
+  const float* block_maxima = nullptr;
+};
+
+amax_pass scan_for_nvfp4(const source_matrix& w) {
+#if MIXQ_HAVE_SIMD_TARGETS
+  if (active_simd_level() == simd_level::avx512 &&
+      (w.dtype == source_dtype::bf16 || w.dtype == source_dtype::f32)) {
+    thread_local std::unique_ptr<float[]> buffer;
+    thread_local size_t capacity = 0;
+    const size_t blocks = size_t(w.size() / kNvfp4Block);
+    if (capacity < blocks) buffer.reset(new float[blocks]), capacity = blocks;
+    float amax = 0.0f;
+    if (avx512::block_maxima(w, buffer.get(), &amax)) return {source_scan{amax, 0, -1}, buffer.get()};
+  }
+#endif
+  return {scan_source(w), nullptr};
+}
+
 }  // namespace
 
 nvfp4_weight nvfp4_quantize(const source_matrix& w, const nvfp4_options& options) {
   require_shape(w, format_id::nvfp4);
-  const source_scan scan = scan_source(w);
+  const amax_pass pass = scan_for_nvfp4(w);
+  const source_scan& scan = pass.scan;
   const bool zero = apply_nonfinite_policy(w, scan, options.nonfinite);
   const float global_amax = options.global_amax > 0.0f ? options.global_amax : scan.amax;
+  const auto with = [&](float normalizer, std::vector<float>* errors) {
+    return nvfp4_with_normalizer(w, zero, global_amax, scan.amax, pass.block_maxima, normalizer, options, errors);
+  };
   switch (options.selector) {
-    case nvfp4_selector::four_over_six:
-      return nvfp4_with_normalizer(w, zero, global_amax, scan.amax, kNvfp4FourOverSixNormalizer, options, nullptr);
+    case nvfp4_selector::four_over_six: return with(kNvfp4FourOverSixNormalizer, nullptr);
     case nvfp4_selector::mse_four_over_six: {
       std::vector<float> errors, narrow_errors;
-      nvfp4_weight standard = nvfp4_with_normalizer(w, zero, global_amax, scan.amax, kNvfp4Normalizer, options, &errors);
-      nvfp4_weight narrow =
-          nvfp4_with_normalizer(w, zero, global_amax, scan.amax, kNvfp4FourOverSixNormalizer, options, &narrow_errors);
+      nvfp4_weight standard = with(kNvfp4Normalizer, &errors);
+      nvfp4_weight narrow = with(kNvfp4FourOverSixNormalizer, &narrow_errors);
       return sum_in_order(narrow_errors) < sum_in_order(errors) ? narrow : standard;
     }
-    default: return nvfp4_with_normalizer(w, zero, global_amax, scan.amax, kNvfp4Normalizer, options, nullptr);
+    default: return with(kNvfp4Normalizer, nullptr);
   }
 }
 
