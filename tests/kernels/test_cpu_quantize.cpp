@@ -259,6 +259,37 @@ TEST(cpu_kernels, fake_quant_matches_reference_for_every_format) {
   }
 }
 
+TEST(cpu_kernels, zeroed_nonfinite_values_bit_identical) {
+  // With nonfinite_policy::zero the kernels take their general paths (the in-place amax passes
+  // see the inf / NaN and step aside).
+  auto t = testing::make_tensor(testing::tensor_kind::heavy_tailed, 8, 96, 73);
+  t.values[5] = INFINITY;
+  t.values[300] = -INFINITY;
+  t.values[511] = NAN;
+  for (auto dtype : kDtypes) {
+    const sourced s = as_dtype(t, dtype);
+    for (auto sel : {nvfp4_selector::max, nvfp4_selector::mse_fp8_sweep, nvfp4_selector::four_over_six}) {
+      nvfp4_options o;
+      o.selector = sel;
+      o.nonfinite = nonfinite_policy::zero;
+      const nvfp4_weight ref = nvfp4_quantize(view_of(s), o);
+      const nvfp4_weight fast = cpu::nvfp4_quantize(s.source, o);
+      EXPECT_EQ(fast.global_scale, ref.global_scale);
+      EXPECT_EQ(fast.block_scales, ref.block_scales) << selector_name(sel);
+      EXPECT_EQ(fast.packed, ref.packed) << selector_name(sel);
+    }
+    for (auto gran : {fp8_granularity::per_tensor, fp8_granularity::per_channel}) {
+      fp8_options o;
+      o.granularity = gran;
+      o.nonfinite = nonfinite_policy::zero;
+      const fp8_weight ref = fp8_quantize(view_of(s), o);
+      const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+      EXPECT_EQ(fast.scales, ref.scales);
+      EXPECT_EQ(fast.codes, ref.codes);
+    }
+  }
+}
+
 TEST(cpu_kernels, nonfinite_errors_name_the_same_place) {
   auto t = testing::make_tensor(testing::tensor_kind::normal, 4, 32, 71);
   t.name = "blk.3.ffn";
