@@ -1,9 +1,11 @@
 // Quantize throughput per format and selector, in GB/s of BF16 input, next to memcpy of the same
-// bytes measured in the same run with the same thread count (the yardstick: a quantizer reads its
-// input at least once and writes ~1/4 of it, so memcpy bandwidth is the ceiling to compare with).
+// bytes with the same thread count (the yardstick: a quantizer reads its input at least once and
+// writes ~1/4 of it, so memcpy bandwidth is the ceiling to compare with). Each timed run follows a
+// memcpy timed the same way, so that both see the same machine (other work on it, clocks);
+// x_memcpy is the ratio of their medians.
 // Two sizes: 4096 x 4096 (32 MiB of BF16, larger than this machine's L3: both passes — the global
 // amax, then the blocks — stream from DRAM) and 1024 x 4096 (8 MiB, an expert-sized weight whose
-// second pass is served from L3).
+// second pass is served from L3). Every timed run starts from cold caches.
 //
 //   build/bench/bench_quantize                      # 1 thread and all threads, both sizes
 //   build/bench/bench_quantize --benchmark_filter=nvfp4
@@ -44,24 +46,6 @@ void parallel_memcpy(std::byte* dst, const std::byte* src, int64_t n) {
   }
 }
 
-// Median-of-N memcpy bandwidth (bytes/s) for a thread count and size, cached.
-double memcpy_bandwidth(int threads, int64_t rows) {
-  static std::map<std::pair<int, int64_t>, double> cache;
-  if (auto it = cache.find({threads, rows}); it != cache.end()) return it->second;
-  omp_set_num_threads(threads);
-  const auto* src = reinterpret_cast<const std::byte*>(weight(rows).bf16.data());
-  std::vector<std::byte> dst(static_cast<size_t>(input_bytes(rows)));
-  std::vector<double> times;
-  for (int i = 0; i < 21; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    parallel_memcpy(dst.data(), src, input_bytes(rows));
-    benchmark::DoNotOptimize(dst.data());
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(times.begin(), times.end());
-  return cache[{threads, rows}] = double(input_bytes(rows)) / times[times.size() / 2];
-}
-
 struct bench_setup {
   int threads;
   int64_t rows;
@@ -69,28 +53,58 @@ struct bench_setup {
 
 bench_setup setup(benchmark::State& state) {
   const bench_setup s{int(state.range(0)), state.range(1)};
-  memcpy_bandwidth(s.threads, s.rows);
   omp_set_num_threads(s.threads);
   return s;
 }
 
-// Sets GB/s and x_memcpy = (this bandwidth) / (memcpy bandwidth, same bytes, same threads).
-void report(benchmark::State& state, const bench_setup& s, double seconds) {
-  state.SetBytesProcessed(state.iterations() * input_bytes(s.rows));
-  const double bandwidth = double(input_bytes(s.rows)) * double(state.iterations()) / seconds;
-  state.counters["x_memcpy"] = bandwidth / memcpy_bandwidth(s.threads, s.rows);
+template <class Body>
+double seconds_of(Body body) {
+  const auto t0 = std::chrono::steady_clock::now();
+  body();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Runs body once per benchmark iteration and returns the wall seconds spent in it.
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Reads 64 MiB (twice this machine's L3) with the benchmark's threads: every timed run starts with
+// the weight and the previous run's output out of cache (their dirty lines written back here, not
+// during the next run).
+void evict_caches() {
+  static std::vector<uint64_t> junk(size_t(64) << 17, 1);
+  uint64_t sum = 0;
+#pragma omp parallel for reduction(+ : sum) schedule(static)
+  for (size_t i = 0; i < junk.size(); i += 8) sum += junk[i];
+  benchmark::DoNotOptimize(sum);
+}
+
+// Runs body once per benchmark iteration, right after a memcpy of the same bytes (each from cold
+// caches), and reports the body's time, its bandwidth and x_memcpy = (median memcpy time) /
+// (median body time).
 template <class Body>
-double timed_loop(benchmark::State& state, Body body) {
-  double seconds = 0;
+void run_against_memcpy(benchmark::State& state, const bench_setup& s, Body body) {
+  static std::vector<std::byte> dst;
+  dst.resize(size_t(input_bytes(s.rows)));
+  const auto* src = reinterpret_cast<const std::byte*>(weight(s.rows).bf16.data());
+  std::vector<double> copy, run;
   for (auto _ : state) {
-    const auto t0 = std::chrono::steady_clock::now();
-    body();
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    state.PauseTiming();
+    evict_caches();
+    state.ResumeTiming();
+    copy.push_back(seconds_of([&] {
+      parallel_memcpy(dst.data(), src, input_bytes(s.rows));
+      benchmark::DoNotOptimize(dst.data());
+    }));
+    state.PauseTiming();
+    evict_caches();
+    state.ResumeTiming();
+    run.push_back(seconds_of(body));
+    state.SetIterationTime(run.back());
   }
-  return seconds;
+  state.SetBytesProcessed(state.iterations() * input_bytes(s.rows));
+  state.counters["x_memcpy"] = median(copy) / median(run);
 }
 
 cpu::source_matrix source(int64_t rows) {
@@ -100,20 +114,19 @@ cpu::source_matrix source(int64_t rows) {
 
 void BM_memcpy(benchmark::State& state) {
   const bench_setup s = setup(state);
-  const auto* src = reinterpret_cast<const std::byte*>(weight(s.rows).bf16.data());
   std::vector<std::byte> dst(static_cast<size_t>(input_bytes(s.rows)));
-  const double t = timed_loop(state, [&] {
+  const auto* src = reinterpret_cast<const std::byte*>(weight(s.rows).bf16.data());
+  run_against_memcpy(state, s, [&] {
     parallel_memcpy(dst.data(), src, input_bytes(s.rows));
     benchmark::DoNotOptimize(dst.data());
   });
-  report(state, s, t);
 }
 
 void BM_nvfp4(benchmark::State& state, nvfp4_selector selector) {
   const bench_setup s = setup(state);
   nvfp4_options o;
   o.selector = selector;
-  report(state, s, timed_loop(state, [&] { benchmark::DoNotOptimize(cpu::nvfp4_quantize(source(s.rows), o)); }));
+  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::nvfp4_quantize(source(s.rows), o)); });
 }
 
 void BM_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector selector) {
@@ -121,27 +134,27 @@ void BM_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector s
   fp8_options o;
   o.granularity = granularity;
   o.selector = selector;
-  report(state, s, timed_loop(state, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(source(s.rows), o)); }));
+  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(source(s.rows), o)); });
 }
 
 void BM_mx(benchmark::State& state, format_id format) {
   const bench_setup s = setup(state);
-  report(state, s, timed_loop(state, [&] { benchmark::DoNotOptimize(cpu::mx_quantize(source(s.rows), format)); }));
+  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::mx_quantize(source(s.rows), format)); });
 }
 
 void BM_nf4(benchmark::State& state) {
   const bench_setup s = setup(state);
-  report(state, s, timed_loop(state, [&] { benchmark::DoNotOptimize(cpu::nf4_quantize(source(s.rows))); }));
+  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::nf4_quantize(source(s.rows))); });
 }
 
 void BM_nvfp4_dequantize(benchmark::State& state) {
   const bench_setup s = setup(state);
   const nvfp4_weight q = cpu::nvfp4_quantize(source(s.rows));
   std::vector<float> out(size_t(s.rows * kCols));
-  report(state, s, timed_loop(state, [&] {
+  run_against_memcpy(state, s, [&] {
     cpu::nvfp4_dequantize(q, out);
     benchmark::DoNotOptimize(out.data());
-  }));
+  });
 }
 
 void thread_counts(benchmark::internal::Benchmark* b) {
@@ -150,7 +163,7 @@ void thread_counts(benchmark::internal::Benchmark* b) {
     b->Args({1, rows});
     if (all > 1) b->Args({all, rows});
   }
-  b->ArgNames({"threads", "rows"})->Unit(benchmark::kMillisecond)->UseRealTime();
+  b->ArgNames({"threads", "rows"})->Unit(benchmark::kMillisecond)->UseManualTime();
 }
 
 }  // namespace

@@ -4,8 +4,10 @@
 // paths built from them against the references.
 #pragma once
 
+#include <bit>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "formats/nvfp4.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
@@ -22,6 +24,8 @@ typedef uint32_t v8u __attribute__((vector_size(32)));
 typedef uint8_t v8b __attribute__((vector_size(8)));
 typedef uint8_t v16b __attribute__((vector_size(16)));
 typedef double v8d __attribute__((vector_size(64)));
+typedef uint64_t v8q __attribute__((vector_size(64)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
 
 MIXQ_ALWAYS_INLINE v16u load_bits(const float* p) {
   v16u v;
@@ -29,6 +33,13 @@ MIXQ_ALWAYS_INLINE v16u load_bits(const float* p) {
   return v;
 }
 MIXQ_ALWAYS_INLINE v16f abs_of(v16u bits) { return (v16f)(bits & 0x7fffffffu); }
+// The float bits of 16 BF16 values (a BF16 is the upper half of a float).
+MIXQ_ALWAYS_INLINE v16u widen_bf16(const uint16_t* p) {
+  v16h h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, v16u) << 16;
+}
+MIXQ_ALWAYS_INLINE v16f broadcast(float x) { return v16f{} + x; }
 
 // The 16 lanes of v combined by op in nvfp4_block_sq_error's tree order: lanes i and i+8, then
 // i+4, i+2, i+1 (so a sum is bit-identical to the reference's).
@@ -40,11 +51,70 @@ MIXQ_ALWAYS_INLINE float reduce16(v16f m, Op op) {
   m = op(m, __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
   return m[0];
 }
-MIXQ_ALWAYS_INLINE float max16(v16f v) {
-  return reduce16(v, [](v16f a, v16f b) { return a > b ? a : b; });
+// Lane-wise operations for the reductions (functors rather than lambdas: a lambda is a function of
+// its own, compiled for the baseline target, if the compiler does not inline it).
+struct max_op {
+  MIXQ_ALWAYS_INLINE v16f operator()(v16f a, v16f b) const { return a > b ? a : b; }
+};
+struct min_op {
+  MIXQ_ALWAYS_INLINE v16f operator()(v16f a, v16f b) const { return a < b ? a : b; }
+};
+struct sum_op {
+  MIXQ_ALWAYS_INLINE v16f operator()(v16f a, v16f b) const { return a + b; }
+};
+struct bits_max_op {  // the max of the bit patterns as unsigned integers
+  MIXQ_ALWAYS_INLINE v16f operator()(v16f a, v16f b) const { return (v16f)((v16u)a > (v16u)b ? (v16u)a : (v16u)b); }
+};
+struct or_op {
+  MIXQ_ALWAYS_INLINE v16f operator()(v16f a, v16f b) const { return (v16f)((v16u)a | (v16u)b); }
+};
+MIXQ_ALWAYS_INLINE float max16(v16f v) { return reduce16(v, max_op{}); }
+MIXQ_ALWAYS_INLINE float min16(v16f v) { return reduce16(v, min_op{}); }
+MIXQ_ALWAYS_INLINE float sum16(v16f v) { return reduce16(v, sum_op{}); }
+// The 16 lanes or'ed together.
+MIXQ_ALWAYS_INLINE uint32_t reduce16_bits(v16u m) { return std::bit_cast<uint32_t>(reduce16((v16f)m, or_op{})); }
+
+// reduce16 of 16 vectors at once: lane j of the result is reduce16(v[j], op), combined in the same
+// order (lanes i and i+8 first, ...), but as a transpose: 15 ops and 30 in-lane shuffles in all
+// instead of 16 × (4 ops + 4 shuffles). In steps: halves_of_pair does the first level;
+// reduce_halves the rest, on vectors whose lanes 0-7 and 8-15 are 8 partial results of two
+// vectors each (v[2p] and v[2p+1] in m[p]).
+template <class Op>
+MIXQ_ALWAYS_INLINE v16f halves_of_pair(v16f a, v16f b, Op op) {
+  return op(__builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+            __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
 }
-MIXQ_ALWAYS_INLINE float sum16(v16f v) {
-  return reduce16(v, [](v16f a, v16f b) { return a + b; });
+// The last three levels, with the result's lanes in the order v[0], v[4], v[8], v[12], v[2], v[6],
+// v[10], v[14], v[1], v[5], ... (to_vector_order puts them back).
+template <class Op>
+MIXQ_ALWAYS_INLINE v16f reduce_halves_unordered(const v16f* m, Op op) {
+  v16f m2[4], m3[2];
+  for (int p = 0; p < 4; ++p) {  // 4-lane groups: v[4p], v[4p+2], v[4p+1], v[4p+3]
+    const v16f a = m[2 * p], b = m[2 * p + 1];
+    m2[p] = op(__builtin_shufflevector(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
+               __builtin_shufflevector(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31));
+  }
+  for (int p = 0; p < 2; ++p) {  // 2-lane groups: v[8p], v[8p+4], v[8p+2], v[8p+6], v[8p+1], ...
+    const v16f a = m2[2 * p], b = m2[2 * p + 1];
+    m3[p] = op(__builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29),
+               __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31));
+  }
+  const v16f a = m3[0], b = m3[1];
+  return op(__builtin_shufflevector(a, b, 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30),
+            __builtin_shufflevector(a, b, 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15, 29, 31));
+}
+MIXQ_ALWAYS_INLINE v16f to_vector_order(v16f r) {
+  return __builtin_shufflevector(r, r, 0, 8, 4, 12, 1, 9, 5, 13, 2, 10, 6, 14, 3, 11, 7, 15);
+}
+template <class Op>
+MIXQ_ALWAYS_INLINE v16f reduce_halves(const v16f* m, Op op) {
+  return to_vector_order(reduce_halves_unordered(m, op));
+}
+template <class Op>
+MIXQ_ALWAYS_INLINE v16f reduce16x16(const v16f* v, Op op) {
+  v16f m[8];
+  for (int p = 0; p < 8; ++p) m[p] = halves_of_pair(v[2 * p], v[2 * p + 1], op);
+  return reduce_halves(m, op);
 }
 
 // nvfp4_clamp_block_scale (with the all-zero substitution done by the caller).
@@ -119,14 +189,78 @@ MIXQ_ALWAYS_INLINE v16f e2m1_magnitudes(v16u c) {
   const v16f table = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   return __builtin_shuffle(table, c);
 }
+// e2m1_code_by_bits by table: every rounding threshold (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5) is a
+// multiple of 2^21 in the float's bit pattern u, so a key near u / 2^21 (clamped to [496, 527]:
+// q in [2^-4, 32)) decides the code, by one 32-entry lookup: a single instruction (vpermt2d) with
+// AVX-512 only — other targets use e2m1_codes.
+// The code key is ceil((u + bit 22 of u) / 2^21): ceil puts a threshold t = k·2^21 in the interval
+// below it, as q > t wants (0.25, 1.25, 2.5, 5: mantissa bit 22 clear), and the +1 where bit 22 is
+// set moves t into the interval above, as q >= t wants (0.75, 1.75, 3.5: bit 22 set); a value
+// next to a threshold keeps its side either way. Thresholds' keys (t / 2^21): 0.25 -> 500,
+// 0.75 -> 506, 1.25 -> 509, 1.75 -> 511, 2.5 -> 513, 3.5 -> 515, 5 -> 517; q beyond t <=> key > that.
+constexpr uint32_t e2m1_code_of_key(uint32_t k) {
+  return (k > 500) + (k > 506) + (k > 509) + (k > 511) + (k > 513) + (k > 515) + (k > 517);
+}
+// The floor key floor(u / 2^21) of the nearest-level estimate (ties either way).
+constexpr float e2m1_magnitude_of_floor_key(uint32_t k) {
+  constexpr float mags[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  return mags[(k >= 500) + (k >= 506) + (k >= 509) + (k >= 511) + (k >= 513) + (k >= 515) + (k >= 517)];
+}
+// Tables indexed by the key's low 5 bits: slots 0-15 hold keys 512-527, slots 16-31 keys 496-511.
+template <class V, class F, size_t... I>
+constexpr V key_table(F f, uint32_t first, std::index_sequence<I...>) {
+  return V{f(first + uint32_t(I))...};
+}
+inline constexpr v16u kE2M1CodeLo = key_table<v16u>(e2m1_code_of_key, 512, std::make_index_sequence<16>());
+inline constexpr v16u kE2M1CodeHi = key_table<v16u>(e2m1_code_of_key, 496, std::make_index_sequence<16>());
+inline constexpr v16f kE2M1MagLo = key_table<v16f>(e2m1_magnitude_of_floor_key, 512, std::make_index_sequence<16>());
+inline constexpr v16f kE2M1MagHi = key_table<v16f>(e2m1_magnitude_of_floor_key, 496, std::make_index_sequence<16>());
+// By the code key: the codes shifted to the high nibble, and their magnitudes.
+constexpr uint32_t e2m1_high_code_of_key(uint32_t k) { return e2m1_code_of_key(k) << 4; }
+constexpr float e2m1_magnitude_of_key(uint32_t k) {
+  constexpr float mags[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  return mags[e2m1_code_of_key(k)];
+}
+inline constexpr v16u kE2M1HighCodeLo = key_table<v16u>(e2m1_high_code_of_key, 512, std::make_index_sequence<16>());
+inline constexpr v16u kE2M1HighCodeHi = key_table<v16u>(e2m1_high_code_of_key, 496, std::make_index_sequence<16>());
+inline constexpr v16f kE2M1KeyMagLo = key_table<v16f>(e2m1_magnitude_of_key, 512, std::make_index_sequence<16>());
+inline constexpr v16f kE2M1KeyMagHi = key_table<v16f>(e2m1_magnitude_of_key, 496, std::make_index_sequence<16>());
+MIXQ_ALWAYS_INLINE v16u e2m1_codes_by_key(v16f q) {
+  const v16u u = (v16u)q;
+  v16u key = (u + ((u & 0x400000u) != 0u ? 0x200000u : 0x1fffffu)) >> 21;
+  key = key > 496u ? key : v16u{} + 496u;
+  key = key < 527u ? key : v16u{} + 527u;
+  return __builtin_shuffle(kE2M1CodeLo, kE2M1CodeHi, key);
+}
+// The E2M1 magnitude nearest to q in [0, 32), ties either way (the floor key puts a threshold in
+// the interval above it): for error estimates, not for codes.
+MIXQ_ALWAYS_INLINE v16f e2m1_nearest_by_key(v16f q) {
+  v16u key = (v16u)q >> 21;
+  key = key > 496u ? key : v16u{} + 496u;
+  return __builtin_shuffle(kE2M1MagLo, kE2M1MagHi, key);
+}
+// The same by comparisons (e2m1_round_magnitude), for targets without a two-register permute.
+MIXQ_ALWAYS_INLINE v16f e2m1_nearest_by_compare(v16f q) {
+  const v16u half = (v16u)(q > 0.25f) & 0x3f000000u, one = (v16u)(q > 2.5f) & 0x3f800000u;
+  return (v16f)half + (v16f)((v16u)(q >= 0.75f) & 0x3f000000u) + (v16f)((v16u)(q > 1.25f) & 0x3f000000u) +
+         (v16f)((v16u)(q >= 1.75f) & 0x3f000000u) + (v16f)one + (v16f)((v16u)(q >= 3.5f) & 0x3f800000u) +
+         (v16f)((v16u)(q > 5.0f) & 0x40000000u);
+}
+
 // The sign bit of nvfp4_code: set for x < 0 (not for -0).
 MIXQ_ALWAYS_INLINE v16u sign_bits(v16u x_bits) { return (v16u)((v16f)x_bits < 0.0f) & 8u; }
 
-// Two codes per byte, even element in the low nibble; 8 bytes to dst.
+// Two codes per byte, even element in the low nibble: as 64-bit lanes, each pair is one shift and
+// one or away from its byte.
+MIXQ_ALWAYS_INLINE uint64_t packed_codes(v16u code) {
+  const v8q pairs = (v8q)code;
+  const v8b bytes = __builtin_convertvector(pairs | (pairs >> 28), v8b);
+  uint64_t out;
+  std::memcpy(&out, &bytes, sizeof out);
+  return out;
+}
 MIXQ_ALWAYS_INLINE void store_packed(v16u code, uint8_t* dst) {
-  const v8u even = __builtin_shufflevector(code, code, 0, 2, 4, 6, 8, 10, 12, 14);
-  const v8u odd = __builtin_shufflevector(code, code, 1, 3, 5, 7, 9, 11, 13, 15);
-  const v8b bytes = __builtin_convertvector(even | (odd << 4), v8b);
+  const uint64_t bytes = packed_codes(code);
   std::memcpy(dst, &bytes, sizeof bytes);
 }
 MIXQ_ALWAYS_INLINE void store_bytes(v16u v, uint8_t* dst) {

@@ -6,11 +6,13 @@
 #include <bit>
 #include <cstring>
 #include <cmath>
+#include <random>
 #include <vector>
 
 #include "formats/minifloat.hpp"
 #include "kernels/cpu/nvfp4_lanes.hpp"
 #include "kernels/cpu/quantize.hpp"
+#include "kernels/cpu/simd_dispatch.hpp"
 #include "../sourced_tensor.hpp"
 #include "../test_tensors.hpp"
 
@@ -64,6 +66,35 @@ TEST(cpu_kernels, lane_e4m3_codec_matches_the_reference) {
   EXPECT_EQ(count_lane_mismatches(0x3b000000u, 0x43e00000u, 1, check), 0);
 }
 
+TEST(cpu_kernels, lane_e2m1_codes_by_key_match_the_reference) {
+  // The table lookup's keys: every float in [2^-5, 64), every 97th below, huge values and inf.
+  auto check = [](cpu::lanes::v16f q, const float* in) {
+    const auto codes = cpu::lanes::e2m1_codes_by_key(q);
+    int bad = 0;
+    for (int j = 0; j < 16; ++j) bad += codes[j] != e2m1_magnitude_code(in[j]);
+    return bad;
+  };
+  EXPECT_EQ(count_lane_mismatches(0, 0x3d000000u, 97, check), 0);
+  EXPECT_EQ(count_lane_mismatches(0x3d000000u, 0x42800000u, 1, check), 0);
+  EXPECT_EQ(count_lane_mismatches(0x42800000u, 0x7f800000u, 4099, check), 0);
+}
+
+TEST(cpu_kernels, lane_reductions_of_16_vectors_match_one_at_a_time) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (int trial = 0; trial < 200; ++trial) {
+    cpu::lanes::v16f v[16];
+    for (auto& x : v)
+      for (int j = 0; j < 16; ++j) x[j] = std::ldexp(u(rng), int(rng() % 40) - 20);  // sums that round
+    const auto sums = cpu::lanes::reduce16x16(v, cpu::lanes::sum_op{});
+    const auto maxima = cpu::lanes::reduce16x16(v, cpu::lanes::max_op{});
+    for (int j = 0; j < 16; ++j) {
+      EXPECT_EQ(std::bit_cast<uint32_t>(sums[j]), std::bit_cast<uint32_t>(cpu::lanes::sum16(v[j])));
+      EXPECT_EQ(maxima[j], cpu::lanes::max16(v[j]));
+    }
+  }
+}
+
 TEST(cpu_kernels, nvfp4_every_selector_bit_identical) {
   const nvfp4_selector selectors[] = {nvfp4_selector::max, nvfp4_selector::mse_multiplier, nvfp4_selector::mse_fp8_sweep,
                                       nvfp4_selector::four_over_six, nvfp4_selector::mse_four_over_six};
@@ -105,6 +136,74 @@ TEST(cpu_kernels, nvfp4_agrees_when_block_errors_overflow) {
     EXPECT_EQ(fast.packed, ref.packed) << selector_name(sel);
     for (uint8_t s : ref.block_scales) EXPECT_NE(s, 0) << selector_name(sel);  // never a zero scale
   }
+}
+
+TEST(cpu_kernels, nvfp4_mse_searches_bit_identical_on_ties_and_near_ties) {
+  // Blocks whose values sit on the E2M1 grid of one candidate step (so several steps give no error
+  // or the same error: k and k+8 tie whenever the levels are all even), a few ulps off it, or at
+  // the midpoints between levels; the searches must pick the reference's code, the smallest of a tie.
+  std::mt19937 rng(11);
+  const int64_t rows = 64, cols = 256;
+  for (int variant = 0; variant < 4; ++variant) {
+    std::vector<float> values(size_t(rows * cols));
+    const float global_amax = 3.0f, ws2 = nvfp4_global_scale(global_amax, kNvfp4Normalizer);
+    for (int64_t b = 0; b < rows * cols / 16; ++b) {
+      const float step = e4m3_decode_table()[40 + rng() % 60] * ws2;
+      for (int i = 0; i < 16; ++i) {
+        const int level = variant == 1 ? int(rng() % 4) * 2 : int(rng() % 8);  // variant 1: even levels
+        float v = kE2M1Magnitudes[level] * step;
+        if (variant == 2) v = std::nextafter(v, rng() % 2 ? 0.0f : INFINITY);
+        if (variant == 3 && level < 7) v = 0.5f * (kE2M1Magnitudes[level] + kE2M1Magnitudes[level + 1]) * step;
+        values[size_t(b * 16 + i)] = std::min(v, global_amax) * (rng() % 2 ? -1.0f : 1.0f);
+      }
+    }
+    values[0] = global_amax;
+    const weight_view w{values.data(), rows, cols, "ties"};
+    for (auto sel : {nvfp4_selector::mse_fp8_sweep, nvfp4_selector::mse_multiplier, nvfp4_selector::mse_four_over_six}) {
+      nvfp4_options o;
+      o.selector = sel;
+      const nvfp4_weight ref = nvfp4_quantize(w, o);
+      const nvfp4_weight fast = cpu::nvfp4_quantize(cpu::from_f32(w), o);
+      EXPECT_EQ(fast.block_scales, ref.block_scales) << variant << " " << selector_name(sel);
+      EXPECT_EQ(fast.packed, ref.packed) << variant << " " << selector_name(sel);
+    }
+  }
+}
+
+// Every instantiation of the dispatched kernels this CPU runs (AVX-512, AVX2, baseline x86-64),
+// not only the one dispatch picks.
+TEST(cpu_kernels, every_simd_level_bit_identical) {
+  const nvfp4_selector selectors[] = {nvfp4_selector::max, nvfp4_selector::mse_multiplier, nvfp4_selector::mse_fp8_sweep,
+                                      nvfp4_selector::four_over_six, nvfp4_selector::mse_four_over_six};
+  std::vector<testing::test_tensor> tensors = all_kinds(8, 160, 91);
+  for (auto& t : all_kinds(3, 48, 92)) tensors.push_back(t);  // a partial group only
+  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+    if (level > cpu::cpu_simd_level()) continue;
+    cpu::limit_simd_level(level);
+    for (const auto& t : tensors)
+      for (auto dtype : kDtypes) {
+        const sourced s = as_dtype(t, dtype);
+        for (auto sel : selectors) {
+          nvfp4_options o;
+          o.selector = sel;
+          const nvfp4_weight ref = nvfp4_quantize(view_of(s), o);
+          const nvfp4_weight fast = cpu::nvfp4_quantize(s.source, o);
+          EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level) << " " << t.name << " " << selector_name(sel);
+          EXPECT_EQ(fast.packed, ref.packed) << int(level) << " " << t.name << " " << selector_name(sel);
+        }
+        for (auto gran : {fp8_granularity::per_tensor, fp8_granularity::per_channel})
+          for (auto sel : {fp8_selector::max, fp8_selector::mse}) {
+            fp8_options o;
+            o.granularity = gran;
+            o.selector = sel;
+            const fp8_weight ref = fp8_quantize(view_of(s), o);
+            const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+            EXPECT_EQ(fast.scales, ref.scales) << int(level) << " " << t.name;
+            EXPECT_EQ(fast.codes, ref.codes) << int(level) << " " << t.name;
+          }
+      }
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
 }
 
 TEST(cpu_kernels, fp8_every_granularity_and_selector_bit_identical) {
@@ -157,6 +256,37 @@ TEST(cpu_kernels, fake_quant_matches_reference_for_every_format) {
     fake_quant_weight(view_of(s), spec, a);
     cpu::fake_quant_weight(s.source, spec, b);
     EXPECT_EQ(a, b) << describe(spec);
+  }
+}
+
+TEST(cpu_kernels, zeroed_nonfinite_values_bit_identical) {
+  // With nonfinite_policy::zero the kernels take their general paths (the in-place amax passes
+  // see the inf / NaN and step aside).
+  auto t = testing::make_tensor(testing::tensor_kind::heavy_tailed, 8, 96, 73);
+  t.values[5] = INFINITY;
+  t.values[300] = -INFINITY;
+  t.values[511] = NAN;
+  for (auto dtype : kDtypes) {
+    const sourced s = as_dtype(t, dtype);
+    for (auto sel : {nvfp4_selector::max, nvfp4_selector::mse_fp8_sweep, nvfp4_selector::four_over_six}) {
+      nvfp4_options o;
+      o.selector = sel;
+      o.nonfinite = nonfinite_policy::zero;
+      const nvfp4_weight ref = nvfp4_quantize(view_of(s), o);
+      const nvfp4_weight fast = cpu::nvfp4_quantize(s.source, o);
+      EXPECT_EQ(fast.global_scale, ref.global_scale);
+      EXPECT_EQ(fast.block_scales, ref.block_scales) << selector_name(sel);
+      EXPECT_EQ(fast.packed, ref.packed) << selector_name(sel);
+    }
+    for (auto gran : {fp8_granularity::per_tensor, fp8_granularity::per_channel}) {
+      fp8_options o;
+      o.granularity = gran;
+      o.nonfinite = nonfinite_policy::zero;
+      const fp8_weight ref = fp8_quantize(view_of(s), o);
+      const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+      EXPECT_EQ(fast.scales, ref.scales);
+      EXPECT_EQ(fast.codes, ref.codes);
+    }
   }
 }
 

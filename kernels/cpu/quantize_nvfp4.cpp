@@ -1,0 +1,851 @@
+// NVFP4 on the CPU: after the global amax pass, one pass over the weight in groups of 16 blocks
+// (one vector of block maxima, one of scales), reading BF16 / F32 in place. Bit for bit the
+// scalar reference's result (formats/nvfp4.cpp); tests/kernels and tests/golden check it.
+//
+// The MSE searches (the 126-code FP8 sweep, the multiplier list) are exact without evaluating
+// every candidate exactly; per block:
+//  1. the squared error of the 16 codes k0-7 .. k0+8 around the max-rule code k0 is estimated at
+//     once (a lane per candidate, no divisions: q ≈ |w| · (1/step)), each estimate A_k within a
+//     proven δ_k of the reference's float error E_k (estimate_window);
+//  2. candidates below the window lose: there the block's largest value is clipped (|w|/step > 6),
+//     its own term of the error grows as the step shrinks and already exceeds min(A + δ) ≥ min E;
+//  3. candidates above it lose: for a step s with every |w|/s <= 6, E(2s) >= E(s) holds exactly
+//     in float arithmetic (each value's E2M1 level under 2s is a level under s at least as far
+//     from it, and every rounding in the error is monotone), and step(k+8) = 2·step(k) (k >= 8),
+//     so each such candidate has a smaller one in the window's top octave that is at least as good;
+//  4. of the window's candidates only those with A_k - δ_k <= min(A + δ) can be the minimum: when
+//     that is one candidate it is the answer, else those few are evaluated exactly, in ascending
+//     order (ties go to the smallest code, as in the reference's scan).
+// Blocks outside the conditions these need (an all-zero or tiny block, errors that overflow, a
+// weight scale near the float range's ends) take the scalar reference.
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include <optional>
+#include <utility>
+
+#include <fmt/format.h>
+#include <immintrin.h>
+#include <omp.h>
+
+#include "formats/minifloat.hpp"
+#include "kernels/cpu/nvfp4_lanes.hpp"
+#include "kernels/cpu/quantize.hpp"
+#include "kernels/cpu/simd_dispatch.hpp"
+
+namespace mixq::cpu {
+namespace {
+
+using lanes::v16f;
+using lanes::v16u;
+
+constexpr int kGroup = 16;                          // blocks per group
+constexpr int kGroupValues = kGroup * kNvfp4Block;  // 256
+constexpr int64_t kChunkGroups = 16;                // groups per work item (64 KiB of F32)
+
+// Per-code constants of one weight scale: step[k] = E4M3 value k × weight_scale_2 (the reference's
+// dequantization step), its reciprocal and square. Index 0 is unused; windows load 16 from k >= 1.
+struct code_tables {
+  alignas(64) float step[128] = {}, recip[128] = {}, step_sq[128] = {};
+  bool usable = false;  // the window search's conditions on the float range hold (else: reference)
+  explicit code_tables(float ws2) {
+    for (int k = 1; k <= 0x7e; ++k) {
+      step[k] = e4m3_decode_table()[k] * ws2;
+      recip[k] = 1.0f / step[k];
+      step_sq[k] = step[k] * step[k];
+    }
+    // Steps in [2^-49, 2^49]: squares and errors (|w| < 32 steps) stay normal and finite, halving
+    // and doubling a step are exact.
+    usable = ws2 >= 0x1p-40f && ws2 <= 0x1p40f;
+  }
+};
+
+struct nvfp4_job {
+  float global_amax, normalizer, ws2;
+  float g;  // the global amax as the block scale formula uses it (1 for an all-zero weight)
+  nvfp4_selector selector;
+  std::span<const float> multipliers;
+  std::span<const float> multiplier_factors;  // mse_multiplier: scale / bmax per multiplier, rounded once
+  const code_tables* tables;
+  bool amax_bounds_weight;      // global_amax >= max |w|
+  const float* block_maxima;    // each block's max |w| when the amax pass found them, else null
+};
+
+// ---- per-group building blocks ----------------------------------------------------------------
+
+template <simd_level L>
+MIXQ_ALWAYS_INLINE v16u e2m1_codes(v16f q) {
+  if constexpr (L == simd_level::avx512) return lanes::e2m1_codes_by_key(q);
+  else return lanes::e2m1_codes(q);
+}
+
+template <simd_level L>
+MIXQ_ALWAYS_INLINE v16f e2m1_nearest(v16f q) {
+  if constexpr (L == simd_level::avx512) return lanes::e2m1_nearest_by_key(q);
+  else return lanes::e2m1_nearest_by_compare(q);
+}
+
+// The reference's squared error of one block (|w| in ax) under step: nvfp4_block_sq_error.
+template <simd_level L>
+MIXQ_ALWAYS_INLINE float block_error(v16f ax, float step) {
+  const v16u codes = e2m1_codes<L>(ax / step);
+  const v16f d = lanes::e2m1_magnitudes(codes) * step;
+  return lanes::sum16((ax - d) * (ax - d));
+}
+
+// Codes of 16 blocks under chosen scale codes: scale bytes, packed nibbles, and (when errors is
+// not null) each block's squared error.
+template <simd_level L>
+MIXQ_ALWAYS_INLINE void encode_group(const v16u* bits, v16u scale_codes, float ws2, uint8_t* scales, uint8_t* packed,
+                                     float* errors) {
+  lanes::store_bytes(scale_codes, scales);
+  const v16f step_v = lanes::e4m3_decode(scale_codes) * ws2;
+  float step[kGroup];
+  std::memcpy(step, &step_v, sizeof step);
+  v16f sq[kGroup];
+  for (int j = 0; j < kGroup; ++j) {
+    const v16f ax = lanes::abs_of(bits[j]);
+    const v16u codes = e2m1_codes<L>(ax / step[j]);
+    lanes::store_packed(codes | lanes::sign_bits(bits[j]), packed + j * (kNvfp4Block / 2));
+    if (errors) {
+      const v16f d = lanes::e2m1_magnitudes(codes) * step[j];
+      sq[j] = (ax - d) * (ax - d);
+    }
+  }
+  if (errors) {
+    const v16f e = lanes::reduce16x16(sq, lanes::sum_op{});
+    std::memcpy(errors, &e, sizeof e);
+  }
+}
+
+// Four-over-six: both candidates (block max -> 6 and -> 4) in registers, the first kept unless the
+// second's error is strictly lower.
+template <simd_level L>
+MIXQ_ALWAYS_INLINE void four_over_six_group(const v16u* bits, v16f bmax, const nvfp4_job& job, uint8_t* scales,
+                                            uint8_t* packed, float* errors) {
+  const v16u code1 = lanes::e4m3_encode(lanes::static_block_scale(bmax, job.g, job.normalizer));
+  const v16u code2 = lanes::e4m3_encode(lanes::static_block_scale(bmax * 1.5f, job.g, job.normalizer));
+  const v16f step1_v = lanes::e4m3_decode(code1) * job.ws2, step2_v = lanes::e4m3_decode(code2) * job.ws2;
+  float step1[kGroup], step2[kGroup];
+  std::memcpy(step1, &step1_v, sizeof step1);
+  std::memcpy(step2, &step2_v, sizeof step2);
+  v16f sq1[kGroup], sq2[kGroup];
+  alignas(64) uint64_t packed1[kGroup], packed2[kGroup];
+  for (int j = 0; j < kGroup; ++j) {
+    const v16f ax = lanes::abs_of(bits[j]);
+    const v16u sign = lanes::sign_bits(bits[j]);
+    const v16u c1 = e2m1_codes<L>(ax / step1[j]), c2 = e2m1_codes<L>(ax / step2[j]);
+    const v16f d1 = lanes::e2m1_magnitudes(c1) * step1[j], d2 = lanes::e2m1_magnitudes(c2) * step2[j];
+    sq1[j] = (ax - d1) * (ax - d1);
+    sq2[j] = (ax - d2) * (ax - d2);
+    packed1[j] = lanes::packed_codes(c1 | sign);
+    packed2[j] = lanes::packed_codes(c2 | sign);
+  }
+  const v16f err1 = lanes::reduce16x16(sq1, lanes::sum_op{}), err2 = lanes::reduce16x16(sq2, lanes::sum_op{});
+  const v16u second = (v16u)(err2 < err1);
+  lanes::store_bytes((code2 & second) | (code1 & ~second), scales);
+  for (int j = 0; j < kGroup; ++j) {
+    const uint64_t p = second[j] ? packed2[j] : packed1[j];
+    std::memcpy(packed + j * (kNvfp4Block / 2), &p, sizeof p);
+  }
+  if (errors) {
+    const v16f e = (v16f)(((v16u)err2 & second) | ((v16u)err1 & ~second));
+    std::memcpy(errors, &e, sizeof e);
+  }
+}
+
+// ---- the MSE searches ---------------------------------------------------------------------------
+
+// The error estimates of the 16 codes lo .. lo+15 for one block, in lanes, and their bound δ.
+//
+// Why |A_k - E_k| <= δ_k = 2^-13·s² + 2^-15·A_k, with s = step, u = 2^-24, every |w|/s < 32, and
+// S the exact sum of squared distances (in units of s² where that reads better):
+//  - the reference rounds q = fl(|w|/s); the estimate rounds q' = fl(|w|·fl(1/s)), both within
+//    2.01u·|w|/s of |w|/s, and takes the nearest level (either way at a tie). The codes differ only
+//    where |w|/s is within 2.01u·5 of a midpoint t <= 5 between levels g <= 2 apart, and there the
+//    two squared distances differ by <= 2·g·2.01u·5 = 40.2u: <= 643u for 16 values;
+//  - the reference rounds level·s (by <= 6u·s), |w| - d, the square and 15 sums; the estimate
+//    q' (by < 65u), q' - level, the square, 15 sums and the product with s². Per value that is
+//    <= 142u·s·|e| + 13u·e² in all, and Σ|e| <= 4·sqrt(S): <= 568u·s·sqrt(S) + 13u·S
+//    <= 284u·s² + 297u·S.
+// In all <= 927u·s² + 297u·S; δ allows about twice that.
+template <simd_level L>
+MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
+                                        v16f* below_error) {
+  v16f recip, step_sq;
+  std::memcpy(&recip, t.recip + lo, sizeof recip);
+  std::memcpy(&step_sq, t.step_sq + lo, sizeof step_sq);
+  v16f acc[4] = {};
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    const v16f q = a[i] * recip;
+    const v16f e = q - e2m1_nearest<L>(q);
+    acc[i & 3] += e * e;
+  }
+  const v16f est = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * step_sq;
+  const v16f delta = step_sq * 0x1p-13f + est * 0x1p-15f;
+  *above_error = est + delta;
+  *below_error = est - delta;
+}
+
+// Whether a block with this max-rule scale (before its E4M3 rounding and clamp) meets the window
+// search's conditions: code k0 >= 9 (so the window's codes lo = k0-7 .. k0+8 keep |w|/step < 32
+// and its top octave is above the subnormal codes) and no clamp at 448.
+MIXQ_ALWAYS_INLINE v16u window_applies(v16f max_rule_scale) {
+  return (v16u)(max_rule_scale > 0x1.1p-6f) & (v16u)(max_rule_scale <= 448.0f);  // 0x1.1p-6 rounds to code 8
+}
+
+inline constexpr v16u kLaneBit = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+                                  1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
+
+// The window search of 16 blocks, in three steps: search_setup (each block's window and candidate
+// codes), the estimates of every eligible block's window (estimate_window, or its AVX-512 twin),
+// and search_decide, which takes each step for all 16 blocks at once (the reductions as
+// transposes) and leaves per block what is left: usually a single candidate.
+struct search_setup {
+  v16u lo, in_window, above_bases, eligible;
+};
+
+MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
+  const code_tables& t = *job.tables;
+  const v16f max_rule = bmax / (6.0f * job.ws2);  // nvfp4_max_block_scale_f32 before its clamp
+  const v16u k0 = lanes::e4m3_encode(lanes::clamp_block_scale(max_rule == 0.0f ? 1.0f : max_rule));
+  search_setup s;
+  s.lo = k0 - 7u;
+  s.lo = s.lo > 111u ? v16u{} + 111u : s.lo;  // (blocks with k0 < 9 leave the window search)
+  // Candidates: the sweep's are every code; a multiplier list's, each block's codes in the list's
+  // order (the reference's), as window bits, and for codes above the window the window codes they
+  // double. Requires codes non-decreasing along the list, so that its first least error is the
+  // least code's.
+  s.in_window = v16u{} + 0xffffu;
+  s.above_bases = v16u{};
+  s.eligible = window_applies(max_rule) & (v16u{} - uint32_t(t.usable));
+  if (job.selector == nvfp4_selector::mse_multiplier) {
+    const auto add_candidate = [&s](v16u code) {
+      const v16u d = code - s.lo;  // wraps for codes below the window
+      const v16u one = v16u{} + 1u;
+      s.in_window |= (v16u)(d < 16u) & (one << (d & 15u));
+      s.above_bases |= (v16u)(d - 16u < 0x70u) & (one << (8u + (d & 7u)));
+    };
+    // Each multiplier's scale is bmax·c/6·normalizer/(g/6) in four roundings; bmax·K_c (K_c its
+    // constant factor, rounded once) is within 6.1u of it, i.e. 12.2 units in the last place, so
+    // both round to the same E4M3 code unless within 16 units of a rounding boundary between
+    // codes, or below the normal codes (2^-6): then every code of the group is computed exactly
+    // (as always for a list that does not ascend).
+    s.in_window = v16u{};
+    v16u near = {};
+    for (float k : job.multiplier_factors) {
+      const v16u u = (v16u)(bmax * k);
+      const v16u code = ((u + 0x80000u) >> 20) - 960u;  // RNE but at the (excluded) ties
+      near |= (v16u)(((u - 0x80000u + 16u) & 0xfffffu) < 32u) | (v16u)(u < 0x3c810000u);
+      add_candidate(code < 126u ? code : v16u{} + 126u);  // >= 448 clamps to 448 (126)
+    }
+    if (job.multiplier_factors.empty() || lanes::reduce16_bits(near & s.eligible) != 0) {
+      s.in_window = s.above_bases = v16u{};
+      v16u ordered = v16u{} - 1u, prev = {};
+      for (float c : job.multipliers) {
+        const v16u code = lanes::e4m3_encode(lanes::static_block_scale(bmax * c, job.g, job.normalizer));
+        ordered &= (v16u)(code >= prev);
+        prev = code;
+        add_candidate(code);
+      }
+      s.eligible &= ordered;
+    }
+  }
+  return s;
+}
+
+// values: each block's magnitudes (element order, in memory); above / below: A + δ and A - δ of
+// the eligible blocks' windows.
+template <simd_level L>
+MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f bmax, const search_setup& s,
+                                      v16f* above, const v16f* below, const nvfp4_job& job) {
+  const code_tables& t = *job.tables;
+  alignas(64) uint32_t lo[kGroup], window[kGroup], ok[kGroup];
+  std::memcpy(lo, &s.lo, sizeof lo);
+  std::memcpy(window, &s.in_window, sizeof window);
+  std::memcpy(ok, &s.eligible, sizeof ok);
+  const v16f inf = lanes::broadcast(INFINITY);
+  for (int j = 0; j < kGroup; ++j) {
+    const v16u candidate = (v16u)((kLaneBit & window[j]) != 0u) & (v16u{} + ok[j]);  // ok: 0 or ~0
+    above[j] = (v16f)(((v16u)above[j] & candidate) | ((v16u)inf & ~candidate));
+  }
+  // >= the least error of each block's candidates (the window holds one)
+  const v16f bound = lanes::reduce16x16(above, lanes::min_op{});
+  alignas(64) float bound_of[kGroup];
+  std::memcpy(bound_of, &bound, sizeof bound_of);
+  v16f close_lanes[kGroup];  // lanes whose error may be the least (a NaN estimate, inf - inf, too)
+  for (int j = 0; j < kGroup; ++j) close_lanes[j] = (v16f)(~(v16u)(below[j] > bound_of[j]) & kLaneBit);
+  const v16u close = (v16u)lanes::reduce16x16(close_lanes, lanes::or_op{});
+  // Every code below lo clips the block's max: the max's own error term grows as the step shrinks.
+  alignas(64) float step_below[kGroup];
+  for (int j = 0; j < kGroup; ++j) step_below[j] = t.step[lo[j] > 0 ? lo[j] - 1 : 0];  // lo >= 2 where eligible
+  v16f step_below_v;
+  std::memcpy(&step_below_v, step_below, sizeof step_below_v);
+  const v16f clipped = bmax - 6.0f * step_below_v;
+  const v16u decided = s.eligible & (v16u)(bound < INFINITY) & (v16u)(clipped * clipped > bound);
+  const v16u contenders_v = close & s.in_window;
+  // A code above the window loses to the window code it doubles; where that one is not a
+  // candidate itself but may be the least, the codes above it join the exact evaluation.
+  const v16u unsettled_v = s.above_bases & ~s.in_window & close;
+
+  alignas(64) uint32_t contenders[kGroup], unsettled[kGroup], chosen[kGroup];
+  alignas(64) float amax[kGroup];
+  std::memcpy(ok, &decided, sizeof ok);
+  std::memcpy(contenders, &contenders_v, sizeof contenders);
+  std::memcpy(unsettled, &unsettled_v, sizeof unsettled);
+  std::memcpy(amax, &bmax, sizeof amax);
+  for (int j = 0; j < kGroup; ++j) {
+    uint32_t c = contenders[j];
+    if (ok[j] && !unsettled[j] && std::popcount(c) == 1) {
+      chosen[j] = lo[j] + uint32_t(std::countr_zero(c));
+    } else if (ok[j]) {  // the contenders' exact errors, in ascending code order
+      v16f ax;
+      std::memcpy(&ax, values[j], sizeof ax);
+      int best_k = -1;
+      float best = 0.0f;
+      const auto consider = [&](int k) {
+        const float err = block_error<L>(ax, t.step[k]);
+        if (best_k < 0 || err < best) best = err, best_k = k;
+      };
+      for (; c; c &= c - 1) consider(int(lo[j]) + std::countr_zero(c));
+      if (unsettled[j]) {  // multiplier codes above the window (the list ascends with its codes)
+        uint32_t above_codes[64];
+        int n_above = 0;
+        for (size_t m = job.multipliers.size(); m-- > 0;) {
+          const uint32_t k = e4m3_encode(nvfp4_block_scale_f32(amax[j] * job.multipliers[m], job.global_amax, job.normalizer));
+          if (k < lo[j] + 16) break;
+          if ((unsettled[j] >> (8 + (k - lo[j]) % 8) & 1) && (n_above == 0 || above_codes[n_above - 1] != k) && n_above < 64)
+            above_codes[n_above++] = k;
+        }
+        while (n_above > 0) consider(int(above_codes[--n_above]));
+      }
+      chosen[j] = uint32_t(best_k);
+    } else {
+      chosen[j] = nvfp4_choose_block_scale(values[j], amax[j], job.global_amax, job.normalizer, job.selector,
+                                           job.multipliers);
+    }
+  }
+  v16u out;
+  std::memcpy(&out, chosen, sizeof out);
+  return out;
+}
+
+// The scale codes the MSE selector picks for 16 blocks (ax: their magnitudes, in element order).
+template <simd_level L>
+MIXQ_ALWAYS_INLINE v16u search_group(const v16f* ax, v16f bmax, const nvfp4_job& job) {
+  const search_setup s = setup_search(bmax, job);
+  alignas(64) float values[kGroup][kNvfp4Block];  // in memory: the estimates broadcast each value
+  std::memcpy(values, ax, sizeof values);
+  alignas(64) uint32_t eligible[kGroup], lo[kGroup];
+  std::memcpy(eligible, &s.eligible, sizeof eligible);
+  std::memcpy(lo, &s.lo, sizeof lo);
+  v16f above[kGroup], below[kGroup];
+  for (int j = 0; j < kGroup; ++j)
+    if (eligible[j]) estimate_window<L>(values[j], lo[j], *job.tables, &above[j], &below[j]);
+  return search_decide<L>(values, bmax, s, above, below, job);
+}
+
+// ---- groups, chunks, the tensor -----------------------------------------------------------------
+
+// 16 blocks starting at value i0 of src (a functor returning 16 values' float bits).
+template <simd_level L, class Source>
+MIXQ_ALWAYS_INLINE void quantize_group(const Source& src, int64_t i0, const nvfp4_job& job, uint8_t* scales,
+                                       uint8_t* packed, float* errors) {
+  v16u bits[kGroup];
+  v16f ax[kGroup];
+  for (int j = 0; j < kGroup; ++j) {
+    bits[j] = src(i0 + j * kNvfp4Block);
+    ax[j] = lanes::abs_of(bits[j]);
+  }
+  const v16f bmax = lanes::reduce16x16(ax, lanes::max_op{});
+  switch (job.selector) {
+    case nvfp4_selector::max:
+      return encode_group<L>(bits, lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2)), job.ws2, scales, packed,
+                             errors);
+    case nvfp4_selector::four_over_six: return four_over_six_group<L>(bits, bmax, job, scales, packed, errors);
+    case nvfp4_selector::mse_multiplier:
+    case nvfp4_selector::mse_fp8_sweep:
+    case nvfp4_selector::mse_four_over_six:
+      return encode_group<L>(bits, search_group<L>(ax, bmax, job), job.ws2, scales, packed, errors);
+  }
+}
+
+struct bf16_values {
+  const uint16_t* p;
+  MIXQ_ALWAYS_INLINE v16u operator()(int64_t i) const { return lanes::widen_bf16(p + i); }
+};
+struct f32_values {
+  const float* p;
+  MIXQ_ALWAYS_INLINE v16u operator()(int64_t i) const { return lanes::load_bits(p + i); }
+};
+
+// Blocks [b0, b0 + n) of w; scales, packed and errors point at block b0's outputs. Whole groups
+// read BF16 / F32 in place; F16, zeroed non-finite values and the last partial group go through
+// an F32 copy (zero-padded to a whole group; padding blocks' outputs are dropped).
+#if MIXQ_HAVE_SIMD_TARGETS
+namespace avx512 {
+void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
+                     uint8_t* scales, uint8_t* packed, float* errors);
+}
+#endif
+
+template <simd_level L>
+MIXQ_ALWAYS_INLINE void quantize_blocks_impl(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n,
+                                             const nvfp4_job& job, uint8_t* scales, uint8_t* packed, float* errors) {
+#if MIXQ_HAVE_SIMD_TARGETS
+  if constexpr (L == simd_level::avx512) return avx512::quantize_blocks(w, zero_nonfinite, b0, n, job, scales, packed, errors);
+#endif
+  constexpr int half = kNvfp4Block / 2;
+  const int64_t whole = n / kGroup;
+  const bool in_place = !zero_nonfinite && w.dtype != source_dtype::f16;
+  alignas(64) float buf[kGroupValues];
+  for (int64_t gi = 0; gi < whole; ++gi) {
+    const int64_t b = b0 + gi * kGroup, i0 = b * kNvfp4Block, o = gi * kGroup;
+    float* err = errors ? errors + o : nullptr;
+    if (in_place && w.dtype == source_dtype::bf16)
+      quantize_group<L>(bf16_values{static_cast<const uint16_t*>(w.data)}, i0, job, scales + o, packed + o * half, err);
+    else if (in_place)
+      quantize_group<L>(f32_values{static_cast<const float*>(w.data)}, i0, job, scales + o, packed + o * half, err);
+    else {
+      load_f32(w, i0, kGroupValues, buf, zero_nonfinite);
+      quantize_group<L>(f32_values{buf}, 0, job, scales + o, packed + o * half, err);
+    }
+  }
+  if (const int64_t rest = n - whole * kGroup; rest > 0) {
+    const int64_t o = whole * kGroup;
+    std::fill(std::begin(buf), std::end(buf), 0.0f);
+    load_f32(w, (b0 + o) * kNvfp4Block, int(rest * kNvfp4Block), buf, zero_nonfinite);
+    uint8_t s[kGroup], p[kGroup * half];
+    float e[kGroup];
+    quantize_group<L>(f32_values{buf}, 0, job, s, p, e);
+    std::copy_n(s, rest, scales + o);
+    std::copy_n(p, rest * half, packed + o * half);
+    if (errors) std::copy_n(e, rest, errors + o);
+  }
+}
+
+
+// ---- AVX-512: two blocks per register pair -------------------------------------------------------
+//
+// 64 bytes of BF16 (two blocks) split as float bits into their even elements (one register: block
+// 2p's in lanes 0-7, block 2p+1's in 8-15) and odd elements (another): one shift or one and per
+// 16 values, and a byte per element pair (even code | odd code << 4) comes straight out, two
+// blocks' packed codes in one 16-byte store. The reference's error tree (i+8, i+4, i+2, i+1) maps
+// onto the halves: i+8, i+4, i+2 stay within the even or the odd elements, i+1 adds the two.
+#if MIXQ_HAVE_SIMD_TARGETS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+// GCC 12 reports the deliberately undefined pass-through operand of unmasked AVX-512 intrinsics.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+namespace avx512 {
+
+struct pair {
+  __m512i even, odd;
+};
+
+MIXQ_ALWAYS_INLINE __m512i u32(uint32_t x) { return _mm512_set1_epi32(int(x)); }
+MIXQ_ALWAYS_INLINE __m512i vec(v16u v) { return (__m512i)v; }
+
+MIXQ_ALWAYS_INLINE pair load_pair(const uint16_t* p) {
+  const __m512i w = _mm512_loadu_si512(p);
+  return {_mm512_slli_epi32(w, 16), _mm512_and_si512(w, u32(0xffff0000u))};
+}
+MIXQ_ALWAYS_INLINE pair load_pair(const float* p) {
+  const __m512i a = _mm512_loadu_si512(p), b = _mm512_loadu_si512(p + 16);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  return {_mm512_permutex2var_epi32(a, even, b), _mm512_permutex2var_epi32(a, _mm512_add_epi32(even, u32(1)), b)};
+}
+MIXQ_ALWAYS_INLINE __m512 magnitude(__m512i bits) { return _mm512_castsi512_ps(_mm512_and_si512(bits, u32(0x7fffffffu))); }
+
+// lanes::e2m1_codes_by_key's key, with its bit-22 step as a masked add. kBelow32: every q < 32,
+// so keys need no upper clamp.
+template <bool kBelow32>
+MIXQ_ALWAYS_INLINE __m512i e2m1_key(__m512 q) {
+  const __m512i u = _mm512_castps_si512(q);
+  const __mmask16 ge = _mm512_test_epi32_mask(u, u32(0x400000u));
+  __m512i k = _mm512_add_epi32(u, u32(0x1fffffu));
+  k = _mm512_mask_add_epi32(k, ge, k, u32(1));
+  k = _mm512_max_epu32(_mm512_srli_epi32(k, 21), u32(496));
+  return kBelow32 ? k : _mm512_min_epu32(k, u32(527));
+}
+MIXQ_ALWAYS_INLINE __m512i lookup(__m512i key, v16u lo, v16u hi) { return _mm512_permutex2var_epi32(vec(lo), key, vec(hi)); }
+MIXQ_ALWAYS_INLINE __m512 lookup(__m512i key, v16f lo, v16f hi) { return _mm512_permutex2var_ps((__m512)lo, key, (__m512)hi); }
+// nibble (the sign bit of a low or high nibble) where x < 0, -0 excepted: bits above 0x80000000.
+MIXQ_ALWAYS_INLINE __m512i with_sign(__m512i code, __m512i bits, uint32_t nibble) {
+  return _mm512_mask_or_epi32(code, _mm512_cmpgt_epu32_mask(bits, u32(0x80000000u)), code, u32(nibble));
+}
+// Lanes 0-7: steps[2p], 8-15: steps[2p+1].
+alignas(64) inline constexpr uint32_t kPairLanes[8][16] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},         {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},         {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},         {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13}, {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+MIXQ_ALWAYS_INLINE __m512 pair_steps(v16f steps, int p) {
+  return _mm512_permutexvar_ps(_mm512_load_si512(kPairLanes[p]), (__m512)steps);
+}
+
+// Codes of a pair under its steps: the packed bytes in 16 lanes and, when errors, the squared
+// error terms of the even and odd elements.
+template <bool kErrors, bool kBelow32>
+MIXQ_ALWAYS_INLINE void encode_pair(const pair& x, __m512 step, __m128i* bytes, v16f* te, v16f* to) {
+  const __m512 ae = magnitude(x.even), ao = magnitude(x.odd);
+  const __m512i ke = e2m1_key<kBelow32>(_mm512_div_ps(ae, step)), ko = e2m1_key<kBelow32>(_mm512_div_ps(ao, step));
+  const __m512i ce = with_sign(lookup(ke, lanes::kE2M1CodeLo, lanes::kE2M1CodeHi), x.even, 0x8);
+  const __m512i co = with_sign(lookup(ko, lanes::kE2M1HighCodeLo, lanes::kE2M1HighCodeHi), x.odd, 0x80);
+  *bytes = _mm512_cvtepi32_epi8(_mm512_or_si512(ce, co));
+  if constexpr (kErrors) {
+    const __m512 de = _mm512_mul_ps(lookup(ke, lanes::kE2M1KeyMagLo, lanes::kE2M1KeyMagHi), step);
+    const __m512 dor = _mm512_mul_ps(lookup(ko, lanes::kE2M1KeyMagLo, lanes::kE2M1KeyMagHi), step);
+    const __m512 ee = _mm512_sub_ps(ae, de), eo = _mm512_sub_ps(ao, dor);
+    *te = (v16f)_mm512_mul_ps(ee, ee);
+    *to = (v16f)_mm512_mul_ps(eo, eo);
+  }
+}
+
+// The 16 blocks' squared errors from their even and odd terms, in the reference's order.
+MIXQ_ALWAYS_INLINE v16f block_errors(const v16f* te, const v16f* to) {
+  return lanes::to_vector_order(lanes::reduce_halves_unordered(te, lanes::sum_op{}) +
+                                lanes::reduce_halves_unordered(to, lanes::sum_op{}));
+}
+
+// Scale bytes, packed codes and (kErrors) squared errors of 16 blocks.
+template <bool kErrors, bool kBelow32>
+MIXQ_ALWAYS_INLINE void encode_group(const pair* x, v16u scale_codes, float ws2, uint8_t* scales, uint8_t* packed,
+                                     float* errors) {
+  lanes::store_bytes(scale_codes, scales);
+  const v16f step = lanes::e4m3_decode(scale_codes) * ws2;
+  v16f te[kGroup / 2], to[kGroup / 2];
+  for (int p = 0; p < kGroup / 2; ++p) {
+    __m128i bytes;
+    encode_pair<kErrors, kBelow32>(x[p], pair_steps(step, p), &bytes, &te[p], &to[p]);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + p * kNvfp4Block), bytes);
+  }
+  if constexpr (kErrors) {
+    const v16f e = block_errors(te, to);
+    std::memcpy(errors, &e, sizeof e);
+  }
+}
+
+template <bool kBelow32>
+MIXQ_ALWAYS_INLINE void four_over_six_group(const pair* x, v16f bmax, const nvfp4_job& job, uint8_t* scales,
+                                            uint8_t* packed, float* errors) {
+  const v16u code1 = lanes::e4m3_encode(lanes::static_block_scale(bmax, job.g, job.normalizer));
+  const v16u code2 = lanes::e4m3_encode(lanes::static_block_scale(bmax * 1.5f, job.g, job.normalizer));
+  const v16f step1 = lanes::e4m3_decode(code1) * job.ws2, step2 = lanes::e4m3_decode(code2) * job.ws2;
+  v16f te1[kGroup / 2], to1[kGroup / 2], te2[kGroup / 2], to2[kGroup / 2];
+  __m128i bytes1[kGroup / 2], bytes2[kGroup / 2];
+  for (int p = 0; p < kGroup / 2; ++p) {
+    encode_pair<true, kBelow32>(x[p], pair_steps(step1, p), &bytes1[p], &te1[p], &to1[p]);
+    encode_pair<true, kBelow32>(x[p], pair_steps(step2, p), &bytes2[p], &te2[p], &to2[p]);
+  }
+  const v16f err1 = block_errors(te1, to1), err2 = block_errors(te2, to2);
+  const __mmask16 second = _mm512_cmp_ps_mask((__m512)err2, (__m512)err1, _CMP_LT_OQ);
+  lanes::store_bytes((v16u)_mm512_mask_blend_epi32(second, vec(code1), vec(code2)), scales);
+  for (int p = 0; p < kGroup / 2; ++p)  // bytes 0-7: block 2p, 8-15: block 2p+1
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + p * kNvfp4Block),
+                     _mm_mask_blend_epi64(__mmask8((second >> (2 * p)) & 3u), bytes1[p], bytes2[p]));
+  if (errors) {
+    const v16f e = (v16f)_mm512_mask_blend_ps(second, (__m512)err1, (__m512)err2);
+    std::memcpy(errors, &e, sizeof e);
+  }
+}
+
+// The generic estimate_window with multiply-adds and the floor key's table in two registers (see
+// its bound: the fused roundings are among those it counts).
+MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
+                                        v16f* below_error) {
+  const __m512 recip = _mm512_loadu_ps(t.recip + lo), step_sq = _mm512_loadu_ps(t.step_sq + lo);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    const __m512 q = _mm512_mul_ps(_mm512_set1_ps(a[i]), recip);
+    const __m512i k = _mm512_max_epu32(_mm512_srli_epi32(_mm512_castps_si512(q), 21), u32(496));
+    const __m512 e = _mm512_sub_ps(q, lookup(k, lanes::kE2M1MagLo, lanes::kE2M1MagHi));
+    acc[i & 3] = _mm512_fmadd_ps(e, e, acc[i & 3]);
+  }
+  const __m512 est = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])), step_sq);
+  const __m512 delta = _mm512_fmadd_ps(step_sq, _mm512_set1_ps(0x1p-13f), _mm512_mul_ps(est, _mm512_set1_ps(0x1p-15f)));
+  *above_error = (v16f)_mm512_add_ps(est, delta);
+  *below_error = (v16f)_mm512_sub_ps(est, delta);
+}
+
+// max and four_over_six with the global amax at least every |w| (as when it is the weight's own)
+// keep every |w| / step below 6.4: their bounded kinds skip a clamp.
+enum class group_kind { max, max_bounded, four_over_six, four_over_six_bounded, search, search_with_errors };
+
+// known_max: the 16 blocks' maxima from the amax pass, or null.
+template <group_kind K, class T>
+MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, const nvfp4_job& job, uint8_t* scales,
+                                       uint8_t* packed, float* errors) {
+  pair x[kGroup / 2];
+  for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(src + p * 2 * kNvfp4Block);
+  v16f bmax;
+  if (known_max) {
+    std::memcpy(&bmax, known_max, sizeof bmax);
+  } else {
+    v16f m[kGroup / 2];
+    for (int p = 0; p < kGroup / 2; ++p) m[p] = (v16f)_mm512_max_ps(magnitude(x[p].even), magnitude(x[p].odd));
+    bmax = lanes::reduce_halves(m, lanes::max_op{});
+  }
+  if constexpr (K == group_kind::max || K == group_kind::max_bounded) {
+    encode_group<false, K == group_kind::max_bounded>(x, lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2)),
+                                                      job.ws2, scales, packed, nullptr);
+  } else if constexpr (K == group_kind::four_over_six || K == group_kind::four_over_six_bounded) {
+    four_over_six_group<K == group_kind::four_over_six_bounded>(x, bmax, job, scales, packed, errors);
+  } else {
+    const search_setup setup = setup_search(bmax, job);
+    alignas(64) float values[kGroup][kNvfp4Block];  // each block's magnitudes in element order
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, u32(8));
+    for (int p = 0; p < kGroup / 2; ++p) {
+      _mm512_store_ps(values[2 * p], _mm512_permutex2var_ps(magnitude(x[p].even), lo, magnitude(x[p].odd)));
+      _mm512_store_ps(values[2 * p + 1], _mm512_permutex2var_ps(magnitude(x[p].even), hi, magnitude(x[p].odd)));
+    }
+    alignas(64) uint32_t eligible[kGroup], window_lo[kGroup];
+    std::memcpy(eligible, &setup.eligible, sizeof eligible);
+    std::memcpy(window_lo, &setup.lo, sizeof window_lo);
+    v16f above[kGroup], below[kGroup];
+    for (int j = 0; j < kGroup; ++j)
+      if (eligible[j]) estimate_window(values[j], window_lo[j], *job.tables, &above[j], &below[j]);
+    encode_group<K == group_kind::search_with_errors, false>(
+        x, search_decide<simd_level::avx512>(values, bmax, setup, above, below, job), job.ws2, scales, packed, errors);
+  }
+}
+
+// count groups of 16 blocks from src (one function per kind and source type: small loops whose
+// constants stay in registers).
+template <group_kind K, class T>
+__attribute__((noinline)) void quantize_groups(const T* src, const float* known_max, int64_t count,
+                                               const nvfp4_job& job, uint8_t* scales, uint8_t* packed, float* errors) {
+  for (int64_t g = 0; g < count; ++g)
+    quantize_group<K>(src + g * kGroupValues, known_max ? known_max + g * kGroup : nullptr, job, scales + g * kGroup,
+                      packed + g * kGroup * (kNvfp4Block / 2), errors ? errors + g * kGroup : nullptr);
+}
+
+template <class T>
+void quantize_groups_of(const T* src, const float* known_max, int64_t count, const nvfp4_job& job, uint8_t* scales,
+                        uint8_t* packed, float* errors) {
+  const auto run = [&](auto kind) {
+    quantize_groups<decltype(kind)::value>(src, known_max, count, job, scales, packed, errors);
+  };
+  switch (job.selector) {
+    case nvfp4_selector::max:
+      if (job.amax_bounds_weight) return run(std::integral_constant<group_kind, group_kind::max_bounded>());
+      return run(std::integral_constant<group_kind, group_kind::max>());
+    case nvfp4_selector::four_over_six:
+      if (job.amax_bounds_weight) return run(std::integral_constant<group_kind, group_kind::four_over_six_bounded>());
+      return run(std::integral_constant<group_kind, group_kind::four_over_six>());
+    default:
+      if (errors) return run(std::integral_constant<group_kind, group_kind::search_with_errors>());
+      return run(std::integral_constant<group_kind, group_kind::search>());
+  }
+}
+
+void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
+                     uint8_t* scales, uint8_t* packed, float* errors) {
+  constexpr int half = kNvfp4Block / 2;
+  const int64_t whole = n / kGroup, i0 = b0 * kNvfp4Block;
+  const float* known_max = job.block_maxima ? job.block_maxima + b0 : nullptr;
+  if (!zero_nonfinite && w.dtype == source_dtype::bf16)
+    quantize_groups_of(static_cast<const uint16_t*>(w.data) + i0, known_max, whole, job, scales, packed, errors);
+  else if (!zero_nonfinite && w.dtype == source_dtype::f32)
+    quantize_groups_of(static_cast<const float*>(w.data) + i0, known_max, whole, job, scales, packed, errors);
+  alignas(64) float buf[kGroupValues];
+  for (int64_t g = 0; g < whole && (zero_nonfinite || w.dtype == source_dtype::f16); ++g) {
+    load_f32(w, i0 + g * kGroupValues, kGroupValues, buf, zero_nonfinite);
+    quantize_groups_of(buf, nullptr, 1, job, scales + g * kGroup, packed + g * kGroup * half,
+                       errors ? errors + g * kGroup : nullptr);
+  }
+  if (const int64_t rest = n - whole * kGroup; rest > 0) {  // zero-padded to a whole group
+    const int64_t o = whole * kGroup;
+    std::fill(std::begin(buf), std::end(buf), 0.0f);
+    load_f32(w, (b0 + o) * kNvfp4Block, int(rest * kNvfp4Block), buf, zero_nonfinite);
+    uint8_t s[kGroup], p[kGroup * half];
+    float e[kGroup];
+    quantize_groups_of(buf, nullptr, 1, job, s, p, errors ? e : nullptr);
+    std::copy_n(s, rest, scales + o);
+    std::copy_n(p, rest * half, packed + o * half);
+    if (errors) std::copy_n(e, rest, errors + o);
+  }
+}
+
+// The amax pass for BF16 / F32 read in place: besides the tensor's max |w|, every block's max
+// (the groups' transposed reductions move here, where they hide under the memory traffic, out of
+// the pass that computes codes). Magnitudes compare as integers. False when an inf or a NaN is
+// found: the general scan then applies the non-finite policy.
+MIXQ_ALWAYS_INLINE v16f pair_maxima(const uint16_t* p) {  // lanes 0-7: block 2p's pairs' maxima, 8-15: 2p+1's
+  const __m512i m = _mm512_and_si512(_mm512_loadu_si512(p), u32(0x7fff7fffu));
+  return (v16f)_mm512_slli_epi32(_mm512_max_epu16(m, _mm512_srli_epi32(m, 16)), 16);  // max in the upper half
+}
+MIXQ_ALWAYS_INLINE v16f pair_maxima(const float* p) {
+  const pair x = load_pair(p);
+  return (v16f)_mm512_max_epu32(_mm512_castps_si512(magnitude(x.even)), _mm512_castps_si512(magnitude(x.odd)));
+}
+
+template <class T>
+bool block_maxima_of(const T* src, int64_t blocks, float* out, float* amax) {
+  const int64_t groups = blocks / kGroup;
+  uint32_t top = 0, bad = 0;
+#pragma omp parallel for schedule(static) reduction(max : top) reduction(| : bad) if (worth_threads(blocks * kNvfp4Block))
+  for (int64_t g = 0; g < groups; ++g) {
+    v16f m[kGroup / 2];
+    for (int p = 0; p < kGroup / 2; ++p) m[p] = pair_maxima(src + g * kGroupValues + p * 2 * kNvfp4Block);
+    const __m512i b = (__m512i)lanes::reduce_halves(m, lanes::bits_max_op{});
+    _mm512_storeu_si512(out + g * kGroup, b);
+    const uint32_t t = _mm512_reduce_max_epu32(b);
+    top = std::max(top, t);
+    bad |= uint32_t(t >= 0x7f800000u);
+  }
+  for (int64_t b = groups * kGroup; b < blocks; ++b) {
+    uint32_t m = 0;
+    for (int i = 0; i < kNvfp4Block; ++i) {
+      const T v = src[b * kNvfp4Block + i];
+      if constexpr (std::is_same_v<T, uint16_t>) m = std::max(m, (uint32_t(v) << 16) & 0x7fffffffu);
+      else m = std::max(m, std::bit_cast<uint32_t>(v) & 0x7fffffffu);
+    }
+    out[b] = std::bit_cast<float>(m);
+    top = std::max(top, m);
+    bad |= uint32_t(m >= 0x7f800000u);
+  }
+  *amax = std::bit_cast<float>(top);
+  return bad == 0;
+}
+
+bool block_maxima(const source_matrix& w, float* out, float* amax) {
+  const int64_t blocks = w.size() / kNvfp4Block;
+  if (w.dtype == source_dtype::bf16) return block_maxima_of(static_cast<const uint16_t*>(w.data), blocks, out, amax);
+  if (w.dtype == source_dtype::f32) return block_maxima_of(static_cast<const float*>(w.data), blocks, out, amax);
+  return false;
+}
+
+}  // namespace avx512
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
+MIXQ_SIMD_KERNEL(void, quantize_blocks, quantize_blocks_impl,
+                 (const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
+                  uint8_t* scales, uint8_t* packed, float* errors),
+                 (w, zero_nonfinite, b0, n, job, scales, packed, errors))
+
+// Relative cost per value of each NVFP4 selector (for deciding whether threads pay off).
+int64_t job_cost(nvfp4_selector s) {
+  switch (s) {
+    case nvfp4_selector::max: return 1;
+    case nvfp4_selector::four_over_six: return 3;
+    default: return 10;
+  }
+}
+
+// Quantizes every block of w with one normalizer; per-block squared errors go to block_errors
+// when it is not null (summed afterwards in block order, as the reference does).
+nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, float global_amax, float weight_amax,
+                                   const float* block_maxima, float normalizer, const nvfp4_options& options,
+                                   std::vector<float>* block_errors) {
+  nvfp4_weight q;
+  q.rows = w.rows;
+  q.cols = w.cols;
+  q.normalizer = normalizer;
+  q.global_scale = nvfp4_global_scale(global_amax, normalizer);
+  const int64_t blocks = w.size() / kNvfp4Block;
+  q.packed.resize(size_t(w.size() / 2));
+  q.block_scales.resize(size_t(blocks));
+  if (block_errors) block_errors->resize(size_t(blocks));
+  const bool searches = options.selector != nvfp4_selector::max && options.selector != nvfp4_selector::four_over_six;
+  const std::optional<code_tables> tables = searches ? std::optional<code_tables>(q.global_scale) : std::nullopt;
+  const std::span<const float> multipliers =
+      options.multipliers.empty() ? default_mse_multipliers() : options.multipliers;
+  const float g = global_amax > 0.0f ? global_amax : 1.0f;
+  // The approximate multiplier codes rely on an ascending list (codes then ascend with it).
+  std::vector<float> factors;
+  if (options.selector == nvfp4_selector::mse_multiplier && std::is_sorted(multipliers.begin(), multipliers.end()))
+    for (float c : multipliers) factors.push_back(float(double(c) * double(normalizer) / (6.0 * double(g / 6.0f))));
+  const nvfp4_job job{global_amax,
+                      normalizer,
+                      q.global_scale,
+                      g,
+                      options.selector,
+                      multipliers,
+                      factors,
+                      tables ? &*tables : nullptr,
+                      global_amax >= weight_amax,
+                      block_maxima};
+  // Each thread streams through a contiguous share (forward: the hardware prefetchers follow it).
+  const int64_t items = (blocks + kChunkGroups * kGroup - 1) / (kChunkGroups * kGroup);
+#pragma omp parallel if (worth_threads(w.size() * job_cost(options.selector)))
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t first = items * t / nt, last = items * (t + 1) / nt;
+    for (int64_t c = first; c < last; ++c) {
+      const int64_t b0 = c * kChunkGroups * kGroup, n = std::min(kChunkGroups * kGroup, blocks - b0);
+      quantize_blocks(w, zero_nonfinite, b0, n, job, q.block_scales.data() + b0,
+                      q.packed.data() + b0 * (kNvfp4Block / 2), block_errors ? block_errors->data() + b0 : nullptr);
+    }
+  }
+  return q;
+}
+
+// Both per-block error totals, each summed in block order as the reference does (two chains in
+// one loop: the additions' latency, not their count, bounds a serial sum).
+std::pair<double, double> sums_in_order(const std::vector<float>& a, const std::vector<float>& b) {
+  double sa = 0.0, sb = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) sa += a[i], sb += b[i];
+  return {sa, sb};
+}
+
+void require_shape(const source_matrix& w, format_id format) {
+  if (auto why = format_cannot_hold(format, w.rows, w.cols))
+    throw format_error(fmt::format("tensor '{}': {}", w.name, *why));
+}
+
+// Each block's max from the amax pass (AVX-512, BF16 / F32 without an inf or a NaN), kept per
+// calling thread between calls; null where the general scan ran.
+struct amax_pass {
+  source_scan scan;
+  const float* block_maxima = nullptr;
+};
+
+amax_pass scan_for_nvfp4(const source_matrix& w) {
+#if MIXQ_HAVE_SIMD_TARGETS
+  if (active_simd_level() == simd_level::avx512 &&
+      (w.dtype == source_dtype::bf16 || w.dtype == source_dtype::f32)) {
+    thread_local std::unique_ptr<float[]> buffer;
+    thread_local size_t capacity = 0;
+    const size_t blocks = size_t(w.size() / kNvfp4Block);
+    if (capacity < blocks) buffer.reset(new float[blocks]), capacity = blocks;
+    float amax = 0.0f;
+    if (avx512::block_maxima(w, buffer.get(), &amax)) return {source_scan{amax, 0, -1}, buffer.get()};
+  }
+#endif
+  return {scan_source(w), nullptr};
+}
+
+}  // namespace
+
+nvfp4_weight nvfp4_quantize(const source_matrix& w, const nvfp4_options& options) {
+  require_shape(w, format_id::nvfp4);
+  const amax_pass pass = scan_for_nvfp4(w);
+  const source_scan& scan = pass.scan;
+  const bool zero = apply_nonfinite_policy(w, scan, options.nonfinite);
+  const float global_amax = options.global_amax > 0.0f ? options.global_amax : scan.amax;
+  const auto with = [&](float normalizer, std::vector<float>* errors) {
+    return nvfp4_with_normalizer(w, zero, global_amax, scan.amax, pass.block_maxima, normalizer, options, errors);
+  };
+  switch (options.selector) {
+    case nvfp4_selector::four_over_six: return with(kNvfp4FourOverSixNormalizer, nullptr);
+    case nvfp4_selector::mse_four_over_six: {
+      std::vector<float> errors, narrow_errors;
+      nvfp4_weight standard = with(kNvfp4Normalizer, &errors);
+      nvfp4_weight narrow = with(kNvfp4FourOverSixNormalizer, &narrow_errors);
+      const auto [total, narrow_total] = sums_in_order(errors, narrow_errors);
+      if (narrow_total < total) return narrow;
+      return standard;
+    }
+    default: return with(kNvfp4Normalizer, nullptr);
+  }
+}
+
+}  // namespace mixq::cpu
