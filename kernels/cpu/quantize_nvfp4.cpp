@@ -441,6 +441,7 @@ MIXQ_ALWAYS_INLINE void quantize_blocks_impl(const source_matrix& w, bool zero_n
 // GCC 12 reports the deliberately undefined pass-through operand of unmasked AVX-512 intrinsics.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 namespace avx512 {
 
 struct pair {
@@ -688,17 +689,21 @@ MIXQ_ALWAYS_INLINE v16f pair_maxima(const float* p) {
 template <class T>
 bool block_maxima_of(const T* src, int64_t blocks, float* out, float* amax) {
   const int64_t groups = blocks / kGroup;
-  uint32_t top = 0, bad = 0;
-#pragma omp parallel for schedule(static) reduction(max : top) reduction(| : bad) if (worth_threads(blocks * kNvfp4Block))
-  for (int64_t g = 0; g < groups; ++g) {
-    v16f m[kGroup / 2];
-    for (int p = 0; p < kGroup / 2; ++p) m[p] = pair_maxima(src + g * kGroupValues + p * 2 * kNvfp4Block);
-    const __m512i b = (__m512i)lanes::reduce_halves(m, lanes::bits_max_op{});
-    _mm512_storeu_si512(out + g * kGroup, b);
-    const uint32_t t = _mm512_reduce_max_epu32(b);
-    top = std::max(top, t);
-    bad |= uint32_t(t >= 0x7f800000u);
+  uint32_t top = 0;
+#pragma omp parallel reduction(max : top) if (worth_threads(blocks * kNvfp4Block))
+  {
+    __m512i running = _mm512_setzero_si512();
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < groups; ++g) {
+      v16f m[kGroup / 2];
+      for (int p = 0; p < kGroup / 2; ++p) m[p] = pair_maxima(src + g * kGroupValues + p * 2 * kNvfp4Block);
+      const __m512i b = (__m512i)lanes::reduce_halves(m, lanes::bits_max_op{});
+      _mm512_storeu_si512(out + g * kGroup, b);
+      running = _mm512_max_epu32(running, b);
+    }
+    top = std::max(top, _mm512_reduce_max_epu32(running));
   }
+  uint32_t bad = top >= 0x7f800000u;
   for (int64_t b = groups * kGroup; b < blocks; ++b) {
     uint32_t m = 0;
     for (int i = 0; i < kNvfp4Block; ++i) {
