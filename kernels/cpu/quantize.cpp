@@ -7,12 +7,15 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <immintrin.h>
 
 #include "formats/minifloat.hpp"
 #include "formats/packing.hpp"
 #include "kernels/cpu/nvfp4_lanes.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
+
+#if MIXQ_HAVE_SIMD_TARGETS
+#include <immintrin.h>
+#endif
 
 namespace mixq::cpu {
 namespace {
@@ -157,6 +160,7 @@ struct fp8_rows {
       return avx512::row_amax_bits(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols);
     if (in_place) return avx512::row_amax_bits(static_cast<const float*>(w.data) + r * w.cols, w.cols);
 #endif
+    (void)r;  // (the copy x is row r)
     return std::bit_cast<uint32_t>(fp8_row_amax(x, w.cols));
   }
   void codes(int64_t r, const float* x, float scale, uint8_t* dst) const {
@@ -165,6 +169,7 @@ struct fp8_rows {
       return avx512::row_codes(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols, scale, dst);
     if (in_place) return avx512::row_codes(static_cast<const float*>(w.data) + r * w.cols, w.cols, scale, dst);
 #endif
+    (void)r;
     fp8_row_codes(x, w.cols, scale, dst);
   }
 };

@@ -1,5 +1,6 @@
 // Fast CPU quantizers: OpenMP over blocks / rows, reading BF16 / F16 / F32 in place, with loops
-// written for the compiler's vectorizer. Each returns exactly (bit for bit) what the scalar
+// written for the compiler's vectorizer and, for the NVFP4 and FP8 hot paths, AVX-512 kernels
+// (quantize_nvfp4.cpp, quantize.cpp). Each returns exactly (bit for bit) what the scalar
 // reference in formats/ returns for the same values widened to fp32; tests/kernels check it.
 #pragma once
 

@@ -1,6 +1,9 @@
 // NVFP4 on the CPU: after the global amax pass, one pass over the weight in groups of 16 blocks
 // (one vector of block maxima, one of scales), reading BF16 / F32 in place. Bit for bit the
-// scalar reference's result (formats/nvfp4.cpp); tests/kernels and tests/golden check it.
+// scalar reference's result (formats/nvfp4.cpp); tests/kernels and tests/golden check it, for
+// every instruction set the kernels are built for. With AVX-512 the groups hold two blocks per
+// register pair (their even and their odd elements; see namespace avx512) and the amax pass
+// records every block's max.
 //
 // The MSE searches (the 126-code FP8 sweep, the multiplier list) are exact without evaluating
 // every candidate exactly; per block:
@@ -22,19 +25,23 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <optional>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
-#include <optional>
-#include <utility>
-
 #include <fmt/format.h>
-#include <immintrin.h>
 #include <omp.h>
 
 #include "formats/minifloat.hpp"
 #include "kernels/cpu/nvfp4_lanes.hpp"
 #include "kernels/cpu/quantize.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
+
+#if MIXQ_HAVE_SIMD_TARGETS
+#include <immintrin.h>
+#endif
 
 namespace mixq::cpu {
 namespace {
@@ -200,7 +207,7 @@ MIXQ_ALWAYS_INLINE v16u window_applies(v16f max_rule_scale) {
 inline constexpr v16u kLaneBit = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
                                   1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
 
-// The window search of 16 blocks, in three steps: search_setup (each block's window and candidate
+// The window search of 16 blocks, in three steps: setup_search (each block's window and candidate
 // codes), the estimates of every eligible block's window (estimate_window, or its AVX-512 twin),
 // and search_decide, which takes each step for all 16 blocks at once (the reductions as
 // transposes) and leaves per block what is left: usually a single candidate.
@@ -382,9 +389,6 @@ struct f32_values {
   MIXQ_ALWAYS_INLINE v16u operator()(int64_t i) const { return lanes::load_bits(p + i); }
 };
 
-// Blocks [b0, b0 + n) of w; scales, packed and errors point at block b0's outputs. Whole groups
-// read BF16 / F32 in place; F16, zeroed non-finite values and the last partial group go through
-// an F32 copy (zero-padded to a whole group; padding blocks' outputs are dropped).
 #if MIXQ_HAVE_SIMD_TARGETS
 namespace avx512 {
 void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
@@ -392,6 +396,9 @@ void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, in
 }
 #endif
 
+// Blocks [b0, b0 + n) of w; scales, packed and errors point at block b0's outputs. Whole groups
+// read BF16 / F32 in place; F16, zeroed non-finite values and the last partial group go through
+// an F32 copy (zero-padded to a whole group; padding blocks' outputs are dropped).
 template <simd_level L>
 MIXQ_ALWAYS_INLINE void quantize_blocks_impl(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n,
                                              const nvfp4_job& job, uint8_t* scales, uint8_t* packed, float* errors) {
