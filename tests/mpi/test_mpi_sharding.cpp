@@ -21,15 +21,6 @@ int world_size() {
   return n;
 }
 
-double max_relative(std::span<const float> got, std::span<const float> want) {
-  double err = 0.0, ref = 0.0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    err = std::max(err, double(std::abs(got[i] - want[i])));
-    ref = std::max(ref, double(std::abs(want[i])));
-  }
-  return err / std::max(ref, 1e-30);
-}
-
 // Whether every rank holds the same bytes as rank 0.
 bool same_on_every_rank(std::vector<float> v) {
   std::vector<float> root = v;
@@ -47,7 +38,7 @@ void check_layout(synth_arch arch, int tp, int ep) {
   const mpi_groups groups = make_mpi_groups(tp, ep);
   const auto share = load_causal_lm(d.dir, groups.context());
   const std::vector<float> logits = share->forward(tokens);
-  EXPECT_LT(max_relative(logits, whole->forward(tokens)), 1e-5) << groups.layout.describe();
+  EXPECT_LT(testing::max_relative(logits, whole->forward(tokens)), 1e-5) << groups.layout.describe();
   const llama_grads g = share->forward_backward(tokens), want = whole->forward_backward(tokens);
   EXPECT_NEAR(g.loss, want.loss, 1e-6 * want.loss) << groups.layout.describe();
   EXPECT_TRUE(same_on_every_rank(logits)) << groups.layout.describe();
@@ -58,7 +49,7 @@ void check_layout(synth_arch arch, int tp, int ep) {
   for (const auto& [name, dy] : g.dy) {
     const std::vector<float>& full = want.dy.at(name);
     if (dy.size() != full.size() || dy.empty()) continue;
-    EXPECT_LT(max_relative(dy, full), 1e-4) << name << ", " << groups.layout.describe();
+    EXPECT_LT(testing::max_relative(dy, full), 1e-4) << name << ", " << groups.layout.describe();
     ++whole_outputs;
   }
   EXPECT_GT(whole_outputs, 3);

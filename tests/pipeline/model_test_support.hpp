@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -111,6 +112,16 @@ inline double directional(const std::vector<float>& g, const std::vector<double>
 }
 
 // max |a - b| / (1 + |ref|) over every logit of [T, V] logits against a golden [T][V].
+// max |got - want| / max |want|: the error relative to the largest value.
+inline double max_relative(std::span<const float> got, std::span<const float> want) {
+  double err = 0.0, ref = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err = std::max(err, double(std::abs(got[i] - want[i])));
+    ref = std::max(ref, double(std::abs(want[i])));
+  }
+  return err / std::max(ref, 1e-30);
+}
+
 // Every module's dloss/dY in `dy` against a golden's "grads" (transformers' autograd): [T, out] rows,
 // or [T_e, out] over a routed expert's tokens ([] when none is routed to it: a different row count
 // means a different top-k choice). Each module must agree to grad_tol in max|a-b| / max|b|; the worst

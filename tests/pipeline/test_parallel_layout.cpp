@@ -44,15 +44,6 @@ TEST(ParallelLayout, ErrorsSayWhatDoesNotDivide) {
   EXPECT_THROW(ctx.check(), std::invalid_argument);
 }
 
-double max_relative(std::span<const float> got, std::span<const float> want) {
-  double err = 0.0, ref = 0.0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    err = std::max(err, double(std::abs(got[i] - want[i])));
-    ref = std::max(ref, double(std::abs(want[i])));
-  }
-  return err / std::max(ref, 1e-30);
-}
-
 // The output columns a tp rank holds of a column-parallel linear: an equal contiguous share, except
 // Mamba's in_proj, whose output [z (I) | x (I) | B (G·N) | C (G·N) | dt (Hm)] is split part by part
 // (heads for z, x and dt; groups for B and C), as Megatron splits it.
@@ -113,13 +104,13 @@ TEST_P(ShardedModel, MatchesTheWholeModel) {
   for (int r = 0; r < world; ++r) {
     ASSERT_EQ(errors[size_t(r)], "") << "rank " << r;
     const parallel_layout& l = layouts[size_t(r)];
-    EXPECT_LT(max_relative(logits[size_t(r)], want_logits), 1e-5) << "rank " << r;
+    EXPECT_LT(testing::max_relative(logits[size_t(r)], want_logits), 1e-5) << "rank " << r;
     EXPECT_NEAR(grads[size_t(r)].loss, want.loss, 1e-6 * want.loss) << "rank " << r;
     for (const auto& [name, dy] : grads[size_t(r)].dy) {
       const std::vector<float>& full = want.dy.at(name);
       ASSERT_FALSE(full.empty() && !dy.empty()) << name;
       if (dy.size() == full.size()) {  // whole outputs: row-parallel linears, router, experts, lm_head
-        EXPECT_LT(max_relative(dy, full), 1e-4) << name << " on rank " << r;
+        EXPECT_LT(testing::max_relative(dy, full), 1e-4) << name << " on rank " << r;
       } else {  // a column-parallel share: this rank's columns of [T, out]
         const int64_t T = int64_t(tokens.size()), out = int64_t(full.size()) / T;
         const std::vector<index_range> cols = share_columns(name, out, l, whole.spec());
@@ -128,7 +119,7 @@ TEST_P(ShardedModel, MatchesTheWholeModel) {
           for (const index_range& c : cols)
             slice.insert(slice.end(), full.begin() + t * out + c.begin, full.begin() + t * out + c.end);
         ASSERT_EQ(slice.size(), dy.size()) << name;
-        EXPECT_LT(max_relative(dy, slice), 1e-4) << name << " on rank " << r;
+        EXPECT_LT(testing::max_relative(dy, slice), 1e-4) << name << " on rank " << r;
       }
     }
     // every linear of the whole model is here, except the experts of the other ep ranks
