@@ -24,6 +24,11 @@ constexpr int64_t gemm_head_dim = 32;
 
 int64_t round_up(int64_t n) { return (n + chunk - 1) / chunk * chunk; }
 
+// The row length of the per-head [hd, ·] buffers: the keys rounded up to whole chunks, plus one
+// chunk so that rows are never a multiple of 4 KiB apart (the CPU would take the loads from one row
+// for possible reloads of the stores to another and stall them).
+int64_t padded_keys(int64_t T) { return round_up(T) + chunk; }
+
 // One head's [T, hd] slice of a [T, stride] activation, transposed to [hd, Tp]: a row per channel,
 // so the loops across keys read contiguous memory. The padding keys T..Tp-1 stay zero.
 void load_head(float* xt, const float* x, int64_t T, int64_t Tp, int64_t hd, int64_t stride) {
@@ -31,106 +36,214 @@ void load_head(float* xt, const float* x, int64_t T, int64_t Tp, int64_t hd, int
     for (int64_t d = 0; d < hd; ++d) xt[d * Tp + t] = x[t * stride + d];
 }
 
-// s[j] = scale · Σ_d a[d] · bt[d, j] for the keys j < n16 (bt is [hd, Tp]); channels in order.
-// Keys go `width` at a time (a multiple of the chunk) so that several independent accumulator
-// chains hide the multiply-add latency.
-template <int64_t width>
-MIXQ_ALWAYS_INLINE int64_t row_products_by(float* s, const float* a, const float* bt, int64_t Tp, int64_t j0,
-                                           int64_t n16, int64_t hd, float scale) {
-  for (; j0 + width <= n16; j0 += width) {
-    float acc[width];
-    for (int64_t l = 0; l < width; ++l) acc[l] = a[0] * bt[j0 + l];
-    for (int64_t d = 1; d < hd; ++d) {
-      const float ad = a[d];
-      const float* b = bt + d * Tp + j0;
-      for (int64_t l = 0; l < width; ++l) acc[l] += ad * b[l];
-    }
-    for (int64_t l = 0; l < width; ++l) s[j0 + l] = acc[l] * scale;
-  }
-  return j0;
-}
+// ---- heads below gemm_head_dim channels: R query rows at a time against the keys they may see, in
+// chunks of 16 keys held as vec16 values; a running sum per (row, channel) stays in a register.
+// HD = 0 means the head size is only known at run time (any size below gemm_head_dim).
+constexpr int64_t max_small_hd = gemm_head_dim - 1;
 
-MIXQ_ALWAYS_INLINE void row_products(float* s, const float* a, const float* bt, int64_t Tp, int64_t n16, int64_t hd,
-                                     float scale) {
-  const int64_t j0 = row_products_by<4 * chunk>(s, a, bt, Tp, 0, n16, hd, scale);
-  row_products_by<chunk>(s, a, bt, Tp, j0, n16, hd, scale);
-}
+// Rows per step: enough that each key chunk loaded serves several rows, few enough that the
+// R·hd running sums fit in the 32 AVX-512 registers.
+constexpr int64_t rows_for(int64_t hd) { return hd == 0 || hd > 8 ? 1 : 16 / hd; }
+constexpr int64_t max_rows = rows_for(4);  // 4 channels: the smallest head size with its own kernel
 
-// In place on the scores of keys j < n16: e^(s[j] - max) for the n visible keys, 0 for the masked
-// rest; returns the sum.
-MIXQ_ALWAYS_INLINE float causal_exp(float* s, int64_t n, int64_t n16) {
-  for (int64_t j = n; j < n16; ++j) s[j] = -INFINITY;
-  const float m = lane_max(s, n16);
-  float acc[chunk] = {};
-  for (int64_t j0 = 0; j0 < n16; j0 += chunk)
-    for (int64_t l = 0; l < chunk; ++l) acc[l] += s[j0 + l] = fast_exp(s[j0 + l] - m);
-  return lane_sum(acc, chunk);
-}
-
-// y[d] = Σ_j w[j] · xt[d, j] over the keys j < n16 (xt is [hd, Tp]).
-// HD channels known at compile time: all the dots in one pass over the keys, w read once per chunk,
-// an accumulator register per channel.
-template <int64_t HD>
-MIXQ_ALWAYS_INLINE void weighted_keys_fixed(float* y, const float* w, const float* xt, int64_t Tp, int64_t n16) {
-  float acc[HD][chunk] = {};
-  for (int64_t j0 = 0; j0 < n16; j0 += chunk)
-    for (int64_t d = 0; d < HD; ++d)
-      for (int64_t l = 0; l < chunk; ++l) acc[d][l] += w[j0 + l] * xt[d * Tp + j0 + l];
-  for (int64_t d = 0; d < HD; ++d) y[d] = lane_sum(acc[d], chunk);
-}
-
-MIXQ_ALWAYS_INLINE void weighted_keys(float* y, const float* w, const float* xt, int64_t Tp, int64_t n16, int64_t hd) {
-  switch (hd) {
-    case 8: weighted_keys_fixed<8>(y, w, xt, Tp, n16); return;
-    case 16: weighted_keys_fixed<16>(y, w, xt, Tp, n16); return;
-    default:
-      for (int64_t d = 0; d < hd; ++d) y[d] = lane_dot(w, xt + d * Tp, n16);
-  }
-}
-
-// xt[d, j] += a[d] · w[j] for the keys j < n16 (xt is [hd, Tp]).
-MIXQ_ALWAYS_INLINE void add_outer(float* xt, const float* a, const float* w, int64_t Tp, int64_t n16, int64_t hd) {
+// s[r] = a_r · kt[:, j0 .. j0+15] for the R rows.
+template <int64_t HD, int64_t R>
+MIXQ_ALWAYS_INLINE void products_chunk(vec16 (&s)[R], const float* const (&a)[R], const float* kt, int64_t Tp,
+                                       int64_t j0, int64_t hd_rt) {
+  const int64_t hd = HD ? HD : hd_rt;
+  for (int64_t r = 0; r < R; ++r) s[r] = vec16{};
+#pragma GCC unroll 16
   for (int64_t d = 0; d < hd; ++d) {
-    const float ad = a[d];
-    float* x = xt + d * Tp;
-    for (int64_t j = 0; j < n16; ++j) x[j] += ad * w[j];
+    const vec16 k = load16(kt + d * Tp + j0);
+    for (int64_t r = 0; r < R; ++r) s[r] += a[r][d] * k;
   }
 }
 
-// Query head h's output rows from its KV head (kt, vt [hd, Tp]); s is scratch [Tp].
+// Scores of keys j0 .. j0+15 for the R rows (a_r already scaled), -inf past row r's last visible key.
+template <int64_t HD, int64_t R>
+MIXQ_ALWAYS_INLINE void scores_chunk(vec16 (&s)[R], const float* const (&a)[R], const float* kt, int64_t Tp,
+                                     int64_t j0, const int64_t (&n)[R], int64_t hd_rt) {
+  products_chunk<HD, R>(s, a, kt, Tp, j0, hd_rt);
+  for (int64_t r = 0; r < R; ++r)
+    if (j0 + chunk > n[r]) {
+      ivec16 j;
+      for (int l = 0; l < chunk; ++l) j[l] = int32_t(j0 + l);
+      s[r] = j < int32_t(n[r]) ? s[r] : splat16(-__builtin_inff());
+    }
+}
+
+// Rows t0..t0+R-1 of one query head: out_r = softmax(scores_r) · V. s is scratch [R, Tp].
+template <int64_t HD, int64_t R>
+MIXQ_ALWAYS_INLINE void rows_forward(float* out, const float* q, const float* kt, const float* vt, float* s,
+                                     int64_t t0, int64_t Tp, int64_t q_stride, float scale, int64_t hd_rt) {
+  const int64_t hd = HD ? HD : hd_rt;
+  constexpr int64_t HDA = HD ? HD : max_small_hd;
+  float qs[R][HDA];
+  const float* a[R];
+  int64_t n[R];
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t d = 0; d < hd; ++d) qs[r][d] = q[(t0 + r) * q_stride + d] * scale;
+    a[r] = qs[r];
+    n[r] = t0 + r + 1;  // causal: keys 0..t
+  }
+  const int64_t n16 = round_up(t0 + R);
+  vec16 m[R];
+  for (int64_t r = 0; r < R; ++r) m[r] = splat16(-__builtin_inff());
+  for (int64_t j0 = 0; j0 < n16; j0 += chunk) {
+    vec16 sc[R];
+    scores_chunk<HD, R>(sc, a, kt, Tp, j0, n, hd);
+    for (int64_t r = 0; r < R; ++r) {
+      store16(s + r * Tp + j0, sc[r]);
+      m[r] = max16(m[r], sc[r]);
+    }
+  }
+  float mr[R];
+  for (int64_t r = 0; r < R; ++r) mr[r] = max16(m[r]);
+  // e = exp(s − max) and its weighted sum of values in one pass; e is never stored.
+  vec16 acc[R][HDA], sum[R];
+  for (int64_t r = 0; r < R; ++r) {
+    sum[r] = vec16{};
+    for (int64_t d = 0; d < hd; ++d) acc[r][d] = vec16{};
+  }
+  for (int64_t j0 = 0; j0 < n16; j0 += chunk) {
+    vec16 e[R];
+    for (int64_t r = 0; r < R; ++r) {
+      e[r] = fast_exp16(load16(s + r * Tp + j0) - mr[r]);
+      sum[r] += e[r];
+    }
+#pragma GCC unroll 16
+    for (int64_t d = 0; d < hd; ++d) {
+      const vec16 v = load16(vt + d * Tp + j0);
+      for (int64_t r = 0; r < R; ++r) acc[r][d] += e[r] * v;
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    const float inv = 1.0f / sum16(sum[r]);
+    for (int64_t d = 0; d < hd; ++d) out[(t0 + r) * q_stride + d] = sum16(acc[r][d]) * inv;
+  }
+}
+
+// Rows t0..t0+R-1 of one query head's backward: writes their dq rows, adds into its KV head's
+// dkt / dvt ([hd, Tp]). p and dp are scratch [R, Tp].
+template <int64_t HD, int64_t R>
+MIXQ_ALWAYS_INLINE void rows_backward(float* dq, float* dkt, float* dvt, const float* dout, const float* q,
+                                      const float* kt, const float* vt, float* p, float* dp, int64_t t0, int64_t Tp,
+                                      int64_t q_stride, float scale, int64_t hd_rt) {
+  const int64_t hd = HD ? HD : hd_rt;
+  constexpr int64_t HDA = HD ? HD : max_small_hd;
+  float qs[R][HDA];
+  const float *a[R], *qr[R], *gr[R];
+  int64_t n[R];
+  for (int64_t r = 0; r < R; ++r) {
+    qr[r] = q + (t0 + r) * q_stride;
+    gr[r] = dout + (t0 + r) * q_stride;
+    for (int64_t d = 0; d < hd; ++d) qs[r][d] = qr[r][d] * scale;
+    a[r] = qs[r];
+    n[r] = t0 + r + 1;
+  }
+  const int64_t n16 = round_up(t0 + R);
+  // recompute the probabilities as the forward does
+  vec16 m[R];
+  for (int64_t r = 0; r < R; ++r) m[r] = splat16(-__builtin_inff());
+  for (int64_t j0 = 0; j0 < n16; j0 += chunk) {
+    vec16 sc[R];
+    scores_chunk<HD, R>(sc, a, kt, Tp, j0, n, hd);
+    for (int64_t r = 0; r < R; ++r) {
+      store16(p + r * Tp + j0, sc[r]);
+      m[r] = max16(m[r], sc[r]);
+    }
+  }
+  float mr[R];
+  for (int64_t r = 0; r < R; ++r) mr[r] = max16(m[r]);
+  // e = exp(s − max), dP = dO V^T, and Σ e ⊙ dP for the softmax backward
+  vec16 sum[R], edp[R];
+  for (int64_t r = 0; r < R; ++r) sum[r] = edp[r] = vec16{};
+  for (int64_t j0 = 0; j0 < n16; j0 += chunk) {
+    vec16 g[R];
+    products_chunk<HD, R>(g, gr, vt, Tp, j0, hd);
+    for (int64_t r = 0; r < R; ++r) {
+      const vec16 e = fast_exp16(load16(p + r * Tp + j0) - mr[r]);
+      store16(p + r * Tp + j0, e);
+      store16(dp + r * Tp + j0, g[r]);
+      sum[r] += e;
+      edp[r] += e * g[r];
+    }
+  }
+  float inv[R], c[R];
+  for (int64_t r = 0; r < R; ++r) {
+    inv[r] = 1.0f / sum16(sum[r]);
+    c[r] = sum16(edp[r]) * inv[r];
+  }
+  // out = P V:  dV += P^T dO.  softmax: dS = P ⊙ (dP − Σ P ⊙ dP) · scale.
+  // scores = Q K^T:  dQ = dS K,  dK += dS^T Q.
+  vec16 gq[R][HDA];
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t d = 0; d < hd; ++d) gq[r][d] = vec16{};
+  for (int64_t j0 = 0; j0 < n16; j0 += chunk) {
+    vec16 pr[R], ds[R];
+    for (int64_t r = 0; r < R; ++r) {
+      pr[r] = load16(p + r * Tp + j0) * inv[r];
+      ds[r] = pr[r] * (load16(dp + r * Tp + j0) - c[r]) * scale;
+    }
+#pragma GCC unroll 16
+    for (int64_t d = 0; d < hd; ++d) {
+      vec16 gv = load16(dvt + d * Tp + j0), gk = load16(dkt + d * Tp + j0);
+      const vec16 k = load16(kt + d * Tp + j0);
+      for (int64_t r = 0; r < R; ++r) {
+        gv += gr[r][d] * pr[r];
+        gk += qr[r][d] * ds[r];
+        gq[r][d] += ds[r] * k;
+      }
+      store16(dvt + d * Tp + j0, gv);
+      store16(dkt + d * Tp + j0, gk);
+    }
+  }
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t d = 0; d < hd; ++d) dq[(t0 + r) * q_stride + d] = sum16(gq[r][d]);
+}
+
+// One query head (its columns of q / out) against its KV head (kt, vt [hd, Tp]); s is scratch [R, Tp].
+// Rows go R at a time, the last T mod R one at a time.
+template <int64_t HD>
+MIXQ_ALWAYS_INLINE void head_forward_small(float* out, const float* q, const float* kt, const float* vt, float* s,
+                                           int64_t T, int64_t Tp, int64_t q_stride, float scale, int64_t hd) {
+  constexpr int64_t R = rows_for(HD);
+  int64_t t = 0;
+  for (; t + R <= T; t += R) rows_forward<HD, R>(out, q, kt, vt, s, t, Tp, q_stride, scale, hd);
+  for (; t < T; ++t) rows_forward<HD, 1>(out, q, kt, vt, s, t, Tp, q_stride, scale, hd);
+}
+
+template <int64_t HD>
+MIXQ_ALWAYS_INLINE void head_backward_small(float* dq, float* dkt, float* dvt, const float* dout, const float* q,
+                                            const float* kt, const float* vt, float* p, float* dp, int64_t T,
+                                            int64_t Tp, int64_t q_stride, float scale, int64_t hd) {
+  constexpr int64_t R = rows_for(HD);
+  int64_t t = 0;
+  for (; t + R <= T; t += R)
+    rows_backward<HD, R>(dq, dkt, dvt, dout, q, kt, vt, p, dp, t, Tp, q_stride, scale, hd);
+  for (; t < T; ++t) rows_backward<HD, 1>(dq, dkt, dvt, dout, q, kt, vt, p, dp, t, Tp, q_stride, scale, hd);
+}
+
+// The head sizes worth a kernel of their own (the running sums unrolled into registers); others
+// take the run-time size.
 MIXQ_CLONES void head_forward(float* out, const float* q, const float* kt, const float* vt, float* s, int64_t T,
                               int64_t Tp, int64_t hd, int64_t q_stride, float scale) {
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t n = t + 1, n16 = round_up(n);  // causal: keys 0..t
-    row_products(s, q + t * q_stride, kt, Tp, n16, hd, scale);
-    const float inv = 1.0f / causal_exp(s, n, n16);
-    float* o = out + t * q_stride;
-    weighted_keys(o, s, vt, Tp, n16, hd);
-    for (int64_t d = 0; d < hd; ++d) o[d] *= inv;
+  switch (hd) {
+    case 4: return head_forward_small<4>(out, q, kt, vt, s, T, Tp, q_stride, scale, hd);
+    case 8: return head_forward_small<8>(out, q, kt, vt, s, T, Tp, q_stride, scale, hd);
+    case 16: return head_forward_small<16>(out, q, kt, vt, s, T, Tp, q_stride, scale, hd);
+    default: return head_forward_small<0>(out, q, kt, vt, s, T, Tp, q_stride, scale, hd);
   }
 }
 
-// Query head h's part of the backward: writes its dq rows, adds into dk / dv ([Tp, hd] rows) of its
-// KV head (dkt, dvt [hd, Tp]). p and dp are scratch [Tp].
 MIXQ_CLONES void head_backward(float* dq, float* dkt, float* dvt, const float* dout, const float* q,
                                const float* kt, const float* vt, float* p, float* dp, int64_t T, int64_t Tp,
                                int64_t hd, int64_t q_stride, float scale) {
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t n = t + 1, n16 = round_up(n);
-    const float* qt = q + t * q_stride;
-    const float* dot = dout + t * q_stride;
-    row_products(p, qt, kt, Tp, n16, hd, scale);  // recompute the probabilities as the forward does
-    const float inv = 1.0f / causal_exp(p, n, n16);
-    for (int64_t j = 0; j < n16; ++j) p[j] *= inv;
-    // out = P V:  dV += P^T dO,  dP = dO V^T
-    add_outer(dvt, dot, p, Tp, n16, hd);
-    row_products(dp, dot, vt, Tp, n16, hd, 1.0f);
-    // softmax: dS = P ⊙ (dP − Σ P ⊙ dP), then the 1/sqrt(hd) of the scores
-    const float c = lane_dot(p, dp, n16);
-    for (int64_t j = 0; j < n16; ++j) dp[j] = p[j] * (dp[j] - c) * scale;
-    // scores = Q K^T:  dQ = dS K,  dK += dS^T Q
-    weighted_keys(dq + t * q_stride, dp, kt, Tp, n16, hd);
-    add_outer(dkt, qt, dp, Tp, n16, hd);
+  switch (hd) {
+    case 4: return head_backward_small<4>(dq, dkt, dvt, dout, q, kt, vt, p, dp, T, Tp, q_stride, scale, hd);
+    case 8: return head_backward_small<8>(dq, dkt, dvt, dout, q, kt, vt, p, dp, T, Tp, q_stride, scale, hd);
+    case 16: return head_backward_small<16>(dq, dkt, dvt, dout, q, kt, vt, p, dp, T, Tp, q_stride, scale, hd);
+    default: return head_backward_small<0>(dq, dkt, dvt, dout, q, kt, vt, p, dp, T, Tp, q_stride, scale, hd);
   }
 }
 
@@ -215,7 +328,7 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
                        int64_t nkv, int64_t hd) {
   const int64_t group = nh / nkv;  // query heads per KV head
   const float scale = 1.0f / std::sqrt(float(hd));
-  const int64_t q_stride = nh * hd, kv_stride = nkv * hd, Tp = round_up(T);
+  const int64_t q_stride = nh * hd, kv_stride = nkv * hd, Tp = padded_keys(T);
   if (hd >= gemm_head_dim) {
 #pragma omp parallel if (worth_threads(nh * T * T * hd))
     {
@@ -230,7 +343,7 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
   const size_t slice = size_t(Tp * hd);
 #pragma omp parallel if (worth_threads(nh * T * T * hd))
   {
-    std::vector<float> kt(slice), vt(slice), s(static_cast<size_t>(Tp));
+    std::vector<float> kt(slice), vt(slice), s(static_cast<size_t>(Tp * max_rows));
     int64_t loaded = -1;  // the KV head in the buffers
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < nh; ++h) {
@@ -249,7 +362,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         const float* v, int64_t T, int64_t nh, int64_t nkv, int64_t hd) {
   const int64_t group = nh / nkv;
   const float scale = 1.0f / std::sqrt(float(hd));
-  const int64_t q_stride = nh * hd, kv_stride = nkv * hd, Tp = round_up(T);
+  const int64_t q_stride = nh * hd, kv_stride = nkv * hd, Tp = padded_keys(T);
   // Parallel over KV heads: the query heads of one group all add into the same dk / dv slice.
   if (hd >= gemm_head_dim) {
 #pragma omp parallel if (worth_threads(nh * T * T * hd))
@@ -275,7 +388,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 #pragma omp parallel if (worth_threads(nh * T * T * hd))
   {
     std::vector<float> kt(slice), vt(slice), dkt(slice), dvt(slice);
-    std::vector<float> p(static_cast<size_t>(Tp)), dp(p.size());
+    std::vector<float> p(static_cast<size_t>(Tp * max_rows)), dp(p.size());
 #pragma omp for schedule(dynamic, 1)
     for (int64_t kvh = 0; kvh < nkv; ++kvh) {
       load_head(kt.data(), k + kvh * hd, T, Tp, hd, kv_stride);

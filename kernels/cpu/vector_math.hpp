@@ -87,4 +87,54 @@ MIXQ_ALWAYS_INLINE float lane_max(const float* x, int64_t n) {
   return m;
 }
 
+// Passing 64-byte vectors by value would differ between the AVX-512 and baseline ABIs; the helpers
+// below are always inlined into their caller's clone, never called across that boundary.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+// Sixteen floats as one value (GCC / Clang vector extension): one AVX-512 register, two AVX2 ones,
+// four SSE ones. Loops that keep many running sums (a register per channel) hold them in these so
+// the compiler cannot spill them through the stack as it does with plain arrays.
+using vec16 = float __attribute__((vector_size(64)));
+using ivec16 = int32_t __attribute__((vector_size(64)));
+static_assert(sizeof(vec16) == reduce_lanes * sizeof(float));
+
+MIXQ_ALWAYS_INLINE vec16 load16(const float* p) {
+  vec16 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+MIXQ_ALWAYS_INLINE void store16(float* p, vec16 v) { __builtin_memcpy(p, &v, sizeof v); }
+MIXQ_ALWAYS_INLINE vec16 splat16(float x) { return vec16{} + x; }
+
+// Lanes summed in order, as lane_sum combines its partial results.
+MIXQ_ALWAYS_INLINE float sum16(vec16 v) {
+  float total = 0.0f;
+  for (int l = 0; l < reduce_lanes; ++l) total += v[l];
+  return total;
+}
+MIXQ_ALWAYS_INLINE float max16(vec16 v) {
+  float m = v[0];
+  for (int l = 1; l < reduce_lanes; ++l) m = m > v[l] ? m : v[l];
+  return m;
+}
+MIXQ_ALWAYS_INLINE vec16 max16(vec16 a, vec16 b) { return a > b ? a : b; }
+
+// fast_exp on sixteen lanes, the same operations lane by lane (so the same results).
+MIXQ_ALWAYS_INLINE vec16 fast_exp16(vec16 x) {
+  constexpr float lo = -86.9f, hi = 88.7f;
+  const vec16 xc = x < lo ? splat16(lo) : (x > hi ? splat16(hi) : x);
+  const vec16 n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const vec16 r = (xc - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
+  vec16 p = splat16(1.0f / 5040.0f);
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vec16 y = std::bit_cast<vec16>(std::bit_cast<ivec16>(p) + (__builtin_convertvector(n, ivec16) << 23));
+  return x < lo ? vec16{} : (x > hi ? splat16(__builtin_inff()) : (x == x ? y : x));
+}
+
 }  // namespace mixq::cpu

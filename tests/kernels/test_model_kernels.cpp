@@ -26,10 +26,12 @@ std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
 }
 
 // max |got - want| / max |want|
+// Largest absolute error over the largest reference magnitude; NaN anywhere makes it infinite.
 double relative_error(const std::vector<float>& got, const std::vector<double>& want) {
   double err = 0.0, ref = 0.0;
   for (size_t i = 0; i < want.size(); ++i) {
-    err = std::max(err, std::abs(double(got[i]) - want[i]));
+    const double e = std::abs(double(got[i]) - want[i]);
+    err = e == e ? std::max(err, e) : INFINITY;
     ref = std::max(ref, std::abs(want[i]));
   }
   return err / std::max(ref, 1e-30);
