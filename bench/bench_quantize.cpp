@@ -177,6 +177,7 @@ BENCHMARK_CAPTURE(BM_nvfp4, mse_four_over_six, nvfp4_selector::mse_four_over_six
 BENCHMARK_CAPTURE(BM_fp8, per_tensor_max, fp8_granularity::per_tensor, fp8_selector::max)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8, per_channel_max, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8, per_tensor_mse, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8, per_channel_mse, fp8_granularity::per_channel, fp8_selector::mse)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp4, format_id::mxfp4)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp8, format_id::mxfp8)->Apply(thread_counts);
 BENCHMARK(BM_nf4)->Apply(thread_counts);

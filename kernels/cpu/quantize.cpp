@@ -10,6 +10,7 @@
 
 #include "formats/minifloat.hpp"
 #include "formats/packing.hpp"
+#include "kernels/cpu/fp8_mse_histogram.hpp"
 #include "kernels/cpu/nvfp4_lanes.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
 
@@ -206,15 +207,35 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
     if (fp8_per_channel_max_in_one_pass(w, q)) return q;
   }
 
-  const source_scan scan = scan_source(w);
-  const bool zero = apply_nonfinite_policy(w, scan, options.nonfinite);
-  const std::span<const float> multipliers =
+  std::span<const float> multipliers =
       options.selector == fp8_selector::mse
           ? (options.multipliers.empty() ? default_mse_multipliers() : options.multipliers)
           : std::span<const float>();
-  const size_t n_cand = multipliers.size();
-  const float tensor_amax = options.amax > 0.0f ? options.amax : scan.amax;
+  bool zero = false;
+  float tensor_amax = options.amax;
+  std::vector<float> contenders;
+  if (per_tensor && !multipliers.empty() && w.dtype != source_dtype::f32) {
+    // 16-bit source: the magnitude histogram rules out all but (almost always) one candidate
+    // without the per-element errors, and gives the amax; the full scan only to report inf / NaN.
+    magnitude_histogram h = magnitude_histogram::of(w);
+    if (h.has_nonfinite()) {
+      zero = apply_nonfinite_policy(w, scan_source(w), options.nonfinite);
+      h.zero_nonfinite();
+    }
+    if (!(tensor_amax > 0.0f)) tensor_amax = h.amax();
+    for (size_t c : fp8_mse_contenders(h, tensor_amax, multipliers)) contenders.push_back(multipliers[c]);
+    multipliers = contenders;
+  } else {
+    const source_scan scan = scan_source(w);
+    zero = apply_nonfinite_policy(w, scan, options.nonfinite);
+    if (!(tensor_amax > 0.0f)) tensor_amax = scan.amax;
+  }
   q.scales.assign(per_tensor ? 1 : size_t(w.rows), fp8_scale_for_amax(tensor_amax));
+  if (per_tensor && multipliers.size() == 1) {  // decided: only the codes are left
+    q.scales[0] = fp8_scale_for_amax(tensor_amax * multipliers[0]);
+    multipliers = {};
+  }
+  const size_t n_cand = multipliers.size();
   // Per-row squared error of every candidate scale (MSE only): rows in parallel, each read once.
   std::vector<double> row_err(size_t(w.rows) * n_cand);
   const fp8_rows rows(w, zero);

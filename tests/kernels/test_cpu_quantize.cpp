@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "formats/minifloat.hpp"
+#include "kernels/cpu/fp8_mse_histogram.hpp"
 #include "kernels/cpu/nvfp4_lanes.hpp"
 #include "kernels/cpu/quantize.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
@@ -278,15 +279,17 @@ TEST(cpu_kernels, zeroed_nonfinite_values_bit_identical) {
       EXPECT_EQ(fast.block_scales, ref.block_scales) << selector_name(sel);
       EXPECT_EQ(fast.packed, ref.packed) << selector_name(sel);
     }
-    for (auto gran : {fp8_granularity::per_tensor, fp8_granularity::per_channel}) {
-      fp8_options o;
-      o.granularity = gran;
-      o.nonfinite = nonfinite_policy::zero;
-      const fp8_weight ref = fp8_quantize(view_of(s), o);
-      const fp8_weight fast = cpu::fp8_quantize(s.source, o);
-      EXPECT_EQ(fast.scales, ref.scales);
-      EXPECT_EQ(fast.codes, ref.codes);
-    }
+    for (auto gran : {fp8_granularity::per_tensor, fp8_granularity::per_channel})
+      for (auto sel : {fp8_selector::max, fp8_selector::mse}) {
+        fp8_options o;
+        o.granularity = gran;
+        o.selector = sel;
+        o.nonfinite = nonfinite_policy::zero;
+        const fp8_weight ref = fp8_quantize(view_of(s), o);
+        const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+        EXPECT_EQ(fast.scales, ref.scales);
+        EXPECT_EQ(fast.codes, ref.codes);
+      }
   }
 }
 
@@ -302,7 +305,64 @@ TEST(cpu_kernels, nonfinite_errors_name_the_same_place) {
     EXPECT_FALSE(ref_msg.empty());
     EXPECT_EQ(ref_msg, fast_msg);
     EXPECT_NE(fast_msg.find("[2, 6]"), std::string::npos) << fast_msg;
+    fp8_options mse;  // the histogram path of a 16-bit source reports the same place
+    mse.selector = fp8_selector::mse;
+    std::string fp8_msg;
+    try { cpu::fp8_quantize(s.source, mse); } catch (const format_error& e) { fp8_msg = e.what(); }
+    EXPECT_EQ(ref_msg, fp8_msg);
   }
+}
+
+// Per-tensor FP8 MSE over BF16 / F16: the histogram estimate leaves the reference's choice among its
+// contenders, and (bar near ties) only that one.
+TEST(cpu_kernels, fp8_mse_histogram_keeps_the_reference_choice) {
+  for (uint32_t seed = 0; seed < 4; ++seed)
+    for (const auto& t : all_kinds(24, 160, 90 + 7 * seed))
+      for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f16}) {
+        const sourced s = as_dtype(t, dtype);
+        const cpu::magnitude_histogram h = cpu::magnitude_histogram::of(s.source);
+        uint64_t total = 0;
+        for (uint64_t c : h.count) total += c;
+        ASSERT_EQ(total, uint64_t(s.source.size()));
+        const weight_view w = view_of(s);
+        float amax = 0.0f;
+        for (int64_t i = 0; i < w.size(); ++i) amax = std::max(amax, std::abs(w.data[i]));
+        ASSERT_EQ(h.amax(), amax);
+        const auto multipliers = default_mse_multipliers();
+        size_t want = 0;
+        double best = INFINITY;
+        for (size_t c = 0; c < multipliers.size(); ++c) {
+          const double e = fp8_sq_error(w, fp8_scale_for_amax(amax * multipliers[c]));
+          if (e < best) best = e, want = c;
+        }
+        const std::vector<size_t> got = cpu::fp8_mse_contenders(h, amax, multipliers);
+        EXPECT_NE(std::find(got.begin(), got.end(), want), got.end()) << t.name;
+        EXPECT_EQ(got.size(), 1u) << t.name;
+      }
+}
+
+// Candidates the estimate cannot separate (here: equal multipliers) are settled exactly, first wins.
+TEST(cpu_kernels, fp8_mse_histogram_ties_settled_exactly) {
+  const auto t = testing::make_tensor(testing::tensor_kind::outliers, 32, 64, 5);
+  const float multipliers[] = {0.25f, 0.9f, 0.9f, 1.0f, 1.0f, 4.0f};
+  for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f16}) {
+    const sourced s = as_dtype(t, dtype);
+    const auto contenders = cpu::fp8_mse_contenders(cpu::magnitude_histogram::of(s.source),
+                                                    cpu::magnitude_histogram::of(s.source).amax(), multipliers);
+    EXPECT_GE(contenders.size(), 2u);
+    fp8_options o;
+    o.selector = fp8_selector::mse;
+    o.multipliers = multipliers;
+    const fp8_weight ref = fp8_quantize(view_of(s), o);
+    const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+    EXPECT_EQ(fast.scales, ref.scales);
+    EXPECT_EQ(fast.codes, ref.codes);
+  }
+  // an all-zero tensor: every candidate's error is exactly 0, the first is chosen
+  const auto zeros = testing::make_tensor(testing::tensor_kind::zero_blocks, 1, 16, 1);
+  const sourced z = as_dtype(zeros, cpu::source_dtype::bf16);
+  EXPECT_EQ(cpu::fp8_mse_contenders(cpu::magnitude_histogram::of(z.source), 0.0f, multipliers),
+            std::vector<size_t>{0});
 }
 
 }  // namespace

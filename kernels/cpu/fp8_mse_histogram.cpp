@@ -1,0 +1,125 @@
+#include "kernels/cpu/fp8_mse_histogram.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <utility>
+
+#include "formats/fp8.hpp"
+#include "formats/minifloat.hpp"
+
+namespace mixq::cpu {
+namespace {
+
+constexpr uint32_t bins = 0x8000;
+
+// Counts one thread's rows; two interleaved tables so that runs of equal values (zeros, padding)
+// do not chain every increment on the one before.
+void count_rows(const uint16_t* p, int64_t n, uint32_t* h0, uint32_t* h1) {
+  int64_t i = 0;
+  for (; i + 2 <= n; i += 2) {
+    ++h0[p[i] & 0x7fff];
+    ++h1[p[i + 1] & 0x7fff];
+  }
+  if (i < n) ++h0[p[i] & 0x7fff];
+}
+
+// Machine epsilon's half (double) times n, as the γ_n of a sum of n rounded terms.
+double gamma(double n) {
+  const double nu = n * 0x1p-53;
+  return nu / (1.0 - nu);
+}
+
+}  // namespace
+
+magnitude_histogram magnitude_histogram::of(const source_matrix& w) {
+  magnitude_histogram h;
+  h.dtype = w.dtype;
+  h.count.assign(bins, 0);
+  const auto* p = static_cast<const uint16_t*>(w.data);
+  const int64_t n = w.size();
+#pragma omp parallel if (worth_threads(n))
+  {
+    // 32-bit tables per thread, added into a 64-bit one before they could overflow.
+    std::vector<uint32_t> local(2 * bins, 0);
+    std::vector<uint64_t> total(bins, 0);
+    const auto flush = [&] {
+      for (uint32_t b = 0; b < bins; ++b) total[b] += uint64_t(local[b]) + local[bins + b];
+      std::fill(local.begin(), local.end(), 0u);
+    };
+    constexpr int64_t step = int64_t(1) << 16;
+    int64_t pending = 0;
+#pragma omp for schedule(static)
+    for (int64_t s = 0; s < n; s += step) {
+      const int64_t len = std::min(step, n - s);
+      if (pending + len > int64_t(UINT32_MAX)) flush(), pending = 0;
+      count_rows(p + s, len, local.data(), local.data() + bins);
+      pending += len;
+    }
+    flush();
+#pragma omp critical
+    for (uint32_t b = 0; b < bins; ++b) h.count[b] += total[b];
+  }
+  return h;
+}
+
+float magnitude_histogram::value(uint32_t bin) const {
+  return dtype == source_dtype::bf16 ? bf16_decode(uint16_t(bin)) : f16_decode_table()[bin];
+}
+
+bool magnitude_histogram::has_nonfinite() const {
+  const uint32_t first = dtype == source_dtype::bf16 ? 0x7f80 : 0x7c00;  // exponent all ones
+  return std::any_of(count.begin() + first, count.end(), [](uint64_t c) { return c != 0; });
+}
+
+void magnitude_histogram::zero_nonfinite() {
+  const uint32_t first = dtype == source_dtype::bf16 ? 0x7f80 : 0x7c00;
+  for (uint32_t b = first; b < bins; ++b) count[0] += std::exchange(count[b], 0);
+}
+
+float magnitude_histogram::amax() const {
+  const uint32_t first_nonfinite = dtype == source_dtype::bf16 ? 0x7f80 : 0x7c00;
+  for (uint32_t b = first_nonfinite; b-- > 0;)
+    if (count[b] != 0) return value(b);
+  return 0.0f;
+}
+
+std::vector<size_t> fp8_mse_contenders(const magnitude_histogram& h, float amax, std::span<const float> multipliers) {
+  std::vector<float> values;
+  std::vector<double> counts;
+  double elements = 0.0;
+  for (uint32_t b = 0; b < bins; ++b)
+    if (h.count[b] != 0) {
+      values.push_back(h.value(b));
+      counts.push_back(double(h.count[b]));
+      elements += double(h.count[b]);
+    }
+  const size_t n_cand = multipliers.size();
+  std::vector<double> estimate(n_cand);
+#pragma omp parallel for schedule(static) if (worth_threads(int64_t(values.size() * n_cand) * 16))
+  for (size_t c = 0; c < n_cand; ++c) {
+    const float scale = fp8_scale_for_amax(amax * multipliers[c]);
+    double total = 0.0;
+    for (size_t i = 0; i < values.size(); ++i) {
+      // the reference's error term for this magnitude (a value and its negation err alike)
+      const double d = double(values[i]) - double(e4m3_decode(fp8_code(values[i], scale)) * scale);
+      total += counts[i] * (d * d);
+    }
+    estimate[c] = total;
+  }
+  // Reference and estimate both sum exactly the same nonnegative terms, each once rounded: within
+  // γ_N and γ_(B+1) of the exact sum E. So |reference − estimate| ≤ (γ_N + γ_(B+1)) E, and
+  // E ≤ estimate / (1 − γ_(B+1)); the margin is twice that.
+  const double g = gamma(double(values.size()) + 1.0);
+  const double relative = 2.0 * (gamma(elements) + g) / (1.0 - g);
+  double least_upper = INFINITY;
+  for (double e : estimate) least_upper = std::min(least_upper, e + relative * e);
+  std::vector<size_t> contenders;
+  for (size_t c = 0; c < n_cand; ++c)
+    if (estimate[c] - relative * estimate[c] <= least_upper) contenders.push_back(c);
+  // An estimate of 0 is exact (every term is 0): the first such candidate is the choice.
+  if (least_upper == 0.0) contenders.resize(1);
+  return contenders;
+}
+
+}  // namespace mixq::cpu

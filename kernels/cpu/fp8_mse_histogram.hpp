@@ -1,0 +1,38 @@
+// Per-tensor FP8 MSE scale search over 16-bit weights by a histogram of their magnitudes.
+//
+// A BF16 / F16 tensor holds at most 32768 distinct magnitudes, and an element's FP8 error under a
+// scale depends on its magnitude alone, so a candidate scale's squared error is Σ count · err² over
+// the histogram: the 39 candidates cost 39 passes over at most 32768 bins instead of 39 over the
+// tensor. That sum runs in another order than the reference's (fp8_sq_error: row by row, element
+// by element), so it serves as an estimate with a proven bound; the candidates the bound cannot
+// separate are then evaluated exactly, in the reference's order. The choice is always the
+// reference's, bit for bit.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kernels/cpu/source_matrix.hpp"
+
+namespace mixq::cpu {
+
+// Counts of |x| bit patterns (sign cleared: index = bits & 0x7fff) of a BF16 / F16 source.
+struct magnitude_histogram {
+  source_dtype dtype = source_dtype::bf16;
+  std::vector<uint64_t> count;  // 32768 bins
+
+  static magnitude_histogram of(const source_matrix& w);  // one parallel pass; w must be BF16 / F16
+  float value(uint32_t bin) const;                       // the magnitude a bin counts
+  bool has_nonfinite() const;                            // an inf / NaN bin is non-empty
+  void zero_nonfinite();                                 // moves inf / NaN counts to the zero bin
+  float amax() const;                                    // the largest finite magnitude (0 if none)
+};
+
+// The indices (ascending) of the multipliers whose exact per-tensor squared error
+// fp8_sq_error(w, fp8_scale_for_amax(amax · m)) may be the least: one index unless two candidates
+// agree to the estimate's bound (~1e-9 relative). The reference's choice (the first least) is
+// always among them.
+std::vector<size_t> fp8_mse_contenders(const magnitude_histogram& h, float amax, std::span<const float> multipliers);
+
+}  // namespace mixq::cpu
