@@ -72,10 +72,12 @@ MIXQ_ALWAYS_INLINE void scores_chunk(vec16 (&s)[R], const float* const (&a)[R], 
     }
 }
 
-// Rows t0..t0+R-1 of one query head: out_r = softmax(scores_r) · V. s is scratch [R, Tp].
+// The scores of query rows t0..t0+R-1 (scaled) against the keys they may see, into s [R, Tp]
+// (-inf past each row's last key, up to the chunk end); each row's maximum into mr. Returns the
+// number of keys written (whole chunks).
 template <int64_t HD, int64_t R>
-MIXQ_ALWAYS_INLINE void rows_forward(float* out, const float* q, const float* kt, const float* vt, float* s,
-                                     int64_t t0, int64_t Tp, int64_t q_stride, float scale, int64_t hd_rt) {
+MIXQ_ALWAYS_INLINE int64_t row_scores(float* s, float (&mr)[R], const float* q, const float* kt, int64_t t0,
+                                      int64_t Tp, int64_t q_stride, float scale, int64_t hd_rt) {
   const int64_t hd = HD ? HD : hd_rt;
   constexpr int64_t HDA = HD ? HD : max_small_hd;
   float qs[R][HDA];
@@ -97,8 +99,18 @@ MIXQ_ALWAYS_INLINE void rows_forward(float* out, const float* q, const float* kt
       m[r] = max16(m[r], sc[r]);
     }
   }
-  float mr[R];
   for (int64_t r = 0; r < R; ++r) mr[r] = max16(m[r]);
+  return n16;
+}
+
+// Rows t0..t0+R-1 of one query head: out_r = softmax(scores_r) · V. s is scratch [R, Tp].
+template <int64_t HD, int64_t R>
+MIXQ_ALWAYS_INLINE void rows_forward(float* out, const float* q, const float* kt, const float* vt, float* s,
+                                     int64_t t0, int64_t Tp, int64_t q_stride, float scale, int64_t hd_rt) {
+  const int64_t hd = HD ? HD : hd_rt;
+  constexpr int64_t HDA = HD ? HD : max_small_hd;
+  float mr[R];
+  const int64_t n16 = row_scores<HD, R>(s, mr, q, kt, t0, Tp, q_stride, scale, hd);
   // e = exp(s − max) and its weighted sum of values in one pass; e is never stored.
   vec16 acc[R][HDA], sum[R];
   for (int64_t r = 0; r < R; ++r) {
@@ -131,30 +143,13 @@ MIXQ_ALWAYS_INLINE void rows_backward(float* dq, float* dkt, float* dvt, const f
                                       int64_t q_stride, float scale, int64_t hd_rt) {
   const int64_t hd = HD ? HD : hd_rt;
   constexpr int64_t HDA = HD ? HD : max_small_hd;
-  float qs[R][HDA];
-  const float *a[R], *qr[R], *gr[R];
-  int64_t n[R];
+  const float *qr[R], *gr[R];
   for (int64_t r = 0; r < R; ++r) {
     qr[r] = q + (t0 + r) * q_stride;
     gr[r] = dout + (t0 + r) * q_stride;
-    for (int64_t d = 0; d < hd; ++d) qs[r][d] = qr[r][d] * scale;
-    a[r] = qs[r];
-    n[r] = t0 + r + 1;
   }
-  const int64_t n16 = round_up(t0 + R);
-  // recompute the probabilities as the forward does
-  vec16 m[R];
-  for (int64_t r = 0; r < R; ++r) m[r] = splat16(-__builtin_inff());
-  for (int64_t j0 = 0; j0 < n16; j0 += chunk) {
-    vec16 sc[R];
-    scores_chunk<HD, R>(sc, a, kt, Tp, j0, n, hd);
-    for (int64_t r = 0; r < R; ++r) {
-      store16(p + r * Tp + j0, sc[r]);
-      m[r] = max16(m[r], sc[r]);
-    }
-  }
-  float mr[R];
-  for (int64_t r = 0; r < R; ++r) mr[r] = max16(m[r]);
+  float mr[R];  // recompute the scores as the forward does
+  const int64_t n16 = row_scores<HD, R>(p, mr, q, kt, t0, Tp, q_stride, scale, hd);
   // e = exp(s − max), dP = dO V^T, and Σ e ⊙ dP for the softmax backward
   vec16 sum[R], edp[R];
   for (int64_t r = 0; r < R; ++r) sum[r] = edp[r] = vec16{};

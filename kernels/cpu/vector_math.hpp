@@ -9,7 +9,23 @@
 
 #include "kernels/cpu/simd_dispatch.hpp"
 
+// Passing 64-byte vectors by value would differ between the AVX-512 and baseline ABIs; the helpers
+// below are always inlined into their caller's clone, never called across that boundary.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace mixq::cpu {
+
+// e^r for |r| <= ln2/2: the degree-7 Taylor polynomial by Horner (float or vec16 lanes).
+template <class F>
+MIXQ_ALWAYS_INLINE F exp_taylor7(F r) {
+  F p = r * (1.0f / 5040.0f) + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  return p * r + 1.0f;
+}
 
 // e^x for float, within 2 ulp of the correctly rounded value on [-86.9, 88.7] (tests/kernels checks
 // it against std::exp); 0 below (where e^x < 2e-38), +inf above. Branch-free so loops over it
@@ -25,14 +41,7 @@ MIXQ_ALWAYS_INLINE float fast_exp(float x) {
   const float xc = x < lo ? lo : (x > hi ? hi : x);
   const float n = (xc * log2e + round_magic) - round_magic;
   const float r = (xc - n * ln2_hi) - n * ln2_lo;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  const float p = exp_taylor7(r);
   const float y = std::bit_cast<float>(std::bit_cast<int32_t>(p) + (int32_t(n) << 23));
   return x < lo ? 0.0f : (x > hi ? __builtin_inff() : (x == x ? y : x));  // NaN stays NaN
 }
@@ -87,10 +96,6 @@ MIXQ_ALWAYS_INLINE float lane_max(const float* x, int64_t n) {
   return m;
 }
 
-// Passing 64-byte vectors by value would differ between the AVX-512 and baseline ABIs; the helpers
-// below are always inlined into their caller's clone, never called across that boundary.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 // Sixteen floats as one value (GCC / Clang vector extension): one AVX-512 register, two AVX2 ones,
 // four SSE ones. Loops that keep many running sums (a register per channel) hold them in these so
 // the compiler cannot spill them through the stack as it does with plain arrays.
@@ -125,14 +130,7 @@ MIXQ_ALWAYS_INLINE vec16 fast_exp16(vec16 x) {
   const vec16 xc = x < lo ? splat16(lo) : (x > hi ? splat16(hi) : x);
   const vec16 n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const vec16 r = (xc - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
-  vec16 p = splat16(1.0f / 5040.0f);
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  const vec16 p = exp_taylor7(r);
   const vec16 y = std::bit_cast<vec16>(std::bit_cast<ivec16>(p) + (__builtin_convertvector(n, ivec16) << 23));
   return x < lo ? vec16{} : (x > hi ? splat16(__builtin_inff()) : (x == x ? y : x));
 }
