@@ -7,6 +7,8 @@
 
 #include "formats/fp8.hpp"
 #include "formats/minifloat.hpp"
+#include "kernels/cpu/nvfp4_lanes.hpp"
+#include "kernels/cpu/simd_dispatch.hpp"
 
 namespace mixq::cpu {
 namespace {
@@ -22,6 +24,11 @@ void count_rows(const uint16_t* p, int64_t n, uint32_t* h0, uint32_t* h1) {
     ++h1[p[i + 1] & 0x7fff];
   }
   if (i < n) ++h0[p[i] & 0x7fff];
+}
+
+// Σ count · err² over the distinct magnitudes under one scale (vectorized, fixed lane order).
+MIXQ_CLONES double weighted_sq_error(const float* values, const double* counts, int64_t n, float scale) {
+  return lanes::fp8_sq_error_lanes(values, counts, n, scale);
 }
 
 // Machine epsilon's half (double) times n, as the γ_n of a sum of n rounded terms.
@@ -40,11 +47,11 @@ magnitude_histogram magnitude_histogram::of(const source_matrix& w) {
   const int64_t n = w.size();
 #pragma omp parallel if (worth_threads(n))
   {
-    // 32-bit tables per thread, added into a 64-bit one before they could overflow.
+    // 32-bit tables per thread, added into the 64-bit total before they could overflow.
     std::vector<uint32_t> local(2 * bins, 0);
-    std::vector<uint64_t> total(bins, 0);
     const auto flush = [&] {
-      for (uint32_t b = 0; b < bins; ++b) total[b] += uint64_t(local[b]) + local[bins + b];
+#pragma omp critical
+      for (uint32_t b = 0; b < bins; ++b) h.count[b] += uint64_t(local[b]) + local[bins + b];
       std::fill(local.begin(), local.end(), 0u);
     };
     constexpr int64_t step = int64_t(1) << 16;
@@ -57,8 +64,6 @@ magnitude_histogram magnitude_histogram::of(const source_matrix& w) {
       pending += len;
     }
     flush();
-#pragma omp critical
-    for (uint32_t b = 0; b < bins; ++b) h.count[b] += total[b];
   }
   return h;
 }
@@ -96,15 +101,10 @@ std::vector<size_t> fp8_mse_contenders(const magnitude_histogram& h, float amax,
     }
   const size_t n_cand = multipliers.size();
   std::vector<double> estimate(n_cand);
-#pragma omp parallel for schedule(static) if (worth_threads(int64_t(values.size() * n_cand) * 16))
+#pragma omp parallel for schedule(static) if (worth_threads(int64_t(values.size() * n_cand)))
   for (size_t c = 0; c < n_cand; ++c) {
     const float scale = fp8_scale_for_amax(amax * multipliers[c]);
-    double total = 0.0;
-    for (size_t i = 0; i < values.size(); ++i) {
-      // the reference's error term for this magnitude (a value and its negation err alike)
-      const double d = double(values[i]) - double(e4m3_decode(fp8_code(values[i], scale)) * scale);
-      total += counts[i] * (d * d);
-    }
+    const double total = weighted_sq_error(values.data(), counts.data(), int64_t(values.size()), scale);
     estimate[c] = total;
   }
   // Reference and estimate both sum exactly the same nonnegative terms, each once rounded: within

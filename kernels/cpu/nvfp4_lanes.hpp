@@ -147,33 +147,56 @@ MIXQ_ALWAYS_INLINE v16f e4m3_decode(v16u code) {
   const v16u e = code >> 3, m = code & 7u;
   return e == 0u ? __builtin_convertvector(m, v16f) * 0x1p-9f : (v16f)(((e + 120u) << 23) | (m << 20));
 }
-// fp8_row_sq_error over a row: 8 double lanes (lane j takes elements j, j+8, ...), lanes added
-// in order at the end; the same sums as the reference.
-MIXQ_ALWAYS_INLINE double fp8_row_sq_error(const float* row, int64_t n, float scale) {
+// fp8_code then its value, for 16 finite lanes (float bits) under scale; the sign kept.
+MIXQ_ALWAYS_INLINE v16f fp8_dequantized(v16u bits, float scale) {
+  const v16u code = e4m3_encode(abs_of(bits) / scale);  // |x / scale|: sign restored below
+  return (v16f)((v16u)(e4m3_decode(code) * scale) | (bits & 0x80000000u));
+}
+
+// x - fp8 value of x in double, lanes 0-7 (half 0) or 8-15 (half 1).
+MIXQ_ALWAYS_INLINE v8d fp8_differences(v16f x, v16f deq, int half) {
+  const v16f d = half ? __builtin_shufflevector(x, deq, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31)
+                      : __builtin_shufflevector(x, deq, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  return __builtin_convertvector(__builtin_shufflevector(d, d, 0, 1, 2, 3, 4, 5, 6, 7), v8d) -
+         __builtin_convertvector(__builtin_shufflevector(d, d, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+}
+
+MIXQ_ALWAYS_INLINE double fp8_scalar_difference(float x, float scale) {
+  return double(x) - double(mixq::e4m3_decode(mixq::e4m3_encode(x / scale)) * scale);
+}
+
+// Σ weight · (x − fp8 value)² over n values (weight null: 1) in 8 double lanes (lane j takes
+// elements j, j+8, ...), lanes added in order at the end. Unweighted, the reference's row sum.
+MIXQ_ALWAYS_INLINE double fp8_sq_error_lanes(const float* x, const double* weight, int64_t n, float scale) {
   v8d acc = {};
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const v16u bits = load_bits(row + i);
-    const v16f x = (v16f)bits;
-    const v16u code = e4m3_encode(abs_of(bits) / scale);  // |x / scale|: sign restored below
-    const v16f deq = (v16f)((v16u)(e4m3_decode(code) * scale) | (bits & 0x80000000u));
-    const v8d lo = __builtin_convertvector(__builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7), v8d) -
-                   __builtin_convertvector(__builtin_shufflevector(deq, deq, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
-    const v8d hi = __builtin_convertvector(__builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15), v8d) -
-                   __builtin_convertvector(__builtin_shufflevector(deq, deq, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
-    acc += lo * lo;
-    acc += hi * hi;
+    const v16u bits = load_bits(x + i);
+    const v16f deq = fp8_dequantized(bits, scale);
+    const v8d lo = fp8_differences((v16f)bits, deq, 0), hi = fp8_differences((v16f)bits, deq, 1);
+    if (weight) {
+      v8d w_lo, w_hi;
+      std::memcpy(&w_lo, weight + i, sizeof w_lo);
+      std::memcpy(&w_hi, weight + i + 8, sizeof w_hi);
+      acc += w_lo * (lo * lo);
+      acc += w_hi * (hi * hi);
+    } else {
+      acc += lo * lo;
+      acc += hi * hi;
+    }
   }
   double lane[8];
   std::memcpy(lane, &acc, sizeof lane);
   for (int j = 0; i + j < n; ++j) {  // the tail, into the lanes the reference uses
-    const int64_t k = i + j;
-    const double d = double(row[k]) - double(mixq::e4m3_decode(mixq::e4m3_encode(row[k] / scale)) * scale);
-    lane[j % 8] += d * d;
+    const double d = fp8_scalar_difference(x[i + j], scale);
+    lane[j % 8] += weight ? weight[i + j] * (d * d) : d * d;
   }
   double err = 0.0;
   for (double l : lane) err += l;
   return err;
+}
+MIXQ_ALWAYS_INLINE double fp8_row_sq_error(const float* row, int64_t n, float scale) {
+  return fp8_sq_error_lanes(row, nullptr, n, scale);
 }
 
 // e2m1_code_by_bits: RNE(2q) below 1, one mantissa bit above, saturating at 7.
