@@ -1,5 +1,7 @@
 #include "calib/token_file.hpp"
 
+#include "calib/npy_tokens.hpp"
+
 #include <fstream>
 #include <string>
 
@@ -34,14 +36,15 @@ token_dtype dtype_from_extension(const std::filesystem::path& path) {
   if (ends_with(name, ".u16.bin")) return token_dtype::u16;
   if (ends_with(name, ".u32.bin")) return token_dtype::u32;
   throw token_file_error(fmt::format(
-      "{}: cannot tell the token dtype from the name (expected *.u16.bin or *.u32.bin); name it explicitly",
+      "{}: cannot tell the token dtype from the name (expected *.u16.bin, *.u32.bin or *.npy); name it explicitly",
       path.string()));
 }
 
 }  // namespace
 
 std::vector<int32_t> read_token_file(const std::filesystem::path& path, int64_t vocab, token_dtype dtype) {
-  if (dtype == token_dtype::from_extension) dtype = dtype_from_extension(path);
+  const bool npy = path.extension() == ".npy";
+  if (!npy && dtype == token_dtype::from_extension) dtype = dtype_from_extension(path);
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec))
     throw token_file_error(fmt::format("{}: token file not found", path.string()));
@@ -49,6 +52,7 @@ std::vector<int32_t> read_token_file(const std::filesystem::path& path, int64_t 
   if (!in) throw token_file_error(fmt::format("{}: cannot open token file", path.string()));
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) throw token_file_error(fmt::format("{}: read error", path.string()));
+  if (npy) return parse_npy_tokens(bytes, path.string(), vocab);  // its header gives the element type
 
   const size_t width = dtype == token_dtype::u16 ? 2 : 4;
   if (bytes.size() % width != 0)

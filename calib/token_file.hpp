@@ -1,5 +1,6 @@
 // A pre-tokenized token stream: a flat .bin of little-endian unsigned token ids, u16 or u32, as
-// llama2.c's pretokenize writes them (shared/data/tinystories/README.md). No header.
+// llama2.c's pretokenize writes them (shared/data/tinystories/README.md), no header; or a NumPy
+// .npy array of integer ids (calib/npy_tokens.hpp), whose header gives the element type.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +17,7 @@ class token_file_error : public std::runtime_error {
 };
 
 enum class token_dtype {
-  from_extension,  // ".u16.bin" / ".u32.bin"; anything else is an error
+  from_extension,  // ".u16.bin" / ".u32.bin" / ".npy"; anything else is an error
   u16,
   u32,
 };

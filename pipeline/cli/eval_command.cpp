@@ -32,7 +32,8 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--data", o->data,
                   "text (*.txt: documents separated by <|endoftext|>; *.jsonl: {\"text\": ...} per line), encoded "
                   "with DIR/tokenizer.json (byte-level BPE) or DIR/tokenizer.model as [BOS] + ids per document; or "
-                  "little-endian u16 / u32 token ids (*.u16.bin, *.u32.bin)")
+                  "little-endian u16 / u32 token ids (*.u16.bin, *.u32.bin), or a NumPy integer array (*.npy, any shape, "
+                  "read in row order)")
       ->required();
   cmd->add_option("--ctx", o->ctx, "window length in tokens (default: max_position_embeddings)");
   cmd->add_option("--dtype", o->dtype, "token id width: u16, u32, or auto (from the file name)");

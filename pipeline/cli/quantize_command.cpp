@@ -99,7 +99,7 @@ void add_quantize_command(CLI::App& app) {
                   "recipe YAML file, or the name of a built-in recipe (mixq formats --recipes lists them)")
       ->required();
   cmd->add_option("--out", o->out, "output checkpoint directory (written complete or not at all)")->required();
-  cmd->add_option("--calib", o->calib, "calibration data (.txt, .jsonl, .u16.bin / .u32.bin); overrides the recipe");
+  cmd->add_option("--calib", o->calib, "calibration data (.txt, .jsonl, .u16.bin / .u32.bin, .npy); overrides the recipe");
   cmd->add_option("--samples", o->samples, "calibration sequences; overrides the recipe");
   cmd->add_option("--seq-len", o->seq_len, "tokens per calibration sequence, at most max_position_embeddings; overrides the recipe");
   cmd->add_option("--eval", o->eval, "held-out data to report perplexity on (default: the calibration sequences)");
