@@ -15,15 +15,25 @@ namespace {
 
 constexpr uint32_t bins = 0x8000;
 
-// Counts one thread's rows; two interleaved tables so that runs of equal values (zeros, padding)
-// do not chain every increment on the one before.
-void count_rows(const uint16_t* p, int64_t n, uint32_t* h0, uint32_t* h1) {
+// Counts one thread's values by magnitude key; two interleaved tables so that runs of equal values
+// (zeros, padding) do not chain every increment on the one before. F32 values count by their top
+// 16 bits (their BF16 value), the bits below ORed into `rest`: zero when every value is a BF16 one.
+MIXQ_ALWAYS_INLINE uint32_t key_of(uint16_t v, uint32_t&) { return v & 0x7fffu; }
+MIXQ_ALWAYS_INLINE uint32_t key_of(uint32_t v, uint32_t& rest) {
+  rest |= v & 0xffffu;
+  return (v >> 16) & 0x7fffu;
+}
+
+template <class T>
+uint32_t count_values(const T* p, int64_t n, uint32_t* h0, uint32_t* h1) {
+  uint32_t rest = 0;
   int64_t i = 0;
   for (; i + 2 <= n; i += 2) {
-    ++h0[p[i] & 0x7fff];
-    ++h1[p[i + 1] & 0x7fff];
+    ++h0[key_of(p[i], rest)];
+    ++h1[key_of(p[i + 1], rest)];
   }
-  if (i < n) ++h0[p[i] & 0x7fff];
+  if (i < n) ++h0[key_of(p[i], rest)];
+  return rest;
 }
 
 // Σ count · err² over the distinct magnitudes under one scale (vectorized, fixed lane order).
@@ -39,13 +49,19 @@ double gamma(double n) {
 
 }  // namespace
 
-magnitude_histogram magnitude_histogram::of(const source_matrix& w) {
-  magnitude_histogram h;
-  h.dtype = w.dtype;
-  h.count.assign(bins, 0);
-  const auto* p = static_cast<const uint16_t*>(w.data);
+std::optional<magnitude_histogram> magnitude_histogram::of(const source_matrix& w) {
   const int64_t n = w.size();
-#pragma omp parallel if (worth_threads(n))
+  const bool f32 = w.dtype == source_dtype::f32;
+  if (f32) {  // a quick look first: most F32 weights are not BF16 values, and the first values say so
+    const auto* p = static_cast<const uint32_t*>(w.data);
+    for (int64_t i = 0; i < std::min<int64_t>(n, 4096); ++i)
+      if (p[i] & 0xffffu) return std::nullopt;
+  }
+  magnitude_histogram h;
+  h.dtype = f32 ? source_dtype::bf16 : w.dtype;
+  h.count.assign(bins, 0);
+  uint32_t rest = 0;
+#pragma omp parallel if (worth_threads(n)) reduction(| : rest)
   {
     // 32-bit tables per thread, added into the 64-bit total before they could overflow.
     std::vector<uint32_t> local(2 * bins, 0);
@@ -60,11 +76,13 @@ magnitude_histogram magnitude_histogram::of(const source_matrix& w) {
     for (int64_t s = 0; s < n; s += step) {
       const int64_t len = std::min(step, n - s);
       if (pending + len > int64_t(UINT32_MAX)) flush(), pending = 0;
-      count_rows(p + s, len, local.data(), local.data() + bins);
+      rest |= f32 ? count_values(static_cast<const uint32_t*>(w.data) + s, len, local.data(), local.data() + bins)
+                  : count_values(static_cast<const uint16_t*>(w.data) + s, len, local.data(), local.data() + bins);
       pending += len;
     }
     flush();
   }
+  if (rest != 0) return std::nullopt;
   return h;
 }
 

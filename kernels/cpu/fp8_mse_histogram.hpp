@@ -1,6 +1,7 @@
 // Per-tensor FP8 MSE scale search over 16-bit weights by a histogram of their magnitudes.
 //
-// A BF16 / F16 tensor holds at most 32768 distinct magnitudes, and an element's FP8 error under a
+// A BF16 / F16 tensor (or an F32 one whose values are all BF16 values, as a BF16 model saved in
+// F32) holds at most 32768 distinct magnitudes, and an element's FP8 error under a
 // scale depends on its magnitude alone, so a candidate scale's squared error is Σ count · err² over
 // the histogram: the 39 candidates cost 39 passes over at most 32768 bins instead of 39 over the
 // tensor. That sum runs in another order than the reference's (fp8_sq_error: row by row, element
@@ -10,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -17,12 +19,14 @@
 
 namespace mixq::cpu {
 
-// Counts of |x| bit patterns (sign cleared: index = bits & 0x7fff) of a BF16 / F16 source.
+// Counts of |x| bit patterns (sign cleared: index = bits & 0x7fff) of a BF16 / F16 source, or of an
+// F32 source whose values are all BF16 values (counted as BF16).
 struct magnitude_histogram {
   source_dtype dtype = source_dtype::bf16;
   std::vector<uint64_t> count;  // 32768 bins
 
-  static magnitude_histogram of(const source_matrix& w);  // one parallel pass; w must be BF16 / F16
+  // One parallel pass; nullopt for an F32 source with a value that is not a BF16 value.
+  static std::optional<magnitude_histogram> of(const source_matrix& w);
   float value(uint32_t bin) const;                       // the magnitude a bin counts
   bool has_nonfinite() const;                            // an inf / NaN bin is non-empty
   void zero_nonfinite();                                 // moves inf / NaN counts to the zero bin

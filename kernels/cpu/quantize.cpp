@@ -214,16 +214,18 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   bool zero = false;
   float tensor_amax = options.amax;
   std::vector<float> contenders;
-  if (per_tensor && !multipliers.empty() && w.dtype != source_dtype::f32) {
-    // 16-bit source: the magnitude histogram rules out all but (almost always) one candidate
-    // without the per-element errors, and gives the amax; the full scan only to report inf / NaN.
-    magnitude_histogram h = magnitude_histogram::of(w);
-    if (h.has_nonfinite()) {
+  // A 16-bit source (or F32 holding BF16 values): the magnitude histogram rules out all but
+  // (almost always) one candidate without the per-element errors, and gives the amax; the full
+  // scan only to report inf / NaN.
+  std::optional<magnitude_histogram> h;
+  if (per_tensor && !multipliers.empty()) h = magnitude_histogram::of(w);
+  if (h) {
+    if (h->has_nonfinite()) {
       zero = apply_nonfinite_policy(w, scan_source(w), options.nonfinite);
-      h.zero_nonfinite();
+      h->zero_nonfinite();
     }
-    if (!(tensor_amax > 0.0f)) tensor_amax = h.amax();
-    for (size_t c : fp8_mse_contenders(h, tensor_amax, multipliers)) contenders.push_back(multipliers[c]);
+    if (!(tensor_amax > 0.0f)) tensor_amax = h->amax();
+    for (size_t c : fp8_mse_contenders(*h, tensor_amax, multipliers)) contenders.push_back(multipliers[c]);
     multipliers = contenders;
   } else {
     const source_scan scan = scan_source(w);

@@ -320,7 +320,7 @@ TEST(cpu_kernels, fp8_mse_histogram_keeps_the_reference_choice) {
     for (const auto& t : all_kinds(24, 160, 90 + 7 * seed))
       for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f16}) {
         const sourced s = as_dtype(t, dtype);
-        const cpu::magnitude_histogram h = cpu::magnitude_histogram::of(s.source);
+        const cpu::magnitude_histogram h = cpu::magnitude_histogram::of(s.source).value();
         uint64_t total = 0;
         for (uint64_t c : h.count) total += c;
         ASSERT_EQ(total, uint64_t(s.source.size()));
@@ -347,8 +347,8 @@ TEST(cpu_kernels, fp8_mse_histogram_ties_settled_exactly) {
   const float multipliers[] = {0.25f, 0.9f, 0.9f, 1.0f, 1.0f, 4.0f};
   for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f16}) {
     const sourced s = as_dtype(t, dtype);
-    const auto contenders = cpu::fp8_mse_contenders(cpu::magnitude_histogram::of(s.source),
-                                                    cpu::magnitude_histogram::of(s.source).amax(), multipliers);
+    const auto h = cpu::magnitude_histogram::of(s.source).value();
+    const auto contenders = cpu::fp8_mse_contenders(h, h.amax(), multipliers);
     EXPECT_GE(contenders.size(), 2u);
     fp8_options o;
     o.selector = fp8_selector::mse;
@@ -361,8 +361,27 @@ TEST(cpu_kernels, fp8_mse_histogram_ties_settled_exactly) {
   // an all-zero tensor: every candidate's error is exactly 0, the first is chosen
   const auto zeros = testing::make_tensor(testing::tensor_kind::zero_blocks, 1, 16, 1);
   const sourced z = as_dtype(zeros, cpu::source_dtype::bf16);
-  EXPECT_EQ(cpu::fp8_mse_contenders(cpu::magnitude_histogram::of(z.source), 0.0f, multipliers),
+  EXPECT_EQ(cpu::fp8_mse_contenders(cpu::magnitude_histogram::of(z.source).value(), 0.0f, multipliers),
             std::vector<size_t>{0});
+}
+
+// F32 weights that are all BF16 values (a BF16 model saved in F32) take the histogram; one value
+// that is not, however late, sends the tensor back to the per-element search. Both as the reference.
+TEST(cpu_kernels, fp8_mse_histogram_for_f32_holding_bf16_values) {
+  auto t = testing::make_tensor(testing::tensor_kind::heavy_tailed, 80, 128, 17);
+  for (auto& v : t.values) v = bf16_decode(bf16_encode(v));
+  for (bool exact : {true, false}) {
+    if (!exact) t.values[9000] = std::nextafter(t.values[9000], 1.0f);  // past the quick look at the first values
+    const cpu::source_matrix f32{t.values.data(), cpu::source_dtype::f32, 80, 128, t.name};
+    EXPECT_EQ(cpu::magnitude_histogram::of(f32).has_value(), exact);
+    fp8_options o;
+    o.selector = fp8_selector::mse;
+    const weight_view w{t.values.data(), 80, 128, t.name};
+    const fp8_weight ref = fp8_quantize(w, o);
+    const fp8_weight fast = cpu::fp8_quantize(f32, o);
+    EXPECT_EQ(fast.scales, ref.scales);
+    EXPECT_EQ(fast.codes, ref.codes);
+  }
 }
 
 }  // namespace
