@@ -13,6 +13,7 @@
 
 #include "kernels/cpu/attention.hpp"
 #include "kernels/cpu/row_math.hpp"
+#include "relative_error.hpp"
 
 namespace mixq {
 namespace {
@@ -25,17 +26,7 @@ std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
   return v;
 }
 
-// max |got - want| / max |want|
-// Largest absolute error over the largest reference magnitude; NaN anywhere makes it infinite.
-double relative_error(const std::vector<float>& got, const std::vector<double>& want) {
-  double err = 0.0, ref = 0.0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double e = std::abs(double(got[i]) - want[i]);
-    err = e == e ? std::max(err, e) : INFINITY;
-    ref = std::max(ref, std::abs(want[i]));
-  }
-  return err / std::max(ref, 1e-30);
-}
+using testing::relative_error;
 
 TEST(FastExp, WithinTwoUlpOverItsRange) {
   // every 61st float bit pattern from -86.9 to 88.7 (both signs), through the dispatched kernel
@@ -149,7 +140,7 @@ void reference_attention(const attention_case& c, const std::vector<float>& q, c
   }
 }
 
-class AttentionKernel : public testing::TestWithParam<attention_case> {};
+class AttentionKernel : public ::testing::TestWithParam<attention_case> {};
 
 TEST_P(AttentionKernel, MatchesDoubleReferenceAndThreadCount) {
   const attention_case c = GetParam();
@@ -183,7 +174,7 @@ TEST_P(AttentionKernel, MatchesDoubleReferenceAndThreadCount) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernel,
-                         testing::Values(attention_case{1, 2, 1, 8}, attention_case{5, 4, 4, 8},
+                         ::testing::Values(attention_case{1, 2, 1, 8}, attention_case{5, 4, 4, 8},
                                          attention_case{17, 8, 4, 8}, attention_case{64, 6, 3, 24},
                                          attention_case{130, 4, 2, 64}, attention_case{300, 8, 1, 16},
                                          attention_case{33, 2, 2, 1}, attention_case{200, 4, 2, 32},

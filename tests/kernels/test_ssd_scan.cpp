@@ -13,6 +13,7 @@
 
 #include "kernels/cpu/ssd_scan.hpp"
 #include "tests/kernels/ssd_scan_reference.hpp"
+#include "relative_error.hpp"
 
 namespace mixq {
 namespace {
@@ -26,16 +27,7 @@ void PrintTo(const ssd_case& c, std::ostream* os) {
   *os << "T" << c.T << "_Hm" << c.Hm << "_P" << c.P << "_G" << c.G << "_N" << c.N << (c.large_dt ? "_large_dt" : "");
 }
 
-// max |got - want| / max |want|; NaN anywhere makes it infinite.
-double relative_error(const std::vector<float>& got, const std::vector<double>& want) {
-  double err = 0.0, ref = 0.0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double e = std::abs(double(got[i]) - want[i]);
-    err = e == e ? std::max(err, e) : INFINITY;
-    ref = std::max(ref, std::abs(want[i]));
-  }
-  return err / std::max(ref, 1e-30);
-}
+using testing::relative_error;
 
 // The columns [lo, lo + width) of each row of [T, stride].
 template <class V>
@@ -89,7 +81,7 @@ ssd_outputs run_kernel(const ssd_case& c, const ssd_inputs& in, int64_t stride) 
   return out;
 }
 
-class SsdScan : public testing::TestWithParam<ssd_case> {};
+class SsdScan : public ::testing::TestWithParam<ssd_case> {};
 
 TEST_P(SsdScan, MatchesSequentialDoubleAndThreadCount) {
   const ssd_case c = GetParam();
@@ -113,7 +105,7 @@ TEST_P(SsdScan, MatchesSequentialDoubleAndThreadCount) {
   const double eB = relative_error(columns(got.dxbc, c.T, stride, I, GN), dB_want);
   const double eC = relative_error(columns(got.dxbc, c.T, stride, I + GN, GN), dC_want);
   const double edt = relative_error(got.ddt, ddt);
-  RecordProperty("errors", testing::PrintToString(std::vector<double>{ey, ex, eB, eC, edt}));
+  RecordProperty("errors", ::testing::PrintToString(std::vector<double>{ey, ex, eB, eC, edt}));
   EXPECT_LT(ey, 1e-5);
   EXPECT_LT(ex, 1e-5);
   EXPECT_LT(eB, 1e-5);
@@ -141,7 +133,7 @@ TEST_P(SsdScan, MatchesSequentialDoubleAndThreadCount) {
 constexpr int64_t L = cpu::ssd_chunk;
 INSTANTIATE_TEST_SUITE_P(
     Shapes, SsdScan,
-    testing::Values(ssd_case{1, 1, 4, 1, 8, false}, ssd_case{7, 6, 4, 2, 8, false}, ssd_case{L - 1, 6, 4, 2, 8, true},
+    ::testing::Values(ssd_case{1, 1, 4, 1, 8, false}, ssd_case{7, 6, 4, 2, 8, false}, ssd_case{L - 1, 6, 4, 2, 8, true},
                     ssd_case{L, 1, 4, 1, 8, false}, ssd_case{L + 1, 6, 4, 2, 8, true}, ssd_case{300, 6, 4, 2, 8, false},
                     ssd_case{300, 6, 4, 2, 8, true}, ssd_case{300, 3, 4, 1, 8, true}, ssd_case{2 * L, 4, 4, 4, 8, false},
                     ssd_case{1, 4, 64, 2, 128, false}, ssd_case{L + 1, 4, 64, 2, 128, true},
