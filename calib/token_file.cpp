@@ -44,6 +44,9 @@ token_dtype dtype_from_extension(const std::filesystem::path& path) {
 
 std::vector<int32_t> read_token_file(const std::filesystem::path& path, int64_t vocab, token_dtype dtype) {
   const bool npy = path.extension() == ".npy";
+  if (npy && dtype != token_dtype::from_extension)
+    throw token_file_error(fmt::format("{}: a .npy file names its own element type; leave the token dtype at auto",
+                                       path.string()));
   if (!npy && dtype == token_dtype::from_extension) dtype = dtype_from_extension(path);
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec))

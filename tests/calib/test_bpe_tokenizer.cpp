@@ -98,9 +98,10 @@ TEST(bpe_tokenizer, variants_give_the_libraries_ids) {
     const auto tok = bpe_tokenizer::parse(j.dump(), name + ".json");
     const size_t n = v.at("texts").get<size_t>();
     expect_ids(tok, std::vector<std::string>(xs.begin(), xs.begin() + long(n)), v.at("ids"), name);
-    if (v.contains("pre_tokens"))
+    if (v.contains("pre_tokens")) {
       for (size_t i = 0; i < v["pre_tokens"].size(); ++i)
         EXPECT_EQ(tok.pre_tokenize(xs[i]), v["pre_tokens"][i].get<std::vector<std::string>>()) << show(xs[i]);
+    }
     EXPECT_GT(v.at("differing_from_base").get<int>(), 0);  // the edit changes something
   }
 }
@@ -192,7 +193,7 @@ TEST(bpe_tokenizer, nfc_matches_the_library) {
 
 TEST(bpe_tokenizer, invalid_utf8_is_refused_with_its_offset) {
   const auto tok = bpe_tokenizer::open(tokenizer_file("gpt2"));
-  for (const std::string bad : {std::string("ok\xff"), std::string("ab\xc3"), std::string("ab\xed\xa0\x80"),
+  for (const std::string& bad : {std::string("ok\xff"), std::string("ab\xc3"), std::string("ab\xed\xa0\x80"),
                                 std::string("ab\xc0\xaf"), std::string("ab\xf4\x90\x80\x80")}) {
     try {
       tok.encode(bad);

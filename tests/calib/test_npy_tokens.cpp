@@ -54,6 +54,12 @@ TEST(npy_tokens, errors_name_the_file_and_the_problem) {
   EXPECT_NE(f.find("'<f4' is not an integer type"), std::string::npos) << f;
   const std::string n = error_of(npy_dir() / "negative_ids.npy");
   EXPECT_NE(n.find("token id -2 at index 2"), std::string::npos) << n;
+  try {
+    read_token_file(npy_dir() / "ids_u2.npy", 0, token_dtype::u32);
+    ADD_FAILURE() << "an explicit dtype for a .npy file was accepted";
+  } catch (const token_file_error& e) {
+    EXPECT_NE(std::string(e.what()).find("names its own element type"), std::string::npos) << e.what();
+  }
   const std::string v = error_of(npy_dir() / "ids_u2.npy", 120);
   EXPECT_NE(v.find("token id 120 at index 20 is not below the vocabulary size 120"), std::string::npos) << v;
 }

@@ -101,8 +101,8 @@ TEST(mx, shared_exponent_and_elements_follow_ocp) {
           const double x = double(t.values[size_t(b * 32 + i)]) / std::ldexp(1.0, e);
           const double got = double(d[size_t(b * 32 + i)]) / std::ldexp(1.0, e);
           // got is the element grid value nearest to x (saturating at the element max)
-          if (f == format_id::mxfp8) EXPECT_EQ(got, e4m3_t{nearest_e4m3(std::clamp(x, -448.0, 448.0))}.to_float());
-          if (f == format_id::mxfp4) EXPECT_EQ(std::fabs(got), nearest_e2m1_value(std::fabs(x)));
+          if (f == format_id::mxfp8) { EXPECT_EQ(got, e4m3_t{nearest_e4m3(std::clamp(x, -448.0, 448.0))}.to_float()); }
+          if (f == format_id::mxfp4) { EXPECT_EQ(std::fabs(got), nearest_e2m1_value(std::fabs(x))); }
           EXPECT_LE(std::fabs(got), elem_max);
         }
       }
@@ -214,7 +214,7 @@ TEST(format_traits, table_is_complete_and_consistent) {
     const double scale_bits = f.block_scale == scale_kind::e4m3 || f.block_scale == scale_kind::e8m0 ? 8
                               : f.block_scale == scale_kind::f16                                    ? 16
                                                                                                      : 0;
-    if (f.block_size > 0) EXPECT_EQ(f.effective_bits, f.element_bits + scale_bits / f.block_size) << f.name;
+    if (f.block_size > 0) { EXPECT_EQ(f.effective_bits, f.element_bits + scale_bits / f.block_size) << f.name; }
   }
   EXPECT_FALSE(parse_format("int3").has_value());
   EXPECT_TRUE(format_cannot_hold(format_id::nvfp4, 64, 172).has_value());  // stories260K's down_proj

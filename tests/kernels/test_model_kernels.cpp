@@ -43,7 +43,7 @@ TEST(FastExp, WithinTwoUlpOverItsRange) {
     const float want = std::exp(x[i]);
     const double ulp = std::abs(double(y[i]) - double(want)) / (std::nextafter(want, INFINITY) - want);
     worst_ulp = std::max(worst_ulp, ulp);
-    if (ulp > 2.0) ASSERT_LE(ulp, 2.0) << "e^" << x[i] << " = " << y[i] << ", want " << want;
+    if (ulp > 2.0) { ASSERT_LE(ulp, 2.0) << "e^" << x[i] << " = " << y[i] << ", want " << want; }
   }
   EXPECT_GT(worst_ulp, 0.0);  // it is an approximation: the sweep must have seen some error
   RecordProperty("worst_ulp", std::to_string(worst_ulp));
@@ -178,7 +178,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernel,
                                          attention_case{17, 8, 4, 8}, attention_case{64, 6, 3, 24},
                                          attention_case{130, 4, 2, 64}, attention_case{300, 8, 1, 16},
                                          attention_case{33, 2, 2, 1}, attention_case{200, 4, 2, 32},
-                                         attention_case{70, 2, 1, 128}));
+                                         attention_case{70, 2, 1, 128}, attention_case{3, 2, 1, 4},
+                                         attention_case{17, 4, 2, 4}, attention_case{33, 3, 1, 4},
+                                         attention_case{31, 2, 1, 31}, attention_case{20, 2, 2, 5}));
 
 }  // namespace
 }  // namespace mixq

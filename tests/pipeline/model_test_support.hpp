@@ -99,7 +99,10 @@ inline std::pair<std::vector<double>, std::vector<double>> fd_directions(const s
   std::vector<double> along(g.begin(), g.end()), random(g.size());
   for (double& x : along) x /= gnorm;
   double rnorm = 0.0;
-  for (double& x : random) rnorm += (x = normal(rng)) * x;
+  for (double& x : random) {
+    x = normal(rng);
+    rnorm += x * x;
+  }
   for (double& x : random) x /= std::sqrt(rnorm);
   return {std::move(along), std::move(random)};
 }
@@ -142,7 +145,7 @@ inline golden_grads_result compare_grads_to_golden(const std::map<std::string, s
     }
     const std::vector<float>& g = it->second;
     const size_t n_rows = rows.size(), out = n_rows ? rows.at(0).size() : 0;
-    if (name.find(".experts.") == std::string::npos) EXPECT_EQ(n_rows, T) << name;
+    if (name.find(".experts.") == std::string::npos) { EXPECT_EQ(n_rows, T) << name; }
     EXPECT_EQ(g.size(), n_rows * out) << name;
     if (g.size() != n_rows * out || n_rows == 0) continue;
     double max_diff = 0.0, max_ref = 0.0;

@@ -50,7 +50,7 @@ TEST_P(ActivationRecompute, SameLossAndGradientsAsKeepingEverything) {
 INSTANTIATE_TEST_SUITE_P(Architectures, ActivationRecompute,
                          ::testing::Values(synth_arch::llama, synth_arch::mixtral, synth_arch::qwen3_moe,
                                          synth_arch::nemotron_h),
-                         [](const auto& info) { return std::string(to_string(info.param)); });
+                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
 
 }  // namespace
 }  // namespace mixq

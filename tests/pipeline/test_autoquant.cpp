@@ -70,7 +70,7 @@ TEST(autoquant, routers_and_globs_are_disabled_and_active_moe_weighs_experts) {
       EXPECT_TRUE(g.disabled);
       ++routers;
     }
-    if (g.kind == "attention") EXPECT_THAT(g.disabled_reason, HasSubstr("*self_attn*"));
+    if (g.kind == "attention") { EXPECT_THAT(g.disabled_reason, HasSubstr("*self_attn*")); }
     if (g.name.ends_with(".experts")) {
       ++experts;
       const int64_t per_weight = group_cost(s, spec, st, g, g.candidates[1]) / g.weights;

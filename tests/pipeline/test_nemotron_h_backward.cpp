@@ -165,7 +165,9 @@ TEST(nemotron_h_backward, causal_conv1d_matches_finite_differences) {
     std::cout << fmt::format("  causal_conv1d ({} bias): x {:.2e}\n", bias ? "with" : "no", e);
     EXPECT_LT(e, kOpFdTol);
     for (size_t i = 0; i < dx.size(); ++i)  // nothing outside the C channels is touched
-      if (int64_t(i) % stride < offset || int64_t(i) % stride >= offset + C) EXPECT_EQ(dx[i], 0.0f);
+      if (int64_t(i) % stride < offset || int64_t(i) % stride >= offset + C) {
+        EXPECT_EQ(dx[i], 0.0f);
+      }
   }
 }
 

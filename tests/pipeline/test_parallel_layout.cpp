@@ -137,9 +137,10 @@ INSTANTIATE_TEST_SUITE_P(Layouts, ShardedModel,
                                            sharding_case{synth_arch::nemotron_h, 2, 1},
                                            sharding_case{synth_arch::nemotron_h, 1, 4},
                                            sharding_case{synth_arch::nemotron_h, 2, 2}),
-                         [](const auto& info) {
-                           return std::string(to_string(info.param.arch)) + "_tp" + std::to_string(info.param.tp) +
-                                  "_ep" + std::to_string(info.param.ep);
+                         [](const auto& param_info) {
+                           const auto& c = param_info.param;
+                           return std::string(to_string(c.arch)) + "_tp" + std::to_string(c.tp) +
+                                  "_ep" + std::to_string(c.ep);
                          });
 
 }  // namespace

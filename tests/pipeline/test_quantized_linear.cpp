@@ -75,7 +75,7 @@ TEST(quantized_linear, modelopt_nvfp4_names_dtypes_shapes_and_values) {
     EXPECT_EQ(s.at(m + ".weight_scale").shape, (std::vector<int64_t>{24, 4}));
     EXPECT_EQ(s.at(m + ".weight_scale_2").shape, std::vector<int64_t>{});
     EXPECT_EQ(s.scalar(m + ".weight_scale_2"), q.nvfp4.global_scale);
-    if (f == format_id::nvfp4) EXPECT_EQ(s.scalar(m + ".input_scale"), 0.0123f);
+    if (f == format_id::nvfp4) { EXPECT_EQ(s.scalar(m + ".input_scale"), 0.0123f); }
 
     const auto d = decode_quantized_linear(m, 24, 64, s.lookup());
     ASSERT_TRUE(d.has_value());
@@ -149,7 +149,7 @@ TEST(quantized_linear, damaged_siblings_are_named) {
   auto v = encode_quantized_linear(q, export_layout::modelopt);
   auto without = [&](const std::string& suffix) {
     auto c = v;
-    std::erase_if(c, [&](const encoded_tensor& t) { return t.name == q.module + suffix; });
+    std::erase_if(c, [&](const encoded_tensor& e) { return e.name == q.module + suffix; });
     return c;
   };
   expect_error(without(".weight_scale"), "'model.layers.0.mlp.up_proj.weight_scale' is missing");
@@ -158,8 +158,8 @@ TEST(quantized_linear, damaged_siblings_are_named) {
   bad_shape[1].shape = {16, 3};
   expect_error(bad_shape, "has shape [16, 3], expected [16, 2]");
   auto zero_scale = v;
-  for (auto& t : zero_scale)
-    if (t.name == q.module + ".weight_scale_2") std::memset(t.bytes.data(), 0, 4);
+  for (auto& e : zero_scale)
+    if (e.name == q.module + ".weight_scale_2") std::memset(e.bytes.data(), 0, 4);
   expect_error(zero_scale, "not a positive finite scale");
 }
 

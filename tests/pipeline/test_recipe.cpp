@@ -481,7 +481,7 @@ TEST(RecipeBuiltin, EveryShippedRecipeIsBuiltInAndParses) {
     EXPECT_EQ(r.default_weight.format, format_id::bf16) << name;
     EXPECT_EQ(load_recipe(name + ".yaml").rules.size(), r.rules.size()) << name;
     EXPECT_EQ(r.search.enabled, name.starts_with("auto_")) << name;
-    if (r.search.enabled) EXPECT_EQ(r.search.effective_bits, std::stod(name.substr(name.size() - 7, 3).replace(1, 1, "."))) << name;
+    if (r.search.enabled) { EXPECT_EQ(r.search.effective_bits, std::stod(name.substr(name.size() - 7, 3).replace(1, 1, "."))) << name; }
     // The compiled-in text is the file's.
     const recipe file = load_recipe((source_dir() / "recipes" / (name + ".yaml")).string());
     EXPECT_EQ(file.origin, (source_dir() / "recipes" / (name + ".yaml")).string());
@@ -597,7 +597,7 @@ TEST(RecipeShipped, MambaMoePresetsOnNemotronHTiny) {
     EXPECT_EQ(format_of(plan, spec, "lm_head"), format_id::bf16);
     for (const linear_decision& d : plan.linears) {
       EXPECT_EQ(d.note, "");
-      if (d.weight.format != format_id::bf16) EXPECT_EQ(d.weight.nvfp4, nvfp4_selector::max);
+      if (d.weight.format != format_id::bf16) { EXPECT_EQ(d.weight.nvfp4, nvfp4_selector::max); }
     }
     // The tiny model has no MTP head and no dense MLP ('-') blocks.
     EXPECT_EQ(warned_patterns(plan), (std::set<std::string>{"mtp.*", "*mixer.up_proj", "*mixer.down_proj"}));
