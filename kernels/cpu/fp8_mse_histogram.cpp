@@ -1,6 +1,7 @@
 #include "kernels/cpu/fp8_mse_histogram.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <utility>
@@ -110,20 +111,24 @@ float magnitude_histogram::amax() const {
 std::vector<size_t> fp8_mse_contenders(const magnitude_histogram& h, float amax, std::span<const float> multipliers) {
   std::vector<float> values;
   std::vector<double> counts;
-  double elements = 0.0;
   for (uint32_t b = 0; b < bins; ++b)
     if (h.count[b] != 0) {
       values.push_back(h.value(b));
       counts.push_back(double(h.count[b]));
-      elements += double(h.count[b]);
     }
+  return fp8_mse_contenders(values, counts, amax, multipliers);
+}
+
+std::vector<size_t> fp8_mse_contenders(std::span<const float> values, std::span<const double> counts, float amax,
+                                       std::span<const float> multipliers) {
+  double elements = 0.0;
+  for (double c : counts) elements += c;
   const size_t n_cand = multipliers.size();
   std::vector<double> estimate(n_cand);
 #pragma omp parallel for schedule(static) if (worth_threads(int64_t(values.size() * n_cand)))
   for (size_t c = 0; c < n_cand; ++c) {
     const float scale = fp8_scale_for_amax(amax * multipliers[c]);
-    const double total = weighted_sq_error(values.data(), counts.data(), int64_t(values.size()), scale);
-    estimate[c] = total;
+    estimate[c] = weighted_sq_error(values.data(), counts.data(), int64_t(values.size()), scale);
   }
   // Reference and estimate both sum exactly the same nonnegative terms, each once rounded: within
   // γ_N and γ_(B+1) of the exact sum E. So |reference − estimate| ≤ (γ_N + γ_(B+1)) E, and
@@ -138,6 +143,23 @@ std::vector<size_t> fp8_mse_contenders(const magnitude_histogram& h, float amax,
   // An estimate of 0 is exact (every term is 0): the first such candidate is the choice.
   if (least_upper == 0.0) contenders.resize(1);
   return contenders;
+}
+
+bool bf16_row_magnitudes::count(const float* x, int64_t n) {
+  if (table.empty()) table.assign(bins, 0);
+  keys.clear();
+  uint32_t rest = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t key = key_of(std::bit_cast<uint32_t>(x[i]), rest);
+    if (table[key]++ == 0) keys.push_back(uint16_t(key));
+  }
+  values.resize(keys.size());
+  counts.resize(keys.size());
+  for (size_t k = 0; k < keys.size(); ++k) {  // first-seen order: fixed for a given row
+    values[k] = bf16_decode(keys[k]);
+    counts[k] = double(std::exchange(table[keys[k]], 0u));
+  }
+  return rest == 0;
 }
 
 }  // namespace mixq::cpu

@@ -39,4 +39,19 @@ struct magnitude_histogram {
 // always among them.
 std::vector<size_t> fp8_mse_contenders(const magnitude_histogram& h, float amax, std::span<const float> multipliers);
 
+// The same over distinct magnitudes and their counts (any fixed order).
+std::vector<size_t> fp8_mse_contenders(std::span<const float> values, std::span<const double> counts, float amax,
+                                       std::span<const float> multipliers);
+
+// Per-channel MSE: the distinct magnitudes of one row (F32 copies of BF16 values: a 4096-wide
+// BF16 weight row holds ~900), counted with a table kept per thread between rows.
+struct bf16_row_magnitudes {
+  std::vector<uint32_t> table;  // 32768 counters, zero between calls
+  std::vector<uint16_t> keys;
+  std::vector<float> values;
+  std::vector<double> counts;
+  // false when a value is not a BF16 value (values / counts are then not the row's).
+  bool count(const float* x, int64_t n);
+};
+
 }  // namespace mixq::cpu

@@ -195,6 +195,34 @@ bool fp8_per_channel_max_in_one_pass(const source_matrix& w, fp8_weight& q) {
   return finite != 0;
 }
 
+// Per-channel MSE: the first multiplier with the least squared error over one row. Over BF16
+// values the row's distinct magnitudes rule out all but (almost always) one candidate first, as
+// per tensor (fp8_mse_histogram); the rest are evaluated exactly, in the reference's order.
+struct row_mse_search {
+  bf16_row_magnitudes distinct;
+  std::vector<size_t> left;
+  std::vector<float> subset;
+  std::vector<double> err;
+
+  size_t best(const float* x, int64_t n, float amax, std::span<const float> multipliers, bool maybe_bf16) {
+    left.clear();
+    if (maybe_bf16 && distinct.count(x, n)) {
+      left = fp8_mse_contenders(distinct.values, distinct.counts, amax, multipliers);
+      if (left.size() == 1) return left[0];
+    } else {
+      for (size_t c = 0; c < multipliers.size(); ++c) left.push_back(c);
+    }
+    subset.clear();
+    for (size_t c : left) subset.push_back(multipliers[c]);
+    err.resize(subset.size());
+    fp8_row_errors(x, n, amax, subset, err.data());
+    size_t k_best = 0;
+    for (size_t k = 1; k < subset.size(); ++k)
+      if (err[k] < err[k_best]) k_best = k;  // strict: the first least, as the reference
+    return left[k_best];
+  }
+};
+
 fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   if (w.rows <= 0 || w.cols <= 0) throw format_error(fmt::format("tensor '{}': empty shape", w.name));
   const bool per_tensor = options.granularity == fp8_granularity::per_tensor;
@@ -238,8 +266,8 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
     multipliers = {};
   }
   const size_t n_cand = multipliers.size();
-  // Per-row squared error of every candidate scale (MSE only): rows in parallel, each read once.
-  std::vector<double> row_err(size_t(w.rows) * n_cand);
+  // Per-tensor MSE: every row's squared error under every candidate left, rows in parallel.
+  std::vector<double> row_err(per_tensor ? size_t(w.rows) * n_cand : 0);
   const fp8_rows rows(w, zero);
 
   // Per-channel scales are decided row by row; a per-tensor MSE scale needs every row's errors first.
@@ -249,17 +277,17 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
 #pragma omp parallel if (worth_threads(w.size() * int64_t(1 + n_cand)))
   {
     std::vector<float> x(copy_rows ? size_t(w.cols) : 0);
+    row_mse_search search;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < w.rows; ++r) {
       if (copy_rows) widen(w, r * w.cols, int(w.cols), x.data(), zero);
       const float amax = per_tensor ? tensor_amax : std::bit_cast<float>(rows.amax_bits(r, x.data()));
-      double* err = row_err.data() + size_t(r) * n_cand;
-      if (n_cand > 0) fp8_row_errors(x.data(), w.cols, amax, multipliers, err);
       if (!per_tensor) {
-        size_t best = 0;
-        for (size_t c = 1; c < n_cand; ++c)
-          if (err[c] < err[best]) best = c;
-        q.scales[size_t(r)] = fp8_scale_for_amax(n_cand > 0 ? amax * multipliers[best] : amax);
+        const bool maybe_bf16 = w.dtype != source_dtype::f16;
+        q.scales[size_t(r)] = fp8_scale_for_amax(
+            n_cand > 0 ? amax * multipliers[search.best(x.data(), w.cols, amax, multipliers, maybe_bf16)] : amax);
+      } else if (n_cand > 0) {
+        fp8_row_errors(x.data(), w.cols, amax, multipliers, row_err.data() + size_t(r) * n_cand);
       }
       if (codes_in_first_pass) rows.codes(r, x.data(), q.scale_of_row(r), q.codes.data() + r * w.cols);
     }

@@ -350,19 +350,35 @@ TEST(cpu_kernels, fp8_mse_histogram_ties_settled_exactly) {
     const auto h = cpu::magnitude_histogram::of(s.source).value();
     const auto contenders = cpu::fp8_mse_contenders(h, h.amax(), multipliers);
     EXPECT_GE(contenders.size(), 2u);
-    fp8_options o;
-    o.selector = fp8_selector::mse;
-    o.multipliers = multipliers;
-    const fp8_weight ref = fp8_quantize(view_of(s), o);
-    const fp8_weight fast = cpu::fp8_quantize(s.source, o);
-    EXPECT_EQ(fast.scales, ref.scales);
-    EXPECT_EQ(fast.codes, ref.codes);
+    for (auto gran : {fp8_granularity::per_tensor, fp8_granularity::per_channel}) {
+      fp8_options o;
+      o.granularity = gran;
+      o.selector = fp8_selector::mse;
+      o.multipliers = multipliers;
+      const fp8_weight ref = fp8_quantize(view_of(s), o);
+      const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+      EXPECT_EQ(fast.scales, ref.scales);
+      EXPECT_EQ(fast.codes, ref.codes);
+    }
   }
   // an all-zero tensor: every candidate's error is exactly 0, the first is chosen
   const auto zeros = testing::make_tensor(testing::tensor_kind::zero_blocks, 1, 16, 1);
   const sourced z = as_dtype(zeros, cpu::source_dtype::bf16);
   EXPECT_EQ(cpu::fp8_mse_contenders(cpu::magnitude_histogram::of(z.source).value(), 0.0f, multipliers),
             std::vector<size_t>{0});
+}
+
+// A row's distinct magnitudes: counts add up, the table is left zeroed, non-BF16 values are told.
+TEST(cpu_kernels, bf16_row_magnitudes_count_each_distinct_value) {
+  cpu::bf16_row_magnitudes m;
+  const float row[] = {0.5f, -0.5f, 1.0f, 0.0f, -0.0f, 0.5f, 3.0f};
+  ASSERT_TRUE(m.count(row, 7));
+  EXPECT_EQ(m.values, (std::vector<float>{0.5f, 1.0f, 0.0f, 3.0f}));
+  EXPECT_EQ(m.counts, (std::vector<double>{3, 1, 2, 1}));
+  EXPECT_TRUE(std::all_of(m.table.begin(), m.table.end(), [](uint32_t c) { return c == 0; }));
+  const float odd[] = {1.0f, std::nextafter(1.0f, 2.0f)};
+  EXPECT_FALSE(m.count(odd, 2));
+  EXPECT_TRUE(std::all_of(m.table.begin(), m.table.end(), [](uint32_t c) { return c == 0; }));
 }
 
 // F32 weights that are all BF16 values (a BF16 model saved in F32) take the histogram; one value
@@ -374,13 +390,16 @@ TEST(cpu_kernels, fp8_mse_histogram_for_f32_holding_bf16_values) {
     if (!exact) t.values[9000] = std::nextafter(t.values[9000], 1.0f);  // past the quick look at the first values
     const cpu::source_matrix f32{t.values.data(), cpu::source_dtype::f32, 80, 128, t.name};
     EXPECT_EQ(cpu::magnitude_histogram::of(f32).has_value(), exact);
-    fp8_options o;
-    o.selector = fp8_selector::mse;
-    const weight_view w{t.values.data(), 80, 128, t.name};
-    const fp8_weight ref = fp8_quantize(w, o);
-    const fp8_weight fast = cpu::fp8_quantize(f32, o);
-    EXPECT_EQ(fast.scales, ref.scales);
-    EXPECT_EQ(fast.codes, ref.codes);
+    for (auto gran : {fp8_granularity::per_tensor, fp8_granularity::per_channel}) {
+      fp8_options o;
+      o.granularity = gran;
+      o.selector = fp8_selector::mse;
+      const weight_view w{t.values.data(), 80, 128, t.name};
+      const fp8_weight ref = fp8_quantize(w, o);
+      const fp8_weight fast = cpu::fp8_quantize(f32, o);
+      EXPECT_EQ(fast.scales, ref.scales);
+      EXPECT_EQ(fast.codes, ref.codes);
+    }
   }
 }
 
