@@ -91,19 +91,20 @@ float magnitude_histogram::value(uint32_t bin) const {
   return dtype == source_dtype::bf16 ? bf16_decode(uint16_t(bin)) : f16_decode_table()[bin];
 }
 
+uint32_t magnitude_histogram::first_nonfinite_bin() const {
+  return dtype == source_dtype::bf16 ? 0x7f80 : 0x7c00;  // exponent all ones
+}
+
 bool magnitude_histogram::has_nonfinite() const {
-  const uint32_t first = dtype == source_dtype::bf16 ? 0x7f80 : 0x7c00;  // exponent all ones
-  return std::any_of(count.begin() + first, count.end(), [](uint64_t c) { return c != 0; });
+  return std::any_of(count.begin() + first_nonfinite_bin(), count.end(), [](uint64_t c) { return c != 0; });
 }
 
 void magnitude_histogram::zero_nonfinite() {
-  const uint32_t first = dtype == source_dtype::bf16 ? 0x7f80 : 0x7c00;
-  for (uint32_t b = first; b < bins; ++b) count[0] += std::exchange(count[b], 0);
+  for (uint32_t b = first_nonfinite_bin(); b < bins; ++b) count[0] += std::exchange(count[b], 0);
 }
 
 float magnitude_histogram::amax() const {
-  const uint32_t first_nonfinite = dtype == source_dtype::bf16 ? 0x7f80 : 0x7c00;
-  for (uint32_t b = first_nonfinite; b-- > 0;)
+  for (uint32_t b = first_nonfinite_bin(); b-- > 0;)
     if (count[b] != 0) return value(b);
   return 0.0f;
 }

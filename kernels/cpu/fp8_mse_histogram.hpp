@@ -31,6 +31,7 @@ struct magnitude_histogram {
   bool has_nonfinite() const;                            // an inf / NaN bin is non-empty
   void zero_nonfinite();                                 // moves inf / NaN counts to the zero bin
   float amax() const;                                    // the largest finite magnitude (0 if none)
+  uint32_t first_nonfinite_bin() const;                  // inf / NaN bins are this one and above
 };
 
 // The indices (ascending) of the multipliers whose exact per-tensor squared error
