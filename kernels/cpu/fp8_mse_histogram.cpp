@@ -4,6 +4,8 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "formats/fp8.hpp"
@@ -37,9 +39,36 @@ uint32_t count_values(const T* p, int64_t n, uint32_t* h0, uint32_t* h1) {
   return rest;
 }
 
-// Σ count · err² over the distinct magnitudes under one scale (vectorized, fixed lane order).
+// Σ count · err² over magnitudes under one scale (vectorized, fixed lane order).
 MIXQ_CLONES double weighted_sq_error(const float* values, const double* counts, int64_t n, float scale) {
   return lanes::fp8_sq_error_lanes(values, counts, n, scale);
+}
+
+// Each value's squared FP8 error under scale, as the reference computes it (n: a multiple of 16).
+MIXQ_CLONES void sq_errors(const float* values, int64_t n, float scale, double* out) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const lanes::v16u bits = lanes::load_bits(values + i);
+    const lanes::v16f deq = lanes::fp8_dequantized(bits, scale);
+    const lanes::v8d lo = lanes::fp8_differences((lanes::v16f)bits, deq, 0);
+    const lanes::v8d hi = lanes::fp8_differences((lanes::v16f)bits, deq, 1);
+    const lanes::v8d lo2 = lo * lo, hi2 = hi * hi;
+    std::memcpy(out + i, &lo2, sizeof lo2);
+    std::memcpy(out + i + 8, &hi2, sizeof hi2);
+  }
+}
+
+// Σ a · b (n: a multiple of 8).
+MIXQ_CLONES double dot(const double* a, const double* b, int64_t n) {
+  lanes::v8d acc = {};
+  for (int64_t i = 0; i < n; i += 8) {
+    lanes::v8d x, y;
+    std::memcpy(&x, a + i, sizeof x);
+    std::memcpy(&y, b + i, sizeof y);
+    acc += x * y;
+  }
+  double sum = 0.0;
+  for (int j = 0; j < 8; ++j) sum += acc[j];
+  return sum;
 }
 
 // Machine epsilon's half (double) times n, as the γ_n of a sum of n rounded terms.
@@ -47,6 +76,17 @@ double gamma(double n) {
   const double nu = n * 0x1p-53;
   return nu / (1.0 - nu);
 }
+
+float magnitude_of(source_dtype dtype, uint32_t key) {
+  return dtype == source_dtype::bf16 ? bf16_decode(uint16_t(key)) : f16_decode_table()[key];
+}
+// The 2^m magnitudes 2^exponent · (1 + k / 2^m) of a binade (exponent within float's normal range).
+void binade_values(int exponent, int mantissa_bits, float* out) {
+  const uint32_t top = uint32_t(exponent + 127) << 23;
+  for (uint32_t k = 0; k < (1u << mantissa_bits); ++k) out[k] = std::bit_cast<float>(top | (k << (23 - mantissa_bits)));
+}
+
+uint32_t first_nonfinite_key(source_dtype dtype) { return dtype == source_dtype::bf16 ? 0x7f80 : 0x7c00; }
 
 }  // namespace
 
@@ -87,13 +127,9 @@ std::optional<magnitude_histogram> magnitude_histogram::of(const source_matrix& 
   return h;
 }
 
-float magnitude_histogram::value(uint32_t bin) const {
-  return dtype == source_dtype::bf16 ? bf16_decode(uint16_t(bin)) : f16_decode_table()[bin];
-}
+float magnitude_histogram::value(uint32_t bin) const { return magnitude_of(dtype, bin); }
 
-uint32_t magnitude_histogram::first_nonfinite_bin() const {
-  return dtype == source_dtype::bf16 ? 0x7f80 : 0x7c00;  // exponent all ones
-}
+uint32_t magnitude_histogram::first_nonfinite_bin() const { return first_nonfinite_key(dtype); }
 
 bool magnitude_histogram::has_nonfinite() const {
   return std::any_of(count.begin() + first_nonfinite_bin(), count.end(), [](uint64_t c) { return c != 0; });
@@ -109,58 +145,184 @@ float magnitude_histogram::amax() const {
   return 0.0f;
 }
 
-std::vector<size_t> fp8_mse_contenders(const magnitude_histogram& h, float amax, std::span<const float> multipliers) {
-  std::vector<float> values;
-  std::vector<double> counts;
-  for (uint32_t b = 0; b < bins; ++b)
-    if (h.count[b] != 0) {
-      values.push_back(h.value(b));
-      counts.push_back(double(h.count[b]));
+void fp8_error_estimate::take(const magnitude_histogram& h) {
+  take_counts(h.dtype, h.count.data(), 1, h.first_nonfinite_bin() - 1);
+}
+
+void fp8_error_estimate::take_and_clear(source_dtype dtype, uint32_t* table, uint32_t lo, uint32_t hi) {
+  take_counts(dtype, table, lo, hi);
+}
+
+template <class Count>
+void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t lo, uint32_t hi) {
+  mantissa_bits_ = dtype == source_dtype::bf16 ? 7 : 10;
+  const uint32_t per = 1u << mantissa_bits_;
+  const int bias = dtype == source_dtype::bf16 ? 127 : 15;
+  binades_.clear();
+  counts_.clear();
+  values_.clear();
+  nonzero_counts_.clear();
+  elements_ = 0.0;
+  lo = std::max(lo, 1u);  // zeros add no error
+  hi = std::min(hi, first_nonfinite_key(dtype) - 1);
+  for (uint32_t e = lo >> mantissa_bits_; lo <= hi && e <= hi >> mantissa_bits_; ++e) {
+    const uint32_t first = std::max(e << mantissa_bits_, lo), last = std::min(((e + 1) << mantissa_bits_) - 1, hi);
+    if (e == 0) {  // 16-bit subnormals: only ever evaluated value by value
+      for (uint32_t key = first; key <= last; ++key)
+        if (table[key] != 0) {
+          values_.push_back(magnitude_of(dtype, key));
+          nonzero_counts_.push_back(double(table[key]));
+          elements_ += double(table[key]);
+          if constexpr (!std::is_const_v<Count>) table[key] = 0;
+        }
+      continue;
     }
-  return fp8_mse_contenders(values, counts, amax, multipliers);
+    const size_t offset = counts_.size();
+    counts_.resize(offset + per, 0.0);
+    double* c = counts_.data() + offset - (e << mantissa_bits_);  // indexed by key
+    double sum = 0.0;
+    for (uint32_t key = first; key <= last; ++key) {
+      c[key] = double(table[key]);
+      sum += c[key];  // integers: exact in any order
+    }
+    if constexpr (!std::is_const_v<Count>) std::fill(table + first, table + last + 1, Count(0));
+    if (sum == 0.0) {
+      counts_.resize(offset);
+      continue;
+    }
+    uint32_t least = first, largest = last;
+    while (c[least] == 0.0) ++least;
+    while (c[largest] == 0.0) --largest;
+    binades_.push_back({int(e) - bias, magnitude_of(dtype, least), magnitude_of(dtype, largest), offset, 0, 0});
+    elements_ += sum;
+  }
+  tiny_ = values_.size();
 }
 
-std::vector<size_t> fp8_mse_contenders(std::span<const float> values, std::span<const double> counts, float amax,
-                                       std::span<const float> multipliers) {
-  double elements = 0.0;
-  for (double c : counts) elements += c;
+template void fp8_error_estimate::take_counts(source_dtype, const uint64_t*, uint32_t, uint32_t);
+template void fp8_error_estimate::take_counts(source_dtype, uint32_t*, uint32_t, uint32_t);
+
+namespace {
+// Every x / scale of the binade (rounded to float) within [2^-6, 464): FP8 normal, never rounded up
+// to saturation; and every float along the way normal. Then x's error is 4^(exponent − q) times
+// that of the same mantissa in the reference binade [2^q, 2^(q+1)), q from scale = f · 2^q.
+bool scales_by_binade(int exponent, float lo, float hi, float scale) {
+  int q = 0;
+  std::frexp(scale, &q);
+  return q >= -100 && q <= 100 && exponent >= -100 && exponent <= 100 && double(lo) / scale >= 0x1p-6 * (1.0 + 0x1p-10) &&
+         double(hi) / scale <= 460.0;
+}
+double power_of_four(int k) { return std::bit_cast<double>(uint64_t(1023 + 2 * k) << 52); }  // |k| <= 200
+}  // namespace
+
+void fp8_error_estimate::split(float least, float largest) {
+  const size_t per = size_t(1) << mantissa_bits_;
+  core_.assign(per, 0.0);
+  has_core_ = false;
+  edges_.clear();
+  values_.resize(tiny_);
+  nonzero_counts_.resize(tiny_);
+  for (const binade& b : binades_) {
+    const double* c = counts_.data() + b.offset;
+    // The tests are monotone in the scale: passing at both ends, a binade passes in between.
+    if (scales_by_binade(b.exponent, b.lo, b.hi, least) && scales_by_binade(b.exponent, b.lo, b.hi, largest)) {
+      if (!has_core_) core_exponent_ = b.exponent, has_core_ = true;
+      const double f = power_of_four(b.exponent - core_exponent_);
+      for (size_t k = 0; k < per; ++k) core_[k] += f * c[k];
+      continue;
+    }
+    binade edge = b;
+    edge.first = values_.size();
+    reference_.resize(per);
+    float* v = reference_.data();
+    binade_values(b.exponent, mantissa_bits_, v);
+    for (size_t k = 0; k < per; ++k)
+      if (c[k] != 0.0) values_.push_back(v[k]), nonzero_counts_.push_back(c[k]);
+    edge.n = values_.size() - edge.first;
+    edges_.push_back(edge);
+  }
+}
+
+double fp8_error_estimate::estimate(float scale) {
+  const int64_t per = int64_t(1) << mantissa_bits_;
+  reference_.resize(size_t(per));
+  errors_.resize(size_t(per));
+  double err = tiny_ == 0 ? 0.0 : weighted_sq_error(values_.data(), nonzero_counts_.data(), int64_t(tiny_), scale);
+  int q = 0;
+  std::frexp(scale, &q);
+  bool have_reference = false;
+  const auto reference_errors = [&] {
+    if (!have_reference) {
+      binade_values(q, mantissa_bits_, reference_.data());
+      sq_errors(reference_.data(), per, scale, errors_.data());
+      have_reference = true;
+    }
+    return errors_.data();
+  };
+  if (has_core_) err += power_of_four(core_exponent_ - q) * dot(core_.data(), reference_errors(), per);
+  for (const binade& b : edges_)
+    err += scales_by_binade(b.exponent, b.lo, b.hi, scale)
+               ? power_of_four(b.exponent - q) * dot(counts_.data() + b.offset, reference_errors(), per)
+               : weighted_sq_error(values_.data() + b.first, nonzero_counts_.data() + b.first, int64_t(b.n), scale);
+  return err;
+}
+
+double fp8_error_estimate::sq_error(float scale) {
+  split(scale, scale);
+  return estimate(scale);
+}
+
+std::vector<size_t> fp8_error_estimate::contenders(float amax, std::span<const float> multipliers) {
   const size_t n_cand = multipliers.size();
-  std::vector<double> estimate(n_cand);
-#pragma omp parallel for schedule(static) if (worth_threads(int64_t(values.size() * n_cand)))
-  for (size_t c = 0; c < n_cand; ++c) {
-    const float scale = fp8_scale_for_amax(amax * multipliers[c]);
-    estimate[c] = weighted_sq_error(values.data(), counts.data(), int64_t(values.size()), scale);
-  }
-  // Reference and estimate both sum exactly the same nonnegative terms, each once rounded: within
-  // γ_N and γ_(B+1) of the exact sum E. So |reference − estimate| ≤ (γ_N + γ_(B+1)) E, and
-  // E ≤ estimate / (1 − γ_(B+1)); the margin is twice that.
-  const double g = gamma(double(values.size()) + 1.0);
-  const double relative = 2.0 * (gamma(elements) + g) / (1.0 - g);
+  if (n_cand == 0) return {};
+  std::vector<float> scale(n_cand);
+  for (size_t c = 0; c < n_cand; ++c) scale[c] = fp8_scale_for_amax(amax * multipliers[c]);
+  split(*std::min_element(scale.begin(), scale.end()), *std::max_element(scale.begin(), scale.end()));
+  std::vector<double> estimate_of(n_cand);
+  for (size_t c = 0; c < n_cand; ++c) estimate_of[c] = estimate(scale[c]);
+  // Reference and estimate both sum exactly the same nonnegative terms (count · err², err² the same
+  // bits: x / scale, its FP8 value and the difference all scale by the binade's power of two): the
+  // reference's rounded once per element, the estimate's at most B times each, B below the number
+  // of counted magnitudes plus binades plus the dot products' lanes. So |reference − estimate| ≤
+  // (γ_N + γ_B) E, and E ≤ estimate / (1 − γ_B); the margin is twice that.
+  const double g = gamma(double(counts_.size() + values_.size() + 2 * binades_.size()) + 16.0);
+  const double relative = 2.0 * (gamma(elements_) + g) / (1.0 - g);
   double least_upper = INFINITY;
-  for (double e : estimate) least_upper = std::min(least_upper, e + relative * e);
-  std::vector<size_t> contenders;
+  for (double e : estimate_of) least_upper = std::min(least_upper, e + relative * e);
+  std::vector<size_t> kept;
   for (size_t c = 0; c < n_cand; ++c)
-    if (estimate[c] - relative * estimate[c] <= least_upper) contenders.push_back(c);
+    if (estimate_of[c] - relative * estimate_of[c] <= least_upper) kept.push_back(c);
   // An estimate of 0 is exact (every term is 0): the first such candidate is the choice.
-  if (least_upper == 0.0) contenders.resize(1);
-  return contenders;
+  if (least_upper == 0.0) kept.resize(1);
+  return kept;
 }
 
-bool bf16_row_magnitudes::count(const float* x, int64_t n) {
+bool row_magnitude_counter::count(const source_matrix& w, int64_t r, const float* x) {
   if (table.empty()) table.assign(bins, 0);
-  keys.clear();
-  uint32_t rest = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t key = key_of(std::bit_cast<uint32_t>(x[i]), rest);
-    if (table[key]++ == 0) keys.push_back(uint16_t(key));
+  const int64_t n = w.cols;
+  uint32_t lo = UINT32_MAX, hi = 0;  // lo: the least nonzero key less one (0 wraps to the top)
+  const auto tally = [&](uint32_t key) {
+    ++table[key];
+    lo = std::min(lo, key - 1u);
+    hi = std::max(hi, key);
+  };
+  source_dtype dtype = w.dtype;
+  if (w.dtype == source_dtype::f32) {  // counted as BF16 when every value is one
+    const auto* p = reinterpret_cast<const uint32_t*>(x);
+    uint32_t rest = 0;
+    for (int64_t i = 0; i < n; ++i) rest |= p[i];
+    if ((rest & 0xffffu) != 0) return false;
+    for (int64_t i = 0; i < n; ++i) tally((p[i] >> 16) & 0x7fffu);
+    dtype = source_dtype::bf16;
+  } else {  // in place: non-finite values (zeroed by the policy in x) are cleared below
+    const auto* p = static_cast<const uint16_t*>(w.data) + r * n;
+    for (int64_t i = 0; i < n; ++i) tally(p[i] & 0x7fffu);
   }
-  values.resize(keys.size());
-  counts.resize(keys.size());
-  for (size_t k = 0; k < keys.size(); ++k) {  // first-seen order: fixed for a given row
-    values[k] = bf16_decode(keys[k]);
-    counts[k] = double(std::exchange(table[keys[k]], 0u));
-  }
-  return rest == 0;
+  table[0] = 0;
+  const uint32_t finite_end = first_nonfinite_key(dtype);
+  for (uint32_t key = finite_end; key <= hi; ++key) table[key] = 0;
+  estimate.take_and_clear(dtype, table.data(), lo + 1u, std::min(hi, finite_end - 1));
+  return true;
 }
 
 }  // namespace mixq::cpu

@@ -1,11 +1,16 @@
-// Per-tensor FP8 MSE scale search over 16-bit weights by a histogram of their magnitudes.
+// FP8 MSE scale search over 16-bit weights by counting their magnitudes.
 //
 // A BF16 / F16 tensor (or an F32 one whose values are all BF16 values, as a BF16 model saved in
-// F32) holds at most 32768 distinct magnitudes, and an element's FP8 error under a
-// scale depends on its magnitude alone, so a candidate scale's squared error is Σ count · err² over
-// the histogram: the 39 candidates cost 39 passes over at most 32768 bins instead of 39 over the
-// tensor. That sum runs in another order than the reference's (fp8_sq_error: row by row, element
-// by element), so it serves as an estimate with a proven bound; the candidates the bound cannot
+// F32) holds at most 32768 distinct magnitudes, and an element's FP8 error under a scale depends
+// on its magnitude alone, so a candidate scale's squared error is Σ count · err² over the counts.
+// Better still, within one binade [2^e, 2^(e+1)) the error is 4^e times that of the same mantissa
+// in a reference binade, as long as x / scale stays among FP8's normal, unsaturated values
+// (every rounding then scales by a power of two): a candidate costs one pass over the 2^m mantissas
+// (m = 7 for BF16) and one dot product per binade, with only the binades at FP8's edges
+// (saturation, subnormals) evaluated value by value.
+//
+// That sum runs in another order than the reference's (fp8_sq_error: row by row, element by
+// element), so it serves as an estimate with a proven bound; the candidates the bound cannot
 // separate are then evaluated exactly, in the reference's order. The choice is always the
 // reference's, bit for bit.
 #pragma once
@@ -34,25 +39,59 @@ struct magnitude_histogram {
   uint32_t first_nonfinite_bin() const;                  // inf / NaN bins are this one and above
 };
 
-// The indices (ascending) of the multipliers whose exact per-tensor squared error
-// fp8_sq_error(w, fp8_scale_for_amax(amax · m)) may be the least: one index unless two candidates
-// agree to the estimate's bound (~1e-9 relative). The reference's choice (the first least) is
-// always among them.
-std::vector<size_t> fp8_mse_contenders(const magnitude_histogram& h, float amax, std::span<const float> multipliers);
+// Counted magnitudes (of a tensor or of one row) and the squared FP8 error they give under a scale.
+class fp8_error_estimate {
+ public:
+  void take(const magnitude_histogram& h);
+  // Takes the counts table[lo..hi] (indexed by BF16 / F16 magnitude bits; finite ones only) and
+  // zeroes them, leaving the table ready for the next row.
+  void take_and_clear(source_dtype dtype, uint32_t* table, uint32_t lo, uint32_t hi);
 
-// The same over distinct magnitudes and their counts (any fixed order).
-std::vector<size_t> fp8_mse_contenders(std::span<const float> values, std::span<const double> counts, float amax,
-                                       std::span<const float> multipliers);
+  // The indices (ascending) of the multipliers whose exact squared error
+  // fp8_sq_error(w, fp8_scale_for_amax(amax · m)) may be the least: one index unless two candidates
+  // agree to the estimate's bound (~1e-9 relative). The reference's choice (the first least) is
+  // always among them.
+  std::vector<size_t> contenders(float amax, std::span<const float> multipliers);
 
-// Per-channel MSE: the distinct magnitudes of one row (F32 copies of BF16 values: a 4096-wide
-// BF16 weight row holds ~900), counted with a table kept per thread between rows.
-struct bf16_row_magnitudes {
+  // The estimate of Σ count · err² under one scale: the reference's sum within ~1e-12 relative.
+  double sq_error(float scale);
+
+ private:
+  struct binade {
+    int exponent;     // magnitudes 2^exponent · (1 + k / 2^m)
+    float lo, hi;     // the least and the largest counted
+    size_t offset;    // into counts_, 2^m of them
+    size_t first, n;  // an edge binade's non-zero counts, in values_ / nonzero_counts_
+  };
+  template <class Count>  // a const table is read, a mutable one cleared
+  void take_counts(source_dtype dtype, Count* table, uint32_t lo, uint32_t hi);
+  // Sums the binades that scale under every scale in [least, largest] into core_; the others are
+  // edges, evaluated per scale.
+  void split(float least, float largest);
+  double estimate(float scale);
+
+  int mantissa_bits_ = 7;
+  double elements_ = 0.0;
+  std::vector<binade> binades_;         // the non-empty binades of normal 16-bit magnitudes
+  std::vector<double> counts_;          // per binade, by mantissa
+  std::vector<double> core_;            // Σ 4^(exponent − core_exponent_) · counts over core binades
+  int core_exponent_ = 0;
+  bool has_core_ = false;
+  std::vector<binade> edges_;
+  std::vector<float> values_;           // the edges' non-zero magnitudes (zero adds no error),
+  std::vector<double> nonzero_counts_;  // 16-bit subnormals first (tiny_ of them)
+  size_t tiny_ = 0;
+  std::vector<float> reference_;
+  std::vector<double> errors_;
+};
+
+// Per-channel MSE: one row's magnitudes counted with a table kept per thread between rows.
+struct row_magnitude_counter {
   std::vector<uint32_t> table;  // 32768 counters, zero between calls
-  std::vector<uint16_t> keys;
-  std::vector<float> values;
-  std::vector<double> counts;
-  // false when a value is not a BF16 value (values / counts are then not the row's).
-  bool count(const float* x, int64_t n);
+  fp8_error_estimate estimate;
+  // Counts row r of w (x: its F32 copy, non-finite values zeroed); false when w is F32 and a value
+  // is not a BF16 value (the estimate then does not hold the row).
+  bool count(const source_matrix& w, int64_t r, const float* x);
 };
 
 }  // namespace mixq::cpu

@@ -195,19 +195,19 @@ bool fp8_per_channel_max_in_one_pass(const source_matrix& w, fp8_weight& q) {
   return finite != 0;
 }
 
-// Per-channel MSE: the first multiplier with the least squared error over one row. Over BF16
-// values the row's distinct magnitudes rule out all but (almost always) one candidate first, as
-// per tensor (fp8_mse_histogram); the rest are evaluated exactly, in the reference's order.
+// Per-channel MSE: the first multiplier with the least squared error over one row. Over 16-bit
+// values the row's counted magnitudes rule out all but (almost always) one candidate first, as per
+// tensor (fp8_mse_histogram); the rest are evaluated exactly, in the reference's order.
 struct row_mse_search {
-  bf16_row_magnitudes distinct;
+  row_magnitude_counter counter;
   std::vector<size_t> left;
   std::vector<float> subset;
   std::vector<double> err;
 
-  size_t best(const float* x, int64_t n, float amax, std::span<const float> multipliers, bool maybe_bf16) {
+  size_t best(const source_matrix& w, int64_t r, const float* x, float amax, std::span<const float> multipliers) {
     left.clear();
-    if (maybe_bf16 && distinct.count(x, n)) {
-      left = fp8_mse_contenders(distinct.values, distinct.counts, amax, multipliers);
+    if (counter.count(w, r, x)) {
+      left = counter.estimate.contenders(amax, multipliers);
       if (left.size() == 1) return left[0];
     } else {
       for (size_t c = 0; c < multipliers.size(); ++c) left.push_back(c);
@@ -215,7 +215,7 @@ struct row_mse_search {
     subset.clear();
     for (size_t c : left) subset.push_back(multipliers[c]);
     err.resize(subset.size());
-    fp8_row_errors(x, n, amax, subset, err.data());
+    fp8_row_errors(x, w.cols, amax, subset, err.data());
     size_t k_best = 0;
     for (size_t k = 1; k < subset.size(); ++k)
       if (err[k] < err[k_best]) k_best = k;  // strict: the first least, as the reference
@@ -253,7 +253,9 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
       h->zero_nonfinite();
     }
     if (!(tensor_amax > 0.0f)) tensor_amax = h->amax();
-    for (size_t c : fp8_mse_contenders(*h, tensor_amax, multipliers)) contenders.push_back(multipliers[c]);
+    fp8_error_estimate estimate;
+    estimate.take(*h);
+    for (size_t c : estimate.contenders(tensor_amax, multipliers)) contenders.push_back(multipliers[c]);
     multipliers = contenders;
   } else {
     const source_scan scan = scan_source(w);
@@ -283,9 +285,8 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
       if (copy_rows) widen(w, r * w.cols, int(w.cols), x.data(), zero);
       const float amax = per_tensor ? tensor_amax : std::bit_cast<float>(rows.amax_bits(r, x.data()));
       if (!per_tensor) {
-        const bool maybe_bf16 = w.dtype != source_dtype::f16;
-        q.scales[size_t(r)] = fp8_scale_for_amax(
-            n_cand > 0 ? amax * multipliers[search.best(x.data(), w.cols, amax, multipliers, maybe_bf16)] : amax);
+        q.scales[size_t(r)] =
+            fp8_scale_for_amax(n_cand > 0 ? amax * multipliers[search.best(w, r, x.data(), amax, multipliers)] : amax);
       } else if (n_cand > 0) {
         fp8_row_errors(x.data(), w.cols, amax, multipliers, row_err.data() + size_t(r) * n_cand);
       }

@@ -313,7 +313,42 @@ TEST(cpu_kernels, nonfinite_errors_name_the_same_place) {
   }
 }
 
-// Per-tensor FP8 MSE over BF16 / F16: the histogram estimate leaves the reference's choice among its
+std::vector<size_t> contenders_of(const cpu::magnitude_histogram& h, float amax, std::span<const float> multipliers) {
+  cpu::fp8_error_estimate estimate;
+  estimate.take(h);
+  return estimate.contenders(amax, multipliers);
+}
+
+// The binade-scaled estimate against the reference's sum, at scales that put every binade of the
+// tensor in FP8's normal range, across saturation, and into FP8 subnormals; magnitudes from the
+// 16-bit formats' subnormals to their largest binades.
+TEST(cpu_kernels, fp8_error_estimate_matches_the_reference_sum) {
+  int checked = 0;
+  for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f16})
+    for (int shift : dtype == cpu::source_dtype::bf16 ? std::vector<int>{-130, -60, 0, 40, 118}
+                                                      : std::vector<int>{-16, -6, 0, 12})
+      for (const auto& base : all_kinds(8, 128, 300 + uint32_t(shift + 200))) {
+        testing::test_tensor t = base;
+        for (auto& v : t.values) v = std::ldexp(v, shift);
+        const sourced s = as_dtype(t, dtype);
+        const cpu::magnitude_histogram h = cpu::magnitude_histogram::of(s.source).value();
+        if (h.has_nonfinite()) continue;  // (a shift past the format's range)
+        cpu::fp8_error_estimate estimate;
+        estimate.take(h);
+        const float amax = h.amax();
+        for (float m : {1e-4f, 0.01f, 0.25f, 0.6f, 1.0f, 1.37f, 4.0f, 50.0f, 3000.0f}) {
+          const float scale = fp8_scale_for_amax(amax * m);
+          if (!std::isfinite(scale)) continue;  // amax · m past the float range
+          const double want = fp8_sq_error(view_of(s), scale);
+          const double got = estimate.sq_error(scale);
+          EXPECT_LE(std::abs(got - want), 1e-12 * want) << t.name << " shift " << shift << " m " << m;
+          ++checked;
+        }
+      }
+  EXPECT_GT(checked, 300);
+}
+
+// Per-tensor FP8 MSE over BF16 / F16: the estimate leaves the reference's choice among its
 // contenders, and (bar near ties) only that one.
 TEST(cpu_kernels, fp8_mse_histogram_keeps_the_reference_choice) {
   for (uint32_t seed = 0; seed < 4; ++seed)
@@ -335,7 +370,7 @@ TEST(cpu_kernels, fp8_mse_histogram_keeps_the_reference_choice) {
           const double e = fp8_sq_error(w, fp8_scale_for_amax(amax * multipliers[c]));
           if (e < best) best = e, want = c;
         }
-        const std::vector<size_t> got = cpu::fp8_mse_contenders(h, amax, multipliers);
+        const std::vector<size_t> got = contenders_of(h, amax, multipliers);
         EXPECT_NE(std::find(got.begin(), got.end(), want), got.end()) << t.name;
         EXPECT_EQ(got.size(), 1u) << t.name;
       }
@@ -348,7 +383,7 @@ TEST(cpu_kernels, fp8_mse_histogram_ties_settled_exactly) {
   for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f16}) {
     const sourced s = as_dtype(t, dtype);
     const auto h = cpu::magnitude_histogram::of(s.source).value();
-    const auto contenders = cpu::fp8_mse_contenders(h, h.amax(), multipliers);
+    const auto contenders = contenders_of(h, h.amax(), multipliers);
     EXPECT_GE(contenders.size(), 2u);
     for (auto gran : {fp8_granularity::per_tensor, fp8_granularity::per_channel}) {
       fp8_options o;
@@ -364,20 +399,45 @@ TEST(cpu_kernels, fp8_mse_histogram_ties_settled_exactly) {
   // an all-zero tensor: every candidate's error is exactly 0, the first is chosen
   const auto zeros = testing::make_tensor(testing::tensor_kind::zero_blocks, 1, 16, 1);
   const sourced z = as_dtype(zeros, cpu::source_dtype::bf16);
-  EXPECT_EQ(cpu::fp8_mse_contenders(cpu::magnitude_histogram::of(z.source).value(), 0.0f, multipliers),
-            std::vector<size_t>{0});
+  EXPECT_EQ(contenders_of(cpu::magnitude_histogram::of(z.source).value(), 0.0f, multipliers), std::vector<size_t>{0});
 }
 
-// A row's distinct magnitudes: counts add up, the table is left zeroed, non-BF16 values are told.
-TEST(cpu_kernels, bf16_row_magnitudes_count_each_distinct_value) {
-  cpu::bf16_row_magnitudes m;
-  const float row[] = {0.5f, -0.5f, 1.0f, 0.0f, -0.0f, 0.5f, 3.0f};
-  ASSERT_TRUE(m.count(row, 7));
-  EXPECT_EQ(m.values, (std::vector<float>{0.5f, 1.0f, 0.0f, 3.0f}));
-  EXPECT_EQ(m.counts, (std::vector<double>{3, 1, 2, 1}));
+// Per-channel MSE on rows far from 1 (16-bit subnormals to the largest binades, so that some
+// binades of a row fall outside FP8's normal range under some candidates), with wide multipliers.
+TEST(cpu_kernels, fp8_per_channel_mse_over_extreme_rows_as_the_reference) {
+  const float wide[] = {0.001f, 0.1f, 0.25f, 0.5f, 0.9f, 1.0f, 1.1f, 2.0f, 4.0f, 30.0f, 1000.0f};
+  for (auto dtype : kDtypes)
+    for (int shift : {-140, -20, 0, 9, 100})
+      for (const auto& base : all_kinds(12, 96, 400 + uint32_t(shift + 200))) {
+        testing::test_tensor t = base;
+        for (auto& v : t.values) v = std::ldexp(v, shift);
+        const sourced s = as_dtype(t, dtype);
+        if (cpu::scan_source(s.source).nonfinite != 0) continue;  // (a shift past the format's range)
+        for (bool default_multipliers : {true, false}) {
+          fp8_options o;
+          o.granularity = fp8_granularity::per_channel;
+          o.selector = fp8_selector::mse;
+          if (!default_multipliers) o.multipliers = wide;
+          const fp8_weight ref = fp8_quantize(view_of(s), o);
+          const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+          EXPECT_EQ(fast.scales, ref.scales) << t.name << " shift " << shift;
+          EXPECT_EQ(fast.codes, ref.codes) << t.name << " shift " << shift;
+        }
+      }
+}
+
+// A row's counts: the table is left zeroed after every row, non-BF16 F32 values are told.
+TEST(cpu_kernels, row_magnitude_counter_leaves_the_table_clear) {
+  cpu::row_magnitude_counter m;
+  const float subnormal = std::bit_cast<float>(0x00110000u);  // a BF16 subnormal
+  const float row[] = {0.5f, -0.5f, 1.0f, 0.0f, -0.0f, 0.5f, 3.0f, subnormal};
+  const cpu::source_matrix w{row, cpu::source_dtype::f32, 1, 8, "row"};
+  ASSERT_TRUE(m.count(w, 0, row));
   EXPECT_TRUE(std::all_of(m.table.begin(), m.table.end(), [](uint32_t c) { return c == 0; }));
+  // 0.5 three times, 1, 3 and a BF16 subnormal: the estimate at scale 1 sums their FP8 errors
+  EXPECT_EQ(m.estimate.sq_error(1.0f), double(subnormal) * double(subnormal));  // 0.5, 1, 3 are FP8 values
   const float odd[] = {1.0f, std::nextafter(1.0f, 2.0f)};
-  EXPECT_FALSE(m.count(odd, 2));
+  EXPECT_FALSE(m.count(cpu::source_matrix{odd, cpu::source_dtype::f32, 1, 2, "odd"}, 0, odd));
   EXPECT_TRUE(std::all_of(m.table.begin(), m.table.end(), [](uint32_t c) { return c == 0; }));
 }
 
