@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -44,17 +45,28 @@ MIXQ_CLONES double weighted_sq_error(const float* values, const double* counts, 
   return lanes::fp8_sq_error_lanes(values, counts, n, scale);
 }
 
-// Each value's squared FP8 error under scale, as the reference computes it (n: a multiple of 16).
-MIXQ_CLONES void sq_errors(const float* values, int64_t n, float scale, double* out) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const lanes::v16u bits = lanes::load_bits(values + i);
+// The squared FP8 error under scale of each magnitude 2^q · (1 + k / 2^m) of the reference binade
+// into errors, and Σ weight · error (2^m: a multiple of 16).
+MIXQ_CLONES double reference_errors(int q, int mantissa_bits, float scale, const double* weight, double* errors) {
+  const lanes::v16u step = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const uint32_t top = uint32_t(q + 127) << 23;
+  lanes::v8d acc = {};
+  for (uint32_t k = 0; k < (1u << mantissa_bits); k += 16) {
+    const lanes::v16u bits = top | ((k + step) << (23 - mantissa_bits));
     const lanes::v16f deq = lanes::fp8_dequantized(bits, scale);
     const lanes::v8d lo = lanes::fp8_differences((lanes::v16f)bits, deq, 0);
     const lanes::v8d hi = lanes::fp8_differences((lanes::v16f)bits, deq, 1);
     const lanes::v8d lo2 = lo * lo, hi2 = hi * hi;
-    std::memcpy(out + i, &lo2, sizeof lo2);
-    std::memcpy(out + i + 8, &hi2, sizeof hi2);
+    std::memcpy(errors + k, &lo2, sizeof lo2);
+    std::memcpy(errors + k + 8, &hi2, sizeof hi2);
+    lanes::v8d w_lo, w_hi;
+    std::memcpy(&w_lo, weight + k, sizeof w_lo);
+    std::memcpy(&w_hi, weight + k + 8, sizeof w_hi);
+    acc += w_lo * lo2 + w_hi * hi2;
   }
+  double sum = 0.0;
+  for (int j = 0; j < 8; ++j) sum += acc[j];
+  return sum;
 }
 
 // Σ a · b (n: a multiple of 8).
@@ -219,6 +231,7 @@ void fp8_error_estimate::split(float least, float largest) {
   const size_t per = size_t(1) << mantissa_bits_;
   core_.assign(per, 0.0);
   has_core_ = false;
+  core_exponent_ = 0;
   edges_.clear();
   values_.resize(tiny_);
   nonzero_counts_.resize(tiny_);
@@ -226,15 +239,15 @@ void fp8_error_estimate::split(float least, float largest) {
     const double* c = counts_.data() + b.offset;
     // The tests are monotone in the scale: passing at both ends, a binade passes in between.
     if (scales_by_binade(b.exponent, b.lo, b.hi, least) && scales_by_binade(b.exponent, b.lo, b.hi, largest)) {
-      if (!has_core_) core_exponent_ = b.exponent, has_core_ = true;
+      if (!has_core_) core_exponent_ = b.exponent, has_core_ = true;  // (else 0: q is in reach)
       const double f = power_of_four(b.exponent - core_exponent_);
       for (size_t k = 0; k < per; ++k) core_[k] += f * c[k];
       continue;
     }
     binade edge = b;
     edge.first = values_.size();
-    reference_.resize(per);
-    float* v = reference_.data();
+    edge_values_.resize(per);
+    float* v = edge_values_.data();
     binade_values(b.exponent, mantissa_bits_, v);
     for (size_t k = 0; k < per; ++k)
       if (c[k] != 0.0) values_.push_back(v[k]), nonzero_counts_.push_back(c[k]);
@@ -245,24 +258,17 @@ void fp8_error_estimate::split(float least, float largest) {
 
 double fp8_error_estimate::estimate(float scale) {
   const int64_t per = int64_t(1) << mantissa_bits_;
-  reference_.resize(size_t(per));
   errors_.resize(size_t(per));
   double err = tiny_ == 0 ? 0.0 : weighted_sq_error(values_.data(), nonzero_counts_.data(), int64_t(tiny_), scale);
   int q = 0;
   std::frexp(scale, &q);
-  bool have_reference = false;
-  const auto reference_errors = [&] {
-    if (!have_reference) {
-      binade_values(q, mantissa_bits_, reference_.data());
-      sq_errors(reference_.data(), per, scale, errors_.data());
-      have_reference = true;
-    }
-    return errors_.data();
-  };
-  if (has_core_) err += power_of_four(core_exponent_ - q) * dot(core_.data(), reference_errors(), per);
+  // The reference binade's errors, with the core's sum (zero weights when there is no core). A core
+  // or an edge that scales puts q in reach; otherwise errors_ is not read.
+  if (q >= -100 && q <= 100)
+    err += power_of_four(core_exponent_ - q) * reference_errors(q, mantissa_bits_, scale, core_.data(), errors_.data());
   for (const binade& b : edges_)
     err += scales_by_binade(b.exponent, b.lo, b.hi, scale)
-               ? power_of_four(b.exponent - q) * dot(counts_.data() + b.offset, reference_errors(), per)
+               ? power_of_four(b.exponent - q) * dot(counts_.data() + b.offset, errors_.data(), per)
                : weighted_sq_error(values_.data() + b.first, nonzero_counts_.data() + b.first, int64_t(b.n), scale);
   return err;
 }
@@ -297,31 +303,47 @@ std::vector<size_t> fp8_error_estimate::contenders(float amax, std::span<const f
   return kept;
 }
 
+namespace {
+// The least nonzero and the largest magnitude key of a row (lo > hi: all zero); vectorized.
+template <class T, int Shift>
+MIXQ_ALWAYS_INLINE std::pair<uint32_t, uint32_t> key_range(const T* p, int64_t n) {
+  uint16_t below = UINT16_MAX, top = 0;  // below: the least key less one (key 0 wraps to the top)
+  for (int64_t i = 0; i < n; ++i) {
+    const auto key = uint16_t((p[i] >> Shift) & 0x7fffu);
+    below = std::min(below, uint16_t(key - 1u));
+    top = std::max(top, key);
+  }
+  return {uint32_t(below) + 1u, top};
+}
+MIXQ_CLONES std::pair<uint32_t, uint32_t> key_range16(const uint16_t* p, int64_t n) { return key_range<uint16_t, 0>(p, n); }
+MIXQ_CLONES std::pair<uint32_t, uint32_t> key_range32(const uint32_t* p, int64_t n) { return key_range<uint32_t, 16>(p, n); }
+MIXQ_CLONES uint32_t low_bits(const uint32_t* p, int64_t n) {
+  uint32_t rest = 0;
+  for (int64_t i = 0; i < n; ++i) rest |= p[i];
+  return rest & 0xffffu;
+}
+}  // namespace
+
 bool row_magnitude_counter::count(const source_matrix& w, int64_t r, const float* x) {
   if (table.empty()) table.assign(bins, 0);
   const int64_t n = w.cols;
-  uint32_t lo = UINT32_MAX, hi = 0;  // lo: the least nonzero key less one (0 wraps to the top)
-  const auto tally = [&](uint32_t key) {
-    ++table[key];
-    lo = std::min(lo, key - 1u);
-    hi = std::max(hi, key);
-  };
+  uint32_t lo = 0, hi = 0;
   source_dtype dtype = w.dtype;
   if (w.dtype == source_dtype::f32) {  // counted as BF16 when every value is one
     const auto* p = reinterpret_cast<const uint32_t*>(x);
-    uint32_t rest = 0;
-    for (int64_t i = 0; i < n; ++i) rest |= p[i];
-    if ((rest & 0xffffu) != 0) return false;
-    for (int64_t i = 0; i < n; ++i) tally((p[i] >> 16) & 0x7fffu);
+    if (low_bits(p, n) != 0) return false;
+    for (int64_t i = 0; i < n; ++i) ++table[(p[i] >> 16) & 0x7fffu];
+    std::tie(lo, hi) = key_range32(p, n);
     dtype = source_dtype::bf16;
   } else {  // in place: non-finite values (zeroed by the policy in x) are cleared below
     const auto* p = static_cast<const uint16_t*>(w.data) + r * n;
-    for (int64_t i = 0; i < n; ++i) tally(p[i] & 0x7fffu);
+    for (int64_t i = 0; i < n; ++i) ++table[p[i] & 0x7fffu];
+    std::tie(lo, hi) = key_range16(p, n);
   }
   table[0] = 0;
   const uint32_t finite_end = first_nonfinite_key(dtype);
   for (uint32_t key = finite_end; key <= hi; ++key) table[key] = 0;
-  estimate.take_and_clear(dtype, table.data(), lo + 1u, std::min(hi, finite_end - 1));
+  estimate.take_and_clear(dtype, table.data(), lo, std::min(hi, finite_end - 1));
   return true;
 }
 

@@ -81,7 +81,7 @@ class fp8_error_estimate {
   std::vector<float> values_;           // the edges' non-zero magnitudes (zero adds no error),
   std::vector<double> nonzero_counts_;  // 16-bit subnormals first (tiny_ of them)
   size_t tiny_ = 0;
-  std::vector<float> reference_;
+  std::vector<float> edge_values_;
   std::vector<double> errors_;
 };
 
