@@ -259,17 +259,27 @@ void fp8_error_estimate::split(float least, float largest) {
 double fp8_error_estimate::estimate(float scale) {
   const int64_t per = int64_t(1) << mantissa_bits_;
   errors_.resize(size_t(per));
-  double err = tiny_ == 0 ? 0.0 : weighted_sq_error(values_.data(), nonzero_counts_.data(), int64_t(tiny_), scale);
   int q = 0;
   std::frexp(scale, &q);
+  double err = 0.0;
   // The reference binade's errors, with the core's sum (zero weights when there is no core). A core
   // or an edge that scales puts q in reach; otherwise errors_ is not read.
   if (q >= -100 && q <= 100)
     err += power_of_four(core_exponent_ - q) * reference_errors(q, mantissa_bits_, scale, core_.data(), errors_.data());
-  for (const binade& b : edges_)
-    err += scales_by_binade(b.exponent, b.lo, b.hi, scale)
-               ? power_of_four(b.exponent - q) * dot(counts_.data() + b.offset, errors_.data(), per)
-               : weighted_sq_error(values_.data() + b.first, nonzero_counts_.data() + b.first, int64_t(b.n), scale);
+  // The edges that do not scale are those below the first that does (x / scale reaching FP8's
+  // subnormals) and above the last (reaching saturation): value by value, in two runs of values_.
+  size_t first = 0, last = edges_.size();
+  const auto scales = [&](const binade& b) { return scales_by_binade(b.exponent, b.lo, b.hi, scale); };
+  while (first < last && !scales(edges_[first])) ++first;
+  while (last > first && !scales(edges_[last - 1])) --last;
+  const size_t low_end = first < edges_.size() ? edges_[first].first : values_.size();
+  const size_t high_begin = last < edges_.size() ? edges_[last].first : values_.size();
+  if (low_end > 0) err += weighted_sq_error(values_.data(), nonzero_counts_.data(), int64_t(low_end), scale);
+  if (high_begin < values_.size() && high_begin >= low_end)
+    err += weighted_sq_error(values_.data() + high_begin, nonzero_counts_.data() + high_begin,
+                             int64_t(values_.size() - high_begin), scale);
+  for (size_t e = first; e < last; ++e)
+    err += power_of_four(edges_[e].exponent - q) * dot(counts_.data() + edges_[e].offset, errors_.data(), per);
   return err;
 }
 
@@ -284,7 +294,8 @@ std::vector<size_t> fp8_error_estimate::contenders(float amax, std::span<const f
   std::vector<float> scale(n_cand);
   for (size_t c = 0; c < n_cand; ++c) scale[c] = fp8_scale_for_amax(amax * multipliers[c]);
   split(*std::min_element(scale.begin(), scale.end()), *std::max_element(scale.begin(), scale.end()));
-  std::vector<double> estimate_of(n_cand);
+  std::vector<double>& estimate_of = estimates_;
+  estimate_of.resize(n_cand);
   for (size_t c = 0; c < n_cand; ++c) estimate_of[c] = estimate(scale[c]);
   // Reference and estimate both sum exactly the same nonnegative terms (count · err², err² the same
   // bits: x / scale, its FP8 value and the difference all scale by the binade's power of two): the

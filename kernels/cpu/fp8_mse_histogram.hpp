@@ -52,6 +52,8 @@ class fp8_error_estimate {
   // agree to the estimate's bound (~1e-9 relative). The reference's choice (the first least) is
   // always among them.
   std::vector<size_t> contenders(float amax, std::span<const float> multipliers);
+  // The last contenders() call's estimate for each multiplier.
+  const std::vector<double>& estimates() const { return estimates_; }
 
   // The estimate of Σ count · err² under one scale: the reference's sum within ~1e-12 relative.
   double sq_error(float scale);
@@ -83,6 +85,7 @@ class fp8_error_estimate {
   size_t tiny_ = 0;
   std::vector<float> edge_values_;
   std::vector<double> errors_;
+  std::vector<double> estimates_;
 };
 
 // Per-channel MSE: one row's magnitudes counted with a table kept per thread between rows.

@@ -336,12 +336,16 @@ TEST(cpu_kernels, fp8_error_estimate_matches_the_reference_sum) {
         cpu::fp8_error_estimate estimate;
         estimate.take(h);
         const float amax = h.amax();
-        for (float m : {1e-4f, 0.01f, 0.25f, 0.6f, 1.0f, 1.37f, 4.0f, 50.0f, 3000.0f}) {
-          const float scale = fp8_scale_for_amax(amax * m);
-          if (!std::isfinite(scale)) continue;  // amax · m past the float range
+        const std::vector<float> multipliers = {1e-4f, 0.01f, 0.25f, 0.6f, 1.0f, 1.37f, 4.0f, 50.0f, 3000.0f};
+        std::vector<float> finite;  // amax · m within the float range
+        for (float m : multipliers)
+          if (std::isfinite(fp8_scale_for_amax(amax * m))) finite.push_back(m);
+        estimate.contenders(amax, finite);  // binades scaled, or not, across the candidates
+        for (size_t c = 0; c < finite.size(); ++c) {
+          const float scale = fp8_scale_for_amax(amax * finite[c]);
           const double want = fp8_sq_error(view_of(s), scale);
-          const double got = estimate.sq_error(scale);
-          EXPECT_LE(std::abs(got - want), 1e-12 * want) << t.name << " shift " << shift << " m " << m;
+          EXPECT_LE(std::abs(estimate.estimates()[c] - want), 1e-12 * want) << t.name << " shift " << shift;
+          EXPECT_LE(std::abs(estimate.sq_error(scale) - want), 1e-12 * want) << t.name << " shift " << shift;
           ++checked;
         }
       }
