@@ -45,17 +45,22 @@ MIXQ_CLONES double weighted_sq_error(const float* values, const double* counts, 
   return lanes::fp8_sq_error_lanes(values, counts, n, scale);
 }
 
-// The squared FP8 error under scale of each magnitude 2^q · (1 + k / 2^m) of the reference binade
-// into errors, and Σ weight · error (2^m: a multiple of 16).
+// The squared FP8 error under scale of each magnitude x = 2^q · (1 + k / 2^m) of the reference
+// binade into errors, and Σ weight · error (2^m: a multiple of 16). With 2^q / scale in (1, 2],
+// every y = fl(x / scale) lies in [1, 4]: FP8 rounds it to 3 mantissa bits (RNE) without reaching
+// subnormals or saturation, and its value v · scale is within 1/16 of x, so x − fl(v · scale) is
+// exact in float (Sterbenz) and its square exact in double: the reference's term, bit for bit.
 MIXQ_CLONES double reference_errors(int q, int mantissa_bits, float scale, const double* weight, double* errors) {
   const lanes::v16u step = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const uint32_t top = uint32_t(q + 127) << 23;
   lanes::v8d acc = {};
   for (uint32_t k = 0; k < (1u << mantissa_bits); k += 16) {
-    const lanes::v16u bits = top | ((k + step) << (23 - mantissa_bits));
-    const lanes::v16f deq = lanes::fp8_dequantized(bits, scale);
-    const lanes::v8d lo = lanes::fp8_differences((lanes::v16f)bits, deq, 0);
-    const lanes::v8d hi = lanes::fp8_differences((lanes::v16f)bits, deq, 1);
+    const lanes::v16f x = (lanes::v16f)(top | ((k + step) << (23 - mantissa_bits)));
+    const lanes::v16u y = (lanes::v16u)(x / scale);
+    const lanes::v16f v = (lanes::v16f)((y + 0x7ffffu + ((y >> 20) & 1u)) & 0xfff00000u);
+    const lanes::v16f d = x - v * scale;  // (no contraction: -ffp-contract=off)
+    const lanes::v8d lo = __builtin_convertvector(__builtin_shufflevector(d, d, 0, 1, 2, 3, 4, 5, 6, 7), lanes::v8d);
+    const lanes::v8d hi = __builtin_convertvector(__builtin_shufflevector(d, d, 8, 9, 10, 11, 12, 13, 14, 15), lanes::v8d);
     const lanes::v8d lo2 = lo * lo, hi2 = hi * hi;
     std::memcpy(errors + k, &lo2, sizeof lo2);
     std::memcpy(errors + k + 8, &hi2, sizeof hi2);
@@ -192,13 +197,13 @@ void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t 
     const size_t offset = counts_.size();
     counts_.resize(offset + per, 0.0);
     double* c = counts_.data() + offset - (e << mantissa_bits_);  // indexed by key
-    double sum = 0.0;
+    uint64_t sum = 0;
     for (uint32_t key = first; key <= last; ++key) {
+      sum += table[key];
       c[key] = double(table[key]);
-      sum += c[key];  // integers: exact in any order
     }
     if constexpr (!std::is_const_v<Count>) std::fill(table + first, table + last + 1, Count(0));
-    if (sum == 0.0) {
+    if (sum == 0) {
       counts_.resize(offset);
       continue;
     }
@@ -206,7 +211,7 @@ void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t 
     while (c[least] == 0.0) ++least;
     while (c[largest] == 0.0) --largest;
     binades_.push_back({int(e) - bias, magnitude_of(dtype, least), magnitude_of(dtype, largest), offset, 0, 0});
-    elements_ += sum;
+    elements_ += double(sum);
   }
   tiny_ = values_.size();
 }
