@@ -50,7 +50,8 @@ MIXQ_CLONES double weighted_sq_error(const float* values, const double* counts, 
 // every y = fl(x / scale) lies in [1, 4]: FP8 rounds it to 3 mantissa bits (RNE) without reaching
 // subnormals or saturation, and its value v · scale is within 1/16 of x, so x − fl(v · scale) is
 // exact in float (Sterbenz) and its square exact in double: the reference's term, bit for bit.
-MIXQ_CLONES double reference_errors(int q, int mantissa_bits, float scale, const double* weight, double* errors) {
+MIXQ_CLONES double reference_errors(int q, int mantissa_bits, float scale, const double* w0, const double* w1,
+                                    const double* w2, double* errors) {
   const lanes::v16u step = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const uint32_t top = uint32_t(q + 127) << 23;
   lanes::v8d acc = {};
@@ -64,10 +65,13 @@ MIXQ_CLONES double reference_errors(int q, int mantissa_bits, float scale, const
     const lanes::v8d lo2 = lo * lo, hi2 = hi * hi;
     std::memcpy(errors + k, &lo2, sizeof lo2);
     std::memcpy(errors + k + 8, &hi2, sizeof hi2);
-    lanes::v8d w_lo, w_hi;
-    std::memcpy(&w_lo, weight + k, sizeof w_lo);
-    std::memcpy(&w_hi, weight + k + 8, sizeof w_hi);
-    acc += w_lo * lo2 + w_hi * hi2;
+    lanes::v8d w[6];
+    for (int j = 0; j < 2; ++j) {
+      std::memcpy(&w[3 * j], w0 + k + 8 * j, sizeof w[0]);
+      std::memcpy(&w[3 * j + 1], w1 + k + 8 * j, sizeof w[0]);
+      std::memcpy(&w[3 * j + 2], w2 + k + 8 * j, sizeof w[0]);
+    }
+    acc += (w[0] + w[1] + w[2]) * lo2 + (w[3] + w[4] + w[5]) * hi2;
   }
   double sum = 0.0;
   for (int j = 0; j < 8; ++j) sum += acc[j];
@@ -259,6 +263,23 @@ void fp8_error_estimate::split(float least, float largest) {
     edge.n = values_.size() - edge.first;
     edges_.push_back(edge);
   }
+  // With a core, the edges that scale under a scale are the bottom ones nearest the core and the
+  // top ones nearest it: their counts summed outward from the core (never a difference), scaled
+  // as the core's.
+  below_core_ = 0;
+  while (has_core_ && below_core_ < edges_.size() && edges_[below_core_].exponent < core_exponent_) ++below_core_;
+  outward_.assign(has_core_ ? edges_.size() * per : 0, 0.0);
+  const auto add_outward = [&](size_t into, size_t from, size_t edge) {  // outward_[into] = [from] + edge's
+    const double f = power_of_four(edges_[edge].exponent - core_exponent_);
+    const double* c = counts_.data() + edges_[edge].offset;
+    const double* prev = from == SIZE_MAX ? nullptr : outward_.data() + from * per;
+    double* out = outward_.data() + into * per;
+    for (size_t k = 0; k < per; ++k) out[k] = (prev ? prev[k] : 0.0) + f * c[k];
+  };
+  if (has_core_) {
+    for (size_t e = below_core_; e-- > 0;) add_outward(e, e + 1 < below_core_ ? e + 1 : SIZE_MAX, e);
+    for (size_t e = below_core_; e < edges_.size(); ++e) add_outward(e, e > below_core_ ? e - 1 : SIZE_MAX, e);
+  }
 }
 
 double fp8_error_estimate::estimate(float scale) {
@@ -266,11 +287,6 @@ double fp8_error_estimate::estimate(float scale) {
   errors_.resize(size_t(per));
   int q = 0;
   std::frexp(scale, &q);
-  double err = 0.0;
-  // The reference binade's errors, with the core's sum (zero weights when there is no core). A core
-  // or an edge that scales puts q in reach; otherwise errors_ is not read.
-  if (q >= -100 && q <= 100)
-    err += power_of_four(core_exponent_ - q) * reference_errors(q, mantissa_bits_, scale, core_.data(), errors_.data());
   // The edges that do not scale are those below the first that does (x / scale reaching FP8's
   // subnormals) and above the last (reaching saturation): value by value, in two runs of values_.
   size_t first = 0, last = edges_.size();
@@ -279,13 +295,25 @@ double fp8_error_estimate::estimate(float scale) {
   while (last > first && !scales(edges_[last - 1])) --last;
   const size_t low_end = first < edges_.size() ? edges_[first].first : values_.size();
   const size_t high_begin = last < edges_.size() ? edges_[last].first : values_.size();
+  double err = 0.0;
   if (low_end > 0) err += weighted_sq_error(values_.data(), nonzero_counts_.data(), int64_t(low_end), scale);
   if (high_begin < values_.size() && high_begin >= low_end)
     err += weighted_sq_error(values_.data() + high_begin, nonzero_counts_.data() + high_begin,
                              int64_t(values_.size() - high_begin), scale);
-  for (size_t e = first; e < last; ++e)
-    err += power_of_four(edges_[e].exponent - q) * dot(counts_.data() + edges_[e].offset, errors_.data(), per);
-  return err;
+  // A core or an edge that scales puts q in reach; otherwise no reference errors are needed.
+  if (q < -100 || q > 100) return err;
+  if (!has_core_) {  // (rare: a row in a binade or two) each edge that scales on its own
+    reference_errors(q, mantissa_bits_, scale, core_.data(), core_.data(), core_.data(), errors_.data());  // (zeros)
+    for (size_t e = first; e < last; ++e)
+      err += power_of_four(edges_[e].exponent - q) * dot(counts_.data() + edges_[e].offset, errors_.data(), per);
+    return err;
+  }
+  // The core with the edges that scale, as one weight over the reference binade's errors.
+  zeros_.assign(size_t(per), 0.0);
+  const double* down = first < last && first < below_core_ ? outward_.data() + first * size_t(per) : zeros_.data();
+  const double* up = first < last && last > below_core_ ? outward_.data() + (last - 1) * size_t(per) : zeros_.data();
+  return err + power_of_four(core_exponent_ - q) *
+                   reference_errors(q, mantissa_bits_, scale, core_.data(), down, up, errors_.data());
 }
 
 double fp8_error_estimate::sq_error(float scale) {
