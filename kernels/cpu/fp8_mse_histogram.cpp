@@ -40,9 +40,35 @@ uint32_t count_values(const T* p, int64_t n, uint32_t* h0, uint32_t* h1) {
   return rest;
 }
 
-// Σ count · err² over magnitudes under one scale (vectorized, fixed lane order).
-MIXQ_CLONES double weighted_sq_error(const float* values, const double* counts, int64_t n, float scale) {
-  return lanes::fp8_sq_error_lanes(values, counts, n, scale);
+// For each scale c: Σ count · err² over values [0, low_end) and [high_begin, n), n a multiple of 16
+// (zero counts past the values).
+MIXQ_CLONES void runs_sq_errors(const float* values, const double* counts, int64_t n, const float* scales,
+                                const fp8_error_estimate::edge_range* ranges, int64_t n_scales, double* out) {
+  const lanes::v8q lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  for (int64_t c = 0; c < n_scales; ++c) {
+    const int64_t low_end = ranges[c].low_end, high_begin = std::max(ranges[c].high_begin, low_end);
+    lanes::v8d acc = {};
+    for (int64_t i = 0; i < n; i += 16) {
+      if (i >= low_end && i + 16 <= high_begin) {  // a vector within the gap between the runs
+        i = high_begin / 16 * 16 - 16;
+        continue;
+      }
+      const lanes::v16u bits = lanes::load_bits(values + i);
+      const lanes::v16f deq = lanes::fp8_dequantized(bits, scales[c]);
+      const lanes::v8d lo = lanes::fp8_differences((lanes::v16f)bits, deq, 0);
+      const lanes::v8d hi = lanes::fp8_differences((lanes::v16f)bits, deq, 1);
+      lanes::v8d w_lo, w_hi;
+      std::memcpy(&w_lo, counts + i, sizeof w_lo);
+      std::memcpy(&w_hi, counts + i + 8, sizeof w_hi);
+      const lanes::v8q at_lo = lane + uint64_t(i), at_hi = at_lo + 8u;
+      w_lo = (at_lo < uint64_t(low_end)) | (at_lo >= uint64_t(high_begin)) ? w_lo : 0.0;
+      w_hi = (at_hi < uint64_t(low_end)) | (at_hi >= uint64_t(high_begin)) ? w_hi : 0.0;
+      acc += w_lo * (lo * lo) + w_hi * (hi * hi);
+    }
+    double sum = 0.0;
+    for (int j = 0; j < 8; ++j) sum += acc[j];
+    out[c] = sum;
+  }
 }
 
 // The squared FP8 error under scale of each magnitude x = 2^q · (1 + k / 2^m) of the reference
@@ -91,6 +117,29 @@ MIXQ_CLONES double dot(const double* a, const double* b, int64_t n) {
   for (int j = 0; j < 8; ++j) sum += acc[j];
   return sum;
 }
+
+// out[k] = (prev ? prev[k] : 0) + f · c[k], and out += f · c (the binade sums, vectorized per target).
+MIXQ_CLONES void add_scaled(double* out, const double* prev, double f, const double* c, size_t n) {
+  if (prev)
+    for (size_t k = 0; k < n; ++k) out[k] = prev[k] + f * c[k];
+  else
+    for (size_t k = 0; k < n; ++k) out[k] = f * c[k];
+}
+MIXQ_CLONES void accumulate_scaled(double* out, double f, const double* c, size_t n) {
+  for (size_t k = 0; k < n; ++k) out[k] += f * c[k];
+}
+// c[k] = counts[k] as doubles, and their total.
+template <class Count>
+MIXQ_ALWAYS_INLINE uint64_t widen_counts(const Count* counts, double* c, size_t n) {
+  uint64_t sum = 0;
+  for (size_t k = 0; k < n; ++k) {
+    sum += counts[k];
+    c[k] = double(counts[k]);
+  }
+  return sum;
+}
+MIXQ_CLONES uint64_t widen_counts32(const uint32_t* counts, double* c, size_t n) { return widen_counts(counts, c, n); }
+MIXQ_CLONES uint64_t widen_counts64(const uint64_t* counts, double* c, size_t n) { return widen_counts(counts, c, n); }
 
 // Machine epsilon's half (double) times n, as the γ_n of a sum of n rounded terms.
 double gamma(double n) {
@@ -201,11 +250,9 @@ void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t 
     const size_t offset = counts_.size();
     counts_.resize(offset + per, 0.0);
     double* c = counts_.data() + offset - (e << mantissa_bits_);  // indexed by key
-    uint64_t sum = 0;
-    for (uint32_t key = first; key <= last; ++key) {
-      sum += table[key];
-      c[key] = double(table[key]);
-    }
+    const uint64_t sum = std::is_same_v<std::remove_const_t<Count>, uint32_t>
+                             ? widen_counts32(reinterpret_cast<const uint32_t*>(table + first), c + first, last - first + 1)
+                             : widen_counts64(reinterpret_cast<const uint64_t*>(table + first), c + first, last - first + 1);
     if constexpr (!std::is_const_v<Count>) std::fill(table + first, table + last + 1, Count(0));
     if (sum == 0) {
       counts_.resize(offset);
@@ -249,8 +296,7 @@ void fp8_error_estimate::split(float least, float largest) {
     // The tests are monotone in the scale: passing at both ends, a binade passes in between.
     if (scales_by_binade(b.exponent, b.lo, b.hi, least) && scales_by_binade(b.exponent, b.lo, b.hi, largest)) {
       if (!has_core_) core_exponent_ = b.exponent, has_core_ = true;  // (else 0: q is in reach)
-      const double f = power_of_four(b.exponent - core_exponent_);
-      for (size_t k = 0; k < per; ++k) core_[k] += f * c[k];
+      accumulate_scaled(core_.data(), power_of_four(b.exponent - core_exponent_), c, per);
       continue;
     }
     binade edge = b;
@@ -263,6 +309,10 @@ void fp8_error_estimate::split(float least, float largest) {
     edge.n = values_.size() - edge.first;
     edges_.push_back(edge);
   }
+  // Padded to whole vectors with zero counts (values 0: no error) for runs_sq_errors.
+  n_values_ = values_.size();
+  values_.resize((n_values_ + 15) / 16 * 16, 0.0f);
+  nonzero_counts_.resize(values_.size(), 0.0);
   // With a core, the edges that scale under a scale are the bottom ones nearest the core and the
   // top ones nearest it: their counts summed outward from the core (never a difference), scaled
   // as the core's.
@@ -270,11 +320,8 @@ void fp8_error_estimate::split(float least, float largest) {
   while (has_core_ && below_core_ < edges_.size() && edges_[below_core_].exponent < core_exponent_) ++below_core_;
   outward_.assign(has_core_ ? edges_.size() * per : 0, 0.0);
   const auto add_outward = [&](size_t into, size_t from, size_t edge) {  // outward_[into] = [from] + edge's
-    const double f = power_of_four(edges_[edge].exponent - core_exponent_);
-    const double* c = counts_.data() + edges_[edge].offset;
-    const double* prev = from == SIZE_MAX ? nullptr : outward_.data() + from * per;
-    double* out = outward_.data() + into * per;
-    for (size_t k = 0; k < per; ++k) out[k] = (prev ? prev[k] : 0.0) + f * c[k];
+    add_scaled(outward_.data() + into * per, from == SIZE_MAX ? nullptr : outward_.data() + from * per,
+               power_of_four(edges_[edge].exponent - core_exponent_), counts_.data() + edges_[edge].offset, per);
   };
   if (has_core_) {
     for (size_t e = below_core_; e-- > 0;) add_outward(e, e + 1 < below_core_ ? e + 1 : SIZE_MAX, e);
@@ -282,43 +329,52 @@ void fp8_error_estimate::split(float least, float largest) {
   }
 }
 
-double fp8_error_estimate::estimate(float scale) {
+void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
   const int64_t per = int64_t(1) << mantissa_bits_;
+  const size_t n = scales.size();
   errors_.resize(size_t(per));
-  int q = 0;
-  std::frexp(scale, &q);
-  // The edges that do not scale are those below the first that does (x / scale reaching FP8's
-  // subnormals) and above the last (reaching saturation): value by value, in two runs of values_.
-  size_t first = 0, last = edges_.size();
-  const auto scales = [&](const binade& b) { return scales_by_binade(b.exponent, b.lo, b.hi, scale); };
-  while (first < last && !scales(edges_[first])) ++first;
-  while (last > first && !scales(edges_[last - 1])) --last;
-  const size_t low_end = first < edges_.size() ? edges_[first].first : values_.size();
-  const size_t high_begin = last < edges_.size() ? edges_[last].first : values_.size();
-  double err = 0.0;
-  if (low_end > 0) err += weighted_sq_error(values_.data(), nonzero_counts_.data(), int64_t(low_end), scale);
-  if (high_begin < values_.size() && high_begin >= low_end)
-    err += weighted_sq_error(values_.data() + high_begin, nonzero_counts_.data() + high_begin,
-                             int64_t(values_.size() - high_begin), scale);
-  // A core or an edge that scales puts q in reach; otherwise no reference errors are needed.
-  if (q < -100 || q > 100) return err;
-  if (!has_core_) {  // (rare: a row in a binade or two) each edge that scales on its own
-    reference_errors(q, mantissa_bits_, scale, core_.data(), core_.data(), core_.data(), errors_.data());  // (zeros)
-    for (size_t e = first; e < last; ++e)
-      err += power_of_four(edges_[e].exponent - q) * dot(counts_.data() + edges_[e].offset, errors_.data(), per);
-    return err;
-  }
-  // The core with the edges that scale, as one weight over the reference binade's errors.
   zeros_.assign(size_t(per), 0.0);
-  const double* down = first < last && first < below_core_ ? outward_.data() + first * size_t(per) : zeros_.data();
-  const double* up = first < last && last > below_core_ ? outward_.data() + (last - 1) * size_t(per) : zeros_.data();
-  return err + power_of_four(core_exponent_ - q) *
-                   reference_errors(q, mantissa_bits_, scale, core_.data(), down, up, errors_.data());
+  // The edges that do not scale are those below the first that does (x / scale reaching FP8's
+  // subnormals) and above the last (reaching saturation): value by value, in two runs of values_,
+  // for all scales at once (the runs are short: one call per run would be mostly latency).
+  ranges_.resize(n);
+  for (size_t c = 0; c < n; ++c) {
+    edge_range& r = ranges_[c];
+    r.first = 0, r.last = edges_.size();
+    const auto scales_at = [&](const binade& b) { return scales_by_binade(b.exponent, b.lo, b.hi, scales[c]); };
+    while (r.first < r.last && !scales_at(edges_[r.first])) ++r.first;
+    while (r.last > r.first && !scales_at(edges_[r.last - 1])) --r.last;
+    r.low_end = int64_t(r.first < edges_.size() ? edges_[r.first].first : values_.size());
+    r.high_begin = int64_t(r.last < edges_.size() ? edges_[r.last].first : values_.size());
+  }
+  runs_sq_errors(values_.data(), nonzero_counts_.data(), int64_t(values_.size()), scales.data(), ranges_.data(),
+                 int64_t(n), out);
+  for (size_t c = 0; c < n; ++c) {
+    const edge_range& r = ranges_[c];
+    int q = 0;
+    std::frexp(scales[c], &q);
+    // A core or an edge that scales puts q in reach; otherwise no reference errors are needed.
+    if (q < -100 || q > 100) continue;
+    if (!has_core_) {  // (rare: a row in a binade or two) each edge that scales on its own
+      reference_errors(q, mantissa_bits_, scales[c], zeros_.data(), zeros_.data(), zeros_.data(), errors_.data());
+      for (size_t e = r.first; e < r.last; ++e)
+        out[c] += power_of_four(edges_[e].exponent - q) * dot(counts_.data() + edges_[e].offset, errors_.data(), per);
+      continue;
+    }
+    // The core with the edges that scale, as one weight over the reference binade's errors.
+    const bool any = r.first < r.last;
+    const double* down = any && r.first < below_core_ ? outward_.data() + r.first * size_t(per) : zeros_.data();
+    const double* up = any && r.last > below_core_ ? outward_.data() + (r.last - 1) * size_t(per) : zeros_.data();
+    out[c] += power_of_four(core_exponent_ - q) *
+              reference_errors(q, mantissa_bits_, scales[c], core_.data(), down, up, errors_.data());
+  }
 }
 
 double fp8_error_estimate::sq_error(float scale) {
   split(scale, scale);
-  return estimate(scale);
+  double err = 0.0;
+  estimate({&scale, 1}, &err);
+  return err;
 }
 
 std::vector<size_t> fp8_error_estimate::contenders(float amax, std::span<const float> multipliers) {
@@ -329,7 +385,7 @@ std::vector<size_t> fp8_error_estimate::contenders(float amax, std::span<const f
   split(*std::min_element(scale.begin(), scale.end()), *std::max_element(scale.begin(), scale.end()));
   std::vector<double>& estimate_of = estimates_;
   estimate_of.resize(n_cand);
-  for (size_t c = 0; c < n_cand; ++c) estimate_of[c] = estimate(scale[c]);
+  estimate(scale, estimate_of.data());
   // Reference and estimate both sum exactly the same nonnegative terms (count · err², err² the same
   // bits: x / scale, its FP8 value and the difference all scale by the binade's power of two): the
   // reference's rounded once per element, the estimate's at most B times each, B below the number

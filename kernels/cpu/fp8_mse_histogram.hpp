@@ -58,6 +58,11 @@ class fp8_error_estimate {
   // The estimate of Σ count · err² under one scale: the reference's sum within ~1e-12 relative.
   double sq_error(float scale);
 
+  struct edge_range {
+    size_t first, last;           // the edges that scale: [first, last)
+    int64_t low_end, high_begin;  // values_ below and above them
+  };
+
  private:
   struct binade {
     int exponent;     // magnitudes 2^exponent · (1 + k / 2^m)
@@ -70,7 +75,7 @@ class fp8_error_estimate {
   // Sums the binades that scale under every scale in [least, largest] into core_; the others are
   // edges, evaluated per scale.
   void split(float least, float largest);
-  double estimate(float scale);
+  void estimate(std::span<const float> scales, double* out);
 
   int mantissa_bits_ = 7;
   double elements_ = 0.0;
@@ -86,6 +91,8 @@ class fp8_error_estimate {
   std::vector<float> values_;           // the edges' non-zero magnitudes (zero adds no error),
   std::vector<double> nonzero_counts_;  // 16-bit subnormals first (tiny_ of them)
   size_t tiny_ = 0;
+  size_t n_values_ = 0;             // values_ holds zero padding beyond
+  std::vector<edge_range> ranges_;
   std::vector<float> edge_values_;
   std::vector<double> errors_;
   std::vector<double> estimates_;
