@@ -430,6 +430,52 @@ TEST(cpu_kernels, fp8_per_channel_mse_over_extreme_rows_as_the_reference) {
       }
 }
 
+// Random small tensors against the reference: rows spread over many binades (each row its own
+// power of two, some exact zeros, some rows of one repeated value), random multiplier lists (sorted
+// or not, with repeats), every source dtype (F32 ones hold BF16 values: the counted path), per
+// tensor and per channel.
+TEST(cpu_kernels, fp8_mse_random_tensors_as_the_reference) {
+  std::mt19937 rng(2024);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> coin(0, 9);
+  int cases = 0;
+  for (int trial = 0; trial < 60; ++trial)
+    for (auto dtype : kDtypes) {
+      const int64_t rows = 1 + rng() % 9, cols = 1 + rng() % 90;
+      const int lo_shift = dtype == cpu::source_dtype::f16 ? -20 : -125, hi_shift = dtype == cpu::source_dtype::f16 ? 12 : 100;
+      testing::test_tensor t{"random", rows, cols, std::vector<float>(size_t(rows * cols))};
+      for (int64_t r = 0; r < rows; ++r) {
+        const int shift = lo_shift + int(rng() % uint32_t(hi_shift - lo_shift));
+        const bool constant = coin(rng) == 0;
+        const float first = std::ldexp(normal(rng), shift);
+        for (int64_t c = 0; c < cols; ++c) {
+          float v = constant ? first : std::ldexp(normal(rng) * (coin(rng) == 0 ? 30.0f : 1.0f), shift);
+          if (coin(rng) == 0) v = 0.0f;
+          t.values[size_t(r * cols + c)] = bf16_decode(bf16_encode(v));  // F32 sources hold BF16 values
+        }
+      }
+      const sourced s = as_dtype(t, dtype);
+      if (cpu::scan_source(s.source).nonfinite != 0) continue;
+      std::vector<float> list(1 + rng() % 12);
+      for (auto& m : list) m = std::exp(std::uniform_real_distribution<float>(-4.0f, 4.0f)(rng));
+      if (coin(rng) < 5) std::sort(list.begin(), list.end());
+      if (list.size() > 2 && coin(rng) < 3) list[1] = list[0];
+      for (bool default_multipliers : {true, false})
+        for (auto gran : {fp8_granularity::per_tensor, fp8_granularity::per_channel}) {
+          fp8_options o;
+          o.granularity = gran;
+          o.selector = fp8_selector::mse;
+          if (!default_multipliers) o.multipliers = list;
+          const fp8_weight ref = fp8_quantize(view_of(s), o);
+          const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+          ASSERT_EQ(fast.scales, ref.scales) << "trial " << trial << " dtype " << int(dtype);
+          ASSERT_EQ(fast.codes, ref.codes) << "trial " << trial << " dtype " << int(dtype);
+          ++cases;
+        }
+    }
+  EXPECT_GT(cases, 600);
+}
+
 // A row's counts: the table is left zeroed after every row, non-BF16 F32 values are told.
 TEST(cpu_kernels, row_magnitude_counter_leaves_the_table_clear) {
   cpu::row_magnitude_counter m;
