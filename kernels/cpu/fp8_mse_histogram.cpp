@@ -274,9 +274,11 @@ namespace {
 // Every x / scale of the binade (rounded to float) within [2^-6, 464): FP8 normal, never rounded up
 // to saturation; and every float along the way normal. Then x's error is 4^(exponent − q) times
 // that of the same mantissa in the reference binade [2^q, 2^(q+1)), q from scale = f · 2^q.
+// scale = f · 2^q with f in [0.5, 1) (frexp's q, from the bits: scale is positive; an infinite or
+// subnormal one lands outside [-100, 100]).
+int exponent_of(float scale) { return int((std::bit_cast<uint32_t>(scale) >> 23) & 0xffu) - 126; }
 bool scales_by_binade(int exponent, float lo, float hi, float scale) {
-  int q = 0;
-  std::frexp(scale, &q);
+  const int q = exponent_of(scale);
   return q >= -100 && q <= 100 && exponent >= -100 && exponent <= 100 && double(lo) / scale >= 0x1p-6 * (1.0 + 0x1p-10) &&
          double(hi) / scale <= 460.0;
 }
@@ -351,8 +353,7 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
                  int64_t(n), out);
   for (size_t c = 0; c < n; ++c) {
     const edge_range& r = ranges_[c];
-    int q = 0;
-    std::frexp(scales[c], &q);
+    const int q = exponent_of(scales[c]);
     // A core or an edge that scales puts q in reach; otherwise no reference errors are needed.
     if (q < -100 || q > 100) continue;
     if (!has_core_) {  // (rare: a row in a binade or two) each edge that scales on its own
