@@ -249,18 +249,21 @@ void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t 
     }
     const size_t offset = counts_.size();
     counts_.resize(offset + per, 0.0);
-    double* c = counts_.data() + offset - (e << mantissa_bits_);  // indexed by key
-    const uint64_t sum = std::is_same_v<std::remove_const_t<Count>, uint32_t>
-                             ? widen_counts32(reinterpret_cast<const uint32_t*>(table + first), c + first, last - first + 1)
-                             : widen_counts64(reinterpret_cast<const uint64_t*>(table + first), c + first, last - first + 1);
+    double* c = counts_.data() + offset;  // by mantissa: key - base
+    const uint32_t base = e << mantissa_bits_;
+    uint64_t sum = 0;
+    if constexpr (std::is_same_v<std::remove_const_t<Count>, uint32_t>)
+      sum = widen_counts32(table + first, c + (first - base), last - first + 1);
+    else
+      sum = widen_counts64(table + first, c + (first - base), last - first + 1);
     if constexpr (!std::is_const_v<Count>) std::fill(table + first, table + last + 1, Count(0));
     if (sum == 0) {
       counts_.resize(offset);
       continue;
     }
     uint32_t least = first, largest = last;
-    while (c[least] == 0.0) ++least;
-    while (c[largest] == 0.0) --largest;
+    while (c[least - base] == 0.0) ++least;
+    while (c[largest - base] == 0.0) --largest;
     binades_.push_back({int(e) - bias, magnitude_of(dtype, least), magnitude_of(dtype, largest), offset, 0, 0});
     elements_ += double(sum);
   }
@@ -394,11 +397,13 @@ std::vector<size_t> fp8_error_estimate::contenders(float amax, std::span<const f
   // (γ_N + γ_B) E, and E ≤ estimate / (1 − γ_B); the margin is twice that.
   const double g = gamma(double(counts_.size() + values_.size() + 2 * binades_.size()) + 16.0);
   const double relative = 2.0 * (gamma(elements_) + g) / (1.0 - g);
+  // A candidate with an infinite scale errs by NaN (x / inf = 0, 0 · inf): never the reference's.
   double least_upper = INFINITY;
-  for (double e : estimate_of) least_upper = std::min(least_upper, e + relative * e);
+  for (size_t c = 0; c < n_cand; ++c)
+    if (std::isfinite(scale[c])) least_upper = std::min(least_upper, estimate_of[c] + relative * estimate_of[c]);
   std::vector<size_t> kept;
   for (size_t c = 0; c < n_cand; ++c)
-    if (estimate_of[c] - relative * estimate_of[c] <= least_upper) kept.push_back(c);
+    if (std::isfinite(scale[c]) && estimate_of[c] - relative * estimate_of[c] <= least_upper) kept.push_back(c);
   // An estimate of 0 is exact (every term is 0): the first such candidate is the choice.
   if (least_upper == 0.0) kept.resize(1);
   return kept;

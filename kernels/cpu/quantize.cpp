@@ -197,7 +197,8 @@ bool fp8_per_channel_max_in_one_pass(const source_matrix& w, fp8_weight& q) {
 
 // Per-channel MSE: the first multiplier with the least squared error over one row. Over 16-bit
 // values the row's counted magnitudes rule out all but (almost always) one candidate first, as per
-// tensor (fp8_mse_histogram); the rest are evaluated exactly, in the reference's order.
+// tensor (fp8_mse_histogram); the rest are evaluated exactly, in the reference's order. SIZE_MAX
+// when no candidate's error is finite (every scale infinite).
 struct row_mse_search {
   row_magnitude_counter counter;
   std::vector<size_t> left;
@@ -208,7 +209,7 @@ struct row_mse_search {
     left.clear();
     if (counter.count(w, r, x)) {
       left = counter.estimate.contenders(amax, multipliers);
-      if (left.size() == 1) return left[0];
+      if (left.size() <= 1) return left.empty() ? SIZE_MAX : left[0];
     } else {
       for (size_t c = 0; c < multipliers.size(); ++c) left.push_back(c);
     }
@@ -216,15 +217,17 @@ struct row_mse_search {
     for (size_t c : left) subset.push_back(multipliers[c]);
     err.resize(subset.size());
     fp8_row_errors(x, w.cols, amax, subset, err.data());
-    size_t k_best = 0;
-    for (size_t k = 1; k < subset.size(); ++k)
-      if (err[k] < err[k_best]) k_best = k;  // strict: the first least, as the reference
-    return left[k_best];
+    size_t k_best = SIZE_MAX;
+    double least = INFINITY;
+    for (size_t k = 0; k < subset.size(); ++k)
+      if (err[k] < least) least = err[k], k_best = k;  // strict: the first least, as the reference (NaN never)
+    return k_best == SIZE_MAX ? SIZE_MAX : left[k_best];
   }
 };
 
 fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   if (w.rows <= 0 || w.cols <= 0) throw format_error(fmt::format("tensor '{}': empty shape", w.name));
+  require_finite_static_amax(w.name, options);
   const bool per_tensor = options.granularity == fp8_granularity::per_tensor;
   fp8_weight q;
   q.rows = w.rows;
@@ -256,6 +259,7 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
     fp8_error_estimate estimate;
     estimate.take(*h);
     for (size_t c : estimate.contenders(tensor_amax, multipliers)) contenders.push_back(multipliers[c]);
+    if (contenders.empty()) throw fp8_no_finite_candidate(w.name, -1, tensor_amax);
     multipliers = contenders;
   } else {
     const source_scan scan = scan_source(w);
@@ -265,6 +269,7 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   q.scales.assign(per_tensor ? 1 : size_t(w.rows), fp8_scale_for_amax(tensor_amax));
   if (per_tensor && multipliers.size() == 1) {  // decided: only the codes are left
     q.scales[0] = fp8_scale_for_amax(tensor_amax * multipliers[0]);
+    if (!std::isfinite(q.scales[0])) throw fp8_no_finite_candidate(w.name, -1, tensor_amax);  // (errs by NaN)
     multipliers = {};
   }
   const size_t n_cand = multipliers.size();
@@ -276,6 +281,8 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   const bool codes_in_first_pass = !(per_tensor && n_cand > 0);
   // The F32 copy of a row is needed for the errors, or when rows are not read in place.
   const bool copy_rows = n_cand > 0 || !rows.in_place;
+  int64_t failed_row = -1;  // the first row whose candidates all err by NaN (infinite scales)
+  float failed_amax = 0.0f;
 #pragma omp parallel if (worth_threads(w.size() * int64_t(1 + n_cand)))
   {
     std::vector<float> x(copy_rows ? size_t(w.cols) : 0);
@@ -285,14 +292,19 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
       if (copy_rows) widen(w, r * w.cols, int(w.cols), x.data(), zero);
       const float amax = per_tensor ? tensor_amax : std::bit_cast<float>(rows.amax_bits(r, x.data()));
       if (!per_tensor) {
-        q.scales[size_t(r)] =
-            fp8_scale_for_amax(n_cand > 0 ? amax * multipliers[search.best(w, r, x.data(), amax, multipliers)] : amax);
+        const size_t chosen = n_cand > 0 ? search.best(w, r, x.data(), amax, multipliers) : 0;
+        if (chosen == SIZE_MAX) {
+#pragma omp critical
+          if (failed_row < 0 || r < failed_row) failed_row = r, failed_amax = amax;
+        }
+        q.scales[size_t(r)] = fp8_scale_for_amax(n_cand > 0 && chosen != SIZE_MAX ? amax * multipliers[chosen] : amax);
       } else if (n_cand > 0) {
         fp8_row_errors(x.data(), w.cols, amax, multipliers, row_err.data() + size_t(r) * n_cand);
       }
       if (codes_in_first_pass) rows.codes(r, x.data(), q.scale_of_row(r), q.codes.data() + r * w.cols);
     }
   }
+  if (failed_row >= 0) throw fp8_no_finite_candidate(w.name, failed_row, failed_amax);
   if (codes_in_first_pass) return q;
 
   double best = INFINITY;
@@ -301,6 +313,7 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
     for (int64_t r = 0; r < w.rows; ++r) total += row_err[size_t(r) * n_cand + c];
     if (total < best) best = total, q.scales[0] = fp8_scale_for_amax(tensor_amax * multipliers[c]);
   }
+  if (!(best < INFINITY)) throw fp8_no_finite_candidate(w.name, -1, tensor_amax);
 #pragma omp parallel if (worth_threads(w.size()))
   {
     std::vector<float> x(rows.in_place ? 0 : size_t(w.cols));

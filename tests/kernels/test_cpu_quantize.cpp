@@ -476,6 +476,49 @@ TEST(cpu_kernels, fp8_mse_random_tensors_as_the_reference) {
   EXPECT_GT(cases, 600);
 }
 
+// A candidate whose scale overflows to inf errs by NaN and is never chosen; when every candidate's
+// does, or a static amax is infinite, both the reference and the fast path say so, naming the tensor.
+TEST(cpu_kernels, fp8_mse_infinite_candidate_scales) {
+  const float mixed[] = {8.0f, 1.0f};  // 1e38 · 8 overflows
+  const float all_inf[] = {4.0f};
+  for (auto dtype : kDtypes) {
+    for (bool bf16_values : {true, false}) {
+      if (dtype != cpu::source_dtype::f32 && !bf16_values) continue;
+      testing::test_tensor t{"big", 2, 2, {1e38f, bf16_values ? 1.0f : 1.0000001f, 1.0f, 1e38f}};
+      if (dtype == cpu::source_dtype::f16) t.values = {6e4f, 1.0f, 1.0f, 6e4f};
+      const sourced s = as_dtype(t, dtype);
+      for (auto gran : {fp8_granularity::per_tensor, fp8_granularity::per_channel}) {
+        fp8_options o;
+        o.granularity = gran;
+        o.selector = fp8_selector::mse;
+        o.multipliers = mixed;
+        if (dtype == cpu::source_dtype::f16) o.multipliers = {};  // (F16 cannot overflow a scale)
+        const fp8_weight ref = fp8_quantize(view_of(s), o);
+        const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+        EXPECT_EQ(fast.scales, ref.scales) << int(dtype);
+        EXPECT_EQ(fast.codes, ref.codes) << int(dtype);
+        if (dtype == cpu::source_dtype::f16) continue;
+        o.multipliers = all_inf;
+        for (bool fast_path : {false, true}) {
+          try {
+            if (fast_path) cpu::fp8_quantize(s.source, o);
+            else fp8_quantize(view_of(s), o);
+            ADD_FAILURE() << "no error, fast path " << fast_path;
+          } catch (const format_error& e) {
+            EXPECT_NE(std::string(e.what()).find("tensor 'big'"), std::string::npos) << e.what();
+            EXPECT_NE(std::string(e.what()).find("no FP8 MSE candidate"), std::string::npos) << e.what();
+          }
+        }
+      }
+    }
+  }
+  testing::test_tensor t{"static", 1, 2, {1.0f, 2.0f}};
+  fp8_options o;
+  o.amax = INFINITY;
+  EXPECT_THROW(fp8_quantize(t.view(), o), format_error);
+  EXPECT_THROW(cpu::fp8_quantize(cpu::from_f32(t.view()), o), format_error);
+}
+
 // A row's counts: the table is left zeroed after every row, non-BF16 F32 values are told.
 TEST(cpu_kernels, row_magnitude_counter_leaves_the_table_clear) {
   cpu::row_magnitude_counter m;
