@@ -23,12 +23,6 @@ format_error fp8_no_finite_candidate(std::string_view tensor, int64_t row, float
       tensor, row >= 0 ? fmt::format(" row {}", row) : std::string(), amax));
 }
 
-void require_finite_static_amax(std::string_view tensor, const fp8_options& options) {
-  if (std::isinf(options.amax))
-    throw format_error(fmt::format("tensor '{}': the static amax given for FP8 is {}; it must be finite", tensor,
-                                   options.amax));
-}
-
 double fp8_sq_error(const weight_view& w, float scale) {
   double err = 0.0;
   for (int64_t r = 0; r < w.rows; ++r) err += fp8_row_sq_error(w.row(r), w.cols, scale);
@@ -58,7 +52,7 @@ float choose_scale(const weight_view& w, int64_t r0, int64_t r1, float amax, fp8
 
 fp8_weight fp8_quantize(const weight_view& w_in, const fp8_options& options) {
   if (w_in.rows <= 0 || w_in.cols <= 0) throw format_error(fmt::format("tensor '{}': empty shape", w_in.name));
-  require_finite_static_amax(w_in.name, options);
+  require_finite_static_amax(w_in.name, options.amax, "FP8");
   std::vector<float> cleaned;
   const weight_view w = finite_or_zeroed(w_in, options.nonfinite, cleaned);
   const std::span<const float> multipliers =

@@ -39,8 +39,6 @@ float fp8_scale_for_amax(float amax);
 // The error when no MSE candidate's squared error is finite (amax · multiplier past the float
 // range: an infinite scale); row < 0 for a per-tensor search.
 format_error fp8_no_finite_candidate(std::string_view tensor, int64_t row, float amax);
-// options.amax when set must be finite.
-void require_finite_static_amax(std::string_view tensor, const fp8_options& options);
 inline uint8_t fp8_code(float w, float scale);
 
 // Squared error of FP8 with `scale`: per row in double over 8 interleaved partial sums (lane j

@@ -119,6 +119,7 @@ float nvfp4_encode_block(const float* x, float scale, uint8_t* dst) {
 nvfp4_weight nvfp4_quantize(const weight_view& w_in, const nvfp4_options& options) {
   if (auto why = format_cannot_hold(format_id::nvfp4, w_in.rows, w_in.cols))
     throw format_error(fmt::format("tensor '{}': {}", w_in.name, *why));
+  require_finite_static_amax(w_in.name, options.global_amax, "NVFP4");
   std::vector<float> cleaned;
   const weight_view w = finite_or_zeroed(w_in, options.nonfinite, cleaned);
   const float global_amax = options.global_amax > 0.0f ? options.global_amax : tensor_amax(w);

@@ -6,6 +6,11 @@
 
 namespace mixq {
 
+void require_finite_static_amax(std::string_view tensor, float amax, std::string_view format) {
+  if (std::isinf(amax))
+    throw format_error(fmt::format("tensor '{}': the static amax given for {} is {}; it must be finite", tensor, format, amax));
+}
+
 std::string describe_index(const weight_view& w, int64_t flat_index) {
   return fmt::format("tensor '{}' [{}, {}] (flat index {})", w.name, flat_index / w.cols, flat_index % w.cols,
                      flat_index);

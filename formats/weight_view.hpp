@@ -40,6 +40,10 @@ nonfinite_report check_finite(const weight_view& w, nonfinite_policy policy = no
 // The message for a tensor whose first non-finite value `value` is at flat_index (of count).
 std::string nonfinite_message(const weight_view& w, int64_t flat_index, float value, int64_t count);
 
+// A static amax given with the options (shared by fused siblings, or calibrated) must be finite:
+// an infinite one would make every scale infinite and every code zero.
+void require_finite_static_amax(std::string_view tensor, float amax, std::string_view format);
+
 // "tensor 'name' [r, c]" text for messages.
 std::string describe_index(const weight_view& w, int64_t flat_index);
 

@@ -839,6 +839,7 @@ amax_pass scan_for_nvfp4(const source_matrix& w) {
 
 nvfp4_weight nvfp4_quantize(const source_matrix& w, const nvfp4_options& options) {
   require_shape(w, format_id::nvfp4);
+  require_finite_static_amax(w.name, options.global_amax, "NVFP4");
   const amax_pass pass = scan_for_nvfp4(w);
   const source_scan& scan = pass.scan;
   const bool zero = apply_nonfinite_policy(w, scan, options.nonfinite);

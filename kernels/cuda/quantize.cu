@@ -531,6 +531,7 @@ bool device_available() {
 nvfp4_device_result nvfp4_quantize_device(const source_matrix& w, uint8_t* packed, uint8_t* block_scales,
                                           const nvfp4_options& options, stream_t stream_in) {
   require_shape(w, format_id::nvfp4);
+  require_finite_static_amax(w.name, options.global_amax, "NVFP4");
   const cudaStream_t stream = stream_in;
   const scan_result scan = scan_source_device(w, stream);
   const bool zero = apply_nonfinite_policy_device(w, scan, options.nonfinite, stream);
@@ -600,6 +601,7 @@ nvfp4_device_result nvfp4_quantize_device(const source_matrix& w, uint8_t* packe
 void fp8_quantize_device(const source_matrix& w, uint8_t* codes, float* scales, const fp8_options& options,
                          stream_t stream_in) {
   if (w.rows <= 0 || w.cols <= 0) throw format_error("tensor '" + std::string(w.name) + "': empty shape");
+  require_finite_static_amax(w.name, options.amax, "FP8");
   const cudaStream_t stream = stream_in;
   const scan_result scan = scan_source_device(w, stream);
   const bool zero = apply_nonfinite_policy_device(w, scan, options.nonfinite, stream);
@@ -608,6 +610,10 @@ void fp8_quantize_device(const source_matrix& w, uint8_t* codes, float* scales, 
   const bool mse = options.selector == fp8_selector::mse;
   const std::span<const float> multipliers =
       options.multipliers.empty() ? default_mse_multipliers() : options.multipliers;
+  if (per_tensor && mse &&
+      std::none_of(multipliers.begin(), multipliers.end(),
+                   [&](float m) { return std::isfinite(fp8_scale_for_amax(tensor_amax * m)); }))
+    throw fp8_no_finite_candidate(w.name, -1, tensor_amax);  // (an infinite scale errs by NaN)
   const int n_cand = mse ? static_cast<int>(multipliers.size()) : 0;
 
   device_buffer<float> d_mult(size_t(n_cand), stream);

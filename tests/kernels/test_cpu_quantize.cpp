@@ -517,6 +517,11 @@ TEST(cpu_kernels, fp8_mse_infinite_candidate_scales) {
   o.amax = INFINITY;
   EXPECT_THROW(fp8_quantize(t.view(), o), format_error);
   EXPECT_THROW(cpu::fp8_quantize(cpu::from_f32(t.view()), o), format_error);
+  testing::test_tensor block{"static", 1, 16, std::vector<float>(16, 1.0f)};
+  nvfp4_options n;
+  n.global_amax = INFINITY;
+  EXPECT_THROW(nvfp4_quantize(block.view(), n), format_error);
+  EXPECT_THROW(cpu::nvfp4_quantize(cpu::from_f32(block.view()), n), format_error);
 }
 
 // A row's counts: the table is left zeroed after every row, non-BF16 F32 values are told.
