@@ -175,26 +175,6 @@ struct fp8_rows {
   }
 };
 
-// Per-channel max in one pass when it can read in place: each row's amax, then its codes while the
-// row is in cache. The non-finite check rides along (an inf / NaN makes a row's max magnitude
-// bits >= 0x7f800000); false when a row has one, for the general path to apply the policy.
-bool fp8_per_channel_max_in_one_pass(const source_matrix& w, fp8_weight& q) {
-  const fp8_rows rows(w, false);
-  if (!rows.in_place) return false;
-  int finite = 1;
-#pragma omp parallel for schedule(static) reduction(& : finite) if (worth_threads(w.size()))
-  for (int64_t r = 0; r < w.rows; ++r) {
-    const uint32_t bits = rows.amax_bits(r, nullptr);
-    if (bits >= 0x7f800000u) {
-      finite = 0;
-      continue;
-    }
-    q.scales[size_t(r)] = fp8_scale_for_amax(std::bit_cast<float>(bits));
-    rows.codes(r, nullptr, q.scales[size_t(r)], q.codes.data() + r * w.cols);
-  }
-  return finite != 0;
-}
-
 // Per-channel MSE: the first multiplier with the least squared error over one row. Over 16-bit
 // values the row's counted magnitudes rule out all but (almost always) one candidate first, as per
 // tensor (fp8_mse_histogram); the rest are evaluated exactly, in the reference's order. SIZE_MAX
@@ -225,6 +205,44 @@ struct row_mse_search {
   }
 };
 
+// Per-channel scales (max, or the MSE search over multipliers) and codes, row by row, each row's
+// codes while it is in cache. check_rows: the rows are read in place with no scan before (one
+// pass over the weight); false as soon as a row holds an inf / NaN (its max magnitude bits
+// >= 0x7f800000), for the general path to scan and apply the policy.
+bool fp8_per_channel_rows(const source_matrix& w, const fp8_rows& rows, std::span<const float> multipliers,
+                          bool check_rows, fp8_weight& q) {
+  const bool copy_rows = !multipliers.empty() || !rows.in_place;  // the F32 copy, for the errors
+  int64_t failed_row = -1;  // the first row whose candidates all err by NaN (infinite scales)
+  float failed_amax = 0.0f;
+  int finite = 1;
+#pragma omp parallel reduction(& : finite) if (worth_threads(w.size() * int64_t(1 + multipliers.size())))
+  {
+    std::vector<float> x(copy_rows ? size_t(w.cols) : 0);
+    row_mse_search search;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < w.rows; ++r) {
+      if (copy_rows) widen(w, r * w.cols, int(w.cols), x.data(), rows.zero_nonfinite);
+      const uint32_t bits = rows.amax_bits(r, x.data());
+      if (check_rows && bits >= 0x7f800000u) {
+        finite = 0;
+        continue;
+      }
+      const float amax = std::bit_cast<float>(bits);
+      const size_t chosen = multipliers.empty() ? 0 : search.best(w, r, x.data(), amax, multipliers);
+      if (chosen == SIZE_MAX) {
+#pragma omp critical
+        if (failed_row < 0 || r < failed_row) failed_row = r, failed_amax = amax;
+      }
+      q.scales[size_t(r)] =
+          fp8_scale_for_amax(!multipliers.empty() && chosen != SIZE_MAX ? amax * multipliers[chosen] : amax);
+      rows.codes(r, x.data(), q.scales[size_t(r)], q.codes.data() + r * w.cols);
+    }
+  }
+  if (!finite) return false;
+  if (failed_row >= 0) throw fp8_no_finite_candidate(w.name, failed_row, failed_amax);
+  return true;
+}
+
 fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   if (w.rows <= 0 || w.cols <= 0) throw format_error(fmt::format("tensor '{}': empty shape", w.name));
   require_finite_static_amax(w.name, options.amax, "FP8");
@@ -233,15 +251,18 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   q.rows = w.rows;
   q.cols = w.cols;
   q.codes.resize(size_t(w.size()));
-  if (!per_tensor && options.selector == fp8_selector::max) {
-    q.scales.resize(size_t(w.rows));
-    if (fp8_per_channel_max_in_one_pass(w, q)) return q;
-  }
-
   std::span<const float> multipliers =
       options.selector == fp8_selector::mse
           ? (options.multipliers.empty() ? default_mse_multipliers() : options.multipliers)
           : std::span<const float>();
+  if (!per_tensor) {  // rows read in place in one pass where they can be, else after the scan
+    q.scales.resize(size_t(w.rows));
+    const fp8_rows in_place(w, false);
+    if (in_place.in_place && fp8_per_channel_rows(w, in_place, multipliers, true, q)) return q;
+    const bool zero = apply_nonfinite_policy(w, scan_source(w), options.nonfinite);
+    fp8_per_channel_rows(w, fp8_rows(w, zero), multipliers, false, q);
+    return q;
+  }
   bool zero = false;
   float tensor_amax = options.amax;
   std::vector<float> contenders;
@@ -249,7 +270,7 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   // (almost always) one candidate without the per-element errors, and gives the amax; the full
   // scan only to report inf / NaN.
   std::optional<magnitude_histogram> h;
-  if (per_tensor && !multipliers.empty()) h = magnitude_histogram::of(w);
+  if (!multipliers.empty()) h = magnitude_histogram::of(w);
   if (h) {
     if (h->has_nonfinite()) {
       zero = apply_nonfinite_policy(w, scan_source(w), options.nonfinite);
@@ -266,46 +287,38 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
     zero = apply_nonfinite_policy(w, scan, options.nonfinite);
     if (!(tensor_amax > 0.0f)) tensor_amax = scan.amax;
   }
-  q.scales.assign(per_tensor ? 1 : size_t(w.rows), fp8_scale_for_amax(tensor_amax));
-  if (per_tensor && multipliers.size() == 1) {  // decided: only the codes are left
+  q.scales.assign(1, fp8_scale_for_amax(tensor_amax));
+  if (multipliers.size() == 1) {  // decided: only the codes are left
     q.scales[0] = fp8_scale_for_amax(tensor_amax * multipliers[0]);
     if (!std::isfinite(q.scales[0])) throw fp8_no_finite_candidate(w.name, -1, tensor_amax);  // (errs by NaN)
     multipliers = {};
   }
   const size_t n_cand = multipliers.size();
-  // Per-tensor MSE: every row's squared error under every candidate left, rows in parallel.
-  std::vector<double> row_err(per_tensor ? size_t(w.rows) * n_cand : 0);
   const fp8_rows rows(w, zero);
-
-  // Per-channel scales are decided row by row; a per-tensor MSE scale needs every row's errors first.
-  const bool codes_in_first_pass = !(per_tensor && n_cand > 0);
-  // The F32 copy of a row is needed for the errors, or when rows are not read in place.
-  const bool copy_rows = n_cand > 0 || !rows.in_place;
-  int64_t failed_row = -1;  // the first row whose candidates all err by NaN (infinite scales)
-  float failed_amax = 0.0f;
+  const auto write_codes = [&] {
+#pragma omp parallel if (worth_threads(w.size()))
+    {
+      std::vector<float> x(rows.in_place ? 0 : size_t(w.cols));
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < w.rows; ++r) {
+        if (!rows.in_place) widen(w, r * w.cols, int(w.cols), x.data(), zero);
+        rows.codes(r, x.data(), q.scales[0], q.codes.data() + r * w.cols);
+      }
+    }
+    return q;
+  };
+  if (n_cand == 0) return write_codes();  // max, or decided
+  // MSE: every row's squared error under every candidate left, rows in parallel, then the codes.
+  std::vector<double> row_err(size_t(w.rows) * n_cand);
 #pragma omp parallel if (worth_threads(w.size() * int64_t(1 + n_cand)))
   {
-    std::vector<float> x(copy_rows ? size_t(w.cols) : 0);
-    row_mse_search search;
+    std::vector<float> x(size_t(w.cols));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < w.rows; ++r) {
-      if (copy_rows) widen(w, r * w.cols, int(w.cols), x.data(), zero);
-      const float amax = per_tensor ? tensor_amax : std::bit_cast<float>(rows.amax_bits(r, x.data()));
-      if (!per_tensor) {
-        const size_t chosen = n_cand > 0 ? search.best(w, r, x.data(), amax, multipliers) : 0;
-        if (chosen == SIZE_MAX) {
-#pragma omp critical
-          if (failed_row < 0 || r < failed_row) failed_row = r, failed_amax = amax;
-        }
-        q.scales[size_t(r)] = fp8_scale_for_amax(n_cand > 0 && chosen != SIZE_MAX ? amax * multipliers[chosen] : amax);
-      } else if (n_cand > 0) {
-        fp8_row_errors(x.data(), w.cols, amax, multipliers, row_err.data() + size_t(r) * n_cand);
-      }
-      if (codes_in_first_pass) rows.codes(r, x.data(), q.scale_of_row(r), q.codes.data() + r * w.cols);
+      widen(w, r * w.cols, int(w.cols), x.data(), zero);
+      fp8_row_errors(x.data(), w.cols, tensor_amax, multipliers, row_err.data() + size_t(r) * n_cand);
     }
   }
-  if (failed_row >= 0) throw fp8_no_finite_candidate(w.name, failed_row, failed_amax);
-  if (codes_in_first_pass) return q;
 
   double best = INFINITY;
   for (size_t c = 0; c < n_cand; ++c) {
@@ -314,16 +327,7 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
     if (total < best) best = total, q.scales[0] = fp8_scale_for_amax(tensor_amax * multipliers[c]);
   }
   if (!(best < INFINITY)) throw fp8_no_finite_candidate(w.name, -1, tensor_amax);
-#pragma omp parallel if (worth_threads(w.size()))
-  {
-    std::vector<float> x(rows.in_place ? 0 : size_t(w.cols));
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < w.rows; ++r) {
-      if (!rows.in_place) widen(w, r * w.cols, int(w.cols), x.data(), zero);
-      rows.codes(r, x.data(), q.scales[0], q.codes.data() + r * w.cols);
-    }
-  }
-  return q;
+  return write_codes();
 }
 
 void fp8_dequantize(const fp8_weight& q, std::span<float> out) {
