@@ -340,25 +340,90 @@ void fp8_dequantize(const fp8_weight& q, std::span<float> out) {
   }
 }
 
+namespace {
+
+// MX blocks of F32 values (finite): E8M0 scales and element codes (MXFP4 packed, low nibble even),
+// as mx_quantize_block computes them; the loops over a block's 32 values vectorize per target.
+MIXQ_CLONES void mx_blocks(const float* x, int64_t blocks, bool fp4, uint8_t* scales, uint8_t* elements) {
+  const format_id format = fp4 ? format_id::mxfp4 : format_id::mxfp8;
+  const int emax = fp4 ? 2 : 8;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* p = x + b * kMxBlock;
+    uint32_t m = 0;
+    for (int i = 0; i < kMxBlock; ++i) m = std::max(m, std::bit_cast<uint32_t>(p[i]) & 0x7fffffffu);
+    // ilogb from the bits of a normal amax; zero and subnormal ones through the reference's function
+    const int e = m >= 0x00800000u ? ue8m0_t::from_exponent(int(m >> 23) - 127 - emax).exponent()
+                                   : mx_shared_exponent(std::bit_cast<float>(m), format);
+    scales[b] = ue8m0_t::from_exponent(e).bits;
+    const float inv = -e >= -126 ? std::bit_cast<float>(uint32_t(127 - e) << 23) : 0x1p-127f;  // 2^-e, e <= 127
+    if (fp4) {
+      uint8_t c[kMxBlock];
+      for (int i = 0; i < kMxBlock; ++i) {
+        const float v = p[i] * inv;
+        c[i] = uint8_t((std::bit_cast<uint32_t>(v) >> 28 & 8u) | e2m1_magnitude_code(std::fabs(v)));
+      }
+      for (int i = 0; i < kMxBlock / 2; ++i) elements[b * (kMxBlock / 2) + i] = uint8_t(c[2 * i] | (c[2 * i + 1] << 4));
+    } else {
+      for (int i = 0; i < kMxBlock; ++i) elements[b * kMxBlock + i] = e4m3_encode(p[i] * inv);
+    }
+  }
+}
+
+// NF4 blocks of F32 values (finite): FP16 absmax scales and packed codes, as nf4_quantize_block.
+MIXQ_CLONES void nf4_blocks(const float* x, int64_t blocks, const float* midpoints, uint16_t* scales,
+                            uint8_t* packed) {
+  float mid[15];
+  std::copy_n(midpoints, 15, mid);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* p = x + b * kNf4Block;
+    uint32_t m = 0;
+    for (int i = 0; i < kNf4Block; ++i) m = std::max(m, std::bit_cast<uint32_t>(p[i]) & 0x7fffffffu);
+    scales[b] = fp16_encode(std::fmin(std::bit_cast<float>(m), 65504.0f));  // FP16 has no room above
+    const float scale = fp16_decode(scales[b]);
+    uint8_t c[kNf4Block];
+    for (int i = 0; i < kNf4Block; ++i) {
+      const float v = p[i] / scale;
+      uint8_t code = 0;
+      for (int j = 0; j < 15; ++j) code = uint8_t(code + (v > mid[j]));  // ties: the lower, as nf4_code
+      c[i] = scale > 0.0f ? code : uint8_t(7);
+    }
+    for (int i = 0; i < kNf4Block / 2; ++i) packed[b * (kNf4Block / 2) + i] = uint8_t(c[2 * i] | (c[2 * i + 1] << 4));
+  }
+}
+
+// Blocks of `block` values of w, widened to F32 a row's worth (or 64 blocks) at a time, in parallel.
+template <class Blocks>
+void for_block_chunks(const source_matrix& w, int block, bool zero, const Blocks& blocks_of) {
+  const int64_t blocks = w.size() / block, chunk = 64;
+#pragma omp parallel if (worth_threads(w.size()))
+  {
+    std::vector<float> x(size_t(chunk * block));
+#pragma omp for schedule(static)
+    for (int64_t b0 = 0; b0 < blocks; b0 += chunk) {
+      const int64_t n = std::min(chunk, blocks - b0);
+      load_f32(w, b0 * block, int(n * block), x.data(), zero);
+      blocks_of(x.data(), b0, n);
+    }
+  }
+}
+
+}  // namespace
+
 mx_weight mx_quantize(const source_matrix& w, format_id format, nonfinite_policy nonfinite) {
   if (format != format_id::mxfp4 && format != format_id::mxfp8)
     throw format_error(fmt::format("mx_quantize: {} is not an MX format", traits_of(format).name));
   require_shape(w, format);
   const bool zero = apply_nonfinite_policy(w, scan_source(w), nonfinite);
+  const bool fp4 = format == format_id::mxfp4;
   mx_weight q;
   q.format = format;
   q.rows = w.rows;
   q.cols = w.cols;
-  const int64_t blocks = w.size() / kMxBlock;
-  q.scales.resize(size_t(blocks));
-  std::vector<uint8_t> codes(size_t(w.size()));
-#pragma omp parallel for schedule(static) if (worth_threads(w.size()))
-  for (int64_t b = 0; b < blocks; ++b) {
-    float x[kMxBlock];
-    load_f32(w, b * kMxBlock, kMxBlock, x, zero);
-    q.scales[size_t(b)] = mx_quantize_block(x, format, codes.data() + b * kMxBlock);
-  }
-  mx_store_elements(q, codes);
+  q.scales.resize(size_t(w.size() / kMxBlock));
+  q.elements.resize(size_t(fp4 ? w.size() / 2 : w.size()));
+  for_block_chunks(w, kMxBlock, zero, [&](const float* x, int64_t b0, int64_t n) {
+    mx_blocks(x, n, fp4, q.scales.data() + b0, q.elements.data() + b0 * (fp4 ? kMxBlock / 2 : kMxBlock));
+  });
   return q;
 }
 
@@ -368,15 +433,14 @@ nf4_weight nf4_quantize(const source_matrix& w, nonfinite_policy nonfinite) {
   nf4_weight q;
   q.rows = w.rows;
   q.cols = w.cols;
-  const int64_t blocks = w.size() / kNf4Block;
   q.packed.resize(size_t(w.size() / 2));
-  q.scales.resize(size_t(blocks));
-#pragma omp parallel for schedule(static) if (worth_threads(w.size()))
-  for (int64_t b = 0; b < blocks; ++b) {
-    float x[kNf4Block];
-    load_f32(w, b * kNf4Block, kNf4Block, x, zero);
-    q.scales[size_t(b)] = nf4_quantize_block(x, q.packed.data() + b * (kNf4Block / 2));
-  }
+  q.scales.resize(size_t(w.size() / kNf4Block));
+  const std::span<const float> codebook = nf4_codebook();
+  float midpoints[15];
+  for (size_t i = 0; i < 15; ++i) midpoints[i] = (codebook[i] + codebook[i + 1]) * 0.5f;  // as nf4_code's
+  for_block_chunks(w, kNf4Block, zero, [&](const float* x, int64_t b0, int64_t n) {
+    nf4_blocks(x, n, midpoints, q.scales.data() + b0, q.packed.data() + b0 * (kNf4Block / 2));
+  });
   return q;
 }
 
