@@ -356,15 +356,14 @@ MIXQ_CLONES void mx_blocks(const float* x, int64_t blocks, bool fp4, uint8_t* sc
                                    : mx_shared_exponent(std::bit_cast<float>(m), format);
     scales[b] = ue8m0_t::from_exponent(e).bits;
     const float inv = -e >= -126 ? std::bit_cast<float>(uint32_t(127 - e) << 23) : 0x1p-127f;  // 2^-e, e <= 127
-    if (fp4) {
-      uint8_t c[kMxBlock];
-      for (int i = 0; i < kMxBlock; ++i) {
-        const float v = p[i] * inv;
-        c[i] = uint8_t((std::bit_cast<uint32_t>(v) >> 28 & 8u) | e2m1_magnitude_code(std::fabs(v)));
-      }
-      for (int i = 0; i < kMxBlock / 2; ++i) elements[b * (kMxBlock / 2) + i] = uint8_t(c[2 * i] | (c[2 * i + 1] << 4));
-    } else {
-      for (int i = 0; i < kMxBlock; ++i) elements[b * kMxBlock + i] = e4m3_encode(p[i] * inv);
+    for (int i = 0; i < kMxBlock; i += 16) {
+      const lanes::v16f v = (lanes::v16f)lanes::load_bits(p + i) * inv;
+      const lanes::v16u sign = (lanes::v16u)v >> 31;  // (-0 too, as the reference's signbit)
+      const lanes::v16f magnitude = lanes::abs_of((lanes::v16u)v);
+      if (fp4)
+        lanes::store_packed(lanes::e2m1_codes(magnitude) | sign << 3, elements + b * (kMxBlock / 2) + i / 2);
+      else
+        lanes::store_bytes(lanes::e4m3_encode(magnitude) | sign << 7, elements + b * kMxBlock + i);
     }
   }
 }
@@ -380,14 +379,12 @@ MIXQ_CLONES void nf4_blocks(const float* x, int64_t blocks, const float* midpoin
     for (int i = 0; i < kNf4Block; ++i) m = std::max(m, std::bit_cast<uint32_t>(p[i]) & 0x7fffffffu);
     scales[b] = fp16_encode(std::fmin(std::bit_cast<float>(m), 65504.0f));  // FP16 has no room above
     const float scale = fp16_decode(scales[b]);
-    uint8_t c[kNf4Block];
-    for (int i = 0; i < kNf4Block; ++i) {
-      const float v = p[i] / scale;
-      uint8_t code = 0;
-      for (int j = 0; j < 15; ++j) code = uint8_t(code + (v > mid[j]));  // ties: the lower, as nf4_code
-      c[i] = scale > 0.0f ? code : uint8_t(7);
+    for (int i = 0; i < kNf4Block; i += 16) {
+      const lanes::v16f v = (lanes::v16f)lanes::load_bits(p + i) / scale;
+      lanes::v16u code = {};
+      for (int j = 0; j < 15; ++j) code -= (lanes::v16u)(v > mid[j]);  // +1 per midpoint below; ties: the lower
+      lanes::store_packed(scale > 0.0f ? code : lanes::v16u{} + 7u, packed + b * (kNf4Block / 2) + i / 2);
     }
-    for (int i = 0; i < kNf4Block / 2; ++i) packed[b * (kNf4Block / 2) + i] = uint8_t(c[2 * i] | (c[2 * i + 1] << 4));
   }
 }
 
