@@ -371,18 +371,22 @@ MIXQ_CLONES void mx_blocks(const float* x, int64_t blocks, bool fp4, uint8_t* sc
 // NF4 blocks of F32 values (finite): FP16 absmax scales and packed codes, as nf4_quantize_block.
 MIXQ_CLONES void nf4_blocks(const float* x, int64_t blocks, const float* midpoints, uint16_t* scales,
                             uint8_t* packed) {
-  float mid[15];
-  std::copy_n(midpoints, 15, mid);
+  lanes::v16f mid = {};  // lane 15 unused
+  for (int j = 0; j < 15; ++j) mid[j] = midpoints[j];
   for (int64_t b = 0; b < blocks; ++b) {
     const float* p = x + b * kNf4Block;
     uint32_t m = 0;
     for (int i = 0; i < kNf4Block; ++i) m = std::max(m, std::bit_cast<uint32_t>(p[i]) & 0x7fffffffu);
-    scales[b] = fp16_encode(std::fmin(std::bit_cast<float>(m), 65504.0f));  // FP16 has no room above
-    const float scale = fp16_decode(scales[b]);
+    // FP16 has no room above 65504; the conversion is IEEE RNE (F16C where the target has it), as fp16_encode
+    const _Float16 half = static_cast<_Float16>(std::fmin(std::bit_cast<float>(m), 65504.0f));
+    scales[b] = std::bit_cast<uint16_t>(half);
+    const float scale = static_cast<float>(half);
     for (int i = 0; i < kNf4Block; i += 16) {
       const lanes::v16f v = (lanes::v16f)lanes::load_bits(p + i) / scale;
+      // the number of midpoints below v (ties: the lower code), by binary search over the 15
       lanes::v16u code = {};
-      for (int j = 0; j < 15; ++j) code -= (lanes::v16u)(v > mid[j]);  // +1 per midpoint below; ties: the lower
+      for (uint32_t step = 8; step > 0; step /= 2)
+        code += (lanes::v16u)(v > __builtin_shuffle(mid, code + (step - 1))) & step;
       lanes::store_packed(scale > 0.0f ? code : lanes::v16u{} + 7u, packed + b * (kNf4Block / 2) + i / 2);
     }
   }
@@ -398,7 +402,7 @@ void for_block_chunks(const source_matrix& w, int block, bool zero, const Blocks
 #pragma omp for schedule(static)
     for (int64_t b0 = 0; b0 < blocks; b0 += chunk) {
       const int64_t n = std::min(chunk, blocks - b0);
-      load_f32(w, b0 * block, int(n * block), x.data(), zero);
+      widen(w, b0 * block, int(n * block), x.data(), zero);
       blocks_of(x.data(), b0, n);
     }
   }
