@@ -445,6 +445,64 @@ nf4_weight nf4_quantize(const source_matrix& w, nonfinite_policy nonfinite) {
   return q;
 }
 
+namespace {
+
+// Element codes times their block's scale, as mx_dequantize / nf4_dequantize compute them:
+// 4-bit codes through a 16-entry table (one lane permute), bytes through the E4M3 table.
+MIXQ_CLONES void scaled_nibbles(const uint8_t* packed, const float* table16, const float* scales, int block,
+                                int64_t blocks, float* out) {
+  lanes::v16f table;
+  std::memcpy(&table, table16, sizeof table);
+  const lanes::v16u even = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7};
+  const lanes::v16u shift = {0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4};
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int i = 0; i < block; i += 16) {
+      const uint8_t* p = packed + (b * block + i) / 2;
+      lanes::v16u bytes;
+      for (int j = 0; j < 16; ++j) bytes[j] = p[even[j]];
+      const lanes::v16f v = __builtin_shuffle(table, (bytes >> shift) & 15u) * scales[b];
+      std::memcpy(out + b * block + i, &v, sizeof v);
+    }
+}
+MIXQ_CLONES void scaled_bytes(const uint8_t* codes, const float* table256, const float* scales, int block,
+                              int64_t blocks, float* out) {
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int i = 0; i < block; ++i) out[b * block + i] = table256[codes[b * block + i]] * scales[b];
+}
+
+}  // namespace
+
+void mx_dequantize(const mx_weight& q, std::span<float> out) {
+  require_output(out, q.rows * q.cols, "mx_dequantize");
+  const int64_t blocks = q.rows * q.cols / kMxBlock, chunk = 256;
+  float e2m1[16];
+  for (uint8_t c = 0; c < 16; ++c) e2m1[c] = e2m1_t{c}.to_float();
+#pragma omp parallel for schedule(static) if (worth_threads(q.rows * q.cols))
+  for (int64_t b0 = 0; b0 < blocks; b0 += chunk) {
+    const int64_t n = std::min(chunk, blocks - b0);
+    float scales[chunk];
+    for (int64_t b = 0; b < n; ++b) scales[b] = ue8m0_t{q.scales[size_t(b0 + b)]}.to_float();
+    float* o = out.data() + b0 * kMxBlock;
+    if (q.format == format_id::mxfp4)
+      scaled_nibbles(q.elements.data() + b0 * kMxBlock / 2, e2m1, scales, kMxBlock, n, o);
+    else
+      scaled_bytes(q.elements.data() + b0 * kMxBlock, e4m3_decode_table(), scales, kMxBlock, n, o);
+  }
+}
+
+void nf4_dequantize(const nf4_weight& q, std::span<float> out) {
+  require_output(out, q.rows * q.cols, "nf4_dequantize");
+  const int64_t blocks = q.rows * q.cols / kNf4Block, chunk = 256;
+  const float* codebook = nf4_codebook().data();
+#pragma omp parallel for schedule(static) if (worth_threads(q.rows * q.cols))
+  for (int64_t b0 = 0; b0 < blocks; b0 += chunk) {
+    const int64_t n = std::min(chunk, blocks - b0);
+    float scales[chunk];
+    for (int64_t b = 0; b < n; ++b) scales[b] = f16_decode_table()[q.scales[size_t(b0 + b)]];
+    scaled_nibbles(q.packed.data() + b0 * kNf4Block / 2, codebook, scales, kNf4Block, n, out.data() + b0 * kNf4Block);
+  }
+}
+
 void fake_quant_weight(const source_matrix& w, const weight_quant_spec& spec, std::span<float> out) {
   require_output(out, w.size(), fmt::format("tensor '{}'", w.name));
   switch (spec.format) {
@@ -463,8 +521,8 @@ void fake_quant_weight(const source_matrix& w, const weight_quant_spec& spec, st
     case format_id::nvfp4:
     case format_id::nvfp4_w4a16: cpu::nvfp4_dequantize(cpu::nvfp4_quantize(w, nvfp4_options_for(spec)), out); return;
     case format_id::mxfp4:
-    case format_id::mxfp8: mixq::mx_dequantize(cpu::mx_quantize(w, spec.format, spec.nonfinite), out); return;
-    case format_id::nf4: mixq::nf4_dequantize(cpu::nf4_quantize(w, spec.nonfinite), out); return;
+    case format_id::mxfp8: cpu::mx_dequantize(cpu::mx_quantize(w, spec.format, spec.nonfinite), out); return;
+    case format_id::nf4: cpu::nf4_dequantize(cpu::nf4_quantize(w, spec.nonfinite), out); return;
     case format_id::count: break;
   }
   throw format_error("fake_quant_weight: unknown format");

@@ -22,6 +22,8 @@ nf4_weight nf4_quantize(const source_matrix& w, nonfinite_policy nonfinite = non
 
 void nvfp4_dequantize(const nvfp4_weight& q, std::span<float> out);
 void fp8_dequantize(const fp8_weight& q, std::span<float> out);
+void mx_dequantize(const mx_weight& q, std::span<float> out);
+void nf4_dequantize(const nf4_weight& q, std::span<float> out);
 
 // The fast twin of mixq::fake_quant_weight.
 void fake_quant_weight(const source_matrix& w, const weight_quant_spec& spec, std::span<float> out);

@@ -247,6 +247,40 @@ TEST(cpu_kernels, mx_and_nf4_bit_identical) {
     }
 }
 
+// Dequantization over every code and every scale byte / FP16 scale (NaN ones included: compared
+// bit for bit).
+TEST(cpu_kernels, mx_and_nf4_dequantize_bit_identical) {
+  std::mt19937 rng(7);
+  const auto same_bits = [](const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  };
+  for (format_id f : {format_id::mxfp4, format_id::mxfp8}) {
+    mx_weight q;
+    q.format = f;
+    q.rows = 256;
+    q.cols = 64;
+    q.scales.resize(size_t(q.rows * q.cols / kMxBlock));
+    for (size_t i = 0; i < q.scales.size(); ++i) q.scales[i] = uint8_t(i);  // every E8M0 byte
+    q.elements.resize(size_t(f == format_id::mxfp4 ? q.rows * q.cols / 2 : q.rows * q.cols));
+    for (auto& e : q.elements) e = uint8_t(rng());
+    std::vector<float> ref(size_t(q.rows * q.cols)), fast(ref.size());
+    mx_dequantize(q, ref);
+    cpu::mx_dequantize(q, fast);
+    EXPECT_TRUE(same_bits(ref, fast)) << traits_of(f).name;
+  }
+  nf4_weight q;
+  q.rows = 1024;
+  q.cols = 64 * 64;
+  q.scales.resize(size_t(q.rows * q.cols / kNf4Block));
+  for (size_t i = 0; i < q.scales.size(); ++i) q.scales[i] = uint16_t(i);  // every FP16 pattern
+  q.packed.resize(size_t(q.rows * q.cols / 2));
+  for (auto& p : q.packed) p = uint8_t(rng());
+  std::vector<float> ref(size_t(q.rows * q.cols)), fast(ref.size());
+  nf4_dequantize(q, ref);
+  cpu::nf4_dequantize(q, fast);
+  EXPECT_TRUE(same_bits(ref, fast));
+}
+
 TEST(cpu_kernels, fake_quant_matches_reference_for_every_format) {
   const auto t = testing::make_tensor(testing::tensor_kind::heavy_tailed, 16, 128, 61);
   const sourced s = as_dtype(t, cpu::source_dtype::bf16);
