@@ -247,6 +247,30 @@ TEST(cpu_kernels, mx_and_nf4_bit_identical) {
     }
 }
 
+// MX and NF4 blocks at the ends of the ranges: F32 subnormal blocks (the shared exponent through
+// ilogb), huge blocks (NF4's FP16 scale clamped at 65504, MX elements saturating), -0, one value.
+TEST(cpu_kernels, mx_and_nf4_extreme_blocks_bit_identical) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  testing::test_tensor t{"extreme", 6, 128, std::vector<float>(6 * 128)};
+  const int shifts[] = {-140, -130, -100, 0, 100, 120};
+  for (int r = 0; r < 6; ++r)
+    for (int c = 0; c < 128; ++c) t.values[size_t(r * 128 + c)] = std::ldexp(normal(rng), shifts[r]);
+  t.values[5] = -0.0f;
+  for (int c = 64; c < 128; ++c) t.values[size_t(128 + c)] = c == 100 ? 3e-39f : 0.0f;  // one value in a block
+  const sourced s = as_dtype(t, cpu::source_dtype::f32);
+  for (format_id f : {format_id::mxfp4, format_id::mxfp8}) {
+    const mx_weight ref = mx_quantize(view_of(s), f);
+    const mx_weight fast = cpu::mx_quantize(s.source, f);
+    EXPECT_EQ(fast.scales, ref.scales) << traits_of(f).name;
+    EXPECT_EQ(fast.elements, ref.elements) << traits_of(f).name;
+  }
+  const nf4_weight ref = nf4_quantize(view_of(s));
+  const nf4_weight fast = cpu::nf4_quantize(s.source);
+  EXPECT_EQ(fast.scales, ref.scales);
+  EXPECT_EQ(fast.packed, ref.packed);
+}
+
 // Dequantization over every code and every scale byte / FP16 scale (NaN ones included: compared
 // bit for bit).
 TEST(cpu_kernels, mx_and_nf4_dequantize_bit_identical) {
