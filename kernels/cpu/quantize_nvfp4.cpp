@@ -462,10 +462,18 @@ MIXQ_ALWAYS_INLINE pair load_pair(const uint16_t* p) {
   const __m512i w = _mm512_loadu_si512(p);
   return {_mm512_slli_epi32(w, 16), _mm512_and_si512(w, u32(0xffff0000u))};
 }
-MIXQ_ALWAYS_INLINE pair load_pair(const float* p) {
-  const __m512i a = _mm512_loadu_si512(p), b = _mm512_loadu_si512(p + 16);
+MIXQ_ALWAYS_INLINE pair pair_of(__m512i a, __m512i b) {  // 32 floats' bits in element order
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   return {_mm512_permutex2var_epi32(a, even, b), _mm512_permutex2var_epi32(a, _mm512_add_epi32(even, u32(1)), b)};
+}
+MIXQ_ALWAYS_INLINE pair load_pair(const float* p) { return pair_of(_mm512_loadu_si512(p), _mm512_loadu_si512(p + 16)); }
+// F16 bits, widened exactly (every F16 value is a float) by the hardware conversion.
+struct f16_bits {
+  uint16_t bits;
+};
+MIXQ_ALWAYS_INLINE pair load_pair(const f16_bits* p) {
+  return pair_of(_mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))),
+                 _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)))));
 }
 MIXQ_ALWAYS_INLINE __m512 magnitude(__m512i bits) { return _mm512_castsi512_ps(_mm512_and_si512(bits, u32(0x7fffffffu))); }
 
@@ -661,8 +669,10 @@ void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, in
     quantize_groups_of(static_cast<const uint16_t*>(w.data) + i0, known_max, whole, job, scales, packed, errors);
   else if (!zero_nonfinite && w.dtype == source_dtype::f32)
     quantize_groups_of(static_cast<const float*>(w.data) + i0, known_max, whole, job, scales, packed, errors);
+  else if (!zero_nonfinite)
+    quantize_groups_of(static_cast<const f16_bits*>(w.data) + i0, known_max, whole, job, scales, packed, errors);
   alignas(64) float buf[kGroupValues];
-  for (int64_t g = 0; g < whole && (zero_nonfinite || w.dtype == source_dtype::f16); ++g) {
+  for (int64_t g = 0; g < whole && zero_nonfinite; ++g) {
     load_f32(w, i0 + g * kGroupValues, kGroupValues, buf, zero_nonfinite);
     quantize_groups_of(buf, nullptr, 1, job, scales + g * kGroup, packed + g * kGroup * half,
                        errors ? errors + g * kGroup : nullptr);
@@ -680,7 +690,7 @@ void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, in
   }
 }
 
-// The amax pass for BF16 / F32 read in place: besides the tensor's max |w|, every block's max
+// The amax pass for BF16 / F16 / F32 read in place: besides the tensor's max |w|, every block's max
 // (the groups' transposed reductions move here, where they hide under the memory traffic, out of
 // the pass that computes codes). Magnitudes compare as integers. False when an inf or a NaN is
 // found: the general scan then applies the non-finite policy.
@@ -688,7 +698,8 @@ MIXQ_ALWAYS_INLINE v16f pair_maxima(const uint16_t* p) {  // lanes 0-7: block 2p
   const __m512i m = _mm512_and_si512(_mm512_loadu_si512(p), u32(0x7fff7fffu));
   return (v16f)_mm512_slli_epi32(_mm512_max_epu16(m, _mm512_srli_epi32(m, 16)), 16);  // max in the upper half
 }
-MIXQ_ALWAYS_INLINE v16f pair_maxima(const float* p) {
+template <class T>
+MIXQ_ALWAYS_INLINE v16f pair_maxima(const T* p) {
   const pair x = load_pair(p);
   return (v16f)_mm512_max_epu32(_mm512_castps_si512(magnitude(x.even)), _mm512_castps_si512(magnitude(x.odd)));
 }
@@ -716,6 +727,7 @@ bool block_maxima_of(const T* src, int64_t blocks, float* out, float* amax) {
     for (int i = 0; i < kNvfp4Block; ++i) {
       const T v = src[b * kNvfp4Block + i];
       if constexpr (std::is_same_v<T, uint16_t>) m = std::max(m, (uint32_t(v) << 16) & 0x7fffffffu);
+      else if constexpr (std::is_same_v<T, f16_bits>) m = std::max(m, std::bit_cast<uint32_t>(f16_decode_table()[v.bits]) & 0x7fffffffu);
       else m = std::max(m, std::bit_cast<uint32_t>(v) & 0x7fffffffu);
     }
     out[b] = std::bit_cast<float>(m);
@@ -730,7 +742,7 @@ bool block_maxima(const source_matrix& w, float* out, float* amax) {
   const int64_t blocks = w.size() / kNvfp4Block;
   if (w.dtype == source_dtype::bf16) return block_maxima_of(static_cast<const uint16_t*>(w.data), blocks, out, amax);
   if (w.dtype == source_dtype::f32) return block_maxima_of(static_cast<const float*>(w.data), blocks, out, amax);
-  return false;
+  return block_maxima_of(static_cast<const f16_bits*>(w.data), blocks, out, amax);
 }
 
 }  // namespace avx512
@@ -813,7 +825,7 @@ void require_shape(const source_matrix& w, format_id format) {
     throw format_error(fmt::format("tensor '{}': {}", w.name, *why));
 }
 
-// Each block's max from the amax pass (AVX-512, BF16 / F32 without an inf or a NaN), kept per
+// Each block's max from the amax pass (AVX-512, without an inf or a NaN), kept per
 // calling thread between calls; null where the general scan ran.
 struct amax_pass {
   source_scan scan;
@@ -822,8 +834,7 @@ struct amax_pass {
 
 amax_pass scan_for_nvfp4(const source_matrix& w) {
 #if MIXQ_HAVE_SIMD_TARGETS
-  if (active_simd_level() == simd_level::avx512 &&
-      (w.dtype == source_dtype::bf16 || w.dtype == source_dtype::f32)) {
+  if (active_simd_level() == simd_level::avx512) {
     thread_local std::unique_ptr<float[]> buffer;
     thread_local size_t capacity = 0;
     const size_t blocks = size_t(w.size() / kNvfp4Block);
