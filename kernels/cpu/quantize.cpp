@@ -72,7 +72,7 @@ MIXQ_CLONES void fp8_row_codes(const float* x, int64_t n, float scale, uint8_t* 
 }
 
 #if MIXQ_HAVE_SIMD_TARGETS
-// AVX-512 rows read BF16 / F32 in place: the codes from the source (no F32 copy of the row) and
+// AVX-512 rows read BF16 / F16 / F32 in place: the codes from the source (no F32 copy of the row) and
 // the amax of a row as the max of its magnitude bits, 32 BF16 or 16 F32 per instruction.
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
@@ -83,8 +83,13 @@ namespace avx512 {
 
 MIXQ_ALWAYS_INLINE __m512i u32(uint32_t x) { return _mm512_set1_epi32(int(x)); }
 
-// Max magnitude bits of a row, as float bits: >= 0x7f800000 when it holds an inf or a NaN.
-uint32_t row_amax_bits(const uint16_t* p, int64_t n) {
+// F16 bits, widened exactly (every F16 value is a float) by the hardware conversion.
+struct f16_bits {
+  uint16_t bits;
+};
+
+// The largest 16-bit magnitude pattern (sign cleared) of a row of BF16 or F16 values.
+uint32_t row_max_magnitude16(const uint16_t* p, int64_t n) {
   const __m512i magnitude = _mm512_set1_epi16(0x7fff);
   __m512i m = _mm512_setzero_si512();
   int64_t i = 0;
@@ -92,7 +97,12 @@ uint32_t row_amax_bits(const uint16_t* p, int64_t n) {
   if (i < n)
     m = _mm512_max_epu16(m, _mm512_and_si512(_mm512_maskz_loadu_epi16(__mmask32((1ull << (n - i)) - 1), p + i), magnitude));
   const __m512i pairs = _mm512_max_epu32(_mm512_and_si512(m, u32(0xffffu)), _mm512_srli_epi32(m, 16));
-  return _mm512_reduce_max_epu32(pairs) << 16;
+  return _mm512_reduce_max_epu32(pairs);
+}
+// Max magnitude bits of a row, as float bits: >= 0x7f800000 when it holds an inf or a NaN.
+uint32_t row_amax_bits(const uint16_t* p, int64_t n) { return row_max_magnitude16(p, n) << 16; }
+uint32_t row_amax_bits(const f16_bits* p, int64_t n) {
+  return std::bit_cast<uint32_t>(f16_decode_table()[row_max_magnitude16(&p->bits, n)]);
 }
 uint32_t row_amax_bits(const float* p, int64_t n) {
   __m512i m = _mm512_setzero_si512();
@@ -120,6 +130,9 @@ MIXQ_ALWAYS_INLINE __m128i fp8_codes(__m512i bits, __m512 scale) {
 }
 MIXQ_ALWAYS_INLINE __m512i bits_of(const uint16_t* p) { return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16); }
 MIXQ_ALWAYS_INLINE __m512i bits_of(const float* p) { return _mm512_loadu_si512(p); }
+MIXQ_ALWAYS_INLINE __m512i bits_of(const f16_bits* p) {
+  return _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+}
 
 template <class T>
 void row_codes(const T* p, int64_t n, float scale, uint8_t* dst) {
@@ -136,14 +149,15 @@ void row_codes(const T* p, int64_t n, float scale, uint8_t* dst) {
 }
 template void row_codes(const uint16_t*, int64_t, float, uint8_t*);
 template void row_codes(const float*, int64_t, float, uint8_t*);
+template void row_codes(const f16_bits*, int64_t, float, uint8_t*);
 
 }  // namespace avx512
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
 
-// How the FP8 rows are read: in place with the AVX-512 row kernels (BF16 / F32, nothing to zero),
-// else through an F32 copy of each row.
+// How the FP8 rows are read: in place with the AVX-512 row kernels (nothing to zero), else through
+// an F32 copy of each row.
 struct fp8_rows {
   const source_matrix& w;
   bool zero_nonfinite;
@@ -151,14 +165,15 @@ struct fp8_rows {
 
   fp8_rows(const source_matrix& m, bool zero)
       : w(m), zero_nonfinite(zero),
-        in_place(MIXQ_HAVE_SIMD_TARGETS && active_simd_level() == simd_level::avx512 && !zero &&
-                 (m.dtype == source_dtype::bf16 || m.dtype == source_dtype::f32)) {}
+        in_place(MIXQ_HAVE_SIMD_TARGETS && active_simd_level() == simd_level::avx512 && !zero) {}
 
   // Max magnitude bits of row r (>= 0x7f800000: not finite); x: the row as F32 when not in place.
   uint32_t amax_bits(int64_t r, const float* x) const {
 #if MIXQ_HAVE_SIMD_TARGETS
     if (in_place && w.dtype == source_dtype::bf16)
       return avx512::row_amax_bits(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols);
+    if (in_place && w.dtype == source_dtype::f16)
+      return avx512::row_amax_bits(static_cast<const avx512::f16_bits*>(w.data) + r * w.cols, w.cols);
     if (in_place) return avx512::row_amax_bits(static_cast<const float*>(w.data) + r * w.cols, w.cols);
 #endif
     (void)r;  // (the copy x is row r)
@@ -168,6 +183,8 @@ struct fp8_rows {
 #if MIXQ_HAVE_SIMD_TARGETS
     if (in_place && w.dtype == source_dtype::bf16)
       return avx512::row_codes(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols, scale, dst);
+    if (in_place && w.dtype == source_dtype::f16)
+      return avx512::row_codes(static_cast<const avx512::f16_bits*>(w.data) + r * w.cols, w.cols, scale, dst);
     if (in_place) return avx512::row_codes(static_cast<const float*>(w.data) + r * w.cols, w.cols, scale, dst);
 #endif
     (void)r;
