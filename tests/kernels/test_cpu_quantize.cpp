@@ -368,6 +368,14 @@ TEST(cpu_kernels, nonfinite_errors_name_the_same_place) {
     std::string fp8_msg;
     try { cpu::fp8_quantize(s.source, mse); } catch (const format_error& e) { fp8_msg = e.what(); }
     EXPECT_EQ(ref_msg, fp8_msg);
+    for (auto sel : {fp8_selector::max, fp8_selector::mse}) {  // per channel: the in-place row pass steps aside
+      fp8_options o;
+      o.granularity = fp8_granularity::per_channel;
+      o.selector = sel;
+      std::string row_msg;
+      try { cpu::fp8_quantize(s.source, o); } catch (const format_error& e) { row_msg = e.what(); }
+      EXPECT_EQ(ref_msg, row_msg);
+    }
   }
 }
 
