@@ -230,21 +230,23 @@ TEST(cpu_kernels, fp8_every_granularity_and_selector_bit_identical) {
     }
 }
 
+// MXFP4, MXFP8 and NF4 of one source, fast against the reference.
+void expect_mx_and_nf4_as_the_reference(const sourced& s) {
+  for (format_id f : {format_id::mxfp4, format_id::mxfp8}) {
+    const mx_weight ref = mx_quantize(view_of(s), f);
+    const mx_weight fast = cpu::mx_quantize(s.source, f);
+    EXPECT_EQ(fast.scales, ref.scales) << s.source.name << " " << traits_of(f).name;
+    EXPECT_EQ(fast.elements, ref.elements) << s.source.name << " " << traits_of(f).name;
+  }
+  const nf4_weight ref = nf4_quantize(view_of(s));
+  const nf4_weight fast = cpu::nf4_quantize(s.source);
+  EXPECT_EQ(fast.scales, ref.scales) << s.source.name;
+  EXPECT_EQ(fast.packed, ref.packed) << s.source.name;
+}
+
 TEST(cpu_kernels, mx_and_nf4_bit_identical) {
   for (const auto& t : all_kinds(8, 128, 51))
-    for (auto dtype : kDtypes) {
-      const sourced s = as_dtype(t, dtype);
-      for (format_id f : {format_id::mxfp4, format_id::mxfp8}) {
-        const mx_weight ref = mx_quantize(view_of(s), f);
-        const mx_weight fast = cpu::mx_quantize(s.source, f);
-        EXPECT_EQ(fast.scales, ref.scales);
-        EXPECT_EQ(fast.elements, ref.elements);
-      }
-      const nf4_weight ref = nf4_quantize(view_of(s));
-      const nf4_weight fast = cpu::nf4_quantize(s.source);
-      EXPECT_EQ(fast.scales, ref.scales);
-      EXPECT_EQ(fast.packed, ref.packed);
-    }
+    for (auto dtype : kDtypes) expect_mx_and_nf4_as_the_reference(as_dtype(t, dtype));
 }
 
 // MX and NF4 blocks at the ends of the ranges: F32 subnormal blocks (the shared exponent through
@@ -258,17 +260,7 @@ TEST(cpu_kernels, mx_and_nf4_extreme_blocks_bit_identical) {
     for (int c = 0; c < 128; ++c) t.values[size_t(r * 128 + c)] = std::ldexp(normal(rng), shifts[r]);
   t.values[5] = -0.0f;
   for (int c = 64; c < 128; ++c) t.values[size_t(128 + c)] = c == 100 ? 3e-39f : 0.0f;  // one value in a block
-  const sourced s = as_dtype(t, cpu::source_dtype::f32);
-  for (format_id f : {format_id::mxfp4, format_id::mxfp8}) {
-    const mx_weight ref = mx_quantize(view_of(s), f);
-    const mx_weight fast = cpu::mx_quantize(s.source, f);
-    EXPECT_EQ(fast.scales, ref.scales) << traits_of(f).name;
-    EXPECT_EQ(fast.elements, ref.elements) << traits_of(f).name;
-  }
-  const nf4_weight ref = nf4_quantize(view_of(s));
-  const nf4_weight fast = cpu::nf4_quantize(s.source);
-  EXPECT_EQ(fast.scales, ref.scales);
-  EXPECT_EQ(fast.packed, ref.packed);
+  expect_mx_and_nf4_as_the_reference(as_dtype(t, cpu::source_dtype::f32));
 }
 
 // Dequantization over every code and every scale byte / FP16 scale (NaN ones included: compared
