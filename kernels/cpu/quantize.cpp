@@ -83,11 +83,6 @@ namespace avx512 {
 
 MIXQ_ALWAYS_INLINE __m512i u32(uint32_t x) { return _mm512_set1_epi32(int(x)); }
 
-// F16 bits, widened exactly (every F16 value is a float) by the hardware conversion.
-struct f16_bits {
-  uint16_t bits;
-};
-
 // The largest 16-bit magnitude pattern (sign cleared) of a row of BF16 or F16 values.
 uint32_t row_max_magnitude16(const uint16_t* p, int64_t n) {
   const __m512i magnitude = _mm512_set1_epi16(0x7fff);
@@ -130,6 +125,7 @@ MIXQ_ALWAYS_INLINE __m128i fp8_codes(__m512i bits, __m512 scale) {
 }
 MIXQ_ALWAYS_INLINE __m512i bits_of(const uint16_t* p) { return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16); }
 MIXQ_ALWAYS_INLINE __m512i bits_of(const float* p) { return _mm512_loadu_si512(p); }
+// F16 widened exactly (every F16 value is a float) by the hardware conversion.
 MIXQ_ALWAYS_INLINE __m512i bits_of(const f16_bits* p) {
   return _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
 }
@@ -173,7 +169,7 @@ struct fp8_rows {
     if (in_place && w.dtype == source_dtype::bf16)
       return avx512::row_amax_bits(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols);
     if (in_place && w.dtype == source_dtype::f16)
-      return avx512::row_amax_bits(static_cast<const avx512::f16_bits*>(w.data) + r * w.cols, w.cols);
+      return avx512::row_amax_bits(static_cast<const f16_bits*>(w.data) + r * w.cols, w.cols);
     if (in_place) return avx512::row_amax_bits(static_cast<const float*>(w.data) + r * w.cols, w.cols);
 #endif
     (void)r;  // (the copy x is row r)
@@ -184,7 +180,7 @@ struct fp8_rows {
     if (in_place && w.dtype == source_dtype::bf16)
       return avx512::row_codes(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols, scale, dst);
     if (in_place && w.dtype == source_dtype::f16)
-      return avx512::row_codes(static_cast<const avx512::f16_bits*>(w.data) + r * w.cols, w.cols, scale, dst);
+      return avx512::row_codes(static_cast<const f16_bits*>(w.data) + r * w.cols, w.cols, scale, dst);
     if (in_place) return avx512::row_codes(static_cast<const float*>(w.data) + r * w.cols, w.cols, scale, dst);
 #endif
     (void)r;

@@ -467,10 +467,7 @@ MIXQ_ALWAYS_INLINE pair pair_of(__m512i a, __m512i b) {  // 32 floats' bits in e
   return {_mm512_permutex2var_epi32(a, even, b), _mm512_permutex2var_epi32(a, _mm512_add_epi32(even, u32(1)), b)};
 }
 MIXQ_ALWAYS_INLINE pair load_pair(const float* p) { return pair_of(_mm512_loadu_si512(p), _mm512_loadu_si512(p + 16)); }
-// F16 bits, widened exactly (every F16 value is a float) by the hardware conversion.
-struct f16_bits {
-  uint16_t bits;
-};
+// F16 widened exactly (every F16 value is a float) by the hardware conversion.
 MIXQ_ALWAYS_INLINE pair load_pair(const f16_bits* p) {
   return pair_of(_mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))),
                  _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)))));

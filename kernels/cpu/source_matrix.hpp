@@ -26,6 +26,11 @@ inline source_matrix from_f32(const weight_view& w) { return {w.data, source_dty
 
 const float* f16_decode_table();  // 65536 entries
 
+// An F16 bit pattern as a type of its own, so that overloads tell F16 from BF16's uint16_t.
+struct f16_bits {
+  uint16_t bits;
+};
+
 // Widens n values starting at flat index i to fp32 (non-finite values become 0 when zero_nonfinite).
 inline void load_f32(const source_matrix& m, int64_t i, int n, float* dst, bool zero_nonfinite) {
   switch (m.dtype) {
