@@ -315,8 +315,7 @@ void fp8_error_estimate::split(float least, float largest) {
     edges_.push_back(edge);
   }
   // Padded to whole vectors with zero counts (values 0: no error) for runs_sq_errors.
-  n_values_ = values_.size();
-  values_.resize((n_values_ + 15) / 16 * 16, 0.0f);
+  values_.resize((values_.size() + 15) / 16 * 16, 0.0f);
   nonzero_counts_.resize(values_.size(), 0.0);
   // With a core, the edges that scale under a scale are the bottom ones nearest the core and the
   // top ones nearest it: their counts summed outward from the core (never a difference), scaled

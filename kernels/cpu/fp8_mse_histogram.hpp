@@ -50,7 +50,8 @@ class fp8_error_estimate {
   // The indices (ascending) of the multipliers whose exact squared error
   // fp8_sq_error(w, fp8_scale_for_amax(amax · m)) may be the least: one index unless two candidates
   // agree to the estimate's bound (~1e-9 relative). The reference's choice (the first least) is
-  // always among them.
+  // always among them. A candidate whose scale is infinite errs by NaN and is never one: none when
+  // every candidate's is.
   std::vector<size_t> contenders(float amax, std::span<const float> multipliers);
   // The last contenders() call's estimate for each multiplier.
   const std::vector<double>& estimates() const { return estimates_; }
@@ -89,9 +90,8 @@ class fp8_error_estimate {
   std::vector<double> outward_;    // per edge: its scaled counts and those between it and the core
   std::vector<double> zeros_;
   std::vector<float> values_;           // the edges' non-zero magnitudes (zero adds no error),
-  std::vector<double> nonzero_counts_;  // 16-bit subnormals first (tiny_ of them)
+  std::vector<double> nonzero_counts_;  // 16-bit subnormals first (tiny_ of them); zero padding last
   size_t tiny_ = 0;
-  size_t n_values_ = 0;             // values_ holds zero padding beyond
   std::vector<edge_range> ranges_;
   std::vector<float> edge_values_;
   std::vector<double> errors_;
