@@ -318,9 +318,11 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
         rows.codes(r, x.data(), q.scales[0], q.codes.data() + r * w.cols);
       }
     }
-    return q;
   };
-  if (n_cand == 0) return write_codes();  // max, or decided
+  if (n_cand == 0) {  // max, or decided
+    write_codes();
+    return q;
+  }
   // MSE: every row's squared error under every candidate left, rows in parallel, then the codes.
   std::vector<double> row_err(size_t(w.rows) * n_cand);
 #pragma omp parallel if (worth_threads(w.size() * int64_t(1 + n_cand)))
@@ -340,7 +342,8 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
     if (total < best) best = total, q.scales[0] = fp8_scale_for_amax(tensor_amax * multipliers[c]);
   }
   if (!(best < INFINITY)) throw fp8_no_finite_candidate(w.name, -1, tensor_amax);
-  return write_codes();
+  write_codes();
+  return q;
 }
 
 void fp8_dequantize(const fp8_weight& q, std::span<float> out) {
