@@ -102,8 +102,9 @@ class fp8_error_estimate {
 struct row_magnitude_counter {
   std::vector<uint32_t> table;  // 32768 counters, zero between calls
   fp8_error_estimate estimate;
-  // Counts row r of w (x: its F32 copy, non-finite values zeroed); false when w is F32 and a value
-  // is not a BF16 value (the estimate then does not hold the row).
+  // Counts row r of w (16-bit rows in place; x: an F32 row's values, non-finite ones zeroed, unused
+  // otherwise); false when w is F32 and a value is not a BF16 value (the estimate then does not
+  // hold the row).
   bool count(const source_matrix& w, int64_t r, const float* x);
 };
 

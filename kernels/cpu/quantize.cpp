@@ -152,6 +152,30 @@ template void row_codes(const f16_bits*, int64_t, float, uint8_t*);
 #pragma GCC pop_options
 #endif
 
+// Row r of w as F32 (non-finite values zeroed when the policy says so), widened on first use: a
+// 16-bit row read in place is mostly never copied.
+class row_copy {
+ public:
+  row_copy(const source_matrix& w, bool zero) : w_(w), zero_(zero), x_(size_t(w.cols)) {}
+  const float* operator()(int64_t r) {
+    if (r != row_) widen(w_, r * w_.cols, int(w_.cols), x_.data(), zero_), row_ = r;
+    return x_.data();
+  }
+
+ private:
+  const source_matrix& w_;
+  bool zero_;
+  std::vector<float> x_;
+  int64_t row_ = -1;
+};
+
+// Asks for row r of w in cache ahead of its use.
+void prefetch_row(const source_matrix& w, int64_t r) {
+  const size_t bytes = size_t(w.cols) * (w.dtype == source_dtype::f32 ? 4 : 2);
+  const char* p = static_cast<const char*>(w.data) + size_t(r) * bytes;
+  for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i);
+}
+
 // How the FP8 rows are read: in place with the AVX-512 row kernels (nothing to zero), else through
 // an F32 copy of each row.
 struct fp8_rows {
@@ -163,8 +187,8 @@ struct fp8_rows {
       : w(m), zero_nonfinite(zero),
         in_place(MIXQ_HAVE_SIMD_TARGETS && active_simd_level() == simd_level::avx512 && !zero) {}
 
-  // Max magnitude bits of row r (>= 0x7f800000: not finite); x: the row as F32 when not in place.
-  uint32_t amax_bits(int64_t r, const float* x) const {
+  // Max magnitude bits of row r (>= 0x7f800000: not finite).
+  uint32_t amax_bits(int64_t r, row_copy& x) const {
 #if MIXQ_HAVE_SIMD_TARGETS
     if (in_place && w.dtype == source_dtype::bf16)
       return avx512::row_amax_bits(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols);
@@ -172,10 +196,9 @@ struct fp8_rows {
       return avx512::row_amax_bits(static_cast<const f16_bits*>(w.data) + r * w.cols, w.cols);
     if (in_place) return avx512::row_amax_bits(static_cast<const float*>(w.data) + r * w.cols, w.cols);
 #endif
-    (void)r;  // (the copy x is row r)
-    return std::bit_cast<uint32_t>(fp8_row_amax(x, w.cols));
+    return std::bit_cast<uint32_t>(fp8_row_amax(x(r), w.cols));
   }
-  void codes(int64_t r, const float* x, float scale, uint8_t* dst) const {
+  void codes(int64_t r, row_copy& x, float scale, uint8_t* dst) const {
 #if MIXQ_HAVE_SIMD_TARGETS
     if (in_place && w.dtype == source_dtype::bf16)
       return avx512::row_codes(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols, scale, dst);
@@ -183,8 +206,7 @@ struct fp8_rows {
       return avx512::row_codes(static_cast<const f16_bits*>(w.data) + r * w.cols, w.cols, scale, dst);
     if (in_place) return avx512::row_codes(static_cast<const float*>(w.data) + r * w.cols, w.cols, scale, dst);
 #endif
-    (void)r;
-    fp8_row_codes(x, w.cols, scale, dst);
+    fp8_row_codes(x(r), w.cols, scale, dst);
   }
 };
 
@@ -198,9 +220,9 @@ struct row_mse_search {
   std::vector<float> subset;
   std::vector<double> err;
 
-  size_t best(const source_matrix& w, int64_t r, const float* x, float amax, std::span<const float> multipliers) {
+  size_t best(const source_matrix& w, int64_t r, row_copy& x, float amax, std::span<const float> multipliers) {
     left.clear();
-    if (counter.count(w, r, x)) {
+    if (counter.count(w, r, w.dtype == source_dtype::f32 ? x(r) : nullptr)) {
       left = counter.estimate.contenders(amax, multipliers);
       if (left.size() <= 1) return left.empty() ? SIZE_MAX : left[0];
     } else {
@@ -209,7 +231,7 @@ struct row_mse_search {
     subset.clear();
     for (size_t c : left) subset.push_back(multipliers[c]);
     err.resize(subset.size());
-    fp8_row_errors(x, w.cols, amax, subset, err.data());
+    fp8_row_errors(x(r), w.cols, amax, subset, err.data());
     size_t k_best = SIZE_MAX;
     double least = INFINITY;
     for (size_t k = 0; k < subset.size(); ++k)
@@ -224,31 +246,30 @@ struct row_mse_search {
 // >= 0x7f800000), for the general path to scan and apply the policy.
 bool fp8_per_channel_rows(const source_matrix& w, const fp8_rows& rows, std::span<const float> multipliers,
                           bool check_rows, fp8_weight& q) {
-  const bool copy_rows = !multipliers.empty() || !rows.in_place;  // the F32 copy, for the errors
   int64_t failed_row = -1;  // the first row whose candidates all err by NaN (infinite scales)
   float failed_amax = 0.0f;
   int finite = 1;
 #pragma omp parallel reduction(& : finite) if (worth_threads(w.size() * int64_t(1 + multipliers.size())))
   {
-    std::vector<float> x(copy_rows ? size_t(w.cols) : 0);
+    row_copy x(w, rows.zero_nonfinite);
     row_mse_search search;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < w.rows; ++r) {
-      if (copy_rows) widen(w, r * w.cols, int(w.cols), x.data(), rows.zero_nonfinite);
-      const uint32_t bits = rows.amax_bits(r, x.data());
+      if (!multipliers.empty() && r + 1 < w.rows) prefetch_row(w, r + 1);  // under the search's compute
+      const uint32_t bits = rows.amax_bits(r, x);
       if (check_rows && bits >= 0x7f800000u) {
         finite = 0;
         continue;
       }
       const float amax = std::bit_cast<float>(bits);
-      const size_t chosen = multipliers.empty() ? 0 : search.best(w, r, x.data(), amax, multipliers);
+      const size_t chosen = multipliers.empty() ? 0 : search.best(w, r, x, amax, multipliers);
       if (chosen == SIZE_MAX) {
 #pragma omp critical
         if (failed_row < 0 || r < failed_row) failed_row = r, failed_amax = amax;
       }
       q.scales[size_t(r)] =
           fp8_scale_for_amax(!multipliers.empty() && chosen != SIZE_MAX ? amax * multipliers[chosen] : amax);
-      rows.codes(r, x.data(), q.scales[size_t(r)], q.codes.data() + r * w.cols);
+      rows.codes(r, x, q.scales[size_t(r)], q.codes.data() + r * w.cols);
     }
   }
   if (!finite) return false;
@@ -311,12 +332,9 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   const auto write_codes = [&] {
 #pragma omp parallel if (worth_threads(w.size()))
     {
-      std::vector<float> x(rows.in_place ? 0 : size_t(w.cols));
+      row_copy x(w, zero);
 #pragma omp for schedule(static)
-      for (int64_t r = 0; r < w.rows; ++r) {
-        if (!rows.in_place) widen(w, r * w.cols, int(w.cols), x.data(), zero);
-        rows.codes(r, x.data(), q.scales[0], q.codes.data() + r * w.cols);
-      }
+      for (int64_t r = 0; r < w.rows; ++r) rows.codes(r, x, q.scales[0], q.codes.data() + r * w.cols);
     }
   };
   if (n_cand == 0) {  // max, or decided
