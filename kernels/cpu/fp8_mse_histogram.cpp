@@ -128,6 +128,16 @@ MIXQ_CLONES void add_scaled(double* out, const double* prev, double f, const dou
 MIXQ_CLONES void accumulate_scaled(double* out, double f, const double* c, size_t n) {
   for (size_t k = 0; k < n; ++k) out[k] += f * c[k];
 }
+// out[k] += f · counts[k], counts[k] = 0, and their total (a row's core binade, straight from its table).
+MIXQ_CLONES uint64_t accumulate_counts32(double* out, double f, uint32_t* counts, size_t n) {
+  uint64_t sum = 0;
+  for (size_t k = 0; k < n; ++k) {
+    sum += counts[k];
+    out[k] += f * double(counts[k]);
+    counts[k] = 0;
+  }
+  return sum;
+}
 // c[k] = counts[k] as doubles, and their total.
 template <class Count>
 MIXQ_ALWAYS_INLINE uint64_t widen_counts(const Count* counts, double* c, size_t n) {
@@ -149,11 +159,6 @@ double gamma(double n) {
 
 float magnitude_of(source_dtype dtype, uint32_t key) {
   return dtype == source_dtype::bf16 ? bf16_decode(uint16_t(key)) : f16_decode_table()[key];
-}
-// The 2^m magnitudes 2^exponent · (1 + k / 2^m) of a binade (exponent within float's normal range).
-void binade_values(int exponent, int mantissa_bits, float* out) {
-  const uint32_t top = uint32_t(exponent + 127) << 23;
-  for (uint32_t k = 0; k < (1u << mantissa_bits); ++k) out[k] = std::bit_cast<float>(top | (k << (23 - mantissa_bits)));
 }
 
 uint32_t first_nonfinite_key(source_dtype dtype) { return dtype == source_dtype::bf16 ? 0x7f80 : 0x7c00; }
@@ -219,10 +224,6 @@ void fp8_error_estimate::take(const magnitude_histogram& h) {
   take_counts(h.dtype, h.count.data(), 1, h.first_nonfinite_bin() - 1);
 }
 
-void fp8_error_estimate::take_and_clear(source_dtype dtype, uint32_t* table, uint32_t lo, uint32_t hi) {
-  take_counts(dtype, table, lo, hi);
-}
-
 template <class Count>
 void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t lo, uint32_t hi) {
   mantissa_bits_ = dtype == source_dtype::bf16 ? 7 : 10;
@@ -268,6 +269,7 @@ void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t 
     elements_ += double(sum);
   }
   tiny_ = values_.size();
+  n_binades_ = binades_.size();
 }
 
 template void fp8_error_estimate::take_counts(source_dtype, const uint64_t*, uint32_t, uint32_t);
@@ -288,32 +290,112 @@ bool scales_by_binade(int exponent, float lo, float hi, float scale) {
 double power_of_four(int k) { return std::bit_cast<double>(uint64_t(1023 + 2 * k) << 52); }  // |k| <= 200
 }  // namespace
 
-void fp8_error_estimate::split(float least, float largest) {
-  const size_t per = size_t(1) << mantissa_bits_;
-  core_.assign(per, 0.0);
+void fp8_error_estimate::start_split() {
+  core_.assign(size_t(1) << mantissa_bits_, 0.0);
   has_core_ = false;
   core_exponent_ = 0;
   edges_.clear();
   values_.resize(tiny_);
   nonzero_counts_.resize(tiny_);
+}
+
+void fp8_error_estimate::add_to_core(int exponent, const double* c) {
+  if (!has_core_) core_exponent_ = exponent, has_core_ = true;  // (else 0: q is in reach)
+  accumulate_scaled(core_.data(), power_of_four(exponent - core_exponent_), c, core_.size());
+}
+
+void fp8_error_estimate::add_edge(const binade& b) {
+  const size_t per = core_.size();
+  const double* c = counts_.data() + b.offset;
+  binade edge = b;
+  edge.first = values_.size();
+  // The non-zero counts and their magnitudes, compacted without a branch per mantissa (edges are
+  // sparse: a branch would mostly mispredict).
+  values_.resize(edge.first + per);
+  nonzero_counts_.resize(edge.first + per);
+  float* v = values_.data() + edge.first;
+  double* n = nonzero_counts_.data() + edge.first;
+  const uint32_t top = uint32_t(b.exponent + 127) << 23;
+  size_t kept = 0;
+  for (size_t k = 0; k < per; ++k) {
+    v[kept] = std::bit_cast<float>(top | uint32_t(k << (23 - mantissa_bits_)));
+    n[kept] = c[k];
+    kept += c[k] != 0.0;
+  }
+  edge.n = kept;
+  values_.resize(edge.first + kept);
+  nonzero_counts_.resize(edge.first + kept);
+  edges_.push_back(edge);
+}
+
+void fp8_error_estimate::split(float least, float largest) {
+  start_split();
   for (const binade& b : binades_) {
-    const double* c = counts_.data() + b.offset;
     // The tests are monotone in the scale: passing at both ends, a binade passes in between.
-    if (scales_by_binade(b.exponent, b.lo, b.hi, least) && scales_by_binade(b.exponent, b.lo, b.hi, largest)) {
-      if (!has_core_) core_exponent_ = b.exponent, has_core_ = true;  // (else 0: q is in reach)
-      accumulate_scaled(core_.data(), power_of_four(b.exponent - core_exponent_), c, per);
+    if (scales_by_binade(b.exponent, b.lo, b.hi, least) && scales_by_binade(b.exponent, b.lo, b.hi, largest))
+      add_to_core(b.exponent, counts_.data() + b.offset);
+    else
+      add_edge(b);
+  }
+  finish_split();
+}
+
+void fp8_error_estimate::take_row(source_dtype dtype, uint32_t* table, uint32_t lo, uint32_t hi, float least,
+                                  float largest) {
+  mantissa_bits_ = dtype == source_dtype::bf16 ? 7 : 10;
+  const uint32_t per = 1u << mantissa_bits_;
+  const int bias = dtype == source_dtype::bf16 ? 127 : 15;
+  counts_.clear();
+  values_.clear();
+  nonzero_counts_.clear();
+  elements_ = 0.0;
+  n_binades_ = 0;
+  lo = std::max(lo, 1u);  // zeros add no error
+  hi = std::min(hi, first_nonfinite_key(dtype) - 1);
+  for (uint32_t key = lo; key <= std::min(hi, per - 1); ++key)  // 16-bit subnormals: value by value
+    if (table[key] != 0) {
+      values_.push_back(magnitude_of(dtype, key));
+      nonzero_counts_.push_back(double(table[key]));
+      elements_ += double(std::exchange(table[key], 0u));
+    }
+  tiny_ = values_.size();
+  start_split();
+  for (uint32_t e = std::max(lo >> mantissa_bits_, 1u); lo <= hi && e <= hi >> mantissa_bits_; ++e) {
+    const uint32_t base = e << mantissa_bits_;
+    const uint32_t first = std::max(base, lo), last = std::min(base + per - 1, hi);
+    const int exponent = int(e) - bias;
+    // Whole binades into the core (its present magnitudes are not looked for): a binade that
+    // scales from its least to its largest value under both scales, and so under every one between.
+    const float least_value = magnitude_of(dtype, base), largest_value = magnitude_of(dtype, base + per - 1);
+    if (scales_by_binade(exponent, least_value, largest_value, least) &&
+        scales_by_binade(exponent, least_value, largest_value, largest)) {
+      if (!has_core_) core_exponent_ = exponent, has_core_ = true;
+      const uint64_t sum = accumulate_counts32(core_.data() + (first - base), power_of_four(exponent - core_exponent_),
+                                               table + first, last - first + 1);
+      elements_ += double(sum);
+      n_binades_ += sum != 0;
       continue;
     }
-    binade edge = b;
-    edge.first = values_.size();
-    edge_values_.resize(per);
-    float* v = edge_values_.data();
-    binade_values(b.exponent, mantissa_bits_, v);
-    for (size_t k = 0; k < per; ++k)
-      if (c[k] != 0.0) values_.push_back(v[k]), nonzero_counts_.push_back(c[k]);
-    edge.n = values_.size() - edge.first;
-    edges_.push_back(edge);
+    const size_t offset = counts_.size();
+    counts_.resize(offset + per, 0.0);
+    const uint64_t sum = widen_counts32(table + first, counts_.data() + offset + (first - base), last - first + 1);
+    std::fill(table + first, table + last + 1, 0u);
+    if (sum == 0) {
+      counts_.resize(offset);
+      continue;
+    }
+    elements_ += double(sum);
+    ++n_binades_;
+    add_edge({exponent, 0.0f, 0.0f, offset, 0, 0});
+    binade& edge = edges_.back();  // its least and largest present magnitudes, for the per-scale tests
+    edge.lo = values_[edge.first];
+    edge.hi = values_[edge.first + edge.n - 1];
   }
+  finish_split();
+}
+
+void fp8_error_estimate::finish_split() {
+  const size_t per = size_t(1) << mantissa_bits_;
   // Padded to whole vectors with zero counts (values 0: no error) for runs_sq_errors.
   values_.resize((values_.size() + 15) / 16 * 16, 0.0f);
   nonzero_counts_.resize(values_.size(), 0.0);
@@ -380,12 +462,30 @@ double fp8_error_estimate::sq_error(float scale) {
   return err;
 }
 
+std::vector<float> fp8_error_estimate::scales_of(float amax, std::span<const float> multipliers) {
+  std::vector<float> scale(multipliers.size());
+  for (size_t c = 0; c < multipliers.size(); ++c) scale[c] = fp8_scale_for_amax(amax * multipliers[c]);
+  return scale;
+}
+
 std::vector<size_t> fp8_error_estimate::contenders(float amax, std::span<const float> multipliers) {
-  const size_t n_cand = multipliers.size();
-  if (n_cand == 0) return {};
-  std::vector<float> scale(n_cand);
-  for (size_t c = 0; c < n_cand; ++c) scale[c] = fp8_scale_for_amax(amax * multipliers[c]);
+  if (multipliers.empty()) return {};
+  const std::vector<float> scale = scales_of(amax, multipliers);
   split(*std::min_element(scale.begin(), scale.end()), *std::max_element(scale.begin(), scale.end()));
+  return choose(scale);
+}
+
+std::vector<size_t> fp8_error_estimate::row_contenders(source_dtype dtype, uint32_t* table, uint32_t lo, uint32_t hi,
+                                                       float amax, std::span<const float> multipliers) {
+  if (multipliers.empty()) return {};
+  const std::vector<float> scale = scales_of(amax, multipliers);
+  take_row(dtype, table, lo, hi, *std::min_element(scale.begin(), scale.end()),
+           *std::max_element(scale.begin(), scale.end()));
+  return choose(scale);
+}
+
+std::vector<size_t> fp8_error_estimate::choose(std::span<const float> scale) {
+  const size_t n_cand = scale.size();
   std::vector<double>& estimate_of = estimates_;
   estimate_of.resize(n_cand);
   estimate(scale, estimate_of.data());
@@ -394,7 +494,7 @@ std::vector<size_t> fp8_error_estimate::contenders(float amax, std::span<const f
   // reference's rounded once per element, the estimate's at most B times each, B below the number
   // of counted magnitudes plus binades plus the dot products' lanes. So |reference − estimate| ≤
   // (γ_N + γ_B) E, and E ≤ estimate / (1 − γ_B); the margin is twice that.
-  const double g = gamma(double(counts_.size() + values_.size() + 2 * binades_.size()) + 16.0);
+  const double g = gamma(double(n_binades_ * core_.size() + values_.size() + 2 * n_binades_) + 16.0);
   const double relative = 2.0 * (gamma(elements_) + g) / (1.0 - g);
   // A candidate with an infinite scale errs by NaN (x / inf = 0, 0 · inf): never the reference's.
   double least_upper = INFINITY;
@@ -429,14 +529,15 @@ MIXQ_CLONES uint32_t low_bits(const uint32_t* p, int64_t n) {
 }
 }  // namespace
 
-bool row_magnitude_counter::count(const source_matrix& w, int64_t r, const float* x) {
+std::optional<std::vector<size_t>> row_magnitude_counter::contenders(const source_matrix& w, int64_t r, const float* x,
+                                                                      float amax, std::span<const float> multipliers) {
   if (table.empty()) table.assign(bins, 0);
   const int64_t n = w.cols;
   uint32_t lo = 0, hi = 0;
   source_dtype dtype = w.dtype;
   if (w.dtype == source_dtype::f32) {  // counted as BF16 when every value is one
     const auto* p = reinterpret_cast<const uint32_t*>(x);
-    if (low_bits(p, n) != 0) return false;
+    if (low_bits(p, n) != 0) return std::nullopt;
     for (int64_t i = 0; i < n; ++i) ++table[(p[i] >> 16) & 0x7fffu];
     std::tie(lo, hi) = key_range32(p, n);
     dtype = source_dtype::bf16;
@@ -448,8 +549,7 @@ bool row_magnitude_counter::count(const source_matrix& w, int64_t r, const float
   table[0] = 0;
   const uint32_t finite_end = first_nonfinite_key(dtype);
   for (uint32_t key = finite_end; key <= hi; ++key) table[key] = 0;
-  estimate.take_and_clear(dtype, table.data(), lo, std::min(hi, finite_end - 1));
-  return true;
+  return estimate.row_contenders(dtype, table.data(), lo, std::min(hi, finite_end - 1), amax, multipliers);
 }
 
 }  // namespace mixq::cpu

@@ -43,9 +43,6 @@ struct magnitude_histogram {
 class fp8_error_estimate {
  public:
   void take(const magnitude_histogram& h);
-  // Takes the counts table[lo..hi] (indexed by BF16 / F16 magnitude bits; finite ones only) and
-  // zeroes them, leaving the table ready for the next row.
-  void take_and_clear(source_dtype dtype, uint32_t* table, uint32_t lo, uint32_t hi);
 
   // The indices (ascending) of the multipliers whose exact squared error
   // fp8_sq_error(w, fp8_scale_for_amax(amax · m)) may be the least: one index unless two candidates
@@ -53,6 +50,10 @@ class fp8_error_estimate {
   // always among them. A candidate whose scale is infinite errs by NaN and is never one: none when
   // every candidate's is.
   std::vector<size_t> contenders(float amax, std::span<const float> multipliers);
+  // The same for one row whose counts are table[lo..hi] (indexed by BF16 / F16 magnitude bits;
+  // finite ones only), taken straight from the table, which is left zeroed for the next row.
+  std::vector<size_t> row_contenders(source_dtype dtype, uint32_t* table, uint32_t lo, uint32_t hi, float amax,
+                                     std::span<const float> multipliers);
   // The last contenders() call's estimate for each multiplier.
   const std::vector<double>& estimates() const { return estimates_; }
 
@@ -74,14 +75,22 @@ class fp8_error_estimate {
   template <class Count>  // a const table is read, a mutable one cleared
   void take_counts(source_dtype dtype, Count* table, uint32_t lo, uint32_t hi);
   // Sums the binades that scale under every scale in [least, largest] into core_; the others are
-  // edges, evaluated per scale.
+  // edges, evaluated per scale. take_row does the same straight from a row's table.
   void split(float least, float largest);
+  void take_row(source_dtype dtype, uint32_t* table, uint32_t lo, uint32_t hi, float least, float largest);
+  void start_split();
+  void add_to_core(int exponent, const double* counts);
+  void add_edge(const binade& b);  // b's counts at b.offset in counts_
+  void finish_split();
+  static std::vector<float> scales_of(float amax, std::span<const float> multipliers);
+  std::vector<size_t> choose(std::span<const float> scales);  // after a split over them
   void estimate(std::span<const float> scales, double* out);
 
   int mantissa_bits_ = 7;
   double elements_ = 0.0;
-  std::vector<binade> binades_;         // the non-empty binades of normal 16-bit magnitudes
-  std::vector<double> counts_;          // per binade, by mantissa
+  size_t n_binades_ = 0;                // non-empty binades of normal magnitudes
+  std::vector<binade> binades_;         // those binades (take: all; take_row: none kept)
+  std::vector<double> counts_;          // per binade (take_row: per edge), by mantissa
   std::vector<double> core_;            // Σ 4^(exponent − core_exponent_) · counts over core binades
   int core_exponent_ = 0;
   bool has_core_ = false;
@@ -93,7 +102,6 @@ class fp8_error_estimate {
   std::vector<double> nonzero_counts_;  // 16-bit subnormals first (tiny_ of them); zero padding last
   size_t tiny_ = 0;
   std::vector<edge_range> ranges_;
-  std::vector<float> edge_values_;
   std::vector<double> errors_;
   std::vector<double> estimates_;
 };
@@ -103,9 +111,10 @@ struct row_magnitude_counter {
   std::vector<uint32_t> table;  // 32768 counters, zero between calls
   fp8_error_estimate estimate;
   // Counts row r of w (16-bit rows in place; x: an F32 row's values, non-finite ones zeroed, unused
-  // otherwise); false when w is F32 and a value is not a BF16 value (the estimate then does not
-  // hold the row).
-  bool count(const source_matrix& w, int64_t r, const float* x);
+  // otherwise) and returns fp8_error_estimate::contenders for the row; nullopt when w is F32 and a
+  // value is not a BF16 value (the estimate does not hold the row).
+  std::optional<std::vector<size_t>> contenders(const source_matrix& w, int64_t r, const float* x, float amax,
+                                                std::span<const float> multipliers);
 };
 
 }  // namespace mixq::cpu

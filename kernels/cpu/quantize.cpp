@@ -222,8 +222,8 @@ struct row_mse_search {
 
   size_t best(const source_matrix& w, int64_t r, row_copy& x, float amax, std::span<const float> multipliers) {
     left.clear();
-    if (counter.count(w, r, w.dtype == source_dtype::f32 ? x(r) : nullptr)) {
-      left = counter.estimate.contenders(amax, multipliers);
+    if (auto kept = counter.contenders(w, r, w.dtype == source_dtype::f32 ? x(r) : nullptr, amax, multipliers)) {
+      left = std::move(*kept);
       if (left.size() <= 1) return left.empty() ? SIZE_MAX : left[0];
     } else {
       for (size_t c = 0; c < multipliers.size(); ++c) left.push_back(c);

@@ -406,8 +406,26 @@ TEST(cpu_kernels, fp8_error_estimate_matches_the_reference_sum) {
           EXPECT_LE(std::abs(estimate.sq_error(scale) - want), 1e-12 * want) << t.name << " shift " << shift;
           ++checked;
         }
+        // Row by row, counted straight into the core (per channel), with the same tensor's amax: the
+        // rows' own magnitudes sit anywhere in and around the scales' reach. The default
+        // multipliers leave most binades a core; the wide list above leaves none.
+        cpu::row_magnitude_counter rows;
+        std::vector<float> narrow;
+        for (float m : default_mse_multipliers())
+          if (std::isfinite(fp8_scale_for_amax(amax * m))) narrow.push_back(m);
+        for (const auto& list : {finite, narrow})
+          for (int64_t r = 0; r < s.source.rows; ++r) {
+            const auto kept = rows.contenders(s.source, r, nullptr, amax, list);
+            ASSERT_TRUE(kept.has_value());
+            const weight_view row{s.widened.data() + r * s.source.cols, 1, s.source.cols, t.name};
+            for (size_t c = 0; c < list.size(); ++c) {
+              const double want = fp8_sq_error(row, fp8_scale_for_amax(amax * list[c]));
+              EXPECT_LE(std::abs(rows.estimate.estimates()[c] - want), 1e-12 * want) << t.name << " row " << r;
+              ++checked;
+            }
+          }
       }
-  EXPECT_GT(checked, 300);
+  EXPECT_GT(checked, 15000);
 }
 
 // Per-tensor FP8 MSE over BF16 / F16: the estimate leaves the reference's choice among its
@@ -588,12 +606,14 @@ TEST(cpu_kernels, row_magnitude_counter_leaves_the_table_clear) {
   const float subnormal = std::bit_cast<float>(0x00110000u);  // a BF16 subnormal
   const float row[] = {0.5f, -0.5f, 1.0f, 0.0f, -0.0f, 0.5f, 3.0f, subnormal};
   const cpu::source_matrix w{row, cpu::source_dtype::f32, 1, 8, "row"};
-  ASSERT_TRUE(m.count(w, 0, row));
+  const float multipliers[] = {448.0f / 3.0f, 1.0f};  // scale 1 (amax 3 -> 448), and 3 / 448
+  ASSERT_TRUE(m.contenders(w, 0, row, 3.0f, multipliers).has_value());
   EXPECT_TRUE(std::all_of(m.table.begin(), m.table.end(), [](uint32_t c) { return c == 0; }));
   // 0.5 three times, 1, 3 and a BF16 subnormal: the estimate at scale 1 sums their FP8 errors
-  EXPECT_EQ(m.estimate.sq_error(1.0f), double(subnormal) * double(subnormal));  // 0.5, 1, 3 are FP8 values
+  ASSERT_EQ(fp8_scale_for_amax(3.0f * multipliers[0]), 1.0f);
+  EXPECT_EQ(m.estimate.estimates()[0], double(subnormal) * double(subnormal));  // 0.5, 1, 3 are FP8 values
   const float odd[] = {1.0f, std::nextafter(1.0f, 2.0f)};
-  EXPECT_FALSE(m.count(cpu::source_matrix{odd, cpu::source_dtype::f32, 1, 2, "odd"}, 0, odd));
+  EXPECT_FALSE(m.contenders(cpu::source_matrix{odd, cpu::source_dtype::f32, 1, 2, "odd"}, 0, odd, 1.0f, multipliers));
   EXPECT_TRUE(std::all_of(m.table.begin(), m.table.end(), [](uint32_t c) { return c == 0; }));
 }
 
