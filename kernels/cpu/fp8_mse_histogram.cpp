@@ -284,8 +284,9 @@ namespace {
 int exponent_of(float scale) { return int((std::bit_cast<uint32_t>(scale) >> 23) & 0xffu) - 126; }
 bool scales_by_binade(int exponent, float lo, float hi, float scale) {
   const int q = exponent_of(scale);
-  return q >= -100 && q <= 100 && exponent >= -100 && exponent <= 100 && double(lo) / scale >= 0x1p-6 * (1.0 + 0x1p-10) &&
-         double(hi) / scale <= 460.0;
+  // (products, not quotients: the margins dwarf their rounding, and no quotient waits on a divider)
+  return q >= -100 && q <= 100 && exponent >= -100 && exponent <= 100 &&
+         double(lo) >= 0x1p-6 * (1.0 + 0x1p-10) * double(scale) && double(hi) <= 460.0 * double(scale);
 }
 double power_of_four(int k) { return std::bit_cast<double>(uint64_t(1023 + 2 * k) << 52); }  // |k| <= 200
 }  // namespace
@@ -404,7 +405,7 @@ void fp8_error_estimate::finish_split() {
   // as the core's.
   below_core_ = 0;
   while (has_core_ && below_core_ < edges_.size() && edges_[below_core_].exponent < core_exponent_) ++below_core_;
-  outward_.assign(has_core_ ? edges_.size() * per : 0, 0.0);
+  outward_.resize(has_core_ ? edges_.size() * per : 0);  // (every one written below)
   const auto add_outward = [&](size_t into, size_t from, size_t edge) {  // outward_[into] = [from] + edge's
     add_scaled(outward_.data() + into * per, from == SIZE_MAX ? nullptr : outward_.data() + from * per,
                power_of_four(edges_[edge].exponent - core_exponent_), counts_.data() + edges_[edge].offset, per);
