@@ -275,19 +275,17 @@ void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t 
 template void fp8_error_estimate::take_counts(source_dtype, const uint64_t*, uint32_t, uint32_t);
 template void fp8_error_estimate::take_counts(source_dtype, uint32_t*, uint32_t, uint32_t);
 
+bool fp8_binade_scales(int exponent, double lo, double hi, float scale) {
+  const int q = int((std::bit_cast<uint32_t>(scale) >> 23) & 0xffu) - 126;  // see exponent_of
+  // (products, not quotients: the margins dwarf their rounding, and no quotient waits on a divider)
+  return q >= -100 && q <= 100 && exponent >= -100 && exponent <= 100 && lo >= 0x1p-6 * (1.0 + 0x1p-10) * double(scale) &&
+         hi <= 460.0 * double(scale);
+}
+
 namespace {
-// Every x / scale of the binade (rounded to float) within [2^-6, 464): FP8 normal, never rounded up
-// to saturation; and every float along the way normal. Then x's error is 4^(exponent − q) times
-// that of the same mantissa in the reference binade [2^q, 2^(q+1)), q from scale = f · 2^q.
 // scale = f · 2^q with f in [0.5, 1) (frexp's q, from the bits: scale is positive; an infinite or
 // subnormal one lands outside [-100, 100]).
 int exponent_of(float scale) { return int((std::bit_cast<uint32_t>(scale) >> 23) & 0xffu) - 126; }
-bool scales_by_binade(int exponent, float lo, float hi, float scale) {
-  const int q = exponent_of(scale);
-  // (products, not quotients: the margins dwarf their rounding, and no quotient waits on a divider)
-  return q >= -100 && q <= 100 && exponent >= -100 && exponent <= 100 &&
-         double(lo) >= 0x1p-6 * (1.0 + 0x1p-10) * double(scale) && double(hi) <= 460.0 * double(scale);
-}
 double power_of_four(int k) { return std::bit_cast<double>(uint64_t(1023 + 2 * k) << 52); }  // |k| <= 200
 }  // namespace
 
@@ -333,7 +331,7 @@ void fp8_error_estimate::split(float least, float largest) {
   start_split();
   for (const binade& b : binades_) {
     // The tests are monotone in the scale: passing at both ends, a binade passes in between.
-    if (scales_by_binade(b.exponent, b.lo, b.hi, least) && scales_by_binade(b.exponent, b.lo, b.hi, largest))
+    if (fp8_binade_scales(b.exponent, b.lo, b.hi, least) && fp8_binade_scales(b.exponent, b.lo, b.hi, largest))
       add_to_core(b.exponent, counts_.data() + b.offset);
     else
       add_edge(b);
@@ -368,8 +366,8 @@ void fp8_error_estimate::take_row(source_dtype dtype, uint32_t* table, uint32_t 
     // Whole binades into the core (its present magnitudes are not looked for): a binade that
     // scales from its least to its largest value under both scales, and so under every one between.
     const float least_value = magnitude_of(dtype, base), largest_value = magnitude_of(dtype, base + per - 1);
-    if (scales_by_binade(exponent, least_value, largest_value, least) &&
-        scales_by_binade(exponent, least_value, largest_value, largest)) {
+    if (fp8_binade_scales(exponent, least_value, largest_value, least) &&
+        fp8_binade_scales(exponent, least_value, largest_value, largest)) {
       if (!has_core_) core_exponent_ = exponent, has_core_ = true;
       const uint64_t sum = accumulate_counts32(core_.data() + (first - base), power_of_four(exponent - core_exponent_),
                                                table + first, last - first + 1);
@@ -428,7 +426,7 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
   for (size_t c = 0; c < n; ++c) {
     edge_range& r = ranges_[c];
     r.first = 0, r.last = edges_.size();
-    const auto scales_at = [&](const binade& b) { return scales_by_binade(b.exponent, b.lo, b.hi, scales[c]); };
+    const auto scales_at = [&](const binade& b) { return fp8_binade_scales(b.exponent, b.lo, b.hi, scales[c]); };
     while (r.first < r.last && !scales_at(edges_[r.first])) ++r.first;
     while (r.last > r.first && !scales_at(edges_[r.last - 1])) --r.last;
     r.low_end = int64_t(r.first < edges_.size() ? edges_[r.first].first : values_.size());

@@ -24,6 +24,12 @@
 
 namespace mixq::cpu {
 
+// Whether every x in [lo, hi] (of the binade 2^exponent) keeps x / scale (rounded to float) within
+// [2^-6, 464): FP8 normal, never rounded up to saturation, every float along the way normal. Then
+// x's FP8 error under scale is 4^(exponent − q) times that of the same mantissa in the binade
+// 2^q, q = frexp's exponent of scale. Monotone in the scale: true at two scales, true between.
+bool fp8_binade_scales(int exponent, double lo, double hi, float scale);
+
 // Counts of |x| bit patterns (sign cleared: index = bits & 0x7fff) of a BF16 / F16 source, or of an
 // F32 source whose values are all BF16 values (counted as BF16).
 struct magnitude_histogram {

@@ -11,6 +11,7 @@
 #include "formats/minifloat.hpp"
 #include "formats/packing.hpp"
 #include "kernels/cpu/fp8_mse_histogram.hpp"
+#include "kernels/cpu/fp8_mse_moments.hpp"
 #include "kernels/cpu/nvfp4_lanes.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
 
@@ -320,6 +321,13 @@ fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
     const source_scan scan = scan_source(w);
     zero = apply_nonfinite_policy(w, scan, options.nonfinite);
     if (!(tensor_amax > 0.0f)) tensor_amax = scan.amax;
+    // Any F32 values: bucketed moments rule out all but (almost always) one candidate.
+    if (!multipliers.empty() && w.dtype == source_dtype::f32)
+      if (auto kept = fp8_moment_contenders(w, scan.amax, tensor_amax, multipliers)) {
+        for (size_t c : *kept) contenders.push_back(multipliers[c]);
+        if (contenders.empty()) throw fp8_no_finite_candidate(w.name, -1, tensor_amax);
+        multipliers = contenders;
+      }
   }
   q.scales.assign(1, fp8_scale_for_amax(tensor_amax));
   if (multipliers.size() == 1) {  // decided: only the codes are left

@@ -1,0 +1,265 @@
+#include "kernels/cpu/fp8_mse_moments.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+#include "formats/fp8.hpp"
+#include "formats/minifloat.hpp"
+#include "kernels/cpu/fp8_mse_histogram.hpp"
+#include "kernels/cpu/simd_dispatch.hpp"
+
+namespace mixq::cpu {
+namespace {
+
+// Buckets per binade, by the mantissa's top bits: 2^12.
+constexpr int kBucketBits = 12;
+constexpr int kMaxTables = 48;
+
+// Σ w and Σ w·m over a bucket's elements x = 2^e · m, w = 4^(e − E) for the table's binade E. (Its
+// Σ w·m², times 4^E, is the elements' Σ x²: common to every candidate, summed once over the weight.)
+struct moments {
+  double w0 = 0.0, w1 = 0.0;
+};
+
+// Where each F32 binade (by its biased exponent) goes.
+constexpr int16_t kTiny = -1;     // adds x² to every candidate
+constexpr int16_t kOutside = -2;  // none expected (above the weight's max): the moments give up
+struct binade_route {
+  size_t first;     // the cell of the binade's first bucket (0: the junk cell)
+  uint32_t shift;   // the mantissa's bits below the bucket
+  uint32_t outside; // no table for it: the moments give up
+  double weight;    // 4^(e − E), 0 for the junk cell
+};
+struct layout {
+  int16_t table_of[256];
+  double weight_of[256];
+  binade_route route[256];
+  std::vector<int> exponent;     // per table: the binade whose coordinates it holds
+  std::vector<int> bucket_bits;  // per table
+  std::vector<size_t> first;     // per table: its first cell; the last entry, the number of cells
+  void add_table(int e, int bits) {
+    exponent.push_back(e);
+    bucket_bits.push_back(bits);
+    if (first.empty()) first.push_back(1);  // cell 0: the junk cell
+    first.push_back(first.back() + (size_t(1) << bits));
+  }
+};
+
+double gamma(double n) {
+  const double nu = n * 0x1p-53;
+  return nu / (1.0 - nu);
+}
+
+// The tables: one for the binades that scale under every candidate (the core), one per other
+// binade from the tiny ones up to the weight's max. nullopt when F32 subnormals are not tiny or
+// the binades need too many tables.
+std::optional<layout> layout_for(float weight_max, float least, float largest) {
+  layout l;
+  const double tiny_below = 0x1p-10 * double(least) * (1.0 - 0x1p-20);  // |x| / s rounds to code 0 under every s
+  const int top = int(std::bit_cast<uint32_t>(weight_max) >> 23);
+  int core = -1;
+  for (int be = 0; be < 256; ++be) {
+    l.weight_of[be] = 1.0;
+    const int e = be - 127;
+    if (be == 0 || std::ldexp(1.0, e + 1) <= tiny_below) {  // (F32 subnormals: below 2^-126)
+      l.table_of[be] = be == 0 && 0x1p-126 > tiny_below ? kOutside : kTiny;
+      continue;
+    }
+    if (be > top || be == 255) {
+      l.table_of[be] = kOutside;
+      continue;
+    }
+    const double lo = std::ldexp(1.0, e), hi = std::ldexp(2.0 - 0x1p-23, e);
+    if (fp8_binade_scales(e, lo, hi, least) && fp8_binade_scales(e, lo, hi, largest)) {
+      if (core < 0) core = int(l.exponent.size()), l.add_table(e, kBucketBits);
+      l.table_of[be] = int16_t(core);
+      l.weight_of[be] = std::ldexp(1.0, 2 * (e - l.exponent[size_t(core)]));
+      continue;
+    }
+    if (int(l.exponent.size()) == kMaxTables) return std::nullopt;
+    l.table_of[be] = int16_t(l.exponent.size());
+    l.add_table(e, kBucketBits);
+  }
+  if (l.table_of[0] == kOutside) return std::nullopt;
+  if (l.first.empty()) l.first.push_back(1);  // (no table: every value tiny)
+  for (int be = 0; be < 256; ++be) {
+    const int id = l.table_of[be];
+    l.route[be] = id < 0 ? binade_route{0, 23, uint32_t(id == kOutside && be != 255), 0.0}
+                         : binade_route{l.first[size_t(id)], uint32_t(23 - l.bucket_bits[size_t(id)]), 0, l.weight_of[be]};
+  }
+  return l;
+}
+
+// Accumulates elements [begin, end) into tables and their Σ x² into *sum_sq; false when one lands
+// outside the layout. Branch-free: every binade has a route (its table's cells, the bucket shift,
+// the weight), zeros, tiny and zeroed non-finite values a junk cell of weight 0.
+MIXQ_CLONES double sum_of_squares(const uint32_t* bits, int64_t n) {
+  constexpr int kLanes = 8;
+  double sq[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int k = 0; k < kLanes; ++k) {
+      const uint32_t u = bits[i + k] & 0x7fffffffu;
+      const double x = double(std::bit_cast<float>(u));
+      sq[k] += u >= 0x7f800000u ? 0.0 : x * x;
+    }
+  for (int k = 0; i + k < n; ++k) {
+    const uint32_t u = bits[i + k] & 0x7fffffffu;
+    const double x = double(std::bit_cast<float>(u));
+    sq[k] += u >= 0x7f800000u ? 0.0 : x * x;
+  }
+  double sum = 0.0;
+  for (double v : sq) sum += v;
+  return sum;
+}
+
+MIXQ_CLONES bool accumulate(const uint32_t* bits, int64_t begin, int64_t end, const layout& l, moments* tables, double* sum_sq) {
+  uint32_t outside = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    const uint32_t u = bits[i] & 0x7fffffffu, be = u >> 23;
+    const binade_route& r = l.route[be];
+    const size_t cell = u == 0 ? 0 : r.first + ((u & 0x7fffffu) >> r.shift);
+    const double w = u == 0 ? 0.0 : r.weight;
+    moments& t = tables[cell];
+    t.w0 += w;
+    t.w1 += w * double(std::bit_cast<float>((u & 0x7fffffu) | 0x3f800000u));
+    outside |= r.outside;
+  }
+  *sum_sq += sum_of_squares(bits + begin, end - begin);
+  return outside == 0;
+}
+
+// The non-empty buckets, as columns: their least and largest magnitude in table coordinates, 2^E,
+// and their moments.
+struct buckets {
+  std::vector<float> lo, hi;
+  std::vector<double> x, w0, w1;
+};
+
+// Per candidate scale, over the buckets: Σ (V² Σw − 2 X V Σwm), the lesser code's where a code
+// boundary crosses the bucket (with Σ x², the estimate), the width bound of those buckets, and the
+// magnitude the roundings scale with. far: a bucket spans more than two codes (never, by the
+// widths; the caller gives up).
+struct candidate_sums {
+  double estimate = 0.0, width = 0.0, magnitude = 0.0;
+  bool far = false;
+};
+
+MIXQ_CLONES candidate_sums sums_under(const buckets& b, float scale) {
+  constexpr int kLanes = 8;  // partial sums per lane (the columns are padded to whole lanes)
+  double estimate[kLanes] = {}, width[kLanes] = {}, magnitude[kLanes] = {};
+  uint32_t far = 0;
+  for (size_t k0 = 0; k0 < b.lo.size(); k0 += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const size_t k = k0 + size_t(j);
+      const uint8_t c_lo = e4m3_encode(b.lo[k] / scale), c_hi = e4m3_encode(b.hi[k] / scale);
+      const double v_lo = double(e4m3_decode(c_lo) * scale), v_hi = double(e4m3_decode(c_hi) * scale);
+      const double x = b.x[k];
+      const double f_lo = v_lo * v_lo * b.w0[k] - 2.0 * x * v_lo * b.w1[k];
+      const double f_hi = v_hi * v_hi * b.w0[k] - 2.0 * x * v_hi * b.w1[k];
+      const bool split = c_lo != c_hi;
+      estimate[j] += split ? std::min(f_lo, f_hi) : f_lo;
+      // an element on the wrong side of the boundary errs by 2 |x − t| (v_hi − v_lo), |x − t| <= the width
+      width[j] += split ? 2.0 * (double(b.hi[k]) - double(b.lo[k])) * (v_hi - v_lo) * b.w0[k] : 0.0;
+      magnitude[j] += 2.0 * x * v_hi * b.w1[k] + v_hi * v_hi * b.w0[k];
+      far |= uint32_t(c_hi - c_lo > 1);
+    }
+  candidate_sums s;
+  for (int j = 0; j < kLanes; ++j) s.estimate += estimate[j], s.width += width[j], s.magnitude += magnitude[j];
+  s.far = far != 0;
+  return s;
+}
+
+}  // namespace
+
+std::optional<std::vector<size_t>> fp8_moment_contenders(const source_matrix& w, float weight_max, float amax,
+                                                         std::span<const float> multipliers,
+                                                         std::vector<fp8_moment_estimate>* estimates) {
+  std::vector<float> scale(multipliers.size());
+  float least = INFINITY, largest = 0.0f;
+  for (size_t c = 0; c < multipliers.size(); ++c) {
+    scale[c] = fp8_scale_for_amax(amax * multipliers[c]);
+    if (std::isfinite(scale[c])) least = std::min(least, scale[c]), largest = std::max(largest, scale[c]);
+  }
+  if (!(largest > 0.0f)) return std::vector<size_t>{};  // every scale infinite: errs by NaN
+  const std::optional<layout> l = layout_for(weight_max, least, largest);
+  if (!l) return std::nullopt;
+
+  // One pass, a table set per thread, added in thread order.
+  const auto* bits = static_cast<const uint32_t*>(w.data);
+  const int64_t n = w.size();
+  const size_t cells = l->first.back();
+  std::vector<std::vector<moments>> per_thread;
+  std::vector<double> sum_sq_of;
+  int inside = 1;
+#pragma omp parallel reduction(& : inside) if (worth_threads(n * 4))
+  {
+#pragma omp single
+    {
+      per_thread.resize(size_t(omp_get_num_threads()));
+      sum_sq_of.assign(per_thread.size(), 0.0);
+    }
+    const size_t t = size_t(omp_get_thread_num()), nt = per_thread.size();
+    per_thread[t].assign(cells, moments{});
+    const int64_t begin = n * int64_t(t) / int64_t(nt), end = n * int64_t(t + 1) / int64_t(nt);
+    inside &= int(accumulate(bits, begin, end, *l, per_thread[t].data(), &sum_sq_of[t]));
+  }
+  if (!inside) return std::nullopt;
+  double sum_sq = 0.0;
+  for (size_t t = 0; t < per_thread.size(); ++t) {
+    sum_sq += sum_sq_of[t];
+    if (t == 0) continue;
+    for (size_t i = 0; i < cells; ++i) {
+      per_thread[0][i].w0 += per_thread[t][i].w0;
+      per_thread[0][i].w1 += per_thread[t][i].w1;
+    }
+  }
+  buckets b;
+  for (size_t t = 0; t < l->exponent.size(); ++t) {
+    const int shift = 23 - l->bucket_bits[t];
+    const uint32_t top = uint32_t(l->exponent[t] + 127) << 23;
+    for (size_t i = l->first[t]; i < l->first[t + 1]; ++i) {
+      const moments& m = per_thread[0][i];
+      if (m.w0 == 0.0) continue;
+      const uint32_t k = uint32_t(i - l->first[t]) << shift;
+      b.lo.push_back(std::bit_cast<float>(top | k));
+      b.hi.push_back(std::bit_cast<float>(top | k | ((1u << shift) - 1u)));
+      b.x.push_back(std::ldexp(1.0, l->exponent[t]));
+      b.w0.push_back(m.w0);
+      b.w1.push_back(m.w1);
+    }
+  }
+  while (b.lo.size() % 8 != 0) {  // padding: no weight, no error
+    b.lo.push_back(1.0f), b.hi.push_back(1.0f), b.x.push_back(1.0);
+    b.w0.push_back(0.0), b.w1.push_back(0.0);
+  }
+
+  // |estimate − exact| <= the widths plus the roundings: the moments' sums (up to n terms each,
+  // non-negative), the thread sums, each bucket's few products and the sum over the buckets, all
+  // within γ_K of the magnitude; the reference's own sum is within γ_(n+8) of the exact one. Twice
+  // that is the margin.
+  const double g = gamma(double(n) + double(b.lo.size()) + double(per_thread.size()) + 64.0);
+  std::vector<double> estimate(scale.size(), NAN), bound(scale.size(), NAN);
+  double least_upper = INFINITY;
+  for (size_t c = 0; c < scale.size(); ++c) {
+    if (!std::isfinite(scale[c])) continue;  // (errs by NaN: never the reference's choice)
+    const candidate_sums s = sums_under(b, scale[c]);
+    if (s.far) return std::nullopt;
+    estimate[c] = sum_sq + s.estimate;
+    bound[c] = 1.01 * s.width + 4.0 * g * (sum_sq + s.magnitude + std::abs(estimate[c]) + s.width);
+    least_upper = std::min(least_upper, estimate[c] + bound[c]);
+  }
+  if (estimates)
+    for (size_t c = 0; c < scale.size(); ++c) estimates->push_back({estimate[c], bound[c]});
+  std::vector<size_t> kept;
+  for (size_t c = 0; c < scale.size(); ++c)
+    if (std::isfinite(scale[c]) && estimate[c] - bound[c] <= least_upper) kept.push_back(c);
+  if (least_upper == 0.0) kept.resize(1);  // every error exactly 0 (an all-zero weight): the first
+  return kept;
+}
+
+}  // namespace mixq::cpu
