@@ -6,10 +6,12 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "formats/fp8.hpp"
 #include "formats/minifloat.hpp"
 #include "kernels/cpu/fp8_mse_histogram.hpp"
+#include "kernels/cpu/nvfp4_lanes.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
 
 namespace mixq::cpu {
@@ -149,28 +151,47 @@ struct candidate_sums {
   bool far = false;
 };
 
+// 16 buckets at a time: codes and values in float lanes as the reference computes them, the sums
+// in two halves of double lanes (the columns are padded to whole vectors).
+constexpr size_t kVector = 16;
+
 MIXQ_CLONES candidate_sums sums_under(const buckets& b, float scale) {
-  constexpr int kLanes = 8;  // partial sums per lane (the columns are padded to whole lanes)
-  double estimate[kLanes] = {}, width[kLanes] = {}, magnitude[kLanes] = {};
-  uint32_t far = 0;
-  for (size_t k0 = 0; k0 < b.lo.size(); k0 += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const size_t k = k0 + size_t(j);
-      const uint8_t c_lo = e4m3_encode(b.lo[k] / scale), c_hi = e4m3_encode(b.hi[k] / scale);
-      const double v_lo = double(e4m3_decode(c_lo) * scale), v_hi = double(e4m3_decode(c_hi) * scale);
-      const double x = b.x[k];
-      const double f_lo = v_lo * v_lo * b.w0[k] - 2.0 * x * v_lo * b.w1[k];
-      const double f_hi = v_hi * v_hi * b.w0[k] - 2.0 * x * v_hi * b.w1[k];
-      const bool split = c_lo != c_hi;
-      estimate[j] += split ? std::min(f_lo, f_hi) : f_lo;
-      // an element on the wrong side of the boundary errs by 2 |x − t| (v_hi − v_lo), |x − t| <= the width
-      width[j] += split ? 2.0 * (double(b.hi[k]) - double(b.lo[k])) * (v_hi - v_lo) * b.w0[k] : 0.0;
-      magnitude[j] += 2.0 * x * v_hi * b.w1[k] + v_hi * v_hi * b.w0[k];
-      far |= uint32_t(c_hi - c_lo > 1);
+  using lanes::v16f, lanes::v16u, lanes::v8d, lanes::v8q;
+  v8d estimate = {}, width = {}, magnitude = {};
+  v16u far = {};
+  for (size_t k = 0; k < b.lo.size(); k += kVector) {
+    v16f lo, hi;
+    std::memcpy(&lo, b.lo.data() + k, sizeof lo);
+    std::memcpy(&hi, b.hi.data() + k, sizeof hi);
+    const v16u c_lo = lanes::e4m3_encode(lo / scale), c_hi = lanes::e4m3_encode(hi / scale);
+    const v16f v_lo = lanes::e4m3_decode(c_lo) * scale, v_hi = lanes::e4m3_decode(c_hi) * scale;
+    far |= (v16u)(c_hi - c_lo > 1u);
+    const v16u split = (v16u)(c_lo != c_hi);
+    const v16f span = hi - lo;  // exact: both in one binade
+    for (int half = 0; half < 2; ++half) {
+      const auto wide = [half](v16f v) {
+        return half ? __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), v8d)
+                    : __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
+      };
+      const v8q crossed = half ? __builtin_convertvector(__builtin_shufflevector(split, split, 8, 9, 10, 11, 12, 13, 14, 15), v8q)
+                               : __builtin_convertvector(__builtin_shufflevector(split, split, 0, 1, 2, 3, 4, 5, 6, 7), v8q);
+      v8d x, w0, w1;
+      std::memcpy(&x, b.x.data() + k + 8 * half, sizeof x);
+      std::memcpy(&w0, b.w0.data() + k + 8 * half, sizeof w0);
+      std::memcpy(&w1, b.w1.data() + k + 8 * half, sizeof w1);
+      const v8d vl = wide(v_lo), vh = wide(v_hi);
+      const v8d f_lo = vl * vl * w0 - 2.0 * x * vl * w1, f_hi = vh * vh * w0 - 2.0 * x * vh * w1;
+      estimate += crossed != 0 ? (f_hi < f_lo ? f_hi : f_lo) : f_lo;
+      // an element on the wrong side of the boundary errs by 2 |x − t| (v_hi − v_lo), |x − t| <= the span
+      width += crossed != 0 ? 2.0 * wide(span) * (vh - vl) * w0 : 0.0;
+      magnitude += 2.0 * x * vh * w1 + vh * vh * w0;
     }
+  }
   candidate_sums s;
-  for (int j = 0; j < kLanes; ++j) s.estimate += estimate[j], s.width += width[j], s.magnitude += magnitude[j];
-  s.far = far != 0;
+  for (int j = 0; j < 8; ++j) s.estimate += estimate[j], s.width += width[j], s.magnitude += magnitude[j];
+  uint32_t any_far = 0;
+  for (int j = 0; j < 16; ++j) any_far |= far[j];
+  s.far = any_far != 0;
   return s;
 }
 
@@ -233,7 +254,7 @@ std::optional<std::vector<size_t>> fp8_moment_contenders(const source_matrix& w,
       b.w1.push_back(m.w1);
     }
   }
-  while (b.lo.size() % 8 != 0) {  // padding: no weight, no error
+  while (b.lo.size() % kVector != 0) {  // padding: no weight, no error
     b.lo.push_back(1.0f), b.hi.push_back(1.0f), b.x.push_back(1.0);
     b.w0.push_back(0.0), b.w1.push_back(0.0);
   }
