@@ -100,22 +100,25 @@ std::optional<layout> layout_for(float weight_max, float least, float largest) {
 // outside the layout. Branch-free: every binade has a route (its table's cells, the bucket shift,
 // the weight), zeros, tiny and zeroed non-finite values a junk cell of weight 0.
 MIXQ_CLONES double sum_of_squares(const uint32_t* bits, int64_t n) {
-  constexpr int kLanes = 8;
-  double sq[kLanes] = {};
+  using lanes::v16f, lanes::v16u, lanes::v8d;
+  v8d acc = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int k = 0; k < kLanes; ++k) {
-      const uint32_t u = bits[i + k] & 0x7fffffffu;
-      const double x = double(std::bit_cast<float>(u));
-      sq[k] += u >= 0x7f800000u ? 0.0 : x * x;
-    }
-  for (int k = 0; i + k < n; ++k) {
-    const uint32_t u = bits[i + k] & 0x7fffffffu;
-    const double x = double(std::bit_cast<float>(u));
-    sq[k] += u >= 0x7f800000u ? 0.0 : x * x;
+  for (; i + 16 <= n; i += 16) {
+    v16u u;
+    std::memcpy(&u, bits + i, sizeof u);
+    u &= 0x7fffffffu;
+    const v16f x = (v16f)(u >= 0x7f800000u ? 0u : u);  // inf / NaN: zeroed
+    const v8d lo = __builtin_convertvector(__builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
+    const v8d hi = __builtin_convertvector(__builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+    acc += lo * lo + hi * hi;
   }
   double sum = 0.0;
-  for (double v : sq) sum += v;
+  for (int j = 0; j < 8; ++j) sum += acc[j];
+  for (; i < n; ++i) {
+    const uint32_t u = bits[i] & 0x7fffffffu;
+    const double x = u >= 0x7f800000u ? 0.0 : double(std::bit_cast<float>(u));
+    sum += x * x;
+  }
   return sum;
 }
 
