@@ -13,6 +13,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -36,6 +37,21 @@ const synth_weight& weight(int64_t rows) {
 }
 
 int64_t input_bytes(int64_t rows) { return rows * kCols * 2; }
+
+// The same weight in F32 with its low 16 bits filled (values that are not BF16 values, as an F32
+// checkpoint holds).
+const std::vector<float>& weight_f32(int64_t rows) {
+  static std::map<int64_t, std::vector<float>> cache;
+  auto it = cache.find(rows);
+  if (it == cache.end()) {
+    const auto& w = weight(rows);
+    std::vector<float> f(w.bf16.size());
+    for (size_t i = 0; i < f.size(); ++i)
+      f[i] = std::bit_cast<float>((uint32_t(w.bf16[i]) << 16) | uint32_t((i * 2654435761u) & 0xffffu));
+    it = cache.emplace(rows, std::move(f)).first;
+  }
+  return it->second;
+}
 
 void parallel_memcpy(std::byte* dst, const std::byte* src, int64_t n) {
 #pragma omp parallel
@@ -84,17 +100,19 @@ void evict_caches() {
 // caches), and reports the body's time, its bandwidth and x_memcpy = (median memcpy time) /
 // (median body time).
 template <class Body>
-void run_against_memcpy(benchmark::State& state, const bench_setup& s, Body body) {
+void run_against_memcpy(benchmark::State& state, const bench_setup& s, Body body, int value_bytes = 2) {
   static std::vector<std::byte> dst;
-  dst.resize(size_t(input_bytes(s.rows)));
-  const auto* src = reinterpret_cast<const std::byte*>(weight(s.rows).bf16.data());
+  const int64_t bytes = input_bytes(s.rows) / 2 * value_bytes;
+  dst.resize(size_t(bytes));
+  const auto* src = value_bytes == 2 ? reinterpret_cast<const std::byte*>(weight(s.rows).bf16.data())
+                                     : reinterpret_cast<const std::byte*>(weight_f32(s.rows).data());
   std::vector<double> copy, run;
   for (auto _ : state) {
     state.PauseTiming();
     evict_caches();
     state.ResumeTiming();
     copy.push_back(seconds_of([&] {
-      parallel_memcpy(dst.data(), src, input_bytes(s.rows));
+      parallel_memcpy(dst.data(), src, bytes);
       benchmark::DoNotOptimize(dst.data());
     }));
     state.PauseTiming();
@@ -103,7 +121,7 @@ void run_against_memcpy(benchmark::State& state, const bench_setup& s, Body body
     run.push_back(seconds_of(body));
     state.SetIterationTime(run.back());
   }
-  state.SetBytesProcessed(state.iterations() * input_bytes(s.rows));
+  state.SetBytesProcessed(state.iterations() * bytes);
   state.counters["x_memcpy"] = median(copy) / median(run);
 }
 
@@ -135,6 +153,14 @@ void BM_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector s
   o.granularity = granularity;
   o.selector = selector;
   run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(source(s.rows), o)); });
+}
+
+void BM_fp8_f32(benchmark::State& state, fp8_selector selector) {
+  const bench_setup s = setup(state);
+  fp8_options o;
+  o.selector = selector;
+  const cpu::source_matrix w{weight_f32(s.rows).data(), cpu::source_dtype::f32, s.rows, kCols, "bench.weight"};
+  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(w, o)); }, 4);
 }
 
 void BM_mx(benchmark::State& state, format_id format) {
@@ -178,6 +204,8 @@ BENCHMARK_CAPTURE(BM_fp8, per_tensor_max, fp8_granularity::per_tensor, fp8_selec
 BENCHMARK_CAPTURE(BM_fp8, per_channel_max, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8, per_tensor_mse, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8, per_channel_mse, fp8_granularity::per_channel, fp8_selector::mse)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_f32, per_tensor_max, fp8_selector::max)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_f32, per_tensor_mse, fp8_selector::mse)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp4, format_id::mxfp4)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp8, format_id::mxfp8)->Apply(thread_counts);
 BENCHMARK(BM_nf4)->Apply(thread_counts);
