@@ -53,6 +53,7 @@ float choose_scale(const weight_view& w, int64_t r0, int64_t r1, float amax, fp8
 fp8_weight fp8_quantize(const weight_view& w_in, const fp8_options& options) {
   if (w_in.rows <= 0 || w_in.cols <= 0) throw format_error(fmt::format("tensor '{}': empty shape", w_in.name));
   require_finite_static_amax(w_in.name, options.amax, "FP8");
+  require_valid_multipliers(w_in.name, options.multipliers, "FP8");
   std::vector<float> cleaned;
   const weight_view w = finite_or_zeroed(w_in, options.nonfinite, cleaned);
   const std::span<const float> multipliers =

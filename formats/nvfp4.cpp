@@ -36,8 +36,7 @@ std::span<const float> default_mse_multipliers() {
 }
 
 float nvfp4_global_scale(float global_amax, float normalizer) {
-  const float g = global_amax > 0.0f ? global_amax : 1.0f;
-  return g / (6.0f * normalizer);
+  return nvfp4_scale_amax(global_amax) / (6.0f * normalizer);
 }
 
 namespace {
@@ -120,6 +119,7 @@ nvfp4_weight nvfp4_quantize(const weight_view& w_in, const nvfp4_options& option
   if (auto why = format_cannot_hold(format_id::nvfp4, w_in.rows, w_in.cols))
     throw format_error(fmt::format("tensor '{}': {}", w_in.name, *why));
   require_finite_static_amax(w_in.name, options.global_amax, "NVFP4");
+  require_valid_multipliers(w_in.name, options.multipliers, "NVFP4");
   std::vector<float> cleaned;
   const weight_view w = finite_or_zeroed(w_in, options.nonfinite, cleaned);
   const float global_amax = options.global_amax > 0.0f ? options.global_amax : tensor_amax(w);

@@ -101,8 +101,13 @@ inline float nvfp4_max_block_scale_f32(float block_amax, float weight_scale_2) {
   return nvfp4_clamp_block_scale(s == 0.0f ? 1.0f : s);
 }
 
+// The global amax the scales use: the weight's (or the static one), but 1 for an all-zero weight
+// and for one whose max is below 2^-100, where the per-code steps would underflow to 0 (its values
+// all take code 0 then).
+inline float nvfp4_scale_amax(float global_amax) { return global_amax > 0x1p-100f ? global_amax : 1.0f; }
+
 inline float nvfp4_block_scale_f32(float block_amax, float global_amax, float normalizer) {
-  const float g = global_amax > 0.0f ? global_amax : 1.0f;
+  const float g = nvfp4_scale_amax(global_amax);
   float t = block_amax / 6.0f;
   if (t == 0.0f) t = 1.0f;  // ModelOpt substitutes 1 before rescaling: an all-zero block gets 6·m/g
   return nvfp4_clamp_block_scale(t * normalizer / (g / 6.0f));

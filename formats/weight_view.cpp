@@ -11,6 +11,13 @@ void require_finite_static_amax(std::string_view tensor, float amax, std::string
     throw format_error(fmt::format("tensor '{}': the static amax given for {} is {}; it must be finite", tensor, format, amax));
 }
 
+void require_valid_multipliers(std::string_view tensor, std::span<const float> multipliers, std::string_view format) {
+  for (size_t i = 0; i < multipliers.size(); ++i)
+    if (!(multipliers[i] > 0.0f) || std::isinf(multipliers[i]))
+      throw format_error(fmt::format("tensor '{}': {} MSE multiplier {} (index {}) must be a positive finite number",
+                                     tensor, format, multipliers[i], i));
+}
+
 std::string describe_index(const weight_view& w, int64_t flat_index) {
   return fmt::format("tensor '{}' [{}, {}] (flat index {})", w.name, flat_index / w.cols, flat_index % w.cols,
                      flat_index);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <span>
 #include <string_view>
 
 namespace mixq {
@@ -43,6 +44,8 @@ std::string nonfinite_message(const weight_view& w, int64_t flat_index, float va
 // A static amax given with the options (shared by fused siblings, or calibrated) must be finite:
 // an infinite one would make every scale infinite and every code zero.
 void require_finite_static_amax(std::string_view tensor, float amax, std::string_view format);
+// MSE multipliers must be positive and finite: a negative or NaN one scales nothing meaningful.
+void require_valid_multipliers(std::string_view tensor, std::span<const float> multipliers, std::string_view format);
 
 // "tensor 'name' [r, c]" text for messages.
 std::string describe_index(const weight_view& w, int64_t flat_index);

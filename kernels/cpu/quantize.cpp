@@ -281,6 +281,7 @@ bool fp8_per_channel_rows(const source_matrix& w, const fp8_rows& rows, std::spa
 fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options) {
   if (w.rows <= 0 || w.cols <= 0) throw format_error(fmt::format("tensor '{}': empty shape", w.name));
   require_finite_static_amax(w.name, options.amax, "FP8");
+  require_valid_multipliers(w.name, options.multipliers, "FP8");
   const bool per_tensor = options.granularity == fp8_granularity::per_tensor;
   fp8_weight q;
   q.rows = w.rows;

@@ -319,12 +319,12 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
       };
       for (; c; c &= c - 1) consider(int(lo[j]) + std::countr_zero(c));
       if (unsettled[j]) {  // multiplier codes above the window (the list ascends with its codes)
-        uint32_t above_codes[64];
+        uint32_t above_codes[128];  // distinct codes above the window, at most 126 - 16 of them
         int n_above = 0;
         for (size_t m = job.multipliers.size(); m-- > 0;) {
           const uint32_t k = e4m3_encode(nvfp4_block_scale_f32(amax[j] * job.multipliers[m], job.global_amax, job.normalizer));
           if (k < lo[j] + 16) break;
-          if ((unsettled[j] >> (8 + (k - lo[j]) % 8) & 1) && (n_above == 0 || above_codes[n_above - 1] != k) && n_above < 64)
+          if ((unsettled[j] >> (8 + (k - lo[j]) % 8) & 1) && (n_above == 0 || above_codes[n_above - 1] != k))
             above_codes[n_above++] = k;
         }
         while (n_above > 0) consider(int(above_codes[--n_above]));
@@ -779,7 +779,7 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
   const std::optional<code_tables> tables = searches ? std::optional<code_tables>(q.global_scale) : std::nullopt;
   const std::span<const float> multipliers =
       options.multipliers.empty() ? default_mse_multipliers() : options.multipliers;
-  const float g = global_amax > 0.0f ? global_amax : 1.0f;
+  const float g = nvfp4_scale_amax(global_amax);
   // The approximate multiplier codes rely on an ascending list (codes then ascend with it).
   std::vector<float> factors;
   if (options.selector == nvfp4_selector::mse_multiplier && std::is_sorted(multipliers.begin(), multipliers.end()))
@@ -848,6 +848,7 @@ amax_pass scan_for_nvfp4(const source_matrix& w) {
 nvfp4_weight nvfp4_quantize(const source_matrix& w, const nvfp4_options& options) {
   require_shape(w, format_id::nvfp4);
   require_finite_static_amax(w.name, options.global_amax, "NVFP4");
+  require_valid_multipliers(w.name, options.multipliers, "NVFP4");
   const amax_pass pass = scan_for_nvfp4(w);
   const source_scan& scan = pass.scan;
   const bool zero = apply_nonfinite_policy(w, scan, options.nonfinite);

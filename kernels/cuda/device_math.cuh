@@ -94,7 +94,7 @@ MIXQ_HDI float nvfp4_max_block_scale(float block_amax, float ws2) {
 
 // nvfp4_block_scale_f32 (ModelOpt's static path): ((a/6 or 1) · normalizer) / (global_amax / 6).
 MIXQ_HDI float nvfp4_block_scale(float block_amax, float global_amax, float normalizer) {
-  const float g = global_amax > 0.0f ? global_amax : 1.0f;
+  const float g = global_amax > 0x1p-100f ? global_amax : 1.0f;  // nvfp4_scale_amax
   float t = div(block_amax, 6.0f);
   if (t == 0.0f) t = 1.0f;
   return nvfp4_clamp_block_scale(div(mul(t, normalizer), div(g, 6.0f)));

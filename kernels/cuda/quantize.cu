@@ -532,6 +532,7 @@ nvfp4_device_result nvfp4_quantize_device(const source_matrix& w, uint8_t* packe
                                           const nvfp4_options& options, stream_t stream_in) {
   require_shape(w, format_id::nvfp4);
   require_finite_static_amax(w.name, options.global_amax, "NVFP4");
+  require_valid_multipliers(w.name, options.multipliers, "NVFP4");
   const cudaStream_t stream = stream_in;
   const scan_result scan = scan_source_device(w, stream);
   const bool zero = apply_nonfinite_policy_device(w, scan, options.nonfinite, stream);
@@ -602,6 +603,7 @@ void fp8_quantize_device(const source_matrix& w, uint8_t* codes, float* scales, 
                          stream_t stream_in) {
   if (w.rows <= 0 || w.cols <= 0) throw format_error("tensor '" + std::string(w.name) + "': empty shape");
   require_finite_static_amax(w.name, options.amax, "FP8");
+  require_valid_multipliers(w.name, options.multipliers, "FP8");
   const cudaStream_t stream = stream_in;
   const scan_result scan = scan_source_device(w, stream);
   const bool zero = apply_nonfinite_policy_device(w, scan, options.nonfinite, stream);

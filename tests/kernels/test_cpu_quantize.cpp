@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <functional>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -340,6 +341,61 @@ TEST(cpu_kernels, zeroed_nonfinite_values_bit_identical) {
         EXPECT_EQ(fast.scales, ref.scales);
         EXPECT_EQ(fast.codes, ref.codes);
       }
+  }
+}
+
+// A weight whose max is below 2^-100 (BF16 / F32 subnormals, or a tiny static global amax):
+// its per-code steps would underflow to 0 and 0 / 0 code anything; the scales take amax 1 as for
+// an all-zero weight, and every path gives code 0.
+TEST(cpu_kernels, nvfp4_tiny_global_amax_codes_zero_everywhere) {
+  std::vector<uint16_t> bits(32, 0);
+  bits[0] = 0x0001;  // the least BF16 subnormal
+  bits[17] = 0x8003;
+  std::vector<float> values(32);
+  for (size_t i = 0; i < 32; ++i) values[i] = bf16_decode(bits[i]);
+  for (float static_amax : {0.0f, 1e-45f, 1e-32f})
+    for (auto sel : {nvfp4_selector::max, nvfp4_selector::four_over_six, nvfp4_selector::mse_fp8_sweep,
+                     nvfp4_selector::mse_multiplier, nvfp4_selector::mse_four_over_six})
+      for (auto level : {cpu::simd_level::avx512, cpu::simd_level::avx2, cpu::simd_level::baseline}) {
+        if (level > cpu::cpu_simd_level()) continue;
+        cpu::limit_simd_level(level);
+        nvfp4_options o;
+        o.selector = sel;
+        o.global_amax = static_amax;
+        const nvfp4_weight ref = nvfp4_quantize(weight_view{values.data(), 1, 32, "tiny"}, o);
+        const nvfp4_weight fast = cpu::nvfp4_quantize({bits.data(), cpu::source_dtype::bf16, 1, 32, "tiny"}, o);
+        EXPECT_EQ(fast.block_scales, ref.block_scales) << selector_name(sel) << " " << static_amax;
+        EXPECT_EQ(fast.packed, ref.packed) << selector_name(sel) << " " << static_amax;
+        for (uint8_t p : ref.packed) EXPECT_EQ(p & 0x77, 0) << selector_name(sel);  // magnitude code 0
+        for (uint8_t sc : ref.block_scales) EXPECT_LT(sc, 0x7f) << selector_name(sel);  // never a NaN scale
+      }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
+// Negative, zero, NaN or infinite MSE multipliers are refused, naming the tensor and the entry.
+TEST(cpu_kernels, mse_multipliers_must_be_positive_and_finite) {
+  std::vector<float> v(64, 0.25f);
+  v[0] = 1.0f;
+  const weight_view w{v.data(), 2, 32, "w"};
+  for (float bad : {-1.0f, 0.0f, NAN, INFINITY}) {
+    const float list[] = {0.8f, bad};
+    nvfp4_options n;
+    n.selector = nvfp4_selector::mse_multiplier;
+    n.multipliers = list;
+    fp8_options f;
+    f.selector = fp8_selector::mse;
+    f.multipliers = list;
+    for (const auto& run : std::vector<std::function<void()>>{
+             [&] { nvfp4_quantize(w, n); }, [&] { cpu::nvfp4_quantize(cpu::from_f32(w), n); },
+             [&] { fp8_quantize(w, f); }, [&] { cpu::fp8_quantize(cpu::from_f32(w), f); }}) {
+      try {
+        run();
+        ADD_FAILURE() << "multiplier " << bad << " accepted";
+      } catch (const format_error& e) {
+        EXPECT_NE(std::string(e.what()).find("tensor 'w'"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("(index 1)"), std::string::npos) << e.what();
+      }
+    }
   }
 }
 
