@@ -151,11 +151,6 @@ MIXQ_ALWAYS_INLINE uint64_t widen_counts(const Count* counts, double* c, size_t 
 MIXQ_CLONES uint64_t widen_counts32(const uint32_t* counts, double* c, size_t n) { return widen_counts(counts, c, n); }
 MIXQ_CLONES uint64_t widen_counts64(const uint64_t* counts, double* c, size_t n) { return widen_counts(counts, c, n); }
 
-// Machine epsilon's half (double) times n, as the γ_n of a sum of n rounded terms.
-double gamma(double n) {
-  const double nu = n * 0x1p-53;
-  return nu / (1.0 - nu);
-}
 
 float magnitude_of(source_dtype dtype, uint32_t key) {
   return dtype == source_dtype::bf16 ? bf16_decode(uint16_t(key)) : f16_decode_table()[key];
@@ -493,8 +488,8 @@ std::vector<size_t> fp8_error_estimate::choose(std::span<const float> scale) {
   // reference's rounded once per element, the estimate's at most B times each, B below the number
   // of counted magnitudes plus binades plus the dot products' lanes. So |reference − estimate| ≤
   // (γ_N + γ_B) E, and E ≤ estimate / (1 − γ_B); the margin is twice that.
-  const double g = gamma(double(n_binades_ * core_.size() + values_.size() + 2 * n_binades_) + 16.0);
-  const double relative = 2.0 * (gamma(elements_) + g) / (1.0 - g);
+  const double g = rounding_gamma(double(n_binades_ * core_.size() + values_.size() + 2 * n_binades_) + 16.0);
+  const double relative = 2.0 * (rounding_gamma(elements_) + g) / (1.0 - g);
   // A candidate with an infinite scale errs by NaN (x / inf = 0, 0 · inf): never the reference's.
   double least_upper = INFINITY;
   for (size_t c = 0; c < n_cand; ++c)

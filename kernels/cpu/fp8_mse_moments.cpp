@@ -19,6 +19,7 @@ namespace {
 
 // Buckets per binade, by the mantissa's top bits: 2^12.
 constexpr int kBucketBits = 12;
+constexpr uint32_t kBucketShift = 23 - kBucketBits;  // the mantissa's bits below the bucket
 constexpr int kMaxTables = 48;
 
 // Σ w and Σ w·m over a bucket's elements x = 2^e · m, w = 4^(e − E) for the table's binade E. (Its
@@ -31,74 +32,60 @@ struct moments {
 constexpr int16_t kTiny = -1;     // adds x² to every candidate
 constexpr int16_t kOutside = -2;  // none expected (above the weight's max): the moments give up
 struct binade_route {
-  size_t first;     // the cell of the binade's first bucket (0: the junk cell)
-  uint32_t shift;   // the mantissa's bits below the bucket
-  uint32_t outside; // no table for it: the moments give up
-  double weight;    // 4^(e − E), 0 for the junk cell
+  size_t first;      // the cell of the binade's first bucket (0: the junk cell)
+  uint32_t buckets;  // the bucket bits kept: 2^12 - 1, or 0 for the junk cell
+  uint32_t outside;  // no table for it: the moments give up
+  double weight;     // 4^(e − E), 0 for the junk cell
 };
 struct layout {
-  int16_t table_of[256];
-  double weight_of[256];
   binade_route route[256];
-  std::vector<int> exponent;     // per table: the binade whose coordinates it holds
-  std::vector<int> bucket_bits;  // per table
-  std::vector<size_t> first;     // per table: its first cell; the last entry, the number of cells
-  void add_table(int e, int bits) {
-    exponent.push_back(e);
-    bucket_bits.push_back(bits);
-    if (first.empty()) first.push_back(1);  // cell 0: the junk cell
-    first.push_back(first.back() + (size_t(1) << bits));
-  }
+  std::vector<int> exponent;  // per table: the binade whose coordinates it holds; cell 0 is junk
+  size_t first_cell(size_t table) const { return 1 + (table << kBucketBits); }
+  size_t cells() const { return first_cell(exponent.size()); }
 };
-
-double gamma(double n) {
-  const double nu = n * 0x1p-53;
-  return nu / (1.0 - nu);
-}
 
 // The tables: one for the binades that scale under every candidate (the core), one per other
 // binade from the tiny ones up to the weight's max. nullopt when F32 subnormals are not tiny or
 // the binades need too many tables.
 std::optional<layout> layout_for(float weight_max, float least, float largest) {
   layout l;
+  int16_t table_of[256];
+  double weight_of[256];
   const double tiny_below = 0x1p-10 * double(least) * (1.0 - 0x1p-20);  // |x| / s rounds to code 0 under every s
   const int top = int(std::bit_cast<uint32_t>(weight_max) >> 23);
   int core = -1;
   for (int be = 0; be < 256; ++be) {
-    l.weight_of[be] = 1.0;
+    weight_of[be] = 1.0;
     const int e = be - 127;
     if (be == 0 || std::ldexp(1.0, e + 1) <= tiny_below) {  // (F32 subnormals: below 2^-126)
-      l.table_of[be] = be == 0 && 0x1p-126 > tiny_below ? kOutside : kTiny;
+      table_of[be] = be == 0 && 0x1p-126 > tiny_below ? kOutside : kTiny;
       continue;
     }
     if (be > top || be == 255) {
-      l.table_of[be] = kOutside;
+      table_of[be] = kOutside;
       continue;
     }
     const double lo = std::ldexp(1.0, e), hi = std::ldexp(2.0 - 0x1p-23, e);
     if (fp8_binade_scales(e, lo, hi, least) && fp8_binade_scales(e, lo, hi, largest)) {
-      if (core < 0) core = int(l.exponent.size()), l.add_table(e, kBucketBits);
-      l.table_of[be] = int16_t(core);
-      l.weight_of[be] = std::ldexp(1.0, 2 * (e - l.exponent[size_t(core)]));
+      if (core < 0) core = int(l.exponent.size()), l.exponent.push_back(e);
+      table_of[be] = int16_t(core);
+      weight_of[be] = std::ldexp(1.0, 2 * (e - l.exponent[size_t(core)]));
       continue;
     }
     if (int(l.exponent.size()) == kMaxTables) return std::nullopt;
-    l.table_of[be] = int16_t(l.exponent.size());
-    l.add_table(e, kBucketBits);
+    table_of[be] = int16_t(l.exponent.size());
+    l.exponent.push_back(e);
   }
-  if (l.table_of[0] == kOutside) return std::nullopt;
-  if (l.first.empty()) l.first.push_back(1);  // (no table: every value tiny)
+  if (table_of[0] == kOutside) return std::nullopt;  // (so zeros, binade 0, take the junk cell)
   for (int be = 0; be < 256; ++be) {
-    const int id = l.table_of[be];
-    l.route[be] = id < 0 ? binade_route{0, 23, uint32_t(id == kOutside && be != 255), 0.0}
-                         : binade_route{l.first[size_t(id)], uint32_t(23 - l.bucket_bits[size_t(id)]), 0, l.weight_of[be]};
+    const int id = table_of[be];
+    l.route[be] = id < 0 ? binade_route{0, 0, uint32_t(id == kOutside && be != 255), 0.0}
+                         : binade_route{l.first_cell(size_t(id)), (1u << kBucketBits) - 1u, 0, weight_of[be]};
   }
   return l;
 }
 
-// Accumulates elements [begin, end) into tables and their Σ x² into *sum_sq; false when one lands
-// outside the layout. Branch-free: every binade has a route (its table's cells, the bucket shift,
-// the weight), zeros, tiny and zeroed non-finite values a junk cell of weight 0.
+// Σ x² (inf / NaN count as 0).
 MIXQ_CLONES double sum_of_squares(const uint32_t* bits, int64_t n) {
   using lanes::v16f, lanes::v16u, lanes::v8d;
   v8d acc = {};
@@ -122,14 +109,17 @@ MIXQ_CLONES double sum_of_squares(const uint32_t* bits, int64_t n) {
   return sum;
 }
 
-MIXQ_CLONES bool accumulate(const uint32_t* bits, int64_t begin, int64_t end, const layout& l, moments* tables, double* sum_sq) {
+// Accumulates elements [begin, end) into tables and their Σ x² into *sum_sq; false when one lands
+// outside the layout. Branch-free: every binade has a route (its table's cells, the weight); zeros,
+// tiny and zeroed non-finite values go to a junk cell with weight 0.
+MIXQ_CLONES bool accumulate(const uint32_t* bits, int64_t begin, int64_t end, const layout& l, moments* tables,
+                            double* sum_sq) {
   uint32_t outside = 0;
   for (int64_t i = begin; i < end; ++i) {
     const uint32_t u = bits[i] & 0x7fffffffu, be = u >> 23;
     const binade_route& r = l.route[be];
-    const size_t cell = u == 0 ? 0 : r.first + ((u & 0x7fffffu) >> r.shift);
-    const double w = u == 0 ? 0.0 : r.weight;
-    moments& t = tables[cell];
+    const double w = r.weight;
+    moments& t = tables[r.first + (((u & 0x7fffffu) >> kBucketShift) & r.buckets)];
     t.w0 += w;
     t.w1 += w * double(std::bit_cast<float>((u & 0x7fffffu) | 0x3f800000u));
     outside |= r.outside;
@@ -216,7 +206,7 @@ std::optional<std::vector<size_t>> fp8_moment_contenders(const source_matrix& w,
   // One pass, a table set per thread, added in thread order.
   const auto* bits = static_cast<const uint32_t*>(w.data);
   const int64_t n = w.size();
-  const size_t cells = l->first.back();
+  const size_t cells = l->cells();
   std::vector<std::vector<moments>> per_thread;
   std::vector<double> sum_sq_of;
   int inside = 1;
@@ -244,14 +234,13 @@ std::optional<std::vector<size_t>> fp8_moment_contenders(const source_matrix& w,
   }
   buckets b;
   for (size_t t = 0; t < l->exponent.size(); ++t) {
-    const int shift = 23 - l->bucket_bits[t];
     const uint32_t top = uint32_t(l->exponent[t] + 127) << 23;
-    for (size_t i = l->first[t]; i < l->first[t + 1]; ++i) {
+    for (size_t i = l->first_cell(t); i < l->first_cell(t + 1); ++i) {
       const moments& m = per_thread[0][i];
       if (m.w0 == 0.0) continue;
-      const uint32_t k = uint32_t(i - l->first[t]) << shift;
+      const uint32_t k = uint32_t(i - l->first_cell(t)) << kBucketShift;
       b.lo.push_back(std::bit_cast<float>(top | k));
-      b.hi.push_back(std::bit_cast<float>(top | k | ((1u << shift) - 1u)));
+      b.hi.push_back(std::bit_cast<float>(top | k | ((1u << kBucketShift) - 1u)));
       b.x.push_back(std::ldexp(1.0, l->exponent[t]));
       b.w0.push_back(m.w0);
       b.w1.push_back(m.w1);
@@ -266,7 +255,7 @@ std::optional<std::vector<size_t>> fp8_moment_contenders(const source_matrix& w,
   // non-negative), the thread sums, each bucket's few products and the sum over the buckets, all
   // within γ_K of the magnitude; the reference's own sum is within γ_(n+8) of the exact one. Twice
   // that is the margin.
-  const double g = gamma(double(n) + double(b.lo.size()) + double(per_thread.size()) + 64.0);
+  const double g = rounding_gamma(double(n) + double(b.lo.size()) + double(per_thread.size()) + 64.0);
   std::vector<double> estimate(scale.size(), NAN), bound(scale.size(), NAN);
   double least_upper = INFINITY;
   for (size_t c = 0; c < scale.size(); ++c) {
