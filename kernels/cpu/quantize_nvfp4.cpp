@@ -215,7 +215,47 @@ struct search_setup {
   v16u lo, in_window, above_bases, eligible;
 };
 
-MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
+MIXQ_ALWAYS_INLINE void add_candidate(search_setup& s, v16u code) {
+  const v16u d = code - s.lo;  // wraps for codes below the window
+  const v16u one = v16u{} + 1u;
+  s.in_window |= (v16u)(d < 16u) & (one << (d & 15u));
+  s.above_bases |= (v16u)(d - 16u < 0x70u) & (one << (8u + (d & 7u)));
+}
+
+// A multiplier list's candidate codes, exactly: each multiplier's scale in the reference's four
+// roundings. Blocks whose codes do not ascend along the list leave the window search.
+MIXQ_ALWAYS_INLINE void exact_multiplier_candidates(search_setup& s, v16f bmax, const nvfp4_job& job) {
+  s.in_window = s.above_bases = v16u{};
+  v16u ordered = v16u{} - 1u, prev = {};
+  for (float c : job.multipliers) {
+    const v16u code = lanes::e4m3_encode(lanes::static_block_scale(bmax * c, job.g, job.normalizer));
+    ordered &= (v16u)(code >= prev);
+    prev = code;
+    add_candidate(s, code);
+  }
+  s.eligible &= ordered;
+}
+
+// The same from one product per multiplier: each multiplier's scale is bmax·c/6·normalizer/(g/6)
+// in four roundings; bmax·K_c (K_c its constant factor, rounded once) is within 6.1u of it, i.e.
+// 12.2 units in the last place, so both round to the same E4M3 code unless within 16 units of a
+// rounding boundary between codes, or below the normal codes (2^-6). False when an eligible block
+// has such a code: the caller then takes the exact candidates. (An ascending list only: its codes
+// ascend, so its first least error is its least code's.)
+MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, const nvfp4_job& job) {
+  s.in_window = v16u{};
+  v16u near = {};
+  for (float k : job.multiplier_factors) {
+    const v16u u = (v16u)(bmax * k);
+    const v16u code = ((u + 0x80000u) >> 20) - 960u;  // RNE but at the (excluded) ties
+    near |= (v16u)(((u - 0x80000u + 16u) & 0xfffffu) < 32u) | (v16u)(u < 0x3c810000u);
+    add_candidate(s, code < 126u ? code : v16u{} + 126u);  // >= 448 clamps to 448 (126)
+  }
+  return lanes::reduce16_bits(near & s.eligible) == 0;
+}
+
+// Each block's window and candidates, but for a multiplier list's (see the callers).
+MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
   const code_tables& t = *job.tables;
   const v16f max_rule = bmax / (6.0f * job.ws2);  // nvfp4_max_block_scale_f32 before its clamp
   const v16u k0 = lanes::e4m3_encode(lanes::clamp_block_scale(max_rule == 0.0f ? 1.0f : max_rule));
@@ -224,43 +264,18 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   s.lo = s.lo > 111u ? v16u{} + 111u : s.lo;  // (blocks with k0 < 9 leave the window search)
   // Candidates: the sweep's are every code; a multiplier list's, each block's codes in the list's
   // order (the reference's), as window bits, and for codes above the window the window codes they
-  // double. Requires codes non-decreasing along the list, so that its first least error is the
-  // least code's.
+  // double.
   s.in_window = v16u{} + 0xffffu;
   s.above_bases = v16u{};
   s.eligible = window_applies(max_rule) & (v16u{} - uint32_t(t.usable));
-  if (job.selector == nvfp4_selector::mse_multiplier) {
-    const auto add_candidate = [&s](v16u code) {
-      const v16u d = code - s.lo;  // wraps for codes below the window
-      const v16u one = v16u{} + 1u;
-      s.in_window |= (v16u)(d < 16u) & (one << (d & 15u));
-      s.above_bases |= (v16u)(d - 16u < 0x70u) & (one << (8u + (d & 7u)));
-    };
-    // Each multiplier's scale is bmax·c/6·normalizer/(g/6) in four roundings; bmax·K_c (K_c its
-    // constant factor, rounded once) is within 6.1u of it, i.e. 12.2 units in the last place, so
-    // both round to the same E4M3 code unless within 16 units of a rounding boundary between
-    // codes, or below the normal codes (2^-6): then every code of the group is computed exactly
-    // (as always for a list that does not ascend).
-    s.in_window = v16u{};
-    v16u near = {};
-    for (float k : job.multiplier_factors) {
-      const v16u u = (v16u)(bmax * k);
-      const v16u code = ((u + 0x80000u) >> 20) - 960u;  // RNE but at the (excluded) ties
-      near |= (v16u)(((u - 0x80000u + 16u) & 0xfffffu) < 32u) | (v16u)(u < 0x3c810000u);
-      add_candidate(code < 126u ? code : v16u{} + 126u);  // >= 448 clamps to 448 (126)
-    }
-    if (job.multiplier_factors.empty() || lanes::reduce16_bits(near & s.eligible) != 0) {
-      s.in_window = s.above_bases = v16u{};
-      v16u ordered = v16u{} - 1u, prev = {};
-      for (float c : job.multipliers) {
-        const v16u code = lanes::e4m3_encode(lanes::static_block_scale(bmax * c, job.g, job.normalizer));
-        ordered &= (v16u)(code >= prev);
-        prev = code;
-        add_candidate(code);
-      }
-      s.eligible &= ordered;
-    }
-  }
+  return s;
+}
+
+MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
+  search_setup s = window_setup(bmax, job);
+  if (job.selector == nvfp4_selector::mse_multiplier &&
+      (job.multiplier_factors.empty() || !fast_multiplier_candidates(s, bmax, job)))
+    exact_multiplier_candidates(s, bmax, job);
   return s;
 }
 
@@ -585,6 +600,56 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
   *below_error = (v16f)_mm512_sub_ps(est, delta);
 }
 
+// fast_multiplier_candidates in fewer instructions, and without leaving the fast path for a code
+// near a rounding boundary: such lanes (a few percent of the groups) take that multiplier's code
+// exactly, afterwards. The window bit of a code d = code − lo is 1 << d (a shift by 32 or more gives
+// 0, and d wraps for codes below the window; bits 16-31 are dropped at the end), and its bit above
+// the window 1 << (d − 16), for codes up to lo + 47 (the list's last, and so largest, code shows
+// whether one is beyond). A code under the normal codes need not be exact where lo >= 9: like its
+// approximation it is at most 8, below the window.
+MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, const nvfp4_job& job) {
+  const __m512 b = (__m512)bmax;
+  const __m512i lo = _mm512_add_epi32(vec(s.lo), u32(960)), lo16 = _mm512_add_epi32(lo, u32(16));
+  const __m512i one = u32(1);
+  const __mmask16 eligible = _mm512_test_epi32_mask(vec(s.eligible), vec(s.eligible));
+  __m512i in = _mm512_setzero_si512(), above = _mm512_setzero_si512(), code = _mm512_setzero_si512();
+  uint32_t n_near = 0;
+  uint8_t near_index[128];
+  __mmask16 near_lanes[128];
+  const size_t n = std::min<size_t>(job.multiplier_factors.size(), 128);
+  for (size_t m = 0; m < n; ++m) {
+    const __m512i u = _mm512_castps_si512(_mm512_mul_ps(b, _mm512_set1_ps(job.multiplier_factors[m])));
+    const __mmask16 near = _mm512_mask_testn_epi32_mask(eligible, _mm512_add_epi32(u, u32(16u - 0x80000u)), u32(0xfffe0u));
+    code = _mm512_min_epi32(_mm512_srli_epi32(_mm512_add_epi32(u, u32(0x80000u)), 20), u32(960 + 126));  // (+960)
+    in = _mm512_mask_or_epi32(in, ~near, in, _mm512_sllv_epi32(one, _mm512_sub_epi32(code, lo)));
+    above = _mm512_mask_or_epi32(above, ~near, above, _mm512_sllv_epi32(one, _mm512_sub_epi32(code, lo16)));
+    if (near) near_index[n_near] = uint8_t(m), near_lanes[n_near++] = near;
+  }
+  const __mmask16 beyond = _mm512_cmplt_epu32_mask(vec(s.lo), u32(9)) |
+                           _mm512_cmpge_epi32_mask(_mm512_sub_epi32(code, lo), u32(47)) | -__mmask16(n < job.multiplier_factors.size());
+  if ((beyond & eligible) != 0) return false;
+  const __m512i exact_lo = vec(s.lo), exact_lo16 = _mm512_add_epi32(exact_lo, u32(16));
+  for (uint32_t i = 0; i < n_near; ++i) {
+    const v16u exact = lanes::e4m3_encode(lanes::static_block_scale(bmax * job.multipliers[near_index[i]], job.g, job.normalizer));
+    in = _mm512_mask_or_epi32(in, near_lanes[i], in, _mm512_sllv_epi32(one, _mm512_sub_epi32(vec(exact), exact_lo)));
+    above = _mm512_mask_or_epi32(above, near_lanes[i], above, _mm512_sllv_epi32(one, _mm512_sub_epi32(vec(exact), exact_lo16)));
+  }
+  s.in_window = (v16u)_mm512_and_si512(in, u32(0xffffu));
+  // above: bit j for the code lo + 16 + j; the window code it doubles is lo + 8 + j % 8.
+  const __m512i folded = _mm512_or_si512(_mm512_or_si512(above, _mm512_srli_epi32(above, 8)),
+                                         _mm512_or_si512(_mm512_srli_epi32(above, 16), _mm512_srli_epi32(above, 24)));
+  s.above_bases = (v16u)_mm512_slli_epi32(_mm512_and_si512(folded, u32(0xffu)), 8);
+  return true;
+}
+
+MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
+  search_setup s = window_setup(bmax, job);
+  if (job.selector == nvfp4_selector::mse_multiplier &&
+      (job.multiplier_factors.empty() || !avx512::fast_multiplier_candidates(s, bmax, job)))
+    exact_multiplier_candidates(s, bmax, job);
+  return s;
+}
+
 // max and four_over_six with the global amax at least every |w| (as when it is the weight's own)
 // keep every |w| / step below 6.4: their bounded kinds skip a clamp.
 enum class group_kind { max, max_bounded, four_over_six, four_over_six_bounded, search, search_with_errors };
@@ -609,7 +674,7 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, con
   } else if constexpr (K == group_kind::four_over_six || K == group_kind::four_over_six_bounded) {
     four_over_six_group<K == group_kind::four_over_six_bounded>(x, bmax, job, scales, packed, errors);
   } else {
-    const search_setup setup = setup_search(bmax, job);
+    const search_setup setup = avx512::setup_search(bmax, job);
     alignas(64) float values[kGroup][kNvfp4Block];  // each block's magnitudes in element order
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_add_epi32(lo, u32(8));

@@ -372,6 +372,52 @@ TEST(cpu_kernels, nvfp4_tiny_global_amax_codes_zero_everywhere) {
   cpu::limit_simd_level(cpu::cpu_simd_level());
 }
 
+// NVFP4 mse_multiplier with lists other than the default: ascending ones (candidate codes from one
+// product each) whose codes reach far above the window (48 codes and more: a multiplier of 2^6) and
+// far below it, dense ones (many multipliers per code), single ones, and lists that do not ascend
+// (every code exact), at every SIMD level this CPU runs.
+TEST(cpu_kernels, nvfp4_mse_multiplier_lists_bit_identical) {
+  const std::vector<std::vector<float>> lists = {
+      {0.01f, 0.3f, 0.7f, 1.0f, 1.9f, 5.0f, 9.0f, 70.0f, 300.0f},  // codes 48+ above the window
+      {1.0f},
+      {0.5f, 0.55f, 0.6f, 0.65f, 0.7f, 0.75f, 0.8f, 0.85f, 0.9f, 0.95f, 1.0f, 1.02f, 1.04f, 1.1f, 1.3f, 1.7f, 2.0f},
+      {1e-3f, 2e-3f, 0.02f, 0.2f},  // every code below or at the bottom of the window
+      {0.6f, 0.65f, 0.7f},          // low in the window: subnormal codes there for the least maxima
+      {1.0f, 0.5f, 2.0f, 0.8f},     // not ascending
+      {4.0f, 2.0f, 1.0f, 0.5f},     // descending
+  };
+  std::vector<testing::test_tensor> tensors = all_kinds(16, 160, 77);
+  for (auto& t : all_kinds(3, 48, 78)) tensors.push_back(t);
+  // Block maxima log-uniform over 2^-24 .. 1 of the global amax: every max-rule code, the
+  // subnormal ones and those just above them (where candidate codes may be subnormal) included.
+  testing::test_tensor spread = tensors.front();
+  spread.name = "spread";
+  std::mt19937 rng(5);
+  for (size_t b = 0; b < spread.values.size() / 16; ++b) {
+    const float bmax = std::ldexp(1.0f, -int(rng() % 25)) * (1.0f + float(rng() % 1024) / 1024.0f);
+    for (int i = 0; i < 16; ++i) spread.values[b * 16 + i] = bmax * float(rng() % 1001) / 1000.0f * (rng() % 2 ? 1.0f : -1.0f);
+  }
+  spread.values[0] = 2.0f;
+  tensors.push_back(spread);
+  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+    if (level > cpu::cpu_simd_level()) continue;
+    cpu::limit_simd_level(level);
+    for (const auto& t : tensors)
+      for (const auto& list : lists)
+        for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f32}) {
+          const sourced s = as_dtype(t, dtype);
+          nvfp4_options o;
+          o.selector = nvfp4_selector::mse_multiplier;
+          o.multipliers = list;
+          const nvfp4_weight ref = nvfp4_quantize(view_of(s), o);
+          const nvfp4_weight fast = cpu::nvfp4_quantize(s.source, o);
+          EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level) << " " << t.name << " list " << list.size();
+          EXPECT_EQ(fast.packed, ref.packed) << int(level) << " " << t.name << " list " << list.size();
+        }
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
 // Negative, zero, NaN or infinite MSE multipliers are refused, naming the tensor and the entry.
 TEST(cpu_kernels, mse_multipliers_must_be_positive_and_finite) {
   std::vector<float> v(64, 0.25f);
