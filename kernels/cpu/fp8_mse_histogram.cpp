@@ -55,8 +55,8 @@ MIXQ_CLONES void runs_sq_errors(const float* values, const double* counts, int64
       }
       const lanes::v16u bits = lanes::load_bits(values + i);
       const lanes::v16f deq = lanes::fp8_dequantized(bits, scales[c]);
-      const lanes::v8d lo = lanes::fp8_differences((lanes::v16f)bits, deq, 0);
-      const lanes::v8d hi = lanes::fp8_differences((lanes::v16f)bits, deq, 1);
+      lanes::v8d lo, hi;
+      lanes::fp8_differences((lanes::v16f)bits, deq, &lo, &hi);
       lanes::v8d w_lo, w_hi;
       std::memcpy(&w_lo, counts + i, sizeof w_lo);
       std::memcpy(&w_hi, counts + i + 8, sizeof w_hi);
@@ -72,33 +72,43 @@ MIXQ_CLONES void runs_sq_errors(const float* values, const double* counts, int64
 }
 
 // The squared FP8 error under scale of each magnitude x = 2^q · (1 + k / 2^m) of the reference
-// binade into errors, and Σ weight · error (2^m: a multiple of 16). With 2^q / scale in (1, 2],
-// every y = fl(x / scale) lies in [1, 4]: FP8 rounds it to 3 mantissa bits (RNE) without reaching
-// subnormals or saturation, and its value v · scale is within 1/16 of x, so x − fl(v · scale) is
-// exact in float (Sterbenz) and its square exact in double: the reference's term, bit for bit.
-MIXQ_CLONES double reference_errors(int q, int mantissa_bits, float scale, const double* w0, const double* w1,
-                                    const double* w2, double* errors) {
+// binade, 16 at a time (2^m: a multiple of 16), to each(k, lanes 0-7, lanes 8-15). With 2^q / scale
+// in (1, 2], every y = fl(x / scale) lies in [1, 4]: FP8 rounds it to 3 mantissa bits (RNE) without
+// reaching subnormals or saturation, and its value v · scale is within 1/16 of x, so
+// x − fl(v · scale) is exact in float (Sterbenz) and its square exact in double: the reference's
+// term, bit for bit.
+template <class Each>
+MIXQ_ALWAYS_INLINE void for_reference_errors(int q, int mantissa_bits, float scale, Each each) {
   const lanes::v16u step = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const uint32_t top = uint32_t(q + 127) << 23;
-  lanes::v8d acc = {};
   for (uint32_t k = 0; k < (1u << mantissa_bits); k += 16) {
     const lanes::v16f x = (lanes::v16f)(top | ((k + step) << (23 - mantissa_bits)));
     const lanes::v16u y = (lanes::v16u)(x / scale);
     const lanes::v16f v = (lanes::v16f)((y + 0x7ffffu + ((y >> 20) & 1u)) & 0xfff00000u);
     const lanes::v16f d = x - v * scale;  // (no contraction: -ffp-contract=off)
-    const lanes::v8d lo = __builtin_convertvector(__builtin_shufflevector(d, d, 0, 1, 2, 3, 4, 5, 6, 7), lanes::v8d);
-    const lanes::v8d hi = __builtin_convertvector(__builtin_shufflevector(d, d, 8, 9, 10, 11, 12, 13, 14, 15), lanes::v8d);
-    const lanes::v8d lo2 = lo * lo, hi2 = hi * hi;
+    lanes::v8d lo, hi;
+    lanes::widen(d, &lo, &hi);
+    each(k, lo * lo, hi * hi);
+  }
+}
+
+// Those errors, into errors.
+MIXQ_CLONES void reference_errors(int q, int mantissa_bits, float scale, double* errors) {
+  for_reference_errors(q, mantissa_bits, scale, [&](uint32_t k, lanes::v8d lo2, lanes::v8d hi2) {
     std::memcpy(errors + k, &lo2, sizeof lo2);
     std::memcpy(errors + k + 8, &hi2, sizeof hi2);
-    lanes::v8d w[6];
-    for (int j = 0; j < 2; ++j) {
-      std::memcpy(&w[3 * j], w0 + k + 8 * j, sizeof w[0]);
-      std::memcpy(&w[3 * j + 1], w1 + k + 8 * j, sizeof w[0]);
-      std::memcpy(&w[3 * j + 2], w2 + k + 8 * j, sizeof w[0]);
-    }
-    acc += (w[0] + w[1] + w[2]) * lo2 + (w[3] + w[4] + w[5]) * hi2;
-  }
+  });
+}
+
+// Σ weight · error over them.
+MIXQ_CLONES double weighted_reference_errors(int q, int mantissa_bits, float scale, const double* weight) {
+  lanes::v8d acc = {};
+  for_reference_errors(q, mantissa_bits, scale, [&](uint32_t k, lanes::v8d lo2, lanes::v8d hi2) {
+    lanes::v8d w_lo, w_hi;
+    std::memcpy(&w_lo, weight + k, sizeof w_lo);
+    std::memcpy(&w_hi, weight + k + 8, sizeof w_hi);
+    acc += w_lo * lo2 + w_hi * hi2;
+  });
   double sum = 0.0;
   for (int j = 0; j < 8; ++j) sum += acc[j];
   return sum;
@@ -413,7 +423,6 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
   const int64_t per = int64_t(1) << mantissa_bits_;
   const size_t n = scales.size();
   errors_.resize(size_t(per));
-  zeros_.assign(size_t(per), 0.0);
   // The edges that do not scale are those below the first that does (x / scale reaching FP8's
   // subnormals) and above the last (reaching saturation): value by value, in two runs of values_,
   // for all scales at once (the runs are short: one call per run would be mostly latency).
@@ -429,23 +438,30 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
   }
   runs_sq_errors(values_.data(), nonzero_counts_.data(), int64_t(values_.size()), scales.data(), ranges_.data(),
                  int64_t(n), out);
+  size_t weight_first = SIZE_MAX, weight_last = SIZE_MAX;  // the edges combined_ holds with the core
   for (size_t c = 0; c < n; ++c) {
     const edge_range& r = ranges_[c];
     const int q = exponent_of(scales[c]);
     // A core or an edge that scales puts q in reach; otherwise no reference errors are needed.
     if (q < -100 || q > 100) continue;
     if (!has_core_) {  // (rare: a row in a binade or two) each edge that scales on its own
-      reference_errors(q, mantissa_bits_, scales[c], zeros_.data(), zeros_.data(), zeros_.data(), errors_.data());
+      reference_errors(q, mantissa_bits_, scales[c], errors_.data());
       for (size_t e = r.first; e < r.last; ++e)
         out[c] += power_of_four(edges_[e].exponent - q) * dot(counts_.data() + edges_[e].offset, errors_.data(), per);
       continue;
     }
-    // The core with the edges that scale, as one weight over the reference binade's errors.
-    const bool any = r.first < r.last;
-    const double* down = any && r.first < below_core_ ? outward_.data() + r.first * size_t(per) : zeros_.data();
-    const double* up = any && r.last > below_core_ ? outward_.data() + (r.last - 1) * size_t(per) : zeros_.data();
-    out[c] += power_of_four(core_exponent_ - q) *
-              reference_errors(q, mantissa_bits_, scales[c], core_.data(), down, up, errors_.data());
+    // The core with the edges that scale (those between the core and r's ends, summed outward), as
+    // one weight over the reference binade's errors; consecutive scales mostly share it.
+    if (r.first != weight_first || r.last != weight_last) {
+      weight_first = r.first, weight_last = r.last;
+      const bool any = r.first < r.last;
+      const double* down = any && r.first < below_core_ ? outward_.data() + r.first * size_t(per) : nullptr;
+      const double* up = any && r.last > below_core_ ? outward_.data() + (r.last - 1) * size_t(per) : nullptr;
+      combined_.assign(core_.begin(), core_.end());
+      if (down) accumulate_scaled(combined_.data(), 1.0, down, size_t(per));
+      if (up) accumulate_scaled(combined_.data(), 1.0, up, size_t(per));
+    }
+    out[c] += power_of_four(core_exponent_ - q) * weighted_reference_errors(q, mantissa_bits_, scales[c], combined_.data());
   }
 }
 

@@ -110,7 +110,7 @@ class fp8_error_estimate {
   std::vector<binade> edges_;
   size_t below_core_ = 0;          // edges_ below the core come first
   std::vector<double> outward_;    // per edge: its scaled counts and those between it and the core
-  std::vector<double> zeros_;
+  std::vector<double> combined_;  // the core and the edges that scale under a scale, summed
   std::vector<float> values_;           // the edges' non-zero magnitudes (zero adds no error),
   std::vector<double> nonzero_counts_;  // 16-bit subnormals first (tiny_ of them); zero padding last
   size_t tiny_ = 0;

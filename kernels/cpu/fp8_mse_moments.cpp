@@ -95,8 +95,8 @@ MIXQ_CLONES double sum_of_squares(const uint32_t* bits, int64_t n) {
     std::memcpy(&u, bits + i, sizeof u);
     u &= 0x7fffffffu;
     const v16f x = (v16f)(u >= 0x7f800000u ? 0u : u);  // inf / NaN: zeroed
-    const v8d lo = __builtin_convertvector(__builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
-    const v8d hi = __builtin_convertvector(__builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+    v8d lo, hi;
+    lanes::widen(x, &lo, &hi);
     acc += lo * lo + hi * hi;
   }
   double sum = 0.0;
@@ -161,22 +161,22 @@ MIXQ_CLONES candidate_sums sums_under(const buckets& b, float scale) {
     far |= (v16u)(c_hi - c_lo > 1u);
     const v16u split = (v16u)(c_lo != c_hi);
     const v16f span = hi - lo;  // exact: both in one binade
+    v8d v_lo_d[2], v_hi_d[2], span_d[2];
+    lanes::widen(v_lo, &v_lo_d[0], &v_lo_d[1]);
+    lanes::widen(v_hi, &v_hi_d[0], &v_hi_d[1]);
+    lanes::widen(span, &span_d[0], &span_d[1]);
     for (int half = 0; half < 2; ++half) {
-      const auto wide = [half](v16f v) {
-        return half ? __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), v8d)
-                    : __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
-      };
       const v8q crossed = half ? __builtin_convertvector(__builtin_shufflevector(split, split, 8, 9, 10, 11, 12, 13, 14, 15), v8q)
                                : __builtin_convertvector(__builtin_shufflevector(split, split, 0, 1, 2, 3, 4, 5, 6, 7), v8q);
       v8d x, w0, w1;
       std::memcpy(&x, b.x.data() + k + 8 * half, sizeof x);
       std::memcpy(&w0, b.w0.data() + k + 8 * half, sizeof w0);
       std::memcpy(&w1, b.w1.data() + k + 8 * half, sizeof w1);
-      const v8d vl = wide(v_lo), vh = wide(v_hi);
+      const v8d vl = v_lo_d[half], vh = v_hi_d[half];
       const v8d f_lo = vl * vl * w0 - 2.0 * x * vl * w1, f_hi = vh * vh * w0 - 2.0 * x * vh * w1;
       estimate += crossed != 0 ? (f_hi < f_lo ? f_hi : f_lo) : f_lo;
       // an element on the wrong side of the boundary errs by 2 |x − t| (v_hi − v_lo), |x − t| <= the span
-      width += crossed != 0 ? 2.0 * wide(span) * (vh - vl) * w0 : 0.0;
+      width += crossed != 0 ? 2.0 * span_d[half] * (vh - vl) * w0 : 0.0;
       magnitude += 2.0 * x * vh * w1 + vh * vh * w0;
     }
   }

@@ -24,6 +24,7 @@ typedef uint32_t v8u __attribute__((vector_size(32)));
 typedef uint8_t v8b __attribute__((vector_size(8)));
 typedef uint8_t v16b __attribute__((vector_size(16)));
 typedef double v8d __attribute__((vector_size(64)));
+typedef double v16d __attribute__((vector_size(128)));
 typedef uint64_t v8q __attribute__((vector_size(64)));
 typedef uint16_t v16h __attribute__((vector_size(32)));
 
@@ -153,12 +154,21 @@ MIXQ_ALWAYS_INLINE v16f fp8_dequantized(v16u bits, float scale) {
   return (v16f)((v16u)(e4m3_decode(code) * scale) | (bits & 0x80000000u));
 }
 
-// x - fp8 value of x in double, lanes 0-7 (half 0) or 8-15 (half 1).
-MIXQ_ALWAYS_INLINE v8d fp8_differences(v16f x, v16f deq, int half) {
-  const v16f d = half ? __builtin_shufflevector(x, deq, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31)
-                      : __builtin_shufflevector(x, deq, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-  return __builtin_convertvector(__builtin_shufflevector(d, d, 0, 1, 2, 3, 4, 5, 6, 7), v8d) -
-         __builtin_convertvector(__builtin_shufflevector(d, d, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+// 16 floats in double (exact): lanes 0-7 into lo, 8-15 into hi. One conversion of all 16 (two
+// full-width instructions with AVX-512; converting each half on its own splits them further).
+MIXQ_ALWAYS_INLINE void widen(v16f x, v8d* lo, v8d* hi) {
+  const v16d d = __builtin_convertvector(x, v16d);
+  std::memcpy(lo, &d, sizeof *lo);
+  std::memcpy(hi, reinterpret_cast<const char*>(&d) + sizeof *lo, sizeof *hi);
+}
+
+// x - fp8 value of x in double (exact), lanes 0-7 into lo, 8-15 into hi.
+MIXQ_ALWAYS_INLINE void fp8_differences(v16f x, v16f deq, v8d* lo, v8d* hi) {
+  v8d x_lo, x_hi, d_lo, d_hi;
+  widen(x, &x_lo, &x_hi);
+  widen(deq, &d_lo, &d_hi);
+  *lo = x_lo - d_lo;
+  *hi = x_hi - d_hi;
 }
 
 MIXQ_ALWAYS_INLINE double fp8_scalar_difference(float x, float scale) {
@@ -173,7 +183,8 @@ MIXQ_ALWAYS_INLINE double fp8_sq_error_lanes(const float* x, const double* weigh
   for (; i + 16 <= n; i += 16) {
     const v16u bits = load_bits(x + i);
     const v16f deq = fp8_dequantized(bits, scale);
-    const v8d lo = fp8_differences((v16f)bits, deq, 0), hi = fp8_differences((v16f)bits, deq, 1);
+    v8d lo, hi;
+    fp8_differences((v16f)bits, deq, &lo, &hi);
     if (weight) {
       v8d w_lo, w_hi;
       std::memcpy(&w_lo, weight + i, sizeof w_lo);
