@@ -279,6 +279,39 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   return s;
 }
 
+// One block's code where the window search left more than one candidate (decided: the window
+// holds the least error; contenders: the window codes that may have it, as bits from lo;
+// unsettled: window codes that may have it without being candidates, whose multiplier codes above
+// the window join), or could not run (not decided: the reference's search).
+template <simd_level L>
+__attribute__((noinline)) uint32_t settle_block(const float* values, float amax, uint32_t lo, uint32_t contenders,
+                                    uint32_t unsettled, bool decided, const nvfp4_job& job) {
+  if (!decided)
+    return nvfp4_choose_block_scale(values, amax, job.global_amax, job.normalizer, job.selector, job.multipliers);
+  const code_tables& t = *job.tables;
+  v16f ax;  // the contenders' exact errors, in ascending code order
+  std::memcpy(&ax, values, sizeof ax);
+  int best_k = -1;
+  float best = 0.0f;
+  const auto consider = [&](int k) {
+    const float err = block_error<L>(ax, t.step[k]);
+    if (best_k < 0 || err < best) best = err, best_k = k;
+  };
+  for (uint32_t c = contenders; c; c &= c - 1) consider(int(lo) + std::countr_zero(c));
+  if (unsettled) {  // multiplier codes above the window (the list ascends with its codes)
+    uint32_t above_codes[128];  // distinct codes above the window, at most 126 - 16 of them
+    int n_above = 0;
+    for (size_t m = job.multipliers.size(); m-- > 0;) {
+      const uint32_t k = e4m3_encode(nvfp4_block_scale_f32(amax * job.multipliers[m], job.global_amax, job.normalizer));
+      if (k < lo + 16) break;
+      if ((unsettled >> (8 + (k - lo) % 8) & 1) && (n_above == 0 || above_codes[n_above - 1] != k))
+        above_codes[n_above++] = k;
+    }
+    while (n_above > 0) consider(int(above_codes[--n_above]));
+  }
+  return uint32_t(best_k);
+}
+
 // values: each block's magnitudes (element order, in memory); above / below: A + δ and A - δ of
 // the eligible blocks' windows.
 template <simd_level L>
@@ -320,35 +353,10 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
   std::memcpy(unsettled, &unsettled_v, sizeof unsettled);
   std::memcpy(amax, &bmax, sizeof amax);
   for (int j = 0; j < kGroup; ++j) {
-    uint32_t c = contenders[j];
-    if (ok[j] && !unsettled[j] && std::popcount(c) == 1) {
-      chosen[j] = lo[j] + uint32_t(std::countr_zero(c));
-    } else if (ok[j]) {  // the contenders' exact errors, in ascending code order
-      v16f ax;
-      std::memcpy(&ax, values[j], sizeof ax);
-      int best_k = -1;
-      float best = 0.0f;
-      const auto consider = [&](int k) {
-        const float err = block_error<L>(ax, t.step[k]);
-        if (best_k < 0 || err < best) best = err, best_k = k;
-      };
-      for (; c; c &= c - 1) consider(int(lo[j]) + std::countr_zero(c));
-      if (unsettled[j]) {  // multiplier codes above the window (the list ascends with its codes)
-        uint32_t above_codes[128];  // distinct codes above the window, at most 126 - 16 of them
-        int n_above = 0;
-        for (size_t m = job.multipliers.size(); m-- > 0;) {
-          const uint32_t k = e4m3_encode(nvfp4_block_scale_f32(amax[j] * job.multipliers[m], job.global_amax, job.normalizer));
-          if (k < lo[j] + 16) break;
-          if ((unsettled[j] >> (8 + (k - lo[j]) % 8) & 1) && (n_above == 0 || above_codes[n_above - 1] != k))
-            above_codes[n_above++] = k;
-        }
-        while (n_above > 0) consider(int(above_codes[--n_above]));
-      }
-      chosen[j] = uint32_t(best_k);
-    } else {
-      chosen[j] = nvfp4_choose_block_scale(values[j], amax[j], job.global_amax, job.normalizer, job.selector,
-                                           job.multipliers);
-    }
+    const uint32_t c = contenders[j];
+    chosen[j] = ok[j] && !unsettled[j] && std::popcount(c) == 1
+                    ? lo[j] + uint32_t(std::countr_zero(c))
+                    : settle_block<L>(values[j], amax[j], lo[j], c, unsettled[j], ok[j] != 0, job);
   }
   v16u out;
   std::memcpy(&out, chosen, sizeof out);
@@ -650,6 +658,59 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   return s;
 }
 
+// search_decide with mask compares: a block's lanes that may hold its least error come out of one
+// compare as its 16-bit mask (no transpose), and the blocks left with a single candidate take it
+// in one vector step; only the others (a fraction of a percent) go through settle_block.
+MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f bmax, const search_setup& s,
+                                      const v16f* above, const v16f* below, const nvfp4_job& job) {
+  alignas(64) uint32_t window[kGroup];
+  std::memcpy(window, &s.in_window, sizeof window);
+  const __mmask16 eligible = _mm512_test_epi32_mask(vec(s.eligible), vec(s.eligible));
+  v16f candidates[kGroup];
+  for (int j = 0; j < kGroup; ++j)
+    candidates[j] = (v16f)_mm512_mask_mov_ps(_mm512_set1_ps(INFINITY),
+                                             __mmask16(window[j]) & __mmask16(-((eligible >> j) & 1)), (__m512)above[j]);
+  // >= the least error of each block's candidates (the window holds one)
+  const v16f bound = lanes::reduce16x16(candidates, lanes::min_op{});
+  alignas(64) float bound_of[kGroup];
+  std::memcpy(bound_of, &bound, sizeof bound_of);
+  alignas(32) uint16_t close_bits[kGroup];  // lanes whose error may be the least (NaN too)
+  for (int j = 0; j < kGroup; ++j)
+    close_bits[j] = _mm512_cmp_ps_mask((__m512)below[j], _mm512_set1_ps(bound_of[j]), _CMP_NGT_UQ);
+  const __m512i close = _mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(close_bits)));
+  // Every code below lo clips the block's max: the max's own error term grows as the step shrinks.
+  const __m512i code_below = _mm512_max_epi32(_mm512_sub_epi32(vec(s.lo), u32(1)), _mm512_setzero_si512());
+  const __m512 step_below = _mm512_i32gather_ps(code_below, job.tables->step, 4);
+  const __m512 clipped = _mm512_sub_ps((__m512)bmax, _mm512_mul_ps(_mm512_set1_ps(6.0f), step_below));
+  const __mmask16 decided = eligible & _mm512_cmp_ps_mask((__m512)bound, _mm512_set1_ps(INFINITY), _CMP_LT_OQ) &
+                            _mm512_cmp_ps_mask(_mm512_mul_ps(clipped, clipped), (__m512)bound, _CMP_GT_OQ);
+  const __m512i contenders = _mm512_and_si512(close, vec(s.in_window));
+  // A code above the window loses to the window code it doubles; where that one is not a
+  // candidate itself but may be the least, the codes above it join the exact evaluation.
+  const __m512i unsettled = _mm512_andnot_si512(vec(s.in_window), _mm512_and_si512(vec(s.above_bases), close));
+  const __mmask16 single =
+      decided & _mm512_testn_epi32_mask(unsettled, unsettled) & _mm512_test_epi32_mask(contenders, contenders) &
+      _mm512_testn_epi32_mask(contenders, _mm512_sub_epi32(contenders, u32(1)));
+  const __m512i first = _mm512_sub_epi32(u32(31), _mm512_lzcnt_epi32(contenders));  // the single bit's place
+  const __m512i chosen_v = _mm512_add_epi32(vec(s.lo), first);
+  if (single == 0xffff) return (v16u)chosen_v;
+  alignas(64) uint32_t chosen[kGroup], lo[kGroup], contender_bits[kGroup], unsettled_bits[kGroup];
+  alignas(64) float amax[kGroup];
+  _mm512_store_si512(chosen, chosen_v);
+  _mm512_store_si512(lo, vec(s.lo));
+  _mm512_store_si512(contender_bits, contenders);
+  _mm512_store_si512(unsettled_bits, unsettled);
+  _mm512_store_ps(amax, (__m512)bmax);
+  for (uint32_t rest = ~uint32_t(single) & 0xffffu; rest; rest &= rest - 1) {
+    const int j = std::countr_zero(rest);
+    chosen[j] = settle_block<simd_level::avx512>(values[j], amax[j], lo[j], contender_bits[j], unsettled_bits[j],
+                                                 (decided >> j) & 1, job);
+  }
+  v16u out;
+  std::memcpy(&out, chosen, sizeof out);
+  return out;
+}
+
 // max and four_over_six with the global amax at least every |w| (as when it is the weight's own)
 // keep every |w| / step below 6.4: their bounded kinds skip a clamp.
 enum class group_kind { max, max_bounded, four_over_six, four_over_six_bounded, search, search_with_errors };
@@ -689,7 +750,7 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, con
     for (int j = 0; j < kGroup; ++j)
       if (eligible[j]) estimate_window(values[j], window_lo[j], *job.tables, &above[j], &below[j]);
     encode_group<K == group_kind::search_with_errors, false>(
-        x, search_decide<simd_level::avx512>(values, bmax, setup, above, below, job), job.ws2, scales, packed, errors);
+        x, avx512::search_decide(values, bmax, setup, above, below, job), job.ws2, scales, packed, errors);
   }
 }
 
