@@ -56,13 +56,14 @@ constexpr int64_t kChunkGroups = 16;                // groups per work item (64 
 // Per-code constants of one weight scale: step[k] = E4M3 value k × weight_scale_2 (the reference's
 // dequantization step), its reciprocal and square. Index 0 is unused; windows load 16 from k >= 1.
 struct code_tables {
-  alignas(64) float step[128] = {}, recip[128] = {}, step_sq[128] = {};
+  alignas(64) float step[128] = {}, recip[128] = {}, step_sq[128] = {}, step_sq_margin[128] = {};  // margin: 2^-13 s²
   bool usable = false;  // the window search's conditions on the float range hold (else: reference)
   explicit code_tables(float ws2) {
     for (int k = 1; k <= 0x7e; ++k) {
       step[k] = e4m3_decode_table()[k] * ws2;
       recip[k] = 1.0f / step[k];
       step_sq[k] = step[k] * step[k];
+      step_sq_margin[k] = step_sq[k] * 0x1p-13f;  // (exact: a power of two)
     }
     // Steps in [2^-49, 2^49]: squares and errors (|w| < 32 steps) stay normal and finite, halving
     // and doubling a step are exact.
@@ -595,15 +596,15 @@ MIXQ_ALWAYS_INLINE void four_over_six_group(const pair* x, v16f bmax, const nvfp
 MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
                                         v16f* below_error) {
   const __m512 recip = _mm512_loadu_ps(t.recip + lo), step_sq = _mm512_loadu_ps(t.step_sq + lo);
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __m512 acc[2];
   for (int i = 0; i < kNvfp4Block; ++i) {
     const __m512 q = _mm512_mul_ps(_mm512_set1_ps(a[i]), recip);
     const __m512i k = _mm512_max_epu32(_mm512_srli_epi32(_mm512_castps_si512(q), 21), u32(496));
     const __m512 e = _mm512_sub_ps(q, lookup(k, lanes::kE2M1MagLo, lanes::kE2M1MagHi));
-    acc[i & 3] = _mm512_fmadd_ps(e, e, acc[i & 3]);
+    acc[i & 1] = i < 2 ? _mm512_mul_ps(e, e) : _mm512_fmadd_ps(e, e, acc[i & 1]);
   }
-  const __m512 est = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])), step_sq);
-  const __m512 delta = _mm512_fmadd_ps(step_sq, _mm512_set1_ps(0x1p-13f), _mm512_mul_ps(est, _mm512_set1_ps(0x1p-15f)));
+  const __m512 est = _mm512_mul_ps(_mm512_add_ps(acc[0], acc[1]), step_sq);
+  const __m512 delta = _mm512_fmadd_ps(est, _mm512_set1_ps(0x1p-15f), _mm512_loadu_ps(t.step_sq_margin + lo));
   *above_error = (v16f)_mm512_add_ps(est, delta);
   *below_error = (v16f)_mm512_sub_ps(est, delta);
 }
