@@ -506,6 +506,7 @@ std::vector<size_t> fp8_error_estimate::choose(std::span<const float> scale) {
   // (γ_N + γ_B) E, and E ≤ estimate / (1 − γ_B); the margin is twice that.
   const double g = rounding_gamma(double(n_binades_ * core_.size() + values_.size() + 2 * n_binades_) + 16.0);
   const double relative = 2.0 * (rounding_gamma(elements_) + g) / (1.0 - g);
+  relative_bound_ = relative;
   // A candidate with an infinite scale errs by NaN (x / inf = 0, 0 · inf): never the reference's.
   double least_upper = INFINITY;
   for (size_t c = 0; c < n_cand; ++c)

@@ -67,8 +67,11 @@ class fp8_error_estimate {
   // finite ones only), taken straight from the table, which is left zeroed for the next row.
   std::vector<size_t> row_contenders(source_dtype dtype, uint32_t* table, uint32_t lo, uint32_t hi, float amax,
                                      std::span<const float> multipliers);
-  // The last contenders() call's estimate for each multiplier.
+  // The last contenders() call's estimate for each multiplier, and its bound: the reference's sum
+  // over the counted magnitudes (and the exact sum of its terms) is within relative_bound() ·
+  // estimate of it.
   const std::vector<double>& estimates() const { return estimates_; }
+  double relative_bound() const { return relative_bound_; }
 
   // The estimate of Σ count · err² under one scale: the reference's sum within ~1e-12 relative.
   double sq_error(float scale);
@@ -117,6 +120,7 @@ class fp8_error_estimate {
   std::vector<edge_range> ranges_;
   std::vector<double> errors_;
   std::vector<double> estimates_;
+  double relative_bound_ = 0.0;
 };
 
 // Per-channel MSE: one row's magnitudes counted with a table kept per thread between rows.

@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include <fmt/format.h>
@@ -211,21 +212,112 @@ struct fp8_rows {
   }
 };
 
+// x · 2^k rounded to F16 into proxy (every |x · 2^k| below 2^15), and Σ δ² with
+// δ = |x · 2^k − proxy| + 2^-20 max(|x · 2^k|, |proxy|): how far apart, in L2, the rows of the
+// reference's FP8 errors of x · 2^k and of proxy can be under any scale (see row_mse_search).
+MIXQ_CLONES double f16_proxy_row(const float* x, int64_t n, int k, uint16_t* proxy) {
+  using lanes::v16f, lanes::v16u, lanes::v8d;
+  const float scale = std::ldexp(1.0f, k);
+  const double scale_d = std::ldexp(1.0, k);
+  const auto delta = [](v8d a, v8d b) {  // δ per lane
+    const v8d abs_a = a < 0.0 ? -a : a, abs_b = b < 0.0 ? -b : b, diff = a - b;
+    return (diff < 0.0 ? -diff : diff) + 0x1p-20 * (abs_a > abs_b ? abs_a : abs_b);
+  };
+  v8d acc = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const v16u bits = lanes::load_bits(x + i);
+    const v16f v = (v16f)bits * scale;  // (exact but where it underflows: δ takes x · 2^k itself)
+    const v16u u = (v16u)v & 0x7fffffffu, sign = (v16u)v & 0x80000000u;
+    // F16 normals: RNE to 10 mantissa bits; below 2^-14, multiples of 2^-24 (0.5 + |v| rounds so)
+    const v16u normal = (u + 0xfffu + ((u >> 13) & 1u)) & 0xffffe000u;
+    const v16f tiny = (v16f)u + 0.5f;
+    const v16u is_normal = (v16u)(u >= 0x38800000u);
+    const v16u code = (is_normal & ((normal >> 13) - (112u << 10))) | (~is_normal & ((v16u)tiny - 0x3f000000u));
+    const v16f value = (v16f)((is_normal & normal) | (~is_normal & (v16u)(tiny - 0.5f))) ;
+    const lanes::v16h h = __builtin_convertvector(code | (sign >> 16), lanes::v16h);
+    std::memcpy(proxy + i, &h, sizeof h);
+    v8d x_lo, x_hi, p_lo, p_hi;
+    lanes::widen((v16f)bits, &x_lo, &x_hi);
+    lanes::widen(value, &p_lo, &p_hi);
+    const v8d d_lo = delta(x_lo < 0.0 ? -x_lo * scale_d : x_lo * scale_d, p_lo), d_hi = delta(x_hi < 0.0 ? -x_hi * scale_d : x_hi * scale_d, p_hi);
+    acc += d_lo * d_lo + d_hi * d_hi;
+  }
+  double d2 = 0.0;
+  for (int j = 0; j < 8; ++j) d2 += acc[j];
+  for (; i < n; ++i) {
+    const _Float16 h = static_cast<_Float16>(x[i] * scale);  // (RNE; F16C where the target has it)
+    proxy[i] = std::bit_cast<uint16_t>(h);
+    const double a = double(x[i]) * scale_d, b = double(f16_decode_table()[proxy[i]]);  // (both exact)
+    const double d = std::abs(a - b) + 0x1p-20 * std::max(std::abs(a), std::abs(b));
+    d2 += d * d;
+  }
+  return d2;
+}
+
 // Per-channel MSE: the first multiplier with the least squared error over one row. Over 16-bit
 // values the row's counted magnitudes rule out all but (almost always) one candidate first, as per
 // tensor (fp8_mse_histogram); the rest are evaluated exactly, in the reference's order. SIZE_MAX
 // when no candidate's error is finite (every scale infinite).
+//
+// An F32 row of other values is counted as an F16 rounding of it (scaled by a power of two into
+// F16's range: every candidate's error scales by its square), whose errors bound the row's: an
+// element's FP8 error under scale s is its distance to the grid s · FP8 values within 4.01u|x|
+// (u = 2^-24: the quotient's and the dequantized value's roundings), and that distance moves by at
+// most |x − x'| when x moves to x', so the row's error vector is within ||δ|| (f16_proxy_row) of
+// the proxy's in L2: sqrt(E) within sqrt(D) of sqrt(E'), E' within the estimate's own bound of its
+// estimate. The candidates those intervals cannot rule out are evaluated exactly.
 struct row_mse_search {
   row_magnitude_counter counter;
   std::vector<size_t> left;
   std::vector<float> subset;
+  std::vector<uint16_t> proxy;
   std::vector<double> err;
+
+  // The proxy's contenders for an F32 row x whose values are not all BF16 values; nullopt where the
+  // bound's conditions fail (values near the float range's ends).
+  std::optional<std::vector<size_t>> proxy_contenders(const source_matrix& w, const float* x, float amax,
+                                                      std::span<const float> multipliers) {
+    if (!(amax >= 0x1p-60f && amax <= 0x1p60f)) return std::nullopt;
+    const int k = 14 - std::ilogb(amax);  // amax · 2^k in [2^14, 2^15)
+    const float amax_scaled = std::ldexp(amax, k);
+    // Every candidate's scale must scale with the row: none at fp8_scale_for_amax's floor (amax · m
+    // at most 2^-24 takes scale 1) or past the float range, in either space.
+    for (float m : multipliers)
+      if (!(amax * m > 0x1p-24f) || !std::isfinite(fp8_scale_for_amax(amax_scaled * m)) ||
+          !std::isfinite(fp8_scale_for_amax(amax * m)))
+        return std::nullopt;
+    proxy.resize(size_t(w.cols));
+    const double d2 = f16_proxy_row(x, w.cols, k, proxy.data()) * (1.0 + 0x1p-40);  // (its own roundings)
+    const source_matrix row{proxy.data(), source_dtype::f16, 1, w.cols, w.name};
+    if (!counter.contenders(row, 0, nullptr, amax_scaled, multipliers)) return std::nullopt;
+    const std::vector<double>& estimate = counter.estimate.estimates();
+    const double rel = counter.estimate.relative_bound(), sum_rounding = rounding_gamma(double(w.cols) + 8.0);
+    const double d = std::sqrt(d2) * (1.0 + 0x1p-50);
+    std::vector<double> lower(multipliers.size()), upper(multipliers.size());
+    double least_upper = INFINITY;
+    for (size_t c = 0; c < multipliers.size(); ++c) {
+      const double lo = std::max(0.0, std::sqrt(std::max(0.0, estimate[c] * (1.0 - rel))) * (1.0 - 0x1p-50) - d);
+      const double hi = std::sqrt(estimate[c] * (1.0 + rel)) * (1.0 + 0x1p-50) + d;
+      lower[c] = lo * lo * (1.0 - sum_rounding) * (1.0 - 0x1p-50);
+      upper[c] = hi * hi * (1.0 + sum_rounding) * (1.0 + 0x1p-50);
+      least_upper = std::min(least_upper, upper[c]);
+    }
+    std::vector<size_t> kept;
+    for (size_t c = 0; c < multipliers.size(); ++c)
+      if (lower[c] <= least_upper) kept.push_back(c);
+    return kept;
+  }
 
   size_t best(const source_matrix& w, int64_t r, row_copy& x, float amax, std::span<const float> multipliers) {
     left.clear();
-    if (auto kept = counter.contenders(w, r, w.dtype == source_dtype::f32 ? x(r) : nullptr, amax, multipliers)) {
+    const bool f32 = w.dtype == source_dtype::f32;
+    if (auto kept = counter.contenders(w, r, f32 ? x(r) : nullptr, amax, multipliers)) {
       left = std::move(*kept);
       if (left.size() <= 1) return left.empty() ? SIZE_MAX : left[0];
+    } else if (auto proxied = f32 ? proxy_contenders(w, x(r), amax, multipliers) : std::nullopt) {
+      left = std::move(*proxied);
+      if (left.empty()) return SIZE_MAX;
     } else {
       for (size_t c = 0; c < multipliers.size(); ++c) left.push_back(c);
     }
