@@ -155,9 +155,10 @@ void BM_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector s
   run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(source(s.rows), o)); });
 }
 
-void BM_fp8_f32(benchmark::State& state, fp8_selector selector) {
+void BM_fp8_f32(benchmark::State& state, fp8_granularity granularity, fp8_selector selector) {
   const bench_setup s = setup(state);
   fp8_options o;
+  o.granularity = granularity;
   o.selector = selector;
   const cpu::source_matrix w{weight_f32(s.rows).data(), cpu::source_dtype::f32, s.rows, kCols, "bench.weight"};
   run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(w, o)); }, 4);
@@ -204,8 +205,10 @@ BENCHMARK_CAPTURE(BM_fp8, per_tensor_max, fp8_granularity::per_tensor, fp8_selec
 BENCHMARK_CAPTURE(BM_fp8, per_channel_max, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8, per_tensor_mse, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8, per_channel_mse, fp8_granularity::per_channel, fp8_selector::mse)->Apply(thread_counts);
-BENCHMARK_CAPTURE(BM_fp8_f32, per_tensor_max, fp8_selector::max)->Apply(thread_counts);
-BENCHMARK_CAPTURE(BM_fp8_f32, per_tensor_mse, fp8_selector::mse)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_f32, per_tensor_max, fp8_granularity::per_tensor, fp8_selector::max)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_f32, per_tensor_mse, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_f32, per_channel_max, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_f32, per_channel_mse, fp8_granularity::per_channel, fp8_selector::mse)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp4, format_id::mxfp4)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp8, format_id::mxfp8)->Apply(thread_counts);
 BENCHMARK(BM_nf4)->Apply(thread_counts);
