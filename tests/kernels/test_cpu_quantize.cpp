@@ -399,6 +399,18 @@ TEST(cpu_kernels, nvfp4_mse_multiplier_lists_bit_identical) {
   }
   spread.values[0] = 2.0f;
   tensors.push_back(spread);
+  // The same over 8192 blocks: BF16 weights that large take the candidate codes from a table by
+  // the block max's mantissa (codes clamped at 126 included: maxima up to the global amax).
+  testing::test_tensor big = spread;
+  big.name = "spread 64x2048";
+  big.rows = 64, big.cols = 2048;
+  big.values.resize(size_t(big.rows * big.cols));
+  for (size_t b = 0; b < big.values.size() / 16; ++b) {
+    const float bmax = std::ldexp(1.0f, -int(rng() % 25)) * (1.0f + float(rng() % 1024) / 1024.0f);
+    for (int i = 0; i < 16; ++i) big.values[b * 16 + i] = bmax * float(rng() % 1001) / 1000.0f * (rng() % 2 ? 1.0f : -1.0f);
+  }
+  big.values[0] = 2.0f;
+  tensors.push_back(big);
   for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
     if (level > cpu::cpu_simd_level()) continue;
     cpu::limit_simd_level(level);
