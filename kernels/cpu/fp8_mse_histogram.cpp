@@ -400,6 +400,7 @@ void fp8_error_estimate::take_row(source_dtype dtype, uint32_t* table, uint32_t 
 
 void fp8_error_estimate::finish_split() {
   const size_t per = size_t(1) << mantissa_bits_;
+  combined_valid_ = false;
   // Padded to whole vectors with zero counts (values 0: no error) for runs_sq_errors.
   values_.resize((values_.size() + 15) / 16 * 16, 0.0f);
   nonzero_counts_.resize(values_.size(), 0.0);
@@ -422,6 +423,7 @@ void fp8_error_estimate::finish_split() {
 void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
   const int64_t per = int64_t(1) << mantissa_bits_;
   const size_t n = scales.size();
+  const int64_t n_values = int64_t(values_.size());
   errors_.resize(size_t(per));
   // The edges that do not scale are those below the first that does (x / scale reaching FP8's
   // subnormals) and above the last (reaching saturation): value by value, in two runs of values_,
@@ -436,33 +438,85 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
     r.low_end = int64_t(r.first < edges_.size() ? edges_[r.first].first : values_.size());
     r.high_begin = int64_t(r.last < edges_.size() ? edges_[r.last].first : values_.size());
   }
-  runs_sq_errors(values_.data(), nonzero_counts_.data(), int64_t(values_.size()), scales.data(), ranges_.data(),
-                 int64_t(n), out);
-  size_t weight_first = SIZE_MAX, weight_last = SIZE_MAX;  // the edges combined_ holds with the core
-  for (size_t c = 0; c < n; ++c) {
-    const edge_range& r = ranges_[c];
-    const int q = exponent_of(scales[c]);
-    // A core or an edge that scales puts q in reach; otherwise no reference errors are needed.
-    if (q < -100 || q > 100) continue;
-    if (!has_core_) {  // (rare: a row in a binade or two) each edge that scales on its own
-      reference_errors(q, mantissa_bits_, scales[c], errors_.data());
-      for (size_t e = r.first; e < r.last; ++e)
-        out[c] += power_of_four(edges_[e].exponent - q) * dot(counts_.data() + edges_[e].offset, errors_.data(), per);
-      continue;
-    }
-    // The core with the edges that scale (those between the core and r's ends, summed outward), as
-    // one weight over the reference binade's errors; consecutive scales mostly share it.
-    if (r.first != weight_first || r.last != weight_last) {
-      weight_first = r.first, weight_last = r.last;
-      const bool any = r.first < r.last;
-      const double* down = any && r.first < below_core_ ? outward_.data() + r.first * size_t(per) : nullptr;
-      const double* up = any && r.last > below_core_ ? outward_.data() + (r.last - 1) * size_t(per) : nullptr;
-      combined_.assign(core_.begin(), core_.end());
-      if (down) accumulate_scaled(combined_.data(), 1.0, down, size_t(per));
-      if (up) accumulate_scaled(combined_.data(), 1.0, up, size_t(per));
-    }
-    out[c] += power_of_four(core_exponent_ - q) * weighted_reference_errors(q, mantissa_bits_, scales[c], combined_.data());
+  // Scales under which top edges saturate (a run above the last edge that scales) come last: one
+  // whose error over the 32 largest magnitudes alone (part of its sum: a lower bound) already
+  // exceeds an evaluated scale's upper bound cannot be the least, and is left unevaluated (+inf).
+  const auto saturates = [&](size_t c) { return ranges_[c].high_begin < n_values && n > 1; };
+  std::vector<float>& subset = subset_scales_;
+  std::vector<edge_range>& subset_ranges = subset_ranges_;
+  std::vector<double>& subset_out = subset_out_;
+  std::vector<size_t>& index = subset_index_;
+  const auto evaluate = [&](auto&& pick) {
+    subset.clear(), subset_ranges.clear(), index.clear();
+    for (size_t c = 0; c < n; ++c)
+      if (pick(c)) subset.push_back(scales[c]), subset_ranges.push_back(ranges_[c]), index.push_back(c);
+    subset_out.assign(subset.size(), 0.0);
+    runs_sq_errors(values_.data(), nonzero_counts_.data(), n_values, subset.data(), subset_ranges.data(),
+                   int64_t(subset.size()), subset_out.data());
+    for (size_t k = 0; k < index.size(); ++k) out[index[k]] = subset_out[k] + reference_part(index[k], scales[index[k]]);
+  };
+  std::fill(out, out + n, 0.0);
+  evaluate([&](size_t c) { return !saturates(c); });
+  const double relative = relative_margin();
+  double least_upper = INFINITY;
+  for (size_t c = 0; c < n; ++c)
+    if (!saturates(c) && std::isfinite(scales[c])) least_upper = std::min(least_upper, out[c] + relative * out[c]);
+  std::vector<uint8_t>& ruled_out = ruled_out_;
+  ruled_out.assign(n, 0);
+  if (least_upper < INFINITY) {  // the lower bounds, all saturating scales in one call
+    subset.clear(), subset_ranges.clear(), index.clear();
+    const int64_t top = std::max<int64_t>(0, n_values - 32);
+    for (size_t c = 0; c < n; ++c)
+      if (saturates(c)) subset.push_back(scales[c]), subset_ranges.push_back({0, 0, 0, top}), index.push_back(c);
+    subset_out.assign(subset.size(), 0.0);
+    runs_sq_errors(values_.data(), nonzero_counts_.data(), n_values, subset.data(), subset_ranges.data(),
+                   int64_t(subset.size()), subset_out.data());
+    // (32 terms, each within 2^-53: the bound's own rounding is far inside 2^-40; the reference's
+    // sum is within γ_N of the exact one, inside the margin.)
+    for (size_t k = 0; k < index.size(); ++k)
+      if (subset_out[k] * (1.0 - 0x1p-40) - relative * subset_out[k] > least_upper) ruled_out[index[k]] = 1;
   }
+  evaluate([&](size_t c) { return saturates(c) && !ruled_out[c]; });
+  for (size_t c = 0; c < n; ++c)
+    if (ruled_out[c]) out[c] = INFINITY;
+}
+
+// The part of a scale's estimate from the core and the edges that scale under it (after ranges_).
+double fp8_error_estimate::reference_part(size_t c, float scale) {
+  const int64_t per = int64_t(1) << mantissa_bits_;
+  const edge_range& r = ranges_[c];
+  const int q = exponent_of(scale);
+  // A core or an edge that scales puts q in reach; otherwise no reference errors are needed.
+  if (q < -100 || q > 100) return 0.0;
+  if (!has_core_) {  // (rare: a row in a binade or two) each edge that scales on its own
+    double sum = 0.0;
+    reference_errors(q, mantissa_bits_, scale, errors_.data());
+    for (size_t e = r.first; e < r.last; ++e)
+      sum += power_of_four(edges_[e].exponent - q) * dot(counts_.data() + edges_[e].offset, errors_.data(), per);
+    return sum;
+  }
+  // The core with the edges that scale (those between the core and r's ends, summed outward), as
+  // one weight over the reference binade's errors; consecutive scales mostly share it.
+  if (r.first != combined_first_ || r.last != combined_last_ || !combined_valid_) {
+    combined_first_ = r.first, combined_last_ = r.last, combined_valid_ = true;
+    const bool any = r.first < r.last;
+    const double* down = any && r.first < below_core_ ? outward_.data() + r.first * size_t(per) : nullptr;
+    const double* up = any && r.last > below_core_ ? outward_.data() + (r.last - 1) * size_t(per) : nullptr;
+    combined_.assign(core_.begin(), core_.end());
+    if (down) accumulate_scaled(combined_.data(), 1.0, down, size_t(per));
+    if (up) accumulate_scaled(combined_.data(), 1.0, up, size_t(per));
+  }
+  return power_of_four(core_exponent_ - q) * weighted_reference_errors(q, mantissa_bits_, scale, combined_.data());
+}
+
+// Reference and estimate both sum exactly the same nonnegative terms (count · err², err² the same
+// bits: x / scale, its FP8 value and the difference all scale by the binade's power of two): the
+// reference's rounded once per element, the estimate's at most B times each, B below the number
+// of counted magnitudes plus binades plus the dot products' lanes. So |reference − estimate| ≤
+// (γ_N + γ_B) E, and E ≤ estimate / (1 − γ_B); the margin is twice that.
+double fp8_error_estimate::relative_margin() const {
+  const double g = rounding_gamma(double(n_binades_ * core_.size() + values_.size() + 2 * n_binades_) + 16.0);
+  return 2.0 * (rounding_gamma(elements_) + g) / (1.0 - g);
 }
 
 double fp8_error_estimate::sq_error(float scale) {
@@ -499,13 +553,7 @@ std::vector<size_t> fp8_error_estimate::choose(std::span<const float> scale) {
   std::vector<double>& estimate_of = estimates_;
   estimate_of.resize(n_cand);
   estimate(scale, estimate_of.data());
-  // Reference and estimate both sum exactly the same nonnegative terms (count · err², err² the same
-  // bits: x / scale, its FP8 value and the difference all scale by the binade's power of two): the
-  // reference's rounded once per element, the estimate's at most B times each, B below the number
-  // of counted magnitudes plus binades plus the dot products' lanes. So |reference − estimate| ≤
-  // (γ_N + γ_B) E, and E ≤ estimate / (1 − γ_B); the margin is twice that.
-  const double g = rounding_gamma(double(n_binades_ * core_.size() + values_.size() + 2 * n_binades_) + 16.0);
-  const double relative = 2.0 * (rounding_gamma(elements_) + g) / (1.0 - g);
+  const double relative = relative_margin();
   relative_bound_ = relative;
   // A candidate with an infinite scale errs by NaN (x / inf = 0, 0 · inf): never the reference's.
   double least_upper = INFINITY;

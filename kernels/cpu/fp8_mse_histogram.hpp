@@ -100,7 +100,9 @@ class fp8_error_estimate {
   void finish_split();
   static std::vector<float> scales_of(float amax, std::span<const float> multipliers);
   std::vector<size_t> choose(std::span<const float> scales);  // after a split over them
-  void estimate(std::span<const float> scales, double* out);
+  void estimate(std::span<const float> scales, double* out);  // +inf: ruled out unevaluated
+  double reference_part(size_t c, float scale);
+  double relative_margin() const;
 
   int mantissa_bits_ = 7;
   double elements_ = 0.0;
@@ -114,12 +116,19 @@ class fp8_error_estimate {
   size_t below_core_ = 0;          // edges_ below the core come first
   std::vector<double> outward_;    // per edge: its scaled counts and those between it and the core
   std::vector<double> combined_;  // the core and the edges that scale under a scale, summed
+  size_t combined_first_ = 0, combined_last_ = 0;  // for the edges [first, last)
+  bool combined_valid_ = false;
   std::vector<float> values_;           // the edges' non-zero magnitudes (zero adds no error),
   std::vector<double> nonzero_counts_;  // 16-bit subnormals first (tiny_ of them); zero padding last
   size_t tiny_ = 0;
   std::vector<edge_range> ranges_;
   std::vector<double> errors_;
   std::vector<double> estimates_;
+  std::vector<float> subset_scales_;  // estimate()'s scratch: a subset of the scales at a time
+  std::vector<edge_range> subset_ranges_;
+  std::vector<double> subset_out_;
+  std::vector<size_t> subset_index_;
+  std::vector<uint8_t> ruled_out_;
   double relative_bound_ = 0.0;
 };
 
