@@ -67,7 +67,8 @@ class fp8_error_estimate {
   // finite ones only), taken straight from the table, which is left zeroed for the next row.
   std::vector<size_t> row_contenders(source_dtype dtype, uint32_t* table, uint32_t lo, uint32_t hi, float amax,
                                      std::span<const float> multipliers);
-  // The last contenders() call's estimate for each multiplier, and its bound: the reference's sum
+  // The last contenders() call's estimate for each multiplier (+inf for one ruled out unevaluated:
+  // its error exceeds another's), and its bound: the reference's sum
   // over the counted magnitudes (and the exact sum of its terms) is within relative_bound() ·
   // estimate of it.
   const std::vector<double>& estimates() const { return estimates_; }

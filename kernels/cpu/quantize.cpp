@@ -284,11 +284,13 @@ struct row_mse_search {
     // Every candidate's scale must scale with the row: none at fp8_scale_for_amax's floor (amax · m
     // at most 2^-24 takes scale 1) or past the float range, in either space.
     for (float m : multipliers)
-      if (!(amax * m > 0x1p-24f) || !std::isfinite(fp8_scale_for_amax(amax_scaled * m)) ||
+      if (!(amax * m > 0x1p-24f) ||
+          fp8_scale_for_amax(amax_scaled * m) != std::ldexp(fp8_scale_for_amax(amax * m), k) ||
+          !std::isfinite(fp8_scale_for_amax(amax_scaled * m)) ||
           !std::isfinite(fp8_scale_for_amax(amax * m)))
         return std::nullopt;
     proxy.resize(size_t(w.cols));
-    const double d2 = f16_proxy_row(x, w.cols, k, proxy.data()) * (1.0 + 0x1p-40);  // (its own roundings)
+    const double d2 = f16_proxy_row(x, w.cols, k, proxy.data()) * (1.0 + 2.0 * rounding_gamma(double(w.cols) + 16.0));
     const source_matrix row{proxy.data(), source_dtype::f16, 1, w.cols, w.name};
     if (!counter.contenders(row, 0, nullptr, amax_scaled, multipliers)) return std::nullopt;
     const std::vector<double>& estimate = counter.estimate.estimates();
@@ -297,7 +299,10 @@ struct row_mse_search {
     std::vector<double> lower(multipliers.size()), upper(multipliers.size());
     double least_upper = INFINITY;
     for (size_t c = 0; c < multipliers.size(); ++c) {
-      const double lo = std::max(0.0, std::sqrt(std::max(0.0, estimate[c] * (1.0 - rel))) * (1.0 - 0x1p-50) - d);
+      // (+inf: left unevaluated in the proxy's space only, by a margin far inside sqrt(D): kept)
+      const double lo = estimate[c] == INFINITY
+                            ? 0.0
+                            : std::max(0.0, std::sqrt(std::max(0.0, estimate[c] * (1.0 - rel))) * (1.0 - 0x1p-50) - d);
       const double hi = std::sqrt(estimate[c] * (1.0 + rel)) * (1.0 + 0x1p-50) + d;
       lower[c] = lo * lo * (1.0 - sum_rounding) * (1.0 - 0x1p-50);
       upper[c] = hi * hi * (1.0 + sum_rounding) * (1.0 + 0x1p-50);

@@ -670,7 +670,8 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
     if (near) near_index[n_near] = uint8_t(m), near_lanes[n_near++] = near;
   }
   const __mmask16 beyond = _mm512_cmplt_epu32_mask(vec(s.lo), u32(9)) |
-                           _mm512_cmpge_epi32_mask(_mm512_sub_epi32(code, lo), u32(47)) | -__mmask16(n < job.multiplier_factors.size());
+                           _mm512_cmpge_epi32_mask(_mm512_sub_epi32(code, lo), u32(47)) |
+                           __mmask16(n < job.multiplier_factors.size() ? 0xffffu : 0u);
   if ((beyond & eligible) != 0) return false;
   const __m512i exact_lo = vec(s.lo), exact_lo16 = _mm512_add_epi32(exact_lo, u32(16));
   for (uint32_t i = 0; i < n_near; ++i) {
@@ -983,7 +984,10 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
   const float g = nvfp4_scale_amax(global_amax);
   // The approximate multiplier codes rely on an ascending list (codes then ascend with it).
   std::vector<float> factors;
-  if (options.selector == nvfp4_selector::mse_multiplier && std::is_sorted(multipliers.begin(), multipliers.end()))
+  // (and a least multiplier that keeps bmax · c / 6 away from 0, which the reference replaces by 1:
+  // a code that ignores bmax and breaks the ascent; eligible blocks' maxima exceed 2^-44)
+  if (options.selector == nvfp4_selector::mse_multiplier && std::is_sorted(multipliers.begin(), multipliers.end()) &&
+      multipliers.front() >= 0x1p-60f)
     for (float c : multipliers) factors.push_back(float(double(c) * double(normalizer) / (6.0 * double(g / 6.0f))));
   // Over BF16 (block maxima are BF16 values), a table by the max's mantissa replaces the
   // per-multiplier products where the weight is large enough to pay for its 128 × list exact codes

@@ -383,6 +383,7 @@ TEST(cpu_kernels, nvfp4_mse_multiplier_lists_bit_identical) {
       {0.5f, 0.55f, 0.6f, 0.65f, 0.7f, 0.75f, 0.8f, 0.85f, 0.9f, 0.95f, 1.0f, 1.02f, 1.04f, 1.1f, 1.3f, 1.7f, 2.0f},
       {1e-3f, 2e-3f, 0.02f, 0.2f},  // every code below or at the bottom of the window
       {0.6f, 0.65f, 0.7f},          // low in the window: subnormal codes there for the least maxima
+      {1e-45f, 0.6f, 1.0f},         // bmax · 1e-45 / 6 is 0, which the reference takes as 1
       {1.0f, 0.5f, 2.0f, 0.8f},     // not ascending
       {4.0f, 2.0f, 1.0f, 0.5f},     // descending
   };
