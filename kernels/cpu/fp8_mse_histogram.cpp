@@ -44,7 +44,7 @@ uint32_t count_values(const T* p, int64_t n, uint32_t* h0, uint32_t* h1) {
 // (zero counts past the values).
 MIXQ_CLONES void runs_sq_errors(const float* values, const double* counts, int64_t n, const float* scales,
                                 const fp8_error_estimate::edge_range* ranges, int64_t n_scales, double* out) {
-  const lanes::v8q lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  const lanes::v16u lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   for (int64_t c = 0; c < n_scales; ++c) {
     const int64_t low_end = ranges[c].low_end, high_begin = std::max(ranges[c].high_begin, low_end);
     lanes::v8d acc = {};
@@ -53,16 +53,15 @@ MIXQ_CLONES void runs_sq_errors(const float* values, const double* counts, int64
         i = high_begin / 16 * 16 - 16;
         continue;
       }
-      const lanes::v16u bits = lanes::load_bits(values + i);
+      // Values in the gap [low_end, high_begin) read as 0 (no error): one unsigned compare.
+      const lanes::v16u past_low_end = lane + uint32_t(i - low_end);
+      const lanes::v16u bits = past_low_end >= uint32_t(high_begin - low_end) ? lanes::load_bits(values + i) : 0u;
       const lanes::v16f deq = lanes::fp8_dequantized(bits, scales[c]);
       lanes::v8d lo, hi;
       lanes::fp8_differences((lanes::v16f)bits, deq, &lo, &hi);
       lanes::v8d w_lo, w_hi;
       std::memcpy(&w_lo, counts + i, sizeof w_lo);
       std::memcpy(&w_hi, counts + i + 8, sizeof w_hi);
-      const lanes::v8q at_lo = lane + uint64_t(i), at_hi = at_lo + 8u;
-      w_lo = (at_lo < uint64_t(low_end)) | (at_lo >= uint64_t(high_begin)) ? w_lo : 0.0;
-      w_hi = (at_hi < uint64_t(low_end)) | (at_hi >= uint64_t(high_begin)) ? w_hi : 0.0;
       acc += w_lo * (lo * lo) + w_hi * (hi * hi);
     }
     double sum = 0.0;
