@@ -27,6 +27,7 @@ typedef double v8d __attribute__((vector_size(64)));
 typedef double v16d __attribute__((vector_size(128)));
 typedef uint64_t v8q __attribute__((vector_size(64)));
 typedef uint16_t v16h __attribute__((vector_size(32)));
+typedef int32_t v16i __attribute__((vector_size(64)));
 
 MIXQ_ALWAYS_INLINE v16u load_bits(const float* p) {
   v16u v;
@@ -210,18 +211,31 @@ MIXQ_ALWAYS_INLINE double fp8_row_sq_error(const float* row, int64_t n, float sc
   return fp8_sq_error_lanes(row, nullptr, n, scale);
 }
 
-// e2m1_code_by_bits: RNE(2q) below 1, one mantissa bit above, saturating at 7.
+// Comparisons without compare instructions: GCC lowers a compare or select of 64-byte vectors lane
+// by lane, with a branch per lane, for targets without 64-byte vectors (AVX2, baseline), while
+// shifts and bitwise operations split into halves cleanly. below(a, b): all ones where a < b, for
+// a, b < 2^31 (such as the bits of non-negative floats, which order as their values).
+MIXQ_ALWAYS_INLINE v16u below(v16u a, uint32_t b) { return (v16u)((v16i)(a - b) >> 31); }
+MIXQ_ALWAYS_INLINE v16u above(v16u a, uint32_t b) { return (v16u)((v16i)(b - a) >> 31); }
+MIXQ_ALWAYS_INLINE v16u select(v16u mask, v16u a, v16u b) { return (a & mask) | (b & ~mask); }
+
+// e2m1_code_by_bits: RNE(2q) below 1, one mantissa bit above, saturating at 7 (q >= 0 finite).
 MIXQ_ALWAYS_INLINE v16u e2m1_codes(v16f q) {
   const v16u small = (v16u)(q * 2.0f + 8388608.0f) - 0x4b000000u;
   const v16u u = (v16u)q;
-  const v16u large = ((u + 0x1fffffu + ((u >> 22) & 1u)) >> 22) - 252u;
-  const v16u code = q < 1.0f ? small : large;
-  return code < 7u ? code : 7u;
+  const v16u large = ((u + 0x1fffffu + ((u >> 22) & 1u)) >> 22) - 252u;  // (< 2^31 from q >= 1)
+  const v16u code = select(below(u, 0x3f800000u), small, large);
+  return select(below(code, 7u), code, v16u{} + 7u);
 }
-// e2m1_magnitude_of: a table lookup held in one register (a lane permute).
+// e2m1_magnitude_of: a table lookup held in one register (a lane permute: one AVX-512 instruction).
 MIXQ_ALWAYS_INLINE v16f e2m1_magnitudes(v16u c) {
   const v16f table = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   return __builtin_shuffle(table, c);
+}
+// The same from the code's bits, for targets without a 16-lane permute: codes 2-7 are
+// 2^((c >> 1) - 1) · (1 + (c & 1) / 2), codes 0 and 1 are c / 2 (bits c · 0x3f000000).
+MIXQ_ALWAYS_INLINE v16f e2m1_magnitudes_by_bits(v16u c) {
+  return (v16f)select(below(c, 2u), c * 0x3f000000u, (((c >> 1) + 126u) << 23) | ((c & 1u) << 22));
 }
 // e2m1_code_by_bits by table: every rounding threshold (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5) is a
 // multiple of 2^21 in the float's bit pattern u, so a key near u / 2^21 (clamped to [496, 527]:
@@ -273,16 +287,22 @@ MIXQ_ALWAYS_INLINE v16f e2m1_nearest_by_key(v16f q) {
   key = key > 496u ? key : v16u{} + 496u;
   return __builtin_shuffle(kE2M1MagLo, kE2M1MagHi, key);
 }
-// The same by comparisons (e2m1_round_magnitude), for targets without a two-register permute.
+// The same by comparisons (e2m1_round_magnitude), for targets without a two-register permute: each
+// threshold passed adds the step to the next level (q > t: t's bits below q's; q >= t: not above).
+MIXQ_ALWAYS_INLINE v16f past(v16u passed, float step) { return (v16f)(passed & std::bit_cast<uint32_t>(step)); }
 MIXQ_ALWAYS_INLINE v16f e2m1_nearest_by_compare(v16f q) {
-  const v16u half = (v16u)(q > 0.25f) & 0x3f000000u, one = (v16u)(q > 2.5f) & 0x3f800000u;
-  return (v16f)half + (v16f)((v16u)(q >= 0.75f) & 0x3f000000u) + (v16f)((v16u)(q > 1.25f) & 0x3f000000u) +
-         (v16f)((v16u)(q >= 1.75f) & 0x3f000000u) + (v16f)one + (v16f)((v16u)(q >= 3.5f) & 0x3f800000u) +
-         (v16f)((v16u)(q > 5.0f) & 0x40000000u);
+  const v16u u = (v16u)q;
+  return past(above(u, 0x3e800000u), 0.5f) + past(~below(u, 0x3f400000u), 0.5f) +
+         past(above(u, 0x3fa00000u), 0.5f) + past(~below(u, 0x3fe00000u), 0.5f) +
+         past(above(u, 0x40200000u), 1.0f) + past(~below(u, 0x40600000u), 1.0f) +
+         past(above(u, 0x40a00000u), 2.0f);
 }
 
-// The sign bit of nvfp4_code: set for x < 0 (not for -0).
-MIXQ_ALWAYS_INLINE v16u sign_bits(v16u x_bits) { return (v16u)((v16f)x_bits < 0.0f) & 8u; }
+// The sign bit of nvfp4_code: set for x < 0 (not for -0): the sign, where the magnitude is not 0.
+MIXQ_ALWAYS_INLINE v16u sign_bits(v16u x_bits) {
+  const v16u nonzero = ((x_bits & 0x7fffffffu) + 0x7fffffffu) >> 31;
+  return ((x_bits >> 31) & nonzero) << 3;
+}
 
 // Two codes per byte, even element in the low nibble: as 64-bit lanes, each pair is one shift and
 // one or away from its byte.

@@ -124,6 +124,12 @@ MIXQ_ALWAYS_INLINE v16u e2m1_codes(v16f q) {
 }
 
 template <simd_level L>
+MIXQ_ALWAYS_INLINE v16f e2m1_magnitudes(v16u codes) {
+  if constexpr (L == simd_level::avx512) return lanes::e2m1_magnitudes(codes);
+  else return lanes::e2m1_magnitudes_by_bits(codes);
+}
+
+template <simd_level L>
 MIXQ_ALWAYS_INLINE v16f e2m1_nearest(v16f q) {
   if constexpr (L == simd_level::avx512) return lanes::e2m1_nearest_by_key(q);
   else return lanes::e2m1_nearest_by_compare(q);
@@ -133,7 +139,7 @@ MIXQ_ALWAYS_INLINE v16f e2m1_nearest(v16f q) {
 template <simd_level L>
 MIXQ_ALWAYS_INLINE float block_error(v16f ax, float step) {
   const v16u codes = e2m1_codes<L>(ax / step);
-  const v16f d = lanes::e2m1_magnitudes(codes) * step;
+  const v16f d = e2m1_magnitudes<L>(codes) * step;
   return lanes::sum16((ax - d) * (ax - d));
 }
 
@@ -152,7 +158,7 @@ MIXQ_ALWAYS_INLINE void encode_group(const v16u* bits, v16u scale_codes, float w
     const v16u codes = e2m1_codes<L>(ax / step[j]);
     lanes::store_packed(codes | lanes::sign_bits(bits[j]), packed + j * (kNvfp4Block / 2));
     if (errors) {
-      const v16f d = lanes::e2m1_magnitudes(codes) * step[j];
+      const v16f d = e2m1_magnitudes<L>(codes) * step[j];
       sq[j] = (ax - d) * (ax - d);
     }
   }
@@ -179,7 +185,7 @@ MIXQ_ALWAYS_INLINE void four_over_six_group(const v16u* bits, v16f bmax, const n
     const v16f ax = lanes::abs_of(bits[j]);
     const v16u sign = lanes::sign_bits(bits[j]);
     const v16u c1 = e2m1_codes<L>(ax / step1[j]), c2 = e2m1_codes<L>(ax / step2[j]);
-    const v16f d1 = lanes::e2m1_magnitudes(c1) * step1[j], d2 = lanes::e2m1_magnitudes(c2) * step2[j];
+    const v16f d1 = e2m1_magnitudes<L>(c1) * step1[j], d2 = e2m1_magnitudes<L>(c2) * step2[j];
     sq1[j] = (ax - d1) * (ax - d1);
     sq2[j] = (ax - d2) * (ax - d2);
     packed1[j] = lanes::packed_codes(c1 | sign);
