@@ -119,21 +119,32 @@ MIXQ_ALWAYS_INLINE v16f reduce16x16(const v16f* v, Op op) {
   return reduce_halves(m, op);
 }
 
-// nvfp4_clamp_block_scale (with the all-zero substitution done by the caller).
+// Comparisons without compare instructions: GCC lowers a compare or select of 64-byte vectors lane
+// by lane, with a branch per lane, for targets without 64-byte vectors (AVX2, baseline), while
+// shifts and bitwise operations split into halves cleanly. below(a, b): all ones where a < b, for
+// a, b < 2^31 (such as the bits of non-negative floats, which order as their values).
+MIXQ_ALWAYS_INLINE v16u below(v16u a, uint32_t b) { return (v16u)((v16i)(a - b) >> 31); }
+MIXQ_ALWAYS_INLINE v16u above(v16u a, uint32_t b) { return (v16u)((v16i)(b - a) >> 31); }
+MIXQ_ALWAYS_INLINE v16u select(v16u mask, v16u a, v16u b) { return (a & mask) | (b & ~mask); }
+
+// nvfp4_clamp_block_scale (with the all-zero substitution done by the caller; s >= 0, not NaN).
 MIXQ_ALWAYS_INLINE v16f clamp_block_scale(v16f s) {
-  s = s < kNvfp4MinBlockScale ? kNvfp4MinBlockScale : s;
-  return s > 448.0f ? 448.0f : s;
+  const v16u u = (v16u)s;
+  const uint32_t least = std::bit_cast<uint32_t>(kNvfp4MinBlockScale), most = std::bit_cast<uint32_t>(448.0f);
+  return (v16f)select(below(u, least), v16u{} + least, select(above(u, most), v16u{} + most, u));
+}
+// The all-zero block's substitute scale 1 (s >= 0).
+MIXQ_ALWAYS_INLINE v16f one_if_zero(v16f s) {
+  const v16u u = (v16u)s;
+  return (v16f)select(below(u, 1u), v16u{} + 0x3f800000u, u);
 }
 // nvfp4_max_block_scale_f32.
 MIXQ_ALWAYS_INLINE v16f max_block_scale(v16f block_amax, float ws2) {
-  const v16f s = block_amax / (6.0f * ws2);
-  return clamp_block_scale(s == 0.0f ? 1.0f : s);
+  return clamp_block_scale(one_if_zero(block_amax / (6.0f * ws2)));
 }
 // nvfp4_block_scale_f32 (g > 0).
 MIXQ_ALWAYS_INLINE v16f static_block_scale(v16f block_amax, float g, float normalizer) {
-  v16f t = block_amax / 6.0f;
-  t = t == 0.0f ? 1.0f : t;
-  return clamp_block_scale(t * normalizer / (g / 6.0f));
+  return clamp_block_scale(one_if_zero(block_amax / 6.0f) * normalizer / (g / 6.0f));
 }
 // e4m3_encode for positive finite lanes.
 MIXQ_ALWAYS_INLINE v16u e4m3_encode(v16f s) {
@@ -141,13 +152,12 @@ MIXQ_ALWAYS_INLINE v16u e4m3_encode(v16f s) {
   const v16u subnormal = (v16u)(s * 512.0f + 8388608.0f) - 0x4b000000u;
   const v16u r = u + 0x7ffffu + ((u >> 20) & 1u);
   const v16u normal = ((((r >> 23) - 120u) << 3) | ((r >> 20) & 7u)) & 0x7fu;
-  const v16u code = u < 0x3c800000u ? subnormal : normal;
-  return u >= 0x43e00000u ? 0x7eu : code;
+  return select(below(u, 0x43e00000u), select(below(u, 0x3c800000u), subnormal, normal), v16u{} + 0x7eu);
 }
 // e4m3_decode for codes 0..0x7e.
 MIXQ_ALWAYS_INLINE v16f e4m3_decode(v16u code) {
   const v16u e = code >> 3, m = code & 7u;
-  return e == 0u ? __builtin_convertvector(m, v16f) * 0x1p-9f : (v16f)(((e + 120u) << 23) | (m << 20));
+  return (v16f)select(below(code, 8u), (v16u)(__builtin_convertvector(m, v16f) * 0x1p-9f), ((e + 120u) << 23) | (m << 20));
 }
 // fp8_code then its value, for 16 finite lanes (float bits) under scale; the sign kept.
 MIXQ_ALWAYS_INLINE v16f fp8_dequantized(v16u bits, float scale) {
@@ -210,14 +220,6 @@ MIXQ_ALWAYS_INLINE double fp8_sq_error_lanes(const float* x, const double* weigh
 MIXQ_ALWAYS_INLINE double fp8_row_sq_error(const float* row, int64_t n, float scale) {
   return fp8_sq_error_lanes(row, nullptr, n, scale);
 }
-
-// Comparisons without compare instructions: GCC lowers a compare or select of 64-byte vectors lane
-// by lane, with a branch per lane, for targets without 64-byte vectors (AVX2, baseline), while
-// shifts and bitwise operations split into halves cleanly. below(a, b): all ones where a < b, for
-// a, b < 2^31 (such as the bits of non-negative floats, which order as their values).
-MIXQ_ALWAYS_INLINE v16u below(v16u a, uint32_t b) { return (v16u)((v16i)(a - b) >> 31); }
-MIXQ_ALWAYS_INLINE v16u above(v16u a, uint32_t b) { return (v16u)((v16i)(b - a) >> 31); }
-MIXQ_ALWAYS_INLINE v16u select(v16u mask, v16u a, v16u b) { return (a & mask) | (b & ~mask); }
 
 // e2m1_code_by_bits: RNE(2q) below 1, one mantissa bit above, saturating at 7 (q >= 0 finite).
 MIXQ_ALWAYS_INLINE v16u e2m1_codes(v16f q) {

@@ -299,7 +299,7 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
 MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
   const code_tables& t = *job.tables;
   const v16f max_rule = bmax / (6.0f * job.ws2);  // nvfp4_max_block_scale_f32 before its clamp
-  const v16u k0 = lanes::e4m3_encode(lanes::clamp_block_scale(max_rule == 0.0f ? 1.0f : max_rule));
+  const v16u k0 = lanes::e4m3_encode(lanes::clamp_block_scale(lanes::one_if_zero(max_rule)));
   search_setup s;
   s.k0 = k0;
   s.lo = k0 - 7u;
