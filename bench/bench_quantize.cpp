@@ -9,17 +9,23 @@
 //
 //   build/bench/bench_quantize                      # 1 thread and all threads, both sizes
 //   build/bench/bench_quantize --benchmark_filter=nvfp4
+//   MIXQ_BENCH_SIMD=avx2 build/bench/bench_quantize   # the NVFP4 kernels' AVX2 (or baseline) form
+//                                                     # (target-cloned loops keep the CPU's best)
 #include <benchmark/benchmark.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <bit>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <map>
 #include <vector>
 
 #include "kernels/cpu/quantize.hpp"
+#include "kernels/cpu/simd_dispatch.hpp"
 #include "pipeline/synth_weights.hpp"
 
 namespace {
@@ -213,4 +219,18 @@ BENCHMARK_CAPTURE(BM_mx, mxfp4, format_id::mxfp4)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp8, format_id::mxfp8)->Apply(thread_counts);
 BENCHMARK(BM_nf4)->Apply(thread_counts);
 BENCHMARK(BM_nvfp4_dequantize)->Apply(thread_counts);
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  if (const char* level = std::getenv("MIXQ_BENCH_SIMD")) {
+    const std::string_view l = level;
+    if (l != "avx2" && l != "baseline") {
+      std::fprintf(stderr, "MIXQ_BENCH_SIMD=%s: expected avx2 or baseline\n", level);
+      return 2;
+    }
+    mixq::cpu::limit_simd_level(l == "avx2" ? mixq::cpu::simd_level::avx2 : mixq::cpu::simd_level::baseline);
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
