@@ -15,6 +15,9 @@
 
 namespace mixq::cpu {
 
+// NVFP4 mse_multiplier over BF16 takes its candidate codes from a table by the block max's
+// mantissa from this many blocks on (the table's exact build then pays for itself).
+inline constexpr int64_t kNvfp4MultiplierTableBlocks = 8192;
 nvfp4_weight nvfp4_quantize(const source_matrix& w, const nvfp4_options& options = {});
 fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options = {});
 mx_weight mx_quantize(const source_matrix& w, format_id format, nonfinite_policy nonfinite = nonfinite_policy::reject);

@@ -650,6 +650,14 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
   *below_error = (v16f)_mm512_sub_ps(est, delta);
 }
 
+// From the candidates above the window (bit j: the code lo + 16 + j, j < 32), the window codes they
+// double (lo + 8 + j % 8) as search_setup::above_bases bits.
+MIXQ_ALWAYS_INLINE v16u window_bases_of(__m512i above) {
+  const __m512i folded = _mm512_or_si512(_mm512_or_si512(above, _mm512_srli_epi32(above, 8)),
+                                         _mm512_or_si512(_mm512_srli_epi32(above, 16), _mm512_srli_epi32(above, 24)));
+  return (v16u)_mm512_slli_epi32(_mm512_and_si512(folded, u32(0xffu)), 8);
+}
+
 // fast_multiplier_candidates in fewer instructions, and without leaving the fast path for a code
 // near a rounding boundary: such lanes (a few percent of the groups) take that multiplier's code
 // exactly, afterwards. The window bit of a code d = code − lo is 1 << d (a shift by 32 or more gives
@@ -686,10 +694,7 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
     above = _mm512_mask_or_epi32(above, near_lanes[i], above, _mm512_sllv_epi32(one, _mm512_sub_epi32(vec(exact), exact_lo16)));
   }
   s.in_window = (v16u)_mm512_and_si512(in, u32(0xffffu));
-  // above: bit j for the code lo + 16 + j; the window code it doubles is lo + 8 + j % 8.
-  const __m512i folded = _mm512_or_si512(_mm512_or_si512(above, _mm512_srli_epi32(above, 8)),
-                                         _mm512_or_si512(_mm512_srli_epi32(above, 16), _mm512_srli_epi32(above, 24)));
-  s.above_bases = (v16u)_mm512_slli_epi32(_mm512_and_si512(folded, u32(0xffu)), 8);
+  s.above_bases = window_bases_of(above);
   return true;
 }
 
@@ -725,9 +730,7 @@ MIXQ_ALWAYS_INLINE bool multiplier_candidates_by_mantissa(search_setup& s, v16f 
   above = _mm512_mask_or_epi32(above, clamps & ~in_window, _mm512_and_si512(above, _mm512_sub_epi32(above_bit, u32(1))),
                                above_bit);
   s.in_window = (v16u)in;
-  const __m512i folded = _mm512_or_si512(_mm512_or_si512(above, _mm512_srli_epi32(above, 8)),
-                                         _mm512_or_si512(_mm512_srli_epi32(above, 16), _mm512_srli_epi32(above, 24)));
-  s.above_bases = (v16u)_mm512_slli_epi32(_mm512_and_si512(folded, u32(0xffu)), 8);
+  s.above_bases = window_bases_of(above);
   return true;
 }
 
@@ -999,7 +1002,7 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
   // per-multiplier products where the weight is large enough to pay for its 128 × list exact codes
   // (~20 µs for the default list; it saves ~50 ns per 16 blocks).
   std::optional<multiplier_codes> by_mantissa;
-  if (!factors.empty() && w.dtype == source_dtype::bf16 && blocks >= 8192)
+  if (!factors.empty() && w.dtype == source_dtype::bf16 && blocks >= kNvfp4MultiplierTableBlocks)
     by_mantissa = multiplier_codes::build(multipliers, q.global_scale, global_amax, normalizer);
   const nvfp4_job job{global_amax,
                       normalizer,

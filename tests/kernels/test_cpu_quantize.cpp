@@ -372,7 +372,7 @@ TEST(cpu_kernels, nvfp4_tiny_global_amax_codes_zero_everywhere) {
   cpu::limit_simd_level(cpu::cpu_simd_level());
 }
 
-// NVFP4 mse_multiplier with lists other than the default: ascending ones (candidate codes from one
+// NVFP4 mse_multiplier with lists besides the default: ascending ones (candidate codes from one
 // product each) whose codes reach far above the window (48 codes and more: a multiplier of 2^6) and
 // far below it, dense ones (many multipliers per code), single ones, and lists that do not ascend
 // (every code exact), at every SIMD level this CPU runs.
@@ -386,6 +386,7 @@ TEST(cpu_kernels, nvfp4_mse_multiplier_lists_bit_identical) {
       {1e-45f, 0.6f, 1.0f},         // bmax · 1e-45 / 6 is 0, which the reference takes as 1
       {1.0f, 0.5f, 2.0f, 0.8f},     // not ascending
       {4.0f, 2.0f, 1.0f, 0.5f},     // descending
+      {default_mse_multipliers().begin(), default_mse_multipliers().end()},
   };
   std::vector<testing::test_tensor> tensors = all_kinds(16, 160, 77);
   for (auto& t : all_kinds(3, 48, 78)) tensors.push_back(t);
@@ -400,11 +401,13 @@ TEST(cpu_kernels, nvfp4_mse_multiplier_lists_bit_identical) {
   }
   spread.values[0] = 2.0f;
   tensors.push_back(spread);
-  // The same over 8192 blocks: BF16 weights that large take the candidate codes from a table by
-  // the block max's mantissa (codes clamped at 126 included: maxima up to the global amax).
+  // The same over kNvfp4MultiplierTableBlocks blocks: BF16 weights that large take the candidate
+  // codes from a table by the block max's mantissa (codes clamped at 126 included: maxima up to the
+  // global amax), for every list above and the default one.
   testing::test_tensor big = spread;
   big.name = "spread 64x2048";
   big.rows = 64, big.cols = 2048;
+  static_assert(64 * 2048 / 16 == cpu::kNvfp4MultiplierTableBlocks);
   big.values.resize(size_t(big.rows * big.cols));
   for (size_t b = 0; b < big.values.size() / 16; ++b) {
     const float bmax = std::ldexp(1.0f, -int(rng() % 25)) * (1.0f + float(rng() % 1024) / 1024.0f);
