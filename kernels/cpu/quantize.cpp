@@ -70,7 +70,9 @@ MIXQ_CLONES void fp8_row_errors(const float* x, int64_t n, float amax, std::span
 }
 
 MIXQ_CLONES void fp8_row_codes(const float* x, int64_t n, float scale, uint8_t* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = fp8_code(x[i], scale);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) lanes::store_bytes(lanes::fp8_codes(lanes::load_bits(x + i), scale), dst + i);
+  for (; i < n; ++i) dst[i] = fp8_code(x[i], scale);
 }
 
 #if MIXQ_HAVE_SIMD_TARGETS

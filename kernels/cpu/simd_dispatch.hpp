@@ -6,7 +6,9 @@
 #include <cstdint>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#ifndef MIXQ_CLONES  // (a build may pin one target to time it: -DMIXQ_CLONES='__attribute__((target("arch=x86-64-v3")))')
 #define MIXQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
 #define MIXQ_HAVE_SIMD_TARGETS 1
 #define MIXQ_TARGET_AVX512 __attribute__((target("arch=x86-64-v4")))
 #define MIXQ_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
