@@ -161,6 +161,35 @@ MIXQ_CLONES uint64_t widen_counts32(const uint32_t* counts, double* c, size_t n)
 MIXQ_CLONES uint64_t widen_counts64(const uint64_t* counts, double* c, size_t n) { return widen_counts(counts, c, n); }
 
 
+// One binade of a row's counts (table[0 .. n), n a multiple of 16; mantissa k is the magnitude
+// top | k << shift) moved out: as doubles by mantissa into dense (zeroed before), and the non-zero
+// ones compacted into values / nonzero; the table left zeroed. Edges are sparse: whole empty
+// 16-count chunks are skipped, and a chunk's non-zero counts found from one bit mask.
+MIXQ_CLONES size_t take_binade(uint32_t* table, size_t n, uint32_t top, int shift, double* dense, float* values,
+                               double* nonzero, uint64_t* sum) {
+  constexpr lanes::v16u lane_bit = {1u << 0, 1u << 1, 1u << 2,   1u << 3,   1u << 4,   1u << 5,   1u << 6,   1u << 7,
+                                    1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
+  size_t kept = 0;
+  uint64_t total = 0;
+  for (size_t k0 = 0; k0 < n; k0 += 16) {
+    lanes::v16u t;
+    std::memcpy(&t, table + k0, sizeof t);
+    uint32_t present = lanes::reduce16_bits(lanes::above(t, 0u) & lane_bit);  // (counts < 2^31)
+    if (present == 0) continue;
+    for (; present != 0; present &= present - 1) {
+      const size_t k = k0 + size_t(std::countr_zero(present));
+      const uint32_t c = table[k];
+      dense[k] = double(c);
+      values[kept] = std::bit_cast<float>(top | uint32_t(k << shift));
+      nonzero[kept++] = double(c);
+      total += c;
+    }
+    std::memset(table + k0, 0, sizeof t);
+  }
+  *sum = total;
+  return kept;
+}
+
 float magnitude_of(source_dtype dtype, uint32_t key) {
   return dtype == source_dtype::bf16 ? bf16_decode(uint16_t(key)) : f16_decode_table()[key];
 }
@@ -379,20 +408,24 @@ void fp8_error_estimate::take_row(source_dtype dtype, uint32_t* table, uint32_t 
       n_binades_ += sum != 0;
       continue;
     }
-    const size_t offset = counts_.size();
+    // An edge (counts outside [first, last] are zero: the row's keys lie in [lo, hi]).
+    const size_t offset = counts_.size(), at = values_.size();
     counts_.resize(offset + per, 0.0);
-    const uint64_t sum = widen_counts32(table + first, counts_.data() + offset + (first - base), last - first + 1);
-    std::fill(table + first, table + last + 1, 0u);
-    if (sum == 0) {
+    values_.resize(at + per);
+    nonzero_counts_.resize(at + per);
+    uint64_t sum = 0;
+    const size_t kept = take_binade(table + base, per, uint32_t(exponent + 127) << 23, 23 - mantissa_bits_,
+                                    counts_.data() + offset, values_.data() + at, nonzero_counts_.data() + at, &sum);
+    values_.resize(at + kept);
+    nonzero_counts_.resize(at + kept);
+    if (kept == 0) {
       counts_.resize(offset);
       continue;
     }
     elements_ += double(sum);
     ++n_binades_;
-    add_edge({exponent, 0.0f, 0.0f, offset, 0, 0});
-    binade& edge = edges_.back();  // its least and largest present magnitudes, for the per-scale tests
-    edge.lo = values_[edge.first];
-    edge.hi = values_[edge.first + edge.n - 1];
+    // its least and largest present magnitudes, for the per-scale tests
+    edges_.push_back({exponent, values_[at], values_[at + kept - 1], offset, at, kept});
   }
   finish_split();
 }
