@@ -43,6 +43,15 @@ MIXQ_ALWAYS_INLINE v16u widen_bf16(const uint16_t* p) {
 }
 MIXQ_ALWAYS_INLINE v16f broadcast(float x) { return v16f{} + x; }
 
+// Comparisons without compare instructions: GCC lowers a compare or select of 64-byte vectors lane
+// by lane, with a branch per lane, for targets without 64-byte vectors (AVX2, baseline), while
+// shifts and bitwise operations split into halves cleanly. below(a, b): all ones where a < b, for
+// a, b < 2^31 (such as the bits of non-negative floats, which order as their values).
+MIXQ_ALWAYS_INLINE v16u below(v16u a, v16u b) { return (v16u)((v16i)(a - b) >> 31); }
+MIXQ_ALWAYS_INLINE v16u below(v16u a, uint32_t b) { return (v16u)((v16i)(a - b) >> 31); }
+MIXQ_ALWAYS_INLINE v16u above(v16u a, uint32_t b) { return (v16u)((v16i)(b - a) >> 31); }
+MIXQ_ALWAYS_INLINE v16u select(v16u mask, v16u a, v16u b) { return (a & mask) | (b & ~mask); }
+
 // The 16 lanes of v combined by op in nvfp4_block_sq_error's tree order: lanes i and i+8, then
 // i+4, i+2, i+1 (so a sum is bit-identical to the reference's).
 template <class Op>
@@ -63,6 +72,9 @@ struct min_op {
 };
 struct sum_op {
   MIXQ_ALWAYS_INLINE v16f operator()(v16f a, v16f b) const { return a + b; }
+};
+struct magnitude_max_op {  // max_op for non-negative, non-NaN lanes (their bits order as they do)
+  MIXQ_ALWAYS_INLINE v16f operator()(v16f a, v16f b) const { return (v16f)select(below((v16u)a, (v16u)b), (v16u)b, (v16u)a); }
 };
 struct bits_max_op {  // the max of the bit patterns as unsigned integers
   MIXQ_ALWAYS_INLINE v16f operator()(v16f a, v16f b) const { return (v16f)((v16u)a > (v16u)b ? (v16u)a : (v16u)b); }
@@ -118,14 +130,6 @@ MIXQ_ALWAYS_INLINE v16f reduce16x16(const v16f* v, Op op) {
   for (int p = 0; p < 8; ++p) m[p] = halves_of_pair(v[2 * p], v[2 * p + 1], op);
   return reduce_halves(m, op);
 }
-
-// Comparisons without compare instructions: GCC lowers a compare or select of 64-byte vectors lane
-// by lane, with a branch per lane, for targets without 64-byte vectors (AVX2, baseline), while
-// shifts and bitwise operations split into halves cleanly. below(a, b): all ones where a < b, for
-// a, b < 2^31 (such as the bits of non-negative floats, which order as their values).
-MIXQ_ALWAYS_INLINE v16u below(v16u a, uint32_t b) { return (v16u)((v16i)(a - b) >> 31); }
-MIXQ_ALWAYS_INLINE v16u above(v16u a, uint32_t b) { return (v16u)((v16i)(b - a) >> 31); }
-MIXQ_ALWAYS_INLINE v16u select(v16u mask, v16u a, v16u b) { return (a & mask) | (b & ~mask); }
 
 // nvfp4_clamp_block_scale (with the all-zero substitution done by the caller; s >= 0, not NaN).
 MIXQ_ALWAYS_INLINE v16f clamp_block_scale(v16f s) {

@@ -432,7 +432,7 @@ MIXQ_ALWAYS_INLINE void quantize_group(const Source& src, int64_t i0, const nvfp
     bits[j] = src(i0 + j * kNvfp4Block);
     ax[j] = lanes::abs_of(bits[j]);
   }
-  const v16f bmax = lanes::reduce16x16(ax, lanes::max_op{});
+  const v16f bmax = lanes::reduce16x16(ax, lanes::magnitude_max_op{});
   switch (job.selector) {
     case nvfp4_selector::max:
       return encode_group<L>(bits, lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2)), job.ws2, scales, packed,
