@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
-#include <type_traits>
 #include <utility>
 
 #include "formats/fp8.hpp"
@@ -148,8 +147,7 @@ MIXQ_CLONES uint64_t accumulate_counts32(double* out, double f, uint32_t* counts
   return sum;
 }
 // c[k] = counts[k] as doubles, and their total.
-template <class Count>
-MIXQ_ALWAYS_INLINE uint64_t widen_counts(const Count* counts, double* c, size_t n) {
+MIXQ_CLONES uint64_t widen_counts(const uint64_t* counts, double* c, size_t n) {
   uint64_t sum = 0;
   for (size_t k = 0; k < n; ++k) {
     sum += counts[k];
@@ -157,8 +155,6 @@ MIXQ_ALWAYS_INLINE uint64_t widen_counts(const Count* counts, double* c, size_t 
   }
   return sum;
 }
-MIXQ_CLONES uint64_t widen_counts32(const uint32_t* counts, double* c, size_t n) { return widen_counts(counts, c, n); }
-MIXQ_CLONES uint64_t widen_counts64(const uint64_t* counts, double* c, size_t n) { return widen_counts(counts, c, n); }
 
 
 // One binade of a row's counts (table[0 .. n), n a multiple of 16; mantissa k is the magnitude
@@ -167,14 +163,12 @@ MIXQ_CLONES uint64_t widen_counts64(const uint64_t* counts, double* c, size_t n)
 // 16-count chunks are skipped, and a chunk's non-zero counts found from one bit mask.
 MIXQ_CLONES size_t take_binade(uint32_t* table, size_t n, uint32_t top, int shift, double* dense, float* values,
                                double* nonzero, uint64_t* sum) {
-  constexpr lanes::v16u lane_bit = {1u << 0, 1u << 1, 1u << 2,   1u << 3,   1u << 4,   1u << 5,   1u << 6,   1u << 7,
-                                    1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
   size_t kept = 0;
   uint64_t total = 0;
   for (size_t k0 = 0; k0 < n; k0 += 16) {
     lanes::v16u t;
     std::memcpy(&t, table + k0, sizeof t);
-    uint32_t present = lanes::reduce16_bits(lanes::above(t, 0u) & lane_bit);  // (counts < 2^31)
+    uint32_t present = lanes::reduce16_bits(lanes::above(t, 0u) & lanes::kLaneBit);  // (counts < 2^31)
     if (present == 0) continue;
     for (; present != 0; present &= present - 1) {
       const size_t k = k0 + size_t(std::countr_zero(present));
@@ -257,8 +251,7 @@ void fp8_error_estimate::take(const magnitude_histogram& h) {
   take_counts(h.dtype, h.count.data(), 1, h.first_nonfinite_bin() - 1);
 }
 
-template <class Count>
-void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t lo, uint32_t hi) {
+void fp8_error_estimate::take_counts(source_dtype dtype, const uint64_t* table, uint32_t lo, uint32_t hi) {
   mantissa_bits_ = dtype == source_dtype::bf16 ? 7 : 10;
   const uint32_t per = 1u << mantissa_bits_;
   const int bias = dtype == source_dtype::bf16 ? 127 : 15;
@@ -277,7 +270,6 @@ void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t 
           values_.push_back(magnitude_of(dtype, key));
           nonzero_counts_.push_back(double(table[key]));
           elements_ += double(table[key]);
-          if constexpr (!std::is_const_v<Count>) table[key] = 0;
         }
       continue;
     }
@@ -285,12 +277,7 @@ void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t 
     counts_.resize(offset + per, 0.0);
     double* c = counts_.data() + offset;  // by mantissa: key - base
     const uint32_t base = e << mantissa_bits_;
-    uint64_t sum = 0;
-    if constexpr (std::is_same_v<std::remove_const_t<Count>, uint32_t>)
-      sum = widen_counts32(table + first, c + (first - base), last - first + 1);
-    else
-      sum = widen_counts64(table + first, c + (first - base), last - first + 1);
-    if constexpr (!std::is_const_v<Count>) std::fill(table + first, table + last + 1, Count(0));
+    const uint64_t sum = widen_counts(table + first, c + (first - base), last - first + 1);
     if (sum == 0) {
       counts_.resize(offset);
       continue;
@@ -305,8 +292,6 @@ void fp8_error_estimate::take_counts(source_dtype dtype, Count* table, uint32_t 
   n_binades_ = binades_.size();
 }
 
-template void fp8_error_estimate::take_counts(source_dtype, const uint64_t*, uint32_t, uint32_t);
-template void fp8_error_estimate::take_counts(source_dtype, uint32_t*, uint32_t, uint32_t);
 
 bool fp8_binade_scales(int exponent, double lo, double hi, float scale) {
   const int q = int((std::bit_cast<uint32_t>(scale) >> 23) & 0xffu) - 126;  // see exponent_of

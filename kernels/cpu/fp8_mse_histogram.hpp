@@ -89,8 +89,7 @@ class fp8_error_estimate {
     size_t offset;    // into counts_, 2^m of them
     size_t first, n;  // an edge binade's non-zero counts, in values_ / nonzero_counts_
   };
-  template <class Count>  // a const table is read, a mutable one cleared
-  void take_counts(source_dtype dtype, Count* table, uint32_t lo, uint32_t hi);
+  void take_counts(source_dtype dtype, const uint64_t* table, uint32_t lo, uint32_t hi);
   // Sums the binades that scale under every scale in [least, largest] into core_; the others are
   // edges, evaluated per scale. take_row does the same straight from a row's table.
   void split(float least, float largest);

@@ -43,6 +43,10 @@ MIXQ_ALWAYS_INLINE v16u widen_bf16(const uint16_t* p) {
 }
 MIXQ_ALWAYS_INLINE v16f broadcast(float x) { return v16f{} + x; }
 
+// Bit j in lane j (masks of lanes as bits, by an or-reduction).
+inline constexpr v16u kLaneBit = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+                                  1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
+
 // Comparisons without compare instructions: GCC lowers a compare or select of 64-byte vectors lane
 // by lane, with a branch per lane, for targets without 64-byte vectors (AVX2, baseline), while
 // shifts and bitwise operations split into halves cleanly. below(a, b): all ones where a < b, for
@@ -150,7 +154,7 @@ MIXQ_ALWAYS_INLINE v16f max_block_scale(v16f block_amax, float ws2) {
 MIXQ_ALWAYS_INLINE v16f static_block_scale(v16f block_amax, float g, float normalizer) {
   return clamp_block_scale(one_if_zero(block_amax / 6.0f) * normalizer / (g / 6.0f));
 }
-// e4m3_encode for positive finite lanes.
+// e4m3_encode for non-negative lanes (+inf included, NaN not).
 MIXQ_ALWAYS_INLINE v16u e4m3_encode(v16f s) {
   const v16u u = (v16u)s;
   const v16u subnormal = (v16u)(s * 512.0f + 8388608.0f) - 0x4b000000u;

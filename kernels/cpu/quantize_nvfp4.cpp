@@ -244,8 +244,6 @@ MIXQ_ALWAYS_INLINE v16u window_applies(v16f max_rule_scale) {
   return (v16u)(max_rule_scale > 0x1.1p-6f) & (v16u)(max_rule_scale <= 448.0f);  // 0x1.1p-6 rounds to code 8
 }
 
-inline constexpr v16u kLaneBit = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
-                                  1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
 
 // The window search of 16 blocks, in three steps: setup_search (each block's window and candidate
 // codes), the estimates of every eligible block's window (estimate_window, or its AVX-512 twin),
@@ -366,7 +364,7 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
   std::memcpy(ok, &s.eligible, sizeof ok);
   const v16f inf = lanes::broadcast(INFINITY);
   for (int j = 0; j < kGroup; ++j) {
-    const v16u candidate = (v16u)((kLaneBit & window[j]) != 0u) & (v16u{} + ok[j]);  // ok: 0 or ~0
+    const v16u candidate = (v16u)((lanes::kLaneBit & window[j]) != 0u) & (v16u{} + ok[j]);  // ok: 0 or ~0
     above[j] = (v16f)(((v16u)above[j] & candidate) | ((v16u)inf & ~candidate));
   }
   // >= the least error of each block's candidates (the window holds one)
@@ -374,7 +372,7 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
   alignas(64) float bound_of[kGroup];
   std::memcpy(bound_of, &bound, sizeof bound_of);
   v16f close_lanes[kGroup];  // lanes whose error may be the least (a NaN estimate, inf - inf, too)
-  for (int j = 0; j < kGroup; ++j) close_lanes[j] = (v16f)(~(v16u)(below[j] > bound_of[j]) & kLaneBit);
+  for (int j = 0; j < kGroup; ++j) close_lanes[j] = (v16f)(~(v16u)(below[j] > bound_of[j]) & lanes::kLaneBit);
   const v16u close = (v16u)lanes::reduce16x16(close_lanes, lanes::or_op{});
   // Every code below lo clips the block's max: the max's own error term grows as the step shrinks.
   alignas(64) float step_below[kGroup];
