@@ -303,15 +303,15 @@ MIXQ_ALWAYS_INLINE v16f e2m1_nearest_by_key(v16f q) {
   key = key > 496u ? key : v16u{} + 496u;
   return __builtin_shuffle(kE2M1MagLo, kE2M1MagHi, key);
 }
-// The same by comparisons (e2m1_round_magnitude), for targets without a two-register permute: each
-// threshold passed adds the step to the next level (q > t: t's bits below q's; q >= t: not above).
-MIXQ_ALWAYS_INLINE v16f past(v16u passed, float step) { return (v16f)(passed & std::bit_cast<uint32_t>(step)); }
-MIXQ_ALWAYS_INLINE v16f e2m1_nearest_by_compare(v16f q) {
+// The same by rounding, for targets without a two-register permute: below 1 the levels are the
+// multiples of 1/2 (q + 2^22 rounds to one), from 1 to 6 the floats with one mantissa bit (the
+// mantissa rounded half up to one bit; 8 and above is past the last level, 6).
+MIXQ_ALWAYS_INLINE v16f e2m1_nearest_by_rounding(v16f q) {
   const v16u u = (v16u)q;
-  return past(above(u, 0x3e800000u), 0.5f) + past(~below(u, 0x3f400000u), 0.5f) +
-         past(above(u, 0x3fa00000u), 0.5f) + past(~below(u, 0x3fe00000u), 0.5f) +
-         past(above(u, 0x40200000u), 1.0f) + past(~below(u, 0x40600000u), 1.0f) +
-         past(above(u, 0x40a00000u), 2.0f);
+  const v16u small = (v16u)((q + 0x1p22f) - 0x1p22f);
+  const v16u large = (u + 0x200000u) & 0xffc00000u;
+  const uint32_t six = std::bit_cast<uint32_t>(6.0f);
+  return (v16f)select(below(u, 0x3f800000u), small, select(above(large, six), v16u{} + six, large));
 }
 
 // The sign bit of nvfp4_code: set for x < 0 (not for -0): the sign, where the magnitude is not 0.

@@ -132,7 +132,7 @@ MIXQ_ALWAYS_INLINE v16f e2m1_magnitudes(v16u codes) {
 template <simd_level L>
 MIXQ_ALWAYS_INLINE v16f e2m1_nearest(v16f q) {
   if constexpr (L == simd_level::avx512) return lanes::e2m1_nearest_by_key(q);
-  else return lanes::e2m1_nearest_by_compare(q);
+  else return lanes::e2m1_nearest_by_rounding(q);
 }
 
 // The reference's squared error of one block (|w| in ax) under step: nvfp4_block_sq_error.
