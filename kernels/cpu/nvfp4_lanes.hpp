@@ -173,10 +173,18 @@ MIXQ_ALWAYS_INLINE v16u fp8_codes(v16u bits, float scale) {
   const v16u u = q & 0x7fffffffu;
   return select(above(u, 0x7f800000u), v16u{} + 0x7fu, e4m3_encode((v16f)u)) | ((q >> 24) & 0x80u);
 }
+// e4m3_decode(e4m3_encode(s)) without the code (s >= 0, +inf included, NaN not): below 2^-6 the
+// multiples of 2^-9 (s + 2^14 rounds to one), above it the floats RNE-rounded to 3 mantissa bits
+// (the encoder's carry into bit 20, then its low bits cleared), saturating at 448.
+MIXQ_ALWAYS_INLINE v16f e4m3_round(v16f s) {
+  const v16u u = (v16u)s;
+  const v16u subnormal = (v16u)((s + 16384.0f) - 16384.0f);
+  const v16u normal = (u + 0x7ffffu + ((u >> 20) & 1u)) & 0xfff00000u;
+  return (v16f)select(below(u, 0x3c800000u), subnormal, select(below(normal, 0x43e00000u), normal, v16u{} + 0x43e00000u));
+}
 // fp8_code then its value, for 16 finite lanes (float bits) under scale; the sign kept.
 MIXQ_ALWAYS_INLINE v16f fp8_dequantized(v16u bits, float scale) {
-  const v16u code = e4m3_encode(abs_of(bits) / scale);  // |x / scale|: sign restored below
-  return (v16f)((v16u)(e4m3_decode(code) * scale) | (bits & 0x80000000u));
+  return (v16f)((v16u)(e4m3_round(abs_of(bits) / scale) * scale) | (bits & 0x80000000u));  // |x / scale|: sign restored
 }
 
 // 16 floats in double (exact): lanes 0-7 into lo, 8-15 into hi. One conversion of all 16 (two

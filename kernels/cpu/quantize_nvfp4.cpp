@@ -795,7 +795,8 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
 }
 
 // max and four_over_six with the global amax at least every |w| (as when it is the weight's own)
-// keep every |w| / step below 6.4: their bounded kinds skip a clamp.
+// keep every |w| / step below 9 (6.4 where the block scale is an E4M3 normal; its subnormal codes
+// round it by up to 1.5x), inside the 32 the E2M1 key needs unclamped: their bounded kinds skip it.
 enum class group_kind { max, max_bounded, four_over_six, four_over_six_bounded, search, search_with_errors };
 
 // known_max: the 16 blocks' maxima from the amax pass, or null.

@@ -68,6 +68,21 @@ TEST(cpu_kernels, lane_e4m3_codec_matches_the_reference) {
   EXPECT_EQ(count_lane_mismatches(0x3b000000u, 0x43e00000u, 1, check), 0);
 }
 
+TEST(cpu_kernels, lane_e4m3_rounding_matches_the_codec) {
+  // Every float in [2^-12, 512) (the subnormal steps, every rounding boundary, the saturation),
+  // every 7th below, huge values and inf.
+  auto check = [](cpu::lanes::v16f s, const float* in) {
+    const auto values = cpu::lanes::e4m3_round(s);
+    int bad = 0;
+    for (int j = 0; j < 16; ++j)
+      bad += std::bit_cast<uint32_t>(values[j]) != std::bit_cast<uint32_t>(e4m3_decode(e4m3_encode(in[j])));
+    return bad;
+  };
+  EXPECT_EQ(count_lane_mismatches(0, 0x39800000u, 7, check), 0);
+  EXPECT_EQ(count_lane_mismatches(0x39800000u, 0x44000000u, 1, check), 0);
+  EXPECT_EQ(count_lane_mismatches(0x44000000u, 0x7f800000u, 4099, check), 0);
+}
+
 TEST(cpu_kernels, lane_e2m1_codes_by_key_match_the_reference) {
   // The table lookup's keys: every float in [2^-5, 64), every 97th below, huge values and inf.
   auto check = [](cpu::lanes::v16f q, const float* in) {
