@@ -135,11 +135,37 @@ MIXQ_ALWAYS_INLINE v16f e2m1_nearest(v16f q) {
   else return lanes::e2m1_nearest_by_rounding(q);
 }
 
+// x / s and x * s, lane by lane. Without AVX-512, GCC splats s into a 64-byte vector by 16 stores
+// to the stack and a load that cannot forward from them (a stall per block): halves of 32 bytes
+// take it in one broadcast.
+template <simd_level L, class Op>
+MIXQ_ALWAYS_INLINE v16f by_scalar(v16f x, float s, Op op) {
+  if constexpr (L == simd_level::avx512) {
+    return op(x, s);
+  } else {
+    typedef float v8f __attribute__((vector_size(32)));
+    v8f half[2];
+    std::memcpy(half, &x, sizeof x);
+    half[0] = op(half[0], s);
+    half[1] = op(half[1], s);
+    std::memcpy(&x, half, sizeof x);
+    return x;
+  }
+}
+template <simd_level L>
+MIXQ_ALWAYS_INLINE v16f divided(v16f x, float s) {
+  return by_scalar<L>(x, s, [](auto v, float d) { return v / d; });
+}
+template <simd_level L>
+MIXQ_ALWAYS_INLINE v16f times(v16f x, float s) {
+  return by_scalar<L>(x, s, [](auto v, float m) { return v * m; });
+}
+
 // The reference's squared error of one block (|w| in ax) under step: nvfp4_block_sq_error.
 template <simd_level L>
 MIXQ_ALWAYS_INLINE float block_error(v16f ax, float step) {
-  const v16u codes = e2m1_codes<L>(ax / step);
-  const v16f d = e2m1_magnitudes<L>(codes) * step;
+  const v16u codes = e2m1_codes<L>(divided<L>(ax, step));
+  const v16f d = times<L>(e2m1_magnitudes<L>(codes), step);
   return lanes::sum16((ax - d) * (ax - d));
 }
 
@@ -155,10 +181,10 @@ MIXQ_ALWAYS_INLINE void encode_group(const v16u* bits, v16u scale_codes, float w
   v16f sq[kGroup];
   for (int j = 0; j < kGroup; ++j) {
     const v16f ax = lanes::abs_of(bits[j]);
-    const v16u codes = e2m1_codes<L>(ax / step[j]);
+    const v16u codes = e2m1_codes<L>(divided<L>(ax, step[j]));
     lanes::store_packed(codes | lanes::sign_bits(bits[j]), packed + j * (kNvfp4Block / 2));
     if (errors) {
-      const v16f d = e2m1_magnitudes<L>(codes) * step[j];
+      const v16f d = times<L>(e2m1_magnitudes<L>(codes), step[j]);
       sq[j] = (ax - d) * (ax - d);
     }
   }
@@ -184,8 +210,8 @@ MIXQ_ALWAYS_INLINE void four_over_six_group(const v16u* bits, v16f bmax, const n
   for (int j = 0; j < kGroup; ++j) {
     const v16f ax = lanes::abs_of(bits[j]);
     const v16u sign = lanes::sign_bits(bits[j]);
-    const v16u c1 = e2m1_codes<L>(ax / step1[j]), c2 = e2m1_codes<L>(ax / step2[j]);
-    const v16f d1 = e2m1_magnitudes<L>(c1) * step1[j], d2 = e2m1_magnitudes<L>(c2) * step2[j];
+    const v16u c1 = e2m1_codes<L>(divided<L>(ax, step1[j])), c2 = e2m1_codes<L>(divided<L>(ax, step2[j]));
+    const v16f d1 = times<L>(e2m1_magnitudes<L>(c1), step1[j]), d2 = times<L>(e2m1_magnitudes<L>(c2), step2[j]);
     sq1[j] = (ax - d1) * (ax - d1);
     sq2[j] = (ax - d2) * (ax - d2);
     packed1[j] = lanes::packed_codes(c1 | sign);
@@ -227,7 +253,8 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
   std::memcpy(&step_sq, t.step_sq + lo, sizeof step_sq);
   v16f acc[4] = {};
   for (int i = 0; i < kNvfp4Block; ++i) {
-    const v16f q = a[i] * recip;
+    // (in halves with AVX2 only: the baseline's 16-byte pieces splat well, and halves slow them)
+    const v16f q = L == simd_level::avx2 ? times<L>(recip, a[i]) : a[i] * recip;
     const v16f e = q - e2m1_nearest<L>(q);
     acc[i & 3] += e * e;
   }
