@@ -260,6 +260,7 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
   std::memcpy(&recip, t.recip + lo, sizeof recip);
   std::memcpy(&step_sq, t.step_sq + lo, sizeof step_sq);
   v16f acc[4] = {};
+#pragma GCC unroll 16  // (constant indices keep acc in registers: a stack copy stalled AVX2 on every value)
   for (int i = 0; i < kNvfp4Block; ++i) {
     // (in halves with AVX2 only: the baseline's 16-byte pieces splat well, and halves slow them)
     const v16f q = L == simd_level::avx2 ? times<L>(recip, a[i]) : a[i] * recip;
