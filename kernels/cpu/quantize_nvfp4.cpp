@@ -48,6 +48,7 @@ namespace {
 
 using lanes::v16f;
 using lanes::v16u;
+using lanes::v16i;
 
 constexpr int kGroup = 16;                          // blocks per group
 constexpr int kGroupValues = kGroup * kNvfp4Block;  // 256
@@ -329,6 +330,47 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
   return lanes::reduce16_bits(near & s.eligible) == 0;
 }
 
+// 1 << n, and 0 for n >= 32 (as AVX2 / AVX-512 variable shifts give it; C++ leaves it undefined).
+MIXQ_ALWAYS_INLINE v16u bit_or_zero(v16u n) { return lanes::below(n, 32u) & (v16u{} + 1u) << (n & 31u); }
+
+// From the candidates above the window (bit j: the code lo + 16 + j, j < 32), the window codes they
+// double (lo + 8 + j % 8) as search_setup::above_bases bits.
+MIXQ_ALWAYS_INLINE v16u window_bases_of(v16u above) {
+  return ((above | above >> 8 | above >> 16 | above >> 24) & 0xffu) << 8;
+}
+
+// The candidates from job.codes_by_mantissa: false where a block needs more (a max that is not a
+// BF16 value, lo < 9, or a code 48 or more above lo).
+MIXQ_ALWAYS_INLINE bool multiplier_candidates_by_mantissa(search_setup& s, v16f bmax, const nvfp4_job& job) {
+  const multiplier_codes& t = *job.codes_by_mantissa;
+  const v16u bits = (v16u)bmax;
+  const v16u m = (bits >> 16) & 0x7fu;
+  v16u low, high, table_last;
+  for (int j = 0; j < kGroup; ++j) low[j] = t.low[m[j]], high[j] = t.high[m[j]], table_last[j] = t.last[m[j]];
+  // The table's e counts from k0 − 15, the window's d from lo: k0 − 7 but where the window stops
+  // at 126 (lo = 111): d = e − 8 + shift. (Lanes that are not eligible compute garbage, unused.)
+  const v16u shift = s.k0 - 7u - s.lo;                     // 0..8 where eligible
+  const v16u first = (8u - shift) & 31u;                   // e of d = 0
+  const v16i last = (v16i)(table_last - 9u + shift);       // d of the last code
+  const v16u beyond = (v16u)((bits & 0xffffu) != 0u) | lanes::below(s.lo, 9u) | (v16u)(last >= 48);
+  if (lanes::reduce16_bits(beyond & s.eligible) != 0) return false;
+  // d in [0, 16) and [16, 48)
+  v16u in = (low >> first) & 0xffffu;
+  v16u above = (low >> ((first + 16u) & 31u)) | (high << ((16u - first) & 31u));
+  // Codes at or past 126 (d >= 126 − lo) all take 126: clear their bits, set 126's.
+  const v16u top = 126u - s.lo;
+  const v16u clamps = (v16u)(last >= (v16i)top);
+  const v16u in_window = clamps & lanes::below(top, 16u);
+  const v16u top_bit = bit_or_zero(top);
+  in = lanes::select(in_window, (in & (top_bit - 1u)) | top_bit, in);
+  above &= ~in_window;
+  const v16u above_bit = bit_or_zero(top - 16u);  // (< 32 where it clamps: last < 48)
+  above = lanes::select(clamps & ~in_window, (above & (above_bit - 1u)) | above_bit, above);
+  s.in_window = in;
+  s.above_bases = window_bases_of(above);
+  return true;
+}
+
 // Each block's window and candidates, but for a multiplier list's (see the callers).
 MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
   const code_tables& t = *job.tables;
@@ -350,6 +392,7 @@ MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
 MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   search_setup s = window_setup(bmax, job);
   if (job.selector == nvfp4_selector::mse_multiplier &&
+      !(job.codes_by_mantissa && multiplier_candidates_by_mantissa(s, bmax, job)) &&
       (job.multiplier_factors.empty() || !fast_multiplier_candidates(s, bmax, job)))
     exact_multiplier_candidates(s, bmax, job);
   return s;
