@@ -775,46 +775,10 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
   return true;
 }
 
-// The candidates from job.codes_by_mantissa: false where a block needs more (a max that is not a
-// BF16 value, lo < 9, or a code 48 or more above lo).
-MIXQ_ALWAYS_INLINE bool multiplier_candidates_by_mantissa(search_setup& s, v16f bmax, const nvfp4_job& job) {
-  const multiplier_codes& t = *job.codes_by_mantissa;
-  const __m512i bits = vec((v16u)bmax);
-  const __mmask16 eligible = _mm512_test_epi32_mask(vec(s.eligible), vec(s.eligible));
-  const __m512i m = _mm512_and_si512(_mm512_srli_epi32(bits, 16), u32(0x7f));
-  const __m512i low = _mm512_i32gather_epi32(m, t.low, 4), high = _mm512_i32gather_epi32(m, t.high, 4);
-  // The table's e count from k0 − 15, the window's d from lo: k0 − 7 but where the window stops
-  // at 126 (lo = 111): d = e − 8 + shift.
-  const __m512i shift = _mm512_sub_epi32(_mm512_sub_epi32(vec(s.k0), u32(7)), vec(s.lo));  // 0..8 where eligible
-  const __m512i first = _mm512_sub_epi32(u32(8), shift);                                    // e of d = 0
-  const __m512i last = _mm512_add_epi32(_mm512_sub_epi32(_mm512_i32gather_epi32(m, t.last, 4), u32(9)), shift);
-  const __mmask16 beyond = _mm512_test_epi32_mask(bits, u32(0xffffu)) | _mm512_cmplt_epu32_mask(vec(s.lo), u32(9)) |
-                           _mm512_cmpge_epi32_mask(last, u32(48));
-  if ((beyond & eligible) != 0) return false;
-  // d in [0, 16) and [16, 48) (a shift by 32 or more gives 0)
-  __m512i in = _mm512_and_si512(_mm512_srlv_epi32(low, first), u32(0xffffu));
-  __m512i above = _mm512_or_si512(_mm512_srlv_epi32(low, _mm512_add_epi32(first, u32(16))),
-                                  _mm512_sllv_epi32(high, _mm512_sub_epi32(u32(16), first)));
-  // Codes at or past 126 (d >= 126 − lo) all take 126: clear their bits, set 126's.
-  const __m512i top = _mm512_sub_epi32(u32(126), vec(s.lo));
-  const __mmask16 clamps = _mm512_cmpge_epi32_mask(last, top);
-  const __mmask16 in_window = clamps & _mm512_cmplt_epi32_mask(top, u32(16));
-  const __m512i top_bit = _mm512_sllv_epi32(u32(1), top);
-  in = _mm512_mask_or_epi32(in, in_window, _mm512_and_si512(in, _mm512_sub_epi32(top_bit, u32(1))), top_bit);
-  above = _mm512_maskz_mov_epi32(~in_window, above);
-  const __m512i above_top = _mm512_sub_epi32(top, u32(16));  // < 32 where it clamps: last < 48
-  const __m512i above_bit = _mm512_sllv_epi32(u32(1), above_top);
-  above = _mm512_mask_or_epi32(above, clamps & ~in_window, _mm512_and_si512(above, _mm512_sub_epi32(above_bit, u32(1))),
-                               above_bit);
-  s.in_window = (v16u)in;
-  s.above_bases = window_bases_of(above);
-  return true;
-}
-
 MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   search_setup s = window_setup(bmax, job);
   if (job.selector == nvfp4_selector::mse_multiplier &&
-      !(job.codes_by_mantissa && avx512::multiplier_candidates_by_mantissa(s, bmax, job)) &&
+      !(job.codes_by_mantissa && multiplier_candidates_by_mantissa(s, bmax, job)) &&
       (job.multiplier_factors.empty() || !avx512::fast_multiplier_candidates(s, bmax, job)))
     exact_multiplier_candidates(s, bmax, job);
   return s;
