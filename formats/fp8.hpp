@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "formats/code_bytes.hpp"
 #include "formats/weight_view.hpp"
 
 namespace mixq {
@@ -28,7 +29,7 @@ struct fp8_options {
 struct fp8_weight {
   int64_t rows = 0, cols = 0;
   std::vector<float> scales;   // 1 (per tensor) or rows (per channel)
-  std::vector<uint8_t> codes;  // [rows, cols] E4M3 bits
+  code_bytes codes;  // [rows, cols] E4M3 bits
 
   float scale_of_row(int64_t r) const { return scales.size() == 1 ? scales[0] : scales[size_t(r)]; }
 };

@@ -10,6 +10,7 @@
 #include <span>
 #include <vector>
 
+#include "formats/code_bytes.hpp"
 #include "formats/weight_view.hpp"
 
 namespace mixq {
@@ -44,8 +45,8 @@ struct nvfp4_weight {
   int64_t rows = 0, cols = 0;
   float global_scale = 0.0f;          // weight_scale_2 = global_amax / (6 · normalizer)
   float normalizer = kNvfp4Normalizer;
-  std::vector<uint8_t> packed;        // [rows, cols/2] E2M1 nibbles, low nibble = even element
-  std::vector<uint8_t> block_scales;  // [rows, cols/16] E4M3 bits
+  code_bytes packed;        // [rows, cols/2] E2M1 nibbles, low nibble = even element
+  code_bytes block_scales;  // [rows, cols/16] E4M3 bits
 
   int64_t blocks_per_row() const { return cols / kNvfp4Block; }
 };

@@ -11,8 +11,8 @@
 namespace mixq {
 namespace {
 
-template <class T>
-std::vector<std::byte> as_bytes(const std::vector<T>& v) {
+template <class T, class Alloc>
+std::vector<std::byte> as_bytes(const std::vector<T, Alloc>& v) {
   std::vector<std::byte> b(v.size() * sizeof(T));
   if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
   return b;
@@ -95,10 +95,10 @@ float required_scalar(const stored_tensor_lookup& lookup, const std::string& nam
   return *v;
 }
 
-template <class T>
-std::vector<T> copy_of(std::span<const std::byte> b) {
-  std::vector<T> v(b.size() / sizeof(T));
-  if (!v.empty()) std::memcpy(v.data(), b.data(), v.size() * sizeof(T));
+template <class Vector>
+Vector copy_of(std::span<const std::byte> b) {
+  Vector v(b.size() / sizeof(typename Vector::value_type));
+  if (!v.empty()) std::memcpy(v.data(), b.data(), v.size() * sizeof(typename Vector::value_type));
   return v;
 }
 
@@ -119,10 +119,10 @@ std::optional<decoded_linear> decode_quantized_linear(const std::string& module,
     nvfp4_weight q;
     q.rows = out;
     q.cols = in;
-    q.packed = copy_of<uint8_t>(
+    q.packed = copy_of<code_bytes>(
         require(lookup, module + (ct_packed ? ".weight_packed" : ".weight"), dtype::u8, {out, in / 2}).bytes);
     q.block_scales =
-        copy_of<uint8_t>(require(lookup, module + ".weight_scale", dtype::f8_e4m3, {out, in / kNvfp4Block}).bytes);
+        copy_of<code_bytes>(require(lookup, module + ".weight_scale", dtype::f8_e4m3, {out, in / kNvfp4Block}).bytes);
     if (ct_packed) {
       q.global_scale = 1.0f / required_scalar(lookup, module + ".weight_global_scale");
       const auto igs = scalar(lookup, module + ".input_global_scale");
@@ -137,12 +137,12 @@ std::optional<decoded_linear> decode_quantized_linear(const std::string& module,
     fp8_weight q;
     q.rows = out;
     q.cols = in;
-    q.codes = copy_of<uint8_t>(require(lookup, module + ".weight", dtype::f8_e4m3, {out, in}).bytes);
+    q.codes = copy_of<code_bytes>(require(lookup, module + ".weight", dtype::f8_e4m3, {out, in}).bytes);
     const auto ws = lookup(module + ".weight_scale");
     if (!ws) bad(fmt::format("tensor '{}.weight_scale' is missing", module));
     if (ws->type != dtype::f32 || (ws->bytes.size() != 4 && ws->bytes.size() != size_t(out) * 4))
       bad(fmt::format("tensor '{}.weight_scale' must be F32 with 1 or {} values", module, out));
-    q.scales = copy_of<float>(ws->bytes);
+    q.scales = copy_of<std::vector<float>>(ws->bytes);
     for (float s : q.scales)
       if (!(s > 0.0f) || !std::isfinite(s)) bad(fmt::format("tensor '{}.weight_scale' holds {}", module, s));
     d.input_scale = scalar(lookup, module + ".input_scale").value_or(0.0f);

@@ -24,8 +24,8 @@ namespace {
 
 using json = nlohmann::json;
 
-std::vector<uint8_t> unhex(const std::string& s) {
-  std::vector<uint8_t> out(s.size() / 2);
+code_bytes unhex(const std::string& s) {
+  code_bytes out(s.size() / 2);
   for (size_t i = 0; i < out.size(); ++i) out[i] = uint8_t(std::stoi(s.substr(2 * i, 2), nullptr, 16));
   return out;
 }

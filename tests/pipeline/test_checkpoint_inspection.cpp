@@ -39,15 +39,15 @@ struct export_builder {
   std::vector<std::vector<uint8_t>> storage;
   std::vector<tensor_to_write> tensors;
 
-  std::span<const std::byte> keep(std::vector<uint8_t> bytes) {
-    storage.push_back(std::move(bytes));
+  std::span<const std::byte> keep(std::span<const uint8_t> bytes) {
+    storage.emplace_back(bytes.begin(), bytes.end());
     return std::as_bytes(std::span(storage.back()));
   }
   template <class T>
   std::span<const std::byte> keep_values(const std::vector<T>& v) {
     std::vector<uint8_t> b(v.size() * sizeof(T));
     std::memcpy(b.data(), v.data(), b.size());
-    return keep(std::move(b));
+    return keep(b);
   }
   void add(std::string name, dtype t, std::vector<int64_t> shape, std::span<const std::byte> bytes) {
     tensors.push_back({std::move(name), t, std::move(shape), bytes});
