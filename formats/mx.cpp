@@ -38,7 +38,7 @@ uint8_t mx_quantize_block(const float* x, format_id format, uint8_t* codes) {
   return ue8m0_t::from_exponent(e).bits;
 }
 
-void mx_store_elements(mx_weight& q, std::vector<uint8_t>& codes) {
+void mx_store_elements(mx_weight& q, code_bytes& codes) {
   if (q.format == format_id::mxfp8) {
     q.elements = std::move(codes);
     return;
@@ -60,7 +60,7 @@ mx_weight mx_quantize(const weight_view& w_in, format_id format, nonfinite_polic
   q.rows = w.rows;
   q.cols = w.cols;
   q.scales.resize(size_t(w.size() / kMxBlock));
-  std::vector<uint8_t> codes(size_t(w.size()));
+  code_bytes codes(size_t(w.size()));
   for (int64_t b = 0; b < w.size() / kMxBlock; ++b)
     q.scales[size_t(b)] = mx_quantize_block(w.data + b * kMxBlock, format, codes.data() + b * kMxBlock);
   mx_store_elements(q, codes);

@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "formats/code_bytes.hpp"
 #include "formats/format_traits.hpp"
 #include "formats/weight_view.hpp"
 
@@ -18,8 +19,8 @@ inline constexpr int kMxBlock = 32;
 struct mx_weight {
   format_id format = format_id::mxfp4;  // mxfp4 or mxfp8
   int64_t rows = 0, cols = 0;
-  std::vector<uint8_t> elements;  // mxfp4: [rows, cols/2] nibbles; mxfp8: [rows, cols] E4M3
-  std::vector<uint8_t> scales;    // [rows, cols/32] E8M0 bits
+  code_bytes elements;  // mxfp4: [rows, cols/2] nibbles; mxfp8: [rows, cols] E4M3
+  code_bytes scales;    // [rows, cols/32] E8M0 bits
 };
 
 // The E8M0 shared exponent of a block with maximum magnitude `amax` (-127 for an all-zero block).
@@ -29,7 +30,7 @@ int mx_shared_exponent(float amax, format_id format);
 uint8_t mx_quantize_block(const float* x, format_id format, uint8_t* codes);
 
 // Moves the unpacked element codes of a whole tensor into q.elements (packing MXFP4 nibbles).
-void mx_store_elements(mx_weight& q, std::vector<uint8_t>& codes);
+void mx_store_elements(mx_weight& q, code_bytes& codes);
 
 mx_weight mx_quantize(const weight_view& w, format_id format, nonfinite_policy nonfinite = nonfinite_policy::reject);
 void mx_dequantize(const mx_weight& q, std::span<float> out);

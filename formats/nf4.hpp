@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "formats/code_bytes.hpp"
 #include "formats/weight_view.hpp"
 
 namespace mixq {
@@ -18,7 +19,7 @@ uint8_t nf4_code(float normalized);     // normalized = w / absmax, in [-1, 1]
 
 struct nf4_weight {
   int64_t rows = 0, cols = 0;
-  std::vector<uint8_t> packed;   // [rows, cols/2], low nibble = even element
+  code_bytes packed;             // [rows, cols/2], low nibble = even element
   std::vector<uint16_t> scales;  // [rows, cols/64] FP16 absmax
 };
 
