@@ -484,15 +484,18 @@ void fp8_dequantize(const fp8_weight& q, std::span<float> out) {
 
 namespace {
 
-// MX blocks of F32 values (finite): E8M0 scales and element codes (MXFP4 packed, low nibble even),
-// as mx_quantize_block computes them; the loops over a block's 32 values vectorize per target.
-MIXQ_CLONES void mx_blocks(const float* x, int64_t blocks, bool fp4, uint8_t* scales, uint8_t* elements) {
+// MX blocks of F32 values: E8M0 scales and element codes (MXFP4 packed, low nibble even), as
+// mx_quantize_block computes them; the loops over a block's 32 values vectorize per target. False
+// when a block holds an inf / NaN (its codes are then meaningless).
+MIXQ_CLONES bool mx_blocks(const float* x, int64_t blocks, bool fp4, uint8_t* scales, uint8_t* elements) {
   const format_id format = fp4 ? format_id::mxfp4 : format_id::mxfp8;
   const int emax = fp4 ? 2 : 8;
+  uint32_t largest = 0;
   for (int64_t b = 0; b < blocks; ++b) {
     const float* p = x + b * kMxBlock;
     uint32_t m = 0;
     for (int i = 0; i < kMxBlock; ++i) m = std::max(m, std::bit_cast<uint32_t>(p[i]) & 0x7fffffffu);
+    largest = std::max(largest, m);
     // ilogb from the bits of a normal amax; zero and subnormal ones through the reference's function
     const int e = m >= 0x00800000u ? ue8m0_t::from_exponent(int(m >> 23) - 127 - emax).exponent()
                                    : mx_shared_exponent(std::bit_cast<float>(m), format);
@@ -508,17 +511,21 @@ MIXQ_CLONES void mx_blocks(const float* x, int64_t blocks, bool fp4, uint8_t* sc
         lanes::store_bytes(lanes::e4m3_encode(magnitude) | sign << 7, elements + b * kMxBlock + i);
     }
   }
+  return largest < 0x7f800000u;
 }
 
-// NF4 blocks of F32 values (finite): FP16 absmax scales and packed codes, as nf4_quantize_block.
-MIXQ_CLONES void nf4_blocks(const float* x, int64_t blocks, const float* midpoints, uint16_t* scales,
+// NF4 blocks of F32 values: FP16 absmax scales and packed codes, as nf4_quantize_block. False when
+// a block holds an inf / NaN.
+MIXQ_CLONES bool nf4_blocks(const float* x, int64_t blocks, const float* midpoints, uint16_t* scales,
                             uint8_t* packed) {
   lanes::v16f mid = {};  // lane 15 unused
   for (int j = 0; j < 15; ++j) mid[j] = midpoints[j];
+  uint32_t largest = 0;
   for (int64_t b = 0; b < blocks; ++b) {
     const float* p = x + b * kNf4Block;
     uint32_t m = 0;
     for (int i = 0; i < kNf4Block; ++i) m = std::max(m, std::bit_cast<uint32_t>(p[i]) & 0x7fffffffu);
+    largest = std::max(largest, m);
     // FP16 has no room above 65504; the conversion is IEEE RNE (F16C where the target has it), as fp16_encode
     const _Float16 half = static_cast<_Float16>(std::fmin(std::bit_cast<float>(m), 65504.0f));
     scales[b] = std::bit_cast<uint16_t>(half);
@@ -532,22 +539,30 @@ MIXQ_CLONES void nf4_blocks(const float* x, int64_t blocks, const float* midpoin
       lanes::store_packed(scale > 0.0f ? code : lanes::v16u{} + 7u, packed + b * (kNf4Block / 2) + i / 2);
     }
   }
+  return largest < 0x7f800000u;
 }
 
-// Blocks of `block` values of w, widened to F32 a row's worth (or 64 blocks) at a time, in parallel.
+// Blocks of `block` values of w, widened to F32 64 blocks at a time, in parallel; blocks_of returns
+// false for a chunk that holds an inf / NaN. One pass where every value is finite (the scales are
+// per block: nothing global to find first); otherwise the scan, nonfinite's policy and a second pass.
 template <class Blocks>
-void for_block_chunks(const source_matrix& w, int block, bool zero, const Blocks& blocks_of) {
+void for_block_chunks(const source_matrix& w, int block, nonfinite_policy nonfinite, const Blocks& blocks_of) {
   const int64_t blocks = w.size() / block, chunk = 64;
-#pragma omp parallel if (worth_threads(w.size()))
-  {
-    std::vector<float> x(size_t(chunk * block));
+  const auto pass = [&](bool zero) {
+    int finite = 1;
+#pragma omp parallel reduction(& : finite) if (worth_threads(w.size()))
+    {
+      std::vector<float> x(size_t(chunk * block));
 #pragma omp for schedule(static)
-    for (int64_t b0 = 0; b0 < blocks; b0 += chunk) {
-      const int64_t n = std::min(chunk, blocks - b0);
-      widen(w, b0 * block, int(n * block), x.data(), zero);
-      blocks_of(x.data(), b0, n);
+      for (int64_t b0 = 0; b0 < blocks; b0 += chunk) {
+        const int64_t n = std::min(chunk, blocks - b0);
+        widen(w, b0 * block, int(n * block), x.data(), zero);
+        finite &= int(blocks_of(x.data(), b0, n));
+      }
     }
-  }
+    return finite != 0;
+  };
+  if (!pass(false)) pass(apply_nonfinite_policy(w, scan_source(w), nonfinite));
 }
 
 }  // namespace
@@ -556,7 +571,6 @@ mx_weight mx_quantize(const source_matrix& w, format_id format, nonfinite_policy
   if (format != format_id::mxfp4 && format != format_id::mxfp8)
     throw format_error(fmt::format("mx_quantize: {} is not an MX format", traits_of(format).name));
   require_shape(w, format);
-  const bool zero = apply_nonfinite_policy(w, scan_source(w), nonfinite);
   const bool fp4 = format == format_id::mxfp4;
   mx_weight q;
   q.format = format;
@@ -564,15 +578,14 @@ mx_weight mx_quantize(const source_matrix& w, format_id format, nonfinite_policy
   q.cols = w.cols;
   q.scales.resize(size_t(w.size() / kMxBlock));
   q.elements.resize(size_t(fp4 ? w.size() / 2 : w.size()));
-  for_block_chunks(w, kMxBlock, zero, [&](const float* x, int64_t b0, int64_t n) {
-    mx_blocks(x, n, fp4, q.scales.data() + b0, q.elements.data() + b0 * (fp4 ? kMxBlock / 2 : kMxBlock));
+  for_block_chunks(w, kMxBlock, nonfinite, [&](const float* x, int64_t b0, int64_t n) {
+    return mx_blocks(x, n, fp4, q.scales.data() + b0, q.elements.data() + b0 * (fp4 ? kMxBlock / 2 : kMxBlock));
   });
   return q;
 }
 
 nf4_weight nf4_quantize(const source_matrix& w, nonfinite_policy nonfinite) {
   require_shape(w, format_id::nf4);
-  const bool zero = apply_nonfinite_policy(w, scan_source(w), nonfinite);
   nf4_weight q;
   q.rows = w.rows;
   q.cols = w.cols;
@@ -581,8 +594,8 @@ nf4_weight nf4_quantize(const source_matrix& w, nonfinite_policy nonfinite) {
   const std::span<const float> codebook = nf4_codebook();
   float midpoints[15];
   for (size_t i = 0; i < 15; ++i) midpoints[i] = (codebook[i] + codebook[i + 1]) * 0.5f;  // as nf4_code's
-  for_block_chunks(w, kNf4Block, zero, [&](const float* x, int64_t b0, int64_t n) {
-    nf4_blocks(x, n, midpoints, q.scales.data() + b0, q.packed.data() + b0 * (kNf4Block / 2));
+  for_block_chunks(w, kNf4Block, nonfinite, [&](const float* x, int64_t b0, int64_t n) {
+    return nf4_blocks(x, n, midpoints, q.scales.data() + b0, q.packed.data() + b0 * (kNf4Block / 2));
   });
   return q;
 }

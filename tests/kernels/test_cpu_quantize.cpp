@@ -356,6 +356,22 @@ TEST(cpu_kernels, zeroed_nonfinite_values_bit_identical) {
         EXPECT_EQ(fast.scales, ref.scales);
         EXPECT_EQ(fast.codes, ref.codes);
       }
+    for (auto f : {format_id::mxfp4, format_id::mxfp8}) {  // (their first pass sees the inf / NaN and redoes)
+      const mx_weight ref = mx_quantize(view_of(s), f, nonfinite_policy::zero);
+      const mx_weight fast = cpu::mx_quantize(s.source, f, nonfinite_policy::zero);
+      EXPECT_EQ(fast.scales, ref.scales);
+      EXPECT_EQ(fast.elements, ref.elements);
+    }
+  }
+  auto t64 = testing::make_tensor(testing::tensor_kind::heavy_tailed, 4, 128, 74);  // NF4: K a multiple of 64
+  t64.values[5] = INFINITY;
+  t64.values[300] = NAN;
+  for (auto dtype : kDtypes) {
+    const sourced s = as_dtype(t64, dtype);
+    const nf4_weight ref = nf4_quantize(view_of(s), nonfinite_policy::zero);
+    const nf4_weight fast = cpu::nf4_quantize(s.source, nonfinite_policy::zero);
+    EXPECT_EQ(fast.scales, ref.scales);
+    EXPECT_EQ(fast.packed, ref.packed);
   }
 }
 
@@ -501,6 +517,22 @@ TEST(cpu_kernels, nonfinite_errors_name_the_same_place) {
       try { cpu::fp8_quantize(s.source, o); } catch (const format_error& e) { row_msg = e.what(); }
       EXPECT_EQ(ref_msg, row_msg);
     }
+    for (auto f : {format_id::mxfp4, format_id::mxfp8}) {  // one pass, then the scan names the place
+      std::string block_msg;
+      try { cpu::mx_quantize(s.source, f); } catch (const format_error& e) { block_msg = e.what(); }
+      EXPECT_EQ(ref_msg, block_msg);
+    }
+  }
+  auto t64 = testing::make_tensor(testing::tensor_kind::normal, 2, 64, 72);  // NF4: K a multiple of 64
+  t64.name = "blk.3.ffn";
+  t64.values[70] = NAN;
+  for (auto dtype : kDtypes) {
+    const sourced s = as_dtype(t64, dtype);
+    std::string ref_msg, fast_msg;
+    try { nf4_quantize(view_of(s)); } catch (const format_error& e) { ref_msg = e.what(); }
+    try { cpu::nf4_quantize(s.source); } catch (const format_error& e) { fast_msg = e.what(); }
+    EXPECT_NE(ref_msg.find("[1, 6]"), std::string::npos) << ref_msg;
+    EXPECT_EQ(ref_msg, fast_msg);
   }
 }
 
