@@ -173,13 +173,6 @@ class row_copy {
   int64_t row_ = -1;
 };
 
-// Asks for row r of w in cache ahead of its use.
-void prefetch_row(const source_matrix& w, int64_t r) {
-  const size_t bytes = size_t(w.cols) * (w.dtype == source_dtype::f32 ? 4 : 2);
-  const char* p = static_cast<const char*>(w.data) + size_t(r) * bytes;
-  for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i);
-}
-
 // How the FP8 rows are read: in place with the AVX-512 row kernels (nothing to zero), else through
 // an F32 copy of each row.
 struct fp8_rows {
@@ -355,7 +348,6 @@ bool fp8_per_channel_rows(const source_matrix& w, const fp8_rows& rows, std::spa
     row_mse_search search;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < w.rows; ++r) {
-      if (!multipliers.empty() && r + 1 < w.rows) prefetch_row(w, r + 1);  // under the search's compute
       const uint32_t bits = rows.amax_bits(r, x);
       if (check_rows && bits >= 0x7f800000u) {
         finite = 0;
