@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <new>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -14,6 +15,7 @@ namespace mixq {
 template <class T>
 struct default_init_allocator : std::allocator<T> {
   using value_type = T;
+  using is_always_equal = std::true_type;  // (stateless; std::allocator's is deprecated in C++20)
   template <class U>
   struct rebind {
     using other = default_init_allocator<U>;

@@ -48,7 +48,6 @@ namespace {
 
 using lanes::v16f;
 using lanes::v16u;
-using lanes::v16i;
 
 constexpr int kGroup = 16;                          // blocks per group
 constexpr int kGroupValues = kGroup * kNvfp4Block;  // 256
@@ -330,7 +329,8 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
   return lanes::reduce16_bits(near & s.eligible) == 0;
 }
 
-// 1 << n, and 0 for n >= 32 (as AVX2 / AVX-512 variable shifts give it; C++ leaves it undefined).
+// 1 << n, and 0 for 32 <= n < 2^31 (as AVX2 / AVX-512 variable shifts give it; C++ leaves it
+// undefined).
 MIXQ_ALWAYS_INLINE v16u bit_or_zero(v16u n) { return lanes::below(n, 32u) & (v16u{} + 1u) << (n & 31u); }
 
 // From the candidates above the window (bit j: the code lo + 16 + j, j < 32), the window codes they
@@ -351,15 +351,16 @@ MIXQ_ALWAYS_INLINE bool multiplier_candidates_by_mantissa(search_setup& s, v16f 
   // at 126 (lo = 111): d = e − 8 + shift. (Lanes that are not eligible compute garbage, unused.)
   const v16u shift = s.k0 - 7u - s.lo;                     // 0..8 where eligible
   const v16u first = (8u - shift) & 31u;                   // e of d = 0
-  const v16i last = (v16i)(table_last - 9u + shift);       // d of the last code
-  const v16u beyond = (v16u)((bits & 0xffffu) != 0u) | lanes::below(s.lo, 9u) | (v16u)(last >= 48);
+  const v16u last = table_last - 9u + shift;               // d of the last code (signed: -9 .. 263)
+  // (compares as masks: GCC lowers vector compares lane by lane without AVX-512; last is in [-9, 263])
+  const v16u beyond = lanes::above(bits & 0xffffu, 0u) | lanes::below(s.lo, 9u) | ~lanes::below(last, 48u);
   if (lanes::reduce16_bits(beyond & s.eligible) != 0) return false;
   // d in [0, 16) and [16, 48)
   v16u in = (low >> first) & 0xffffu;
   v16u above = (low >> ((first + 16u) & 31u)) | (high << ((16u - first) & 31u));
   // Codes at or past 126 (d >= 126 − lo) all take 126: clear their bits, set 126's.
   const v16u top = 126u - s.lo;
-  const v16u clamps = (v16u)(last >= (v16i)top);
+  const v16u clamps = ~lanes::below(last, top);
   const v16u in_window = clamps & lanes::below(top, 16u);
   const v16u top_bit = bit_or_zero(top);
   in = lanes::select(in_window, (in & (top_bit - 1u)) | top_bit, in);
