@@ -215,6 +215,7 @@ MIXQ_ALWAYS_INLINE void four_over_six_group(const v16u* bits, v16f bmax, const n
   std::memcpy(step2, &step2_v, sizeof step2);
   v16f sq1[kGroup], sq2[kGroup];
   alignas(64) uint64_t packed1[kGroup], packed2[kGroup];
+#pragma GCC unroll 16  // (constant indices: a stored sq[j] went through 16-byte pieces and GPRs on AVX2)
   for (int j = 0; j < kGroup; ++j) {
     const v16f ax = lanes::abs_of(bits[j]);
     const v16u sign = lanes::sign_bits(bits[j]);
