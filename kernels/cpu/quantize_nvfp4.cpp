@@ -729,14 +729,6 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
   *below_error = (v16f)_mm512_sub_ps(est, delta);
 }
 
-// From the candidates above the window (bit j: the code lo + 16 + j, j < 32), the window codes they
-// double (lo + 8 + j % 8) as search_setup::above_bases bits.
-MIXQ_ALWAYS_INLINE v16u window_bases_of(__m512i above) {
-  const __m512i folded = _mm512_or_si512(_mm512_or_si512(above, _mm512_srli_epi32(above, 8)),
-                                         _mm512_or_si512(_mm512_srli_epi32(above, 16), _mm512_srli_epi32(above, 24)));
-  return (v16u)_mm512_slli_epi32(_mm512_and_si512(folded, u32(0xffu)), 8);
-}
-
 // fast_multiplier_candidates in fewer instructions, and without leaving the fast path for a code
 // near a rounding boundary: such lanes (a few percent of the groups) take that multiplier's code
 // exactly, afterwards. The window bit of a code d = code − lo is 1 << d (a shift by 32 or more gives
@@ -773,7 +765,7 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
     above = _mm512_mask_or_epi32(above, near_lanes[i], above, _mm512_sllv_epi32(one, _mm512_sub_epi32(vec(exact), exact_lo16)));
   }
   s.in_window = (v16u)_mm512_and_si512(in, u32(0xffffu));
-  s.above_bases = window_bases_of(above);
+  s.above_bases = window_bases_of((v16u)above);
   return true;
 }
 
