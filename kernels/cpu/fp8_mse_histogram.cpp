@@ -112,6 +112,36 @@ MIXQ_CLONES double weighted_reference_errors(int q, int mantissa_bits, float sca
   return sum;
 }
 
+// The differences x − fl(v · scale) behind those errors (floats, exact), into out.
+MIXQ_CLONES void reference_differences(int q, int mantissa_bits, float scale, float* out) {
+  const lanes::v16u step = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const uint32_t top = uint32_t(q + 127) << 23;
+  for (uint32_t k = 0; k < (1u << mantissa_bits); k += 16) {
+    const lanes::v16f x = (lanes::v16f)(top | ((k + step) << (23 - mantissa_bits)));
+    const lanes::v16u y = (lanes::v16u)(x / scale);
+    const lanes::v16f v = (lanes::v16f)((y + 0x7ffffu + ((y >> 20) & 1u)) & 0xfff00000u);
+    const lanes::v16f d = x - v * scale;
+    std::memcpy(out + k, &d, sizeof d);
+  }
+}
+
+// weighted_reference_errors from stored differences: the same terms summed in the same order.
+MIXQ_CLONES double weighted_squares(const float* differences, int mantissa_bits, const double* weight) {
+  lanes::v8d acc = {};
+  for (uint32_t k = 0; k < (1u << mantissa_bits); k += 16) {
+    lanes::v16f d;
+    std::memcpy(&d, differences + k, sizeof d);
+    lanes::v8d lo, hi, w_lo, w_hi;
+    lanes::widen(d, &lo, &hi);
+    std::memcpy(&w_lo, weight + k, sizeof w_lo);
+    std::memcpy(&w_hi, weight + k + 8, sizeof w_hi);
+    acc += w_lo * (lo * lo) + w_hi * (hi * hi);
+  }
+  double sum = 0.0;
+  for (int j = 0; j < 8; ++j) sum += acc[j];
+  return sum;
+}
+
 // Σ a · b (n: a multiple of 8).
 MIXQ_CLONES double dot(const double* a, const double* b, int64_t n) {
   lanes::v8d acc = {};
@@ -523,7 +553,27 @@ double fp8_error_estimate::reference_part(size_t c, float scale) {
     if (down) accumulate_scaled(combined_.data(), 1.0, down, size_t(per));
     if (up) accumulate_scaled(combined_.data(), 1.0, up, size_t(per));
   }
+  // A scale 2^j · s0 (s0 in [1, 2), its mantissa) gives the reference binade 2^j times s0's, each
+  // difference 2^j times, each term and sum 4^j times, exactly: s0's differences, kept per row
+  // amax and candidate, serve every row whose amax shares them (a 16-bit amax has 128 mantissas).
+  if (float* d = cached_differences(c, scale); d != nullptr)
+    return power_of_four(core_exponent_ - 1) * weighted_squares(d, mantissa_bits_, combined_.data());
   return power_of_four(core_exponent_ - q) * weighted_reference_errors(q, mantissa_bits_, scale, combined_.data());
+}
+
+float* fp8_error_estimate::cached_differences(size_t c, float scale) {
+  const uint32_t bits = std::bit_cast<uint32_t>(scale);
+  if (cache_slot_ == SIZE_MAX || mantissa_bits_ != kCachedMantissaBits || c >= cache_candidates_ ||
+      bits - 0x00800000u >= 0x7f000000u)  // (normal scales only)
+    return nullptr;
+  const size_t per = size_t(1) << kCachedMantissaBits, at = cache_slot_ * cache_candidates_ + c;
+  const uint32_t tag = (bits & 0x7fffffu) | 0x80000000u;  // (never a fresh slot's 0)
+  float* d = cache_.data() + at * per;
+  if (cache_tags_[at] != tag) {
+    reference_differences(1, kCachedMantissaBits, std::bit_cast<float>((bits & 0x7fffffu) | 0x3f800000u), d);
+    cache_tags_[at] = tag;
+  }
+  return d;
 }
 
 // Reference and estimate both sum exactly the same nonnegative terms (count · err², err² the same
@@ -562,7 +612,19 @@ std::vector<size_t> fp8_error_estimate::row_contenders(source_dtype dtype, uint3
   const std::vector<float> scale = scales_of(amax, multipliers);
   take_row(dtype, table, lo, hi, *std::min_element(scale.begin(), scale.end()),
            *std::max_element(scale.begin(), scale.end()));
-  return choose(scale);
+  // Rows' cached differences by their amax's top 7 mantissa bits (a BF16 amax's all; a slot's
+  // tags tell a candidate's scale apart from another amax's).
+  if (mantissa_bits_ == kCachedMantissaBits && multipliers.size() <= kCachedCandidates) {
+    if (cache_candidates_ != multipliers.size()) {
+      cache_candidates_ = multipliers.size();
+      cache_tags_.assign(kCacheSlots * cache_candidates_, 0u);
+      cache_.resize(kCacheSlots * cache_candidates_ << kCachedMantissaBits);
+    }
+    cache_slot_ = (std::bit_cast<uint32_t>(amax) >> 16) & (kCacheSlots - 1);
+  }
+  std::vector<size_t> kept = choose(scale);
+  cache_slot_ = SIZE_MAX;
+  return kept;
 }
 
 std::vector<size_t> fp8_error_estimate::choose(std::span<const float> scale) {

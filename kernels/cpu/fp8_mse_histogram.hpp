@@ -102,6 +102,7 @@ class fp8_error_estimate {
   std::vector<size_t> choose(std::span<const float> scales);  // after a split over them
   void estimate(std::span<const float> scales, double* out);  // +inf: ruled out unevaluated
   double reference_part(size_t c, float scale);
+  float* cached_differences(size_t c, float scale);  // null where not cached
   double relative_margin() const;
 
   int mantissa_bits_ = 7;
@@ -130,6 +131,14 @@ class fp8_error_estimate {
   std::vector<size_t> subset_index_;
   std::vector<uint8_t> ruled_out_;
   double relative_bound_ = 0.0;
+  // Rows' reference differences (reference_part), per amax slot and candidate: 2.5 MB for the
+  // default 39 multipliers, allocated at the first BF16 row.
+  static constexpr int kCachedMantissaBits = 7;
+  static constexpr size_t kCacheSlots = 128, kCachedCandidates = 64;
+  std::vector<float> cache_;
+  std::vector<uint32_t> cache_tags_;  // the scale's mantissa | 2^31 a slot's differences are of
+  size_t cache_candidates_ = 0;
+  size_t cache_slot_ = SIZE_MAX;  // the current row's, during row_contenders
 };
 
 // Per-channel MSE: one row's magnitudes counted with a table kept per thread between rows.

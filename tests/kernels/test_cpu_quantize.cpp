@@ -692,6 +692,30 @@ TEST(cpu_kernels, fp8_per_channel_mse_over_extreme_rows_as_the_reference) {
       }
 }
 
+// One row scaled by every power of two a BF16 weight can hold, in one tensor: the rows share their
+// amax's mantissa (and so the reference differences kept per amax), the tiniest ones take the
+// scale floor (1) or subnormal scales, and the cache must tell those apart.
+TEST(cpu_kernels, fp8_per_channel_mse_rows_sharing_an_amax_mantissa_as_the_reference) {
+  const auto base = testing::make_tensor(testing::tensor_kind::heavy_tailed, 1, 256, 17);
+  const int64_t rows = 2 * 150;
+  testing::test_tensor t{"scaled rows", rows, 256, std::vector<float>(size_t(rows * 256))};
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < 256; ++c)  // shifts -150 .. 99, then the same again in reverse
+      t.values[size_t(r * 256 + c)] =
+          bf16_decode(bf16_encode(std::ldexp(base.values[size_t(c)], r < 150 ? int(r) - 150 : 249 - int(r))));
+  for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f32}) {
+    const sourced s = as_dtype(t, dtype);
+    if (cpu::scan_source(s.source).nonfinite != 0) continue;
+    fp8_options o;
+    o.granularity = fp8_granularity::per_channel;
+    o.selector = fp8_selector::mse;
+    const fp8_weight ref = fp8_quantize(view_of(s), o);
+    const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+    EXPECT_EQ(fast.scales, ref.scales);
+    EXPECT_EQ(fast.codes, ref.codes);
+  }
+}
+
 // Random small tensors against the reference: rows spread over many binades (each row its own
 // power of two, some exact zeros, some rows of one repeated value), random multiplier lists (sorted
 // or not, with repeats), every source dtype (F32 ones hold BF16 values: the counted path), per
