@@ -69,25 +69,31 @@ MIXQ_CLONES void runs_sq_errors(const float* values, const double* counts, int64
   }
 }
 
-// The squared FP8 error under scale of each magnitude x = 2^q · (1 + k / 2^m) of the reference
-// binade, 16 at a time (2^m: a multiple of 16), to each(k, lanes 0-7, lanes 8-15). With 2^q / scale
-// in (1, 2], every y = fl(x / scale) lies in [1, 4]: FP8 rounds it to 3 mantissa bits (RNE) without
-// reaching subnormals or saturation, and its value v · scale is within 1/16 of x, so
-// x − fl(v · scale) is exact in float (Sterbenz) and its square exact in double: the reference's
-// term, bit for bit.
+// The FP8 error under scale of each magnitude x = 2^q · (1 + k / 2^m) of the reference binade, 16
+// at a time (2^m: a multiple of 16), to each(k, x − fl(v · scale)). With 2^q / scale in (1, 2],
+// every y = fl(x / scale) lies in [1, 4]: FP8 rounds it to 3 mantissa bits (RNE) without reaching
+// subnormals or saturation, and its value v · scale is within 1/16 of x, so x − fl(v · scale) is
+// exact in float (Sterbenz) and its square exact in double: the reference's term, bit for bit.
 template <class Each>
-MIXQ_ALWAYS_INLINE void for_reference_errors(int q, int mantissa_bits, float scale, Each each) {
+MIXQ_ALWAYS_INLINE void for_reference_differences(int q, int mantissa_bits, float scale, Each each) {
   const lanes::v16u step = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const uint32_t top = uint32_t(q + 127) << 23;
   for (uint32_t k = 0; k < (1u << mantissa_bits); k += 16) {
     const lanes::v16f x = (lanes::v16f)(top | ((k + step) << (23 - mantissa_bits)));
     const lanes::v16u y = (lanes::v16u)(x / scale);
     const lanes::v16f v = (lanes::v16f)((y + 0x7ffffu + ((y >> 20) & 1u)) & 0xfff00000u);
-    const lanes::v16f d = x - v * scale;  // (no contraction: -ffp-contract=off)
+    each(k, x - v * scale);  // (no contraction: -ffp-contract=off)
+  }
+}
+
+// Their squares, to each(k, lanes 0-7, lanes 8-15).
+template <class Each>
+MIXQ_ALWAYS_INLINE void for_reference_errors(int q, int mantissa_bits, float scale, Each each) {
+  for_reference_differences(q, mantissa_bits, scale, [&](uint32_t k, lanes::v16f d) {
     lanes::v8d lo, hi;
     lanes::widen(d, &lo, &hi);
     each(k, lo * lo, hi * hi);
-  }
+  });
 }
 
 // Those errors, into errors.
@@ -112,17 +118,9 @@ MIXQ_CLONES double weighted_reference_errors(int q, int mantissa_bits, float sca
   return sum;
 }
 
-// The differences x − fl(v · scale) behind those errors (floats, exact), into out.
+// The differences behind those errors, into out.
 MIXQ_CLONES void reference_differences(int q, int mantissa_bits, float scale, float* out) {
-  const lanes::v16u step = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  const uint32_t top = uint32_t(q + 127) << 23;
-  for (uint32_t k = 0; k < (1u << mantissa_bits); k += 16) {
-    const lanes::v16f x = (lanes::v16f)(top | ((k + step) << (23 - mantissa_bits)));
-    const lanes::v16u y = (lanes::v16u)(x / scale);
-    const lanes::v16f v = (lanes::v16f)((y + 0x7ffffu + ((y >> 20) & 1u)) & 0xfff00000u);
-    const lanes::v16f d = x - v * scale;
-    std::memcpy(out + k, &d, sizeof d);
-  }
+  for_reference_differences(q, mantissa_bits, scale, [&](uint32_t k, lanes::v16f d) { std::memcpy(out + k, &d, sizeof d); });
 }
 
 // weighted_reference_errors from stored differences: the same terms summed in the same order.
