@@ -20,6 +20,7 @@
 #include <span>
 #include <vector>
 
+#include "formats/code_bytes.hpp"
 #include "kernels/cpu/source_matrix.hpp"
 
 namespace mixq::cpu {
@@ -132,10 +133,11 @@ class fp8_error_estimate {
   std::vector<uint8_t> ruled_out_;
   double relative_bound_ = 0.0;
   // Rows' reference differences (reference_part), per amax slot and candidate: 2.5 MB for the
-  // default 39 multipliers, allocated at the first BF16 row.
+  // default 39 multipliers, reserved at the first BF16 row and left unwritten (a slot is read only
+  // after its tag is set), so a thread's resident share is the slots its rows use.
   static constexpr int kCachedMantissaBits = 7;
   static constexpr size_t kCacheSlots = 128, kCachedCandidates = 64;
-  std::vector<float> cache_;
+  std::vector<float, default_init_allocator<float>> cache_;
   std::vector<uint32_t> cache_tags_;  // the scale's mantissa | 2^31 a slot's differences are of
   size_t cache_candidates_ = 0;
   size_t cache_slot_ = SIZE_MAX;  // the current row's, during row_contenders
