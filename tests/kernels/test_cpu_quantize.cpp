@@ -700,7 +700,7 @@ TEST(cpu_kernels, fp8_per_channel_mse_rows_sharing_an_amax_mantissa_as_the_refer
   const int64_t rows = 2 * 150;
   testing::test_tensor t{"scaled rows", rows, 256, std::vector<float>(size_t(rows * 256))};
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < 256; ++c)  // shifts -150 .. 99, then the same again in reverse
+    for (int64_t c = 0; c < 256; ++c)  // shifts -150 .. -1, then 99 down to -50
       t.values[size_t(r * 256 + c)] =
           bf16_decode(bf16_encode(std::ldexp(base.values[size_t(c)], r < 150 ? int(r) - 150 : 249 - int(r))));
   for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f32}) {
