@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "formats/code_bytes.hpp"
+#include "kernels/cpu/rounding_gamma.hpp"
 #include "kernels/cpu/source_matrix.hpp"
 
 namespace mixq::cpu {
@@ -30,13 +31,6 @@ namespace mixq::cpu {
 // x's FP8 error under scale is 4^(exponent − q) times that of the same mantissa in the binade
 // 2^q, q = frexp's exponent of scale. Monotone in the scale: true at two scales, true between.
 bool fp8_binade_scales(int exponent, double lo, double hi, float scale);
-
-// γ_n = n·u / (1 − n·u), u = 2^-53: a sum of n rounded non-negative double terms is within γ_n of
-// the exact one (both estimators' bounds).
-inline double rounding_gamma(double n) {
-  const double nu = n * 0x1p-53;
-  return nu / (1.0 - nu);
-}
 
 // Counts of |x| bit patterns (sign cleared: index = bits & 0x7fff) of a BF16 / F16 source, or of an
 // F32 source whose values are all BF16 values (counted as BF16).

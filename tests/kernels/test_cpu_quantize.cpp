@@ -375,6 +375,26 @@ TEST(cpu_kernels, zeroed_nonfinite_values_bit_identical) {
   }
 }
 
+// mse+four_over_six keeps the standard normalizer's result unless the narrow one's total error is
+// strictly less: with equal totals (an all-zero weight, large enough for the totals to be summed
+// over threads) the in-order sums decide, and the standard global scale is kept.
+TEST(cpu_kernels, nvfp4_mse_four_over_six_equal_totals_keep_the_standard_normalizer) {
+  for (int64_t rows : {4, 512}) {
+    std::vector<uint16_t> bits(size_t(rows * 1024), 0);
+    bits[5] = 0x8000;  // -0
+    const std::vector<float> values(bits.size(), 0.0f);
+    nvfp4_options o;
+    o.selector = nvfp4_selector::mse_four_over_six;
+    const nvfp4_weight ref = nvfp4_quantize(weight_view{values.data(), rows, 1024, "zeros"}, o);
+    const nvfp4_weight fast = cpu::nvfp4_quantize({bits.data(), cpu::source_dtype::bf16, rows, 1024, "zeros"}, o);
+    o.selector = nvfp4_selector::mse_fp8_sweep;  // (the standard normalizer's)
+    EXPECT_EQ(fast.global_scale, nvfp4_quantize(weight_view{values.data(), rows, 1024, "zeros"}, o).global_scale);
+    EXPECT_EQ(fast.global_scale, ref.global_scale);
+    EXPECT_EQ(fast.block_scales, ref.block_scales);
+    EXPECT_EQ(fast.packed, ref.packed);
+  }
+}
+
 // A weight whose max is below 2^-100 (BF16 / F32 subnormals, or a tiny static global amax):
 // its per-code steps would underflow to 0 and 0 / 0 code anything; the scales take amax 1 as for
 // an all-zero weight, and every path gives code 0.
