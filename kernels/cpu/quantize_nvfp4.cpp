@@ -534,6 +534,250 @@ struct f32_values {
   MIXQ_ALWAYS_INLINE v16u operator()(int64_t i) const { return lanes::load_bits(p + i); }
 };
 
+// ---- AVX2: a block per register pair -------------------------------------------------------------
+//
+// max and four_over_six in 8-lane registers (the generic lanes split every 16-lane step in two and
+// pass values through the stack). A block's 32 bytes of BF16 split as float bits into its even
+// elements (one register) and its odd elements (another), as the AVX-512 form does for two blocks:
+// a byte per element pair (even code | odd code << 4) comes straight out, and the reference's error
+// tree (i+8, i+4, i+2, i+1) maps onto the halves: i+8, i+4, i+2 within the even or the odd
+// elements, i+1 adds the two. Eight blocks' reductions are one transpose.
+#if MIXQ_HAVE_SIMD_TARGETS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+namespace avx2 {
+
+struct block {
+  __m256i even, odd;
+};
+
+MIXQ_ALWAYS_INLINE __m256i u32(uint32_t x) { return _mm256_set1_epi32(int(x)); }
+
+MIXQ_ALWAYS_INLINE block load_block(const uint16_t* p) {
+  const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return {_mm256_slli_epi32(w, 16), _mm256_and_si256(w, u32(0xffff0000u))};
+}
+// 16 floats' bits in element order: the shuffles leave elements 0, 2, 8, 10, 4, 6, 12, 14 (and the
+// odd ones alike), which a swap of the middle 64-bit quarters puts in order.
+MIXQ_ALWAYS_INLINE block block_of(__m256 a, __m256 b) {
+  const __m256 even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+  const __m256 odd = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+  return {_mm256_permute4x64_epi64(_mm256_castps_si256(even), 0xd8),
+          _mm256_permute4x64_epi64(_mm256_castps_si256(odd), 0xd8)};
+}
+MIXQ_ALWAYS_INLINE block load_block(const float* p) { return block_of(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)); }
+// F16 widened exactly (every F16 value is a float) by the hardware conversion.
+MIXQ_ALWAYS_INLINE block load_block(const f16_bits* p) {
+  return block_of(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+                  _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8))));
+}
+MIXQ_ALWAYS_INLINE __m256 magnitude(__m256i bits) {
+  return _mm256_castsi256_ps(_mm256_and_si256(bits, u32(0x7fffffffu)));
+}
+
+struct max_op {
+  MIXQ_ALWAYS_INLINE __m256 operator()(__m256 a, __m256 b) const { return _mm256_max_ps(a, b); }
+};
+struct sum_op {
+  MIXQ_ALWAYS_INLINE __m256 operator()(__m256 a, __m256 b) const { return _mm256_add_ps(a, b); }
+};
+
+// Lane b of the result: v[b]'s 8 lanes combined by op in the reference's tree order (lane j with
+// j+4, then j+2, then j+1), for 8 vectors at once, in the lane order 0, 2, 4, 6, 1, 3, 5, 7
+// (in_block_order puts them back).
+template <class Op>
+MIXQ_ALWAYS_INLINE __m256 reduce8x8_unordered(const __m256* v, Op op) {
+  __m256 t1[4], t2[2];
+  for (int p = 0; p < 4; ++p) {  // lanes 0-3: v[2p]'s j + j+4; 4-7: v[2p+1]'s
+    const __m256 a = v[2 * p], b = v[2 * p + 1];
+    t1[p] = op(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+  }
+  for (int q = 0; q < 2; ++q) {  // lanes 0-1: v[4q]'s j + j+2; 2-3: v[4q+2]'s; 4-5: v[4q+1]'s; 6-7: v[4q+3]'s
+    const __m256d x = _mm256_castps_pd(t1[2 * q]), y = _mm256_castps_pd(t1[2 * q + 1]);
+    t2[q] = op(_mm256_castpd_ps(_mm256_unpacklo_pd(x, y)), _mm256_castpd_ps(_mm256_unpackhi_pd(x, y)));
+  }
+  const __m256 a = t2[0], b = t2[1];
+  return op(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+MIXQ_ALWAYS_INLINE __m256 in_block_order(__m256 r) {
+  return _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+// The squared errors of 8 blocks from their even and odd terms, in the reference's order.
+MIXQ_ALWAYS_INLINE __m256 block_errors(const __m256* te, const __m256* to) {
+  return in_block_order(_mm256_add_ps(reduce8x8_unordered(te, sum_op{}), reduce8x8_unordered(to, sum_op{})));
+}
+
+// lanes::e2m1_codes (q >= 0): RNE(2q) below 1, one mantissa bit above, saturating at 7.
+MIXQ_ALWAYS_INLINE __m256i e2m1_codes(__m256 q) {
+  const __m256i u = _mm256_castps_si256(q);
+  const __m256 twice_plus_2p23 = _mm256_add_ps(_mm256_mul_ps(q, _mm256_set1_ps(2.0f)), _mm256_set1_ps(8388608.0f));
+  const __m256i small = _mm256_sub_epi32(_mm256_castps_si256(twice_plus_2p23), u32(0x4b000000u));
+  const __m256i round = _mm256_add_epi32(u32(0x1fffffu), _mm256_and_si256(_mm256_srli_epi32(u, 22), u32(1)));
+  const __m256i large = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_add_epi32(u, round), 22), u32(252));
+  const __m256i code = _mm256_blendv_epi8(large, small, _mm256_cmpgt_epi32(u32(0x3f800000u), u));
+  return _mm256_min_epu32(code, u32(7));
+}
+// An E2M1 code's magnitude: one lane permute of the 8 levels.
+MIXQ_ALWAYS_INLINE __m256 e2m1_magnitudes(__m256i code) {
+  return _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), code);
+}
+// nibble (the sign bit of a low or high nibble) where x < 0, -0 excepted.
+MIXQ_ALWAYS_INLINE __m256i sign_nibbles(__m256i bits, __m256 magnitude, uint32_t nibble) {
+  const __m256i nonzero = _mm256_cmpgt_epi32(_mm256_castps_si256(magnitude), _mm256_setzero_si256());
+  return _mm256_and_si256(_mm256_and_si256(_mm256_srai_epi32(bits, 31), nonzero), u32(nibble));
+}
+
+// One block under one step: its 8 code bytes (a lane each) and, when kErrors, its squared error
+// terms (even and odd elements).
+template <bool kErrors>
+MIXQ_ALWAYS_INLINE __m256i encode_block(__m256 ae, __m256 ao, __m256i signs, __m256 step, __m256* te,
+                                        __m256* to) {
+  const __m256i ce = e2m1_codes(_mm256_div_ps(ae, step)), co = e2m1_codes(_mm256_div_ps(ao, step));
+  if constexpr (kErrors) {
+    const __m256 ee = _mm256_sub_ps(ae, _mm256_mul_ps(e2m1_magnitudes(ce), step));
+    const __m256 eo = _mm256_sub_ps(ao, _mm256_mul_ps(e2m1_magnitudes(co), step));
+    *te = _mm256_mul_ps(ee, ee);
+    *to = _mm256_mul_ps(eo, eo);
+  }
+  return _mm256_or_si256(_mm256_or_si256(ce, _mm256_slli_epi32(co, 4)), signs);
+}
+
+// Four blocks' code bytes (a lane each) as their 32 packed bytes, in block order.
+MIXQ_ALWAYS_INLINE __m256i packed4(const __m256i* b) {
+  const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(b[0], b[1]), _mm256_packus_epi32(b[2], b[3]));
+  return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+// Per block (lane), a 64-bit mask for the packed bytes of blocks 4h .. 4h+3.
+MIXQ_ALWAYS_INLINE __m256i block_mask64(__m256 m, int h) {
+  const __m256i mi = _mm256_castps_si256(m);
+  return _mm256_cvtepi32_epi64(h == 0 ? _mm256_castsi256_si128(mi) : _mm256_extracti128_si256(mi, 1));
+}
+
+// Eight blocks (a half group) from src: magnitudes, sign nibbles, and the block maxima in block order.
+template <class T>
+MIXQ_ALWAYS_INLINE void load_half(const T* src, __m256* ae, __m256* ao, __m256i* signs, __m256* bmax) {
+  __m256 m[8];
+  for (int j = 0; j < 8; ++j) {
+    const block x = load_block(src + j * kNvfp4Block);
+    ae[j] = magnitude(x.even);
+    ao[j] = magnitude(x.odd);
+    signs[j] = _mm256_or_si256(sign_nibbles(x.even, ae[j], 0x8), sign_nibbles(x.odd, ao[j], 0x80));
+    m[j] = _mm256_max_ps(ae[j], ao[j]);
+  }
+  *bmax = in_block_order(reduce8x8_unordered(m, max_op{}));
+}
+
+// The packed codes of 8 blocks under their steps.
+MIXQ_ALWAYS_INLINE void encode_half(const __m256* ae, const __m256* ao, const __m256i* signs, const float* step,
+                                    uint8_t* packed) {
+  __m256i bytes[8];
+  for (int j = 0; j < 8; ++j)
+    bytes[j] = encode_block<false>(ae[j], ao[j], signs[j], _mm256_broadcast_ss(step + j), nullptr, nullptr);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed), packed4(bytes));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + 32), packed4(bytes + 4));
+}
+
+// Four-over-six for 8 blocks: both candidates' codes and errors, the first kept unless the
+// second's error is strictly lower.
+MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, const __m256i* signs,
+                                           const float* step1, const float* step2, const uint32_t* code1,
+                                           const uint32_t* code2, uint8_t* scales, uint8_t* packed) {
+  __m256i bytes1[8], bytes2[8];
+  __m256 te1[8], to1[8], te2[8], to2[8];
+  for (int j = 0; j < 8; ++j) {
+    bytes1[j] = encode_block<true>(ae[j], ao[j], signs[j], _mm256_broadcast_ss(step1 + j), &te1[j], &to1[j]);
+    bytes2[j] = encode_block<true>(ae[j], ao[j], signs[j], _mm256_broadcast_ss(step2 + j), &te2[j], &to2[j]);
+  }
+  const __m256 second = _mm256_cmp_ps(block_errors(te2, to2), block_errors(te1, to1), _CMP_LT_OQ);
+  const __m256i codes = _mm256_blendv_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(code1)),
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code2)),
+                                           _mm256_castps_si256(second));
+  const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(scales), _mm_packus_epi16(c16, c16));
+  for (int h = 0; h < 2; ++h)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + 32 * h),
+                        _mm256_blendv_epi8(packed4(bytes1 + 4 * h), packed4(bytes2 + 4 * h), block_mask64(second, h)));
+}
+
+enum class group_kind { max, four_over_six };
+
+// 16 blocks from src: the block scales for all 16 at once (the generic lanes), then two halves.
+template <group_kind K, class T>
+MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8_t* scales, uint8_t* packed) {
+  __m256 ae[kGroup], ao[kGroup], bmax_half[2];
+  __m256i signs[kGroup];
+  for (int h = 0; h < 2; ++h) load_half(src + h * 8 * kNvfp4Block, ae + 8 * h, ao + 8 * h, signs + 8 * h, &bmax_half[h]);
+  v16f bmax;
+  std::memcpy(&bmax, bmax_half, sizeof bmax);
+  alignas(32) float step1[kGroup], step2[kGroup];
+  alignas(32) uint32_t code1[kGroup], code2[kGroup];
+  if constexpr (K == group_kind::four_over_six) {
+    const v16u c1 = lanes::e4m3_encode(lanes::static_block_scale(bmax, job.g, job.normalizer));
+    const v16u c2 = lanes::e4m3_encode(lanes::static_block_scale(bmax * 1.5f, job.g, job.normalizer));
+    const v16f s1 = lanes::e4m3_decode(c1) * job.ws2, s2 = lanes::e4m3_decode(c2) * job.ws2;
+    std::memcpy(code1, &c1, sizeof code1), std::memcpy(code2, &c2, sizeof code2);
+    std::memcpy(step1, &s1, sizeof step1), std::memcpy(step2, &s2, sizeof step2);
+    for (int h = 0; h < 2; ++h)
+      four_over_six_half(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h, step2 + 8 * h, code1 + 8 * h,
+                         code2 + 8 * h, scales + 8 * h, packed + 8 * h * (kNvfp4Block / 2));
+  } else {
+    const v16u c1 = lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2));
+    const v16f s1 = lanes::e4m3_decode(c1) * job.ws2;
+    lanes::store_bytes(c1, scales);
+    std::memcpy(step1, &s1, sizeof step1);
+    for (int h = 0; h < 2; ++h)
+      encode_half(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h, packed + 8 * h * (kNvfp4Block / 2));
+  }
+}
+
+template <group_kind K, class T>
+__attribute__((noinline)) void quantize_groups(const T* src, int64_t count, const nvfp4_job& job, uint8_t* scales,
+                                               uint8_t* packed) {
+  for (int64_t g = 0; g < count; ++g)
+    quantize_group<K>(src + g * kGroupValues, job, scales + g * kGroup, packed + g * kGroup * (kNvfp4Block / 2));
+}
+
+template <class T>
+void quantize_groups_of(const T* src, int64_t count, const nvfp4_job& job, uint8_t* scales, uint8_t* packed) {
+  if (job.selector == nvfp4_selector::four_over_six)
+    quantize_groups<group_kind::four_over_six>(src, count, job, scales, packed);
+  else
+    quantize_groups<group_kind::max>(src, count, job, scales, packed);
+}
+
+// max and four_over_six without per-block errors (no caller asks for them): false for the rest.
+bool quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
+                     uint8_t* scales, uint8_t* packed, float* errors) {
+  if ((job.selector != nvfp4_selector::max && job.selector != nvfp4_selector::four_over_six) || errors) return false;
+  constexpr int half = kNvfp4Block / 2;
+  const int64_t whole = n / kGroup, i0 = b0 * kNvfp4Block;
+  if (!zero_nonfinite && w.dtype == source_dtype::bf16)
+    quantize_groups_of(static_cast<const uint16_t*>(w.data) + i0, whole, job, scales, packed);
+  else if (!zero_nonfinite && w.dtype == source_dtype::f32)
+    quantize_groups_of(static_cast<const float*>(w.data) + i0, whole, job, scales, packed);
+  else if (!zero_nonfinite)
+    quantize_groups_of(static_cast<const f16_bits*>(w.data) + i0, whole, job, scales, packed);
+  alignas(64) float buf[kGroupValues];
+  for (int64_t g = 0; g < whole && zero_nonfinite; ++g) {
+    load_f32(w, i0 + g * kGroupValues, kGroupValues, buf, zero_nonfinite);
+    quantize_groups_of(buf, 1, job, scales + g * kGroup, packed + g * kGroup * half);
+  }
+  if (const int64_t rest = n - whole * kGroup; rest > 0) {  // zero-padded to a whole group
+    const int64_t o = whole * kGroup;
+    std::fill(std::begin(buf), std::end(buf), 0.0f);
+    load_f32(w, (b0 + o) * kNvfp4Block, int(rest * kNvfp4Block), buf, zero_nonfinite);
+    uint8_t s[kGroup], p[kGroup * half];
+    quantize_groups_of(buf, 1, job, s, p);
+    std::copy_n(s, rest, scales + o);
+    std::copy_n(p, rest * half, packed + o * half);
+  }
+  return true;
+}
+
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
 #if MIXQ_HAVE_SIMD_TARGETS
 namespace avx512 {
 void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
@@ -549,6 +793,8 @@ MIXQ_ALWAYS_INLINE void quantize_blocks_impl(const source_matrix& w, bool zero_n
                                              const nvfp4_job& job, uint8_t* scales, uint8_t* packed, float* errors) {
 #if MIXQ_HAVE_SIMD_TARGETS
   if constexpr (L == simd_level::avx512) return avx512::quantize_blocks(w, zero_nonfinite, b0, n, job, scales, packed, errors);
+  if constexpr (L == simd_level::avx2)
+    if (avx2::quantize_blocks(w, zero_nonfinite, b0, n, job, scales, packed, errors)) return;
 #endif
   constexpr int half = kNvfp4Block / 2;
   const int64_t whole = n / kGroup;

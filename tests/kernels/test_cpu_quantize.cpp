@@ -375,6 +375,61 @@ TEST(cpu_kernels, zeroed_nonfinite_values_bit_identical) {
   }
 }
 
+// Four-over-six on blocks whose two candidates' errors lie within rounding of each other: one value
+// of each block is moved by bisection to where the reference's choice flips, and both neighbours
+// of the flip are kept. There the choice rests on the reference's exact order of the error sums
+// (and its strict comparison), which every fast path must keep, at every SIMD level.
+TEST(cpu_kernels, nvfp4_four_over_six_near_ties_bit_identical) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const float global_amax = 8.0f;
+  const auto second = [&](const std::vector<float>& x) {  // the reference picks the max -> 4 scale
+    float bmax = 0.0f;
+    for (float v : x) bmax = std::max(bmax, std::fabs(v));
+    const float n = kNvfp4FourOverSixNormalizer;
+    return nvfp4_choose_block_scale(x.data(), bmax, global_amax, n, nvfp4_selector::four_over_six, {}) !=
+           e4m3_encode(nvfp4_block_scale_f32(bmax, global_amax, n));
+  };
+  std::vector<float> values;
+  while (values.size() < 64 * 256) {
+    std::vector<float> x(kNvfp4Block);
+    const float scale = std::ldexp(1.0f, -int(rng() % 8));
+    for (float& v : x) v = std::clamp(normal(rng), -3.0f, 3.0f) * scale;
+    x[0] = 3.0f * scale;  // the block max, fixed
+    // x[15] swept over [0, max): adjacent samples with different choices bracket a flip.
+    float lo = 0.0f, hi = -1.0f;
+    bool at_lo = (x[15] = lo, second(x));
+    for (int i = 1; i <= 64 && hi < 0.0f; ++i) {
+      const float t = x[0] * float(i) / 65.0f;
+      if ((x[15] = t, second(x)) != at_lo) hi = t;
+      else lo = t;
+    }
+    if (hi < 0.0f) continue;
+    while (std::nextafter(lo, hi) != hi) {  // (positive floats order as their bits)
+      const float mid = std::bit_cast<float>((std::bit_cast<uint32_t>(lo) + std::bit_cast<uint32_t>(hi)) / 2);
+      if ((x[15] = mid, second(x)) == at_lo) lo = mid;
+      else hi = mid;
+    }
+    for (float end : {lo, hi}) {
+      x[15] = end * (rng() % 2 ? 1.0f : -1.0f);
+      values.insert(values.end(), x.begin(), x.end());
+    }
+  }
+  const weight_view w{values.data(), 64, 256, "near ties"};
+  nvfp4_options o;
+  o.selector = nvfp4_selector::four_over_six;
+  o.global_amax = global_amax;
+  const nvfp4_weight ref = nvfp4_quantize(w, o);
+  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+    if (level > cpu::cpu_simd_level()) continue;
+    cpu::limit_simd_level(level);
+    const nvfp4_weight fast = cpu::nvfp4_quantize(cpu::from_f32(w), o);
+    EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level);
+    EXPECT_EQ(fast.packed, ref.packed) << int(level);
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
 // mse+four_over_six keeps the standard normalizer's result unless the narrow one's total error is
 // strictly less: with equal totals (an all-zero weight, large enough for the totals to be summed
 // over threads) the in-order sums decide, and the standard global scale is kept.
