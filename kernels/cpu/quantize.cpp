@@ -156,6 +156,95 @@ template void row_codes(const f16_bits*, int64_t, float, uint8_t*);
 #pragma GCC pop_options
 #endif
 
+#if MIXQ_HAVE_SIMD_TARGETS
+// The same row kernels with AVX2: 8 lanes per register, the codes of 32 values narrowed to bytes by
+// two saturating packs and one lane permute.
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+namespace avx2 {
+
+MIXQ_ALWAYS_INLINE __m256i u32(uint32_t x) { return _mm256_set1_epi32(int(x)); }
+
+uint32_t max_epu32_of(__m256i m) {
+  alignas(32) uint32_t lane[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lane), m);
+  return *std::max_element(lane, lane + 8);
+}
+uint32_t row_max_magnitude16(const uint16_t* p, int64_t n) {
+  const __m256i magnitude = _mm256_set1_epi16(0x7fff);
+  __m256i m = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)), magnitude));
+  uint32_t top = max_epu32_of(_mm256_max_epu32(_mm256_and_si256(m, u32(0xffffu)), _mm256_srli_epi32(m, 16)));
+  for (; i < n; ++i) top = std::max<uint32_t>(top, p[i] & 0x7fffu);
+  return top;
+}
+uint32_t row_amax_bits(const uint16_t* p, int64_t n) { return row_max_magnitude16(p, n) << 16; }
+uint32_t row_amax_bits(const f16_bits* p, int64_t n) {
+  return std::bit_cast<uint32_t>(f16_decode_table()[row_max_magnitude16(&p->bits, n)]);
+}
+uint32_t row_amax_bits(const float* p, int64_t n) {
+  __m256i m = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    m = _mm256_max_epu32(m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)), u32(0x7fffffffu)));
+  uint32_t top = max_epu32_of(m);
+  for (; i < n; ++i) top = std::max(top, std::bit_cast<uint32_t>(p[i]) & 0x7fffffffu);
+  return top;
+}
+
+// lanes::fp8_codes of 8 values (float bits) under scale, each code in its lane.
+MIXQ_ALWAYS_INLINE __m256i fp8_codes(__m256i bits, __m256 scale) {
+  const __m256 qf = _mm256_div_ps(_mm256_castsi256_ps(bits), scale);
+  const __m256i q = _mm256_castps_si256(qf);
+  const __m256i u = _mm256_and_si256(q, u32(0x7fffffffu));
+  const __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, u32(0x7ffffu)), _mm256_and_si256(_mm256_srli_epi32(u, 20), u32(1)));
+  const __m256i normal = _mm256_and_si256(_mm256_sub_epi32(_mm256_srli_epi32(r, 20), u32(960)), u32(0x7fu));
+  const __m256 s512 = _mm256_add_ps(_mm256_mul_ps(_mm256_castsi256_ps(u), _mm256_set1_ps(512.0f)), _mm256_set1_ps(8388608.0f));
+  const __m256i subnormal = _mm256_sub_epi32(_mm256_castps_si256(s512), u32(0x4b000000u));
+  __m256i code = _mm256_blendv_epi8(normal, subnormal, _mm256_cmpgt_epi32(u32(0x3c800000u), u));
+  code = _mm256_blendv_epi8(code, u32(0x7eu), _mm256_cmpgt_epi32(u, u32(0x43dfffffu)));
+  code = _mm256_blendv_epi8(code, u32(0x7fu), _mm256_cmpgt_epi32(u, u32(0x7f800000u)));  // NaN
+  return _mm256_or_si256(code, _mm256_and_si256(_mm256_srli_epi32(q, 24), u32(0x80u)));
+}
+MIXQ_ALWAYS_INLINE __m256i bits_of(const uint16_t* p) {
+  return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+}
+MIXQ_ALWAYS_INLINE __m256i bits_of(const float* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+MIXQ_ALWAYS_INLINE __m256i bits_of(const f16_bits* p) {
+  return _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+// The codes of 32 values from p, in order.
+template <class T>
+MIXQ_ALWAYS_INLINE __m256i codes32(const T* p, __m256 s) {
+  const __m256i a = fp8_codes(bits_of(p), s), b = fp8_codes(bits_of(p + 8), s);
+  const __m256i c = fp8_codes(bits_of(p + 16), s), d = fp8_codes(bits_of(p + 24), s);
+  const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(a, b), _mm256_packus_epi32(c, d));
+  return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+template <class T>
+void row_codes(const T* p, int64_t n, float scale, uint8_t* dst) {
+  const __m256 s = _mm256_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), codes32(p + i, s));
+  if (i < n) {  // the tail through a zero-padded copy
+    T tail[32] = {};
+    std::copy_n(p + i, n - i, tail);
+    alignas(32) uint8_t codes[32];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(codes), codes32(tail, s));
+    std::copy_n(codes, n - i, dst + i);
+  }
+}
+template void row_codes(const uint16_t*, int64_t, float, uint8_t*);
+template void row_codes(const float*, int64_t, float, uint8_t*);
+template void row_codes(const f16_bits*, int64_t, float, uint8_t*);
+
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
 // Row r of w as F32 (non-finite values zeroed when the policy says so), widened on first use: a
 // 16-bit row read in place is mostly never copied.
 class row_copy {
@@ -173,35 +262,41 @@ class row_copy {
   int64_t row_ = -1;
 };
 
-// How the FP8 rows are read: in place with the AVX-512 row kernels (nothing to zero), else through
-// an F32 copy of each row.
+// How the FP8 rows are read: in place with the AVX-512 or AVX2 row kernels (nothing to zero), else
+// through an F32 copy of each row.
 struct fp8_rows {
   const source_matrix& w;
   bool zero_nonfinite;
   bool in_place;
+  bool avx512;  // (else AVX2, where in place)
 
   fp8_rows(const source_matrix& m, bool zero)
       : w(m), zero_nonfinite(zero),
-        in_place(MIXQ_HAVE_SIMD_TARGETS && active_simd_level() == simd_level::avx512 && !zero) {}
+        in_place(MIXQ_HAVE_SIMD_TARGETS && active_simd_level() >= simd_level::avx2 && !zero),
+        avx512(active_simd_level() == simd_level::avx512) {}
+
+  // f(row r's values in their own type, its length, whether AVX-512).
+  template <class F>
+  auto on_row(int64_t r, F f) const {
+    if (w.dtype == source_dtype::bf16) return f(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols, avx512);
+    if (w.dtype == source_dtype::f16) return f(static_cast<const f16_bits*>(w.data) + r * w.cols, w.cols, avx512);
+    return f(static_cast<const float*>(w.data) + r * w.cols, w.cols, avx512);
+  }
 
   // Max magnitude bits of row r (>= 0x7f800000: not finite).
   uint32_t amax_bits(int64_t r, row_copy& x) const {
 #if MIXQ_HAVE_SIMD_TARGETS
-    if (in_place && w.dtype == source_dtype::bf16)
-      return avx512::row_amax_bits(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols);
-    if (in_place && w.dtype == source_dtype::f16)
-      return avx512::row_amax_bits(static_cast<const f16_bits*>(w.data) + r * w.cols, w.cols);
-    if (in_place) return avx512::row_amax_bits(static_cast<const float*>(w.data) + r * w.cols, w.cols);
+    if (in_place) return on_row(r, [](const auto* p, int64_t n, bool wide) {
+      return wide ? avx512::row_amax_bits(p, n) : avx2::row_amax_bits(p, n);
+    });
 #endif
     return std::bit_cast<uint32_t>(fp8_row_amax(x(r), w.cols));
   }
   void codes(int64_t r, row_copy& x, float scale, uint8_t* dst) const {
 #if MIXQ_HAVE_SIMD_TARGETS
-    if (in_place && w.dtype == source_dtype::bf16)
-      return avx512::row_codes(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols, scale, dst);
-    if (in_place && w.dtype == source_dtype::f16)
-      return avx512::row_codes(static_cast<const f16_bits*>(w.data) + r * w.cols, w.cols, scale, dst);
-    if (in_place) return avx512::row_codes(static_cast<const float*>(w.data) + r * w.cols, w.cols, scale, dst);
+    if (in_place) return on_row(r, [&](const auto* p, int64_t n, bool wide) {
+      return wide ? avx512::row_codes(p, n, scale, dst) : avx2::row_codes(p, n, scale, dst);
+    });
 #endif
     fp8_row_codes(x(r), w.cols, scale, dst);
   }
