@@ -20,7 +20,6 @@ namespace mixq::cpu::lanes {
 
 typedef float v16f __attribute__((vector_size(64)));
 typedef uint32_t v16u __attribute__((vector_size(64)));
-typedef uint32_t v8u __attribute__((vector_size(32)));
 typedef uint8_t v8b __attribute__((vector_size(8)));
 typedef uint8_t v16b __attribute__((vector_size(16)));
 typedef double v8d __attribute__((vector_size(64)));
@@ -28,11 +27,6 @@ typedef double v16d __attribute__((vector_size(128)));
 typedef uint64_t v8q __attribute__((vector_size(64)));
 typedef uint16_t v16h __attribute__((vector_size(32)));
 typedef int32_t v16i __attribute__((vector_size(64)));
-
-// A 16-lane vector's halves by lane shuffles: with AVX2, a memcpy of a computed 16-lane value into
-// halves goes through the stack in 16-byte pieces, and a 32-byte load that cannot forward from them.
-MIXQ_ALWAYS_INLINE v8u low_half(v16u x) { return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7); }
-MIXQ_ALWAYS_INLINE v8u high_half(v16u x) { return __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15); }
 
 MIXQ_ALWAYS_INLINE v16u load_bits(const float* p) {
   v16u v;
@@ -59,6 +53,9 @@ inline constexpr v16u kLaneBit = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,
 MIXQ_ALWAYS_INLINE v16u below(v16u a, v16u b) { return (v16u)((v16i)(a - b) >> 31); }
 MIXQ_ALWAYS_INLINE v16u below(v16u a, uint32_t b) { return (v16u)((v16i)(a - b) >> 31); }
 MIXQ_ALWAYS_INLINE v16u above(v16u a, uint32_t b) { return (v16u)((v16i)(b - a) >> 31); }
+// All ones where a < b as unsigned integers, for any a and b <= 2^31 (such as codes that may have
+// wrapped below 0).
+MIXQ_ALWAYS_INLINE v16u below_unsigned(v16u a, uint32_t b) { return below(a & 0x7fffffffu, b) & ~(v16u)((v16i)a >> 31); }
 MIXQ_ALWAYS_INLINE v16u select(v16u mask, v16u a, v16u b) { return (a & mask) | (b & ~mask); }
 
 // The 16 lanes of v combined by op in nvfp4_block_sq_error's tree order: lanes i and i+8, then
@@ -338,19 +335,6 @@ MIXQ_ALWAYS_INLINE v16u sign_bits(v16u x_bits) {
 MIXQ_ALWAYS_INLINE uint64_t packed_codes(v16u code) {
   const v8q pairs = (v8q)code;
   const v8b bytes = __builtin_convertvector(pairs | (pairs >> 28), v8b);
-  uint64_t out;
-  std::memcpy(&out, &bytes, sizeof out);
-  return out;
-}
-// The same in 32-byte halves, for AVX2 (GCC narrows the 64-bit lanes one by one there; the
-// baseline's 16-byte pieces do better without halves).
-MIXQ_ALWAYS_INLINE uint64_t packed_codes_by_halves(v16u code) {
-  typedef uint64_t v4q __attribute__((vector_size(32)));
-  typedef uint8_t v32b __attribute__((vector_size(32)));
-  v4q lo = (v4q)low_half(code), hi = (v4q)high_half(code);
-  lo |= lo >> 28;
-  hi |= hi >> 28;
-  const v8b bytes = __builtin_shufflevector((v32b)lo, (v32b)hi, 0, 8, 16, 24, 32, 40, 48, 56);
   uint64_t out;
   std::memcpy(&out, &bytes, sizeof out);
   return out;

@@ -145,7 +145,7 @@ MIXQ_ALWAYS_INLINE v16f by_scalar(v16f x, float s, Op op) {
     return op(x, s);
   } else {
     typedef float v8f __attribute__((vector_size(32)));
-    v8f lo, hi;  // (copied half by half; measured faster here than the lane shuffles of lanes::low_half)
+    v8f lo, hi;  // (copied half by half: measured faster here than lane shuffles)
     std::memcpy(&lo, &x, sizeof lo);
     std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi);
     lo = op(lo, s);
@@ -154,11 +154,6 @@ MIXQ_ALWAYS_INLINE v16f by_scalar(v16f x, float s, Op op) {
     std::memcpy(reinterpret_cast<char*>(&x) + sizeof lo, &hi, sizeof hi);
     return x;
   }
-}
-template <simd_level L>
-MIXQ_ALWAYS_INLINE uint64_t packed_codes(v16u codes) {
-  if constexpr (L == simd_level::avx2) return lanes::packed_codes_by_halves(codes);
-  else return lanes::packed_codes(codes);
 }
 template <simd_level L>
 MIXQ_ALWAYS_INLINE v16f divided(v16f x, float s) {
@@ -190,7 +185,7 @@ MIXQ_ALWAYS_INLINE void encode_group(const v16u* bits, v16u scale_codes, float w
   for (int j = 0; j < kGroup; ++j) {
     const v16f ax = lanes::abs_of(bits[j]);
     const v16u codes = e2m1_codes<L>(divided<L>(ax, step[j]));
-    const uint64_t p = packed_codes<L>(codes | lanes::sign_bits(bits[j]));
+    const uint64_t p = lanes::packed_codes(codes | lanes::sign_bits(bits[j]));
     std::memcpy(packed + j * (kNvfp4Block / 2), &p, sizeof p);
     if (errors) {
       const v16f d = times<L>(e2m1_magnitudes<L>(codes), step[j]);
@@ -224,8 +219,8 @@ MIXQ_ALWAYS_INLINE void four_over_six_group(const v16u* bits, v16f bmax, const n
     const v16f d1 = times<L>(e2m1_magnitudes<L>(c1), step1[j]), d2 = times<L>(e2m1_magnitudes<L>(c2), step2[j]);
     sq1[j] = (ax - d1) * (ax - d1);
     sq2[j] = (ax - d2) * (ax - d2);
-    packed1[j] = packed_codes<L>(c1 | sign);
-    packed2[j] = packed_codes<L>(c2 | sign);
+    packed1[j] = lanes::packed_codes(c1 | sign);
+    packed2[j] = lanes::packed_codes(c2 | sign);
   }
   const v16f err1 = lanes::reduce16x16(sq1, lanes::sum_op{}), err2 = lanes::reduce16x16(sq2, lanes::sum_op{});
   const v16u second = (v16u)(err2 < err1);
@@ -264,8 +259,7 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
   v16f acc[4] = {};
 #pragma GCC unroll 16  // (constant indices keep acc in registers: a stack copy stalled AVX2 on every value)
   for (int i = 0; i < kNvfp4Block; ++i) {
-    // (in halves with AVX2 only: the baseline's 16-byte pieces splat well, and halves slow them)
-    const v16f q = L == simd_level::avx2 ? times<L>(recip, a[i]) : a[i] * recip;
+    const v16f q = a[i] * recip;
     const v16f e = q - e2m1_nearest<L>(q);
     acc[i & 3] += e * e;
   }
@@ -279,7 +273,8 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
 // search's conditions: code k0 >= 9 (so the window's codes lo = k0-7 .. k0+8 keep |w|/step < 32
 // and its top octave is above the subnormal codes) and no clamp at 448.
 MIXQ_ALWAYS_INLINE v16u window_applies(v16f max_rule_scale) {
-  return (v16u)(max_rule_scale > 0x1.1p-6f) & (v16u)(max_rule_scale <= 448.0f);  // 0x1.1p-6 rounds to code 8
+  const v16u u = (v16u)max_rule_scale;  // (as bits: not NaN, not negative)
+  return lanes::above(u, std::bit_cast<uint32_t>(0x1.1p-6f)) & lanes::below(u, std::bit_cast<uint32_t>(448.0f) + 1u);  // 0x1.1p-6 rounds to code 8
 }
 
 
@@ -295,8 +290,8 @@ struct search_setup {
 MIXQ_ALWAYS_INLINE void add_candidate(search_setup& s, v16u code) {
   const v16u d = code - s.lo;  // wraps for codes below the window
   const v16u one = v16u{} + 1u;
-  s.in_window |= (v16u)(d < 16u) & (one << (d & 15u));
-  s.above_bases |= (v16u)(d - 16u < 0x70u) & (one << (8u + (d & 7u)));
+  s.in_window |= lanes::below_unsigned(d, 16u) & (one << (d & 15u));
+  s.above_bases |= lanes::below_unsigned(d - 16u, 0x70u) & (one << (8u + (d & 7u)));
 }
 
 // A multiplier list's candidate codes, exactly: each multiplier's scale in the reference's four
@@ -306,7 +301,7 @@ MIXQ_ALWAYS_INLINE void exact_multiplier_candidates(search_setup& s, v16f bmax, 
   v16u ordered = v16u{} - 1u, prev = {};
   for (float c : job.multipliers) {
     const v16u code = lanes::e4m3_encode(lanes::static_block_scale(bmax * c, job.g, job.normalizer));
-    ordered &= (v16u)(code >= prev);
+    ordered &= ~lanes::below(code, prev);
     prev = code;
     add_candidate(s, code);
   }
@@ -325,8 +320,8 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
   for (float k : job.multiplier_factors) {
     const v16u u = (v16u)(bmax * k);
     const v16u code = ((u + 0x80000u) >> 20) - 960u;  // RNE but at the (excluded) ties
-    near |= (v16u)(((u - 0x80000u + 16u) & 0xfffffu) < 32u) | (v16u)(u < 0x3c810000u);
-    add_candidate(s, code < 126u ? code : v16u{} + 126u);  // >= 448 clamps to 448 (126)
+    near |= lanes::below((u - 0x80000u + 16u) & 0xfffffu, 32u) | lanes::below(u, 0x3c810000u);
+    add_candidate(s, lanes::select(lanes::below_unsigned(code, 126u), code, v16u{} + 126u));  // >= 448 clamps to 448 (126)
   }
   return lanes::reduce16_bits(near & s.eligible) == 0;
 }
@@ -382,7 +377,7 @@ MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
   search_setup s;
   s.k0 = k0;
   s.lo = k0 - 7u;
-  s.lo = s.lo > 111u ? v16u{} + 111u : s.lo;  // (blocks with k0 < 9 leave the window search)
+  s.lo = lanes::select(lanes::below_unsigned(s.lo, 112u), s.lo, v16u{} + 111u);  // (blocks with k0 < 9 leave the window search)
   // Candidates: the sweep's are every code; a multiplier list's, each block's codes in the list's
   // order (the reference's), as window bits, and for codes above the window the window codes they
   // double.
@@ -484,55 +479,6 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
   std::memcpy(&out, chosen, sizeof out);
   return out;
 }
-
-// The scale codes the MSE selector picks for 16 blocks (ax: their magnitudes, in element order).
-template <simd_level L>
-MIXQ_ALWAYS_INLINE v16u search_group(const v16f* ax, v16f bmax, const nvfp4_job& job) {
-  const search_setup s = setup_search(bmax, job);
-  alignas(64) float values[kGroup][kNvfp4Block];  // in memory: the estimates broadcast each value
-  std::memcpy(values, ax, sizeof values);
-  alignas(64) uint32_t eligible[kGroup], lo[kGroup];
-  std::memcpy(eligible, &s.eligible, sizeof eligible);
-  std::memcpy(lo, &s.lo, sizeof lo);
-  v16f above[kGroup], below[kGroup];
-  for (int j = 0; j < kGroup; ++j)
-    if (eligible[j]) estimate_window<L>(values[j], lo[j], *job.tables, &above[j], &below[j]);
-  return search_decide<L>(values, bmax, s, above, below, job);
-}
-
-// ---- groups, chunks, the tensor -----------------------------------------------------------------
-
-// 16 blocks starting at value i0 of src (a functor returning 16 values' float bits).
-template <simd_level L, class Source>
-MIXQ_ALWAYS_INLINE void quantize_group(const Source& src, int64_t i0, const nvfp4_job& job, uint8_t* scales,
-                                       uint8_t* packed, float* errors) {
-  v16u bits[kGroup];
-  v16f ax[kGroup];
-  for (int j = 0; j < kGroup; ++j) {
-    bits[j] = src(i0 + j * kNvfp4Block);
-    ax[j] = lanes::abs_of(bits[j]);
-  }
-  const v16f bmax = lanes::reduce16x16(ax, lanes::magnitude_max_op{});
-  switch (job.selector) {
-    case nvfp4_selector::max:
-      return encode_group<L>(bits, lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2)), job.ws2, scales, packed,
-                             errors);
-    case nvfp4_selector::four_over_six: return four_over_six_group<L>(bits, bmax, job, scales, packed, errors);
-    case nvfp4_selector::mse_multiplier:
-    case nvfp4_selector::mse_fp8_sweep:
-    case nvfp4_selector::mse_four_over_six:
-      return encode_group<L>(bits, search_group<L>(ax, bmax, job), job.ws2, scales, packed, errors);
-  }
-}
-
-struct bf16_values {
-  const uint16_t* p;
-  MIXQ_ALWAYS_INLINE v16u operator()(int64_t i) const { return lanes::widen_bf16(p + i); }
-};
-struct f32_values {
-  const float* p;
-  MIXQ_ALWAYS_INLINE v16u operator()(int64_t i) const { return lanes::load_bits(p + i); }
-};
 
 // ---- AVX2: a block per register pair -------------------------------------------------------------
 //
@@ -667,28 +613,32 @@ MIXQ_ALWAYS_INLINE void load_half(const T* src, __m256* ae, __m256* ao, __m256i*
   *bmax = in_block_order(reduce8x8_unordered(m, max_op{}));
 }
 
-// The packed codes of 8 blocks under their steps.
+// The packed codes of 8 blocks under their steps, and (kErrors) their squared errors.
+template <bool kErrors>
 MIXQ_ALWAYS_INLINE void encode_half(const __m256* ae, const __m256* ao, const __m256i* signs, const float* step,
-                                    uint8_t* packed) {
+                                    uint8_t* packed, float* errors) {
   __m256i bytes[8];
+  __m256 te[8], to[8];
   for (int j = 0; j < 8; ++j)
-    bytes[j] = encode_block<false>(ae[j], ao[j], signs[j], _mm256_broadcast_ss(step + j), nullptr, nullptr);
+    bytes[j] = encode_block<kErrors>(ae[j], ao[j], signs[j], _mm256_broadcast_ss(step + j), &te[j], &to[j]);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed), packed4(bytes));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + 32), packed4(bytes + 4));
+  if constexpr (kErrors) _mm256_storeu_ps(errors, block_errors(te, to));
 }
 
 // Four-over-six for 8 blocks: both candidates' codes and errors, the first kept unless the
 // second's error is strictly lower.
 MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, const __m256i* signs,
                                            const float* step1, const float* step2, const uint32_t* code1,
-                                           const uint32_t* code2, uint8_t* scales, uint8_t* packed) {
+                                           const uint32_t* code2, uint8_t* scales, uint8_t* packed, float* errors) {
   __m256i bytes1[8], bytes2[8];
   __m256 te1[8], to1[8], te2[8], to2[8];
   for (int j = 0; j < 8; ++j) {
     bytes1[j] = encode_block<true>(ae[j], ao[j], signs[j], _mm256_broadcast_ss(step1 + j), &te1[j], &to1[j]);
     bytes2[j] = encode_block<true>(ae[j], ao[j], signs[j], _mm256_broadcast_ss(step2 + j), &te2[j], &to2[j]);
   }
-  const __m256 second = _mm256_cmp_ps(block_errors(te2, to2), block_errors(te1, to1), _CMP_LT_OQ);
+  const __m256 err1 = block_errors(te1, to1), err2 = block_errors(te2, to2);
+  const __m256 second = _mm256_cmp_ps(err2, err1, _CMP_LT_OQ);
   const __m256i codes = _mm256_blendv_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(code1)),
                                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code2)),
                                            _mm256_castps_si256(second));
@@ -697,13 +647,108 @@ MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, c
   for (int h = 0; h < 2; ++h)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + 32 * h),
                         _mm256_blendv_epi8(packed4(bytes1 + 4 * h), packed4(bytes2 + 4 * h), block_mask64(second, h)));
+  if (errors) _mm256_storeu_ps(errors, _mm256_blendv_ps(err1, err2, second));
 }
 
-enum class group_kind { max, four_over_six };
+// estimate_window with multiply-adds, each value's nearest level by one rounding: q + C − C with
+// C = 2^22 · max(1, 2^floor(log2 q)) rounds q to the spacing of the levels of its binade (1/2 below
+// 2, then 1, then 2), and the min with 6 clips (the rounding's ties go either way, as the bound
+// allows; the fused roundings are among those it counts).
+MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
+                                        v16f* below_error) {
+  const __m256 recip[2] = {_mm256_loadu_ps(t.recip + lo), _mm256_loadu_ps(t.recip + lo + 8)};
+  const __m256i exponent = u32(0x7f800000u), one = u32(0x3f800000u), by_2p22 = u32(22u << 23);
+  const __m256 six = _mm256_set1_ps(6.0f);
+  __m256 acc[2][2];
+#pragma GCC unroll 16  // (constant indices keep acc in registers)
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    const __m256 x = _mm256_broadcast_ss(a + i);
+    for (int h = 0; h < 2; ++h) {
+      const __m256 q = _mm256_mul_ps(x, recip[h]);
+      const __m256i e = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(q), exponent), one);
+      const __m256 c = _mm256_castsi256_ps(_mm256_add_epi32(e, by_2p22));
+      const __m256 d = _mm256_sub_ps(q, _mm256_min_ps(_mm256_sub_ps(_mm256_add_ps(q, c), c), six));
+      acc[h][i & 1] = i < 2 ? _mm256_mul_ps(d, d) : _mm256_fmadd_ps(d, d, acc[h][i & 1]);
+    }
+  }
+  __m256 above[2], below[2];
+  for (int h = 0; h < 2; ++h) {
+    const __m256 step_sq = _mm256_loadu_ps(t.step_sq + lo + 8 * h);
+    const __m256 est = _mm256_mul_ps(_mm256_add_ps(acc[h][0], acc[h][1]), step_sq);
+    const __m256 delta = _mm256_fmadd_ps(est, _mm256_set1_ps(0x1p-15f), _mm256_loadu_ps(t.step_sq_margin + lo + 8 * h));
+    above[h] = _mm256_add_ps(est, delta);
+    below[h] = _mm256_sub_ps(est, delta);
+  }
+  std::memcpy(above_error, above, sizeof above);
+  std::memcpy(below_error, below, sizeof below);
+}
 
-// 16 blocks from src: the block scales for all 16 at once (the generic lanes), then two halves.
+// search_decide with 8-lane compares (GCC lowers 16-lane compares lane by lane, through the stack,
+// without AVX-512): per eligible block, the least A + δ of its candidates and the lanes whose A − δ
+// is not above it (a NaN too) as bits, the rest in scalars, as the generic form takes each step.
+// (A + δ is never NaN; a NaN among them would only leave a bound that still holds.)
+MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f bmax_v, const search_setup& s,
+                                      const v16f* above, const v16f* below, const nvfp4_job& job) {
+  alignas(64) uint32_t lo[kGroup], window[kGroup], eligible[kGroup], above_bases[kGroup], chosen[kGroup];
+  alignas(64) float bmax[kGroup];
+  std::memcpy(lo, &s.lo, sizeof lo);
+  std::memcpy(window, &s.in_window, sizeof window);
+  std::memcpy(eligible, &s.eligible, sizeof eligible);
+  std::memcpy(above_bases, &s.above_bases, sizeof above_bases);
+  std::memcpy(bmax, &bmax_v, sizeof bmax);
+  const __m256i lane_bit[2] = {_mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128),
+                               _mm256_setr_epi32(256, 512, 1024, 2048, 4096, 8192, 16384, 32768)};
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  for (int j = 0; j < kGroup; ++j) {
+    if (!eligible[j]) {
+      chosen[j] = settle_block<simd_level::avx2>(values[j], bmax[j], lo[j], 0, 0, false, job);
+      continue;
+    }
+    __m256 a[2], b[2];
+    std::memcpy(a, &above[j], sizeof a);
+    std::memcpy(b, &below[j], sizeof b);
+    const __m256i w = _mm256_set1_epi32(int(window[j]));
+    __m256 m = inf;
+    for (int h = 0; h < 2; ++h) {
+      const __m256i candidate = _mm256_cmpeq_epi32(_mm256_and_si256(w, lane_bit[h]), lane_bit[h]);
+      m = _mm256_min_ps(m, _mm256_blendv_ps(inf, a[h], _mm256_castsi256_ps(candidate)));
+    }
+    m = _mm256_min_ps(m, _mm256_permute2f128_ps(m, m, 1));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0x4e));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0xb1));
+    const float bound = _mm256_cvtss_f32(m);
+    const __m256 bound_v = _mm256_set1_ps(bound);
+    const uint32_t close = uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(b[0], bound_v, _CMP_NGT_UQ))) |
+                           uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(b[1], bound_v, _CMP_NGT_UQ))) << 8;
+    // Every code below lo clips the block's max: the max's own error term grows as the step shrinks.
+    const float clipped = bmax[j] - 6.0f * job.tables->step[lo[j] - 1];  // (lo >= 2 where eligible)
+    const bool decided = bound < INFINITY && clipped * clipped > bound;
+    const uint32_t contenders = close & window[j], unsettled = above_bases[j] & ~window[j] & close;
+    chosen[j] = decided && !unsettled && std::popcount(contenders) == 1
+                    ? lo[j] + uint32_t(std::countr_zero(contenders))
+                    : settle_block<simd_level::avx2>(values[j], bmax[j], lo[j], contenders, unsettled, decided, job);
+  }
+  v16u out;
+  std::memcpy(&out, chosen, sizeof out);
+  return out;
+}
+
+// Each block's magnitudes in element order (from the even / odd halves), for the estimates.
+MIXQ_ALWAYS_INLINE void store_values(__m256 ae, __m256 ao, float* out) {
+  const __m256 lo = _mm256_unpacklo_ps(ae, ao), hi = _mm256_unpackhi_ps(ae, ao);  // elements 0-3 | 8-11, 4-7 | 12-15
+  _mm256_store_ps(out, _mm256_permute2f128_ps(lo, hi, 0x20));
+  _mm256_store_ps(out + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+
+enum class group_kind { max, max_with_errors, four_over_six, search, search_with_errors };
+constexpr bool with_errors(group_kind k) { return k == group_kind::max_with_errors || k == group_kind::search_with_errors; }
+
+// 16 blocks from src: the block maxima, the block scales for all 16 at once (the generic lanes; for
+// the searches the window estimates here, the rest of the search generic), then the codes in two
+// halves.
 template <group_kind K, class T>
-MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8_t* scales, uint8_t* packed) {
+MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8_t* scales, uint8_t* packed,
+                                       float* errors) {
   __m256 ae[kGroup], ao[kGroup], bmax_half[2];
   __m256i signs[kGroup];
   for (int h = 0; h < 2; ++h) load_half(src + h * 8 * kNvfp4Block, ae + 8 * h, ao + 8 * h, signs + 8 * h, &bmax_half[h]);
@@ -719,64 +764,138 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
     std::memcpy(step1, &s1, sizeof step1), std::memcpy(step2, &s2, sizeof step2);
     for (int h = 0; h < 2; ++h)
       four_over_six_half(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h, step2 + 8 * h, code1 + 8 * h,
-                         code2 + 8 * h, scales + 8 * h, packed + 8 * h * (kNvfp4Block / 2));
-  } else {
-    const v16u c1 = lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2));
-    const v16f s1 = lanes::e4m3_decode(c1) * job.ws2;
-    lanes::store_bytes(c1, scales);
-    std::memcpy(step1, &s1, sizeof step1);
-    for (int h = 0; h < 2; ++h)
-      encode_half(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h, packed + 8 * h * (kNvfp4Block / 2));
+                         code2 + 8 * h, scales + 8 * h, packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
+    return;
   }
+  v16u codes;
+  if constexpr (K == group_kind::max || K == group_kind::max_with_errors) {
+    codes = lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2));
+  } else {
+    const search_setup setup = setup_search(bmax, job);
+    alignas(32) float values[kGroup][kNvfp4Block];
+    for (int j = 0; j < kGroup; ++j) store_values(ae[j], ao[j], values[j]);
+    alignas(32) uint32_t eligible[kGroup], lo[kGroup];
+    std::memcpy(eligible, &setup.eligible, sizeof eligible);
+    std::memcpy(lo, &setup.lo, sizeof lo);
+    v16f above[kGroup], below[kGroup];
+    for (int j = 0; j < kGroup; ++j)
+      if (eligible[j]) estimate_window(values[j], lo[j], *job.tables, &above[j], &below[j]);
+    codes = search_decide(values, bmax, setup, above, below, job);
+  }
+  const v16f s1 = lanes::e4m3_decode(codes) * job.ws2;
+  lanes::store_bytes(codes, scales);
+  std::memcpy(step1, &s1, sizeof step1);
+  for (int h = 0; h < 2; ++h)
+    encode_half<with_errors(K)>(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h,
+                                                     packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
 }
 
 template <group_kind K, class T>
 __attribute__((noinline)) void quantize_groups(const T* src, int64_t count, const nvfp4_job& job, uint8_t* scales,
-                                               uint8_t* packed) {
+                                               uint8_t* packed, float* errors) {
   for (int64_t g = 0; g < count; ++g)
-    quantize_group<K>(src + g * kGroupValues, job, scales + g * kGroup, packed + g * kGroup * (kNvfp4Block / 2));
+    quantize_group<K>(src + g * kGroupValues, job, scales + g * kGroup, packed + g * kGroup * (kNvfp4Block / 2),
+                      errors ? errors + g * kGroup : nullptr);
 }
 
 template <class T>
-void quantize_groups_of(const T* src, int64_t count, const nvfp4_job& job, uint8_t* scales, uint8_t* packed) {
-  if (job.selector == nvfp4_selector::four_over_six)
-    quantize_groups<group_kind::four_over_six>(src, count, job, scales, packed);
-  else
-    quantize_groups<group_kind::max>(src, count, job, scales, packed);
+void quantize_groups_of(const T* src, int64_t count, const nvfp4_job& job, uint8_t* scales, uint8_t* packed,
+                        float* errors) {
+  const auto run = [&](auto kind) {
+    quantize_groups<decltype(kind)::value>(src, count, job, scales, packed, errors);
+  };
+  switch (job.selector) {
+    case nvfp4_selector::max:
+      if (errors) return run(std::integral_constant<group_kind, group_kind::max_with_errors>());
+      return run(std::integral_constant<group_kind, group_kind::max>());
+    case nvfp4_selector::four_over_six: return run(std::integral_constant<group_kind, group_kind::four_over_six>());
+    default:
+      if (errors) return run(std::integral_constant<group_kind, group_kind::search_with_errors>());
+      return run(std::integral_constant<group_kind, group_kind::search>());
+  }
 }
 
-// max and four_over_six without per-block errors (no caller asks for them): false for the rest.
-bool quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
+void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
                      uint8_t* scales, uint8_t* packed, float* errors) {
-  if ((job.selector != nvfp4_selector::max && job.selector != nvfp4_selector::four_over_six) || errors) return false;
   constexpr int half = kNvfp4Block / 2;
   const int64_t whole = n / kGroup, i0 = b0 * kNvfp4Block;
   if (!zero_nonfinite && w.dtype == source_dtype::bf16)
-    quantize_groups_of(static_cast<const uint16_t*>(w.data) + i0, whole, job, scales, packed);
+    quantize_groups_of(static_cast<const uint16_t*>(w.data) + i0, whole, job, scales, packed, errors);
   else if (!zero_nonfinite && w.dtype == source_dtype::f32)
-    quantize_groups_of(static_cast<const float*>(w.data) + i0, whole, job, scales, packed);
+    quantize_groups_of(static_cast<const float*>(w.data) + i0, whole, job, scales, packed, errors);
   else if (!zero_nonfinite)
-    quantize_groups_of(static_cast<const f16_bits*>(w.data) + i0, whole, job, scales, packed);
+    quantize_groups_of(static_cast<const f16_bits*>(w.data) + i0, whole, job, scales, packed, errors);
   alignas(64) float buf[kGroupValues];
   for (int64_t g = 0; g < whole && zero_nonfinite; ++g) {
     load_f32(w, i0 + g * kGroupValues, kGroupValues, buf, zero_nonfinite);
-    quantize_groups_of(buf, 1, job, scales + g * kGroup, packed + g * kGroup * half);
+    quantize_groups_of(buf, 1, job, scales + g * kGroup, packed + g * kGroup * half, errors ? errors + g * kGroup : nullptr);
   }
   if (const int64_t rest = n - whole * kGroup; rest > 0) {  // zero-padded to a whole group
     const int64_t o = whole * kGroup;
     std::fill(std::begin(buf), std::end(buf), 0.0f);
     load_f32(w, (b0 + o) * kNvfp4Block, int(rest * kNvfp4Block), buf, zero_nonfinite);
     uint8_t s[kGroup], p[kGroup * half];
-    quantize_groups_of(buf, 1, job, s, p);
+    float e[kGroup];
+    quantize_groups_of(buf, 1, job, s, p, errors ? e : nullptr);
     std::copy_n(s, rest, scales + o);
     std::copy_n(p, rest * half, packed + o * half);
+    if (errors) std::copy_n(e, rest, errors + o);
   }
-  return true;
 }
 
 }  // namespace avx2
 #pragma GCC pop_options
 #endif
+
+// The scale codes the MSE selector picks for 16 blocks (ax: their magnitudes, in element order).
+template <simd_level L>
+MIXQ_ALWAYS_INLINE v16u search_group(const v16f* ax, v16f bmax, const nvfp4_job& job) {
+  const search_setup s = setup_search(bmax, job);
+  alignas(64) float values[kGroup][kNvfp4Block];  // in memory: the estimates broadcast each value
+  std::memcpy(values, ax, sizeof values);
+  alignas(64) uint32_t eligible[kGroup], lo[kGroup];
+  std::memcpy(eligible, &s.eligible, sizeof eligible);
+  std::memcpy(lo, &s.lo, sizeof lo);
+  v16f above[kGroup], below[kGroup];
+  for (int j = 0; j < kGroup; ++j)
+    if (eligible[j]) estimate_window<L>(values[j], lo[j], *job.tables, &above[j], &below[j]);
+  return search_decide<L>(values, bmax, s, above, below, job);
+}
+
+// ---- groups, chunks, the tensor -----------------------------------------------------------------
+
+// 16 blocks starting at value i0 of src (a functor returning 16 values' float bits).
+template <simd_level L, class Source>
+MIXQ_ALWAYS_INLINE void quantize_group(const Source& src, int64_t i0, const nvfp4_job& job, uint8_t* scales,
+                                       uint8_t* packed, float* errors) {
+  v16u bits[kGroup];
+  v16f ax[kGroup];
+  for (int j = 0; j < kGroup; ++j) {
+    bits[j] = src(i0 + j * kNvfp4Block);
+    ax[j] = lanes::abs_of(bits[j]);
+  }
+  const v16f bmax = lanes::reduce16x16(ax, lanes::magnitude_max_op{});
+  switch (job.selector) {
+    case nvfp4_selector::max:
+      return encode_group<L>(bits, lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2)), job.ws2, scales, packed,
+                             errors);
+    case nvfp4_selector::four_over_six: return four_over_six_group<L>(bits, bmax, job, scales, packed, errors);
+    case nvfp4_selector::mse_multiplier:
+    case nvfp4_selector::mse_fp8_sweep:
+    case nvfp4_selector::mse_four_over_six:
+      return encode_group<L>(bits, search_group<L>(ax, bmax, job), job.ws2, scales, packed, errors);
+  }
+}
+
+struct bf16_values {
+  const uint16_t* p;
+  MIXQ_ALWAYS_INLINE v16u operator()(int64_t i) const { return lanes::widen_bf16(p + i); }
+};
+struct f32_values {
+  const float* p;
+  MIXQ_ALWAYS_INLINE v16u operator()(int64_t i) const { return lanes::load_bits(p + i); }
+};
+
 
 #if MIXQ_HAVE_SIMD_TARGETS
 namespace avx512 {
@@ -785,17 +904,12 @@ void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, in
 }
 #endif
 
-// Blocks [b0, b0 + n) of w; scales, packed and errors point at block b0's outputs. Whole groups
-// read BF16 / F32 in place; F16, zeroed non-finite values and the last partial group go through
-// an F32 copy (zero-padded to a whole group; padding blocks' outputs are dropped).
+// The generic lanes' form of quantize_blocks: whole groups read BF16 / F32 in place; F16, zeroed
+// non-finite values and the last partial group go through an F32 copy (zero-padded to a whole
+// group; padding blocks' outputs are dropped).
 template <simd_level L>
-MIXQ_ALWAYS_INLINE void quantize_blocks_impl(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n,
-                                             const nvfp4_job& job, uint8_t* scales, uint8_t* packed, float* errors) {
-#if MIXQ_HAVE_SIMD_TARGETS
-  if constexpr (L == simd_level::avx512) return avx512::quantize_blocks(w, zero_nonfinite, b0, n, job, scales, packed, errors);
-  if constexpr (L == simd_level::avx2)
-    if (avx2::quantize_blocks(w, zero_nonfinite, b0, n, job, scales, packed, errors)) return;
-#endif
+void generic_quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
+                             uint8_t* scales, uint8_t* packed, float* errors) {
   constexpr int half = kNvfp4Block / 2;
   const int64_t whole = n / kGroup;
   const bool in_place = !zero_nonfinite && w.dtype != source_dtype::f16;
@@ -825,6 +939,18 @@ MIXQ_ALWAYS_INLINE void quantize_blocks_impl(const source_matrix& w, bool zero_n
   }
 }
 
+
+// Blocks [b0, b0 + n) of w; scales, packed and errors point at block b0's outputs.
+template <simd_level L>
+MIXQ_ALWAYS_INLINE void quantize_blocks_impl(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n,
+                                             const nvfp4_job& job, uint8_t* scales, uint8_t* packed, float* errors) {
+#if MIXQ_HAVE_SIMD_TARGETS
+  if constexpr (L == simd_level::avx512) return avx512::quantize_blocks(w, zero_nonfinite, b0, n, job, scales, packed, errors);
+  else if constexpr (L == simd_level::avx2) return avx2::quantize_blocks(w, zero_nonfinite, b0, n, job, scales, packed, errors);
+  else
+#endif
+    generic_quantize_blocks<L>(w, zero_nonfinite, b0, n, job, scales, packed, errors);
+}
 
 // ---- AVX-512: two blocks per register pair -------------------------------------------------------
 //
