@@ -54,7 +54,8 @@ MIXQ_CLONES void runs_sq_errors(const float* values, const double* counts, int64
       }
       // Values in the gap [low_end, high_begin) read as 0 (no error): one unsigned compare.
       const lanes::v16u past_low_end = lane + uint32_t(i - low_end);
-      const lanes::v16u bits = past_low_end >= uint32_t(high_begin - low_end) ? lanes::load_bits(values + i) : 0u;
+      const lanes::v16u bits =
+          lanes::load_bits(values + i) & ~lanes::below_unsigned(past_low_end, uint32_t(high_begin - low_end));
       const lanes::v16f deq = lanes::fp8_dequantized(bits, scales[c]);
       lanes::v8d lo, hi;
       lanes::fp8_differences((lanes::v16f)bits, deq, &lo, &hi);

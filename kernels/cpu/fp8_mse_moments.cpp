@@ -94,7 +94,7 @@ MIXQ_CLONES double sum_of_squares(const uint32_t* bits, int64_t n) {
     v16u u;
     std::memcpy(&u, bits + i, sizeof u);
     u &= 0x7fffffffu;
-    const v16f x = (v16f)(u >= 0x7f800000u ? 0u : u);  // inf / NaN: zeroed
+    const v16f x = (v16f)(u & lanes::below(u, 0x7f800000u));  // inf / NaN: zeroed
     v8d lo, hi;
     lanes::widen(x, &lo, &hi);
     acc += lo * lo + hi * hi;
@@ -158,8 +158,8 @@ MIXQ_CLONES candidate_sums sums_under(const buckets& b, float scale) {
     std::memcpy(&hi, b.hi.data() + k, sizeof hi);
     const v16u c_lo = lanes::e4m3_encode(lo / scale), c_hi = lanes::e4m3_encode(hi / scale);
     const v16f v_lo = lanes::e4m3_decode(c_lo) * scale, v_hi = lanes::e4m3_decode(c_hi) * scale;
-    far |= (v16u)(c_hi - c_lo > 1u);
-    const v16u split = (v16u)(c_lo != c_hi);
+    far |= lanes::above(c_hi - c_lo, 1u);  // (c_hi >= c_lo: lo <= hi)
+    const v16u split = lanes::above(c_hi - c_lo, 0u);
     const v16f span = hi - lo;  // exact: both in one binade
     v8d v_lo_d[2], v_hi_d[2], span_d[2];
     lanes::widen(v_lo, &v_lo_d[0], &v_lo_d[1]);

@@ -58,6 +58,13 @@ MIXQ_ALWAYS_INLINE v16u above(v16u a, uint32_t b) { return (v16u)((v16i)(b - a) 
 MIXQ_ALWAYS_INLINE v16u below_unsigned(v16u a, uint32_t b) { return below(a & 0x7fffffffu, b) & ~(v16u)((v16i)a >> 31); }
 MIXQ_ALWAYS_INLINE v16u select(v16u mask, v16u a, v16u b) { return (a & mask) | (b & ~mask); }
 
+// |x| and the larger of two non-negative doubles (inf included, NaN not) by their bits.
+MIXQ_ALWAYS_INLINE v8d abs_of(v8d x) { return (v8d)((v8q)x & 0x7fffffffffffffffull); }
+MIXQ_ALWAYS_INLINE v8d max_nonnegative(v8d a, v8d b) {
+  const v8q a_below = v8q{} - (((v8q)a - (v8q)b) >> 63);
+  return (v8d)(((v8q)b & a_below) | ((v8q)a & ~a_below));
+}
+
 // The 16 lanes of v combined by op in nvfp4_block_sq_error's tree order: lanes i and i+8, then
 // i+4, i+2, i+1 (so a sum is bit-identical to the reference's).
 template <class Op>

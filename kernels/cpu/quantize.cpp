@@ -310,8 +310,7 @@ MIXQ_CLONES double f16_proxy_row(const float* x, int64_t n, int k, uint16_t* pro
   const float scale = std::ldexp(1.0f, k);
   const double scale_d = std::ldexp(1.0, k);
   const auto delta = [](v8d a, v8d b) {  // δ per lane
-    const v8d abs_a = a < 0.0 ? -a : a, abs_b = b < 0.0 ? -b : b, diff = a - b;
-    return (diff < 0.0 ? -diff : diff) + 0x1p-20 * (abs_a > abs_b ? abs_a : abs_b);
+    return lanes::abs_of(a - b) + 0x1p-20 * lanes::max_nonnegative(lanes::abs_of(a), lanes::abs_of(b));
   };
   v8d acc = {};
   int64_t i = 0;
@@ -322,7 +321,7 @@ MIXQ_CLONES double f16_proxy_row(const float* x, int64_t n, int k, uint16_t* pro
     // F16 normals: RNE to 10 mantissa bits; below 2^-14, multiples of 2^-24 (0.5 + |v| rounds so)
     const v16u normal = (u + 0xfffu + ((u >> 13) & 1u)) & 0xffffe000u;
     const v16f tiny = (v16f)u + 0.5f;
-    const v16u is_normal = (v16u)(u >= 0x38800000u);
+    const v16u is_normal = ~lanes::below(u, 0x38800000u);
     const v16u code = (is_normal & ((normal >> 13) - (112u << 10))) | (~is_normal & ((v16u)tiny - 0x3f000000u));
     const v16f value = (v16f)((is_normal & normal) | (~is_normal & (v16u)(tiny - 0.5f))) ;
     const lanes::v16h h = __builtin_convertvector(code | (sign >> 16), lanes::v16h);
@@ -330,7 +329,7 @@ MIXQ_CLONES double f16_proxy_row(const float* x, int64_t n, int k, uint16_t* pro
     v8d x_lo, x_hi, p_lo, p_hi;
     lanes::widen((v16f)bits, &x_lo, &x_hi);
     lanes::widen(value, &p_lo, &p_hi);
-    const v8d d_lo = delta(x_lo < 0.0 ? -x_lo * scale_d : x_lo * scale_d, p_lo), d_hi = delta(x_hi < 0.0 ? -x_hi * scale_d : x_hi * scale_d, p_hi);
+    const v8d d_lo = delta(lanes::abs_of(x_lo) * scale_d, p_lo), d_hi = delta(lanes::abs_of(x_hi) * scale_d, p_hi);
     acc += d_lo * d_lo + d_hi * d_hi;
   }
   double d2 = 0.0;
@@ -603,10 +602,19 @@ MIXQ_CLONES bool mx_blocks(const float* x, int64_t blocks, bool fp4, uint8_t* sc
 
 // NF4 blocks of F32 values: FP16 absmax scales and packed codes, as nf4_quantize_block. False when
 // a block holds an inf / NaN.
+// A float's value as a signed integer key that orders as the values do, for |x| up to 2 (larger
+// ones capped at 2; -0 and +0 both key 0): the compares as integer subtractions.
+MIXQ_ALWAYS_INLINE lanes::v16i nf4_key(lanes::v16f x) {
+  const lanes::v16u bits = (lanes::v16u)x, cap = lanes::v16u{} + 0x40000000u;
+  const lanes::v16u m = lanes::select(lanes::below(bits & 0x7fffffffu, 0x40000000u), bits & 0x7fffffffu, cap);
+  const lanes::v16u negative = (lanes::v16u)((lanes::v16i)bits >> 31);
+  return (lanes::v16i)((m ^ negative) - negative);
+}
+
 MIXQ_CLONES bool nf4_blocks(const float* x, int64_t blocks, const float* midpoints, uint16_t* scales,
                             uint8_t* packed) {
-  lanes::v16f mid = {};  // lane 15 unused
-  for (int j = 0; j < 15; ++j) mid[j] = midpoints[j];
+  int32_t mid[15];  // the midpoints' keys (each below 1 in magnitude)
+  for (int j = 0; j < 15; ++j) mid[j] = nf4_key(lanes::broadcast(midpoints[j]))[0];
   uint32_t largest = 0;
   for (int64_t b = 0; b < blocks; ++b) {
     const float* p = x + b * kNf4Block;
@@ -619,10 +627,10 @@ MIXQ_CLONES bool nf4_blocks(const float* x, int64_t blocks, const float* midpoin
     const float scale = static_cast<float>(half);
     for (int i = 0; i < kNf4Block; i += 16) {
       const lanes::v16f v = (lanes::v16f)lanes::load_bits(p + i) / scale;
-      // the number of midpoints below v (ties: the lower code), by binary search over the 15
+      // the number of midpoints below v (ties: the lower code): mid − key < 0 where v > mid
+      const lanes::v16i key = nf4_key(v);
       lanes::v16u code = {};
-      for (uint32_t step = 8; step > 0; step /= 2)
-        code += (lanes::v16u)(v > __builtin_shuffle(mid, code + (step - 1))) & step;
+      for (int j = 0; j < 15; ++j) code += (lanes::v16u)(mid[j] - key) >> 31;
       lanes::store_packed(scale > 0.0f ? code : lanes::v16u{} + 7u, packed + b * (kNf4Block / 2) + i / 2);
     }
   }

@@ -279,6 +279,24 @@ TEST(cpu_kernels, mx_and_nf4_extreme_blocks_bit_identical) {
   expect_mx_and_nf4_as_the_reference(as_dtype(t, cpu::source_dtype::f32));
 }
 
+// NF4 values exactly at the midpoints between codes (ties take the lower code) and one ulp either
+// side, under block scales 1 and 2 (exact in FP16, so x / scale is the midpoint itself).
+TEST(cpu_kernels, nf4_midpoint_ties_bit_identical) {
+  const auto book = nf4_codebook();
+  testing::test_tensor t{"nf4 ties", 6, 64, {}};
+  for (int r = 0; r < 6; ++r) {
+    const float scale = r < 3 ? 1.0f : 2.0f;
+    for (int c = 0; c < 64; ++c) {
+      const int j = c % 15;
+      float mid = (book[size_t(j)] + book[size_t(j) + 1]) * 0.5f;
+      if (r % 3 == 1) mid = std::nextafter(mid, 2.0f);
+      if (r % 3 == 2) mid = std::nextafter(mid, -2.0f);
+      t.values.push_back(c % 32 == 31 ? scale : mid * scale);  // (each block's max: the scale)
+    }
+  }
+  expect_mx_and_nf4_as_the_reference(as_dtype(t, cpu::source_dtype::f32));
+}
+
 // Dequantization over every code and every scale byte / FP16 scale (NaN ones included: compared
 // bit for bit).
 TEST(cpu_kernels, mx_and_nf4_dequantize_bit_identical) {
