@@ -567,6 +567,22 @@ MIXQ_ALWAYS_INLINE __m256i e2m1_codes(__m256 q) {
 MIXQ_ALWAYS_INLINE __m256 e2m1_magnitudes(__m256i code) {
   return _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), code);
 }
+// The magnitude of the code of q >= 0, e2m1_magnitudes(e2m1_codes(q)), without the code: q + C − C
+// with C = 2^22 · max(1, 2^floor(log2 q)) rounds q to the spacing of its binade's levels (1/2 below
+// 2, then 1, then 2) to nearest, ties to the even code as the codes take them, and the min with 6
+// saturates. (Checked over every float up to +inf. Beyond 2^106 C overflows to +inf, a NaN sum, or
+// to a tiny negative, and the min still gives 6.)
+MIXQ_ALWAYS_INLINE __m256 e2m1_levels(__m256 q) {
+  const __m256i e = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(q), u32(0x7f800000u)), u32(0x3f800000u));
+  const __m256 c = _mm256_castsi256_ps(_mm256_add_epi32(e, u32(22u << 23)));
+  return _mm256_min_ps(_mm256_sub_ps(_mm256_add_ps(q, c), c), _mm256_set1_ps(6.0f));  // (NaN: the second operand)
+}
+// A level's code: from its exponent ((bits >> 22) − 252 from 1 to 6), 0 for 0, 1 for 1/2.
+MIXQ_ALWAYS_INLINE __m256i e2m1_code_of_level(__m256 level) {
+  const __m256i bits = _mm256_castps_si256(level);
+  const __m256i code = _mm256_max_epi32(_mm256_sub_epi32(_mm256_srli_epi32(bits, 22), u32(252)), _mm256_setzero_si256());
+  return _mm256_sub_epi32(code, _mm256_cmpeq_epi32(bits, u32(0x3f000000u)));
+}
 // nibble (the sign bit of a low or high nibble) where x < 0, -0 excepted.
 MIXQ_ALWAYS_INLINE __m256i sign_nibbles(__m256i bits, __m256 magnitude, uint32_t nibble) {
   const __m256i nonzero = _mm256_cmpgt_epi32(_mm256_castps_si256(magnitude), _mm256_setzero_si256());
@@ -592,11 +608,6 @@ MIXQ_ALWAYS_INLINE __m256i encode_block(__m256 ae, __m256 ao, __m256i signs, __m
 MIXQ_ALWAYS_INLINE __m256i packed4(const __m256i* b) {
   const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(b[0], b[1]), _mm256_packus_epi32(b[2], b[3]));
   return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-}
-// Per block (lane), a 64-bit mask for the packed bytes of blocks 4h .. 4h+3.
-MIXQ_ALWAYS_INLINE __m256i block_mask64(__m256 m, int h) {
-  const __m256i mi = _mm256_castps_si256(m);
-  return _mm256_cvtepi32_epi64(h == 0 ? _mm256_castsi256_si128(mi) : _mm256_extracti128_si256(mi, 1));
 }
 
 // Eight blocks (a half group) from src: magnitudes, sign nibbles, and the block maxima in block order.
@@ -626,27 +637,39 @@ MIXQ_ALWAYS_INLINE void encode_half(const __m256* ae, const __m256* ao, const __
   if constexpr (kErrors) _mm256_storeu_ps(errors, block_errors(te, to));
 }
 
-// Four-over-six for 8 blocks: both candidates' codes and errors, the first kept unless the
-// second's error is strictly lower.
+// Four-over-six for 8 blocks: both candidates' levels and errors, the first kept unless the
+// second's error is strictly lower, then the codes of the levels kept.
 MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, const __m256i* signs,
                                            const float* step1, const float* step2, const uint32_t* code1,
                                            const uint32_t* code2, uint8_t* scales, uint8_t* packed, float* errors) {
-  __m256i bytes1[8], bytes2[8];
-  __m256 te1[8], to1[8], te2[8], to2[8];
-  for (int j = 0; j < 8; ++j) {
-    bytes1[j] = encode_block<true>(ae[j], ao[j], signs[j], _mm256_broadcast_ss(step1 + j), &te1[j], &to1[j]);
-    bytes2[j] = encode_block<true>(ae[j], ao[j], signs[j], _mm256_broadcast_ss(step2 + j), &te2[j], &to2[j]);
-  }
-  const __m256 err1 = block_errors(te1, to1), err2 = block_errors(te2, to2);
+  __m256 level[2][8][2];  // [candidate][block][even, odd]
+  __m256 te[2][8], to[2][8];
+  for (int j = 0; j < 8; ++j)
+    for (int c = 0; c < 2; ++c) {
+      const __m256 step = _mm256_broadcast_ss((c == 0 ? step1 : step2) + j);
+      level[c][j][0] = e2m1_levels(_mm256_div_ps(ae[j], step));
+      level[c][j][1] = e2m1_levels(_mm256_div_ps(ao[j], step));
+      const __m256 ee = _mm256_sub_ps(ae[j], _mm256_mul_ps(level[c][j][0], step));
+      const __m256 eo = _mm256_sub_ps(ao[j], _mm256_mul_ps(level[c][j][1], step));
+      te[c][j] = _mm256_mul_ps(ee, ee);
+      to[c][j] = _mm256_mul_ps(eo, eo);
+    }
+  const __m256 err1 = block_errors(te[0], to[0]), err2 = block_errors(te[1], to[1]);
   const __m256 second = _mm256_cmp_ps(err2, err1, _CMP_LT_OQ);
+  const int second_bits = _mm256_movemask_ps(second);
+  __m256i bytes[8];
+  for (int j = 0; j < 8; ++j) {
+    const __m256* kept = level[(second_bits >> j) & 1][j];
+    bytes[j] = _mm256_or_si256(_mm256_or_si256(e2m1_code_of_level(kept[0]), _mm256_slli_epi32(e2m1_code_of_level(kept[1]), 4)),
+                               signs[j]);
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed), packed4(bytes));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + 32), packed4(bytes + 4));
   const __m256i codes = _mm256_blendv_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(code1)),
                                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code2)),
                                            _mm256_castps_si256(second));
   const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
   _mm_storel_epi64(reinterpret_cast<__m128i*>(scales), _mm_packus_epi16(c16, c16));
-  for (int h = 0; h < 2; ++h)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + 32 * h),
-                        _mm256_blendv_epi8(packed4(bytes1 + 4 * h), packed4(bytes2 + 4 * h), block_mask64(second, h)));
   if (errors) _mm256_storeu_ps(errors, _mm256_blendv_ps(err1, err2, second));
 }
 
