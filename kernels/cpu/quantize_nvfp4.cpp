@@ -42,6 +42,10 @@
 
 #if MIXQ_HAVE_SIMD_TARGETS
 #include <immintrin.h>
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#include "kernels/cpu/e2m1_avx2.hpp"
+#pragma GCC pop_options
 #endif
 
 namespace mixq::cpu {
@@ -493,11 +497,12 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
 #pragma GCC target("arch=x86-64-v3")
 namespace avx2 {
 
+using e2m1_avx2::e2m1_code_of_level, e2m1_avx2::e2m1_codes, e2m1_avx2::e2m1_levels, e2m1_avx2::e2m1_magnitudes,
+    e2m1_avx2::u32;
+
 struct block {
   __m256i even, odd;
 };
-
-MIXQ_ALWAYS_INLINE __m256i u32(uint32_t x) { return _mm256_set1_epi32(int(x)); }
 
 MIXQ_ALWAYS_INLINE block load_block(const uint16_t* p) {
   const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -553,36 +558,6 @@ MIXQ_ALWAYS_INLINE __m256 block_errors(const __m256* te, const __m256* to) {
   return in_block_order(_mm256_add_ps(reduce8x8_unordered(te, sum_op{}), reduce8x8_unordered(to, sum_op{})));
 }
 
-// lanes::e2m1_codes (q >= 0): RNE(2q) below 1, one mantissa bit above, saturating at 7.
-MIXQ_ALWAYS_INLINE __m256i e2m1_codes(__m256 q) {
-  const __m256i u = _mm256_castps_si256(q);
-  const __m256 twice_plus_2p23 = _mm256_add_ps(_mm256_mul_ps(q, _mm256_set1_ps(2.0f)), _mm256_set1_ps(8388608.0f));
-  const __m256i small = _mm256_sub_epi32(_mm256_castps_si256(twice_plus_2p23), u32(0x4b000000u));
-  const __m256i round = _mm256_add_epi32(u32(0x1fffffu), _mm256_and_si256(_mm256_srli_epi32(u, 22), u32(1)));
-  const __m256i large = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_add_epi32(u, round), 22), u32(252));
-  const __m256i code = _mm256_blendv_epi8(large, small, _mm256_cmpgt_epi32(u32(0x3f800000u), u));
-  return _mm256_min_epu32(code, u32(7));
-}
-// An E2M1 code's magnitude: one lane permute of the 8 levels.
-MIXQ_ALWAYS_INLINE __m256 e2m1_magnitudes(__m256i code) {
-  return _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), code);
-}
-// The magnitude of the code of q >= 0, e2m1_magnitudes(e2m1_codes(q)), without the code: q + C − C
-// with C = 2^22 · max(1, 2^floor(log2 q)) rounds q to the spacing of its binade's levels (1/2 below
-// 2, then 1, then 2) to nearest, ties to the even code as the codes take them, and the min with 6
-// saturates. (Checked over every float up to +inf. Beyond 2^106 C overflows to +inf, a NaN sum, or
-// to a tiny negative, and the min still gives 6.)
-MIXQ_ALWAYS_INLINE __m256 e2m1_levels(__m256 q) {
-  const __m256i e = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(q), u32(0x7f800000u)), u32(0x3f800000u));
-  const __m256 c = _mm256_castsi256_ps(_mm256_add_epi32(e, u32(22u << 23)));
-  return _mm256_min_ps(_mm256_sub_ps(_mm256_add_ps(q, c), c), _mm256_set1_ps(6.0f));  // (NaN: the second operand)
-}
-// A level's code: from its exponent ((bits >> 22) − 252 from 1 to 6), 0 for 0, 1 for 1/2.
-MIXQ_ALWAYS_INLINE __m256i e2m1_code_of_level(__m256 level) {
-  const __m256i bits = _mm256_castps_si256(level);
-  const __m256i code = _mm256_max_epi32(_mm256_sub_epi32(_mm256_srli_epi32(bits, 22), u32(252)), _mm256_setzero_si256());
-  return _mm256_sub_epi32(code, _mm256_cmpeq_epi32(bits, u32(0x3f000000u)));
-}
 // nibble (the sign bit of a low or high nibble) where x < 0, -0 excepted.
 MIXQ_ALWAYS_INLINE __m256i sign_nibbles(__m256i bits, __m256 magnitude, uint32_t nibble) {
   const __m256i nonzero = _mm256_cmpgt_epi32(_mm256_castps_si256(magnitude), _mm256_setzero_si256());
@@ -673,24 +648,18 @@ MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, c
   if (errors) _mm256_storeu_ps(errors, _mm256_blendv_ps(err1, err2, second));
 }
 
-// estimate_window with multiply-adds, each value's nearest level by one rounding: q + C − C with
-// C = 2^22 · max(1, 2^floor(log2 q)) rounds q to the spacing of the levels of its binade (1/2 below
-// 2, then 1, then 2), and the min with 6 clips (the rounding's ties go either way, as the bound
-// allows; the fused roundings are among those it counts).
+// estimate_window with multiply-adds, each value's nearest level by e2m1_levels (exact: the
+// bound's fused roundings are among those it counts).
 MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
                                         v16f* below_error) {
   const __m256 recip[2] = {_mm256_loadu_ps(t.recip + lo), _mm256_loadu_ps(t.recip + lo + 8)};
-  const __m256i exponent = u32(0x7f800000u), one = u32(0x3f800000u), by_2p22 = u32(22u << 23);
-  const __m256 six = _mm256_set1_ps(6.0f);
   __m256 acc[2][2];
 #pragma GCC unroll 16  // (constant indices keep acc in registers)
   for (int i = 0; i < kNvfp4Block; ++i) {
     const __m256 x = _mm256_broadcast_ss(a + i);
     for (int h = 0; h < 2; ++h) {
       const __m256 q = _mm256_mul_ps(x, recip[h]);
-      const __m256i e = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(q), exponent), one);
-      const __m256 c = _mm256_castsi256_ps(_mm256_add_epi32(e, by_2p22));
-      const __m256 d = _mm256_sub_ps(q, _mm256_min_ps(_mm256_sub_ps(_mm256_add_ps(q, c), c), six));
+      const __m256 d = _mm256_sub_ps(q, e2m1_levels(q));
       acc[h][i & 1] = i < 2 ? _mm256_mul_ps(d, d) : _mm256_fmadd_ps(d, d, acc[h][i & 1]);
     }
   }

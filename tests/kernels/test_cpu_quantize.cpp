@@ -18,6 +18,42 @@
 #include "../sourced_tensor.hpp"
 #include "../test_tensors.hpp"
 
+#if MIXQ_HAVE_SIMD_TARGETS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#include "kernels/cpu/e2m1_avx2.hpp"
+namespace mixq {
+namespace {
+// The AVX2 E2M1 helpers against the scalar references over floats given by their bits (codes,
+// levels, the magnitudes of the codes and the codes of the levels): the mismatches.
+int64_t avx2_e2m1_mismatches(const std::vector<uint32_t>& bits) {
+  namespace v = cpu::e2m1_avx2;
+  int64_t bad = 0;
+  for (size_t i = 0; i + 8 <= bits.size(); i += 8) {
+    const __m256 q = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits.data() + i)));
+    alignas(32) uint32_t codes[8], level_codes[8];
+    alignas(32) float levels[8], magnitudes[8];
+    const __m256i c = v::e2m1_codes(q);
+    const __m256 l = v::e2m1_levels(q);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(codes), c);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(level_codes), v::e2m1_code_of_level(l));
+    _mm256_store_ps(levels, l);
+    _mm256_store_ps(magnitudes, v::e2m1_magnitudes(c));
+    for (int j = 0; j < 8; ++j) {
+      const float x = std::bit_cast<float>(bits[i + size_t(j)]);
+      const uint32_t code = e2m1_magnitude_code(x);
+      const uint32_t level = std::bit_cast<uint32_t>(e2m1_round_magnitude(x));
+      bad += codes[j] != code || level_codes[j] != code || std::bit_cast<uint32_t>(levels[j]) != level ||
+             std::bit_cast<uint32_t>(magnitudes[j]) != level;
+    }
+  }
+  return bad;
+}
+}  // namespace
+}  // namespace mixq
+#pragma GCC pop_options
+#endif
+
 namespace mixq {
 namespace {
 
@@ -54,6 +90,24 @@ TEST(cpu_kernels, lane_e2m1_rounding_matches_the_reference) {
   EXPECT_EQ(count_lane_mismatches(0, 0x3d800000u, 97, check), 0);
   EXPECT_EQ(count_lane_mismatches(0x3d800000u, 0x44800000u, 1, check), 0);
   EXPECT_EQ(count_lane_mismatches(0x7f000000u, 0x7f800000u, 4099, check), 0);  // huge values and inf saturate
+}
+
+// Every float from 0 to +inf at a stride, and every one within 4096 ulps of each rounding threshold,
+// level and saturation point, and of the largest floats.
+TEST(cpu_kernels, avx2_e2m1_rounding_matches_the_reference) {
+#if MIXQ_HAVE_SIMD_TARGETS
+  if (cpu::cpu_simd_level() < cpu::simd_level::avx2) GTEST_SKIP() << "no AVX2";
+  std::vector<uint32_t> bits;
+  for (uint32_t u = 0; u < 0x7f800000u; u += 61) bits.push_back(u);
+  for (float t : {0.25f, 0.5f, 0.75f, 1.0f, 1.25f, 1.5f, 1.75f, 2.0f, 2.5f, 3.0f, 3.5f, 4.0f, 5.0f, 6.0f, 7.0f, 8.0f, 0x1p106f,
+                  0x1p107f, 0x1p127f})
+    for (int d = -4096; d <= 4096; ++d) bits.push_back(uint32_t(int64_t(std::bit_cast<uint32_t>(t)) + d));
+  for (uint32_t u = 0x7f800000u - 4096; u <= 0x7f800000u; ++u) bits.push_back(u);
+  while (bits.size() % 8 != 0) bits.push_back(0);
+  EXPECT_EQ(avx2_e2m1_mismatches(bits), 0);
+#else
+  GTEST_SKIP() << "no x86 SIMD targets";
+#endif
 }
 
 TEST(cpu_kernels, lane_e4m3_codec_matches_the_reference) {

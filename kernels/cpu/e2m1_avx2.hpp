@@ -1,0 +1,48 @@
+// E2M1 rounding in 8 AVX2 lanes, for the AVX2 NVFP4 kernels (quantize_nvfp4.cpp) and their tests:
+// include it where "arch=x86-64-v3" is the target (#pragma GCC target), outside any namespace.
+// Each gives, lane by lane, what the scalar reference in formats/minifloat.hpp gives.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "kernels/cpu/simd_dispatch.hpp"
+
+namespace mixq::cpu::e2m1_avx2 {
+
+MIXQ_ALWAYS_INLINE __m256i u32(uint32_t x) { return _mm256_set1_epi32(int(x)); }
+
+// e2m1_magnitude_code of q >= 0 (as lanes::e2m1_codes): RNE(2q) below 1, one mantissa bit above,
+// saturating at 7.
+MIXQ_ALWAYS_INLINE __m256i e2m1_codes(__m256 q) {
+  const __m256i u = _mm256_castps_si256(q);
+  const __m256 twice_plus_2p23 = _mm256_add_ps(_mm256_mul_ps(q, _mm256_set1_ps(2.0f)), _mm256_set1_ps(8388608.0f));
+  const __m256i small = _mm256_sub_epi32(_mm256_castps_si256(twice_plus_2p23), u32(0x4b000000u));
+  const __m256i round = _mm256_add_epi32(u32(0x1fffffu), _mm256_and_si256(_mm256_srli_epi32(u, 22), u32(1)));
+  const __m256i large = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_add_epi32(u, round), 22), u32(252));
+  const __m256i code = _mm256_blendv_epi8(large, small, _mm256_cmpgt_epi32(u32(0x3f800000u), u));
+  return _mm256_min_epu32(code, u32(7));
+}
+// An E2M1 code's magnitude: one lane permute of the 8 levels.
+MIXQ_ALWAYS_INLINE __m256 e2m1_magnitudes(__m256i code) {
+  return _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), code);
+}
+// e2m1_round_magnitude of q >= 0, the magnitude of its code without the code: q + C − C
+// with C = 2^22 · max(1, 2^floor(log2 q)) rounds q to the spacing of its binade's levels (1/2 below
+// 2, then 1, then 2) to nearest, ties to the even code as the codes take them, and the min with 6
+// saturates. (Beyond 2^106 C overflows to +inf, a NaN sum, or to a tiny negative, and the min still
+// gives 6.)
+MIXQ_ALWAYS_INLINE __m256 e2m1_levels(__m256 q) {
+  const __m256i e = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(q), u32(0x7f800000u)), u32(0x3f800000u));
+  const __m256 c = _mm256_castsi256_ps(_mm256_add_epi32(e, u32(22u << 23)));
+  return _mm256_min_ps(_mm256_sub_ps(_mm256_add_ps(q, c), c), _mm256_set1_ps(6.0f));  // (NaN: the second operand)
+}
+// A level's code: from its exponent ((bits >> 22) − 252 from 1 to 6), 0 for 0, 1 for 1/2.
+MIXQ_ALWAYS_INLINE __m256i e2m1_code_of_level(__m256 level) {
+  const __m256i bits = _mm256_castps_si256(level);
+  const __m256i code = _mm256_max_epi32(_mm256_sub_epi32(_mm256_srli_epi32(bits, 22), u32(252)), _mm256_setzero_si256());
+  return _mm256_sub_epi32(code, _mm256_cmpeq_epi32(bits, u32(0x3f000000u)));
+}
+
+}  // namespace mixq::cpu::e2m1_avx2
