@@ -599,6 +599,22 @@ MIXQ_ALWAYS_INLINE void load_half(const T* src, __m256* ae, __m256* ao, __m256i*
   *bmax = in_block_order(reduce8x8_unordered(m, max_op{}));
 }
 
+// The same for BF16, from the raw pairs (even element in the low 16 bits): one mask clears both
+// signs, and one 16-bit compare (x − 1 < −1: negative, −0 excepted) finds both sign bits.
+MIXQ_ALWAYS_INLINE void load_half(const uint16_t* src, __m256* ae, __m256* ao, __m256i* signs, __m256* bmax) {
+  __m256 m[8];
+  for (int j = 0; j < 8; ++j) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + j * kNvfp4Block));
+    const __m256i magnitudes = _mm256_and_si256(w, u32(0x7fff7fffu));
+    ae[j] = _mm256_castsi256_ps(_mm256_slli_epi32(magnitudes, 16));
+    ao[j] = _mm256_castsi256_ps(_mm256_and_si256(magnitudes, u32(0xffff0000u)));
+    const __m256i negative = _mm256_cmpgt_epi16(_mm256_set1_epi16(-1), _mm256_sub_epi16(w, _mm256_set1_epi16(1)));
+    signs[j] = _mm256_or_si256(_mm256_and_si256(negative, u32(0x8)), _mm256_and_si256(_mm256_srli_epi32(negative, 24), u32(0x80)));
+    m[j] = _mm256_max_ps(ae[j], ao[j]);
+  }
+  *bmax = in_block_order(reduce8x8_unordered(m, max_op{}));
+}
+
 // The packed codes of 8 blocks under their steps, and (kErrors) their squared errors.
 template <bool kErrors>
 MIXQ_ALWAYS_INLINE void encode_half(const __m256* ae, const __m256* ao, const __m256i* signs, const float* step,
