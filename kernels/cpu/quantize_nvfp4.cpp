@@ -484,6 +484,42 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
   return out;
 }
 
+// Blocks [b0, b0 + n) of w, group by group, for every form: whole groups read BF16 / F32 / F16
+// in place where nothing is zeroed, else through an F32 copy; the last partial group zero-padded
+// (its padding's outputs dropped). groups(src, known_max, count, scales, packed, errors) quantizes
+// count whole groups from src (known_max: their blocks' maxima, or null).
+template <class Groups>
+MIXQ_ALWAYS_INLINE void quantize_by_groups(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n,
+                                           const float* block_maxima, uint8_t* scales, uint8_t* packed,
+                                           float* errors, const Groups& groups) {
+  constexpr int half = kNvfp4Block / 2;
+  const int64_t whole = n / kGroup, i0 = b0 * kNvfp4Block;
+  const float* known_max = block_maxima ? block_maxima + b0 : nullptr;
+  if (!zero_nonfinite && w.dtype == source_dtype::bf16)
+    groups(static_cast<const uint16_t*>(w.data) + i0, known_max, whole, scales, packed, errors);
+  else if (!zero_nonfinite && w.dtype == source_dtype::f32)
+    groups(static_cast<const float*>(w.data) + i0, known_max, whole, scales, packed, errors);
+  else if (!zero_nonfinite)
+    groups(static_cast<const f16_bits*>(w.data) + i0, known_max, whole, scales, packed, errors);
+  alignas(64) float buf[kGroupValues];
+  for (int64_t g = 0; g < whole && zero_nonfinite; ++g) {
+    load_f32(w, i0 + g * kGroupValues, kGroupValues, buf, zero_nonfinite);
+    groups(static_cast<const float*>(buf), nullptr, 1, scales + g * kGroup, packed + g * kGroup * half,
+           errors ? errors + g * kGroup : nullptr);
+  }
+  if (const int64_t rest = n - whole * kGroup; rest > 0) {
+    const int64_t o = whole * kGroup;
+    std::fill(std::begin(buf), std::end(buf), 0.0f);
+    load_f32(w, (b0 + o) * kNvfp4Block, int(rest * kNvfp4Block), buf, zero_nonfinite);
+    uint8_t s[kGroup], p[kGroup * half];
+    float e[kGroup];
+    groups(static_cast<const float*>(buf), nullptr, 1, s, p, errors ? e : nullptr);
+    std::copy_n(s, rest, scales + o);
+    std::copy_n(p, rest * half, packed + o * half);
+    if (errors) std::copy_n(e, rest, errors + o);
+  }
+}
+
 // ---- AVX2: a block per register pair -------------------------------------------------------------
 //
 // max and four_over_six in 8-lane registers (the generic lanes split every 16-lane step in two and
@@ -825,30 +861,10 @@ void quantize_groups_of(const T* src, int64_t count, const nvfp4_job& job, uint8
 
 void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
                      uint8_t* scales, uint8_t* packed, float* errors) {
-  constexpr int half = kNvfp4Block / 2;
-  const int64_t whole = n / kGroup, i0 = b0 * kNvfp4Block;
-  if (!zero_nonfinite && w.dtype == source_dtype::bf16)
-    quantize_groups_of(static_cast<const uint16_t*>(w.data) + i0, whole, job, scales, packed, errors);
-  else if (!zero_nonfinite && w.dtype == source_dtype::f32)
-    quantize_groups_of(static_cast<const float*>(w.data) + i0, whole, job, scales, packed, errors);
-  else if (!zero_nonfinite)
-    quantize_groups_of(static_cast<const f16_bits*>(w.data) + i0, whole, job, scales, packed, errors);
-  alignas(64) float buf[kGroupValues];
-  for (int64_t g = 0; g < whole && zero_nonfinite; ++g) {
-    load_f32(w, i0 + g * kGroupValues, kGroupValues, buf, zero_nonfinite);
-    quantize_groups_of(buf, 1, job, scales + g * kGroup, packed + g * kGroup * half, errors ? errors + g * kGroup : nullptr);
-  }
-  if (const int64_t rest = n - whole * kGroup; rest > 0) {  // zero-padded to a whole group
-    const int64_t o = whole * kGroup;
-    std::fill(std::begin(buf), std::end(buf), 0.0f);
-    load_f32(w, (b0 + o) * kNvfp4Block, int(rest * kNvfp4Block), buf, zero_nonfinite);
-    uint8_t s[kGroup], p[kGroup * half];
-    float e[kGroup];
-    quantize_groups_of(buf, 1, job, s, p, errors ? e : nullptr);
-    std::copy_n(s, rest, scales + o);
-    std::copy_n(p, rest * half, packed + o * half);
-    if (errors) std::copy_n(e, rest, errors + o);
-  }
+  quantize_by_groups(w, zero_nonfinite, b0, n, nullptr, scales, packed, errors,
+                     [&](const auto* src, const float*, int64_t count, uint8_t* s, uint8_t* p, float* e) {
+                       quantize_groups_of(src, count, job, s, p, e);
+                     });
 }
 
 }  // namespace avx2
@@ -912,41 +928,29 @@ void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, in
 }
 #endif
 
-// The generic lanes' form of quantize_blocks: whole groups read BF16 / F32 in place; F16, zeroed
-// non-finite values and the last partial group go through an F32 copy (zero-padded to a whole
-// group; padding blocks' outputs are dropped).
+// The generic lanes' form of quantize_blocks (F16 groups widened through a copy).
 template <simd_level L>
 void generic_quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
                              uint8_t* scales, uint8_t* packed, float* errors) {
   constexpr int half = kNvfp4Block / 2;
-  const int64_t whole = n / kGroup;
-  const bool in_place = !zero_nonfinite && w.dtype != source_dtype::f16;
-  alignas(64) float buf[kGroupValues];
-  for (int64_t gi = 0; gi < whole; ++gi) {
-    const int64_t b = b0 + gi * kGroup, i0 = b * kNvfp4Block, o = gi * kGroup;
-    float* err = errors ? errors + o : nullptr;
-    if (in_place && w.dtype == source_dtype::bf16)
-      quantize_group<L>(bf16_values{static_cast<const uint16_t*>(w.data)}, i0, job, scales + o, packed + o * half, err);
-    else if (in_place)
-      quantize_group<L>(f32_values{static_cast<const float*>(w.data)}, i0, job, scales + o, packed + o * half, err);
-    else {
-      load_f32(w, i0, kGroupValues, buf, zero_nonfinite);
-      quantize_group<L>(f32_values{buf}, 0, job, scales + o, packed + o * half, err);
-    }
-  }
-  if (const int64_t rest = n - whole * kGroup; rest > 0) {
-    const int64_t o = whole * kGroup;
-    std::fill(std::begin(buf), std::end(buf), 0.0f);
-    load_f32(w, (b0 + o) * kNvfp4Block, int(rest * kNvfp4Block), buf, zero_nonfinite);
-    uint8_t s[kGroup], p[kGroup * half];
-    float e[kGroup];
-    quantize_group<L>(f32_values{buf}, 0, job, s, p, e);
-    std::copy_n(s, rest, scales + o);
-    std::copy_n(p, rest * half, packed + o * half);
-    if (errors) std::copy_n(e, rest, errors + o);
-  }
+  quantize_by_groups(w, zero_nonfinite, b0, n, nullptr, scales, packed, errors,
+                     [&](const auto* src, const float*, int64_t count, uint8_t* s, uint8_t* p, float* e) {
+                       using T = std::remove_cv_t<std::remove_pointer_t<decltype(src)>>;
+                       for (int64_t g = 0; g < count; ++g) {
+                         const int64_t i0 = g * kGroupValues, o = g * kGroup;
+                         float* err = e ? e + o : nullptr;
+                         if constexpr (std::is_same_v<T, uint16_t>) {
+                           quantize_group<L>(bf16_values{src}, i0, job, s + o, p + o * half, err);
+                         } else if constexpr (std::is_same_v<T, float>) {
+                           quantize_group<L>(f32_values{src}, i0, job, s + o, p + o * half, err);
+                         } else {
+                           alignas(64) float buf[kGroupValues];
+                           for (int i = 0; i < kGroupValues; ++i) buf[i] = f16_decode_table()[src[i0 + i].bits];
+                           quantize_group<L>(f32_values{buf}, 0, job, s + o, p + o * half, err);
+                         }
+                       }
+                     });
 }
-
 
 // Blocks [b0, b0 + n) of w; scales, packed and errors point at block b0's outputs.
 template <simd_level L>
@@ -1287,32 +1291,10 @@ void quantize_groups_of(const T* src, const float* known_max, int64_t count, con
 
 void quantize_blocks(const source_matrix& w, bool zero_nonfinite, int64_t b0, int64_t n, const nvfp4_job& job,
                      uint8_t* scales, uint8_t* packed, float* errors) {
-  constexpr int half = kNvfp4Block / 2;
-  const int64_t whole = n / kGroup, i0 = b0 * kNvfp4Block;
-  const float* known_max = job.block_maxima ? job.block_maxima + b0 : nullptr;
-  if (!zero_nonfinite && w.dtype == source_dtype::bf16)
-    quantize_groups_of(static_cast<const uint16_t*>(w.data) + i0, known_max, whole, job, scales, packed, errors);
-  else if (!zero_nonfinite && w.dtype == source_dtype::f32)
-    quantize_groups_of(static_cast<const float*>(w.data) + i0, known_max, whole, job, scales, packed, errors);
-  else if (!zero_nonfinite)
-    quantize_groups_of(static_cast<const f16_bits*>(w.data) + i0, known_max, whole, job, scales, packed, errors);
-  alignas(64) float buf[kGroupValues];
-  for (int64_t g = 0; g < whole && zero_nonfinite; ++g) {
-    load_f32(w, i0 + g * kGroupValues, kGroupValues, buf, zero_nonfinite);
-    quantize_groups_of(buf, nullptr, 1, job, scales + g * kGroup, packed + g * kGroup * half,
-                       errors ? errors + g * kGroup : nullptr);
-  }
-  if (const int64_t rest = n - whole * kGroup; rest > 0) {  // zero-padded to a whole group
-    const int64_t o = whole * kGroup;
-    std::fill(std::begin(buf), std::end(buf), 0.0f);
-    load_f32(w, (b0 + o) * kNvfp4Block, int(rest * kNvfp4Block), buf, zero_nonfinite);
-    uint8_t s[kGroup], p[kGroup * half];
-    float e[kGroup];
-    quantize_groups_of(buf, nullptr, 1, job, s, p, errors ? e : nullptr);
-    std::copy_n(s, rest, scales + o);
-    std::copy_n(p, rest * half, packed + o * half);
-    if (errors) std::copy_n(e, rest, errors + o);
-  }
+  quantize_by_groups(w, zero_nonfinite, b0, n, job.block_maxima, scales, packed, errors,
+                     [&](const auto* src, const float* known_max, int64_t count, uint8_t* s, uint8_t* p, float* e) {
+                       quantize_groups_of(src, known_max, count, job, s, p, e);
+                     });
 }
 
 // The amax pass for BF16 / F16 / F32 read in place: besides the tensor's max |w|, every block's max
