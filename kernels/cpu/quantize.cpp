@@ -165,7 +165,7 @@ namespace avx2 {
 
 MIXQ_ALWAYS_INLINE __m256i u32(uint32_t x) { return _mm256_set1_epi32(int(x)); }
 
-uint32_t max_epu32_of(__m256i m) {
+inline uint32_t max_epu32_of(__m256i m) {
   alignas(32) uint32_t lane[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lane), m);
   return *std::max_element(lane, lane + 8);

@@ -215,7 +215,7 @@ MIXQ_ALWAYS_INLINE void four_over_six_group(const v16u* bits, v16f bmax, const n
   std::memcpy(step2, &step2_v, sizeof step2);
   v16f sq1[kGroup], sq2[kGroup];
   alignas(64) uint64_t packed1[kGroup], packed2[kGroup];
-#pragma GCC unroll 16  // (constant indices: a stored sq[j] went through 16-byte pieces and GPRs on AVX2)
+#pragma GCC unroll 16  // (constant indices: a stored sq[j] went through 16-byte pieces and GPRs)
   for (int j = 0; j < kGroup; ++j) {
     const v16f ax = lanes::abs_of(bits[j]);
     const v16u sign = lanes::sign_bits(bits[j]);
@@ -261,7 +261,7 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
   std::memcpy(&recip, t.recip + lo, sizeof recip);
   std::memcpy(&step_sq, t.step_sq + lo, sizeof step_sq);
   v16f acc[4] = {};
-#pragma GCC unroll 16  // (constant indices keep acc in registers: a stack copy stalled AVX2 on every value)
+#pragma GCC unroll 16  // (constant indices keep acc in registers: a stack copy stalls on every value)
   for (int i = 0; i < kNvfp4Block; ++i) {
     const v16f q = a[i] * recip;
     const v16f e = q - e2m1_nearest<L>(q);
@@ -522,8 +522,8 @@ MIXQ_ALWAYS_INLINE void quantize_by_groups(const source_matrix& w, bool zero_non
 
 // ---- AVX2: a block per register pair -------------------------------------------------------------
 //
-// max and four_over_six in 8-lane registers (the generic lanes split every 16-lane step in two and
-// pass values through the stack). A block's 32 bytes of BF16 split as float bits into its even
+// Every selector in 8-lane registers (the generic lanes split every 16-lane step in two, pass values
+// through the stack and compare lane by lane). A block's 32 bytes of BF16 split as float bits into its even
 // elements (one register) and its odd elements (another), as the AVX-512 form does for two blocks:
 // a byte per element pair (even code | odd code << 4) comes straight out, and the reference's error
 // tree (i+8, i+4, i+2, i+1) maps onto the halves: i+8, i+4, i+2 within the even or the odd
@@ -540,10 +540,6 @@ struct block {
   __m256i even, odd;
 };
 
-MIXQ_ALWAYS_INLINE block load_block(const uint16_t* p) {
-  const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return {_mm256_slli_epi32(w, 16), _mm256_and_si256(w, u32(0xffff0000u))};
-}
 // 16 floats' bits in element order: the shuffles leave elements 0, 2, 8, 10, 4, 6, 12, 14 (and the
 // odd ones alike), which a swap of the middle 64-bit quarters puts in order.
 MIXQ_ALWAYS_INLINE block block_of(__m256 a, __m256 b) {
@@ -700,8 +696,8 @@ MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, c
   if (errors) _mm256_storeu_ps(errors, _mm256_blendv_ps(err1, err2, second));
 }
 
-// estimate_window with multiply-adds, each value's nearest level by e2m1_levels (exact: the
-// bound's fused roundings are among those it counts).
+// estimate_window with multiply-adds into two accumulators per 8 candidates, each value's nearest
+// level by e2m1_levels (exact): at most ~10 roundings per term, within the 15 the bound counts.
 MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
                                         v16f* below_error) {
   const __m256 recip[2] = {_mm256_loadu_ps(t.recip + lo), _mm256_loadu_ps(t.recip + lo + 8)};
@@ -788,7 +784,7 @@ enum class group_kind { max, max_with_errors, four_over_six, search, search_with
 constexpr bool with_errors(group_kind k) { return k == group_kind::max_with_errors || k == group_kind::search_with_errors; }
 
 // 16 blocks from src: the block maxima, the block scales for all 16 at once (the generic lanes; for
-// the searches the window estimates here, the rest of the search generic), then the codes in two
+// the searches the setup generic, the estimates and the decision here), then the codes in two
 // halves.
 template <group_kind K, class T>
 MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8_t* scales, uint8_t* packed,
