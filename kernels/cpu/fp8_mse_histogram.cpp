@@ -41,12 +41,13 @@ uint32_t count_values(const T* p, int64_t n, uint32_t* h0, uint32_t* h1) {
 
 // For each scale c: Σ count · err² over values [0, low_end) and [high_begin, n), n a multiple of 16
 // (zero counts past the values).
-MIXQ_CLONES void runs_sq_errors(const float* values, const double* counts, int64_t n, const float* scales,
-                                const fp8_error_estimate::edge_range* ranges, int64_t n_scales, double* out) {
+template <simd_level L>
+MIXQ_ALWAYS_INLINE void runs_sq_errors_impl(const float* values, const double* counts, int64_t n, const float* scales,
+                                            const fp8_error_estimate::edge_range* ranges, int64_t n_scales, double* out) {
   const lanes::v16u lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   for (int64_t c = 0; c < n_scales; ++c) {
     const int64_t low_end = ranges[c].low_end, high_begin = std::max(ranges[c].high_begin, low_end);
-    lanes::v8d acc = {};
+    lanes::lane_sums8<L != simd_level::avx512> acc;
     for (int64_t i = 0; i < n; i += 16) {
       if (i >= low_end && i + 16 <= high_begin) {  // a vector within the gap between the runs
         i = high_begin / 16 * 16 - 16;
@@ -62,13 +63,15 @@ MIXQ_CLONES void runs_sq_errors(const float* values, const double* counts, int64
       lanes::v8d w_lo, w_hi;
       std::memcpy(&w_lo, counts + i, sizeof w_lo);
       std::memcpy(&w_hi, counts + i + 8, sizeof w_hi);
-      acc += w_lo * (lo * lo) + w_hi * (hi * hi);
+      acc.add(w_lo * (lo * lo) + w_hi * (hi * hi));
     }
-    double sum = 0.0;
-    for (int j = 0; j < 8; ++j) sum += acc[j];
-    out[c] = sum;
+    out[c] = acc.total();
   }
 }
+MIXQ_SIMD_KERNEL(void, runs_sq_errors, runs_sq_errors_impl,
+                 (const float* values, const double* counts, int64_t n, const float* scales,
+                  const fp8_error_estimate::edge_range* ranges, int64_t n_scales, double* out),
+                 (values, counts, n, scales, ranges, n_scales, out))
 
 // The FP8 error under scale of each magnitude x = 2^q · (1 + k / 2^m) of the reference binade, 16
 // at a time (2^m: a multiple of 16), to each(k, x − fl(v · scale)). With 2^q / scale in (1, 2],
@@ -106,18 +109,19 @@ MIXQ_CLONES void reference_errors(int q, int mantissa_bits, float scale, double*
 }
 
 // Σ weight · error over them.
-MIXQ_CLONES double weighted_reference_errors(int q, int mantissa_bits, float scale, const double* weight) {
-  lanes::v8d acc = {};
+template <simd_level L>
+MIXQ_ALWAYS_INLINE double weighted_reference_errors_impl(int q, int mantissa_bits, float scale, const double* weight) {
+  lanes::lane_sums8<L != simd_level::avx512> acc;
   for_reference_errors(q, mantissa_bits, scale, [&](uint32_t k, lanes::v8d lo2, lanes::v8d hi2) {
     lanes::v8d w_lo, w_hi;
     std::memcpy(&w_lo, weight + k, sizeof w_lo);
     std::memcpy(&w_hi, weight + k + 8, sizeof w_hi);
-    acc += w_lo * lo2 + w_hi * hi2;
+    acc.add(w_lo * lo2 + w_hi * hi2);
   });
-  double sum = 0.0;
-  for (int j = 0; j < 8; ++j) sum += acc[j];
-  return sum;
+  return acc.total();
 }
+MIXQ_SIMD_KERNEL(double, weighted_reference_errors, weighted_reference_errors_impl,
+                 (int q, int mantissa_bits, float scale, const double* weight), (q, mantissa_bits, scale, weight))
 
 // The differences behind those errors, into out.
 MIXQ_CLONES void reference_differences(int q, int mantissa_bits, float scale, float* out) {
@@ -125,8 +129,9 @@ MIXQ_CLONES void reference_differences(int q, int mantissa_bits, float scale, fl
 }
 
 // weighted_reference_errors from stored differences: the same terms summed in the same order.
-MIXQ_CLONES double weighted_squares(const float* differences, int mantissa_bits, const double* weight) {
-  lanes::v8d acc = {};
+template <simd_level L>
+MIXQ_ALWAYS_INLINE double weighted_squares_impl(const float* differences, int mantissa_bits, const double* weight) {
+  lanes::lane_sums8<L != simd_level::avx512> acc;
   for (uint32_t k = 0; k < (1u << mantissa_bits); k += 16) {
     lanes::v16f d;
     std::memcpy(&d, differences + k, sizeof d);
@@ -134,12 +139,12 @@ MIXQ_CLONES double weighted_squares(const float* differences, int mantissa_bits,
     lanes::widen(d, &lo, &hi);
     std::memcpy(&w_lo, weight + k, sizeof w_lo);
     std::memcpy(&w_hi, weight + k + 8, sizeof w_hi);
-    acc += w_lo * (lo * lo) + w_hi * (hi * hi);
+    acc.add(w_lo * (lo * lo) + w_hi * (hi * hi));
   }
-  double sum = 0.0;
-  for (int j = 0; j < 8; ++j) sum += acc[j];
-  return sum;
+  return acc.total();
 }
+MIXQ_SIMD_KERNEL(double, weighted_squares, weighted_squares_impl,
+                 (const float* differences, int mantissa_bits, const double* weight), (differences, mantissa_bits, weight))
 
 // Σ a · b (n: a multiple of 8).
 MIXQ_CLONES double dot(const double* a, const double* b, int64_t n) {

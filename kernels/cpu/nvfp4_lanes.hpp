@@ -217,10 +217,42 @@ MIXQ_ALWAYS_INLINE double fp8_scalar_difference(float x, float scale) {
   return double(x) - double(mixq::e4m3_decode(mixq::e4m3_encode(x / scale)) * scale);
 }
 
+// Sums of eight double lanes (lane j of every v8d added into lane j; total: lanes 0-7 in order),
+// held as two 32-byte halves where kHalves: GCC keeps a 64-byte vector variable in memory where the
+// target has no 64-byte registers, a store and narrower reloads (a forwarding stall) per update.
+template <bool kHalves>
+struct lane_sums8 {
+  v8d sum = {};
+  MIXQ_ALWAYS_INLINE void add(v8d x) { sum += x; }
+  MIXQ_ALWAYS_INLINE double total() const {
+    double t = 0.0;
+    for (int j = 0; j < 8; ++j) t += sum[j];
+    return t;
+  }
+  MIXQ_ALWAYS_INLINE double lane(int j) const { return sum[j]; }
+};
+template <>
+struct lane_sums8<true> {
+  typedef double v4d __attribute__((vector_size(32)));
+  v4d lo = {}, hi = {};
+  MIXQ_ALWAYS_INLINE void add(v8d x) {
+    lo += __builtin_shufflevector(x, x, 0, 1, 2, 3);
+    hi += __builtin_shufflevector(x, x, 4, 5, 6, 7);
+  }
+  MIXQ_ALWAYS_INLINE double total() const {
+    double t = 0.0;
+    for (int j = 0; j < 4; ++j) t += lo[j];
+    for (int j = 0; j < 4; ++j) t += hi[j];
+    return t;
+  }
+  MIXQ_ALWAYS_INLINE double lane(int j) const { return j < 4 ? lo[j] : hi[j - 4]; }
+};
+
 // Σ weight · (x − fp8 value)² over n values (weight null: 1) in 8 double lanes (lane j takes
 // elements j, j+8, ...), lanes added in order at the end. Unweighted, the reference's row sum.
+template <bool kHalves>
 MIXQ_ALWAYS_INLINE double fp8_sq_error_lanes(const float* x, const double* weight, int64_t n, float scale) {
-  v8d acc = {};
+  lane_sums8<kHalves> acc;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const v16u bits = load_bits(x + i);
@@ -231,15 +263,15 @@ MIXQ_ALWAYS_INLINE double fp8_sq_error_lanes(const float* x, const double* weigh
       v8d w_lo, w_hi;
       std::memcpy(&w_lo, weight + i, sizeof w_lo);
       std::memcpy(&w_hi, weight + i + 8, sizeof w_hi);
-      acc += w_lo * (lo * lo);
-      acc += w_hi * (hi * hi);
+      acc.add(w_lo * (lo * lo));
+      acc.add(w_hi * (hi * hi));
     } else {
-      acc += lo * lo;
-      acc += hi * hi;
+      acc.add(lo * lo);
+      acc.add(hi * hi);
     }
   }
   double lane[8];
-  std::memcpy(lane, &acc, sizeof lane);
+  for (int j = 0; j < 8; ++j) lane[j] = acc.lane(j);
   for (int j = 0; i + j < n; ++j) {  // the tail, into the lanes the reference uses
     const double d = fp8_scalar_difference(x[i + j], scale);
     lane[j % 8] += weight ? weight[i + j] * (d * d) : d * d;
@@ -248,8 +280,9 @@ MIXQ_ALWAYS_INLINE double fp8_sq_error_lanes(const float* x, const double* weigh
   for (double l : lane) err += l;
   return err;
 }
+template <bool kHalves>
 MIXQ_ALWAYS_INLINE double fp8_row_sq_error(const float* row, int64_t n, float scale) {
-  return fp8_sq_error_lanes(row, nullptr, n, scale);
+  return fp8_sq_error_lanes<kHalves>(row, nullptr, n, scale);
 }
 
 // e2m1_code_by_bits: RNE(2q) below 1, one mantissa bit above, saturating at 7 (q >= 0 finite).

@@ -64,10 +64,15 @@ MIXQ_CLONES float fp8_row_amax(const float* x, int64_t n) {
   return std::bit_cast<float>(m);
 }
 
-MIXQ_CLONES void fp8_row_errors(const float* x, int64_t n, float amax, std::span<const float> multipliers, double* err) {
+template <simd_level L>
+MIXQ_ALWAYS_INLINE void fp8_row_errors_impl(const float* x, int64_t n, float amax, std::span<const float> multipliers,
+                                            double* err) {
   for (size_t c = 0; c < multipliers.size(); ++c)
-    err[c] = lanes::fp8_row_sq_error(x, n, fp8_scale_for_amax(amax * multipliers[c]));
+    err[c] = lanes::fp8_row_sq_error<L != simd_level::avx512>(x, n, fp8_scale_for_amax(amax * multipliers[c]));
 }
+MIXQ_SIMD_KERNEL(void, fp8_row_errors, fp8_row_errors_impl,
+                 (const float* x, int64_t n, float amax, std::span<const float> multipliers, double* err),
+                 (x, n, amax, multipliers, err))
 
 MIXQ_CLONES void fp8_row_codes(const float* x, int64_t n, float scale, uint8_t* dst) {
   int64_t i = 0;
