@@ -86,9 +86,10 @@ std::optional<layout> layout_for(float weight_max, float least, float largest) {
 }
 
 // Σ x² (inf / NaN count as 0).
-MIXQ_CLONES double sum_of_squares(const uint32_t* bits, int64_t n) {
+template <simd_level L>
+MIXQ_ALWAYS_INLINE double sum_of_squares_impl(const uint32_t* bits, int64_t n) {
   using lanes::v16f, lanes::v16u, lanes::v8d;
-  v8d acc = {};
+  lanes::lane_sums8<L != simd_level::avx512> acc;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     v16u u;
@@ -97,10 +98,9 @@ MIXQ_CLONES double sum_of_squares(const uint32_t* bits, int64_t n) {
     const v16f x = (v16f)(u & lanes::below(u, 0x7f800000u));  // inf / NaN: zeroed
     v8d lo, hi;
     lanes::widen(x, &lo, &hi);
-    acc += lo * lo + hi * hi;
+    acc.add(lo * lo + hi * hi);
   }
-  double sum = 0.0;
-  for (int j = 0; j < 8; ++j) sum += acc[j];
+  double sum = acc.total();
   for (; i < n; ++i) {
     const uint32_t u = bits[i] & 0x7fffffffu;
     const double x = u >= 0x7f800000u ? 0.0 : double(std::bit_cast<float>(u));
@@ -108,6 +108,7 @@ MIXQ_CLONES double sum_of_squares(const uint32_t* bits, int64_t n) {
   }
   return sum;
 }
+MIXQ_SIMD_KERNEL(double, sum_of_squares, sum_of_squares_impl, (const uint32_t* bits, int64_t n), (bits, n))
 
 // Accumulates elements [begin, end) into tables and their Σ x² into *sum_sq; false when one lands
 // outside the layout. Branch-free: every binade has a route (its table's cells, the weight); zeros,
@@ -148,9 +149,12 @@ struct candidate_sums {
 // in two halves of double lanes (the columns are padded to whole vectors).
 constexpr size_t kVector = 16;
 
-MIXQ_CLONES candidate_sums sums_under(const buckets& b, float scale) {
+// (Selects as masks: GCC lowers 64-byte vector compares lane by lane without AVX-512. f_hi − f_lo,
+// finite, is negative exactly where f_hi < f_lo; a −0 picked for +0 leaves the sums alike.)
+template <simd_level L>
+MIXQ_ALWAYS_INLINE candidate_sums sums_under_impl(const buckets& b, float scale) {
   using lanes::v16f, lanes::v16u, lanes::v8d, lanes::v8q;
-  v8d estimate = {}, width = {}, magnitude = {};
+  lanes::lane_sums8<L != simd_level::avx512> estimate, width, magnitude;
   v16u far = {};
   for (size_t k = 0; k < b.lo.size(); k += kVector) {
     v16f lo, hi;
@@ -174,19 +178,22 @@ MIXQ_CLONES candidate_sums sums_under(const buckets& b, float scale) {
       std::memcpy(&w1, b.w1.data() + k + 8 * half, sizeof w1);
       const v8d vl = v_lo_d[half], vh = v_hi_d[half];
       const v8d f_lo = vl * vl * w0 - 2.0 * x * vl * w1, f_hi = vh * vh * w0 - 2.0 * x * vh * w1;
-      estimate += crossed != 0 ? (f_hi < f_lo ? f_hi : f_lo) : f_lo;
+      const v8q crossed_mask = v8q{} - (crossed & 1u), hi_less = v8q{} - ((v8q)(f_hi - f_lo) >> 63);
+      const v8q lesser = ((v8q)f_hi & hi_less) | ((v8q)f_lo & ~hi_less);
+      estimate.add((v8d)((lesser & crossed_mask) | ((v8q)f_lo & ~crossed_mask)));
       // an element on the wrong side of the boundary errs by 2 |x − t| (v_hi − v_lo), |x − t| <= the span
-      width += crossed != 0 ? 2.0 * span_d[half] * (vh - vl) * w0 : 0.0;
-      magnitude += 2.0 * x * vh * w1 + vh * vh * w0;
+      width.add((v8d)((v8q)(2.0 * span_d[half] * (vh - vl) * w0) & crossed_mask));
+      magnitude.add(2.0 * x * vh * w1 + vh * vh * w0);
     }
   }
   candidate_sums s;
-  for (int j = 0; j < 8; ++j) s.estimate += estimate[j], s.width += width[j], s.magnitude += magnitude[j];
+  s.estimate = estimate.total(), s.width = width.total(), s.magnitude = magnitude.total();
   uint32_t any_far = 0;
   for (int j = 0; j < 16; ++j) any_far |= far[j];
   s.far = any_far != 0;
   return s;
 }
+MIXQ_SIMD_KERNEL(candidate_sums, sums_under, sums_under_impl, (const buckets& b, float scale), (b, scale))
 
 }  // namespace
 
