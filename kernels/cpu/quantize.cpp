@@ -310,14 +310,15 @@ struct fp8_rows {
 // x · 2^k rounded to F16 into proxy (every |x · 2^k| below 2^15), and Σ δ² with
 // δ = |x · 2^k − proxy| + 2^-20 max(|x · 2^k|, |proxy|): how far apart, in L2, the rows of the
 // reference's FP8 errors of x · 2^k and of proxy can be under any scale (see row_mse_search).
-MIXQ_CLONES double f16_proxy_row(const float* x, int64_t n, int k, uint16_t* proxy) {
+template <simd_level L>
+MIXQ_ALWAYS_INLINE double f16_proxy_row_impl(const float* x, int64_t n, int k, uint16_t* proxy) {
   using lanes::v16f, lanes::v16u, lanes::v8d;
   const float scale = std::ldexp(1.0f, k);
   const double scale_d = std::ldexp(1.0, k);
   const auto delta = [](v8d a, v8d b) {  // δ per lane
     return lanes::abs_of(a - b) + 0x1p-20 * lanes::max_nonnegative(lanes::abs_of(a), lanes::abs_of(b));
   };
-  v8d acc = {};
+  lanes::lane_sums8<L != simd_level::avx512> acc;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const v16u bits = lanes::load_bits(x + i);
@@ -335,10 +336,9 @@ MIXQ_CLONES double f16_proxy_row(const float* x, int64_t n, int k, uint16_t* pro
     lanes::widen((v16f)bits, &x_lo, &x_hi);
     lanes::widen(value, &p_lo, &p_hi);
     const v8d d_lo = delta(lanes::abs_of(x_lo) * scale_d, p_lo), d_hi = delta(lanes::abs_of(x_hi) * scale_d, p_hi);
-    acc += d_lo * d_lo + d_hi * d_hi;
+    acc.add(d_lo * d_lo + d_hi * d_hi);
   }
-  double d2 = 0.0;
-  for (int j = 0; j < 8; ++j) d2 += acc[j];
+  double d2 = acc.total();
   for (; i < n; ++i) {
     const _Float16 h = static_cast<_Float16>(x[i] * scale);  // (RNE; F16C where the target has it)
     proxy[i] = std::bit_cast<uint16_t>(h);
@@ -348,6 +348,8 @@ MIXQ_CLONES double f16_proxy_row(const float* x, int64_t n, int k, uint16_t* pro
   }
   return d2;
 }
+MIXQ_SIMD_KERNEL(double, f16_proxy_row, f16_proxy_row_impl, (const float* x, int64_t n, int k, uint16_t* proxy),
+                 (x, n, k, proxy))
 
 // Per-channel MSE: the first multiplier with the least squared error over one row. Over 16-bit
 // values the row's counted magnitudes rule out all but (almost always) one candidate first, as per
