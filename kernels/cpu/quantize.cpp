@@ -580,7 +580,8 @@ namespace {
 // MX blocks of F32 values: E8M0 scales and element codes (MXFP4 packed, low nibble even), as
 // mx_quantize_block computes them; the loops over a block's 32 values vectorize per target. False
 // when a block holds an inf / NaN (its codes are then meaningless).
-MIXQ_CLONES bool mx_blocks(const float* x, int64_t blocks, bool fp4, uint8_t* scales, uint8_t* elements) {
+template <simd_level L>
+MIXQ_ALWAYS_INLINE bool mx_blocks_impl(const float* x, int64_t blocks, bool fp4, uint8_t* scales, uint8_t* elements) {
   const format_id format = fp4 ? format_id::mxfp4 : format_id::mxfp8;
   const int emax = fp4 ? 2 : 8;
   uint32_t largest = 0;
@@ -599,13 +600,16 @@ MIXQ_CLONES bool mx_blocks(const float* x, int64_t blocks, bool fp4, uint8_t* sc
       const lanes::v16u sign = (lanes::v16u)v >> 31;  // (-0 too, as the reference's signbit)
       const lanes::v16f magnitude = lanes::abs_of((lanes::v16u)v);
       if (fp4)
-        lanes::store_packed(lanes::e2m1_codes(magnitude) | sign << 3, elements + b * (kMxBlock / 2) + i / 2);
+        lanes::store_packed<L>(lanes::e2m1_codes(magnitude) | sign << 3, elements + b * (kMxBlock / 2) + i / 2);
       else
         lanes::store_bytes(lanes::e4m3_encode(magnitude) | sign << 7, elements + b * kMxBlock + i);
     }
   }
   return largest < 0x7f800000u;
 }
+MIXQ_SIMD_KERNEL(bool, mx_blocks, mx_blocks_impl,
+                 (const float* x, int64_t blocks, bool fp4, uint8_t* scales, uint8_t* elements),
+                 (x, blocks, fp4, scales, elements))
 
 // NF4 blocks of F32 values: FP16 absmax scales and packed codes, as nf4_quantize_block. False when
 // a block holds an inf / NaN.
@@ -618,8 +622,9 @@ MIXQ_ALWAYS_INLINE lanes::v16i nf4_key(lanes::v16f x) {
   return (lanes::v16i)((m ^ negative) - negative);
 }
 
-MIXQ_CLONES bool nf4_blocks(const float* x, int64_t blocks, const float* midpoints, uint16_t* scales,
-                            uint8_t* packed) {
+template <simd_level L>
+MIXQ_ALWAYS_INLINE bool nf4_blocks_impl(const float* x, int64_t blocks, const float* midpoints, uint16_t* scales,
+                                        uint8_t* packed) {
   int32_t mid[15];  // the midpoints' keys (each below 1 in magnitude)
   for (int j = 0; j < 15; ++j) mid[j] = nf4_key(lanes::broadcast(midpoints[j]))[0];
   uint32_t largest = 0;
@@ -638,11 +643,14 @@ MIXQ_CLONES bool nf4_blocks(const float* x, int64_t blocks, const float* midpoin
       const lanes::v16i key = nf4_key(v);
       lanes::v16u code = {};
       for (int j = 0; j < 15; ++j) code += (lanes::v16u)(mid[j] - key) >> 31;
-      lanes::store_packed(scale > 0.0f ? code : lanes::v16u{} + 7u, packed + b * (kNf4Block / 2) + i / 2);
+      lanes::store_packed<L>(scale > 0.0f ? code : lanes::v16u{} + 7u, packed + b * (kNf4Block / 2) + i / 2);
     }
   }
   return largest < 0x7f800000u;
 }
+MIXQ_SIMD_KERNEL(bool, nf4_blocks, nf4_blocks_impl,
+                 (const float* x, int64_t blocks, const float* midpoints, uint16_t* scales, uint8_t* packed),
+                 (x, blocks, midpoints, scales, packed))
 
 // Blocks of `block` values of w, widened to F32 64 blocks at a time, in parallel; blocks_of returns
 // false for a chunk that holds an inf / NaN. One pass where every value is finite (the scales are

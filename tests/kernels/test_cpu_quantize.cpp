@@ -248,6 +248,20 @@ TEST(cpu_kernels, nvfp4_mse_searches_bit_identical_on_ties_and_near_ties) {
   }
 }
 
+// MXFP4, MXFP8 and NF4 of one source, fast against the reference.
+void expect_mx_and_nf4_as_the_reference(const sourced& s) {
+  for (format_id f : {format_id::mxfp4, format_id::mxfp8}) {
+    const mx_weight ref = mx_quantize(view_of(s), f);
+    const mx_weight fast = cpu::mx_quantize(s.source, f);
+    EXPECT_EQ(fast.scales, ref.scales) << s.source.name << " " << traits_of(f).name;
+    EXPECT_EQ(fast.elements, ref.elements) << s.source.name << " " << traits_of(f).name;
+  }
+  const nf4_weight ref = nf4_quantize(view_of(s));
+  const nf4_weight fast = cpu::nf4_quantize(s.source);
+  EXPECT_EQ(fast.scales, ref.scales) << s.source.name;
+  EXPECT_EQ(fast.packed, ref.packed) << s.source.name;
+}
+
 // Every instantiation of the dispatched kernels this CPU runs (AVX-512, AVX2, baseline x86-64),
 // not only the one dispatch picks.
 TEST(cpu_kernels, every_simd_level_bit_identical) {
@@ -280,6 +294,8 @@ TEST(cpu_kernels, every_simd_level_bit_identical) {
             EXPECT_EQ(fast.codes, ref.codes) << int(level) << " " << t.name;
           }
       }
+    for (const auto& t : all_kinds(4, 128, 93))  // (MX and NF4 need whole blocks of 32 / 64)
+      for (auto dtype : kDtypes) expect_mx_and_nf4_as_the_reference(as_dtype(t, dtype));
   }
   cpu::limit_simd_level(cpu::cpu_simd_level());
 }
@@ -307,19 +323,6 @@ TEST(cpu_kernels, fp8_every_granularity_and_selector_bit_identical) {
     }
 }
 
-// MXFP4, MXFP8 and NF4 of one source, fast against the reference.
-void expect_mx_and_nf4_as_the_reference(const sourced& s) {
-  for (format_id f : {format_id::mxfp4, format_id::mxfp8}) {
-    const mx_weight ref = mx_quantize(view_of(s), f);
-    const mx_weight fast = cpu::mx_quantize(s.source, f);
-    EXPECT_EQ(fast.scales, ref.scales) << s.source.name << " " << traits_of(f).name;
-    EXPECT_EQ(fast.elements, ref.elements) << s.source.name << " " << traits_of(f).name;
-  }
-  const nf4_weight ref = nf4_quantize(view_of(s));
-  const nf4_weight fast = cpu::nf4_quantize(s.source);
-  EXPECT_EQ(fast.scales, ref.scales) << s.source.name;
-  EXPECT_EQ(fast.packed, ref.packed) << s.source.name;
-}
 
 TEST(cpu_kernels, mx_and_nf4_bit_identical) {
   for (const auto& t : all_kinds(8, 128, 51))
