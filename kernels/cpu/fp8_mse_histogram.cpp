@@ -47,7 +47,7 @@ MIXQ_ALWAYS_INLINE void runs_sq_errors_impl(const float* values, const double* c
   const lanes::v16u lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   for (int64_t c = 0; c < n_scales; ++c) {
     const int64_t low_end = ranges[c].low_end, high_begin = std::max(ranges[c].high_begin, low_end);
-    lanes::lane_sums8<L != simd_level::avx512> acc;
+    lanes::lane_sums8<L> acc;
     for (int64_t i = 0; i < n; i += 16) {
       if (i >= low_end && i + 16 <= high_begin) {  // a vector within the gap between the runs
         i = high_begin / 16 * 16 - 16;
@@ -111,7 +111,7 @@ MIXQ_CLONES void reference_errors(int q, int mantissa_bits, float scale, double*
 // Σ weight · error over them.
 template <simd_level L>
 MIXQ_ALWAYS_INLINE double weighted_reference_errors_impl(int q, int mantissa_bits, float scale, const double* weight) {
-  lanes::lane_sums8<L != simd_level::avx512> acc;
+  lanes::lane_sums8<L> acc;
   for_reference_errors(q, mantissa_bits, scale, [&](uint32_t k, lanes::v8d lo2, lanes::v8d hi2) {
     lanes::v8d w_lo, w_hi;
     std::memcpy(&w_lo, weight + k, sizeof w_lo);
@@ -131,7 +131,7 @@ MIXQ_CLONES void reference_differences(int q, int mantissa_bits, float scale, fl
 // weighted_reference_errors from stored differences: the same terms summed in the same order.
 template <simd_level L>
 MIXQ_ALWAYS_INLINE double weighted_squares_impl(const float* differences, int mantissa_bits, const double* weight) {
-  lanes::lane_sums8<L != simd_level::avx512> acc;
+  lanes::lane_sums8<L> acc;
   for (uint32_t k = 0; k < (1u << mantissa_bits); k += 16) {
     lanes::v16f d;
     std::memcpy(&d, differences + k, sizeof d);
@@ -147,18 +147,18 @@ MIXQ_SIMD_KERNEL(double, weighted_squares, weighted_squares_impl,
                  (const float* differences, int mantissa_bits, const double* weight), (differences, mantissa_bits, weight))
 
 // Σ a · b (n: a multiple of 8).
-MIXQ_CLONES double dot(const double* a, const double* b, int64_t n) {
-  lanes::v8d acc = {};
+template <simd_level L>
+MIXQ_ALWAYS_INLINE double dot_impl(const double* a, const double* b, int64_t n) {
+  lanes::lane_sums8<L> acc;
   for (int64_t i = 0; i < n; i += 8) {
     lanes::v8d x, y;
     std::memcpy(&x, a + i, sizeof x);
     std::memcpy(&y, b + i, sizeof y);
-    acc += x * y;
+    acc.add(x * y);
   }
-  double sum = 0.0;
-  for (int j = 0; j < 8; ++j) sum += acc[j];
-  return sum;
+  return acc.total();
 }
+MIXQ_SIMD_KERNEL(double, dot, dot_impl, (const double* a, const double* b, int64_t n), (a, b, n))
 
 // out[k] = (prev ? prev[k] : 0) + f · c[k], and out += f · c (the binade sums, vectorized per target).
 MIXQ_CLONES void add_scaled(double* out, const double* prev, double f, const double* c, size_t n) {

@@ -89,7 +89,7 @@ std::optional<layout> layout_for(float weight_max, float least, float largest) {
 template <simd_level L>
 MIXQ_ALWAYS_INLINE double sum_of_squares_impl(const uint32_t* bits, int64_t n) {
   using lanes::v16f, lanes::v16u, lanes::v8d;
-  lanes::lane_sums8<L != simd_level::avx512> acc;
+  lanes::lane_sums8<L> acc;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     v16u u;
@@ -154,7 +154,7 @@ constexpr size_t kVector = 16;
 template <simd_level L>
 MIXQ_ALWAYS_INLINE candidate_sums sums_under_impl(const buckets& b, float scale) {
   using lanes::v16f, lanes::v16u, lanes::v8d, lanes::v8q;
-  lanes::lane_sums8<L != simd_level::avx512> estimate, width, magnitude;
+  lanes::lane_sums8<L> estimate, width, magnitude;
   v16u far = {};
   for (size_t k = 0; k < b.lo.size(); k += kVector) {
     v16f lo, hi;

@@ -217,42 +217,44 @@ MIXQ_ALWAYS_INLINE double fp8_scalar_difference(float x, float scale) {
   return double(x) - double(mixq::e4m3_decode(mixq::e4m3_encode(x / scale)) * scale);
 }
 
-// Sums of eight double lanes (lane j of every v8d added into lane j; total: lanes 0-7 in order),
-// held as two 32-byte halves where kHalves: GCC keeps a 64-byte vector variable in memory where the
-// target has no 64-byte registers, a store and narrower reloads (a forwarding stall) per update.
+// Sums of eight double lanes (lane j of every v8d added into lane j; total: lanes 0-7 in order).
+// Below AVX-512 they are held as two 32-byte halves: GCC keeps a 64-byte vector variable in memory
+// where the target has no 64-byte registers, a store and narrower reloads (a forwarding stall) per
+// update.
 template <bool kHalves>
-struct lane_sums8 {
+struct lane_sums8_as {
   v8d sum = {};
   MIXQ_ALWAYS_INLINE void add(v8d x) { sum += x; }
+  MIXQ_ALWAYS_INLINE double lane(int j) const { return sum[j]; }
   MIXQ_ALWAYS_INLINE double total() const {
     double t = 0.0;
-    for (int j = 0; j < 8; ++j) t += sum[j];
+    for (int j = 0; j < 8; ++j) t += lane(j);
     return t;
   }
-  MIXQ_ALWAYS_INLINE double lane(int j) const { return sum[j]; }
 };
 template <>
-struct lane_sums8<true> {
+struct lane_sums8_as<true> {
   typedef double v4d __attribute__((vector_size(32)));
   v4d lo = {}, hi = {};
   MIXQ_ALWAYS_INLINE void add(v8d x) {
     lo += __builtin_shufflevector(x, x, 0, 1, 2, 3);
     hi += __builtin_shufflevector(x, x, 4, 5, 6, 7);
   }
+  MIXQ_ALWAYS_INLINE double lane(int j) const { return j < 4 ? lo[j] : hi[j - 4]; }
   MIXQ_ALWAYS_INLINE double total() const {
     double t = 0.0;
-    for (int j = 0; j < 4; ++j) t += lo[j];
-    for (int j = 0; j < 4; ++j) t += hi[j];
+    for (int j = 0; j < 8; ++j) t += lane(j);
     return t;
   }
-  MIXQ_ALWAYS_INLINE double lane(int j) const { return j < 4 ? lo[j] : hi[j - 4]; }
 };
+template <simd_level L>
+using lane_sums8 = lane_sums8_as<L != simd_level::avx512>;
 
 // Σ weight · (x − fp8 value)² over n values (weight null: 1) in 8 double lanes (lane j takes
 // elements j, j+8, ...), lanes added in order at the end. Unweighted, the reference's row sum.
-template <bool kHalves>
+template <simd_level L>
 MIXQ_ALWAYS_INLINE double fp8_sq_error_lanes(const float* x, const double* weight, int64_t n, float scale) {
-  lane_sums8<kHalves> acc;
+  lane_sums8<L> acc;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const v16u bits = load_bits(x + i);
@@ -280,9 +282,9 @@ MIXQ_ALWAYS_INLINE double fp8_sq_error_lanes(const float* x, const double* weigh
   for (double l : lane) err += l;
   return err;
 }
-template <bool kHalves>
+template <simd_level L>
 MIXQ_ALWAYS_INLINE double fp8_row_sq_error(const float* row, int64_t n, float scale) {
-  return fp8_sq_error_lanes<kHalves>(row, nullptr, n, scale);
+  return fp8_sq_error_lanes<L>(row, nullptr, n, scale);
 }
 
 // e2m1_code_by_bits: RNE(2q) below 1, one mantissa bit above, saturating at 7 (q >= 0 finite).

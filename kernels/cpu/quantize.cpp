@@ -68,7 +68,7 @@ template <simd_level L>
 MIXQ_ALWAYS_INLINE void fp8_row_errors_impl(const float* x, int64_t n, float amax, std::span<const float> multipliers,
                                             double* err) {
   for (size_t c = 0; c < multipliers.size(); ++c)
-    err[c] = lanes::fp8_row_sq_error<L != simd_level::avx512>(x, n, fp8_scale_for_amax(amax * multipliers[c]));
+    err[c] = lanes::fp8_row_sq_error<L>(x, n, fp8_scale_for_amax(amax * multipliers[c]));
 }
 MIXQ_SIMD_KERNEL(void, fp8_row_errors, fp8_row_errors_impl,
                  (const float* x, int64_t n, float amax, std::span<const float> multipliers, double* err),
@@ -318,7 +318,7 @@ MIXQ_ALWAYS_INLINE double f16_proxy_row_impl(const float* x, int64_t n, int k, u
   const auto delta = [](v8d a, v8d b) {  // δ per lane
     return lanes::abs_of(a - b) + 0x1p-20 * lanes::max_nonnegative(lanes::abs_of(a), lanes::abs_of(b));
   };
-  lanes::lane_sums8<L != simd_level::avx512> acc;
+  lanes::lane_sums8<L> acc;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const v16u bits = lanes::load_bits(x + i);
