@@ -28,15 +28,18 @@ MIXQ_ALWAYS_INLINE __m256i e2m1_codes(__m256 q) {
 MIXQ_ALWAYS_INLINE __m256 e2m1_magnitudes(__m256i code) {
   return _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), code);
 }
-// e2m1_round_magnitude of q >= 0, the magnitude of its code without the code: q + C − C
-// with C = 2^22 · max(1, 2^floor(log2 q)) rounds q to the spacing of its binade's levels (1/2 below
-// 2, then 1, then 2) to nearest, ties to the even code as the codes take them, and the min with 6
-// saturates. (Beyond 2^106 C overflows to +inf, a NaN sum, or to a tiny negative, and the min still
-// gives 6.)
+// q >= 0 rounded to the spacing of its binade's E2M1 levels (1/2 below 2, then 1, then 2), to
+// nearest, ties to the even code as the codes take them: q + C − C with C = 2^22 · max(1,
+// 2^floor(log2 q)), in two multiply-adds (C = b · 2^22 is exact in each). Below 7 this is
+// e2m1_round_magnitude; e2m1_levels saturates.
+MIXQ_ALWAYS_INLINE __m256 e2m1_rounded(__m256 q) {
+  const __m256 b = _mm256_and_ps(_mm256_max_ps(q, _mm256_set1_ps(1.0f)), _mm256_castsi256_ps(u32(0x7f800000u)));
+  return _mm256_fmadd_ps(b, _mm256_set1_ps(-0x1p22f), _mm256_fmadd_ps(b, _mm256_set1_ps(0x1p22f), q));
+}
+// e2m1_round_magnitude of q >= 0, the magnitude of its code without the code. (Beyond 2^106 C
+// overflows and the sum is +inf or NaN, as for q = inf or NaN, and the min still gives 6.)
 MIXQ_ALWAYS_INLINE __m256 e2m1_levels(__m256 q) {
-  const __m256i e = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(q), u32(0x7f800000u)), u32(0x3f800000u));
-  const __m256 c = _mm256_castsi256_ps(_mm256_add_epi32(e, u32(22u << 23)));
-  return _mm256_min_ps(_mm256_sub_ps(_mm256_add_ps(q, c), c), _mm256_set1_ps(6.0f));  // (NaN: the second operand)
+  return _mm256_min_ps(e2m1_rounded(q), _mm256_set1_ps(6.0f));  // (NaN: the second operand)
 }
 // A level's code: from its exponent ((bits >> 22) − 252 from 1 to 6), 0 for 0, 1 for 1/2.
 MIXQ_ALWAYS_INLINE __m256i e2m1_code_of_level(__m256 level) {

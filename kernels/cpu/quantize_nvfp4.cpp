@@ -533,7 +533,8 @@ MIXQ_ALWAYS_INLINE void quantize_by_groups(const source_matrix& w, bool zero_non
 #pragma GCC target("arch=x86-64-v3")
 namespace avx2 {
 
-using e2m1_avx2::e2m1_code_of_level, e2m1_avx2::e2m1_codes, e2m1_avx2::e2m1_levels, e2m1_avx2::e2m1_magnitudes,
+using e2m1_avx2::e2m1_code_of_level, e2m1_avx2::e2m1_codes, e2m1_avx2::e2m1_levels, e2m1_avx2::e2m1_rounded,
+    e2m1_avx2::e2m1_magnitudes,
     e2m1_avx2::u32;
 
 struct block {
@@ -698,6 +699,9 @@ MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, c
 
 // estimate_window with multiply-adds into two accumulators per 8 candidates, each value's nearest
 // level by e2m1_levels (exact): at most ~10 roundings per term, within the 15 the bound counts.
+// kUpperUnclipped: the window's upper 8 codes are all above the max rule's k0 (lo = k0 − 7), so
+// every |w| / step there is below 6·(1 + 2^-20) and the levels need no saturation.
+template <bool kUpperUnclipped>
 MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
                                         v16f* below_error) {
   const __m256 recip[2] = {_mm256_loadu_ps(t.recip + lo), _mm256_loadu_ps(t.recip + lo + 8)};
@@ -707,7 +711,7 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
     const __m256 x = _mm256_broadcast_ss(a + i);
     for (int h = 0; h < 2; ++h) {
       const __m256 q = _mm256_mul_ps(x, recip[h]);
-      const __m256 d = _mm256_sub_ps(q, e2m1_levels(q));
+      const __m256 d = _mm256_sub_ps(q, h == 1 && kUpperUnclipped ? e2m1_rounded(q) : e2m1_levels(q));
       acc[h][i & 1] = i < 2 ? _mm256_mul_ps(d, d) : _mm256_fmadd_ps(d, d, acc[h][i & 1]);
     }
   }
@@ -721,6 +725,13 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
   }
   std::memcpy(above_error, above, sizeof above);
   std::memcpy(below_error, below, sizeof below);
+}
+
+// The window at the top of the codes (lo = 111), out of line: rare, and one inlined copy of the
+// estimates keeps the common loop's registers.
+__attribute__((noinline)) void estimate_top_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
+                                                   v16f* below_error) {
+  estimate_window<false>(a, lo, t, above_error, below_error);
 }
 
 // search_decide with 8-lane compares (GCC lowers 16-lane compares lane by lane, through the stack,
@@ -817,9 +828,14 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
     alignas(32) uint32_t eligible[kGroup], lo[kGroup];
     std::memcpy(eligible, &setup.eligible, sizeof eligible);
     std::memcpy(lo, &setup.lo, sizeof lo);
+    alignas(32) uint32_t k0[kGroup];
+    std::memcpy(k0, &setup.k0, sizeof k0);
     v16f above[kGroup], below[kGroup];
-    for (int j = 0; j < kGroup; ++j)
-      if (eligible[j]) estimate_window(values[j], lo[j], *job.tables, &above[j], &below[j]);
+    for (int j = 0; j < kGroup; ++j) {
+      if (!eligible[j]) continue;
+      if (lo[j] + 7 == k0[j]) estimate_window<true>(values[j], lo[j], *job.tables, &above[j], &below[j]);
+      else estimate_top_window(values[j], lo[j], *job.tables, &above[j], &below[j]);
+    }
     codes = search_decide(values, bmax, setup, above, below, job);
   }
   const v16f s1 = lanes::e4m3_decode(codes) * job.ws2;
