@@ -20,7 +20,8 @@
 //     that is one candidate it is the answer, else those few are evaluated exactly, in ascending
 //     order (ties go to the smallest code, as in the reference's scan).
 // Blocks outside the conditions these need (an all-zero or tiny block, errors that overflow, a
-// weight scale near the float range's ends) take the scalar reference.
+// weight scale near the float range's ends) take the scalar reference. The AVX2 form narrows the
+// sweep's window to the 12 codes k0-3 .. k0+8 (the same top octave; see estimate_narrow_pair).
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -734,12 +735,100 @@ __attribute__((noinline)) void estimate_top_window(const float* a, uint32_t lo, 
   estimate_window<false>(a, lo, t, above_error, below_error);
 }
 
-// search_decide with 8-lane compares (GCC lowers 16-lane compares lane by lane, through the stack,
-// without AVX-512): per eligible block, the least A + δ of its candidates and the lanes whose A − δ
-// is not above it (a NaN too) as bits, the rest in scalars, as the generic form takes each step.
+// The sweep's narrow window: 12 codes lo = k0 − 3 .. k0 + 8 where k0 <= 118. Its top octave is the
+// 16-code window's (so the codes above still lose to it), and below it the block max clips from
+// k0 − 4 on (|w| / step about 8.5): where that bound does not settle a block, the 16-code window
+// does. The sweep's least error lies within k0 − 2 .. k0 + 7 in practice. Two blocks' windows take
+// three registers: each one's lower 8 codes, and the upper 4 of both (above k0: no saturation).
+MIXQ_ALWAYS_INLINE void estimate_narrow_pair(const float* a, const float* b, uint32_t lo_a, uint32_t lo_b,
+                                             const code_tables& t, v16f* above_error, v16f* below_error) {
+  const auto pair = [&](const float* table) {  // codes lo + 8 .. lo + 11 of both
+    return _mm256_set_m128(_mm_loadu_ps(table + lo_b + 8), _mm_loadu_ps(table + lo_a + 8));
+  };
+  const __m256 recip[3] = {_mm256_loadu_ps(t.recip + lo_a), _mm256_loadu_ps(t.recip + lo_b), pair(t.recip)};
+  __m256 acc[3][2];
+#pragma GCC unroll 16  // (constant indices keep acc in registers)
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    const __m256 xa = _mm256_broadcast_ss(a + i), xb = _mm256_broadcast_ss(b + i);
+    const __m256 x[3] = {xa, xb, _mm256_blend_ps(xa, xb, 0xf0)};
+    for (int r = 0; r < 3; ++r) {
+      const __m256 q = _mm256_mul_ps(x[r], recip[r]);
+      const __m256 d = _mm256_sub_ps(q, r == 2 ? e2m1_rounded(q) : e2m1_levels(q));
+      acc[r][i & 1] = i < 2 ? _mm256_mul_ps(d, d) : _mm256_fmadd_ps(d, d, acc[r][i & 1]);
+    }
+  }
+  const __m256 step_sq[3] = {_mm256_loadu_ps(t.step_sq + lo_a), _mm256_loadu_ps(t.step_sq + lo_b),
+                             pair(t.step_sq)};
+  const __m256 margin[3] = {_mm256_loadu_ps(t.step_sq_margin + lo_a), _mm256_loadu_ps(t.step_sq_margin + lo_b),
+                            pair(t.step_sq_margin)};
+  __m256 above[3], below[3];
+  for (int r = 0; r < 3; ++r) {
+    const __m256 est = _mm256_mul_ps(_mm256_add_ps(acc[r][0], acc[r][1]), step_sq[r]);
+    const __m256 delta = _mm256_fmadd_ps(est, _mm256_set1_ps(0x1p-15f), margin[r]);
+    above[r] = _mm256_add_ps(est, delta);
+    below[r] = _mm256_sub_ps(est, delta);
+  }
+  // In the 16-lane layout: codes lo .. lo + 11, then +inf (never candidates).
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  const __m256 upper[2][2] = {{_mm256_permute2f128_ps(above[2], inf, 0x20), _mm256_permute2f128_ps(above[2], inf, 0x21)},
+                              {_mm256_permute2f128_ps(below[2], inf, 0x20), _mm256_permute2f128_ps(below[2], inf, 0x21)}};
+  const __m256 out_above[2][2] = {{above[0], upper[0][0]}, {above[1], upper[0][1]}};
+  const __m256 out_below[2][2] = {{below[0], upper[1][0]}, {below[1], upper[1][1]}};
+  std::memcpy(&above_error[0], out_above[0], sizeof out_above[0]);
+  std::memcpy(&above_error[1], out_above[1], sizeof out_above[1]);
+  std::memcpy(&below_error[0], out_below[0], sizeof out_below[0]);
+  std::memcpy(&below_error[1], out_below[1], sizeof out_below[1]);
+}
+
+// One eligible block's code from the estimates of its window (codes lo .. lo + 15, the candidates
+// among them as bits, A + δ in a, A − δ in b), with 8-lane compares (GCC lowers 16-lane compares
+// lane by lane, through the stack, without AVX-512): the least A + δ of its candidates and the
+// lanes whose A − δ is not above it (a NaN too) as bits, as the generic form takes each step.
+// 0 where the bounds do not settle it (codes below the window may hold the least error).
 // (A + δ is never NaN; a NaN among them would only leave a bound that still holds.)
+MIXQ_ALWAYS_INLINE uint32_t decide_block(const float* values, float bmax, uint32_t lo, uint32_t window,
+                                         uint32_t above_bases, const v16f& above, const v16f& below,
+                                         const nvfp4_job& job) {
+  const __m256i lane_bit[2] = {_mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128),
+                               _mm256_setr_epi32(256, 512, 1024, 2048, 4096, 8192, 16384, 32768)};
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  __m256 a[2], b[2];
+  std::memcpy(a, &above, sizeof a);
+  std::memcpy(b, &below, sizeof b);
+  const __m256i w = _mm256_set1_epi32(int(window));
+  __m256 m = inf;
+  for (int h = 0; h < 2; ++h) {
+    const __m256i candidate = _mm256_cmpeq_epi32(_mm256_and_si256(w, lane_bit[h]), lane_bit[h]);
+    m = _mm256_min_ps(m, _mm256_blendv_ps(inf, a[h], _mm256_castsi256_ps(candidate)));
+  }
+  m = _mm256_min_ps(m, _mm256_permute2f128_ps(m, m, 1));
+  m = _mm256_min_ps(m, _mm256_permute_ps(m, 0x4e));
+  m = _mm256_min_ps(m, _mm256_permute_ps(m, 0xb1));
+  const float bound = _mm256_cvtss_f32(m);
+  const __m256 bound_v = _mm256_set1_ps(bound);
+  const uint32_t close = uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(b[0], bound_v, _CMP_NGT_UQ))) |
+                         uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(b[1], bound_v, _CMP_NGT_UQ))) << 8;
+  // Every code below lo clips the block's max: the max's own error term grows as the step shrinks.
+  const float clipped = bmax - 6.0f * job.tables->step[lo - 1];  // (lo >= 2 where eligible)
+  if (!(bound < INFINITY && clipped * clipped > bound)) return 0;
+  const uint32_t contenders = close & window, unsettled = above_bases & ~window & close;
+  return !unsettled && std::popcount(contenders) == 1
+             ? lo + uint32_t(std::countr_zero(contenders))
+             : settle_block<simd_level::avx2>(values, bmax, lo, contenders, unsettled, true, job);
+}
+
+// A narrow window's block its bounds did not settle: the 16-code window (lo = k0 − 7 <= 111).
+__attribute__((noinline)) uint32_t decide_by_full_window(const float* values, float bmax, uint32_t k0,
+                                                         const nvfp4_job& job) {
+  v16f above, below;
+  estimate_window<true>(values, k0 - 7, *job.tables, &above, &below);
+  const uint32_t code = decide_block(values, bmax, k0 - 7, 0xffffu, 0, above, below, job);
+  return code ? code : settle_block<simd_level::avx2>(values, bmax, k0 - 7, 0, 0, false, job);
+}
+
+// Each block's code from its window's estimates (narrow: bits of the blocks in a narrow window).
 MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f bmax_v, const search_setup& s,
-                                      const v16f* above, const v16f* below, const nvfp4_job& job) {
+                                      const v16f* above, const v16f* below, uint32_t narrow, const nvfp4_job& job) {
   alignas(64) uint32_t lo[kGroup], window[kGroup], eligible[kGroup], above_bases[kGroup], chosen[kGroup];
   alignas(64) float bmax[kGroup];
   std::memcpy(lo, &s.lo, sizeof lo);
@@ -747,37 +836,12 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
   std::memcpy(eligible, &s.eligible, sizeof eligible);
   std::memcpy(above_bases, &s.above_bases, sizeof above_bases);
   std::memcpy(bmax, &bmax_v, sizeof bmax);
-  const __m256i lane_bit[2] = {_mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128),
-                               _mm256_setr_epi32(256, 512, 1024, 2048, 4096, 8192, 16384, 32768)};
-  const __m256 inf = _mm256_set1_ps(INFINITY);
   for (int j = 0; j < kGroup; ++j) {
-    if (!eligible[j]) {
-      chosen[j] = settle_block<simd_level::avx2>(values[j], bmax[j], lo[j], 0, 0, false, job);
-      continue;
-    }
-    __m256 a[2], b[2];
-    std::memcpy(a, &above[j], sizeof a);
-    std::memcpy(b, &below[j], sizeof b);
-    const __m256i w = _mm256_set1_epi32(int(window[j]));
-    __m256 m = inf;
-    for (int h = 0; h < 2; ++h) {
-      const __m256i candidate = _mm256_cmpeq_epi32(_mm256_and_si256(w, lane_bit[h]), lane_bit[h]);
-      m = _mm256_min_ps(m, _mm256_blendv_ps(inf, a[h], _mm256_castsi256_ps(candidate)));
-    }
-    m = _mm256_min_ps(m, _mm256_permute2f128_ps(m, m, 1));
-    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0x4e));
-    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0xb1));
-    const float bound = _mm256_cvtss_f32(m);
-    const __m256 bound_v = _mm256_set1_ps(bound);
-    const uint32_t close = uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(b[0], bound_v, _CMP_NGT_UQ))) |
-                           uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(b[1], bound_v, _CMP_NGT_UQ))) << 8;
-    // Every code below lo clips the block's max: the max's own error term grows as the step shrinks.
-    const float clipped = bmax[j] - 6.0f * job.tables->step[lo[j] - 1];  // (lo >= 2 where eligible)
-    const bool decided = bound < INFINITY && clipped * clipped > bound;
-    const uint32_t contenders = close & window[j], unsettled = above_bases[j] & ~window[j] & close;
-    chosen[j] = decided && !unsettled && std::popcount(contenders) == 1
-                    ? lo[j] + uint32_t(std::countr_zero(contenders))
-                    : settle_block<simd_level::avx2>(values[j], bmax[j], lo[j], contenders, unsettled, decided, job);
+    const uint32_t code =
+        eligible[j] ? decide_block(values[j], bmax[j], lo[j], window[j], above_bases[j], above[j], below[j], job) : 0;
+    chosen[j] = code                 ? code
+                : narrow >> j & 1    ? decide_by_full_window(values[j], bmax[j], lo[j] + 3, job)
+                                     : settle_block<simd_level::avx2>(values[j], bmax[j], lo[j], 0, 0, false, job);
   }
   v16u out;
   std::memcpy(&out, chosen, sizeof out);
@@ -822,21 +886,35 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
   if constexpr (K == group_kind::max || K == group_kind::max_with_errors) {
     codes = lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2));
   } else {
-    const search_setup setup = setup_search(bmax, job);
+    search_setup setup = setup_search(bmax, job);
     alignas(32) float values[kGroup][kNvfp4Block];
     for (int j = 0; j < kGroup; ++j) store_values(ae[j], ao[j], values[j]);
     alignas(32) uint32_t eligible[kGroup], lo[kGroup];
     std::memcpy(eligible, &setup.eligible, sizeof eligible);
     std::memcpy(lo, &setup.lo, sizeof lo);
-    alignas(32) uint32_t k0[kGroup];
+    alignas(32) uint32_t k0[kGroup], window[kGroup];
     std::memcpy(k0, &setup.k0, sizeof k0);
+    std::memcpy(window, &setup.in_window, sizeof window);
     v16f above[kGroup], below[kGroup];
-    for (int j = 0; j < kGroup; ++j) {
-      if (!eligible[j]) continue;
-      if (lo[j] + 7 == k0[j]) estimate_window<true>(values[j], lo[j], *job.tables, &above[j], &below[j]);
-      else estimate_top_window(values[j], lo[j], *job.tables, &above[j], &below[j]);
+    uint32_t narrow = 0;  // the sweep's pairs of blocks in narrow windows (every code a candidate)
+    for (int j = 0; j < kGroup; j += 2) {
+      if (job.selector != nvfp4_selector::mse_multiplier && eligible[j] && eligible[j + 1] && k0[j] <= 118 &&
+          k0[j + 1] <= 118) {
+        lo[j] = k0[j] - 3, lo[j + 1] = k0[j + 1] - 3;
+        window[j] = window[j + 1] = 0xfffu;
+        narrow |= 3u << j;
+        estimate_narrow_pair(values[j], values[j + 1], lo[j], lo[j + 1], *job.tables, &above[j], &below[j]);
+        continue;
+      }
+      for (int i = j; i < j + 2; ++i) {
+        if (!eligible[i]) continue;
+        if (lo[i] + 7 == k0[i]) estimate_window<true>(values[i], lo[i], *job.tables, &above[i], &below[i]);
+        else estimate_top_window(values[i], lo[i], *job.tables, &above[i], &below[i]);
+      }
     }
-    codes = search_decide(values, bmax, setup, above, below, job);
+    std::memcpy(&setup.lo, lo, sizeof lo);
+    std::memcpy(&setup.in_window, window, sizeof window);
+    codes = search_decide(values, bmax, setup, above, below, narrow, job);
   }
   const v16f s1 = lanes::e4m3_decode(codes) * job.ws2;
   lanes::store_bytes(codes, scales);

@@ -250,6 +250,57 @@ TEST(cpu_kernels, nvfp4_mse_searches_bit_identical_on_ties_and_near_ties) {
   }
 }
 
+TEST(cpu_kernels, nvfp4_sweep_on_blocks_hard_to_bound_bit_identical) {
+  // Blocks whose least error over the codes k0 − 3 .. k0 + 8 around the max rule's k0 exceeds the
+  // clipped max's term at k0 − 4 (magnitudes spread over the block, kept where that holds), so that
+  // a narrow search window cannot rule out the codes below it and a wider one or the reference must
+  // decide; among them blocks whose maxima sit on both sides of half the tensor's amax (where the
+  // windows meet the top code, 126), and ordinary blocks between them.
+  std::mt19937 rng(23);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  const float global_amax = 1.0f, ws2 = nvfp4_global_scale(global_amax, kNvfp4Normalizer);
+  const auto step = [&](int k) { return e4m3_decode_table()[k] * ws2; };
+  const auto hard = [&](const float* x, float bmax) {
+    const int k0 = e4m3_encode(nvfp4_max_block_scale_f32(bmax, ws2));
+    if (k0 < 12 || k0 > 118) return false;
+    const float clipped = bmax - 6.0f * step(k0 - 4);
+    float least = INFINITY;
+    for (int k = k0 - 3; k <= k0 + 8; ++k) least = std::min(least, nvfp4_block_sq_error(x, step(k)));
+    return least >= clipped * clipped;
+  };
+  std::vector<float> values;
+  int64_t hard_blocks = 0;
+  for (int attempt = 0; attempt < 400000 && hard_blocks < 512; ++attempt) {
+    const float picks[] = {0.5f, 0.49f, 0.3f, 0.03f, 1e-3f};
+    const float bmax = picks[rng() % 5] * (0.9f + 0.2f * unit(rng));
+    float x[16];
+    const float power = 0.3f + 2.0f * unit(rng);  // how the magnitudes spread below the max
+    for (float& v : x) v = bmax * std::pow(unit(rng), power);
+    x[rng() % 16] = bmax;
+    const bool is_hard = hard(x, bmax);
+    if (!is_hard && attempt % 8 != 0) continue;
+    hard_blocks += is_hard;
+    for (float v : x) values.push_back(rng() % 2 ? -v : v);
+  }
+  EXPECT_GE(hard_blocks, 256);
+  values.resize(values.size() / 256 * 256);
+  values[0] = global_amax;
+  const weight_view w{values.data(), int64_t(values.size() / 256), 256, "hard"};
+  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+    if (level > cpu::cpu_simd_level()) continue;
+    cpu::limit_simd_level(level);
+    for (auto sel : {nvfp4_selector::mse_fp8_sweep, nvfp4_selector::mse_four_over_six, nvfp4_selector::mse_multiplier}) {
+      nvfp4_options o;
+      o.selector = sel;
+      const nvfp4_weight ref = nvfp4_quantize(w, o);
+      const nvfp4_weight fast = cpu::nvfp4_quantize(cpu::from_f32(w), o);
+      EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level) << " " << selector_name(sel);
+      EXPECT_EQ(fast.packed, ref.packed) << int(level) << " " << selector_name(sel);
+    }
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
 // MXFP4, MXFP8 and NF4 of one source, fast against the reference.
 void expect_mx_and_nf4_as_the_reference(const sourced& s) {
   for (format_id f : {format_id::mxfp4, format_id::mxfp8}) {
