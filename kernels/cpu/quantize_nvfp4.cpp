@@ -21,7 +21,7 @@
 //     order (ties go to the smallest code, as in the reference's scan).
 // Blocks outside the conditions these need (an all-zero or tiny block, errors that overflow, a
 // weight scale near the float range's ends) take the scalar reference. The AVX2 form narrows the
-// sweep's window to the 12 codes k0-3 .. k0+8 (the same top octave; see estimate_narrow_pair).
+// searches' windows to the 12 codes k0-3 .. k0+8 (the same top octave; see estimate_narrow_pair).
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -404,10 +404,11 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
 // One block's code where the window search left more than one candidate (decided: the window
 // holds the least error; contenders: the window codes that may have it, as bits from lo;
 // unsettled: window codes that may have it without being candidates, whose multiplier codes above
-// the window join), or could not run (not decided: the reference's search).
+// the window join), or could not run (not decided: the reference's search). width: the window's
+// codes, lo .. lo + width − 1, the top 8 its top octave.
 template <simd_level L>
 __attribute__((noinline)) uint32_t settle_block(const float* values, float amax, uint32_t lo, uint32_t contenders,
-                                    uint32_t unsettled, bool decided, const nvfp4_job& job) {
+                                    uint32_t unsettled, bool decided, const nvfp4_job& job, uint32_t width = 16) {
   if (!decided)
     return nvfp4_choose_block_scale(values, amax, job.global_amax, job.normalizer, job.selector, job.multipliers);
   const code_tables& t = *job.tables;
@@ -425,8 +426,8 @@ __attribute__((noinline)) uint32_t settle_block(const float* values, float amax,
     int n_above = 0;
     for (size_t m = job.multipliers.size(); m-- > 0;) {
       const uint32_t k = e4m3_encode(nvfp4_block_scale_f32(amax * job.multipliers[m], job.global_amax, job.normalizer));
-      if (k < lo + 16) break;
-      if ((unsettled >> (8 + (k - lo) % 8) & 1) && (n_above == 0 || above_codes[n_above - 1] != k))
+      if (k < lo + width) break;
+      if ((unsettled >> (width - 8 + (k - lo - (width - 8)) % 8) & 1) && (n_above == 0 || above_codes[n_above - 1] != k))
         above_codes[n_above++] = k;
     }
     while (n_above > 0) consider(int(above_codes[--n_above]));
@@ -735,10 +736,11 @@ __attribute__((noinline)) void estimate_top_window(const float* a, uint32_t lo, 
   estimate_window<false>(a, lo, t, above_error, below_error);
 }
 
-// The sweep's narrow window: 12 codes lo = k0 − 3 .. k0 + 8 where k0 <= 118. Its top octave is the
-// 16-code window's (so the codes above still lose to it), and below it the block max clips from
-// k0 − 4 on (|w| / step about 8.5): where that bound does not settle a block, the 16-code window
-// does. The sweep's least error lies within k0 − 2 .. k0 + 7 in practice. Two blocks' windows take
+// The narrow window: 12 codes lo = k0 − 3 .. k0 + 8 where k0 <= 118. Its top octave is the
+// 16-code window's (so the codes above still lose to it, or join as they do there), and below it
+// the block max clips from k0 − 4 on (|w| / step about 8.5): where that bound does not settle a
+// block, the 16-code window does. The sweep's least error lies within k0 − 2 .. k0 + 7 in
+// practice, and the multiplier list's codes near 1 fall there. Two blocks' windows take
 // three registers: each one's lower 8 codes, and the upper 4 of both (above k0: no saturation).
 MIXQ_ALWAYS_INLINE void estimate_narrow_pair(const float* a, const float* b, uint32_t lo_a, uint32_t lo_b,
                                              const code_tables& t, v16f* above_error, v16f* below_error) {
@@ -788,7 +790,7 @@ MIXQ_ALWAYS_INLINE void estimate_narrow_pair(const float* a, const float* b, uin
 // (A + δ is never NaN; a NaN among them would only leave a bound that still holds.)
 MIXQ_ALWAYS_INLINE uint32_t decide_block(const float* values, float bmax, uint32_t lo, uint32_t window,
                                          uint32_t above_bases, const v16f& above, const v16f& below,
-                                         const nvfp4_job& job) {
+                                         const nvfp4_job& job, uint32_t width) {
   const __m256i lane_bit[2] = {_mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128),
                                _mm256_setr_epi32(256, 512, 1024, 2048, 4096, 8192, 16384, 32768)};
   const __m256 inf = _mm256_set1_ps(INFINITY);
@@ -814,19 +816,20 @@ MIXQ_ALWAYS_INLINE uint32_t decide_block(const float* values, float bmax, uint32
   const uint32_t contenders = close & window, unsettled = above_bases & ~window & close;
   return !unsettled && std::popcount(contenders) == 1
              ? lo + uint32_t(std::countr_zero(contenders))
-             : settle_block<simd_level::avx2>(values, bmax, lo, contenders, unsettled, true, job);
+             : settle_block<simd_level::avx2>(values, bmax, lo, contenders, unsettled, true, job, width);
 }
 
 // A narrow window's block its bounds did not settle: the 16-code window (lo = k0 − 7 <= 111).
-__attribute__((noinline)) uint32_t decide_by_full_window(const float* values, float bmax, uint32_t k0,
-                                                         const nvfp4_job& job) {
+__attribute__((noinline)) uint32_t decide_by_full_window(const float* values, float bmax, uint32_t lo,
+                                                         uint32_t window, uint32_t above_bases, const nvfp4_job& job) {
   v16f above, below;
-  estimate_window<true>(values, k0 - 7, *job.tables, &above, &below);
-  const uint32_t code = decide_block(values, bmax, k0 - 7, 0xffffu, 0, above, below, job);
-  return code ? code : settle_block<simd_level::avx2>(values, bmax, k0 - 7, 0, 0, false, job);
+  estimate_window<true>(values, lo, *job.tables, &above, &below);
+  const uint32_t code = decide_block(values, bmax, lo, window, above_bases, above, below, job, 16);
+  return code ? code : settle_block<simd_level::avx2>(values, bmax, lo, 0, 0, false, job);
 }
 
-// Each block's code from its window's estimates (narrow: bits of the blocks in a narrow window).
+// Each block's code from its window's estimates (narrow: bits of the blocks in narrow windows,
+// whose lo, window and bases move up by 4 codes from the setup's).
 MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f bmax_v, const search_setup& s,
                                       const v16f* above, const v16f* below, uint32_t narrow, const nvfp4_job& job) {
   alignas(64) uint32_t lo[kGroup], window[kGroup], eligible[kGroup], above_bases[kGroup], chosen[kGroup];
@@ -837,11 +840,15 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
   std::memcpy(above_bases, &s.above_bases, sizeof above_bases);
   std::memcpy(bmax, &bmax_v, sizeof bmax);
   for (int j = 0; j < kGroup; ++j) {
-    const uint32_t code =
-        eligible[j] ? decide_block(values[j], bmax[j], lo[j], window[j], above_bases[j], above[j], below[j], job) : 0;
-    chosen[j] = code                 ? code
-                : narrow >> j & 1    ? decide_by_full_window(values[j], bmax[j], lo[j] + 3, job)
-                                     : settle_block<simd_level::avx2>(values[j], bmax[j], lo[j], 0, 0, false, job);
+    const bool in_narrow = narrow >> j & 1;
+    const uint32_t code = !eligible[j] ? 0
+                          : in_narrow  ? decide_block(values[j], bmax[j], lo[j] + 4, window[j] >> 4 & 0xfffu,
+                                                      above_bases[j] >> 4, above[j], below[j], job, 12)
+                                       : decide_block(values[j], bmax[j], lo[j], window[j], above_bases[j], above[j],
+                                                      below[j], job, 16);
+    chosen[j] = code        ? code
+                : in_narrow ? decide_by_full_window(values[j], bmax[j], lo[j], window[j], above_bases[j], job)
+                            : settle_block<simd_level::avx2>(values[j], bmax[j], lo[j], 0, 0, false, job);
   }
   v16u out;
   std::memcpy(&out, chosen, sizeof out);
@@ -886,24 +893,20 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
   if constexpr (K == group_kind::max || K == group_kind::max_with_errors) {
     codes = lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2));
   } else {
-    search_setup setup = setup_search(bmax, job);
+    const search_setup setup = setup_search(bmax, job);
     alignas(32) float values[kGroup][kNvfp4Block];
     for (int j = 0; j < kGroup; ++j) store_values(ae[j], ao[j], values[j]);
     alignas(32) uint32_t eligible[kGroup], lo[kGroup];
     std::memcpy(eligible, &setup.eligible, sizeof eligible);
     std::memcpy(lo, &setup.lo, sizeof lo);
-    alignas(32) uint32_t k0[kGroup], window[kGroup];
+    alignas(32) uint32_t k0[kGroup];
     std::memcpy(k0, &setup.k0, sizeof k0);
-    std::memcpy(window, &setup.in_window, sizeof window);
     v16f above[kGroup], below[kGroup];
-    uint32_t narrow = 0;  // the sweep's pairs of blocks in narrow windows (every code a candidate)
+    uint32_t narrow = 0;  // pairs of blocks in narrow windows
     for (int j = 0; j < kGroup; j += 2) {
-      if (job.selector != nvfp4_selector::mse_multiplier && eligible[j] && eligible[j + 1] && k0[j] <= 118 &&
-          k0[j + 1] <= 118) {
-        lo[j] = k0[j] - 3, lo[j + 1] = k0[j + 1] - 3;
-        window[j] = window[j + 1] = 0xfffu;
+      if (eligible[j] && eligible[j + 1] && k0[j] <= 118 && k0[j + 1] <= 118) {
         narrow |= 3u << j;
-        estimate_narrow_pair(values[j], values[j + 1], lo[j], lo[j + 1], *job.tables, &above[j], &below[j]);
+        estimate_narrow_pair(values[j], values[j + 1], k0[j] - 3, k0[j + 1] - 3, *job.tables, &above[j], &below[j]);
         continue;
       }
       for (int i = j; i < j + 2; ++i) {
@@ -912,8 +915,6 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
         else estimate_top_window(values[i], lo[i], *job.tables, &above[i], &below[i]);
       }
     }
-    std::memcpy(&setup.lo, lo, sizeof lo);
-    std::memcpy(&setup.in_window, window, sizeof window);
     codes = search_decide(values, bmax, setup, above, below, narrow, job);
   }
   const v16f s1 = lanes::e4m3_decode(codes) * job.ws2;
