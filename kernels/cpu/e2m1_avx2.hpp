@@ -34,7 +34,8 @@ MIXQ_ALWAYS_INLINE __m256 e2m1_magnitudes(__m256i code) {
 // e2m1_round_magnitude; e2m1_levels saturates.
 MIXQ_ALWAYS_INLINE __m256 e2m1_rounded(__m256 q) {
   const __m256 b = _mm256_and_ps(_mm256_max_ps(q, _mm256_set1_ps(1.0f)), _mm256_castsi256_ps(u32(0x7f800000u)));
-  return _mm256_fmadd_ps(b, _mm256_set1_ps(-0x1p22f), _mm256_fmadd_ps(b, _mm256_set1_ps(0x1p22f), q));
+  const __m256 c = _mm256_set1_ps(0x1p22f);
+  return _mm256_fnmadd_ps(b, c, _mm256_fmadd_ps(b, c, q));
 }
 // e2m1_round_magnitude of q >= 0, the magnitude of its code without the code. (Beyond 2^106 C
 // overflows and the sum is +inf or NaN, as for q = inf or NaN, and the min still gives 6.)

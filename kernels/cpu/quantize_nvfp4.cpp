@@ -748,7 +748,7 @@ MIXQ_ALWAYS_INLINE void estimate_narrow_pair(const float* a, const float* b, uin
     return _mm256_set_m128(_mm_loadu_ps(table + lo_b + 8), _mm_loadu_ps(table + lo_a + 8));
   };
   const __m256 recip[3] = {_mm256_loadu_ps(t.recip + lo_a), _mm256_loadu_ps(t.recip + lo_b), pair(t.recip)};
-  __m256 acc[3][2];
+  __m256 acc[3];  // (one chain each: three are enough to overlap, and more would spill)
 #pragma GCC unroll 16  // (constant indices keep acc in registers)
   for (int i = 0; i < kNvfp4Block; ++i) {
     const __m256 xa = _mm256_broadcast_ss(a + i), xb = _mm256_broadcast_ss(b + i);
@@ -756,7 +756,7 @@ MIXQ_ALWAYS_INLINE void estimate_narrow_pair(const float* a, const float* b, uin
     for (int r = 0; r < 3; ++r) {
       const __m256 q = _mm256_mul_ps(x[r], recip[r]);
       const __m256 d = _mm256_sub_ps(q, r == 2 ? e2m1_rounded(q) : e2m1_levels(q));
-      acc[r][i & 1] = i < 2 ? _mm256_mul_ps(d, d) : _mm256_fmadd_ps(d, d, acc[r][i & 1]);
+      acc[r] = i == 0 ? _mm256_mul_ps(d, d) : _mm256_fmadd_ps(d, d, acc[r]);
     }
   }
   const __m256 step_sq[3] = {_mm256_loadu_ps(t.step_sq + lo_a), _mm256_loadu_ps(t.step_sq + lo_b),
@@ -765,7 +765,7 @@ MIXQ_ALWAYS_INLINE void estimate_narrow_pair(const float* a, const float* b, uin
                             pair(t.step_sq_margin)};
   __m256 above[3], below[3];
   for (int r = 0; r < 3; ++r) {
-    const __m256 est = _mm256_mul_ps(_mm256_add_ps(acc[r][0], acc[r][1]), step_sq[r]);
+    const __m256 est = _mm256_mul_ps(acc[r], step_sq[r]);
     const __m256 delta = _mm256_fmadd_ps(est, _mm256_set1_ps(0x1p-15f), margin[r]);
     above[r] = _mm256_add_ps(est, delta);
     below[r] = _mm256_sub_ps(est, delta);
