@@ -797,11 +797,14 @@ MIXQ_ALWAYS_INLINE uint32_t decide_block(const float* values, float bmax, uint32
   __m256 a[2], b[2];
   std::memcpy(a, &above, sizeof a);
   std::memcpy(b, &below, sizeof b);
-  const __m256i w = _mm256_set1_epi32(int(window));
-  __m256 m = inf;
-  for (int h = 0; h < 2; ++h) {
-    const __m256i candidate = _mm256_cmpeq_epi32(_mm256_and_si256(w, lane_bit[h]), lane_bit[h]);
-    m = _mm256_min_ps(m, _mm256_blendv_ps(inf, a[h], _mm256_castsi256_ps(candidate)));
+  __m256 m = _mm256_min_ps(a[0], a[1]);  // every code a candidate (the lanes past the window hold +inf)
+  if (window != (1u << width) - 1) {
+    const __m256i w = _mm256_set1_epi32(int(window));
+    m = inf;
+    for (int h = 0; h < 2; ++h) {
+      const __m256i candidate = _mm256_cmpeq_epi32(_mm256_and_si256(w, lane_bit[h]), lane_bit[h]);
+      m = _mm256_min_ps(m, _mm256_blendv_ps(inf, a[h], _mm256_castsi256_ps(candidate)));
+    }
   }
   m = _mm256_min_ps(m, _mm256_permute2f128_ps(m, m, 1));
   m = _mm256_min_ps(m, _mm256_permute_ps(m, 0x4e));
