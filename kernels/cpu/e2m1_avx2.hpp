@@ -13,21 +13,6 @@ namespace mixq::cpu::e2m1_avx2 {
 
 MIXQ_ALWAYS_INLINE __m256i u32(uint32_t x) { return _mm256_set1_epi32(int(x)); }
 
-// e2m1_magnitude_code of q >= 0 (as lanes::e2m1_codes): RNE(2q) below 1, one mantissa bit above,
-// saturating at 7.
-MIXQ_ALWAYS_INLINE __m256i e2m1_codes(__m256 q) {
-  const __m256i u = _mm256_castps_si256(q);
-  const __m256 twice_plus_2p23 = _mm256_add_ps(_mm256_mul_ps(q, _mm256_set1_ps(2.0f)), _mm256_set1_ps(8388608.0f));
-  const __m256i small = _mm256_sub_epi32(_mm256_castps_si256(twice_plus_2p23), u32(0x4b000000u));
-  const __m256i round = _mm256_add_epi32(u32(0x1fffffu), _mm256_and_si256(_mm256_srli_epi32(u, 22), u32(1)));
-  const __m256i large = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_add_epi32(u, round), 22), u32(252));
-  const __m256i code = _mm256_blendv_epi8(large, small, _mm256_cmpgt_epi32(u32(0x3f800000u), u));
-  return _mm256_min_epu32(code, u32(7));
-}
-// An E2M1 code's magnitude: one lane permute of the 8 levels.
-MIXQ_ALWAYS_INLINE __m256 e2m1_magnitudes(__m256i code) {
-  return _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), code);
-}
 // q >= 0 rounded to the spacing of its binade's E2M1 levels (1/2 below 2, then 1, then 2), to
 // nearest, ties to the even code as the codes take them: q + C − C with C = 2^22 · max(1,
 // 2^floor(log2 q)), in two multiply-adds (C = b · 2^22 is exact in each). Below 7 this is
