@@ -699,9 +699,10 @@ MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, c
 }
 
 // estimate_window with multiply-adds into two accumulators per 8 candidates, each value's nearest
-// level by e2m1_levels (exact): at most ~10 roundings per term, within the 15 the bound counts.
-// kUpperUnclipped: the window's upper 8 codes are all above the max rule's k0 (lo = k0 − 7), so
-// every |w| / step there is below 6·(1 + 2^-20) and the levels need no saturation.
+// level by e2m1_levels (exact): at most 8 roundings of a partial sum per term, within the 15 sums
+// the bound counts. kUpperUnclipped: the window's upper 8 codes are all above the max rule's k0
+// (lo = k0 − 7; the max rule is at most the midpoint to k0 + 1, so step ≥ bmax / 6 · 1.03), every
+// |w| / step there is below 6 and the levels need no saturation.
 template <bool kUpperUnclipped>
 MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_tables& t, v16f* above_error,
                                         v16f* below_error) {
@@ -737,7 +738,7 @@ __attribute__((noinline)) void estimate_top_window(const float* a, uint32_t lo, 
 
 // The narrow window: 12 codes lo = k0 − 3 .. k0 + 8 where k0 <= 118. Its top octave is the
 // 16-code window's (so the codes above still lose to it, or join as they do there), and below it
-// the block max clips from k0 − 4 on (|w| / step about 8.5): where that bound does not settle a
+// the block max clips from k0 − 4 on (|w| / step at least 7.7): where that bound does not settle a
 // block, the 16-code window does. The sweep's least error lies within k0 − 2 .. k0 + 7 in
 // practice, and the multiplier list's codes near 1 fall there. Two blocks' windows take
 // three registers: each one's lower 8 codes, and the upper 4 of both (above k0: no saturation).
@@ -747,7 +748,8 @@ MIXQ_ALWAYS_INLINE void estimate_narrow_pair(const float* a, const float* b, uin
     return _mm256_set_m128(_mm_loadu_ps(table + lo_b + 8), _mm_loadu_ps(table + lo_a + 8));
   };
   const __m256 recip[3] = {_mm256_loadu_ps(t.recip + lo_a), _mm256_loadu_ps(t.recip + lo_b), pair(t.recip)};
-  __m256 acc[3];  // (one chain each: three are enough to overlap, and more would spill)
+  __m256 acc[3];  // (one chain each, 15 roundings of the sum as the bound counts: three chains
+                  // are enough to overlap, and more would spill)
 #pragma GCC unroll 16  // (constant indices keep acc in registers)
   for (int i = 0; i < kNvfp4Block; ++i) {
     const __m256 xa = _mm256_broadcast_ss(a + i), xb = _mm256_broadcast_ss(b + i);

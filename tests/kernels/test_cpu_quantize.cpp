@@ -265,7 +265,7 @@ TEST(cpu_kernels, nvfp4_sweep_on_blocks_hard_to_bound_bit_identical) {
     return least >= clipped * clipped;
   };
   std::vector<float> values;
-  int64_t hard_blocks = 0;
+  int64_t hard_blocks = 0, at_118 = 0, above_118 = 0;  // (narrow windows stop at k0 = 118)
   for (int attempt = 0; attempt < 400000 && hard_blocks < 512; ++attempt) {
     const float picks[] = {0.5f, 0.49f, 0.3f, 0.03f, 1e-3f};
     const float bmax = picks[rng() % 5] * (0.9f + 0.2f * unit(rng));
@@ -276,9 +276,13 @@ TEST(cpu_kernels, nvfp4_sweep_on_blocks_hard_to_bound_bit_identical) {
     const bool is_hard = hard(x, bmax);
     if (!is_hard && attempt % 8 != 0) continue;
     hard_blocks += is_hard;
+    const int k0 = e4m3_encode(nvfp4_max_block_scale_f32(bmax, ws2));
+    at_118 += k0 == 118, above_118 += k0 > 118;
     for (float v : x) values.push_back(rng() % 2 ? -v : v);
   }
   EXPECT_GE(hard_blocks, 256);
+  EXPECT_GT(at_118, 0);
+  EXPECT_GT(above_118, 0);
   values.resize(values.size() / 256 * 256);
   values[0] = global_amax;
   const weight_view w{values.data(), int64_t(values.size() / 256), 256, "hard"};
