@@ -22,6 +22,17 @@ MIXQ_ALWAYS_INLINE __m256 e2m1_rounded(__m256 q) {
   const __m256 c = _mm256_set1_ps(0x1p22f);
   return _mm256_fnmadd_ps(b, c, _mm256_fmadd_ps(b, c, q));
 }
+// q >= 0's code (e2m1_magnitude_code) straight from the sum t = q + C of e2m1_rounded, without its
+// level: t's mantissa counts the steps of b / 2 above C (0 to 4), and each binade from b = 2 on adds
+// two codes, so the code is t − C + 2 log2 b in the bits, saturating at 7. (Where C overflows, or q
+// is NaN, the difference is at least 7 as an unsigned number.)
+MIXQ_ALWAYS_INLINE __m256i e2m1_codes(__m256 q) {
+  const __m256 b = _mm256_and_ps(_mm256_max_ps(q, _mm256_set1_ps(1.0f)), _mm256_castsi256_ps(u32(0x7f800000u)));
+  const __m256i t = _mm256_castps_si256(_mm256_fmadd_ps(b, _mm256_set1_ps(0x1p22f), q));
+  const __m256i bits = _mm256_castps_si256(b);  // C = b + 22 in the exponent; 2 log2 b = (b >> 22) − 254
+  const __m256i code = _mm256_add_epi32(_mm256_sub_epi32(t, bits), _mm256_sub_epi32(_mm256_srli_epi32(bits, 22), u32((22u << 23) + 254)));
+  return _mm256_min_epu32(code, u32(7));
+}
 // e2m1_round_magnitude of q >= 0, the magnitude of its code without the code. (Beyond 2^106 C
 // overflows and the sum is +inf or NaN, as for q = inf or NaN, and the min still gives 6.)
 MIXQ_ALWAYS_INLINE __m256 e2m1_levels(__m256 q) {

@@ -535,7 +535,7 @@ MIXQ_ALWAYS_INLINE void quantize_by_groups(const source_matrix& w, bool zero_non
 #pragma GCC target("arch=x86-64-v3")
 namespace avx2 {
 
-using e2m1_avx2::e2m1_code_of_level, e2m1_avx2::e2m1_levels, e2m1_avx2::e2m1_rounded, e2m1_avx2::u32;
+using e2m1_avx2::e2m1_code_of_level, e2m1_avx2::e2m1_codes, e2m1_avx2::e2m1_levels, e2m1_avx2::e2m1_rounded, e2m1_avx2::u32;
 
 struct block {
   __m256i even, odd;
@@ -602,13 +602,17 @@ MIXQ_ALWAYS_INLINE __m256i sign_nibbles(__m256i bits, __m256 magnitude, uint32_t
 template <bool kErrors>
 MIXQ_ALWAYS_INLINE __m256i encode_block(__m256 ae, __m256 ao, __m256i signs, __m256 step, __m256* te,
                                         __m256* to) {
-  const __m256 le = e2m1_levels(_mm256_div_ps(ae, step)), lo = e2m1_levels(_mm256_div_ps(ao, step));
-  const __m256i ce = e2m1_code_of_level(le), co = e2m1_code_of_level(lo);
+  const __m256 qe = _mm256_div_ps(ae, step), qo = _mm256_div_ps(ao, step);
+  __m256i ce, co;
   if constexpr (kErrors) {
+    const __m256 le = e2m1_levels(qe), lo = e2m1_levels(qo);
+    ce = e2m1_code_of_level(le), co = e2m1_code_of_level(lo);
     const __m256 ee = _mm256_sub_ps(ae, _mm256_mul_ps(le, step));
     const __m256 eo = _mm256_sub_ps(ao, _mm256_mul_ps(lo, step));
     *te = _mm256_mul_ps(ee, ee);
     *to = _mm256_mul_ps(eo, eo);
+  } else {
+    ce = e2m1_codes(qe), co = e2m1_codes(qo);
   }
   return _mm256_or_si256(_mm256_or_si256(ce, _mm256_slli_epi32(co, 4)), signs);
 }

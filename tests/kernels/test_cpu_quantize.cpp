@@ -25,23 +25,24 @@
 namespace mixq {
 namespace {
 // The AVX2 E2M1 helpers against the scalar references over floats given by their bits (levels,
-// their codes, unsaturated levels below 7): the mismatches.
+// their codes, the codes straight from the rounding, unsaturated levels below 7): the mismatches.
 int64_t avx2_e2m1_mismatches(const std::vector<uint32_t>& bits) {
   namespace v = cpu::e2m1_avx2;
   int64_t bad = 0;
   for (size_t i = 0; i + 8 <= bits.size(); i += 8) {
     const __m256 q = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits.data() + i)));
-    alignas(32) uint32_t level_codes[8];
+    alignas(32) uint32_t level_codes[8], codes[8];
     alignas(32) float levels[8], rounded[8];
     const __m256 l = v::e2m1_levels(q);
     _mm256_store_si256(reinterpret_cast<__m256i*>(level_codes), v::e2m1_code_of_level(l));
     _mm256_store_ps(levels, l);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(codes), v::e2m1_codes(q));
     _mm256_store_ps(rounded, v::e2m1_rounded(q));
     for (int j = 0; j < 8; ++j) {
       const float x = std::bit_cast<float>(bits[i + size_t(j)]);
       const uint32_t code = e2m1_magnitude_code(x);
       const uint32_t level = std::bit_cast<uint32_t>(e2m1_round_magnitude(x));
-      bad += level_codes[j] != code || std::bit_cast<uint32_t>(levels[j]) != level ||
+      bad += level_codes[j] != code || codes[j] != code || std::bit_cast<uint32_t>(levels[j]) != level ||
              (x < 7.0f && std::bit_cast<uint32_t>(rounded[j]) != level);
     }
   }
