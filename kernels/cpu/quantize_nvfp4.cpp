@@ -638,7 +638,8 @@ MIXQ_ALWAYS_INLINE void load_half(const T* src, __m256* ae, __m256* ao, __m256i*
 }
 
 // The same for BF16, from the raw pairs (even element in the low 16 bits): one mask clears both
-// signs, and one 16-bit compare (x − 1 < −1: negative, −0 excepted) finds both sign bits.
+// signs, one 16-bit compare (x − 1 < −1: negative, −0 excepted) finds both sign bits, and one
+// multiply-add of the pair makes them the nibbles' sign bits.
 MIXQ_ALWAYS_INLINE void load_half(const uint16_t* src, __m256* ae, __m256* ao, __m256i* signs, __m256* bmax) {
   __m256 m[8];
   for (int j = 0; j < 8; ++j) {
@@ -647,7 +648,7 @@ MIXQ_ALWAYS_INLINE void load_half(const uint16_t* src, __m256* ae, __m256* ao, _
     ae[j] = _mm256_castsi256_ps(_mm256_slli_epi32(magnitudes, 16));
     ao[j] = _mm256_castsi256_ps(_mm256_and_si256(magnitudes, u32(0xffff0000u)));
     const __m256i negative = _mm256_cmpgt_epi16(_mm256_set1_epi16(-1), _mm256_sub_epi16(w, _mm256_set1_epi16(1)));
-    signs[j] = _mm256_or_si256(_mm256_and_si256(negative, u32(0x8)), _mm256_and_si256(_mm256_srli_epi32(negative, 24), u32(0x80)));
+    signs[j] = _mm256_madd_epi16(negative, u32(0xff80fff8u));  // −1 · −8 + −1 · −128
     m[j] = _mm256_max_ps(ae[j], ao[j]);
   }
   *bmax = in_block_order(reduce8x8_unordered(m, max_op{}));
