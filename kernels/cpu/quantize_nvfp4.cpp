@@ -937,8 +937,9 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
 template <group_kind K, class T>
 __attribute__((noinline)) void quantize_groups(const T* src, int64_t count, const nvfp4_job& job, uint8_t* scales,
                                                uint8_t* packed, float* errors) {
+  const nvfp4_job local = job;  // (its scalars stay in registers: the byte stores cannot alias a local)
   for (int64_t g = 0; g < count; ++g)
-    quantize_group<K>(src + g * kGroupValues, job, scales + g * kGroup, packed + g * kGroup * (kNvfp4Block / 2),
+    quantize_group<K>(src + g * kGroupValues, local, scales + g * kGroup, packed + g * kGroup * (kNvfp4Block / 2),
                       errors ? errors + g * kGroup : nullptr);
 }
 
