@@ -199,18 +199,19 @@ uint32_t row_amax_bits(const float* p, int64_t n) {
   return top;
 }
 
-// lanes::fp8_codes of 8 values (float bits) under scale, each code in its lane.
+// lanes::fp8_codes of 8 values (float bits) under scale, each code in its lane. |q| + C with
+// C = b · 2^20, b = max(2^floor(log2 |q|), 2^-6), rounds |q| to E4M3's step in its binade (b / 8; the
+// subnormals' 2^-9 below 2^-6), ties to the even code, in one multiply-add (C exact in it); the sum's
+// bits count those steps above C (8 to 16 in a normal binade), and each binade adds 8 codes: the
+// code is t − C + 8 log2 b − 968 in the bits, saturating at 0x7e (from 464 up, and where C
+// overflows). (No quotient is NaN: the values are finite, or zeroed, and every scale finite.)
 MIXQ_ALWAYS_INLINE __m256i fp8_codes(__m256i bits, __m256 scale) {
-  const __m256 qf = _mm256_div_ps(_mm256_castsi256_ps(bits), scale);
-  const __m256i q = _mm256_castps_si256(qf);
+  const __m256i q = _mm256_castps_si256(_mm256_div_ps(_mm256_castsi256_ps(bits), scale));
   const __m256i u = _mm256_and_si256(q, u32(0x7fffffffu));
-  const __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, u32(0x7ffffu)), _mm256_and_si256(_mm256_srli_epi32(u, 20), u32(1)));
-  const __m256i normal = _mm256_and_si256(_mm256_sub_epi32(_mm256_srli_epi32(r, 20), u32(960)), u32(0x7fu));
-  const __m256 s512 = _mm256_add_ps(_mm256_mul_ps(_mm256_castsi256_ps(u), _mm256_set1_ps(512.0f)), _mm256_set1_ps(8388608.0f));
-  const __m256i subnormal = _mm256_sub_epi32(_mm256_castps_si256(s512), u32(0x4b000000u));
-  __m256i code = _mm256_blendv_epi8(normal, subnormal, _mm256_cmpgt_epi32(u32(0x3c800000u), u));
-  code = _mm256_blendv_epi8(code, u32(0x7eu), _mm256_cmpgt_epi32(u, u32(0x43dfffffu)));
-  code = _mm256_blendv_epi8(code, u32(0x7fu), _mm256_cmpgt_epi32(u, u32(0x7f800000u)));  // NaN
+  const __m256i b = _mm256_max_epu32(_mm256_and_si256(u, u32(0x7f800000u)), u32(0x3c800000u));
+  const __m256i t = _mm256_castps_si256(_mm256_fmadd_ps(_mm256_castsi256_ps(b), _mm256_set1_ps(0x1p20f), _mm256_castsi256_ps(u)));
+  const __m256i k = _mm256_sub_epi32(_mm256_srli_epi32(b, 20), u32((20u << 23) + 968));
+  const __m256i code = _mm256_min_epu32(_mm256_add_epi32(_mm256_sub_epi32(t, b), k), u32(0x7eu));
   return _mm256_or_si256(code, _mm256_and_si256(_mm256_srli_epi32(q, 24), u32(0x80u)));
 }
 MIXQ_ALWAYS_INLINE __m256i bits_of(const uint16_t* p) {

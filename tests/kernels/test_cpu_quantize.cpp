@@ -354,6 +354,43 @@ TEST(cpu_kernels, every_simd_level_bit_identical) {
   cpu::limit_simd_level(cpu::cpu_simd_level());
 }
 
+// FP8 codes of every magnitude class: floats from 0 to 512 at a stride and within 64 ulps of every
+// E4M3 value and rounding midpoint (subnormals included), and from 2^60 to the largest float, both
+// signs and -0, under scales that keep the small ones (amax 448: scale 1), saturate them (scale
+// 1/16) and overflow the quotient of the large ones to inf, at every SIMD level, against the
+// reference.
+TEST(cpu_kernels, fp8_codes_of_every_magnitude_class_bit_identical) {
+  std::vector<float> values;
+  for (uint32_t u = 0; u <= 0x44000000u; u += 997) values.push_back(std::bit_cast<float>(u));
+  for (uint32_t c = 0; c < 0x7e; ++c) {
+    const float v = e4m3_decode(uint8_t(c)), next = e4m3_decode(uint8_t(c + 1));
+    for (float center : {v, (v + next) / 2})
+      for (int64_t d = -64; d <= 64; ++d)
+        if (int64_t(std::bit_cast<uint32_t>(center)) + d >= 0) values.push_back(std::bit_cast<float>(uint32_t(std::bit_cast<uint32_t>(center) + d)));
+  }
+  for (uint32_t u = 0x5d800000u; u < 0x7f800000u; u += 99991) values.push_back(std::bit_cast<float>(u));  // 2^60 up
+  for (size_t i = 0; i < values.size(); i += 2) values[i] = -values[i];
+  values.push_back(-0.0f);
+  values.push_back(448.0f);
+  const int64_t cols = 1000;  // (rows end in a partial vector)
+  values.resize((values.size() + cols - 1) / cols * cols, 0.0f);
+  const testing::test_tensor t{"fp8_classes", int64_t(values.size()) / cols, cols, values};
+  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+    if (level > cpu::cpu_simd_level()) continue;
+    cpu::limit_simd_level(level);
+    for (float amax : {448.0f, 28.0f, 0x1p-20f}) {
+      fp8_options o;
+      o.amax = amax;
+      const sourced s = as_dtype(t, cpu::source_dtype::f32);
+      const fp8_weight ref = fp8_quantize(view_of(s), o);
+      const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+      EXPECT_EQ(fast.scales, ref.scales) << int(level) << " amax " << amax;
+      EXPECT_EQ(fast.codes, ref.codes) << int(level) << " amax " << amax;
+    }
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
 TEST(cpu_kernels, fp8_every_granularity_and_selector_bit_identical) {
   std::vector<testing::test_tensor> tensors = all_kinds(16, 96, 41);
   for (auto& t : all_kinds(7, 103, 42)) tensors.push_back(t);  // rows that end in a partial vector
