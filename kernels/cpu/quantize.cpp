@@ -64,11 +64,25 @@ MIXQ_CLONES float fp8_row_amax(const float* x, int64_t n) {
   return std::bit_cast<float>(m);
 }
 
+#if MIXQ_HAVE_SIMD_TARGETS
+namespace avx2 {
+double row_sq_error(const float* x, int64_t n, float scale);
+}
+#endif
+
 template <simd_level L>
 MIXQ_ALWAYS_INLINE void fp8_row_errors_impl(const float* x, int64_t n, float amax, std::span<const float> multipliers,
                                             double* err) {
-  for (size_t c = 0; c < multipliers.size(); ++c)
-    err[c] = lanes::fp8_row_sq_error<L>(x, n, fp8_scale_for_amax(amax * multipliers[c]));
+  for (size_t c = 0; c < multipliers.size(); ++c) {
+    const float scale = fp8_scale_for_amax(amax * multipliers[c]);
+#if MIXQ_HAVE_SIMD_TARGETS
+    if constexpr (L == simd_level::avx2) {
+      err[c] = avx2::row_sq_error(x, n, scale);
+      continue;
+    }
+#endif
+    err[c] = lanes::fp8_row_sq_error<L>(x, n, scale);
+  }
 }
 MIXQ_SIMD_KERNEL(void, fp8_row_errors, fp8_row_errors_impl,
                  (const float* x, int64_t n, float amax, std::span<const float> multipliers, double* err),
@@ -214,6 +228,45 @@ MIXQ_ALWAYS_INLINE __m256i fp8_codes(__m256i bits, __m256 scale) {
   const __m256i code = _mm256_min_epu32(_mm256_add_epi32(_mm256_sub_epi32(t, b), k), u32(0x7eu));
   return _mm256_or_si256(code, _mm256_and_si256(_mm256_srli_epi32(q, 24), u32(0x80u)));
 }
+// |x|'s FP8 value under scale, as lanes::fp8_dequantized's magnitude: the same multiply-add
+// rounding as fp8_codes, t − C the rounded quotient itself (exact), 448 from 464 up (and where C
+// overflows: inf − inf is NaN, and min gives its second operand).
+MIXQ_ALWAYS_INLINE __m256 fp8_magnitude(__m256 a, __m256 scale) {
+  const __m256 q = _mm256_div_ps(a, scale);
+  const __m256 b = _mm256_castsi256_ps(
+      _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(q), u32(0x7f800000u)), u32(0x3c800000u)));
+  const __m256 c = _mm256_set1_ps(0x1p20f);
+  const __m256 rounded = _mm256_fnmadd_ps(b, c, _mm256_fmadd_ps(b, c, q));
+  return _mm256_mul_ps(_mm256_min_ps(rounded, _mm256_set1_ps(448.0f)), scale);
+}
+
+// lanes::fp8_row_sq_error<avx2>, bit for bit: (|x| − its FP8 value)² in double (the difference
+// exact, as x − the signed value's), lane j of 8 taking elements j, j + 8, ..., the tail's terms
+// from the scalar reference, the lanes added in order at the end.
+double row_sq_error(const float* x, int64_t n, float scale) {
+  const __m256 s = _mm256_set1_ps(scale);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();  // lanes 0-3, 4-7
+  int64_t i = 0;
+  for (; i + 8 <= n / 16 * 16; i += 8) {
+    const __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + i), _mm256_castsi256_ps(u32(0x7fffffffu)));
+    const __m256 v = fp8_magnitude(a, s);
+    const __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)), _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    const __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    lo = _mm256_add_pd(lo, _mm256_mul_pd(d0, d0));
+    hi = _mm256_add_pd(hi, _mm256_mul_pd(d1, d1));
+  }
+  alignas(32) double lane[8];
+  _mm256_store_pd(lane, lo);
+  _mm256_store_pd(lane + 4, hi);
+  for (int j = 0; i + j < n; ++j) {
+    const double d = lanes::fp8_scalar_difference(x[i + j], scale);
+    lane[j % 8] += d * d;
+  }
+  double err = 0.0;
+  for (double l : lane) err += l;
+  return err;
+}
+
 MIXQ_ALWAYS_INLINE __m256i bits_of(const uint16_t* p) {
   return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
 }

@@ -28,6 +28,10 @@ void fp8_dequantize(const fp8_weight& q, std::span<float> out);
 void mx_dequantize(const mx_weight& q, std::span<float> out);
 void nf4_dequantize(const nf4_weight& q, std::span<float> out);
 
+// One F32 row's squared FP8 error under each candidate scale fp8_scale_for_amax(amax · m), summed
+// as fp8_row_sq_error sums it, bit for bit (the MSE searches' exact step).
+void fp8_row_errors(const float* x, int64_t n, float amax, std::span<const float> multipliers, double* err);
+
 // The fast twin of mixq::fake_quant_weight.
 void fake_quant_weight(const source_matrix& w, const weight_quant_spec& spec, std::span<float> out);
 

@@ -391,6 +391,32 @@ TEST(cpu_kernels, fp8_codes_of_every_magnitude_class_bit_identical) {
   cpu::limit_simd_level(cpu::cpu_simd_level());
 }
 
+// Rows' exact FP8 errors, bit for bit the reference's sums, at every SIMD level: lengths with and
+// without a tail, magnitudes from FP8's subnormals to saturation and quotients that overflow.
+TEST(cpu_kernels, fp8_row_errors_are_the_reference_sums) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::vector<float> multipliers = {0x1p-40f, 0.001f, 0.25f, 0.7f, 1.0f, 1.3f, 4.0f, 1e6f, 0x1p100f};
+  for (int64_t n : {int64_t(37), int64_t(1000), int64_t(4096)}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (auto& v : x) v = normal(rng) * std::ldexp(1.0f, int(rng() % 40) - 20);
+    x[0] = 0.0f, x[1] = -0.0f;
+    float amax = 0.0f;
+    for (float v : x) amax = std::max(amax, std::fabs(v));
+    for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+      if (level > cpu::cpu_simd_level()) continue;
+      cpu::limit_simd_level(level);
+      std::vector<double> err(multipliers.size());
+      cpu::fp8_row_errors(x.data(), n, amax, multipliers, err.data());
+      for (size_t c = 0; c < multipliers.size(); ++c) {
+        const double ref = fp8_row_sq_error(x.data(), n, fp8_scale_for_amax(amax * multipliers[c]));
+        EXPECT_EQ(std::bit_cast<uint64_t>(err[c]), std::bit_cast<uint64_t>(ref)) << int(level) << " n " << n << " m " << multipliers[c];
+      }
+    }
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
 TEST(cpu_kernels, fp8_every_granularity_and_selector_bit_identical) {
   std::vector<testing::test_tensor> tensors = all_kinds(16, 96, 41);
   for (auto& t : all_kinds(7, 103, 42)) tensors.push_back(t);  // rows that end in a partial vector
