@@ -13,6 +13,14 @@
 #include "kernels/cpu/nvfp4_lanes.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
 
+#if MIXQ_HAVE_SIMD_TARGETS
+#include <immintrin.h>
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#include "kernels/cpu/e4m3_avx2.hpp"
+#pragma GCC pop_options
+#endif
+
 namespace mixq::cpu {
 namespace {
 
@@ -39,11 +47,62 @@ uint32_t count_values(const T* p, int64_t n, uint32_t* h0, uint32_t* h1) {
   return rest;
 }
 
+#if MIXQ_HAVE_SIMD_TARGETS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+namespace avx2 {
+// runs_sq_errors_impl's sums in 8-lane registers, bit for bit: each 16 values' weighted squares
+// (values 0-7 and 8-15 as the generic form's lo and hi) added per lane as it adds them, the FP8
+// value by the multiply-add rounding (e4m3_avx2.hpp) instead of a chain of selects.
+void runs_sq_errors(const float* values, const double* counts, int64_t n, const float* scales,
+                    const fp8_error_estimate::edge_range* ranges, int64_t n_scales, double* out) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t c = 0; c < n_scales; ++c) {
+    const int64_t low_end = ranges[c].low_end, high_begin = std::max(ranges[c].high_begin, low_end);
+    const __m256 scale = _mm256_set1_ps(scales[c]);
+    const __m256i gap = _mm256_set1_epi32(int(uint32_t(high_begin - low_end)));
+    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();  // lanes 0-3, 4-7
+    for (int64_t i = 0; i < n; i += 16) {
+      if (i >= low_end && i + 16 <= high_begin) {  // a vector within the gap between the runs
+        i = high_begin / 16 * 16 - 16;
+        continue;
+      }
+      __m256d d[2][2];  // [values 0-7, 8-15][lanes 0-3, 4-7]
+      for (int h = 0; h < 2; ++h) {
+        // values in the gap [low_end, high_begin) read as 0 (no error): index − low_end below the gap's width
+        const __m256i index = _mm256_add_epi32(lane, _mm256_set1_epi32(int(uint32_t(i + 8 * h - low_end))));
+        const __m256i outside = _mm256_cmpeq_epi32(_mm256_max_epu32(index, gap), index);
+        const __m256 x = _mm256_and_ps(_mm256_loadu_ps(values + i + 8 * h), _mm256_castsi256_ps(outside));
+        const __m256 v = _mm256_mul_ps(e4m3_avx2::e4m3_rounded(_mm256_div_ps(x, scale)), scale);
+        d[h][0] = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        d[h][1] = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+      }
+      for (int q = 0; q < 2; ++q) {
+        const __m256d a = _mm256_mul_pd(_mm256_loadu_pd(counts + i + 4 * q), _mm256_mul_pd(d[0][q], d[0][q]));
+        const __m256d b = _mm256_mul_pd(_mm256_loadu_pd(counts + i + 8 + 4 * q), _mm256_mul_pd(d[1][q], d[1][q]));
+        (q == 0 ? lo : hi) = _mm256_add_pd(q == 0 ? lo : hi, _mm256_add_pd(a, b));
+      }
+    }
+    alignas(32) double sum[8];
+    _mm256_store_pd(sum, lo);
+    _mm256_store_pd(sum + 4, hi);
+    double total = 0.0;
+    for (double s : sum) total += s;
+    out[c] = total;
+  }
+}
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
 // For each scale c: Σ count · err² over values [0, low_end) and [high_begin, n), n a multiple of 16
 // (zero counts past the values).
 template <simd_level L>
 MIXQ_ALWAYS_INLINE void runs_sq_errors_impl(const float* values, const double* counts, int64_t n, const float* scales,
                                             const fp8_error_estimate::edge_range* ranges, int64_t n_scales, double* out) {
+#if MIXQ_HAVE_SIMD_TARGETS
+  if constexpr (L == simd_level::avx2) return avx2::runs_sq_errors(values, counts, n, scales, ranges, n_scales, out);
+#endif
   const lanes::v16u lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   for (int64_t c = 0; c < n_scales; ++c) {
     const int64_t low_end = ranges[c].low_end, high_begin = std::max(ranges[c].high_begin, low_end);

@@ -18,6 +18,10 @@
 
 #if MIXQ_HAVE_SIMD_TARGETS
 #include <immintrin.h>
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#include "kernels/cpu/e4m3_avx2.hpp"
+#pragma GCC pop_options
 #endif
 
 namespace mixq::cpu {
@@ -228,16 +232,9 @@ MIXQ_ALWAYS_INLINE __m256i fp8_codes(__m256i bits, __m256 scale) {
   const __m256i code = _mm256_min_epu32(_mm256_add_epi32(_mm256_sub_epi32(t, b), k), u32(0x7eu));
   return _mm256_or_si256(code, _mm256_and_si256(_mm256_srli_epi32(q, 24), u32(0x80u)));
 }
-// |x|'s FP8 value under scale, as lanes::fp8_dequantized's magnitude: the same multiply-add
-// rounding as fp8_codes, t − C the rounded quotient itself (exact), 448 from 464 up (and where C
-// overflows: inf − inf is NaN, and min gives its second operand).
+// |x|'s FP8 value under scale, as lanes::fp8_dequantized's magnitude.
 MIXQ_ALWAYS_INLINE __m256 fp8_magnitude(__m256 a, __m256 scale) {
-  const __m256 q = _mm256_div_ps(a, scale);
-  const __m256 b = _mm256_castsi256_ps(
-      _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(q), u32(0x7f800000u)), u32(0x3c800000u)));
-  const __m256 c = _mm256_set1_ps(0x1p20f);
-  const __m256 rounded = _mm256_fnmadd_ps(b, c, _mm256_fmadd_ps(b, c, q));
-  return _mm256_mul_ps(_mm256_min_ps(rounded, _mm256_set1_ps(448.0f)), scale);
+  return _mm256_mul_ps(e4m3_avx2::e4m3_rounded(_mm256_div_ps(a, scale)), scale);
 }
 
 // lanes::fp8_row_sq_error<avx2>, bit for bit: (|x| − its FP8 value)² in double (the difference

@@ -836,6 +836,40 @@ int expect_estimates_or_ruled_out(const std::vector<double>& estimates, const st
   return ruled_out;
 }
 
+// The estimates themselves (not only the choice they lead to) are the same sums at every SIMD
+// level, bit for bit: each level adds the same terms in the same lanes and order.
+TEST(cpu_kernels, fp8_error_estimates_bit_identical_across_simd_levels) {
+  const std::vector<float> multipliers = {1e-4f, 0.01f, 0.25f, 0.6f, 1.0f, 1.37f, 4.0f, 50.0f};
+  int compared = 0;
+  for (int shift : {-60, 0, 40})
+    for (const auto& base : all_kinds(8, 128, 700 + uint32_t(shift + 100))) {
+      testing::test_tensor t = base;
+      for (auto& v : t.values) v = std::ldexp(v, shift);
+      const sourced s = as_dtype(t, cpu::source_dtype::bf16);
+      const cpu::magnitude_histogram h = cpu::magnitude_histogram::of(s.source).value();
+      if (h.has_nonfinite()) continue;
+      std::vector<double> first;
+      for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+        if (level > cpu::cpu_simd_level()) continue;
+        cpu::limit_simd_level(level);
+        cpu::fp8_error_estimate estimate;
+        estimate.take(h);
+        estimate.contenders(h.amax(), multipliers);
+        if (first.empty()) {
+          first = estimate.estimates();
+          continue;
+        }
+        ASSERT_EQ(estimate.estimates().size(), first.size());
+        for (size_t c = 0; c < first.size(); ++c, ++compared) {
+          EXPECT_EQ(std::bit_cast<uint64_t>(estimate.estimates()[c]), std::bit_cast<uint64_t>(first[c]))
+              << t.name << " shift " << shift << " level " << int(level) << " candidate " << c;
+        }
+      }
+    }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+  if (cpu::cpu_simd_level() > cpu::simd_level::baseline) EXPECT_GT(compared, 100);
+}
+
 TEST(cpu_kernels, fp8_error_estimate_matches_the_reference_sum) {
   int checked = 0, ruled_out = 0;
   for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f16})
