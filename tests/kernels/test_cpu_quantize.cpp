@@ -867,7 +867,9 @@ TEST(cpu_kernels, fp8_error_estimates_bit_identical_across_simd_levels) {
       }
     }
   cpu::limit_simd_level(cpu::cpu_simd_level());
-  if (cpu::cpu_simd_level() > cpu::simd_level::baseline) EXPECT_GT(compared, 100);
+  if (cpu::cpu_simd_level() > cpu::simd_level::baseline) {
+    EXPECT_GT(compared, 100);
+  }
 }
 
 TEST(cpu_kernels, fp8_error_estimate_matches_the_reference_sum) {
