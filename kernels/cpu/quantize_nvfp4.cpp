@@ -623,6 +623,23 @@ MIXQ_ALWAYS_INLINE __m256i packed4(const __m256i* b) {
   return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+// The max rule's scale codes and steps of 8 blocks (nvfp4_max_block_scale_f32, its e4m3_encode,
+// and that value times ws2): the scale rounded to E4M3 by q + C − C as in e4m3_avx2.hpp (it lies
+// in [2^-9, 448]: nothing saturates), its code read off the sum t = q + C (t − C counts the steps
+// of b / 8, 8 to 16 in a normal binade, and each binade adds 8 codes), the step from the rounded
+// value itself.
+MIXQ_ALWAYS_INLINE void max_rule_scales(__m256 bmax, float ws2, __m256i* codes, __m256* steps) {
+  __m256 s = _mm256_div_ps(bmax, _mm256_set1_ps(6.0f * ws2));
+  s = _mm256_blendv_ps(s, _mm256_set1_ps(1.0f), _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_EQ_OQ));  // all-zero block
+  s = _mm256_min_ps(_mm256_max_ps(s, _mm256_set1_ps(kNvfp4MinBlockScale)), _mm256_set1_ps(448.0f));
+  const __m256i b = _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(s), u32(0x7f800000u)), u32(0x3c800000u));
+  const __m256 c = _mm256_set1_ps(0x1p20f);
+  const __m256 t = _mm256_fmadd_ps(_mm256_castsi256_ps(b), c, s);
+  *codes = _mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), b),
+                            _mm256_sub_epi32(_mm256_srli_epi32(b, 20), u32((20u << 23) + 968)));
+  *steps = _mm256_mul_ps(_mm256_fnmadd_ps(_mm256_castsi256_ps(b), c, t), _mm256_set1_ps(ws2));
+}
+
 // Eight blocks (a half group) from src: magnitudes, sign nibbles, and the block maxima in block order.
 template <class T>
 MIXQ_ALWAYS_INLINE void load_half(const T* src, __m256* ae, __m256* ao, __m256i* signs, __m256* bmax) {
@@ -900,7 +917,19 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
   }
   v16u codes;
   if constexpr (K == group_kind::max || K == group_kind::max_with_errors) {
-    codes = lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2));
+    __m256i c[2];
+    for (int h = 0; h < 2; ++h) {
+      __m256 steps;
+      max_rule_scales(bmax_half[h], job.ws2, &c[h], &steps);
+      _mm256_store_ps(step1 + 8 * h, steps);
+    }
+    const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(c[0], c[1]), 0xd8);  // 16 codes in order
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(scales),
+                     _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1)));
+    for (int h = 0; h < 2; ++h)
+      encode_half<with_errors(K)>(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h,
+                                  packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
+    return;
   } else {
     const search_setup setup = setup_search(bmax, job);
     alignas(32) float values[kGroup][kNvfp4Block];

@@ -652,6 +652,33 @@ TEST(cpu_kernels, nvfp4_mse_four_over_six_equal_totals_keep_the_standard_normali
 // A weight whose max is below 2^-100 (BF16 / F32 subnormals, or a tiny static global amax):
 // its per-code steps would underflow to 0 and 0 / 0 code anything; the scales take amax 1 as for
 // an all-zero weight, and every path gives code 0.
+// A static global amax far below the weight's max (block scales clamped at 448, codes saturated)
+// and far above it (scales clamped at 2^-9 and E4M3 subnormals), every selector, every SIMD level.
+TEST(cpu_kernels, nvfp4_static_global_amax_far_from_the_weight_bit_identical) {
+  const nvfp4_selector selectors[] = {nvfp4_selector::max, nvfp4_selector::mse_multiplier, nvfp4_selector::mse_fp8_sweep,
+                                      nvfp4_selector::four_over_six, nvfp4_selector::mse_four_over_six};
+  for (const auto& t : all_kinds(4, 256, 57)) {
+    float amax = 0.0f;
+    for (float v : t.values) amax = std::max(amax, std::fabs(v));
+    if (!(amax > 0.0f) || !std::isfinite(amax)) continue;
+    const sourced s = as_dtype(t, cpu::source_dtype::bf16);
+    for (float static_amax : {amax / 64.0f, amax * 0x1p12f})
+      for (auto sel : selectors)
+        for (auto level : {cpu::simd_level::avx512, cpu::simd_level::avx2, cpu::simd_level::baseline}) {
+          if (level > cpu::cpu_simd_level()) continue;
+          cpu::limit_simd_level(level);
+          nvfp4_options o;
+          o.selector = sel;
+          o.global_amax = static_amax;
+          const nvfp4_weight ref = nvfp4_quantize(view_of(s), o);
+          const nvfp4_weight fast = cpu::nvfp4_quantize(s.source, o);
+          EXPECT_EQ(fast.block_scales, ref.block_scales) << t.name << " " << selector_name(sel) << " " << static_amax;
+          EXPECT_EQ(fast.packed, ref.packed) << t.name << " " << selector_name(sel) << " " << static_amax;
+        }
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
 TEST(cpu_kernels, nvfp4_tiny_global_amax_codes_zero_everywhere) {
   std::vector<uint16_t> bits(32, 0);
   bits[0] = 0x0001;  // the least BF16 subnormal
