@@ -623,14 +623,12 @@ MIXQ_ALWAYS_INLINE __m256i packed4(const __m256i* b) {
   return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-// The max rule's scale codes and steps of 8 blocks (nvfp4_max_block_scale_f32, its e4m3_encode,
-// and that value times ws2): the scale rounded to E4M3 by q + C − C as in e4m3_avx2.hpp (it lies
-// in [2^-9, 448]: nothing saturates), its code read off the sum t = q + C (t − C counts the steps
-// of b / 8, 8 to 16 in a normal binade, and each binade adds 8 codes), the step from the rounded
-// value itself.
-MIXQ_ALWAYS_INLINE void max_rule_scales(__m256 bmax, float ws2, __m256i* codes, __m256* steps) {
-  __m256 s = _mm256_div_ps(bmax, _mm256_set1_ps(6.0f * ws2));
-  s = _mm256_blendv_ps(s, _mm256_set1_ps(1.0f), _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_EQ_OQ));  // all-zero block
+// 8 blocks' scale codes and steps from their scales before the clamp (nvfp4_clamp_block_scale, its
+// e4m3_encode, and that value times ws2): the scale rounded to E4M3 by q + C − C as in
+// e4m3_avx2.hpp (it lies in [2^-9, 448]: nothing saturates), its code read off the sum t = q + C
+// (t − C counts the steps of b / 8, 8 to 16 in a normal binade, and each binade adds 8 codes), the
+// step from the rounded value itself.
+MIXQ_ALWAYS_INLINE void block_scales(__m256 s, float ws2, __m256i* codes, __m256* steps) {
   s = _mm256_min_ps(_mm256_max_ps(s, _mm256_set1_ps(kNvfp4MinBlockScale)), _mm256_set1_ps(448.0f));
   const __m256i b = _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(s), u32(0x7f800000u)), u32(0x3c800000u));
   const __m256 c = _mm256_set1_ps(0x1p20f);
@@ -638,6 +636,24 @@ MIXQ_ALWAYS_INLINE void max_rule_scales(__m256 bmax, float ws2, __m256i* codes, 
   *codes = _mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), b),
                             _mm256_sub_epi32(_mm256_srli_epi32(b, 20), u32((20u << 23) + 968)));
   *steps = _mm256_mul_ps(_mm256_fnmadd_ps(_mm256_castsi256_ps(b), c, t), _mm256_set1_ps(ws2));
+}
+// An all-zero block's substitute 1.
+MIXQ_ALWAYS_INLINE __m256 one_if_zero(__m256 x) {
+  return _mm256_blendv_ps(x, _mm256_set1_ps(1.0f), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ));
+}
+// nvfp4_max_block_scale_f32 before its clamp.
+MIXQ_ALWAYS_INLINE __m256 max_rule_scale(__m256 bmax, float ws2) {
+  return one_if_zero(_mm256_div_ps(bmax, _mm256_set1_ps(6.0f * ws2)));
+}
+// nvfp4_block_scale_f32 of bmax · k before its clamp (g: nvfp4_scale_amax).
+MIXQ_ALWAYS_INLINE __m256 static_scale(__m256 bmax, float k, float g, float normalizer) {
+  const __m256 t = one_if_zero(_mm256_div_ps(_mm256_mul_ps(bmax, _mm256_set1_ps(k)), _mm256_set1_ps(6.0f)));
+  return _mm256_div_ps(_mm256_mul_ps(t, _mm256_set1_ps(normalizer)), _mm256_set1_ps(g / 6.0f));
+}
+// 16 codes (a lane each, in two registers) as 16 bytes in order.
+MIXQ_ALWAYS_INLINE void store_codes(const __m256i* c, uint8_t* dst) {
+  const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(c[0], c[1]), 0xd8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1)));
 }
 
 // Eight blocks (a half group) from src: magnitudes, sign nibbles, and the block maxima in block order.
@@ -905,11 +921,16 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
   alignas(32) float step1[kGroup], step2[kGroup];
   alignas(32) uint32_t code1[kGroup], code2[kGroup];
   if constexpr (K == group_kind::four_over_six) {
-    const v16u c1 = lanes::e4m3_encode(lanes::static_block_scale(bmax, job.g, job.normalizer));
-    const v16u c2 = lanes::e4m3_encode(lanes::static_block_scale(bmax * 1.5f, job.g, job.normalizer));
-    const v16f s1 = lanes::e4m3_decode(c1) * job.ws2, s2 = lanes::e4m3_decode(c2) * job.ws2;
-    std::memcpy(code1, &c1, sizeof code1), std::memcpy(code2, &c2, sizeof code2);
-    std::memcpy(step1, &s1, sizeof step1), std::memcpy(step2, &s2, sizeof step2);
+    for (int h = 0; h < 2; ++h) {
+      __m256i c;
+      __m256 steps;
+      block_scales(static_scale(bmax_half[h], 1.0f, job.g, job.normalizer), job.ws2, &c, &steps);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(code1 + 8 * h), c);
+      _mm256_store_ps(step1 + 8 * h, steps);
+      block_scales(static_scale(bmax_half[h], 1.5f, job.g, job.normalizer), job.ws2, &c, &steps);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(code2 + 8 * h), c);
+      _mm256_store_ps(step2 + 8 * h, steps);
+    }
     for (int h = 0; h < 2; ++h)
       four_over_six_half(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h, step2 + 8 * h, code1 + 8 * h,
                          code2 + 8 * h, scales + 8 * h, packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
@@ -920,12 +941,10 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
     __m256i c[2];
     for (int h = 0; h < 2; ++h) {
       __m256 steps;
-      max_rule_scales(bmax_half[h], job.ws2, &c[h], &steps);
+      block_scales(max_rule_scale(bmax_half[h], job.ws2), job.ws2, &c[h], &steps);
       _mm256_store_ps(step1 + 8 * h, steps);
     }
-    const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(c[0], c[1]), 0xd8);  // 16 codes in order
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(scales),
-                     _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1)));
+    store_codes(c, scales);
     for (int h = 0; h < 2; ++h)
       encode_half<with_errors(K)>(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h,
                                   packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
