@@ -637,6 +637,12 @@ MIXQ_ALWAYS_INLINE void block_scales(__m256 s, float ws2, __m256i* codes, __m256
                             _mm256_sub_epi32(_mm256_srli_epi32(b, 20), u32((20u << 23) + 968)));
   *steps = _mm256_mul_ps(_mm256_fnmadd_ps(_mm256_castsi256_ps(b), c, t), _mm256_set1_ps(ws2));
 }
+// The values of 8 E4M3 codes (0 to 0x7e): code · 2^-9 below 8, else exponent and mantissa bits.
+MIXQ_ALWAYS_INLINE __m256 e4m3_values(__m256i code) {
+  const __m256 subnormal = _mm256_mul_ps(_mm256_cvtepi32_ps(code), _mm256_set1_ps(0x1p-9f));
+  const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(code, 20), u32(120u << 23));
+  return _mm256_blendv_ps(_mm256_castsi256_ps(normal), subnormal, _mm256_castsi256_ps(_mm256_cmpgt_epi32(u32(8), code)));
+}
 // An all-zero block's substitute 1.
 MIXQ_ALWAYS_INLINE __m256 one_if_zero(__m256 x) {
   return _mm256_blendv_ps(x, _mm256_set1_ps(1.0f), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ));
@@ -974,9 +980,10 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
     }
     codes = search_decide(values, bmax, setup, above, below, narrow, job);
   }
-  const v16f s1 = lanes::e4m3_decode(codes) * job.ws2;
-  lanes::store_bytes(codes, scales);
-  std::memcpy(step1, &s1, sizeof step1);
+  __m256i c[2];
+  std::memcpy(c, &codes, sizeof c);
+  for (int h = 0; h < 2; ++h) _mm256_store_ps(step1 + 8 * h, _mm256_mul_ps(e4m3_values(c[h]), _mm256_set1_ps(job.ws2)));
+  store_codes(c, scales);
   for (int h = 0; h < 2; ++h)
     encode_half<with_errors(K)>(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h,
                                                      packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
