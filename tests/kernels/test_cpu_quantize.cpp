@@ -652,31 +652,39 @@ TEST(cpu_kernels, nvfp4_mse_four_over_six_equal_totals_keep_the_standard_normali
 // A weight whose max is below 2^-100 (BF16 / F32 subnormals, or a tiny static global amax):
 // its per-code steps would underflow to 0 and 0 / 0 code anything; the scales take amax 1 as for
 // an all-zero weight, and every path gives code 0.
+// NVFP4 under a static global amax with every selector at every SIMD level this CPU runs, against
+// the reference; the reference's weights (one per selector) for further checks.
+std::vector<nvfp4_weight> expect_static_amax_as_reference(const cpu::source_matrix& source, const weight_view& view,
+                                                          float static_amax) {
+  std::vector<nvfp4_weight> refs;
+  for (auto sel : {nvfp4_selector::max, nvfp4_selector::four_over_six, nvfp4_selector::mse_fp8_sweep,
+                   nvfp4_selector::mse_multiplier, nvfp4_selector::mse_four_over_six}) {
+    nvfp4_options o;
+    o.selector = sel;
+    o.global_amax = static_amax;
+    refs.push_back(nvfp4_quantize(view, o));
+    for (auto level : {cpu::simd_level::avx512, cpu::simd_level::avx2, cpu::simd_level::baseline}) {
+      if (level > cpu::cpu_simd_level()) continue;
+      cpu::limit_simd_level(level);
+      const nvfp4_weight fast = cpu::nvfp4_quantize(source, o);
+      EXPECT_EQ(fast.block_scales, refs.back().block_scales) << view.name << " " << selector_name(sel) << " " << static_amax;
+      EXPECT_EQ(fast.packed, refs.back().packed) << view.name << " " << selector_name(sel) << " " << static_amax;
+    }
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+  return refs;
+}
+
 // A static global amax far below the weight's max (block scales clamped at 448, codes saturated)
-// and far above it (scales clamped at 2^-9 and E4M3 subnormals), every selector, every SIMD level.
+// and far above it (scales clamped at 2^-9 and E4M3 subnormals).
 TEST(cpu_kernels, nvfp4_static_global_amax_far_from_the_weight_bit_identical) {
-  const nvfp4_selector selectors[] = {nvfp4_selector::max, nvfp4_selector::mse_multiplier, nvfp4_selector::mse_fp8_sweep,
-                                      nvfp4_selector::four_over_six, nvfp4_selector::mse_four_over_six};
   for (const auto& t : all_kinds(4, 256, 57)) {
     float amax = 0.0f;
     for (float v : t.values) amax = std::max(amax, std::fabs(v));
     if (!(amax > 0.0f) || !std::isfinite(amax)) continue;
     const sourced s = as_dtype(t, cpu::source_dtype::bf16);
-    for (float static_amax : {amax / 64.0f, amax * 0x1p12f})
-      for (auto sel : selectors)
-        for (auto level : {cpu::simd_level::avx512, cpu::simd_level::avx2, cpu::simd_level::baseline}) {
-          if (level > cpu::cpu_simd_level()) continue;
-          cpu::limit_simd_level(level);
-          nvfp4_options o;
-          o.selector = sel;
-          o.global_amax = static_amax;
-          const nvfp4_weight ref = nvfp4_quantize(view_of(s), o);
-          const nvfp4_weight fast = cpu::nvfp4_quantize(s.source, o);
-          EXPECT_EQ(fast.block_scales, ref.block_scales) << t.name << " " << selector_name(sel) << " " << static_amax;
-          EXPECT_EQ(fast.packed, ref.packed) << t.name << " " << selector_name(sel) << " " << static_amax;
-        }
+    for (float static_amax : {amax / 64.0f, amax * 0x1p12f}) expect_static_amax_as_reference(s.source, view_of(s), static_amax);
   }
-  cpu::limit_simd_level(cpu::cpu_simd_level());
 }
 
 TEST(cpu_kernels, nvfp4_tiny_global_amax_codes_zero_everywhere) {
@@ -686,22 +694,11 @@ TEST(cpu_kernels, nvfp4_tiny_global_amax_codes_zero_everywhere) {
   std::vector<float> values(32);
   for (size_t i = 0; i < 32; ++i) values[i] = bf16_decode(bits[i]);
   for (float static_amax : {0.0f, 1e-45f, 1e-32f})
-    for (auto sel : {nvfp4_selector::max, nvfp4_selector::four_over_six, nvfp4_selector::mse_fp8_sweep,
-                     nvfp4_selector::mse_multiplier, nvfp4_selector::mse_four_over_six})
-      for (auto level : {cpu::simd_level::avx512, cpu::simd_level::avx2, cpu::simd_level::baseline}) {
-        if (level > cpu::cpu_simd_level()) continue;
-        cpu::limit_simd_level(level);
-        nvfp4_options o;
-        o.selector = sel;
-        o.global_amax = static_amax;
-        const nvfp4_weight ref = nvfp4_quantize(weight_view{values.data(), 1, 32, "tiny"}, o);
-        const nvfp4_weight fast = cpu::nvfp4_quantize({bits.data(), cpu::source_dtype::bf16, 1, 32, "tiny"}, o);
-        EXPECT_EQ(fast.block_scales, ref.block_scales) << selector_name(sel) << " " << static_amax;
-        EXPECT_EQ(fast.packed, ref.packed) << selector_name(sel) << " " << static_amax;
-        for (uint8_t p : ref.packed) EXPECT_EQ(p & 0x77, 0) << selector_name(sel);  // magnitude code 0
-        for (uint8_t sc : ref.block_scales) EXPECT_LT(sc, 0x7f) << selector_name(sel);  // never a NaN scale
-      }
-  cpu::limit_simd_level(cpu::cpu_simd_level());
+    for (const nvfp4_weight& ref : expect_static_amax_as_reference({bits.data(), cpu::source_dtype::bf16, 1, 32, "tiny"},
+                                                                   weight_view{values.data(), 1, 32, "tiny"}, static_amax)) {
+      for (uint8_t p : ref.packed) EXPECT_EQ(p & 0x77, 0);  // magnitude code 0
+      for (uint8_t sc : ref.block_scales) EXPECT_LT(sc, 0x7f);  // never a NaN scale
+    }
 }
 
 // NVFP4 mse_multiplier with lists besides the default: ascending ones (candidate codes from one
