@@ -1,5 +1,7 @@
-// E4M3 rounding in 8 AVX2 lanes, for the AVX2 FP8 kernels (quantize.cpp, fp8_mse_histogram.cpp):
-// include it where "arch=x86-64-v3" is the target (#pragma GCC target), outside any namespace.
+// E4M3 rounding in 8 AVX2 lanes, for the AVX2 NVFP4 and FP8 kernels (quantize_nvfp4.cpp,
+// quantize.cpp, fp8_mse_histogram.cpp): include it where "arch=x86-64-v3" is the target (#pragma
+// GCC target), outside any namespace. Each gives, lane by lane, what the scalar reference in
+// formats/minifloat.hpp gives; the kernels' tests check them through every path that uses them.
 #pragma once
 
 #include <immintrin.h>
@@ -8,16 +10,33 @@
 
 namespace mixq::cpu::e4m3_avx2 {
 
-// q >= 0 (a quotient x / scale) rounded to its nearest E4M3 value, ties to the even code, saturating
-// at 448: q + C − C with C = b · 2^20, b = max(2^floor(log2 q), 2^-6), rounds to E4M3's step in q's
-// binade (b / 8; the subnormals' 2^-9 below 2^-6) in two multiply-adds (C exact in each), and the
-// min saturates from 464 up (and where C overflows: inf − inf is NaN, and min gives its second
-// operand). As lanes::e4m3_round.
-MIXQ_ALWAYS_INLINE __m256 e4m3_rounded(__m256 q) {
+// q >= 0 rounded to E4M3's step in its binade, ties to the even code: t = q + C with C = b · 2^20,
+// b = max(2^floor(log2 q), 2^-6), in one multiply-add (C exact in it), rounds to b / 8 (the
+// subnormals' 2^-9 below 2^-6). The sum's bits count those steps above C (8 to 16 in a normal
+// binade), and each binade adds 8 codes.
+struct rounding {
+  __m256i b;  // as bits
+  __m256 t;
+};
+MIXQ_ALWAYS_INLINE rounding round_to_e4m3(__m256 q) {
   const __m256i exponent = _mm256_and_si256(_mm256_castps_si256(q), _mm256_set1_epi32(0x7f800000));
-  const __m256 b = _mm256_castsi256_ps(_mm256_max_epu32(exponent, _mm256_set1_epi32(0x3c800000)));
-  const __m256 c = _mm256_set1_ps(0x1p20f);
-  return _mm256_min_ps(_mm256_fnmadd_ps(b, c, _mm256_fmadd_ps(b, c, q)), _mm256_set1_ps(448.0f));
+  const __m256i b = _mm256_max_epu32(exponent, _mm256_set1_epi32(0x3c800000));
+  return {b, _mm256_fmadd_ps(_mm256_castsi256_ps(b), _mm256_set1_ps(0x1p20f), q)};
+}
+// The code of the rounded value, unsaturated: t − C + 8 log2 b + 48 in the bits (q = 1: 8 + 48 =
+// 0x38); past 448, and where C overflows, at least 0x7f as an unsigned number.
+MIXQ_ALWAYS_INLINE __m256i code_of(rounding r) {
+  const __m256i k = _mm256_sub_epi32(_mm256_srli_epi32(r.b, 20), _mm256_set1_epi32((20 << 23) + 968));
+  return _mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(r.t), r.b), k);
+}
+// The rounded value itself, unsaturated: t − C (exact).
+MIXQ_ALWAYS_INLINE __m256 value_of(rounding r) {
+  return _mm256_fnmadd_ps(_mm256_castsi256_ps(r.b), _mm256_set1_ps(0x1p20f), r.t);
+}
+// lanes::e4m3_round: the value saturating at 448 (from 464 up, and where C overflows: inf − inf is
+// NaN, and min gives its second operand).
+MIXQ_ALWAYS_INLINE __m256 e4m3_rounded(__m256 q) {
+  return _mm256_min_ps(value_of(round_to_e4m3(q)), _mm256_set1_ps(448.0f));
 }
 
 }  // namespace mixq::cpu::e4m3_avx2

@@ -217,19 +217,13 @@ uint32_t row_amax_bits(const float* p, int64_t n) {
   return top;
 }
 
-// lanes::fp8_codes of 8 values (float bits) under scale, each code in its lane. |q| + C with
-// C = b · 2^20, b = max(2^floor(log2 |q|), 2^-6), rounds |q| to E4M3's step in its binade (b / 8; the
-// subnormals' 2^-9 below 2^-6), ties to the even code, in one multiply-add (C exact in it); the sum's
-// bits count those steps above C (8 to 16 in a normal binade), and each binade adds 8 codes: the
-// code is t − C + 8 log2 b − 968 in the bits, saturating at 0x7e (from 464 up, and where C
-// overflows). (No quotient is NaN: the values are finite, or zeroed, and every scale finite.)
+// lanes::fp8_codes of 8 values (float bits) under scale, each code in its lane: |q|'s E4M3 code
+// off the rounding sum (e4m3_avx2.hpp), saturating at 0x7e by one unsigned min, and the sign. (No
+// quotient is NaN: the values are finite, or zeroed, and every scale finite.)
 MIXQ_ALWAYS_INLINE __m256i fp8_codes(__m256i bits, __m256 scale) {
   const __m256i q = _mm256_castps_si256(_mm256_div_ps(_mm256_castsi256_ps(bits), scale));
-  const __m256i u = _mm256_and_si256(q, u32(0x7fffffffu));
-  const __m256i b = _mm256_max_epu32(_mm256_and_si256(u, u32(0x7f800000u)), u32(0x3c800000u));
-  const __m256i t = _mm256_castps_si256(_mm256_fmadd_ps(_mm256_castsi256_ps(b), _mm256_set1_ps(0x1p20f), _mm256_castsi256_ps(u)));
-  const __m256i k = _mm256_sub_epi32(_mm256_srli_epi32(b, 20), u32((20u << 23) + 968));
-  const __m256i code = _mm256_min_epu32(_mm256_add_epi32(_mm256_sub_epi32(t, b), k), u32(0x7eu));
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_and_si256(q, u32(0x7fffffffu)));
+  const __m256i code = _mm256_min_epu32(e4m3_avx2::code_of(e4m3_avx2::round_to_e4m3(magnitude)), u32(0x7eu));
   return _mm256_or_si256(code, _mm256_and_si256(_mm256_srli_epi32(q, 24), u32(0x80u)));
 }
 // |x|'s FP8 value under scale, as lanes::fp8_dequantized's magnitude.

@@ -46,6 +46,7 @@
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v3")
 #include "kernels/cpu/e2m1_avx2.hpp"
+#include "kernels/cpu/e4m3_avx2.hpp"
 #pragma GCC pop_options
 #endif
 
@@ -624,18 +625,14 @@ MIXQ_ALWAYS_INLINE __m256i packed4(const __m256i* b) {
 }
 
 // 8 blocks' scale codes and steps from their scales before the clamp (nvfp4_clamp_block_scale, its
-// e4m3_encode, and that value times ws2): the scale rounded to E4M3 by q + C − C as in
-// e4m3_avx2.hpp (it lies in [2^-9, 448]: nothing saturates), its code read off the sum t = q + C
-// (t − C counts the steps of b / 8, 8 to 16 in a normal binade, and each binade adds 8 codes), the
-// step from the rounded value itself.
+// e4m3_encode, and that value times ws2): the clamped scale rounded to E4M3 by e4m3_avx2.hpp's
+// multiply-add (in [2^-9, 448], nothing saturates), its code off the rounding sum, the step from
+// the rounded value itself.
 MIXQ_ALWAYS_INLINE void block_scales(__m256 s, float ws2, __m256i* codes, __m256* steps) {
   s = _mm256_min_ps(_mm256_max_ps(s, _mm256_set1_ps(kNvfp4MinBlockScale)), _mm256_set1_ps(448.0f));
-  const __m256i b = _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(s), u32(0x7f800000u)), u32(0x3c800000u));
-  const __m256 c = _mm256_set1_ps(0x1p20f);
-  const __m256 t = _mm256_fmadd_ps(_mm256_castsi256_ps(b), c, s);
-  *codes = _mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), b),
-                            _mm256_sub_epi32(_mm256_srli_epi32(b, 20), u32((20u << 23) + 968)));
-  *steps = _mm256_mul_ps(_mm256_fnmadd_ps(_mm256_castsi256_ps(b), c, t), _mm256_set1_ps(ws2));
+  const e4m3_avx2::rounding r = e4m3_avx2::round_to_e4m3(s);
+  *codes = e4m3_avx2::code_of(r);
+  *steps = _mm256_mul_ps(e4m3_avx2::value_of(r), _mm256_set1_ps(ws2));
 }
 // The values of 8 E4M3 codes (0 to 0x7e): code · 2^-9 below 8, else exponent and mantissa bits.
 MIXQ_ALWAYS_INLINE __m256 e4m3_values(__m256i code) {
