@@ -71,6 +71,7 @@ MIXQ_CLONES float fp8_row_amax(const float* x, int64_t n) {
 #if MIXQ_HAVE_SIMD_TARGETS
 namespace avx2 {
 double row_sq_error(const float* x, int64_t n, float scale);
+void nf4_block_codes(const float* p, float scale, const int32_t* mid, uint8_t* dst);
 }
 #endif
 
@@ -256,6 +257,31 @@ double row_sq_error(const float* x, int64_t n, float scale) {
   double err = 0.0;
   for (double l : lane) err += l;
   return err;
+}
+
+// nf4_blocks_impl's codes of one block for AVX2 (the generic lanes' 15 midpoint steps went through
+// the stack): each value divided by the block's scale, its ordered integer key (|x| capped at 2,
+// the sign applied as in nf4_key), the number of midpoint keys below it by 15 compares (ties: the
+// lower code), 7 everywhere for a zero scale; packed low nibble first.
+void nf4_block_codes(const float* p, float scale, const int32_t* mid, uint8_t* dst) {
+  const __m256 s = _mm256_set1_ps(scale);
+  for (int i = 0; i < kNf4Block; i += 16) {
+    __m256i pairs[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i bits = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(p + i + 8 * h), s));
+      const __m256i m = _mm256_min_epu32(_mm256_and_si256(bits, u32(0x7fffffffu)), u32(0x40000000u));
+      const __m256i negative = _mm256_srai_epi32(bits, 31);
+      const __m256i key = _mm256_sub_epi32(_mm256_xor_si256(m, negative), negative);
+      __m256i code = _mm256_setzero_si256();
+      for (int j = 0; j < 15; ++j) code = _mm256_sub_epi32(code, _mm256_cmpgt_epi32(key, u32(uint32_t(mid[j]))));
+      if (!(scale > 0.0f)) code = u32(7);
+      // even code | odd code << 4 in each 64-bit lane's low byte, the four of them to dwords 0-3
+      const __m256i packed = _mm256_and_si256(_mm256_or_si256(code, _mm256_srli_epi64(code, 28)), u32(0xffu));
+      pairs[h] = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+    }
+    const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(pairs[0]), _mm256_castsi256_si128(pairs[1]));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + i / 2), _mm_packus_epi16(words, words));
+  }
 }
 
 MIXQ_ALWAYS_INLINE __m256i bits_of(const uint16_t* p) {
@@ -702,6 +728,12 @@ MIXQ_ALWAYS_INLINE bool nf4_blocks_impl(const float* x, int64_t blocks, const fl
     const _Float16 half = static_cast<_Float16>(std::fmin(std::bit_cast<float>(m), 65504.0f));
     scales[b] = std::bit_cast<uint16_t>(half);
     const float scale = static_cast<float>(half);
+#if MIXQ_HAVE_SIMD_TARGETS
+    if constexpr (L == simd_level::avx2) {
+      avx2::nf4_block_codes(p, scale, mid, packed + b * (kNf4Block / 2));
+      continue;
+    }
+#endif
     for (int i = 0; i < kNf4Block; i += 16) {
       const lanes::v16f v = load16<L>(p + i) / scale;
       // the number of midpoints below v (ties: the lower code): mid − key < 0 where v > mid
