@@ -910,9 +910,8 @@ MIXQ_ALWAYS_INLINE void store_values(__m256 ae, __m256 ao, float* out) {
 enum class group_kind { max, max_with_errors, four_over_six, search, search_with_errors };
 constexpr bool with_errors(group_kind k) { return k == group_kind::max_with_errors || k == group_kind::search_with_errors; }
 
-// 16 blocks from src: the block maxima, the block scales for all 16 at once (the generic lanes; for
-// the searches the setup generic, the estimates and the decision here), then the codes in two
-// halves.
+// 16 blocks from src: the block maxima, the block scales in two 8-lane halves (for the searches
+// the setup generic, the estimates and the decision here), then the codes in two halves.
 template <group_kind K, class T>
 MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8_t* scales, uint8_t* packed,
                                        float* errors) {
@@ -922,36 +921,28 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
   v16f bmax;
   std::memcpy(&bmax, bmax_half, sizeof bmax);
   alignas(32) float step1[kGroup], step2[kGroup];
-  alignas(32) uint32_t code1[kGroup], code2[kGroup];
   if constexpr (K == group_kind::four_over_six) {
-    for (int h = 0; h < 2; ++h) {
-      __m256i c;
-      __m256 steps;
-      block_scales(static_scale(bmax_half[h], 1.0f, job.g, job.normalizer), job.ws2, &c, &steps);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(code1 + 8 * h), c);
-      _mm256_store_ps(step1 + 8 * h, steps);
-      block_scales(static_scale(bmax_half[h], 1.5f, job.g, job.normalizer), job.ws2, &c, &steps);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(code2 + 8 * h), c);
-      _mm256_store_ps(step2 + 8 * h, steps);
-    }
+    alignas(32) uint32_t code1[kGroup], code2[kGroup];
+    for (int candidate = 0; candidate < 2; ++candidate)  // block max -> 6, -> 4
+      for (int h = 0; h < 2; ++h) {
+        __m256i c;
+        __m256 steps;
+        block_scales(static_scale(bmax_half[h], candidate ? 1.5f : 1.0f, job.g, job.normalizer), job.ws2, &c, &steps);
+        _mm256_store_si256(reinterpret_cast<__m256i*>((candidate ? code2 : code1) + 8 * h), c);
+        _mm256_store_ps((candidate ? step2 : step1) + 8 * h, steps);
+      }
     for (int h = 0; h < 2; ++h)
       four_over_six_half(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h, step2 + 8 * h, code1 + 8 * h,
                          code2 + 8 * h, scales + 8 * h, packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
     return;
   }
-  v16u codes;
+  __m256i codes[2];
   if constexpr (K == group_kind::max || K == group_kind::max_with_errors) {
-    __m256i c[2];
     for (int h = 0; h < 2; ++h) {
       __m256 steps;
-      block_scales(max_rule_scale(bmax_half[h], job.ws2), job.ws2, &c[h], &steps);
+      block_scales(max_rule_scale(bmax_half[h], job.ws2), job.ws2, &codes[h], &steps);
       _mm256_store_ps(step1 + 8 * h, steps);
     }
-    store_codes(c, scales);
-    for (int h = 0; h < 2; ++h)
-      encode_half<with_errors(K)>(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h,
-                                  packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
-    return;
   } else {
     const search_setup setup = setup_search(bmax, job);
     alignas(32) float values[kGroup][kNvfp4Block];
@@ -975,15 +966,15 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
         else estimate_top_window(values[i], lo[i], *job.tables, &above[i], &below[i]);
       }
     }
-    codes = search_decide(values, bmax, setup, above, below, narrow, job);
+    const v16u chosen = search_decide(values, bmax, setup, above, below, narrow, job);
+    std::memcpy(codes, &chosen, sizeof codes);
+    for (int h = 0; h < 2; ++h)
+      _mm256_store_ps(step1 + 8 * h, _mm256_mul_ps(e4m3_values(codes[h]), _mm256_set1_ps(job.ws2)));
   }
-  __m256i c[2];
-  std::memcpy(c, &codes, sizeof c);
-  for (int h = 0; h < 2; ++h) _mm256_store_ps(step1 + 8 * h, _mm256_mul_ps(e4m3_values(c[h]), _mm256_set1_ps(job.ws2)));
-  store_codes(c, scales);
+  store_codes(codes, scales);
   for (int h = 0; h < 2; ++h)
     encode_half<with_errors(K)>(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h,
-                                                     packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
+                                packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
 }
 
 template <group_kind K, class T>
