@@ -39,4 +39,12 @@ MIXQ_ALWAYS_INLINE __m256 e4m3_rounded(__m256 q) {
   return _mm256_min_ps(value_of(round_to_e4m3(q)), _mm256_set1_ps(448.0f));
 }
 
+// a − (a's FP8 value under scale) for 8 magnitudes a, in double (exact: as x − the signed value's
+// for x = ±a), lanes 0-3 into d[0] and 4-7 into d[1]; the value as lanes::fp8_dequantized's.
+MIXQ_ALWAYS_INLINE void differences_from_fp8(__m256 a, __m256 scale, __m256d* d) {
+  const __m256 v = _mm256_mul_ps(e4m3_rounded(_mm256_div_ps(a, scale)), scale);
+  d[0] = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)), _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+  d[1] = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
 }  // namespace mixq::cpu::e4m3_avx2

@@ -73,9 +73,7 @@ void runs_sq_errors(const float* values, const double* counts, int64_t n, const 
         const __m256i index = _mm256_add_epi32(lane, _mm256_set1_epi32(int(uint32_t(i + 8 * h - low_end))));
         const __m256i outside = _mm256_cmpeq_epi32(_mm256_max_epu32(index, gap), index);
         const __m256 x = _mm256_and_ps(_mm256_loadu_ps(values + i + 8 * h), _mm256_castsi256_ps(outside));
-        const __m256 v = _mm256_mul_ps(e4m3_avx2::e4m3_rounded(_mm256_div_ps(x, scale)), scale);
-        d[h][0] = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-        d[h][1] = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+        e4m3_avx2::differences_from_fp8(x, scale, d[h]);
       }
       for (int q = 0; q < 2; ++q) {
         const __m256d a = _mm256_mul_pd(_mm256_loadu_pd(counts + i + 4 * q), _mm256_mul_pd(d[0][q], d[0][q]));

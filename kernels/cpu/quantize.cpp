@@ -227,11 +227,6 @@ MIXQ_ALWAYS_INLINE __m256i fp8_codes(__m256i bits, __m256 scale) {
   const __m256i code = _mm256_min_epu32(e4m3_avx2::code_of(e4m3_avx2::round_to_e4m3(magnitude)), u32(0x7eu));
   return _mm256_or_si256(code, _mm256_and_si256(_mm256_srli_epi32(q, 24), u32(0x80u)));
 }
-// |x|'s FP8 value under scale, as lanes::fp8_dequantized's magnitude.
-MIXQ_ALWAYS_INLINE __m256 fp8_magnitude(__m256 a, __m256 scale) {
-  return _mm256_mul_ps(e4m3_avx2::e4m3_rounded(_mm256_div_ps(a, scale)), scale);
-}
-
 // lanes::fp8_row_sq_error<avx2>, bit for bit: (|x| − its FP8 value)² in double (the difference
 // exact, as x − the signed value's), lane j of 8 taking elements j, j + 8, ..., the tail's terms
 // from the scalar reference, the lanes added in order at the end.
@@ -240,12 +235,10 @@ double row_sq_error(const float* x, int64_t n, float scale) {
   __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();  // lanes 0-3, 4-7
   int64_t i = 0;
   for (; i + 8 <= n / 16 * 16; i += 8) {
-    const __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + i), _mm256_castsi256_ps(u32(0x7fffffffu)));
-    const __m256 v = fp8_magnitude(a, s);
-    const __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)), _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-    const __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-    lo = _mm256_add_pd(lo, _mm256_mul_pd(d0, d0));
-    hi = _mm256_add_pd(hi, _mm256_mul_pd(d1, d1));
+    __m256d d[2];
+    e4m3_avx2::differences_from_fp8(_mm256_and_ps(_mm256_loadu_ps(x + i), _mm256_castsi256_ps(u32(0x7fffffffu))), s, d);
+    lo = _mm256_add_pd(lo, _mm256_mul_pd(d[0], d[0]));
+    hi = _mm256_add_pd(hi, _mm256_mul_pd(d[1], d[1]));
   }
   alignas(32) double lane[8];
   _mm256_store_pd(lane, lo);
