@@ -13,12 +13,16 @@ namespace mixq::cpu::e2m1_avx2 {
 
 MIXQ_ALWAYS_INLINE __m256i u32(uint32_t x) { return _mm256_set1_epi32(int(x)); }
 
+// b = max(1, 2^floor(log2 q)) of q >= 0: the binade whose level spacing (b / 2) rounds q.
+MIXQ_ALWAYS_INLINE __m256 e2m1_binade(__m256 q) {
+  return _mm256_and_ps(_mm256_max_ps(q, _mm256_set1_ps(1.0f)), _mm256_castsi256_ps(u32(0x7f800000u)));
+}
 // q >= 0 rounded to the spacing of its binade's E2M1 levels (1/2 below 2, then 1, then 2), to
 // nearest, ties to the even code as the codes take them: q + C − C with C = 2^22 · max(1,
 // 2^floor(log2 q)), in two multiply-adds (C = b · 2^22 is exact in each). Below 7 this is
 // e2m1_round_magnitude; e2m1_levels saturates.
 MIXQ_ALWAYS_INLINE __m256 e2m1_rounded(__m256 q) {
-  const __m256 b = _mm256_and_ps(_mm256_max_ps(q, _mm256_set1_ps(1.0f)), _mm256_castsi256_ps(u32(0x7f800000u)));
+  const __m256 b = e2m1_binade(q);
   const __m256 c = _mm256_set1_ps(0x1p22f);
   return _mm256_fnmadd_ps(b, c, _mm256_fmadd_ps(b, c, q));
 }
@@ -27,7 +31,7 @@ MIXQ_ALWAYS_INLINE __m256 e2m1_rounded(__m256 q) {
 // two codes, so the code is t − C + 2 log2 b in the bits, saturating at 7. (Where C overflows, or q
 // is NaN, the difference is at least 7 as an unsigned number.)
 MIXQ_ALWAYS_INLINE __m256i e2m1_codes(__m256 q) {
-  const __m256 b = _mm256_and_ps(_mm256_max_ps(q, _mm256_set1_ps(1.0f)), _mm256_castsi256_ps(u32(0x7f800000u)));
+  const __m256 b = e2m1_binade(q);
   const __m256i t = _mm256_castps_si256(_mm256_fmadd_ps(b, _mm256_set1_ps(0x1p22f), q));
   const __m256i bits = _mm256_castps_si256(b);  // C = b + 22 in the exponent; 2 log2 b = (b >> 22) − 254
   const __m256i code = _mm256_add_epi32(_mm256_sub_epi32(t, bits), _mm256_sub_epi32(_mm256_srli_epi32(bits, 22), u32((22u << 23) + 254)));
