@@ -66,6 +66,8 @@ inline float nvfp4_block_scale_f32(float block_amax, float global_amax, float no
 // weight_scale·weight_scale_2, in float, summed as a fixed tree (lanes j and j+8, then j+4, ...)
 // so that vectorized implementations reproduce it bit for bit.
 inline float nvfp4_block_sq_error(const float* w, float scale);
+// One magnitude a's term of that error: (a − level · scale)², level its E2M1 rounding of a / scale.
+inline float nvfp4_sq_error_term(float a, float scale);
 // E2M1 nibble of w under `scale` (sign bit set for w < 0, as ModelOpt does).
 inline uint8_t nvfp4_code(float w, float scale);
 
@@ -114,13 +116,14 @@ inline float nvfp4_block_scale_f32(float block_amax, float global_amax, float no
   return nvfp4_clamp_block_scale(t * normalizer / (g / 6.0f));
 }
 
+inline float nvfp4_sq_error_term(float a, float scale) {
+  const float d = e2m1_round_magnitude(a / scale) * scale;
+  return (a - d) * (a - d);
+}
+
 inline float nvfp4_block_sq_error(const float* w, float scale) {
   float t[kNvfp4Block];
-  for (int i = 0; i < kNvfp4Block; ++i) {
-    const float a = w[i] < 0.0f ? -w[i] : w[i];
-    const float d = e2m1_round_magnitude(a / scale) * scale;
-    t[i] = (a - d) * (a - d);
-  }
+  for (int i = 0; i < kNvfp4Block; ++i) t[i] = nvfp4_sq_error_term(w[i] < 0.0f ? -w[i] : w[i], scale);
   for (int width = kNvfp4Block / 2; width >= 1; width /= 2)
     for (int i = 0; i < width; ++i) t[i] += t[i + width];
   return t[0];

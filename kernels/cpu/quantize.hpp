@@ -18,6 +18,9 @@ namespace mixq::cpu {
 // NVFP4 mse_multiplier over BF16 takes its candidate codes from a table by the block max's
 // mantissa from this many blocks on (the table's exact build then pays for itself).
 inline constexpr int64_t kNvfp4MultiplierTableBlocks = 8192;
+// The NVFP4 MSE searches over BF16 (with AVX2) take their error estimates from a table of every
+// term (~40 KiB, ~10 µs to build) from this many blocks on.
+inline constexpr int64_t kNvfp4TermTableBlocks = 8192;
 nvfp4_weight nvfp4_quantize(const source_matrix& w, const nvfp4_options& options = {});
 fp8_weight fp8_quantize(const source_matrix& w, const fp8_options& options = {});
 mx_weight mx_quantize(const source_matrix& w, format_id format, nonfinite_policy nonfinite = nonfinite_policy::reject);

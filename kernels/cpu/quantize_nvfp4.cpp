@@ -110,6 +110,34 @@ struct multiplier_codes {
   }
 };
 
+// Over BF16, every term of a window's errors from one table. A BF16 magnitude a = (1 + m/128) · 2^E
+// and a normal code k's step s_k both divided by 2^E leave a / s_k, its E2M1 level and the rounding
+// of each product, difference and square as they are (every one normal: the users keep steps in
+// [2^-46, 2^49] and a / s_k below 32), so the reference's term (a − level · s_k)² is 4^E times that
+// of a' = 1 + m/128 under s_k / 2^E = RN((1 + (k mod 8)/8) · ws2) · 2^((k − 8E) div 8 − 7): a function
+// of m and c = k − 8E alone. Row m holds those terms for c from c_min, the least c whose a' / s can
+// be below 32, to 15 or more past c_min + z, the first from which every a' / s is below 1/4 (level
+// 0: the term is a'², for every later c too). A value's 16 window terms (codes lo .. lo + 15) are
+// the row's 16 from lo − 8E − c_min, clamped to [0, z] (beyond z: all a'²).
+struct term_table {
+  int c_min = 0, z = 0, row = 0;
+  std::vector<float> steps;  // s_k / 2^E for c = c_min .. c_min + row − 1
+  std::vector<float> terms;  // 128 rows of `row`
+  // The table's extent and steps; its terms are filled where it is used (avx2::fill_terms).
+  static std::optional<term_table> extent(float ws2) {
+    if (!(ws2 >= 0x1p-40f && ws2 <= 0x1p40f)) return std::nullopt;
+    const auto step = [ws2](int c) { return std::ldexp((1.0f + float(c & 7) / 8.0f) * ws2, (c >> 3) - 7); };
+    term_table t;
+    t.c_min = -400;  // (below every c_min: ws2 >= 2^-40)
+    while (!(step(t.c_min) > 1.0f / 32.0f)) ++t.c_min;
+    while (!(step(t.c_min + t.z) >= 8.0f)) ++t.z;
+    t.row = (t.z + 16 + 7) / 8 * 8;
+    for (int i = 0; i < t.row; ++i) t.steps.push_back(step(t.c_min + i));
+    t.terms.resize(size_t(128 * t.row));
+    return t;
+  }
+};
+
 struct nvfp4_job {
   float global_amax, normalizer, ws2;
   float g;  // the global amax as the block scale formula uses it (1 for an all-zero weight)
@@ -120,6 +148,7 @@ struct nvfp4_job {
   bool amax_bounds_weight;      // global_amax >= max |w|
   const float* block_maxima;    // each block's max |w| when the amax pass found them, else null
   const multiplier_codes* codes_by_mantissa;  // mse_multiplier over BF16 with an ascending list, else null
+  const term_table* terms;                     // the searches over BF16 (AVX2), else null
 };
 
 // ---- per-group building blocks ----------------------------------------------------------------
@@ -824,6 +853,77 @@ MIXQ_ALWAYS_INLINE void estimate_narrow_pair(const float* a, const float* b, uin
   std::memcpy(&below_error[1], out_below[1], sizeof out_below[1]);
 }
 
+// estimate_window from the term table (BF16): each value's 16 terms read at once, scaled by 4^E
+// (exact), summed by multiply-adds into two accumulators (8 roundings of a partial sum per term,
+// then one). The terms are the reference's own, bit for bit, but where one is subnormal (its
+// rounding then does not scale: within 2^-149) or a value is below 2^-63 (4^E subnormal: taken as 0;
+// with steps from 2^-46 its level is 0 and its term below 2^-126): the estimate is within
+// (γ_9 + γ_4) S + 2^-121 of the reference's tree sum, well inside δ.
+// The term table's terms: nvfp4_sq_error_term(1 + m/128, step) for every row m and step, 8 at a
+// time (each operation rounds as the scalar one does; e2m1_levels is e2m1_round_magnitude). False
+// where a term from z on is not a'² (cannot happen: a' / step is below 1/4 there).
+bool fill_terms(term_table& t) {
+  for (int m = 0; m < 128; ++m) {
+    const float a = 1.0f + float(m) / 128.0f;
+    const __m256 av = _mm256_set1_ps(a);
+    float* row = t.terms.data() + m * t.row;
+    for (int i = 0; i < t.row; i += 8) {
+      const __m256 step = _mm256_loadu_ps(t.steps.data() + i);
+      const __m256 d = _mm256_sub_ps(av, _mm256_mul_ps(e2m1_levels(_mm256_div_ps(av, step)), step));
+      _mm256_storeu_ps(row + i, _mm256_mul_ps(d, d));
+    }
+    for (int i = t.z; i < t.row; ++i)
+      if (row[i] != a * a) return false;
+  }
+  return true;
+}
+
+// Where each of a block's values reads its terms, and its 4^E (0 below 2^-63).
+MIXQ_ALWAYS_INLINE void term_positions(const float* a, uint32_t lo, const term_table& tt, int32_t* offset,
+                                       float* power) {
+  const __m256i base = _mm256_set1_epi32(int(lo) + 8 * 127 - tt.c_min);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i bits = _mm256_load_si256(reinterpret_cast<const __m256i*>(a + 8 * h));
+    const __m256i e = _mm256_srli_epi32(bits, 23);  // biased exponent (a >= 0)
+    const __m256i m = _mm256_and_si256(_mm256_srli_epi32(bits, 16), u32(0x7f));
+    const __m256i start = _mm256_min_epi32(_mm256_max_epi32(_mm256_sub_epi32(base, _mm256_slli_epi32(e, 3)),
+                                                            _mm256_setzero_si256()),
+                                           _mm256_set1_epi32(tt.z));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(offset + 8 * h),
+                       _mm256_add_epi32(_mm256_mullo_epi32(m, _mm256_set1_epi32(tt.row)), start));
+    const __m256i four_to_e = _mm256_slli_epi32(_mm256_sub_epi32(_mm256_add_epi32(e, e), u32(127)), 23);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(power + 8 * h),
+                       _mm256_and_si256(four_to_e, _mm256_cmpgt_epi32(e, _mm256_set1_epi32(63))));
+  }
+}
+
+MIXQ_ALWAYS_INLINE void estimate_by_terms(const int32_t* offset, const float* power, uint32_t lo, const term_table& tt,
+                                          const code_tables& t, v16f* above_error, v16f* below_error) {
+  const float* terms = tt.terms.data();
+  const __m256 pw[2] = {_mm256_load_ps(power), _mm256_load_ps(power + 8)};
+  const __m256 dup[4] = {_mm256_permute2f128_ps(pw[0], pw[0], 0x00), _mm256_permute2f128_ps(pw[0], pw[0], 0x11),
+                         _mm256_permute2f128_ps(pw[1], pw[1], 0x00), _mm256_permute2f128_ps(pw[1], pw[1], 0x11)};
+  __m256 acc[2][4];
+#pragma GCC unroll 16
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    const float* r = terms + offset[i];
+    const __m256 p = _mm256_permute_ps(dup[i >> 2], (i & 3) * 0x55);
+    for (int h = 0; h < 2; ++h) {
+      const __m256 x = _mm256_loadu_ps(r + 8 * h);
+      acc[h][i & 3] = i < 4 ? _mm256_mul_ps(x, p) : _mm256_fmadd_ps(x, p, acc[h][i & 3]);
+    }
+  }
+  __m256 above[2], below[2];
+  for (int h = 0; h < 2; ++h) {
+    const __m256 est = _mm256_add_ps(_mm256_add_ps(acc[h][0], acc[h][1]), _mm256_add_ps(acc[h][2], acc[h][3]));
+    const __m256 delta = _mm256_fmadd_ps(est, _mm256_set1_ps(0x1p-15f), _mm256_loadu_ps(t.step_sq_margin + lo + 8 * h));
+    above[h] = _mm256_add_ps(est, delta);
+    below[h] = _mm256_sub_ps(est, delta);
+  }
+  std::memcpy(above_error, above, sizeof above);
+  std::memcpy(below_error, below, sizeof below);
+}
+
 // One eligible block's code from the estimates of its window (codes lo .. lo + 15, the candidates
 // among them as bits, A + δ in a, A − δ in b), with 8-lane compares (GCC lowers 16-lane compares
 // lane by lane, through the stack, without AVX-512): the least A + δ of its candidates and the
@@ -954,7 +1054,17 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
     std::memcpy(k0, &setup.k0, sizeof k0);
     v16f above[kGroup], below[kGroup];
     uint32_t narrow = 0;  // pairs of blocks in narrow windows
-    for (int j = 0; j < kGroup; j += 2) {
+    if (job.terms) {
+      alignas(32) int32_t offset[kGroup][kNvfp4Block];
+      alignas(32) float power[kGroup][kNvfp4Block];
+      for (int j = 0; j < kGroup; ++j) term_positions(values[j], lo[j], *job.terms, offset[j], power[j]);
+      for (int j = 0; j < kGroup; ++j) {
+        if (!eligible[j]) continue;
+        if (lo[j] >= 8) estimate_by_terms(offset[j], power[j], lo[j], *job.terms, *job.tables, &above[j], &below[j]);
+        else estimate_window<true>(values[j], lo[j], *job.tables, &above[j], &below[j]);  // (k0 < 15: not the top)
+      }
+    }
+    for (int j = 0; j < kGroup && !job.terms; j += 2) {
       if (eligible[j] && eligible[j + 1] && k0[j] <= 118 && k0[j + 1] <= 118) {
         narrow |= 3u << j;
         estimate_narrow_pair(values[j], values[j + 1], k0[j] - 3, k0[j + 1] - 3, *job.tables, &above[j], &below[j]);
@@ -1550,6 +1660,14 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
   std::optional<multiplier_codes> by_mantissa;
   if (!factors.empty() && w.dtype == source_dtype::bf16 && blocks >= kNvfp4MultiplierTableBlocks)
     by_mantissa = multiplier_codes::build(multipliers, q.global_scale, global_amax, normalizer);
+  std::optional<term_table> terms;
+#if MIXQ_HAVE_SIMD_TARGETS
+  if (searches && w.dtype == source_dtype::bf16 && blocks >= kNvfp4TermTableBlocks &&
+      active_simd_level() == simd_level::avx2) {
+    terms = term_table::extent(q.global_scale);
+    if (terms && !avx2::fill_terms(*terms)) terms.reset();
+  }
+#endif
   const nvfp4_job job{global_amax,
                       normalizer,
                       q.global_scale,
@@ -1560,7 +1678,8 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
                       tables ? &*tables : nullptr,
                       global_amax >= weight_amax,
                       block_maxima,
-                      by_mantissa ? &*by_mantissa : nullptr};
+                      by_mantissa ? &*by_mantissa : nullptr,
+                      terms ? &*terms : nullptr};
   // Each thread streams through a contiguous share (forward: the hardware prefetchers follow it).
   const int64_t items = (blocks + kChunkGroups * kGroup - 1) / (kChunkGroups * kGroup);
 #pragma omp parallel if (worth_threads(w.size() * job_cost(options.selector)))

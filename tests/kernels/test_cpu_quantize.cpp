@@ -10,6 +10,8 @@
 #include <random>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "formats/minifloat.hpp"
 #include "kernels/cpu/fp8_mse_histogram.hpp"
 #include "kernels/cpu/nvfp4_lanes.hpp"
@@ -300,6 +302,71 @@ TEST(cpu_kernels, nvfp4_sweep_on_blocks_hard_to_bound_bit_identical) {
     }
   }
   cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
+// The searches over BF16 weights of kNvfp4TermTableBlocks blocks, whose window estimates (AVX2)
+// come from a table of every term: ordinary and heavy-tailed blocks, blocks on the E2M1 grid of a
+// code's step, blocks with values below 2^-63 (BF16 subnormals and zeros too) beside larger ones,
+// and maxima from the global amax down to 2^-30 of it (window codes at the top, and subnormal ones
+// for the least), under global amaxes from 2^-30 to 2^40 (weight scales at and past the ends of
+// the range the window search takes).
+TEST(cpu_kernels, nvfp4_searches_over_large_bf16_bit_identical) {
+  std::mt19937 rng(41);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  testing::test_tensor base{"bf16 64x2048", 64, 2048, std::vector<float>(64 * 2048)};
+  static_assert(64 * 2048 / 16 == cpu::kNvfp4TermTableBlocks);
+  const float ws2 = nvfp4_global_scale(1.0f, kNvfp4Normalizer);
+  for (size_t b = 0; b < base.values.size() / 16; ++b) {
+    const float bmax = std::ldexp(1.0f, -int(rng() % 31)) * (1.0f + float(rng() % 128) / 128.0f) * 0.5f;
+    const int k = std::clamp(int(e4m3_encode(nvfp4_max_block_scale_f32(bmax, ws2))) + int(rng() % 11) - 3, 1, 126);
+    for (int i = 0; i < 16; ++i) {
+      float v = 0.0f;
+      switch (b % 5) {
+        case 0: v = bmax * std::min(std::fabs(normal(rng)) / 3.0f, 1.0f); break;
+        case 1: v = bmax * std::pow(unit(rng), 4.0f); break;
+        case 2: v = kE2M1Magnitudes[rng() % 8] * e4m3_decode_table()[k] * ws2; break;
+        case 3: v = i < 6 ? bmax * unit(rng) : std::ldexp(1.0f + float(rng() % 128) / 128.0f, -64 - int(rng() % 72)); break;
+        default: v = rng() % 2 ? 0.0f : bmax * unit(rng);
+      }
+      base.values[b * 16 + size_t(i)] = rng() % 2 ? -v : v;
+    }
+  }
+  // Blocks whose least error is at a subnormal code of their window (lo = k0 − 7 < 8): values on
+  // that code's E2M1 grid, the max clipped there.
+  int subnormal_best = 0;
+  for (int attempt = 0; attempt < 400000 && subnormal_best < 8; ++attempt) {
+    const float s = e4m3_decode_table()[2 + rng() % 6] * ws2;
+    float x[16];
+    for (float& v : x) v = bf16_decode(bf16_encode(kE2M1Magnitudes[rng() % 8] * s));
+    x[0] = bf16_decode(bf16_encode(s * (6.0f + 4.0f * unit(rng))));
+    const float bmax = *std::max_element(x, x + 16);
+    const int k0 = e4m3_encode(nvfp4_max_block_scale_f32(bmax, ws2));
+    if (k0 < 9 || k0 > 14 || nvfp4_choose_block_scale(x, bmax, 1.0f, kNvfp4Normalizer, nvfp4_selector::mse_fp8_sweep, {}) >= 8)
+      continue;
+    std::copy(x, x + 16, base.values.begin() + 16 * (16 + subnormal_best++));
+  }
+  EXPECT_EQ(subnormal_best, 8);
+  base.values[0] = 1.0f;
+  for (int e : {0, -30, 40, -12, 20}) {
+    testing::test_tensor t = base;
+    t.name += fmt::format(" · 2^{}", e);
+    for (float& v : t.values) v = std::ldexp(v, e);
+    const sourced s = as_dtype(t, cpu::source_dtype::bf16);
+    for (auto sel : {nvfp4_selector::mse_fp8_sweep, nvfp4_selector::mse_multiplier, nvfp4_selector::mse_four_over_six}) {
+      nvfp4_options o;
+      o.selector = sel;
+      const nvfp4_weight ref = nvfp4_quantize(view_of(s), o);
+      for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+        if (level > cpu::cpu_simd_level()) continue;
+        cpu::limit_simd_level(level);
+        const nvfp4_weight fast = cpu::nvfp4_quantize(s.source, o);
+        EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level) << " " << t.name << " " << selector_name(sel);
+        EXPECT_EQ(fast.packed, ref.packed) << int(level) << " " << t.name << " " << selector_name(sel);
+      }
+      cpu::limit_simd_level(cpu::cpu_simd_level());
+    }
+  }
 }
 
 // MXFP4, MXFP8 and NF4 of one source, fast against the reference.
