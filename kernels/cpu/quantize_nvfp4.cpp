@@ -320,7 +320,13 @@ MIXQ_ALWAYS_INLINE v16u window_applies(v16f max_rule_scale) {
 struct search_setup {
   v16u lo, in_window, above_bases, eligible;
   v16u k0;  // the max-rule code (lo = k0 − 7 but at the top, where the window stops at 126)
+  // Where above_known: every candidate above the window, bit j for the code lo + 16 + j.
+  v16u above, above_known;
 };
+
+// settle_block's above_codes where the candidates above the window are not listed.
+constexpr uint64_t kAboveUnknown = uint64_t(1) << 32;
+MIXQ_ALWAYS_INLINE uint64_t above_codes_of(uint32_t above, uint32_t known) { return known ? above : kAboveUnknown; }
 
 MIXQ_ALWAYS_INLINE void add_candidate(search_setup& s, v16u code) {
   const v16u d = code - s.lo;  // wraps for codes below the window
@@ -401,6 +407,8 @@ MIXQ_ALWAYS_INLINE bool multiplier_candidates_by_mantissa(search_setup& s, v16f 
   above = lanes::select(clamps & ~in_window, (above & (above_bit - 1u)) | above_bit, above);
   s.in_window = in;
   s.above_bases = window_bases_of(above);
+  s.above = above;
+  s.above_known = v16u{} - 1u;
   return true;
 }
 
@@ -417,7 +425,7 @@ MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
   // order (the reference's), as window bits, and for codes above the window the window codes they
   // double.
   s.in_window = v16u{} + 0xffffu;
-  s.above_bases = v16u{};
+  s.above_bases = s.above = s.above_known = v16u{};
   s.eligible = window_applies(max_rule) & (v16u{} - uint32_t(t.usable));
   return s;
 }
@@ -431,6 +439,12 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   return s;
 }
 
+#if MIXQ_HAVE_SIMD_TARGETS
+namespace avx2 {
+float block_sq_error(const float* magnitudes, float step);
+}
+#endif
+
 // One block's code where the window search left more than one candidate (decided: the window
 // holds the least error; contenders: the window codes that may have it, as bits from lo;
 // unsettled: window codes that may have it without being candidates, whose multiplier codes above
@@ -438,7 +452,8 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
 // codes, lo .. lo + width − 1, the top 8 its top octave.
 template <simd_level L>
 __attribute__((noinline)) uint32_t settle_block(const float* values, float amax, uint32_t lo, uint32_t contenders,
-                                    uint32_t unsettled, bool decided, const nvfp4_job& job, uint32_t width = 16) {
+                                    uint32_t unsettled, bool decided, const nvfp4_job& job, uint32_t width = 16,
+                                    uint64_t above_codes = kAboveUnknown) {
   if (!decided)
     return nvfp4_choose_block_scale(values, amax, job.global_amax, job.normalizer, job.selector, job.multipliers);
   const code_tables& t = *job.tables;
@@ -447,20 +462,30 @@ __attribute__((noinline)) uint32_t settle_block(const float* values, float amax,
   int best_k = -1;
   float best = 0.0f;
   const auto consider = [&](int k) {
+#if MIXQ_HAVE_SIMD_TARGETS
+    // (this function is compiled for the baseline: the AVX2 form's errors come from AVX2 code)
+    const float err = L == simd_level::avx2 ? avx2::block_sq_error(values, t.step[k]) : block_error<L>(ax, t.step[k]);
+#else
     const float err = block_error<L>(ax, t.step[k]);
+#endif
     if (best_k < 0 || err < best) best = err, best_k = k;
   };
   for (uint32_t c = contenders; c; c &= c - 1) consider(int(lo) + std::countr_zero(c));
-  if (unsettled) {  // multiplier codes above the window (the list ascends with its codes)
-    uint32_t above_codes[128];  // distinct codes above the window, at most 126 - 16 of them
+  if (unsettled && above_codes != kAboveUnknown) {  // the setup's codes above the window (bit j: lo + 16 + j)
+    for (uint64_t a = above_codes; a; a &= a - 1) {
+      const uint32_t j = uint32_t(std::countr_zero(a));
+      if (unsettled >> (width - 8 + j % 8) & 1) consider(int(lo + width + j));
+    }
+  } else if (unsettled) {  // multiplier codes above the window (the list ascends with its codes)
+    uint32_t listed[128];  // distinct codes above the window, at most 126 - 16 of them
     int n_above = 0;
     for (size_t m = job.multipliers.size(); m-- > 0;) {
       const uint32_t k = e4m3_encode(nvfp4_block_scale_f32(amax * job.multipliers[m], job.global_amax, job.normalizer));
       if (k < lo + width) break;
-      if ((unsettled >> (width - 8 + (k - lo - (width - 8)) % 8) & 1) && (n_above == 0 || above_codes[n_above - 1] != k))
-        above_codes[n_above++] = k;
+      if ((unsettled >> (width - 8 + (k - lo - (width - 8)) % 8) & 1) && (n_above == 0 || listed[n_above - 1] != k))
+        listed[n_above++] = k;
     }
-    while (n_above > 0) consider(int(above_codes[--n_above]));
+    while (n_above > 0) consider(int(listed[--n_above]));
   }
   return uint32_t(best_k);
 }
@@ -499,8 +524,10 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
   // candidate itself but may be the least, the codes above it join the exact evaluation.
   const v16u unsettled_v = s.above_bases & ~s.in_window & close;
 
-  alignas(64) uint32_t contenders[kGroup], unsettled[kGroup], chosen[kGroup];
+  alignas(64) uint32_t contenders[kGroup], unsettled[kGroup], chosen[kGroup], listed[kGroup], known[kGroup];
   alignas(64) float amax[kGroup];
+  std::memcpy(listed, &s.above, sizeof listed);
+  std::memcpy(known, &s.above_known, sizeof known);
   std::memcpy(ok, &decided, sizeof ok);
   std::memcpy(contenders, &contenders_v, sizeof contenders);
   std::memcpy(unsettled, &unsettled_v, sizeof unsettled);
@@ -509,7 +536,8 @@ MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f b
     const uint32_t c = contenders[j];
     chosen[j] = ok[j] && !unsettled[j] && std::popcount(c) == 1
                     ? lo[j] + uint32_t(std::countr_zero(c))
-                    : settle_block<L>(values[j], amax[j], lo[j], c, unsettled[j], ok[j] != 0, job);
+                    : settle_block<L>(values[j], amax[j], lo[j], c, unsettled[j], ok[j] != 0, job, 16,
+                                      above_codes_of(listed[j], known[j]));
   }
   v16u out;
   std::memcpy(&out, chosen, sizeof out);
@@ -859,6 +887,22 @@ MIXQ_ALWAYS_INLINE void estimate_narrow_pair(const float* a, const float* b, uin
 // rounding then does not scale: within 2^-149) or a value is below 2^-63 (4^E subnormal: taken as 0;
 // with steps from 2^-46 its level is 0 and its term below 2^-126): the estimate is within
 // (γ_9 + γ_4) S + 2^-121 of the reference's tree sum, well inside δ.
+// nvfp4_block_sq_error of 16 magnitudes: the same roundings, summed in the same tree.
+float block_sq_error(const float* magnitudes, float step) {
+  const __m256 s = _mm256_set1_ps(step);
+  __m256 t[2];
+  for (int h = 0; h < 2; ++h) {
+    const __m256 a = _mm256_loadu_ps(magnitudes + 8 * h);
+    const __m256 d = _mm256_sub_ps(a, _mm256_mul_ps(e2m1_levels(_mm256_div_ps(a, s)), s));
+    t[h] = _mm256_mul_ps(d, d);
+  }
+  const __m256 eight = _mm256_add_ps(t[0], t[1]);  // t[i] + t[i + 8]
+  __m128 v = _mm_add_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps(eight, 1));
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
+  return _mm_cvtss_f32(v);
+}
+
 // The term table's terms: nvfp4_sq_error_term(1 + m/128, step) for every row m and step, 8 at a
 // time (each operation rounds as the scalar one does; e2m1_levels is e2m1_round_magnitude). False
 // where a term from z on is not a'² (cannot happen: a' / step is below 1/4 there).
@@ -931,8 +975,8 @@ MIXQ_ALWAYS_INLINE void estimate_by_terms(const int32_t* offset, const float* po
 // 0 where the bounds do not settle it (codes below the window may hold the least error).
 // (A + δ is never NaN; a NaN among them would only leave a bound that still holds.)
 MIXQ_ALWAYS_INLINE uint32_t decide_block(const float* values, float bmax, uint32_t lo, uint32_t window,
-                                         uint32_t above_bases, const v16f& above, const v16f& below,
-                                         const nvfp4_job& job, uint32_t width) {
+                                         uint32_t above_bases, uint64_t above_codes, const v16f& above,
+                                         const v16f& below, const nvfp4_job& job, uint32_t width) {
   const __m256i lane_bit[2] = {_mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128),
                                _mm256_setr_epi32(256, 512, 1024, 2048, 4096, 8192, 16384, 32768)};
   const __m256 inf = _mm256_set1_ps(INFINITY);
@@ -961,15 +1005,16 @@ MIXQ_ALWAYS_INLINE uint32_t decide_block(const float* values, float bmax, uint32
   const uint32_t contenders = close & window, unsettled = above_bases & ~window & close;
   return !unsettled && std::popcount(contenders) == 1
              ? lo + uint32_t(std::countr_zero(contenders))
-             : settle_block<simd_level::avx2>(values, bmax, lo, contenders, unsettled, true, job, width);
+             : settle_block<simd_level::avx2>(values, bmax, lo, contenders, unsettled, true, job, width, above_codes);
 }
 
 // A narrow window's block its bounds did not settle: the 16-code window (lo = k0 − 7 <= 111).
 __attribute__((noinline)) uint32_t decide_by_full_window(const float* values, float bmax, uint32_t lo,
-                                                         uint32_t window, uint32_t above_bases, const nvfp4_job& job) {
+                                                         uint32_t window, uint32_t above_bases, uint64_t above_codes,
+                                                         const nvfp4_job& job) {
   v16f above, below;
   estimate_window<true>(values, lo, *job.tables, &above, &below);
-  const uint32_t code = decide_block(values, bmax, lo, window, above_bases, above, below, job, 16);
+  const uint32_t code = decide_block(values, bmax, lo, window, above_bases, above_codes, above, below, job, 16);
   return code ? code : settle_block<simd_level::avx2>(values, bmax, lo, 0, 0, false, job);
 }
 
@@ -978,21 +1023,25 @@ __attribute__((noinline)) uint32_t decide_by_full_window(const float* values, fl
 MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f bmax_v, const search_setup& s,
                                       const v16f* above, const v16f* below, uint32_t narrow, const nvfp4_job& job) {
   alignas(64) uint32_t lo[kGroup], window[kGroup], eligible[kGroup], above_bases[kGroup], chosen[kGroup];
+  alignas(64) uint32_t above_codes[kGroup], known[kGroup];
   alignas(64) float bmax[kGroup];
   std::memcpy(lo, &s.lo, sizeof lo);
   std::memcpy(window, &s.in_window, sizeof window);
   std::memcpy(eligible, &s.eligible, sizeof eligible);
   std::memcpy(above_bases, &s.above_bases, sizeof above_bases);
+  std::memcpy(above_codes, &s.above, sizeof above_codes);
+  std::memcpy(known, &s.above_known, sizeof known);
   std::memcpy(bmax, &bmax_v, sizeof bmax);
   for (int j = 0; j < kGroup; ++j) {
     const bool in_narrow = narrow >> j & 1;
+    const uint64_t listed = above_codes_of(above_codes[j], known[j]);
     const uint32_t code = !eligible[j] ? 0
                           : in_narrow  ? decide_block(values[j], bmax[j], lo[j] + 4, window[j] >> 4 & 0xfffu,
-                                                      above_bases[j] >> 4, above[j], below[j], job, 12)
-                                       : decide_block(values[j], bmax[j], lo[j], window[j], above_bases[j], above[j],
-                                                      below[j], job, 16);
+                                                      above_bases[j] >> 4, listed, above[j], below[j], job, 12)
+                                       : decide_block(values[j], bmax[j], lo[j], window[j], above_bases[j], listed,
+                                                      above[j], below[j], job, 16);
     chosen[j] = code        ? code
-                : in_narrow ? decide_by_full_window(values[j], bmax[j], lo[j], window[j], above_bases[j], job)
+                : in_narrow ? decide_by_full_window(values[j], bmax[j], lo[j], window[j], above_bases[j], listed, job)
                             : settle_block<simd_level::avx2>(values[j], bmax[j], lo[j], 0, 0, false, job);
   }
   v16u out;
