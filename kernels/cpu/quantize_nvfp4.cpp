@@ -116,7 +116,8 @@ struct multiplier_codes {
 // [2^-46, 2^49] and a / s_k below 32), so the reference's term (a − level · s_k)² is 4^E times that
 // of a' = 1 + m/128 under s_k / 2^E = RN((1 + (k mod 8)/8) · ws2) · 2^((k − 8E) div 8 − 7): a function
 // of m and c = k − 8E alone. Row m holds those terms for c from c_min, the least c whose a' / s can
-// be below 32, to 15 or more past c_min + z, the first from which every a' / s is below 1/4 (level
+// be below 32 (a window's is below 24: the max rule's step is at least bmax / 6.375, and the
+// lowest window code's at least 1/3.75 of that, at the top where lo = k0 − 15), to 15 or more past c_min + z, the first from which every a' / s is below 1/4 (level
 // 0: the term is a'², for every later c too). A value's 16 window terms (codes lo .. lo + 15) are
 // the row's 16 from lo − 8E − c_min, clamped to [0, z] (beyond z: all a'²).
 struct term_table {
