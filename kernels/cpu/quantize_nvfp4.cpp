@@ -431,12 +431,16 @@ MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
   return s;
 }
 
-MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
-  search_setup s = window_setup(bmax, job);
-  if (job.selector == nvfp4_selector::mse_multiplier &&
-      !(job.codes_by_mantissa && multiplier_candidates_by_mantissa(s, bmax, job)) &&
+// A multiplier list's candidates over the window setup's (every code a candidate, the sweep's).
+MIXQ_ALWAYS_INLINE void multiplier_candidates(search_setup& s, v16f bmax, const nvfp4_job& job) {
+  if (!(job.codes_by_mantissa && multiplier_candidates_by_mantissa(s, bmax, job)) &&
       (job.multiplier_factors.empty() || !fast_multiplier_candidates(s, bmax, job)))
     exact_multiplier_candidates(s, bmax, job);
+}
+
+MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
+  search_setup s = window_setup(bmax, job);
+  if (job.selector == nvfp4_selector::mse_multiplier) multiplier_candidates(s, bmax, job);
   return s;
 }
 
@@ -715,6 +719,31 @@ MIXQ_ALWAYS_INLINE __m256 static_scale(__m256 bmax, float k, float g, float norm
 MIXQ_ALWAYS_INLINE void store_codes(const __m256i* c, uint8_t* dst) {
   const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(c[0], c[1]), 0xd8);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1)));
+}
+
+// window_setup in 8-lane halves (the generic lanes' E4M3 encode keeps 16-lane temporaries on the
+// stack under AVX2): k0 from block_scales, the same rounding.
+MIXQ_ALWAYS_INLINE search_setup window_setup(const __m256* bmax_half, const nvfp4_job& job) {
+  __m256i k0[2], lo[2], eligible[2];
+  const __m256i usable = _mm256_set1_epi32(job.tables->usable ? -1 : 0);
+  for (int h = 0; h < 2; ++h) {
+    const __m256 rule = _mm256_div_ps(bmax_half[h], _mm256_set1_ps(6.0f * job.ws2));  // (as the generic form)
+    __m256 steps;
+    block_scales(one_if_zero(rule), job.ws2, &k0[h], &steps);
+    lo[h] = _mm256_min_epu32(_mm256_sub_epi32(k0[h], u32(7)), u32(111));  // (k0 < 7 wraps to the top too)
+    const __m256i bits = _mm256_castps_si256(rule);  // window_applies, as signed compares (rule >= 0)
+    const __m256i applies =
+        _mm256_and_si256(_mm256_cmpgt_epi32(bits, u32(std::bit_cast<uint32_t>(0x1.1p-6f))),
+                         _mm256_cmpgt_epi32(u32(std::bit_cast<uint32_t>(448.0f) + 1u), bits));
+    eligible[h] = _mm256_and_si256(applies, usable);
+  }
+  search_setup s;
+  std::memcpy(&s.k0, k0, sizeof k0);
+  std::memcpy(&s.lo, lo, sizeof lo);
+  std::memcpy(&s.eligible, eligible, sizeof eligible);
+  s.in_window = v16u{} + 0xffffu;
+  s.above_bases = s.above = s.above_known = v16u{};
+  return s;
 }
 
 // Eight blocks (a half group) from src: magnitudes, sign nibbles, and the block maxima in block order.
@@ -1094,7 +1123,8 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
       _mm256_store_ps(step1 + 8 * h, steps);
     }
   } else {
-    const search_setup setup = setup_search(bmax, job);
+    search_setup setup = window_setup(bmax_half, job);
+    if (job.selector == nvfp4_selector::mse_multiplier) multiplier_candidates(setup, bmax, job);
     alignas(32) float values[kGroup][kNvfp4Block];
     for (int j = 0; j < kGroup; ++j) store_values(ae[j], ao[j], values[j]);
     alignas(32) uint32_t eligible[kGroup], lo[kGroup];
