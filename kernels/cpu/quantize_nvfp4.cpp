@@ -123,7 +123,11 @@ struct multiplier_codes {
 struct term_table {
   int c_min = 0, z = 0, row = 0;
   std::vector<float> steps;  // s_k / 2^E for c = c_min .. c_min + row − 1
-  std::vector<float> terms;  // 128 rows of `row`
+  std::vector<float> storage;  // 128 rows of `row` from the first 64-byte boundary (rows start on
+                               // one: where a window's 64 bytes cross a line does not move between runs)
+  float* terms() { return storage.data() + first; }
+  const float* terms() const { return storage.data() + first; }
+  size_t first = 0;
   // The table's extent and steps; its terms are filled where it is used (avx2::fill_terms).
   static std::optional<term_table> extent(float ws2) {
     if (!(ws2 >= 0x1p-40f && ws2 <= 0x1p40f)) return std::nullopt;
@@ -132,9 +136,10 @@ struct term_table {
     t.c_min = -400;  // (below every c_min: ws2 >= 2^-40)
     while (!(step(t.c_min) > 1.0f / 32.0f)) ++t.c_min;
     while (!(step(t.c_min + t.z) >= 8.0f)) ++t.z;
-    t.row = (t.z + 16 + 7) / 8 * 8;
+    t.row = (t.z + 16 + 15) / 16 * 16;  // (whole 64-byte lines)
     for (int i = 0; i < t.row; ++i) t.steps.push_back(step(t.c_min + i));
-    t.terms.resize(size_t(128 * t.row));
+    t.storage.resize(size_t(128 * t.row + 16));
+    t.first = (64 - reinterpret_cast<uintptr_t>(t.storage.data()) % 64) % 64 / sizeof(float);
     return t;
   }
 };
@@ -940,7 +945,7 @@ bool fill_terms(term_table& t) {
   for (int m = 0; m < 128; ++m) {
     const float a = 1.0f + float(m) / 128.0f;
     const __m256 av = _mm256_set1_ps(a);
-    float* row = t.terms.data() + m * t.row;
+    float* row = t.terms() + m * t.row;
     for (int i = 0; i < t.row; i += 8) {
       const __m256 step = _mm256_loadu_ps(t.steps.data() + i);
       const __m256 d = _mm256_sub_ps(av, _mm256_mul_ps(e2m1_levels(_mm256_div_ps(av, step)), step));
@@ -973,7 +978,7 @@ MIXQ_ALWAYS_INLINE void term_positions(const float* a, uint32_t lo, const term_t
 
 MIXQ_ALWAYS_INLINE void estimate_by_terms(const int32_t* offset, const float* power, uint32_t lo, const term_table& tt,
                                           const code_tables& t, v16f* above_error, v16f* below_error) {
-  const float* terms = tt.terms.data();
+  const float* terms = tt.terms();
   const __m256 pw[2] = {_mm256_load_ps(power), _mm256_load_ps(power + 8)};
   const __m256 dup[4] = {_mm256_permute2f128_ps(pw[0], pw[0], 0x00), _mm256_permute2f128_ps(pw[0], pw[0], 0x11),
                          _mm256_permute2f128_ps(pw[1], pw[1], 0x00), _mm256_permute2f128_ps(pw[1], pw[1], 0x11)};
