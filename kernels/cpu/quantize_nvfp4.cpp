@@ -916,12 +916,6 @@ MIXQ_ALWAYS_INLINE void estimate_narrow_pair(const float* a, const float* b, uin
   std::memcpy(&below_error[1], out_below[1], sizeof out_below[1]);
 }
 
-// estimate_window from the term table (BF16): each value's 16 terms read at once, scaled by 4^E
-// (exact), summed by multiply-adds into two accumulators (8 roundings of a partial sum per term,
-// then one). The terms are the reference's own, bit for bit, but where one is subnormal (its
-// rounding then does not scale: within 2^-149) or a value is below 2^-63 (4^E subnormal: taken as 0;
-// with steps from 2^-46 its level is 0 and its term below 2^-126): the estimate is within
-// (γ_9 + γ_4) S + 2^-121 of the reference's tree sum, well inside δ.
 // nvfp4_block_sq_error of 16 magnitudes: the same roundings, summed in the same tree.
 float block_sq_error(const float* magnitudes, float step) {
   const __m256 s = _mm256_set1_ps(step);
@@ -976,6 +970,12 @@ MIXQ_ALWAYS_INLINE void term_positions(const float* a, uint32_t lo, const term_t
   }
 }
 
+// estimate_window from the term table (BF16): each value's 16 terms read at once, scaled by 4^E
+// (exact), summed by multiply-adds into four accumulators per 8 codes (3 roundings of a partial
+// sum per term, then 2). The terms are the reference's own, bit for bit, but where one is subnormal
+// (its rounding then does not scale: within 2^-149) or a value is below 2^-63 (4^E subnormal: taken
+// as 0; with steps from 2^-46 its level is 0 and its term below 2^-126): the estimate is within
+// (γ_5 + γ_4) S + 2^-121 of the reference's tree sum, well inside δ.
 MIXQ_ALWAYS_INLINE void estimate_by_terms(const int32_t* offset, const float* power, uint32_t lo, const term_table& tt,
                                           const code_tables& t, v16f* above_error, v16f* below_error) {
   const float* terms = tt.terms();
