@@ -795,6 +795,15 @@ MIXQ_ALWAYS_INLINE void encode_half(const __m256* ae, const __m256* ao, const __
   if constexpr (kErrors) _mm256_storeu_ps(errors, block_errors(te, to));
 }
 
+// The reference's error terms (nvfp4_sq_error_term) of 8 magnitudes under step: (a − level · step)²
+// with level the E2M1 rounding of a / step (into *level when asked), each operation rounded as there.
+MIXQ_ALWAYS_INLINE __m256 sq_error_terms(__m256 a, __m256 step, __m256* level = nullptr) {
+  const __m256 l = e2m1_levels(_mm256_div_ps(a, step));
+  if (level) *level = l;
+  const __m256 d = _mm256_sub_ps(a, _mm256_mul_ps(l, step));
+  return _mm256_mul_ps(d, d);
+}
+
 // Four-over-six for 8 blocks: both candidates' levels and errors, the first kept unless the
 // second's error is strictly lower, then the codes of the levels kept.
 MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, const __m256i* signs,
@@ -805,12 +814,8 @@ MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, c
   for (int j = 0; j < 8; ++j)
     for (int c = 0; c < 2; ++c) {
       const __m256 step = _mm256_broadcast_ss((c == 0 ? step1 : step2) + j);
-      level[c][j][0] = e2m1_levels(_mm256_div_ps(ae[j], step));
-      level[c][j][1] = e2m1_levels(_mm256_div_ps(ao[j], step));
-      const __m256 ee = _mm256_sub_ps(ae[j], _mm256_mul_ps(level[c][j][0], step));
-      const __m256 eo = _mm256_sub_ps(ao[j], _mm256_mul_ps(level[c][j][1], step));
-      te[c][j] = _mm256_mul_ps(ee, ee);
-      to[c][j] = _mm256_mul_ps(eo, eo);
+      te[c][j] = sq_error_terms(ae[j], step, &level[c][j][0]);
+      to[c][j] = sq_error_terms(ao[j], step, &level[c][j][1]);
     }
   const __m256 err1 = block_errors(te[0], to[0]), err2 = block_errors(te[1], to[1]);
   const __m256 second = _mm256_cmp_ps(err2, err1, _CMP_LT_OQ);
@@ -920,11 +925,7 @@ MIXQ_ALWAYS_INLINE void estimate_narrow_pair(const float* a, const float* b, uin
 float block_sq_error(const float* magnitudes, float step) {
   const __m256 s = _mm256_set1_ps(step);
   __m256 t[2];
-  for (int h = 0; h < 2; ++h) {
-    const __m256 a = _mm256_loadu_ps(magnitudes + 8 * h);
-    const __m256 d = _mm256_sub_ps(a, _mm256_mul_ps(e2m1_levels(_mm256_div_ps(a, s)), s));
-    t[h] = _mm256_mul_ps(d, d);
-  }
+  for (int h = 0; h < 2; ++h) t[h] = sq_error_terms(_mm256_loadu_ps(magnitudes + 8 * h), s);
   const __m256 eight = _mm256_add_ps(t[0], t[1]);  // t[i] + t[i + 8]
   __m128 v = _mm_add_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps(eight, 1));
   v = _mm_add_ps(v, _mm_movehl_ps(v, v));
@@ -933,18 +934,14 @@ float block_sq_error(const float* magnitudes, float step) {
 }
 
 // The term table's terms: nvfp4_sq_error_term(1 + m/128, step) for every row m and step, 8 at a
-// time (each operation rounds as the scalar one does; e2m1_levels is e2m1_round_magnitude). False
-// where a term from z on is not a'² (cannot happen: a' / step is below 1/4 there).
+// time (sq_error_terms). False where a term from z on is not a'² (cannot happen: a' / step is
+// below 1/4 there).
 bool fill_terms(term_table& t) {
   for (int m = 0; m < 128; ++m) {
     const float a = 1.0f + float(m) / 128.0f;
     const __m256 av = _mm256_set1_ps(a);
     float* row = t.terms() + m * t.row;
-    for (int i = 0; i < t.row; i += 8) {
-      const __m256 step = _mm256_loadu_ps(t.steps.data() + i);
-      const __m256 d = _mm256_sub_ps(av, _mm256_mul_ps(e2m1_levels(_mm256_div_ps(av, step)), step));
-      _mm256_storeu_ps(row + i, _mm256_mul_ps(d, d));
-    }
+    for (int i = 0; i < t.row; i += 8) _mm256_storeu_ps(row + i, sq_error_terms(av, _mm256_loadu_ps(t.steps.data() + i)));
     for (int i = t.z; i < t.row; ++i)
       if (row[i] != a * a) return false;
   }
