@@ -836,6 +836,18 @@ MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, c
   if (errors) _mm256_storeu_ps(errors, _mm256_blendv_ps(err1, err2, second));
 }
 
+// A window's bounds from its 16 estimates A: A ± δ, δ = 2^-15 A + the codes' margins.
+MIXQ_ALWAYS_INLINE void window_bounds(const __m256* est, const float* margin, v16f* above_error, v16f* below_error) {
+  __m256 above[2], below[2];
+  for (int h = 0; h < 2; ++h) {
+    const __m256 delta = _mm256_fmadd_ps(est[h], _mm256_set1_ps(0x1p-15f), _mm256_loadu_ps(margin + 8 * h));
+    above[h] = _mm256_add_ps(est[h], delta);
+    below[h] = _mm256_sub_ps(est[h], delta);
+  }
+  std::memcpy(above_error, above, sizeof above);
+  std::memcpy(below_error, below, sizeof below);
+}
+
 // estimate_window with multiply-adds into two accumulators per 8 candidates, each value's nearest
 // level by e2m1_levels (exact): at most 8 roundings of a partial sum per term, within the 15 sums
 // the bound counts. kUpperUnclipped: the window's upper 8 codes are all above the max rule's k0
@@ -855,16 +867,10 @@ MIXQ_ALWAYS_INLINE void estimate_window(const float* a, uint32_t lo, const code_
       acc[h][i & 1] = i < 2 ? _mm256_mul_ps(d, d) : _mm256_fmadd_ps(d, d, acc[h][i & 1]);
     }
   }
-  __m256 above[2], below[2];
-  for (int h = 0; h < 2; ++h) {
-    const __m256 step_sq = _mm256_loadu_ps(t.step_sq + lo + 8 * h);
-    const __m256 est = _mm256_mul_ps(_mm256_add_ps(acc[h][0], acc[h][1]), step_sq);
-    const __m256 delta = _mm256_fmadd_ps(est, _mm256_set1_ps(0x1p-15f), _mm256_loadu_ps(t.step_sq_margin + lo + 8 * h));
-    above[h] = _mm256_add_ps(est, delta);
-    below[h] = _mm256_sub_ps(est, delta);
-  }
-  std::memcpy(above_error, above, sizeof above);
-  std::memcpy(below_error, below, sizeof below);
+  __m256 est[2];
+  for (int h = 0; h < 2; ++h)
+    est[h] = _mm256_mul_ps(_mm256_add_ps(acc[h][0], acc[h][1]), _mm256_loadu_ps(t.step_sq + lo + 8 * h));
+  window_bounds(est, t.step_sq_margin + lo, above_error, below_error);
 }
 
 // The window at the top of the codes (lo = 111), out of line: rare, and one inlined copy of the
@@ -989,15 +995,10 @@ MIXQ_ALWAYS_INLINE void estimate_by_terms(const int32_t* offset, const float* po
       acc[h][i & 3] = i < 4 ? _mm256_mul_ps(x, p) : _mm256_fmadd_ps(x, p, acc[h][i & 3]);
     }
   }
-  __m256 above[2], below[2];
-  for (int h = 0; h < 2; ++h) {
-    const __m256 est = _mm256_add_ps(_mm256_add_ps(acc[h][0], acc[h][1]), _mm256_add_ps(acc[h][2], acc[h][3]));
-    const __m256 delta = _mm256_fmadd_ps(est, _mm256_set1_ps(0x1p-15f), _mm256_loadu_ps(t.step_sq_margin + lo + 8 * h));
-    above[h] = _mm256_add_ps(est, delta);
-    below[h] = _mm256_sub_ps(est, delta);
-  }
-  std::memcpy(above_error, above, sizeof above);
-  std::memcpy(below_error, below, sizeof below);
+  __m256 est[2];
+  for (int h = 0; h < 2; ++h)
+    est[h] = _mm256_add_ps(_mm256_add_ps(acc[h][0], acc[h][1]), _mm256_add_ps(acc[h][2], acc[h][3]));
+  window_bounds(est, t.step_sq_margin + lo, above_error, below_error);
 }
 
 // One eligible block's code from the estimates of its window (codes lo .. lo + 15, the candidates
