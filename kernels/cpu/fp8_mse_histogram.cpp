@@ -1,6 +1,7 @@
 #include "kernels/cpu/fp8_mse_histogram.hpp"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -88,6 +89,49 @@ void runs_sq_errors(const float* values, const double* counts, int64_t n, const 
     for (double s : sum) total += s;
     out[c] = total;
   }
+}
+
+// Lane numbers of each 8-bit mask's set lanes, packed first, a byte each: the permute that
+// left-packs a vector's selected lanes.
+constexpr auto kPackedLanes = [] {
+  std::array<uint64_t, 256> t{};
+  for (uint32_t m = 0; m < 256; ++m)
+    for (uint32_t i = 0, j = 0; i < 8; ++i)
+      if (m >> i & 1u) t[m] |= uint64_t(i) << (8 * j++);
+  return t;
+}();
+
+// take_binade_impl's outputs, 8 counts at a time: a mask of the non-zero ones and one permute
+// left-packs their magnitudes and counts (stores run up to 8 lanes past the packed ones, within
+// the n slots the caller provides: kept never passes k0).
+size_t take_binade(uint32_t* table, size_t n, uint32_t top, int shift, double* dense, float* values, double* nonzero,
+                   uint64_t* sum) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i total = zero;  // 4 lanes of 64 bits
+  size_t kept = 0;
+  for (size_t k0 = 0; k0 < n; k0 += 8) {
+    const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + k0));
+    const uint32_t present = uint32_t(~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(t, zero)))) & 0xffu;
+    if (present == 0) continue;
+    const __m128i t_lo = _mm256_castsi256_si128(t), t_hi = _mm256_extracti128_si256(t, 1);
+    _mm256_storeu_pd(dense + k0, _mm256_cvtepi32_pd(t_lo));
+    _mm256_storeu_pd(dense + k0 + 4, _mm256_cvtepi32_pd(t_hi));
+    total = _mm256_add_epi64(total, _mm256_add_epi64(_mm256_cvtepu32_epi64(t_lo), _mm256_cvtepu32_epi64(t_hi)));
+    const __m256i pack = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(kPackedLanes[present])));
+    const __m256i keys = _mm256_add_epi32(lane, _mm256_set1_epi32(int(k0)));
+    const __m256i bits = _mm256_or_si256(_mm256_set1_epi32(int(top)), _mm256_sll_epi32(keys, _mm_cvtsi32_si128(shift)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(values + kept), _mm256_permutevar8x32_epi32(bits, pack));
+    const __m256i counts = _mm256_permutevar8x32_epi32(t, pack);
+    _mm256_storeu_pd(nonzero + kept, _mm256_cvtepi32_pd(_mm256_castsi256_si128(counts)));
+    _mm256_storeu_pd(nonzero + kept + 4, _mm256_cvtepi32_pd(_mm256_extracti128_si256(counts, 1)));
+    kept += size_t(std::popcount(present));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(table + k0), zero);
+  }
+  alignas(32) uint64_t lanes4[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes4), total);
+  *sum = lanes4[0] + lanes4[1] + lanes4[2] + lanes4[3];
+  return kept;
 }
 }  // namespace avx2
 #pragma GCC pop_options
@@ -250,16 +294,21 @@ MIXQ_CLONES uint64_t widen_counts(const uint64_t* counts, double* c, size_t n) {
 
 // One binade of a row's counts (table[0 .. n), n a multiple of 16; mantissa k is the magnitude
 // top | k << shift) moved out: as doubles by mantissa into dense (zeroed before), and the non-zero
-// ones compacted into values / nonzero; the table left zeroed. Edges are sparse: whole empty
-// 16-count chunks are skipped, and a chunk's non-zero counts found from one bit mask.
-MIXQ_CLONES size_t take_binade(uint32_t* table, size_t n, uint32_t top, int shift, double* dense, float* values,
-                               double* nonzero, uint64_t* sum) {
+// ones compacted into values / nonzero (room for n of each); the table left zeroed. Edges are
+// sparse: whole empty 16-count chunks are skipped, and a chunk's non-zero counts found from one bit
+// mask. Counts are below 2^31 (a row's elements).
+template <simd_level L>
+MIXQ_ALWAYS_INLINE size_t take_binade_impl(uint32_t* table, size_t n, uint32_t top, int shift, double* dense,
+                                           float* values, double* nonzero, uint64_t* sum) {
+#if MIXQ_HAVE_SIMD_TARGETS
+  if constexpr (L == simd_level::avx2) return avx2::take_binade(table, n, top, shift, dense, values, nonzero, sum);
+#endif
   size_t kept = 0;
   uint64_t total = 0;
   for (size_t k0 = 0; k0 < n; k0 += 16) {
     lanes::v16u t;
     std::memcpy(&t, table + k0, sizeof t);
-    uint32_t present = lanes::reduce16_bits(lanes::above(t, 0u) & lanes::kLaneBit);  // (counts < 2^31)
+    uint32_t present = lanes::reduce16_bits(lanes::above(t, 0u) & lanes::kLaneBit);
     if (present == 0) continue;
     for (; present != 0; present &= present - 1) {
       const size_t k = k0 + size_t(std::countr_zero(present));
@@ -274,6 +323,10 @@ MIXQ_CLONES size_t take_binade(uint32_t* table, size_t n, uint32_t top, int shif
   *sum = total;
   return kept;
 }
+MIXQ_SIMD_KERNEL(size_t, take_binade, take_binade_impl,
+                 (uint32_t * table, size_t n, uint32_t top, int shift, double* dense, float* values, double* nonzero,
+                  uint64_t* sum),
+                 (table, n, top, shift, dense, values, nonzero, sum))
 
 float magnitude_of(source_dtype dtype, uint32_t key) {
   return dtype == source_dtype::bf16 ? bf16_decode(uint16_t(key)) : f16_decode_table()[key];
