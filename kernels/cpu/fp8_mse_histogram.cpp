@@ -113,10 +113,10 @@ size_t take_binade(uint32_t* table, size_t n, uint32_t top, int shift, double* d
   for (size_t k0 = 0; k0 < n; k0 += 8) {
     const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + k0));
     const uint32_t present = uint32_t(~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(t, zero)))) & 0xffu;
-    if (present == 0) continue;
     const __m128i t_lo = _mm256_castsi256_si128(t), t_hi = _mm256_extracti128_si256(t, 1);
     _mm256_storeu_pd(dense + k0, _mm256_cvtepi32_pd(t_lo));
     _mm256_storeu_pd(dense + k0 + 4, _mm256_cvtepi32_pd(t_hi));
+    if (present == 0) continue;
     total = _mm256_add_epi64(total, _mm256_add_epi64(_mm256_cvtepu32_epi64(t_lo), _mm256_cvtepu32_epi64(t_hi)));
     const __m256i pack = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(kPackedLanes[present])));
     const __m256i keys = _mm256_add_epi32(lane, _mm256_set1_epi32(int(k0)));
@@ -293,7 +293,7 @@ MIXQ_CLONES uint64_t widen_counts(const uint64_t* counts, double* c, size_t n) {
 
 
 // One binade of a row's counts (table[0 .. n), n a multiple of 16; mantissa k is the magnitude
-// top | k << shift) moved out: as doubles by mantissa into dense (zeroed before), and the non-zero
+// top | k << shift) moved out: as doubles by mantissa into dense (all n written), and the non-zero
 // ones compacted into values / nonzero (room for n of each); the table left zeroed. Edges are
 // sparse: whole empty 16-count chunks are skipped, and a chunk's non-zero counts found from one bit
 // mask. Counts are below 2^31 (a row's elements).
@@ -309,6 +309,7 @@ MIXQ_ALWAYS_INLINE size_t take_binade_impl(uint32_t* table, size_t n, uint32_t t
     lanes::v16u t;
     std::memcpy(&t, table + k0, sizeof t);
     uint32_t present = lanes::reduce16_bits(lanes::above(t, 0u) & lanes::kLaneBit);
+    std::fill(dense + k0, dense + k0 + 16, 0.0);
     if (present == 0) continue;
     for (; present != 0; present &= present - 1) {
       const size_t k = k0 + size_t(std::countr_zero(present));
@@ -539,7 +540,7 @@ void fp8_error_estimate::take_row(source_dtype dtype, uint32_t* table, uint32_t 
     }
     // An edge (counts outside [first, last] are zero: the row's keys lie in [lo, hi]).
     const size_t offset = counts_.size(), at = values_.size();
-    counts_.resize(offset + per, 0.0);
+    counts_.resize(offset + per);  // (take_binade writes every count)
     values_.resize(at + per);
     nonzero_counts_.resize(at + per);
     uint64_t sum = 0;

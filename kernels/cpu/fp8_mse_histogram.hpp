@@ -104,7 +104,8 @@ class fp8_error_estimate {
   double elements_ = 0.0;
   size_t n_binades_ = 0;                // non-empty binades of normal magnitudes
   std::vector<binade> binades_;         // those binades (take: all; take_row: none kept)
-  std::vector<double> counts_;          // per binade (take_row: per edge), by mantissa
+  // (default-initialized: resizing a row's edge into them writes no zeros that are overwritten)
+  std::vector<double, default_init_allocator<double>> counts_;  // per binade (take_row: per edge), by mantissa
   std::vector<double> core_;            // Σ 4^(exponent − core_exponent_) · counts over core binades
   int core_exponent_ = 0;
   bool has_core_ = false;
@@ -114,8 +115,8 @@ class fp8_error_estimate {
   std::vector<double> combined_;  // the core and the edges that scale under a scale, summed
   size_t combined_first_ = 0, combined_last_ = 0;  // for the edges [first, last)
   bool combined_valid_ = false;
-  std::vector<float> values_;           // the edges' non-zero magnitudes (zero adds no error),
-  std::vector<double> nonzero_counts_;  // 16-bit subnormals first (tiny_ of them); zero padding last
+  std::vector<float, default_init_allocator<float>> values_;  // the edges' non-zero magnitudes (zero adds no error),
+  std::vector<double, default_init_allocator<double>> nonzero_counts_;  // 16-bit subnormals first (tiny_ of them); zero padding last
   size_t tiny_ = 0;
   std::vector<edge_range> ranges_;
   std::vector<double> errors_;
