@@ -773,46 +773,79 @@ MIXQ_ALWAYS_INLINE std::pair<uint32_t, uint32_t> key_range(const T* p, int64_t n
   }
   return {uint32_t(below) + 1u, top};
 }
-MIXQ_CLONES std::pair<uint32_t, uint32_t> key_range16(const uint16_t* p, int64_t n) { return key_range<uint16_t, 0>(p, n); }
 MIXQ_CLONES std::pair<uint32_t, uint32_t> key_range32(const uint32_t* p, int64_t n) { return key_range<uint32_t, 16>(p, n); }
 MIXQ_CLONES uint32_t low_bits(const uint32_t* p, int64_t n) {
   uint32_t rest = 0;
   for (int64_t i = 0; i < n; ++i) rest |= p[i];
   return rest & 0xffffu;
 }
+// A 16-bit row's magnitude keys counted into table (four per 64-bit load) and key_range16 of them
+// (vector min / max), in one pass over the row.
+MIXQ_CLONES std::pair<uint32_t, uint32_t> count_keys16(const uint16_t* p, int64_t n, uint32_t* table) {
+  typedef uint16_t v16h __attribute__((vector_size(32)));
+  v16h below = {}, top = {};  // below: the least key less one (key 0 wraps to the top)
+  below = ~below;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    v16h keys;
+    std::memcpy(&keys, p + i, sizeof keys);
+    keys &= 0x7fff;
+    const v16h less_one = keys - 1;
+    below = below < less_one ? below : less_one;
+    top = top > keys ? top : keys;
+#pragma GCC unroll 1
+    for (int64_t j = i; j < i + 16; j += 4) {  // (from memory, not from the vector: no spills)
+      uint64_t w;
+      std::memcpy(&w, p + j, sizeof w);
+      ++table[w & 0x7fffu];
+      ++table[(w >> 16) & 0x7fffu];
+      ++table[(w >> 32) & 0x7fffu];
+      ++table[(w >> 48) & 0x7fffu];
+    }
+  }
+  uint16_t least = UINT16_MAX, largest = 0;
+  for (int j = 0; j < 16; ++j) least = std::min(least, below[j]), largest = std::max(largest, top[j]);
+  for (; i < n; ++i) {
+    const auto key = uint16_t(p[i] & 0x7fffu);
+    ++table[key];
+    least = std::min(least, uint16_t(key - 1u));
+    largest = std::max(largest, key);
+  }
+  return {uint32_t(least) + 1u, largest};
+}
 }  // namespace
 
-std::optional<std::vector<size_t>> row_magnitude_counter::contenders(const source_matrix& w, int64_t r, const float* x,
-                                                                      float amax, std::span<const float> multipliers) {
+std::pair<uint32_t, uint32_t> row_magnitude_counter::count16(const uint16_t* p, int64_t n) {
   if (table.empty()) table.assign(bins, 0);
-  const int64_t n = w.cols;
-  uint32_t lo = 0, hi = 0;
-  source_dtype dtype = w.dtype;
-  if (w.dtype == source_dtype::f32) {  // counted as BF16 when every value is one
-    const auto* p = reinterpret_cast<const uint32_t*>(x);
-    if (low_bits(p, n) != 0) return std::nullopt;
-    for (int64_t i = 0; i < n; ++i) ++table[(p[i] >> 16) & 0x7fffu];
-    std::tie(lo, hi) = key_range32(p, n);
-    dtype = source_dtype::bf16;
-  } else {  // in place: non-finite values (zeroed by the policy in x) are cleared below
-    const auto* p = static_cast<const uint16_t*>(w.data) + r * n;
-    uint32_t* t = table.data();
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {  // four keys from one load: fewer instructions per increment
-      uint64_t keys;
-      std::memcpy(&keys, p + i, sizeof keys);
-      ++t[keys & 0x7fffu];
-      ++t[(keys >> 16) & 0x7fffu];
-      ++t[(keys >> 32) & 0x7fffu];
-      ++t[(keys >> 48) & 0x7fffu];
-    }
-    for (; i < n; ++i) ++t[p[i] & 0x7fffu];
-    std::tie(lo, hi) = key_range16(p, n);
-  }
+  return count_keys16(p, n, table.data());
+}
+
+void row_magnitude_counter::forget(std::pair<uint32_t, uint32_t> keys) {
   table[0] = 0;
+  for (uint32_t key = keys.first; key <= keys.second; ++key) table[key] = 0;
+}
+
+std::vector<size_t> row_magnitude_counter::counted_contenders(source_dtype dtype, std::pair<uint32_t, uint32_t> keys,
+                                                              float amax, std::span<const float> multipliers) {
+  const auto [lo, hi] = keys;
+  table[0] = 0;  // (non-finite values, zeroed by the policy in a row's copy, are cleared here)
   const uint32_t finite_end = first_nonfinite_key(dtype);
   for (uint32_t key = finite_end; key <= hi; ++key) table[key] = 0;
   return estimate.row_contenders(dtype, table.data(), lo, std::min(hi, finite_end - 1), amax, multipliers);
+}
+
+std::optional<std::vector<size_t>> row_magnitude_counter::contenders(const source_matrix& w, int64_t r, const float* x,
+                                                                      float amax, std::span<const float> multipliers) {
+  if (w.dtype != source_dtype::f32)  // in place
+    return counted_contenders(w.dtype, count16(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols), amax,
+                              multipliers);
+  // counted as BF16 when every value is one
+  if (table.empty()) table.assign(bins, 0);
+  const int64_t n = w.cols;
+  const auto* p = reinterpret_cast<const uint32_t*>(x);
+  if (low_bits(p, n) != 0) return std::nullopt;
+  for (int64_t i = 0; i < n; ++i) ++table[(p[i] >> 16) & 0x7fffu];
+  return counted_contenders(source_dtype::bf16, key_range32(p, n), amax, multipliers);
 }
 
 }  // namespace mixq::cpu

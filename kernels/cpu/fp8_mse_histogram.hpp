@@ -147,6 +147,13 @@ struct row_magnitude_counter {
   // value is not a BF16 value (the estimate does not hold the row).
   std::optional<std::vector<size_t>> contenders(const source_matrix& w, int64_t r, const float* x, float amax,
                                                 std::span<const float> multipliers);
+  // The same in two steps for a 16-bit row p (its bits): count16 counts it and returns its least
+  // non-zero and largest magnitude keys (the largest: its max magnitude, inf / NaN included), then
+  // counted_contenders (dtype: bf16 or f16) or forget (the row is not searched) leaves the table zeroed.
+  std::pair<uint32_t, uint32_t> count16(const uint16_t* p, int64_t n);
+  std::vector<size_t> counted_contenders(source_dtype dtype, std::pair<uint32_t, uint32_t> keys, float amax,
+                                         std::span<const float> multipliers);
+  void forget(std::pair<uint32_t, uint32_t> keys);
 };
 
 }  // namespace mixq::cpu

@@ -474,10 +474,13 @@ struct row_mse_search {
     return kept;
   }
 
-  size_t best(const source_matrix& w, int64_t r, row_copy& x, float amax, std::span<const float> multipliers) {
+  // counted: row r's keys, already counted by counter.count16 (a 16-bit row in place), or null.
+  size_t best(const source_matrix& w, int64_t r, row_copy& x, float amax, std::span<const float> multipliers,
+              const std::pair<uint32_t, uint32_t>* counted) {
     left.clear();
     const bool f32 = w.dtype == source_dtype::f32;
-    if (auto kept = counter.contenders(w, r, f32 ? x(r) : nullptr, amax, multipliers)) {
+    if (auto kept = counted ? counter.counted_contenders(w.dtype, *counted, amax, multipliers)
+                            : counter.contenders(w, r, f32 ? x(r) : nullptr, amax, multipliers)) {
       left = std::move(*kept);
       if (left.size() <= 1) return left.empty() ? SIZE_MAX : left[0];
     } else if (auto proxied = f32 ? proxy_contenders(w, x(r), amax, multipliers) : std::nullopt) {
@@ -498,6 +501,12 @@ struct row_mse_search {
   }
 };
 
+// A 16-bit magnitude key's value as float bits, as row_amax_bits gives a row's largest
+// (>= 0x7f800000: inf or NaN).
+uint32_t magnitude_bits(source_dtype dtype, uint32_t key) {
+  return dtype == source_dtype::bf16 ? key << 16 : std::bit_cast<uint32_t>(f16_decode_table()[key]);
+}
+
 // Per-channel scales (max, or the MSE search over multipliers) and codes, row by row, each row's
 // codes while it is in cache. check_rows: the rows are read in place with no scan before (one
 // pass over the weight); false as soon as a row holds an inf / NaN (its max magnitude bits
@@ -507,19 +516,26 @@ bool fp8_per_channel_rows(const source_matrix& w, const fp8_rows& rows, std::spa
   int64_t failed_row = -1;  // the first row whose candidates all err by NaN (infinite scales)
   float failed_amax = 0.0f;
   int finite = 1;
+  const bool count_in_pass = rows.in_place && !multipliers.empty() && w.dtype != source_dtype::f32;
 #pragma omp parallel reduction(& : finite) if (worth_threads(w.size() * int64_t(1 + multipliers.size())))
   {
     row_copy x(w, rows.zero_nonfinite);
     row_mse_search search;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < w.rows; ++r) {
-      const uint32_t bits = rows.amax_bits(r, x);
+      // A 16-bit row read in place for the search is counted in the pass that finds its max
+      // magnitude (its largest key).
+      std::pair<uint32_t, uint32_t> keys;
+      const bool counted = count_in_pass;
+      if (counted) keys = search.counter.count16(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols);
+      const uint32_t bits = counted ? magnitude_bits(w.dtype, keys.second) : rows.amax_bits(r, x);
       if (check_rows && bits >= 0x7f800000u) {
+        if (counted) search.counter.forget(keys);
         finite = 0;
         continue;
       }
       const float amax = std::bit_cast<float>(bits);
-      const size_t chosen = multipliers.empty() ? 0 : search.best(w, r, x, amax, multipliers);
+      const size_t chosen = multipliers.empty() ? 0 : search.best(w, r, x, amax, multipliers, counted ? &keys : nullptr);
       if (chosen == SIZE_MAX) {
 #pragma omp critical
         if (failed_row < 0 || r < failed_row) failed_row = r, failed_amax = amax;
