@@ -261,6 +261,35 @@ MIXQ_ALWAYS_INLINE double dot_impl(const double* a, const double* b, int64_t n) 
 }
 MIXQ_SIMD_KERNEL(double, dot, dot_impl, (const double* a, const double* b, int64_t n), (a, b, n))
 
+// Σ weight · difference² over a binade's 128 differences in float: four 8-lane sums (sum j takes
+// the 8 differences at k ≡ 8j mod 32, in order), added pairwise, then their lanes pairwise. The
+// same operations in every clone, so the same sum at every SIMD level; each term is within 3
+// roundings of its exact value, and the sum within 3 + 2 + 3 more.
+MIXQ_CLONES float coarse_weighted_squares(const float* differences, const float* weight) {
+  typedef float v8f __attribute__((vector_size(32)));
+  v8f acc[4] = {};
+  for (int k = 0; k < 128; k += 32)
+    for (int j = 0; j < 4; ++j) {
+      v8f d, w;
+      std::memcpy(&d, differences + k + 8 * j, sizeof d);
+      std::memcpy(&w, weight + k + 8 * j, sizeof w);
+      acc[j] += w * (d * d);
+    }
+  const v8f sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  return ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
+}
+
+// out = float(a + b) (b null: 0), false where a value exceeds 2^100 (none is written then).
+MIXQ_CLONES bool to_float_sum(const double* a, const double* b, float* out, size_t n) {
+  bool within = true;
+  for (size_t k = 0; k < n; ++k) {
+    const double w = a[k] + (b ? b[k] : 0.0);
+    within &= w <= 0x1p100;
+    out[k] = float(w);
+  }
+  return within;
+}
+
 // out[k] = (prev ? prev[k] : 0) + f · c[k], and out += f · c (the binade sums, vectorized per target).
 MIXQ_CLONES void add_scaled(double* out, const double* prev, double f, const double* c, size_t n) {
   if (prev)
@@ -594,6 +623,10 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
   for (size_t c = 0; c < n; ++c) {
     edge_range& r = ranges_[c];
     r.first = 0, r.last = edges_.size();
+    if (!screened_.empty() && screened_[c]) {  // (not estimated)
+      r.low_end = r.high_begin = int64_t(values_.size());
+      continue;
+    }
     const auto scales_at = [&](const binade& b) { return fp8_binade_scales(b.exponent, b.lo, b.hi, scales[c]); };
     while (r.first < r.last && !scales_at(edges_[r.first])) ++r.first;
     while (r.last > r.first && !scales_at(edges_[r.last - 1])) --r.last;
@@ -604,6 +637,7 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
   // whose error over the 32 largest magnitudes alone (part of its sum: a lower bound) already
   // exceeds an evaluated scale's upper bound cannot be the least, and is left unevaluated (+inf).
   const auto saturates = [&](size_t c) { return ranges_[c].high_begin < n_values && n > 1; };
+  const auto screened = [&](size_t c) { return !screened_.empty() && screened_[c] != 0; };
   std::vector<float>& subset = subset_scales_;
   std::vector<edge_range>& subset_ranges = subset_ranges_;
   std::vector<double>& subset_out = subset_out_;
@@ -618,18 +652,20 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
     for (size_t k = 0; k < index.size(); ++k) out[index[k]] = subset_out[k] + reference_part(index[k], scales[index[k]]);
   };
   std::fill(out, out + n, 0.0);
-  evaluate([&](size_t c) { return !saturates(c); });
+  evaluate([&](size_t c) { return !saturates(c) && !screened(c); });
   const double relative = relative_margin();
   double least_upper = INFINITY;
   for (size_t c = 0; c < n; ++c)
-    if (!saturates(c) && std::isfinite(scales[c])) least_upper = std::min(least_upper, out[c] + relative * out[c]);
+    if (!saturates(c) && !screened(c) && std::isfinite(scales[c]))
+      least_upper = std::min(least_upper, out[c] + relative * out[c]);
   std::vector<uint8_t>& ruled_out = ruled_out_;
   ruled_out.assign(n, 0);
   if (least_upper < INFINITY) {  // the lower bounds, all saturating scales in one call
     subset.clear(), subset_ranges.clear(), index.clear();
     const int64_t top = std::max<int64_t>(0, n_values - 32);
     for (size_t c = 0; c < n; ++c)
-      if (saturates(c)) subset.push_back(scales[c]), subset_ranges.push_back({0, 0, 0, top}), index.push_back(c);
+      if (saturates(c) && !screened(c))
+        subset.push_back(scales[c]), subset_ranges.push_back({0, 0, 0, top}), index.push_back(c);
     subset_out.assign(subset.size(), 0.0);
     runs_sq_errors(values_.data(), nonzero_counts_.data(), n_values, subset.data(), subset_ranges.data(),
                    int64_t(subset.size()), subset_out.data());
@@ -638,9 +674,75 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
     for (size_t k = 0; k < index.size(); ++k)
       if (subset_out[k] * (1.0 - 0x1p-40) - relative * subset_out[k] > least_upper) ruled_out[index[k]] = 1;
   }
-  evaluate([&](size_t c) { return saturates(c) && !ruled_out[c]; });
+  evaluate([&](size_t c) { return saturates(c) && !ruled_out[c] && !screened(c); });
   for (size_t c = 0; c < n; ++c)
-    if (ruled_out[c]) out[c] = INFINITY;
+    if (ruled_out[c] || screened(c)) out[c] = INFINITY;
+}
+
+// Before the estimates, rules out (screened_) the scales whose reference error provably exceeds
+// another's, from coarse bounds (needs a core and the row's cached differences):
+// - a scale under which every top edge scales: the core and the top edges summed in float over the
+//   cached differences (coarse_weighted_squares: within 2^-20 relative, with the weight's rounding
+//   to float), the bottom edges' values (and 16-bit subnormals) bounded, each value x's error
+//   between 0 and max(x² / 256, s² / 2^20) (half an FP8 step below saturation, or x itself where
+//   it rounds to 0; its roundings inside the margin);
+// - any other: its error over the 32 largest magnitudes alone, a lower bound.
+// A scale whose lower bound exceeds the least upper bound cannot be the reference's choice; the
+// rest (mostly one) are estimated in full.
+void fp8_error_estimate::screen(std::span<const float> scales) {
+  const size_t n = scales.size(), per = size_t(1) << mantissa_bits_;
+  screened_.assign(n, 0);
+  if (!has_core_ || n < 2 || per != 128) return;
+  const bool any_top = below_core_ < edges_.size();
+  coarse_weight_.resize(per);
+  if (!to_float_sum(core_.data(), any_top ? outward_.data() + (edges_.size() - 1) * per : nullptr,
+                    coarse_weight_.data(), per))
+    return;  // (far past any row's counts: left to the estimates)
+  const size_t bottom_end = any_top ? edges_[below_core_].first : values_.size();
+  double below_squares = 0.0, below_count = 0.0;  // Σ count · x² / 256 and Σ count over the bottom values
+  for (size_t i = 0; i < bottom_end; ++i) {
+    below_squares += nonzero_counts_[i] * (double(values_[i]) * double(values_[i]) / 256.0);
+    below_count += nonzero_counts_[i];
+  }
+  constexpr double margin = 0x1p-17;  // (float sums within 2^-20, double ones and the reference's far inside)
+  const double reference = rounding_gamma(elements_);
+  const double core_factor = power_of_four(core_exponent_ - 1);
+  std::vector<double>& lower = coarse_lower_;
+  lower.assign(n, 0.0);
+  double least_upper = INFINITY;
+  bool any_saturating = false;
+  for (size_t c = 0; c < n; ++c) {
+    if (!std::isfinite(scales[c])) continue;  // (never the choice: left to choose)
+    bool scales_all = true;
+    for (size_t e = below_core_; e < edges_.size(); ++e)
+      scales_all = scales_all && fp8_binade_scales(edges_[e].exponent, edges_[e].lo, edges_[e].hi, scales[c]);
+    const float* d = scales_all ? cached_differences(c, scales[c]) : nullptr;
+    if (!d) {
+      lower[c] = NAN;  // bounded below by its largest values
+      any_saturating = true;
+      continue;
+    }
+    const double sum = core_factor * double(coarse_weighted_squares(d, coarse_weight_.data()));
+    const double s2 = double(scales[c]) * double(scales[c]);
+    const double upper = (sum + below_squares + s2 * 0x1p-20 * below_count) * (1.0 + margin) * (1.0 + reference);
+    lower[c] = sum * (1.0 - margin) * (1.0 - reference);
+    least_upper = std::min(least_upper, upper);
+  }
+  if (least_upper == INFINITY) return;
+  if (any_saturating) {  // their 32 largest magnitudes' terms, in one call
+    subset_scales_.clear(), subset_ranges_.clear(), subset_index_.clear();
+    const int64_t n_values = int64_t(values_.size()), top = std::max<int64_t>(0, n_values - 32);
+    for (size_t c = 0; c < n; ++c)
+      if (std::isnan(lower[c]))
+        subset_scales_.push_back(scales[c]), subset_ranges_.push_back({0, 0, 0, top}), subset_index_.push_back(c);
+    subset_out_.assign(subset_scales_.size(), 0.0);
+    runs_sq_errors(values_.data(), nonzero_counts_.data(), n_values, subset_scales_.data(), subset_ranges_.data(),
+                   int64_t(subset_scales_.size()), subset_out_.data());
+    for (size_t k = 0; k < subset_index_.size(); ++k)
+      lower[subset_index_[k]] = subset_out_[k] * (1.0 - margin) * (1.0 - reference);
+  }
+  for (size_t c = 0; c < n; ++c)
+    if (std::isfinite(scales[c]) && lower[c] > least_upper) screened_[c] = 1;
 }
 
 // The part of a scale's estimate from the core and the edges that scale under it (after ranges_).
@@ -737,8 +839,10 @@ std::vector<size_t> fp8_error_estimate::row_contenders(source_dtype dtype, uint3
     }
     cache_slot_ = (std::bit_cast<uint32_t>(amax) >> 16) & (kCacheSlots - 1);
   }
+  if (cache_slot_ != SIZE_MAX) screen(scale);
   std::vector<size_t> kept = choose(scale);
   cache_slot_ = SIZE_MAX;
+  screened_.clear();
   return kept;
 }
 

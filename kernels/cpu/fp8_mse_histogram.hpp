@@ -95,6 +95,7 @@ class fp8_error_estimate {
   void finish_split();
   static std::vector<float> scales_of(float amax, std::span<const float> multipliers);
   std::vector<size_t> choose(std::span<const float> scales);  // after a split over them
+  void screen(std::span<const float> scales);                 // a row's, before choose
   void estimate(std::span<const float> scales, double* out);  // +inf: ruled out unevaluated
   double reference_part(size_t c, float scale);
   float* cached_differences(size_t c, float scale);  // null where not cached
@@ -126,6 +127,10 @@ class fp8_error_estimate {
   std::vector<double> subset_out_;
   std::vector<size_t> subset_index_;
   std::vector<uint8_t> ruled_out_;
+  // screen()'s: the scales it rules out (empty: none), its weight in float, its lower bounds
+  std::vector<uint8_t> screened_;
+  std::vector<float> coarse_weight_;
+  std::vector<double> coarse_lower_;
   double relative_bound_ = 0.0;
   // Rows' reference differences (reference_part), per amax slot and candidate: 2.5 MB for the
   // default 39 multipliers, reserved at the first BF16 row and left unwritten (a slot is read only

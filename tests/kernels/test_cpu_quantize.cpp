@@ -1071,6 +1071,37 @@ TEST(cpu_kernels, fp8_mse_histogram_ties_settled_exactly) {
 
 // Per-channel MSE on rows far from 1 (16-bit subnormals to the largest binades, so that some
 // binades of a row fall outside FP8's normal range under some candidates), with wide multipliers.
+// Rows whose choice their smallest values decide. With amax = 448u (u = 2^-10) the multipliers
+// 1 and 1.75 give the scales u and 1.75u exactly; the largest value sits on both grids, one
+// value v = 2.625u · 2^-j on the second only (a small error under u), and 200 values in
+// [2^-6, 1.75 · 2^-6) · u, FP8-normal under u but subnormal (coarser) under 1.75u. Whether the
+// one value's error or the small values' extra error weighs more decides the row: the per-row
+// screening must bound the small values' errors (not drop them) to keep the reference's choice.
+TEST(cpu_kernels, fp8_per_channel_mse_rows_decided_by_their_smallest_values_as_the_reference) {
+  std::mt19937 rng(91);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  const float u = 0x1p-10f;
+  testing::test_tensor t{"smallest_values_decide", 24, 208, {}};
+  for (int64_t r = 0; r < t.rows; ++r) {
+    t.values.push_back(448.0f * u);
+    t.values.push_back(std::ldexp(2.625f * u, -int(r % 8)));
+    for (int64_t c = 2; c < t.cols; ++c) t.values.push_back(std::ldexp(u, -6) * (1.0f + 0.75f * unit(rng)) * (c % 2 ? 1.0f : -1.0f));
+  }
+  const sourced s = as_dtype(t, cpu::source_dtype::bf16);
+  fp8_options o;
+  o.granularity = fp8_granularity::per_channel;
+  o.selector = fp8_selector::mse;
+  const float multipliers[] = {1.0f, 1.75f};
+  o.multipliers = multipliers;
+  const fp8_weight ref = fp8_quantize(view_of(s), o);
+  const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+  EXPECT_EQ(fast.scales, ref.scales);
+  EXPECT_EQ(fast.codes, ref.codes);
+  const auto rows_at = [&](float scale) { return std::count(ref.scales.begin(), ref.scales.end(), scale); };
+  EXPECT_GT(rows_at(u), 0);  // (both choices occur: the construction does decide rows both ways)
+  EXPECT_GT(rows_at(1.75f * u), 0);
+}
+
 TEST(cpu_kernels, fp8_per_channel_mse_over_extreme_rows_as_the_reference) {
   const float wide[] = {0.001f, 0.1f, 0.25f, 0.5f, 0.9f, 1.0f, 1.1f, 2.0f, 4.0f, 30.0f, 1000.0f};
   for (auto dtype : kDtypes)
