@@ -686,18 +686,21 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
 //   to float), the bottom edges' values (and 16-bit subnormals) bounded, each value x's error
 //   between 0 and max(x² / 256, s² / 2^20) (half an FP8 step below saturation, or x itself where
 //   it rounds to 0; its roundings inside the margin);
-// - any other: its error over the 32 largest magnitudes alone, a lower bound.
-// A scale whose lower bound exceeds the least upper bound cannot be the reference's choice; the
-// rest (mostly one) are estimated in full.
-void fp8_error_estimate::screen(std::span<const float> scales) {
+// - any other (a top edge saturates): its core's sum (as above, below its rounding) and its error
+//   over the 32 largest magnitudes (edge values, never the core's), a lower bound.
+// A scale whose lower bound exceeds the least upper bound cannot be the reference's choice. True
+// when one scale is left (the choice); the rest, when more are left, are estimated in full.
+bool fp8_error_estimate::screen(std::span<const float> scales) {
   const size_t n = scales.size(), per = size_t(1) << mantissa_bits_;
   screened_.assign(n, 0);
-  if (!has_core_ || n < 2 || per != 128) return;
+  if (!has_core_ || n < 2 || per != 128) return false;
   const bool any_top = below_core_ < edges_.size();
-  coarse_weight_.resize(per);
-  if (!to_float_sum(core_.data(), any_top ? outward_.data() + (edges_.size() - 1) * per : nullptr,
-                    coarse_weight_.data(), per))
-    return;  // (far past any row's counts: left to the estimates)
+  coarse_weight_.resize(2 * per);  // the core with every top edge, and the core alone
+  float* const with_top = coarse_weight_.data();
+  float* const core_alone = coarse_weight_.data() + per;
+  if (!to_float_sum(core_.data(), any_top ? outward_.data() + (edges_.size() - 1) * per : nullptr, with_top, per) ||
+      !to_float_sum(core_.data(), nullptr, core_alone, per))
+    return false;  // (far past any row's counts: left to the estimates)
   const size_t bottom_end = any_top ? edges_[below_core_].first : values_.size();
   double below_squares = 0.0, below_count = 0.0;  // Σ count · x² / 256 and Σ count over the bottom values
   for (size_t i = 0; i < bottom_end; ++i) {
@@ -710,39 +713,44 @@ void fp8_error_estimate::screen(std::span<const float> scales) {
   std::vector<double>& lower = coarse_lower_;
   lower.assign(n, 0.0);
   double least_upper = INFINITY;
-  bool any_saturating = false;
+  saturating_.clear();
   for (size_t c = 0; c < n; ++c) {
     if (!std::isfinite(scales[c])) continue;  // (never the choice: left to choose)
     bool scales_all = true;
     for (size_t e = below_core_; e < edges_.size(); ++e)
       scales_all = scales_all && fp8_binade_scales(edges_[e].exponent, edges_[e].lo, edges_[e].hi, scales[c]);
-    const float* d = scales_all ? cached_differences(c, scales[c]) : nullptr;
-    if (!d) {
-      lower[c] = NAN;  // bounded below by its largest values
-      any_saturating = true;
+    const float* d = cached_differences(c, scales[c]);
+    if (!scales_all) {  // bounded below by its core and its largest values (below)
+      lower[c] = d ? core_factor * double(coarse_weighted_squares(d, core_alone)) : 0.0;
+      saturating_.push_back(c);
       continue;
     }
-    const double sum = core_factor * double(coarse_weighted_squares(d, coarse_weight_.data()));
+    if (!d) continue;  // (left to the estimates)
+    const double sum = core_factor * double(coarse_weighted_squares(d, with_top));
     const double s2 = double(scales[c]) * double(scales[c]);
     const double upper = (sum + below_squares + s2 * 0x1p-20 * below_count) * (1.0 + margin) * (1.0 + reference);
     lower[c] = sum * (1.0 - margin) * (1.0 - reference);
     least_upper = std::min(least_upper, upper);
   }
-  if (least_upper == INFINITY) return;
-  if (any_saturating) {  // their 32 largest magnitudes' terms, in one call
-    subset_scales_.clear(), subset_ranges_.clear(), subset_index_.clear();
+  if (least_upper == INFINITY) return false;
+  if (!saturating_.empty()) {  // their 32 largest magnitudes' terms (edge values: never the core's), in one call
+    subset_scales_.clear(), subset_ranges_.clear();
     const int64_t n_values = int64_t(values_.size()), top = std::max<int64_t>(0, n_values - 32);
-    for (size_t c = 0; c < n; ++c)
-      if (std::isnan(lower[c]))
-        subset_scales_.push_back(scales[c]), subset_ranges_.push_back({0, 0, 0, top}), subset_index_.push_back(c);
+    for (size_t c : saturating_) subset_scales_.push_back(scales[c]), subset_ranges_.push_back({0, 0, 0, top});
     subset_out_.assign(subset_scales_.size(), 0.0);
     runs_sq_errors(values_.data(), nonzero_counts_.data(), n_values, subset_scales_.data(), subset_ranges_.data(),
                    int64_t(subset_scales_.size()), subset_out_.data());
-    for (size_t k = 0; k < subset_index_.size(); ++k)
-      lower[subset_index_[k]] = subset_out_[k] * (1.0 - margin) * (1.0 - reference);
+    for (size_t k = 0; k < saturating_.size(); ++k) {
+      const size_t c = saturating_[k];
+      lower[c] = (lower[c] + subset_out_[k]) * (1.0 - margin) * (1.0 - reference);
+      if (lower[c] > least_upper) screened_[c] = 1;
+    }
   }
   for (size_t c = 0; c < n; ++c)
-    if (std::isfinite(scales[c]) && lower[c] > least_upper) screened_[c] = 1;
+    if (std::isfinite(scales[c]) && !screened_[c] && lower[c] > least_upper) screened_[c] = 1;
+  size_t left = 0;
+  for (size_t c = 0; c < n; ++c) left += std::isfinite(scales[c]) && !screened_[c];
+  return left == 1 && std::count(screened_.begin(), screened_.end(), 0) == 1;
 }
 
 // The part of a scale's estimate from the core and the edges that scale under it (after ranges_).
@@ -839,8 +847,14 @@ std::vector<size_t> fp8_error_estimate::row_contenders(source_dtype dtype, uint3
     }
     cache_slot_ = (std::bit_cast<uint32_t>(amax) >> 16) & (kCacheSlots - 1);
   }
-  if (cache_slot_ != SIZE_MAX) screen(scale);
-  std::vector<size_t> kept = choose(scale);
+  std::vector<size_t> kept;
+  if (cache_slot_ != SIZE_MAX && screen(scale)) {  // one left: the choice, without its estimate
+    estimates_.assign(scale.size(), INFINITY);
+    for (size_t c = 0; c < scale.size(); ++c)
+      if (!screened_[c]) kept.push_back(c), estimates_[c] = NAN;
+  } else {
+    kept = choose(scale);
+  }
   cache_slot_ = SIZE_MAX;
   screened_.clear();
   return kept;

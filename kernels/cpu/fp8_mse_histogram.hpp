@@ -63,7 +63,8 @@ class fp8_error_estimate {
   std::vector<size_t> row_contenders(source_dtype dtype, uint32_t* table, uint32_t lo, uint32_t hi, float amax,
                                      std::span<const float> multipliers);
   // The last contenders() call's estimate for each multiplier (+inf for one ruled out unevaluated:
-  // its error exceeds another's), and its bound: the reference's sum
+  // its error exceeds another's; NaN for a BF16 row's lone candidate left by the screening, the
+  // choice without an estimate), and its bound: the reference's sum
   // over the counted magnitudes (and the exact sum of its terms) is within relative_bound() ·
   // estimate of it.
   const std::vector<double>& estimates() const { return estimates_; }
@@ -95,7 +96,7 @@ class fp8_error_estimate {
   void finish_split();
   static std::vector<float> scales_of(float amax, std::span<const float> multipliers);
   std::vector<size_t> choose(std::span<const float> scales);  // after a split over them
-  void screen(std::span<const float> scales);                 // a row's, before choose
+  bool screen(std::span<const float> scales);                 // a row's, before choose
   void estimate(std::span<const float> scales, double* out);  // +inf: ruled out unevaluated
   double reference_part(size_t c, float scale);
   float* cached_differences(size_t c, float scale);  // null where not cached
@@ -131,6 +132,7 @@ class fp8_error_estimate {
   std::vector<uint8_t> screened_;
   std::vector<float> coarse_weight_;
   std::vector<double> coarse_lower_;
+  std::vector<size_t> saturating_;  // the scales under which a top edge does not scale
   double relative_bound_ = 0.0;
   // Rows' reference differences (reference_part), per amax slot and candidate: 2.5 MB for the
   // default 39 multipliers, reserved at the first BF16 row and left unwritten (a slot is read only

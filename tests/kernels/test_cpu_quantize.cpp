@@ -911,12 +911,17 @@ std::vector<size_t> contenders_of(const cpu::magnitude_histogram& h, float amax,
 // tensor in FP8's normal range, across saturation, and into FP8 subnormals; magnitudes from the
 // 16-bit formats' subnormals to their largest binades.
 // Each estimate within 1e-12 of the reference's sum, or +inf (left unevaluated) for a candidate
-// whose reference error exceeds the least one; returns how many were left unevaluated.
+// whose reference error exceeds the least one, or NaN (a row's lone candidate after the
+// screening) for the least; returns how many were left unevaluated.
 int expect_estimates_or_ruled_out(const std::vector<double>& estimates, const std::vector<double>& want,
                                   const std::string& name) {
   const double least = *std::min_element(want.begin(), want.end());
   int ruled_out = 0;
   for (size_t c = 0; c < want.size(); ++c) {
+    if (std::isnan(estimates[c])) {  // a row's lone candidate left by the screening: the least
+      EXPECT_EQ(want[c], least) << name << " candidate " << c << " left alone";
+      continue;
+    }
     if (estimates[c] == INFINITY) {
       EXPECT_GT(want[c], least) << name << " candidate " << c << " ruled out";
       ++ruled_out;
@@ -1102,6 +1107,35 @@ TEST(cpu_kernels, fp8_per_channel_mse_rows_decided_by_their_smallest_values_as_t
   EXPECT_GT(rows_at(1.75f * u), 0);
 }
 
+// Rows whose best scale clips their largest value. With amax = 448u (u = 2^-10) the multipliers
+// give the scales m · u exactly; values at 392u sit on 448 under m = 7/8 (where amax clips to
+// 392u) and between FP8 values under every larger m. The more such values a row holds, the better
+// clipping does. The screening bounds a clipping scale's error from below (its core and its
+// largest values); an overestimate would rule the reference's choice out.
+TEST(cpu_kernels, fp8_per_channel_mse_rows_best_when_clipped_as_the_reference) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> body(0.0f, 0x1p-4f);  // (their errors weigh in the choice too)
+  const float u = 0x1p-10f;
+  testing::test_tensor t{"clipped_rows", 48, 256, {}};
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const int64_t near = 8 + 4 * r;  // values at 392u
+    for (int64_t c = 0; c < t.cols; ++c)
+      t.values.push_back(c == 0 ? 448.0f * u : c <= near ? (c % 2 ? -392.0f : 392.0f) * u : body(rng));
+  }
+  const sourced s = as_dtype(t, cpu::source_dtype::bf16);
+  fp8_options o;
+  o.granularity = fp8_granularity::per_channel;
+  o.selector = fp8_selector::mse;
+  const float multipliers[] = {0.875f, 1.0f, 1.25f, 1.5f, 2.0f};
+  o.multipliers = multipliers;
+  const fp8_weight ref = fp8_quantize(view_of(s), o);
+  const fp8_weight fast = cpu::fp8_quantize(s.source, o);
+  EXPECT_EQ(fast.scales, ref.scales);
+  EXPECT_EQ(fast.codes, ref.codes);
+  EXPECT_GT(std::count(ref.scales.begin(), ref.scales.end(), 0.875f * u), 4);  // (both ways)
+  EXPECT_GT(std::count_if(ref.scales.begin(), ref.scales.end(), [&](float x) { return x > 0.875f * u; }), 4);
+}
+
 TEST(cpu_kernels, fp8_per_channel_mse_over_extreme_rows_as_the_reference) {
   const float wide[] = {0.001f, 0.1f, 0.25f, 0.5f, 0.9f, 1.0f, 1.1f, 2.0f, 4.0f, 30.0f, 1000.0f};
   for (auto dtype : kDtypes)
@@ -1251,8 +1285,10 @@ TEST(cpu_kernels, row_magnitude_counter_leaves_the_table_clear) {
   const float multipliers[] = {448.0f / 3.0f, 1.0f};  // scale 1 (amax 3 -> 448), and 3 / 448
   ASSERT_TRUE(m.contenders(w, 0, row, 3.0f, multipliers).has_value());
   EXPECT_TRUE(std::all_of(m.table.begin(), m.table.end(), [](uint32_t c) { return c == 0; }));
-  // 0.5 three times, 1, 3 and a BF16 subnormal: the estimate at scale 1 sums their FP8 errors
+  // 0.5 three times, 1, 3 and a BF16 subnormal: the estimate at scale 1 sums their FP8 errors (one
+  // candidate: estimated, not screened)
   ASSERT_EQ(fp8_scale_for_amax(3.0f * multipliers[0]), 1.0f);
+  ASSERT_TRUE(m.contenders(w, 0, row, 3.0f, std::span(multipliers, 1)).has_value());
   EXPECT_EQ(m.estimate.estimates()[0], double(subnormal) * double(subnormal));  // 0.5, 1, 3 are FP8 values
   const float odd[] = {1.0f, std::nextafter(1.0f, 2.0f)};
   EXPECT_FALSE(m.contenders(cpu::source_matrix{odd, cpu::source_dtype::f32, 1, 2, "odd"}, 0, odd, 1.0f, multipliers));
