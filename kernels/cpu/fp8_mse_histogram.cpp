@@ -261,22 +261,28 @@ MIXQ_ALWAYS_INLINE double dot_impl(const double* a, const double* b, int64_t n) 
 }
 MIXQ_SIMD_KERNEL(double, dot, dot_impl, (const double* a, const double* b, int64_t n), (a, b, n))
 
-// Σ weight · difference² over a binade's 128 differences in float: four 8-lane sums (sum j takes
-// the 8 differences at k ≡ 8j mod 32, in order), added pairwise, then their lanes pairwise. The
-// same operations in every clone, so the same sum at every SIMD level; each term is within 3
-// roundings of its exact value, and the sum within 3 + 2 + 3 more.
-MIXQ_CLONES float coarse_weighted_squares(const float* differences, const float* weight) {
+// Σ weight · difference² over a binade's 128 differences in float, for each of four difference
+// tables (out[j] from differences[j]): four 8-lane sums (sum i takes the 8 differences at
+// k ≡ 8i mod 32, in order), added pairwise, then their lanes pairwise. The same operations in every
+// clone, so the same sums at every SIMD level; each term is within 3 roundings of its exact value,
+// and the sum within 3 + 2 + 3 more. (Four tables at once: no sum waits on its own adds.)
+MIXQ_CLONES void coarse_weighted_squares(const float* const* differences, const float* weight, float* out) {
   typedef float v8f __attribute__((vector_size(32)));
-  v8f acc[4] = {};
+  v8f acc[4][4] = {};
   for (int k = 0; k < 128; k += 32)
-    for (int j = 0; j < 4; ++j) {
-      v8f d, w;
-      std::memcpy(&d, differences + k + 8 * j, sizeof d);
-      std::memcpy(&w, weight + k + 8 * j, sizeof w);
-      acc[j] += w * (d * d);
+    for (int i = 0; i < 4; ++i) {
+      v8f w;
+      std::memcpy(&w, weight + k + 8 * i, sizeof w);
+      for (int j = 0; j < 4; ++j) {
+        v8f d;
+        std::memcpy(&d, differences[j] + k + 8 * i, sizeof d);
+        acc[j][i] += w * (d * d);
+      }
     }
-  const v8f sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-  return ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
+  for (int j = 0; j < 4; ++j) {
+    const v8f sum = (acc[j][0] + acc[j][1]) + (acc[j][2] + acc[j][3]);
+    out[j] = ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
+  }
 }
 
 // out = float(a + b) (b null: 0), false where a value exceeds 2^100 (none is written then).
@@ -712,42 +718,53 @@ bool fp8_error_estimate::screen(std::span<const float> scales) {
   const double core_factor = power_of_four(core_exponent_ - 1);
   std::vector<double>& lower = coarse_lower_;
   lower.assign(n, 0.0);
-  double least_upper = INFINITY;
-  saturating_.clear();
+  // The scales under which the top edges scale (those under which the highest does: the others'
+  // values lie between it and the core, which scales under every scale), and the others.
+  unclipped_.clear(), saturating_.clear();
+  const binade* highest = any_top ? &edges_.back() : nullptr;
   for (size_t c = 0; c < n; ++c) {
     if (!std::isfinite(scales[c])) continue;  // (never the choice: left to choose)
-    bool scales_all = true;
-    for (size_t e = below_core_; e < edges_.size(); ++e)
-      scales_all = scales_all && fp8_binade_scales(edges_[e].exponent, edges_[e].lo, edges_[e].hi, scales[c]);
-    const float* d = cached_differences(c, scales[c]);
-    if (!scales_all) {  // bounded below by its core and its largest values (below)
-      lower[c] = d ? core_factor * double(coarse_weighted_squares(d, core_alone)) : 0.0;
-      saturating_.push_back(c);
-      continue;
+    const bool top_scales = !highest || fp8_binade_scales(highest->exponent, highest->lo, highest->hi, scales[c]);
+    if (const float* d = cached_differences(c, scales[c]))
+      (top_scales ? unclipped_ : saturating_).push_back({c, d});
+    else if (!top_scales)
+      saturating_.push_back({c, nullptr});  // (an unclipped one is left to the estimates)
+  }
+  // Their coarse sums, four at a time: over the core and the top edges, or the core alone.
+  const auto coarse_sums = [&](std::vector<coarse_candidate>& list, const float* weight) {
+    static const float no_differences[128] = {};  // (a candidate without them, and the padding: 0)
+    for (size_t k = 0; k < list.size(); k += 4) {
+      const float* d[4];
+      float sum[4];
+      for (size_t j = 0; j < 4; ++j)
+        d[j] = k + j < list.size() && list[k + j].differences ? list[k + j].differences : no_differences;
+      coarse_weighted_squares(d, weight, sum);
+      for (size_t j = 0; j < 4 && k + j < list.size(); ++j) list[k + j].sum = core_factor * double(sum[j]);
     }
-    if (!d) continue;  // (left to the estimates)
-    const double sum = core_factor * double(coarse_weighted_squares(d, with_top));
-    const double s2 = double(scales[c]) * double(scales[c]);
-    const double upper = (sum + below_squares + s2 * 0x1p-20 * below_count) * (1.0 + margin) * (1.0 + reference);
-    lower[c] = sum * (1.0 - margin) * (1.0 - reference);
+  };
+  coarse_sums(unclipped_, with_top);
+  coarse_sums(saturating_, core_alone);
+  double least_upper = INFINITY;
+  for (const coarse_candidate& u : unclipped_) {
+    const double s2 = double(scales[u.index]) * double(scales[u.index]);
+    const double upper = (u.sum + below_squares + s2 * 0x1p-20 * below_count) * (1.0 + margin) * (1.0 + reference);
+    lower[u.index] = u.sum * (1.0 - margin) * (1.0 - reference);
     least_upper = std::min(least_upper, upper);
   }
   if (least_upper == INFINITY) return false;
   if (!saturating_.empty()) {  // their 32 largest magnitudes' terms (edge values: never the core's), in one call
     subset_scales_.clear(), subset_ranges_.clear();
     const int64_t n_values = int64_t(values_.size()), top = std::max<int64_t>(0, n_values - 32);
-    for (size_t c : saturating_) subset_scales_.push_back(scales[c]), subset_ranges_.push_back({0, 0, 0, top});
+    for (const coarse_candidate& v : saturating_)
+      subset_scales_.push_back(scales[v.index]), subset_ranges_.push_back({0, 0, 0, top});
     subset_out_.assign(subset_scales_.size(), 0.0);
     runs_sq_errors(values_.data(), nonzero_counts_.data(), n_values, subset_scales_.data(), subset_ranges_.data(),
                    int64_t(subset_scales_.size()), subset_out_.data());
-    for (size_t k = 0; k < saturating_.size(); ++k) {
-      const size_t c = saturating_[k];
-      lower[c] = (lower[c] + subset_out_[k]) * (1.0 - margin) * (1.0 - reference);
-      if (lower[c] > least_upper) screened_[c] = 1;
-    }
+    for (size_t k = 0; k < saturating_.size(); ++k)
+      lower[saturating_[k].index] = (saturating_[k].sum + subset_out_[k]) * (1.0 - margin) * (1.0 - reference);
   }
   for (size_t c = 0; c < n; ++c)
-    if (std::isfinite(scales[c]) && !screened_[c] && lower[c] > least_upper) screened_[c] = 1;
+    if (std::isfinite(scales[c]) && lower[c] > least_upper) screened_[c] = 1;
   size_t left = 0;
   for (size_t c = 0; c < n; ++c) left += std::isfinite(scales[c]) && !screened_[c];
   return left == 1 && std::count(screened_.begin(), screened_.end(), 0) == 1;

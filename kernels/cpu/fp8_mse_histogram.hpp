@@ -132,7 +132,12 @@ class fp8_error_estimate {
   std::vector<uint8_t> screened_;
   std::vector<float> coarse_weight_;
   std::vector<double> coarse_lower_;
-  std::vector<size_t> saturating_;  // the scales under which a top edge does not scale
+  struct coarse_candidate {
+    size_t index;
+    const float* differences;  // its cached ones (null: none)
+    double sum = 0.0;          // its coarse sum
+  };
+  std::vector<coarse_candidate> unclipped_, saturating_;  // the scales under which the top edges scale, and not
   double relative_bound_ = 0.0;
   // Rows' reference differences (reference_part), per amax slot and candidate: 2.5 MB for the
   // default 39 multipliers, reserved at the first BF16 row and left unwritten (a slot is read only
