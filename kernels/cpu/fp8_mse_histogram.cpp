@@ -285,13 +285,15 @@ MIXQ_CLONES void coarse_weighted_squares(const float* const* differences, const 
   }
 }
 
-// out = float(a + b) (b null: 0), false where a value exceeds 2^100 (none is written then).
-MIXQ_CLONES bool to_float_sum(const double* a, const double* b, float* out, size_t n) {
+// with_top = float(core + top) (top null: 0) and alone = float(core); false where a sum exceeds
+// 2^100.
+MIXQ_CLONES bool to_float_sums(const double* core, const double* top, float* with_top, float* alone, size_t n) {
   bool within = true;
   for (size_t k = 0; k < n; ++k) {
-    const double w = a[k] + (b ? b[k] : 0.0);
+    const double w = core[k] + (top ? top[k] : 0.0);
     within &= w <= 0x1p100;
-    out[k] = float(w);
+    with_top[k] = float(w);
+    alone[k] = float(core[k]);
   }
   return within;
 }
@@ -606,18 +608,25 @@ void fp8_error_estimate::finish_split() {
   // as the core's.
   below_core_ = 0;
   while (has_core_ && below_core_ < edges_.size() && edges_[below_core_].exponent < core_exponent_) ++below_core_;
-  outward_.resize(has_core_ ? edges_.size() * per : 0);  // (every one written below)
-  const auto add_outward = [&](size_t into, size_t from, size_t edge) {  // outward_[into] = [from] + edge's
-    add_scaled(outward_.data() + into * per, from == SIZE_MAX ? nullptr : outward_.data() + from * per,
-               power_of_four(edges_[edge].exponent - core_exponent_), counts_.data() + edges_[edge].offset, per);
-  };
-  if (has_core_) {
-    for (size_t e = below_core_; e-- > 0;) add_outward(e, e + 1 < below_core_ ? e + 1 : SIZE_MAX, e);
-    for (size_t e = below_core_; e < edges_.size(); ++e) add_outward(e, e > below_core_ ? e - 1 : SIZE_MAX, e);
-  }
+  // (The bottom ones when an estimate needs them: a row's screening does not.)
+  outward_.resize(has_core_ ? edges_.size() * per : 0);  // (every one written before it is read)
+  if (has_core_)
+    for (size_t e = below_core_; e < edges_.size(); ++e) add_outward(e, e > below_core_ ? e - 1 : SIZE_MAX);
+  bottom_outward_ = !has_core_ || below_core_ == 0;
+}
+
+// outward_[into] = outward_[from] (none: SIZE_MAX) + edge into's counts, scaled as the core's.
+void fp8_error_estimate::add_outward(size_t into, size_t from) {
+  const size_t per = size_t(1) << mantissa_bits_;
+  add_scaled(outward_.data() + into * per, from == SIZE_MAX ? nullptr : outward_.data() + from * per,
+             power_of_four(edges_[into].exponent - core_exponent_), counts_.data() + edges_[into].offset, per);
 }
 
 void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
+  if (!bottom_outward_) {
+    for (size_t e = below_core_; e-- > 0;) add_outward(e, e + 1 < below_core_ ? e + 1 : SIZE_MAX);
+    bottom_outward_ = true;
+  }
   const int64_t per = int64_t(1) << mantissa_bits_;
   const size_t n = scales.size();
   const int64_t n_values = int64_t(values_.size());
@@ -704,9 +713,9 @@ bool fp8_error_estimate::screen(std::span<const float> scales) {
   coarse_weight_.resize(2 * per);  // the core with every top edge, and the core alone
   float* const with_top = coarse_weight_.data();
   float* const core_alone = coarse_weight_.data() + per;
-  if (!to_float_sum(core_.data(), any_top ? outward_.data() + (edges_.size() - 1) * per : nullptr, with_top, per) ||
-      !to_float_sum(core_.data(), nullptr, core_alone, per))
-    return false;  // (far past any row's counts: left to the estimates)
+  if (!to_float_sums(core_.data(), any_top ? outward_.data() + (edges_.size() - 1) * per : nullptr, with_top,
+                     core_alone, per))
+    return false;  // (far past any row's counts: left to the estimates; the core alone is less)
   const size_t bottom_end = any_top ? edges_[below_core_].first : values_.size();
   double below_squares = 0.0, below_count = 0.0;  // Σ count · x² / 256 and Σ count over the bottom values
   for (size_t i = 0; i < bottom_end; ++i) {

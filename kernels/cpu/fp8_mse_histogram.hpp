@@ -94,6 +94,7 @@ class fp8_error_estimate {
   void add_to_core(int exponent, const double* counts);
   void add_edge(const binade& b);  // b's counts at b.offset in counts_
   void finish_split();
+  void add_outward(size_t into, size_t from);
   static std::vector<float> scales_of(float amax, std::span<const float> multipliers);
   std::vector<size_t> choose(std::span<const float> scales);  // after a split over them
   bool screen(std::span<const float> scales);                 // a row's, before choose
@@ -114,6 +115,7 @@ class fp8_error_estimate {
   std::vector<binade> edges_;
   size_t below_core_ = 0;          // edges_ below the core come first
   std::vector<double> outward_;    // per edge: its scaled counts and those between it and the core
+  bool bottom_outward_ = true;     // outward_ holds the bottom edges' (else only the top ones')
   std::vector<double> combined_;  // the core and the edges that scale under a scale, summed
   size_t combined_first_ = 0, combined_last_ = 0;  // for the edges [first, last)
   bool combined_valid_ = false;
