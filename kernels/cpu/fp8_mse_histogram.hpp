@@ -119,8 +119,10 @@ class fp8_error_estimate {
   std::vector<double> combined_;  // the core and the edges that scale under a scale, summed
   size_t combined_first_ = 0, combined_last_ = 0;  // for the edges [first, last)
   bool combined_valid_ = false;
-  std::vector<float, default_init_allocator<float>> values_;  // the edges' non-zero magnitudes (zero adds no error),
-  std::vector<double, default_init_allocator<double>> nonzero_counts_;  // 16-bit subnormals first (tiny_ of them); zero padding last
+  // The edges' non-zero magnitudes (zero adds no error) and their counts: 16-bit subnormals first
+  // (tiny_ of them), zero padding last.
+  std::vector<float, default_init_allocator<float>> values_;
+  std::vector<double, default_init_allocator<double>> nonzero_counts_;
   size_t tiny_ = 0;
   std::vector<edge_range> ranges_;
   std::vector<double> errors_;

@@ -1090,7 +1090,8 @@ TEST(cpu_kernels, fp8_per_channel_mse_rows_decided_by_their_smallest_values_as_t
   for (int64_t r = 0; r < t.rows; ++r) {
     t.values.push_back(448.0f * u);
     t.values.push_back(std::ldexp(2.625f * u, -int(r % 8)));
-    for (int64_t c = 2; c < t.cols; ++c) t.values.push_back(std::ldexp(u, -6) * (1.0f + 0.75f * unit(rng)) * (c % 2 ? 1.0f : -1.0f));
+    for (int64_t c = 2; c < t.cols; ++c)
+      t.values.push_back(std::ldexp(u, -6) * (1.0f + 0.75f * unit(rng)) * (c % 2 ? 1.0f : -1.0f));
   }
   const sourced s = as_dtype(t, cpu::source_dtype::bf16);
   fp8_options o;
