@@ -13,6 +13,11 @@
 // element), so it serves as an estimate with a proven bound; the candidates the bound cannot
 // separate are then evaluated exactly, in the reference's order. The choice is always the
 // reference's, bit for bit.
+//
+// Per channel (row by row, BF16), a coarser screening runs first: each candidate's error bounded
+// from a float sum over differences cached per row amax mantissa, the smallest values bounded
+// instead of summed; only the candidates it cannot rule out (mostly none but the choice) are
+// estimated as above.
 #pragma once
 
 #include <cstdint>
