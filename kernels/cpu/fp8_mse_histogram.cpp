@@ -906,25 +906,24 @@ std::vector<size_t> fp8_error_estimate::choose(std::span<const float> scale) {
 }
 
 namespace {
-// The least nonzero and the largest magnitude key of a row (lo > hi: all zero); vectorized.
-template <class T, int Shift>
-MIXQ_ALWAYS_INLINE std::pair<uint32_t, uint32_t> key_range(const T* p, int64_t n) {
+// The least nonzero and the largest magnitude key (BF16 bits: the top 16) of an F32 row (lo > hi:
+// all zero); vectorized.
+MIXQ_CLONES std::pair<uint32_t, uint32_t> key_range32(const uint32_t* p, int64_t n) {
   uint16_t below = UINT16_MAX, top = 0;  // below: the least key less one (key 0 wraps to the top)
   for (int64_t i = 0; i < n; ++i) {
-    const auto key = uint16_t((p[i] >> Shift) & 0x7fffu);
+    const auto key = uint16_t((p[i] >> 16) & 0x7fffu);
     below = std::min(below, uint16_t(key - 1u));
     top = std::max(top, key);
   }
   return {uint32_t(below) + 1u, top};
 }
-MIXQ_CLONES std::pair<uint32_t, uint32_t> key_range32(const uint32_t* p, int64_t n) { return key_range<uint32_t, 16>(p, n); }
 MIXQ_CLONES uint32_t low_bits(const uint32_t* p, int64_t n) {
   uint32_t rest = 0;
   for (int64_t i = 0; i < n; ++i) rest |= p[i];
   return rest & 0xffffu;
 }
-// A 16-bit row's magnitude keys counted into table (four per 64-bit load) and key_range16 of them
-// (vector min / max), in one pass over the row.
+// A 16-bit row's magnitude keys counted into table (four per 64-bit load) and their range (as
+// key_range32's, by vector min / max), in one pass over the row.
 MIXQ_CLONES std::pair<uint32_t, uint32_t> count_keys16(const uint16_t* p, int64_t n, uint32_t* table) {
   typedef uint16_t v16h __attribute__((vector_size(32)));
   v16h below = {}, top = {};  // below: the least key less one (key 0 wraps to the top)
