@@ -525,17 +525,17 @@ bool fp8_per_channel_rows(const source_matrix& w, const fp8_rows& rows, std::spa
     for (int64_t r = 0; r < w.rows; ++r) {
       // A 16-bit row read in place for the search is counted in the pass that finds its max
       // magnitude (its largest key).
-      std::pair<uint32_t, uint32_t> keys;
-      const bool counted = count_in_pass;
-      if (counted) keys = search.counter.count16(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols);
-      const uint32_t bits = counted ? magnitude_bits(w.dtype, keys.second) : rows.amax_bits(r, x);
+      std::pair<uint32_t, uint32_t> keys{};
+      if (count_in_pass) keys = search.counter.count16(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols);
+      const uint32_t bits = count_in_pass ? magnitude_bits(w.dtype, keys.second) : rows.amax_bits(r, x);
       if (check_rows && bits >= 0x7f800000u) {
-        if (counted) search.counter.forget(keys);
+        if (count_in_pass) search.counter.forget(keys);
         finite = 0;
         continue;
       }
       const float amax = std::bit_cast<float>(bits);
-      const size_t chosen = multipliers.empty() ? 0 : search.best(w, r, x, amax, multipliers, counted ? &keys : nullptr);
+      const size_t chosen =
+          multipliers.empty() ? 0 : search.best(w, r, x, amax, multipliers, count_in_pass ? &keys : nullptr);
       if (chosen == SIZE_MAX) {
 #pragma omp critical
         if (failed_row < 0 || r < failed_row) failed_row = r, failed_amax = amax;
