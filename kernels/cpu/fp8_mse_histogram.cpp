@@ -676,14 +676,10 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
   std::vector<uint8_t>& ruled_out = ruled_out_;
   ruled_out.assign(n, 0);
   if (least_upper < INFINITY) {  // the lower bounds, all saturating scales in one call
-    subset.clear(), subset_ranges.clear(), index.clear();
-    const int64_t top = std::max<int64_t>(0, n_values - 32);
+    subset.clear(), index.clear();
     for (size_t c = 0; c < n; ++c)
-      if (saturates(c) && !screened(c))
-        subset.push_back(scales[c]), subset_ranges.push_back({0, 0, 0, top}), index.push_back(c);
-    subset_out.assign(subset.size(), 0.0);
-    runs_sq_errors(values_.data(), nonzero_counts_.data(), n_values, subset.data(), subset_ranges.data(),
-                   int64_t(subset.size()), subset_out.data());
+      if (saturates(c) && !screened(c)) subset.push_back(scales[c]), index.push_back(c);
+    largest_values_errors(subset);
     // (32 terms, each within 2^-53: the bound's own rounding is far inside 2^-40; the reference's
     // sum is within γ_N of the exact one, inside the margin.)
     for (size_t k = 0; k < index.size(); ++k)
@@ -692,6 +688,16 @@ void fp8_error_estimate::estimate(std::span<const float> scales, double* out) {
   evaluate([&](size_t c) { return saturates(c) && !ruled_out[c] && !screened(c); });
   for (size_t c = 0; c < n; ++c)
     if (ruled_out[c] || screened(c)) out[c] = INFINITY;
+}
+
+// subset_out_[k]: scale subset[k]'s error over the 32 largest magnitudes in values_ (edge values,
+// never the core's; a lower bound of its sum), all in one call.
+void fp8_error_estimate::largest_values_errors(std::span<const float> subset) {
+  const int64_t n_values = int64_t(values_.size()), top = std::max<int64_t>(0, n_values - 32);
+  subset_ranges_.assign(subset.size(), {0, 0, 0, top});
+  subset_out_.assign(subset.size(), 0.0);
+  runs_sq_errors(values_.data(), nonzero_counts_.data(), n_values, subset.data(), subset_ranges_.data(),
+                 int64_t(subset.size()), subset_out_.data());
 }
 
 // Before the estimates, rules out (screened_) the scales whose reference error provably exceeds
@@ -761,22 +767,20 @@ bool fp8_error_estimate::screen(std::span<const float> scales) {
     least_upper = std::min(least_upper, upper);
   }
   if (least_upper == INFINITY) return false;
-  if (!saturating_.empty()) {  // their 32 largest magnitudes' terms (edge values: never the core's), in one call
-    subset_scales_.clear(), subset_ranges_.clear();
-    const int64_t n_values = int64_t(values_.size()), top = std::max<int64_t>(0, n_values - 32);
-    for (const coarse_candidate& v : saturating_)
-      subset_scales_.push_back(scales[v.index]), subset_ranges_.push_back({0, 0, 0, top});
-    subset_out_.assign(subset_scales_.size(), 0.0);
-    runs_sq_errors(values_.data(), nonzero_counts_.data(), n_values, subset_scales_.data(), subset_ranges_.data(),
-                   int64_t(subset_scales_.size()), subset_out_.data());
+  if (!saturating_.empty()) {  // their 32 largest magnitudes' terms
+    subset_scales_.clear();
+    for (const coarse_candidate& v : saturating_) subset_scales_.push_back(scales[v.index]);
+    largest_values_errors(subset_scales_);
     for (size_t k = 0; k < saturating_.size(); ++k)
       lower[saturating_[k].index] = (saturating_[k].sum + subset_out_[k]) * (1.0 - margin) * (1.0 - reference);
   }
   for (size_t c = 0; c < n; ++c)
     if (std::isfinite(scales[c]) && lower[c] > least_upper) screened_[c] = 1;
   size_t left = 0;
-  for (size_t c = 0; c < n; ++c) left += std::isfinite(scales[c]) && !screened_[c];
-  return left == 1 && std::count(screened_.begin(), screened_.end(), 0) == 1;
+  bool finite = true;
+  for (size_t c = 0; c < n; ++c)
+    if (!screened_[c]) ++left, finite = finite && std::isfinite(scales[c]);
+  return left == 1 && finite;
 }
 
 // The part of a scale's estimate from the core and the edges that scale under it (after ranges_).

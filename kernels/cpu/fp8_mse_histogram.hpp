@@ -103,6 +103,7 @@ class fp8_error_estimate {
   static std::vector<float> scales_of(float amax, std::span<const float> multipliers);
   std::vector<size_t> choose(std::span<const float> scales);  // after a split over them
   bool screen(std::span<const float> scales);                 // a row's, before choose
+  void largest_values_errors(std::span<const float> subset);  // into subset_out_
   void estimate(std::span<const float> scales, double* out);  // +inf: ruled out unevaluated
   double reference_part(size_t c, float scale);
   float* cached_differences(size_t c, float scale);  // null where not cached
