@@ -1,8 +1,9 @@
-// GPU weight quantization throughput: NVFP4 (max / mse / four_over_six / mse+four_over_six) and FP8
-// per tensor (max / mse) on an 8192 x 8192 BF16 weight resident on the device, in GB/s of BF16 input
-// (GB = 1e9 bytes), next to a device-to-device cudaMemcpy of the same 128 MiB. Times are GPU times
-// (CUDA events around one whole quantize call: amax / non-finite scan, the host sync that reads it,
-// the quantize kernels). Skips with an error when no CUDA device is present.
+// GPU weight quantization throughput: NVFP4 (every selector) and FP8 (per tensor and per channel,
+// max / mse) on an 8192 x 8192 BF16 weight resident on the device, and the dequantizers back to fp32,
+// in GB/s of the weight's BF16 bytes (GB = 1e9 bytes), next to a device-to-device cudaMemcpy of the
+// same 128 MiB. Times are GPU times (CUDA events around one whole call: for a quantizer the amax /
+// non-finite scan, the host sync that reads it, the kernels). Skips with an error when no CUDA device
+// is present.
 //
 //   bench_cuda_quantize --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "formats/minifloat.hpp"
+#include "kernels/cuda/dequantize.hpp"
 #include "kernels/cuda/quantize.hpp"
 
 namespace {
@@ -34,7 +36,8 @@ struct device_setup {
   uint8_t* packed = nullptr;
   uint8_t* block_scales = nullptr;
   uint8_t* codes = nullptr;
-  float* scales = nullptr;
+  float* scales = nullptr;  // kRows
+  float* values = nullptr;  // kElements: the dequantized weight
   cudaStream_t stream = nullptr;
   cudaEvent_t start = nullptr, stop = nullptr;
 
@@ -65,7 +68,8 @@ struct device_setup {
                       ok(cudaMalloc(reinterpret_cast<void**>(&packed), kElements / 2)) &&
                       ok(cudaMalloc(reinterpret_cast<void**>(&block_scales), kElements / 16)) &&
                       ok(cudaMalloc(reinterpret_cast<void**>(&codes), kElements)) &&
-                      ok(cudaMalloc(reinterpret_cast<void**>(&scales), sizeof(float))) && ok(cudaEventCreate(&start)) &&
+                      ok(cudaMalloc(reinterpret_cast<void**>(&scales), kRows * sizeof(float))) &&
+                      ok(cudaMalloc(reinterpret_cast<void**>(&values), kElements * sizeof(float))) && ok(cudaEventCreate(&start)) &&
                       ok(cudaEventCreate(&stop)) &&
                       ok(cudaMemcpy(weight, host.data(), kInputBytes, cudaMemcpyHostToDevice)));
   }
@@ -123,17 +127,40 @@ void BM_cuda_nvfp4(benchmark::State& state, nvfp4_selector selector) {
   run_timed(state, [o](device_setup& s) { cuda::nvfp4_quantize_device(s.source(), s.packed, s.block_scales, o, s.stream); });
 }
 
-void BM_cuda_fp8_per_tensor(benchmark::State& state, fp8_selector selector) {
+void BM_cuda_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector selector) {
   fp8_options o;
-  o.granularity = fp8_granularity::per_tensor;
+  o.granularity = granularity;
   o.selector = selector;
   run_timed(state, [o](device_setup& s) { cuda::fp8_quantize_device(s.source(), s.codes, s.scales, o, s.stream); });
+}
+
+// Dequantizes what the max quantizer made (quantized once, outside the timing).
+void BM_cuda_nvfp4_dequantize(benchmark::State& state) {
+  float global_scale = 0.0f;
+  if (setup().error.empty())
+    global_scale = cuda::nvfp4_quantize_device(setup().source(), setup().packed, setup().block_scales, {}, setup().stream)
+                       .global_scale;
+  run_timed(state, [global_scale](device_setup& s) {
+    cuda::nvfp4_dequantize_device(s.packed, s.block_scales, global_scale, int64_t(kElements), s.values, s.stream);
+  });
+}
+
+void BM_cuda_fp8_dequantize(benchmark::State& state) {
+  fp8_options o;
+  o.granularity = fp8_granularity::per_channel;
+  if (setup().error.empty()) cuda::fp8_quantize_device(setup().source(), setup().codes, setup().scales, o, setup().stream);
+  run_timed(state, [](device_setup& s) {
+    cuda::fp8_dequantize_device(s.codes, s.scales, true, kRows, kCols, s.values, s.stream);
+  });
 }
 
 }  // namespace
 
 BENCHMARK(BM_cuda_memcpy_d2d)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_cuda_nvfp4, max, nvfp4_selector::max)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_cuda_nvfp4, mse_multiplier, nvfp4_selector::mse_multiplier)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_cuda_nvfp4, mse, nvfp4_selector::mse_fp8_sweep)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_cuda_nvfp4, four_over_six, nvfp4_selector::four_over_six)
     ->UseManualTime()
@@ -141,7 +168,19 @@ BENCHMARK_CAPTURE(BM_cuda_nvfp4, four_over_six, nvfp4_selector::four_over_six)
 BENCHMARK_CAPTURE(BM_cuda_nvfp4, mse_four_over_six, nvfp4_selector::mse_four_over_six)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_cuda_fp8_per_tensor, max, fp8_selector::max)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK_CAPTURE(BM_cuda_fp8_per_tensor, mse, fp8_selector::mse)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_cuda_fp8, per_tensor_max, fp8_granularity::per_tensor, fp8_selector::max)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_cuda_fp8, per_tensor_mse, fp8_granularity::per_tensor, fp8_selector::mse)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_cuda_fp8, per_channel_max, fp8_granularity::per_channel, fp8_selector::max)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_cuda_fp8, per_channel_mse, fp8_granularity::per_channel, fp8_selector::mse)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_cuda_nvfp4_dequantize)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_cuda_fp8_dequantize)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 BENCHMARK_MAIN();

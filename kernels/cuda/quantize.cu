@@ -31,6 +31,7 @@
 #include "formats/format_traits.hpp"
 #include "formats/minifloat.hpp"
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/runtime.cuh"
 
 namespace mixq::cuda {
 namespace {
@@ -43,61 +44,14 @@ std::atomic<bool> g_misalign{false};
 
 // ---- host-side plumbing -----------------------------------------------------------------------
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string("mixq::cuda: ") + what + ": " + cudaGetErrorString(e));
-}
-void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
-
-// Stream-ordered device memory, freed on the same stream.
-template <class T>
-class device_buffer {
- public:
-  device_buffer(size_t n, cudaStream_t stream) : stream_(stream) {
-    if (n > 0) check(cudaMallocAsync(reinterpret_cast<void**>(&ptr_), n * sizeof(T), stream), "cudaMallocAsync");
-  }
-  ~device_buffer() {
-    if (ptr_ != nullptr) cudaFreeAsync(ptr_, stream_);
-  }
-  device_buffer(const device_buffer&) = delete;
-  device_buffer& operator=(const device_buffer&) = delete;
-  T* get() const { return ptr_; }
-
- private:
-  T* ptr_ = nullptr;
-  cudaStream_t stream_;
-};
-
-// A stream owned by a host-API call.
-class owned_stream {
- public:
-  owned_stream() { check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"); }
-  ~owned_stream() {
-    cudaStreamSynchronize(stream_);
-    cudaStreamDestroy(stream_);
-  }
-  owned_stream(const owned_stream&) = delete;
-  owned_stream& operator=(const owned_stream&) = delete;
-  cudaStream_t get() const { return stream_; }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
+using detail::aligned;
+using detail::check;
+using detail::check_launch;
+using detail::device_buffer;
+using detail::grid_for;
+using detail::owned_stream;
 
 size_t element_bytes(source_dtype d) { return d == source_dtype::f32 ? 4 : 2; }
-__host__ __device__ inline bool aligned(const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; }
-
-int sm_count() {
-  int device = 0, sms = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-  return sms > 0 ? sms : 1;
-}
-
-// Grid for a grid-stride loop over `work` items with `threads` per block.
-unsigned grid_for(int64_t work, int threads, int blocks_per_sm = 8) {
-  const int64_t needed = std::max<int64_t>(1, (work + threads - 1) / threads);
-  return static_cast<unsigned>(std::min<int64_t>(needed, int64_t(sm_count()) * blocks_per_sm));
-}
 
 template <source_dtype D>
 using dtype_tag = std::integral_constant<source_dtype, D>;
@@ -751,6 +705,7 @@ minifloat_probe probe_minifloat(uint32_t first, uint32_t count) {
 
 void force_ordered_error_sum(bool on) { g_force_ordered_sum.store(on); }
 void misalign_device_copies(bool on) { g_misalign.store(on); }
+bool misaligned_device_copies() { return g_misalign.load(); }
 
 }  // namespace testing
 }  // namespace mixq::cuda

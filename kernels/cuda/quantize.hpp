@@ -68,6 +68,7 @@ void force_ordered_error_sum(bool on);
 // The host API places its device copies of input and outputs at odd offsets, so that tests cover
 // the kernels' unaligned (scalar) loads and stores.
 void misalign_device_copies(bool on);
+bool misaligned_device_copies();
 
 }  // namespace testing
 }  // namespace mixq::cuda
