@@ -79,6 +79,73 @@ MIXQ_HDI float e4m3_decode(uint32_t b) {
   return (b & 0x80u) ? -v : v;
 }
 
+// ---- quotients without division -------------------------------------------------------------------
+
+// Float nearest to v from below / above (v within the float range or past it: ±inf where RN overflows).
+MIXQ_HDI float float_rd(double v) {
+#if defined(__CUDA_ARCH__)
+  return __double2float_rd(v);
+#else
+  const float f = float(v);
+  return double(f) > v ? std::nextafter(f, -INFINITY) : f;
+#endif
+}
+MIXQ_HDI float float_ru(double v) {
+#if defined(__CUDA_ARCH__)
+  return __double2float_ru(v);
+#else
+  const float f = float(v);
+  return double(f) < v ? std::nextafter(f, INFINITY) : f;
+#endif
+}
+
+// E2M1 rounding of fl(a / s) compares fl(a / s) with the floats t = 0.25 (>), 0.75 (>=), 1.25 (>),
+// 1.75 (>=), 2.5 (>), 3.5 (>=), 5 (>). Rounding is monotone and each t a float whose significand is
+// even, so fl(a/s) > t iff a/s > t + ulp(t)/2 and fl(a/s) >= t iff a/s >= t - ulp(t)/2, i.e.
+// a > (t + ulp/2)·s and a >= (t - ulp/2)·s. Those products are exact in double (25 and 24 significant
+// bits), and a float exceeds a real T iff it exceeds RD(T), reaches T iff it reaches RU(T): one set of
+// 7 float bounds per scale replaces a division per value. Needs a normal s (then fl(a/s) near the
+// cuts is normal, rounded to 24 bits); ready is false otherwise and callers divide.
+struct e2m1_bounds {
+  float cut[7];
+  bool ready;
+};
+MIXQ_HDI e2m1_bounds e2m1_bounds_for(float s) {
+  constexpr double kCuts[7] = {0.25 + 0x1p-26, 0.75 - 0x1p-25, 1.25 + 0x1p-24, 1.75 - 0x1p-24,
+                               2.5 + 0x1p-23,  3.5 - 0x1p-23,  5.0 + 0x1p-22};
+  e2m1_bounds b{};
+  b.ready = s >= 0x1p-126f && s <= 0x1.fffffep127f;
+  MIXQ_UNROLL
+  for (int i = 0; i < 7; ++i) {
+    const double t = mul(kCuts[i], double(s));
+    b.cut[i] = i % 2 == 0 ? float_rd(t) : float_ru(t);
+  }
+  return b;
+}
+// e2m1_magnitude_code(fl(a / s)) and e2m1_round_magnitude(fl(a / s)) for a >= 0, given ready bounds.
+MIXQ_HDI uint32_t e2m1_code_by_bounds(float a, const e2m1_bounds& b) {
+  return uint32_t(a > b.cut[0]) + uint32_t(a >= b.cut[1]) + uint32_t(a > b.cut[2]) + uint32_t(a >= b.cut[3]) +
+         uint32_t(a > b.cut[4]) + uint32_t(a >= b.cut[5]) + uint32_t(a > b.cut[6]);
+}
+MIXQ_HDI float e2m1_round_by_bounds(float a, const e2m1_bounds& b) {
+  return 0.5f * float(a > b.cut[0]) + 0.5f * float(a >= b.cut[1]) + 0.5f * float(a > b.cut[2]) +
+         0.5f * float(a >= b.cut[3]) + float(a > b.cut[4]) + float(a >= b.cut[5]) + 2.0f * float(a > b.cut[6]);
+}
+
+// e4m3_encode(fl(w / s)) from r = fl(w · fl(1/s)): r is within 3.01·2^-24 relative of fl(w/s), under
+// 4 ulps, so both encode alike unless r sits within 8 ulps of a rounding midpoint (low 20 bits near
+// 0x80000) or outside E4M3's normal range [2^-6, 448) (subnormal codes round at another bit): then
+// divide. inv = fl(1/s) must come from a normal s with a normal reciprocal (fp8_inverse).
+MIXQ_HDI float fp8_inverse(float s) {  // 0 when the shortcut does not apply
+  return s >= 0x1p-125f && s <= 0x1p125f ? div(1.0f, s) : 0.0f;
+}
+MIXQ_HDI uint32_t fp8_code_with_inverse(float w, float s, float inv) {
+  const float r = mul(w, inv);
+  const uint32_t u = bits_of(r) & 0x7fffffffu;
+  const bool clear = u >= 0x3c800000u + 64u && u < 0x43e00000u && ((u & 0xfffffu) - 0x80000u + 8u) > 16u;
+  return clear || (u == 0 && inv != 0.0f) ? e4m3_encode(r) : e4m3_encode(div(w, s));
+}
+
 // ---- NVFP4 ---------------------------------------------------------------------------------------
 
 MIXQ_HDI float nvfp4_clamp_block_scale(float s) {
@@ -117,10 +184,33 @@ MIXQ_UNROLL
   return t[0];
 }
 
+// nvfp4_sq_error without divisions where the scale allows (e2m1_bounds).
+MIXQ_HDI float nvfp4_sq_error_fast(const float (&w)[kNvfp4Block], float scale) {
+  const e2m1_bounds b = e2m1_bounds_for(scale);
+  if (!b.ready) return nvfp4_sq_error(w, scale);
+  float t[kNvfp4Block];
+MIXQ_UNROLL
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    const float a = abs_as_reference(w[i]);
+    const float e = sub(a, mul(e2m1_round_by_bounds(a, b), scale));
+    t[i] = mul(e, e);
+  }
+MIXQ_UNROLL
+  for (int width = kNvfp4Block / 2; width >= 1; width /= 2)
+MIXQ_UNROLL
+    for (int i = 0; i < width; ++i) t[i] = add(t[i], t[i + width]);
+  return t[0];
+}
+
 // nvfp4_code.
 MIXQ_HDI uint32_t nvfp4_code(float w, float scale) {
   const float a = div(abs_as_reference(w), scale);
   return (w < 0.0f ? 0x8u : 0x0u) | e2m1_magnitude_code(a);
+}
+
+// nvfp4_code from ready bounds for its scale.
+MIXQ_HDI uint32_t nvfp4_code_by_bounds(float w, const e2m1_bounds& b) {
+  return (w < 0.0f ? 0x8u : 0x0u) | e2m1_code_by_bounds(abs_as_reference(w), b);
 }
 
 // choose_by_amax_multipliers: candidates in list order, strict "<"; the first is taken even if its error is inf.
@@ -130,27 +220,59 @@ MIXQ_HDI uint32_t choose_by_multipliers(const float (&x)[kNvfp4Block], float blo
   float best = INFINITY;
   for (int k = 0; k < n_multipliers; ++k) {
     const uint32_t bits = e4m3_encode(nvfp4_block_scale(mul(block_amax, multipliers[k]), global_amax, normalizer));
-    const float err = nvfp4_sq_error(x, mul(e4m3_decode(bits), ws2));
+    const float err = nvfp4_sq_error_fast(x, mul(e4m3_decode(bits), ws2));
     if (err < best || best_bits == 0) best = err, best_bits = bits;
   }
   return best_bits;
 }
 
+// The squared error of the block's largest value a alone under code `bits` (the sweep's pruning test).
+MIXQ_HDI float nvfp4_amax_sq_error(float a, uint32_t bits, float ws2) {
+  const float scale = mul(e4m3_decode(bits), ws2);
+  const float e = sub(a, mul(e2m1_round_magnitude(div(a, scale)), scale));
+  return mul(e, e);
+}
+
 // choose_by_fp8_sweep (codes 1..126 ascending, strict "<" from +inf), pruned as kernels/cpu does it
-// without changing the answer: a code whose error on the block's largest element alone exceeds the
+// without changing the answer: a code whose error on the block's largest value a alone exceeds the
 // best full error cannot win (a float sum of non-negative terms is >= each of them). Seeded with the
 // max-rule code; among equal errors (inf included) the smallest code is kept, which is what the
 // reference's ascending scan returns (it takes code 1 first, then strictly better ones).
+// Two runs of codes are pruned wholesale (scales grow with the code): those whose scale s has
+// fl(6s) <= a and (a - fl(6s))^2 > best (a rounds to 6; the error only grows as s shrinks: a prefix),
+// and, when a^2 > best, those with fl(a/s) <= 0.25 (a rounds to 0, error a^2: a suffix). Binary
+// searches find both ends; the pruning test runs in between.
 MIXQ_HDI uint32_t choose_by_sweep(const float (&x)[kNvfp4Block], float block_amax, float global_amax, float normalizer,
                                   float ws2) {
-  uint32_t best_bits = e4m3_encode(nvfp4_block_scale(block_amax, global_amax, normalizer));
-  float best = nvfp4_sq_error(x, mul(e4m3_decode(best_bits), ws2));
-  for (uint32_t bits = 1; bits <= 0x7eu; ++bits) {
-    const float scale = mul(e4m3_decode(bits), ws2);
-    const float d = mul(e2m1_round_magnitude(div(block_amax, scale)), scale);
-    const float e = sub(block_amax, d);
-    if (mul(e, e) > best) continue;
-    const float err = nvfp4_sq_error(x, scale);
+  const float a = block_amax;
+  uint32_t best_bits = e4m3_encode(nvfp4_block_scale(a, global_amax, normalizer));
+  float best = nvfp4_sq_error_fast(x, mul(e4m3_decode(best_bits), ws2));
+  auto saturated_beyond_best = [&](uint32_t bits) {
+    const float d = mul(6.0f, mul(e4m3_decode(bits), ws2));
+    const float e = sub(a, d);
+    return d <= a && mul(e, e) > best;
+  };
+  auto rounds_to_zero = [&](uint32_t bits) { return div(a, mul(e4m3_decode(bits), ws2)) <= 0.25f; };
+  uint32_t lo = 1, hi = 0x7fu;  // codes [lo, hi) are scanned
+  if (saturated_beyond_best(1)) {  // the last code of the prefix: largest k with the property
+    uint32_t in = 1, out = 0x7fu;
+    while (out - in > 1) {
+      const uint32_t mid = (in + out) / 2;
+      (saturated_beyond_best(mid) ? in : out) = mid;
+    }
+    lo = in + 1;
+  }
+  if (mul(a, a) > best && rounds_to_zero(0x7eu)) {  // the first code of the suffix
+    uint32_t out = lo - 1, in = 0x7eu;
+    while (in - out > 1) {
+      const uint32_t mid = (in + out) / 2;
+      (rounds_to_zero(mid) ? in : out) = mid;
+    }
+    hi = in;
+  }
+  for (uint32_t bits = lo; bits < hi; ++bits) {
+    if (nvfp4_amax_sq_error(a, bits, ws2) > best) continue;
+    const float err = nvfp4_sq_error_fast(x, mul(e4m3_decode(bits), ws2));
     if (err < best || (err == best && bits < best_bits)) best = err, best_bits = bits;
   }
   return best_bits;
@@ -167,9 +289,9 @@ MIXQ_HDI float fp8_scale(float amax) {
 // fp8_code.
 MIXQ_HDI uint32_t fp8_code(float w, float scale) { return e4m3_encode(div(w, scale)); }
 
-// One term of fp8_row_sq_error: (double(w) - double(e4m3(code)·scale))².
-MIXQ_HDI double fp8_sq_term(float w, float scale) {
-  const float q = mul(e4m3_decode(fp8_code(w, scale)), scale);
+// One term of fp8_row_sq_error: (double(w) - double(e4m3(code)·scale))²; inv = fp8_inverse(scale).
+MIXQ_HDI double fp8_sq_term(float w, float scale, float inv) {
+  const float q = mul(e4m3_decode(fp8_code_with_inverse(w, scale, inv)), scale);
   const double d = sub(double(w), double(q));
   return mul(d, d);
 }

@@ -150,17 +150,72 @@ __global__ void scan_kernel(const void* src, int64_t n, bool vec, scan_result* o
   }
 }
 
-// Runs the scan on `stream` and waits for it.
+// The largest magnitude key (the value's bits without the sign: ordered like |x|, past every finite
+// value for inf / NaN) of the source: two BF16 / F16 keys per 32-bit word (__vmaxu2), 32 bytes per
+// thread per step. A tensor without non-finite values needs nothing more from the scan.
+template <source_dtype D>
+__global__ void max_key_kernel(const void* src, int64_t n, bool vec, unsigned int* out) {
+  constexpr bool kWide = D == source_dtype::f32;
+  constexpr unsigned int kMask = kWide ? 0x7fffffffu : 0x7fff7fffu;
+  unsigned int m = 0;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  constexpr int64_t kPerVector = kWide ? 4 : 8;  // elements in 16 bytes
+  const int64_t vectors = vec ? n / kPerVector : 0;
+  const uint4* v = static_cast<const uint4*>(src);
+  auto fold = [&](const uint4 q) {
+    if constexpr (kWide) {
+      m = max(m, max(max(q.x & kMask, q.y & kMask), max(q.z & kMask, q.w & kMask)));
+    } else {
+      m = __vmaxu2(m, __vmaxu2(__vmaxu2(q.x & kMask, q.y & kMask), __vmaxu2(q.z & kMask, q.w & kMask)));
+    }
+  };
+  int64_t i = start;
+  for (; i + stride < vectors; i += 2 * stride) {
+    const uint4 a = v[i], b = v[i + stride];
+    fold(a);
+    fold(b);
+  }
+  if (i < vectors) fold(v[i]);
+  if constexpr (!kWide) m = max(m & 0xffffu, m >> 16);
+  for (int64_t j = vectors * kPerVector + start; j < n; j += stride) {
+    if constexpr (kWide) m = max(m, static_cast<const unsigned int*>(src)[j] & kMask);
+    else m = max(m, static_cast<unsigned int>(static_cast<const uint16_t*>(src)[j] & 0x7fffu));
+  }
+  m = __reduce_max_sync(0xffffffffu, m);
+  if ((threadIdx.x & 31) == 0 && m > 0) atomicMax(out, m);
+}
+
+// Runs the scan on `stream` and waits for it: the largest key first; only a tensor with a non-finite
+// value is scanned again for their count and first index (and the largest finite magnitude).
 scan_result scan_source_device(const source_matrix& w, cudaStream_t stream) {
   device_buffer<scan_result> d(1, stream);
   const scan_result init{0u, 0u, 0ull, ULLONG_MAX};
   check(cudaMemcpyAsync(d.get(), &init, sizeof init, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
   const bool vec = aligned(w.data, 16);
   dispatch(w.dtype, [&](auto tag) {
+    max_key_kernel<decltype(tag)::value><<<grid_for(w.size() / 16, 256), 256, 0, stream>>>(w.data, w.size(), vec,
+                                                                                           &d.get()->amax_bits);
+  });
+  check_launch("max_key_kernel");
+  scan_result r{};
+  check(cudaMemcpyAsync(&r, d.get(), sizeof r, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  const unsigned int inf_key = w.dtype == source_dtype::f32 ? 0x7f800000u : w.dtype == source_dtype::bf16 ? 0x7f80u : 0x7c00u;
+  if (r.amax_bits < inf_key) {  // all finite: the key is the largest magnitude, widened to fp32 bits
+    if (w.dtype != source_dtype::f32) {
+      const uint16_t key = static_cast<uint16_t>(r.amax_bits);
+      float amax = 0.0f;
+      cpu::load_f32(source_matrix{&key, w.dtype, 1, 1, w.name}, 0, 1, &amax, false);
+      r.amax_bits = std::bit_cast<unsigned int>(amax);
+    }
+    return r;
+  }
+  check(cudaMemcpyAsync(d.get(), &init, sizeof init, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+  dispatch(w.dtype, [&](auto tag) {
     scan_kernel<decltype(tag)::value><<<grid_for(w.size() / 8, 256), 256, 0, stream>>>(w.data, w.size(), vec, d.get());
   });
   check_launch("scan_kernel");
-  scan_result r{};
   check(cudaMemcpyAsync(&r, d.get(), sizeof r, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   return r;
@@ -233,11 +288,20 @@ __global__ void __launch_bounds__(128) nvfp4_kernel(nvfp4_params p) {
     bits = dm::choose_by_sweep(x, block_amax, p.global_amax, p.normalizer, p.ws2);
 
   const float scale = __fmul_rn(dm::e4m3_decode(bits), p.ws2);
+  const dm::e2m1_bounds bounds = dm::e2m1_bounds_for(scale);
   uint32_t lo = 0, hi = 0;  // nibble i of the block at bits 4i: even element in the low nibble
+  if (bounds.ready) {
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    lo |= dm::nvfp4_code(x[i], scale) << (4 * i);
-    hi |= dm::nvfp4_code(x[i + 8], scale) << (4 * i);
+    for (int i = 0; i < 8; ++i) {
+      lo |= dm::nvfp4_code_by_bounds(x[i], bounds) << (4 * i);
+      hi |= dm::nvfp4_code_by_bounds(x[i + 8], bounds) << (4 * i);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      lo |= dm::nvfp4_code(x[i], scale) << (4 * i);
+      hi |= dm::nvfp4_code(x[i + 8], scale) << (4 * i);
+    }
   }
   uint8_t* dst = p.packed + b * (kNvfp4Block / 2);
   if (aligned(dst, 8)) {
@@ -247,7 +311,7 @@ __global__ void __launch_bounds__(128) nvfp4_kernel(nvfp4_params p) {
     for (int k = 0; k < 4; ++k) dst[k] = uint8_t(lo >> (8 * k)), dst[k + 4] = uint8_t(hi >> (8 * k));
   }
   p.scales[b] = static_cast<uint8_t>(bits);
-  if (p.errors != nullptr) p.errors[b] = dm::nvfp4_sq_error(x, scale);
+  if (p.errors != nullptr) p.errors[b] = dm::nvfp4_sq_error_fast(x, scale);
 }
 
 void launch_nvfp4(source_dtype dtype, block_mode mode, const nvfp4_params& p, cudaStream_t stream) {
@@ -357,6 +421,7 @@ __global__ void fp8_row_error_kernel(const void* src, int64_t rows, int64_t cols
       const int c = c0 + int(threadIdx.x);
       const bool active = c < n_cand;
       const float scale = active ? dm::fp8_scale(__fmul_rn(amax, multipliers[c])) : 1.0f;
+      const float inv = dm::fp8_inverse(scale);
       double lane[dm::kFp8Lanes] = {};
       for (int64_t base = 0; base < cols; base += kRowChunk) {
         const int m = static_cast<int>(min(int64_t(kRowChunk), cols - base));
@@ -367,7 +432,7 @@ __global__ void fp8_row_error_kernel(const void* src, int64_t rows, int64_t cols
           for (int i = 0; i < m; i += dm::kFp8Lanes)
 #pragma unroll
             for (int j = 0; j < dm::kFp8Lanes; ++j)
-              if (i + j < m) lane[j] = __dadd_rn(lane[j], dm::fp8_sq_term(xs[i + j], scale));
+              if (i + j < m) lane[j] = __dadd_rn(lane[j], dm::fp8_sq_term(xs[i + j], scale, inv));
       }
       if (active) row_err[r * n_cand + c] = dm::fp8_lanes_total(lane);
     }
@@ -413,29 +478,28 @@ __global__ void fp8_pick_rows_kernel(const double* row_err, int64_t rows, int n_
 
 __global__ void store_kernel(float* dst, float value) { *dst = value; }
 
-// codes[i] = e4m3(x[i] / scale of its row), eight per thread.
-template <source_dtype D>
+// codes[i] = e4m3(x[i] / scale of its row), eight per thread (dm::fp8_code_with_inverse).
+template <source_dtype D, bool PerRow>
 __global__ void fp8_codes_kernel(const void* src, int64_t n, int64_t cols, bool vec_in, bool zero, const float* scales,
-                                 bool per_row, uint8_t* codes) {
+                                 uint8_t* codes) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t groups = n / 8;
-  const float tensor_scale = per_row ? 0.0f : scales[0];
+  float scale = PerRow ? 0.0f : scales[0];
+  float inv = dm::fp8_inverse(scale);
+  int64_t row = -1;
+  auto use_row = [&](int64_t r) {
+    if (r != row) row = r, scale = scales[r], inv = dm::fp8_inverse(scale);
+  };
   for (int64_t g = start; g < groups; g += stride) {
     float x[8];
     load8<D>(src, g * 8, vec_in, x);
-    int64_t r = per_row ? (g * 8) / cols : 0;
-    int64_t row_end = (r + 1) * cols;
     uint32_t lo = 0, hi = 0;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      float scale = tensor_scale;
-      if (per_row) {
-        while (g * 8 + k >= row_end) ++r, row_end += cols;
-        scale = scales[r];
-      }
+      if constexpr (PerRow) use_row((g * 8 + k) / cols);
       const float v = zero && !dm::is_finite(x[k]) ? 0.0f : x[k];
-      const uint32_t c = dm::fp8_code(v, scale);
+      const uint32_t c = dm::fp8_code_with_inverse(v, scale, inv);
       if (k < 4) lo |= c << (8 * k);
       else hi |= c << (8 * (k - 4));
     }
@@ -448,8 +512,8 @@ __global__ void fp8_codes_kernel(const void* src, int64_t n, int64_t cols, bool 
     }
   }
   for (int64_t i = groups * 8 + start; i < n; i += stride) {
-    const float scale = per_row ? scales[i / cols] : tensor_scale;
-    codes[i] = static_cast<uint8_t>(dm::fp8_code(widen_clean<D>(src, i, zero), scale));
+    if constexpr (PerRow) use_row(i / cols);
+    codes[i] = static_cast<uint8_t>(dm::fp8_code_with_inverse(widen_clean<D>(src, i, zero), scale, inv));
   }
 }
 
@@ -612,8 +676,10 @@ void fp8_quantize_device(const source_matrix& w, uint8_t* codes, float* scales, 
 
   const bool vec_in = aligned(w.data, 16);
   dispatch(w.dtype, [&](auto tag) {
-    fp8_codes_kernel<decltype(tag)::value><<<grid_for(w.size() / 8, 256), 256, 0, stream>>>(
-        w.data, w.size(), w.cols, vec_in, zero, scales, !per_tensor, codes);
+    constexpr source_dtype D = decltype(tag)::value;
+    const unsigned grid = grid_for(w.size() / 8, 256);
+    if (per_tensor) fp8_codes_kernel<D, false><<<grid, 256, 0, stream>>>(w.data, w.size(), w.cols, vec_in, zero, scales, codes);
+    else fp8_codes_kernel<D, true><<<grid, 256, 0, stream>>>(w.data, w.size(), w.cols, vec_in, zero, scales, codes);
   });
   check_launch("fp8_codes_kernel");
 }

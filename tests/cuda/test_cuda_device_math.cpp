@@ -96,8 +96,14 @@ void check_block(const float (&x)[kNvfp4Block], float global_amax, int64_t& bad)
       const float scale = e4m3_decode_table()[b] * ws2;
       if (bits(dm::nvfp4_sq_error(x, scale)) != bits(nvfp4_block_sq_error(x, scale)))
         fail("sq_error", bits(dm::nvfp4_sq_error(x, scale)), bits(nvfp4_block_sq_error(x, scale)));
-      for (float v : x)
+      if (bits(dm::nvfp4_sq_error_fast(x, scale)) != bits(nvfp4_block_sq_error(x, scale)))
+        fail("sq_error_fast", bits(dm::nvfp4_sq_error_fast(x, scale)), bits(nvfp4_block_sq_error(x, scale)));
+      const dm::e2m1_bounds bounds = dm::e2m1_bounds_for(scale);
+      for (float v : x) {
         if (dm::nvfp4_code(v, scale) != nvfp4_code(v, scale)) fail("code", dm::nvfp4_code(v, scale), nvfp4_code(v, scale));
+        if (bounds.ready && dm::nvfp4_code_by_bounds(v, bounds) != nvfp4_code(v, scale))
+          fail("code by bounds", dm::nvfp4_code_by_bounds(v, bounds), nvfp4_code(v, scale));
+      }
     }
   }
 }
@@ -145,6 +151,83 @@ TEST(cuda_device_math, nvfp4_block_choices_match_reference_on_adversarial_blocks
   EXPECT_EQ(bad, 0);
 }
 
+// The E2M1 code and rounding of fl(a / s) from a scale's bounds equal the division's: for every float
+// a from 0.2 s to 6 s under a few scales, and for the 128 floats on each side of every cut (t ± ulp/2)·s
+// under scales of every E4M3 byte times global scales across the normal range (and their neighbours).
+TEST(cuda_device_math, e2m1_by_bounds_matches_division) {
+  int64_t bad = 0, checked = 0;
+  auto check = [&](float a, float s, const dm::e2m1_bounds& b) {
+    ++checked;
+    const float q = a / s;
+    if ((dm::e2m1_code_by_bounds(a, b) != e2m1_magnitude_code(q) ||
+         bits(dm::e2m1_round_by_bounds(a, b)) != bits(e2m1_round_magnitude(q))) &&
+        bad++ < 5)
+      ADD_FAILURE() << std::hexfloat << "a " << a << " s " << s << ": code " << dm::e2m1_code_by_bounds(a, b)
+                    << " want " << int(e2m1_magnitude_code(q));
+  };
+  for (float s : {1.0f, 0x1.fffffep-1f, 0x1.234568p-7f, 0x1.8p+100f}) {
+    const dm::e2m1_bounds b = dm::e2m1_bounds_for(s);
+    ASSERT_TRUE(b.ready);
+    for (uint32_t u = bits(0.2f * s); u <= bits(6.0f * s); ++u) check(std::bit_cast<float>(u), s, b);
+  }
+  const double cuts[7] = {0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0};
+  for (float ws2 : {1.0f, 0.0123f, 3.1e-30f, 1.7e30f, 0x1p-120f, 0x1.00001p-126f, 5e-39f, 3e38f})
+    for (uint32_t byte = 1; byte <= 0x7e; ++byte)
+      for (float s : {e4m3_decode_table()[byte] * ws2, std::nextafter(e4m3_decode_table()[byte] * ws2, 0.0f)}) {
+        const dm::e2m1_bounds b = dm::e2m1_bounds_for(s);
+        if (!b.ready) {
+          EXPECT_FALSE(s >= 0x1p-126f && std::isfinite(s)) << s;
+          continue;
+        }
+        for (double t : cuts) {
+          const float at = float(t * double(s));
+          if (!std::isfinite(at)) continue;
+          float a = at;
+          for (int k = 0; k < 128; ++k) a = std::nextafter(a, 0.0f);
+          for (int k = 0; k < 256; ++k, a = std::nextafter(a, INFINITY)) check(a, s, b);
+        }
+        check(0.0f, s, b);
+        check(0x1p-149f, s, b);
+        check(0x1.fffffep127f, s, b);
+      }
+  EXPECT_EQ(bad, 0) << "of " << checked;
+  EXPECT_GT(checked, 50'000'000);
+}
+
+// fp8_code_with_inverse equals e4m3_encode(fl(w / s)): for every float w in [2^-8 s, 512 s) (both
+// signs) under a few scales, and for the 64 floats on each side of every E4M3 rounding midpoint times
+// scales spread over the float range (where the shortcut applies and where it does not).
+TEST(cuda_device_math, fp8_code_with_inverse_matches_division) {
+  int64_t bad = 0, checked = 0;
+  auto check = [&](float w, float s, float inv) {
+    ++checked;
+    if (dm::fp8_code_with_inverse(w, s, inv) != fp8_code(w, s) && bad++ < 5)
+      ADD_FAILURE() << std::hexfloat << "w " << w << " s " << s << ": " << dm::fp8_code_with_inverse(w, s, inv)
+                    << " want " << int(fp8_code(w, s));
+  };
+  for (float s : {1.0f, 0x1.6db6dcp-9f, 0x1.fffffep-3f}) {
+    const float inv = dm::fp8_inverse(s);
+    ASSERT_NE(inv, 0.0f);
+    for (uint32_t u = bits(0x1p-8f * s); u < bits(512.0f * s); u += 3) {
+      check(std::bit_cast<float>(u), s, inv);
+      check(-std::bit_cast<float>(u), s, inv);
+    }
+  }
+  std::vector<double> midpoints;
+  for (int b = 0; b < 0x7e; ++b) midpoints.push_back((double(e4m3_decode_table()[b]) + e4m3_decode_table()[b + 1]) / 2);
+  for (float s : {1.0f, 0.0123f, 3.1e-30f, 1.7e30f, 0x1p-125f, 0x1p125f, 0x1.8p125f, 0x1p-130f, 2.1e-3f, 0.77f}) {
+    const float inv = dm::fp8_inverse(s);
+    for (double m : midpoints) {
+      float w = float(m * double(s));
+      if (!std::isfinite(w) || w == 0.0f) continue;
+      for (int k = 0; k < 64; ++k) w = std::nextafter(w, 0.0f);
+      for (int k = 0; k < 128; ++k, w = std::nextafter(w, INFINITY)) check(w, s, inv), check(-w, s, inv);
+    }
+    for (float w : {0.0f, -0.0f, 0x1p-149f, -0x1p-149f, 448.0f * s, 464.0f * s, 0x1.fffffep127f}) check(w, s, inv);
+  }
+  EXPECT_EQ(bad, 0) << "of " << checked;
+}
+
 TEST(cuda_device_math, fp8_arithmetic_matches_reference) {
   for (float a : {0.0f, 1e-45f, 0x1p-24f, 0x1.000002p-24f, 1e-20f, 0.02f, 1.0f, 448.0f, 3e38f, 3.4e38f, INFINITY})
     EXPECT_EQ(bits(dm::fp8_scale(a)), bits(fp8_scale_for_amax(a))) << a;
@@ -158,7 +241,7 @@ TEST(cuda_device_math, fp8_arithmetic_matches_reference) {
         const float* row = t.values.data() + r * t.cols;
         double lane[dm::kFp8Lanes] = {};  // as fp8_row_error_kernel adds them
         for (int64_t i = 0; i < t.cols; ++i) {
-          lane[i % dm::kFp8Lanes] = dm::add(lane[i % dm::kFp8Lanes], dm::fp8_sq_term(row[i], scale));
+          lane[i % dm::kFp8Lanes] = dm::add(lane[i % dm::kFp8Lanes], dm::fp8_sq_term(row[i], scale, dm::fp8_inverse(scale)));
           ASSERT_EQ(dm::fp8_code(row[i], scale), fp8_code(row[i], scale));
         }
         const double err = dm::fp8_lanes_total(lane);
