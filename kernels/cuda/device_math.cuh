@@ -111,15 +111,16 @@ struct e2m1_bounds {
   bool ready;
 };
 MIXQ_HDI e2m1_bounds e2m1_bounds_for(float s) {
-  constexpr double kCuts[7] = {0.25 + 0x1p-26, 0.75 - 0x1p-25, 1.25 + 0x1p-24, 1.75 - 0x1p-24,
-                               2.5 + 0x1p-23,  3.5 - 0x1p-23,  5.0 + 0x1p-22};
+  const double d = double(s);
   e2m1_bounds b{};
   b.ready = s >= 0x1p-126f && s <= 0x1.fffffep127f;
-  MIXQ_UNROLL
-  for (int i = 0; i < 7; ++i) {
-    const double t = mul(kCuts[i], double(s));
-    b.cut[i] = i % 2 == 0 ? float_rd(t) : float_ru(t);
-  }
+  b.cut[0] = float_rd(mul(0.25 + 0x1p-26, d));
+  b.cut[1] = float_ru(mul(0.75 - 0x1p-25, d));
+  b.cut[2] = float_rd(mul(1.25 + 0x1p-24, d));
+  b.cut[3] = float_ru(mul(1.75 - 0x1p-24, d));
+  b.cut[4] = float_rd(mul(2.5 + 0x1p-23, d));
+  b.cut[5] = float_ru(mul(3.5 - 0x1p-23, d));
+  b.cut[6] = float_rd(mul(5.0 + 0x1p-22, d));
   return b;
 }
 // e2m1_magnitude_code(fl(a / s)) and e2m1_round_magnitude(fl(a / s)) for a >= 0, given ready bounds.
@@ -133,17 +134,26 @@ MIXQ_HDI float e2m1_round_by_bounds(float a, const e2m1_bounds& b) {
 }
 
 // e4m3_encode(fl(w / s)) from r = fl(w · fl(1/s)): r is within 3.01·2^-24 relative of fl(w/s), under
-// 4 ulps, so both encode alike unless r sits within 8 ulps of a rounding midpoint (low 20 bits near
+// 4 ulps, so both round alike unless r sits within 8 ulps of a rounding midpoint (low 20 bits near
 // 0x80000) or outside E4M3's normal range [2^-6, 448) (subnormal codes round at another bit): then
-// divide. inv = fl(1/s) must come from a normal s with a normal reciprocal (fp8_inverse).
-MIXQ_HDI float fp8_inverse(float s) {  // 0 when the shortcut does not apply
-  return s >= 0x1p-125f && s <= 0x1p125f ? div(1.0f, s) : 0.0f;
+// divide. Clear of midpoints, no tie can occur, and rounding to 3 mantissa bits is adding half a step.
+// inv = fp8_inverse(s): fl(1/s) for a normal s with a normal reciprocal, else 0 (always divide).
+MIXQ_HDI float fp8_inverse(float s) { return s >= 0x1p-125f && s <= 0x1p125f ? div(1.0f, s) : 0.0f; }
+struct fp8_quotient {
+  uint32_t sign;     // 0x80000000 or 0
+  uint32_t rounded;  // clear: |r| rounded to E4M3's 3 mantissa bits (float bits, low 20 bits zero); else 0
+};
+MIXQ_HDI fp8_quotient fp8_round_with_inverse(float w, float inv) {
+  const uint32_t rb = bits_of(mul(w, inv));
+  const uint32_t u = rb & 0x7fffffffu;
+  const bool clear = u >= 0x3c800000u + 64u && u < 0x43e00000u && ((u & 0xfffffu) - 0x80000u + 8u) > 16u;
+  return {rb & 0x80000000u, clear ? (u + 0x80000u) & 0xfff00000u : 0u};
 }
 MIXQ_HDI uint32_t fp8_code_with_inverse(float w, float s, float inv) {
-  const float r = mul(w, inv);
-  const uint32_t u = bits_of(r) & 0x7fffffffu;
-  const bool clear = u >= 0x3c800000u + 64u && u < 0x43e00000u && ((u & 0xfffffu) - 0x80000u + 8u) > 16u;
-  return clear || (u == 0 && inv != 0.0f) ? e4m3_encode(r) : e4m3_encode(div(w, s));
+  const fp8_quotient q = fp8_round_with_inverse(w, inv);
+  if (q.rounded != 0) return (q.sign >> 24) | ((q.rounded >> 20) - 960u);  // E4M3 exponent bias 7 vs 127
+  if (inv != 0.0f && mul(w, inv) == 0.0f) return q.sign >> 24;            // +-0 (or under 2^-149): code +-0
+  return e4m3_encode(div(w, s));
 }
 
 // ---- NVFP4 ---------------------------------------------------------------------------------------
@@ -187,12 +197,12 @@ MIXQ_UNROLL
 // nvfp4_sq_error without divisions where the scale allows (e2m1_bounds).
 MIXQ_HDI float nvfp4_sq_error_fast(const float (&w)[kNvfp4Block], float scale) {
   const e2m1_bounds b = e2m1_bounds_for(scale);
-  if (!b.ready) return nvfp4_sq_error(w, scale);
   float t[kNvfp4Block];
 MIXQ_UNROLL
   for (int i = 0; i < kNvfp4Block; ++i) {
     const float a = abs_as_reference(w[i]);
-    const float e = sub(a, mul(e2m1_round_by_bounds(a, b), scale));
+    const float q = b.ready ? e2m1_round_by_bounds(a, b) : e2m1_round_magnitude(div(a, scale));
+    const float e = sub(a, mul(q, scale));
     t[i] = mul(e, e);
   }
 MIXQ_UNROLL
@@ -289,10 +299,19 @@ MIXQ_HDI float fp8_scale(float amax) {
 // fp8_code.
 MIXQ_HDI uint32_t fp8_code(float w, float scale) { return e4m3_encode(div(w, scale)); }
 
-// One term of fp8_row_sq_error: (double(w) - double(e4m3(code)·scale))²; inv = fp8_inverse(scale).
-MIXQ_HDI double fp8_sq_term(float w, float scale, float inv) {
-  const float q = mul(e4m3_decode(fp8_code_with_inverse(w, scale, inv)), scale);
+// One term of fp8_row_sq_error: (double(w) - double(e4m3(code)·scale))², the reference's formula.
+MIXQ_HDI double fp8_sq_term(float w, float scale) {
+  const float q = mul(e4m3_decode(fp8_code(w, scale)), scale);
   const double d = sub(double(w), double(q));
+  return mul(d, d);
+}
+// The same term, inv = fp8_inverse(scale). Clear of midpoints (fp8_round_with_inverse) the dequantized
+// q is the rounded quotient's float times the scale, within a factor 17/16 of w, so w - q is exact in
+// float (Sterbenz) and equals the reference's double difference; its square is exact in double.
+MIXQ_HDI double fp8_sq_term_fast(float w, float scale, float inv) {
+  const fp8_quotient r = fp8_round_with_inverse(w, inv);
+  if (r.rounded == 0) return fp8_sq_term(w, scale);
+  const double d = double(sub(w, mul(float_of(r.sign | r.rounded), scale)));
   return mul(d, d);
 }
 

@@ -406,35 +406,39 @@ __global__ void row_amax_kernel(const void* src, int64_t rows, int64_t cols, boo
   }
 }
 
-// fp8_row_sq_error of every (row, candidate): one block per row, one thread per candidate, the row
-// staged in shared memory. As the reference: squared differences in double into 8 lanes (lane j takes
-// columns j, j+8, ..., in column order), the lanes then added in lane order from 0.
+// fp8_row_sq_error of every (row, candidate): one block per row, the row staged in shared memory,
+// eight threads per candidate (blockDim / 8 candidates at a time). As the reference: squared
+// differences in double into 8 lanes, thread j of a candidate holding lane j (columns j, j+8, ..., in
+// column order), the lanes then added in lane order from 0.
 constexpr int kRowChunk = 2048;  // a multiple of kFp8Lanes, so that lane = column % 8 within a chunk
 static_assert(kRowChunk % dm::kFp8Lanes == 0);
 template <source_dtype D>
 __global__ void fp8_row_error_kernel(const void* src, int64_t rows, int64_t cols, bool zero, const float* row_amax,
                                      float tensor_amax, const float* multipliers, int n_cand, double* row_err) {
   __shared__ float xs[kRowChunk];
+  const int j = int(threadIdx.x) % dm::kFp8Lanes;
+  const int slots = int(blockDim.x) / dm::kFp8Lanes;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float amax = row_amax != nullptr ? row_amax[r] : tensor_amax;
-    for (int c0 = 0; c0 < n_cand; c0 += blockDim.x) {
-      const int c = c0 + int(threadIdx.x);
+    for (int c0 = 0; c0 < n_cand; c0 += slots) {
+      const int c = c0 + int(threadIdx.x) / dm::kFp8Lanes;
       const bool active = c < n_cand;
       const float scale = active ? dm::fp8_scale(__fmul_rn(amax, multipliers[c])) : 1.0f;
       const float inv = dm::fp8_inverse(scale);
-      double lane[dm::kFp8Lanes] = {};
+      double lane = 0.0;
       for (int64_t base = 0; base < cols; base += kRowChunk) {
         const int m = static_cast<int>(min(int64_t(kRowChunk), cols - base));
         __syncthreads();
         for (int i = threadIdx.x; i < m; i += blockDim.x) xs[i] = widen_clean<D>(src, r * cols + base + i, zero);
         __syncthreads();
         if (active)
-          for (int i = 0; i < m; i += dm::kFp8Lanes)
-#pragma unroll
-            for (int j = 0; j < dm::kFp8Lanes; ++j)
-              if (i + j < m) lane[j] = __dadd_rn(lane[j], dm::fp8_sq_term(xs[i + j], scale, inv));
+          for (int i = j; i < m; i += dm::kFp8Lanes) lane = __dadd_rn(lane, dm::fp8_sq_term_fast(xs[i], scale, inv));
       }
-      if (active) row_err[r * n_cand + c] = dm::fp8_lanes_total(lane);
+      double lanes[dm::kFp8Lanes];
+      const int first = int(threadIdx.x % 32) - j;  // this candidate's lane 0 within the warp
+#pragma unroll
+      for (int k = 0; k < dm::kFp8Lanes; ++k) lanes[k] = __shfl_sync(0xffffffffu, lane, first + k);
+      if (active && j == 0) row_err[r * n_cand + c] = dm::fp8_lanes_total(lanes);
     }
   }
 }
@@ -651,7 +655,7 @@ void fp8_quantize_device(const source_matrix& w, uint8_t* codes, float* scales, 
       check_launch("row_amax_kernel");
     }
     if (mse) {
-      const int threads = std::min(256, (n_cand + 31) / 32 * 32);
+      const int threads = std::min(1024, (dm::kFp8Lanes * n_cand + 31) / 32 * 32);
       fp8_row_error_kernel<D><<<row_grid, threads, 0, stream>>>(w.data, w.rows, w.cols, zero, row_amax.get(),
                                                                 tensor_amax, d_mult.get(), n_cand, row_err.get());
       check_launch("fp8_row_error_kernel");

@@ -194,7 +194,7 @@ TEST(cuda_device_math, e2m1_by_bounds_matches_division) {
   EXPECT_GT(checked, 50'000'000);
 }
 
-// fp8_code_with_inverse equals e4m3_encode(fl(w / s)): for every float w in [2^-8 s, 512 s) (both
+// fp8_code_with_inverse equals e4m3_encode(fl(w / s)), and fp8_sq_term_fast the reference's term: for every float w in [2^-8 s, 512 s) (both
 // signs) under a few scales, and for the 64 floats on each side of every E4M3 rounding midpoint times
 // scales spread over the float range (where the shortcut applies and where it does not).
 TEST(cuda_device_math, fp8_code_with_inverse_matches_division) {
@@ -204,6 +204,10 @@ TEST(cuda_device_math, fp8_code_with_inverse_matches_division) {
     if (dm::fp8_code_with_inverse(w, s, inv) != fp8_code(w, s) && bad++ < 5)
       ADD_FAILURE() << std::hexfloat << "w " << w << " s " << s << ": " << dm::fp8_code_with_inverse(w, s, inv)
                     << " want " << int(fp8_code(w, s));
+    const double term = dm::fp8_sq_term_fast(w, s, inv), want = dm::fp8_sq_term(w, s);
+    if (std::bit_cast<uint64_t>(term) != std::bit_cast<uint64_t>(want) && !(std::isnan(term) && std::isnan(want)) &&
+        bad++ < 5)
+      ADD_FAILURE() << std::hexfloat << "w " << w << " s " << s << ": term " << term << " want " << want;
   };
   for (float s : {1.0f, 0x1.6db6dcp-9f, 0x1.fffffep-3f}) {
     const float inv = dm::fp8_inverse(s);
@@ -241,7 +245,7 @@ TEST(cuda_device_math, fp8_arithmetic_matches_reference) {
         const float* row = t.values.data() + r * t.cols;
         double lane[dm::kFp8Lanes] = {};  // as fp8_row_error_kernel adds them
         for (int64_t i = 0; i < t.cols; ++i) {
-          lane[i % dm::kFp8Lanes] = dm::add(lane[i % dm::kFp8Lanes], dm::fp8_sq_term(row[i], scale, dm::fp8_inverse(scale)));
+          lane[i % dm::kFp8Lanes] = dm::add(lane[i % dm::kFp8Lanes], dm::fp8_sq_term_fast(row[i], scale, dm::fp8_inverse(scale)));
           ASSERT_EQ(dm::fp8_code(row[i], scale), fp8_code(row[i], scale));
         }
         const double err = dm::fp8_lanes_total(lane);
