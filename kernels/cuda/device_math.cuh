@@ -101,11 +101,11 @@ MIXQ_HDI float float_ru(double v) {
 
 // E2M1 rounding of fl(a / s) compares fl(a / s) with the floats t = 0.25 (>), 0.75 (>=), 1.25 (>),
 // 1.75 (>=), 2.5 (>), 3.5 (>=), 5 (>). Rounding is monotone and each t a float whose significand is
-// even, so fl(a/s) > t iff a/s > t + ulp(t)/2 and fl(a/s) >= t iff a/s >= t - ulp(t)/2, i.e.
-// a > (t + ulp/2)·s and a >= (t - ulp/2)·s. Those products are exact in double (25 and 24 significant
-// bits), and a float exceeds a real T iff it exceeds RD(T), reaches T iff it reaches RU(T): one set of
-// 7 float bounds per scale replaces a division per value. Needs a normal s (then fl(a/s) near the
-// cuts is normal, rounded to 24 bits); ready is false otherwise and callers divide.
+// even, so fl(a/s) > t iff a/s > t + ulp(t)/2 and fl(a/s) >= t iff a/s >= t - ulp(t)/2 (the quotient
+// near a cut is a normal float whatever s is), i.e. a > (t + ulp/2)·s and a >= (t - ulp/2)·s. Those
+// products are exact in double (25 and 24 significant bits), and a float exceeds a real T iff it
+// exceeds RD(T), reaches T iff it reaches RU(T): one set of 7 float bounds per scale replaces a
+// division per value. ready: s is positive and finite (a / 0 is inf or NaN, which no cut reproduces).
 struct e2m1_bounds {
   float cut[7];
   bool ready;
@@ -113,7 +113,7 @@ struct e2m1_bounds {
 MIXQ_HDI e2m1_bounds e2m1_bounds_for(float s) {
   const double d = double(s);
   e2m1_bounds b{};
-  b.ready = s >= 0x1p-126f && s <= 0x1.fffffep127f;
+  b.ready = s > 0.0f && s <= 0x1.fffffep127f;
   b.cut[0] = float_rd(mul(0.25 + 0x1p-26, d));
   b.cut[1] = float_ru(mul(0.75 - 0x1p-25, d));
   b.cut[2] = float_rd(mul(1.25 + 0x1p-24, d));
@@ -194,15 +194,28 @@ MIXQ_UNROLL
   return t[0];
 }
 
-// nvfp4_sq_error without divisions where the scale allows (e2m1_bounds).
+// nvfp4_sq_error without divisions, for a finite scale >= 0 (as NVFP4's always are): the dequantized
+// value of a is the step E2M1[k]·scale of the highest e2m1_bounds cut it passes (the cuts ascend),
+// chosen by selects. A zero scale (not `ready`) has zero cuts and zero steps, hence d = 0 and error a²,
+// as the reference's a / 0 gives. (|w| by fabsf: +0 for the reference's -0 changes no comparison and
+// no square.)
 MIXQ_HDI float nvfp4_sq_error_fast(const float (&w)[kNvfp4Block], float scale) {
   const e2m1_bounds b = e2m1_bounds_for(scale);
+  const float step[8] = {0.0f,            mul(0.5f, scale), scale,            mul(1.5f, scale),
+                         mul(2.0f, scale), mul(3.0f, scale), mul(4.0f, scale), mul(6.0f, scale)};
   float t[kNvfp4Block];
 MIXQ_UNROLL
   for (int i = 0; i < kNvfp4Block; ++i) {
-    const float a = abs_as_reference(w[i]);
-    const float q = b.ready ? e2m1_round_by_bounds(a, b) : e2m1_round_magnitude(div(a, scale));
-    const float e = sub(a, mul(q, scale));
+    const float a = fabsf(w[i]);
+    float d = step[0];
+    d = a > b.cut[0] ? step[1] : d;
+    d = a >= b.cut[1] ? step[2] : d;
+    d = a > b.cut[2] ? step[3] : d;
+    d = a >= b.cut[3] ? step[4] : d;
+    d = a > b.cut[4] ? step[5] : d;
+    d = a >= b.cut[5] ? step[6] : d;
+    d = a > b.cut[6] ? step[7] : d;
+    const float e = sub(a, d);
     t[i] = mul(e, e);
   }
 MIXQ_UNROLL
@@ -220,7 +233,14 @@ MIXQ_HDI uint32_t nvfp4_code(float w, float scale) {
 
 // nvfp4_code from ready bounds for its scale.
 MIXQ_HDI uint32_t nvfp4_code_by_bounds(float w, const e2m1_bounds& b) {
-  return (w < 0.0f ? 0x8u : 0x0u) | e2m1_code_by_bounds(abs_as_reference(w), b);
+  return (w < 0.0f ? 0x8u : 0x0u) | e2m1_code_by_bounds(fabsf(w), b);
+}
+
+// The squared error of the block's largest value a alone under code `bits` (the sweep's pruning test).
+MIXQ_HDI float nvfp4_amax_sq_error(float a, uint32_t bits, float ws2) {
+  const float scale = mul(e4m3_decode(bits), ws2);
+  const float e = sub(a, mul(e2m1_round_magnitude(div(a, scale)), scale));
+  return mul(e, e);
 }
 
 // choose_by_amax_multipliers: candidates in list order, strict "<"; the first is taken even if its error is inf.
@@ -230,17 +250,12 @@ MIXQ_HDI uint32_t choose_by_multipliers(const float (&x)[kNvfp4Block], float blo
   float best = INFINITY;
   for (int k = 0; k < n_multipliers; ++k) {
     const uint32_t bits = e4m3_encode(nvfp4_block_scale(mul(block_amax, multipliers[k]), global_amax, normalizer));
+    // Cannot be taken (see choose_by_sweep): the best's code again, or worse on the largest value alone.
+    if (best_bits != 0 && (bits == best_bits || nvfp4_amax_sq_error(block_amax, bits, ws2) > best)) continue;
     const float err = nvfp4_sq_error_fast(x, mul(e4m3_decode(bits), ws2));
     if (err < best || best_bits == 0) best = err, best_bits = bits;
   }
   return best_bits;
-}
-
-// The squared error of the block's largest value a alone under code `bits` (the sweep's pruning test).
-MIXQ_HDI float nvfp4_amax_sq_error(float a, uint32_t bits, float ws2) {
-  const float scale = mul(e4m3_decode(bits), ws2);
-  const float e = sub(a, mul(e2m1_round_magnitude(div(a, scale)), scale));
-  return mul(e, e);
 }
 
 // choose_by_fp8_sweep (codes 1..126 ascending, strict "<" from +inf), pruned as kernels/cpu does it

@@ -186,32 +186,38 @@ __global__ void max_key_kernel(const void* src, int64_t n, bool vec, unsigned in
   if ((threadIdx.x & 31) == 0 && m > 0) atomicMax(out, m);
 }
 
-// Runs the scan on `stream` and waits for it: the largest key first; only a tensor with a non-finite
-// value is scanned again for their count and first index (and the largest finite magnitude).
-scan_result scan_source_device(const source_matrix& w, cudaStream_t stream) {
-  device_buffer<scan_result> d(1, stream);
-  const scan_result init{0u, 0u, 0ull, ULLONG_MAX};
-  check(cudaMemcpyAsync(d.get(), &init, sizeof init, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
-  const bool vec = aligned(w.data, 16);
-  dispatch(w.dtype, [&](auto tag) {
-    max_key_kernel<decltype(tag)::value><<<grid_for(w.size() / 16, 256), 256, 0, stream>>>(w.data, w.size(), vec,
-                                                                                           &d.get()->amax_bits);
-  });
-  check_launch("max_key_kernel");
+// The key past every finite value's: inf's bits without the sign.
+unsigned int infinity_key(source_dtype d) {
+  return d == source_dtype::f32 ? 0x7f800000u : d == source_dtype::bf16 ? 0x7f80u : 0x7c00u;
+}
+
+// The magnitude whose key is `key` (< infinity_key), as fp32 bits.
+unsigned int magnitude_bits_of_key(unsigned int key, const source_matrix& w) {
+  if (w.dtype == source_dtype::f32) return key;
+  const uint16_t k = static_cast<uint16_t>(key);
+  float amax = 0.0f;
+  cpu::load_f32(source_matrix{&k, w.dtype, 1, 1, w.name}, 0, 1, &amax, false);
+  return std::bit_cast<unsigned int>(amax);
+}
+
+void reset_scan_result(scan_result* d, cudaStream_t stream) {
+  static constexpr scan_result kInit{0u, 0u, 0ull, ULLONG_MAX};
+  check(cudaMemcpyAsync(d, &kInit, sizeof kInit, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+}
+
+// Reads a key written on `stream` into d->amax_bits (d initialized by the caller) and waits: all finite,
+// the scan result is that key's magnitude; otherwise the tensor is scanned again for the count and
+// first index of its non-finite values (and its largest finite magnitude).
+scan_result finish_scan(const source_matrix& w, device_buffer<scan_result>& d, cudaStream_t stream) {
   scan_result r{};
   check(cudaMemcpyAsync(&r, d.get(), sizeof r, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  const unsigned int inf_key = w.dtype == source_dtype::f32 ? 0x7f800000u : w.dtype == source_dtype::bf16 ? 0x7f80u : 0x7c00u;
-  if (r.amax_bits < inf_key) {  // all finite: the key is the largest magnitude, widened to fp32 bits
-    if (w.dtype != source_dtype::f32) {
-      const uint16_t key = static_cast<uint16_t>(r.amax_bits);
-      float amax = 0.0f;
-      cpu::load_f32(source_matrix{&key, w.dtype, 1, 1, w.name}, 0, 1, &amax, false);
-      r.amax_bits = std::bit_cast<unsigned int>(amax);
-    }
+  if (r.amax_bits < infinity_key(w.dtype)) {
+    r.amax_bits = magnitude_bits_of_key(r.amax_bits, w);
     return r;
   }
-  check(cudaMemcpyAsync(d.get(), &init, sizeof init, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+  reset_scan_result(d.get(), stream);
+  const bool vec = aligned(w.data, 16);
   dispatch(w.dtype, [&](auto tag) {
     scan_kernel<decltype(tag)::value><<<grid_for(w.size() / 8, 256), 256, 0, stream>>>(w.data, w.size(), vec, d.get());
   });
@@ -219,6 +225,81 @@ scan_result scan_source_device(const source_matrix& w, cudaStream_t stream) {
   check(cudaMemcpyAsync(&r, d.get(), sizeof r, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   return r;
+}
+
+// Runs the scan on `stream` and waits for it: the largest key first (finish_scan).
+scan_result scan_source_device(const source_matrix& w, cudaStream_t stream) {
+  device_buffer<scan_result> d(1, stream);
+  reset_scan_result(d.get(), stream);
+  const bool vec = aligned(w.data, 16);
+  dispatch(w.dtype, [&](auto tag) {
+    max_key_kernel<decltype(tag)::value><<<grid_for(w.size() / 16, 256), 256, 0, stream>>>(w.data, w.size(), vec,
+                                                                                           &d.get()->amax_bits);
+  });
+  check_launch("max_key_kernel");
+  return finish_scan(w, d, stream);
+}
+
+template <source_dtype D>
+__device__ __forceinline__ float magnitude_of_key(unsigned int key) {
+  if constexpr (D == source_dtype::f32) return __uint_as_float(key);
+  else return half_bits_to_float<D>(key);
+}
+
+// Each row's largest magnitude key (one block per row), written as that magnitude to row_amax, and
+// the tensor's largest key to *tensor_key. vec: every row starts 16-byte aligned.
+template <source_dtype D>
+__global__ void row_max_key_kernel(const void* src, int64_t rows, int64_t cols, bool vec, float* row_amax,
+                                   unsigned int* tensor_key) {
+  constexpr bool kWide = D == source_dtype::f32;
+  constexpr unsigned int kMask = kWide ? 0x7fffffffu : 0x7fff7fffu;
+  constexpr int64_t kPerVector = kWide ? 4 : 8;
+  __shared__ unsigned int warp_max[32];
+  unsigned int block_max = 0;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    unsigned int m = 0;
+    int64_t done = 0;
+    if (vec) {
+      const uint4* v = reinterpret_cast<const uint4*>(static_cast<const char*>(src) + r * cols * (kWide ? 4 : 2));
+      const int64_t vectors = cols / kPerVector;
+      for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
+        const uint4 q = v[i];
+        if constexpr (kWide) m = max(m, max(max(q.x & kMask, q.y & kMask), max(q.z & kMask, q.w & kMask)));
+        else m = __vmaxu2(m, __vmaxu2(__vmaxu2(q.x & kMask, q.y & kMask), __vmaxu2(q.z & kMask, q.w & kMask)));
+      }
+      done = vectors * kPerVector;
+    }
+    if constexpr (!kWide) m = max(m & 0xffffu, m >> 16);
+    for (int64_t c = done + threadIdx.x; c < cols; c += blockDim.x) {
+      if constexpr (kWide) m = max(m, static_cast<const unsigned int*>(src)[r * cols + c] & kMask);
+      else m = max(m, static_cast<unsigned int>(static_cast<const uint16_t*>(src)[r * cols + c] & 0x7fffu));
+    }
+    m = __reduce_max_sync(0xffffffffu, m);
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x / 32] = m;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (unsigned w = 1; w < blockDim.x / 32; ++w) m = max(m, warp_max[w]);
+      row_amax[r] = magnitude_of_key<D>(m);
+      block_max = max(block_max, m);
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0 && block_max > 0) atomicMax(tensor_key, block_max);
+}
+
+// The scan for a per-row quantizer: row_amax (valid when the result counts no non-finite value) and
+// the tensor's scan from the same pass (finish_scan).
+scan_result scan_rows_device(const source_matrix& w, float* row_amax, cudaStream_t stream) {
+  device_buffer<scan_result> d(1, stream);
+  reset_scan_result(d.get(), stream);
+  const bool vec = aligned(w.data, 16) && (w.cols * int64_t(element_bytes(w.dtype))) % 16 == 0;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(w.rows, 1 << 20));
+  dispatch(w.dtype, [&](auto tag) {
+    row_max_key_kernel<decltype(tag)::value><<<grid, 256, 0, stream>>>(w.data, w.rows, w.cols, vec, row_amax,
+                                                                       &d.get()->amax_bits);
+  });
+  check_launch("row_max_key_kernel");
+  return finish_scan(w, d, stream);
 }
 
 // cpu::apply_nonfinite_policy for a device-resident tensor: the same message, the same value.
@@ -627,10 +708,11 @@ void fp8_quantize_device(const source_matrix& w, uint8_t* codes, float* scales, 
   require_finite_static_amax(w.name, options.amax, "FP8");
   require_valid_multipliers(w.name, options.multipliers, "FP8");
   const cudaStream_t stream = stream_in;
-  const scan_result scan = scan_source_device(w, stream);
+  const bool per_tensor = options.granularity == fp8_granularity::per_tensor;
+  device_buffer<float> row_amax(per_tensor ? 0 : size_t(w.rows), stream);
+  const scan_result scan = per_tensor ? scan_source_device(w, stream) : scan_rows_device(w, row_amax.get(), stream);
   const bool zero = apply_nonfinite_policy_device(w, scan, options.nonfinite, stream);
   const float tensor_amax = options.amax > 0.0f ? options.amax : std::bit_cast<float>(scan.amax_bits);
-  const bool per_tensor = options.granularity == fp8_granularity::per_tensor;
   const bool mse = options.selector == fp8_selector::mse;
   const std::span<const float> multipliers =
       options.multipliers.empty() ? default_mse_multipliers() : options.multipliers;
@@ -644,13 +726,12 @@ void fp8_quantize_device(const source_matrix& w, uint8_t* codes, float* scales, 
   if (n_cand > 0)
     check(cudaMemcpyAsync(d_mult.get(), multipliers.data(), multipliers.size_bytes(), cudaMemcpyHostToDevice, stream),
           "cudaMemcpyAsync");
-  device_buffer<float> row_amax(per_tensor ? 0 : size_t(w.rows), stream);
   device_buffer<double> row_err(size_t(w.rows) * size_t(n_cand), stream);
   const unsigned row_grid = static_cast<unsigned>(std::min<int64_t>(w.rows, 1 << 20));
 
   dispatch(w.dtype, [&](auto tag) {
     constexpr source_dtype D = decltype(tag)::value;
-    if (!per_tensor) {
+    if (!per_tensor && zero) {  // the rows' maxima again, over the values with non-finite ones as 0
       row_amax_kernel<D><<<row_grid, 256, 0, stream>>>(w.data, w.rows, w.cols, zero, row_amax.get());
       check_launch("row_amax_kernel");
     }

@@ -151,7 +151,8 @@ TEST(cuda_device_math, nvfp4_block_choices_match_reference_on_adversarial_blocks
   EXPECT_EQ(bad, 0);
 }
 
-// The E2M1 code and rounding of fl(a / s) from a scale's bounds equal the division's: for every float
+// The E2M1 code and rounding of fl(a / s) from a scale's bounds equal the division's (and the block
+// errors from them the reference's): for every float
 // a from 0.2 s to 6 s under a few scales, and for the 128 floats on each side of every cut (t ± ulp/2)·s
 // under scales of every E4M3 byte times global scales across the normal range (and their neighbours).
 TEST(cuda_device_math, e2m1_by_bounds_matches_division) {
@@ -171,12 +172,12 @@ TEST(cuda_device_math, e2m1_by_bounds_matches_division) {
     for (uint32_t u = bits(0.2f * s); u <= bits(6.0f * s); ++u) check(std::bit_cast<float>(u), s, b);
   }
   const double cuts[7] = {0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0};
-  for (float ws2 : {1.0f, 0.0123f, 3.1e-30f, 1.7e30f, 0x1p-120f, 0x1.00001p-126f, 5e-39f, 3e38f})
+  for (float ws2 : {1.0f, 0.0123f, 3.1e-30f, 1.7e30f, 0x1p-120f, 0x1.00001p-126f, 5e-39f, 3e38f, 1.3e-42f, 0x1p-140f})
     for (uint32_t byte = 1; byte <= 0x7e; ++byte)
       for (float s : {e4m3_decode_table()[byte] * ws2, std::nextafter(e4m3_decode_table()[byte] * ws2, 0.0f)}) {
         const dm::e2m1_bounds b = dm::e2m1_bounds_for(s);
         if (!b.ready) {
-          EXPECT_FALSE(s >= 0x1p-126f && std::isfinite(s)) << s;
+          EXPECT_FALSE(s > 0.0f && std::isfinite(s)) << s;
           continue;
         }
         for (double t : cuts) {
@@ -184,12 +185,22 @@ TEST(cuda_device_math, e2m1_by_bounds_matches_division) {
           if (!std::isfinite(at)) continue;
           float a = at;
           for (int k = 0; k < 128; ++k) a = std::nextafter(a, 0.0f);
-          for (int k = 0; k < 256; ++k, a = std::nextafter(a, INFINITY)) check(a, s, b);
+          float block[kNvfp4Block];
+          for (int k = 0; k < 256; ++k, a = std::nextafter(a, INFINITY)) {
+            check(a, s, b);
+            block[k % kNvfp4Block] = k % 3 ? a : -a;
+            if (k % kNvfp4Block == kNvfp4Block - 1 &&
+                bits(dm::nvfp4_sq_error_fast(block, s)) != bits(nvfp4_block_sq_error(block, s)) && bad++ < 5)
+              ADD_FAILURE() << std::hexfloat << "block error near " << a << " s " << s;
+          }
         }
         check(0.0f, s, b);
         check(0x1p-149f, s, b);
         check(0x1.fffffep127f, s, b);
       }
+  const float block[kNvfp4Block] = {0.0f, -0.0f, 1e-45f, -3e-41f, 1e-20f, -2.5f, 3e38f, 1.0f,
+                                   0.5f, -0.75f, 6.0f, 1e-3f, -1e-30f, 7.0f, -0.0625f, 2.0f};
+  EXPECT_EQ(bits(dm::nvfp4_sq_error_fast(block, 0.0f)), bits(nvfp4_block_sq_error(block, 0.0f)));  // zero scale
   EXPECT_EQ(bad, 0) << "of " << checked;
   EXPECT_GT(checked, 50'000'000);
 }
