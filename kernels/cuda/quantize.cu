@@ -262,6 +262,7 @@ __global__ void row_max_key_kernel(const void* src, int64_t rows, int64_t cols, 
     if (vec) {
       const uint4* v = reinterpret_cast<const uint4*>(static_cast<const char*>(src) + r * cols * (kWide ? 4 : 2));
       const int64_t vectors = cols / kPerVector;
+#pragma unroll 4
       for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
         const uint4 q = v[i];
         if constexpr (kWide) m = max(m, max(max(q.x & kMask, q.y & kMask), max(q.z & kMask, q.w & kMask)));
@@ -579,10 +580,17 @@ __global__ void fp8_codes_kernel(const void* src, int64_t n, int64_t cols, bool 
   for (int64_t g = start; g < groups; g += stride) {
     float x[8];
     load8<D>(src, g * 8, vec_in, x);
+    int64_t row_end = 0;  // PerRow: the flat index where the group's current row ends
+    if constexpr (PerRow) {
+      const int64_t r = n <= int64_t(UINT32_MAX) ? int64_t(uint32_t(g * 8) / uint32_t(cols)) : g * 8 / cols;
+      use_row(r);
+      row_end = (r + 1) * cols;
+    }
     uint32_t lo = 0, hi = 0;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      if constexpr (PerRow) use_row((g * 8 + k) / cols);
+      if constexpr (PerRow)
+        if (g * 8 + k >= row_end) use_row(row + 1), row_end += cols;
       const float v = zero && !dm::is_finite(x[k]) ? 0.0f : x[k];
       const uint32_t c = dm::fp8_code_with_inverse(v, scale, inv);
       if (k < 4) lo |= c << (8 * k);
