@@ -143,11 +143,14 @@ struct fp8_quotient {
   uint32_t sign;     // 0x80000000 or 0
   uint32_t rounded;  // clear: |r| rounded to E4M3's 3 mantissa bits (float bits, low 20 bits zero); else 0
 };
+// Whether r (its bits without the sign) is clear of E4M3 midpoints and inside the normal range.
+MIXQ_HDI bool fp8_clear(uint32_t u) {
+  return u >= 0x3c800000u + 64u && u < 0x43e00000u && ((u & 0xfffffu) - 0x80000u + 8u) > 16u;
+}
 MIXQ_HDI fp8_quotient fp8_round_with_inverse(float w, float inv) {
   const uint32_t rb = bits_of(mul(w, inv));
   const uint32_t u = rb & 0x7fffffffu;
-  const bool clear = u >= 0x3c800000u + 64u && u < 0x43e00000u && ((u & 0xfffffu) - 0x80000u + 8u) > 16u;
-  return {rb & 0x80000000u, clear ? (u + 0x80000u) & 0xfff00000u : 0u};
+  return {rb & 0x80000000u, fp8_clear(u) ? (u + 0x80000u) & 0xfff00000u : 0u};
 }
 MIXQ_HDI uint32_t fp8_code_with_inverse(float w, float s, float inv) {
   const fp8_quotient q = fp8_round_with_inverse(w, inv);

@@ -15,6 +15,7 @@
 #include "kernels/cuda/quantize.hpp"
 
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -564,9 +565,19 @@ __global__ void fp8_pick_rows_kernel(const double* row_err, int64_t rows, int n_
 
 __global__ void store_kernel(float* dst, float value) { *dst = value; }
 
-// codes[i] = e4m3(x[i] / scale of its row), eight per thread (dm::fp8_code_with_inverse).
-template <source_dtype D, bool PerRow>
-__global__ void fp8_codes_kernel(const void* src, int64_t n, int64_t cols, bool vec_in, bool zero, const float* scales,
+// Two dm::fp8_code_with_inverse codes (w0's in the low byte): where both products are clear of E4M3
+// midpoints in the normal range, the hardware's conversion (round to nearest even, saturating) rounds
+// them as e4m3_encode rounds fl(w / s) (tests/cuda checks it against e4m3_encode for every float).
+__device__ __forceinline__ uint32_t fp8_code_pair(float w0, float w1, float s, float inv) {
+  const float r0 = __fmul_rn(w0, inv), r1 = __fmul_rn(w1, inv);
+  if (dm::fp8_clear(__float_as_uint(r0) & 0x7fffffffu) && dm::fp8_clear(__float_as_uint(r1) & 0x7fffffffu))
+    return __nv_cvt_float2_to_fp8x2(make_float2(r0, r1), __NV_SATFINITE, __NV_E4M3);
+  return dm::fp8_code_with_inverse(w0, s, inv) | dm::fp8_code_with_inverse(w1, s, inv) << 8;
+}
+
+// codes[i] = e4m3(x[i] / scale of its row), eight per thread; Zero: non-finite values read as 0.
+template <source_dtype D, bool PerRow, bool Zero>
+__global__ void fp8_codes_kernel(const void* src, int64_t n, int64_t cols, bool vec_in, const float* scales,
                                  uint8_t* codes) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -580,21 +591,28 @@ __global__ void fp8_codes_kernel(const void* src, int64_t n, int64_t cols, bool 
   for (int64_t g = start; g < groups; g += stride) {
     float x[8];
     load8<D>(src, g * 8, vec_in, x);
-    int64_t row_end = 0;  // PerRow: the flat index where the group's current row ends
+    if constexpr (Zero) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) x[k] = dm::is_finite(x[k]) ? x[k] : 0.0f;
+    }
+    uint32_t lo = 0, hi = 0;
+    int64_t row_end = INT64_MAX;  // PerRow: the flat index where the group's current row ends
     if constexpr (PerRow) {
       const int64_t r = n <= int64_t(UINT32_MAX) ? int64_t(uint32_t(g * 8) / uint32_t(cols)) : g * 8 / cols;
       use_row(r);
       row_end = (r + 1) * cols;
     }
-    uint32_t lo = 0, hi = 0;
+    if (g * 8 + 8 <= row_end) {  // one scale for the group
+      lo = fp8_code_pair(x[0], x[1], scale, inv) | fp8_code_pair(x[2], x[3], scale, inv) << 16;
+      hi = fp8_code_pair(x[4], x[5], scale, inv) | fp8_code_pair(x[6], x[7], scale, inv) << 16;
+    } else {
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      if constexpr (PerRow)
+      for (int k = 0; k < 8; ++k) {
         if (g * 8 + k >= row_end) use_row(row + 1), row_end += cols;
-      const float v = zero && !dm::is_finite(x[k]) ? 0.0f : x[k];
-      const uint32_t c = dm::fp8_code_with_inverse(v, scale, inv);
-      if (k < 4) lo |= c << (8 * k);
-      else hi |= c << (8 * (k - 4));
+        const uint32_t c = dm::fp8_code_with_inverse(x[k], scale, inv);
+        if (k < 4) lo |= c << (8 * k);
+        else hi |= c << (8 * (k - 4));
+      }
     }
     uint8_t* dst = codes + g * 8;
     if (aligned(dst, 8)) {
@@ -606,20 +624,21 @@ __global__ void fp8_codes_kernel(const void* src, int64_t n, int64_t cols, bool 
   }
   for (int64_t i = groups * 8 + start; i < n; i += stride) {
     if constexpr (PerRow) use_row(i / cols);
-    codes[i] = static_cast<uint8_t>(dm::fp8_code_with_inverse(widen_clean<D>(src, i, zero), scale, inv));
+    codes[i] = static_cast<uint8_t>(dm::fp8_code_with_inverse(widen_clean<D>(src, i, Zero), scale, inv));
   }
 }
 
 // ---- test probe --------------------------------------------------------------------------------
 
-__global__ void probe_kernel(uint32_t first, uint32_t count, uint8_t* e4m3, uint8_t* e2m1_code, float* e2m1_round,
-                             float* decode) {
+__global__ void probe_kernel(uint32_t first, uint32_t count, uint8_t* e4m3, uint8_t* e4m3_hw, uint8_t* e2m1_code,
+                             float* e2m1_round, float* decode) {
   const uint32_t stride = gridDim.x * blockDim.x;
   const uint32_t start = blockIdx.x * blockDim.x + threadIdx.x;
   for (uint32_t i = start; i < count; i += stride) {
     const float x = __uint_as_float(first + i);
     const float a = dm::abs_as_reference(x);
     e4m3[i] = static_cast<uint8_t>(dm::e4m3_encode(x));
+    e4m3_hw[i] = static_cast<uint8_t>(__nv_cvt_float2_to_fp8x2(make_float2(x, 0.0f), __NV_SATFINITE, __NV_E4M3));
     e2m1_code[i] = e2m1_magnitude_code(a);
     e2m1_round[i] = e2m1_round_magnitude(a);
   }
@@ -771,8 +790,9 @@ void fp8_quantize_device(const source_matrix& w, uint8_t* codes, float* scales, 
   dispatch(w.dtype, [&](auto tag) {
     constexpr source_dtype D = decltype(tag)::value;
     const unsigned grid = grid_for(w.size() / 8, 256);
-    if (per_tensor) fp8_codes_kernel<D, false><<<grid, 256, 0, stream>>>(w.data, w.size(), w.cols, vec_in, zero, scales, codes);
-    else fp8_codes_kernel<D, true><<<grid, 256, 0, stream>>>(w.data, w.size(), w.cols, vec_in, zero, scales, codes);
+    auto launch = [&](auto kernel) { kernel<<<grid, 256, 0, stream>>>(w.data, w.size(), w.cols, vec_in, scales, codes); };
+    if (per_tensor) zero ? launch(fp8_codes_kernel<D, false, true>) : launch(fp8_codes_kernel<D, false, false>);
+    else zero ? launch(fp8_codes_kernel<D, true, true>) : launch(fp8_codes_kernel<D, true, false>);
   });
   check_launch("fp8_codes_kernel");
 }
@@ -840,17 +860,20 @@ namespace testing {
 
 minifloat_probe probe_minifloat(uint32_t first, uint32_t count) {
   const owned_stream stream;
-  device_buffer<uint8_t> e4m3(count, stream.get()), e2m1_code(count, stream.get());
+  device_buffer<uint8_t> e4m3(count, stream.get()), e4m3_hw(count, stream.get()), e2m1_code(count, stream.get());
   device_buffer<float> e2m1_round(count, stream.get()), decode(256, stream.get());
   probe_kernel<<<grid_for(std::max<int64_t>(count, 256), 256), 256, 0, stream.get()>>>(
-      first, count, e4m3.get(), e2m1_code.get(), e2m1_round.get(), decode.get());
+      first, count, e4m3.get(), e4m3_hw.get(), e2m1_code.get(), e2m1_round.get(), decode.get());
   check_launch("probe_kernel");
   minifloat_probe out;
   out.e4m3_code.resize(count);
+  out.e4m3_hardware.resize(count);
   out.e2m1_code.resize(count);
   out.e2m1_round.resize(count);
   out.e4m3_decode.resize(256);
   check(cudaMemcpyAsync(out.e4m3_code.data(), e4m3.get(), count, cudaMemcpyDeviceToHost, stream.get()), "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(out.e4m3_hardware.data(), e4m3_hw.get(), count, cudaMemcpyDeviceToHost, stream.get()),
+        "cudaMemcpyAsync");
   check(cudaMemcpyAsync(out.e2m1_code.data(), e2m1_code.get(), count, cudaMemcpyDeviceToHost, stream.get()),
         "cudaMemcpyAsync");
   check(cudaMemcpyAsync(out.e2m1_round.data(), e2m1_round.get(), size_t(count) * sizeof(float), cudaMemcpyDeviceToHost,

@@ -50,10 +50,11 @@ void fp8_quantize_device(const cpu::source_matrix& w, uint8_t* codes, float* sca
 // ---- hooks for tests --------------------------------------------------------------------------
 namespace testing {
 
-// The device's E4M3 encode, E2M1 code and E2M1 rounding of the floats with bit patterns
+// The device's E4M3 encode (its own and the hardware's), E2M1 code and E2M1 rounding of the floats with bit patterns
 // first, first+1, ..., first+count-1 (wrapping), and the device's E4M3 decode of all 256 bytes.
 struct minifloat_probe {
   std::vector<uint8_t> e4m3_code;
+  std::vector<uint8_t> e4m3_hardware;  // the GPU's own conversion (saturating, round to nearest even)
   std::vector<uint8_t> e2m1_code;   // of |x|
   std::vector<float> e2m1_round;    // of |x|
   std::vector<float> e4m3_decode;   // 256 entries

@@ -58,7 +58,7 @@ void expect_same(const fp8_weight& gpu, const fp8_weight& ref, const std::string
 
 // Compares the device's E4M3 encode / E2M1 code / E2M1 rounding of the floats with bit patterns
 // [first, first + count) with the host's; returns the number of mismatches (reporting the first few).
-int64_t minifloat_mismatches(uint32_t first, uint32_t count, bool e4m3, bool e2m1) {
+int64_t minifloat_mismatches(uint32_t first, uint32_t count, bool e4m3, bool e2m1, bool e4m3_hardware = false) {
   int64_t bad = 0;
   constexpr uint32_t kChunk = 1u << 24;
   for (uint64_t done = 0; done < count; done += kChunk) {
@@ -70,11 +70,13 @@ int64_t minifloat_mismatches(uint32_t first, uint32_t count, bool e4m3, bool e2m
       const float a = x < 0.0f ? -x : x;
       bool ok = true;
       if (e4m3) ok &= p.e4m3_code[i] == e4m3_encode(x);
+      if (e4m3_hardware) ok &= p.e4m3_hardware[i] == e4m3_encode(x);
       if (e2m1)
         ok &= p.e2m1_code[i] == e2m1_magnitude_code(a) &&
               std::bit_cast<uint32_t>(p.e2m1_round[i]) == std::bit_cast<uint32_t>(e2m1_round_magnitude(a));
       if (!ok && bad++ < 5)
-        ADD_FAILURE() << "bits 0x" << std::hex << base + i << ": device e4m3 " << int(p.e4m3_code[i]) << " host "
+        ADD_FAILURE() << "bits 0x" << std::hex << base + i << ": device e4m3 " << int(p.e4m3_code[i]) << " (hardware "
+                      << int(p.e4m3_hardware[i]) << ") host "
                       << int(e4m3_encode(x)) << ", device e2m1 " << int(p.e2m1_code[i]) << " host "
                       << int(e2m1_magnitude_code(a));
     }
@@ -105,6 +107,14 @@ TEST(cuda_kernels, e4m3_encode_matches_host) {
   for (uint32_t start : {0x00000000u, 0x007f0000u, 0x3f7f0000u, 0x7f7f0000u, 0x7fc00000u, 0x80000000u, 0x807f0000u,
                          0xff7f0000u, 0xffbf0000u})
     EXPECT_EQ(minifloat_mismatches(start, 1u << 20, true, false), 0) << std::hex << start;
+}
+
+// The FP8 codes kernel converts quotients clear of midpoints in [2^-6, 448) with the hardware's
+// instruction; it rounds every finite float from 2^-12 to 512 (both signs, ties included) as e4m3_encode.
+TEST(cuda_kernels, e4m3_hardware_conversion_matches_host) {
+  MIXQ_REQUIRE_CUDA_DEVICE();
+  EXPECT_EQ(minifloat_mismatches(0x39800000u, 0x44000000u - 0x39800000u, false, false, true), 0);
+  EXPECT_EQ(minifloat_mismatches(0xb9800000u, 0xc4000000u - 0xb9800000u, false, false, true), 0);
 }
 
 TEST(cuda_kernels, e2m1_rounding_matches_host) {
