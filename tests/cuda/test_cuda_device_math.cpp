@@ -155,6 +155,30 @@ TEST(cuda_device_math, nvfp4_block_choices_match_reference_on_adversarial_blocks
 // errors from them the reference's): for every float
 // a from 0.2 s to 6 s under a few scales, and for the 128 floats on each side of every cut (t ± ulp/2)·s
 // under scales of every E4M3 byte times global scales across the normal range (and their neighbours).
+// Blocks whose values lie on the E2M1 grid of one code's step (every code, the largest value at level
+// 2, 3, 4 or 6, under global scales that put the codes in the normal and the subnormal E4M3 range):
+// their best code sits up to 8 codes above the max rule's, at the edges of the sweep's pruned runs.
+TEST(cuda_device_math, nvfp4_block_choices_match_reference_on_grid_blocks) {
+  std::mt19937 rng(99);
+  std::uniform_int_distribution<int> level(0, 7), coin(0, 1);
+  int64_t bad = 0;
+  for (float global_amax : {1.0f, 3e-3f, 2e-38f, 5e5f})
+    for (uint32_t code = 1; code <= 0x7e; ++code)
+      for (float top : {2.0f, 3.0f, 4.0f, 6.0f}) {
+        const float ws2 = nvfp4_global_scale(global_amax, kNvfp4Normalizer);
+        const float step = e4m3_decode_table()[code] * ws2;
+        float x[kNvfp4Block];
+        for (int i = 0; i < kNvfp4Block; ++i) {
+          float l = kE2M1Magnitudes[level(rng)];
+          if (l > top) l = top;
+          x[i] = (coin(rng) ? -1.0f : 1.0f) * l * step;
+        }
+        x[int(code) % kNvfp4Block] = top * step;
+        check_block(x, global_amax, bad);
+      }
+  EXPECT_EQ(bad, 0);
+}
+
 TEST(cuda_device_math, e2m1_by_bounds_matches_division) {
   int64_t bad = 0, checked = 0;
   auto check = [&](float a, float s, const dm::e2m1_bounds& b) {
