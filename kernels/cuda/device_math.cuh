@@ -266,15 +266,10 @@ MIXQ_HDI uint32_t choose_by_multipliers(const float (&x)[kNvfp4Block], float blo
 // best full error cannot win (a float sum of non-negative terms is >= each of them). Seeded with the
 // max-rule code; among equal errors (inf included) the smallest code is kept, which is what the
 // reference's ascending scan returns (it takes code 1 first, then strictly better ones).
-// Runs of codes are pruned wholesale (scales grow with the code): those whose scale s has
-// fl(6s) <= a and (a - fl(6s))^2 > best (a rounds to 6; the error only grows as s shrinks: a
-// prefix); those 8 or more above the first code t >= 8 whose scale clips no value (fl(a/s) <= 6),
-// as kernels/cpu argues: step(k + 8) = 2·step(k) exactly for normal codes and steps, and under a
-// step s that clips nothing E(2s) >= E(s) in float arithmetic (each value's level under 2s is a
-// level under s at least as far from it; every rounding is monotone), so each such code has one 8
-// below it at least as good, which the ascending scan prefers; and, when a^2 > best, those with
-// fl(a/s) <= 0.25 (a rounds to 0, error a^2: a suffix). Binary searches find the ends; the pruning
-// test runs in between.
+// Two runs of codes are pruned wholesale (scales grow with the code): those whose scale s has
+// fl(6s) <= a and (a - fl(6s))^2 > best (a rounds to 6; the error only grows as s shrinks: a prefix),
+// and, when a^2 > best, those with fl(a/s) <= 0.25 (a rounds to 0, error a^2: a suffix). Binary
+// searches find both ends; the pruning test runs in between.
 MIXQ_HDI uint32_t choose_by_sweep(const float (&x)[kNvfp4Block], float block_amax, float global_amax, float normalizer,
                                   float ws2) {
   const float a = block_amax;
@@ -295,17 +290,7 @@ MIXQ_HDI uint32_t choose_by_sweep(const float (&x)[kNvfp4Block], float block_ama
     }
     lo = in + 1;
   }
-  auto clips_nothing = [&](uint32_t bits) { return div(a, mul(e4m3_decode(bits), ws2)) <= 6.0f; };
-  if (clips_nothing(0x76u)) {  // the first such code, then the octave above max(it, 8)
-    uint32_t out = lo - 1, in = 0x76u;
-    while (in - out > 1) {
-      const uint32_t mid = (in + out) / 2;
-      (clips_nothing(mid) ? in : out) = mid;
-    }
-    const uint32_t base = in < 8u ? 8u : in;
-    if (mul(e4m3_decode(base), ws2) >= 0x1p-126f) hi = base + 8;
-  }
-  if (mul(a, a) > best && rounds_to_zero(0x7eu) && hi == 0x7fu) {  // the first code of the suffix
+  if (mul(a, a) > best && rounds_to_zero(0x7eu)) {  // the first code of the suffix
     uint32_t out = lo - 1, in = 0x7eu;
     while (in - out > 1) {
       const uint32_t mid = (in + out) / 2;
