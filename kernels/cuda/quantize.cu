@@ -658,6 +658,14 @@ bool device_available() {
   return n > 0;
 }
 
+std::string device_name() {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  cudaDeviceProp props{};
+  check(cudaGetDeviceProperties(&props, device), "cudaGetDeviceProperties");
+  return props.name;
+}
+
 nvfp4_device_result nvfp4_quantize_device(const source_matrix& w, uint8_t* packed, uint8_t* block_scales,
                                           const nvfp4_options& options, stream_t stream_in) {
   require_shape(w, format_id::nvfp4);

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "formats/fp8.hpp"
@@ -23,6 +24,8 @@ using stream_t = CUstream_st*;  // a cudaStream_t; nullptr = the legacy default 
 
 // True when the CUDA runtime finds at least one device (false without a driver or a GPU).
 bool device_available();
+// The current device's name, as the driver reports it.
+std::string device_name();
 
 // ---- host API: host data in, host results out (copies to the current device and back) ----------
 

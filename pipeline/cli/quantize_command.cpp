@@ -24,6 +24,7 @@ void print_report(const quantize_request& rq, const quantize_report& r) {
   fmt::print("model:        {}\n", rq.model.string());
   fmt::print("recipe:       {} ({}, kv cache {}, layout {})\n", rq.rcp.name, rq.rcp.origin, to_string(rq.rcp.kv_cache),
              to_string(rq.rcp.output.layout));
+  fmt::print("weights on:   {}\n", describe(rq.device));
   fmt::print("calibration:  {} sequences, {} tokens from {}{}\n", r.calib_sequences, r.calib_tokens, r.calib_source,
              r.stats_reused ? fmt::format(" (reused {})", r.stats_file.string()) : "");
   for (const std::string& w : r.plan.warnings) fmt::print("warning:      {}\n", w);
@@ -83,7 +84,7 @@ void print_report(const quantize_request& rq, const quantize_report& r) {
 
 void add_quantize_command(CLI::App& app) {
   struct options {
-    std::string model, recipe, out, run_dir, calib, eval, layout;
+    std::string model, recipe, out, run_dir, calib, eval, layout, device = "auto";
     int64_t eval_ctx = 0, samples = 0, seq_len = 0;
     double effective_bits = 0.0;
     bool resume = false, force = false, quiet = false, measure_front = false;
@@ -111,6 +112,11 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--layout", o->layout, "modelopt or compressed-tensors; overrides the recipe")
       ->check(CLI::IsMember({"modelopt", "compressed-tensors"}));
   cmd->add_option("--run-dir", o->run_dir, "run directory for statistics and the summary (default: OUT.run)");
+  cmd->add_option("--device", o->device,
+                  "where weights quantize: cpu, cuda (a GPU, when mixq is built with CUDA) or auto (cuda if one is "
+                  "found); the checkpoint is the same bytes either way")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str();
   cmd->add_flag("--resume", o->resume, "reuse the run directory's calibration statistics if they match");
   cmd->add_flag("--force", o->force, "replace an existing output directory once the new export is verified");
   cmd->add_flag("--quiet", o->quiet, "no progress output");
@@ -138,6 +144,7 @@ void add_quantize_command(CLI::App& app) {
     rq.resume = o->resume;
     rq.overwrite = o->force;
     rq.measure_front = o->measure_front;
+    rq.device = resolve_weight_device(o->device);
     rq.producer_version = MIXQ_VERSION;
     std::unique_ptr<progress_bar> bar;
     std::string bar_stage;

@@ -143,7 +143,8 @@ quantize_report run_quantize(const quantize_request& rq) {
   }
 
   // quantize
-  const quantized_weights q = quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"));
+  const quantized_weights q =
+      quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"), rq.device);
   rep.uncalibrated_experts = q.uncalibrated_experts;
   rep.uncalibrated_attention = q.uncalibrated_attention;
   clock.done("quantize");
@@ -187,7 +188,8 @@ quantize_report run_quantize(const quantize_request& rq) {
     for (const front_entry& e : rep.search.front) {
       if (!e.feasible) continue;
       const quantized_weights qe =
-          quantize_weights(source, spec, plan_of_choice(spec, rep.search.space, e.choice), rq.rcp.kv_cache, stats);
+          quantize_weights(source, spec, plan_of_choice(spec, rep.search.space, e.choice), rq.rcp.kv_cache, stats, {},
+                           rq.device);
       const std::unique_ptr<causal_lm> m = load_causal_lm(rq.model);
       apply_fake_quant(*m, qe);
       rep.measured_front.emplace_back(e.achieved_bits, evaluate_perplexity(*m, eval_tokens, ctx).ppl);

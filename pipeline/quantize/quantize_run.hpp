@@ -13,6 +13,7 @@
 #include "calib/calibration_stats.hpp"
 #include "pipeline/autoquant/search_run.hpp"
 #include "pipeline/export/hf_export.hpp"
+#include "pipeline/quantize/weight_device.hpp"
 #include "pipeline/recipe/recipe.hpp"
 
 namespace mixq {
@@ -30,6 +31,7 @@ struct quantize_request {
   bool resume = false;                // reuse <run_dir>/calibration.h5 when its fingerprint matches
   bool overwrite = false;             // replace an existing output directory
   bool measure_front = false;         // search: also evaluate the optimum at every feasible report budget
+  weight_device device = weight_device::cpu;  // where the weights quantize (the same bytes either way)
   std::string producer_version;
   // (stage, done, total) as each stage advances: "calibrate", "score", "quantize", "evaluate".
   std::function<void(const std::string&, int64_t, int64_t)> progress;

@@ -64,7 +64,7 @@ std::map<std::string, float> input_amax_by_linear(const model_spec& spec, const 
 
 quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
                                    kv_cache_format kv, const calibration_stats& stats,
-                                   const progress_callback& progress) {
+                                   const progress_callback& progress, weight_device device) {
   std::unordered_map<std::string, checkpoint::entry> by_name;
   for (const auto& e : ckpt.tensors()) by_name.emplace(e.tensor->name, e);
 
@@ -110,12 +110,12 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
     if (q.format == format_id::fp8_per_tensor) {
       fp8_options o = fp8_options_for(s.quant);
       o.amax = group_w_amax[key];
-      q.fp8 = cpu::fp8_quantize(s.matrix, o);
+      q.fp8 = fp8_quantize_on(device, s.matrix, o);
       q.input_scale = fp8_input_scale(x_amax);
     } else if (q.format == format_id::nvfp4 || q.format == format_id::nvfp4_w4a16) {
       nvfp4_options o = nvfp4_options_for(s.quant);
       o.global_amax = group_w_amax[key];
-      q.nvfp4 = cpu::nvfp4_quantize(s.matrix, o);
+      q.nvfp4 = nvfp4_quantize_on(device, s.matrix, o);
       if (q.format == format_id::nvfp4) q.input_scale = nvfp4_input_scale(x_amax);
     } else {
       throw io_error(fmt::format("{}: format {} cannot be exported", q.module, traits_of(q.format).name));

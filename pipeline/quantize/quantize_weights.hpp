@@ -17,6 +17,7 @@
 #include "pipeline/io/quantized_linear.hpp"
 #include "pipeline/model/llama.hpp"  // kv_cache_scales
 #include "pipeline/quantize/calibrate.hpp"
+#include "pipeline/quantize/weight_device.hpp"
 #include "pipeline/recipe/recipe.hpp"
 
 namespace mixq {
@@ -40,10 +41,10 @@ std::string scale_sharing_key(const std::string& module);
 std::map<std::string, float> input_amax_by_linear(const model_spec& spec, const calibration_stats& stats);
 
 // io_error naming the tensor for a weight that is missing, not 2-D BF16 / F16 / F32, or holds
-// NaN / Inf. The progress callback counts linears.
+// NaN / Inf. The progress callback counts linears. `device` runs the quantizers (the same result).
 quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
                                    kv_cache_format kv, const calibration_stats& stats,
-                                   const progress_callback& progress = {});
+                                   const progress_callback& progress = {}, weight_device device = weight_device::cpu);
 
 // Rewrites the in-memory model to compute as the quantized checkpoint will: dequantized weights,
 // input fake-quant with the exported input scales, FP8 KV fake-quant.
