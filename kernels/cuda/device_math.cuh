@@ -180,29 +180,12 @@ MIXQ_HDI float nvfp4_block_scale(float block_amax, float global_amax, float norm
   return nvfp4_clamp_block_scale(div(mul(t, normalizer), div(g, 6.0f)));
 }
 
-// nvfp4_block_sq_error: the same squared errors, summed as the same fixed tree.
+// nvfp4_block_sq_error (the same squared errors, summed as the same fixed tree) without divisions,
+// for a finite scale >= 0 (as NVFP4's always are): the dequantized value of a is the step
+// E2M1[k]·scale of the highest e2m1_bounds cut it passes (the cuts ascend), chosen by selects. A zero
+// scale (not `ready`) has zero cuts and zero steps, hence d = 0 and error a², as the reference's
+// a / 0 gives. (|w| by fabsf: +0 for the reference's -0 changes no comparison and no square.)
 MIXQ_HDI float nvfp4_sq_error(const float (&w)[kNvfp4Block], float scale) {
-  float t[kNvfp4Block];
-MIXQ_UNROLL
-  for (int i = 0; i < kNvfp4Block; ++i) {
-    const float a = abs_as_reference(w[i]);
-    const float d = mul(e2m1_round_magnitude(div(a, scale)), scale);
-    const float e = sub(a, d);
-    t[i] = mul(e, e);
-  }
-MIXQ_UNROLL
-  for (int width = kNvfp4Block / 2; width >= 1; width /= 2)
-MIXQ_UNROLL
-    for (int i = 0; i < width; ++i) t[i] = add(t[i], t[i + width]);
-  return t[0];
-}
-
-// nvfp4_sq_error without divisions, for a finite scale >= 0 (as NVFP4's always are): the dequantized
-// value of a is the step E2M1[k]·scale of the highest e2m1_bounds cut it passes (the cuts ascend),
-// chosen by selects. A zero scale (not `ready`) has zero cuts and zero steps, hence d = 0 and error a²,
-// as the reference's a / 0 gives. (|w| by fabsf: +0 for the reference's -0 changes no comparison and
-// no square.)
-MIXQ_HDI float nvfp4_sq_error_fast(const float (&w)[kNvfp4Block], float scale) {
   const e2m1_bounds b = e2m1_bounds_for(scale);
   const float step[8] = {0.0f,            mul(0.5f, scale), scale,            mul(1.5f, scale),
                          mul(2.0f, scale), mul(3.0f, scale), mul(4.0f, scale), mul(6.0f, scale)};
@@ -255,7 +238,7 @@ MIXQ_HDI uint32_t choose_by_multipliers(const float (&x)[kNvfp4Block], float blo
     const uint32_t bits = e4m3_encode(nvfp4_block_scale(mul(block_amax, multipliers[k]), global_amax, normalizer));
     // Cannot be taken (see choose_by_sweep): the best's code again, or worse on the largest value alone.
     if (best_bits != 0 && (bits == best_bits || nvfp4_amax_sq_error(block_amax, bits, ws2) > best)) continue;
-    const float err = nvfp4_sq_error_fast(x, mul(e4m3_decode(bits), ws2));
+    const float err = nvfp4_sq_error(x, mul(e4m3_decode(bits), ws2));
     if (err < best || best_bits == 0) best = err, best_bits = bits;
   }
   return best_bits;
@@ -274,7 +257,7 @@ MIXQ_HDI uint32_t choose_by_sweep(const float (&x)[kNvfp4Block], float block_ama
                                   float ws2) {
   const float a = block_amax;
   uint32_t best_bits = e4m3_encode(nvfp4_block_scale(a, global_amax, normalizer));
-  float best = nvfp4_sq_error_fast(x, mul(e4m3_decode(best_bits), ws2));
+  float best = nvfp4_sq_error(x, mul(e4m3_decode(best_bits), ws2));
   auto saturated_beyond_best = [&](uint32_t bits) {
     const float d = mul(6.0f, mul(e4m3_decode(bits), ws2));
     const float e = sub(a, d);
@@ -300,7 +283,7 @@ MIXQ_HDI uint32_t choose_by_sweep(const float (&x)[kNvfp4Block], float block_ama
   }
   for (uint32_t bits = lo; bits < hi; ++bits) {
     if (nvfp4_amax_sq_error(a, bits, ws2) > best) continue;
-    const float err = nvfp4_sq_error_fast(x, mul(e4m3_decode(bits), ws2));
+    const float err = nvfp4_sq_error(x, mul(e4m3_decode(bits), ws2));
     if (err < best || (err == best && bits < best_bits)) best = err, best_bits = bits;
   }
   return best_bits;

@@ -394,7 +394,7 @@ __global__ void __launch_bounds__(128) nvfp4_kernel(nvfp4_params p) {
     for (int k = 0; k < 4; ++k) dst[k] = uint8_t(lo >> (8 * k)), dst[k + 4] = uint8_t(hi >> (8 * k));
   }
   p.scales[b] = static_cast<uint8_t>(bits);
-  if (p.errors != nullptr) p.errors[b] = dm::nvfp4_sq_error_fast(x, scale);
+  if (p.errors != nullptr) p.errors[b] = dm::nvfp4_sq_error(x, scale);
 }
 
 void launch_nvfp4(source_dtype dtype, block_mode mode, const nvfp4_params& p, cudaStream_t stream) {

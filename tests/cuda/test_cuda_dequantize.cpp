@@ -13,13 +13,8 @@
 #include "formats/fp8.hpp"
 #include "formats/nvfp4.hpp"
 #include "kernels/cuda/dequantize.hpp"
+#include "require_device.hpp"
 #include "../test_tensors.hpp"
-
-#define MIXQ_REQUIRE_CUDA_DEVICE()                                                          \
-  do {                                                                                     \
-    if (!::mixq::cuda::device_available())                                                 \
-      GTEST_SKIP() << "no CUDA device: the CUDA kernels are built but cannot run here"; \
-  } while (0)
 
 namespace mixq {
 namespace {

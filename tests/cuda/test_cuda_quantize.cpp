@@ -13,14 +13,9 @@
 #include "formats/minifloat.hpp"
 #include "kernels/cpu/quantize.hpp"
 #include "kernels/cuda/quantize.hpp"
+#include "require_device.hpp"
 #include "../sourced_tensor.hpp"
 #include "../test_tensors.hpp"
-
-#define MIXQ_REQUIRE_CUDA_DEVICE()                                                          \
-  do {                                                                                     \
-    if (!::mixq::cuda::device_available())                                                 \
-      GTEST_SKIP() << "no CUDA device: the CUDA kernels are built but cannot run here"; \
-  } while (0)
 
 namespace mixq {
 namespace {
