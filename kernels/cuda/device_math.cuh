@@ -123,14 +123,11 @@ MIXQ_HDI e2m1_bounds e2m1_bounds_for(float s) {
   b.cut[6] = float_rd(mul(5.0 + 0x1p-22, d));
   return b;
 }
-// e2m1_magnitude_code(fl(a / s)) and e2m1_round_magnitude(fl(a / s)) for a >= 0, given ready bounds.
+// e2m1_magnitude_code(fl(a / s)) for a >= 0, given ready bounds (nvfp4_sq_error selects the rounded
+// value from the same cuts).
 MIXQ_HDI uint32_t e2m1_code_by_bounds(float a, const e2m1_bounds& b) {
   return uint32_t(a > b.cut[0]) + uint32_t(a >= b.cut[1]) + uint32_t(a > b.cut[2]) + uint32_t(a >= b.cut[3]) +
          uint32_t(a > b.cut[4]) + uint32_t(a >= b.cut[5]) + uint32_t(a > b.cut[6]);
-}
-MIXQ_HDI float e2m1_round_by_bounds(float a, const e2m1_bounds& b) {
-  return 0.5f * float(a > b.cut[0]) + 0.5f * float(a >= b.cut[1]) + 0.5f * float(a > b.cut[2]) +
-         0.5f * float(a >= b.cut[3]) + float(a > b.cut[4]) + float(a >= b.cut[5]) + 2.0f * float(a > b.cut[6]);
 }
 
 // e4m3_encode(fl(w / s)) from r = fl(w · fl(1/s)): r is within 3.01·2^-24 relative of fl(w/s), under

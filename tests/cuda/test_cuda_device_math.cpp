@@ -149,13 +149,9 @@ TEST(cuda_device_math, nvfp4_block_choices_match_reference_on_adversarial_blocks
   EXPECT_EQ(bad, 0);
 }
 
-// The E2M1 code and rounding of fl(a / s) from a scale's bounds equal the division's (and the block
-// errors from them the reference's): for every float
-// a from 0.2 s to 6 s under a few scales, and for the 128 floats on each side of every cut (t ± ulp/2)·s
-// under scales of every E4M3 byte times global scales across the normal range (and their neighbours).
 // Blocks whose values lie on the E2M1 grid of one code's step (every code, the largest value at level
 // 2, 3, 4 or 6, under global scales that put the codes in the normal and the subnormal E4M3 range):
-// their best code sits up to 8 codes above the max rule's, at the edges of the sweep's pruned runs.
+// their best code can sit up to 8 codes above the max rule's, far into the sweep's pruned scan.
 TEST(cuda_device_math, nvfp4_block_choices_match_reference_on_grid_blocks) {
   std::mt19937 rng(99);
   std::uniform_int_distribution<int> level(0, 7), coin(0, 1);
@@ -177,14 +173,16 @@ TEST(cuda_device_math, nvfp4_block_choices_match_reference_on_grid_blocks) {
   EXPECT_EQ(bad, 0);
 }
 
+// The E2M1 code of fl(a / s) from a scale's bounds equals the division's (and the block errors from
+// the same cuts the reference's): for every float a from 0.2 s to 6 s under a few scales, and for the
+// 128 floats on each side of every cut (t ± ulp/2)·s under scales of every E4M3 byte times global
+// scales across the float range, subnormal ones included (and their neighbours), and a zero scale.
 TEST(cuda_device_math, e2m1_by_bounds_matches_division) {
   int64_t bad = 0, checked = 0;
   auto check = [&](float a, float s, const dm::e2m1_bounds& b) {
     ++checked;
     const float q = a / s;
-    if ((dm::e2m1_code_by_bounds(a, b) != e2m1_magnitude_code(q) ||
-         bits(dm::e2m1_round_by_bounds(a, b)) != bits(e2m1_round_magnitude(q))) &&
-        bad++ < 5)
+    if (dm::e2m1_code_by_bounds(a, b) != e2m1_magnitude_code(q) && bad++ < 5)
       ADD_FAILURE() << std::hexfloat << "a " << a << " s " << s << ": code " << dm::e2m1_code_by_bounds(a, b)
                     << " want " << int(e2m1_magnitude_code(q));
   };
