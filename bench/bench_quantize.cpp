@@ -24,6 +24,7 @@
 #include <map>
 #include <vector>
 
+#include "formats/minifloat.hpp"
 #include "kernels/cpu/quantize.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
 #include "pipeline/synth_weights.hpp"
@@ -55,6 +56,21 @@ const std::vector<float>& weight_f32(int64_t rows) {
     for (size_t i = 0; i < f.size(); ++i)
       f[i] = std::bit_cast<float>((uint32_t(w.bf16[i]) << 16) | uint32_t((i * 2654435761u) & 0xffffu));
     it = cache.emplace(rows, std::move(f)).first;
+  }
+  return it->second;
+}
+
+// The same weight in F16 with its 3 low mantissa bits filled (values that are not BF16 values, as
+// an F16 checkpoint holds).
+const std::vector<uint16_t>& weight_f16(int64_t rows) {
+  static std::map<int64_t, std::vector<uint16_t>> cache;
+  auto it = cache.find(rows);
+  if (it == cache.end()) {
+    const auto& w = weight(rows);
+    std::vector<uint16_t> h(w.bf16.size());
+    for (size_t i = 0; i < h.size(); ++i)
+      h[i] = uint16_t(fp16_encode(bf16_decode(w.bf16[i])) | ((i * 2654435761u) >> 13 & 7u));
+    it = cache.emplace(rows, std::move(h)).first;
   }
   return it->second;
 }
@@ -170,6 +186,15 @@ void BM_fp8_f32(benchmark::State& state, fp8_granularity granularity, fp8_select
   run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(w, o)); }, 4);
 }
 
+void BM_fp8_f16(benchmark::State& state, fp8_granularity granularity, fp8_selector selector) {
+  const bench_setup s = setup(state);
+  fp8_options o;
+  o.granularity = granularity;
+  o.selector = selector;
+  const cpu::source_matrix w{weight_f16(s.rows).data(), cpu::source_dtype::f16, s.rows, kCols, "bench.weight"};
+  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(w, o)); });
+}
+
 void BM_mx(benchmark::State& state, format_id format) {
   const bench_setup s = setup(state);
   run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::mx_quantize(source(s.rows), format)); });
@@ -215,6 +240,10 @@ BENCHMARK_CAPTURE(BM_fp8_f32, per_tensor_max, fp8_granularity::per_tensor, fp8_s
 BENCHMARK_CAPTURE(BM_fp8_f32, per_tensor_mse, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8_f32, per_channel_max, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8_f32, per_channel_mse, fp8_granularity::per_channel, fp8_selector::mse)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_f16, per_tensor_max, fp8_granularity::per_tensor, fp8_selector::max)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_f16, per_tensor_mse, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_f16, per_channel_max, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_f16, per_channel_mse, fp8_granularity::per_channel, fp8_selector::mse)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp4, format_id::mxfp4)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp8, format_id::mxfp8)->Apply(thread_counts);
 BENCHMARK(BM_nf4)->Apply(thread_counts);
