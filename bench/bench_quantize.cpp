@@ -45,34 +45,36 @@ const synth_weight& weight(int64_t rows) {
 
 int64_t input_bytes(int64_t rows) { return rows * kCols * 2; }
 
-// The same weight in F32 with its low 16 bits filled (values that are not BF16 values, as an F32
-// checkpoint holds).
-const std::vector<float>& weight_f32(int64_t rows) {
-  static std::map<int64_t, std::vector<float>> cache;
+// The weight converted value by value (convert(bf16 bits, index)), once per size.
+template <class T, class Convert>
+const std::vector<T>& converted_weight(int64_t rows, Convert convert) {
+  static std::map<int64_t, std::vector<T>> cache;
   auto it = cache.find(rows);
   if (it == cache.end()) {
     const auto& w = weight(rows);
-    std::vector<float> f(w.bf16.size());
-    for (size_t i = 0; i < f.size(); ++i)
-      f[i] = std::bit_cast<float>((uint32_t(w.bf16[i]) << 16) | uint32_t((i * 2654435761u) & 0xffffu));
-    it = cache.emplace(rows, std::move(f)).first;
+    std::vector<T> out(w.bf16.size());
+    for (size_t i = 0; i < out.size(); ++i) out[i] = convert(w.bf16[i], i);
+    it = cache.emplace(rows, std::move(out)).first;
   }
   return it->second;
+}
+
+uint32_t filler(size_t i) { return uint32_t(i * 2654435761u); }
+
+// The same weight in F32 with its low 16 bits filled (values that are not BF16 values, as an F32
+// checkpoint holds).
+const std::vector<float>& weight_f32(int64_t rows) {
+  return converted_weight<float>(rows, [](uint16_t b, size_t i) {
+    return std::bit_cast<float>((uint32_t(b) << 16) | (filler(i) & 0xffffu));
+  });
 }
 
 // The same weight in F16 with its 3 low mantissa bits filled (values that are not BF16 values, as
 // an F16 checkpoint holds).
 const std::vector<uint16_t>& weight_f16(int64_t rows) {
-  static std::map<int64_t, std::vector<uint16_t>> cache;
-  auto it = cache.find(rows);
-  if (it == cache.end()) {
-    const auto& w = weight(rows);
-    std::vector<uint16_t> h(w.bf16.size());
-    for (size_t i = 0; i < h.size(); ++i)
-      h[i] = uint16_t(fp16_encode(bf16_decode(w.bf16[i])) | ((i * 2654435761u) >> 13 & 7u));
-    it = cache.emplace(rows, std::move(h)).first;
-  }
-  return it->second;
+  return converted_weight<uint16_t>(rows, [](uint16_t b, size_t i) {
+    return uint16_t(fp16_encode(bf16_decode(b)) | (filler(i) >> 13 & 7u));
+  });
 }
 
 void parallel_memcpy(std::byte* dst, const std::byte* src, int64_t n) {
@@ -177,22 +179,16 @@ void BM_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector s
   run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(source(s.rows), o)); });
 }
 
-void BM_fp8_f32(benchmark::State& state, fp8_granularity granularity, fp8_selector selector) {
+// FP8 over the weight in F32 or F16 (values that are not BF16 values).
+void BM_fp8_in(benchmark::State& state, cpu::source_dtype dtype, fp8_granularity granularity, fp8_selector selector) {
   const bench_setup s = setup(state);
   fp8_options o;
   o.granularity = granularity;
   o.selector = selector;
-  const cpu::source_matrix w{weight_f32(s.rows).data(), cpu::source_dtype::f32, s.rows, kCols, "bench.weight"};
-  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(w, o)); }, 4);
-}
-
-void BM_fp8_f16(benchmark::State& state, fp8_granularity granularity, fp8_selector selector) {
-  const bench_setup s = setup(state);
-  fp8_options o;
-  o.granularity = granularity;
-  o.selector = selector;
-  const cpu::source_matrix w{weight_f16(s.rows).data(), cpu::source_dtype::f16, s.rows, kCols, "bench.weight"};
-  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(w, o)); });
+  const bool f32 = dtype == cpu::source_dtype::f32;
+  const void* data = f32 ? static_cast<const void*>(weight_f32(s.rows).data()) : weight_f16(s.rows).data();
+  const cpu::source_matrix w{data, dtype, s.rows, kCols, "bench.weight"};
+  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(w, o)); }, f32 ? 4 : 2);
 }
 
 void BM_mx(benchmark::State& state, format_id format) {
@@ -236,14 +232,14 @@ BENCHMARK_CAPTURE(BM_fp8, per_tensor_max, fp8_granularity::per_tensor, fp8_selec
 BENCHMARK_CAPTURE(BM_fp8, per_channel_max, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8, per_tensor_mse, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8, per_channel_mse, fp8_granularity::per_channel, fp8_selector::mse)->Apply(thread_counts);
-BENCHMARK_CAPTURE(BM_fp8_f32, per_tensor_max, fp8_granularity::per_tensor, fp8_selector::max)->Apply(thread_counts);
-BENCHMARK_CAPTURE(BM_fp8_f32, per_tensor_mse, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
-BENCHMARK_CAPTURE(BM_fp8_f32, per_channel_max, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
-BENCHMARK_CAPTURE(BM_fp8_f32, per_channel_mse, fp8_granularity::per_channel, fp8_selector::mse)->Apply(thread_counts);
-BENCHMARK_CAPTURE(BM_fp8_f16, per_tensor_max, fp8_granularity::per_tensor, fp8_selector::max)->Apply(thread_counts);
-BENCHMARK_CAPTURE(BM_fp8_f16, per_tensor_mse, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
-BENCHMARK_CAPTURE(BM_fp8_f16, per_channel_max, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
-BENCHMARK_CAPTURE(BM_fp8_f16, per_channel_mse, fp8_granularity::per_channel, fp8_selector::mse)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_in, f32_per_tensor_max, cpu::source_dtype::f32, fp8_granularity::per_tensor, fp8_selector::max)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_in, f32_per_tensor_mse, cpu::source_dtype::f32, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_in, f32_per_channel_max, cpu::source_dtype::f32, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_in, f32_per_channel_mse, cpu::source_dtype::f32, fp8_granularity::per_channel, fp8_selector::mse)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_in, f16_per_tensor_max, cpu::source_dtype::f16, fp8_granularity::per_tensor, fp8_selector::max)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_in, f16_per_tensor_mse, cpu::source_dtype::f16, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_in, f16_per_channel_max, cpu::source_dtype::f16, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_fp8_in, f16_per_channel_mse, cpu::source_dtype::f16, fp8_granularity::per_channel, fp8_selector::mse)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp4, format_id::mxfp4)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp8, format_id::mxfp8)->Apply(thread_counts);
 BENCHMARK(BM_nf4)->Apply(thread_counts);
