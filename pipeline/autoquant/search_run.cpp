@@ -96,7 +96,7 @@ front_entry solve_budget(const model_spec& spec, const search_settings& st, cons
 
 search_outcome run_search(causal_lm& model, const recipe& r, const calibration_stats& stats,
                           std::span<const std::vector<int32_t>> sequences, const fs::path& run_dir, bool resume,
-                          const progress_callback& progress) {
+                          const progress_callback& progress, const run_world& world) {
   const model_spec& spec = model.spec();
   const search_settings& st = r.search;
   search_outcome out;
@@ -106,7 +106,8 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
 
   // scores: measured, or reused from a previous run with the same fingerprint
   const auto t0 = std::chrono::steady_clock::now();
-  if (resume && fs::exists(record_file)) {
+  world.stage([&] {
+    if (!(resume && fs::exists(record_file))) return;
     std::ifstream in(record_file);
     const nlohmann::json rec = nlohmann::json::parse(in, nullptr, false);
     if (rec.is_discarded() || !rec.contains("score_fingerprint"))
@@ -126,9 +127,10 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
     out.scores.sequences = rec.value("score_samples", int64_t(0));
     out.scores.tokens = rec.value("score_tokens", int64_t(0));
     out.scores_reused = true;
-  } else {
+  });
+  if (!out.scores_reused) {
     const size_t n = std::min(sequences.size(), size_t(st.score_samples));
-    out.scores = score_groups(model, out.space, stats, sequences.first(n), st.method, progress);
+    out.scores = score_groups(model, out.space, stats, sequences.first(n), st.method, progress, world);
   }
   const auto t1 = std::chrono::steady_clock::now();
   out.score_seconds = std::chrono::duration<double>(t1 - t0).count();
@@ -237,11 +239,14 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
   }
   rec["excluded"] = excluded;
   rec["measured"] = nlohmann::ordered_json::array();
-  fs::create_directories(run_dir);
-  write_search_scores(run_dir / "search.h5", scores_table(out, st, fingerprint));
-  const fs::path tmp = record_file.string() + ".tmp";
-  std::ofstream(tmp) << rec.dump(1) << "\n";
-  fs::rename(tmp, record_file);
+  world.stage([&] {  // (the root writes the run's records)
+    if (!world.root()) return;
+    fs::create_directories(run_dir);
+    write_search_scores(run_dir / "search.h5", scores_table(out, st, fingerprint));
+    const fs::path tmp = record_file.string() + ".tmp";
+    std::ofstream(tmp) << rec.dump(1) << "\n";
+    fs::rename(tmp, record_file);
+  });
   return out;
 }
 

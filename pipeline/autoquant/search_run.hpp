@@ -41,7 +41,8 @@ struct search_outcome {
 // Report budgets: the asked one and 4.5, 4.8, 5.0, 5.4, 6.0, 8.0 bits.
 search_outcome run_search(causal_lm& model, const recipe& r, const calibration_stats& stats,
                           std::span<const std::vector<int32_t>> sequences, const std::filesystem::path& run_dir,
-                          bool resume, const progress_callback& progress = {});
+                          bool resume, const progress_callback& progress = {},
+                          const run_world& world = run_world::alone());
 
 // The per-linear plan of a choice (every linear of group g gets candidate choice[g]).
 quant_plan plan_of_choice(const model_spec& spec, const search_space& space, std::span<const int> choice);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <map>
 #include <unordered_map>
@@ -236,7 +237,7 @@ void make_monotone_in_bits(const search_group& g, std::vector<double>& scores) {
 
 sensitivity_scores score_groups(causal_lm& model, const search_space& space, const calibration_stats& stats,
                                 std::span<const std::vector<int32_t>> sequences, score_method method,
-                                const progress_callback& progress) {
+                                const progress_callback& progress, const run_world& world) {
   const model_spec& spec = model.spec();
   sensitivity_scores out;
   out.score.resize(space.groups.size());
@@ -288,86 +289,120 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
       if (p.up && p.down) expert_groups[g].push_back(p);
   }
 
+  // Each sequence's part of every score, [sequence][offset[g] + c]: the process that takes the
+  // sequence computes it, and every process adds them up in sequence order (the bits a single
+  // process gets, whatever the number of processes and threads).
   const int64_t n = int64_t(sequences.size());
+  std::vector<size_t> offset(space.groups.size() + 1, 0);
+  for (size_t g = 0; g < space.groups.size(); ++g) offset[g + 1] = offset[g] + space.groups[g].candidates.size();
+  std::vector<int64_t> mine;
+  for (int64_t s = 0; s < n; ++s)
+    if (world.takes(s)) mine.push_back(s);
+  std::vector<std::vector<double>> part(static_cast<size_t>(n));
+  for (int64_t s : mine) part[size_t(s)].assign(offset.back(), 0.0);
   int64_t done = 0;
-  const int64_t total = method == score_method::kl ? n * int64_t(space.groups.size()) : n;
+  const int64_t own = int64_t(mine.size());
+  const int64_t total = method == score_method::kl ? own * int64_t(space.groups.size()) : own;
 
-  if (method == score_method::kl) {
-    const int64_t V = model.vocab();
-    std::vector<std::vector<float>> base(static_cast<size_t>(n));
-    for (int64_t s = 0; s < n; ++s) base[size_t(s)] = model.forward(sequences[size_t(s)]);
-    for (size_t g = 0; g < space.groups.size(); ++g) {
-      const search_group& G = space.groups[g];
-      for (size_t c = 1; c < G.candidates.size() && !G.disabled; ++c) {
-        std::vector<std::pair<llama_linear*, quantized_view>> saved;  // swap the group in, restore after
-        size_t k = 0;
-        for (int i : G.linears) {
-          const std::string& name = spec.linears[size_t(i)].module;
-          if (!linears.has(name)) continue;
-          llama_linear& W = linears.at(name);
-          quantized_view q = views[g][c][k++];
-          std::swap(W.w, q.w);
-          std::swap(W.act, q.act);
-          saved.emplace_back(&W, std::move(q));
-        }
-        double kl = 0.0;
-#pragma omp parallel for reduction(+ : kl) schedule(dynamic, 1)
-        for (int64_t s = 0; s < n; ++s) kl += kl_mean(base[size_t(s)], model.forward(sequences[size_t(s)]), V);
-        out.score[g][c] = kl / double(std::max<int64_t>(n, 1));
-        for (auto& [W, q] : saved) std::swap(W->w, q.w), std::swap(W->act, q.act);
-      }
-      done += n;
-      if (progress) progress(done, total);
-    }
-  } else {
-    // One (forward or forward + backward) pass per sequence records every linear's input (rows in
-    // the order the hook sees them, so a routed expert's rows line up with its dY), then the replays.
-    const std::vector<float> no_gradient;  // hessian: every output weighs 1
-    for (int64_t s = 0; s < n; ++s) {
-      std::unordered_map<std::string, std::vector<float>> inputs;
-      routing_map routing;
-      forward_hooks hooks;
-      hooks.input = [&](const std::string& name, const float* x, int64_t T, int64_t in) {
-        std::vector<float>& v = inputs[name];
-        v.insert(v.end(), x, x + T * in);
-      };
-      hooks.routing = [&](const std::string& moe, int64_t e, const int64_t* toks, const float* w, int64_t n_routed) {
-        std::vector<expert_routing>& r = routing[moe];
-        if (r.size() <= size_t(e)) r.resize(size_t(e) + 1);
-        r[size_t(e)] = {std::vector<int64_t>(toks, toks + n_routed), std::vector<float>(w, w + n_routed)};
-      };
-      llama_grads grads;
-      if (method == score_method::fisher) grads = model.forward_backward(sequences[size_t(s)], hooks);
-      else model.forward(sequences[size_t(s)], hooks);
-#pragma omp parallel for schedule(dynamic, 1)
+  world.stage([&] {
+    if (method == score_method::kl) {
+      const int64_t V = model.vocab();
+      std::vector<std::vector<float>> base(static_cast<size_t>(n));
+      for (int64_t s : mine) base[size_t(s)] = model.forward(sequences[size_t(s)]);
       for (size_t g = 0; g < space.groups.size(); ++g) {
         const search_group& G = space.groups[g];
-        if (G.disabled) continue;
-        if (!expert_groups[g].empty()) {  // routed experts: at the MoE block output
-          for (size_t c = 1; c < G.candidates.size(); ++c)
-            out.score[g][c] += moe_block_score(expert_groups[g], views[g][c], moe_of[g], routing, inputs, linears,
-                                               method == score_method::fisher ? &grads : nullptr,
-                                               int64_t(sequences[size_t(s)].size()));
-          continue;
-        }
-        for (size_t c = 1; c < G.candidates.size(); ++c) {
+        for (size_t c = 1; c < G.candidates.size() && !G.disabled; ++c) {
+          std::vector<std::pair<llama_linear*, quantized_view>> saved;  // swap the group in, restore after
           size_t k = 0;
-          double sum = 0.0;
           for (int i : G.linears) {
             const std::string& name = spec.linears[size_t(i)].module;
             if (!linears.has(name)) continue;
-            const quantized_view& q = views[g][c][k++];
-            const auto x = inputs.find(name);
-            if (x == inputs.end()) continue;  // a routed expert no token reached
-            const std::vector<float>& dy = method == score_method::fisher ? grads.dy.at(name) : no_gradient;
-            sum += replay_score(x->second, dy, linears.at(name), q);
+            llama_linear& W = linears.at(name);
+            quantized_view q = views[g][c][k++];
+            std::swap(W.w, q.w);
+            std::swap(W.act, q.act);
+            saved.emplace_back(&W, std::move(q));
           }
-          out.score[g][c] += sum;
+#pragma omp parallel for schedule(dynamic, 1)
+          for (int64_t m = 0; m < own; ++m) {
+            const int64_t s = mine[size_t(m)];
+            part[size_t(s)][offset[g] + c] = kl_mean(base[size_t(s)], model.forward(sequences[size_t(s)]), V);
+          }
+          for (auto& [W, q] : saved) std::swap(W->w, q.w), std::swap(W->act, q.act);
         }
+        done += own;
+        if (progress) progress(done, total);
       }
-      if (progress) progress(++done, total);
+    } else {
+      // One (forward or forward + backward) pass per sequence records every linear's input (rows in
+      // the order the hook sees them, so a routed expert's rows line up with its dY), then the replays.
+      const std::vector<float> no_gradient;  // hessian: every output weighs 1
+      for (int64_t s : mine) {
+        std::unordered_map<std::string, std::vector<float>> inputs;
+        routing_map routing;
+        forward_hooks hooks;
+        hooks.input = [&](const std::string& name, const float* x, int64_t T, int64_t in) {
+          std::vector<float>& v = inputs[name];
+          v.insert(v.end(), x, x + T * in);
+        };
+        hooks.routing = [&](const std::string& moe, int64_t e, const int64_t* toks, const float* w, int64_t n_routed) {
+          std::vector<expert_routing>& r = routing[moe];
+          if (r.size() <= size_t(e)) r.resize(size_t(e) + 1);
+          r[size_t(e)] = {std::vector<int64_t>(toks, toks + n_routed), std::vector<float>(w, w + n_routed)};
+        };
+        llama_grads grads;
+        if (method == score_method::fisher) grads = model.forward_backward(sequences[size_t(s)], hooks);
+        else model.forward(sequences[size_t(s)], hooks);
+        double* at = part[size_t(s)].data();
+#pragma omp parallel for schedule(dynamic, 1)
+        for (size_t g = 0; g < space.groups.size(); ++g) {
+          const search_group& G = space.groups[g];
+          if (G.disabled) continue;
+          if (!expert_groups[g].empty()) {  // routed experts: at the MoE block output
+            for (size_t c = 1; c < G.candidates.size(); ++c)
+              at[offset[g] + c] = moe_block_score(expert_groups[g], views[g][c], moe_of[g], routing, inputs, linears,
+                                                  method == score_method::fisher ? &grads : nullptr,
+                                                  int64_t(sequences[size_t(s)].size()));
+            continue;
+          }
+          for (size_t c = 1; c < G.candidates.size(); ++c) {
+            size_t k = 0;
+            double sum = 0.0;
+            for (int i : G.linears) {
+              const std::string& name = spec.linears[size_t(i)].module;
+              if (!linears.has(name)) continue;
+              const quantized_view& q = views[g][c][k++];
+              const auto x = inputs.find(name);
+              if (x == inputs.end()) continue;  // a routed expert no token reached
+              const std::vector<float>& dy = method == score_method::fisher ? grads.dy.at(name) : no_gradient;
+              sum += replay_score(x->second, dy, linears.at(name), q);
+            }
+            at[offset[g] + c] = sum;
+          }
+        }
+        if (progress) progress(++done, total);
+      }
+    }
+  });
+  if (world.size() > 1) {  // every process's parts, as raw doubles in its sequence order
+    std::string bytes;
+    for (int64_t s : mine) bytes.append(reinterpret_cast<const char*>(part[size_t(s)].data()), offset.back() * sizeof(double));
+    const std::vector<std::string> all = world.all_gather(bytes);
+    std::vector<size_t> read(all.size(), 0);
+    for (int64_t s = 0; s < n; ++s) {
+      const size_t r = size_t(s % world.size());
+      if (int(r) == world.rank()) continue;
+      part[size_t(s)].resize(offset.back());
+      std::memcpy(part[size_t(s)].data(), all[r].data() + read[r], offset.back() * sizeof(double));
+      read[r] += offset.back() * sizeof(double);
     }
   }
+  for (int64_t s = 0; s < n; ++s)
+    for (size_t g = 0; g < space.groups.size(); ++g)
+      for (size_t c = 1; c < space.groups[g].candidates.size(); ++c) out.score[g][c] += part[size_t(s)][offset[g] + c];
+  if (method == score_method::kl)
+    for (auto& scores : out.score)
+      for (double& v : scores) v /= double(std::max<int64_t>(n, 1));
   for (const auto& s : sequences) out.tokens += int64_t(s.size());
   out.sequences = n;
   for (size_t g = 0; g < space.groups.size(); ++g)

@@ -22,6 +22,7 @@
 #include "calib/calibration_stats.hpp"
 #include "pipeline/autoquant/search_groups.hpp"
 #include "pipeline/model/llama.hpp"
+#include "pipeline/parallel/run_world.hpp"
 #include "pipeline/quantize/calibrate.hpp"
 
 namespace mixq {
@@ -31,10 +32,13 @@ struct sensitivity_scores {
   int64_t sequences = 0, tokens = 0;
 };
 
-// The model is left as it was found (kl swaps one group's weights in and out).
+// The model is left as it was found (kl swaps one group's weights in and out). Across the processes
+// of `world`, each scores its share of the sequences (every size()-th) and every process returns
+// the scores of all, added in sequence order: the same bits whatever the number of processes and
+// threads. The progress callback counts this process's share.
 sensitivity_scores score_groups(causal_lm& model, const search_space& space, const calibration_stats& stats,
                                 std::span<const std::vector<int32_t>> sequences, score_method method,
-                                const progress_callback& progress = {});
+                                const progress_callback& progress = {}, const run_world& world = run_world::alone());
 
 // In place: candidates ordered by effective bits, each score at most that of every candidate with
 // fewer bits; bf16 (index 0) is 0.

@@ -1,5 +1,6 @@
 // mixq: post-training quantization of LLM checkpoints to NVFP4 / FP8 / BF16.
 #include <cstdio>
+#include <cstring>
 #include <exception>
 
 #include <CLI/CLI.hpp>
@@ -7,13 +8,38 @@
 
 #include "pipeline/cli/commands.hpp"
 #include "pipeline/model/allocator_tuning.hpp"
+#include "pipeline/parallel/run_world.hpp"
 
 #ifndef MIXQ_VERSION
 #define MIXQ_VERSION "unknown"
 #endif
 
+namespace {
+
+// The subcommand argv names: its first word that is not an option.
+std::string subcommand_of(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (argv[i][0] != '-') return argv[i];
+  return "";
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   mixq::keep_buffers_in_heap();
+  try {
+    mixq::run_world::start(argc, argv);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "mixq: error: {}\n", e.what());
+    return 1;
+  }
+  const mixq::run_world& world = mixq::run_world::get();
+  if (world.size() > 1 && subcommand_of(argc, argv) != "quantize") {
+    if (world.root())
+      fmt::print(stderr, "mixq: error: only `mixq quantize` runs across processes ({} started {}); run `mixq {}` "
+                 "without it\n", mixq::run_world::launcher(), world.size(), subcommand_of(argc, argv));
+    return 2;
+  }
   CLI::App app{
       "mixq: post-training quantization and mixed-precision search for LLM checkpoints.\n"
       "Quantizes Hugging Face checkpoints per layer to NVFP4 / FP8 / BF16 (plus MXFP4, MXFP8, NF4),\n"
@@ -41,10 +67,18 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "mixq: error: {}\n", e.what());
+    return world.root() ? app.exit(e) : e.get_exit_code();  // (every process parsed the same words)
+  } catch (const mixq::run_failed& e) {  // every process has it: the root tells
+    if (world.root())
+      fmt::print(stderr, "mixq: error: {}{}\n", world.size() > 1 ? fmt::format("rank {}: ", e.rank()) : "", e.what());
     return 1;
+  } catch (const std::exception& e) {
+    if (world.size() == 1) {
+      fmt::print(stderr, "mixq: error: {}\n", e.what());
+      return 1;
+    }
+    fmt::print(stderr, "mixq: error on rank {}: {}\n", world.rank(), e.what());
+    world.abort(1);  // the others may be waiting for this one: stop them all
   }
   return 0;
 }

@@ -20,8 +20,11 @@
 namespace mixq::cli {
 namespace {
 
-void print_report(const quantize_request& rq, const quantize_report& r) {
+void print_report(const quantize_request& rq, const quantize_report& r, const run_world& world) {
   fmt::print("model:        {}\n", rq.model.string());
+  if (world.size() > 1)
+    fmt::print("processes:    {} (started by {}; each calibrated, scored and quantized a 1/{} share)\n", world.size(),
+               run_world::launcher(), world.size());
   fmt::print("recipe:       {} ({}, kv cache {}, layout {})\n", rq.rcp.name, rq.rcp.origin, to_string(rq.rcp.kv_cache),
              to_string(rq.rcp.output.layout));
   fmt::print("weights on:   {}\n", describe(rq.device));
@@ -146,15 +149,18 @@ void add_quantize_command(CLI::App& app) {
     rq.measure_front = o->measure_front;
     rq.device = resolve_weight_device(o->device);
     rq.producer_version = MIXQ_VERSION;
+    const run_world& world = run_world::get();
     std::unique_ptr<progress_bar> bar;
     std::string bar_stage;
     rq.progress = [&](const std::string& stage, int64_t done, int64_t total) {
-      if (stage != bar_stage) bar.reset(), bar = std::make_unique<progress_bar>(stage, total, o->quiet), bar_stage = stage;
+      if (stage != bar_stage)
+        bar.reset(), bar = std::make_unique<progress_bar>(stage, total, o->quiet || !world.root()), bar_stage = stage;
       bar->update(done);
     };
-    const quantize_report r = run_quantize(rq);
+    quantize_report r;
+    world.stage([&] { r = run_quantize(rq, world); });  // (a failure on one process stops every one)
     bar.reset();
-    print_report(rq, r);
+    if (world.root()) print_report(rq, r, world);
   });
 }
 

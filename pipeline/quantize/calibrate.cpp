@@ -4,6 +4,7 @@
 #include <map>
 #include <string>
 
+#include <nlohmann/json.hpp>
 #include <omp.h>
 
 namespace mixq {
@@ -71,6 +72,30 @@ calibration_stats calibrate(const causal_lm& model, std::span<const std::vector<
     for (const auto& [k, v] : st.expert_tokens) stats.expert_tokens[k] += v;
   }
   return stats;
+}
+
+void combine_calibration(calibration_stats& stats, const run_world& world) {
+  if (world.size() == 1) return;
+  const nlohmann::json mine = {{"sequences", stats.sequences}, {"tokens", stats.tokens},
+                               {"input_amax", stats.input_amax}, {"k_amax", stats.k_amax},
+                               {"v_amax", stats.v_amax}, {"expert_tokens", stats.expert_tokens}};
+  const std::vector<uint8_t> cbor = nlohmann::json::to_cbor(mine);
+  calibration_stats all;
+  all.fingerprint = stats.fingerprint;
+  for (const std::string& bytes : world.all_gather(std::string(cbor.begin(), cbor.end()))) {
+    const nlohmann::json j = nlohmann::json::from_cbor(bytes);
+    all.sequences += j.at("sequences").get<int64_t>();
+    all.tokens += j.at("tokens").get<int64_t>();
+    const auto take_max = [&](const char* key, std::map<std::string, float>& into) {
+      for (const auto& [name, a] : j.at(key).get<std::map<std::string, float>>())
+        into[name] = std::fmax(into[name], a);  // (inserted as 0: amax is never negative)
+    };
+    take_max("input_amax", all.input_amax);
+    take_max("k_amax", all.k_amax);
+    take_max("v_amax", all.v_amax);
+    for (const auto& [name, n] : j.at("expert_tokens").get<std::map<std::string, int64_t>>()) all.expert_tokens[name] += n;
+  }
+  stats = std::move(all);
 }
 
 }  // namespace mixq

@@ -9,6 +9,7 @@
 
 #include "calib/calibration_stats.hpp"
 #include "pipeline/model/llama.hpp"
+#include "pipeline/parallel/run_world.hpp"
 
 namespace mixq {
 
@@ -20,6 +21,10 @@ using progress_callback = std::function<void(int64_t done, int64_t total)>;
 // thread count or order. `progress` is called from one thread at a time.
 calibration_stats calibrate(const causal_lm& model, std::span<const std::vector<int32_t>> sequences,
                             const progress_callback& progress = {});
+
+// The statistics of every process of `world` (each calibrated its share of the sequences) on every
+// process: amax by max, counts by sum, so the result is the one a single process gets.
+void combine_calibration(calibration_stats& stats, const run_world& world);
 
 // The routed-expert module of a linear ("...experts.3.up_proj" -> "...experts.3"), for linears with
 // expert >= 0.

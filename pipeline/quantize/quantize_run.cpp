@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <sys/resource.h>
 
 #include <fmt/format.h>
@@ -56,99 +57,11 @@ int64_t peak_rss_bytes() {
   return int64_t(u.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
-}  // namespace
-
-quantize_report run_quantize(const quantize_request& rq) {
-  quantize_report rep;
-  stage_clock clock(rep.stage_seconds);
-  const auto progress = [&](const std::string& stage) {
-    return [&, stage](int64_t done, int64_t total) {
-      if (rq.progress) rq.progress(stage, done, total);
-    };
-  };
-  if (!fs::is_directory(rq.model)) throw io_error(fmt::format("{}: model directory not found", rq.model.string()));
-  if (fs::exists(rq.out) && !rq.overwrite)
-    throw io_error(fmt::format("{}: already exists (pass --force to replace it once the new export is complete)",
-                               rq.out.string()));
-
-  // plan: rules -> one decision per linear (no weights read)
-  const checkpoint source = checkpoint::open(rq.model);
-  const model_spec spec = model_spec_from_file(rq.model);
-  rep.plan = plan_quantization(rq.rcp, spec);
-  std::vector<std::pair<std::string, std::vector<int64_t>>> present;
-  std::vector<std::string> files;  // each tensor's file, named in the messages
-  for (const auto& e : source.tensors()) {
-    present.emplace_back(e.tensor->name, e.tensor->shape);
-    files.push_back(e.shard->path().filename().string());
-  }
-  const std::vector<std::string> problems = check_against_tensors(spec, present, files);
-  if (!problems.empty())
-    throw io_error(fmt::format("{}: the checkpoint does not match its config.json: {}{}", rq.model.string(),
-                               problems.front(), problems.size() > 1 ? fmt::format(" (and {} more)", problems.size() - 1) : ""));
-
-  // calibration tokens
-  std::unique_ptr<causal_lm> model = load_causal_lm(rq.model);
-  const calibration_settings& cs = rq.rcp.calibration;
-  const fs::path data = !rq.calib.empty() ? rq.calib : fs::path(cs.data);
-  rep.calib_source = data.empty() ? "built-in" : data.string();
-  const std::vector<int32_t> tokens =
-      data.empty() ? builtin_calibration_tokens(rq.model, spec.dims.vocab)
-                   : read_token_stream(data, rq.model, spec.dims.vocab);
-  const auto too_long = [&](const char* what, int64_t n) {
-    return io_error(fmt::format("{} {} is more than {} allows: max_position_embeddings is {} in {}", what, n,
-                                rq.model.string(), model->max_positions(), spec.origin));
-  };
-  if (rq.seq_len_explicit && cs.seq_len > model->max_positions()) throw too_long("calibration seq_len", cs.seq_len);
-  if (rq.eval_ctx > model->max_positions()) throw too_long("evaluation window (eval ctx)", rq.eval_ctx);
-  const int64_t seq_len = std::min(cs.seq_len, model->max_positions());
-  const std::vector<std::vector<int32_t>> sequences = split_sequences(tokens, cs.samples, seq_len);
-  if (sequences.empty())
-    throw io_error(fmt::format("{}: {} tokens are too few to calibrate on", rep.calib_source, tokens.size()));
-  clock.done("load");
-
-  // calibrate, or reuse the statistics of an earlier run with the same fingerprint
-  rep.run_dir = rq.run_dir.empty() ? fs::path(rq.out.string() + ".run") : rq.run_dir;
-  rep.stats_file = rep.run_dir / "calibration.h5";
-  stats_fingerprint fp;
-  fp.model = model_fingerprint(rq.model);
-  const std::string settings = calibration_settings_text(cs, rep.calib_source, seq_len);
-  fp.calibration = fnv1a_hex(settings.data(), settings.size());
-  {
-    std::vector<int32_t> used;
-    for (const auto& s : sequences) used.insert(used.end(), s.begin(), s.end());
-    fp.data = fnv1a_hex(used.data(), used.size() * sizeof(int32_t));
-  }
-  calibration_stats stats;
-  if (rq.resume && fs::exists(rep.stats_file)) {
-    stats = read_calibration_stats(rep.stats_file);
-    const std::string mismatch = describe_fingerprint_mismatch(stats.fingerprint, fp);
-    if (!mismatch.empty()) throw io_error(fmt::format("{}: {}", rep.stats_file.string(), mismatch));
-    rep.stats_reused = true;
-  } else {
-    stats = calibrate(*model, sequences, progress("calibrate"));
-    stats.fingerprint = fp;
-    fs::create_directories(rep.run_dir);
-    write_calibration_stats(rep.stats_file, stats);
-  }
-  rep.calib_sequences = stats.sequences;
-  rep.calib_tokens = stats.tokens;
-  clock.done("calibrate");
-
-  // search: the formats come from measured sensitivity under the budget
-  if (rq.rcp.search.enabled) {
-    rep.searched = true;
-    rep.search = run_search(*model, rq.rcp, stats, sequences, rep.run_dir, rq.resume, progress("score"));
-    rep.plan = rep.search.plan;
-    clock.done("score + solve");
-  }
-
-  // quantize
-  const quantized_weights q =
-      quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"), rq.device);
-  rep.uncalibrated_experts = q.uncalibrated_experts;
-  rep.uncalibrated_attention = q.uncalibrated_attention;
-  clock.done("quantize");
-
+// Evaluation, export and the run's record: on the root, which holds every quantized linear.
+void finish_on_root(const quantize_request& rq, quantize_report& rep, stage_clock& clock, const checkpoint& source,
+                    const model_spec& spec, std::unique_ptr<causal_lm> model,
+                    const std::vector<std::vector<int32_t>>& sequences, int64_t seq_len,
+                    const calibration_stats& stats, const quantized_weights& q) {
   // size and bits per format, over every linear
   std::map<format_id, format_usage> usage;
   const layer_formats formats = formats_of(spec, q);
@@ -241,6 +154,122 @@ quantize_report run_quantize(const quantize_request& rq) {
   }
   s["layers"] = std::move(layers);
   std::ofstream(rep.run_dir / "summary.json") << s.dump(2) << "\n";
+}
+
+}  // namespace
+
+quantize_report run_quantize(const quantize_request& rq, const run_world& world) {
+  quantize_report rep;
+  stage_clock clock(rep.stage_seconds);
+  const auto progress = [&](const std::string& stage) {
+    return [&, stage](int64_t done, int64_t total) {
+      if (rq.progress) rq.progress(stage, done, total);
+    };
+  };
+  std::optional<checkpoint> source_file;
+  model_spec spec;
+  std::unique_ptr<causal_lm> model;
+  const calibration_settings& cs = rq.rcp.calibration;
+  int64_t seq_len = 0;
+  std::vector<std::vector<int32_t>> sequences;
+  world.stage([&] {
+    if (!fs::is_directory(rq.model)) throw io_error(fmt::format("{}: model directory not found", rq.model.string()));
+    if (fs::exists(rq.out) && !rq.overwrite)
+      throw io_error(fmt::format("{}: already exists (pass --force to replace it once the new export is complete)",
+                                 rq.out.string()));
+
+    // plan: rules -> one decision per linear (no weights read)
+    source_file = checkpoint::open(rq.model);
+    spec = model_spec_from_file(rq.model);
+    rep.plan = plan_quantization(rq.rcp, spec);
+    std::vector<std::pair<std::string, std::vector<int64_t>>> present;
+    std::vector<std::string> files;  // each tensor's file, named in the messages
+    for (const auto& e : source_file->tensors()) {
+      present.emplace_back(e.tensor->name, e.tensor->shape);
+      files.push_back(e.shard->path().filename().string());
+    }
+    const std::vector<std::string> problems = check_against_tensors(spec, present, files);
+    if (!problems.empty())
+      throw io_error(fmt::format("{}: the checkpoint does not match its config.json: {}{}", rq.model.string(),
+                                 problems.front(), problems.size() > 1 ? fmt::format(" (and {} more)", problems.size() - 1) : ""));
+
+    // calibration tokens
+    model = load_causal_lm(rq.model);
+    const fs::path data = !rq.calib.empty() ? rq.calib : fs::path(cs.data);
+    rep.calib_source = data.empty() ? "built-in" : data.string();
+    const std::vector<int32_t> tokens =
+        data.empty() ? builtin_calibration_tokens(rq.model, spec.dims.vocab)
+                     : read_token_stream(data, rq.model, spec.dims.vocab);
+    const auto too_long = [&](const char* what, int64_t n) {
+      return io_error(fmt::format("{} {} is more than {} allows: max_position_embeddings is {} in {}", what, n,
+                                  rq.model.string(), model->max_positions(), spec.origin));
+    };
+    if (rq.seq_len_explicit && cs.seq_len > model->max_positions()) throw too_long("calibration seq_len", cs.seq_len);
+    if (rq.eval_ctx > model->max_positions()) throw too_long("evaluation window (eval ctx)", rq.eval_ctx);
+    seq_len = std::min(cs.seq_len, model->max_positions());
+    sequences = split_sequences(tokens, cs.samples, seq_len);
+    if (sequences.empty())
+      throw io_error(fmt::format("{}: {} tokens are too few to calibrate on", rep.calib_source, tokens.size()));
+  });
+  const checkpoint& source = *source_file;
+  clock.done("load");
+
+  // calibrate, or reuse the statistics of an earlier run with the same fingerprint
+  rep.run_dir = rq.run_dir.empty() ? fs::path(rq.out.string() + ".run") : rq.run_dir;
+  rep.stats_file = rep.run_dir / "calibration.h5";
+  stats_fingerprint fp;
+  fp.model = model_fingerprint(rq.model);
+  const std::string settings = calibration_settings_text(cs, rep.calib_source, seq_len);
+  fp.calibration = fnv1a_hex(settings.data(), settings.size());
+  {
+    std::vector<int32_t> used;
+    for (const auto& s : sequences) used.insert(used.end(), s.begin(), s.end());
+    fp.data = fnv1a_hex(used.data(), used.size() * sizeof(int32_t));
+  }
+  calibration_stats stats;
+  world.stage([&] {
+    if (!(rq.resume && fs::exists(rep.stats_file))) return;
+    stats = read_calibration_stats(rep.stats_file);
+    const std::string mismatch = describe_fingerprint_mismatch(stats.fingerprint, fp);
+    if (!mismatch.empty()) throw io_error(fmt::format("{}: {}", rep.stats_file.string(), mismatch));
+    rep.stats_reused = true;
+  });
+  if (!rep.stats_reused) {  // each process calibrates its share of the sequences
+    std::vector<std::vector<int32_t>> mine;
+    for (size_t i = 0; i < sequences.size(); ++i)
+      if (world.takes(int64_t(i))) mine.push_back(sequences[i]);
+    world.stage([&] { stats = calibrate(*model, mine, progress("calibrate")); });
+    combine_calibration(stats, world);
+    stats.fingerprint = fp;
+    world.stage([&] {
+      if (!world.root()) return;
+      fs::create_directories(rep.run_dir);
+      write_calibration_stats(rep.stats_file, stats);
+    });
+  }
+  rep.calib_sequences = stats.sequences;
+  rep.calib_tokens = stats.tokens;
+  clock.done("calibrate");
+
+  // search: the formats come from measured sensitivity under the budget
+  if (rq.rcp.search.enabled) {
+    rep.searched = true;
+    rep.search = run_search(*model, rq.rcp, stats, sequences, rep.run_dir, rq.resume, progress("score"), world);
+    rep.plan = rep.search.plan;
+    clock.done("score + solve");
+  }
+
+  // quantize
+  const quantized_weights q =
+      quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"), rq.device, world);
+  rep.uncalibrated_experts = q.uncalibrated_experts;
+  rep.uncalibrated_attention = q.uncalibrated_attention;
+  clock.done("quantize");
+  // The root holds every quantized linear: it evaluates, exports and records; the others wait to
+  // hear that it did.
+  world.stage([&] {
+    if (world.root()) finish_on_root(rq, rep, clock, source, spec, std::move(model), sequences, seq_len, stats, q);
+  });
   return rep;
 }
 

@@ -13,6 +13,7 @@
 #include "calib/calibration_stats.hpp"
 #include "pipeline/autoquant/search_run.hpp"
 #include "pipeline/export/hf_export.hpp"
+#include "pipeline/parallel/run_world.hpp"
 #include "pipeline/quantize/weight_device.hpp"
 #include "pipeline/recipe/recipe.hpp"
 
@@ -65,6 +66,11 @@ struct quantize_report {
   int64_t peak_rss_bytes = 0;
 };
 
-quantize_report run_quantize(const quantize_request& request);
+// Across the processes of `world` (mpirun / srun), each calibrates, scores and quantizes its share
+// (data parallel: every process holds the whole model), the statistics, scores and weights are
+// combined so that the bytes do not depend on the number of processes, and the root evaluates,
+// exports and writes the run's records; the report is the root's (the others' holds the plan and
+// statistics only). A failure on any process stops every one of them with run_failed.
+quantize_report run_quantize(const quantize_request& request, const run_world& world = run_world::alone());
 
 }  // namespace mixq

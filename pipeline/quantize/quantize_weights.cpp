@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "formats/activation_quant.hpp"
 #include "kernels/cpu/quantize.hpp"
@@ -30,6 +31,38 @@ struct source_weight {
   cpu::source_matrix matrix;
   float amax = 0.0f;
 };
+
+// A quantized linear as bytes (CBOR), to move it between processes, and back.
+std::string to_message(const quantized_linear& q) {
+  using nlohmann::json;
+  const auto bin = [](const code_bytes& b) { return json::binary(std::vector<uint8_t>(b.begin(), b.end())); };
+  const json j = {{"module", q.module},
+                  {"format", int(q.format)},
+                  {"input_scale", q.input_scale},
+                  {"nvfp4", {q.nvfp4.rows, q.nvfp4.cols, q.nvfp4.global_scale, q.nvfp4.normalizer, bin(q.nvfp4.packed),
+                             bin(q.nvfp4.block_scales)}},
+                  {"fp8", {q.fp8.rows, q.fp8.cols, q.fp8.scales, bin(q.fp8.codes)}}};
+  const std::vector<uint8_t> cbor = json::to_cbor(j);
+  return std::string(cbor.begin(), cbor.end());
+}
+
+quantized_linear from_message(const std::string& bytes) {
+  using nlohmann::json;
+  const json j = json::from_cbor(bytes);
+  const auto codes = [](const json& b) {
+    const auto& v = b.get_binary();
+    return code_bytes(v.begin(), v.end());
+  };
+  quantized_linear q;
+  q.module = j.at("module").get<std::string>();
+  q.format = format_id(j.at("format").get<int>());
+  q.input_scale = j.at("input_scale").get<float>();
+  const json& n = j.at("nvfp4");
+  q.nvfp4 = {n[0].get<int64_t>(), n[1].get<int64_t>(), n[2].get<float>(), n[3].get<float>(), codes(n[4]), codes(n[5])};
+  const json& f = j.at("fp8");
+  q.fp8 = {f[0].get<int64_t>(), f[1].get<int64_t>(), f[2].get<std::vector<float>>(), codes(f[3])};
+  return q;
+}
 
 float stat_or_zero(const std::map<std::string, float>& m, const std::string& key) {
   const auto it = m.find(key);
@@ -64,32 +97,45 @@ std::map<std::string, float> input_amax_by_linear(const model_spec& spec, const 
 
 quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
                                    kv_cache_format kv, const calibration_stats& stats,
-                                   const progress_callback& progress, weight_device device) {
+                                   const progress_callback& progress, weight_device device, const run_world& world) {
   std::unordered_map<std::string, checkpoint::entry> by_name;
   for (const auto& e : ckpt.tensors()) by_name.emplace(e.tensor->name, e);
 
-  // 1. the weights to quantize, each scanned once for its amax (and NaN / Inf)
+  // 1. the weights to quantize, each scanned once for its amax (and NaN / Inf) by the process that
+  //    quantizes it
   std::vector<source_weight> todo;
-  for (size_t i = 0; i < spec.linears.size(); ++i) {
-    const weight_quant_spec& q = plan.linears.at(i).weight;
-    if (q.format == format_id::bf16) continue;
-    const linear_spec& l = spec.linears[i];
-    const auto it = by_name.find(l.weight_name());
-    if (it == by_name.end()) throw io_error(fmt::format("{}: tensor '{}' is missing", ckpt.dir().string(), l.weight_name()));
-    const auto m = checkpoint::as_matrix(it->second);
-    if (!m || m->rows != l.out_features || m->cols != l.in_features)
-      throw io_error(fmt::format("{}: tensor '{}' must be a [{}, {}] BF16, F16 or F32 weight to be quantized",
-                                 it->second.shard->path().string(), l.weight_name(), l.out_features, l.in_features));
-    const cpu::source_scan scan = cpu::scan_source(*m);
-    cpu::apply_nonfinite_policy(*m, scan, q.nonfinite);
-    todo.push_back({&l, q, *m, scan.amax});
-  }
+  world.stage([&] {
+    for (size_t i = 0; i < spec.linears.size(); ++i) {
+      const weight_quant_spec& q = plan.linears.at(i).weight;
+      if (q.format == format_id::bf16) continue;
+      const linear_spec& l = spec.linears[i];
+      const auto it = by_name.find(l.weight_name());
+      if (it == by_name.end()) throw io_error(fmt::format("{}: tensor '{}' is missing", ckpt.dir().string(), l.weight_name()));
+      const auto m = checkpoint::as_matrix(it->second);
+      if (!m || m->rows != l.out_features || m->cols != l.in_features)
+        throw io_error(fmt::format("{}: tensor '{}' must be a [{}, {}] BF16, F16 or F32 weight to be quantized",
+                                   it->second.shard->path().string(), l.weight_name(), l.out_features, l.in_features));
+      todo.push_back({&l, q, *m, 0.0f});
+      if (!world.takes(int64_t(todo.size()) - 1)) continue;
+      const cpu::source_scan scan = cpu::scan_source(*m);
+      cpu::apply_nonfinite_policy(*m, scan, q.nonfinite);
+      todo.back().amax = scan.amax;
+    }
+  });
 
-  // 2. shared amax of fused siblings: weights here, inputs from the calibration statistics
+  // 2. shared amax of fused siblings: weights here (a max over the processes), inputs from the
+  //    calibration statistics
   std::map<std::string, float> group_w_amax;
   for (const source_weight& s : todo) {
     const std::string key = scale_sharing_key(s.spec->module);
     group_w_amax[key] = std::max(group_w_amax[key], s.amax);
+  }
+  {
+    std::vector<float> amax;
+    for (const auto& [key, a] : group_w_amax) amax.push_back(a);
+    world.max(amax);
+    size_t k = 0;
+    for (auto& [key, a] : group_w_amax) a = amax[k++];
   }
   const std::map<std::string, float> x_amax_of = input_amax_by_linear(spec, stats);
   quantized_weights out;
@@ -99,29 +145,44 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
   for (const auto& [expert, tokens] : stats.expert_tokens)
     if (tokens == 0 && quantized_experts.count(expert)) out.uncalibrated_experts.push_back(expert);
 
-  // 3. quantize
-  int64_t done = 0;
-  for (const source_weight& s : todo) {
-    const std::string key = scale_sharing_key(s.spec->module);
-    quantized_linear q;
-    q.module = s.spec->module;
-    q.format = s.quant.format;
-    const float x_amax = x_amax_of.at(s.spec->module);
-    if (q.format == format_id::fp8_per_tensor) {
-      fp8_options o = fp8_options_for(s.quant);
-      o.amax = group_w_amax[key];
-      q.fp8 = fp8_quantize_on(device, s.matrix, o);
-      q.input_scale = fp8_input_scale(x_amax);
-    } else if (q.format == format_id::nvfp4 || q.format == format_id::nvfp4_w4a16) {
-      nvfp4_options o = nvfp4_options_for(s.quant);
-      o.global_amax = group_w_amax[key];
-      q.nvfp4 = nvfp4_quantize_on(device, s.matrix, o);
-      if (q.format == format_id::nvfp4) q.input_scale = nvfp4_input_scale(x_amax);
-    } else {
-      throw io_error(fmt::format("{}: format {} cannot be exported", q.module, traits_of(q.format).name));
+  // 3. quantize this process's weights; the root collects every one, in spec order
+  std::vector<quantized_linear> made(todo.size());
+  world.stage([&] {
+    int64_t done = 0, mine = 0;
+    for (size_t i = 0; i < todo.size(); ++i) mine += world.takes(int64_t(i));
+    for (size_t i = 0; i < todo.size(); ++i) {
+      if (!world.takes(int64_t(i))) continue;
+      const source_weight& s = todo[i];
+      const std::string key = scale_sharing_key(s.spec->module);
+      quantized_linear& q = made[i];
+      q.module = s.spec->module;
+      q.format = s.quant.format;
+      const float x_amax = x_amax_of.at(s.spec->module);
+      if (q.format == format_id::fp8_per_tensor) {
+        fp8_options o = fp8_options_for(s.quant);
+        o.amax = group_w_amax[key];
+        q.fp8 = fp8_quantize_on(device, s.matrix, o);
+        q.input_scale = fp8_input_scale(x_amax);
+      } else if (q.format == format_id::nvfp4 || q.format == format_id::nvfp4_w4a16) {
+        nvfp4_options o = nvfp4_options_for(s.quant);
+        o.global_amax = group_w_amax[key];
+        q.nvfp4 = nvfp4_quantize_on(device, s.matrix, o);
+        if (q.format == format_id::nvfp4) q.input_scale = nvfp4_input_scale(x_amax);
+      } else {
+        throw io_error(fmt::format("{}: format {} cannot be exported", q.module, traits_of(q.format).name));
+      }
+      if (progress) progress(++done, mine);
     }
-    out.linears.push_back(std::move(q));
-    if (progress) progress(++done, int64_t(todo.size()));
+  });
+  if (world.size() == 1) {
+    out.linears = std::move(made);
+  } else {
+    world.gather_items(
+        int64_t(todo.size()),
+        [&](int64_t i) { return world.root() ? std::string() : to_message(std::exchange(made[size_t(i)], {})); },
+        [&](int64_t i, std::string bytes) {
+          out.linears.push_back(world.takes(i) ? std::move(made[size_t(i)]) : from_message(bytes));
+        });
   }
 
   // 4. KV cache

@@ -1,0 +1,143 @@
+#include "pipeline/parallel/run_world.hpp"
+
+#include <mpi.h>
+
+#include <cstdlib>
+#include <limits>
+
+#include <fmt/format.h>
+
+namespace mixq {
+
+namespace {
+
+run_world* g_world = nullptr;
+
+void check_mpi(int code, const char* what) {
+  if (code == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, text, &len);
+  throw std::runtime_error(fmt::format("MPI {} failed: {}", what, std::string(text, size_t(len))));
+}
+
+int message_count(size_t n, const char* what) {
+  if (n > size_t(std::numeric_limits<int>::max()))
+    throw std::invalid_argument(fmt::format("{} of {} items: more than one MPI message holds", what, n));
+  return int(n);
+}
+
+void finalize_mpi() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+}  // namespace
+
+std::string run_world::launcher() {
+  if (std::getenv("OMPI_COMM_WORLD_SIZE")) return "mpirun";
+  if (std::getenv("SLURM_STEP_ID") && (std::getenv("PMIX_RANK") || std::getenv("PMI_RANK"))) return "srun";
+  if (std::getenv("PMIX_RANK") || std::getenv("PMI_RANK")) return "a PMI launcher";
+  return "";
+}
+
+void run_world::start(int& argc, char**& argv) {
+  if (g_world || launcher().empty()) return;
+  int provided = 0;
+  check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+  std::atexit(finalize_mpi);
+  int rank = 0, size = 1;
+  check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
+  check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size");
+  static run_world world(rank, size);
+  g_world = &world;
+}
+
+const run_world& run_world::get() { return g_world ? *g_world : alone(); }
+
+const run_world& run_world::alone() {
+  static const run_world one(0, 1);
+  return one;
+}
+
+void run_world::stage(const std::function<void()>& work) const {
+  if (size_ == 1) return work();
+  std::string failure;
+  bool failed = false;
+  try {
+    work();
+  } catch (const run_failed&) {
+    throw;  // agreed already, by every process
+  } catch (const std::exception& e) {
+    failed = true;
+    failure = e.what();
+  } catch (...) {
+    failed = true;
+    failure = "an unknown error";
+  }
+  int any = failed ? 1 : 0;
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+  if (!any) return;
+  const std::vector<std::string> all = all_gather(failed ? "!" + failure : std::string());
+  for (int r = 0; r < size_; ++r)
+    if (!all[size_t(r)].empty()) throw run_failed(r, all[size_t(r)].substr(1));
+}
+
+void run_world::max(std::span<float> x) const {
+  if (size_ == 1 || x.empty()) return;
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, x.data(), message_count(x.size(), "max"), MPI_FLOAT, MPI_MAX, MPI_COMM_WORLD),
+            "MPI_Allreduce");
+}
+
+void run_world::sum(std::span<int64_t> x) const {
+  if (size_ == 1 || x.empty()) return;
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, x.data(), message_count(x.size(), "sum"), MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD),
+            "MPI_Allreduce");
+}
+
+std::vector<std::string> run_world::all_gather(const std::string& mine) const {
+  if (size_ == 1) return {mine};
+  int n = message_count(mine.size(), "gather");
+  std::vector<int> counts(static_cast<size_t>(size_)), offsets(static_cast<size_t>(size_));
+  check_mpi(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "MPI_Allgather");
+  size_t total = 0;
+  for (int r = 0; r < size_; ++r) {
+    offsets[size_t(r)] = message_count(total, "gather");
+    total += size_t(counts[size_t(r)]);
+  }
+  message_count(total, "gather");
+  std::string all(total, '\0');
+  check_mpi(MPI_Allgatherv(mine.data(), n, MPI_CHAR, all.data(), counts.data(), offsets.data(), MPI_CHAR, MPI_COMM_WORLD),
+            "MPI_Allgatherv");
+  std::vector<std::string> out;
+  for (int r = 0; r < size_; ++r) out.push_back(all.substr(size_t(offsets[size_t(r)]), size_t(counts[size_t(r)])));
+  return out;
+}
+
+void run_world::gather_items(int64_t n, const std::function<std::string(int64_t)>& made,
+                             const std::function<void(int64_t, std::string)>& at_root) const {
+  for (int64_t i = 0; i < n; ++i) {
+    const int owner = int(i % size_);
+    if (owner == rank_) {
+      std::string bytes = made(i);
+      if (root()) at_root(i, std::move(bytes));
+      else check_mpi(MPI_Send(bytes.data(), message_count(bytes.size(), "item"), MPI_CHAR, 0, 0, MPI_COMM_WORLD), "MPI_Send");
+    } else if (root()) {  // (messages from one process arrive in the order it sent them)
+      MPI_Status status;
+      check_mpi(MPI_Probe(owner, 0, MPI_COMM_WORLD, &status), "MPI_Probe");
+      int count = 0;
+      check_mpi(MPI_Get_count(&status, MPI_CHAR, &count), "MPI_Get_count");
+      std::string bytes(size_t(count), '\0');
+      check_mpi(MPI_Recv(bytes.data(), count, MPI_CHAR, owner, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE), "MPI_Recv");
+      at_root(i, std::move(bytes));
+    }
+  }
+}
+
+void run_world::abort(int code) const {
+  if (size_ > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  std::exit(code);
+}
+
+}  // namespace mixq
