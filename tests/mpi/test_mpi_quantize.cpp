@@ -1,0 +1,167 @@
+// `mixq quantize` across real processes: run under `mpirun -np N`, every rank runs run_quantize on
+// its share of a synthetic checkpoint, and the export (every file, byte for byte), the search
+// scores and the calibration statistics must be what one process writes (rank 0 runs that one
+// alone afterwards). A failure on one rank must reach every rank as the same run_failed, naming that
+// rank, with nothing exported.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "pipeline/parallel/run_world.hpp"
+#include "pipeline/quantize/quantize_run.hpp"
+#include "pipeline/synth/synth_checkpoint.hpp"
+
+namespace mixq {
+namespace {
+
+namespace fs = std::filesystem;
+
+const run_world& world() { return run_world::get(); }
+
+void barrier() { (void)world().all_gather(""); }
+
+std::string file_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A directory every rank sees: rank 0's, removed when the test ends.
+struct shared_dir {
+  fs::path path;
+  explicit shared_dir(const std::string& name) {
+    std::string mine;
+    if (world().root()) {
+      mine = (fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))).string();
+      fs::remove_all(mine);
+      fs::create_directories(mine);
+    }
+    path = world().all_gather(mine)[0];
+  }
+  ~shared_dir() {
+    barrier();
+    if (world().root()) fs::remove_all(path);
+  }
+};
+
+fs::path synth_on_root(const fs::path& dir, synth_arch arch) {
+  if (world().root()) {
+    synth_options o;
+    o.arch = arch;
+    o.out = dir / "model";
+    synth_checkpoint(o);
+  }
+  barrier();
+  return dir / "model";
+}
+
+quantize_request request(const fs::path& model, const fs::path& out, recipe r) {
+  quantize_request rq;
+  rq.model = model;
+  rq.out = out;
+  rq.rcp = std::move(r);
+  rq.rcp.calibration.samples = 7;  // (not a multiple of the rank counts the suite runs)
+  rq.rcp.calibration.seq_len = 64;
+  return rq;
+}
+
+// The run across every rank against the same run in one process, on rank 0.
+void expect_same_as_one_process(synth_arch arch, recipe r) {
+  shared_dir dir(std::string("mixq-mpi-quantize-") + std::string(to_string(arch)));
+  const fs::path model = synth_on_root(dir.path, arch);
+  const quantize_request spread = request(model, dir.path / "spread", r);
+  const quantize_report across = run_quantize(spread, world());
+  if (!world().root()) return;
+  EXPECT_EQ(across.calib_sequences, 7);
+  const quantize_request alone_rq = request(model, dir.path / "alone", r);
+  const quantize_report alone = run_quantize(alone_rq, run_world::alone());
+
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(dir.path / "alone")) {
+    ++files;
+    const fs::path other = dir.path / "spread" / e.path().filename();
+    ASSERT_TRUE(fs::exists(other)) << other;
+    EXPECT_TRUE(file_bytes(e.path()) == file_bytes(other)) << e.path().filename() << " differs";
+  }
+  EXPECT_GE(files, 3u);
+  EXPECT_EQ(across.ppl_export, alone.ppl_export);
+
+  const calibration_stats a = read_calibration_stats(across.stats_file), b = read_calibration_stats(alone.stats_file);
+  EXPECT_EQ(a.input_amax, b.input_amax);
+  EXPECT_EQ(a.k_amax, b.k_amax);
+  EXPECT_EQ(a.v_amax, b.v_amax);
+  EXPECT_EQ(a.expert_tokens, b.expert_tokens);
+  EXPECT_EQ(a.tokens, b.tokens);
+  if (r.search.enabled) {
+    ASSERT_TRUE(across.searched && alone.searched);
+    EXPECT_EQ(across.search.scores.score, alone.search.scores.score);  // added in sequence order: the same bits
+    EXPECT_EQ(across.search.choice, alone.search.choice);
+  }
+}
+
+TEST(mpi_quantize, fixed_rules_give_the_bytes_of_one_process) {
+  expect_same_as_one_process(synth_arch::llama, load_recipe("llama_nvfp4"));
+}
+
+TEST(mpi_quantize, a_search_gives_the_scores_and_bytes_of_one_process) {
+  recipe r = load_recipe("auto_nvfp4_fp8_5p0bits");
+  r.search.effective_bits = 10.0;  // (the tiny models' routers and embeddings stay large)
+  r.search.score_samples = 5;
+  expect_same_as_one_process(synth_arch::nemotron_h, r);
+  r.search.effective_bits = 7.0;
+  expect_same_as_one_process(synth_arch::mixtral, r);
+}
+
+TEST(mpi_quantize, kl_scores_are_added_in_sequence_order) {
+  recipe r = load_recipe("auto_nvfp4_fp8_5p0bits");
+  r.search.effective_bits = 9.0;
+  r.search.score_samples = 5;
+  r.search.method = score_method::kl;
+  expect_same_as_one_process(synth_arch::llama, r);
+}
+
+// A NaN in the weight the second rank quantizes (the second quantized linear): only that rank finds
+// it, and every rank learns it from that rank.
+TEST(mpi_quantize, a_failure_on_one_rank_stops_every_rank) {
+  if (world().size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  shared_dir dir("mixq-mpi-quantize-nan");
+  const fs::path model = synth_on_root(dir.path, synth_arch::llama);
+  const std::string bad = "model.layers.0.self_attn.k_proj.weight";
+  if (world().root()) {
+    const fs::path file = model / "model.safetensors";
+    std::string bytes = file_bytes(file);
+    uint64_t header = 0;
+    std::memcpy(&header, bytes.data(), 8);
+    const nlohmann::json h = nlohmann::json::parse(bytes.substr(8, header));
+    const size_t at = 8 + header + h.at(bad).at("data_offsets")[0].get<size_t>() + 2 * 3;
+    const uint16_t nan = 0x7fc0;  // BF16 quiet NaN
+    std::memcpy(bytes.data() + at, &nan, 2);
+    std::ofstream(file, std::ios::binary) << bytes;
+  }
+  barrier();
+  const quantize_request rq = request(model, dir.path / "out", load_recipe("llama_nvfp4"));
+  try {
+    run_quantize(rq, world());
+    ADD_FAILURE() << "no error";
+  } catch (const run_failed& e) {
+    EXPECT_EQ(e.rank(), 1);
+    EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir.path / "out"));
+}
+
+}  // namespace
+}  // namespace mixq
+
+int main(int argc, char** argv) {
+  mixq::run_world::start(argc, argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  int failed = RUN_ALL_TESTS();
+  std::vector<float> any{float(failed != 0)};
+  mixq::run_world::get().max(any);
+  return any[0] != 0.0f ? 1 : 0;
+}
