@@ -18,6 +18,7 @@ packages=(
   nlohmann-json3-dev                    # safetensors headers, HF configs, goldens
   libsentencepiece-dev                  # SentencePiece tokenizers
   libomp-dev clang                      # OpenMP runtime for clang; clang builds the fuzz targets
+  slurmctld slurmd slurm-client munge   # SLURM: launch/slurm, tested on a one-node cluster
 )
 
 missing=()

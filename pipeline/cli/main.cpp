@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
     return world.root() ? app.exit(e) : e.get_exit_code();  // (every process parsed the same words)
   } catch (const mixq::run_failed& e) {  // every process has it: the root tells
     if (world.root())
-      fmt::print(stderr, "mixq: error: {}{}\n", world.size() > 1 ? fmt::format("rank {}: ", e.rank()) : "", e.what());
+      fmt::print(stderr, "mixq: error: {}{}\n", e.rank() >= 0 && world.size() > 1 ? fmt::format("rank {}: ", e.rank()) : "", e.what());
     return 1;
   } catch (const std::exception& e) {
     if (world.size() == 1) {

@@ -2,6 +2,7 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 
@@ -80,8 +81,9 @@ void run_world::stage(const std::function<void()>& work) const {
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
   if (!any) return;
   const std::vector<std::string> all = all_gather(failed ? "!" + failure : std::string());
+  const bool alike = std::all_of(all.begin(), all.end(), [&](const std::string& m) { return m == all[0]; });
   for (int r = 0; r < size_; ++r)
-    if (!all[size_t(r)].empty()) throw run_failed(r, all[size_t(r)].substr(1));
+    if (!all[size_t(r)].empty()) throw run_failed(alike ? -1 : r, all[size_t(r)].substr(1));
 }
 
 void run_world::max(std::span<float> x) const {

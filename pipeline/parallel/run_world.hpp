@@ -6,7 +6,7 @@
 //
 // Errors: work that may fail on some processes runs through stage(); afterwards every process knows
 // whether all succeeded, and where one failed, every process throws run_failed naming the first
-// failed rank and its message. A collective is only ever reached by all processes or by none, so a
+// failed rank (or every rank, where all failed alike) and its message. A collective is only ever reached by all processes or by none, so a
 // failure never leaves the others waiting.
 #pragma once
 
@@ -23,6 +23,7 @@ namespace mixq {
 class run_failed : public std::runtime_error {
  public:
   run_failed(int rank, const std::string& what) : std::runtime_error(what), rank_(rank) {}
+  // The first process that failed; -1 where every process failed alike (the same message).
   int rank() const { return rank_; }
 
  private:
