@@ -7,6 +7,7 @@
 #include <span>
 
 #include "pipeline/model/llama.hpp"
+#include "pipeline/parallel/run_world.hpp"
 
 namespace mixq {
 
@@ -22,9 +23,11 @@ struct perplexity_result {
 // Negative log-likelihood sum (nats, double) of targets[t] under logits[t, V] for t < n.
 double nll_sum(const float* logits, const int32_t* targets, int64_t n, int64_t V);
 
-// Windows run in parallel (OpenMP, one forward per thread); the per-window sums are added in window
-// order, so the result does not depend on the thread count. ctx must be in 2..max_positions.
+// Windows run in parallel (OpenMP, one forward per thread; across the processes of `world`, each
+// takes every size()-th window); the per-window sums are added in window order, so the result does
+// not depend on the thread or process count. ctx must be in 2..max_positions.
 // Any causal_lm: llama_model, nemotron_h_model.
-perplexity_result evaluate_perplexity(const causal_lm& model, std::span<const int32_t> tokens, int64_t ctx);
+perplexity_result evaluate_perplexity(const causal_lm& model, std::span<const int32_t> tokens, int64_t ctx,
+                                      const run_world& world = run_world::alone());
 
 }  // namespace mixq

@@ -117,23 +117,19 @@ std::vector<std::string> run_world::all_gather(const std::string& mine) const {
   return out;
 }
 
-void run_world::gather_items(int64_t n, const std::function<std::string(int64_t)>& made,
-                             const std::function<void(int64_t, std::string)>& at_root) const {
+void run_world::share_items(int64_t n, const std::function<std::string(int64_t)>& made,
+                            const std::function<void(int64_t, std::string)>& at) const {
   for (int64_t i = 0; i < n; ++i) {
     const int owner = int(i % size_);
-    if (owner == rank_) {
-      std::string bytes = made(i);
-      if (root()) at_root(i, std::move(bytes));
-      else check_mpi(MPI_Send(bytes.data(), message_count(bytes.size(), "item"), MPI_CHAR, 0, 0, MPI_COMM_WORLD), "MPI_Send");
-    } else if (root()) {  // (messages from one process arrive in the order it sent them)
-      MPI_Status status;
-      check_mpi(MPI_Probe(owner, 0, MPI_COMM_WORLD, &status), "MPI_Probe");
-      int count = 0;
-      check_mpi(MPI_Get_count(&status, MPI_CHAR, &count), "MPI_Get_count");
-      std::string bytes(size_t(count), '\0');
-      check_mpi(MPI_Recv(bytes.data(), count, MPI_CHAR, owner, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE), "MPI_Recv");
-      at_root(i, std::move(bytes));
+    std::string bytes = owner == rank_ ? made(i) : std::string();
+    if (size_ > 1) {
+      int64_t length = int64_t(bytes.size());
+      check_mpi(MPI_Bcast(&length, 1, MPI_INT64_T, owner, MPI_COMM_WORLD), "MPI_Bcast");
+      bytes.resize(size_t(length));
+      check_mpi(MPI_Bcast(bytes.data(), message_count(bytes.size(), "item"), MPI_CHAR, owner, MPI_COMM_WORLD),
+                "MPI_Bcast");
     }
+    at(i, std::move(bytes));
   }
 }
 

@@ -57,11 +57,11 @@ class run_world {
   void sum(std::span<int64_t> x) const;
   // Every process's bytes, in rank order, on every process.
   std::vector<std::string> all_gather(const std::string& mine) const;
-  // On the root, each item's bytes from the process that takes it, in item order: at_root(i, bytes)
-  // for every i < n; every other process sends made(i) for each of its items. (An item's bytes are
-  // one MPI message: at most 2^31 - 1.)
-  void gather_items(int64_t n, const std::function<std::string(int64_t)>& made,
-                    const std::function<void(int64_t, std::string)>& at_root) const;
+  // Every item's bytes on every process, in item order: each process makes its own items (made(i))
+  // and at(i, bytes) runs everywhere for every i < n. (An item's bytes are one MPI message: at most
+  // 2^31 - 1.)
+  void share_items(int64_t n, const std::function<std::string(int64_t)>& made,
+                   const std::function<void(int64_t, std::string)>& at) const;
   // Stops every process of the run at once (an error outside stage()); exits alone.
   [[noreturn]] void abort(int code) const;
 

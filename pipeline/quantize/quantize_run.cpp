@@ -57,11 +57,11 @@ int64_t peak_rss_bytes() {
   return int64_t(u.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
-// Evaluation, export and the run's record: on the root, which holds every quantized linear.
-void finish_on_root(const quantize_request& rq, quantize_report& rep, stage_clock& clock, const checkpoint& source,
-                    const model_spec& spec, std::unique_ptr<causal_lm> model,
-                    const std::vector<std::vector<int32_t>>& sequences, int64_t seq_len,
-                    const calibration_stats& stats, const quantized_weights& q) {
+// Evaluation (each process its share of the windows), the export (written by the root, verified by
+// every process) and the run's record (the root's).
+void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock, const checkpoint& source,
+            const model_spec& spec, std::unique_ptr<causal_lm> model, const std::vector<std::vector<int32_t>>& sequences,
+            int64_t seq_len, const calibration_stats& stats, const quantized_weights& q, const run_world& world) {
   // size and bits per format, over every linear
   std::map<format_id, format_usage> usage;
   const layer_formats formats = formats_of(spec, q);
@@ -82,17 +82,19 @@ void finish_on_root(const quantize_request& rq, quantize_report& rep, stage_cloc
 
   // verification tokens: source, fake-quant and the re-loaded export see the same ones
   std::vector<int32_t> eval_tokens;
-  if (rq.eval_data.empty()) {
-    rep.eval_source = "the calibration sequences";
-    for (const auto& s : sequences) eval_tokens.insert(eval_tokens.end(), s.begin(), s.end());
-  } else {
-    rep.eval_source = rq.eval_data.string();
-    eval_tokens = read_token_stream(rq.eval_data, rq.model, spec.dims.vocab);
-  }
+  world.stage([&] {
+    if (rq.eval_data.empty()) {
+      rep.eval_source = "the calibration sequences";
+      for (const auto& s : sequences) eval_tokens.insert(eval_tokens.end(), s.begin(), s.end());
+    } else {
+      rep.eval_source = rq.eval_data.string();
+      eval_tokens = read_token_stream(rq.eval_data, rq.model, spec.dims.vocab);
+    }
+  });
   const int64_t ctx = std::min(rq.eval_ctx > 0 ? rq.eval_ctx : seq_len, model->max_positions());
   rep.eval_tokens = int64_t(eval_tokens.size());
   const auto eval = [&](const causal_lm& m, int64_t step) {
-    const double ppl = evaluate_perplexity(m, eval_tokens, ctx).ppl;
+    const double ppl = evaluate_perplexity(m, eval_tokens, ctx, world).ppl;
     if (rq.progress) rq.progress("evaluate", step, 3);
     return ppl;
   };
@@ -102,12 +104,14 @@ void finish_on_root(const quantize_request& rq, quantize_report& rep, stage_cloc
       if (!e.feasible) continue;
       const quantized_weights qe =
           quantize_weights(source, spec, plan_of_choice(spec, rep.search.space, e.choice), rq.rcp.kv_cache, stats, {},
-                           rq.device);
+                           rq.device, world);
       const std::unique_ptr<causal_lm> m = load_causal_lm(rq.model);
       apply_fake_quant(*m, qe);
-      rep.measured_front.emplace_back(e.achieved_bits, evaluate_perplexity(*m, eval_tokens, ctx).ppl);
+      rep.measured_front.emplace_back(e.achieved_bits, evaluate_perplexity(*m, eval_tokens, ctx, world).ppl);
     }
-    record_measured_front(rep.run_dir / "search.json", rep.measured_front, rep.ppl_source);
+    world.stage([&] {
+      if (world.root()) record_measured_front(rep.run_dir / "search.json", rep.measured_front, rep.ppl_source);
+    });
   }
   apply_fake_quant(*model, q);
   rep.ppl_fake_quant = eval(*model, 2);
@@ -121,15 +125,37 @@ void finish_on_root(const quantize_request& rq, quantize_report& rep, stage_cloc
   eo.max_shard_bytes = rq.rcp.output.max_shard_bytes;
   eo.overwrite = rq.overwrite;
   eo.producer_version = rq.producer_version;
-  eo.verify = [&](const fs::path& staged) {
-    rep.ppl_export = eval(*load_causal_lm(staged), 3);
+  const auto verify = [&](const fs::path& staged) {
+    std::unique_ptr<causal_lm> reloaded;
+    world.stage([&] { reloaded = load_causal_lm(staged); });
+    rep.ppl_export = eval(*reloaded, 3);
     const double rel = std::fabs(rep.ppl_export - rep.ppl_fake_quant) / rep.ppl_fake_quant;
     if (!(rel <= 1e-4))
       throw io_error(fmt::format("{}: the exported checkpoint's perplexity {:.6f} differs from the fake-quantized "
                                  "model's {:.6f} by {:.2e} (relative; the limit is 1e-4), so it was not written",
                                  rq.out.string(), rep.ppl_export, rep.ppl_fake_quant, rel));
   };
-  rep.exported = export_checkpoint(source, spec, q, rq.out, eo);
+  // The root writes the export into its temporary directory and announces it; every process
+  // re-loads and evaluates it (an empty announcement: the root failed before, nothing to verify).
+  world.stage([&] {
+    if (!world.root()) {
+      const std::string staged = world.all_gather("")[0];
+      if (!staged.empty()) verify(staged);
+      return;
+    }
+    bool announced = false;
+    eo.verify = [&](const fs::path& staged) {
+      if (world.size() > 1) (void)world.all_gather(staged.string());
+      announced = true;
+      verify(staged);
+    };
+    try {
+      rep.exported = export_checkpoint(source, spec, q, rq.out, eo);
+    } catch (...) {
+      if (world.size() > 1 && !announced) (void)world.all_gather("");
+      throw;
+    }
+  });
   clock.done("export + verify");
   rep.peak_rss_bytes = peak_rss_bytes();
 
@@ -153,7 +179,9 @@ void finish_on_root(const quantize_request& rq, quantize_report& rep, stage_cloc
     layers[spec.linears[i].module] = std::move(l);
   }
   s["layers"] = std::move(layers);
-  std::ofstream(rep.run_dir / "summary.json") << s.dump(2) << "\n";
+  world.stage([&] {
+    if (world.root()) std::ofstream(rep.run_dir / "summary.json") << s.dump(2) << "\n";
+  });
 }
 
 }  // namespace
@@ -265,11 +293,7 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
   rep.uncalibrated_experts = q.uncalibrated_experts;
   rep.uncalibrated_attention = q.uncalibrated_attention;
   clock.done("quantize");
-  // The root holds every quantized linear: it evaluates, exports and records; the others wait to
-  // hear that it did.
-  world.stage([&] {
-    if (world.root()) finish_on_root(rq, rep, clock, source, spec, std::move(model), sequences, seq_len, stats, q);
-  });
+  finish(rq, rep, clock, source, spec, std::move(model), sequences, seq_len, stats, q, world);
   return rep;
 }
 

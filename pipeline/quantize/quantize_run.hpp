@@ -66,11 +66,11 @@ struct quantize_report {
   int64_t peak_rss_bytes = 0;
 };
 
-// Across the processes of `world` (mpirun / srun), each calibrates, scores and quantizes its share
-// (data parallel: every process holds the whole model), the statistics, scores and weights are
-// combined so that the bytes do not depend on the number of processes, and the root evaluates,
-// exports and writes the run's records; the report is the root's (the others' holds the plan and
-// statistics only). A failure on any process stops every one of them with run_failed.
+// Across the processes of `world` (mpirun / srun), each calibrates, scores, quantizes and evaluates
+// its share (data parallel: every process holds the whole model); statistics, scores, weights and
+// perplexity sums are combined so that the bytes and figures do not depend on the number of
+// processes. The root writes the export (every process verifies it) and the run's records; every
+// process returns the same report. A failure on any process stops every one of them with run_failed.
 quantize_report run_quantize(const quantize_request& request, const run_world& world = run_world::alone());
 
 }  // namespace mixq

@@ -145,7 +145,7 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
   for (const auto& [expert, tokens] : stats.expert_tokens)
     if (tokens == 0 && quantized_experts.count(expert)) out.uncalibrated_experts.push_back(expert);
 
-  // 3. quantize this process's weights; the root collects every one, in spec order
+  // 3. quantize this process's weights, then every process gets every one, in spec order
   std::vector<quantized_linear> made(todo.size());
   world.stage([&] {
     int64_t done = 0, mine = 0;
@@ -177,9 +177,8 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
   if (world.size() == 1) {
     out.linears = std::move(made);
   } else {
-    world.gather_items(
-        int64_t(todo.size()),
-        [&](int64_t i) { return world.root() ? std::string() : to_message(std::exchange(made[size_t(i)], {})); },
+    world.share_items(
+        int64_t(todo.size()), [&](int64_t i) { return to_message(made[size_t(i)]); },
         [&](int64_t i, std::string bytes) {
           out.linears.push_back(world.takes(i) ? std::move(made[size_t(i)]) : from_message(bytes));
         });

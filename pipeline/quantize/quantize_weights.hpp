@@ -44,8 +44,8 @@ std::map<std::string, float> input_amax_by_linear(const model_spec& spec, const 
 // io_error naming the tensor for a weight that is missing, not 2-D BF16 / F16 / F32, or holds
 // NaN / Inf. The progress callback counts linears. `device` runs the quantizers (the same result).
 // Across the processes of `world`, each scans and quantizes its share of the weights (every
-// size()-th), fused siblings' amax is a max over all, and the root's result holds every linear (the
-// other processes' hold none): the same bytes whatever the number of processes.
+// size()-th), fused siblings' amax is a max over all, and every process's result holds every linear:
+// the same bytes whatever the number of processes.
 quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
                                    kv_cache_format kv, const calibration_stats& stats,
                                    const progress_callback& progress = {}, weight_device device = weight_device::cpu,

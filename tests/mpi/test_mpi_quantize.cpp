@@ -75,6 +75,12 @@ void expect_same_as_one_process(synth_arch arch, recipe r) {
   const fs::path model = synth_on_root(dir.path, arch);
   const quantize_request spread = request(model, dir.path / "spread", r);
   const quantize_report across = run_quantize(spread, world());
+  {  // every process returns the same figures
+    std::string mine(3 * sizeof(double), '\0');
+    const double ppl[3] = {across.ppl_source, across.ppl_fake_quant, across.ppl_export};
+    std::memcpy(mine.data(), ppl, sizeof ppl);
+    for (const std::string& other : world().all_gather(mine)) EXPECT_EQ(other, mine);
+  }
   if (!world().root()) return;
   EXPECT_EQ(across.calib_sequences, 7);
   const quantize_request alone_rq = request(model, dir.path / "alone", r);
@@ -152,6 +158,23 @@ TEST(mpi_quantize, a_failure_on_one_rank_stops_every_rank) {
     EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
   }
   EXPECT_FALSE(fs::exists(dir.path / "out"));
+}
+
+// The root writes the export; where that fails before the others verify it, every process still
+// learns it (and nothing waits for an announcement that never comes).
+TEST(mpi_quantize, an_export_the_root_cannot_write_stops_every_rank) {
+  shared_dir dir("mixq-mpi-quantize-unwritable");
+  const fs::path model = synth_on_root(dir.path, synth_arch::llama);
+  quantize_request rq = request(model, "/proc/self/mixq-out", load_recipe("llama_nvfp4"));
+  rq.run_dir = dir.path / "run";
+  try {
+    run_quantize(rq, world());
+    ADD_FAILURE() << "no error";
+  } catch (const run_failed& e) {
+    EXPECT_EQ(e.rank(), world().size() > 1 ? 0 : -1) << e.what();
+  } catch (const std::exception& e) {
+    EXPECT_EQ(world().size(), 1) << e.what();  // alone, the error passes through as it is
+  }
 }
 
 }  // namespace
