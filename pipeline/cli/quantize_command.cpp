@@ -23,7 +23,7 @@ namespace {
 void print_report(const quantize_request& rq, const quantize_report& r, const run_world& world) {
   fmt::print("model:        {}\n", rq.model.string());
   if (world.size() > 1)
-    fmt::print("processes:    {} (started by {}; each calibrated, scored and quantized a 1/{} share)\n", world.size(),
+    fmt::print("processes:    {} (started by {}; each calibrated, scored, quantized and evaluated a 1/{} share)\n", world.size(),
                run_world::launcher(), world.size());
   fmt::print("recipe:       {} ({}, kv cache {}, layout {})\n", rq.rcp.name, rq.rcp.origin, to_string(rq.rcp.kv_cache),
              to_string(rq.rcp.output.layout));
@@ -97,7 +97,9 @@ void add_quantize_command(CLI::App& app) {
       "quantize",
       "Quantize a checkpoint with a recipe: calibrate, quantize, export (ModelOpt or compressed-tensors layout), "
       "and verify the export by re-loading it.\n"
-      "Example: mixq quantize --model ../shared/models/stories260K --recipe llama_nvfp4 --out /tmp/s-nvfp4");
+      "Example: mixq quantize --model ../shared/models/stories260K --recipe llama_nvfp4 --out /tmp/s-nvfp4\n"
+      "Across processes (data parallel, the same bytes): mpirun -np N mixq quantize ..., or\n"
+      "sbatch launch/slurm/quantize.sbatch --model DIR --recipe NAME --out DIR");
   cmd->add_option("--model", o->model, "Hugging Face checkpoint directory")->required();
   cmd->add_option("--recipe", o->recipe,
                   "recipe YAML file, or the name of a built-in recipe (mixq formats --recipes lists them)")
