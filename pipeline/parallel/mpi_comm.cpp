@@ -6,19 +6,9 @@
 
 #include <fmt/format.h>
 
+#include "pipeline/parallel/mpi_check.hpp"
+
 namespace mixq {
-
-namespace {
-
-void check_mpi(int code, const char* what) {
-  if (code == MPI_SUCCESS) return;
-  char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(code, text, &len);
-  throw std::runtime_error(fmt::format("MPI {} failed: {}", what, std::string(text, size_t(len))));
-}
-
-}  // namespace
 
 mpi_comm::mpi_comm(MPI_Comm c) : comm_(c) {
   try {

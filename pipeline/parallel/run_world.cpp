@@ -8,19 +8,13 @@
 
 #include <fmt/format.h>
 
+#include "pipeline/parallel/mpi_check.hpp"
+
 namespace mixq {
 
 namespace {
 
 run_world* g_world = nullptr;
-
-void check_mpi(int code, const char* what) {
-  if (code == MPI_SUCCESS) return;
-  char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(code, text, &len);
-  throw std::runtime_error(fmt::format("MPI {} failed: {}", what, std::string(text, size_t(len))));
-}
 
 int message_count(size_t n, const char* what) {
   if (n > size_t(std::numeric_limits<int>::max()))
