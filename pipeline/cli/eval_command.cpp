@@ -1,6 +1,7 @@
 // mixq eval --model DIR --data FILE [--ctx N]: FP32 perplexity of a Llama-family or Nemotron-H
 // checkpoint on a token stream — pre-tokenized, or text encoded with the model's tokenizer — with
-// non-overlapping windows (shared/data/tinystories/README.md protocol).
+// non-overlapping windows (shared/data/tinystories/README.md protocol). Under mpirun / srun the
+// windows are split across the processes, with the figures of one process.
 #include <filesystem>
 #include <memory>
 #include <stdexcept>
@@ -16,6 +17,7 @@
 #include "pipeline/model/llama.hpp"
 #include "pipeline/model/model_spec.hpp"
 #include "pipeline/model/nemotron_h.hpp"
+#include "pipeline/parallel/run_world.hpp"
 
 namespace mixq::cli {
 
@@ -38,20 +40,27 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--ctx", o->ctx, "window length in tokens (default: max_position_embeddings)");
   cmd->add_option("--dtype", o->dtype, "token id width: u16, u32, or auto (from the file name)");
   cmd->callback([o] {
-    if (!std::filesystem::is_directory(o->model))
-      throw std::runtime_error(fmt::format("{}: model directory not found", o->model));
-    if (!std::filesystem::exists(o->data)) throw std::runtime_error(fmt::format("{}: data file not found", o->data));
-    const token_dtype dtype = token_dtype_from_string(o->dtype);
-    const std::unique_ptr<causal_lm> model = load_causal_lm(o->model);
+    const run_world& world = run_world::get();
+    std::unique_ptr<causal_lm> model;
+    std::vector<int32_t> tokens;
+    int64_t ctx = 0;
+    world.stage([&] {
+      if (!std::filesystem::is_directory(o->model))
+        throw std::runtime_error(fmt::format("{}: model directory not found", o->model));
+      if (!std::filesystem::exists(o->data)) throw std::runtime_error(fmt::format("{}: data file not found", o->data));
+      const token_dtype dtype = token_dtype_from_string(o->dtype);
+      model = load_causal_lm(o->model);
+      const int64_t max_positions = model->max_positions();
+      ctx = o->ctx == 0 ? max_positions : o->ctx;
+      if (ctx > max_positions)
+        throw std::runtime_error(fmt::format("--ctx {} is more than the model allows: max_position_embeddings is {} in {}",
+                                             ctx, max_positions, model->spec().origin));
+      if (ctx < 2) throw std::runtime_error(fmt::format("--ctx {} is too small: a window needs at least 2 tokens", ctx));
+      tokens = read_token_stream(o->data, o->model, model->spec().dims.vocab, dtype);
+    });
+    const perplexity_result r = evaluate_perplexity(*model, tokens, ctx, world);
+    if (!world.root()) return;
     const model_dims& c = model->spec().dims;
-    const int64_t max_positions = model->max_positions();
-    const int64_t ctx = o->ctx == 0 ? max_positions : o->ctx;
-    if (ctx > max_positions)
-      throw std::runtime_error(fmt::format("--ctx {} is more than the model allows: max_position_embeddings is {} in {}",
-                                           ctx, max_positions, model->spec().origin));
-    if (ctx < 2) throw std::runtime_error(fmt::format("--ctx {} is too small: a window needs at least 2 tokens", ctx));
-    const std::vector<int32_t> tokens = read_token_stream(o->data, o->model, c.vocab, dtype);
-    const perplexity_result r = evaluate_perplexity(*model, tokens, ctx);
     fmt::print("model:      {} ({}, {} layers, hidden {}, vocab {})\n", o->model, model->spec().architecture, c.layers,
                c.hidden, c.vocab);
     fmt::print("data:       {}\n", o->data);
@@ -60,8 +69,8 @@ void add_eval_command(CLI::App& app) {
     fmt::print("predicted:  {}\n", r.predicted);
     fmt::print("mean NLL:   {:.6f} nats\n", r.mean_nll);
     fmt::print("ppl:        {:.6f}\n", r.ppl);
-    fmt::print("speed:      {:.0f} tokens/s ({:.2f} s, {} threads)\n", double(r.tokens) / r.seconds, r.seconds,
-               omp_get_max_threads());
+    fmt::print("speed:      {:.0f} tokens/s ({:.2f} s, {} threads{})\n", double(r.tokens) / r.seconds, r.seconds,
+               omp_get_max_threads(), world.size() > 1 ? fmt::format(" in each of {} processes", world.size()) : "");
   });
 }
 

@@ -34,10 +34,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   const mixq::run_world& world = mixq::run_world::get();
-  if (world.size() > 1 && subcommand_of(argc, argv) != "quantize") {
+  const std::string command = subcommand_of(argc, argv);
+  if (world.size() > 1 && command != "quantize" && command != "eval") {
     if (world.root())
-      fmt::print(stderr, "mixq: error: only `mixq quantize` runs across processes ({} started {}); run `mixq {}` "
-                 "without it\n", mixq::run_world::launcher(), world.size(), subcommand_of(argc, argv));
+      fmt::print(stderr, "mixq: error: only `mixq quantize` and `mixq eval` run across processes ({} started {}); "
+                 "run `mixq {}` without it\n", mixq::run_world::launcher(), world.size(), command);
     return 2;
   }
   CLI::App app{
