@@ -17,20 +17,24 @@
 #include "pipeline/model/llama.hpp"
 #include "pipeline/quantize/calibrate.hpp"
 #include "pipeline/quantize/quantize_weights.hpp"
+#include "pipeline/quantize/run_log.hpp"
 
 namespace mixq {
 namespace fs = std::filesystem;
 
 namespace {
 
+// Each stage's wall time, in the report and in the run log.
 class stage_clock {
  public:
   explicit stage_clock(std::vector<std::pair<std::string, double>>& out) : out_(out) {}
   void done(const std::string& stage) {
     const auto now = std::chrono::steady_clock::now();
     out_.emplace_back(stage, std::chrono::duration<double>(now - last_).count());
+    log.info("{}: {:.2f} s", stage, out_.back().second);
     last_ = now;
   }
+  run_log log;
 
  private:
   std::vector<std::pair<std::string, double>>& out_;
@@ -184,6 +188,11 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
   });
 }
 
+void quantize_loaded(const quantize_request& rq, const run_world& world, quantize_report& rep, stage_clock& clock,
+                     const checkpoint& source, const model_spec& spec, std::unique_ptr<causal_lm> model,
+                     const std::vector<std::vector<int32_t>>& sequences, int64_t seq_len,
+                     const std::function<std::function<void(int64_t, int64_t)>(const std::string&)>& progress);
+
 }  // namespace
 
 quantize_report run_quantize(const quantize_request& rq, const run_world& world) {
@@ -240,10 +249,39 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
       throw io_error(fmt::format("{}: {} tokens are too few to calibrate on", rep.calib_source, tokens.size()));
   });
   const checkpoint& source = *source_file;
+  rep.run_dir = rq.run_dir.empty() ? fs::path(rq.out.string() + ".run") : rq.run_dir;
+  world.stage([&] { clock.log = run_log(rep.run_dir, world); });
+  clock.log.info("mixq {}: quantize --model {} --recipe {} --out {}", rq.producer_version, rq.model.string(),
+                 rq.rcp.origin, rq.out.string());
+  if (world.size() > 1)
+    clock.log.info("process {} of {} (started by {}): calibration and scoring sequences, weights and perplexity "
+                   "windows i with i mod {} = {}", world.rank(), world.size(), run_world::launcher(), world.size(),
+                   world.rank());
   clock.done("load");
+  try {
+    quantize_loaded(rq, world, rep, clock, source, spec, std::move(model), sequences, seq_len, progress);
+  } catch (const run_failed& e) {
+    clock.log.error(e.rank() >= 0 && world.size() > 1 ? fmt::format("process {} failed: {}", e.rank(), e.what())
+                                                      : std::string(e.what()));
+    throw;
+  } catch (const std::exception& e) {
+    clock.log.error(e.what());
+    throw;
+  }
+  clock.log.info("done: wrote {}", rq.out.string());
+  return rep;
+}
+
+namespace {
+
+// Calibrate (or reuse the statistics), search, quantize, evaluate, export: past the load stage.
+void quantize_loaded(const quantize_request& rq, const run_world& world, quantize_report& rep, stage_clock& clock,
+                     const checkpoint& source, const model_spec& spec, std::unique_ptr<causal_lm> model,
+                     const std::vector<std::vector<int32_t>>& sequences, int64_t seq_len,
+                     const std::function<std::function<void(int64_t, int64_t)>(const std::string&)>& progress) {
+  const calibration_settings& cs = rq.rcp.calibration;
 
   // calibrate, or reuse the statistics of an earlier run with the same fingerprint
-  rep.run_dir = rq.run_dir.empty() ? fs::path(rq.out.string() + ".run") : rq.run_dir;
   rep.stats_file = rep.run_dir / "calibration.h5";
   stats_fingerprint fp;
   fp.model = model_fingerprint(rq.model);
@@ -266,6 +304,7 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
     std::vector<std::vector<int32_t>> mine;
     for (size_t i = 0; i < sequences.size(); ++i)
       if (world.takes(int64_t(i))) mine.push_back(sequences[i]);
+    clock.log.info("calibrate: {} of {} sequences", mine.size(), sequences.size());
     world.stage([&] { stats = calibrate(*model, mine, progress("calibrate")); });
     combine_calibration(stats, world);
     stats.fingerprint = fp;
@@ -294,7 +333,8 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
   rep.uncalibrated_attention = q.uncalibrated_attention;
   clock.done("quantize");
   finish(rq, rep, clock, source, spec, std::move(model), sequences, seq_len, stats, q, world);
-  return rep;
 }
+
+}  // namespace
 
 }  // namespace mixq

@@ -81,6 +81,11 @@ void expect_same_as_one_process(synth_arch arch, recipe r) {
     std::memcpy(mine.data(), ppl, sizeof ppl);
     for (const std::string& other : world().all_gather(mine)) EXPECT_EQ(other, mine);
   }
+  {  // every process logged its run, to the end
+    const std::string log = file_bytes(across.run_dir / "logs" / ("rank-" + std::to_string(world().rank()) + ".log"));
+    EXPECT_NE(log.find("calibrate: "), std::string::npos) << log;
+    EXPECT_NE(log.find("done: wrote"), std::string::npos) << log;
+  }
   if (!world().root()) return;
   EXPECT_EQ(across.calib_sequences, 7);
   const quantize_request alone_rq = request(model, dir.path / "alone", r);
@@ -158,6 +163,9 @@ TEST(mpi_quantize, a_failure_on_one_rank_stops_every_rank) {
     EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
   }
   EXPECT_FALSE(fs::exists(dir.path / "out"));
+  // each process's log ends with the failure, naming the process that had it
+  const std::string log = file_bytes(dir.path / "out.run" / "logs" / ("rank-" + std::to_string(world().rank()) + ".log"));
+  EXPECT_NE(log.find("error process 1 failed: tensor '" + bad), std::string::npos) << log;
 }
 
 // The root writes the export; where that fails before the others verify it, every process still
