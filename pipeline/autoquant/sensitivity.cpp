@@ -308,7 +308,11 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
     if (method == score_method::kl) {
       const int64_t V = model.vocab();
       std::vector<std::vector<float>> base(static_cast<size_t>(n));
-      for (int64_t s : mine) base[size_t(s)] = model.forward(sequences[size_t(s)]);
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int64_t m = 0; m < own; ++m) {
+        const int64_t s = mine[size_t(m)];
+        base[size_t(s)] = model.forward(sequences[size_t(s)]);
+      }
       for (size_t g = 0; g < space.groups.size(); ++g) {
         const search_group& G = space.groups[g];
         for (size_t c = 1; c < G.candidates.size() && !G.disabled; ++c) {
@@ -337,7 +341,13 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
       // One (forward or forward + backward) pass per sequence records every linear's input (rows in
       // the order the hook sees them, so a routed expert's rows line up with its dY), then the replays.
       const std::vector<float> no_gradient;  // hessian: every output weighs 1
-      for (int64_t s : mine) {
+      // Sequences in parallel, one (single-threaded) pass each, as calibration runs them: a pass's
+      // bits do not depend on the thread count that way (multi-threaded products may group their
+      // sums otherwise), and neither do the scores.
+      std::string error;  // (exceptions must not leave an OpenMP region: the first is rethrown after it)
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int64_t m = 0; m < own; ++m) try {
+        const int64_t s = mine[size_t(m)];
         std::unordered_map<std::string, std::vector<float>> inputs;
         routing_map routing;
         forward_hooks hooks;
@@ -354,7 +364,6 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
         if (method == score_method::fisher) grads = model.forward_backward(sequences[size_t(s)], hooks);
         else model.forward(sequences[size_t(s)], hooks);
         double* at = part[size_t(s)].data();
-#pragma omp parallel for schedule(dynamic, 1)
         for (size_t g = 0; g < space.groups.size(); ++g) {
           const search_group& G = space.groups[g];
           if (G.disabled) continue;
@@ -380,8 +389,13 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
             at[offset[g] + c] = sum;
           }
         }
+#pragma omp critical(mixq_score_progress)
         if (progress) progress(++done, total);
+      } catch (const std::exception& e) {
+#pragma omp critical(mixq_score_error)
+        if (error.empty()) error = e.what();
       }
+      if (!error.empty()) throw std::runtime_error(error);
     }
   });
   if (world.size() > 1) {  // every process's parts, as raw doubles in its sequence order

@@ -1,7 +1,7 @@
 // `mixq quantize` across real processes: run under `mpirun -np N`, every rank runs run_quantize on
 // its share of a synthetic checkpoint, and the export (every file, byte for byte), the search
 // scores and the calibration statistics must be what one process writes (rank 0 runs that one
-// alone afterwards). A failure on one rank must reach every rank as the same run_failed, naming that
+// alone afterwards, with another thread count). A failure on one rank must reach every rank as the same run_failed, naming that
 // rank, with nothing exported.
 #include <gtest/gtest.h>
 
@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "pipeline/parallel/run_world.hpp"
 #include "pipeline/quantize/quantize_run.hpp"
@@ -88,8 +89,12 @@ void expect_same_as_one_process(synth_arch arch, recipe r) {
   }
   if (!world().root()) return;
   EXPECT_EQ(across.calib_sequences, 7);
+  // One process with 2 threads (the ranks run 1 each): neither count may change a bit.
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
   const quantize_request alone_rq = request(model, dir.path / "alone", r);
   const quantize_report alone = run_quantize(alone_rq, run_world::alone());
+  omp_set_num_threads(threads);
 
   size_t files = 0;
   for (const auto& e : fs::directory_iterator(dir.path / "alone")) {
