@@ -106,8 +106,9 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
 
   // scores: measured, or reused from a previous run with the same fingerprint
   const auto t0 = std::chrono::steady_clock::now();
+  const bool reuse = resume && world.roots(fs::exists(record_file));
   world.stage([&] {
-    if (!(resume && fs::exists(record_file))) return;
+    if (!reuse) return;
     std::ifstream in(record_file);
     const nlohmann::json rec = nlohmann::json::parse(in, nullptr, false);
     if (rec.is_discarded() || !rec.contains("score_fingerprint"))
@@ -160,11 +161,13 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
   const std::vector<mck_solution> sols = solve_mck_budgets(groups, costs);
   out.solve_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   const mck_solution& asked = sols[0];
-  if (!asked.feasible)
-    throw io_error(fmt::format("{}: search.effective_bits {} is below what this model can reach: {:.3f} bits with every "
-                               "group in its smallest candidate (groups a format cannot hold, disabled ones and "
-                               "routers stay larger)",
-                               r.origin, st.effective_bits, out.min_bits));
+  world.stage([&] {  // (every process solves the same problem: they fail alike, and are told once)
+    if (!asked.feasible)
+      throw io_error(fmt::format("{}: search.effective_bits {} is below what this model can reach: {:.3f} bits with "
+                                 "every group in its smallest candidate (groups a format cannot hold, disabled ones "
+                                 "and routers stay larger)",
+                                 r.origin, st.effective_bits, out.min_bits));
+  });
   out.choice = asked.choice;
   out.achieved_bits = double(asked.cost) / double(per_bit);
   out.proven_optimal = asked.proven_optimal;

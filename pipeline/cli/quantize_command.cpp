@@ -128,30 +128,33 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_flag("--measure-front", o->measure_front,
                 "with a search: also evaluate the optimum at every feasible report budget (for mixq report)");
   cmd->callback([o] {
-    quantize_request rq;
-    rq.model = o->model;
-    rq.out = o->out;
-    rq.run_dir = o->run_dir;
-    rq.rcp = load_recipe(o->recipe);
-    if (o->samples > 0) rq.rcp.calibration.samples = o->samples;
-    if (o->seq_len > 0) rq.rcp.calibration.seq_len = o->seq_len, rq.seq_len_explicit = true;
-    if (o->effective_bits > 0.0) {
-      if (!rq.rcp.search.enabled)
-        throw std::runtime_error(fmt::format("--effective-bits needs a recipe with a search: section; {} has fixed rules",
-                                             rq.rcp.origin));
-      rq.rcp.search.effective_bits = o->effective_bits;
-    }
-    if (o->layout == "modelopt") rq.rcp.output.layout = export_layout::modelopt;
-    if (o->layout == "compressed-tensors") rq.rcp.output.layout = export_layout::compressed_tensors;
-    rq.calib = o->calib;
-    rq.eval_data = o->eval;
-    rq.eval_ctx = o->eval_ctx;
-    rq.resume = o->resume;
-    rq.overwrite = o->force;
-    rq.measure_front = o->measure_front;
-    rq.device = resolve_weight_device(o->device);
-    rq.producer_version = MIXQ_VERSION;
+    // (every process reads the same recipe and options: a mistake is told once, by the first)
     const run_world& world = run_world::get();
+    quantize_request rq;
+    world.stage([&] {
+      rq.model = o->model;
+      rq.out = o->out;
+      rq.run_dir = o->run_dir;
+      rq.rcp = load_recipe(o->recipe);
+      if (o->samples > 0) rq.rcp.calibration.samples = o->samples;
+      if (o->seq_len > 0) rq.rcp.calibration.seq_len = o->seq_len, rq.seq_len_explicit = true;
+      if (o->effective_bits > 0.0) {
+        if (!rq.rcp.search.enabled)
+          throw std::runtime_error(
+              fmt::format("--effective-bits needs a recipe with a search: section; {} has fixed rules", rq.rcp.origin));
+        rq.rcp.search.effective_bits = o->effective_bits;
+      }
+      if (o->layout == "modelopt") rq.rcp.output.layout = export_layout::modelopt;
+      if (o->layout == "compressed-tensors") rq.rcp.output.layout = export_layout::compressed_tensors;
+      rq.calib = o->calib;
+      rq.eval_data = o->eval;
+      rq.eval_ctx = o->eval_ctx;
+      rq.resume = o->resume;
+      rq.overwrite = o->force;
+      rq.measure_front = o->measure_front;
+      rq.device = resolve_weight_device(o->device);
+      rq.producer_version = MIXQ_VERSION;
+    });
     std::unique_ptr<progress_bar> bar;
     std::string bar_stage;
     rq.progress = [&](const std::string& stage, int64_t done, int64_t total) {
@@ -159,8 +162,7 @@ void add_quantize_command(CLI::App& app) {
         bar.reset(), bar = std::make_unique<progress_bar>(stage, total, o->quiet || !world.root()), bar_stage = stage;
       bar->update(done);
     };
-    quantize_report r;
-    world.stage([&] { r = run_quantize(rq, world); });  // (a failure on one process stops every one)
+    const quantize_report r = run_quantize(rq, world);
     bar.reset();
     if (world.root()) print_report(rq, r, world);
   });

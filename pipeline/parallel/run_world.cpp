@@ -38,13 +38,31 @@ std::string run_world::launcher() {
 }
 
 void run_world::start(int& argc, char**& argv) {
-  if (g_world || launcher().empty()) return;
+  if (g_world) return;
+  // Tasks a launcher says it started (srun without an MPI plugin sets no PMI variables).
+  int64_t tasks = 1;
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"})
+    if (const char* v = std::getenv(name)) tasks = std::max<int64_t>(tasks, std::atoll(v));
+  if (launcher().empty()) {
+    if (tasks > 1)
+      throw std::runtime_error(fmt::format("srun started {} tasks without MPI: they would each run alone and write the "
+                                           "same output; run srun with --mpi=pmix (as launch/slurm/quantize.sbatch "
+                                           "does), or one task",
+                                           tasks));
+    return;
+  }
   int provided = 0;
   check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
   std::atexit(finalize_mpi);
+  if (provided < MPI_THREAD_FUNNELED)
+    throw std::runtime_error("the MPI library does not allow threads beside MPI calls (MPI_THREAD_FUNNELED)");
   int rank = 0, size = 1;
   check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
   check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size");
+  if (size != tasks && tasks > 1)
+    throw std::runtime_error(fmt::format("{} started {} tasks, but MPI sees {} process(es): this mixq's MPI (Open MPI) "
+                                         "is not the launcher's",
+                                         launcher(), tasks, size));
   static run_world world(rank, size);
   g_world = &world;
 }
@@ -80,6 +98,13 @@ void run_world::stage(const std::function<void()>& work) const {
     if (!all[size_t(r)].empty()) throw run_failed(alike ? -1 : r, all[size_t(r)].substr(1));
 }
 
+bool run_world::roots(bool value) const {
+  if (size_ == 1) return value;
+  int v = value ? 1 : 0;
+  check_mpi(MPI_Bcast(&v, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
+  return v != 0;
+}
+
 void run_world::max(std::span<float> x) const {
   if (size_ == 1 || x.empty()) return;
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, x.data(), message_count(x.size(), "max"), MPI_FLOAT, MPI_MAX, MPI_COMM_WORLD),
@@ -94,17 +119,21 @@ void run_world::sum(std::span<int64_t> x) const {
 
 std::vector<std::string> run_world::all_gather(const std::string& mine) const {
   if (size_ == 1) return {mine};
-  int n = message_count(mine.size(), "gather");
+  // (sizes first, as int64, so that every process finds a message too large alike)
+  const int64_t n = int64_t(mine.size());
+  std::vector<int64_t> sizes(static_cast<size_t>(size_));
+  check_mpi(MPI_Allgather(&n, 1, MPI_INT64_T, sizes.data(), 1, MPI_INT64_T, MPI_COMM_WORLD), "MPI_Allgather");
   std::vector<int> counts(static_cast<size_t>(size_)), offsets(static_cast<size_t>(size_));
-  check_mpi(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, MPI_COMM_WORLD), "MPI_Allgather");
   size_t total = 0;
   for (int r = 0; r < size_; ++r) {
+    counts[size_t(r)] = message_count(size_t(sizes[size_t(r)]), "gather");
     offsets[size_t(r)] = message_count(total, "gather");
-    total += size_t(counts[size_t(r)]);
+    total += size_t(sizes[size_t(r)]);
   }
   message_count(total, "gather");
   std::string all(total, '\0');
-  check_mpi(MPI_Allgatherv(mine.data(), n, MPI_CHAR, all.data(), counts.data(), offsets.data(), MPI_CHAR, MPI_COMM_WORLD),
+  check_mpi(MPI_Allgatherv(mine.data(), int(n), MPI_CHAR, all.data(), counts.data(), offsets.data(), MPI_CHAR,
+                           MPI_COMM_WORLD),
             "MPI_Allgatherv");
   std::vector<std::string> out;
   for (int r = 0; r < size_; ++r) out.push_back(all.substr(size_t(offsets[size_t(r)]), size_t(counts[size_t(r)])));
@@ -113,18 +142,47 @@ std::vector<std::string> run_world::all_gather(const std::string& mine) const {
 
 void run_world::share_items(int64_t n, const std::function<std::string(int64_t)>& made,
                             const std::function<void(int64_t, std::string)>& at) const {
+  if (size_ == 1) {
+    for (int64_t i = 0; i < n; ++i) at(i, made(i));
+    return;
+  }
+  // A failure making an item is announced in place of its length (-1, then the message), so every
+  // process stops at that item; a failure taking one is kept until every item has passed.
+  std::string failure;
   for (int64_t i = 0; i < n; ++i) {
     const int owner = int(i % size_);
-    std::string bytes = owner == rank_ ? made(i) : std::string();
-    if (size_ > 1) {
-      int64_t length = int64_t(bytes.size());
-      check_mpi(MPI_Bcast(&length, 1, MPI_INT64_T, owner, MPI_COMM_WORLD), "MPI_Bcast");
-      bytes.resize(size_t(length));
-      check_mpi(MPI_Bcast(bytes.data(), message_count(bytes.size(), "item"), MPI_CHAR, owner, MPI_COMM_WORLD),
-                "MPI_Bcast");
+    std::string bytes;
+    int64_t length = 0;
+    if (owner == rank_) {
+      try {
+        bytes = made(i);
+        length = int64_t(bytes.size());
+        message_count(bytes.size(), "item");
+      } catch (const std::exception& e) {
+        bytes = e.what();
+        length = -1;
+      }
     }
-    at(i, std::move(bytes));
+    check_mpi(MPI_Bcast(&length, 1, MPI_INT64_T, owner, MPI_COMM_WORLD), "MPI_Bcast");
+    if (length < 0) {
+      int64_t size = int64_t(bytes.size());
+      check_mpi(MPI_Bcast(&size, 1, MPI_INT64_T, owner, MPI_COMM_WORLD), "MPI_Bcast");
+      bytes.resize(size_t(size));
+      check_mpi(MPI_Bcast(bytes.data(), int(size), MPI_CHAR, owner, MPI_COMM_WORLD), "MPI_Bcast");
+      throw run_failed(owner, bytes);
+    }
+    bytes.resize(size_t(length));
+    check_mpi(MPI_Bcast(bytes.data(), int(length), MPI_CHAR, owner, MPI_COMM_WORLD), "MPI_Bcast");
+    if (!failure.empty()) continue;
+    try {
+      at(i, std::move(bytes));
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
   }
+  stage([&] {
+    if (!failure.empty()) throw std::runtime_error(failure);
+  });
 }
 
 void run_world::abort(int code) const {

@@ -52,6 +52,8 @@ class run_world {
   // Runs work, then agrees with every process on the outcome (see the top of this file). Alone it
   // only runs work: its exceptions pass through as they are.
   void stage(const std::function<void()>& work) const;
+  // The root's value of a condition, on every process (what one file system shows, decided once).
+  bool roots(bool value) const;
   // Elementwise over every process; the same result on each.
   void max(std::span<float> x) const;
   void sum(std::span<int64_t> x) const;

@@ -109,7 +109,8 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
       const quantized_weights qe =
           quantize_weights(source, spec, plan_of_choice(spec, rep.search.space, e.choice), rq.rcp.kv_cache, stats, {},
                            rq.device, world);
-      const std::unique_ptr<causal_lm> m = load_causal_lm(rq.model);
+      std::unique_ptr<causal_lm> m;
+      world.stage([&] { m = load_causal_lm(rq.model); });
       apply_fake_quant(*m, qe);
       rep.measured_front.emplace_back(e.achieved_bits, evaluate_perplexity(*m, eval_tokens, ctx, world).ppl);
     }
@@ -293,8 +294,9 @@ void quantize_loaded(const quantize_request& rq, const run_world& world, quantiz
     fp.data = fnv1a_hex(used.data(), used.size() * sizeof(int32_t));
   }
   calibration_stats stats;
+  const bool reuse = rq.resume && world.roots(fs::exists(rep.stats_file));
   world.stage([&] {
-    if (!(rq.resume && fs::exists(rep.stats_file))) return;
+    if (!reuse) return;
     stats = read_calibration_stats(rep.stats_file);
     const std::string mismatch = describe_fingerprint_mismatch(stats.fingerprint, fp);
     if (!mismatch.empty()) throw io_error(fmt::format("{}: {}", rep.stats_file.string(), mismatch));

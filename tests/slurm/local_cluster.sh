@@ -2,20 +2,36 @@
 # A one-node SLURM cluster on this machine for the tests (Debian's slurm-wlm + munge, as root):
 #   local_cluster.sh start DIR   writes DIR/slurm.conf, starts munged, slurmctld and slurmd, and waits
 #                                until the node takes jobs; prints the SLURM_CONF to export
-#   local_cluster.sh stop DIR    stops the daemons it started
+#   local_cluster.sh stop DIR    cancels its jobs and stops the daemons it started
+# Exit 77 when not root.
 set -euo pipefail
 cmd=${1:?start or stop}
 dir=$(realpath -m "${2:?a state directory}")
 
 stop() {
-  for pid in "$dir"/slurmd.pid "$dir"/slurmctld.pid "$dir"/munged.pid; do
-    [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+  # jobs first (their steps and processes), then the daemons
+  if [ -f "$dir/slurm.conf" ] && [ -f "$dir/slurmctld.pid" ]; then
+    SLURM_CONF="$dir/slurm.conf" squeue -h -o %i 2>/dev/null | xargs -r env SLURM_CONF="$dir/slurm.conf" scancel 2>/dev/null || true
+    sleep 1
+  fi
+  local pids=()
+  for file in "$dir"/slurmd.pid "$dir"/slurmctld.pid "$dir"/munge/munged.pid; do
+    if [ -f "$file" ]; then pids+=("$(cat "$file")"); fi
   done
-  sleep 1
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 50); do  # (slurmctld saves its state first: wait, then insist)
+    local alive=0
+    for pid in "${pids[@]}"; do if kill -0 "$pid" 2>/dev/null; then alive=1; fi; done
+    [ "$alive" = 1 ] || return 0
+    sleep 0.2
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
 }
 
 if [ "$cmd" = stop ]; then stop; exit 0; fi
 
+if [ "$(id -u)" -ne 0 ]; then echo "local_cluster.sh: needs root (slurmd, and munged as the munge user)" >&2; exit 77; fi
 for tool in munged slurmctld slurmd sinfo; do
   command -v "$tool" >/dev/null || { echo "local_cluster.sh: $tool not found (scripts/install-deps.sh installs slurm-wlm)" >&2; exit 1; }
 done
@@ -50,7 +66,6 @@ PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscr
 CONF
 runuser -u munge -- munged --socket="$dir/munge/munge.socket" --pid-file="$dir/munge/munged.pid" \
   --log-file="$dir/munge/munged.log" --seed-file="$dir/munge/munged.seed" --force
-cp "$dir/munge/munged.pid" "$dir/munged.pid" 2>/dev/null || sleep 1 && cp "$dir/munge/munged.pid" "$dir/munged.pid"
 slurmctld -f "$dir/slurm.conf"
 slurmd -f "$dir/slurm.conf"
 export SLURM_CONF="$dir/slurm.conf"

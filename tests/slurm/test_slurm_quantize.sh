@@ -10,6 +10,7 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   echo "slurm-wlm / munge not installed (scripts/install-deps.sh installs them)"
   [ "${CI:-}" = true ] && exit 1 || exit 77
 fi
+if [ "$(id -u)" -ne 0 ]; then echo "skipped: the one-node cluster needs root"; exit 77; fi
 work=$(mktemp -d /tmp/mixq-slurm-XXXXXX)
 chmod 755 "$work"  # (munged runs as the munge user)
 cleanup() { bash "$src/tests/slurm/local_cluster.sh" stop "$work/cluster"; rm -rf "$work"; }
@@ -21,13 +22,13 @@ export OMP_NUM_THREADS=1
 "$mixq" synth --arch llama --out "$work/model" >/dev/null
 "$mixq" quantize --model "$work/model" --recipe llama_nvfp4 --out "$work/one" --quiet >/dev/null
 
-timeout 240 sbatch --wait --ntasks 2 --chdir="$work" --output="$work/job.out" --export=ALL,MIXQ="$mixq" \
+timeout 240 sbatch --wait --time=4 --ntasks 2 --chdir="$work" --output="$work/job.out" --export=ALL,MIXQ="$mixq" \
   "$src/launch/slurm/quantize.sbatch" --model "$work/model" --recipe llama_nvfp4 --out "$work/two" --quiet
 grep -q "processes:    2 (started by srun" "$work/job.out" || { cat "$work/job.out"; echo "FAIL: not 2 processes"; exit 1; }
 diff -r "$work/one" "$work/two" || { echo "FAIL: the 2-task export differs from one process's"; exit 1; }
 
 # --out exists: every process refuses, the job fails and says why once
-if timeout 240 sbatch --wait --ntasks 2 --chdir="$work" --output="$work/fail.out" --export=ALL,MIXQ="$mixq" \
+if timeout 240 sbatch --wait --time=4 --ntasks 2 --chdir="$work" --output="$work/fail.out" --export=ALL,MIXQ="$mixq" \
     "$src/launch/slurm/quantize.sbatch" --model "$work/model" --recipe llama_nvfp4 --out "$work/two" --quiet; then
   echo "FAIL: the job succeeded"; exit 1
 fi
