@@ -6,8 +6,9 @@
 //
 // Errors: work that may fail on some processes runs through stage(); afterwards every process knows
 // whether all succeeded, and where one failed, every process throws run_failed naming the first
-// failed rank (or every rank, where all failed alike) and its message. A collective is only ever reached by all processes or by none, so a
-// failure never leaves the others waiting.
+// failed rank (or none, where all failed alike) and its message. A collective is only ever reached
+// by all processes or by none, so such a failure never leaves the others waiting; an error outside
+// a stage is a defect, and main() aborts the job on it (MPI_Abort) rather than let it hang.
 #pragma once
 
 #include <cstdint>
