@@ -189,10 +189,67 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
   });
 }
 
+// Calibrate (or reuse the statistics), search, quantize, evaluate, export: past the load stage.
 void quantize_loaded(const quantize_request& rq, const run_world& world, quantize_report& rep, stage_clock& clock,
                      const checkpoint& source, const model_spec& spec, std::unique_ptr<causal_lm> model,
                      const std::vector<std::vector<int32_t>>& sequences, int64_t seq_len,
-                     const std::function<std::function<void(int64_t, int64_t)>(const std::string&)>& progress);
+                     const std::function<std::function<void(int64_t, int64_t)>(const std::string&)>& progress) {
+  const calibration_settings& cs = rq.rcp.calibration;
+
+  // calibrate, or reuse the statistics of an earlier run with the same fingerprint
+  rep.stats_file = rep.run_dir / "calibration.h5";
+  stats_fingerprint fp;
+  fp.model = model_fingerprint(rq.model);
+  const std::string settings = calibration_settings_text(cs, rep.calib_source, seq_len);
+  fp.calibration = fnv1a_hex(settings.data(), settings.size());
+  {
+    std::vector<int32_t> used;
+    for (const auto& s : sequences) used.insert(used.end(), s.begin(), s.end());
+    fp.data = fnv1a_hex(used.data(), used.size() * sizeof(int32_t));
+  }
+  calibration_stats stats;
+  const bool reuse = rq.resume && world.roots(fs::exists(rep.stats_file));
+  world.stage([&] {
+    if (!reuse) return;
+    stats = read_calibration_stats(rep.stats_file);
+    const std::string mismatch = describe_fingerprint_mismatch(stats.fingerprint, fp);
+    if (!mismatch.empty()) throw io_error(fmt::format("{}: {}", rep.stats_file.string(), mismatch));
+    rep.stats_reused = true;
+  });
+  if (!rep.stats_reused) {  // each process calibrates its share of the sequences
+    std::vector<std::vector<int32_t>> mine;
+    for (size_t i = 0; i < sequences.size(); ++i)
+      if (world.takes(int64_t(i))) mine.push_back(sequences[i]);
+    clock.log.info("calibrate: {} of {} sequences", mine.size(), sequences.size());
+    world.stage([&] { stats = calibrate(*model, mine, progress("calibrate")); });
+    combine_calibration(stats, world);
+    stats.fingerprint = fp;
+    world.stage([&] {
+      if (!world.root()) return;
+      fs::create_directories(rep.run_dir);
+      write_calibration_stats(rep.stats_file, stats);
+    });
+  }
+  rep.calib_sequences = stats.sequences;
+  rep.calib_tokens = stats.tokens;
+  clock.done("calibrate");
+
+  // search: the formats come from measured sensitivity under the budget
+  if (rq.rcp.search.enabled) {
+    rep.searched = true;
+    rep.search = run_search(*model, rq.rcp, stats, sequences, rep.run_dir, rq.resume, progress("score"), world);
+    rep.plan = rep.search.plan;
+    clock.done("score + solve");
+  }
+
+  // quantize
+  const quantized_weights q =
+      quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"), rq.device, world);
+  rep.uncalibrated_experts = q.uncalibrated_experts;
+  rep.uncalibrated_attention = q.uncalibrated_attention;
+  clock.done("quantize");
+  finish(rq, rep, clock, source, spec, std::move(model), sequences, seq_len, stats, q, world);
+}
 
 }  // namespace
 
@@ -272,71 +329,5 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
   clock.log.info("done: wrote {}", rq.out.string());
   return rep;
 }
-
-namespace {
-
-// Calibrate (or reuse the statistics), search, quantize, evaluate, export: past the load stage.
-void quantize_loaded(const quantize_request& rq, const run_world& world, quantize_report& rep, stage_clock& clock,
-                     const checkpoint& source, const model_spec& spec, std::unique_ptr<causal_lm> model,
-                     const std::vector<std::vector<int32_t>>& sequences, int64_t seq_len,
-                     const std::function<std::function<void(int64_t, int64_t)>(const std::string&)>& progress) {
-  const calibration_settings& cs = rq.rcp.calibration;
-
-  // calibrate, or reuse the statistics of an earlier run with the same fingerprint
-  rep.stats_file = rep.run_dir / "calibration.h5";
-  stats_fingerprint fp;
-  fp.model = model_fingerprint(rq.model);
-  const std::string settings = calibration_settings_text(cs, rep.calib_source, seq_len);
-  fp.calibration = fnv1a_hex(settings.data(), settings.size());
-  {
-    std::vector<int32_t> used;
-    for (const auto& s : sequences) used.insert(used.end(), s.begin(), s.end());
-    fp.data = fnv1a_hex(used.data(), used.size() * sizeof(int32_t));
-  }
-  calibration_stats stats;
-  const bool reuse = rq.resume && world.roots(fs::exists(rep.stats_file));
-  world.stage([&] {
-    if (!reuse) return;
-    stats = read_calibration_stats(rep.stats_file);
-    const std::string mismatch = describe_fingerprint_mismatch(stats.fingerprint, fp);
-    if (!mismatch.empty()) throw io_error(fmt::format("{}: {}", rep.stats_file.string(), mismatch));
-    rep.stats_reused = true;
-  });
-  if (!rep.stats_reused) {  // each process calibrates its share of the sequences
-    std::vector<std::vector<int32_t>> mine;
-    for (size_t i = 0; i < sequences.size(); ++i)
-      if (world.takes(int64_t(i))) mine.push_back(sequences[i]);
-    clock.log.info("calibrate: {} of {} sequences", mine.size(), sequences.size());
-    world.stage([&] { stats = calibrate(*model, mine, progress("calibrate")); });
-    combine_calibration(stats, world);
-    stats.fingerprint = fp;
-    world.stage([&] {
-      if (!world.root()) return;
-      fs::create_directories(rep.run_dir);
-      write_calibration_stats(rep.stats_file, stats);
-    });
-  }
-  rep.calib_sequences = stats.sequences;
-  rep.calib_tokens = stats.tokens;
-  clock.done("calibrate");
-
-  // search: the formats come from measured sensitivity under the budget
-  if (rq.rcp.search.enabled) {
-    rep.searched = true;
-    rep.search = run_search(*model, rq.rcp, stats, sequences, rep.run_dir, rq.resume, progress("score"), world);
-    rep.plan = rep.search.plan;
-    clock.done("score + solve");
-  }
-
-  // quantize
-  const quantized_weights q =
-      quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"), rq.device, world);
-  rep.uncalibrated_experts = q.uncalibrated_experts;
-  rep.uncalibrated_attention = q.uncalibrated_attention;
-  clock.done("quantize");
-  finish(rq, rep, clock, source, spec, std::move(model), sequences, seq_len, stats, q, world);
-}
-
-}  // namespace
 
 }  // namespace mixq
