@@ -1,6 +1,11 @@
 #include "pipeline/autoquant/search_groups.hpp"
 
+#include <algorithm>
+#include <cmath>
+
 #include <fmt/format.h>
+
+#include "pipeline/io/safetensors_file.hpp"  // io_error
 
 namespace mixq {
 namespace {
@@ -99,6 +104,27 @@ int64_t cost_per_bit(const search_space& s, const model_spec& spec, const search
   int64_t c = 0;
   for (const linear_spec& l : spec.linears) c += l.numel() * 4 * active_weight(spec, st, l);
   return c;
+}
+
+int64_t least_cost(const search_space& s, const model_spec& spec, const search_settings& st) {
+  int64_t lo = 0;
+  for (const search_group& g : s.groups) {
+    int64_t least = group_cost(s, spec, st, g, g.candidates.front());  // (bf16)
+    if (!g.disabled)
+      for (const weight_quant_spec& c : g.candidates) least = std::min(least, group_cost(s, spec, st, g, c));
+    lo += least;
+  }
+  return lo;
+}
+
+void require_reachable_budget(const search_space& s, const model_spec& spec, const search_settings& st,
+                              std::string_view origin) {
+  const int64_t per_bit = cost_per_bit(s, spec, st), lo = least_cost(s, spec, st);
+  if (int64_t(std::floor(st.effective_bits * double(per_bit))) < lo)
+    throw io_error(fmt::format("{}: search.effective_bits {} is below what this model can reach: {:.3f} bits with "
+                               "every group in its smallest candidate (groups a format cannot hold, disabled ones "
+                               "and routers stay larger)",
+                               origin, st.effective_bits, double(lo) / double(per_bit)));
 }
 
 }  // namespace mixq

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "pipeline/model/model_spec.hpp"
@@ -43,5 +44,12 @@ int64_t group_cost(const search_space& s, const model_spec& spec, const search_s
                    const search_group& g, const weight_quant_spec& c);
 // The denominator in the same units: every linear weight at 1 bit (x 4 quarter-bits).
 int64_t cost_per_bit(const search_space& s, const model_spec& spec, const search_settings& settings);
+
+// The least cost the groups can reach: each in its cheapest candidate, a disabled one in BF16.
+int64_t least_cost(const search_space& s, const model_spec& spec, const search_settings& settings);
+// io_error naming `origin` where settings.effective_bits is below that (as the solver rounds the
+// budget): checked before any calibration or scoring is spent on an unreachable budget.
+void require_reachable_budget(const search_space& s, const model_spec& spec, const search_settings& settings,
+                              std::string_view origin);
 
 }  // namespace mixq

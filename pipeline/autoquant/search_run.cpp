@@ -162,11 +162,7 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
   out.solve_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   const mck_solution& asked = sols[0];
   world.stage([&] {  // (every process solves the same problem: they fail alike, and are told once)
-    if (!asked.feasible)
-      throw io_error(fmt::format("{}: search.effective_bits {} is below what this model can reach: {:.3f} bits with "
-                                 "every group in its smallest candidate (groups a format cannot hold, disabled ones "
-                                 "and routers stay larger)",
-                                 r.origin, st.effective_bits, out.min_bits));
+    if (!asked.feasible) require_reachable_budget(out.space, spec, st, r.origin);
   });
   out.choice = asked.choice;
   out.achieved_bits = double(asked.cost) / double(per_bit);

@@ -12,5 +12,6 @@ void add_synth_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
 void add_report_command(CLI::App& app);
+void add_plan_command(CLI::App& app);
 
 }  // namespace mixq::cli

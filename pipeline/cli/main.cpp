@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
       "             mixq quantize --model ../shared/models/stories260K --recipe llama_nvfp4 --out /tmp/s-nvfp4\n"
       "                                   calibrate, quantize, export (ModelOpt layout) and verify by re-loading\n"
       "             mixq quantize --model DIR --recipe auto_nvfp4_fp8_5p4bits --out OUT   search the formats under a bit budget\n"
+      "             mixq plan --model DIR|config.json --recipe R   formats, export size and memory before a run\n"
       "             mixq report OUT.run   the search as HTML (sensitivity, assignment, front)\n"
       "             mixq inspect OUT      check an export the way vLLM will\n"
       "             mixq qerror           quantization error of every selector on a built-in tensor set\n"
@@ -63,6 +64,7 @@ int main(int argc, char** argv) {
   mixq::cli::add_inspect_command(app);
   mixq::cli::add_synth_command(app);
   mixq::cli::add_eval_command(app);
+  mixq::cli::add_plan_command(app);
   mixq::cli::add_quantize_command(app);
   mixq::cli::add_report_command(app);
   try {

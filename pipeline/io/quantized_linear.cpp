@@ -61,6 +61,16 @@ std::vector<encoded_tensor> encode_quantized_linear(const quantized_linear& q, e
   }
 }
 
+std::optional<uint64_t> quantized_linear_bytes(format_id format, int64_t out, int64_t in) {
+  const uint64_t n = uint64_t(out) * uint64_t(in), scalar = sizeof(float);
+  switch (format) {
+    case format_id::nvfp4: return n / 2 + n / kNvfp4Block + 2 * scalar;  // codes, block scales, scale_2, input
+    case format_id::nvfp4_w4a16: return n / 2 + n / kNvfp4Block + scalar;
+    case format_id::fp8_per_tensor: return n + 2 * scalar;                 // codes, weight and input scales
+    default: return std::nullopt;
+  }
+}
+
 namespace {
 
 [[noreturn]] void bad(const std::string& what) { throw std::runtime_error(what); }

@@ -47,6 +47,10 @@ struct encoded_tensor {
 // The tensors that replace <m>.weight for q in `layout` (a bias, if any, is written unchanged elsewhere).
 std::vector<encoded_tensor> encode_quantized_linear(const quantized_linear& q, export_layout layout);
 
+// The bytes encode_quantized_linear writes for an [out, in] weight in `format` (the same in both
+// layouts), from the shape alone; nullopt for a format with no export layout.
+std::optional<uint64_t> quantized_linear_bytes(format_id format, int64_t out, int64_t in);
+
 // A stored tensor as decode sees it: dtype, shape and raw little-endian bytes.
 struct stored_tensor {
   dtype type = dtype::f32;

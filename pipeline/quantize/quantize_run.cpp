@@ -11,6 +11,7 @@
 
 #include "calib/builtin_calibration.hpp"
 #include "calib/text_tokenizer.hpp"
+#include "pipeline/autoquant/search_groups.hpp"
 #include "pipeline/eval/perplexity.hpp"
 #include "pipeline/io/checkpoint.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
@@ -277,6 +278,8 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
     source_file = checkpoint::open(rq.model);
     spec = model_spec_from_file(rq.model);
     rep.plan = plan_quantization(rq.rcp, spec);
+    if (rq.rcp.search.enabled)  // an unreachable budget is told now, not after calibration and scoring
+      require_reachable_budget(make_search_space(spec, rq.rcp.search), spec, rq.rcp.search, rq.rcp.origin);
     std::vector<std::pair<std::string, std::vector<int64_t>>> present;
     std::vector<std::string> files;  // each tensor's file, named in the messages
     for (const auto& e : source_file->tensors()) {

@@ -1,0 +1,175 @@
+// mixq plan --model DIR|config.json --recipe R [--processes N] [--json FILE]: what `mixq quantize`
+// will do, before it reads a weight: formats, export size, each process's share and memory.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <memory>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "pipeline/cli/commands.hpp"
+#include "pipeline/io/checkpoint.hpp"
+#include "pipeline/io/safetensors_file.hpp"
+#include "pipeline/model/hf_config.hpp"
+#include "pipeline/plan/run_plan.hpp"
+#include "pipeline/report/number_text.hpp"
+
+namespace mixq::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+// config.json's torch_dtype (transformers 5: dtype), for a plan without the checkpoint's headers.
+dtype config_dtype(const fs::path& model, const nlohmann::json& cfg, std::string* said) {
+  for (const char* key : {"torch_dtype", "dtype"}) {
+    const auto it = cfg.find(key);
+    if (it == cfg.end() || !it->is_string()) continue;
+    const std::string v = it->get<std::string>();
+    static const std::map<std::string, dtype> names = {
+        {"bfloat16", dtype::bf16}, {"float16", dtype::f16}, {"float32", dtype::f32}};
+    if (const auto n = names.find(v); n != names.end()) {
+      *said = fmt::format("config.json {} {}", key, v);
+      return n->second;
+    }
+    config_error(model, fmt::format("config key '{}' is \"{}\" (bfloat16, float16 or float32 expected)", key, v));
+  }
+  *said = "bfloat16 assumed: config.json names no torch_dtype";
+  return dtype::bf16;
+}
+
+std::string gb(uint64_t bytes) { return bytes_text(double(bytes)); }
+
+void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, const std::string& model,
+                const std::string& dtypes_from) {
+  fmt::print("model:      {} ({})\n", model, spec.architecture);
+  std::string blocks;
+  for (int k = 0; k < 4; ++k)
+    if (p.blocks[k] > 0)
+      blocks += fmt::format("{}{} {}", blocks.empty() ? "" : ", ", p.blocks[k], to_string(block_kind(k)));
+  fmt::print("blocks:     {}{}\n", blocks, p.mtp_blocks ? fmt::format(" + {} in the MTP head", p.mtp_blocks) : "");
+  fmt::print("parameters: {} ({} active per token), {} in linear weights\n", count_text(p.parameters),
+             count_text(p.active_parameters), count_text(p.linear_parameters));
+  fmt::print("source:     {} ({})\n", gb(p.source_bytes), dtypes_from);
+  fmt::print("recipe:     {}\n\n", r.origin);
+  if (!p.searched) {
+    fmt::print("{:<14} {:>9} {:>18} {:>12}\n", "format", "linears", "parameters", "exported");
+    for (const format_share& s : p.formats)
+      fmt::print("{:<14} {:>9} {:>18} {:>12}\n", traits_of(s.format).name, count_text(s.linears),
+                 count_text(s.parameters), gb(s.bytes));
+    fmt::print("\nexport:     {} of tensors ({:.2f} effective bits per linear weight; {:.2f}x smaller than the source)\n",
+               gb(p.export_bytes), p.effective_bits, double(p.source_bytes) / double(p.export_bytes));
+  } else {
+    fmt::print("search:     {} of {} linears take part; budget {:.2f} effective bits ({} cost), {:.3f} at the least\n",
+               count_text(p.searched_linears), count_text(int64_t(spec.linears.size())), r.search.effective_bits,
+               to_string(r.search.cost), p.least_effective_bits);
+    fmt::print("export:     between {} (every searched linear in its smallest candidate) and {} (all BF16)\n",
+               gb(p.export_bytes_min), gb(p.export_bytes_max));
+    if (p.export_bytes_budget > 0) fmt::print("            at most {} under the budget\n", gb(p.export_bytes_budget));
+  }
+  if (p.kv_scales > 0) fmt::print("KV cache:   FP8 scales for {} attention modules\n", p.kv_scales);
+  for (const std::string& n : p.notes) fmt::print("kept BF16:  {}\n", n);
+  for (const std::string& w : p.warnings) fmt::print("warning:    {}\n", w);
+
+  fmt::print("\nprocesses:  {}: each calibrates {} of {} sequences of {} tokens and quantizes {} of {} linears\n",
+             p.processes, count_text(p.sequences_per_process), count_text(p.calibration_sequences), p.seq_len,
+             count_text(p.linears_per_process), count_text(p.quantized_linears));
+  fmt::print("memory:     each process holds the whole model: {} in FP32 + {} of quantized weights{}\n",
+             gb(p.fp32_model_bytes), gb(p.quantized_bytes), p.searched ? " (at most)" : "");
+  fmt::print("            + the source checkpoint, memory-mapped ({}): at least {} per process\n", gb(p.source_bytes),
+             gb(p.fp32_model_bytes + p.quantized_bytes));
+}
+
+nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const run_plan& p) {
+  nlohmann::ordered_json blocks = nlohmann::ordered_json::object();
+  for (int k = 0; k < 4; ++k) blocks[std::string(to_string(block_kind(k)))] = p.blocks[k];
+  blocks["mtp"] = p.mtp_blocks;
+  nlohmann::ordered_json j = {{"architecture", spec.architecture},
+                              {"blocks", blocks},
+                              {"parameters", p.parameters},
+                              {"active_parameters", p.active_parameters},
+                              {"linear_parameters", p.linear_parameters},
+                              {"source_bytes", p.source_bytes},
+                              {"recipe", r.origin},
+                              {"searched", p.searched}};
+  if (!p.searched) {
+    nlohmann::ordered_json formats = nlohmann::ordered_json::array();
+    for (const format_share& s : p.formats)
+      formats.push_back({{"format", std::string(traits_of(s.format).name)},
+                         {"linears", s.linears},
+                         {"parameters", s.parameters},
+                         {"bytes", s.bytes}});
+    j["formats"] = formats;
+    j["export_bytes"] = p.export_bytes;
+    j["effective_bits"] = p.effective_bits;
+  } else {
+    j["searched_linears"] = p.searched_linears;
+    j["budget_effective_bits"] = r.search.effective_bits;
+    j["least_effective_bits"] = p.least_effective_bits;
+    j["export_bytes_min"] = p.export_bytes_min;
+    j["export_bytes_max"] = p.export_bytes_max;
+    if (p.export_bytes_budget > 0) j["export_bytes_budget"] = p.export_bytes_budget;
+  }
+  j["kv_scales"] = p.kv_scales;
+  j["notes"] = p.notes;
+  j["warnings"] = p.warnings;
+  j["processes"] = {{"count", p.processes},
+                    {"calibration_sequences", p.calibration_sequences},
+                    {"sequences_per_process", p.sequences_per_process},
+                    {"seq_len", p.seq_len},
+                    {"quantized_linears", p.quantized_linears},
+                    {"linears_per_process", p.linears_per_process}};
+  j["memory_per_process"] = {{"fp32_model_bytes", p.fp32_model_bytes},
+                             {"quantized_bytes", p.quantized_bytes},
+                             {"mapped_source_bytes", p.source_bytes}};
+  return j;
+}
+
+}  // namespace
+
+void add_plan_command(CLI::App& app) {
+  struct options {
+    std::string model, recipe, json;
+    int processes = 1;
+  };
+  auto o = std::make_shared<options>();
+  auto* cmd = app.add_subcommand(
+      "plan", "What `mixq quantize` will do, from config.json and the recipe alone: formats, export size, memory");
+  cmd->add_option("--model", o->model,
+                  "checkpoint directory (tensor dtypes from its safetensors headers) or a config.json alone")
+      ->required();
+  cmd->add_option("--recipe", o->recipe, "recipe YAML file or built-in name (see recipes/README.md)")->required();
+  cmd->add_option("--processes", o->processes, "processes the run will start (mpirun -np / srun -n)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--json", o->json, "also write the plan as JSON to this file");
+  cmd->callback([o] {
+    const fs::path model(o->model);
+    if (!fs::exists(model)) throw std::runtime_error(fmt::format("{}: not found", o->model));
+    const nlohmann::json cfg = read_hf_config(model);
+    const model_spec spec = model_spec_from_config(cfg, hf_config_path(model).string());
+    const recipe r = load_recipe(o->recipe);
+    std::string dtypes_from;
+    const dtype fallback = config_dtype(model, cfg, &dtypes_from);
+    dtype_lookup source_dtype = [fallback](const std::string&) { return fallback; };
+    bool has_weights = false;
+    if (fs::is_directory(model))
+      for (const auto& e : fs::directory_iterator(model)) has_weights = has_weights || e.path().extension() == ".safetensors";
+    if (has_weights) {  // as quantize would, a checkpoint that contradicts its config is refused
+      source_dtype = checkpoint_dtypes(checkpoint::open(model), spec, fallback);
+      dtypes_from = "dtypes from the safetensors headers";
+    }
+    const int64_t max_positions = config_positive_int_or(model, cfg, "max_position_embeddings",
+                                                         std::numeric_limits<int64_t>::max());
+    const run_plan p = make_run_plan(spec, r, source_dtype, o->processes, max_positions);
+    print_plan(spec, r, p, o->model, dtypes_from);
+    if (!o->json.empty()) {
+      std::ofstream f(o->json);
+      f << plan_json(spec, r, p).dump(2) << "\n";
+      if (!f.flush()) throw std::runtime_error(fmt::format("{}: cannot write", o->json));
+    }
+  });
+}
+
+}  // namespace mixq::cli

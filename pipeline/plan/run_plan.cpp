@@ -1,0 +1,154 @@
+#include "pipeline/plan/run_plan.hpp"
+
+#include <algorithm>
+#include <map>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "pipeline/autoquant/search_groups.hpp"
+#include "pipeline/io/quantized_linear.hpp"
+#include "pipeline/io/safetensors_file.hpp"
+
+namespace mixq {
+namespace {
+
+uint64_t source_bytes_of(const std::string& name, int64_t numel, const dtype_lookup& source_dtype) {
+  return uint64_t(numel) * uint64_t(dtype_bits(source_dtype(name))) / 8;
+}
+
+// A linear's bytes in the export: its encoding, or its source tensor copied unchanged (BF16).
+uint64_t exported_linear_bytes(const linear_spec& l, format_id f, const dtype_lookup& source_dtype) {
+  if (f == format_id::bf16) return source_bytes_of(l.weight_name(), l.numel(), source_dtype);
+  const auto bytes = quantized_linear_bytes(f, l.out_features, l.in_features);
+  if (!bytes) throw io_error(fmt::format("{}: format {} cannot be exported", l.module, traits_of(f).name));
+  return *bytes;
+}
+
+int64_t share_of(int64_t items, int processes) { return (items + processes - 1) / processes; }
+
+}  // namespace
+
+dtype_lookup checkpoint_dtypes(const checkpoint& source, const model_spec& spec, dtype fallback) {
+  auto stored = std::make_shared<std::map<std::string, dtype>>();
+  std::vector<std::pair<std::string, std::vector<int64_t>>> present;
+  std::vector<std::string> files;
+  for (const checkpoint::entry& e : source.tensors()) {
+    (*stored)[e.tensor->name] = e.tensor->type;
+    present.emplace_back(e.tensor->name, e.tensor->shape);
+    files.push_back(e.shard->path().filename().string());
+  }
+  const std::vector<std::string> problems = check_against_tensors(spec, present, files);
+  if (!problems.empty())
+    throw io_error(fmt::format("{}: the checkpoint does not match its config.json: {}{}", source.dir().string(),
+                               problems.front(),
+                               problems.size() > 1 ? fmt::format(" (and {} more)", problems.size() - 1) : ""));
+  for (const tensor_spec& t : spec.tensors)
+    for (const std::string& alias : t.aliases)
+      if (!stored->count(t.name) && stored->count(alias)) (*stored)[t.name] = stored->at(alias);
+  return [stored, fallback](const std::string& name) {
+    const auto it = stored->find(name);
+    return it != stored->end() ? it->second : fallback;
+  };
+}
+
+run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype, int processes,
+                       int64_t max_positions) {
+  run_plan p;
+  for (const block_spec& b : spec.blocks) {
+    if (b.mtp) ++p.mtp_blocks;
+    else ++p.blocks[int(b.kind)];
+  }
+  p.parameters = parameter_count(spec);
+  p.active_parameters = active_parameter_count(spec);
+  uint64_t other_bytes = 0;  // every tensor that is not a linear weight: copied unchanged
+  for (const tensor_spec& t : spec.tensors) other_bytes += source_bytes_of(t.name, t.numel(), source_dtype);
+  uint64_t linear_source_bytes = 0;
+  for (const linear_spec& l : spec.linears) {
+    p.linear_parameters += l.numel();
+    linear_source_bytes += source_bytes_of(l.weight_name(), l.numel(), source_dtype);
+  }
+  p.source_bytes = other_bytes + linear_source_bytes;
+  for (const linear_spec& l : spec.linears)
+    if (l.module.ends_with(".k_proj") && r.kv_cache == kv_cache_format::fp8) ++p.kv_scales;
+  const uint64_t kv_bytes = uint64_t(p.kv_scales) * 2 * sizeof(float);
+
+  p.searched = r.search.enabled;
+  if (!p.searched) {
+    const quant_plan plan = plan_quantization(r, spec);
+    p.warnings = plan.warnings;
+    std::map<format_id, format_share> by_format;
+    std::map<std::string, int64_t> notes;
+    double bits = 0.0;
+    for (size_t i = 0; i < spec.linears.size(); ++i) {
+      const linear_spec& l = spec.linears[i];
+      const format_id f = plan.linears[i].weight.format;
+      format_share& s = by_format[f];
+      s.format = f;
+      ++s.linears;
+      s.parameters += l.numel();
+      s.bytes += exported_linear_bytes(l, f, source_dtype);
+      bits += traits_of(f).effective_bits * double(l.numel());
+      if (f != format_id::bf16) {
+        ++p.quantized_linears;
+        p.quantized_bytes += *quantized_linear_bytes(f, l.out_features, l.in_features);
+      }
+      if (!plan.linears[i].note.empty()) ++notes[plan.linears[i].note];
+    }
+    for (auto& [f, s] : by_format) {
+      p.formats.push_back(s);
+      p.export_bytes += s.bytes;
+    }
+    p.export_bytes += other_bytes + kv_bytes;
+    p.effective_bits = p.linear_parameters > 0 ? bits / double(p.linear_parameters) : 0.0;
+    for (const auto& [note, n] : notes) p.notes.push_back(n > 1 ? fmt::format("{} ({} linears)", note, n) : note);
+  } else {
+    const search_space space = make_search_space(spec, r.search);
+    p.warnings = space.warnings;
+    uint64_t smallest = 0;
+    for (const search_group& g : space.groups) {
+      if (!g.disabled) p.searched_linears += int64_t(g.linears.size());
+      for (int i : g.linears) {
+        const linear_spec& l = spec.linears[size_t(i)];
+        uint64_t least = exported_linear_bytes(l, format_id::bf16, source_dtype), most_quantized = 0;
+        for (const weight_quant_spec& c : g.candidates) {
+          if (g.disabled || c.format == format_id::bf16) continue;
+          const uint64_t bytes = exported_linear_bytes(l, c.format, source_dtype);
+          least = std::min(least, bytes);
+          most_quantized = std::max(most_quantized, bytes);
+        }
+        smallest += least;
+        if (most_quantized > 0) ++p.quantized_linears, p.quantized_bytes += most_quantized;
+      }
+    }
+    const int64_t per_bit = cost_per_bit(space, spec, r.search);
+    p.least_effective_bits = double(least_cost(space, spec, r.search)) / double(per_bit);
+    bool reachable = true;
+    try {
+      require_reachable_budget(space, spec, r.search, r.origin);
+    } catch (const io_error& e) {
+      p.warnings.push_back(e.what());
+      reachable = false;
+    }
+    p.export_bytes_min = smallest + other_bytes + kv_bytes;
+    p.export_bytes_max = linear_source_bytes + other_bytes + kv_bytes;
+    // The budget counts every linear weight's effective bits (BF16 as 16): it bounds the stored bytes
+    // where the kept linears are stored in 16 bits, up to each quantized linear's two F32 scalars.
+    bool sixteen_bit = true;
+    for (const linear_spec& l : spec.linears) sixteen_bit = sixteen_bit && dtype_bits(source_dtype(l.weight_name())) == 16;
+    if (reachable && r.search.cost == cost_model::weight && sixteen_bit)
+      p.export_bytes_budget =
+          std::min(p.export_bytes_max, uint64_t(r.search.effective_bits * double(p.linear_parameters) / 8.0) +
+                                           uint64_t(p.quantized_linears) * 2 * sizeof(float) + other_bytes + kv_bytes);
+  }
+
+  p.processes = processes;
+  p.seq_len = std::min(r.calibration.seq_len, max_positions);
+  p.calibration_sequences = r.calibration.samples;
+  p.sequences_per_process = share_of(p.calibration_sequences, processes);
+  p.linears_per_process = share_of(p.quantized_linears, processes);
+  p.fp32_model_bytes = uint64_t(p.parameters) * sizeof(float);
+  return p;
+}
+
+}  // namespace mixq

@@ -1,0 +1,70 @@
+// What `mixq quantize` will do to a model under a recipe, from config.json and the recipe alone (and
+// the safetensors headers when a checkpoint directory is at hand): no weight is read. The formats
+// each linear gets, the size of the export, the share of the work each process takes, and the
+// memory each process needs in this runtime (every process holds the whole model in FP32).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "formats/format_traits.hpp"
+#include "pipeline/io/checkpoint.hpp"
+#include "pipeline/io/dtype.hpp"
+#include "pipeline/model/model_spec.hpp"
+#include "pipeline/recipe/recipe.hpp"
+
+namespace mixq {
+
+struct format_share {
+  format_id format = format_id::bf16;
+  int64_t linears = 0, parameters = 0;
+  uint64_t bytes = 0;  // as exported (BF16: the linears' source bytes, copied unchanged)
+};
+
+struct run_plan {
+  // the model
+  int64_t blocks[4] = {};  // by block_kind: attention, mlp, moe, mamba (main forward pass)
+  int64_t mtp_blocks = 0;
+  int64_t parameters = 0, active_parameters = 0;
+  int64_t linear_parameters = 0;
+  uint64_t source_bytes = 0;  // every tensor in its source dtype
+  // the recipe
+  bool searched = false;
+  std::vector<format_share> formats;  // fixed rules: the linears by format, in format_id order
+  uint64_t export_bytes = 0;          // fixed rules: the export's tensor payload, exactly
+  uint64_t export_bytes_min = 0, export_bytes_max = 0;  // a search: every searched linear at its
+                                                        // smallest candidate / all kept BF16
+  uint64_t export_bytes_budget = 0;   // a search with the weight cost model over 16-bit linears: at most
+                                      // this under the budget (0: no such bound)
+  double effective_bits = 0.0;        // fixed rules: bits per linear weight, as the search counts them
+  int64_t searched_linears = 0;       // a search: linears that take part
+  double least_effective_bits = 0.0;  // a search: the least budget it can reach (a warning when below)
+  int64_t kv_scales = 0;              // attention modules given FP8 KV-cache scales
+  std::vector<std::string> notes;     // linears kept BF16 against their rule, by reason (counted)
+  std::vector<std::string> warnings;  // rules that match nothing
+  // the processes
+  int processes = 1;
+  int64_t calibration_sequences = 0, sequences_per_process = 0, seq_len = 0;
+  int64_t quantized_linears = 0, linears_per_process = 0;  // a search: the linears it may quantize
+  // memory per process
+  uint64_t fp32_model_bytes = 0;  // the model's working copy
+  uint64_t quantized_bytes = 0;   // the quantized weights every process ends up holding (a search:
+                                  // at most, each linear in its largest quantized candidate)
+};
+
+// A tensor's source dtype by name: from the checkpoint's headers, or one dtype for all (config).
+using dtype_lookup = std::function<dtype(const std::string& name)>;
+
+// The dtypes a checkpoint stores, by the spec's names (a tensor stored under an alias too);
+// `fallback` for any it does not hold. io_error, as quantize gives it, where the checkpoint
+// contradicts the spec (a tensor missing, unexpected or of another shape).
+dtype_lookup checkpoint_dtypes(const checkpoint& source, const model_spec& spec, dtype fallback);
+
+// The plan; `max_positions` caps the calibration seq_len as quantize does. Throws io_error for a
+// recipe the model cannot take (as quantize would: fused siblings given different formats).
+run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype, int processes,
+                       int64_t max_positions);
+
+}  // namespace mixq
