@@ -6,7 +6,10 @@
 #include <cmath>
 #include <cstring>
 
+#include <fmt/format.h>
+
 #include "pipeline/io/checkpoint.hpp"
+#include "pipeline/plan/run_plan.hpp"
 #include "pipeline/quantize/quantize_run.hpp"
 #include "tests/pipeline/model_test_support.hpp"
 
@@ -56,6 +59,13 @@ struct export_view {
   }
 };
 
+// The export's tensor bytes as `mixq plan` predicts them, from config.json and the checkpoint's headers.
+uint64_t planned_export_bytes(const quantize_request& rq) {
+  const model_spec spec = model_spec_from_file(rq.model);
+  const dtype_lookup dtypes = checkpoint_dtypes(checkpoint::open(rq.model), spec, dtype::bf16);
+  return make_run_plan(spec, rq.rcp, dtypes, 1, 1 << 20).export_bytes;
+}
+
 const std::string kLlamaNvfp4Rules =
     "    - match: lm_head\n      format: bf16\n    - match: \"*\"\n      format: nvfp4\n      weights: four_over_six\n";
 
@@ -67,6 +77,7 @@ TEST(quantize_run, stories260k_nvfp4_export_reloads_to_the_fake_quant_perplexity
   rq.out = tmp.path / "out";
   rq.rcp = test_recipe(kLlamaNvfp4Rules);
   const quantize_report r = run_quantize(rq);
+  EXPECT_EQ(r.exported.tensor_bytes, planned_export_bytes(rq));  // F32 source: the kept linears copied as F32
 
   // the verification ran (it throws on a mismatch) and quantization costs a little, not a lot
   EXPECT_NEAR(r.ppl_export, r.ppl_fake_quant, 1e-4 * r.ppl_fake_quant);
@@ -187,6 +198,7 @@ TEST(quantize_run, compressed_tensors_layout_reloads_identically) {
   rq.out = tmp.path / "out";
   rq.rcp = test_recipe(kLlamaNvfp4Rules, "kv_cache: fp8\nexport:\n  layout: compressed-tensors\n");
   const quantize_report r = run_quantize(rq);
+  EXPECT_EQ(r.exported.tensor_bytes, planned_export_bytes(rq));
   EXPECT_NEAR(r.ppl_export, r.ppl_fake_quant, 1e-4 * r.ppl_fake_quant);
   const export_view out(rq.out);
   EXPECT_NE(out.find("model.layers.0.self_attn.q_proj.weight_packed"), nullptr);
@@ -208,6 +220,7 @@ TEST(quantize_run, nemotron_h_release_mix_with_fp8_kv_cache) {
   rq.rcp.calibration.samples = 4;
   rq.rcp.calibration.seq_len = 128;
   const quantize_report r = run_quantize(rq);
+  EXPECT_EQ(r.exported.tensor_bytes, planned_export_bytes(rq));  // NVFP4, FP8, BF16 and the KV scales
   EXPECT_NEAR(r.ppl_export, r.ppl_fake_quant, 1e-4 * r.ppl_fake_quant);
   EXPECT_LT(r.ppl_fake_quant, 1.2 * r.ppl_source);
   const nlohmann::json hq = testing::read_json(rq.out / "hf_quant_config.json");
@@ -298,6 +311,48 @@ TEST(quantize_run, mtp_attention_gets_the_largest_calibrated_kv_scales) {
   EXPECT_GT(k_max, 0.0f);
   EXPECT_EQ(out.scalar("mtp.layers.0.mixer.k_proj.k_scale"), k_max);
   EXPECT_EQ(out.scalar("mtp.layers.0.mixer.v_proj.v_scale"), v_max);
+}
+
+TEST(quantize_run, a_search_lands_within_its_planned_bounds) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "nemotron-h-tiny");
+  const scratch_dir tmp("mixq-qrun-plan");
+  quantize_request rq;
+  rq.model = model;
+  rq.out = tmp.path / "out";
+  rq.rcp = load_recipe("auto_nemotron_nvfp4_fp8_6p0bits");
+  rq.rcp.calibration.samples = 4;
+  rq.rcp.calibration.seq_len = 64;
+  rq.rcp.search.score_samples = 2;
+  rq.rcp.search.effective_bits = 7.0;  // (this small model cannot reach 6: its BF16 attention weighs too much)
+  const model_spec spec = model_spec_from_file(rq.model);
+  const run_plan p = make_run_plan(spec, rq.rcp, checkpoint_dtypes(checkpoint::open(rq.model), spec, dtype::bf16), 1, 1 << 20);
+  ASSERT_GT(p.export_bytes_budget, 0u);
+  const quantize_report r = run_quantize(rq);
+  EXPECT_GE(r.exported.tensor_bytes, p.export_bytes_min);
+  EXPECT_LE(r.exported.tensor_bytes, p.export_bytes_budget);
+  EXPECT_LT(p.export_bytes_budget, p.export_bytes_max);
+}
+
+TEST(quantize_run, an_unreachable_budget_is_refused_before_any_work) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "nemotron-h-tiny");
+  const scratch_dir tmp("mixq-qrun-budget");
+  quantize_request rq;
+  rq.model = model;
+  rq.out = tmp.path / "out";
+  rq.rcp = load_recipe("auto_nemotron_nvfp4_fp8_5p0bits");
+  const model_spec spec = model_spec_from_file(rq.model);
+  const run_plan p = make_run_plan(spec, rq.rcp, [](const std::string&) { return dtype::bf16; }, 1, 1 << 20);
+  EXPECT_GT(p.least_effective_bits, 5.0);  // the plan says so, and so does quantize, at once
+  ASSERT_FALSE(p.warnings.empty());
+  EXPECT_THAT(p.warnings.back(), HasSubstr("below what this model can reach"));
+  try {
+    run_quantize(rq);
+    FAIL() << "an unreachable budget was accepted";
+  } catch (const io_error& e) {
+    EXPECT_THAT(e.what(), HasSubstr(fmt::format("{:.3f} bits", p.least_effective_bits)));
+  }
+  EXPECT_FALSE(fs::exists(rq.out));
+  EXPECT_FALSE(fs::exists(tmp.path / "out.run"));  // nothing calibrated, nothing written
 }
 
 }  // namespace

@@ -1,0 +1,119 @@
+// mixq plan: the stored bytes of each quantized linear against the encoder that writes them, and the
+// plan of Nemotron 3 Super (its real config.json) under the release recipe. That the planned export
+// size is the written one, byte for byte, is checked on real exports in test_quantize_run.cpp.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "pipeline/io/quantized_linear.hpp"
+#include "pipeline/plan/run_plan.hpp"
+
+namespace mixq {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path source_dir() {
+  const char* src = std::getenv("MIXQ_SOURCE_DIR");
+  return src ? fs::path(src) : fs::path(__FILE__).parent_path().parent_path().parent_path();
+}
+
+model_spec config_spec(const std::string& name) {
+  std::ifstream in(source_dir() / "tests" / "data" / "configs" / name);
+  if (!in) throw std::runtime_error("cannot read " + name);
+  return model_spec_from_config(nlohmann::json::parse(in), name);
+}
+
+// A quantized linear of the shape with zeroed payloads: the encoder only lays them out.
+quantized_linear shaped(format_id f, int64_t out, int64_t in) {
+  quantized_linear q;
+  q.module = "m";
+  q.format = f;
+  q.input_scale = 1.0f;
+  q.nvfp4.rows = q.fp8.rows = out;
+  q.nvfp4.cols = q.fp8.cols = in;
+  q.nvfp4.global_scale = 1.0f;
+  q.nvfp4.packed.resize(size_t(out * in / 2));
+  q.nvfp4.block_scales.resize(size_t(out * in / kNvfp4Block));
+  q.fp8.codes.resize(size_t(out * in));
+  q.fp8.scales = {1.0f};
+  return q;
+}
+
+TEST(run_plan, quantized_linear_bytes_are_what_the_encoder_writes) {
+  for (format_id f : {format_id::nvfp4, format_id::nvfp4_w4a16, format_id::fp8_per_tensor})
+    for (export_layout layout : {export_layout::modelopt, export_layout::compressed_tensors})
+      for (auto [out, in] : {std::pair<int64_t, int64_t>{16, 16}, {48, 160}, {7, 4096}}) {
+        uint64_t written = 0;
+        for (const encoded_tensor& t : encode_quantized_linear(shaped(f, out, in), layout)) written += t.bytes.size();
+        EXPECT_EQ(quantized_linear_bytes(f, out, in), written) << traits_of(f).name << " " << out << "x" << in;
+      }
+  EXPECT_FALSE(quantized_linear_bytes(format_id::mxfp4, 16, 32));  // measured, never exported
+  EXPECT_FALSE(quantized_linear_bytes(format_id::nf4, 16, 64));
+}
+
+TEST(run_plan, nemotron3_super_under_the_release_recipe) {
+  const model_spec spec = config_spec("nemotron3-super-120b-a12b.json");
+  const recipe r = load_recipe("nemotron_super_nvfp4_release");
+  const run_plan p = make_run_plan(spec, r, [](const std::string&) { return dtype::bf16; }, 16, 262144);
+  EXPECT_EQ(p.blocks[int(block_kind::mamba)], 40);
+  EXPECT_EQ(p.blocks[int(block_kind::moe)], 40);
+  EXPECT_EQ(p.blocks[int(block_kind::attention)], 8);
+  EXPECT_EQ(p.mtp_blocks, 2);  // "*E"
+  EXPECT_EQ(p.parameters, 123'611'033'088);
+  EXPECT_EQ(p.source_bytes, uint64_t(p.parameters) * 2);
+
+  int64_t linears = 0, parameters = 0, quantized = 0;
+  uint64_t bytes = 0;
+  for (const format_share& s : p.formats) {
+    linears += s.linears;
+    parameters += s.parameters;
+    bytes += s.bytes;
+    if (s.format != format_id::bf16) quantized += s.linears;
+    // Each format's bytes from its effective bits, plus the F32 scalars the export adds per linear.
+    const int scalars = s.format == format_id::bf16 ? 0 : 2;
+    EXPECT_EQ(s.bytes, uint64_t(traits_of(s.format).effective_bits * double(s.parameters) / 8.0) +
+                           uint64_t(scalars) * 4 * uint64_t(s.linears))
+        << traits_of(s.format).name;
+  }
+  EXPECT_EQ(linears, int64_t(spec.linears.size()));
+  EXPECT_EQ(parameters, p.linear_parameters);
+  EXPECT_EQ(quantized, p.quantized_linears);
+  // Every routed expert of the 40 MoE layers is NVFP4 (the MTP head's stay BF16, as in the release).
+  ASSERT_EQ(p.formats.back().format, format_id::nvfp4);
+  EXPECT_EQ(p.formats.back().linears, 40 * 512 * 2);
+  EXPECT_EQ(p.kv_scales, 9);  // 8 attention layers and the MTP head's
+  EXPECT_EQ(p.export_bytes, bytes + (p.source_bytes - uint64_t(p.linear_parameters) * 2) + 9 * 8);
+  EXPECT_NEAR(p.effective_bits, 5.07, 0.01);
+
+  // 16 processes: 64 calibration sequences, 4 each; the quantized linears in shares of at most ceil(n / 16)
+  EXPECT_EQ(p.sequences_per_process, 4);
+  EXPECT_EQ(p.linears_per_process, (p.quantized_linears + 15) / 16);
+  EXPECT_EQ(p.fp32_model_bytes, uint64_t(p.parameters) * 4);
+  EXPECT_EQ(p.quantized_bytes, bytes - p.formats.front().bytes);
+}
+
+TEST(run_plan, a_search_is_bounded_by_its_smallest_candidates_and_by_bf16) {
+  const model_spec spec = config_spec("nemotron3-super-120b-a12b.json");
+  const recipe r = load_recipe("auto_nemotron_nvfp4_fp8_5p0bits");
+  const run_plan p = make_run_plan(spec, r, [](const std::string&) { return dtype::bf16; }, 1, 262144);
+  EXPECT_TRUE(p.searched);
+  EXPECT_LT(p.least_effective_bits, 5.0);  // reachable on the real model (unlike on the tiny one)
+  EXPECT_TRUE(p.warnings.empty() || p.warnings.back().find("below") == std::string::npos);
+  EXPECT_LT(p.export_bytes_min, p.export_bytes_budget);
+  EXPECT_LT(p.export_bytes_budget, p.export_bytes_max);
+  EXPECT_EQ(p.export_bytes_max, p.source_bytes + uint64_t(p.kv_scales) * 8);
+  // 5 bits over 123 B linear weights: at most 5/16 of their BF16 bytes, plus each quantized linear's
+  // two F32 scales, the KV scales and every other tensor as it is
+  EXPECT_NEAR(double(p.export_bytes_budget),
+              5.0 / 8.0 * double(p.linear_parameters) + 8.0 * double(p.quantized_linears) + 8.0 * double(p.kv_scales) +
+                  double(p.source_bytes - uint64_t(p.linear_parameters) * 2),
+              1.0);
+}
+
+}  // namespace
+}  // namespace mixq
