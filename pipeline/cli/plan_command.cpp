@@ -76,10 +76,12 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
   fmt::print("\nprocesses:  {}: each calibrates {} of {} sequences of {} tokens and quantizes {} of {} linears\n",
              p.processes, count_text(p.sequences_per_process), count_text(p.calibration_sequences), p.seq_len,
              count_text(p.linears_per_process), count_text(p.quantized_linears));
-  fmt::print("memory:     each process holds the whole model: {} in FP32 + {} of quantized weights{}\n",
-             gb(p.fp32_model_bytes), gb(p.quantized_bytes), p.searched ? " (at most)" : "");
-  fmt::print("            + the source checkpoint, memory-mapped ({}): at least {} per process\n", gb(p.source_bytes),
-             gb(p.fp32_model_bytes + p.quantized_bytes));
+  fmt::print("memory:     about {} per process at the peak: every process holds the whole model ({} in FP32)\n",
+             gb(p.peak_bytes), gb(p.fp32_model_bytes));
+  fmt::print("            and {} of quantized weights{}, and maps the source ({}) and the staged export\n",
+             gb(p.quantized_bytes), p.searched ? " at most" : "", gb(p.source_bytes));
+  if (p.searched)
+    fmt::print("            scoring holds the searched linears dequantized in each candidate: {}\n", gb(p.scoring_bytes));
 }
 
 nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const run_plan& p) {
@@ -121,8 +123,10 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
                     {"seq_len", p.seq_len},
                     {"quantized_linears", p.quantized_linears},
                     {"linears_per_process", p.linears_per_process}};
-  j["memory_per_process"] = {{"fp32_model_bytes", p.fp32_model_bytes},
+  j["memory_per_process"] = {{"peak_bytes", p.peak_bytes},
+                             {"fp32_model_bytes", p.fp32_model_bytes},
                              {"quantized_bytes", p.quantized_bytes},
+                             {"scoring_bytes", p.scoring_bytes},
                              {"mapped_source_bytes", p.source_bytes}};
   return j;
 }
@@ -141,7 +145,7 @@ void add_plan_command(CLI::App& app) {
                   "checkpoint directory (tensor dtypes from its safetensors headers) or a config.json alone")
       ->required();
   cmd->add_option("--recipe", o->recipe, "recipe YAML file or built-in name (see recipes/README.md)")->required();
-  cmd->add_option("--processes", o->processes, "processes the run will start (mpirun -np / srun -n)")
+  cmd->add_option("--processes,--ranks", o->processes, "processes (ranks) the run will start: mpirun -np / srun -n")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--json", o->json, "also write the plan as JSON to this file");
   cmd->callback([o] {

@@ -119,6 +119,9 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
         }
         smallest += least;
         if (most_quantized > 0) ++p.quantized_linears, p.quantized_bytes += most_quantized;
+        const bool forward_pass = l.block < 0 || !spec.blocks[size_t(l.block)].mtp;  // (MTP linears: not scored)
+        for (const weight_quant_spec& c : g.candidates)
+          if (!g.disabled && forward_pass && c.format != format_id::bf16) p.scoring_bytes += uint64_t(l.numel()) * 4;
       }
     }
     const int64_t per_bit = cost_per_bit(space, spec, r.search);
@@ -148,6 +151,12 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   p.sequences_per_process = share_of(p.calibration_sequences, processes);
   p.linears_per_process = share_of(p.quantized_linears, processes);
   p.fp32_model_bytes = uint64_t(p.parameters) * sizeof(float);
+  const uint64_t exported = !p.searched                 ? p.export_bytes
+                            : p.export_bytes_budget > 0 ? p.export_bytes_budget
+                                                        : p.export_bytes_max;
+  const uint64_t verifying = p.fp32_model_bytes + 2 * p.quantized_bytes + p.source_bytes + exported;
+  const uint64_t scoring = p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.source_bytes : 0;
+  p.peak_bytes = std::max(verifying, scoring);
   return p;
 }
 

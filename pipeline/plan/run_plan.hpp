@@ -52,6 +52,11 @@ struct run_plan {
   uint64_t fp32_model_bytes = 0;  // the model's working copy
   uint64_t quantized_bytes = 0;   // the quantized weights every process ends up holding (a search:
                                   // at most, each linear in its largest quantized candidate)
+  uint64_t scoring_bytes = 0;     // a search: every searched linear dequantized in each quantized candidate
+  // The resident peak: the larger of scoring (model + candidates + mapped source) and export
+  // verification (the re-loaded model + the quantized weights, held and encoded + the source and
+  // the staged export, both memory-mapped). Activations and the process itself come on top.
+  uint64_t peak_bytes = 0;
 };
 
 // A tensor's source dtype by name: from the checkpoint's headers, or one dtype for all (config).

@@ -95,6 +95,9 @@ TEST(run_plan, nemotron3_super_under_the_release_recipe) {
   EXPECT_EQ(p.linears_per_process, (p.quantized_linears + 15) / 16);
   EXPECT_EQ(p.fp32_model_bytes, uint64_t(p.parameters) * 4);
   EXPECT_EQ(p.quantized_bytes, bytes - p.formats.front().bytes);
+  // verifying the export is the peak: the re-loaded model, the quantized weights twice, both mappings
+  EXPECT_EQ(p.peak_bytes, p.fp32_model_bytes + 2 * p.quantized_bytes + p.source_bytes + p.export_bytes);
+  EXPECT_EQ(p.scoring_bytes, 0u);
 }
 
 TEST(run_plan, a_search_is_bounded_by_its_smallest_candidates_and_by_bf16) {
@@ -107,6 +110,15 @@ TEST(run_plan, a_search_is_bounded_by_its_smallest_candidates_and_by_bf16) {
   EXPECT_LT(p.export_bytes_min, p.export_bytes_budget);
   EXPECT_LT(p.export_bytes_budget, p.export_bytes_max);
   EXPECT_EQ(p.export_bytes_max, p.source_bytes + uint64_t(p.kv_scales) * 8);
+  // scoring holds the searched linears of the forward pass (not the MTP head's) in NVFP4 and FP8, as F32
+  int64_t scored = 0;
+  for (const linear_spec& l : spec.linears)
+    if ((l.block < 0 || !spec.blocks[size_t(l.block)].mtp) && l.role != linear_role::router &&
+        l.role != linear_role::lm_head && l.role != linear_role::qkv && l.role != linear_role::o &&
+        l.role != linear_role::latent)
+      scored += l.numel();
+  EXPECT_EQ(p.scoring_bytes, uint64_t(scored) * 4 * 2);
+  EXPECT_EQ(p.peak_bytes, p.fp32_model_bytes + p.scoring_bytes + p.source_bytes);  // scoring is the peak
   // 5 bits over 123 B linear weights: at most 5/16 of their BF16 bytes, plus each quantized linear's
   // two F32 scales, the KV scales and every other tensor as it is
   EXPECT_NEAR(double(p.export_bytes_budget),

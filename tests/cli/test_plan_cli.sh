@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# mixq plan from the command line: its JSON export size is what `mixq quantize` then writes, byte for
+# byte; a config.json alone plans too; bad input is named and exits non-zero.
+# Usage: test_plan_cli.sh MIXQ SOURCE_DIR
+set -euo pipefail
+mixq=$1
+src=$2
+model=$src/../shared/models/stories260K
+if [ ! -d "$model" ]; then
+  if [ "${CI:-}" = true ]; then echo "FAIL: $model is missing"; exit 1; fi
+  echo "skip: $model is missing"; exit 77
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+"$mixq" plan --model "$model" --recipe llama_fp8 --json "$tmp/plan.json" > "$tmp/plan.txt"
+grep -q '^export: ' "$tmp/plan.txt" || fail "no export line: $(cat "$tmp/plan.txt")"
+"$mixq" quantize --model "$model" --recipe llama_fp8 --out "$tmp/out" > /dev/null 2>&1
+planned=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["export_bytes"])' "$tmp/plan.json")
+written=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["export_bytes"])' "$tmp/out.run/summary.json")
+[ "$planned" = "$written" ] || fail "planned $planned bytes, quantize wrote $written"
+
+# a config.json alone (dtypes from torch_dtype)
+"$mixq" plan --model "$src/tests/data/configs/nemotron3-super-120b-a12b.json" --recipe nemotron_super_nvfp4_release \
+  --processes 16 > "$tmp/super.txt"
+grep -q '123,611,033,088' "$tmp/super.txt" || fail "Super's parameter count: $(head -5 "$tmp/super.txt")"
+
+# bad input: named, non-zero, nothing written
+if "$mixq" plan --model "$tmp/nowhere" --recipe llama_fp8 2> "$tmp/err.txt"; then fail "a missing model was planned"; fi
+grep -q "$tmp/nowhere" "$tmp/err.txt" || fail "the missing model is not named: $(cat "$tmp/err.txt")"
+if "$mixq" plan --model "$model" --recipe no_such_recipe 2> "$tmp/err.txt"; then fail "an unknown recipe was planned"; fi
+grep -q 'no_such_recipe' "$tmp/err.txt" || fail "the unknown recipe is not named: $(cat "$tmp/err.txt")"
+mkdir "$tmp/broken" && cp "$model"/* "$tmp/broken/" && python3 - "$tmp/broken/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["num_hidden_layers"] += 1; json.dump(c, open(sys.argv[1], "w"))
+PY
+if "$mixq" plan --model "$tmp/broken" --recipe llama_fp8 2> "$tmp/err.txt"; then fail "a contradicting checkpoint was planned"; fi
+grep -q 'does not match its config.json' "$tmp/err.txt" || fail "no mismatch message: $(cat "$tmp/err.txt")"
+echo "plan cli: ok"
