@@ -21,11 +21,34 @@ namespace {
 using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using const_map = Eigen::Map<const row_matrix>;
 
-// A linear as the export will compute it in one candidate format: dequantized weights and the
-// activation rounding (format + input scale).
+// A linear as the export will compute it in one candidate format: its weights as stored (NVFP4 and
+// FP8 in 0.56 and 1 byte per weight, not the 4 of their dequantized copies: scoring holds every
+// searched linear in every candidate), dequantized where a replay uses them, and the activation
+// rounding (format + input scale).
 struct quantized_view {
-  std::vector<float> w;
+  format_id format = format_id::bf16;
+  nvfp4_weight nvfp4;
+  fp8_weight fp8;
+  std::vector<float> dense;  // the formats scored as weight-only fake-quant (MX, NF4)
   input_quant act;
+
+  void dequantize(std::vector<float>& out) const {
+    if (format == format_id::fp8_per_tensor) {
+      out.resize(size_t(fp8.rows * fp8.cols));
+      cpu::fp8_dequantize(fp8, out);
+    } else if (format == format_id::nvfp4 || format == format_id::nvfp4_w4a16) {
+      out.resize(size_t(nvfp4.rows * nvfp4.cols));
+      cpu::nvfp4_dequantize(nvfp4, out);
+    } else {
+      out = dense;
+    }
+  }
+  // The dequantized weights in this thread's buffer, valid until its next call on the thread.
+  const std::vector<float>& weights() const {
+    thread_local std::vector<float> buffer;
+    dequantize(buffer);
+    return buffer;
+  }
 };
 
 class model_linears {
@@ -64,19 +87,20 @@ class quantized_cache {
     const cpu::source_matrix src{W.w.data(), cpu::source_dtype::f32, W.out, W.in, l.module};
     const float w_amax = w_amax_.at(scale_sharing_key(l.module)), x_amax = x_amax_.at(l.module);
     quantized_view q;
-    q.w.resize(W.w.size());
+    q.format = c.format;
     if (c.format == format_id::fp8_per_tensor) {
       fp8_options o = fp8_options_for(c);
       o.amax = w_amax;
-      cpu::fp8_dequantize(cpu::fp8_quantize(src, o), q.w);
+      q.fp8 = cpu::fp8_quantize(src, o);
       q.act = {format_id::fp8_per_tensor, fp8_input_scale(x_amax)};
     } else if (c.format == format_id::nvfp4 || c.format == format_id::nvfp4_w4a16) {
       nvfp4_options o = nvfp4_options_for(c);
       o.global_amax = w_amax;
-      cpu::nvfp4_dequantize(cpu::nvfp4_quantize(src, o), q.w);
+      q.nvfp4 = cpu::nvfp4_quantize(src, o);
       if (c.format == format_id::nvfp4) q.act = {format_id::nvfp4, nvfp4_input_scale(x_amax)};
     } else {
-      cpu::fake_quant_weight(src, c, q.w);  // weight-only formats (MX, NF4) are measured as such
+      q.dense.resize(W.w.size());
+      cpu::fake_quant_weight(src, c, q.dense);  // weight-only formats (MX, NF4) are measured as such
     }
     return q;
   }
@@ -100,7 +124,7 @@ double replay_score(const std::vector<float>& x, const std::vector<float>& g, co
                     const quantized_view& q) {
   const int64_t T = int64_t(x.size()) / W.in;
   if (T == 0) return 0.0;
-  const_map X(x.data(), T, W.in), Wm(W.w.data(), W.out, W.in), Wq(q.w.data(), W.out, W.in);
+  const_map X(x.data(), T, W.in), Wm(W.w.data(), W.out, W.in), Wq(q.weights().data(), W.out, W.in);
   row_matrix dy;
   if (q.act.format != format_id::bf16) {
     const std::vector<float> xq = quantize_input(x.data(), T, W.in, q.act);
@@ -147,7 +171,7 @@ using routing_map = std::unordered_map<std::string, std::vector<expert_routing>>
 
 // x [rows, in] through one quantized linear: the input rounding, then the quantized weights.
 row_matrix quantized_linear_output(const float* x, int64_t rows, const llama_linear& W, const quantized_view& q) {
-  const const_map Wq(q.w.data(), W.out, W.in);
+  const const_map Wq(q.weights().data(), W.out, W.in);
   if (q.act.format == format_id::bf16) return const_map(x, rows, W.in) * Wq.transpose();
   const std::vector<float> xq = quantize_input(x, rows, W.in, q.act);
   return const_map(xq.data(), rows, W.in) * Wq.transpose();
@@ -316,23 +340,30 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
       for (size_t g = 0; g < space.groups.size(); ++g) {
         const search_group& G = space.groups[g];
         for (size_t c = 1; c < G.candidates.size() && !G.disabled; ++c) {
-          std::vector<std::pair<llama_linear*, quantized_view>> saved;  // swap the group in, restore after
+          struct swapped {
+            llama_linear* W;
+            std::vector<float> w;
+            input_quant act;
+          };
+          std::vector<swapped> saved;  // swap the group in, restore after
           size_t k = 0;
           for (int i : G.linears) {
             const std::string& name = spec.linears[size_t(i)].module;
             if (!linears.has(name)) continue;
             llama_linear& W = linears.at(name);
-            quantized_view q = views[g][c][k++];
-            std::swap(W.w, q.w);
-            std::swap(W.act, q.act);
-            saved.emplace_back(&W, std::move(q));
+            const quantized_view& q = views[g][c][k++];
+            swapped sw{&W, {}, q.act};
+            q.dequantize(sw.w);
+            std::swap(W.w, sw.w);
+            std::swap(W.act, sw.act);
+            saved.push_back(std::move(sw));
           }
 #pragma omp parallel for schedule(dynamic, 1)
           for (int64_t m = 0; m < own; ++m) {
             const int64_t s = mine[size_t(m)];
             part[size_t(s)][offset[g] + c] = kl_mean(base[size_t(s)], model.forward(sequences[size_t(s)]), V);
           }
-          for (auto& [W, q] : saved) std::swap(W->w, q.w), std::swap(W->act, q.act);
+          for (swapped& sw : saved) std::swap(sw.W->w, sw.w), std::swap(sw.W->act, sw.act);
         }
         done += own;
         if (progress) progress(done, total);

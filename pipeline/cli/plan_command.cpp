@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "pipeline/cli/commands.hpp"
 #include "pipeline/io/checkpoint.hpp"
@@ -81,7 +82,9 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
   fmt::print("            and {} of quantized weights{}, and maps the source ({}) and the staged export\n",
              gb(p.quantized_bytes), p.searched ? " at most" : "", gb(p.source_bytes));
   if (p.searched)
-    fmt::print("            scoring holds the searched linears dequantized in each candidate: {}\n", gb(p.scoring_bytes));
+    fmt::print("            scoring holds the searched linears in each candidate ({}) and, per thread, a sequence's\n"
+               "            activations (about {} in {} threads)\n",
+               gb(p.scoring_bytes), gb(p.scoring_activation_bytes), p.threads);
 }
 
 nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const run_plan& p) {
@@ -127,6 +130,7 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
                              {"fp32_model_bytes", p.fp32_model_bytes},
                              {"quantized_bytes", p.quantized_bytes},
                              {"scoring_bytes", p.scoring_bytes},
+                             {"scoring_activation_bytes", p.scoring_activation_bytes},
                              {"mapped_source_bytes", p.source_bytes}};
   return j;
 }
@@ -137,6 +141,7 @@ void add_plan_command(CLI::App& app) {
   struct options {
     std::string model, recipe, json;
     int processes = 1;
+    int threads = omp_get_max_threads();
   };
   auto o = std::make_shared<options>();
   auto* cmd = app.add_subcommand(
@@ -147,6 +152,8 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--recipe", o->recipe, "recipe YAML file or built-in name (see recipes/README.md)")->required();
   cmd->add_option("--processes,--ranks", o->processes, "processes (ranks) the run will start: mpirun -np / srun -n")
       ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--threads", o->threads, "threads per process (default: OMP_NUM_THREADS, else this machine's cores)")
+      ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--json", o->json, "also write the plan as JSON to this file");
   cmd->callback([o] {
     const fs::path model(o->model);
@@ -166,7 +173,7 @@ void add_plan_command(CLI::App& app) {
     }
     const int64_t max_positions = config_positive_int_or(model, cfg, "max_position_embeddings",
                                                          std::numeric_limits<int64_t>::max());
-    const run_plan p = make_run_plan(spec, r, source_dtype, o->processes, max_positions);
+    const run_plan p = make_run_plan(spec, r, source_dtype, {o->processes, o->threads, max_positions});
     print_plan(spec, r, p, o->model, dtypes_from);
     if (!o->json.empty()) {
       std::ofstream f(o->json);

@@ -52,8 +52,9 @@ dtype_lookup checkpoint_dtypes(const checkpoint& source, const model_spec& spec,
   };
 }
 
-run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype, int processes,
-                       int64_t max_positions) {
+run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype,
+                       const plan_setup& setup) {
+  const int processes = setup.processes;
   run_plan p;
   for (const block_spec& b : spec.blocks) {
     if (b.mtp) ++p.mtp_blocks;
@@ -121,7 +122,9 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
         if (most_quantized > 0) ++p.quantized_linears, p.quantized_bytes += most_quantized;
         const bool forward_pass = l.block < 0 || !spec.blocks[size_t(l.block)].mtp;  // (MTP linears: not scored)
         for (const weight_quant_spec& c : g.candidates)
-          if (!g.disabled && forward_pass && c.format != format_id::bf16) p.scoring_bytes += uint64_t(l.numel()) * 4;
+          if (!g.disabled && forward_pass && c.format != format_id::bf16)
+            p.scoring_bytes += quantized_linear_bytes(c.format, l.out_features, l.in_features)
+                                   .value_or(uint64_t(l.numel()) * 4);  // (weight-only formats: dequantized)
       }
     }
     const int64_t per_bit = cost_per_bit(space, spec, r.search);
@@ -146,7 +149,17 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   }
 
   p.processes = processes;
-  p.seq_len = std::min(r.calibration.seq_len, max_positions);
+  p.threads = setup.threads;
+  p.seq_len = std::min(r.calibration.seq_len, setup.max_positions);
+  if (p.searched) {
+    double per_token = 0.0;  // floats a scoring pass records per token
+    for (const linear_spec& l : spec.linears) {
+      if (l.block >= 0 && spec.blocks[size_t(l.block)].mtp) continue;
+      const double share = l.expert < 0 ? 1.0 : double(spec.dims.experts_per_token) / double(spec.dims.experts);
+      per_token += share * double(l.in_features + l.out_features);
+    }
+    p.scoring_activation_bytes = uint64_t(2.0 * per_token * double(p.seq_len) * sizeof(float)) * uint64_t(setup.threads);
+  }
   p.calibration_sequences = r.calibration.samples;
   p.sequences_per_process = share_of(p.calibration_sequences, processes);
   p.linears_per_process = share_of(p.quantized_linears, processes);
@@ -155,7 +168,8 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
                             : p.export_bytes_budget > 0 ? p.export_bytes_budget
                                                         : p.export_bytes_max;
   const uint64_t verifying = p.fp32_model_bytes + 2 * p.quantized_bytes + p.source_bytes + exported;
-  const uint64_t scoring = p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.source_bytes : 0;
+  const uint64_t scoring =
+      p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes + p.source_bytes : 0;
   p.peak_bytes = std::max(verifying, scoring);
   return p;
 }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -45,17 +46,21 @@ struct run_plan {
   std::vector<std::string> notes;     // linears kept BF16 against their rule, by reason (counted)
   std::vector<std::string> warnings;  // rules that match nothing
   // the processes
-  int processes = 1;
+  int processes = 1, threads = 1;
   int64_t calibration_sequences = 0, sequences_per_process = 0, seq_len = 0;
   int64_t quantized_linears = 0, linears_per_process = 0;  // a search: the linears it may quantize
   // memory per process
   uint64_t fp32_model_bytes = 0;  // the model's working copy
   uint64_t quantized_bytes = 0;   // the quantized weights every process ends up holding (a search:
                                   // at most, each linear in its largest quantized candidate)
-  uint64_t scoring_bytes = 0;     // a search: every searched linear dequantized in each quantized candidate
-  // The resident peak: the larger of scoring (model + candidates + mapped source) and export
-  // verification (the re-loaded model + the quantized weights, held and encoded + the source and
-  // the staged export, both memory-mapped). Activations and the process itself come on top.
+  uint64_t scoring_bytes = 0;     // a search: every searched linear stored in each quantized candidate
+  // A search: what each thread's pass over a scoring sequence records, every linear's input and
+  // output gradient (routed experts: their share of the tokens), and as much again for what the
+  // backward pass saves (an estimate: attention and scan states vary by architecture).
+  uint64_t scoring_activation_bytes = 0;
+  // The resident peak: the larger of scoring (model + candidates + activations + mapped source)
+  // and export verification (the re-loaded model + the quantized weights, held and encoded + the
+  // source and the staged export, both memory-mapped). The process itself comes on top.
   uint64_t peak_bytes = 0;
 };
 
@@ -67,9 +72,16 @@ using dtype_lookup = std::function<dtype(const std::string& name)>;
 // contradicts the spec (a tensor missing, unexpected or of another shape).
 dtype_lookup checkpoint_dtypes(const checkpoint& source, const model_spec& spec, dtype fallback);
 
-// The plan; `max_positions` caps the calibration seq_len as quantize does. Throws io_error for a
-// recipe the model cannot take (as quantize would: fused siblings given different formats).
-run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype, int processes,
-                       int64_t max_positions);
+// Where the run will go.
+struct plan_setup {
+  int processes = 1;
+  int threads = 1;                                          // per process (OMP_NUM_THREADS)
+  int64_t max_positions = std::numeric_limits<int64_t>::max();  // caps seq_len, as quantize does
+};
+
+// The plan. Throws io_error for a recipe the model cannot take (as quantize would: fused siblings
+// given different formats).
+run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype,
+                       const plan_setup& setup = {});
 
 }  // namespace mixq

@@ -63,7 +63,7 @@ struct export_view {
 uint64_t planned_export_bytes(const quantize_request& rq) {
   const model_spec spec = model_spec_from_file(rq.model);
   const dtype_lookup dtypes = checkpoint_dtypes(checkpoint::open(rq.model), spec, dtype::bf16);
-  return make_run_plan(spec, rq.rcp, dtypes, 1, 1 << 20).export_bytes;
+  return make_run_plan(spec, rq.rcp, dtypes).export_bytes;
 }
 
 const std::string kLlamaNvfp4Rules =
@@ -325,7 +325,7 @@ TEST(quantize_run, a_search_lands_within_its_planned_bounds) {
   rq.rcp.search.score_samples = 2;
   rq.rcp.search.effective_bits = 7.0;  // (this small model cannot reach 6: its BF16 attention weighs too much)
   const model_spec spec = model_spec_from_file(rq.model);
-  const run_plan p = make_run_plan(spec, rq.rcp, checkpoint_dtypes(checkpoint::open(rq.model), spec, dtype::bf16), 1, 1 << 20);
+  const run_plan p = make_run_plan(spec, rq.rcp, checkpoint_dtypes(checkpoint::open(rq.model), spec, dtype::bf16));
   ASSERT_GT(p.export_bytes_budget, 0u);
   const quantize_report r = run_quantize(rq);
   EXPECT_GE(r.exported.tensor_bytes, p.export_bytes_min);
@@ -341,7 +341,7 @@ TEST(quantize_run, an_unreachable_budget_is_refused_before_any_work) {
   rq.out = tmp.path / "out";
   rq.rcp = load_recipe("auto_nemotron_nvfp4_fp8_5p0bits");
   const model_spec spec = model_spec_from_file(rq.model);
-  const run_plan p = make_run_plan(spec, rq.rcp, [](const std::string&) { return dtype::bf16; }, 1, 1 << 20);
+  const run_plan p = make_run_plan(spec, rq.rcp, [](const std::string&) { return dtype::bf16; });
   EXPECT_GT(p.least_effective_bits, 5.0);  // the plan says so, and so does quantize, at once
   ASSERT_FALSE(p.warnings.empty());
   EXPECT_THAT(p.warnings.back(), HasSubstr("below what this model can reach"));

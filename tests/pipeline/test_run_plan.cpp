@@ -3,6 +3,7 @@
 // size is the written one, byte for byte, is checked on real exports in test_quantize_run.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -59,7 +60,7 @@ TEST(run_plan, quantized_linear_bytes_are_what_the_encoder_writes) {
 TEST(run_plan, nemotron3_super_under_the_release_recipe) {
   const model_spec spec = config_spec("nemotron3-super-120b-a12b.json");
   const recipe r = load_recipe("nemotron_super_nvfp4_release");
-  const run_plan p = make_run_plan(spec, r, [](const std::string&) { return dtype::bf16; }, 16, 262144);
+  const run_plan p = make_run_plan(spec, r, [](const std::string&) { return dtype::bf16; }, {16, 1, 262144});
   EXPECT_EQ(p.blocks[int(block_kind::mamba)], 40);
   EXPECT_EQ(p.blocks[int(block_kind::moe)], 40);
   EXPECT_EQ(p.blocks[int(block_kind::attention)], 8);
@@ -103,22 +104,25 @@ TEST(run_plan, nemotron3_super_under_the_release_recipe) {
 TEST(run_plan, a_search_is_bounded_by_its_smallest_candidates_and_by_bf16) {
   const model_spec spec = config_spec("nemotron3-super-120b-a12b.json");
   const recipe r = load_recipe("auto_nemotron_nvfp4_fp8_5p0bits");
-  const run_plan p = make_run_plan(spec, r, [](const std::string&) { return dtype::bf16; }, 1, 262144);
+  const run_plan p = make_run_plan(spec, r, [](const std::string&) { return dtype::bf16; });
   EXPECT_TRUE(p.searched);
   EXPECT_LT(p.least_effective_bits, 5.0);  // reachable on the real model (unlike on the tiny one)
   EXPECT_TRUE(p.warnings.empty() || p.warnings.back().find("below") == std::string::npos);
   EXPECT_LT(p.export_bytes_min, p.export_bytes_budget);
   EXPECT_LT(p.export_bytes_budget, p.export_bytes_max);
   EXPECT_EQ(p.export_bytes_max, p.source_bytes + uint64_t(p.kv_scales) * 8);
-  // scoring holds the searched linears of the forward pass (not the MTP head's) in NVFP4 and FP8, as F32
-  int64_t scored = 0;
+  // scoring holds the searched linears of the forward pass (not the MTP head's) in NVFP4 and FP8, as stored
+  uint64_t scored = 0;
   for (const linear_spec& l : spec.linears)
     if ((l.block < 0 || !spec.blocks[size_t(l.block)].mtp) && l.role != linear_role::router &&
         l.role != linear_role::lm_head && l.role != linear_role::qkv && l.role != linear_role::o &&
         l.role != linear_role::latent)
-      scored += l.numel();
-  EXPECT_EQ(p.scoring_bytes, uint64_t(scored) * 4 * 2);
-  EXPECT_EQ(p.peak_bytes, p.fp32_model_bytes + p.scoring_bytes + p.source_bytes);  // scoring is the peak
+      scored += uint64_t(l.numel()) * 9 / 16 + 8 + uint64_t(l.numel()) + 8;
+  EXPECT_EQ(p.scoring_bytes, scored);
+  EXPECT_GT(p.scoring_activation_bytes, 0u);
+  const uint64_t scoring = p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes + p.source_bytes;
+  const uint64_t verifying = p.fp32_model_bytes + 2 * p.quantized_bytes + p.source_bytes + p.export_bytes_budget;
+  EXPECT_EQ(p.peak_bytes, std::max(scoring, verifying));
   // 5 bits over 123 B linear weights: at most 5/16 of their BF16 bytes, plus each quantized linear's
   // two F32 scales, the KV scales and every other tensor as it is
   EXPECT_NEAR(double(p.export_bytes_budget),
