@@ -81,6 +81,8 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
              gb(p.peak_bytes), gb(p.fp32_model_bytes));
   fmt::print("            and {} of quantized weights{}, and maps the source ({}) and the staged export\n",
              gb(p.quantized_bytes), p.searched ? " at most" : "", gb(p.source_bytes));
+  if (const uint64_t available = host_available_memory(); available > 0)
+    fmt::print("            (this machine has {} available)\n", gb(available));
   if (p.searched)
     fmt::print("            scoring holds the searched linears in each candidate ({}) and, per thread, a sequence's\n"
                "            activations (about {} in {} threads)\n",

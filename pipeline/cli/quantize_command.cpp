@@ -1,5 +1,6 @@
 // mixq quantize --model DIR --recipe FILE|NAME --out DIR: calibrate, quantize per the recipe's rules,
 // export a checkpoint vLLM / SGLang / TensorRT-LLM load, and verify it by re-loading.
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -8,7 +9,11 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <omp.h>
+
 #include "pipeline/cli/commands.hpp"
+#include "pipeline/io/checkpoint.hpp"
+#include "pipeline/plan/run_plan.hpp"
 #include "pipeline/report/number_text.hpp"
 #include "pipeline/cli/progress.hpp"
 #include "pipeline/quantize/quantize_run.hpp"
@@ -19,6 +24,29 @@
 
 namespace mixq::cli {
 namespace {
+
+// The processes a launcher started on this machine (Open MPI, SLURM), else the world's size.
+int processes_on_this_node(const run_world& world) {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "MPI_LOCALNRANKS"})
+    if (const char* v = std::getenv(name)) {
+      const int n = std::atoi(v);  // (SLURM may write "2(x3)": the leading count is this node's)
+      if (n > 0) return n;
+    }
+  return world.size();
+}
+
+// Before any work: the plan's peak against this machine's available memory. A warning only (the
+// mapped checkpoints can be paged out), and silent on errors: the run names those itself.
+void warn_about_memory(const quantize_request& rq, const run_world& world) {
+  try {
+    const model_spec spec = model_spec_from_file(rq.model);
+    const dtype_lookup dtypes = checkpoint_dtypes(checkpoint::open(rq.model), spec, dtype::bf16);
+    const run_plan p = make_run_plan(spec, rq.rcp, dtypes, {world.size(), omp_get_max_threads()});
+    const std::string w = memory_warning(p, processes_on_this_node(world), host_available_memory());
+    if (!w.empty()) fmt::print(stderr, "mixq: warning: {}\n", w);
+  } catch (const std::exception&) {
+  }
+}
 
 void print_report(const quantize_request& rq, const quantize_report& r, const run_world& world) {
   fmt::print("model:        {}\n", rq.model.string());
@@ -162,6 +190,7 @@ void add_quantize_command(CLI::App& app) {
         bar.reset(), bar = std::make_unique<progress_bar>(stage, total, o->quiet || !world.root()), bar_stage = stage;
       bar->update(done);
     };
+    if (world.root()) warn_about_memory(rq, world);
     const quantize_report r = run_quantize(rq, world);
     bar.reset();
     if (world.root()) print_report(rq, r, world);

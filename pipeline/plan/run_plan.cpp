@@ -1,6 +1,7 @@
 #include "pipeline/plan/run_plan.hpp"
 
 #include <algorithm>
+#include <fstream>
 #include <map>
 #include <memory>
 
@@ -9,6 +10,7 @@
 #include "pipeline/autoquant/search_groups.hpp"
 #include "pipeline/io/quantized_linear.hpp"
 #include "pipeline/io/safetensors_file.hpp"
+#include "pipeline/report/number_text.hpp"
 
 namespace mixq {
 namespace {
@@ -172,6 +174,25 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
       p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes + p.source_bytes : 0;
   p.peak_bytes = std::max(verifying, scoring);
   return p;
+}
+
+uint64_t host_available_memory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  uint64_t kib = 0;
+  while (in >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return 0;
+}
+
+std::string memory_warning(const run_plan& p, int processes_here, uint64_t available) {
+  const uint64_t needed = p.peak_bytes * uint64_t(std::max(processes_here, 1));
+  if (available == 0 || needed <= available) return "";
+  return fmt::format("this run needs about {}{} at its peak (`mixq plan`), more than the {} this machine has "
+                     "available: expect swapping or the out-of-memory killer",
+                     bytes_text(double(needed)),
+                     processes_here > 1 ? fmt::format(" ({} processes here)", processes_here) : "",
+                     bytes_text(double(available)));
 }
 
 }  // namespace mixq

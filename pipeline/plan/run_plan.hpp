@@ -84,4 +84,10 @@ struct plan_setup {
 run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype,
                        const plan_setup& setup = {});
 
+// This machine's MemAvailable (/proc/meminfo), or 0 where it cannot be read.
+uint64_t host_available_memory();
+
+// A warning where `processes_here` processes of the plan's peak exceed `available` bytes, else empty.
+std::string memory_warning(const run_plan& p, int processes_here, uint64_t available);
+
 }  // namespace mixq

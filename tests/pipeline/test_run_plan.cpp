@@ -131,5 +131,17 @@ TEST(run_plan, a_search_is_bounded_by_its_smallest_candidates_and_by_bf16) {
               1.0);
 }
 
+TEST(run_plan, memory_warning_when_the_processes_here_exceed_what_is_available) {
+  run_plan p;
+  p.peak_bytes = 3'000'000'000;
+  EXPECT_EQ(memory_warning(p, 1, 4'000'000'000), "");
+  EXPECT_EQ(memory_warning(p, 1, 0), "");  // unknown: no warning
+  const std::string w = memory_warning(p, 2, 4'000'000'000);
+  EXPECT_NE(w.find("6.00 GB"), std::string::npos) << w;
+  EXPECT_NE(w.find("2 processes here"), std::string::npos) << w;
+  EXPECT_NE(w.find("4.00 GB"), std::string::npos) << w;
+  EXPECT_GT(host_available_memory(), 0u);  // (Linux: /proc/meminfo)
+}
+
 }  // namespace
 }  // namespace mixq
