@@ -162,7 +162,10 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
   out.solve_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   const mck_solution& asked = sols[0];
   world.stage([&] {  // (every process solves the same problem: they fail alike, and are told once)
-    if (!asked.feasible) require_reachable_budget(out.space, spec, st, r.origin);
+    if (asked.feasible) return;
+    require_reachable_budget(out.space, spec, st, r.origin);
+    throw std::logic_error(fmt::format("{}: the solver found no assignment within {} effective bits", r.origin,
+                                       st.effective_bits));
   });
   out.choice = asked.choice;
   out.achieved_bits = double(asked.cost) / double(per_bit);

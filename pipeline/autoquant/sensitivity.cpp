@@ -43,9 +43,8 @@ struct quantized_view {
       out = dense;
     }
   }
-  // The dequantized weights in this thread's buffer, valid until its next call on the thread.
-  const std::vector<float>& weights() const {
-    thread_local std::vector<float> buffer;
+  // The dequantized weights, in the caller's buffer (one per scoring pass: freed with it).
+  const std::vector<float>& weights(std::vector<float>& buffer) const {
     dequantize(buffer);
     return buffer;
   }
@@ -121,10 +120,10 @@ std::vector<float> quantize_input(const float* x, int64_t rows, int64_t in, cons
 
 // sum over rows and features of (g * (Xq Wq^T - X W^T))^2; g empty: weight 1 (hessian).
 double replay_score(const std::vector<float>& x, const std::vector<float>& g, const llama_linear& W,
-                    const quantized_view& q) {
+                    const quantized_view& q, std::vector<float>& buffer) {
   const int64_t T = int64_t(x.size()) / W.in;
   if (T == 0) return 0.0;
-  const_map X(x.data(), T, W.in), Wm(W.w.data(), W.out, W.in), Wq(q.weights().data(), W.out, W.in);
+  const_map X(x.data(), T, W.in), Wm(W.w.data(), W.out, W.in), Wq(q.weights(buffer).data(), W.out, W.in);
   row_matrix dy;
   if (q.act.format != format_id::bf16) {
     const std::vector<float> xq = quantize_input(x.data(), T, W.in, q.act);
@@ -170,8 +169,9 @@ struct expert_routing {
 using routing_map = std::unordered_map<std::string, std::vector<expert_routing>>;
 
 // x [rows, in] through one quantized linear: the input rounding, then the quantized weights.
-row_matrix quantized_linear_output(const float* x, int64_t rows, const llama_linear& W, const quantized_view& q) {
-  const const_map Wq(q.weights().data(), W.out, W.in);
+row_matrix quantized_linear_output(const float* x, int64_t rows, const llama_linear& W, const quantized_view& q,
+                                   std::vector<float>& buffer) {
+  const const_map Wq(q.weights(buffer).data(), W.out, W.in);
   if (q.act.format == format_id::bf16) return const_map(x, rows, W.in) * Wq.transpose();
   const std::vector<float> xq = quantize_input(x, rows, W.in, q.act);
   return const_map(xq.data(), rows, W.in) * Wq.transpose();
@@ -187,12 +187,13 @@ struct expert_parts {
 // The change of one expert's output over its tokens, [T_e, out], with all its linears quantized
 // (each with its input rounding); the unquantized output is recomputed from the recorded down input.
 row_matrix expert_output_change(const expert_parts& p, const std::vector<quantized_view>& q,
-                                const std::unordered_map<std::string, std::vector<float>>& inputs) {
+                                const std::unordered_map<std::string, std::vector<float>>& inputs,
+                                std::vector<float>& buffer) {
   const std::vector<float>& x = inputs.at((p.gate ? p.gate : p.up)->name);
   const int64_t rows = int64_t(x.size()) / p.up->in;
-  row_matrix h = quantized_linear_output(x.data(), rows, *p.up, q[p.up_k]);
+  row_matrix h = quantized_linear_output(x.data(), rows, *p.up, q[p.up_k], buffer);
   if (p.gate) {  // SwiGLU: silu(gate) * up
-    const row_matrix g = quantized_linear_output(x.data(), rows, *p.gate, q[p.gate_k]);
+    const row_matrix g = quantized_linear_output(x.data(), rows, *p.gate, q[p.gate_k], buffer);
     for (int64_t i = 0; i < h.size(); ++i) {
       const float a = g.data()[i];
       h.data()[i] *= a / (1.0f + std::exp(-a));
@@ -200,7 +201,7 @@ row_matrix expert_output_change(const expert_parts& p, const std::vector<quantiz
   } else {  // relu^2
     for (int64_t i = 0; i < h.size(); ++i) h.data()[i] = h.data()[i] > 0.0f ? h.data()[i] * h.data()[i] : 0.0f;
   }
-  row_matrix dy = quantized_linear_output(h.data(), rows, *p.down, q[p.down_k]);
+  row_matrix dy = quantized_linear_output(h.data(), rows, *p.down, q[p.down_k], buffer);
   const std::vector<float>& s = inputs.at(p.down->name);
   dy.noalias() -= const_map(s.data(), rows, p.down->in) * const_map(p.down->w.data(), p.down->out, p.down->in).transpose();
   return dy;
@@ -213,7 +214,7 @@ row_matrix expert_output_change(const expert_parts& p, const std::vector<quantiz
 double moe_block_score(const std::vector<expert_parts>& experts, const std::vector<quantized_view>& q,
                        const std::string& moe, const routing_map& routing,
                        const std::unordered_map<std::string, std::vector<float>>& inputs, const model_linears& linears,
-                       const llama_grads* grads, int64_t T) {
+                       const llama_grads* grads, int64_t T, std::vector<float>& buffer) {
   const auto r = routing.find(moe);
   if (r == routing.end()) return 0.0;
   const int64_t D = experts.front().down->out;  // the experts' output width
@@ -223,7 +224,7 @@ double moe_block_score(const std::vector<expert_parts>& experts, const std::vect
   for (const expert_parts& p : experts) {
     const expert_routing& er = r->second.at(size_t(p.expert));
     if (er.tokens.empty() || !inputs.count(p.down->name)) continue;
-    const row_matrix dy = expert_output_change(p, q, inputs);
+    const row_matrix dy = expert_output_change(p, q, inputs, buffer);
     const std::vector<float>* dy_down = grads ? &grads->dy.at(p.down->name) : nullptr;
     for (size_t i = 0; i < er.tokens.size(); ++i) {
       const int64_t t = er.tokens[i];
@@ -381,6 +382,7 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
         const int64_t s = mine[size_t(m)];
         std::unordered_map<std::string, std::vector<float>> inputs;
         routing_map routing;
+        std::vector<float> buffer;  // a candidate's weights, dequantized where a replay uses them
         forward_hooks hooks;
         hooks.input = [&](const std::string& name, const float* x, int64_t T, int64_t in) {
           std::vector<float>& v = inputs[name];
@@ -402,7 +404,7 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
             for (size_t c = 1; c < G.candidates.size(); ++c)
               at[offset[g] + c] = moe_block_score(expert_groups[g], views[g][c], moe_of[g], routing, inputs, linears,
                                                   method == score_method::fisher ? &grads : nullptr,
-                                                  int64_t(sequences[size_t(s)].size()));
+                                                  int64_t(sequences[size_t(s)].size()), buffer);
             continue;
           }
           for (size_t c = 1; c < G.candidates.size(); ++c) {
@@ -415,7 +417,7 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
               const auto x = inputs.find(name);
               if (x == inputs.end()) continue;  // a routed expert no token reached
               const std::vector<float>& dy = method == score_method::fisher ? grads.dy.at(name) : no_gradient;
-              sum += replay_score(x->second, dy, linears.at(name), q);
+              sum += replay_score(x->second, dy, linears.at(name), q, buffer);
             }
             at[offset[g] + c] = sum;
           }

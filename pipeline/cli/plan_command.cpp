@@ -1,9 +1,9 @@
 // mixq plan --model DIR|config.json --recipe R [--processes N] [--json FILE]: what `mixq quantize`
 // will do, before it reads a weight: formats, export size, each process's share and memory.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <limits>
 #include <map>
 #include <memory>
 
@@ -119,6 +119,7 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
     j["export_bytes_max"] = p.export_bytes_max;
     if (p.export_bytes_budget > 0) j["export_bytes_budget"] = p.export_bytes_budget;
   }
+  if (!p.refused.empty()) j["refused"] = p.refused;
   j["kv_scales"] = p.kv_scales;
   j["notes"] = p.notes;
   j["warnings"] = p.warnings;
@@ -163,25 +164,27 @@ void add_plan_command(CLI::App& app) {
     const nlohmann::json cfg = read_hf_config(model);
     const model_spec spec = model_spec_from_config(cfg, hf_config_path(model).string());
     const recipe r = load_recipe(o->recipe);
-    std::string dtypes_from;
-    const dtype fallback = config_dtype(model, cfg, &dtypes_from);
-    dtype_lookup source_dtype = [fallback](const std::string&) { return fallback; };
     bool has_weights = false;
     if (fs::is_directory(model))
       for (const auto& e : fs::directory_iterator(model)) has_weights = has_weights || e.path().extension() == ".safetensors";
-    if (has_weights) {  // as quantize would, a checkpoint that contradicts its config is refused
-      source_dtype = checkpoint_dtypes(checkpoint::open(model), spec, fallback);
-      dtypes_from = "dtypes from the safetensors headers";
-    }
-    const int64_t max_positions = config_positive_int_or(model, cfg, "max_position_embeddings",
-                                                         std::numeric_limits<int64_t>::max());
-    const run_plan p = make_run_plan(spec, r, source_dtype, {o->processes, o->threads, max_positions});
+    std::string dtypes_from = "dtypes from the safetensors headers";
+    // as quantize would, a checkpoint that contradicts its config is refused
+    const dtype_lookup source_dtype = has_weights ? checkpoint_dtypes(checkpoint::open(model), spec, dtype::bf16)
+                                                  : config_dtypes(spec, config_dtype(model, cfg, &dtypes_from));
+    if (!has_weights &&
+        std::any_of(spec.tensors.begin(), spec.tensors.end(), [](const tensor_spec& t) { return t.kind == tensor_kind::router_bias; }))
+      dtypes_from += ", router biases F32";
+    if (!has_weights && fs::is_directory(model))
+      dtypes_from += "; no .safetensors here, which mixq quantize needs";
+    const run_plan p = make_run_plan(spec, r, source_dtype,
+                                     {o->processes, o->threads, config_max_positions(model, cfg, spec.architecture)});
     print_plan(spec, r, p, o->model, dtypes_from);
     if (!o->json.empty()) {
       std::ofstream f(o->json);
       f << plan_json(spec, r, p).dump(2) << "\n";
       if (!f.flush()) throw std::runtime_error(fmt::format("{}: cannot write", o->json));
     }
+    if (!p.refused.empty()) throw std::runtime_error(fmt::format("mixq quantize will refuse this: {}", p.refused));
   });
 }
 

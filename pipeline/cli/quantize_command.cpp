@@ -13,6 +13,7 @@
 
 #include "pipeline/cli/commands.hpp"
 #include "pipeline/io/checkpoint.hpp"
+#include "pipeline/model/hf_config.hpp"
 #include "pipeline/plan/run_plan.hpp"
 #include "pipeline/report/number_text.hpp"
 #include "pipeline/cli/progress.hpp"
@@ -39,9 +40,11 @@ int processes_on_this_node(const run_world& world) {
 // mapped checkpoints can be paged out), and silent on errors: the run names those itself.
 void warn_about_memory(const quantize_request& rq, const run_world& world) {
   try {
-    const model_spec spec = model_spec_from_file(rq.model);
+    const nlohmann::json cfg = read_hf_config(rq.model);
+    const model_spec spec = model_spec_from_config(cfg, hf_config_path(rq.model).string());
     const dtype_lookup dtypes = checkpoint_dtypes(checkpoint::open(rq.model), spec, dtype::bf16);
-    const run_plan p = make_run_plan(spec, rq.rcp, dtypes, {world.size(), omp_get_max_threads()});
+    const run_plan p = make_run_plan(spec, rq.rcp, dtypes,
+                                     {world.size(), omp_get_max_threads(), config_max_positions(rq.model, cfg, spec.architecture)});
     const std::string w = memory_warning(p, processes_on_this_node(world), host_available_memory());
     if (!w.empty()) fmt::print(stderr, "mixq: warning: {}\n", w);
   } catch (const std::exception&) {

@@ -1,6 +1,7 @@
 #include "pipeline/export/hf_export.hpp"
 
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <random>
 #include <set>
@@ -68,11 +69,13 @@ export_summary export_checkpoint(const checkpoint& source, const model_spec& spe
                                final_dir.string()));
 
   // 1. the tensors: quantized linears replace their weight; everything else is copied
-  std::vector<encoded_tensor> encoded;
+  std::vector<tensor_to_write> stored;  // views of q (the quantized weights are not copied) and of
+  std::deque<float> scalars;            // the F32 scalars
+  std::vector<encoded_tensor> encoded;  // the KV-cache scales
   std::unordered_set<std::string> replaced;
   for (const quantized_linear& l : q.linears) {
     replaced.insert(l.module + ".weight");
-    for (encoded_tensor& t : encode_quantized_linear(l, options.layout)) encoded.push_back(std::move(t));
+    for (tensor_to_write& t : stored_tensors(l, options.layout, scalars)) stored.push_back(std::move(t));
   }
   for (const auto& [attention, s] : q.kv) {  // names per layout: kv_scale_names
     const auto [k_name, v_name] = kv_scale_names(attention, options.layout);
@@ -86,6 +89,7 @@ export_summary export_checkpoint(const checkpoint& source, const model_spec& spe
     tensors.push_back({e.tensor->name, e.tensor->type, e.tensor->shape, e.shard->bytes(*e.tensor)});
     ++summary.copied;
   }
+  for (tensor_to_write& t : stored) tensors.push_back(std::move(t));
   for (const encoded_tensor& t : encoded) tensors.push_back({t.name, t.type, t.shape, t.bytes});
   sort_for_alignment(tensors);
   summary.tensors = int64_t(tensors.size());

@@ -3,6 +3,8 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <deque>
+#include <span>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -11,54 +13,56 @@
 namespace mixq {
 namespace {
 
-template <class T, class Alloc>
-std::vector<std::byte> as_bytes(const std::vector<T, Alloc>& v) {
-  std::vector<std::byte> b(v.size() * sizeof(T));
-  if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
-
-encoded_tensor f32_scalar(std::string name, float value, std::vector<int64_t> shape) {
-  return {std::move(name), dtype::f32, std::move(shape), as_bytes(std::vector<float>{value})};
-}
-
 const std::vector<int64_t> kScalar{};     // ModelOpt writes 0-d scales
 const std::vector<int64_t> kOneElem{1};   // compressed-tensors writes [1]
 
 }  // namespace
 
-std::vector<encoded_tensor> encode_quantized_linear(const quantized_linear& q, export_layout layout) {
+std::vector<tensor_to_write> stored_tensors(const quantized_linear& q, export_layout layout, std::deque<float>& scalars) {
   const std::string& m = q.module;
   const bool ct = layout == export_layout::compressed_tensors;
   const std::vector<int64_t>& scalar = ct ? kOneElem : kScalar;
-  std::vector<encoded_tensor> out;
+  std::vector<tensor_to_write> out;
+  const auto view = [](const auto& v) { return std::as_bytes(std::span(v.data(), v.size())); };
+  const auto f32 = [&](std::string name, float value) {
+    scalars.push_back(value);  // (a deque keeps its elements where they are)
+    out.push_back({std::move(name), dtype::f32, scalar, std::as_bytes(std::span(&scalars.back(), 1))});
+  };
   switch (q.format) {
     case format_id::nvfp4:
     case format_id::nvfp4_w4a16: {
       const nvfp4_weight& w = q.nvfp4;
-      out.push_back({m + (ct ? ".weight_packed" : ".weight"), dtype::u8, {w.rows, w.cols / 2}, as_bytes(w.packed)});
-      out.push_back({m + ".weight_scale", dtype::f8_e4m3, {w.rows, w.blocks_per_row()}, as_bytes(w.block_scales)});
+      out.push_back({m + (ct ? ".weight_packed" : ".weight"), dtype::u8, {w.rows, w.cols / 2}, view(w.packed)});
+      out.push_back({m + ".weight_scale", dtype::f8_e4m3, {w.rows, w.blocks_per_row()}, view(w.block_scales)});
       if (ct) {
-        out.push_back(f32_scalar(m + ".weight_global_scale", 1.0f / w.global_scale, scalar));
-        if (q.format == format_id::nvfp4) out.push_back(f32_scalar(m + ".input_global_scale", 1.0f / q.input_scale, scalar));
+        f32(m + ".weight_global_scale", 1.0f / w.global_scale);
+        if (q.format == format_id::nvfp4) f32(m + ".input_global_scale", 1.0f / q.input_scale);
       } else {
-        out.push_back(f32_scalar(m + ".weight_scale_2", w.global_scale, scalar));
-        if (q.format == format_id::nvfp4) out.push_back(f32_scalar(m + ".input_scale", q.input_scale, scalar));
+        f32(m + ".weight_scale_2", w.global_scale);
+        if (q.format == format_id::nvfp4) f32(m + ".input_scale", q.input_scale);
       }
       return out;
     }
     case format_id::fp8_per_tensor: {
       const fp8_weight& w = q.fp8;
       if (w.scales.size() != 1) throw std::invalid_argument(fmt::format("{}: FP8 export is per tensor", m));
-      out.push_back({m + ".weight", dtype::f8_e4m3, {w.rows, w.cols}, as_bytes(w.codes)});
-      out.push_back(f32_scalar(m + ".weight_scale", w.scales[0], scalar));
-      out.push_back(f32_scalar(m + ".input_scale", q.input_scale, scalar));
+      out.push_back({m + ".weight", dtype::f8_e4m3, {w.rows, w.cols}, view(w.codes)});
+      f32(m + ".weight_scale", w.scales[0]);
+      f32(m + ".input_scale", q.input_scale);
       return out;
     }
     default:
       throw std::invalid_argument(
           fmt::format("{}: format {} has no HF export layout", m, traits_of(q.format).name));
   }
+}
+
+std::vector<encoded_tensor> encode_quantized_linear(const quantized_linear& q, export_layout layout) {
+  std::deque<float> scalars;
+  std::vector<encoded_tensor> out;
+  for (tensor_to_write& t : stored_tensors(q, layout, scalars))
+    out.push_back({std::move(t.name), t.type, std::move(t.shape), std::vector<std::byte>(t.bytes.begin(), t.bytes.end())});
+  return out;
 }
 
 std::optional<uint64_t> quantized_linear_bytes(format_id format, int64_t out, int64_t in) {

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <optional>
 #include <span>
@@ -22,6 +23,7 @@
 #include "formats/fp8.hpp"
 #include "formats/nvfp4.hpp"
 #include "pipeline/io/dtype.hpp"
+#include "pipeline/io/safetensors_writer.hpp"
 
 namespace mixq {
 
@@ -44,7 +46,11 @@ struct encoded_tensor {
   std::vector<std::byte> bytes;
 };
 
-// The tensors that replace <m>.weight for q in `layout` (a bias, if any, is written unchanged elsewhere).
+// The tensors that replace <m>.weight for q in `layout` (a bias, if any, is written unchanged
+// elsewhere), as views of q's own storage and of its F32 scalars, which go to the end of `scalars`:
+// the export writes them without a copy. Both must outlive the views.
+std::vector<tensor_to_write> stored_tensors(const quantized_linear& q, export_layout layout, std::deque<float>& scalars);
+// The same tensors with their bytes copied.
 std::vector<encoded_tensor> encode_quantized_linear(const quantized_linear& q, export_layout layout);
 
 // The bytes encode_quantized_linear writes for an [out, in] weight in `format` (the same in both

@@ -95,4 +95,13 @@ std::optional<double> config_float(const nlohmann::json& v) {
   return std::nullopt;
 }
 
+int64_t config_max_positions(const std::filesystem::path& dir_or_file, const nlohmann::json& config,
+                             std::string_view architecture) {
+  const int64_t fallback = architecture == "mixtral"      ? 4096 * 32
+                           : architecture == "qwen3_moe"  ? 32768
+                           : architecture == "nemotron_h" ? 4096
+                                                          : 2048;
+  return config_positive_int_or(dir_or_file, config, "max_position_embeddings", fallback);
+}
+
 }  // namespace mixq

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -29,6 +30,11 @@ double config_number_or(const std::filesystem::path& dir_or_file, const nlohmann
 // otherwise (a fraction, zero, a negative number, a string).
 int64_t config_positive_int_or(const std::filesystem::path& dir_or_file, const nlohmann::json& config, const char* key,
                                int64_t fallback);
+
+// config.json's max_position_embeddings, or transformers' default for the model_type where it is
+// absent (llama 2048, mixtral 131072, qwen3_moe 32768, nemotron_h 4096); io_error where invalid.
+int64_t config_max_positions(const std::filesystem::path& dir_or_file, const nlohmann::json& config,
+                             std::string_view architecture);
 
 // A float value in any spelling a config.json holds: a number, "inf" / "Infinity" / "-inf" / "nan"
 // (strings), or {"__float__": "Infinity"}; nullopt for anything else.

@@ -559,9 +559,7 @@ llama_model llama_model::load(const std::filesystem::path& dir, const parallel_c
   if (sliding_used && sliding != cfg.end() && !sliding->is_null())
     config_error(dir, fmt::format("unsupported option: config key 'sliding_window' is {} (only full causal attention "
                                   "is implemented)", sliding->dump()));
-  // transformers' defaults where the key is absent
-  const int64_t default_positions = arch == "mixtral" ? 4096 * 32 : arch == "qwen3_moe" ? 32768 : 2048;
-  c.max_positions = config_positive_int_or(dir, cfg, "max_position_embeddings", default_positions);
+  c.max_positions = config_max_positions(dir, cfg, arch);  // (transformers' default where absent)
   c.rms_norm_eps = float(config_number_or(dir, cfg, "rms_norm_eps", 1e-6));
   read_rope(cfg, dir, c);
   if (const auto act = cfg.find("hidden_act"); act != cfg.end() && !act->is_null() && *act != "silu")

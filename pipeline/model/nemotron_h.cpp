@@ -506,7 +506,7 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir, const 
   c.moe_latent = d.moe_latent;
   // No positional encoding limits the length; max_position_embeddings (NemotronHConfig default 4096)
   // is the context the model declares, and serving runtimes enforce it as the maximum length too.
-  c.max_positions = config_positive_int_or(dir, cfg, "max_position_embeddings", 4096);
+  c.max_positions = config_max_positions(dir, cfg, "nemotron_h");
   c.eps = float(config_number_or(dir, cfg, "layer_norm_epsilon", 1e-5));
   c.routed_scaling_factor = float(config_number_or(dir, cfg, "routed_scaling_factor", 1.0));
   if (const auto it = cfg.find("norm_topk_prob"); it != cfg.end() && !it->is_null()) {

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -30,6 +31,13 @@ uint64_t exported_linear_bytes(const linear_spec& l, format_id f, const dtype_lo
 int64_t share_of(int64_t items, int processes) { return (items + processes - 1) / processes; }
 
 }  // namespace
+
+dtype_lookup config_dtypes(const model_spec& spec, dtype torch_dtype) {
+  auto f32 = std::make_shared<std::set<std::string>>();
+  for (const tensor_spec& t : spec.tensors)
+    if (t.kind == tensor_kind::router_bias) f32->insert(t.name);
+  return [f32, torch_dtype](const std::string& name) { return f32->count(name) ? dtype::f32 : torch_dtype; };
+}
 
 dtype_lookup checkpoint_dtypes(const checkpoint& source, const model_spec& spec, dtype fallback) {
   auto stored = std::make_shared<std::map<std::string, dtype>>();
@@ -131,13 +139,12 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
     }
     const int64_t per_bit = cost_per_bit(space, spec, r.search);
     p.least_effective_bits = double(least_cost(space, spec, r.search)) / double(per_bit);
-    bool reachable = true;
     try {
       require_reachable_budget(space, spec, r.search, r.origin);
     } catch (const io_error& e) {
-      p.warnings.push_back(e.what());
-      reachable = false;
+      p.refused = e.what();
     }
+    const bool reachable = p.refused.empty();
     p.export_bytes_min = smallest + other_bytes + kv_bytes;
     p.export_bytes_max = linear_source_bytes + other_bytes + kv_bytes;
     // The budget counts every linear weight's effective bits (BF16 as 16): it bounds the stored bytes
@@ -155,12 +162,16 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   p.seq_len = std::min(r.calibration.seq_len, setup.max_positions);
   if (p.searched) {
     double per_token = 0.0;  // floats a scoring pass records per token
+    int64_t largest = 0;     // the largest linear's weights, dequantized for a replay
     for (const linear_spec& l : spec.linears) {
       if (l.block >= 0 && spec.blocks[size_t(l.block)].mtp) continue;
       const double share = l.expert < 0 ? 1.0 : double(spec.dims.experts_per_token) / double(spec.dims.experts);
       per_token += share * double(l.in_features + l.out_features);
+      largest = std::max(largest, l.numel());
     }
-    p.scoring_activation_bytes = uint64_t(2.0 * per_token * double(p.seq_len) * sizeof(float)) * uint64_t(setup.threads);
+    p.scoring_activation_bytes =
+        (uint64_t(2.0 * per_token * double(p.seq_len) * sizeof(float)) + uint64_t(largest) * sizeof(float)) *
+        uint64_t(setup.threads);
   }
   p.calibration_sequences = r.calibration.samples;
   p.sequences_per_process = share_of(p.calibration_sequences, processes);
@@ -169,7 +180,7 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   const uint64_t exported = !p.searched                 ? p.export_bytes
                             : p.export_bytes_budget > 0 ? p.export_bytes_budget
                                                         : p.export_bytes_max;
-  const uint64_t verifying = p.fp32_model_bytes + 2 * p.quantized_bytes + p.source_bytes + exported;
+  const uint64_t verifying = p.fp32_model_bytes + p.quantized_bytes + p.source_bytes + exported;
   const uint64_t scoring =
       p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes + p.source_bytes : 0;
   p.peak_bytes = std::max(verifying, scoring);

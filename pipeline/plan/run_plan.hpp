@@ -34,14 +34,16 @@ struct run_plan {
   // the recipe
   bool searched = false;
   std::vector<format_share> formats;  // fixed rules: the linears by format, in format_id order
-  uint64_t export_bytes = 0;          // fixed rules: the export's tensor payload, exactly
+  uint64_t export_bytes = 0;          // fixed rules: the export's tensor payload (exactly, given the
+                                      // checkpoint's dtypes)
   uint64_t export_bytes_min = 0, export_bytes_max = 0;  // a search: every searched linear at its
                                                         // smallest candidate / all kept BF16
   uint64_t export_bytes_budget = 0;   // a search with the weight cost model over 16-bit linears: at most
                                       // this under the budget (0: no such bound)
   double effective_bits = 0.0;        // fixed rules: bits per linear weight, as the search counts them
   int64_t searched_linears = 0;       // a search: linears that take part
-  double least_effective_bits = 0.0;  // a search: the least budget it can reach (a warning when below)
+  double least_effective_bits = 0.0;  // a search: the least budget it can reach
+  std::string refused;                // why `mixq quantize` will refuse the recipe (a budget below that)
   int64_t kv_scales = 0;              // attention modules given FP8 KV-cache scales
   std::vector<std::string> notes;     // linears kept BF16 against their rule, by reason (counted)
   std::vector<std::string> warnings;  // rules that match nothing
@@ -55,17 +57,22 @@ struct run_plan {
                                   // at most, each linear in its largest quantized candidate)
   uint64_t scoring_bytes = 0;     // a search: every searched linear stored in each quantized candidate
   // A search: what each thread's pass over a scoring sequence records, every linear's input and
-  // output gradient (routed experts: their share of the tokens), and as much again for what the
-  // backward pass saves (an estimate: attention and scan states vary by architecture).
+  // output gradient (routed experts: their share of the tokens), as much again for what the
+  // backward pass saves (an estimate: attention and scan states vary by architecture), and the
+  // largest scored linear dequantized.
   uint64_t scoring_activation_bytes = 0;
   // The resident peak: the larger of scoring (model + candidates + activations + mapped source)
-  // and export verification (the re-loaded model + the quantized weights, held and encoded + the
-  // source and the staged export, both memory-mapped). The process itself comes on top.
+  // and export verification (the re-loaded model + the quantized weights + the source and the
+  // staged export, both memory-mapped). The process itself comes on top.
   uint64_t peak_bytes = 0;
 };
 
-// A tensor's source dtype by name: from the checkpoint's headers, or one dtype for all (config).
+// A tensor's source dtype by name: from the checkpoint's headers, or from config.json alone.
 using dtype_lookup = std::function<dtype(const std::string& name)>;
+
+// Without the headers: config.json's torch_dtype for every tensor but the routers' score-correction
+// biases, which the releases store in F32.
+dtype_lookup config_dtypes(const model_spec& spec, dtype torch_dtype);
 
 // The dtypes a checkpoint stores, by the spec's names (a tensor stored under an alias too);
 // `fallback` for any it does not hold. io_error, as quantize gives it, where the checkpoint

@@ -37,4 +37,13 @@ c = json.load(open(sys.argv[1])); c["num_hidden_layers"] += 1; json.dump(c, open
 PY
 if "$mixq" plan --model "$tmp/broken" --recipe llama_fp8 2> "$tmp/err.txt"; then fail "a contradicting checkpoint was planned"; fi
 grep -q 'does not match its config.json' "$tmp/err.txt" || fail "no mismatch message: $(cat "$tmp/err.txt")"
+# a budget the model cannot reach: planned, then refused as quantize would (exit 1)
+tiny=$src/../shared/models/nemotron-h-tiny
+if [ -d "$tiny" ]; then
+  if "$mixq" plan --model "$tiny" --recipe auto_nemotron_nvfp4_fp8_5p0bits > "$tmp/out.txt" 2> "$tmp/err.txt"; then
+    fail "an unreachable budget was planned without complaint"
+  fi
+  grep -q 'will refuse this' "$tmp/err.txt" || fail "no refusal: $(cat "$tmp/err.txt")"
+  grep -q 'at the least' "$tmp/out.txt" || fail "the plan was not printed first: $(cat "$tmp/out.txt")"
+fi
 echo "plan cli: ok"
