@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: build, make a synthetic Nemotron-H checkpoint (hybrid
-# Mamba-2 + attention + latent MoE, 170 M parameters, BF16), quantize it with NVIDIA's released
+# Mamba-2 + attention + latent MoE, 170 M parameters, BF16), plan and quantize it with NVIDIA's released
 # Nemotron 3 Super mix (routed experts NVFP4, shared experts and Mamba projections FP8, FP8 KV cache,
 # the rest BF16) on the built-in calibration text, verify the export by re-loading it, and check it
 # the way vLLM will. With ../shared present, the same on the real trained models.
@@ -10,6 +10,8 @@ bash scripts/build.sh build
 ./build/mixq formats
 echo
 ./build/mixq synth --arch nemotron_h --preset small --out out/nemotron_h-small --force
+echo
+./build/mixq plan --model out/nemotron_h-small --recipe nemotron_super_nvfp4_release
 echo
 ./build/mixq quantize --model out/nemotron_h-small --recipe nemotron_super_nvfp4_release \
   --out out/nemotron_h-small-nvfp4 --force
