@@ -84,9 +84,9 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
   if (const uint64_t available = host_available_memory(); available > 0)
     fmt::print("            (this machine has {} available)\n", gb(available));
   if (p.searched)
-    fmt::print("            scoring holds the searched linears in each candidate ({}) and, per thread, a sequence's\n"
-               "            activations (about {} in {} threads)\n",
-               gb(p.scoring_bytes), gb(p.scoring_activation_bytes), p.threads);
+    fmt::print("            scoring holds the searched linears in each candidate ({}) and its activations\n"
+               "            ({} scores, {} threads: about {})\n",
+               gb(p.scoring_bytes), to_string(r.search.method), p.threads, gb(p.scoring_activation_bytes));
 }
 
 nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const run_plan& p) {

@@ -85,6 +85,7 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   const uint64_t kv_bytes = uint64_t(p.kv_scales) * 2 * sizeof(float);
 
   p.searched = r.search.enabled;
+  int64_t largest_group = 0;  // a search: the most weights one group holds
   if (!p.searched) {
     const quant_plan plan = plan_quantization(r, spec);
     p.warnings = plan.warnings;
@@ -115,6 +116,11 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
     for (const auto& [note, n] : notes) p.notes.push_back(n > 1 ? fmt::format("{} ({} linears)", note, n) : note);
   } else {
     const search_space space = make_search_space(spec, r.search);
+    for (const search_group& g : space.groups) {
+      int64_t n = 0;
+      for (int i : g.linears) n += spec.linears[size_t(i)].numel();
+      if (!g.disabled) largest_group = std::max(largest_group, n);
+    }
     p.warnings = space.warnings;
     uint64_t smallest = 0;
     for (const search_group& g : space.groups) {
@@ -161,7 +167,7 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   p.threads = setup.threads;
   p.seq_len = std::min(r.calibration.seq_len, setup.max_positions);
   if (p.searched) {
-    double per_token = 0.0;  // floats a scoring pass records per token
+    double per_token = 0.0;  // floats a pass records per token: every linear's input and output
     int64_t largest = 0;     // the largest linear's weights, dequantized for a replay
     for (const linear_spec& l : spec.linears) {
       if (l.block >= 0 && spec.blocks[size_t(l.block)].mtp) continue;
@@ -169,9 +175,24 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
       per_token += share * double(l.in_features + l.out_features);
       largest = std::max(largest, l.numel());
     }
-    p.scoring_activation_bytes =
-        (uint64_t(2.0 * per_token * double(p.seq_len) * sizeof(float)) + uint64_t(largest) * sizeof(float)) *
-        uint64_t(setup.threads);
+    const double T = double(p.seq_len), f = sizeof(float), V = double(spec.dims.vocab);
+    const uint64_t threads = uint64_t(setup.threads);
+    switch (r.search.method) {
+      case score_method::fisher:  // inputs and output gradients, and the backward pass's saved state
+        p.scoring_activation_bytes = (uint64_t(2.0 * per_token * T * f) + uint64_t(largest) * 4) * threads;
+        break;
+      case score_method::hessian:  // inputs and outputs of a forward pass
+        p.scoring_activation_bytes = (uint64_t(per_token * T * f) + uint64_t(largest) * 4) * threads;
+        break;
+      case score_method::kl: {  // every own sequence's reference logits, a forward pass's per thread,
+                                // and the largest group swapped into the model in F32
+        const int64_t scored = std::min(r.search.score_samples, r.calibration.samples);
+        p.scoring_activation_bytes = uint64_t(double(share_of(scored, processes)) * T * V * f) +
+                                     uint64_t(per_token * T * f + T * V * f) * threads +
+                                     uint64_t(largest_group) * 4;
+        break;
+      }
+    }
   }
   p.calibration_sequences = r.calibration.samples;
   p.sequences_per_process = share_of(p.calibration_sequences, processes);

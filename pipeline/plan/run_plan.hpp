@@ -56,10 +56,11 @@ struct run_plan {
   uint64_t quantized_bytes = 0;   // the quantized weights every process ends up holding (a search:
                                   // at most, each linear in its largest quantized candidate)
   uint64_t scoring_bytes = 0;     // a search: every searched linear stored in each quantized candidate
-  // A search: what each thread's pass over a scoring sequence records, every linear's input and
-  // output gradient (routed experts: their share of the tokens), as much again for what the
-  // backward pass saves (an estimate: attention and scan states vary by architecture), and the
-  // largest scored linear dequantized.
+  // A search: what scoring holds besides the candidates. Fisher: per thread, every linear's input
+  // and output gradient over a sequence (routed experts: their share of the tokens), as much again
+  // for what the backward pass saves (an estimate: attention and scan states vary by architecture),
+  // and the largest linear dequantized; hessian: a forward pass's inputs and outputs; KL: the
+  // reference logits of the process's sequences, a pass per thread, a group swapped in as F32.
   uint64_t scoring_activation_bytes = 0;
   // The resident peak: the larger of scoring (model + candidates + activations + mapped source)
   // and export verification (the re-loaded model + the quantized weights + the source and the
