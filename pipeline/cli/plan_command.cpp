@@ -11,6 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <omp.h>
 
+#include "calib/builtin_calibration.hpp"
+#include "calib/text_tokenizer.hpp"
 #include "pipeline/cli/commands.hpp"
 #include "pipeline/io/checkpoint.hpp"
 #include "pipeline/io/safetensors_file.hpp"
@@ -74,9 +76,10 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
   for (const std::string& n : p.notes) fmt::print("kept BF16:  {}\n", n);
   for (const std::string& w : p.warnings) fmt::print("warning:    {}\n", w);
 
-  fmt::print("\nprocesses:  {}: each calibrates {} of {} sequences of {} tokens and quantizes {} of {} linears\n",
-             p.processes, count_text(p.sequences_per_process), count_text(p.calibration_sequences), p.seq_len,
-             count_text(p.linears_per_process), count_text(p.quantized_linears));
+  fmt::print("\nprocesses:  {}: each calibrates {}{} of {} sequences of {} tokens and quantizes {} of {} linears\n",
+             p.processes, p.sequences_known ? "" : "up to ", count_text(p.sequences_per_process),
+             count_text(p.calibration_sequences), p.seq_len, count_text(p.linears_per_process),
+             count_text(p.quantized_linears));
   fmt::print("memory:     about {} per process at the peak: every process holds the whole model ({} in FP32)\n",
              gb(p.peak_bytes), gb(p.fp32_model_bytes));
   fmt::print("            and {} of quantized weights{}, and maps the source ({}) and the staged export\n",
@@ -125,6 +128,7 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
   j["warnings"] = p.warnings;
   j["processes"] = {{"count", p.processes},
                     {"calibration_sequences", p.calibration_sequences},
+                    {"sequences_known", p.sequences_known},
                     {"sequences_per_process", p.sequences_per_process},
                     {"seq_len", p.seq_len},
                     {"quantized_linears", p.quantized_linears},
@@ -142,7 +146,7 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
 
 void add_plan_command(CLI::App& app) {
   struct options {
-    std::string model, recipe, json;
+    std::string model, recipe, json, calib;
     int processes = 1;
     int threads = omp_get_max_threads();
   };
@@ -155,6 +159,7 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--recipe", o->recipe, "recipe YAML file or built-in name (see recipes/README.md)")->required();
   cmd->add_option("--processes,--ranks", o->processes, "processes (ranks) the run will start: mpirun -np / srun -n")
       ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--calib", o->calib, "calibration data, as quantize takes it (default: the recipe's, else built in)");
   cmd->add_option("--threads", o->threads, "threads per process (default: OMP_NUM_THREADS, else this machine's cores)")
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--json", o->json, "also write the plan as JSON to this file");
@@ -176,8 +181,19 @@ void add_plan_command(CLI::App& app) {
       dtypes_from += ", router biases F32";
     if (!has_weights && fs::is_directory(model))
       dtypes_from += "; no .safetensors here, which mixq quantize needs";
-    const run_plan p = make_run_plan(spec, r, source_dtype,
-                                     {o->processes, o->threads, config_max_positions(model, cfg, spec.architecture)});
+    plan_setup setup{o->processes, o->threads, config_max_positions(model, cfg, spec.architecture)};
+    if (fs::is_directory(model)) {  // the calibration data's length, where its tokenizer is at hand
+      const fs::path data = !o->calib.empty() ? fs::path(o->calib) : fs::path(r.calibration.data);
+      try {
+        setup.calibration_tokens = int64_t(data.empty() ? builtin_calibration_tokens(model, spec.dims.vocab).size()
+                                                        : read_token_stream(data, model, spec.dims.vocab).size());
+      } catch (const std::exception& e) {
+        if (!data.empty()) throw;  // (named data must be readable, as quantize requires)
+      }
+    } else if (!o->calib.empty()) {
+      throw std::runtime_error(fmt::format("--calib needs the checkpoint directory (its tokenizer), not {}", o->model));
+    }
+    const run_plan p = make_run_plan(spec, r, source_dtype, setup);
     print_plan(spec, r, p, o->model, dtypes_from);
     if (!o->json.empty()) {
       std::ofstream f(o->json);

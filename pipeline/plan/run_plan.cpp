@@ -166,6 +166,13 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   p.processes = processes;
   p.threads = setup.threads;
   p.seq_len = std::min(r.calibration.seq_len, setup.max_positions);
+  // as quantize cuts the data: whole windows of seq_len, or the data whole when shorter than one
+  p.calibration_sequences = r.calibration.samples;
+  p.sequences_known = setup.calibration_tokens >= 0;
+  if (p.sequences_known) {
+    const int64_t windows = setup.calibration_tokens / std::max<int64_t>(p.seq_len, 1);
+    p.calibration_sequences = std::min(r.calibration.samples, windows > 0 ? windows : setup.calibration_tokens >= 2 ? 1 : 0);
+  }
   if (p.searched) {
     double per_token = 0.0;  // floats a pass records per token: every linear's input and output
     int64_t largest = 0;     // the largest linear's weights, dequantized for a replay
@@ -186,7 +193,7 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
         break;
       case score_method::kl: {  // every own sequence's reference logits, a forward pass's per thread,
                                 // and the largest group swapped into the model in F32
-        const int64_t scored = std::min(r.search.score_samples, r.calibration.samples);
+        const int64_t scored = std::min(r.search.score_samples, p.calibration_sequences);
         p.scoring_activation_bytes = uint64_t(double(share_of(scored, processes)) * T * V * f) +
                                      uint64_t(per_token * T * f + T * V * f) * threads +
                                      uint64_t(largest_group) * 4;
@@ -194,7 +201,6 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
       }
     }
   }
-  p.calibration_sequences = r.calibration.samples;
   p.sequences_per_process = share_of(p.calibration_sequences, processes);
   p.linears_per_process = share_of(p.quantized_linears, processes);
   p.fp32_model_bytes = uint64_t(p.parameters) * sizeof(float);

@@ -50,6 +50,7 @@ struct run_plan {
   // the processes
   int processes = 1, threads = 1;
   int64_t calibration_sequences = 0, sequences_per_process = 0, seq_len = 0;
+  bool sequences_known = false;  // from the data's length (else at most the recipe's samples)
   int64_t quantized_linears = 0, linears_per_process = 0;  // a search: the linears it may quantize
   // memory per process
   uint64_t fp32_model_bytes = 0;  // the model's working copy
@@ -85,6 +86,7 @@ struct plan_setup {
   int processes = 1;
   int threads = 1;                                          // per process (OMP_NUM_THREADS)
   int64_t max_positions = std::numeric_limits<int64_t>::max();  // caps seq_len, as quantize does
+  int64_t calibration_tokens = -1;  // the calibration data's length; -1: unknown (the recipe's samples)
 };
 
 // The plan. Throws io_error for a recipe the model cannot take (as quantize would: fused siblings

@@ -133,6 +133,25 @@ TEST(run_plan, a_search_is_bounded_by_its_smallest_candidates_and_by_bf16) {
               1.0);
 }
 
+TEST(run_plan, calibration_sequences_as_quantize_cuts_the_data) {
+  const model_spec spec = config_spec("nemotron3-super-120b-a12b.json");
+  const recipe r = load_recipe("nemotron_super_nvfp4_release");  // 64 samples of 256 tokens
+  const auto plan = [&](int64_t tokens, int processes) {
+    plan_setup setup;
+    setup.processes = processes;
+    setup.calibration_tokens = tokens;
+    return make_run_plan(spec, r, config_dtypes(spec, dtype::bf16), setup);
+  };
+  EXPECT_FALSE(plan(-1, 1).sequences_known);
+  EXPECT_EQ(plan(-1, 1).calibration_sequences, 64);      // unknown: at most the recipe's
+  EXPECT_EQ(plan(2816, 1).calibration_sequences, 11);    // whole windows only
+  EXPECT_EQ(plan(2816, 4).sequences_per_process, 3);     // 11 over 4 processes: 3, 3, 3, 2
+  EXPECT_EQ(plan(1'000'000, 1).calibration_sequences, 64);
+  EXPECT_EQ(plan(100, 1).calibration_sequences, 1);      // shorter than a window: taken whole
+  EXPECT_EQ(plan(1, 1).calibration_sequences, 0);
+  EXPECT_TRUE(plan(2816, 1).sequences_known);
+}
+
 TEST(run_plan, memory_warning_when_the_processes_here_exceed_what_is_available) {
   run_plan p;
   p.peak_bytes = 3'000'000'000;
