@@ -167,6 +167,7 @@ void add_plan_command(CLI::App& app) {
     const fs::path model(o->model);
     if (!fs::exists(model)) throw std::runtime_error(fmt::format("{}: not found", o->model));
     const nlohmann::json cfg = read_hf_config(model);
+    require_unquantized_checkpoint(model, cfg);
     const model_spec spec = model_spec_from_config(cfg, hf_config_path(model).string());
     const recipe r = load_recipe(o->recipe);
     bool has_weights = false;

@@ -104,4 +104,20 @@ int64_t config_max_positions(const std::filesystem::path& dir_or_file, const nlo
   return config_positive_int_or(dir_or_file, config, "max_position_embeddings", fallback);
 }
 
+void require_unquantized_checkpoint(const std::filesystem::path& dir_or_file, const nlohmann::json& config) {
+  const std::filesystem::path dir = hf_config_path(dir_or_file).parent_path();
+  const auto q = config.find("quantization_config");
+  const bool quantized = (q != config.end() && !q->is_null()) || std::filesystem::exists(dir / "hf_quant_config.json");
+  if (!quantized) return;
+  std::string what = "hf_quant_config.json";
+  if (q != config.end() && q->is_object()) {
+    what = "quantization_config";
+    for (const char* key : {"quant_method", "quant_algo"})
+      if (const auto v = q->find(key); v != q->end() && v->is_string()) what += fmt::format(" {} {}", key, v->get<std::string>());
+  }
+  throw io_error(fmt::format("{}: already quantized ({}): mixq quantizes an unquantized BF16 / F16 / F32 checkpoint; "
+                             "point --model at the one it came from (mixq eval and mixq inspect read it as it is)",
+                             dir.string(), what));
+}
+
 }  // namespace mixq

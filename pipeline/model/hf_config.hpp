@@ -36,6 +36,10 @@ int64_t config_positive_int_or(const std::filesystem::path& dir_or_file, const n
 int64_t config_max_positions(const std::filesystem::path& dir_or_file, const nlohmann::json& config,
                              std::string_view architecture);
 
+// io_error where the checkpoint is already quantized (config.json has a quantization_config, or an
+// hf_quant_config.json lies beside it): quantizing takes an unquantized BF16 / F16 / F32 source.
+void require_unquantized_checkpoint(const std::filesystem::path& dir_or_file, const nlohmann::json& config);
+
 // A float value in any spelling a config.json holds: a number, "inf" / "Infinity" / "-inf" / "nan"
 // (strings), or {"__float__": "Infinity"}; nullopt for anything else.
 std::optional<double> config_float(const nlohmann::json& v);

@@ -15,6 +15,7 @@
 #include "pipeline/eval/perplexity.hpp"
 #include "pipeline/io/checkpoint.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
+#include "pipeline/model/hf_config.hpp"
 #include "pipeline/model/llama.hpp"
 #include "pipeline/quantize/calibrate.hpp"
 #include "pipeline/quantize/quantize_weights.hpp"
@@ -275,6 +276,7 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
                                  rq.out.string()));
 
     // plan: rules -> one decision per linear (no weights read)
+    require_unquantized_checkpoint(rq.model, read_hf_config(rq.model));
     source_file = checkpoint::open(rq.model);
     spec = model_spec_from_file(rq.model);
     rep.plan = plan_quantization(rq.rcp, spec);

@@ -37,6 +37,15 @@ c = json.load(open(sys.argv[1])); c["num_hidden_layers"] += 1; json.dump(c, open
 PY
 if "$mixq" plan --model "$tmp/broken" --recipe llama_fp8 2> "$tmp/err.txt"; then fail "a contradicting checkpoint was planned"; fi
 grep -q 'does not match its config.json' "$tmp/err.txt" || fail "no mismatch message: $(cat "$tmp/err.txt")"
+# an export given as the source: refused, by plan and by quantize, saying what it is
+for cmd in plan "quantize --out $tmp/again"; do
+  if "$mixq" $cmd --model "$tmp/out" --recipe llama_fp8 2> "$tmp/err.txt" > /dev/null; then
+    fail "$cmd took an already quantized checkpoint"
+  fi
+  grep -q 'already quantized (quantization_config quant_method modelopt' "$tmp/err.txt" || fail "$cmd: $(cat "$tmp/err.txt")"
+done
+[ ! -e "$tmp/again" ] || fail "quantize wrote an output for a refused source"
+
 # a budget the model cannot reach: planned, then refused as quantize would (exit 1)
 tiny=$src/../shared/models/nemotron-h-tiny
 if [ -d "$tiny" ]; then
