@@ -62,6 +62,13 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
     for (const format_share& s : p.formats)
       fmt::print("{:<14} {:>9} {:>18} {:>12}\n", traits_of(s.format).name, count_text(s.linears),
                  count_text(s.parameters), gb(s.bytes));
+    fmt::print("\nby role:\n");
+    for (const run_plan::role_share& rs : p.roles) {
+      std::string line;
+      for (const format_share& s : rs.formats)
+        line += fmt::format("{}{} {}", line.empty() ? "" : ", ", traits_of(s.format).name, count_text(s.linears));
+      fmt::print("  {:<14} {}\n", to_string(rs.role), line);
+    }
     fmt::print("\nexport:     {} of tensors ({:.2f} effective bits per linear weight; {:.2f}x smaller than the source)\n",
                gb(p.export_bytes), p.effective_bits, double(p.source_bytes) / double(p.export_bytes));
   } else {
@@ -112,6 +119,14 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
                          {"parameters", s.parameters},
                          {"bytes", s.bytes}});
     j["formats"] = formats;
+    nlohmann::ordered_json roles = nlohmann::ordered_json::object();
+    for (const run_plan::role_share& rs : p.roles) {
+      nlohmann::ordered_json r = nlohmann::ordered_json::object();
+      for (const format_share& s : rs.formats)
+        r[std::string(traits_of(s.format).name)] = {{"linears", s.linears}, {"parameters", s.parameters}};
+      roles[std::string(to_string(rs.role))] = r;
+    }
+    j["roles"] = roles;
     j["export_bytes"] = p.export_bytes;
     j["effective_bits"] = p.effective_bits;
   } else {

@@ -90,6 +90,7 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
     const quant_plan plan = plan_quantization(r, spec);
     p.warnings = plan.warnings;
     std::map<format_id, format_share> by_format;
+    std::map<linear_role, std::map<format_id, format_share>> by_role;
     std::map<std::string, int64_t> notes;
     double bits = 0.0;
     for (size_t i = 0; i < spec.linears.size(); ++i) {
@@ -100,6 +101,10 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
       ++s.linears;
       s.parameters += l.numel();
       s.bytes += exported_linear_bytes(l, f, source_dtype);
+      format_share& rs = by_role[l.role][f];
+      rs.format = f;
+      ++rs.linears;
+      rs.parameters += l.numel();
       bits += traits_of(f).effective_bits * double(l.numel());
       if (f != format_id::bf16) {
         ++p.quantized_linears;
@@ -110,6 +115,11 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
     for (auto& [f, s] : by_format) {
       p.formats.push_back(s);
       p.export_bytes += s.bytes;
+    }
+    for (auto& [role, formats] : by_role) {
+      run_plan::role_share rs{role, {}};
+      for (auto& [f, s] : formats) rs.formats.push_back(s);
+      p.roles.push_back(std::move(rs));
     }
     p.export_bytes += other_bytes + kv_bytes;
     p.effective_bits = p.linear_parameters > 0 ? bits / double(p.linear_parameters) : 0.0;

@@ -34,6 +34,11 @@ struct run_plan {
   // the recipe
   bool searched = false;
   std::vector<format_share> formats;  // fixed rules: the linears by format, in format_id order
+  struct role_share {
+    linear_role role;
+    std::vector<format_share> formats;  // in format_id order (bytes left 0)
+  };
+  std::vector<role_share> roles;      // fixed rules: the same by role, in linear_role order
   uint64_t export_bytes = 0;          // fixed rules: the export's tensor payload (exactly, given the
                                       // checkpoint's dtypes)
   uint64_t export_bytes_min = 0, export_bytes_max = 0;  // a search: every searched linear at its

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -89,6 +90,18 @@ TEST(run_plan, nemotron3_super_under_the_release_recipe) {
   ASSERT_EQ(p.formats.back().format, format_id::nvfp4);
   EXPECT_EQ(p.formats.back().linears, 40 * 512 * 2);
   EXPECT_EQ(p.kv_scales, 9);  // 8 attention layers and the MTP head's
+  // by role: the MTP head's 2 · 512 experts stay BF16, the 41 routers always do
+  const auto role_formats = [&](linear_role role) {
+    std::map<format_id, int64_t> out;
+    for (const run_plan::role_share& rs : p.roles)
+      if (rs.role == role)
+        for (const format_share& s : rs.formats) out[s.format] = s.linears;
+    return out;
+  };
+  EXPECT_EQ(role_formats(linear_role::expert),
+            (std::map<format_id, int64_t>{{format_id::bf16, 1024}, {format_id::nvfp4, 40 * 512 * 2}}));
+  EXPECT_EQ(role_formats(linear_role::router), (std::map<format_id, int64_t>{{format_id::bf16, 41}}));
+  EXPECT_EQ(role_formats(linear_role::mamba_in), (std::map<format_id, int64_t>{{format_id::fp8_per_tensor, 40}}));
   EXPECT_EQ(p.export_bytes, bytes + (p.source_bytes - uint64_t(p.linear_parameters) * 2) + 9 * 8);
   EXPECT_TRUE(p.refused.empty());
   EXPECT_NEAR(p.effective_bits, 5.07, 0.01);
