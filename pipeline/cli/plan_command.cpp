@@ -43,6 +43,40 @@ dtype config_dtype(const fs::path& model, const nlohmann::json& cfg, std::string
   return dtype::bf16;
 }
 
+// The tensors' dtypes: from the safetensors headers where the checkpoint is at hand (refusing one
+// that contradicts its config, as quantize would), else from config.json; `said` tells which.
+dtype_lookup source_dtypes(const fs::path& model, const nlohmann::json& cfg, const model_spec& spec, std::string* said) {
+  bool has_weights = false;
+  if (fs::is_directory(model))
+    for (const auto& e : fs::directory_iterator(model)) has_weights = has_weights || e.path().extension() == ".safetensors";
+  if (has_weights) {
+    *said = "dtypes from the safetensors headers";
+    return checkpoint_dtypes(checkpoint::open(model), spec, dtype::bf16);
+  }
+  const dtype_lookup from_config = config_dtypes(spec, config_dtype(model, cfg, said));
+  if (std::any_of(spec.tensors.begin(), spec.tensors.end(), [](const tensor_spec& t) { return t.kind == tensor_kind::router_bias; }))
+    *said += ", router biases F32";
+  if (fs::is_directory(model)) *said += "; no .safetensors here, which mixq quantize needs";
+  return from_config;
+}
+
+// The calibration data's length in tokens, through the model's tokenizer (the built-in text where
+// `data` is empty); -1 where there is no checkpoint directory to tokenize with.
+int64_t calibration_token_count(const fs::path& model, const model_spec& spec, const std::string& data) {
+  if (!fs::is_directory(model)) {
+    if (!data.empty())
+      throw std::runtime_error(fmt::format("calibration data {} needs the checkpoint directory (its tokenizer), not {}",
+                                           data, model.string()));
+    return -1;
+  }
+  if (!data.empty()) return int64_t(read_token_stream(data, model, spec.dims.vocab).size());  // (must be readable)
+  try {
+    return int64_t(builtin_calibration_tokens(model, spec.dims.vocab).size());
+  } catch (const std::exception&) {
+    return -1;  // (no tokenizer for the built-in text: quantize says so itself)
+  }
+}
+
 std::string gb(uint64_t bytes) { return bytes_text(double(bytes)); }
 
 void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, const std::string& model,
@@ -121,10 +155,10 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
     j["formats"] = formats;
     nlohmann::ordered_json roles = nlohmann::ordered_json::object();
     for (const run_plan::role_share& rs : p.roles) {
-      nlohmann::ordered_json r = nlohmann::ordered_json::object();
+      nlohmann::ordered_json by_format = nlohmann::ordered_json::object();
       for (const format_share& s : rs.formats)
-        r[std::string(traits_of(s.format).name)] = {{"linears", s.linears}, {"parameters", s.parameters}};
-      roles[std::string(to_string(rs.role))] = r;
+        by_format[std::string(traits_of(s.format).name)] = {{"linears", s.linears}, {"parameters", s.parameters}};
+      roles[std::string(to_string(rs.role))] = by_format;
     }
     j["roles"] = roles;
     j["export_bytes"] = p.export_bytes;
@@ -185,30 +219,10 @@ void add_plan_command(CLI::App& app) {
     require_unquantized_checkpoint(model, cfg);
     const model_spec spec = model_spec_from_config(cfg, hf_config_path(model).string());
     const recipe r = load_recipe(o->recipe);
-    bool has_weights = false;
-    if (fs::is_directory(model))
-      for (const auto& e : fs::directory_iterator(model)) has_weights = has_weights || e.path().extension() == ".safetensors";
-    std::string dtypes_from = "dtypes from the safetensors headers";
-    // as quantize would, a checkpoint that contradicts its config is refused
-    const dtype_lookup source_dtype = has_weights ? checkpoint_dtypes(checkpoint::open(model), spec, dtype::bf16)
-                                                  : config_dtypes(spec, config_dtype(model, cfg, &dtypes_from));
-    if (!has_weights &&
-        std::any_of(spec.tensors.begin(), spec.tensors.end(), [](const tensor_spec& t) { return t.kind == tensor_kind::router_bias; }))
-      dtypes_from += ", router biases F32";
-    if (!has_weights && fs::is_directory(model))
-      dtypes_from += "; no .safetensors here, which mixq quantize needs";
+    std::string dtypes_from;
+    const dtype_lookup source_dtype = source_dtypes(model, cfg, spec, &dtypes_from);
     plan_setup setup{o->processes, o->threads, config_max_positions(model, cfg, spec.architecture)};
-    if (fs::is_directory(model)) {  // the calibration data's length, where its tokenizer is at hand
-      const fs::path data = !o->calib.empty() ? fs::path(o->calib) : fs::path(r.calibration.data);
-      try {
-        setup.calibration_tokens = int64_t(data.empty() ? builtin_calibration_tokens(model, spec.dims.vocab).size()
-                                                        : read_token_stream(data, model, spec.dims.vocab).size());
-      } catch (const std::exception& e) {
-        if (!data.empty()) throw;  // (named data must be readable, as quantize requires)
-      }
-    } else if (!o->calib.empty()) {
-      throw std::runtime_error(fmt::format("--calib needs the checkpoint directory (its tokenizer), not {}", o->model));
-    }
+    setup.calibration_tokens = calibration_token_count(model, spec, o->calib.empty() ? r.calibration.data : o->calib);
     const run_plan p = make_run_plan(spec, r, source_dtype, setup);
     print_plan(spec, r, p, o->model, dtypes_from);
     if (!o->json.empty()) {
