@@ -37,21 +37,26 @@ int processes_on_this_node(const run_world& world) {
 }
 
 // Before any work: the plan's peak against this machine's available memory. A warning only (the
-// mapped checkpoints can be paged out), and silent on errors: the run names those itself.
-void warn_about_memory(const quantize_request& rq, const run_world& world) {
+// mapped checkpoints can be paged out), and silent on errors: the run names those itself. Returns
+// the planned peak per process (0 where there is none), for the summary.
+uint64_t warn_about_memory(const quantize_request& rq, const run_world& world) {
   try {
     const nlohmann::json cfg = read_hf_config(rq.model);
     const model_spec spec = model_spec_from_config(cfg, hf_config_path(rq.model).string());
     const dtype_lookup dtypes = checkpoint_dtypes(checkpoint::open(rq.model), spec, dtype::bf16);
     const run_plan p = make_run_plan(spec, rq.rcp, dtypes,
                                      {world.size(), omp_get_max_threads(), config_max_positions(rq.model, cfg, spec.architecture)});
-    const std::string w = memory_warning(p, processes_on_this_node(world), host_available_memory());
+    run_plan with_process = p;  // (the peak on top of what the process holds already)
+    with_process.peak_bytes += process_resident_memory();
+    const std::string w = memory_warning(with_process, processes_on_this_node(world), host_available_memory());
     if (!w.empty()) fmt::print(stderr, "mixq: warning: {}\n", w);
+    return with_process.peak_bytes;
   } catch (const std::exception&) {
+    return 0;
   }
 }
 
-void print_report(const quantize_request& rq, const quantize_report& r, const run_world& world) {
+void print_report(const quantize_request& rq, const quantize_report& r, const run_world& world, uint64_t planned_peak) {
   fmt::print("model:        {}\n", rq.model.string());
   if (world.size() > 1)
     fmt::print("processes:    {} (started by {}; each calibrated, scored, quantized and evaluated a 1/{} share)\n", world.size(),
@@ -109,7 +114,8 @@ void print_report(const quantize_request& rq, const quantize_report& r, const ru
   std::string stages;
   for (const auto& [stage, s] : r.stage_seconds) stages += fmt::format("{}{} {:.2f}s", stages.empty() ? "" : ", ", stage, s), total += s;
   fmt::print("time:         {:.2f}s ({})\n", total, stages);
-  fmt::print("peak memory:  {}\n", bytes_text(double(r.peak_rss_bytes)));
+  fmt::print("peak memory:  {}{}\n", bytes_text(double(r.peak_rss_bytes)),
+             planned_peak > 0 ? fmt::format(" (planned {})", bytes_text(double(planned_peak))) : "");
   fmt::print("wrote:        {} ({} files; run record in {})\n", rq.out.string(), r.exported.files.size(),
              r.run_dir.string());
 }
@@ -193,10 +199,10 @@ void add_quantize_command(CLI::App& app) {
         bar.reset(), bar = std::make_unique<progress_bar>(stage, total, o->quiet || !world.root()), bar_stage = stage;
       bar->update(done);
     };
-    if (world.root()) warn_about_memory(rq, world);
+    const uint64_t planned_peak = world.root() ? warn_about_memory(rq, world) : 0;
     const quantize_report r = run_quantize(rq, world);
     bar.reset();
-    if (world.root()) print_report(rq, r, world);
+    if (world.root()) print_report(rq, r, world, planned_peak);
   });
 }
 

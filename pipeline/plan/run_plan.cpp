@@ -6,6 +6,8 @@
 #include <memory>
 #include <set>
 
+#include <unistd.h>
+
 #include <fmt/format.h>
 
 #include "pipeline/autoquant/search_groups.hpp"
@@ -231,6 +233,13 @@ uint64_t host_available_memory() {
   while (in >> key >> kib >> unit)
     if (key == "MemAvailable:") return kib * 1024;
   return 0;
+}
+
+uint64_t process_resident_memory() {
+  std::ifstream in("/proc/self/statm");
+  uint64_t size = 0, resident = 0;
+  if (!(in >> size >> resident)) return 0;
+  return resident * uint64_t(sysconf(_SC_PAGESIZE));
 }
 
 std::string memory_warning(const run_plan& p, int processes_here, uint64_t available) {

@@ -101,6 +101,8 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
 
 // This machine's MemAvailable (/proc/meminfo), or 0 where it cannot be read.
 uint64_t host_available_memory();
+// This process's resident bytes now (/proc/self/statm), or 0: what a run adds its peak to.
+uint64_t process_resident_memory();
 
 // A warning where `processes_here` processes of the plan's peak exceed `available` bytes, else empty.
 std::string memory_warning(const run_plan& p, int processes_here, uint64_t available);

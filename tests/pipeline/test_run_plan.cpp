@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -175,6 +176,10 @@ TEST(run_plan, memory_warning_when_the_processes_here_exceed_what_is_available) 
   EXPECT_NE(w.find("2 processes here"), std::string::npos) << w;
   EXPECT_NE(w.find("4.00 GB"), std::string::npos) << w;
   EXPECT_GT(host_available_memory(), 0u);  // (Linux: /proc/meminfo)
+  const uint64_t before = process_resident_memory();
+  std::vector<char> touched(64 << 20, 1);     // 64 MiB, every page written
+  EXPECT_GE(process_resident_memory(), before + (60u << 20));
+  EXPECT_EQ(touched[12345], 1);
 }
 
 }  // namespace
