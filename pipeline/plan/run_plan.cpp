@@ -64,9 +64,135 @@ dtype_lookup checkpoint_dtypes(const checkpoint& source, const model_spec& spec,
   };
 }
 
+namespace {
+
+// The bytes every plan shares: the non-linear tensors (copied unchanged) and the KV-cache scales.
+struct fixed_bytes {
+  uint64_t other = 0, linears = 0, kv = 0;
+};
+
+// Fixed rules: every linear's format, the export's bytes, the quantized weights.
+void plan_rules(run_plan& p, const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype,
+                const fixed_bytes& fixed) {
+  const quant_plan plan = plan_quantization(r, spec);
+  p.warnings = plan.warnings;
+  std::map<format_id, format_share> by_format;
+  std::map<linear_role, std::map<format_id, format_share>> by_role;
+  std::map<std::string, int64_t> notes;
+  double bits = 0.0;
+  for (size_t i = 0; i < spec.linears.size(); ++i) {
+    const linear_spec& l = spec.linears[i];
+    const format_id f = plan.linears[i].weight.format;
+    for (format_share* s : {&by_format[f], &by_role[l.role][f]}) {
+      s->format = f;
+      ++s->linears;
+      s->parameters += l.numel();
+    }
+    by_format[f].bytes += exported_linear_bytes(l, f, source_dtype);
+    bits += traits_of(f).effective_bits * double(l.numel());
+    if (f != format_id::bf16) {
+      ++p.quantized_linears;
+      p.quantized_bytes += *quantized_linear_bytes(f, l.out_features, l.in_features);
+    }
+    if (!plan.linears[i].note.empty()) ++notes[plan.linears[i].note];
+  }
+  for (auto& [f, s] : by_format) {
+    p.formats.push_back(s);
+    p.export_bytes += s.bytes;
+  }
+  for (auto& [role, formats] : by_role) {
+    run_plan::role_share rs{role, {}};
+    for (auto& [f, s] : formats) rs.formats.push_back(s);
+    p.roles.push_back(std::move(rs));
+  }
+  p.export_bytes += fixed.other + fixed.kv;
+  p.effective_bits = p.linear_parameters > 0 ? bits / double(p.linear_parameters) : 0.0;
+  for (const auto& [note, n] : notes) p.notes.push_back(n > 1 ? fmt::format("{} ({} linears)", note, n) : note);
+}
+
+// A search: the export's bounds, the least budget, what scoring holds of the candidates. Returns
+// the most weights one searched group holds.
+int64_t plan_search(run_plan& p, const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype,
+                    const fixed_bytes& fixed) {
+  const search_space space = make_search_space(spec, r.search);
+  p.warnings = space.warnings;
+  uint64_t smallest = 0;
+  int64_t largest_group = 0;
+  for (const search_group& g : space.groups) {
+    int64_t weights = 0;
+    if (!g.disabled) p.searched_linears += int64_t(g.linears.size());
+    for (int i : g.linears) {
+      const linear_spec& l = spec.linears[size_t(i)];
+      weights += l.numel();
+      uint64_t least = exported_linear_bytes(l, format_id::bf16, source_dtype), most_quantized = 0;
+      const bool scored = l.block < 0 || !spec.blocks[size_t(l.block)].mtp;  // (MTP linears are not)
+      for (const weight_quant_spec& c : g.candidates) {
+        if (g.disabled || c.format == format_id::bf16) continue;
+        const uint64_t bytes = exported_linear_bytes(l, c.format, source_dtype);
+        least = std::min(least, bytes);
+        most_quantized = std::max(most_quantized, bytes);
+        if (scored)  // kept as stored; the weight-only formats (MX, NF4) dequantized
+          p.scoring_bytes += quantized_linear_bytes(c.format, l.out_features, l.in_features).value_or(uint64_t(l.numel()) * 4);
+      }
+      smallest += least;
+      if (most_quantized > 0) {
+        ++p.quantized_linears;
+        p.quantized_bytes += most_quantized;
+      }
+    }
+    if (!g.disabled) largest_group = std::max(largest_group, weights);
+  }
+  p.least_effective_bits = double(least_cost(space, spec, r.search)) / double(cost_per_bit(space, spec, r.search));
+  try {
+    require_reachable_budget(space, spec, r.search, r.origin);
+  } catch (const io_error& e) {
+    p.refused = e.what();
+  }
+  p.export_bytes_min = smallest + fixed.other + fixed.kv;
+  p.export_bytes_max = fixed.linears + fixed.other + fixed.kv;
+  // The budget counts every linear weight's effective bits (BF16 as 16): it bounds the stored bytes
+  // where the kept linears are stored in 16 bits, up to each quantized linear's two F32 scalars.
+  bool sixteen_bit = true;
+  for (const linear_spec& l : spec.linears) sixteen_bit = sixteen_bit && dtype_bits(source_dtype(l.weight_name())) == 16;
+  if (p.refused.empty() && r.search.cost == cost_model::weight && sixteen_bit)
+    p.export_bytes_budget =
+        std::min(p.export_bytes_max, uint64_t(r.search.effective_bits * double(p.linear_parameters) / 8.0) +
+                                         uint64_t(p.quantized_linears) * 2 * sizeof(float) + fixed.other + fixed.kv);
+  return largest_group;
+}
+
+// What scoring holds besides the candidates (run_plan::scoring_activation_bytes).
+uint64_t scoring_activations(const run_plan& p, const model_spec& spec, const recipe& r, int threads,
+                             int64_t largest_group) {
+  double per_token = 0.0;  // floats a pass records per token: every linear's input and output
+  int64_t largest = 0;     // the largest linear's weights, dequantized for a replay
+  for (const linear_spec& l : spec.linears) {
+    if (l.block >= 0 && spec.blocks[size_t(l.block)].mtp) continue;
+    const double share = l.expert < 0 ? 1.0 : double(spec.dims.experts_per_token) / double(spec.dims.experts);
+    per_token += share * double(l.in_features + l.out_features);
+    largest = std::max(largest, l.numel());
+  }
+  const double T = double(p.seq_len), f = sizeof(float), V = double(spec.dims.vocab);
+  const uint64_t n = uint64_t(threads), replay = uint64_t(largest) * 4;
+  switch (r.search.method) {
+    case score_method::fisher:  // inputs and output gradients, and the backward pass's saved state
+      return (uint64_t(2.0 * per_token * T * f) + replay) * n;
+    case score_method::hessian:  // inputs and outputs of a forward pass
+      return (uint64_t(per_token * T * f) + replay) * n;
+    case score_method::kl: {  // every own sequence's reference logits, a forward pass's per thread,
+                              // and the largest group swapped into the model in F32
+      const int64_t scored = std::min(r.search.score_samples, p.calibration_sequences);
+      return uint64_t(double(share_of(scored, p.processes)) * T * V * f) + uint64_t(per_token * T * f + T * V * f) * n +
+             uint64_t(largest_group) * 4;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
 run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype,
                        const plan_setup& setup) {
-  const int processes = setup.processes;
   run_plan p;
   for (const block_spec& b : spec.blocks) {
     if (b.mtp) ++p.mtp_blocks;
@@ -74,108 +200,22 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   }
   p.parameters = parameter_count(spec);
   p.active_parameters = active_parameter_count(spec);
-  uint64_t other_bytes = 0;  // every tensor that is not a linear weight: copied unchanged
-  for (const tensor_spec& t : spec.tensors) other_bytes += source_bytes_of(t.name, t.numel(), source_dtype);
-  uint64_t linear_source_bytes = 0;
+  fixed_bytes fixed;
+  for (const tensor_spec& t : spec.tensors) fixed.other += source_bytes_of(t.name, t.numel(), source_dtype);
   for (const linear_spec& l : spec.linears) {
     p.linear_parameters += l.numel();
-    linear_source_bytes += source_bytes_of(l.weight_name(), l.numel(), source_dtype);
-  }
-  p.source_bytes = other_bytes + linear_source_bytes;
-  for (const linear_spec& l : spec.linears)
+    fixed.linears += source_bytes_of(l.weight_name(), l.numel(), source_dtype);
     if (l.module.ends_with(".k_proj") && r.kv_cache == kv_cache_format::fp8) ++p.kv_scales;
-  const uint64_t kv_bytes = uint64_t(p.kv_scales) * 2 * sizeof(float);
+  }
+  p.source_bytes = fixed.other + fixed.linears;
+  fixed.kv = uint64_t(p.kv_scales) * 2 * sizeof(float);
 
   p.searched = r.search.enabled;
-  int64_t largest_group = 0;  // a search: the most weights one group holds
-  if (!p.searched) {
-    const quant_plan plan = plan_quantization(r, spec);
-    p.warnings = plan.warnings;
-    std::map<format_id, format_share> by_format;
-    std::map<linear_role, std::map<format_id, format_share>> by_role;
-    std::map<std::string, int64_t> notes;
-    double bits = 0.0;
-    for (size_t i = 0; i < spec.linears.size(); ++i) {
-      const linear_spec& l = spec.linears[i];
-      const format_id f = plan.linears[i].weight.format;
-      format_share& s = by_format[f];
-      s.format = f;
-      ++s.linears;
-      s.parameters += l.numel();
-      s.bytes += exported_linear_bytes(l, f, source_dtype);
-      format_share& rs = by_role[l.role][f];
-      rs.format = f;
-      ++rs.linears;
-      rs.parameters += l.numel();
-      bits += traits_of(f).effective_bits * double(l.numel());
-      if (f != format_id::bf16) {
-        ++p.quantized_linears;
-        p.quantized_bytes += *quantized_linear_bytes(f, l.out_features, l.in_features);
-      }
-      if (!plan.linears[i].note.empty()) ++notes[plan.linears[i].note];
-    }
-    for (auto& [f, s] : by_format) {
-      p.formats.push_back(s);
-      p.export_bytes += s.bytes;
-    }
-    for (auto& [role, formats] : by_role) {
-      run_plan::role_share rs{role, {}};
-      for (auto& [f, s] : formats) rs.formats.push_back(s);
-      p.roles.push_back(std::move(rs));
-    }
-    p.export_bytes += other_bytes + kv_bytes;
-    p.effective_bits = p.linear_parameters > 0 ? bits / double(p.linear_parameters) : 0.0;
-    for (const auto& [note, n] : notes) p.notes.push_back(n > 1 ? fmt::format("{} ({} linears)", note, n) : note);
-  } else {
-    const search_space space = make_search_space(spec, r.search);
-    for (const search_group& g : space.groups) {
-      int64_t n = 0;
-      for (int i : g.linears) n += spec.linears[size_t(i)].numel();
-      if (!g.disabled) largest_group = std::max(largest_group, n);
-    }
-    p.warnings = space.warnings;
-    uint64_t smallest = 0;
-    for (const search_group& g : space.groups) {
-      if (!g.disabled) p.searched_linears += int64_t(g.linears.size());
-      for (int i : g.linears) {
-        const linear_spec& l = spec.linears[size_t(i)];
-        uint64_t least = exported_linear_bytes(l, format_id::bf16, source_dtype), most_quantized = 0;
-        for (const weight_quant_spec& c : g.candidates) {
-          if (g.disabled || c.format == format_id::bf16) continue;
-          const uint64_t bytes = exported_linear_bytes(l, c.format, source_dtype);
-          least = std::min(least, bytes);
-          most_quantized = std::max(most_quantized, bytes);
-        }
-        smallest += least;
-        if (most_quantized > 0) ++p.quantized_linears, p.quantized_bytes += most_quantized;
-        const bool forward_pass = l.block < 0 || !spec.blocks[size_t(l.block)].mtp;  // (MTP linears: not scored)
-        for (const weight_quant_spec& c : g.candidates)
-          if (!g.disabled && forward_pass && c.format != format_id::bf16)
-            p.scoring_bytes += quantized_linear_bytes(c.format, l.out_features, l.in_features)
-                                   .value_or(uint64_t(l.numel()) * 4);  // (weight-only formats: dequantized)
-      }
-    }
-    const int64_t per_bit = cost_per_bit(space, spec, r.search);
-    p.least_effective_bits = double(least_cost(space, spec, r.search)) / double(per_bit);
-    try {
-      require_reachable_budget(space, spec, r.search, r.origin);
-    } catch (const io_error& e) {
-      p.refused = e.what();
-    }
-    const bool reachable = p.refused.empty();
-    p.export_bytes_min = smallest + other_bytes + kv_bytes;
-    p.export_bytes_max = linear_source_bytes + other_bytes + kv_bytes;
-    // The budget counts every linear weight's effective bits (BF16 as 16): it bounds the stored bytes
-    // where the kept linears are stored in 16 bits, up to each quantized linear's two F32 scalars.
-    bool sixteen_bit = true;
-    for (const linear_spec& l : spec.linears) sixteen_bit = sixteen_bit && dtype_bits(source_dtype(l.weight_name())) == 16;
-    if (reachable && r.search.cost == cost_model::weight && sixteen_bit)
-      p.export_bytes_budget =
-          std::min(p.export_bytes_max, uint64_t(r.search.effective_bits * double(p.linear_parameters) / 8.0) +
-                                           uint64_t(p.quantized_linears) * 2 * sizeof(float) + other_bytes + kv_bytes);
-  }
+  int64_t largest_group = 0;
+  if (p.searched) largest_group = plan_search(p, spec, r, source_dtype, fixed);
+  else plan_rules(p, spec, r, source_dtype, fixed);
 
-  p.processes = processes;
+  p.processes = setup.processes;
   p.threads = setup.threads;
   p.seq_len = std::min(r.calibration.seq_len, setup.max_positions);
   // as quantize cuts the data: whole windows of seq_len, or the data whole when shorter than one
@@ -185,36 +225,9 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
     const int64_t windows = setup.calibration_tokens / std::max<int64_t>(p.seq_len, 1);
     p.calibration_sequences = std::min(r.calibration.samples, windows > 0 ? windows : setup.calibration_tokens >= 2 ? 1 : 0);
   }
-  if (p.searched) {
-    double per_token = 0.0;  // floats a pass records per token: every linear's input and output
-    int64_t largest = 0;     // the largest linear's weights, dequantized for a replay
-    for (const linear_spec& l : spec.linears) {
-      if (l.block >= 0 && spec.blocks[size_t(l.block)].mtp) continue;
-      const double share = l.expert < 0 ? 1.0 : double(spec.dims.experts_per_token) / double(spec.dims.experts);
-      per_token += share * double(l.in_features + l.out_features);
-      largest = std::max(largest, l.numel());
-    }
-    const double T = double(p.seq_len), f = sizeof(float), V = double(spec.dims.vocab);
-    const uint64_t threads = uint64_t(setup.threads);
-    switch (r.search.method) {
-      case score_method::fisher:  // inputs and output gradients, and the backward pass's saved state
-        p.scoring_activation_bytes = (uint64_t(2.0 * per_token * T * f) + uint64_t(largest) * 4) * threads;
-        break;
-      case score_method::hessian:  // inputs and outputs of a forward pass
-        p.scoring_activation_bytes = (uint64_t(per_token * T * f) + uint64_t(largest) * 4) * threads;
-        break;
-      case score_method::kl: {  // every own sequence's reference logits, a forward pass's per thread,
-                                // and the largest group swapped into the model in F32
-        const int64_t scored = std::min(r.search.score_samples, p.calibration_sequences);
-        p.scoring_activation_bytes = uint64_t(double(share_of(scored, processes)) * T * V * f) +
-                                     uint64_t(per_token * T * f + T * V * f) * threads +
-                                     uint64_t(largest_group) * 4;
-        break;
-      }
-    }
-  }
-  p.sequences_per_process = share_of(p.calibration_sequences, processes);
-  p.linears_per_process = share_of(p.quantized_linears, processes);
+  if (p.searched) p.scoring_activation_bytes = scoring_activations(p, spec, r, setup.threads, largest_group);
+  p.sequences_per_process = share_of(p.calibration_sequences, p.processes);
+  p.linears_per_process = share_of(p.quantized_linears, p.processes);
   p.fp32_model_bytes = uint64_t(p.parameters) * sizeof(float);
   const uint64_t exported = !p.searched                 ? p.export_bytes
                             : p.export_bytes_budget > 0 ? p.export_bytes_budget
