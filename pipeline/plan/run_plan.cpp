@@ -228,7 +228,11 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   if (p.searched) p.scoring_activation_bytes = scoring_activations(p, spec, r, setup.threads, largest_group);
   p.sequences_per_process = share_of(p.calibration_sequences, p.processes);
   p.linears_per_process = share_of(p.quantized_linears, p.processes);
-  p.fp32_model_bytes = uint64_t(p.parameters) * sizeof(float);
+  int64_t mtp = 0;  // the MTP head is not loaded: it is not part of the forward pass
+  const auto in_mtp = [&](int block) { return block >= 0 && spec.blocks[size_t(block)].mtp; };
+  for (const linear_spec& l : spec.linears) mtp += in_mtp(l.block) ? l.numel() : 0;
+  for (const tensor_spec& t : spec.tensors) mtp += in_mtp(t.block) ? t.numel() : 0;
+  p.fp32_model_bytes = uint64_t(p.parameters - mtp) * sizeof(float);
   const uint64_t exported = !p.searched                 ? p.export_bytes
                             : p.export_bytes_budget > 0 ? p.export_bytes_budget
                                                         : p.export_bytes_max;

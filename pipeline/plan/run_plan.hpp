@@ -58,7 +58,7 @@ struct run_plan {
   bool sequences_known = false;  // from the data's length (else at most the recipe's samples)
   int64_t quantized_linears = 0, linears_per_process = 0;  // a search: the linears it may quantize
   // memory per process
-  uint64_t fp32_model_bytes = 0;  // the model's working copy
+  uint64_t fp32_model_bytes = 0;  // the model's working copy (the MTP head, not run, is not loaded)
   uint64_t quantized_bytes = 0;   // the quantized weights every process ends up holding (a search:
                                   // at most, each linear in its largest quantized candidate)
   uint64_t scoring_bytes = 0;     // a search: every searched linear stored in each quantized candidate
