@@ -117,10 +117,12 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
   for (const std::string& n : p.notes) fmt::print("kept BF16:  {}\n", n);
   for (const std::string& w : p.warnings) fmt::print("warning:    {}\n", w);
 
-  fmt::print("\nprocesses:  {}: each calibrates {}{} of {} sequences of {} tokens and quantizes {} of {} linears\n",
+  fmt::print("\nprocesses:  {}: each calibrates {}{} of {} sequences of {} tokens and quantizes {}{} of {} linears\n",
              p.processes, p.sequences_known ? "" : "up to ", count_text(p.sequences_per_process),
-             count_text(p.calibration_sequences), p.seq_len, count_text(p.linears_per_process),
-             count_text(p.quantized_linears));
+             count_text(p.calibration_sequences), p.seq_len, p.searched ? "up to " : "",
+             count_text(p.linears_per_process), count_text(p.quantized_linears));
+  if (p.searched)
+    fmt::print("            (scoring: each process quantizes every searched linear in every candidate itself)\n");
   fmt::print("memory:     about {} per process at the peak: every process holds the whole model ({} in FP32)\n",
              gb(p.peak_bytes), gb(p.fp32_model_bytes));
   fmt::print("            and {} of quantized weights{}, and maps the source ({}) and the staged export\n",
