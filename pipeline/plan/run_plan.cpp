@@ -13,6 +13,7 @@
 #include "pipeline/autoquant/search_groups.hpp"
 #include "pipeline/io/quantized_linear.hpp"
 #include "pipeline/io/safetensors_file.hpp"
+#include "pipeline/quantize/quantize_run.hpp"
 #include "pipeline/report/number_text.hpp"
 
 namespace mixq {
@@ -218,13 +219,11 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   p.processes = setup.processes;
   p.threads = setup.threads;
   p.seq_len = std::min(r.calibration.seq_len, setup.max_positions);
-  // as quantize cuts the data: whole windows of seq_len, or the data whole when shorter than one
+  // as quantize cuts the data
   p.calibration_sequences = r.calibration.samples;
   p.sequences_known = setup.calibration_tokens >= 0;
-  if (p.sequences_known) {
-    const int64_t windows = setup.calibration_tokens / std::max<int64_t>(p.seq_len, 1);
-    p.calibration_sequences = std::min(r.calibration.samples, windows > 0 ? windows : setup.calibration_tokens >= 2 ? 1 : 0);
-  }
+  if (p.sequences_known)
+    p.calibration_sequences = calibration_sequence_count(setup.calibration_tokens, r.calibration.samples, p.seq_len);
   if (p.searched) p.scoring_activation_bytes = scoring_activations(p, spec, r, setup.threads, largest_group);
   p.sequences_per_process = share_of(p.calibration_sequences, p.processes);
   p.linears_per_process = share_of(p.quantized_linears, p.processes);

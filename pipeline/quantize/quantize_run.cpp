@@ -1,5 +1,6 @@
 #include "pipeline/quantize/quantize_run.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -43,13 +44,14 @@ class stage_clock {
   std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
 
-// Non-overlapping windows of seq_len tokens from the start of the stream, at most `samples`.
+// Non-overlapping windows of seq_len tokens from the start of the stream (calibration_sequence_count).
 std::vector<std::vector<int32_t>> split_sequences(const std::vector<int32_t>& tokens, int64_t samples,
                                                   int64_t seq_len) {
+  const int64_t n = calibration_sequence_count(int64_t(tokens.size()), samples, seq_len);
+  if (n == 1 && int64_t(tokens.size()) < seq_len) return {tokens};  // shorter than one window: whole
   std::vector<std::vector<int32_t>> out;
-  for (size_t at = 0; int64_t(out.size()) < samples && at + size_t(seq_len) <= tokens.size(); at += size_t(seq_len))
-    out.emplace_back(tokens.begin() + std::ptrdiff_t(at), tokens.begin() + std::ptrdiff_t(at) + seq_len);
-  if (out.empty() && tokens.size() >= 2) out.emplace_back(tokens);  // shorter than one window: use it whole
+  for (int64_t k = 0; k < n; ++k)
+    out.emplace_back(tokens.begin() + std::ptrdiff_t(k * seq_len), tokens.begin() + std::ptrdiff_t((k + 1) * seq_len));
   return out;
 }
 
@@ -254,6 +256,11 @@ void quantize_loaded(const quantize_request& rq, const run_world& world, quantiz
 }
 
 }  // namespace
+
+int64_t calibration_sequence_count(int64_t tokens, int64_t samples, int64_t seq_len) {
+  const int64_t windows = std::min(samples, seq_len > 0 ? tokens / seq_len : 0);
+  return windows > 0 ? windows : tokens >= 2 ? 1 : 0;
+}
 
 quantize_report run_quantize(const quantize_request& rq, const run_world& world) {
   quantize_report rep;

@@ -73,4 +73,8 @@ struct quantize_report {
 // process returns the same report. A failure on any process stops every one of them with run_failed.
 quantize_report run_quantize(const quantize_request& request, const run_world& world = run_world::alone());
 
+// The calibration sequences quantize cuts from `tokens` tokens (samples >= 1): whole windows of
+// seq_len from the start, at most `samples`; data shorter than one window is one sequence (0 below 2 tokens).
+int64_t calibration_sequence_count(int64_t tokens, int64_t samples, int64_t seq_len);
+
 }  // namespace mixq
