@@ -43,8 +43,11 @@ struct quantized_view {
       out = dense;
     }
   }
-  // The dequantized weights, in the caller's buffer (one per scoring pass: freed with it).
+  // The dequantized weights: in the caller's buffer (one per scoring pass: freed with it), or the
+  // weight-only formats' own.
   const std::vector<float>& weights(std::vector<float>& buffer) const {
+    if (format != format_id::fp8_per_tensor && format != format_id::nvfp4 && format != format_id::nvfp4_w4a16)
+      return dense;
     dequantize(buffer);
     return buffer;
   }

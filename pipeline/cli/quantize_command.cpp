@@ -44,13 +44,12 @@ uint64_t warn_about_memory(const quantize_request& rq, const run_world& world) {
     const nlohmann::json cfg = read_hf_config(rq.model);
     const model_spec spec = model_spec_from_config(cfg, hf_config_path(rq.model).string());
     const dtype_lookup dtypes = checkpoint_dtypes(checkpoint::open(rq.model), spec, dtype::bf16);
-    const run_plan p = make_run_plan(spec, rq.rcp, dtypes,
-                                     {world.size(), omp_get_max_threads(), config_max_positions(rq.model, cfg, spec.architecture)});
-    run_plan with_process = p;  // (the peak on top of what the process holds already)
-    with_process.peak_bytes += process_resident_memory();
-    const std::string w = memory_warning(with_process, processes_on_this_node(world), host_available_memory());
+    run_plan p = make_run_plan(spec, rq.rcp, dtypes,
+                               {world.size(), omp_get_max_threads(), config_max_positions(rq.model, cfg, spec.architecture)});
+    p.peak_bytes += process_resident_memory();  // (the peak on top of what the process holds already)
+    const std::string w = memory_warning(p, processes_on_this_node(world), host_available_memory());
     if (!w.empty()) fmt::print(stderr, "mixq: warning: {}\n", w);
-    return with_process.peak_bytes;
+    return p.peak_bytes;
   } catch (const std::exception&) {
     return 0;
   }
