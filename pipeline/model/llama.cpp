@@ -516,7 +516,7 @@ kv_cache_scales fp32_weight_reader::kv_scales(const std::string& attention) cons
   return s;
 }
 
-llama_model llama_model::load(const std::filesystem::path& dir, const parallel_context& parallel) {
+llama_model llama_model::load(const std::filesystem::path& dir, const parallel_context& parallel, layer_weights weights) {
   parallel.check_model_share(dir.string());
   llama_model m;
   m.par_ = parallel;
@@ -569,42 +569,82 @@ llama_model llama_model::load(const std::filesystem::path& dir, const parallel_c
     config_error(dir, fmt::format("unsupported option: config key 'head_dim' is {}: RoPE needs an even head size",
                                   c.head_dim));
 
-  const fp32_weight_reader w(dir);
+  m.dir_ = dir;
+  m.reader_ = std::make_shared<const fp32_weight_reader>(dir);
+  const fp32_weight_reader& w = *m.reader_;
   m.embed_ = w.load("model.embed_tokens.weight", {c.vocab, c.hidden});
   m.final_norm_ = w.load("model.norm.weight", {c.hidden});
   m.layers_.resize(size_t(c.layers));
-  for (int64_t i = 0; i < c.layers; ++i) {
-    const std::string p = fmt::format("model.layers.{}", i);
-    m.layers_[size_t(i)].attn_norm = w.load(p + ".input_layernorm.weight", {c.hidden});
-    m.layers_[size_t(i)].mlp_norm = w.load(p + ".post_attention_layernorm.weight", {c.hidden});
-    m.layers_[size_t(i)].kv = w.kv_scales(p + ".self_attn");
-    if (c.qk_norm) {
-      m.layers_[size_t(i)].q_norm = w.load(p + ".self_attn.q_norm.weight", {c.head_dim});
-      m.layers_[size_t(i)].k_norm = w.load(p + ".self_attn.k_norm.weight", {c.head_dim});
-    }
-  }
+  m.held_.assign(size_t(c.layers), false);
   for (const block_spec& b : m.spec_.blocks)
     if (b.kind == block_kind::moe) {
       llama_layer& L = m.layers_.at(size_t(b.layer));
       L.moe = true;
       L.experts.resize(size_t(c.experts));
     }
-  // Linears as the spec lists them: "model.layers.N.{self_attn,mlp}.X_proj", the MoE router
-  // ("...block_sparse_moe.gate", "...mlp.gate") and experts ("...experts.E.{w1,w3,w2}" or
-  // "...experts.E.{gate,up,down}_proj"), then lm_head.
   bool have_lm_head = false;
-  for (const linear_spec& l : m.spec_.linears) {
+  for (const linear_spec& l : m.spec_.linears)
     if (l.role == linear_role::lm_head) {
       m.lm_head_ = w.linear(l);
       have_lm_head = true;
-      continue;
     }
+  if (!have_lm_head) {
+    if (!c.tie_word_embeddings) fail(dir, "no lm_head in the spec and tie_word_embeddings is false");
+    m.lm_head_.name = "lm_head";  // tied: the embedding matrix, [V, H]
+    m.lm_head_.out = c.vocab;
+    m.lm_head_.in = c.hidden;
+    m.lm_head_.w = m.embed_;
+  }
+
+  // this rank's shares (parallel_layout)
+  const parallel_layout& p = m.par_.layout;
+  m.heads_here_ = p.tensor_share(c.heads, "attention heads").size();
+  m.kv_heads_here_ = p.tensor_share(c.kv_heads, "KV heads").size();
+  m.intermediate_here_ = p.tensor_share(c.intermediate, "MLP columns (intermediate_size)").size();
+  (void)p.expert_share(c.experts);  // (an error now, not at the first layer, when ep does not divide)
+
+  // RoPE tables: angle = pos * inv_freq[i], i < hd/2.
+  const int64_t half = c.head_dim / 2;
+  const std::vector<double> inv_freq = rope_inverse_frequencies(c);
+  m.rope_cos_.resize(size_t(c.max_positions * half));
+  m.rope_sin_.resize(size_t(c.max_positions * half));
+  for (int64_t pos = 0; pos < c.max_positions; ++pos)
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = double(pos) * inv_freq[size_t(i)];
+      m.rope_cos_[size_t(pos * half + i)] = float(std::cos(angle));
+      m.rope_sin_[size_t(pos * half + i)] = float(std::sin(angle));
+    }
+  if (weights == layer_weights::all) {
+    for (int64_t i = 0; i < c.layers; ++i) m.read_layer(w, i);
+    w.check_nothing_unexpected(m.spec_);
+    m.reader_.reset();
+  } else {
+    w.check_nothing_unexpected(m.spec_);
+  }
+  return m;
+}
+
+// One layer's norms, KV scales and linears as the spec lists them: "model.layers.N.{self_attn,mlp}.X_proj",
+// the MoE router ("...block_sparse_moe.gate", "...mlp.gate") and experts ("...experts.E.{w1,w3,w2}"
+// or "...experts.E.{gate,up,down}_proj").
+void llama_model::read_layer(const fp32_weight_reader& w, int64_t i) {
+  const llama_config& c = config_;
+  const std::string p = fmt::format("model.layers.{}", i);
+  llama_layer& L = layers_.at(size_t(i));
+  L.attn_norm = w.load(p + ".input_layernorm.weight", {c.hidden});
+  L.mlp_norm = w.load(p + ".post_attention_layernorm.weight", {c.hidden});
+  L.kv = w.kv_scales(p + ".self_attn");
+  if (c.qk_norm) {
+    L.q_norm = w.load(p + ".self_attn.q_norm.weight", {c.head_dim});
+    L.k_norm = w.load(p + ".self_attn.k_norm.weight", {c.head_dim});
+  }
+  const std::string& arch = spec_.architecture;
+  for (const linear_spec& l : spec_.linears) {
+    if (l.role == linear_role::lm_head || spec_.blocks.at(size_t(l.block)).layer != i) continue;
     const size_t dot = l.module.rfind('.');
     const std::string leaf = l.module.substr(dot + 1);
-    const int layer = m.spec_.blocks.at(size_t(l.block)).layer;
-    llama_layer& L = m.layers_.at(size_t(layer));
     if (l.role == linear_role::router || l.expert >= 0) {
-      if (!L.moe) fail(dir, fmt::format("linear '{}' outside a MoE block", l.module));
+      if (!L.moe) fail(dir_, fmt::format("linear '{}' outside a MoE block", l.module));
       llama_linear* slot = nullptr;
       if (l.role == linear_role::router) {
         slot = &L.router;
@@ -615,7 +655,7 @@ llama_model llama_model::load(const std::filesystem::path& dir, const parallel_c
                : leaf == "w2" || leaf == "down_proj" ? &X.down
                                                      : nullptr;
       }
-      if (!slot) fail(dir, fmt::format("unexpected linear '{}' in a {} model", l.module, arch));
+      if (!slot) fail(dir_, fmt::format("unexpected linear '{}' in a {} model", l.module, arch));
       *slot = w.linear(l);
       continue;
     }
@@ -627,31 +667,35 @@ llama_model llama_model::load(const std::filesystem::path& dir, const parallel_c
                          : leaf == "up_proj"   ? &L.up
                          : leaf == "down_proj" ? &L.down
                                                : nullptr;
-    if (!slot) fail(dir, fmt::format("unexpected linear '{}' in a {} model", l.module, arch));
+    if (!slot) fail(dir_, fmt::format("unexpected linear '{}' in a {} model", l.module, arch));
     *slot = w.linear(l);
   }
-  if (!have_lm_head) {
-    if (!c.tie_word_embeddings) fail(dir, "no lm_head in the spec and tie_word_embeddings is false");
-    m.lm_head_.name = "lm_head";  // tied: the embedding matrix, [V, H]
-    m.lm_head_.out = c.vocab;
-    m.lm_head_.in = c.hidden;
-    m.lm_head_.w = m.embed_;
-  }
-  w.check_nothing_unexpected(m.spec_);
+  keep_share(L);
+  held_[size_t(i)] = true;
+}
 
-  // RoPE tables: angle = pos * inv_freq[i], i < hd/2.
-  const int64_t half = c.head_dim / 2;
-  const std::vector<double> inv_freq = rope_inverse_frequencies(c);
-  m.rope_cos_.resize(size_t(c.max_positions * half));
-  m.rope_sin_.resize(size_t(c.max_positions * half));
-  for (int64_t p = 0; p < c.max_positions; ++p)
-    for (int64_t i = 0; i < half; ++i) {
-      const double angle = double(p) * inv_freq[size_t(i)];
-      m.rope_cos_[size_t(p * half + i)] = float(std::cos(angle));
-      m.rope_sin_[size_t(p * half + i)] = float(std::sin(angle));
-    }
-  m.keep_share();
-  return m;
+bool llama_model::holds_layer(int64_t layer) const { return held_.at(size_t(layer)); }
+
+void llama_model::load_layer(int64_t layer) {
+  if (holds_layer(layer)) return;
+  if (!reader_)
+    throw std::logic_error(fmt::format("{}: layer {} was dropped from a model loaded whole", dir_.string(), layer));
+  read_layer(*reader_, layer);
+}
+
+void llama_model::drop_layer(int64_t layer) {
+  llama_layer& L = layers_.at(size_t(layer));
+  llama_layer shell;
+  shell.moe = L.moe;
+  shell.experts.resize(L.experts.size());
+  L = std::move(shell);
+  held_[size_t(layer)] = false;
+}
+
+void llama_model::require_every_layer(const char* what) const {
+  for (size_t l = 0; l < held_.size(); ++l)
+    if (!held_[l])
+      throw std::logic_error(fmt::format("{}: layer {}'s weights are not loaded (a model loaded layer by layer)", what, l));
 }
 
 void keep_rows(llama_linear& W, const std::vector<index_range>& ranges) {
@@ -678,31 +722,27 @@ void keep_columns(llama_linear& W, index_range r, bool first_rank) {
   if (!first_rank) W.bias.clear();
 }
 
-void llama_model::keep_share() {
+void llama_model::keep_share(llama_layer& L) const {
   const llama_config& c = config_;
   const parallel_layout& p = par_.layout;
+  if (p.single()) return;
   const index_range heads = p.tensor_share(c.heads, "attention heads");
   const index_range kv_heads = p.tensor_share(c.kv_heads, "KV heads");
   const index_range mlp = p.tensor_share(c.intermediate, "MLP columns (intermediate_size)");
   const index_range experts = p.expert_share(c.experts);
   const int64_t hd = c.head_dim;
-  heads_here_ = heads.size();
-  kv_heads_here_ = kv_heads.size();
-  intermediate_here_ = mlp.size();
   const auto times = [](index_range r, int64_t n) { return index_range{r.begin * n, r.end * n}; };
-  for (llama_layer& L : layers_) {
-    keep_rows(L.q, {times(heads, hd)});
-    keep_rows(L.k, {times(kv_heads, hd)});
-    keep_rows(L.v, {times(kv_heads, hd)});
-    keep_columns(L.o, times(heads, hd), p.tp_rank == 0);
-    keep_rows(L.gate, {mlp});
-    keep_rows(L.up, {mlp});
-    keep_columns(L.down, mlp, p.tp_rank == 0);
-    for (int64_t e = 0; e < int64_t(L.experts.size()); ++e)
-      if (!experts.contains(e))
-        for (llama_linear* W : {&L.experts[size_t(e)].gate, &L.experts[size_t(e)].up, &L.experts[size_t(e)].down})
-          W->w = {};
-  }
+  keep_rows(L.q, {times(heads, hd)});
+  keep_rows(L.k, {times(kv_heads, hd)});
+  keep_rows(L.v, {times(kv_heads, hd)});
+  keep_columns(L.o, times(heads, hd), p.tp_rank == 0);
+  keep_rows(L.gate, {mlp});
+  keep_rows(L.up, {mlp});
+  keep_columns(L.down, mlp, p.tp_rank == 0);
+  for (int64_t e = 0; e < int64_t(L.experts.size()); ++e)
+    if (!experts.contains(e))
+      for (llama_linear* W : {&L.experts[size_t(e)].gate, &L.experts[size_t(e)].up, &L.experts[size_t(e)].down})
+        W->w = {};
 }
 
 // ---- forward ---------------------------------------------------------------------------------
@@ -723,63 +763,75 @@ void causal_lm::check_tokens(std::span<const int32_t> tokens, int64_t min_tokens
   }
 }
 
-std::vector<float> llama_model::forward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
-  const llama_config& c = config_;
+std::vector<float> causal_lm::forward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
+  std::vector<float> h = embed(tokens);
   const int64_t T = int64_t(tokens.size());
+  for (int64_t l = 0; l < layer_count(); ++l) layer_forward(l, h.data(), T, hook);
+  return head(h.data(), T, hook);
+}
+
+std::vector<float> llama_model::embed(std::span<const int32_t> tokens) const {
   check_tokens(tokens, 1, "llama forward");
-  const int64_t H = c.hidden, I = intermediate_here_, V = c.vocab;  // I: dense MLP layers (0 if none)
+  const int64_t T = int64_t(tokens.size()), H = config_.hidden;
+  std::vector<float> h(size_t(T * H));  // h = Emb[ids]
+  for (int64_t t = 0; t < T; ++t) std::copy_n(embed_.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);
+  return h;
+}
+
+void llama_model::layer_forward(int64_t layer, float* h, int64_t T, const forward_hooks& hook) const {
+  if (!holds_layer(layer))
+    throw std::logic_error(fmt::format("llama forward: layer {}'s weights are not loaded", layer));
+  const llama_config& c = config_;
+  const llama_layer& L = layers_[size_t(layer)];
+  const int64_t H = c.hidden, I = intermediate_here_;  // I: dense MLP layers (0 if none)
   // this rank's heads (all of them in one process; see parallel_layout)
   const int64_t nh = heads_here_, nkv = kv_heads_here_, QD = nh * c.head_dim, KVD = nkv * c.head_dim;
-
-  std::vector<float> h(size_t(T * H));    // residual stream [T, H]
   std::vector<float> a(size_t(T * H));    // normed input [T, H]
   std::vector<float> q(size_t(T * QD));   // [T, nh*hd]
   std::vector<float> k(size_t(T * KVD));  // [T, nkv*hd]
   std::vector<float> v(size_t(T * KVD));  // [T, nkv*hd]
   std::vector<float> att(size_t(T * QD)); // attention output [T, nh*hd]
   std::vector<float> y(size_t(T * H));    // block output [T, H]
-  std::vector<float> g(size_t(T * I));    // gate [T, I]
-  std::vector<float> u(size_t(T * I));    // up [T, I]
 
-  for (int64_t t = 0; t < T; ++t)  // h = Emb[ids]
-    std::copy_n(embed_.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);
-
-  for (const llama_layer& L : layers_) {
-    // attention block
-    rmsnorm_forward(a.data(), h.data(), L.attn_norm.data(), T, H, c.rms_norm_eps);
-    linear_hooked(L.q, a.data(), q.data(), T, hook);
-    linear_hooked(L.k, a.data(), k.data(), T, hook);
-    linear_hooked(L.v, a.data(), v.data(), T, hook);
-    if (c.qk_norm) {  // Qwen3: RMSNorm over each head's hd values, in place, before RoPE
-      rmsnorm_forward(q.data(), q.data(), L.q_norm.data(), T * nh, c.head_dim, c.rms_norm_eps);
-      rmsnorm_forward(k.data(), k.data(), L.k_norm.data(), T * nkv, c.head_dim, c.rms_norm_eps);
-    }
-    rope_forward(q.data(), rope_cos_.data(), rope_sin_.data(), T, nh, c.head_dim);
-    rope_forward(k.data(), rope_cos_.data(), rope_sin_.data(), T, nkv, c.head_dim);
-    kv_cache_forward(attention_module_of(L.k), k.data(), v.data(), T, KVD, L.kv, hook);
-    cpu::attention_forward(att.data(), q.data(), k.data(), v.data(), T, nh, nkv, c.head_dim);
-    row_parallel_hooked(L.o, att.data(), y.data(), T, hook, par_);
-    residual_forward(h.data(), y.data(), T, H);
-    // feed-forward block: routed experts or the dense MLP
-    rmsnorm_forward(a.data(), h.data(), L.mlp_norm.data(), T, H, c.rms_norm_eps);
-    if (L.moe) {
-      moe_forward_impl(y.data(), a.data(), L.router, L.experts, c.experts_per_token, c.norm_topk_prob, T, hook,
-                       nullptr, par_);
-    } else {
-      linear_hooked(L.gate, a.data(), g.data(), T, hook);
-      linear_hooked(L.up, a.data(), u.data(), T, hook);
-      swiglu_forward(g.data(), g.data(), u.data(), T, I);
-      row_parallel_hooked(L.down, g.data(), y.data(), T, hook, par_);
-    }
-    residual_forward(h.data(), y.data(), T, H);
+  // attention block
+  rmsnorm_forward(a.data(), h, L.attn_norm.data(), T, H, c.rms_norm_eps);
+  linear_hooked(L.q, a.data(), q.data(), T, hook);
+  linear_hooked(L.k, a.data(), k.data(), T, hook);
+  linear_hooked(L.v, a.data(), v.data(), T, hook);
+  if (c.qk_norm) {  // Qwen3: RMSNorm over each head's hd values, in place, before RoPE
+    rmsnorm_forward(q.data(), q.data(), L.q_norm.data(), T * nh, c.head_dim, c.rms_norm_eps);
+    rmsnorm_forward(k.data(), k.data(), L.k_norm.data(), T * nkv, c.head_dim, c.rms_norm_eps);
   }
+  rope_forward(q.data(), rope_cos_.data(), rope_sin_.data(), T, nh, c.head_dim);
+  rope_forward(k.data(), rope_cos_.data(), rope_sin_.data(), T, nkv, c.head_dim);
+  kv_cache_forward(attention_module_of(L.k), k.data(), v.data(), T, KVD, L.kv, hook);
+  cpu::attention_forward(att.data(), q.data(), k.data(), v.data(), T, nh, nkv, c.head_dim);
+  row_parallel_hooked(L.o, att.data(), y.data(), T, hook, par_);
+  residual_forward(h, y.data(), T, H);
+  // feed-forward block: routed experts or the dense MLP
+  rmsnorm_forward(a.data(), h, L.mlp_norm.data(), T, H, c.rms_norm_eps);
+  if (L.moe) {
+    moe_forward_impl(y.data(), a.data(), L.router, L.experts, c.experts_per_token, c.norm_topk_prob, T, hook, nullptr,
+                     par_);
+  } else {
+    std::vector<float> g(size_t(T * I));  // gate [T, I]
+    std::vector<float> u(size_t(T * I));  // up [T, I]
+    linear_hooked(L.gate, a.data(), g.data(), T, hook);
+    linear_hooked(L.up, a.data(), u.data(), T, hook);
+    swiglu_forward(g.data(), g.data(), u.data(), T, I);
+    row_parallel_hooked(L.down, g.data(), y.data(), T, hook, par_);
+  }
+  residual_forward(h, y.data(), T, H);
+}
 
-  rmsnorm_forward(a.data(), h.data(), final_norm_.data(), T, H, c.rms_norm_eps);
-  std::vector<float> logits(size_t(T * V));  // [T, V]
+std::vector<float> llama_model::head(const float* h, int64_t T, const forward_hooks& hook) const {
+  const int64_t H = config_.hidden;
+  std::vector<float> a(size_t(T * H));
+  rmsnorm_forward(a.data(), h, final_norm_.data(), T, H, config_.rms_norm_eps);
+  std::vector<float> logits(size_t(T * config_.vocab));  // [T, V]
   linear_hooked(lm_head_, a.data(), logits.data(), T, hook);
   return logits;
 }
-
 
 // ---- forward + backward ----------------------------------------------------------------------
 
@@ -877,6 +929,7 @@ llama_grads llama_model::forward_backward(std::span<const int32_t> tokens, const
                                           activation_memory memory) const {
   const llama_config& c = config_;
   check_tokens(tokens, 2, "llama forward_backward");
+  require_every_layer("llama forward_backward");
   const int64_t T = int64_t(tokens.size());
   const int64_t H = c.hidden, I = intermediate_here_, V = c.vocab;
   // this rank's heads (all of them in one process; see parallel_layout)

@@ -152,7 +152,25 @@ struct llama_grads {
 class causal_lm {
  public:
   virtual ~causal_lm() = default;
-  virtual std::vector<float> forward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const = 0;
+  // embed(), layer_forward() of every layer in order, then head(). The pieces are public so that
+  // calibration and evaluation can pass many sequences through one layer at a time (layer_stream.hpp).
+  std::vector<float> forward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const;
+  // The residual stream h [T, H] entering layer 0: the embeddings of tokens (checked: 1..max_positions
+  // ids, each below vocab()).
+  virtual std::vector<float> embed(std::span<const int32_t> tokens) const = 0;
+  // h [T, H] through layer `layer` in place (its block added to the residual stream). std::logic_error
+  // when the layer's weights are not held.
+  virtual void layer_forward(int64_t layer, float* h, int64_t T, const forward_hooks& hook = {}) const = 0;
+  // logits [T, V] from the residual stream after the last layer: the final norm, then lm_head.
+  virtual std::vector<float> head(const float* h, int64_t T, const forward_hooks& hook = {}) const = 0;
+  virtual int64_t layer_count() const = 0;
+  virtual int64_t hidden() const = 0;
+  // Layer weights on demand (a model loaded with layer_weights::on_demand): load_layer reads one
+  // layer's weights (this rank's share) from the checkpoint, drop_layer frees them. load_layer of a
+  // held layer does nothing.
+  virtual bool holds_layer(int64_t layer) const = 0;
+  virtual void load_layer(int64_t layer) = 0;
+  virtual void drop_layer(int64_t layer) = 0;
   virtual const model_spec& spec() const = 0;
   virtual int64_t vocab() const = 0;
   virtual int64_t max_positions() const = 0;  // the longest forward(): max_position_embeddings
@@ -269,8 +287,13 @@ void moe_forward(float* out, const float* x, const llama_linear& router, const s
 
 // ---- the model -------------------------------------------------------------------------------
 
+// Which layers' weights a model holds from load on: all of them, or none until load_layer (the
+// embeddings, final norm and lm_head always). on_demand keeps the checkpoint open to read them.
+enum class layer_weights { all, on_demand };
+
 // Loads a Llama / Mixtral / Qwen3-MoE or Nemotron-H checkpoint directory, by its config's model_type.
-std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir, const parallel_context& parallel = {});
+std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir, const parallel_context& parallel = {},
+                                          layer_weights weights = layer_weights::all);
 
 class llama_model : public causal_lm {
  public:
@@ -289,7 +312,10 @@ class llama_model : public causal_lm {
   // shares. Observers that aggregate across ranks must reduce (amax by all_reduce_max) and count
   // replicated work once. for_each_linear skips the experts other ranks hold; a sharded model is for
   // forward / backward passes, not for fake-quantizing whole-model weights into it.
-  static llama_model load(const std::filesystem::path& dir, const parallel_context& parallel = {});
+  // With layer_weights::on_demand it reads config.json, the embeddings, final norm and lm_head, and
+  // no layer until load_layer.
+  static llama_model load(const std::filesystem::path& dir, const parallel_context& parallel = {},
+                          layer_weights weights = layer_weights::all);
 
   const llama_config& config() const { return config_; }
   const model_spec& spec() const override { return spec_; }
@@ -298,10 +324,16 @@ class llama_model : public causal_lm {
   void for_each_linear(const std::function<void(llama_linear&)>& f) override;
   void set_kv_cache_scales(const std::string& attention, const kv_cache_scales& scales) override;
 
-  // logits [T, V] for tokens [T] at positions 0..T-1 (a fresh context). T must be in 1..max_positions
-  // and every id below V.
-  // `hook`, when set, sees (and may modify) every linear's output.
-  std::vector<float> forward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const override;
+  // The forward pass in pieces (causal_lm::forward: logits [T, V] for tokens at positions 0..T-1, a
+  // fresh context); `hook`, when set, sees (and may modify) every linear's output.
+  std::vector<float> embed(std::span<const int32_t> tokens) const override;
+  void layer_forward(int64_t layer, float* h, int64_t T, const forward_hooks& hook = {}) const override;
+  std::vector<float> head(const float* h, int64_t T, const forward_hooks& hook = {}) const override;
+  int64_t layer_count() const override { return config_.layers; }
+  int64_t hidden() const override { return config_.hidden; }
+  bool holds_layer(int64_t layer) const override;
+  void load_layer(int64_t layer) override;
+  void drop_layer(int64_t layer) override;
 
   // The loss and dloss/dY at the output of every linear (activation gradients only, no weight
   // gradients). T must be in 2..max_positions. The forward saves every activation the backward needs.
@@ -323,7 +355,12 @@ class llama_model : public causal_lm {
   parallel_context par_;
   int64_t heads_here_ = 0, kv_heads_here_ = 0, intermediate_here_ = 0;  // this rank's shares
 
-  void keep_share();  // cuts the loaded weights down to this rank's share of par_.layout
+  std::filesystem::path dir_;
+  std::shared_ptr<const fp32_weight_reader> reader_;  // open while layers load on demand
+  std::vector<bool> held_;                            // per layer: its weights are loaded
+  void read_layer(const fp32_weight_reader& w, int64_t layer);  // its weights, then keep_share
+  void keep_share(llama_layer& L) const;  // cuts a loaded layer down to this rank's share of par_.layout
+  void require_every_layer(const char* what) const;
 };
 
 }  // namespace mixq

@@ -477,7 +477,8 @@ void read_dt_limit(const std::filesystem::path& dir, const json& cfg, nemotron_h
 
 }  // namespace
 
-nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir, const parallel_context& parallel) {
+nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir, const parallel_context& parallel,
+                                        layer_weights weights) {
   parallel.check_model_share(dir.string());
   nemotron_h_model m;
   m.par_ = parallel;
@@ -525,25 +526,59 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir, const 
     config_error(dir, fmt::format("unsupported option: config key 'num_experts_per_tok' is {}, more than the {} "
                                   "experts", c.experts_per_token, c.experts));
 
-  const fp32_weight_reader w(dir);
+  m.dir_ = dir;
+  m.reader_ = std::make_shared<const fp32_weight_reader>(dir);
+  const fp32_weight_reader& w = *m.reader_;
   const int64_t H = c.hidden;
   m.embed_ = w.load(w.has("backbone.embeddings.weight") ? "backbone.embeddings.weight" : "backbone.embedding.weight",
                     {c.vocab, H});
   m.norm_f_ = w.load("backbone.norm_f.weight", {H});
-  std::set<std::string> listed;  // the non-linear tensors the spec lists (conv bias only when use_conv_bias)
-  for (const tensor_spec& t : m.spec_.tensors) listed.insert(t.name);
-
   m.layers_.resize(size_t(c.layers));
+  m.held_.assign(size_t(c.layers), false);
   for (const block_spec& b : m.spec_.blocks) {
     if (b.mtp) continue;  // the MTP head is not part of the forward pass
     nemotron_h_layer& L = m.layers_.at(size_t(b.layer));
     L.kind = b.kind;
+    if (b.kind == block_kind::moe) L.experts.resize(size_t(c.experts));
+  }
+  bool have_lm_head = false;
+  for (const linear_spec& l : m.spec_.linears)
+    if (l.role == linear_role::lm_head) {
+      m.lm_head_ = w.linear(l);
+      have_lm_head = true;
+    }
+  if (!have_lm_head) {  // tied: the embedding matrix
+    m.lm_head_.name = "lm_head";
+    m.lm_head_.out = c.vocab;
+    m.lm_head_.in = H;
+    m.lm_head_.w = m.embed_;
+  }
+  m.set_shares();
+  if (weights == layer_weights::all) {
+    for (int64_t i = 0; i < c.layers; ++i) m.read_layer(w, i);
+    w.check_nothing_unexpected(m.spec_);
+    m.reader_.reset();
+  } else {
+    w.check_nothing_unexpected(m.spec_);
+  }
+  return m;
+}
+
+void nemotron_h_model::read_layer(const fp32_weight_reader& w, int64_t layer) {
+  const nemotron_h_config& c = config_;
+  const int64_t H = c.hidden;
+  nemotron_h_layer& L = layers_.at(size_t(layer));
+  for (const block_spec& b : spec_.blocks) {
+    if (b.mtp || b.layer != layer) continue;
     L.norm = w.load(b.prefix + ".norm.weight", {H});
     const std::string mx = b.prefix + ".mixer";
     if (b.kind == block_kind::mamba) {
       const int64_t Hm = c.mamba_heads, I = Hm * c.mamba_head_dim, CD = I + 2 * c.mamba_groups * c.ssm_state;
       L.conv_w = w.load(mx + ".conv1d.weight", {CD, 1, c.conv_kernel});
-      if (listed.count(mx + ".conv1d.bias")) L.conv_b = w.load(mx + ".conv1d.bias", {CD});
+      const std::string conv_bias = mx + ".conv1d.bias";  // listed only when use_conv_bias
+      if (std::any_of(spec_.tensors.begin(), spec_.tensors.end(),
+                      [&](const tensor_spec& t) { return t.name == conv_bias; }))
+        L.conv_b = w.load(conv_bias, {CD});
       L.dt_bias = w.load(mx + ".dt_bias", {Hm});
       L.A_log = w.load(mx + ".A_log", {Hm});
       L.D = w.load(mx + ".D", {Hm});
@@ -552,20 +587,12 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir, const 
       L.kv = w.kv_scales(mx);
     } else if (b.kind == block_kind::moe) {
       L.score_bias = w.load(mx + ".gate.e_score_correction_bias", {c.experts});
-      L.experts.resize(size_t(c.experts));
     }
   }
-
-  bool have_lm_head = false;
-  for (const linear_spec& l : m.spec_.linears) {
-    if (l.role == linear_role::lm_head) {
-      m.lm_head_ = w.linear(l);
-      have_lm_head = true;
-      continue;
-    }
-    const block_spec& b = m.spec_.blocks.at(size_t(l.block));
-    if (b.mtp) continue;
-    nemotron_h_layer& L = m.layers_.at(size_t(b.layer));
+  for (const linear_spec& l : spec_.linears) {
+    if (l.role == linear_role::lm_head) continue;
+    const block_spec& b = spec_.blocks.at(size_t(l.block));
+    if (b.mtp || b.layer != layer) continue;
     const std::string leaf = l.module.substr(l.module.rfind('.') + 1);
     llama_linear* slot = nullptr;
     switch (b.kind) {
@@ -596,18 +623,35 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir, const 
         break;
       }
     }
-    if (!slot) fail(dir, fmt::format("unexpected linear '{}' in a nemotron_h model", l.module));
+    if (!slot) fail(dir_, fmt::format("unexpected linear '{}' in a nemotron_h model", l.module));
     *slot = w.linear(l);
   }
-  if (!have_lm_head) {  // tied: the embedding matrix
-    m.lm_head_.name = "lm_head";
-    m.lm_head_.out = c.vocab;
-    m.lm_head_.in = H;
-    m.lm_head_.w = m.embed_;
-  }
-  w.check_nothing_unexpected(m.spec_);
-  m.keep_share();
-  return m;
+  keep_share(L);
+  held_[size_t(layer)] = true;
+}
+
+bool nemotron_h_model::holds_layer(int64_t layer) const { return held_.at(size_t(layer)); }
+
+void nemotron_h_model::load_layer(int64_t layer) {
+  if (holds_layer(layer)) return;
+  if (!reader_)
+    throw std::logic_error(fmt::format("{}: layer {} was dropped from a model loaded whole", dir_.string(), layer));
+  read_layer(*reader_, layer);
+}
+
+void nemotron_h_model::drop_layer(int64_t layer) {
+  nemotron_h_layer& L = layers_.at(size_t(layer));
+  nemotron_h_layer shell;
+  shell.kind = L.kind;
+  shell.experts.resize(L.experts.size());
+  L = std::move(shell);
+  held_[size_t(layer)] = false;
+}
+
+void nemotron_h_model::require_every_layer(const char* what) const {
+  for (size_t l = 0; l < held_.size(); ++l)
+    if (!held_[l])
+      throw std::logic_error(fmt::format("{}: layer {}'s weights are not loaded (a model loaded layer by layer)", what, l));
 }
 
 namespace {
@@ -619,40 +663,62 @@ std::vector<float> keep_range(const std::vector<float>& v, index_range r, int64_
 
 }  // namespace
 
-void nemotron_h_model::keep_share() {
-  const nemotron_h_config& c = config_;
-  const parallel_layout& p = par_.layout;
-  const bool first = p.tp_rank == 0;
-  const auto times = [](index_range r, int64_t n) { return index_range{r.begin * n, r.end * n}; };
-  const auto shifted = [](index_range r, int64_t by) { return index_range{r.begin + by, r.end + by}; };
-  // only the dimensions of block kinds the pattern has are split (an unused one need not divide)
+namespace {
+
+// This rank's tp / ep shares of the model's heads, widths and experts. Only the dimensions of block
+// kinds the pattern has are split (an unused one need not divide).
+struct model_shares {
+  index_range heads, kv_heads, mlp, shared, mheads, groups, experts;
+};
+
+model_shares shares_of(const nemotron_h_config& c, const parallel_layout& p, const std::vector<nemotron_h_layer>& layers) {
   const auto has = [&](block_kind k) {
-    return std::any_of(layers_.begin(), layers_.end(), [k](const nemotron_h_layer& L) { return L.kind == k; });
+    return std::any_of(layers.begin(), layers.end(), [k](const nemotron_h_layer& L) { return L.kind == k; });
   };
   const auto share = [&](bool used, int64_t n, const char* what) {
     return used ? p.tensor_share(n, what) : index_range{0, n};
   };
   const bool attention = has(block_kind::attention), dense = has(block_kind::mlp), moe = has(block_kind::moe),
              mamba = has(block_kind::mamba);
-  const index_range heads = share(attention, c.heads, "attention heads");
-  const index_range kv_heads = share(attention, c.kv_heads, "KV heads");
-  const index_range mlp = share(dense, c.intermediate, "MLP columns (intermediate_size)");
-  const index_range shared = share(moe, c.shared_intermediate, "shared-expert columns");
-  const index_range mheads = share(mamba, c.mamba_heads, "Mamba heads");
-  const index_range groups = share(mamba, c.mamba_groups, "Mamba groups (n_groups)");
-  const index_range experts = moe ? p.expert_share(c.experts) : index_range{0, c.experts};
-  local_ = c;
-  local_.heads = heads.size();
-  local_.kv_heads = kv_heads.size();
-  local_.intermediate = mlp.size();
-  local_.shared_intermediate = shared.size();
-  local_.mamba_heads = mheads.size();
-  local_.mamba_groups = groups.size();
+  model_shares s;
+  s.heads = share(attention, c.heads, "attention heads");
+  s.kv_heads = share(attention, c.kv_heads, "KV heads");
+  s.mlp = share(dense, c.intermediate, "MLP columns (intermediate_size)");
+  s.shared = share(moe, c.shared_intermediate, "shared-expert columns");
+  s.mheads = share(mamba, c.mamba_heads, "Mamba heads");
+  s.groups = share(mamba, c.mamba_groups, "Mamba groups (n_groups)");
+  s.experts = moe ? p.expert_share(c.experts) : index_range{0, c.experts};
+  return s;
+}
+
+}  // namespace
+
+void nemotron_h_model::set_shares() {
+  const model_shares s = shares_of(config_, par_.layout, layers_);
+  local_ = config_;
+  local_.heads = s.heads.size();
+  local_.kv_heads = s.kv_heads.size();
+  local_.intermediate = s.mlp.size();
+  local_.shared_intermediate = s.shared.size();
+  local_.mamba_heads = s.mheads.size();
+  local_.mamba_groups = s.groups.size();
+}
+
+void nemotron_h_model::keep_share(nemotron_h_layer& L) const {
+  const nemotron_h_config& c = config_;
+  const parallel_layout& p = par_.layout;
+  if (p.single()) return;
+  const bool first = p.tp_rank == 0;
+  const auto times = [](index_range r, int64_t n) { return index_range{r.begin * n, r.end * n}; };
+  const auto shifted = [](index_range r, int64_t by) { return index_range{r.begin + by, r.end + by}; };
+  const model_shares sh = shares_of(c, p, layers_);
+  const index_range &heads = sh.heads, &kv_heads = sh.kv_heads, &mlp = sh.mlp, &shared = sh.shared,
+                    &mheads = sh.mheads, &groups = sh.groups, &experts = sh.experts;
   const int64_t P = c.mamba_head_dim, N = c.ssm_state, hd = c.head_dim;
   const int64_t I = c.mamba_heads * P, GN = c.mamba_groups * N, CD = I + 2 * GN;
   const index_range x_rows = times(mheads, P), b_rows = shifted(times(groups, N), I),
                     c_rows = shifted(times(groups, N), I + GN);
-  for (nemotron_h_layer& L : layers_) {
+  {
     switch (L.kind) {
       case block_kind::mamba: {
         // in_proj rows [z (I) | x (I) | B (GN) | C (GN) | dt (Hm)]; conv1d over [x | B | C]
@@ -778,34 +844,45 @@ void mixer_backward(float* da, const float* dy, const nemotron_h_layer& L, const
 
 }  // namespace
 
-std::vector<float> nemotron_h_model::run(std::span<const int32_t> tokens, int64_t min_tokens, const char* what,
-                                         const forward_hooks& hook, saved* save) const {
-  const nemotron_h_config& c = config_;
-  const int64_t T = int64_t(tokens.size()), H = c.hidden, V = c.vocab;
-  check_tokens(tokens, min_tokens, what);
-  std::vector<float> h(size_t(T * H));  // residual stream [T, H]
-  for (int64_t t = 0; t < T; ++t)
-    std::copy_n(embed_.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);  // h = Emb[ids]
-  std::vector<float> a(size_t(T * H));  // normed input [T, H]
-  std::vector<float> y(size_t(T * H));  // mixer output [T, H]
-  if (save) save->blocks.assign(layers_.size(), {});
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const nemotron_h_layer& L = layers_[l];
-    block_saved* S = save ? &save->blocks[l] : nullptr;
-    if (S) S->h_in = h;
-    rmsnorm_forward(a.data(), h.data(), L.norm.data(), T, H, c.eps);
-    mixer_forward(y.data(), a.data(), L, local_, T, hook, save && save->keep ? S : nullptr, par_);
-    residual_forward(h.data(), y.data(), T, H);
-  }
-  rmsnorm_forward(a.data(), h.data(), norm_f_.data(), T, H, c.eps);
-  std::vector<float> logits(size_t(T * V));  // [T, V]
-  linear_hooked(lm_head_, a.data(), logits.data(), T, hook);
-  if (save) save->h = std::move(h);
-  return logits;
+namespace {
+
+// One block on the residual stream h [T, H] in place: h += mixer(rmsnorm(h)). a, y: [T, H] scratch.
+// c: the whole model's config (eps, H); local: this rank's shares. Saves into S when given one (its
+// input always, the mixer's activations when `keep`).
+void block_forward(const nemotron_h_layer& L, const nemotron_h_config& c, const nemotron_h_config& local,
+                   const parallel_context& par, float* h, float* a, float* y, int64_t T, const forward_hooks& hook,
+                   block_saved* S, bool keep) {
+  const int64_t H = c.hidden;
+  if (S) S->h_in.assign(h, h + T * H);
+  rmsnorm_forward(a, h, L.norm.data(), T, H, c.eps);
+  mixer_forward(y, a, L, local, T, hook, keep ? S : nullptr, par);
+  residual_forward(h, y, T, H);
 }
 
-std::vector<float> nemotron_h_model::forward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
-  return run(tokens, 1, "nemotron_h forward", hook, nullptr);
+}  // namespace
+
+std::vector<float> nemotron_h_model::embed(std::span<const int32_t> tokens) const {
+  check_tokens(tokens, 1, "nemotron_h forward");
+  const int64_t T = int64_t(tokens.size()), H = config_.hidden;
+  std::vector<float> h(size_t(T * H));  // h = Emb[ids]
+  for (int64_t t = 0; t < T; ++t) std::copy_n(embed_.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);
+  return h;
+}
+
+void nemotron_h_model::layer_forward(int64_t layer, float* h, int64_t T, const forward_hooks& hook) const {
+  if (!holds_layer(layer))
+    throw std::logic_error(fmt::format("nemotron_h forward: layer {}'s weights are not loaded", layer));
+  std::vector<float> a(size_t(T * config_.hidden)), y(size_t(T * config_.hidden));
+  block_forward(layers_[size_t(layer)], config_, local_, par_, h, a.data(), y.data(), T, hook, nullptr, false);
+}
+
+std::vector<float> nemotron_h_model::head(const float* h, int64_t T, const forward_hooks& hook) const {
+  const int64_t H = config_.hidden;
+  std::vector<float> a(size_t(T * H));
+  rmsnorm_forward(a.data(), h, norm_f_.data(), T, H, config_.eps);
+  std::vector<float> logits(size_t(T * config_.vocab));  // [T, V]
+  linear_hooked(lm_head_, a.data(), logits.data(), T, hook);
+  return logits;
 }
 
 // ---- forward + backward ----------------------------------------------------------------------
@@ -813,10 +890,20 @@ std::vector<float> nemotron_h_model::forward(std::span<const int32_t> tokens, co
 llama_grads nemotron_h_model::forward_backward(std::span<const int32_t> tokens, const forward_hooks& hook,
                                                activation_memory memory) const {
   const nemotron_h_config& c = config_;
+  check_tokens(tokens, 2, "nemotron_h forward_backward");
+  require_every_layer("nemotron_h forward_backward");
+  const int64_t T = int64_t(tokens.size()), H = c.hidden, V = c.vocab;
+  // the forward, as forward() runs it, saving what the backward needs
   saved S;
   S.keep = memory == activation_memory::keep;
-  const std::vector<float> logits = run(tokens, 2, "nemotron_h forward_backward", hook, &S);
-  const int64_t T = int64_t(tokens.size()), H = c.hidden, V = c.vocab;
+  S.blocks.assign(layers_.size(), {});
+  S.h = embed(tokens);
+  {
+    std::vector<float> a(size_t(T * H)), y(size_t(T * H));
+    for (size_t l = 0; l < layers_.size(); ++l)
+      block_forward(layers_[l], c, local_, par_, S.h.data(), a.data(), y.data(), T, hook, &S.blocks[l], S.keep);
+  }
+  const std::vector<float> logits = head(S.h.data(), T, hook);
   llama_grads out;
   std::vector<float> dlogits(size_t(T * V));
   out.loss = cross_entropy_backward(dlogits.data(), logits.data(), tokens, V);
@@ -879,10 +966,11 @@ void nemotron_h_model::set_kv_cache_scales(const std::string& attention, const k
   throw io_error(fmt::format("no attention module '{}' in this model", attention));
 }
 
-std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir, const parallel_context& parallel) {
+std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir, const parallel_context& parallel,
+                                          layer_weights weights) {
   if (model_spec_from_file(dir).architecture == "nemotron_h")
-    return std::make_unique<nemotron_h_model>(nemotron_h_model::load(dir, parallel));
-  return std::make_unique<llama_model>(llama_model::load(dir, parallel));
+    return std::make_unique<nemotron_h_model>(nemotron_h_model::load(dir, parallel, weights));
+  return std::make_unique<llama_model>(llama_model::load(dir, parallel, weights));
 }
 
 }  // namespace mixq

@@ -122,7 +122,9 @@ class nemotron_h_model : public causal_lm {
   // dense-MLP and shared-expert columns, and Mamba heads with their groups (in_proj's z, x, B, C and
   // dt rows, conv1d channels, dt_bias / A_log / D / norm, out_proj columns) split over tp; routed
   // experts over ep; router, latent projections, norms, embeddings and lm_head whole.
-  static nemotron_h_model load(const std::filesystem::path& dir, const parallel_context& parallel = {});
+  // With layer_weights::on_demand it reads no layer until load_layer (llama_model::load).
+  static nemotron_h_model load(const std::filesystem::path& dir, const parallel_context& parallel = {},
+                               layer_weights weights = layer_weights::all);
 
   const nemotron_h_config& config() const { return config_; }
   const model_spec& spec() const override { return spec_; }
@@ -131,8 +133,15 @@ class nemotron_h_model : public causal_lm {
   void for_each_linear(const std::function<void(llama_linear&)>& f) override;
   void set_kv_cache_scales(const std::string& attention, const kv_cache_scales& scales) override;
 
-  // logits [T, V] for tokens [T] (a fresh context); T in 1..max_positions, ids below V.
-  std::vector<float> forward(std::span<const int32_t> tokens, const forward_hooks& hook = {}) const override;
+  // The forward pass in pieces (causal_lm::forward: logits [T, V] for tokens [T], a fresh context).
+  std::vector<float> embed(std::span<const int32_t> tokens) const override;
+  void layer_forward(int64_t layer, float* h, int64_t T, const forward_hooks& hook = {}) const override;
+  std::vector<float> head(const float* h, int64_t T, const forward_hooks& hook = {}) const override;
+  int64_t layer_count() const override { return config_.layers; }
+  int64_t hidden() const override { return config_.hidden; }
+  bool holds_layer(int64_t layer) const override;
+  void load_layer(int64_t layer) override;
+  void drop_layer(int64_t layer) override;
 
   // The loss and dloss/dY at the output of every linear, as llama_model::forward_backward (activation
   // gradients only; T in 2..max_positions). Through the Mamba-2 mixers (in_proj's dY assembles dz, the
@@ -154,12 +163,15 @@ class nemotron_h_model : public causal_lm {
   parallel_context par_;
   nemotron_h_config local_;         // config_ with this rank's shares of the heads and widths
 
-  void keep_share();  // cuts the loaded weights down to this rank's share of par_.layout
+  std::filesystem::path dir_;
+  std::shared_ptr<const fp32_weight_reader> reader_;  // open while layers load on demand
+  std::vector<bool> held_;                            // per layer: its weights are loaded
+
+  void set_shares();                                  // local_: this rank's share of par_.layout
+  void read_layer(const fp32_weight_reader& w, int64_t layer);  // its weights, then keep_share
+  void keep_share(nemotron_h_layer& L) const;         // cuts a loaded layer down to this rank's share
+  void require_every_layer(const char* what) const;
   struct saved;  // the activations forward_backward keeps
-  // The forward pass shared by forward() and forward_backward(): logits [T, V], after checking T in
-  // min_tokens..max_positions and the ids; fills `save` when given one.
-  std::vector<float> run(std::span<const int32_t> tokens, int64_t min_tokens, const char* what,
-                         const forward_hooks& hook, saved* save) const;
 };
 
 }  // namespace mixq
