@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "kernels/cpu/row_math.hpp"
+#include "pipeline/model/layer_stream.hpp"
 
 namespace mixq {
 
@@ -22,8 +23,8 @@ double nll_sum(const float* logits, const int32_t* targets, int64_t n, int64_t V
   return total;
 }
 
-perplexity_result evaluate_perplexity(const causal_lm& model, std::span<const int32_t> tokens, int64_t ctx,
-                                      const run_world& world) {
+perplexity_result evaluate_perplexity(causal_lm& model, std::span<const int32_t> tokens, int64_t ctx,
+                                      const run_world& world, const layer_loaded& loaded) {
   const int64_t max_ctx = model.max_positions();
   if (ctx > max_ctx)
     throw std::invalid_argument(fmt::format("perplexity: ctx {} is more than the model allows: max_position_embeddings "
@@ -38,22 +39,22 @@ perplexity_result evaluate_perplexity(const causal_lm& model, std::span<const in
 
   const auto start = std::chrono::steady_clock::now();
   world.stage([&] {
-    // Exceptions must not leave an OpenMP region: keep the first message and rethrow after it.
-    std::string error;
-#pragma omp parallel for schedule(dynamic, 1)
+    std::vector<int64_t> mine;  // this process's windows that predict at least one token
+    std::vector<std::span<const int32_t>> views;
     for (int64_t w = 0; w < n_windows; ++w) {
       const int64_t begin = w * ctx, len = std::min(ctx, N - begin);
       if (len < 2 || !world.takes(w)) continue;  // a lone trailing token predicts nothing
-      try {
-        const std::vector<float> logits = model.forward(tokens.subspan(size_t(begin), size_t(len)));  // [len, V]
-        window_nll[size_t(w)] = nll_sum(logits.data(), tokens.data() + begin + 1, len - 1, V);
-        window_predicted[size_t(w)] = len - 1;
-      } catch (const std::exception& e) {
-#pragma omp critical(mixq_perplexity_error)
-        if (error.empty()) error = e.what();
-      }
+      mine.push_back(w);
+      views.push_back(tokens.subspan(size_t(begin), size_t(len)));
     }
-    if (!error.empty()) throw std::runtime_error(error);
+    layer_pass pass;
+    pass.loaded = loaded;
+    pass.logits = [&](int64_t i, std::vector<float>& logits) {  // [len, V]
+      const int64_t w = mine[size_t(i)], len = int64_t(views[size_t(i)].size());
+      window_nll[size_t(w)] = nll_sum(logits.data(), tokens.data() + w * ctx + 1, len - 1, V);
+      window_predicted[size_t(w)] = len - 1;
+    };
+    run_layer_by_layer(model, views, pass);
   });
   if (world.size() > 1)  // every window's sums from the process that took it
     world.share_items(

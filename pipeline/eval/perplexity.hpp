@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 
 #include "pipeline/model/llama.hpp"
@@ -23,11 +24,15 @@ struct perplexity_result {
 // Negative log-likelihood sum (nats, double) of targets[t] under logits[t, V] for t < n.
 double nll_sum(const float* logits, const int32_t* targets, int64_t n, int64_t V);
 
-// Windows run in parallel (OpenMP, one forward per thread; across the processes of `world`, each
-// takes every size()-th window); the per-window sums are added in window order, so the result does
-// not depend on the thread or process count. ctx must be in 2..max_positions.
+// Called once a layer of a model loaded layer by layer is loaded (to fake-quantize it).
+using layer_loaded = std::function<void(causal_lm& model, int64_t layer)>;
+
+// The windows go through the model a layer at a time (run_layer_by_layer), in parallel (OpenMP;
+// across the processes of `world`, each takes every size()-th window); the per-window sums are added
+// in window order, so the result does not depend on the thread or process count, nor on whether
+// the model holds every layer. ctx must be in 2..max_positions.
 // Any causal_lm: llama_model, nemotron_h_model.
-perplexity_result evaluate_perplexity(const causal_lm& model, std::span<const int32_t> tokens, int64_t ctx,
-                                      const run_world& world = run_world::alone());
+perplexity_result evaluate_perplexity(causal_lm& model, std::span<const int32_t> tokens, int64_t ctx,
+                                      const run_world& world = run_world::alone(), const layer_loaded& loaded = {});
 
 }  // namespace mixq

@@ -1,11 +1,14 @@
 #include "pipeline/quantize/calibrate.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <string>
 
 #include <nlohmann/json.hpp>
 #include <omp.h>
+
+#include "pipeline/model/layer_stream.hpp"
 
 namespace mixq {
 
@@ -21,7 +24,7 @@ float abs_max(const float* x, int64_t n) {
 
 }  // namespace
 
-calibration_stats calibrate(const causal_lm& model, std::span<const std::vector<int32_t>> sequences,
+calibration_stats calibrate(causal_lm& model, std::span<const std::vector<int32_t>> sequences,
                             const progress_callback& progress) {
   const model_spec& spec = model.spec();
   calibration_stats empty;
@@ -34,34 +37,32 @@ calibration_stats calibrate(const causal_lm& model, std::span<const std::vector<
       if (empty.expert_tokens.emplace(e, 0).second) counted_at[l.module] = e;
     }
   }
-  // Sequences run in parallel, one forward per thread into the thread's own statistics (as perplexity
-  // evaluation does: GEMMs this small do not gain from threads of their own). Merged by max and sum,
-  // which do not depend on the order.
-  const int64_t n = int64_t(sequences.size());
+  // Each thread observes into its own statistics, merged by max and sum, which do not depend on the
+  // order.
   std::vector<calibration_stats> partial(size_t(std::max(1, omp_get_max_threads())), empty);
-  int64_t done = 0;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t i = 0; i < n; ++i) {
+  std::vector<std::span<const int32_t>> views(sequences.begin(), sequences.end());
+  layer_pass pass;
+  pass.hooks = [&](int64_t) {
     calibration_stats& st = partial[size_t(omp_get_thread_num())];
     forward_hooks hooks;
-    hooks.input = [&](const std::string& name, const float* x, int64_t T, int64_t in) {
+    hooks.input = [&st, &counted_at](const std::string& name, const float* x, int64_t T, int64_t in) {
       float& a = st.input_amax[name];
       a = std::fmax(a, abs_max(x, T * in));
       if (const auto it = counted_at.find(name); it != counted_at.end()) st.expert_tokens[it->second] += T;
     };
-    hooks.kv = [&](const std::string& attention, const float* k, const float* v, int64_t T, int64_t kv_dim) {
+    hooks.kv = [&st](const std::string& attention, const float* k, const float* v, int64_t T, int64_t kv_dim) {
       float& ka = st.k_amax[attention];
       float& va = st.v_amax[attention];
       ka = std::fmax(ka, abs_max(k, T * kv_dim));
       va = std::fmax(va, abs_max(v, T * kv_dim));
     };
-    const std::vector<int32_t>& seq = sequences[size_t(i)];
-    model.forward(seq, hooks);
-    ++st.sequences;
-    st.tokens += int64_t(seq.size());
-#pragma omp critical(mixq_calibrate_progress)
-    if (progress) progress(++done, n);
-  }
+    return hooks;
+  };
+  pass.logits = [](int64_t, std::vector<float>&) {};
+  pass.progress = progress;
+  run_layer_by_layer(model, views, pass);
+  partial[0].sequences = int64_t(sequences.size());
+  for (const auto& seq : sequences) partial[0].tokens += int64_t(seq.size());
   calibration_stats stats = empty;
   for (const calibration_stats& st : partial) {
     stats.sequences += st.sequences;

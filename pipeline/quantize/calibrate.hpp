@@ -13,13 +13,15 @@
 
 namespace mixq {
 
-// Called after each sequence with (done, total).
+// Called as the calibration advances with (done, total) steps.
 using progress_callback = std::function<void(int64_t done, int64_t total)>;
 
-// Every linear and expert of model.spec() gets an entry, zero where nothing was seen. Sequences run
-// in parallel (OpenMP); amax is a max and counts are sums, so the result does not depend on the
-// thread count or order. `progress` is called from one thread at a time.
-calibration_stats calibrate(const causal_lm& model, std::span<const std::vector<int32_t>> sequences,
+// Every linear and expert of model.spec() gets an entry, zero where nothing was seen. The sequences
+// go through the model a layer at a time (run_layer_by_layer: a model loaded layer by layer holds
+// one layer's weights at a time), in parallel (OpenMP); amax is a max and counts are sums, so the
+// result depends neither on the thread count nor on the order. `progress` is called from one thread
+// at a time.
+calibration_stats calibrate(causal_lm& model, std::span<const std::vector<int32_t>> sequences,
                             const progress_callback& progress = {});
 
 // The statistics of every process of `world` (each calibrated its share of the sequences) on every

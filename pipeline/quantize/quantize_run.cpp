@@ -101,7 +101,7 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
   });
   const int64_t ctx = std::min(rq.eval_ctx > 0 ? rq.eval_ctx : seq_len, model->max_positions());
   rep.eval_tokens = int64_t(eval_tokens.size());
-  const auto eval = [&](const causal_lm& m, int64_t step) {
+  const auto eval = [&](causal_lm& m, int64_t step) {
     const double ppl = evaluate_perplexity(m, eval_tokens, ctx, world).ppl;
     if (rq.progress) rq.progress("evaluate", step, 3);
     return ppl;

@@ -36,8 +36,8 @@ struct stories {
   llama_model model;
   json ref;
 };
-const stories& stories260k(const fs::path& dir) {
-  static const stories s = [&] {
+stories& stories260k(const fs::path& dir) {
+  static stories s = [&] {
     std::ifstream in(dir / "reference.json");
     return stories{llama_model::load(dir), json::parse(in)};
   }();
@@ -73,7 +73,7 @@ TEST(llama, greedy_from_bos_matches_reference) {
 }
 
 void check_perplexity(const fs::path& model_dir, int64_t ctx, const char* key) {
-  const stories& s = stories260k(model_dir);
+  stories& s = stories260k(model_dir);
   const std::vector<int32_t> tokens = read_token_file(
       testing::shared_data("tinystories/TinyStories-valid-reduced.tok512.u16.bin"), s.model.config().vocab);
   ASSERT_EQ(int64_t(tokens.size()), s.ref.at("perplexity").at("n_tokens").get<int64_t>());
@@ -141,7 +141,7 @@ TEST(llama, token_file_rejects_partial_id_and_missing_file) {
 
 TEST(llama, forward_rejects_bad_input) {
   REQUIRE_SHARED(model_dir);
-  const stories& s = stories260k(model_dir);
+  stories& s = stories260k(model_dir);
   EXPECT_THROW(s.model.forward(std::vector<int32_t>{1, 512}), std::invalid_argument);
   EXPECT_THROW(s.model.forward(std::vector<int32_t>(513, 1)), std::invalid_argument);
   EXPECT_THROW(evaluate_perplexity(s.model, std::vector<int32_t>(10, 1), 1024), std::invalid_argument);

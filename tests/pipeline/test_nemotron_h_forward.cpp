@@ -81,7 +81,7 @@ TEST(nemotron_h, hook_sees_every_linear) {
 TEST(nemotron_h, tiny_perplexity_ctx256_matches_reference) {
   MIXQ_REQUIRE_SHARED_MODEL(dir, "nemotron-h-tiny");
   const json ref = read_json(dir / "reference.json");
-  const nemotron_h_model model = nemotron_h_model::load(dir);
+  nemotron_h_model model = nemotron_h_model::load(dir);
   const std::vector<int32_t> tokens = read_token_file(
       testing::shared_data("tinystories/TinyStories-valid-reduced.tok512.u16.bin"), model.config().vocab);
   const perplexity_result r = evaluate_perplexity(model, tokens, 256);

@@ -1,0 +1,35 @@
+// Many sequences through a model a layer at a time. Each sequence's residual stream [T, H] is kept
+// between layers; a layer's weights are loaded (for a model loaded with layer_weights::on_demand),
+// every sequence passes through it (OpenMP, a sequence per thread), and it is dropped before the
+// next one loads. A model that holds every layer runs the sequences in groups of one per thread,
+// which holds no more than a forward() per thread would. Each sequence's numbers are those of
+// forward(): the same functions in the same order.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "pipeline/model/llama.hpp"
+
+namespace mixq {
+
+struct layer_pass {
+  // The hooks sequence i runs with; called on the thread that runs it, once per layer and once for
+  // the head. Empty: no hooks.
+  std::function<forward_hooks(int64_t sequence)> hooks;
+  // Called once a layer is loaded, before any sequence passes through it (to fake-quantize it).
+  std::function<void(causal_lm& model, int64_t layer)> loaded;
+  // Each sequence's logits [T, V], from the thread that ran its head (required).
+  std::function<void(int64_t sequence, std::vector<float>& logits)> logits;
+  // After each layer of each group and after the heads: (done, total) steps, from one thread.
+  std::function<void(int64_t done, int64_t total)> progress;
+};
+
+// Runs every sequence (each checked as forward() checks it) through `model`. An exception from a
+// sequence, a hook or a callback stops the pass and is rethrown (the first one); the layers it
+// loaded are dropped either way.
+void run_layer_by_layer(causal_lm& model, std::span<const std::span<const int32_t>> sequences, const layer_pass& pass);
+
+}  // namespace mixq
