@@ -123,10 +123,17 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
              count_text(p.linears_per_process), count_text(p.quantized_linears));
   if (p.searched)
     fmt::print("            (scoring: each process quantizes every searched linear in every candidate itself)\n");
-  fmt::print("memory:     about {} per process at the peak: every process holds the whole model ({} in FP32)\n",
-             gb(p.peak_bytes), gb(p.fp32_model_bytes));
+  if (p.layer_by_layer)
+    fmt::print("memory:     about {} per process at the peak: every process holds the embeddings, lm_head and one\n"
+               "            layer at a time ({} in FP32) and every sequence's residual stream ({})\n",
+               gb(p.peak_bytes), gb(p.fp32_model_bytes), gb(p.residual_stream_bytes));
+  else
+    fmt::print("memory:     about {} per process at the peak: every process holds the whole model ({} in FP32)\n",
+               gb(p.peak_bytes), gb(p.fp32_model_bytes));
   fmt::print("            and {} of quantized weights{}, and maps the source ({}) and the staged export\n",
              gb(p.quantized_bytes), p.searched ? " at most" : "", gb(p.source_bytes));
+  fmt::print("            of which {} is its own memory (the rest: mapped file pages the kernel can evict and read again)\n",
+             gb(p.held_bytes));
   if (const uint64_t available = host_available_memory(); available > 0)
     fmt::print("            (this machine has {} available)\n", gb(available));
   if (p.searched)
@@ -185,7 +192,10 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
                     {"quantized_linears", p.quantized_linears},
                     {"linears_per_process", p.linears_per_process}};
   j["memory_per_process"] = {{"peak_bytes", p.peak_bytes},
+                             {"held_bytes", p.held_bytes},
+                             {"layer_by_layer", p.layer_by_layer},
                              {"fp32_model_bytes", p.fp32_model_bytes},
+                             {"residual_stream_bytes", p.residual_stream_bytes},
                              {"quantized_bytes", p.quantized_bytes},
                              {"scoring_bytes", p.scoring_bytes},
                              {"scoring_activation_bytes", p.scoring_activation_bytes},
@@ -200,6 +210,7 @@ void add_plan_command(CLI::App& app) {
     std::string model, recipe, json, calib;
     int processes = 1;
     int threads = omp_get_max_threads();
+    bool layer_by_layer = false;
   };
   auto o = std::make_shared<options>();
   auto* cmd = app.add_subcommand(
@@ -213,6 +224,7 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--calib", o->calib, "calibration data, as quantize takes it (default: the recipe's, else built in)");
   cmd->add_option("--threads", o->threads, "threads per process (default: OMP_NUM_THREADS, else this machine's cores)")
       ->check(CLI::Range(1, 1 << 16));
+  cmd->add_flag("--layer-by-layer", o->layer_by_layer, "as quantize --layer-by-layer: one layer's weights at a time");
   cmd->add_option("--json", o->json, "also write the plan as JSON to this file");
   cmd->callback([o] {
     const fs::path model(o->model);
@@ -224,6 +236,7 @@ void add_plan_command(CLI::App& app) {
     std::string dtypes_from;
     const dtype_lookup source_dtype = source_dtypes(model, cfg, spec, &dtypes_from);
     plan_setup setup{o->processes, o->threads, config_max_positions(model, cfg, spec.architecture)};
+    setup.layer_by_layer = o->layer_by_layer;
     setup.calibration_tokens = calibration_token_count(model, spec, o->calib.empty() ? r.calibration.data : o->calib);
     const run_plan p = make_run_plan(spec, r, source_dtype, setup);
     print_plan(spec, r, p, o->model, dtypes_from);

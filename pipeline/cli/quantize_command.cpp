@@ -44,9 +44,12 @@ uint64_t warn_about_memory(const quantize_request& rq, const run_world& world) {
     const nlohmann::json cfg = read_hf_config(rq.model);
     const model_spec spec = model_spec_from_config(cfg, hf_config_path(rq.model).string());
     const dtype_lookup dtypes = checkpoint_dtypes(checkpoint::open(rq.model), spec, dtype::bf16);
-    run_plan p = make_run_plan(spec, rq.rcp, dtypes,
-                               {world.size(), omp_get_max_threads(), config_max_positions(rq.model, cfg, spec.architecture)});
-    p.peak_bytes += process_resident_memory();  // (the peak on top of what the process holds already)
+    plan_setup setup{world.size(), omp_get_max_threads(), config_max_positions(rq.model, cfg, spec.architecture)};
+    setup.layer_by_layer = rq.weights == layer_weights::on_demand;
+    run_plan p = make_run_plan(spec, rq.rcp, dtypes, setup);
+    const uint64_t resident = process_resident_memory();  // (the peak on top of what the process holds already)
+    p.peak_bytes += resident;
+    p.held_bytes += resident;
     const std::string w = memory_warning(p, processes_on_this_node(world), host_available_memory());
     if (!w.empty()) fmt::print(stderr, "mixq: warning: {}\n", w);
     return p.peak_bytes;
@@ -126,7 +129,7 @@ void add_quantize_command(CLI::App& app) {
     std::string model, recipe, out, run_dir, calib, eval, layout, device = "auto";
     int64_t eval_ctx = 0, samples = 0, seq_len = 0;
     double effective_bits = 0.0;
-    bool resume = false, force = false, quiet = false, measure_front = false;
+    bool resume = false, force = false, quiet = false, measure_front = false, layer_by_layer = false;
   };
   auto o = std::make_shared<options>();
   auto* cmd = app.add_subcommand(
@@ -158,6 +161,10 @@ void add_quantize_command(CLI::App& app) {
                   "found); the checkpoint is the same bytes either way")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
       ->capture_default_str();
+  cmd->add_flag("--layer-by-layer", o->layer_by_layer,
+                "hold one layer's FP32 weights at a time: calibration and evaluation pass every sequence through a "
+                "layer before the next loads (the same bytes and perplexities, a fraction of the memory; not with a "
+                "search)");
   cmd->add_flag("--resume", o->resume, "reuse the run directory's calibration statistics if they match");
   cmd->add_flag("--force", o->force, "replace an existing output directory once the new export is verified");
   cmd->add_flag("--quiet", o->quiet, "no progress output");
@@ -188,6 +195,7 @@ void add_quantize_command(CLI::App& app) {
       rq.resume = o->resume;
       rq.overwrite = o->force;
       rq.measure_front = o->measure_front;
+      rq.weights = o->layer_by_layer ? layer_weights::on_demand : layer_weights::all;
       rq.device = resolve_weight_device(o->device);
       rq.producer_version = MIXQ_VERSION;
     });

@@ -3,7 +3,8 @@
 // every sequence passes through it (OpenMP, a sequence per thread), and it is dropped before the
 // next one loads. A model that holds every layer runs the sequences in groups of one per thread,
 // which holds no more than a forward() per thread would. Each sequence's numbers are those of
-// forward(): the same functions in the same order.
+// forward() called from an OpenMP thread (the same functions in the same order; Eigen's GEMM blocks
+// differently where it may start threads of its own), whether the model holds its layers or not.
 #pragma once
 
 #include <cstdint>

@@ -232,13 +232,33 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   for (const linear_spec& l : spec.linears) mtp += in_mtp(l.block) ? l.numel() : 0;
   for (const tensor_spec& t : spec.tensors) mtp += in_mtp(t.block) ? t.numel() : 0;
   p.fp32_model_bytes = uint64_t(p.parameters - mtp) * sizeof(float);
+  p.layer_by_layer = setup.layer_by_layer && !p.searched;
+  if (setup.layer_by_layer && p.searched && p.refused.empty())
+    p.refused = "the recipe searches, and a search cannot run layer by layer (scoring runs backward through the "
+                "whole model)";
+  if (p.layer_by_layer) {  // outside the layers, and the largest layer
+    std::map<int64_t, int64_t> by_layer;  // layer (-1: none) -> parameters
+    const auto layer_of = [&](int block) { return block >= 0 ? int64_t(spec.blocks[size_t(block)].layer) : -1; };
+    for (const linear_spec& l : spec.linears)
+      if (!in_mtp(l.block)) by_layer[layer_of(l.block)] += l.numel();
+    for (const tensor_spec& t : spec.tensors)
+      if (!in_mtp(t.block)) by_layer[layer_of(t.block)] += t.numel();
+    int64_t largest = 0;
+    for (const auto& [layer, n] : by_layer)
+      if (layer >= 0) largest = std::max(largest, n);
+    p.fp32_model_bytes = uint64_t(by_layer[-1] + largest) * sizeof(float);
+    p.residual_stream_bytes = uint64_t(p.sequences_per_process * p.seq_len * spec.dims.hidden) * sizeof(float);
+  }
   const uint64_t exported = !p.searched                 ? p.export_bytes
                             : p.export_bytes_budget > 0 ? p.export_bytes_budget
                                                         : p.export_bytes_max;
-  const uint64_t verifying = p.fp32_model_bytes + p.quantized_bytes + p.source_bytes + exported;
+  const uint64_t verifying =
+      p.fp32_model_bytes + p.residual_stream_bytes + p.quantized_bytes + p.source_bytes + exported;
   const uint64_t scoring =
       p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes + p.source_bytes : 0;
   p.peak_bytes = std::max(verifying, scoring);
+  p.held_bytes = std::max(p.fp32_model_bytes + p.residual_stream_bytes + p.quantized_bytes,
+                          p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes : 0);
   return p;
 }
 
@@ -259,13 +279,14 @@ uint64_t process_resident_memory() {
 }
 
 std::string memory_warning(const run_plan& p, int processes_here, uint64_t available) {
-  const uint64_t needed = p.peak_bytes * uint64_t(std::max(processes_here, 1));
+  const uint64_t needed = p.held_bytes * uint64_t(std::max(processes_here, 1));
   if (available == 0 || needed <= available) return "";
-  return fmt::format("this run needs about {}{} at its peak (`mixq plan`), more than the {} this machine has "
-                     "available: expect swapping or the out-of-memory killer",
+  return fmt::format("this run holds about {}{} at its peak besides the files it maps (`mixq plan`), more than "
+                     "the {} this machine has available: expect swapping or the out-of-memory killer{}",
                      bytes_text(double(needed)),
                      processes_here > 1 ? fmt::format(" ({} processes here)", processes_here) : "",
-                     bytes_text(double(available)));
+                     bytes_text(double(available)),
+                     p.searched || p.layer_by_layer ? "" : " (--layer-by-layer holds one layer's weights at a time)");
 }
 
 }  // namespace mixq

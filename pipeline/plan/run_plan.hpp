@@ -59,6 +59,10 @@ struct run_plan {
   int64_t quantized_linears = 0, linears_per_process = 0;  // a search: the linears it may quantize
   // memory per process
   uint64_t fp32_model_bytes = 0;  // the model's working copy (the MTP head, not run, is not loaded)
+  // quantize --layer-by-layer: the working copy holds the embeddings, final norm, lm_head and one
+  // layer (the largest), and every sequence's residual stream between layers
+  bool layer_by_layer = false;
+  uint64_t residual_stream_bytes = 0;
   uint64_t quantized_bytes = 0;   // the quantized weights every process ends up holding (a search:
                                   // at most, each linear in its largest quantized candidate)
   uint64_t scoring_bytes = 0;     // a search: every searched linear stored in each quantized candidate
@@ -72,6 +76,9 @@ struct run_plan {
   // and export verification (the re-loaded model + the quantized weights + the source and the
   // staged export, both memory-mapped). The process itself comes on top.
   uint64_t peak_bytes = 0;
+  // Of the peak, what the process holds itself (the working copy, quantized weights, scoring): the
+  // mapped files' pages are the kernel's to evict and read again, so this is what must fit.
+  uint64_t held_bytes = 0;
 };
 
 // A tensor's source dtype by name: from the checkpoint's headers, or from config.json alone.
@@ -92,6 +99,7 @@ struct plan_setup {
   int threads = 1;                                          // per process (OMP_NUM_THREADS)
   int64_t max_positions = std::numeric_limits<int64_t>::max();  // caps seq_len, as quantize does
   int64_t calibration_tokens = -1;  // the calibration data's length; -1: unknown (the recipe's samples)
+  bool layer_by_layer = false;      // quantize --layer-by-layer (fixed rules only)
 };
 
 // The plan. Throws io_error for a recipe the model cannot take (as quantize would: fused siblings
@@ -104,7 +112,7 @@ uint64_t host_available_memory();
 // This process's resident bytes now (/proc/self/statm), or 0: what a run adds its peak to.
 uint64_t process_resident_memory();
 
-// A warning where `processes_here` processes of the plan's peak exceed `available` bytes, else empty.
+// A warning where `processes_here` processes' held bytes exceed `available` bytes, else empty.
 std::string memory_warning(const run_plan& p, int processes_here, uint64_t available);
 
 }  // namespace mixq

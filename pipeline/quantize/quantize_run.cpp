@@ -101,8 +101,8 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
   });
   const int64_t ctx = std::min(rq.eval_ctx > 0 ? rq.eval_ctx : seq_len, model->max_positions());
   rep.eval_tokens = int64_t(eval_tokens.size());
-  const auto eval = [&](causal_lm& m, int64_t step) {
-    const double ppl = evaluate_perplexity(m, eval_tokens, ctx, world).ppl;
+  const auto eval = [&](causal_lm& m, int64_t step, const layer_loaded& loaded = {}) {
+    const double ppl = evaluate_perplexity(m, eval_tokens, ctx, world, loaded).ppl;
     if (rq.progress) rq.progress("evaluate", step, 3);
     return ppl;
   };
@@ -122,8 +122,13 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
       if (world.root()) record_measured_front(rep.run_dir / "search.json", rep.measured_front, rep.ppl_source);
     });
   }
-  apply_fake_quant(*model, q);
-  rep.ppl_fake_quant = eval(*model, 2);
+  if (rq.weights == layer_weights::all) {
+    apply_fake_quant(*model, q);
+    rep.ppl_fake_quant = eval(*model, 2);
+  } else {  // each layer as it loads
+    apply_fake_quant(*model, q, outside_layers);
+    rep.ppl_fake_quant = eval(*model, 2, [&](causal_lm& m, int64_t layer) { apply_fake_quant(m, q, layer); });
+  }
   model.reset();
   clock.done("evaluate");
 
@@ -136,7 +141,7 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
   eo.producer_version = rq.producer_version;
   const auto verify = [&](const fs::path& staged) {
     std::unique_ptr<causal_lm> reloaded;
-    world.stage([&] { reloaded = load_causal_lm(staged); });
+    world.stage([&] { reloaded = load_causal_lm(staged, {}, rq.weights); });
     rep.ppl_export = eval(*reloaded, 3);
     const double rel = std::fabs(rep.ppl_export - rep.ppl_fake_quant) / rep.ppl_fake_quant;
     if (!(rel <= 1e-4))
@@ -287,6 +292,10 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
     source_file = checkpoint::open(rq.model);
     spec = model_spec_from_file(rq.model);
     rep.plan = plan_quantization(rq.rcp, spec);
+    if (rq.rcp.search.enabled && rq.weights == layer_weights::on_demand)
+      throw io_error(fmt::format("{}: the recipe searches, and a search cannot run layer by layer (scoring runs "
+                                 "backward through the whole model): drop --layer-by-layer, or use a recipe "
+                                 "without `search:`", rq.rcp.origin));
     if (rq.rcp.search.enabled)  // an unreachable budget is told now, not after calibration and scoring
       require_reachable_budget(make_search_space(spec, rq.rcp.search), spec, rq.rcp.search, rq.rcp.origin);
     std::vector<std::pair<std::string, std::vector<int64_t>>> present;
@@ -301,7 +310,7 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
                                  problems.front(), problems.size() > 1 ? fmt::format(" (and {} more)", problems.size() - 1) : ""));
 
     // calibration tokens
-    model = load_causal_lm(rq.model);
+    model = load_causal_lm(rq.model, {}, rq.weights);
     const fs::path data = !rq.calib.empty() ? rq.calib : fs::path(cs.data);
     rep.calib_source = data.empty() ? "built-in" : data.string();
     const std::vector<int32_t> tokens =

@@ -33,6 +33,9 @@ struct quantize_request {
   bool overwrite = false;             // replace an existing output directory
   bool measure_front = false;         // search: also evaluate the optimum at every feasible report budget
   weight_device device = weight_device::cpu;  // where the weights quantize (the same bytes either way)
+  // on_demand: calibration and evaluation hold one layer's FP32 weights at a time (the same bytes
+  // and perplexities); not with a search, whose scoring runs backward through the whole model.
+  layer_weights weights = layer_weights::all;
   std::string producer_version;
   // (stage, done, total) as each stage advances: "calibrate", "score", "quantize", "evaluate".
   std::function<void(const std::string&, int64_t, int64_t)> progress;

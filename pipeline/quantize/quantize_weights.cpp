@@ -204,9 +204,21 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
   return out;
 }
 
-void apply_fake_quant(causal_lm& model, const quantized_weights& q) {
+void apply_fake_quant(causal_lm& model, const quantized_weights& q, std::optional<int64_t> layer) {
+  const model_spec& spec = model.spec();
+  std::unordered_map<std::string, int64_t> layer_of;  // linear and attention module -> its layer
+  for (const linear_spec& l : spec.linears) {
+    const int64_t at = l.block >= 0 ? spec.blocks.at(size_t(l.block)).layer : outside_layers;
+    layer_of[l.module] = at;
+    layer_of[l.module.substr(0, l.module.rfind('.'))] = at;
+  }
+  const auto wanted = [&](const std::string& module) {
+    const auto it = layer_of.find(module);
+    return !layer || (it != layer_of.end() && it->second == *layer);
+  };
   std::unordered_map<std::string, const quantized_linear*> by_module;
-  for (const quantized_linear& l : q.linears) by_module.emplace(l.module, &l);
+  for (const quantized_linear& l : q.linears)
+    if (wanted(l.module)) by_module.emplace(l.module, &l);
   model.for_each_linear([&](llama_linear& W) {
     const auto it = by_module.find(W.name);
     if (it == by_module.end()) return;
@@ -220,8 +232,8 @@ void apply_fake_quant(causal_lm& model, const quantized_weights& q) {
     }
   });
   for (const auto& [attention, scales] : q.kv)
-    if (std::find(q.uncalibrated_attention.begin(), q.uncalibrated_attention.end(), attention) ==
-        q.uncalibrated_attention.end())
+    if (wanted(attention) && std::find(q.uncalibrated_attention.begin(), q.uncalibrated_attention.end(), attention) ==
+                                 q.uncalibrated_attention.end())
       model.set_kv_cache_scales(attention, scales);
 }
 

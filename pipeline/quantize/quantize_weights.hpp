@@ -9,6 +9,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,7 +53,10 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
                                    const run_world& world = run_world::alone());
 
 // Rewrites the in-memory model to compute as the quantized checkpoint will: dequantized weights,
-// input fake-quant with the exported input scales, FP8 KV fake-quant.
-void apply_fake_quant(causal_lm& model, const quantized_weights& q);
+// input fake-quant with the exported input scales, FP8 KV fake-quant. With a layer: that layer's
+// linears and KV scales only (a model loaded layer by layer, as each layer loads); with
+// outside_layers: the linears of no layer (lm_head), which such a model always holds.
+inline constexpr int64_t outside_layers = -1;
+void apply_fake_quant(causal_lm& model, const quantized_weights& q, std::optional<int64_t> layer = std::nullopt);
 
 }  // namespace mixq

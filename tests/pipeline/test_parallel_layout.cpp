@@ -8,6 +8,7 @@
 
 #include "model_test_support.hpp"
 #include "pipeline/model/llama.hpp"
+#include "pipeline/model/layer_stream.hpp"
 #include "thread_group_comm.hpp"
 
 namespace mixq {
@@ -80,7 +81,7 @@ TEST_P(ShardedModel, MatchesTheWholeModel) {
   for (int e = 0; e < sc.ep; ++e) tp_groups.push_back(std::make_unique<testing::thread_group>(sc.tp));
   for (int t = 0; t < sc.tp; ++t) ep_groups.push_back(std::make_unique<testing::thread_group>(sc.ep));
   const size_t n = static_cast<size_t>(world);
-  std::vector<std::vector<float>> logits(n);
+  std::vector<std::vector<float>> logits(n), layer_logits(n);
   std::vector<llama_grads> grads(n);
   std::vector<parallel_layout> layouts(n);
   std::vector<std::string> errors(n);
@@ -95,6 +96,12 @@ TEST_P(ShardedModel, MatchesTheWholeModel) {
         layouts[size_t(r)] = l;
         logits[size_t(r)] = share->forward(tokens);
         grads[size_t(r)] = share->forward_backward(tokens);
+        // the same share read a layer at a time
+        const auto on_demand = load_causal_lm(d.dir, ctx, layer_weights::on_demand);
+        const std::span<const int32_t> one[] = {tokens};
+        layer_pass pass;
+        pass.logits = [&](int64_t, std::vector<float>& got) { layer_logits[size_t(r)] = std::move(got); };
+        run_layer_by_layer(*on_demand, one, pass);
       } catch (const std::exception& e) {
         errors[size_t(r)] = e.what();
       }
@@ -105,6 +112,7 @@ TEST_P(ShardedModel, MatchesTheWholeModel) {
     ASSERT_EQ(errors[size_t(r)], "") << "rank " << r;
     const parallel_layout& l = layouts[size_t(r)];
     EXPECT_LT(testing::max_relative(logits[size_t(r)], want_logits), 1e-5) << "rank " << r;
+    EXPECT_LT(testing::max_relative(layer_logits[size_t(r)], want_logits), 1e-5) << "rank " << r << ", layer by layer";
     EXPECT_NEAR(grads[size_t(r)].loss, want.loss, 1e-6 * want.loss) << "rank " << r;
     for (const auto& [name, dy] : grads[size_t(r)].dy) {
       const std::vector<float>& full = want.dy.at(name);

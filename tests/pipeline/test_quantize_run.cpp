@@ -5,9 +5,12 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
 #include <fmt/format.h>
 
+#include "calib/calibration_stats.hpp"
 #include "pipeline/io/checkpoint.hpp"
 #include "pipeline/plan/run_plan.hpp"
 #include "pipeline/quantize/quantize_run.hpp"
@@ -352,6 +355,79 @@ TEST(quantize_run, an_unreachable_budget_is_refused_before_any_work) {
   }
   EXPECT_FALSE(fs::exists(rq.out));
   EXPECT_FALSE(fs::exists(tmp.path / "out.run"));  // nothing calibrated, nothing written
+}
+
+// Every file of an export, byte for byte.
+void expect_same_files(const fs::path& a, const fs::path& b) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(a)) names.push_back(e.path().filename().string());
+  ASSERT_FALSE(names.empty());
+  for (const std::string& n : names) {
+    std::ifstream fa(a / n, std::ios::binary), fb(b / n, std::ios::binary);
+    ASSERT_TRUE(fb.good()) << n << " missing from " << b;
+    const std::string ca((std::istreambuf_iterator<char>(fa)), {}), cb((std::istreambuf_iterator<char>(fb)), {});
+    EXPECT_TRUE(ca == cb) << n << " differs";
+  }
+}
+
+// --layer-by-layer: one layer's weights at a time, and the same statistics, perplexities and bytes
+// as a run holding the whole model. Llama (dense, MoE) and Nemotron-H (Mamba-2, attention with FP8 KV
+// scales, latent MoE).
+TEST(quantize_run, layer_by_layer_writes_what_the_whole_model_writes) {
+  MIXQ_REQUIRE_SHARED_MODEL(stories, "stories260K");
+  MIXQ_REQUIRE_SHARED_MODEL(nemotron, "nemotron-h-tiny");
+  const testing::synth_dir mixtral(synth_arch::mixtral);
+  const scratch_dir tmp("mixq-qrun-lbl");
+  const std::vector<std::pair<fs::path, recipe>> runs = {
+      {stories, test_recipe(kLlamaNvfp4Rules)},
+      {mixtral.dir, test_recipe("    - match: \"*experts*\"\n      format: nvfp4\n    - match: \"*proj\"\n      format: fp8\n",
+                                "kv_cache: fp8\n")},
+      {nemotron, load_recipe("nemotron_super_nvfp4_release")}};
+  int k = 0;
+  for (const auto& [model, rcp] : runs) {
+    SCOPED_TRACE(model.string());
+    quantize_request rq;
+    rq.model = model;
+    rq.rcp = rcp;
+    rq.rcp.calibration.samples = 4;
+    rq.rcp.calibration.seq_len = 96;
+    const fs::path whole_out = tmp.path / fmt::format("whole{}", k), layers_out = tmp.path / fmt::format("layers{}", k);
+    ++k;
+    rq.out = whole_out;
+    const quantize_report whole = run_quantize(rq);
+    rq.weights = layer_weights::on_demand;
+    rq.out = layers_out;
+    const quantize_report layers = run_quantize(rq);
+    EXPECT_EQ(layers.ppl_source, whole.ppl_source);
+    EXPECT_EQ(layers.ppl_fake_quant, whole.ppl_fake_quant);
+    EXPECT_EQ(layers.ppl_export, whole.ppl_export);
+    EXPECT_NE(whole.ppl_fake_quant, whole.ppl_source);  // (the fake quantization did apply)
+    const calibration_stats a = read_calibration_stats(whole.stats_file), b = read_calibration_stats(layers.stats_file);
+    EXPECT_EQ(a.input_amax, b.input_amax);
+    EXPECT_EQ(a.k_amax, b.k_amax);
+    EXPECT_EQ(a.v_amax, b.v_amax);
+    EXPECT_EQ(a.expert_tokens, b.expert_tokens);
+    EXPECT_EQ(a.tokens, b.tokens);
+    expect_same_files(whole_out, layers_out);
+  }
+}
+
+TEST(quantize_run, layer_by_layer_refuses_a_search) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "nemotron-h-tiny");
+  const scratch_dir tmp("mixq-qrun-lbl-search");
+  quantize_request rq;
+  rq.model = model;
+  rq.out = tmp.path / "out";
+  rq.rcp = load_recipe("auto_nemotron_nvfp4_fp8_6p0bits");
+  rq.rcp.search.effective_bits = 10.0;  // (reachable)
+  rq.weights = layer_weights::on_demand;
+  EXPECT_THAT([&] { run_quantize(rq); }, ::testing::ThrowsMessage<io_error>(HasSubstr("cannot run layer by layer")));
+  EXPECT_FALSE(fs::exists(rq.out));
+  const model_spec spec = model_spec_from_file(model);
+  plan_setup setup;
+  setup.layer_by_layer = true;
+  EXPECT_THAT(make_run_plan(spec, rq.rcp, [](const std::string&) { return dtype::bf16; }, setup).refused,
+              HasSubstr("cannot run layer by layer"));
 }
 
 }  // namespace
