@@ -1,7 +1,8 @@
 // mixq eval --model DIR --data FILE [--ctx N]: FP32 perplexity of a Llama-family or Nemotron-H
 // checkpoint on a token stream — pre-tokenized, or text encoded with the model's tokenizer — with
 // non-overlapping windows (shared/data/tinystories/README.md protocol). Under mpirun / srun the
-// windows are split across the processes, with the figures of one process.
+// windows are split across the processes, with the figures of one process. --layer-by-layer holds
+// one layer's weights at a time.
 #include <filesystem>
 #include <memory>
 #include <stdexcept>
@@ -25,6 +26,7 @@ void add_eval_command(CLI::App& app) {
   struct options {
     std::string model, data, dtype = "auto";
     int64_t ctx = 0;
+    bool layer_by_layer = false;
   };
   auto o = std::make_shared<options>();
   auto* cmd = app.add_subcommand("eval", "Perplexity of a checkpoint (FP32 forward) on text or a token file");
@@ -39,6 +41,9 @@ void add_eval_command(CLI::App& app) {
       ->required();
   cmd->add_option("--ctx", o->ctx, "window length in tokens (default: max_position_embeddings)");
   cmd->add_option("--dtype", o->dtype, "token id width: u16, u32, or auto (from the file name)");
+  cmd->add_flag("--layer-by-layer", o->layer_by_layer,
+                "hold one layer's FP32 weights at a time (every window passes through a layer before the next "
+                "loads): the same perplexity, a fraction of the memory");
   cmd->callback([o] {
     const run_world& world = run_world::get();
     std::unique_ptr<causal_lm> model;
@@ -49,7 +54,7 @@ void add_eval_command(CLI::App& app) {
         throw std::runtime_error(fmt::format("{}: model directory not found", o->model));
       if (!std::filesystem::exists(o->data)) throw std::runtime_error(fmt::format("{}: data file not found", o->data));
       const token_dtype dtype = token_dtype_from_string(o->dtype);
-      model = load_causal_lm(o->model);
+      model = load_causal_lm(o->model, {}, o->layer_by_layer ? layer_weights::on_demand : layer_weights::all);
       const int64_t max_positions = model->max_positions();
       ctx = o->ctx == 0 ? max_positions : o->ctx;
       if (ctx > max_positions)

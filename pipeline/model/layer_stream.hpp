@@ -1,10 +1,10 @@
-// Many sequences through a model a layer at a time. Each sequence's residual stream [T, H] is kept
-// between layers; a layer's weights are loaded (for a model loaded with layer_weights::on_demand),
-// every sequence passes through it (OpenMP, a sequence per thread), and it is dropped before the
-// next one loads. A model that holds every layer runs the sequences in groups of one per thread,
-// which holds no more than a forward() per thread would. Each sequence's numbers are those of
-// forward() called from an OpenMP thread (the same functions in the same order; Eigen's GEMM blocks
-// differently where it may start threads of its own), whether the model holds its layers or not.
+// Many sequences through a model a layer at a time. For a model loaded with layer_weights::on_demand,
+// each sequence's residual stream [T, H] is kept between layers: a layer's weights are loaded, every
+// sequence passes through it (OpenMP, a sequence per thread), and it is dropped before the next one
+// loads. A model that holds every layer runs each sequence through all of them in turn (a forward()
+// per thread). Each sequence's numbers are those of forward() called from an OpenMP thread (the same
+// functions in the same order; Eigen's GEMM blocks differently where it may start threads of its
+// own), whether the model holds its layers or not.
 #pragma once
 
 #include <cstdint>
@@ -17,14 +17,16 @@
 namespace mixq {
 
 struct layer_pass {
-  // The hooks sequence i runs with; called on the thread that runs it, once per layer and once for
-  // the head. Empty: no hooks.
+  // The hooks sequence i runs with, made on the thread that runs it (once per layer and once for the
+  // head, layer by layer). Empty: no hooks.
   std::function<forward_hooks(int64_t sequence)> hooks;
-  // Called once a layer is loaded, before any sequence passes through it (to fake-quantize it).
+  // Called once a layer is loaded, before any sequence passes through it (to fake-quantize it); for a
+  // model holding every layer, for each layer before the pass.
   std::function<void(causal_lm& model, int64_t layer)> loaded;
   // Each sequence's logits [T, V], from the thread that ran its head (required).
   std::function<void(int64_t sequence, std::vector<float>& logits)> logits;
-  // After each layer of each group and after the heads: (done, total) steps, from one thread.
+  // (done, total) steps, from one thread at a time: each layer and the heads (layer by layer), or
+  // each sequence (a model holding every layer).
   std::function<void(int64_t done, int64_t total)> progress;
 };
 

@@ -139,7 +139,7 @@ TEST_P(LayerStream, ErrorsStopThePassAndLeaveNoLayerLoaded) {
 INSTANTIATE_TEST_SUITE_P(Architectures, LayerStream,
                          ::testing::Values(synth_arch::llama, synth_arch::mixtral, synth_arch::qwen3_moe,
                                            synth_arch::nemotron_h),
-                         [](const auto& info) { return std::string(to_string(info.param)); });
+                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
 
 }  // namespace
 }  // namespace mixq
