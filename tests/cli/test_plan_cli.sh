@@ -55,4 +55,13 @@ if [ -d "$tiny" ]; then
   grep -q 'will refuse this' "$tmp/err.txt" || fail "no refusal: $(cat "$tmp/err.txt")"
   grep -q 'at the least' "$tmp/out.txt" || fail "the plan was not printed first: $(cat "$tmp/out.txt")"
 fi
+# layer by layer: the working copy is one layer; quantize refuses a search that way, before any work
+"$mixq" plan --model "$model" --recipe llama_fp8 --layer-by-layer > "$tmp/lbl.txt" || fail "plan --layer-by-layer failed"
+grep -q 'lm_head and one' "$tmp/lbl.txt" || fail "plan --layer-by-layer: $(cat "$tmp/lbl.txt")"
+if "$mixq" quantize --model "$model" --recipe auto_nvfp4_fp8_6p0bits --layer-by-layer --out "$tmp/lbl" --quiet \
+    2> "$tmp/err.txt" > /dev/null; then
+  fail "quantize --layer-by-layer took a search"
+fi
+grep -q 'cannot run layer by layer' "$tmp/err.txt" || fail "no refusal: $(cat "$tmp/err.txt")"
+[ ! -e "$tmp/lbl" ] && [ ! -e "$tmp/lbl.run" ] || fail "a refused layer-by-layer search left output"
 echo "plan cli: ok"

@@ -70,11 +70,13 @@ quantize_request request(const fs::path& model, const fs::path& out, recipe r) {
   return rq;
 }
 
-// The run across every rank against the same run in one process, on rank 0.
-void expect_same_as_one_process(synth_arch arch, recipe r) {
+// The run across every rank (holding `weights`) against the same run in one process holding the
+// whole model, on rank 0.
+void expect_same_as_one_process(synth_arch arch, recipe r, layer_weights weights = layer_weights::all) {
   shared_dir dir(std::string("mixq-mpi-quantize-") + std::string(to_string(arch)));
   const fs::path model = synth_on_root(dir.path, arch);
-  const quantize_request spread = request(model, dir.path / "spread", r);
+  quantize_request spread = request(model, dir.path / "spread", r);
+  spread.weights = weights;
   const quantize_report across = run_quantize(spread, world());
   {  // every process returns the same figures
     std::string mine(3 * sizeof(double), '\0');
@@ -121,6 +123,11 @@ void expect_same_as_one_process(synth_arch arch, recipe r) {
 
 TEST(mpi_quantize, fixed_rules_give_the_bytes_of_one_process) {
   expect_same_as_one_process(synth_arch::llama, load_recipe("llama_nvfp4"));
+}
+
+TEST(mpi_quantize, layer_by_layer_gives_the_bytes_of_one_process_holding_the_model) {
+  expect_same_as_one_process(synth_arch::nemotron_h, load_recipe("mamba_moe_nvfp4_conservative"),
+                             layer_weights::on_demand);
 }
 
 TEST(mpi_quantize, a_search_gives_the_scores_and_bytes_of_one_process) {
