@@ -210,7 +210,7 @@ void add_plan_command(CLI::App& app) {
     std::string model, recipe, json, calib;
     int processes = 1;
     int threads = omp_get_max_threads();
-    bool layer_by_layer = false;
+    bool layer_by_layer = false, whole_model = false;
   };
   auto o = std::make_shared<options>();
   auto* cmd = app.add_subcommand(
@@ -224,7 +224,7 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--calib", o->calib, "calibration data, as quantize takes it (default: the recipe's, else built in)");
   cmd->add_option("--threads", o->threads, "threads per process (default: OMP_NUM_THREADS, else this machine's cores)")
       ->check(CLI::Range(1, 1 << 16));
-  cmd->add_flag("--layer-by-layer", o->layer_by_layer, "as quantize --layer-by-layer: one layer's weights at a time");
+  add_layer_holding_flags(*cmd, o->layer_by_layer, o->whole_model);
   cmd->add_option("--json", o->json, "also write the plan as JSON to this file");
   cmd->callback([o] {
     const fs::path model(o->model);
@@ -235,8 +235,11 @@ void add_plan_command(CLI::App& app) {
     const recipe r = load_recipe(o->recipe);
     std::string dtypes_from;
     const dtype_lookup source_dtype = source_dtypes(model, cfg, spec, &dtypes_from);
-    plan_setup setup{o->processes, o->threads, config_max_positions(model, cfg, spec.architecture)};
-    setup.layer_by_layer = o->layer_by_layer;
+    plan_setup setup;
+    setup.processes = o->processes;
+    setup.threads = o->threads;
+    setup.max_positions = config_max_positions(model, cfg, spec.architecture);
+    setup.weights = asked_layer_holding(o->layer_by_layer, o->whole_model);
     setup.calibration_tokens = calibration_token_count(model, spec, o->calib.empty() ? r.calibration.data : o->calib);
     const run_plan p = make_run_plan(spec, r, source_dtype, setup);
     print_plan(spec, r, p, o->model, dtypes_from);

@@ -44,8 +44,11 @@ uint64_t warn_about_memory(const quantize_request& rq, const run_world& world) {
     const nlohmann::json cfg = read_hf_config(rq.model);
     const model_spec spec = model_spec_from_config(cfg, hf_config_path(rq.model).string());
     const dtype_lookup dtypes = checkpoint_dtypes(checkpoint::open(rq.model), spec, dtype::bf16);
-    plan_setup setup{world.size(), omp_get_max_threads(), config_max_positions(rq.model, cfg, spec.architecture)};
-    setup.layer_by_layer = rq.weights == layer_weights::on_demand;
+    plan_setup setup;
+    setup.processes = world.size();
+    setup.threads = omp_get_max_threads();
+    setup.max_positions = config_max_positions(rq.model, cfg, spec.architecture);
+    setup.weights = rq.weights;
     run_plan p = make_run_plan(spec, rq.rcp, dtypes, setup);
     const uint64_t resident = process_resident_memory();  // (the peak on top of what the process holds already)
     p.peak_bytes += resident;
@@ -65,7 +68,9 @@ void print_report(const quantize_request& rq, const quantize_report& r, const ru
                run_world::launcher(), world.size());
   fmt::print("recipe:       {} ({}, kv cache {}, layout {})\n", rq.rcp.name, rq.rcp.origin, to_string(rq.rcp.kv_cache),
              to_string(rq.rcp.output.layout));
-  fmt::print("weights on:   {}\n", describe(rq.device));
+  fmt::print("weights on:   {}; {}\n", describe(rq.device),
+             r.weights == layer_weights::on_demand ? "one layer's FP32 weights held at a time"
+                                                   : "every layer's FP32 weights held");
   fmt::print("calibration:  {} sequences, {} tokens from {}{}\n", r.calib_sequences, r.calib_tokens, r.calib_source,
              r.stats_reused ? fmt::format(" (reused {})", r.stats_file.string()) : "");
   for (const std::string& w : r.plan.warnings) fmt::print("warning:      {}\n", w);
@@ -129,7 +134,8 @@ void add_quantize_command(CLI::App& app) {
     std::string model, recipe, out, run_dir, calib, eval, layout, device = "auto";
     int64_t eval_ctx = 0, samples = 0, seq_len = 0;
     double effective_bits = 0.0;
-    bool resume = false, force = false, quiet = false, measure_front = false, layer_by_layer = false;
+    bool resume = false, force = false, quiet = false, measure_front = false, layer_by_layer = false,
+         whole_model = false;
   };
   auto o = std::make_shared<options>();
   auto* cmd = app.add_subcommand(
@@ -161,10 +167,7 @@ void add_quantize_command(CLI::App& app) {
                   "found); the checkpoint is the same bytes either way")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
       ->capture_default_str();
-  cmd->add_flag("--layer-by-layer", o->layer_by_layer,
-                "hold one layer's FP32 weights at a time: calibration and evaluation pass every sequence through a "
-                "layer before the next loads (the same bytes and perplexities, a fraction of the memory; not with a "
-                "search)");
+  add_layer_holding_flags(*cmd, o->layer_by_layer, o->whole_model);
   cmd->add_flag("--resume", o->resume, "reuse the run directory's calibration statistics if they match");
   cmd->add_flag("--force", o->force, "replace an existing output directory once the new export is verified");
   cmd->add_flag("--quiet", o->quiet, "no progress output");
@@ -195,7 +198,7 @@ void add_quantize_command(CLI::App& app) {
       rq.resume = o->resume;
       rq.overwrite = o->force;
       rq.measure_front = o->measure_front;
-      rq.weights = o->layer_by_layer ? layer_weights::on_demand : layer_weights::all;
+      rq.weights = asked_layer_holding(o->layer_by_layer, o->whole_model);
       rq.device = resolve_weight_device(o->device);
       rq.producer_version = MIXQ_VERSION;
     });

@@ -23,6 +23,7 @@
 
 #include "formats/format_traits.hpp"
 #include "pipeline/io/quantized_linear.hpp"
+#include "pipeline/model/layer_weights.hpp"
 #include "pipeline/model/model_spec.hpp"
 
 namespace mixq {
@@ -287,11 +288,8 @@ void moe_forward(float* out, const float* x, const llama_linear& router, const s
 
 // ---- the model -------------------------------------------------------------------------------
 
-// Which layers' weights a model holds from load on: all of them, or none until load_layer (the
-// embeddings, final norm and lm_head always). on_demand keeps the checkpoint open to read them.
-enum class layer_weights { all, on_demand };
-
-// Loads a Llama / Mixtral / Qwen3-MoE or Nemotron-H checkpoint directory, by its config's model_type.
+// Loads a Llama / Mixtral / Qwen3-MoE or Nemotron-H checkpoint directory, by its config's model_type
+// (on_demand: no layer until load_layer, the checkpoint kept open to read them).
 std::unique_ptr<causal_lm> load_causal_lm(const std::filesystem::path& dir, const parallel_context& parallel = {},
                                           layer_weights weights = layer_weights::all);
 

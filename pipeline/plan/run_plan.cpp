@@ -232,10 +232,9 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   for (const linear_spec& l : spec.linears) mtp += in_mtp(l.block) ? l.numel() : 0;
   for (const tensor_spec& t : spec.tensors) mtp += in_mtp(t.block) ? t.numel() : 0;
   p.fp32_model_bytes = uint64_t(p.parameters - mtp) * sizeof(float);
-  p.layer_by_layer = setup.layer_by_layer && !p.searched;
-  if (setup.layer_by_layer && p.searched && p.refused.empty())
-    p.refused = "the recipe searches, and a search cannot run layer by layer (scoring runs backward through the "
-                "whole model)";
+  const layer_weights held = setup.weights.value_or(p.searched ? layer_weights::all : layer_weights::on_demand);
+  p.layer_by_layer = held == layer_weights::on_demand && !p.searched;
+  if (held == layer_weights::on_demand && p.refused.empty()) p.refused = layer_by_layer_refusal(r);
   if (p.layer_by_layer) {  // outside the layers, and the largest layer
     std::map<int64_t, int64_t> by_layer;  // layer (-1: none) -> parameters
     const auto layer_of = [&](int block) { return block >= 0 ? int64_t(spec.blocks[size_t(block)].layer) : -1; };
@@ -286,7 +285,7 @@ std::string memory_warning(const run_plan& p, int processes_here, uint64_t avail
                      bytes_text(double(needed)),
                      processes_here > 1 ? fmt::format(" ({} processes here)", processes_here) : "",
                      bytes_text(double(available)),
-                     p.searched || p.layer_by_layer ? "" : " (--layer-by-layer holds one layer's weights at a time)");
+                     p.searched || p.layer_by_layer ? "" : " (without --whole-model it holds one layer's weights at a time)");
 }
 
 }  // namespace mixq

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "formats/format_traits.hpp"
 #include "pipeline/io/checkpoint.hpp"
 #include "pipeline/io/dtype.hpp"
+#include "pipeline/model/layer_weights.hpp"
 #include "pipeline/model/model_spec.hpp"
 #include "pipeline/recipe/recipe.hpp"
 
@@ -59,8 +61,9 @@ struct run_plan {
   int64_t quantized_linears = 0, linears_per_process = 0;  // a search: the linears it may quantize
   // memory per process
   uint64_t fp32_model_bytes = 0;  // the model's working copy (the MTP head, not run, is not loaded)
-  // quantize --layer-by-layer: the working copy holds the embeddings, final norm, lm_head and one
-  // layer (the largest), and every sequence's residual stream between layers
+  // Layer by layer (held_layers: fixed rules, unless asked otherwise): the working copy holds the
+  // embeddings, final norm, lm_head and one layer (the largest), and every sequence's residual
+  // stream between layers.
   bool layer_by_layer = false;
   uint64_t residual_stream_bytes = 0;
   uint64_t quantized_bytes = 0;   // the quantized weights every process ends up holding (a search:
@@ -99,7 +102,7 @@ struct plan_setup {
   int threads = 1;                                          // per process (OMP_NUM_THREADS)
   int64_t max_positions = std::numeric_limits<int64_t>::max();  // caps seq_len, as quantize does
   int64_t calibration_tokens = -1;  // the calibration data's length; -1: unknown (the recipe's samples)
-  bool layer_by_layer = false;      // quantize --layer-by-layer (fixed rules only)
+  std::optional<layer_weights> weights = std::nullopt;  // as quantize_request::weights (unset: as quantize picks)
 };
 
 // The plan. Throws io_error for a recipe the model cannot take (as quantize would: fused siblings

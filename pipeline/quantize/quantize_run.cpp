@@ -122,7 +122,7 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
       if (world.root()) record_measured_front(rep.run_dir / "search.json", rep.measured_front, rep.ppl_source);
     });
   }
-  if (rq.weights == layer_weights::all) {
+  if (rep.weights == layer_weights::all) {
     apply_fake_quant(*model, q);
     rep.ppl_fake_quant = eval(*model, 2);
   } else {  // each layer as it loads
@@ -141,7 +141,7 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
   eo.producer_version = rq.producer_version;
   const auto verify = [&](const fs::path& staged) {
     std::unique_ptr<causal_lm> reloaded;
-    world.stage([&] { reloaded = load_causal_lm(staged, {}, rq.weights); });
+    world.stage([&] { reloaded = load_causal_lm(staged, {}, rep.weights); });
     rep.ppl_export = eval(*reloaded, 3);
     const double rel = std::fabs(rep.ppl_export - rep.ppl_fake_quant) / rep.ppl_fake_quant;
     if (!(rel <= 1e-4))
@@ -267,6 +267,19 @@ int64_t calibration_sequence_count(int64_t tokens, int64_t samples, int64_t seq_
   return windows > 0 ? windows : tokens >= 2 ? 1 : 0;
 }
 
+std::string layer_by_layer_refusal(const recipe& r) {
+  return r.search.enabled ? "the recipe searches, and a search cannot run layer by layer (scoring runs backward "
+                            "through the whole model)"
+                          : "";
+}
+
+layer_weights held_layers(const recipe& r, std::optional<layer_weights> asked) {
+  const layer_weights w = asked.value_or(r.search.enabled ? layer_weights::all : layer_weights::on_demand);
+  if (const std::string why = layer_by_layer_refusal(r); w == layer_weights::on_demand && !why.empty())
+    throw io_error(fmt::format("{}: {}: drop --layer-by-layer, or use a recipe without `search:`", r.origin, why));
+  return w;
+}
+
 quantize_report run_quantize(const quantize_request& rq, const run_world& world) {
   quantize_report rep;
   stage_clock clock(rep.stage_seconds);
@@ -292,10 +305,7 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
     source_file = checkpoint::open(rq.model);
     spec = model_spec_from_file(rq.model);
     rep.plan = plan_quantization(rq.rcp, spec);
-    if (rq.rcp.search.enabled && rq.weights == layer_weights::on_demand)
-      throw io_error(fmt::format("{}: the recipe searches, and a search cannot run layer by layer (scoring runs "
-                                 "backward through the whole model): drop --layer-by-layer, or use a recipe "
-                                 "without `search:`", rq.rcp.origin));
+    rep.weights = held_layers(rq.rcp, rq.weights);
     if (rq.rcp.search.enabled)  // an unreachable budget is told now, not after calibration and scoring
       require_reachable_budget(make_search_space(spec, rq.rcp.search), spec, rq.rcp.search, rq.rcp.origin);
     std::vector<std::pair<std::string, std::vector<int64_t>>> present;
@@ -310,7 +320,7 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
                                  problems.front(), problems.size() > 1 ? fmt::format(" (and {} more)", problems.size() - 1) : ""));
 
     // calibration tokens
-    model = load_causal_lm(rq.model, {}, rq.weights);
+    model = load_causal_lm(rq.model, {}, rep.weights);
     const fs::path data = !rq.calib.empty() ? rq.calib : fs::path(cs.data);
     rep.calib_source = data.empty() ? "built-in" : data.string();
     const std::vector<int32_t> tokens =

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,13 +34,20 @@ struct quantize_request {
   bool overwrite = false;             // replace an existing output directory
   bool measure_front = false;         // search: also evaluate the optimum at every feasible report budget
   weight_device device = weight_device::cpu;  // where the weights quantize (the same bytes either way)
-  // on_demand: calibration and evaluation hold one layer's FP32 weights at a time (the same bytes
-  // and perplexities); not with a search, whose scoring runs backward through the whole model.
-  layer_weights weights = layer_weights::all;
+  // The layers whose FP32 weights calibration and evaluation hold (held_layers): unset, one at a
+  // time unless the recipe searches; the same bytes and perplexities either way.
+  std::optional<layer_weights> weights;
   std::string producer_version;
   // (stage, done, total) as each stage advances: "calibrate", "score", "quantize", "evaluate".
   std::function<void(const std::string&, int64_t, int64_t)> progress;
 };
+
+// Why a recipe cannot run layer by layer, or "": a search's scoring runs backward through the whole
+// model.
+std::string layer_by_layer_refusal(const recipe& r);
+// The layers a run holds: `asked`, else one at a time (on_demand) unless the recipe searches.
+// io_error naming the recipe where on_demand is asked of a search.
+layer_weights held_layers(const recipe& r, std::optional<layer_weights> asked);
 
 struct format_usage {
   format_id format;
@@ -49,6 +57,7 @@ struct format_usage {
 
 struct quantize_report {
   quant_plan plan;
+  layer_weights weights = layer_weights::all;  // the layers calibration and evaluation held
   bool searched = false;              // the recipe has `search:`; `search` holds the outcome
   search_outcome search;
   std::filesystem::path run_dir, stats_file;

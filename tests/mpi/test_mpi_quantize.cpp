@@ -72,7 +72,7 @@ quantize_request request(const fs::path& model, const fs::path& out, recipe r) {
 
 // The run across every rank (holding `weights`) against the same run in one process holding the
 // whole model, on rank 0.
-void expect_same_as_one_process(synth_arch arch, recipe r, layer_weights weights = layer_weights::all) {
+void expect_same_as_one_process(synth_arch arch, recipe r, std::optional<layer_weights> weights = std::nullopt) {
   shared_dir dir(std::string("mixq-mpi-quantize-") + std::string(to_string(arch)));
   const fs::path model = synth_on_root(dir.path, arch);
   quantize_request spread = request(model, dir.path / "spread", r);
@@ -94,7 +94,8 @@ void expect_same_as_one_process(synth_arch arch, recipe r, layer_weights weights
   // One process with 2 threads (the ranks run 1 each): neither count may change a bit.
   const int threads = omp_get_max_threads();
   omp_set_num_threads(2);
-  const quantize_request alone_rq = request(model, dir.path / "alone", r);
+  quantize_request alone_rq = request(model, dir.path / "alone", r);
+  alone_rq.weights = layer_weights::all;
   const quantize_report alone = run_quantize(alone_rq, run_world::alone());
   omp_set_num_threads(threads);
 

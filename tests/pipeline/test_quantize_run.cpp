@@ -394,10 +394,13 @@ TEST(quantize_run, layer_by_layer_writes_what_the_whole_model_writes) {
     const fs::path whole_out = tmp.path / fmt::format("whole{}", k), layers_out = tmp.path / fmt::format("layers{}", k);
     ++k;
     rq.out = whole_out;
+    rq.weights = layer_weights::all;
     const quantize_report whole = run_quantize(rq);
-    rq.weights = layer_weights::on_demand;
+    rq.weights = std::nullopt;  // fixed rules: layer by layer unless asked otherwise
     rq.out = layers_out;
     const quantize_report layers = run_quantize(rq);
+    EXPECT_EQ(whole.weights, layer_weights::all);
+    EXPECT_EQ(layers.weights, layer_weights::on_demand);
     EXPECT_EQ(layers.ppl_source, whole.ppl_source);
     EXPECT_EQ(layers.ppl_fake_quant, whole.ppl_fake_quant);
     EXPECT_EQ(layers.ppl_export, whole.ppl_export);
@@ -425,9 +428,12 @@ TEST(quantize_run, layer_by_layer_refuses_a_search) {
   EXPECT_FALSE(fs::exists(rq.out));
   const model_spec spec = model_spec_from_file(model);
   plan_setup setup;
-  setup.layer_by_layer = true;
+  setup.weights = layer_weights::on_demand;
   EXPECT_THAT(make_run_plan(spec, rq.rcp, [](const std::string&) { return dtype::bf16; }, setup).refused,
               HasSubstr("cannot run layer by layer"));
+  EXPECT_EQ(held_layers(rq.rcp, std::nullopt), layer_weights::all);  // a search holds the whole model
+  EXPECT_EQ(held_layers(load_recipe("llama_fp8"), std::nullopt), layer_weights::on_demand);
+  EXPECT_EQ(held_layers(load_recipe("llama_fp8"), layer_weights::all), layer_weights::all);
 }
 
 }  // namespace

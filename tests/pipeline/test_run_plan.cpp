@@ -110,11 +110,34 @@ TEST(run_plan, nemotron3_super_under_the_release_recipe) {
   // 16 processes: 64 calibration sequences, 4 each; the quantized linears in shares of at most ceil(n / 16)
   EXPECT_EQ(p.sequences_per_process, 4);
   EXPECT_EQ(p.linears_per_process, (p.quantized_linears + 15) / 16);
-  EXPECT_EQ(p.fp32_model_bytes, uint64_t(120'668'707'840) * 4);  // all but the MTP head, in F32
   EXPECT_EQ(p.quantized_bytes, bytes - p.formats.front().bytes);
-  // verifying the export is the peak: the re-loaded model, the quantized weights, both mappings
-  EXPECT_EQ(p.peak_bytes, p.fp32_model_bytes + p.quantized_bytes + p.source_bytes + p.export_bytes);
   EXPECT_EQ(p.scoring_bytes, 0u);
+
+  // Fixed rules run layer by layer: the working copy is the embeddings, final norm, lm_head (untied)
+  // and the largest layer, a MoE layer of 512 latent experts with its shared expert and router.
+  EXPECT_TRUE(p.layer_by_layer);
+  const model_dims& d = spec.dims;
+  const int64_t outside = 2 * d.vocab * d.hidden + d.hidden;
+  const int64_t moe_layer = d.hidden                                                   // pre-norm
+                            + d.experts * d.hidden + d.experts                         // router, score bias
+                            + 2 * d.moe_latent * d.hidden                              // fc1 / fc2 latent
+                            + d.experts * 2 * d.moe_intermediate * d.moe_latent        // routed experts
+                            + 2 * d.shared_intermediate * d.hidden;                    // shared expert
+  EXPECT_EQ(p.fp32_model_bytes, uint64_t(outside + moe_layer) * 4);
+  EXPECT_EQ(p.residual_stream_bytes, uint64_t(4 * 256 * d.hidden) * 4);  // 4 sequences of 256 tokens
+  // verifying the export is the peak: the working copy, the quantized weights, both mappings
+  EXPECT_EQ(p.peak_bytes,
+            p.fp32_model_bytes + p.residual_stream_bytes + p.quantized_bytes + p.source_bytes + p.export_bytes);
+  EXPECT_EQ(p.held_bytes, p.fp32_model_bytes + p.residual_stream_bytes + p.quantized_bytes);
+
+  // holding the whole model: all but the MTP head, in F32
+  plan_setup whole{16, 1, 262144};
+  whole.weights = layer_weights::all;
+  const run_plan w = make_run_plan(spec, r, config_dtypes(spec, dtype::bf16), whole);
+  EXPECT_FALSE(w.layer_by_layer);
+  EXPECT_EQ(w.fp32_model_bytes, uint64_t(120'668'707'840) * 4);
+  EXPECT_EQ(w.residual_stream_bytes, 0u);
+  EXPECT_EQ(w.peak_bytes, w.fp32_model_bytes + w.quantized_bytes + w.source_bytes + w.export_bytes);
 }
 
 TEST(run_plan, a_search_is_bounded_by_its_smallest_candidates_and_by_bf16) {

@@ -1,0 +1,21 @@
+#include "pipeline/cli/commands.hpp"
+
+namespace mixq::cli {
+
+void add_layer_holding_flags(CLI::App& cmd, bool& layer_by_layer, bool& whole_model) {
+  auto* one = cmd.add_flag("--layer-by-layer", layer_by_layer,
+                           "hold one layer's FP32 weights at a time: calibration and evaluation pass every sequence "
+                           "through a layer before the next loads (the default without a search; a search refuses it)");
+  auto* all = cmd.add_flag("--whole-model", whole_model,
+                           "hold every layer's FP32 weights from the start (the default with a search); the same "
+                           "bytes and perplexities");
+  one->excludes(all);
+}
+
+std::optional<layer_weights> asked_layer_holding(bool layer_by_layer, bool whole_model) {
+  if (layer_by_layer) return layer_weights::on_demand;
+  if (whole_model) return layer_weights::all;
+  return std::nullopt;
+}
+
+}  // namespace mixq::cli
