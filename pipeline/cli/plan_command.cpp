@@ -130,8 +130,9 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
   else
     fmt::print("memory:     about {} per process at the peak: every process holds the whole model ({} in FP32)\n",
                gb(p.peak_bytes), gb(p.fp32_model_bytes));
-  fmt::print("            and {} of quantized weights{}, and maps the source ({}) and the staged export\n",
-             gb(p.quantized_bytes), p.searched ? " at most" : "", gb(p.source_bytes));
+  fmt::print("            and {} of quantized weights{}, a window's logits per thread ({}), and maps the source\n"
+             "            ({}) and the staged export\n",
+             gb(p.quantized_bytes), p.searched ? " at most" : "", gb(p.logits_bytes), gb(p.source_bytes));
   fmt::print("            of which {} is its own memory (the rest: mapped file pages the kernel can evict and read again)\n",
              gb(p.held_bytes));
   if (const uint64_t available = host_available_memory(); available > 0)
@@ -196,6 +197,7 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
                              {"layer_by_layer", p.layer_by_layer},
                              {"fp32_model_bytes", p.fp32_model_bytes},
                              {"residual_stream_bytes", p.residual_stream_bytes},
+                             {"logits_bytes", p.logits_bytes},
                              {"quantized_bytes", p.quantized_bytes},
                              {"scoring_bytes", p.scoring_bytes},
                              {"scoring_activation_bytes", p.scoring_activation_bytes},

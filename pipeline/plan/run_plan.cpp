@@ -251,12 +251,13 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   const uint64_t exported = !p.searched                 ? p.export_bytes
                             : p.export_bytes_budget > 0 ? p.export_bytes_budget
                                                         : p.export_bytes_max;
-  const uint64_t verifying =
-      p.fp32_model_bytes + p.residual_stream_bytes + p.quantized_bytes + p.source_bytes + exported;
+  p.logits_bytes = uint64_t(p.threads) * uint64_t(p.seq_len * spec.dims.vocab) * sizeof(float);
+  const uint64_t verifying = p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + p.quantized_bytes +
+                             p.source_bytes + exported;
   const uint64_t scoring =
       p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes + p.source_bytes : 0;
   p.peak_bytes = std::max(verifying, scoring);
-  p.held_bytes = std::max(p.fp32_model_bytes + p.residual_stream_bytes + p.quantized_bytes,
+  p.held_bytes = std::max(p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + p.quantized_bytes,
                           p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes : 0);
   return p;
 }

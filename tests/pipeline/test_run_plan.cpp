@@ -126,9 +126,10 @@ TEST(run_plan, nemotron3_super_under_the_release_recipe) {
   EXPECT_EQ(p.fp32_model_bytes, uint64_t(outside + moe_layer) * 4);
   EXPECT_EQ(p.residual_stream_bytes, uint64_t(4 * 256 * d.hidden) * 4);  // 4 sequences of 256 tokens
   // verifying the export is the peak: the working copy, the quantized weights, both mappings
-  EXPECT_EQ(p.peak_bytes,
-            p.fp32_model_bytes + p.residual_stream_bytes + p.quantized_bytes + p.source_bytes + p.export_bytes);
-  EXPECT_EQ(p.held_bytes, p.fp32_model_bytes + p.residual_stream_bytes + p.quantized_bytes);
+  EXPECT_EQ(p.logits_bytes, uint64_t(256 * d.vocab) * 4);  // one thread: one window's logits
+  EXPECT_EQ(p.peak_bytes, p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + p.quantized_bytes +
+                              p.source_bytes + p.export_bytes);
+  EXPECT_EQ(p.held_bytes, p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + p.quantized_bytes);
 
   // holding the whole model: all but the MTP head, in F32
   plan_setup whole{16, 1, 262144};
@@ -137,7 +138,7 @@ TEST(run_plan, nemotron3_super_under_the_release_recipe) {
   EXPECT_FALSE(w.layer_by_layer);
   EXPECT_EQ(w.fp32_model_bytes, uint64_t(120'668'707'840) * 4);
   EXPECT_EQ(w.residual_stream_bytes, 0u);
-  EXPECT_EQ(w.peak_bytes, w.fp32_model_bytes + w.quantized_bytes + w.source_bytes + w.export_bytes);
+  EXPECT_EQ(w.peak_bytes, w.fp32_model_bytes + w.logits_bytes + w.quantized_bytes + w.source_bytes + w.export_bytes);
 }
 
 TEST(run_plan, a_search_is_bounded_by_its_smallest_candidates_and_by_bf16) {
@@ -160,7 +161,7 @@ TEST(run_plan, a_search_is_bounded_by_its_smallest_candidates_and_by_bf16) {
   EXPECT_EQ(p.scoring_bytes, scored);
   EXPECT_GT(p.scoring_activation_bytes, 0u);
   const uint64_t scoring = p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes + p.source_bytes;
-  const uint64_t verifying = p.fp32_model_bytes + p.quantized_bytes + p.source_bytes + p.export_bytes_budget;
+  const uint64_t verifying = p.fp32_model_bytes + p.logits_bytes + p.quantized_bytes + p.source_bytes + p.export_bytes_budget;
   EXPECT_EQ(p.peak_bytes, std::max(scoring, verifying));
   // 5 bits over 123 B linear weights: at most 5/16 of their BF16 bytes, plus each quantized linear's
   // two F32 scales, the KV scales and every other tensor as it is
