@@ -263,33 +263,30 @@ void make_monotone_in_bits(const search_group& g, std::vector<double>& scores) {
   scores[0] = 0.0;  // bf16
 }
 
-sensitivity_scores score_groups(causal_lm& model, const search_space& space, const calibration_stats& stats,
-                                std::span<const std::vector<int32_t>> sequences, score_method method,
-                                const progress_callback& progress, const run_world& world) {
-  const model_spec& spec = model.spec();
-  sensitivity_scores out;
-  out.score.resize(space.groups.size());
-  for (size_t g = 0; g < space.groups.size(); ++g) out.score[g].assign(space.groups[g].candidates.size(), 0.0);
-  const model_linears linears(model);
-  const quantized_cache cache(linears, spec, stats);
+namespace {
 
-  // The groups and candidates that need a score, each quantized once.
-  std::vector<std::vector<std::vector<quantized_view>>> views(space.groups.size());  // [g][c][linear in g]
-  for (size_t g = 0; g < space.groups.size(); ++g) {
+// The quantized candidates of a set of groups, and how their routed experts are scored.
+struct group_tables {
+  std::vector<std::vector<std::vector<quantized_view>>> views;  // [g][c][linear in g]
+  std::vector<std::vector<expert_parts>> experts;                // routed-expert groups: their parts
+  std::vector<std::string> moe_of;                               // ... and their MoE block
+};
+
+// Each taken group's candidates quantized once; routed-expert groups, scored at their MoE block's
+// output, with each expert's parts and view positions.
+group_tables prepare_groups(const search_space& space, const model_spec& spec, const model_linears& linears,
+                            const quantized_cache& cache, const std::vector<size_t>& taken) {
+  group_tables t;
+  t.views.resize(space.groups.size());
+  t.experts.resize(space.groups.size());
+  t.moe_of.resize(space.groups.size());
+  for (size_t g : taken) {
     const search_group& G = space.groups[g];
-    if (G.disabled) continue;
-    views[g].resize(G.candidates.size());
+    t.views[g].resize(G.candidates.size());
     for (size_t c = 1; c < G.candidates.size(); ++c)
       for (int i : G.linears)
         if (linears.has(spec.linears[size_t(i)].module))  // MTP linears are not in the forward pass: score 0
-          views[g][c].push_back(cache.make(spec.linears[size_t(i)], G.candidates[c]));
-  }
-  // Routed-expert groups, scored at their MoE block's output: each expert's parts and view positions.
-  std::vector<std::vector<expert_parts>> expert_groups(space.groups.size());
-  std::vector<std::string> moe_of(space.groups.size());
-  for (size_t g = 0; g < space.groups.size(); ++g) {
-    const search_group& G = space.groups[g];
-    if (G.disabled) continue;
+          t.views[g][c].push_back(cache.make(spec.linears[size_t(i)], G.candidates[c]));
     std::map<int64_t, expert_parts> by_expert;
     size_t k = 0;
     bool all_routed = true;
@@ -309,13 +306,119 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
       else if (leaf == "up_proj" || leaf == "w3") p.up = W, p.up_k = at;
       else p.down = W, p.down_k = at;
       const std::string experts = expert_module_of(l);
-      moe_of[g] = experts.substr(0, experts.rfind('.'));                // "...experts"
-      moe_of[g] = moe_of[g].substr(0, moe_of[g].rfind('.'));            // the MoE block
+      t.moe_of[g] = experts.substr(0, experts.rfind('.'));        // "...experts"
+      t.moe_of[g] = t.moe_of[g].substr(0, t.moe_of[g].rfind('.'));  // the MoE block
     }
     if (!all_routed || by_expert.empty()) continue;
     for (auto& [e, p] : by_expert)
-      if (p.up && p.down) expert_groups[g].push_back(p);
+      if (p.up && p.down) t.experts[g].push_back(p);
   }
+  return t;
+}
+
+// What one (forward or forward + backward) pass records of a sequence: every linear's input (rows in
+// the order the hook sees them, so a routed expert's rows line up with its dY) and the routing.
+struct recorded_pass {
+  std::unordered_map<std::string, std::vector<float>> inputs;
+  routing_map routing;
+  forward_hooks hooks() {
+    forward_hooks h;
+    h.input = [this](const std::string& name, const float* x, int64_t T, int64_t in) {
+      std::vector<float>& v = inputs[name];
+      v.insert(v.end(), x, x + T * in);
+    };
+    h.routing = [this](const std::string& moe, int64_t e, const int64_t* toks, const float* w, int64_t n_routed) {
+      std::vector<expert_routing>& r = routing[moe];
+      if (r.size() <= size_t(e)) r.resize(size_t(e) + 1);
+      r[size_t(e)] = {std::vector<int64_t>(toks, toks + n_routed), std::vector<float>(w, w + n_routed)};
+    };
+    return h;
+  }
+};
+
+// One sequence's part of the taken groups' scores (fisher with grads, hessian without), at[offset[g] + c].
+void score_recorded(const search_space& space, const model_spec& spec, const model_linears& linears,
+                    const group_tables& t, const std::vector<size_t>& taken, const recorded_pass& pass,
+                    const llama_grads* grads, int64_t T, const std::vector<size_t>& offset, double* at,
+                    std::vector<float>& buffer) {
+  const std::vector<float> no_gradient;  // hessian: every output weighs 1
+  for (size_t g : taken) {
+    const search_group& G = space.groups[g];
+    if (!t.experts[g].empty()) {  // routed experts: at the MoE block output
+      for (size_t c = 1; c < G.candidates.size(); ++c)
+        at[offset[g] + c] =
+            moe_block_score(t.experts[g], t.views[g][c], t.moe_of[g], pass.routing, pass.inputs, linears, grads, T, buffer);
+      continue;
+    }
+    for (size_t c = 1; c < G.candidates.size(); ++c) {
+      size_t k = 0;
+      double sum = 0.0;
+      for (int i : G.linears) {
+        const std::string& name = spec.linears[size_t(i)].module;
+        if (!linears.has(name)) continue;
+        const quantized_view& q = t.views[g][c][k++];
+        const auto x = pass.inputs.find(name);
+        if (x == pass.inputs.end()) continue;  // a routed expert no token reached
+        const std::vector<float>& dy = grads ? grads->dy.at(name) : no_gradient;
+        sum += replay_score(x->second, dy, linears.at(name), q, buffer);
+      }
+      at[offset[g] + c] = sum;
+    }
+  }
+}
+
+// The first exception thrown in an OpenMP loop (they must not leave it), rethrown after it.
+class loop_error {
+ public:
+  template <class F>
+  void run(F&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+#pragma omp critical(mixq_score_error)
+      if (message_.empty()) message_ = e.what();
+    }
+  }
+  void rethrow() const {
+    if (!message_.empty()) throw std::runtime_error(message_);
+  }
+
+ private:
+  std::string message_;
+};
+
+// The layer a group's linears are in (-1: none, as lm_head; the MTP head's are not run and skipped).
+// io_error for a group across layers, which layer-by-layer scoring cannot replay.
+int group_layer(const search_group& G, const model_spec& spec) {
+  int layer = -2;
+  for (int i : G.linears) {
+    const linear_spec& l = spec.linears[size_t(i)];
+    if (l.block >= 0 && spec.blocks[size_t(l.block)].mtp) continue;
+    const int at = l.block >= 0 ? spec.blocks[size_t(l.block)].layer : -1;
+    if (layer != -2 && at != layer)
+      throw io_error(fmt::format("search group '{}' spans layers {} and {}: layer-by-layer scoring replays one layer "
+                                 "at a time (hold the whole model instead)", G.name, layer, at));
+    layer = at;
+  }
+  return layer;
+}
+
+}  // namespace
+
+bool scores_layer_by_layer(score_method method) { return method == score_method::hessian; }
+
+sensitivity_scores score_groups(causal_lm& model, const search_space& space, const calibration_stats& stats,
+                                std::span<const std::vector<int32_t>> sequences, score_method method,
+                                const progress_callback& progress, const run_world& world) {
+  const model_spec& spec = model.spec();
+  sensitivity_scores out;
+  out.score.resize(space.groups.size());
+  for (size_t g = 0; g < space.groups.size(); ++g) out.score[g].assign(space.groups[g].candidates.size(), 0.0);
+  bool holds_all = true;
+  for (int64_t l = 0; l < model.layer_count(); ++l) holds_all = holds_all && model.holds_layer(l);
+  if (!holds_all && !scores_layer_by_layer(method))
+    throw io_error(fmt::format("{} scores need the whole model (a backward pass, or the final logits); this one holds "
+                               "its layers one at a time", to_string(method)));
 
   // Each sequence's part of every score, [sequence][offset[g] + c]: the process that takes the
   // sequence computes it, and every process adds them up in sequence order (the bits a single
@@ -330,11 +433,59 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
   for (int64_t s : mine) part[size_t(s)].assign(offset.back(), 0.0);
   int64_t done = 0;
   const int64_t own = int64_t(mine.size());
-  const int64_t total = method == score_method::kl ? own * int64_t(space.groups.size()) : own;
+  std::vector<size_t> enabled;
+  for (size_t g = 0; g < space.groups.size(); ++g)
+    if (!space.groups[g].disabled) enabled.push_back(g);
 
   world.stage([&] {
+    loop_error error;
+    if (!holds_all) {
+      // Hessian scores are layer-local: every sequence's residual stream passes through one layer at a
+      // time, recording that layer's inputs, and the layer's groups are scored from them (the same
+      // bits as from a whole forward pass: the same functions on the same values).
+      std::vector<std::vector<size_t>> by_layer(size_t(model.layer_count() + 1));  // [layer + 1]: lm_head's at 0
+      for (size_t g : enabled) {
+        const int layer = group_layer(space.groups[g], spec);
+        if (layer >= -1 && layer < model.layer_count()) by_layer[size_t(layer + 1)].push_back(g);
+      }
+      const int64_t total = model.layer_count() + 1;
+      std::vector<std::vector<float>> h(static_cast<size_t>(own));
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int64_t m = 0; m < own; ++m) error.run([&] { h[size_t(m)] = model.embed(sequences[size_t(mine[size_t(m)])]); });
+      error.rethrow();
+      for (int64_t l = 0; l <= model.layer_count(); ++l) {
+        const bool head = l == model.layer_count();
+        const std::vector<size_t>& taken = by_layer[head ? 0 : size_t(l + 1)];
+        if (!head) model.load_layer(l);
+        try {
+          const model_linears linears(model);
+          const quantized_cache cache(linears, spec, stats);
+          const group_tables t = prepare_groups(space, spec, linears, cache, taken);
+#pragma omp parallel for schedule(dynamic, 1)
+          for (int64_t m = 0; m < own; ++m)
+            error.run([&] {
+              const int64_t s = mine[size_t(m)], T = int64_t(sequences[size_t(s)].size());
+              recorded_pass pass;
+              std::vector<float> buffer;
+              if (head) (void)model.head(h[size_t(m)].data(), T, pass.hooks()), h[size_t(m)] = {};
+              else model.layer_forward(l, h[size_t(m)].data(), T, pass.hooks());
+              score_recorded(space, spec, linears, t, taken, pass, nullptr, T, offset, part[size_t(s)].data(), buffer);
+            });
+          error.rethrow();
+        } catch (...) {
+          if (!head) model.drop_layer(l);
+          throw;
+        }
+        if (!head) model.drop_layer(l);
+        if (progress) progress(l + 1, total);
+      }
+      return;
+    }
+    const model_linears linears(model);
+    const quantized_cache cache(linears, spec, stats);
+    const group_tables t = prepare_groups(space, spec, linears, cache, enabled);
     if (method == score_method::kl) {
-      const int64_t V = model.vocab();
+      const int64_t V = model.vocab(), total = own * int64_t(space.groups.size());
       std::vector<std::vector<float>> base(static_cast<size_t>(n));
 #pragma omp parallel for schedule(dynamic, 1)
       for (int64_t m = 0; m < own; ++m) {
@@ -355,7 +506,7 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
             const std::string& name = spec.linears[size_t(i)].module;
             if (!linears.has(name)) continue;
             llama_linear& W = linears.at(name);
-            const quantized_view& q = views[g][c][k++];
+            const quantized_view& q = t.views[g][c][k++];
             swapped sw{&W, {}, q.act};
             q.dequantize(sw.w);
             std::swap(W.w, sw.w);
@@ -372,67 +523,27 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
         done += own;
         if (progress) progress(done, total);
       }
-    } else {
-      // One (forward or forward + backward) pass per sequence records every linear's input (rows in
-      // the order the hook sees them, so a routed expert's rows line up with its dY), then the replays.
-      const std::vector<float> no_gradient;  // hessian: every output weighs 1
-      // Sequences in parallel, one (single-threaded) pass each, as calibration runs them: a pass's
-      // bits do not depend on the thread count that way (multi-threaded products may group their
-      // sums otherwise), and neither do the scores.
-      std::string error;  // (exceptions must not leave an OpenMP region: the first is rethrown after it)
-#pragma omp parallel for schedule(dynamic, 1)
-      for (int64_t m = 0; m < own; ++m) try {
-        const int64_t s = mine[size_t(m)];
-        std::unordered_map<std::string, std::vector<float>> inputs;
-        routing_map routing;
-        std::vector<float> buffer;  // a candidate's weights, dequantized where a replay uses them
-        forward_hooks hooks;
-        hooks.input = [&](const std::string& name, const float* x, int64_t T, int64_t in) {
-          std::vector<float>& v = inputs[name];
-          v.insert(v.end(), x, x + T * in);
-        };
-        hooks.routing = [&](const std::string& moe, int64_t e, const int64_t* toks, const float* w, int64_t n_routed) {
-          std::vector<expert_routing>& r = routing[moe];
-          if (r.size() <= size_t(e)) r.resize(size_t(e) + 1);
-          r[size_t(e)] = {std::vector<int64_t>(toks, toks + n_routed), std::vector<float>(w, w + n_routed)};
-        };
-        llama_grads grads;
-        if (method == score_method::fisher) grads = model.forward_backward(sequences[size_t(s)], hooks);
-        else model.forward(sequences[size_t(s)], hooks);
-        double* at = part[size_t(s)].data();
-        for (size_t g = 0; g < space.groups.size(); ++g) {
-          const search_group& G = space.groups[g];
-          if (G.disabled) continue;
-          if (!expert_groups[g].empty()) {  // routed experts: at the MoE block output
-            for (size_t c = 1; c < G.candidates.size(); ++c)
-              at[offset[g] + c] = moe_block_score(expert_groups[g], views[g][c], moe_of[g], routing, inputs, linears,
-                                                  method == score_method::fisher ? &grads : nullptr,
-                                                  int64_t(sequences[size_t(s)].size()), buffer);
-            continue;
-          }
-          for (size_t c = 1; c < G.candidates.size(); ++c) {
-            size_t k = 0;
-            double sum = 0.0;
-            for (int i : G.linears) {
-              const std::string& name = spec.linears[size_t(i)].module;
-              if (!linears.has(name)) continue;
-              const quantized_view& q = views[g][c][k++];
-              const auto x = inputs.find(name);
-              if (x == inputs.end()) continue;  // a routed expert no token reached
-              const std::vector<float>& dy = method == score_method::fisher ? grads.dy.at(name) : no_gradient;
-              sum += replay_score(x->second, dy, linears.at(name), q, buffer);
-            }
-            at[offset[g] + c] = sum;
-          }
-        }
-#pragma omp critical(mixq_score_progress)
-        if (progress) progress(++done, total);
-      } catch (const std::exception& e) {
-#pragma omp critical(mixq_score_error)
-        if (error.empty()) error = e.what();
-      }
-      if (!error.empty()) throw std::runtime_error(error);
+      return;
     }
+    // One (forward or forward + backward) pass per sequence records every linear's input, then the
+    // replays. Sequences in parallel, one (single-threaded) pass each, as calibration runs them: a
+    // pass's bits do not depend on the thread count that way (multi-threaded products may group
+    // their sums otherwise), and neither do the scores.
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t m = 0; m < own; ++m)
+      error.run([&] {
+        const int64_t s = mine[size_t(m)];
+        recorded_pass pass;
+        std::vector<float> buffer;  // a candidate's weights, dequantized where a replay uses them
+        llama_grads grads;
+        if (method == score_method::fisher) grads = model.forward_backward(sequences[size_t(s)], pass.hooks());
+        else model.forward(sequences[size_t(s)], pass.hooks());
+        score_recorded(space, spec, linears, t, enabled, pass, method == score_method::fisher ? &grads : nullptr,
+                       int64_t(sequences[size_t(s)].size()), offset, part[size_t(s)].data(), buffer);
+#pragma omp critical(mixq_score_progress)
+        if (progress) progress(++done, own);
+      });
+    error.rethrow();
   });
   if (world.size() > 1) {  // every process's parts, as raw doubles in its sequence order
     std::string bytes;

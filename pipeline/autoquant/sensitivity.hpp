@@ -40,6 +40,11 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
                                 std::span<const std::vector<int32_t>> sequences, score_method method,
                                 const progress_callback& progress = {}, const run_world& world = run_world::alone());
 
+// Whether `method` can score a model that holds its layers one at a time (layer_weights::on_demand):
+// hessian scores are layer-local; fisher needs the backward pass and kl the final logits. score_groups
+// gives such a model the same scores, bit for bit, passing every sequence through a layer at a time.
+bool scores_layer_by_layer(score_method method);
+
 // In place: candidates ordered by effective bits, each score at most that of every candidate with
 // fewer bits; bf16 (index 0) is 0.
 void make_monotone_in_bits(const search_group& g, std::vector<double>& scores);

@@ -119,6 +119,7 @@ int64_t plan_search(run_plan& p, const model_spec& spec, const recipe& r, const 
   p.warnings = space.warnings;
   uint64_t smallest = 0;
   int64_t largest_group = 0;
+  std::map<int, uint64_t> by_layer;  // scoring's candidates by layer (-1: lm_head)
   for (const search_group& g : space.groups) {
     int64_t weights = 0;
     if (!g.disabled) p.searched_linears += int64_t(g.linears.size());
@@ -132,8 +133,12 @@ int64_t plan_search(run_plan& p, const model_spec& spec, const recipe& r, const 
         const uint64_t bytes = exported_linear_bytes(l, c.format, source_dtype);
         least = std::min(least, bytes);
         most_quantized = std::max(most_quantized, bytes);
-        if (scored)  // kept as stored; the weight-only formats (MX, NF4) dequantized
-          p.scoring_bytes += quantized_linear_bytes(c.format, l.out_features, l.in_features).value_or(uint64_t(l.numel()) * 4);
+        if (scored) {  // kept as stored; the weight-only formats (MX, NF4) dequantized
+          const uint64_t held =
+              quantized_linear_bytes(c.format, l.out_features, l.in_features).value_or(uint64_t(l.numel()) * 4);
+          p.scoring_bytes += held;
+          by_layer[l.block >= 0 ? spec.blocks[size_t(l.block)].layer : -1] += held;
+        }
       }
       smallest += least;
       if (most_quantized > 0) {
@@ -143,6 +148,7 @@ int64_t plan_search(run_plan& p, const model_spec& spec, const recipe& r, const 
     }
     if (!g.disabled) largest_group = std::max(largest_group, weights);
   }
+  for (const auto& [layer, bytes] : by_layer) p.scoring_layer_bytes = std::max(p.scoring_layer_bytes, bytes);
   p.least_effective_bits = double(least_cost(space, spec, r.search)) / double(cost_per_bit(space, spec, r.search));
   try {
     require_reachable_budget(space, spec, r.search, r.origin);
@@ -165,14 +171,16 @@ int64_t plan_search(run_plan& p, const model_spec& spec, const recipe& r, const 
 // What scoring holds besides the candidates (run_plan::scoring_activation_bytes).
 uint64_t scoring_activations(const run_plan& p, const model_spec& spec, const recipe& r, int threads,
                              int64_t largest_group) {
-  double per_token = 0.0;  // floats a pass records per token: every linear's input and output
-  int64_t largest = 0;     // the largest linear's weights, dequantized for a replay
+  std::map<int, double> per_layer;  // floats a pass records per token: every linear's input and output
+  int64_t largest = 0;              // the largest linear's weights, dequantized for a replay
   for (const linear_spec& l : spec.linears) {
     if (l.block >= 0 && spec.blocks[size_t(l.block)].mtp) continue;
     const double share = l.expert < 0 ? 1.0 : double(spec.dims.experts_per_token) / double(spec.dims.experts);
-    per_token += share * double(l.in_features + l.out_features);
+    per_layer[l.block >= 0 ? spec.blocks[size_t(l.block)].layer : -1] += share * double(l.in_features + l.out_features);
     largest = std::max(largest, l.numel());
   }
+  double per_token = 0.0;  // a whole pass's, or layer by layer the largest layer's
+  for (const auto& [layer, floats] : per_layer) per_token = p.layer_by_layer ? std::max(per_token, floats) : per_token + floats;
   const double T = double(p.seq_len), f = sizeof(float), V = double(spec.dims.vocab);
   const uint64_t n = uint64_t(threads), replay = uint64_t(largest) * 4;
   switch (r.search.method) {
@@ -224,7 +232,14 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   p.sequences_known = setup.calibration_tokens >= 0;
   if (p.sequences_known)
     p.calibration_sequences = calibration_sequence_count(setup.calibration_tokens, r.calibration.samples, p.seq_len);
+  // as held_layers decides
+  const std::string refusal = layer_by_layer_refusal(r);
+  const layer_weights held =
+      setup.weights.value_or(refusal.empty() ? layer_weights::on_demand : layer_weights::all);
+  p.layer_by_layer = held == layer_weights::on_demand && refusal.empty();
+  if (held == layer_weights::on_demand && p.refused.empty()) p.refused = refusal;
   if (p.searched) p.scoring_activation_bytes = scoring_activations(p, spec, r, setup.threads, largest_group);
+  if (p.searched && p.layer_by_layer) p.scoring_bytes = p.scoring_layer_bytes;
   p.sequences_per_process = share_of(p.calibration_sequences, p.processes);
   p.linears_per_process = share_of(p.quantized_linears, p.processes);
   int64_t mtp = 0;  // the MTP head is not loaded: it is not part of the forward pass
@@ -232,9 +247,6 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   for (const linear_spec& l : spec.linears) mtp += in_mtp(l.block) ? l.numel() : 0;
   for (const tensor_spec& t : spec.tensors) mtp += in_mtp(t.block) ? t.numel() : 0;
   p.fp32_model_bytes = uint64_t(p.parameters - mtp) * sizeof(float);
-  const layer_weights held = setup.weights.value_or(p.searched ? layer_weights::all : layer_weights::on_demand);
-  p.layer_by_layer = held == layer_weights::on_demand && !p.searched;
-  if (held == layer_weights::on_demand && p.refused.empty()) p.refused = layer_by_layer_refusal(r);
   if (p.layer_by_layer) {  // outside the layers, and the largest layer
     std::map<int64_t, int64_t> by_layer;  // layer (-1: none) -> parameters
     const auto layer_of = [&](int block) { return block >= 0 ? int64_t(spec.blocks[size_t(block)].layer) : -1; };

@@ -70,6 +70,8 @@ struct run_plan {
   uint64_t quantized_bytes = 0;   // the quantized weights every process ends up holding (a search:
                                   // at most, each linear in its largest quantized candidate)
   uint64_t scoring_bytes = 0;     // a search: every searched linear stored in each quantized candidate
+                                  // (layer by layer: one layer's, the largest)
+  uint64_t scoring_layer_bytes = 0;  // the most one layer's candidates take
   // A search: what scoring holds besides the candidates. Fisher: per thread, every linear's input
   // and output gradient over a sequence (routed experts: their share of the tokens), as much again
   // for what the backward pass saves (an estimate: attention and scan states vary by architecture),

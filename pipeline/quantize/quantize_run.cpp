@@ -13,6 +13,7 @@
 #include "calib/builtin_calibration.hpp"
 #include "calib/text_tokenizer.hpp"
 #include "pipeline/autoquant/search_groups.hpp"
+#include "pipeline/autoquant/sensitivity.hpp"
 #include "pipeline/eval/perplexity.hpp"
 #include "pipeline/io/checkpoint.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
@@ -268,15 +269,18 @@ int64_t calibration_sequence_count(int64_t tokens, int64_t samples, int64_t seq_
 }
 
 std::string layer_by_layer_refusal(const recipe& r) {
-  return r.search.enabled ? "the recipe searches, and a search cannot run layer by layer (scoring runs backward "
-                            "through the whole model)"
-                          : "";
+  if (!r.search.enabled || scores_layer_by_layer(r.search.method)) return "";
+  return fmt::format("the recipe's search scores by {}, which cannot run layer by layer ({}; hessian scores can)",
+                     to_string(r.search.method),
+                     r.search.method == score_method::fisher ? "it runs backward through the whole model"
+                                                             : "it compares the final logits");
 }
 
 layer_weights held_layers(const recipe& r, std::optional<layer_weights> asked) {
-  const layer_weights w = asked.value_or(r.search.enabled ? layer_weights::all : layer_weights::on_demand);
-  if (const std::string why = layer_by_layer_refusal(r); w == layer_weights::on_demand && !why.empty())
-    throw io_error(fmt::format("{}: {}: drop --layer-by-layer, or use a recipe without `search:`", r.origin, why));
+  const std::string why = layer_by_layer_refusal(r);
+  const layer_weights w = asked.value_or(why.empty() ? layer_weights::on_demand : layer_weights::all);
+  if (w == layer_weights::on_demand && !why.empty())
+    throw io_error(fmt::format("{}: {}: drop --layer-by-layer, or use `method: hessian`", r.origin, why));
   return w;
 }
 

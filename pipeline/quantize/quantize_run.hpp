@@ -42,11 +42,11 @@ struct quantize_request {
   std::function<void(const std::string&, int64_t, int64_t)> progress;
 };
 
-// Why a recipe cannot run layer by layer, or "": a search's scoring runs backward through the whole
-// model.
+// Why a recipe cannot run layer by layer, or "": a search scoring by fisher (a backward pass through
+// the whole model) or kl (the final logits of each group swapped in); hessian scores are layer-local.
 std::string layer_by_layer_refusal(const recipe& r);
-// The layers a run holds: `asked`, else one at a time (on_demand) unless the recipe searches.
-// io_error naming the recipe where on_demand is asked of a search.
+// The layers a run holds: `asked`, else one at a time (on_demand) unless the recipe cannot run that
+// way. io_error naming the recipe where on_demand is asked of one that cannot.
 layer_weights held_layers(const recipe& r, std::optional<layer_weights> asked);
 
 struct format_usage {

@@ -355,5 +355,43 @@ TEST(autoquant, mixtral_expert_group_scored_at_the_moe_block_output) {
   }
 }
 
+// Hessian scores of a model that holds one layer at a time: the whole model's, bit for bit, on every
+// architecture (attention, dense and routed-expert groups at the MoE block output, Mamba, lm_head),
+// across processes too (each scores its share); fisher and kl refuse such a model.
+TEST(autoquant, hessian_scores_layer_by_layer_are_the_whole_models) {
+  for (synth_arch arch : {synth_arch::llama, synth_arch::mixtral, synth_arch::qwen3_moe, synth_arch::nemotron_h}) {
+    SCOPED_TRACE(std::string(to_string(arch)));
+    const testing::synth_dir d(arch);
+    const std::unique_ptr<causal_lm> whole = load_causal_lm(d.dir);
+    const std::unique_ptr<causal_lm> layers = load_causal_lm(d.dir, {}, layer_weights::on_demand);
+    search_settings st = settings(score_method::hessian);
+    const search_space space = make_search_space(whole->spec(), st);
+    std::vector<std::vector<int32_t>> seqs(3);
+    for (size_t s = 0; s < seqs.size(); ++s)
+      for (int i = 0; i < 20 + 7 * int(s); ++i) seqs[s].push_back(int32_t((i * 37 + 11 * int(s) + 3) % whole->vocab()));
+    const calibration_stats stats = calibrate(*whole, seqs);
+    const sensitivity_scores want = score_groups(*whole, space, stats, seqs, score_method::hessian);
+    int64_t calls = 0;
+    const sensitivity_scores got = score_groups(*layers, space, stats, seqs, score_method::hessian,
+                                                [&](int64_t done, int64_t total) {
+                                                  EXPECT_EQ(done, ++calls);
+                                                  EXPECT_EQ(total, layers->layer_count() + 1);
+                                                });
+    EXPECT_EQ(calls, layers->layer_count() + 1);
+    ASSERT_EQ(got.score.size(), want.score.size());
+    int64_t scored = 0;
+    for (size_t g = 0; g < want.score.size(); ++g) {
+      EXPECT_EQ(got.score[g], want.score[g]) << space.groups[g].name;
+      for (double v : want.score[g]) scored += v > 0.0;
+    }
+    EXPECT_GT(scored, 0);
+    EXPECT_EQ(got.tokens, want.tokens);
+    for (int64_t l = 0; l < layers->layer_count(); ++l) EXPECT_FALSE(layers->holds_layer(l));
+    for (score_method m : {score_method::fisher, score_method::kl})
+      EXPECT_THAT([&] { score_groups(*layers, space, stats, seqs, m); },
+                  ::testing::ThrowsMessage<io_error>(::testing::HasSubstr("need the whole model")));
+  }
+}
+
 }  // namespace
 }  // namespace mixq

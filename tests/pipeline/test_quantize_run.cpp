@@ -370,19 +370,23 @@ void expect_same_files(const fs::path& a, const fs::path& b) {
   }
 }
 
-// --layer-by-layer: one layer's weights at a time, and the same statistics, perplexities and bytes
-// as a run holding the whole model. Llama (dense, MoE) and Nemotron-H (Mamba-2, attention with FP8 KV
-// scales, latent MoE).
+// Layer by layer (the default for fixed rules and hessian searches): one layer's weights at a time,
+// and the same statistics, scores, perplexities and bytes as a run holding the whole model. Llama
+// (dense, MoE) and Nemotron-H (Mamba-2, attention with FP8 KV scales, latent MoE).
 TEST(quantize_run, layer_by_layer_writes_what_the_whole_model_writes) {
   MIXQ_REQUIRE_SHARED_MODEL(stories, "stories260K");
   MIXQ_REQUIRE_SHARED_MODEL(nemotron, "nemotron-h-tiny");
   const testing::synth_dir mixtral(synth_arch::mixtral);
   const scratch_dir tmp("mixq-qrun-lbl");
+  recipe hessian_search = load_recipe("auto_nemotron_nvfp4_fp8_6p0bits");  // (hessian scores are layer-local)
+  hessian_search.search.method = score_method::hessian;
+  hessian_search.search.effective_bits = 7.5;
   const std::vector<std::pair<fs::path, recipe>> runs = {
       {stories, test_recipe(kLlamaNvfp4Rules)},
       {mixtral.dir, test_recipe("    - match: \"*experts*\"\n      format: nvfp4\n    - match: \"*proj\"\n      format: fp8\n",
                                 "kv_cache: fp8\n")},
-      {nemotron, load_recipe("nemotron_super_nvfp4_release")}};
+      {nemotron, load_recipe("nemotron_super_nvfp4_release")},
+      {nemotron, hessian_search}};
   int k = 0;
   for (const auto& [model, rcp] : runs) {
     SCOPED_TRACE(model.string());
@@ -412,6 +416,11 @@ TEST(quantize_run, layer_by_layer_writes_what_the_whole_model_writes) {
     EXPECT_EQ(a.expert_tokens, b.expert_tokens);
     EXPECT_EQ(a.tokens, b.tokens);
     expect_same_files(whole_out, layers_out);
+    EXPECT_EQ(layers.searched, rq.rcp.search.enabled);
+    if (rq.rcp.search.enabled) {
+      EXPECT_EQ(layers.search.scores.score, whole.search.scores.score);
+      EXPECT_EQ(layers.search.choice, whole.search.choice);
+    }
   }
 }
 

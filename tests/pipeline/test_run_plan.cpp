@@ -171,6 +171,25 @@ TEST(run_plan, a_search_is_bounded_by_its_smallest_candidates_and_by_bf16) {
               1.0);
 }
 
+TEST(run_plan, a_hessian_search_scores_layer_by_layer) {
+  const model_spec spec = config_spec("nemotron3-super-120b-a12b.json");
+  recipe r = load_recipe("auto_nemotron_nvfp4_fp8_5p0bits");
+  const auto bf16 = [](const std::string&) { return dtype::bf16; };
+  const run_plan fisher = make_run_plan(spec, r, bf16);
+  EXPECT_FALSE(fisher.layer_by_layer);  // fisher runs backward through the whole model
+  r.search.method = score_method::hessian;
+  const run_plan p = make_run_plan(spec, r, bf16);
+  EXPECT_TRUE(p.layer_by_layer);
+  // one layer's candidates (a MoE layer's 512 experts), not every layer's
+  EXPECT_EQ(p.scoring_bytes, p.scoring_layer_bytes);
+  EXPECT_LT(p.scoring_bytes * 30, fisher.scoring_bytes);
+  EXPECT_LT(p.fp32_model_bytes * 30, fisher.fp32_model_bytes);
+  EXPECT_LT(p.held_bytes * 5, fisher.held_bytes);
+  plan_setup whole;
+  whole.weights = layer_weights::all;
+  EXPECT_EQ(make_run_plan(spec, r, bf16, whole).scoring_bytes, fisher.scoring_bytes);
+}
+
 TEST(run_plan, calibration_sequences_as_quantize_cuts_the_data) {
   const model_spec spec = config_spec("nemotron3-super-120b-a12b.json");
   const recipe r = load_recipe("nemotron_super_nvfp4_release");  // 64 samples of 256 tokens
