@@ -13,6 +13,7 @@
 #include "formats/activation_quant.hpp"
 #include "kernels/cpu/quantize.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
+#include "pipeline/parallel/first_error.hpp"
 #include "pipeline/quantize/quantize_weights.hpp"
 
 namespace mixq {
@@ -367,26 +368,6 @@ void score_recorded(const search_space& space, const model_spec& spec, const mod
   }
 }
 
-// The first exception thrown in an OpenMP loop (they must not leave it), rethrown after it.
-class loop_error {
- public:
-  template <class F>
-  void run(F&& f) {
-    try {
-      f();
-    } catch (const std::exception& e) {
-#pragma omp critical(mixq_score_error)
-      if (message_.empty()) message_ = e.what();
-    }
-  }
-  void rethrow() const {
-    if (!message_.empty()) throw std::runtime_error(message_);
-  }
-
- private:
-  std::string message_;
-};
-
 // The layer a group's linears are in (-1: none, as lm_head; the MTP head's are not run and skipped).
 // io_error for a group across layers, which layer-by-layer scoring cannot replay.
 int group_layer(const search_group& G, const model_spec& spec) {
@@ -438,7 +419,7 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
     if (!space.groups[g].disabled) enabled.push_back(g);
 
   world.stage([&] {
-    loop_error error;
+    first_error error;
     if (!holds_all) {
       // Hessian scores are layer-local: every sequence's residual stream passes through one layer at a
       // time, recording that layer's inputs, and the layer's groups are scored from them (the same

@@ -1,35 +1,14 @@
 #include "pipeline/model/layer_stream.hpp"
 
-#include <exception>
 #include <mutex>
 
 #include <omp.h>
 
+#include "pipeline/parallel/first_error.hpp"
+
 namespace mixq {
 
 namespace {
-
-// The first exception thrown inside an OpenMP loop (they must not leave it), rethrown after it.
-class first_error {
- public:
-  template <class F>
-  void run(F&& f) {
-    try {
-      f();
-    } catch (...) {
-      const std::lock_guard<std::mutex> lock(mutex_);
-      if (!error_) error_ = std::current_exception();
-    }
-  }
-  bool failed() const { return error_ != nullptr; }
-  void rethrow() const {
-    if (error_) std::rethrow_exception(error_);
-  }
-
- private:
-  std::mutex mutex_;
-  std::exception_ptr error_;
-};
 
 // Drops, on every way out, the layer a pass loaded itself.
 struct loaded_layer {

@@ -569,13 +569,11 @@ llama_model llama_model::load(const std::filesystem::path& dir, const parallel_c
     config_error(dir, fmt::format("unsupported option: config key 'head_dim' is {}: RoPE needs an even head size",
                                   c.head_dim));
 
-  m.dir_ = dir;
-  m.reader_ = std::make_shared<const fp32_weight_reader>(dir);
-  const fp32_weight_reader& w = *m.reader_;
+  const auto reader = std::make_shared<const fp32_weight_reader>(dir);
+  const fp32_weight_reader& w = *reader;
   m.embed_ = w.load("model.embed_tokens.weight", {c.vocab, c.hidden});
   m.final_norm_ = w.load("model.norm.weight", {c.hidden});
   m.layers_.resize(size_t(c.layers));
-  m.held_.assign(size_t(c.layers), false);
   for (const block_spec& b : m.spec_.blocks)
     if (b.kind == block_kind::moe) {
       llama_layer& L = m.layers_.at(size_t(b.layer));
@@ -614,13 +612,7 @@ llama_model llama_model::load(const std::filesystem::path& dir, const parallel_c
       m.rope_cos_[size_t(pos * half + i)] = float(std::cos(angle));
       m.rope_sin_[size_t(pos * half + i)] = float(std::sin(angle));
     }
-  if (weights == layer_weights::all) {
-    for (int64_t i = 0; i < c.layers; ++i) m.read_layer(w, i);
-    w.check_nothing_unexpected(m.spec_);
-    m.reader_.reset();
-  } else {
-    w.check_nothing_unexpected(m.spec_);
-  }
+  m.start_layers(dir, c.layers, reader, weights);
   return m;
 }
 
@@ -644,7 +636,7 @@ void llama_model::read_layer(const fp32_weight_reader& w, int64_t i) {
     const size_t dot = l.module.rfind('.');
     const std::string leaf = l.module.substr(dot + 1);
     if (l.role == linear_role::router || l.expert >= 0) {
-      if (!L.moe) fail(dir_, fmt::format("linear '{}' outside a MoE block", l.module));
+      if (!L.moe) fail(spec_.origin, fmt::format("linear '{}' outside a MoE block", l.module));
       llama_linear* slot = nullptr;
       if (l.role == linear_role::router) {
         slot = &L.router;
@@ -655,7 +647,7 @@ void llama_model::read_layer(const fp32_weight_reader& w, int64_t i) {
                : leaf == "w2" || leaf == "down_proj" ? &X.down
                                                      : nullptr;
       }
-      if (!slot) fail(dir_, fmt::format("unexpected linear '{}' in a {} model", l.module, arch));
+      if (!slot) fail(spec_.origin, fmt::format("unexpected linear '{}' in a {} model", l.module, arch));
       *slot = w.linear(l);
       continue;
     }
@@ -667,35 +659,18 @@ void llama_model::read_layer(const fp32_weight_reader& w, int64_t i) {
                          : leaf == "up_proj"   ? &L.up
                          : leaf == "down_proj" ? &L.down
                                                : nullptr;
-    if (!slot) fail(dir_, fmt::format("unexpected linear '{}' in a {} model", l.module, arch));
+    if (!slot) fail(spec_.origin, fmt::format("unexpected linear '{}' in a {} model", l.module, arch));
     *slot = w.linear(l);
   }
   keep_share(L);
-  held_[size_t(i)] = true;
 }
 
-bool llama_model::holds_layer(int64_t layer) const { return held_.at(size_t(layer)); }
-
-void llama_model::load_layer(int64_t layer) {
-  if (holds_layer(layer)) return;
-  if (!reader_)
-    throw std::logic_error(fmt::format("{}: layer {} was dropped from a model loaded whole", dir_.string(), layer));
-  read_layer(*reader_, layer);
-}
-
-void llama_model::drop_layer(int64_t layer) {
+void llama_model::clear_layer(int64_t layer) {
   llama_layer& L = layers_.at(size_t(layer));
   llama_layer shell;
   shell.moe = L.moe;
   shell.experts.resize(L.experts.size());
   L = std::move(shell);
-  held_[size_t(layer)] = false;
-}
-
-void llama_model::require_every_layer(const char* what) const {
-  for (size_t l = 0; l < held_.size(); ++l)
-    if (!held_[l])
-      throw std::logic_error(fmt::format("{}: layer {}'s weights are not loaded (a model loaded layer by layer)", what, l));
 }
 
 void keep_rows(llama_linear& W, const std::vector<index_range>& ranges) {
@@ -763,6 +738,43 @@ void causal_lm::check_tokens(std::span<const int32_t> tokens, int64_t min_tokens
   }
 }
 
+void causal_lm::start_layers(const std::filesystem::path& dir, int64_t layers,
+                             std::shared_ptr<const fp32_weight_reader> reader, layer_weights weights) {
+  dir_ = dir;
+  reader_ = std::move(reader);
+  held_.assign(size_t(layers), 0);
+  if (weights == layer_weights::all) {
+    for (int64_t l = 0; l < layers; ++l) load_layer(l);
+    reader_->check_nothing_unexpected(spec());
+    reader_.reset();
+  } else {  // (the spec lists every layer's tensors: none is unexpected for not being read yet)
+    reader_->check_nothing_unexpected(spec());
+  }
+}
+
+void causal_lm::load_layer(int64_t layer) {
+  if (holds_layer(layer)) return;
+  if (!reader_)
+    throw std::logic_error(fmt::format("{}: layer {} was dropped from a model loaded whole", dir_.string(), layer));
+  read_layer(*reader_, layer);
+  held_[size_t(layer)] = 1;
+}
+
+void causal_lm::drop_layer(int64_t layer) {
+  clear_layer(layer);
+  held_.at(size_t(layer)) = 0;
+}
+
+void causal_lm::require_layer(int64_t layer, const char* what) const {
+  if (!holds_layer(layer)) throw std::logic_error(fmt::format("{}: layer {}'s weights are not loaded", what, layer));
+}
+
+void causal_lm::require_every_layer(const char* what) const {
+  for (size_t l = 0; l < held_.size(); ++l)
+    if (!held_[l])
+      throw std::logic_error(fmt::format("{}: layer {}'s weights are not loaded (a model loaded layer by layer)", what, l));
+}
+
 std::vector<float> causal_lm::forward(std::span<const int32_t> tokens, const forward_hooks& hook) const {
   std::vector<float> h = embed(tokens);
   const int64_t T = int64_t(tokens.size());
@@ -779,8 +791,7 @@ std::vector<float> llama_model::embed(std::span<const int32_t> tokens) const {
 }
 
 void llama_model::layer_forward(int64_t layer, float* h, int64_t T, const forward_hooks& hook) const {
-  if (!holds_layer(layer))
-    throw std::logic_error(fmt::format("llama forward: layer {}'s weights are not loaded", layer));
+  require_layer(layer, "llama forward");
   const llama_config& c = config_;
   const llama_layer& L = layers_[size_t(layer)];
   const int64_t H = c.hidden, I = intermediate_here_;  // I: dense MLP layers (0 if none)

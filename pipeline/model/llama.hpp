@@ -148,6 +148,8 @@ struct llama_grads {
   std::map<std::string, std::vector<float>> dy;
 };
 
+class fp32_weight_reader;
+
 // A causal language model as evaluation sees it (llama_model, nemotron_h_model): logits [T, V] for
 // tokens [T] in a fresh context, every linear's output passed through `hook` when set.
 class causal_lm {
@@ -169,9 +171,9 @@ class causal_lm {
   // Layer weights on demand (a model loaded with layer_weights::on_demand): load_layer reads one
   // layer's weights (this rank's share) from the checkpoint, drop_layer frees them. load_layer of a
   // held layer does nothing.
-  virtual bool holds_layer(int64_t layer) const = 0;
-  virtual void load_layer(int64_t layer) = 0;
-  virtual void drop_layer(int64_t layer) = 0;
+  bool holds_layer(int64_t layer) const { return held_.at(size_t(layer)) != 0; }
+  void load_layer(int64_t layer);
+  void drop_layer(int64_t layer);
   virtual const model_spec& spec() const = 0;
   virtual int64_t vocab() const = 0;
   virtual int64_t max_positions() const = 0;  // the longest forward(): max_position_embeddings
@@ -189,11 +191,27 @@ class causal_lm {
   // `what` ("llama forward") starts the message.
   void check_tokens(std::span<const int32_t> tokens, int64_t min_tokens, const char* what) const;
 
+  // The loaders: `layers` layers, none held, read from `reader` by read_layer as they load (every
+  // one at once for layer_weights::all, after which the reader is closed).
+  void start_layers(const std::filesystem::path& dir, int64_t layers, std::shared_ptr<const fp32_weight_reader> reader,
+                    layer_weights weights);
+  const fp32_weight_reader& reader() const { return *reader_; }
+  virtual void read_layer(const fp32_weight_reader& w, int64_t layer) = 0;  // its weights, this rank's share
+  virtual void clear_layer(int64_t layer) = 0;                              // back to the empty shell
+  // std::logic_error naming `what` unless the layer (every layer) is held.
+  void require_layer(int64_t layer, const char* what) const;
+  void require_every_layer(const char* what) const;
+
   causal_lm() = default;
   causal_lm(const causal_lm&) = default;
   causal_lm(causal_lm&&) = default;
   causal_lm& operator=(const causal_lm&) = default;
   causal_lm& operator=(causal_lm&&) = default;
+
+ private:
+  std::filesystem::path dir_;
+  std::shared_ptr<const fp32_weight_reader> reader_;  // open while layers load on demand
+  std::vector<char> held_;                            // per layer: its weights are loaded
 };
 
 // Reads a checkpoint's tensors widened to fp32, checking names and shapes (both model loaders use it).
@@ -329,9 +347,6 @@ class llama_model : public causal_lm {
   std::vector<float> head(const float* h, int64_t T, const forward_hooks& hook = {}) const override;
   int64_t layer_count() const override { return config_.layers; }
   int64_t hidden() const override { return config_.hidden; }
-  bool holds_layer(int64_t layer) const override;
-  void load_layer(int64_t layer) override;
-  void drop_layer(int64_t layer) override;
 
   // The loss and dloss/dY at the output of every linear (activation gradients only, no weight
   // gradients). T must be in 2..max_positions. The forward saves every activation the backward needs.
@@ -353,12 +368,9 @@ class llama_model : public causal_lm {
   parallel_context par_;
   int64_t heads_here_ = 0, kv_heads_here_ = 0, intermediate_here_ = 0;  // this rank's shares
 
-  std::filesystem::path dir_;
-  std::shared_ptr<const fp32_weight_reader> reader_;  // open while layers load on demand
-  std::vector<bool> held_;                            // per layer: its weights are loaded
-  void read_layer(const fp32_weight_reader& w, int64_t layer);  // its weights, then keep_share
+  void read_layer(const fp32_weight_reader& w, int64_t layer) override;  // its weights, then keep_share
+  void clear_layer(int64_t layer) override;
   void keep_share(llama_layer& L) const;  // cuts a loaded layer down to this rank's share of par_.layout
-  void require_every_layer(const char* what) const;
 };
 
 }  // namespace mixq

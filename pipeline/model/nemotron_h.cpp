@@ -526,15 +526,13 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir, const 
     config_error(dir, fmt::format("unsupported option: config key 'num_experts_per_tok' is {}, more than the {} "
                                   "experts", c.experts_per_token, c.experts));
 
-  m.dir_ = dir;
-  m.reader_ = std::make_shared<const fp32_weight_reader>(dir);
-  const fp32_weight_reader& w = *m.reader_;
+  const auto reader = std::make_shared<const fp32_weight_reader>(dir);
+  const fp32_weight_reader& w = *reader;
   const int64_t H = c.hidden;
   m.embed_ = w.load(w.has("backbone.embeddings.weight") ? "backbone.embeddings.weight" : "backbone.embedding.weight",
                     {c.vocab, H});
   m.norm_f_ = w.load("backbone.norm_f.weight", {H});
   m.layers_.resize(size_t(c.layers));
-  m.held_.assign(size_t(c.layers), false);
   for (const block_spec& b : m.spec_.blocks) {
     if (b.mtp) continue;  // the MTP head is not part of the forward pass
     nemotron_h_layer& L = m.layers_.at(size_t(b.layer));
@@ -554,13 +552,7 @@ nemotron_h_model nemotron_h_model::load(const std::filesystem::path& dir, const 
     m.lm_head_.w = m.embed_;
   }
   m.set_shares();
-  if (weights == layer_weights::all) {
-    for (int64_t i = 0; i < c.layers; ++i) m.read_layer(w, i);
-    w.check_nothing_unexpected(m.spec_);
-    m.reader_.reset();
-  } else {
-    w.check_nothing_unexpected(m.spec_);
-  }
+  m.start_layers(dir, c.layers, reader, weights);
   return m;
 }
 
@@ -623,35 +615,18 @@ void nemotron_h_model::read_layer(const fp32_weight_reader& w, int64_t layer) {
         break;
       }
     }
-    if (!slot) fail(dir_, fmt::format("unexpected linear '{}' in a nemotron_h model", l.module));
+    if (!slot) fail(spec_.origin, fmt::format("unexpected linear '{}' in a nemotron_h model", l.module));
     *slot = w.linear(l);
   }
   keep_share(L);
-  held_[size_t(layer)] = true;
 }
 
-bool nemotron_h_model::holds_layer(int64_t layer) const { return held_.at(size_t(layer)); }
-
-void nemotron_h_model::load_layer(int64_t layer) {
-  if (holds_layer(layer)) return;
-  if (!reader_)
-    throw std::logic_error(fmt::format("{}: layer {} was dropped from a model loaded whole", dir_.string(), layer));
-  read_layer(*reader_, layer);
-}
-
-void nemotron_h_model::drop_layer(int64_t layer) {
+void nemotron_h_model::clear_layer(int64_t layer) {
   nemotron_h_layer& L = layers_.at(size_t(layer));
   nemotron_h_layer shell;
   shell.kind = L.kind;
   shell.experts.resize(L.experts.size());
   L = std::move(shell);
-  held_[size_t(layer)] = false;
-}
-
-void nemotron_h_model::require_every_layer(const char* what) const {
-  for (size_t l = 0; l < held_.size(); ++l)
-    if (!held_[l])
-      throw std::logic_error(fmt::format("{}: layer {}'s weights are not loaded (a model loaded layer by layer)", what, l));
 }
 
 namespace {
@@ -870,8 +845,7 @@ std::vector<float> nemotron_h_model::embed(std::span<const int32_t> tokens) cons
 }
 
 void nemotron_h_model::layer_forward(int64_t layer, float* h, int64_t T, const forward_hooks& hook) const {
-  if (!holds_layer(layer))
-    throw std::logic_error(fmt::format("nemotron_h forward: layer {}'s weights are not loaded", layer));
+  require_layer(layer, "nemotron_h forward");
   std::vector<float> a(size_t(T * config_.hidden)), y(size_t(T * config_.hidden));
   block_forward(layers_[size_t(layer)], config_, local_, par_, h, a.data(), y.data(), T, hook, nullptr, false);
 }

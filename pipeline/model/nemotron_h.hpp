@@ -139,9 +139,6 @@ class nemotron_h_model : public causal_lm {
   std::vector<float> head(const float* h, int64_t T, const forward_hooks& hook = {}) const override;
   int64_t layer_count() const override { return config_.layers; }
   int64_t hidden() const override { return config_.hidden; }
-  bool holds_layer(int64_t layer) const override;
-  void load_layer(int64_t layer) override;
-  void drop_layer(int64_t layer) override;
 
   // The loss and dloss/dY at the output of every linear, as llama_model::forward_backward (activation
   // gradients only; T in 2..max_positions). Through the Mamba-2 mixers (in_proj's dY assembles dz, the
@@ -163,14 +160,10 @@ class nemotron_h_model : public causal_lm {
   parallel_context par_;
   nemotron_h_config local_;         // config_ with this rank's shares of the heads and widths
 
-  std::filesystem::path dir_;
-  std::shared_ptr<const fp32_weight_reader> reader_;  // open while layers load on demand
-  std::vector<bool> held_;                            // per layer: its weights are loaded
-
   void set_shares();                                  // local_: this rank's share of par_.layout
-  void read_layer(const fp32_weight_reader& w, int64_t layer);  // its weights, then keep_share
+  void read_layer(const fp32_weight_reader& w, int64_t layer) override;  // its weights, then keep_share
+  void clear_layer(int64_t layer) override;
   void keep_share(nemotron_h_layer& L) const;         // cuts a loaded layer down to this rank's share
-  void require_every_layer(const char* what) const;
   struct saved;  // the activations forward_backward keeps
 };
 
