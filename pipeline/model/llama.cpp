@@ -782,12 +782,17 @@ std::vector<float> causal_lm::forward(std::span<const int32_t> tokens, const for
   return head(h.data(), T, hook);
 }
 
-std::vector<float> llama_model::embed(std::span<const int32_t> tokens) const {
-  check_tokens(tokens, 1, "llama forward");
-  const int64_t T = int64_t(tokens.size()), H = config_.hidden;
+std::vector<float> causal_lm::embedding_rows(const std::vector<float>& table, std::span<const int32_t> tokens,
+                                             const char* what) const {
+  check_tokens(tokens, 1, what);
+  const int64_t T = int64_t(tokens.size()), H = hidden();
   std::vector<float> h(size_t(T * H));  // h = Emb[ids]
-  for (int64_t t = 0; t < T; ++t) std::copy_n(embed_.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);
+  for (int64_t t = 0; t < T; ++t) std::copy_n(table.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);
   return h;
+}
+
+std::vector<float> llama_model::embed(std::span<const int32_t> tokens) const {
+  return embedding_rows(embed_, tokens, "llama forward");
 }
 
 void llama_model::layer_forward(int64_t layer, float* h, int64_t T, const forward_hooks& hook) const {

@@ -190,6 +190,9 @@ class causal_lm {
   // std::invalid_argument unless tokens has min_tokens..max_positions() ids, each below vocab();
   // `what` ("llama forward") starts the message.
   void check_tokens(std::span<const int32_t> tokens, int64_t min_tokens, const char* what) const;
+  // The rows of an embedding table [V, H] for tokens (checked as check_tokens(.., 1, what)): h [T, H].
+  std::vector<float> embedding_rows(const std::vector<float>& table, std::span<const int32_t> tokens,
+                                    const char* what) const;
 
   // The loaders: `layers` layers, none held, read from `reader` by read_layer as they load (every
   // one at once for layer_weights::all, after which the reader is closed).

@@ -837,11 +837,7 @@ void block_forward(const nemotron_h_layer& L, const nemotron_h_config& c, const 
 }  // namespace
 
 std::vector<float> nemotron_h_model::embed(std::span<const int32_t> tokens) const {
-  check_tokens(tokens, 1, "nemotron_h forward");
-  const int64_t T = int64_t(tokens.size()), H = config_.hidden;
-  std::vector<float> h(size_t(T * H));  // h = Emb[ids]
-  for (int64_t t = 0; t < T; ++t) std::copy_n(embed_.data() + int64_t(tokens[size_t(t)]) * H, H, h.data() + t * H);
-  return h;
+  return embedding_rows(embed_, tokens, "nemotron_h forward");
 }
 
 void nemotron_h_model::layer_forward(int64_t layer, float* h, int64_t T, const forward_hooks& hook) const {
