@@ -115,7 +115,7 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<tens
       if (d < 0) fail(path, fmt::format("tensor '{}': negative dimension", t.name));
     if (numel_of(t) * uint64_t(dtype_bits(t.type)) % 8 != 0)
       fail(path, fmt::format("tensor '{}': not a whole number of bytes", t.name));
-    if (expected_bytes(t) != t.bytes.size())
+    if (!t.produce && expected_bytes(t) != t.bytes.size())
       fail(path, fmt::format("tensor '{}': shape and dtype {} need {} bytes, {} given", t.name, dtype_name(t.type),
                              expected_bytes(t), t.bytes.size()));
   }
@@ -125,7 +125,13 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<tens
     const uint64_t n = header.size();
     put(&n, 8);  // little-endian hosts only
     put(header.data(), header.size());
-    for (const auto& t : tensors) put(t.bytes.data(), t.bytes.size());
+    for (const auto& t : tensors) {
+      const std::span<const std::byte> bytes = t.produce ? t.produce() : t.bytes;
+      if (bytes.size() != expected_bytes(t))
+        fail(path, fmt::format("tensor '{}': shape and dtype {} need {} bytes, {} made", t.name, dtype_name(t.type),
+                               expected_bytes(t), bytes.size()));
+      put(bytes.data(), bytes.size());
+    }
   });
 }
 

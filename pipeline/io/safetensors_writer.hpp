@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -19,6 +20,9 @@ struct tensor_to_write {
   dtype type = dtype::f32;
   std::vector<int64_t> shape;
   std::span<const std::byte> bytes;  // numel · dtype bits / 8 bytes, little-endian row-major
+  // When set, the bytes are made as the tensor is written (called once, in write order; the span
+  // it returns must stay valid until the next call), not held all along.
+  std::function<std::span<const std::byte>()> produce = {};
 };
 
 // Orders tensors so each starts at a multiple of its element size: wider dtypes first, then by

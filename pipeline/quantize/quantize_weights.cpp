@@ -25,13 +25,6 @@ std::string scale_sharing_key(const std::string& module) {
 
 namespace {
 
-struct source_weight {
-  const linear_spec* spec;
-  weight_quant_spec quant;
-  cpu::source_matrix matrix;
-  float amax = 0.0f;
-};
-
 // A quantized linear as bytes (CBOR), to move it between processes, and back.
 std::string to_message(const quantized_linear& q) {
   using nlohmann::json;
@@ -95,15 +88,16 @@ std::map<std::string, float> input_amax_by_linear(const model_spec& spec, const 
   return out;
 }
 
-quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
-                                   kv_cache_format kv, const calibration_stats& stats,
-                                   const progress_callback& progress, weight_device device, const run_world& world) {
+weight_quantizer::weight_quantizer(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
+                                   kv_cache_format kv, const calibration_stats& stats, weight_device device,
+                                   const run_world& world)
+    : device_(device) {
   std::unordered_map<std::string, checkpoint::entry> by_name;
   for (const auto& e : ckpt.tensors()) by_name.emplace(e.tensor->name, e);
 
   // 1. the weights to quantize, each scanned once for its amax (and NaN / Inf) by the process that
   //    quantizes it
-  std::vector<source_weight> todo;
+  std::vector<float> amax;
   world.stage([&] {
     for (size_t i = 0; i < spec.linears.size(); ++i) {
       const weight_quant_spec& q = plan.linears.at(i).weight;
@@ -115,76 +109,39 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
       if (!m || m->rows != l.out_features || m->cols != l.in_features)
         throw io_error(fmt::format("{}: tensor '{}' must be a [{}, {}] BF16, F16 or F32 weight to be quantized",
                                    it->second.shard->path().string(), l.weight_name(), l.out_features, l.in_features));
-      todo.push_back({&l, q, *m, 0.0f});
-      if (!world.takes(int64_t(todo.size()) - 1)) continue;
+      todo_.push_back({&l, q, *m, 0.0f});
+      layer_.push_back(l.block >= 0 ? spec.blocks[size_t(l.block)].layer : -1);
+      amax.push_back(0.0f);
+      if (!world.takes(int64_t(todo_.size()) - 1)) continue;
       const cpu::source_scan scan = cpu::scan_source(*m);
       cpu::apply_nonfinite_policy(*m, scan, q.nonfinite);
-      todo.back().amax = scan.amax;
+      amax.back() = scan.amax;
     }
   });
 
   // 2. shared amax of fused siblings: weights here (a max over the processes), inputs from the
   //    calibration statistics
   std::map<std::string, float> group_w_amax;
-  for (const source_weight& s : todo) {
-    const std::string key = scale_sharing_key(s.spec->module);
-    group_w_amax[key] = std::max(group_w_amax[key], s.amax);
+  for (size_t k = 0; k < todo_.size(); ++k) {
+    float& g = group_w_amax[scale_sharing_key(todo_[k].spec->module)];
+    g = std::max(g, amax[k]);
   }
   {
-    std::vector<float> amax;
-    for (const auto& [key, a] : group_w_amax) amax.push_back(a);
-    world.max(amax);
+    std::vector<float> all;
+    for (const auto& [key, a] : group_w_amax) all.push_back(a);
+    world.max(all);
     size_t k = 0;
-    for (auto& [key, a] : group_w_amax) a = amax[k++];
+    for (auto& [key, a] : group_w_amax) a = all[k++];
   }
-  const std::map<std::string, float> x_amax_of = input_amax_by_linear(spec, stats);
-  quantized_weights out;
+  for (source_weight& s : todo_) s.amax = group_w_amax.at(scale_sharing_key(s.spec->module));
+  x_amax_ = input_amax_by_linear(spec, stats);
   std::set<std::string> quantized_experts;  // only these need an input scale
-  for (const source_weight& s : todo)
+  for (const source_weight& s : todo_)
     if (s.spec->expert >= 0) quantized_experts.insert(expert_module_of(*s.spec));
   for (const auto& [expert, tokens] : stats.expert_tokens)
-    if (tokens == 0 && quantized_experts.count(expert)) out.uncalibrated_experts.push_back(expert);
+    if (tokens == 0 && quantized_experts.count(expert)) scales_.uncalibrated_experts.push_back(expert);
 
-  // 3. quantize this process's weights, then every process gets every one, in spec order
-  std::vector<quantized_linear> made(todo.size());
-  world.stage([&] {
-    int64_t done = 0, mine = 0;
-    for (size_t i = 0; i < todo.size(); ++i) mine += world.takes(int64_t(i));
-    for (size_t i = 0; i < todo.size(); ++i) {
-      if (!world.takes(int64_t(i))) continue;
-      const source_weight& s = todo[i];
-      const std::string key = scale_sharing_key(s.spec->module);
-      quantized_linear& q = made[i];
-      q.module = s.spec->module;
-      q.format = s.quant.format;
-      const float x_amax = x_amax_of.at(s.spec->module);
-      if (q.format == format_id::fp8_per_tensor) {
-        fp8_options o = fp8_options_for(s.quant);
-        o.amax = group_w_amax[key];
-        q.fp8 = fp8_quantize_on(device, s.matrix, o);
-        q.input_scale = fp8_input_scale(x_amax);
-      } else if (q.format == format_id::nvfp4 || q.format == format_id::nvfp4_w4a16) {
-        nvfp4_options o = nvfp4_options_for(s.quant);
-        o.global_amax = group_w_amax[key];
-        q.nvfp4 = nvfp4_quantize_on(device, s.matrix, o);
-        if (q.format == format_id::nvfp4) q.input_scale = nvfp4_input_scale(x_amax);
-      } else {
-        throw io_error(fmt::format("{}: format {} cannot be exported", q.module, traits_of(q.format).name));
-      }
-      if (progress) progress(++done, mine);
-    }
-  });
-  if (world.size() == 1) {
-    out.linears = std::move(made);
-  } else {
-    world.share_items(
-        int64_t(todo.size()), [&](int64_t i) { return to_message(made[size_t(i)]); },
-        [&](int64_t i, std::string bytes) {
-          out.linears.push_back(world.takes(i) ? std::move(made[size_t(i)]) : from_message(bytes));
-        });
-  }
-
-  // 4. KV cache
+  // 3. KV cache
   if (kv == kv_cache_format::fp8) {
     float k_max = 0.0f, v_max = 0.0f;
     for (const auto& [attention, a] : stats.k_amax) k_max = std::max(k_max, a);
@@ -193,13 +150,73 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
       if (!l.module.ends_with(".k_proj")) continue;
       const std::string attention = l.module.substr(0, l.module.size() - 7);
       if (stats.k_amax.count(attention)) {
-        out.kv[attention] = {fp8_input_scale(stats.k_amax.at(attention)),
-                             fp8_input_scale(stat_or_zero(stats.v_amax, attention))};
+        scales_.kv[attention] = {fp8_input_scale(stats.k_amax.at(attention)),
+                                 fp8_input_scale(stat_or_zero(stats.v_amax, attention))};
       } else {
-        out.kv[attention] = {fp8_input_scale(k_max), fp8_input_scale(v_max)};
-        out.uncalibrated_attention.push_back(attention);
+        scales_.kv[attention] = {fp8_input_scale(k_max), fp8_input_scale(v_max)};
+        scales_.uncalibrated_attention.push_back(attention);
       }
     }
+  }
+}
+
+const std::string& weight_quantizer::module(size_t k) const { return todo_.at(k).spec->module; }
+format_id weight_quantizer::format(size_t k) const { return todo_.at(k).quant.format; }
+
+quantized_linear weight_quantizer::quantize(size_t k) const {
+  const source_weight& s = todo_.at(k);
+  quantized_linear q;
+  q.module = s.spec->module;
+  q.format = s.quant.format;
+  const float x_amax = x_amax_.at(s.spec->module);
+  if (q.format == format_id::fp8_per_tensor) {
+    fp8_options o = fp8_options_for(s.quant);
+    o.amax = s.amax;
+    q.fp8 = fp8_quantize_on(device_, s.matrix, o);
+    q.input_scale = fp8_input_scale(x_amax);
+  } else if (q.format == format_id::nvfp4 || q.format == format_id::nvfp4_w4a16) {
+    nvfp4_options o = nvfp4_options_for(s.quant);
+    o.global_amax = s.amax;
+    q.nvfp4 = nvfp4_quantize_on(device_, s.matrix, o);
+    if (q.format == format_id::nvfp4) q.input_scale = nvfp4_input_scale(x_amax);
+  } else {
+    throw io_error(fmt::format("{}: format {} cannot be exported", q.module, traits_of(q.format).name));
+  }
+  return q;
+}
+
+quantized_weights weight_quantizer::quantize_layer(int64_t layer) const {
+  quantized_weights out = scales_;
+  for (size_t k = 0; k < todo_.size(); ++k)
+    if (layer_[k] == layer) out.linears.push_back(quantize(k));
+  return out;
+}
+
+quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
+                                   kv_cache_format kv, const calibration_stats& stats,
+                                   const progress_callback& progress, weight_device device, const run_world& world) {
+  const weight_quantizer quantizer(ckpt, spec, plan, kv, stats, device, world);
+  // this process's weights, then every process gets every one, in spec order
+  const size_t n = quantizer.size();
+  std::vector<quantized_linear> made(n);
+  world.stage([&] {
+    int64_t done = 0, mine = 0;
+    for (size_t i = 0; i < n; ++i) mine += world.takes(int64_t(i));
+    for (size_t i = 0; i < n; ++i) {
+      if (!world.takes(int64_t(i))) continue;
+      made[i] = quantizer.quantize(i);
+      if (progress) progress(++done, mine);
+    }
+  });
+  quantized_weights out = quantizer.scales();
+  if (world.size() == 1) {
+    out.linears = std::move(made);
+  } else {
+    world.share_items(
+        int64_t(n), [&](int64_t i) { return to_message(made[size_t(i)]); },
+        [&](int64_t i, std::string bytes) {
+          out.linears.push_back(world.takes(i) ? std::move(made[size_t(i)]) : from_message(bytes));
+        });
   }
   return out;
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "calib/calibration_stats.hpp"
+#include "kernels/cpu/source_matrix.hpp"
 #include "pipeline/io/checkpoint.hpp"
 #include "pipeline/io/quantized_linear.hpp"
 #include "pipeline/model/llama.hpp"  // kv_cache_scales
@@ -23,6 +24,9 @@
 #include "pipeline/recipe/recipe.hpp"
 
 namespace mixq {
+
+// The layer of linears outside every layer (lm_head), for apply_fake_quant and quantize_layer.
+inline constexpr int64_t outside_layers = -1;
 
 struct quantized_weights {
   std::vector<quantized_linear> linears;          // every linear the plan quantizes, in spec order
@@ -42,6 +46,38 @@ std::string scale_sharing_key(const std::string& module);
 // projection over its layer's experts.
 std::map<std::string, float> input_amax_by_linear(const model_spec& spec, const calibration_stats& stats);
 
+// The weights a plan quantizes, ready to quantize one at a time (what quantize_weights does for
+// all of them): the constructor scans each weight for its amax (and NaN / Inf; across the processes
+// of `world`, each its share, fused siblings' amax a max over all) and works out the input and KV
+// scales; quantize() then gives any one linear's bytes, the same in every process.
+class weight_quantizer {
+ public:
+  weight_quantizer(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan, kv_cache_format kv,
+                   const calibration_stats& stats, weight_device device = weight_device::cpu,
+                   const run_world& world = run_world::alone());
+  size_t size() const { return todo_.size(); }  // the quantized linears, in spec order
+  const std::string& module(size_t k) const;
+  format_id format(size_t k) const;
+  quantized_linear quantize(size_t k) const;
+  // Everything but the linears: the KV scales and what was borrowed (quantized_weights' other fields).
+  const quantized_weights& scales() const { return scales_; }
+  // The linears of one layer (outside_layers: lm_head's), with scales().
+  quantized_weights quantize_layer(int64_t layer) const;
+
+ private:
+  struct source_weight {
+    const linear_spec* spec;
+    weight_quant_spec quant;
+    cpu::source_matrix matrix;
+    float amax = 0.0f;  // shared by the fused siblings
+  };
+  std::vector<source_weight> todo_;
+  std::vector<int64_t> layer_;  // each one's layer (outside_layers for lm_head)
+  std::map<std::string, float> x_amax_;
+  quantized_weights scales_;
+  weight_device device_;
+};
+
 // io_error naming the tensor for a weight that is missing, not 2-D BF16 / F16 / F32, or holds
 // NaN / Inf. The progress callback counts linears. `device` runs the quantizers (the same result).
 // Across the processes of `world`, each scans and quantizes its share of the weights (every
@@ -56,7 +92,6 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
 // input fake-quant with the exported input scales, FP8 KV fake-quant. With a layer: that layer's
 // linears and KV scales only (a model loaded layer by layer, as each layer loads); with
 // outside_layers: the linears of no layer (lm_head), which such a model always holds.
-inline constexpr int64_t outside_layers = -1;
 void apply_fake_quant(causal_lm& model, const quantized_weights& q, std::optional<int64_t> layer = std::nullopt);
 
 }  // namespace mixq
