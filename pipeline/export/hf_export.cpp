@@ -3,6 +3,7 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <set>
 #include <unordered_map>
@@ -20,6 +21,17 @@ namespace fs = std::filesystem;
 layer_formats formats_of(const model_spec& spec, const quantized_weights& q) {
   std::unordered_map<std::string, format_id> quantized;
   for (const quantized_linear& l : q.linears) quantized.emplace(l.module, l.format);
+  layer_formats out;
+  for (const linear_spec& l : spec.linears) {
+    const auto it = quantized.find(l.module);
+    out.emplace_back(l.module, it == quantized.end() ? format_id::bf16 : it->second);
+  }
+  return out;
+}
+
+layer_formats formats_of(const model_spec& spec, const weight_quantizer& quantizer) {
+  std::unordered_map<std::string, format_id> quantized;
+  for (size_t k = 0; k < quantizer.size(); ++k) quantized.emplace(quantizer.module(k), quantizer.format(k));
   layer_formats out;
   for (const linear_spec& l : spec.linears) {
     const auto it = quantized.find(l.module);
@@ -59,8 +71,14 @@ encoded_tensor f32_scalar(std::string name, float v, export_layout layout) {
 
 }  // namespace
 
-export_summary export_checkpoint(const checkpoint& source, const model_spec& spec, const quantized_weights& q,
-                                 const fs::path& out, const export_options& options) {
+namespace {
+
+// The export, given the tensors that replace each quantized linear's weight (`replaced`: the
+// weights they replace) and every linear's format.
+export_summary write_export(const checkpoint& source, const layer_formats& formats,
+                            bool quantized, const std::map<std::string, kv_cache_scales>& kv,
+                            std::vector<tensor_to_write> stored, const std::unordered_set<std::string>& replaced,
+                            const fs::path& out, const export_options& options) {
   const fs::path final_dir = fs::absolute(out).lexically_normal();
   if (fs::exists(final_dir) && fs::equivalent(source.dir(), final_dir))
     throw io_error(fmt::format("{}: the output must not be the source checkpoint", final_dir.string()));
@@ -69,15 +87,8 @@ export_summary export_checkpoint(const checkpoint& source, const model_spec& spe
                                final_dir.string()));
 
   // 1. the tensors: quantized linears replace their weight; everything else is copied
-  std::vector<tensor_to_write> stored;  // views of q (the quantized weights are not copied) and of
-  std::deque<float> scalars;            // the F32 scalars
   std::vector<encoded_tensor> encoded;  // the KV-cache scales
-  std::unordered_set<std::string> replaced;
-  for (const quantized_linear& l : q.linears) {
-    replaced.insert(l.module + ".weight");
-    for (tensor_to_write& t : stored_tensors(l, options.layout, scalars)) stored.push_back(std::move(t));
-  }
-  for (const auto& [attention, s] : q.kv) {  // names per layout: kv_scale_names
+  for (const auto& [attention, s] : kv) {  // names per layout: kv_scale_names
     const auto [k_name, v_name] = kv_scale_names(attention, options.layout);
     encoded.push_back(f32_scalar(k_name, s.k, options.layout));
     encoded.push_back(f32_scalar(v_name, s.v, options.layout));
@@ -93,7 +104,7 @@ export_summary export_checkpoint(const checkpoint& source, const model_spec& spe
   for (const encoded_tensor& t : encoded) tensors.push_back({t.name, t.type, t.shape, t.bytes});
   sort_for_alignment(tensors);
   summary.tensors = int64_t(tensors.size());
-  for (const tensor_to_write& t : tensors) summary.tensor_bytes += t.bytes.size();
+  for (const tensor_to_write& t : tensors) summary.tensor_bytes += expected_bytes(t);
 
   // 2. into a temporary sibling directory
   fs::create_directories(final_dir.parent_path());
@@ -105,8 +116,8 @@ export_summary export_checkpoint(const checkpoint& source, const model_spec& spe
     read_hf_config(source.dir());  // validates; the copy below keeps the source's key order
     std::ifstream config_file(source.dir() / "config.json", std::ios::binary);
     nlohmann::ordered_json config = nlohmann::ordered_json::parse(config_file);
-    if (!q.linears.empty()) {
-      const quant_configs c = make_quant_configs(formats_of(spec, q), options.kv, options.layout, options.producer_version);
+    if (quantized) {
+      const quant_configs c = make_quant_configs(formats, options.kv, options.layout, options.producer_version);
       config["quantization_config"] = c.quantization_config;
       if (!c.hf_quant_config.is_null()) write_json(tmp / "hf_quant_config.json", c.hf_quant_config);
     }
@@ -131,6 +142,77 @@ export_summary export_checkpoint(const checkpoint& source, const model_spec& spe
   for (const fs::directory_entry& f : fs::directory_iterator(final_dir)) summary.files.push_back(f.path());
   std::sort(summary.files.begin(), summary.files.end());
   return summary;
+}
+
+// One quantized linear at a time, as the export writes its tensors: quantized again when a tensor
+// of another linear is asked for (the writer asks for a linear's scalars together, then, later,
+// for its codes and block scales together: two quantizations each, one linear held).
+class linear_on_demand {
+ public:
+  linear_on_demand(const weight_quantizer& quantizer, export_layout layout) : quantizer_(quantizer), layout_(layout) {}
+  std::span<const std::byte> tensor(size_t k, size_t j) {
+    if (k != k_) {
+      tensors_.clear();
+      scalars_.clear();
+      q_ = quantizer_.quantize(k);
+      tensors_ = stored_tensors(q_, layout_, scalars_);
+      k_ = k;
+    }
+    return tensors_.at(j).bytes;
+  }
+
+ private:
+  const weight_quantizer& quantizer_;
+  export_layout layout_;
+  size_t k_ = SIZE_MAX;
+  quantized_linear q_;
+  std::deque<float> scalars_;
+  std::vector<tensor_to_write> tensors_;
+};
+
+}  // namespace
+
+export_summary export_checkpoint(const checkpoint& source, const model_spec& spec, const quantized_weights& q,
+                                 const fs::path& out, const export_options& options) {
+  std::vector<tensor_to_write> stored;  // views of q (the quantized weights are not copied) and of
+  std::deque<float> scalars;            // the F32 scalars
+  std::unordered_set<std::string> replaced;
+  for (const quantized_linear& l : q.linears) {
+    replaced.insert(l.module + ".weight");
+    for (tensor_to_write& t : stored_tensors(l, options.layout, scalars)) stored.push_back(std::move(t));
+  }
+  return write_export(source, formats_of(spec, q), !q.linears.empty(), q.kv, std::move(stored), replaced, out,
+                      options);
+}
+
+export_summary export_checkpoint(const checkpoint& source, const model_spec& spec, const weight_quantizer& quantizer,
+                                 const fs::path& out, const export_options& options) {
+  // each linear's tensors named and shaped from an empty one of its format and shape, their bytes
+  // made as they are written
+  std::unordered_map<std::string, const linear_spec*> by_module;
+  for (const linear_spec& l : spec.linears) by_module.emplace(l.module, &l);
+  auto made = std::make_shared<linear_on_demand>(quantizer, options.layout);
+  std::vector<tensor_to_write> stored;
+  std::unordered_set<std::string> replaced;
+  std::deque<float> unused;
+  for (size_t k = 0; k < quantizer.size(); ++k) {
+    const linear_spec& l = *by_module.at(quantizer.module(k));
+    quantized_linear shape;
+    shape.module = l.module;
+    shape.format = quantizer.format(k);
+    shape.nvfp4.rows = shape.fp8.rows = l.out_features;
+    shape.nvfp4.cols = shape.fp8.cols = l.in_features;
+    shape.fp8.scales = {0.0f};
+    std::vector<tensor_to_write> parts = stored_tensors(shape, options.layout, unused);
+    for (size_t j = 0; j < parts.size(); ++j) {
+      parts[j].bytes = {};
+      parts[j].produce = [made, k, j] { return made->tensor(k, j); };
+      stored.push_back(std::move(parts[j]));
+    }
+    replaced.insert(l.module + ".weight");
+  }
+  return write_export(source, formats_of(spec, quantizer), quantizer.size() > 0, quantizer.scales().kv, std::move(stored), replaced,
+                      out, options);
 }
 
 }  // namespace mixq

@@ -40,7 +40,13 @@ struct export_summary {
 export_summary export_checkpoint(const checkpoint& source, const model_spec& spec, const quantized_weights& q,
                                  const std::filesystem::path& out, const export_options& options);
 
+// The same, quantizing each linear as its tensors are written (twice: its scalars come first, its
+// codes with the narrow tensors later), so that one quantized linear is held at a time.
+export_summary export_checkpoint(const checkpoint& source, const model_spec& spec, const weight_quantizer& quantizer,
+                                 const std::filesystem::path& out, const export_options& options);
+
 // Module -> format of every linear of spec under q.
 layer_formats formats_of(const model_spec& spec, const quantized_weights& q);
+layer_formats formats_of(const model_spec& spec, const weight_quantizer& quantizer);
 
 }  // namespace mixq

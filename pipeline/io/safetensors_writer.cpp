@@ -25,7 +25,6 @@ uint64_t numel_of(const tensor_to_write& t) {
   return numel;
 }
 
-uint64_t expected_bytes(const tensor_to_write& t) { return numel_of(t) * uint64_t(dtype_bits(t.type)) / 8; }
 
 // A JSON string literal (names may hold any UTF-8; nlohmann escapes what JSON requires).
 std::string quoted(const std::string& s) { return nlohmann::json(s).dump(); }
@@ -42,6 +41,12 @@ void write_all(int fd, const void* data, size_t n, const std::filesystem::path& 
     n -= size_t(w);
   }
 }
+
+}  // namespace
+
+uint64_t expected_bytes(const tensor_to_write& t) { return numel_of(t) * uint64_t(dtype_bits(t.type)) / 8; }
+
+namespace {
 
 // Writes bytes produced by `emit` to path atomically (tmp file, fsync, rename, fsync of the dir).
 template <class Emit>

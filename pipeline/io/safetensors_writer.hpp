@@ -25,6 +25,9 @@ struct tensor_to_write {
   std::function<std::span<const std::byte>()> produce = {};
 };
 
+// The bytes a tensor's shape and dtype take.
+uint64_t expected_bytes(const tensor_to_write& t);
+
 // Orders tensors so each starts at a multiple of its element size: wider dtypes first, then by
 // name (what the reference writer does; padding between tensors is not allowed).
 void sort_for_alignment(std::vector<tensor_to_write>& tensors);

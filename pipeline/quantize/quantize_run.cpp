@@ -70,10 +70,11 @@ int64_t peak_rss_bytes() {
 // every process) and the run's record (the root's).
 void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock, const checkpoint& source,
             const model_spec& spec, std::unique_ptr<causal_lm> model, const std::vector<std::vector<int32_t>>& sequences,
-            int64_t seq_len, const calibration_stats& stats, const quantized_weights& q, const run_world& world) {
+            int64_t seq_len, const calibration_stats& stats, const quantized_weights* all,
+            const weight_quantizer* layer_by_layer, const run_world& world) {
   // size and bits per format, over every linear
   std::map<format_id, format_usage> usage;
-  const layer_formats formats = formats_of(spec, q);
+  const layer_formats formats = all ? formats_of(spec, *all) : formats_of(spec, *layer_by_layer);
   double bits = 0.0;
   int64_t params = 0;
   for (size_t i = 0; i < spec.linears.size(); ++i) {
@@ -107,29 +108,39 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
     if (rq.progress) rq.progress("evaluate", step, 3);
     return ppl;
   };
+  // m fake-quantized (every weight at once, or each layer as it loads, quantized then) and evaluated
+  const auto eval_quantized = [&](causal_lm& m, int64_t step, const quantized_weights* q, const weight_quantizer* lazy) {
+    if (q) {
+      apply_fake_quant(m, *q);
+      return eval(m, step);
+    }
+    apply_fake_quant(m, lazy->quantize_layer(outside_layers), outside_layers);
+    return eval(m, step, [&](causal_lm& loading, int64_t layer) {
+      apply_fake_quant(loading, lazy->quantize_layer(layer), layer);
+    });
+  };
   rep.ppl_source = eval(*model, 1);
   if (rep.searched && rq.measure_front) {  // the front's optimum at each feasible budget, on these tokens
     for (const front_entry& e : rep.search.front) {
       if (!e.feasible) continue;
-      const quantized_weights qe =
-          quantize_weights(source, spec, plan_of_choice(spec, rep.search.space, e.choice), rq.rcp.kv_cache, stats, {},
-                           rq.device, world);
+      const quant_plan pe = plan_of_choice(spec, rep.search.space, e.choice);
       std::unique_ptr<causal_lm> m;
-      world.stage([&] { m = load_causal_lm(rq.model); });
-      apply_fake_quant(*m, qe);
-      rep.measured_front.emplace_back(e.achieved_bits, evaluate_perplexity(*m, eval_tokens, ctx, world).ppl);
+      world.stage([&] { m = load_causal_lm(rq.model, {}, rep.weights); });
+      double ppl = 0.0;
+      if (rep.weights == layer_weights::all) {
+        const quantized_weights qe = quantize_weights(source, spec, pe, rq.rcp.kv_cache, stats, {}, rq.device, world);
+        ppl = eval_quantized(*m, 2, &qe, nullptr);
+      } else {
+        const weight_quantizer qe(source, spec, pe, rq.rcp.kv_cache, stats, rq.device, world);
+        ppl = eval_quantized(*m, 2, nullptr, &qe);
+      }
+      rep.measured_front.emplace_back(e.achieved_bits, ppl);
     }
     world.stage([&] {
       if (world.root()) record_measured_front(rep.run_dir / "search.json", rep.measured_front, rep.ppl_source);
     });
   }
-  if (rep.weights == layer_weights::all) {
-    apply_fake_quant(*model, q);
-    rep.ppl_fake_quant = eval(*model, 2);
-  } else {  // each layer as it loads
-    apply_fake_quant(*model, q, outside_layers);
-    rep.ppl_fake_quant = eval(*model, 2, [&](causal_lm& m, int64_t layer) { apply_fake_quant(m, q, layer); });
-  }
+  rep.ppl_fake_quant = eval_quantized(*model, 2, all, layer_by_layer);
   model.reset();
   clock.done("evaluate");
 
@@ -165,7 +176,8 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
       verify(staged);
     };
     try {
-      rep.exported = export_checkpoint(source, spec, q, rq.out, eo);
+      rep.exported = all ? export_checkpoint(source, spec, *all, rq.out, eo)
+                         : export_checkpoint(source, spec, *layer_by_layer, rq.out, eo);
     } catch (...) {
       if (world.size() > 1 && !announced) (void)world.all_gather("");
       throw;
@@ -253,12 +265,20 @@ void quantize_loaded(const quantize_request& rq, const run_world& world, quantiz
   }
 
   // quantize
-  const quantized_weights q =
-      quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"), rq.device, world);
-  rep.uncalibrated_experts = q.uncalibrated_experts;
-  rep.uncalibrated_attention = q.uncalibrated_attention;
-  clock.done("quantize");
-  finish(rq, rep, clock, source, spec, std::move(model), sequences, seq_len, stats, q, world);
+  // quantize: every weight now, or, layer by layer, each where it is needed (evaluation, export), so
+  // that the quantized weights are never all held
+  std::optional<quantized_weights> all;
+  std::optional<weight_quantizer> lazy;
+  if (rep.weights == layer_weights::all)
+    all = quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"), rq.device, world);
+  else
+    lazy.emplace(source, spec, rep.plan, rq.rcp.kv_cache, stats, rq.device, world);
+  const quantized_weights& scales = all ? *all : lazy->scales();
+  rep.uncalibrated_experts = scales.uncalibrated_experts;
+  rep.uncalibrated_attention = scales.uncalibrated_attention;
+  clock.done(all ? "quantize" : "scan weights");
+  finish(rq, rep, clock, source, spec, std::move(model), sequences, seq_len, stats, all ? &*all : nullptr,
+         lazy ? &*lazy : nullptr, world);
 }
 
 }  // namespace
