@@ -123,24 +123,23 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
              count_text(p.linears_per_process), count_text(p.quantized_linears));
   if (p.searched)
     fmt::print("            (scoring: each process quantizes every searched linear in every candidate itself)\n");
-  if (p.layer_by_layer)
-    fmt::print("memory:     about {} per process at the peak: every process holds the embeddings, lm_head and one\n"
-               "            layer at a time ({} in FP32) and every sequence's residual stream ({})\n",
-               gb(p.peak_bytes), gb(p.fp32_model_bytes), gb(p.residual_stream_bytes));
-  else
-    fmt::print("memory:     about {} per process at the peak: every process holds the whole model ({} in FP32)\n",
-               gb(p.peak_bytes), gb(p.fp32_model_bytes));
-  fmt::print("            and {} of quantized weights{}, a window's logits per thread ({}), and maps the source\n"
-             "            ({}) and the staged export\n",
-             gb(p.quantized_bytes), p.searched ? " at most" : "", gb(p.logits_bytes), gb(p.source_bytes));
-  fmt::print("            of which {} is its own memory (the rest: mapped file pages the kernel can evict and read again)\n",
-             gb(p.held_bytes));
-  if (const uint64_t available = host_available_memory(); available > 0)
-    fmt::print("            (this machine has {} available)\n", gb(available));
+  const bool lbl = p.layer_by_layer;
+  fmt::print("memory:     about {} per process at the peak, {} of it its own (the rest: mapped file pages, which\n"
+             "            the kernel can evict and read again); {}:\n",
+             gb(p.peak_bytes), gb(p.held_bytes), lbl ? "layer by layer" : "holding the whole model");
+  fmt::print("  FP32 weights   {:>10}  {}\n", gb(p.fp32_model_bytes),
+             lbl ? "the embeddings, final norm, lm_head and one layer at a time" : "every layer's");
+  if (lbl) fmt::print("  residuals      {:>10}  every sequence's, between layers\n", gb(p.residual_stream_bytes));
+  fmt::print("  quantized      {:>10}  {}{}\n", gb(lbl ? p.quantized_layer_bytes : p.quantized_bytes),
+             lbl ? "one layer's at a time" : "every linear's", p.searched ? ", at most" : "");
+  fmt::print("  logits         {:>10}  a window's, per thread\n", gb(p.logits_bytes));
   if (p.searched)
-    fmt::print("            scoring holds the searched linears in each candidate ({}) and its activations\n"
-               "            ({} scores, {} threads: about {})\n",
+    fmt::print("  scoring        {:>10}  {} candidates ({}), {} scores' activations on {} threads ({})\n",
+               gb(p.scoring_bytes + p.scoring_activation_bytes), lbl ? "one layer's" : "every searched linear's",
                gb(p.scoring_bytes), to_string(r.search.method), p.threads, gb(p.scoring_activation_bytes));
+  fmt::print("  mapped         {:>10}  the source, and the staged export as it is verified\n", gb(p.source_bytes));
+  if (const uint64_t available = host_available_memory(); available > 0)
+    fmt::print("  (this machine has {} available)\n", gb(available));
 }
 
 nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const run_plan& p) {
@@ -199,6 +198,7 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
                              {"residual_stream_bytes", p.residual_stream_bytes},
                              {"logits_bytes", p.logits_bytes},
                              {"quantized_bytes", p.quantized_bytes},
+                             {"quantized_layer_bytes", p.quantized_layer_bytes},
                              {"scoring_bytes", p.scoring_bytes},
                              {"scoring_activation_bytes", p.scoring_activation_bytes},
                              {"mapped_source_bytes", p.source_bytes}};

@@ -75,6 +75,7 @@ struct fixed_bytes {
 // Fixed rules: every linear's format, the export's bytes, the quantized weights.
 void plan_rules(run_plan& p, const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype,
                 const fixed_bytes& fixed) {
+  std::map<int, uint64_t> quantized_by_layer;  // (-1: lm_head)
   const quant_plan plan = plan_quantization(r, spec);
   p.warnings = plan.warnings;
   std::map<format_id, format_share> by_format;
@@ -93,10 +94,13 @@ void plan_rules(run_plan& p, const model_spec& spec, const recipe& r, const dtyp
     bits += traits_of(f).effective_bits * double(l.numel());
     if (f != format_id::bf16) {
       ++p.quantized_linears;
-      p.quantized_bytes += *quantized_linear_bytes(f, l.out_features, l.in_features);
+      const uint64_t bytes = *quantized_linear_bytes(f, l.out_features, l.in_features);
+      p.quantized_bytes += bytes;
+      quantized_by_layer[l.block >= 0 ? spec.blocks[size_t(l.block)].layer : -1] += bytes;
     }
     if (!plan.linears[i].note.empty()) ++notes[plan.linears[i].note];
   }
+  for (const auto& [layer, bytes] : quantized_by_layer) p.quantized_layer_bytes = std::max(p.quantized_layer_bytes, bytes);
   for (auto& [f, s] : by_format) {
     p.formats.push_back(s);
     p.export_bytes += s.bytes;
@@ -115,6 +119,7 @@ void plan_rules(run_plan& p, const model_spec& spec, const recipe& r, const dtyp
 // the most weights one searched group holds.
 int64_t plan_search(run_plan& p, const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype,
                     const fixed_bytes& fixed) {
+  std::map<int, uint64_t> quantized_by_layer;  // at most (-1: lm_head)
   const search_space space = make_search_space(spec, r.search);
   p.warnings = space.warnings;
   uint64_t smallest = 0;
@@ -144,11 +149,13 @@ int64_t plan_search(run_plan& p, const model_spec& spec, const recipe& r, const 
       if (most_quantized > 0) {
         ++p.quantized_linears;
         p.quantized_bytes += most_quantized;
+        quantized_by_layer[l.block >= 0 ? spec.blocks[size_t(l.block)].layer : -1] += most_quantized;
       }
     }
     if (!g.disabled) largest_group = std::max(largest_group, weights);
   }
   for (const auto& [layer, bytes] : by_layer) p.scoring_layer_bytes = std::max(p.scoring_layer_bytes, bytes);
+  for (const auto& [layer, bytes] : quantized_by_layer) p.quantized_layer_bytes = std::max(p.quantized_layer_bytes, bytes);
   p.least_effective_bits = double(least_cost(space, spec, r.search)) / double(cost_per_bit(space, spec, r.search));
   try {
     require_reachable_budget(space, spec, r.search, r.origin);
@@ -264,12 +271,15 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
                             : p.export_bytes_budget > 0 ? p.export_bytes_budget
                                                         : p.export_bytes_max;
   p.logits_bytes = uint64_t(p.threads) * uint64_t(p.seq_len * spec.dims.vocab) * sizeof(float);
-  const uint64_t verifying = p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + p.quantized_bytes +
+  // the quantized weights held: all of them, or layer by layer the largest layer's (evaluation
+  // quantizes each as it loads, the export each linear as it writes it)
+  const uint64_t quantized_held = p.layer_by_layer ? p.quantized_layer_bytes : p.quantized_bytes;
+  const uint64_t verifying = p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + quantized_held +
                              p.source_bytes + exported;
   const uint64_t scoring =
       p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes + p.source_bytes : 0;
   p.peak_bytes = std::max(verifying, scoring);
-  p.held_bytes = std::max(p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + p.quantized_bytes,
+  p.held_bytes = std::max(p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + quantized_held,
                           p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes : 0);
   return p;
 }

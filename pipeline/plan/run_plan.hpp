@@ -67,6 +67,7 @@ struct run_plan {
   bool layer_by_layer = false;
   uint64_t residual_stream_bytes = 0;
   uint64_t logits_bytes = 0;      // evaluation: a window's logits (seq_len x vocab, F32) per thread
+  uint64_t quantized_layer_bytes = 0;  // the most one layer's take (all that layer by layer holds)
   uint64_t quantized_bytes = 0;   // the quantized weights every process ends up holding (a search:
                                   // at most, each linear in its largest quantized candidate)
   uint64_t scoring_bytes = 0;     // a search: every searched linear stored in each quantized candidate

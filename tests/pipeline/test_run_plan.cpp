@@ -127,9 +127,16 @@ TEST(run_plan, nemotron3_super_under_the_release_recipe) {
   EXPECT_EQ(p.residual_stream_bytes, uint64_t(4 * 256 * d.hidden) * 4);  // 4 sequences of 256 tokens
   // verifying the export is the peak: the working copy, the quantized weights, both mappings
   EXPECT_EQ(p.logits_bytes, uint64_t(256 * d.vocab) * 4);  // one thread: one window's logits
-  EXPECT_EQ(p.peak_bytes, p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + p.quantized_bytes +
+  // and of the quantized weights one layer's at a time: a MoE layer's NVFP4 experts and FP8 shared expert
+  const auto q = [](format_id f, int64_t out, int64_t in) { return *quantized_linear_bytes(f, out, in); };
+  EXPECT_EQ(p.quantized_layer_bytes,
+            uint64_t(d.experts) * (q(format_id::nvfp4, d.moe_intermediate, d.moe_latent) +
+                                   q(format_id::nvfp4, d.moe_latent, d.moe_intermediate)) +
+                q(format_id::fp8_per_tensor, d.shared_intermediate, d.hidden) +
+                q(format_id::fp8_per_tensor, d.hidden, d.shared_intermediate));
+  EXPECT_EQ(p.peak_bytes, p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + p.quantized_layer_bytes +
                               p.source_bytes + p.export_bytes);
-  EXPECT_EQ(p.held_bytes, p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + p.quantized_bytes);
+  EXPECT_EQ(p.held_bytes, p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + p.quantized_layer_bytes);
 
   // holding the whole model: all but the MTP head, in F32
   plan_setup whole{16, 1, 262144};
