@@ -70,25 +70,21 @@ class model_linears {
   std::unordered_map<std::string, llama_linear*> by_name_;
 };
 
-// Each linear of each group in each candidate, quantized once with the shared amax of its fused siblings.
+// Each linear of each group in each candidate, quantized once with the shared amax of its fused
+// siblings (found when a sibling is first quantized: a model held layer by layer scans only the
+// layer it scores).
 class quantized_cache {
  public:
   quantized_cache(const model_linears& linears, const model_spec& spec, const calibration_stats& stats)
       : linears_(linears), x_amax_(input_amax_by_linear(spec, stats)) {
-    for (const linear_spec& l : spec.linears) {
-      if (!linears.has(l.module)) continue;
-      const llama_linear& W = linears.at(l.module);
-      float a = 0.0f;
-      for (float v : W.w) a = std::fmax(a, std::fabs(v));
-      float& g = w_amax_[scale_sharing_key(l.module)];
-      g = std::fmax(g, a);
-    }
+    for (const linear_spec& l : spec.linears)
+      if (linears.has(l.module)) siblings_[scale_sharing_key(l.module)].push_back(&linears.at(l.module));
   }
 
   quantized_view make(const linear_spec& l, const weight_quant_spec& c) const {
     const llama_linear& W = linears_.at(l.module);
     const cpu::source_matrix src{W.w.data(), cpu::source_dtype::f32, W.out, W.in, l.module};
-    const float w_amax = w_amax_.at(scale_sharing_key(l.module)), x_amax = x_amax_.at(l.module);
+    const float w_amax = weight_amax(scale_sharing_key(l.module)), x_amax = x_amax_.at(l.module);
     quantized_view q;
     q.format = c.format;
     if (c.format == format_id::fp8_per_tensor) {
@@ -109,8 +105,18 @@ class quantized_cache {
   }
 
  private:
+  float weight_amax(const std::string& key) const {
+    const auto [it, added] = w_amax_.emplace(key, 0.0f);
+    if (added)
+      for (const llama_linear* W : siblings_.at(key))
+        for (float v : W->w) it->second = std::fmax(it->second, std::fabs(v));
+    return it->second;
+  }
+
   const model_linears& linears_;
-  std::map<std::string, float> x_amax_, w_amax_;
+  std::map<std::string, float> x_amax_;
+  std::map<std::string, std::vector<const llama_linear*>> siblings_;  // sharing key -> the linears
+  mutable std::map<std::string, float> w_amax_;                       // (make() runs on one thread)
 };
 
 // x [rows, in] as the quantized runtime rounds it (act.format is not bf16).
