@@ -2,6 +2,7 @@
 // will do, before it reads a weight: formats, export size, each process's share and memory.
 #include <algorithm>
 #include <cstdio>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -142,6 +143,29 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
     fmt::print("  (this machine has {} available)\n", gb(available));
 }
 
+std::string flops_text(double f) {
+  return f >= 1e15 ? fmt::format("{:.2f} PFLOP", f / 1e15)
+         : f >= 1e12 ? fmt::format("{:.2f} TFLOP", f / 1e12)
+                     : fmt::format("{:.2f} GFLOP", f / 1e9);
+}
+
+std::string duration_text(double s) {
+  if (s < 120) return fmt::format("{:.0f} s", s);
+  if (s < 7200) return fmt::format("{:.0f} min", s / 60);
+  if (s < 172800) return fmt::format("{:.1f} h", s / 3600);
+  return fmt::format("{:.1f} days", s / 86400);
+}
+
+void print_work(const run_plan& p, double rate) {
+  const double total = p.calibrate_flops + p.score_flops + p.evaluate_flops;
+  fmt::print("work:       {} per process: calibrate {}{}, evaluate {}\n", flops_text(total),
+             flops_text(p.calibrate_flops), p.searched ? fmt::format(", score {}", flops_text(p.score_flops)) : "",
+             flops_text(p.evaluate_flops));
+  fmt::print("            about {} at this machine's GEMM rate ({:.1f} GFLOP/s on {} threads; loading, quantizing\n"
+             "            and writing come on top)\n",
+             duration_text(total / rate), rate / 1e9, p.threads);
+}
+
 nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const run_plan& p) {
   nlohmann::ordered_json blocks = nlohmann::ordered_json::object();
   for (int k = 0; k < 4; ++k) blocks[std::string(to_string(block_kind(k)))] = p.blocks[k];
@@ -202,6 +226,7 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
                              {"scoring_bytes", p.scoring_bytes},
                              {"scoring_activation_bytes", p.scoring_activation_bytes},
                              {"mapped_source_bytes", p.source_bytes}};
+  j["flops_per_process"] = {{"calibrate", p.calibrate_flops}, {"score", p.score_flops}, {"evaluate", p.evaluate_flops}};
   return j;
 }
 
@@ -245,9 +270,13 @@ void add_plan_command(CLI::App& app) {
     setup.calibration_tokens = calibration_token_count(model, spec, o->calib.empty() ? r.calibration.data : o->calib);
     const run_plan p = make_run_plan(spec, r, source_dtype, setup);
     print_plan(spec, r, p, o->model, dtypes_from);
+    const double rate = gemm_rate(p.threads);
+    print_work(p, rate);
     if (!o->json.empty()) {
       std::ofstream f(o->json);
-      f << plan_json(spec, r, p).dump(2) << "\n";
+      nlohmann::ordered_json j = plan_json(spec, r, p);
+      j["gemm_flops_per_second"] = rate;
+      f << j.dump(2) << "\n";
       if (!f.flush()) throw std::runtime_error(fmt::format("{}: cannot write", o->json));
     }
     if (!p.refused.empty()) throw std::runtime_error(fmt::format("mixq quantize will refuse this: {}", p.refused));

@@ -1,13 +1,16 @@
 #include "pipeline/plan/run_plan.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include <unistd.h>
 
+#include <Eigen/Core>
 #include <fmt/format.h>
 
 #include "pipeline/autoquant/search_groups.hpp"
@@ -205,6 +208,39 @@ uint64_t scoring_activations(const run_plan& p, const model_spec& spec, const re
   return 0;
 }
 
+// A forward pass's arithmetic per token over a window of T tokens, and each group's linears' (their
+// GEMM per token, routed experts at their share).
+struct forward_work {
+  double per_token = 0.0;
+  std::vector<double> group;  // by search group, when given a search space
+};
+
+forward_work forward_flops(const model_spec& spec, int64_t T, const search_space* space) {
+  const model_dims& d = spec.dims;
+  const auto in_mtp = [&](int block) { return block >= 0 && spec.blocks[size_t(block)].mtp; };
+  const auto active = [&](const linear_spec& l) {
+    return l.expert < 0 ? 1.0 : double(d.experts_per_token) / double(std::max<int64_t>(d.experts, 1));
+  };
+  forward_work w;
+  for (const linear_spec& l : spec.linears)
+    if (!in_mtp(l.block)) w.per_token += 2.0 * double(l.numel()) * active(l);
+  for (const block_spec& b : spec.blocks) {
+    if (b.mtp) continue;
+    if (b.kind == block_kind::attention)  // q k^T and p v over T / 2 keys on average (causal)
+      w.per_token += 2.0 * 2.0 * double(d.heads * d.head_dim) * double(T) / 2.0;
+    else if (b.kind == block_kind::mamba)  // the state's decay, input and read-out
+      w.per_token += 2.0 * 3.0 * double(d.mamba_heads * d.mamba_head_dim * d.ssm_state);
+  }
+  if (space)
+    for (const search_group& g : space->groups) {
+      double n = 0.0;
+      for (int i : g.linears)
+        if (!in_mtp(spec.linears[size_t(i)].block)) n += 2.0 * double(spec.linears[size_t(i)].numel()) * active(spec.linears[size_t(i)]);
+      w.group.push_back(g.disabled ? 0.0 : n);
+    }
+  return w;
+}
+
 }  // namespace
 
 run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype,
@@ -271,6 +307,29 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
                             : p.export_bytes_budget > 0 ? p.export_bytes_budget
                                                         : p.export_bytes_max;
   p.logits_bytes = uint64_t(p.threads) * uint64_t(p.seq_len * spec.dims.vocab) * sizeof(float);
+
+  // arithmetic per process
+  std::optional<search_space> space;
+  if (p.searched && p.refused.empty()) space = make_search_space(spec, r.search);
+  const forward_work fw = forward_flops(spec, p.seq_len, space ? &*space : nullptr);
+  const double tokens = double(p.sequences_per_process * p.seq_len);
+  p.calibrate_flops = fw.per_token * tokens;
+  p.evaluate_flops = 3.0 * fw.per_token * tokens;
+  if (space) {
+    const double scored = double(share_of(std::min(r.search.score_samples, p.calibration_sequences), p.processes) *
+                                 p.seq_len);
+    double replays = 0.0, passes = 0.0;  // per scored token: replay GEMMs, kl's forward passes
+    for (size_t g = 0; g < space->groups.size(); ++g) {
+      const double candidates = double(space->groups[g].candidates.size() - 1);
+      replays += 2.0 * fw.group[g] * candidates;
+      passes += fw.group[g] > 0.0 ? candidates : 0.0;
+    }
+    switch (r.search.method) {
+      case score_method::fisher: p.score_flops = (3.0 * fw.per_token + replays) * scored; break;
+      case score_method::hessian: p.score_flops = (fw.per_token + replays) * scored; break;
+      case score_method::kl: p.score_flops = (1.0 + passes) * fw.per_token * scored; break;
+    }
+  }
   // the quantized weights held: all of them, or layer by layer the largest layer's (evaluation
   // quantizes each as it loads, the export each linear as it writes it)
   const uint64_t quantized_held = p.layer_by_layer ? p.quantized_layer_bytes : p.quantized_bytes;
@@ -282,6 +341,29 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   p.held_bytes = std::max(p.fp32_model_bytes + p.residual_stream_bytes + p.logits_bytes + quantized_held,
                           p.searched ? p.fp32_model_bytes + p.scoring_bytes + p.scoring_activation_bytes : 0);
   return p;
+}
+
+// This machine's GEMM rate (FLOP/s) as the runtime computes: each of `threads` threads multiplying
+// on its own ([256, 1024] x [1024, 1024]^T in F32, as a window of tokens through a linear), timed
+// over ~0.2 s.
+double gemm_rate(int threads) {
+  using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const int64_t T = 256, K = 1024, N = 1024;
+  double flops = 0.0;
+  const auto start = std::chrono::steady_clock::now();
+  double seconds = 0.0;
+#pragma omp parallel num_threads(threads) reduction(+ : flops)
+  {
+    const matrix x = matrix::Constant(T, K, 0.5f), w = matrix::Constant(N, K, 0.25f);
+    matrix y(T, N);
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 0.2) {
+      y.noalias() = x * w.transpose();
+      flops += 2.0 * double(T * K * N);
+    }
+  }
+  seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return flops / seconds;
 }
 
 uint64_t host_available_memory() {

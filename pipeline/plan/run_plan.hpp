@@ -79,6 +79,13 @@ struct run_plan {
   // and the largest linear dequantized; hessian: a forward pass's inputs and outputs; KL: the
   // reference logits of the process's sequences, a pass per thread, a group swapped in as F32.
   uint64_t scoring_activation_bytes = 0;
+  // Arithmetic per process, in floating-point operations (a multiply-add is 2): the linears' GEMMs
+  // (routed experts at their share of the tokens), attention's scores and sums, and the Mamba
+  // state updates. Calibration is one forward pass over the process's sequences; evaluation three
+  // (source, fake-quantized, re-loaded export; over the calibration sequences, the default);
+  // scoring, for fisher a forward and a backward pass (3x), for hessian a forward pass, each plus
+  // two GEMMs per group and candidate, and for kl a forward pass per group and candidate.
+  double calibrate_flops = 0.0, score_flops = 0.0, evaluate_flops = 0.0;
   // The resident peak: the larger of scoring (model + candidates + activations + mapped source)
   // and export verification (the re-loaded model + the quantized weights + the source and the
   // staged export, both memory-mapped). The process itself comes on top.
@@ -113,6 +120,11 @@ struct plan_setup {
 // given different formats).
 run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype,
                        const plan_setup& setup = {});
+
+// This machine's GEMM rate in FLOP/s as the runtime multiplies: each of `threads` threads on its own
+// ([256, 1024] x [1024, 1024]^T in F32, a window of tokens through a linear), over ~0.2 s. The
+// plan's arithmetic divided by it estimates a run's compute time here.
+double gemm_rate(int threads);
 
 // This machine's MemAvailable (/proc/meminfo), or 0 where it cannot be read.
 uint64_t host_available_memory();

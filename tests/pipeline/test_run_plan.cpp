@@ -197,6 +197,44 @@ TEST(run_plan, a_hessian_search_scores_layer_by_layer) {
   EXPECT_EQ(make_run_plan(spec, r, bf16, whole).scoring_bytes, fisher.scoring_bytes);
 }
 
+// The arithmetic: a forward pass is 2 FLOP per weight (routed experts at k of E) per token, plus
+// attention's scores and sums; evaluation is three passes; scoring adds its passes and replays.
+TEST(run_plan, arithmetic_per_process) {
+  const model_spec spec = config_spec("nemotron3-super-120b-a12b.json");
+  const model_dims& d = spec.dims;
+  recipe r = load_recipe("nemotron_super_nvfp4_release");
+  const auto bf16 = [](const std::string&) { return dtype::bf16; };
+  plan_setup one;
+  one.max_positions = 262144;
+  const run_plan p = make_run_plan(spec, r, bf16, one);  // 64 sequences of 256 tokens in one process
+  double linear = 0.0;
+  for (const linear_spec& l : spec.linears)
+    if (l.block < 0 || !spec.blocks[size_t(l.block)].mtp)
+      linear += 2.0 * double(l.numel()) * (l.expert < 0 ? 1.0 : double(d.experts_per_token) / double(d.experts));
+  const double attention = 8 * 2.0 * double(d.heads * d.head_dim) * 256;  // 8 attention layers, T / 2 keys each
+  const double mamba = 40 * 6.0 * double(d.mamba_heads * d.mamba_head_dim * d.ssm_state);
+  const double tokens = 64 * 256;
+  EXPECT_NEAR(p.calibrate_flops, (linear + attention + mamba) * tokens, 1e-9 * p.calibrate_flops);
+  EXPECT_DOUBLE_EQ(p.evaluate_flops, 3 * p.calibrate_flops);
+  EXPECT_EQ(p.score_flops, 0.0);
+  // the active parameters are the GEMMs' weights, the embedding table and the norms
+  EXPECT_NEAR(linear / 2 + double(d.vocab * d.hidden), double(p.active_parameters), 1e-3 * double(p.active_parameters));
+  // 16 processes share the sequences
+  plan_setup sixteen = one;
+  sixteen.processes = 16;
+  EXPECT_NEAR(make_run_plan(spec, r, bf16, sixteen).calibrate_flops * 16, p.calibrate_flops, 1e-9 * p.calibrate_flops);
+  // a hessian search: a forward pass over the scored sequences and two GEMMs per group and candidate
+  r = load_recipe("auto_nemotron_nvfp4_fp8_5p0bits");
+  r.search.method = score_method::hessian;
+  const run_plan h = make_run_plan(spec, r, bf16, one);
+  r.search.method = score_method::fisher;
+  const run_plan f = make_run_plan(spec, r, bf16, one);
+  const double scored = double(std::min<int64_t>(r.search.score_samples, 64) * 256);
+  EXPECT_NEAR(f.score_flops - h.score_flops, 2 * (linear + attention + mamba) * scored, 1e-6 * f.score_flops);
+  EXPECT_GT(h.score_flops, (linear + attention + mamba) * scored);  // (plus the replays)
+  EXPECT_GT(gemm_rate(1), 1e8);  // some GFLOP/s on any machine
+}
+
 TEST(run_plan, calibration_sequences_as_quantize_cuts_the_data) {
   const model_spec spec = config_spec("nemotron3-super-120b-a12b.json");
   const recipe r = load_recipe("nemotron_super_nvfp4_release");  // 64 samples of 256 tokens
