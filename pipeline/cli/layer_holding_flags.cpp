@@ -5,10 +5,11 @@ namespace mixq::cli {
 void add_layer_holding_flags(CLI::App& cmd, bool& layer_by_layer, bool& whole_model) {
   auto* one = cmd.add_flag("--layer-by-layer", layer_by_layer,
                            "hold one layer's FP32 weights at a time: calibration and evaluation pass every sequence "
-                           "through a layer before the next loads (the default without a search; a search refuses it)");
+                           "through a layer before the next loads, each layer is quantized as it is needed (the default for fixed "
+                           "rules and hessian searches; fisher and kl searches refuse it)");
   auto* all = cmd.add_flag("--whole-model", whole_model,
-                           "hold every layer's FP32 weights from the start (the default with a search); the same "
-                           "bytes and perplexities");
+                           "hold every layer's FP32 weights and every quantized weight from the start (the default "
+                           "for fisher and kl searches); the same bytes and perplexities");
   one->excludes(all);
 }
 
