@@ -18,9 +18,10 @@
 namespace mixq {
 namespace fs = std::filesystem;
 
-layer_formats formats_of(const model_spec& spec, const quantized_weights& q) {
-  std::unordered_map<std::string, format_id> quantized;
-  for (const quantized_linear& l : q.linears) quantized.emplace(l.module, l.format);
+namespace {
+
+// Module -> format of every linear of spec, bf16 where `quantized` has none.
+layer_formats formats_from(const model_spec& spec, const std::unordered_map<std::string, format_id>& quantized) {
   layer_formats out;
   for (const linear_spec& l : spec.linears) {
     const auto it = quantized.find(l.module);
@@ -29,15 +30,18 @@ layer_formats formats_of(const model_spec& spec, const quantized_weights& q) {
   return out;
 }
 
+}  // namespace
+
+layer_formats formats_of(const model_spec& spec, const quantized_weights& q) {
+  std::unordered_map<std::string, format_id> quantized;
+  for (const quantized_linear& l : q.linears) quantized.emplace(l.module, l.format);
+  return formats_from(spec, quantized);
+}
+
 layer_formats formats_of(const model_spec& spec, const weight_quantizer& quantizer) {
   std::unordered_map<std::string, format_id> quantized;
-  for (size_t k = 0; k < quantizer.size(); ++k) quantized.emplace(quantizer.module(k), quantizer.format(k));
-  layer_formats out;
-  for (const linear_spec& l : spec.linears) {
-    const auto it = quantized.find(l.module);
-    out.emplace_back(l.module, it == quantized.end() ? format_id::bf16 : it->second);
-  }
-  return out;
+  for (size_t k = 0; k < quantizer.size(); ++k) quantized.emplace(quantizer.linear(k).module, quantizer.format(k));
+  return formats_from(spec, quantized);
 }
 
 namespace {
@@ -189,14 +193,12 @@ export_summary export_checkpoint(const checkpoint& source, const model_spec& spe
                                  const fs::path& out, const export_options& options) {
   // each linear's tensors named and shaped from an empty one of its format and shape, their bytes
   // made as they are written
-  std::unordered_map<std::string, const linear_spec*> by_module;
-  for (const linear_spec& l : spec.linears) by_module.emplace(l.module, &l);
   auto made = std::make_shared<linear_on_demand>(quantizer, options.layout);
   std::vector<tensor_to_write> stored;
   std::unordered_set<std::string> replaced;
   std::deque<float> unused;
   for (size_t k = 0; k < quantizer.size(); ++k) {
-    const linear_spec& l = *by_module.at(quantizer.module(k));
+    const linear_spec& l = quantizer.linear(k);
     quantized_linear shape;
     shape.module = l.module;
     shape.format = quantizer.format(k);

@@ -114,9 +114,9 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
       apply_fake_quant(m, *q);
       return eval(m, step);
     }
-    apply_fake_quant(m, lazy->quantize_layer(outside_layers), outside_layers);
+    apply_fake_quant(m, lazy->quantize_layer(outside_layers));
     return eval(m, step, [&](causal_lm& loading, int64_t layer) {
-      apply_fake_quant(loading, lazy->quantize_layer(layer), layer);
+      apply_fake_quant(loading, lazy->quantize_layer(layer));
     });
   };
   rep.ppl_source = eval(*model, 1);

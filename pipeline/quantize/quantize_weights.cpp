@@ -149,6 +149,7 @@ weight_quantizer::weight_quantizer(const checkpoint& ckpt, const model_spec& spe
     for (const linear_spec& l : spec.linears) {
       if (!l.module.ends_with(".k_proj")) continue;
       const std::string attention = l.module.substr(0, l.module.size() - 7);
+      kv_layer_[attention] = l.block >= 0 ? spec.blocks[size_t(l.block)].layer : outside_layers;
       if (stats.k_amax.count(attention)) {
         scales_.kv[attention] = {fp8_input_scale(stats.k_amax.at(attention)),
                                  fp8_input_scale(stat_or_zero(stats.v_amax, attention))};
@@ -160,7 +161,6 @@ weight_quantizer::weight_quantizer(const checkpoint& ckpt, const model_spec& spe
   }
 }
 
-const std::string& weight_quantizer::module(size_t k) const { return todo_.at(k).spec->module; }
 format_id weight_quantizer::format(size_t k) const { return todo_.at(k).quant.format; }
 
 quantized_linear weight_quantizer::quantize(size_t k) const {
@@ -187,6 +187,7 @@ quantized_linear weight_quantizer::quantize(size_t k) const {
 
 quantized_weights weight_quantizer::quantize_layer(int64_t layer) const {
   quantized_weights out = scales_;
+  std::erase_if(out.kv, [&](const auto& kv) { return kv_layer_.at(kv.first) != layer; });
   for (size_t k = 0; k < todo_.size(); ++k)
     if (layer_[k] == layer) out.linears.push_back(quantize(k));
   return out;
@@ -221,21 +222,9 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
   return out;
 }
 
-void apply_fake_quant(causal_lm& model, const quantized_weights& q, std::optional<int64_t> layer) {
-  const model_spec& spec = model.spec();
-  std::unordered_map<std::string, int64_t> layer_of;  // linear and attention module -> its layer
-  for (const linear_spec& l : spec.linears) {
-    const int64_t at = l.block >= 0 ? spec.blocks.at(size_t(l.block)).layer : outside_layers;
-    layer_of[l.module] = at;
-    layer_of[l.module.substr(0, l.module.rfind('.'))] = at;
-  }
-  const auto wanted = [&](const std::string& module) {
-    const auto it = layer_of.find(module);
-    return !layer || (it != layer_of.end() && it->second == *layer);
-  };
+void apply_fake_quant(causal_lm& model, const quantized_weights& q) {
   std::unordered_map<std::string, const quantized_linear*> by_module;
-  for (const quantized_linear& l : q.linears)
-    if (wanted(l.module)) by_module.emplace(l.module, &l);
+  for (const quantized_linear& l : q.linears) by_module.emplace(l.module, &l);
   model.for_each_linear([&](llama_linear& W) {
     const auto it = by_module.find(W.name);
     if (it == by_module.end()) return;
@@ -249,8 +238,8 @@ void apply_fake_quant(causal_lm& model, const quantized_weights& q, std::optiona
     }
   });
   for (const auto& [attention, scales] : q.kv)
-    if (wanted(attention) && std::find(q.uncalibrated_attention.begin(), q.uncalibrated_attention.end(), attention) ==
-                                 q.uncalibrated_attention.end())
+    if (std::find(q.uncalibrated_attention.begin(), q.uncalibrated_attention.end(), attention) ==
+        q.uncalibrated_attention.end())
       model.set_kv_cache_scales(attention, scales);
 }
 

@@ -9,7 +9,6 @@
 #pragma once
 
 #include <map>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -56,12 +55,13 @@ class weight_quantizer {
                    const calibration_stats& stats, weight_device device = weight_device::cpu,
                    const run_world& world = run_world::alone());
   size_t size() const { return todo_.size(); }  // the quantized linears, in spec order
-  const std::string& module(size_t k) const;
+  const linear_spec& linear(size_t k) const { return *todo_.at(k).spec; }
   format_id format(size_t k) const;
   quantized_linear quantize(size_t k) const;
   // Everything but the linears: the KV scales and what was borrowed (quantized_weights' other fields).
   const quantized_weights& scales() const { return scales_; }
-  // The linears of one layer (outside_layers: lm_head's), with scales().
+  // The linears of one layer (outside_layers: lm_head's), with scales() but only that layer's KV
+  // scales: what a model holding that layer alone takes (apply_fake_quant).
   quantized_weights quantize_layer(int64_t layer) const;
 
  private:
@@ -73,6 +73,7 @@ class weight_quantizer {
   };
   std::vector<source_weight> todo_;
   std::vector<int64_t> layer_;  // each one's layer (outside_layers for lm_head)
+  std::map<std::string, int64_t> kv_layer_;  // attention module -> its layer
   std::map<std::string, float> x_amax_;
   quantized_weights scales_;
   weight_device device_;
@@ -89,9 +90,9 @@ quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spe
                                    const run_world& world = run_world::alone());
 
 // Rewrites the in-memory model to compute as the quantized checkpoint will: dequantized weights,
-// input fake-quant with the exported input scales, FP8 KV fake-quant. With a layer: that layer's
-// linears and KV scales only (a model loaded layer by layer, as each layer loads); with
-// outside_layers: the linears of no layer (lm_head), which such a model always holds.
-void apply_fake_quant(causal_lm& model, const quantized_weights& q, std::optional<int64_t> layer = std::nullopt);
+// input fake-quant with the exported input scales, FP8 KV fake-quant. The model must hold the
+// layers q names (a model loaded layer by layer takes weight_quantizer::quantize_layer's, as each
+// layer loads).
+void apply_fake_quant(causal_lm& model, const quantized_weights& q);
 
 }  // namespace mixq
