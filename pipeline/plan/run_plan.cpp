@@ -120,10 +120,9 @@ void plan_rules(run_plan& p, const model_spec& spec, const recipe& r, const dtyp
 
 // A search: the export's bounds, the least budget, what scoring holds of the candidates. Returns
 // the most weights one searched group holds.
-int64_t plan_search(run_plan& p, const model_spec& spec, const recipe& r, const dtype_lookup& source_dtype,
-                    const fixed_bytes& fixed) {
+int64_t plan_search(run_plan& p, const model_spec& spec, const recipe& r, const search_space& space,
+                    const dtype_lookup& source_dtype, const fixed_bytes& fixed) {
   std::map<int, uint64_t> quantized_by_layer;  // at most (-1: lm_head)
-  const search_space space = make_search_space(spec, r.search);
   p.warnings = space.warnings;
   uint64_t smallest = 0;
   int64_t largest_group = 0;
@@ -264,7 +263,9 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
 
   p.searched = r.search.enabled;
   int64_t largest_group = 0;
-  if (p.searched) largest_group = plan_search(p, spec, r, source_dtype, fixed);
+  std::optional<search_space> space;
+  if (p.searched) space = make_search_space(spec, r.search);
+  if (p.searched) largest_group = plan_search(p, spec, r, *space, source_dtype, fixed);
   else plan_rules(p, spec, r, source_dtype, fixed);
 
   p.processes = setup.processes;
@@ -309,8 +310,6 @@ run_plan make_run_plan(const model_spec& spec, const recipe& r, const dtype_look
   p.logits_bytes = uint64_t(p.threads) * uint64_t(p.seq_len * spec.dims.vocab) * sizeof(float);
 
   // arithmetic per process
-  std::optional<search_space> space;
-  if (p.searched && p.refused.empty()) space = make_search_space(spec, r.search);
   const forward_work fw = forward_flops(spec, p.seq_len, space ? &*space : nullptr);
   const double tokens = double(p.sequences_per_process * p.seq_len);
   p.calibrate_flops = fw.per_token * tokens;
