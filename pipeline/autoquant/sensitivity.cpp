@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <map>
 #include <unordered_map>
 
@@ -13,6 +14,7 @@
 #include "formats/activation_quant.hpp"
 #include "kernels/cpu/quantize.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
+#include "pipeline/model/layer_stream.hpp"
 #include "pipeline/parallel/first_error.hpp"
 #include "pipeline/quantize/quantize_weights.hpp"
 
@@ -443,27 +445,22 @@ sensitivity_scores score_groups(causal_lm& model, const search_space& space, con
       for (int64_t l = 0; l <= model.layer_count(); ++l) {
         const bool head = l == model.layer_count();
         const std::vector<size_t>& taken = by_layer[head ? 0 : size_t(l + 1)];
-        if (!head) model.load_layer(l);
-        try {
-          const model_linears linears(model);
-          const quantized_cache cache(linears, spec, stats);
-          const group_tables t = prepare_groups(space, spec, linears, cache, taken);
+        std::optional<layer_loan> here;  // (the head needs no layer)
+        if (!head) here.emplace(model, l);
+        const model_linears linears(model);
+        const quantized_cache cache(linears, spec, stats);
+        const group_tables t = prepare_groups(space, spec, linears, cache, taken);
 #pragma omp parallel for schedule(dynamic, 1)
-          for (int64_t m = 0; m < own; ++m)
-            error.run([&] {
-              const int64_t s = mine[size_t(m)], T = int64_t(sequences[size_t(s)].size());
-              recorded_pass pass;
-              std::vector<float> buffer;
-              if (head) (void)model.head(h[size_t(m)].data(), T, pass.hooks()), h[size_t(m)] = {};
-              else model.layer_forward(l, h[size_t(m)].data(), T, pass.hooks());
-              score_recorded(space, spec, linears, t, taken, pass, nullptr, T, offset, part[size_t(s)].data(), buffer);
-            });
-          error.rethrow();
-        } catch (...) {
-          if (!head) model.drop_layer(l);
-          throw;
-        }
-        if (!head) model.drop_layer(l);
+        for (int64_t m = 0; m < own; ++m)
+          error.run([&] {
+            const int64_t s = mine[size_t(m)], T = int64_t(sequences[size_t(s)].size());
+            recorded_pass pass;
+            std::vector<float> buffer;
+            if (head) (void)model.head(h[size_t(m)].data(), T, pass.hooks()), h[size_t(m)] = {};
+            else model.layer_forward(l, h[size_t(m)].data(), T, pass.hooks());
+            score_recorded(space, spec, linears, t, taken, pass, nullptr, T, offset, part[size_t(s)].data(), buffer);
+          });
+        error.rethrow();
         if (progress) progress(l + 1, total);
       }
       return;

@@ -8,20 +8,6 @@
 
 namespace mixq {
 
-namespace {
-
-// Drops, on every way out, the layer a pass loaded itself.
-struct loaded_layer {
-  causal_lm& model;
-  int64_t layer;
-  bool dropping;
-  ~loaded_layer() {
-    if (dropping) model.drop_layer(layer);
-  }
-};
-
-}  // namespace
-
 void run_layer_by_layer(causal_lm& model, std::span<const std::span<const int32_t>> sequences, const layer_pass& pass) {
   const int64_t n = int64_t(sequences.size()), L = model.layer_count();
   bool holds_all = true;
@@ -57,8 +43,7 @@ void run_layer_by_layer(causal_lm& model, std::span<const std::span<const int32_
   for (int64_t i = 0; i < n; ++i) error.run([&] { h[size_t(i)] = model.embed(sequences[size_t(i)]); });
   error.rethrow();
   for (int64_t l = 0; l < L; ++l) {
-    const loaded_layer here{model, l, !model.holds_layer(l)};
-    model.load_layer(l);
+    const layer_loan here(model, l);
     if (pass.loaded) pass.loaded(model, l);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t i = 0; i < n; ++i)

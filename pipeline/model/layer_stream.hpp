@@ -30,6 +30,25 @@ struct layer_pass {
   std::function<void(int64_t done, int64_t total)> progress;
 };
 
+// A layer loaded for one pass: loads it unless the model holds it already, and then drops it again
+// on every way out (a model holding every layer keeps them).
+class layer_loan {
+ public:
+  layer_loan(causal_lm& model, int64_t layer) : model_(model), layer_(layer), dropping_(!model.holds_layer(layer)) {
+    model.load_layer(layer);
+  }
+  ~layer_loan() {
+    if (dropping_) model_.drop_layer(layer_);
+  }
+  layer_loan(const layer_loan&) = delete;
+  layer_loan& operator=(const layer_loan&) = delete;
+
+ private:
+  causal_lm& model_;
+  int64_t layer_;
+  bool dropping_;
+};
+
 // Runs every sequence (each checked as forward() checks it) through `model`. An exception from a
 // sequence, a hook or a callback stops the pass and is rethrown (the first one); the layers it
 // loaded are dropped either way.
