@@ -24,7 +24,9 @@
 #include <map>
 #include <vector>
 
+#include "formats/activation_quant.hpp"
 #include "formats/minifloat.hpp"
+#include "kernels/cpu/fake_quant_activations.hpp"
 #include "kernels/cpu/quantize.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
 #include "pipeline/synth_weights.hpp"
@@ -211,6 +213,25 @@ void BM_nvfp4_dequantize(benchmark::State& state) {
   });
 }
 
+// A quantized linear's input rounded as the runtime rounds it (F32 activations; GB/s of F32 input),
+// the kernel or the scalar reference in formats/ (one thread whatever the count).
+void BM_act(benchmark::State& state, format_id format, bool reference) {
+  const bench_setup s = setup(state);
+  const std::vector<float>& x = weight_f32(s.rows);
+  std::vector<float> out(x.size());
+  const float is = nvfp4_input_scale(8.0f);
+  run_against_memcpy(
+      state, s,
+      [&] {
+        if (format == format_id::nvfp4)
+          reference ? nvfp4_fake_quant_activations(x, kCols, is, out) : cpu::nvfp4_fake_quant_activations(x, kCols, is, out);
+        else
+          reference ? fp8_fake_quant_activations(x, is, out) : cpu::fp8_fake_quant_activations(x, is, out);
+        benchmark::DoNotOptimize(out.data());
+      },
+      4);
+}
+
 void thread_counts(benchmark::internal::Benchmark* b) {
   const int all = omp_get_max_threads();
   for (int64_t rows : {4096, 1024}) {
@@ -244,6 +265,10 @@ BENCHMARK_CAPTURE(BM_mx, mxfp4, format_id::mxfp4)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_mx, mxfp8, format_id::mxfp8)->Apply(thread_counts);
 BENCHMARK(BM_nf4)->Apply(thread_counts);
 BENCHMARK(BM_nvfp4_dequantize)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_act, nvfp4, format_id::nvfp4, false)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_act, nvfp4_reference, format_id::nvfp4, true)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_act, fp8, format_id::fp8_per_tensor, false)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_act, fp8_reference, format_id::fp8_per_tensor, true)->Apply(thread_counts);
 int main(int argc, char** argv) {
   if (const char* level = std::getenv("MIXQ_BENCH_SIMD")) {
     const std::string_view l = level;

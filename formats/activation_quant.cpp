@@ -20,7 +20,7 @@ void fp8_fake_quant_activations(std::span<const float> x, float input_scale, std
 
 void nvfp4_fake_quant_activations(std::span<const float> x, int64_t cols, float input_scale, std::span<float> out) {
   if (out.size() != x.size()) throw format_error("nvfp4_fake_quant_activations: input and output sizes differ");
-  if (cols % kNvfp4Block != 0 || x.size() % size_t(cols) != 0)
+  if (cols <= 0 || cols % kNvfp4Block != 0 || x.size() % size_t(cols) != 0)
     throw format_error(fmt::format("nvfp4_fake_quant_activations: {} values do not form rows of {} (a multiple of 16)",
                                    x.size(), cols));
   const float six_is = 6.0f * input_scale;

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "formats/activation_quant.hpp"
+#include "kernels/cpu/fake_quant_activations.hpp"
 #include "kernels/cpu/quantize.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
 #include "pipeline/model/layer_stream.hpp"
@@ -125,8 +126,8 @@ class quantized_cache {
 std::vector<float> quantize_input(const float* x, int64_t rows, int64_t in, const input_quant& act) {
   const std::span<const float> src(x, size_t(rows * in));
   std::vector<float> xq(src.size());
-  if (act.format == format_id::nvfp4) nvfp4_fake_quant_activations(src, in, act.input_scale, xq);
-  else fp8_fake_quant_activations(src, act.input_scale, xq);
+  if (act.format == format_id::nvfp4) cpu::nvfp4_fake_quant_activations(src, in, act.input_scale, xq);
+  else cpu::fp8_fake_quant_activations(src, act.input_scale, xq);
   return xq;
 }
 

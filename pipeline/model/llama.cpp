@@ -16,7 +16,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "formats/activation_quant.hpp"
+#include "kernels/cpu/fake_quant_activations.hpp"
 #include "kernels/cpu/attention.hpp"
 #include "kernels/cpu/row_math.hpp"
 #include "kernels/cpu/source_matrix.hpp"
@@ -43,9 +43,9 @@ void linear_forward(const std::string& name, const float* x, const llama_linear&
     xq.resize(size_t(T * W.in));
     const std::span<const float> src(x, xq.size());
     if (W.act.format == format_id::nvfp4)
-      nvfp4_fake_quant_activations(src, W.in, W.act.input_scale, xq);
+      cpu::nvfp4_fake_quant_activations(src, W.in, W.act.input_scale, xq);
     else
-      fp8_fake_quant_activations(src, W.act.input_scale, xq);
+      cpu::fp8_fake_quant_activations(src, W.act.input_scale, xq);
     x = xq.data();
   }
   const_map X(x, T, W.in);           // [T, in]
@@ -199,8 +199,8 @@ void kv_cache_forward(const std::string& attention, float* k, float* v, int64_t 
                       const kv_cache_scales& scales, const forward_hooks& hook) {
   if (hook.kv) hook.kv(attention, k, v, T, kv_dim);
   const size_t n = size_t(T * kv_dim);
-  if (scales.k > 0.0f) fp8_fake_quant_activations({k, n}, scales.k, {k, n});
-  if (scales.v > 0.0f) fp8_fake_quant_activations({v, n}, scales.v, {v, n});
+  if (scales.k > 0.0f) cpu::fp8_fake_quant_activations({k, n}, scales.k, {k, n});
+  if (scales.v > 0.0f) cpu::fp8_fake_quant_activations({v, n}, scales.v, {v, n});
 }
 
 namespace {

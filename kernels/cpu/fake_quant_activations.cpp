@@ -1,0 +1,116 @@
+#include "kernels/cpu/fake_quant_activations.hpp"
+
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include "formats/minifloat.hpp"
+#include "formats/nvfp4.hpp"
+#include "kernels/cpu/nvfp4_lanes.hpp"
+#include "kernels/cpu/simd_dispatch.hpp"
+#include "kernels/cpu/source_matrix.hpp"
+
+namespace mixq::cpu {
+namespace {
+
+// The reference's formulas, value by value: for what the lanes leave aside (non-finite values,
+// input scales that are not positive normal floats).
+void fp8_reference_values(const float* x, float input_scale, float* out, int64_t first, int64_t last) {
+  for (int64_t i = first; i < last; ++i) out[i] = e4m3_decode_table()[e4m3_encode(x[i] / input_scale)] * input_scale;
+}
+float nvfp4_block_scale(float amax, float input_scale) {
+  return e4m3_decode_table()[e4m3_encode(std::fmin(amax / (6.0f * input_scale), 448.0f))] * input_scale;
+}
+void nvfp4_reference_block(const float* x, float input_scale, float* out) {
+  float v[kNvfp4Block];  // (a copy: x and out may be one buffer)
+  float amax = 0.0f;
+  for (int i = 0; i < kNvfp4Block; ++i) v[i] = x[i], amax = std::fmax(amax, std::fabs(v[i]));
+  const float scale = nvfp4_block_scale(amax, input_scale);
+  for (int i = 0; i < kNvfp4Block; ++i) out[i] = scale > 0.0f ? e2m1_t{nvfp4_code(v[i], scale)}.to_float() * scale : 0.0f;
+}
+
+bool lanes_apply(float input_scale) { return std::isnormal(input_scale) && input_scale > 0.0f; }
+
+// 16 values at a time; lanes holding a NaN go to the reference.
+template <simd_level L>
+MIXQ_ALWAYS_INLINE void fp8_values(const float* x, float input_scale, float* out, int64_t first, int64_t last) {
+  int64_t i = first;
+  for (; i + 16 <= last; i += 16) {
+    const lanes::v16u bits = lanes::load_bits(x + i);
+    if (lanes::reduce16_bits(lanes::above(bits & 0x7fffffffu, 0x7f800000u)) != 0) {
+      fp8_reference_values(x, input_scale, out, i, i + 16);
+      continue;
+    }
+    const lanes::v16f q = lanes::fp8_dequantized(bits, input_scale);
+    std::memcpy(out + i, &q, sizeof q);
+  }
+  fp8_reference_values(x, input_scale, out, i, last);
+}
+
+// A 16-block per vector: its max magnitude, its scale (scalar, as the reference), then the codes'
+// values; blocks holding an inf or a NaN go to the reference.
+template <simd_level L>
+MIXQ_ALWAYS_INLINE void nvfp4_blocks(const float* x, float input_scale, float* out, int64_t first, int64_t last) {
+  for (int64_t b = first; b < last; b += kNvfp4Block) {
+    const lanes::v16u bits = lanes::load_bits(x + b);
+    const lanes::v16u magnitude = bits & 0x7fffffffu;
+    if (lanes::reduce16_bits(lanes::above(magnitude, 0x7f7fffffu)) != 0) {
+      nvfp4_reference_block(x + b, input_scale, out + b);
+      continue;
+    }
+    const float scale = nvfp4_block_scale(lanes::max16((lanes::v16f)magnitude), input_scale);
+    lanes::v16f value = {};
+    if (scale > 0.0f) {
+      // q >= 0, +inf where it overflows: held at 8 (any q from 5 on takes the top level, 6)
+      const lanes::v16u q = (lanes::v16u)((lanes::v16f)magnitude / scale);
+      const lanes::v16u codes = lanes::e2m1_codes((lanes::v16f)lanes::select(lanes::below(q, 0x41000000u), q, lanes::v16u{} + 0x41000000u));
+      const lanes::v16f level = L == simd_level::avx512 ? lanes::e2m1_magnitudes(codes) : lanes::e2m1_magnitudes_by_bits(codes);
+      // the sign of x < 0 (not of -0), as nvfp4_code's
+      value = (lanes::v16f)((lanes::v16u)(level * scale) | (lanes::sign_bits(bits) << 28));
+    }
+    std::memcpy(out + b, &value, sizeof value);
+  }
+}
+
+MIXQ_SIMD_KERNEL(void, fp8_range, fp8_values,
+                 (const float* x, float input_scale, float* out, int64_t first, int64_t last),
+                 (x, input_scale, out, first, last))
+MIXQ_SIMD_KERNEL(void, nvfp4_range, nvfp4_blocks,
+                 (const float* x, float input_scale, float* out, int64_t first, int64_t last),
+                 (x, input_scale, out, first, last))
+
+// range(first, last) over [0, n) in pieces of `unit`, on threads when there is enough work and the
+// caller is not already on one (the model runs sequences on threads).
+template <class Range>
+void over_threads(int64_t n, int64_t unit, const Range& range) {
+  const int64_t units = n / unit;
+#pragma omp parallel if (worth_threads(n) && !omp_in_parallel())
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    range(units * t / nt * unit, t + 1 == nt ? n : units * (t + 1) / nt * unit);  // (the last takes the rest)
+  }
+}
+
+}  // namespace
+
+void fp8_fake_quant_activations(std::span<const float> x, float input_scale, std::span<float> out) {
+  if (out.size() != x.size()) throw format_error("fp8_fake_quant_activations: input and output sizes differ");
+  if (!lanes_apply(input_scale)) return fp8_reference_values(x.data(), input_scale, out.data(), 0, int64_t(x.size()));
+  over_threads(int64_t(x.size()), 16, [&](int64_t first, int64_t last) {
+    fp8_range(x.data(), input_scale, out.data(), first, last);
+  });
+}
+
+void nvfp4_fake_quant_activations(std::span<const float> x, int64_t cols, float input_scale, std::span<float> out) {
+  if (out.size() != x.size()) throw format_error("nvfp4_fake_quant_activations: input and output sizes differ");
+  if (cols <= 0 || cols % kNvfp4Block != 0 || x.size() % size_t(cols) != 0)
+    throw format_error(fmt::format("nvfp4_fake_quant_activations: {} values do not form rows of {} (a multiple of 16)",
+                                   x.size(), cols));
+  over_threads(int64_t(x.size()), kNvfp4Block, [&](int64_t first, int64_t last) {
+    nvfp4_range(x.data(), input_scale, out.data(), first, last);
+  });
+}
+
+}  // namespace mixq::cpu
