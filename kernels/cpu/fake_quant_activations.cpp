@@ -49,27 +49,54 @@ MIXQ_ALWAYS_INLINE void fp8_values(const float* x, float input_scale, float* out
   fp8_reference_values(x, input_scale, out, i, last);
 }
 
-// A 16-block per vector: its max magnitude, its scale (scalar, as the reference), then the codes'
-// values; blocks holding an inf or a NaN go to the reference.
+// One 16-block under its scale (> 0): the codes' values, the sign of x < 0 (not of -0) as
+// nvfp4_code's.
+template <simd_level L>
+MIXQ_ALWAYS_INLINE lanes::v16f nvfp4_values(lanes::v16u bits, float scale) {
+  // q >= 0, +inf where it overflows: held at 8 (any q from 5 on takes the top level, 6)
+  const lanes::v16u q = (lanes::v16u)((lanes::v16f)(bits & 0x7fffffffu) / scale);
+  const lanes::v16u codes = lanes::e2m1_codes((lanes::v16f)lanes::select(lanes::below(q, 0x41000000u), q, lanes::v16u{} + 0x41000000u));
+  const lanes::v16f level = L == simd_level::avx512 ? lanes::e2m1_magnitudes(codes) : lanes::e2m1_magnitudes_by_bits(codes);
+  return (lanes::v16f)((lanes::v16u)(level * scale) | (lanes::sign_bits(bits) << 28));
+}
+
+// 16 blocks at a time: their maxima in one transposed reduction, their scales in lanes (the
+// reference's roundings; every max finite), then a block per vector. Groups holding an inf or a
+// NaN, and the last partial group, go block by block, the scale as the reference computes it.
 template <simd_level L>
 MIXQ_ALWAYS_INLINE void nvfp4_blocks(const float* x, float input_scale, float* out, int64_t first, int64_t last) {
-  for (int64_t b = first; b < last; b += kNvfp4Block) {
+  constexpr int64_t kGroup = 16 * kNvfp4Block;
+  const float six_is = 6.0f * input_scale;
+  int64_t b = first;
+  for (; lanes_apply(input_scale) && b + kGroup <= last; b += kGroup) {
+    lanes::v16u bits[16], magnitude[16], any = {};
+    for (int j = 0; j < 16; ++j) {
+      bits[j] = lanes::load_bits(x + b + j * kNvfp4Block);
+      magnitude[j] = bits[j] & 0x7fffffffu;
+      any |= lanes::above(magnitude[j], 0x7f7fffffu);
+    }
+    if (lanes::reduce16_bits(any) != 0) break;  // (the rest block by block)
+    const lanes::v16f amax = lanes::reduce16x16(reinterpret_cast<const lanes::v16f*>(magnitude), lanes::max_op{});
+    const lanes::v16f ratio = amax / six_is;  // finite or +inf, not negative
+    const lanes::v16f scales =
+        lanes::e4m3_decode(lanes::e4m3_encode((lanes::v16f)lanes::select(lanes::below((lanes::v16u)ratio, 0x43e00000u),
+                                                                           (lanes::v16u)ratio, lanes::v16u{} + 0x43e00000u))) *
+        input_scale;
+    alignas(64) float scale[16];
+    std::memcpy(scale, &scales, sizeof scale);
+    for (int j = 0; j < 16; ++j) {
+      const lanes::v16f value = scale[j] > 0.0f ? nvfp4_values<L>(bits[j], scale[j]) : lanes::v16f{};
+      std::memcpy(out + b + j * kNvfp4Block, &value, sizeof value);
+    }
+  }
+  for (; b < last; b += kNvfp4Block) {
     const lanes::v16u bits = lanes::load_bits(x + b);
-    const lanes::v16u magnitude = bits & 0x7fffffffu;
-    if (lanes::reduce16_bits(lanes::above(magnitude, 0x7f7fffffu)) != 0) {
+    if (lanes::reduce16_bits(lanes::above(bits & 0x7fffffffu, 0x7f7fffffu)) != 0) {
       nvfp4_reference_block(x + b, input_scale, out + b);
       continue;
     }
-    const float scale = nvfp4_block_scale(lanes::max16((lanes::v16f)magnitude), input_scale);
-    lanes::v16f value = {};
-    if (scale > 0.0f) {
-      // q >= 0, +inf where it overflows: held at 8 (any q from 5 on takes the top level, 6)
-      const lanes::v16u q = (lanes::v16u)((lanes::v16f)magnitude / scale);
-      const lanes::v16u codes = lanes::e2m1_codes((lanes::v16f)lanes::select(lanes::below(q, 0x41000000u), q, lanes::v16u{} + 0x41000000u));
-      const lanes::v16f level = L == simd_level::avx512 ? lanes::e2m1_magnitudes(codes) : lanes::e2m1_magnitudes_by_bits(codes);
-      // the sign of x < 0 (not of -0), as nvfp4_code's
-      value = (lanes::v16f)((lanes::v16u)(level * scale) | (lanes::sign_bits(bits) << 28));
-    }
+    const float scale = nvfp4_block_scale(lanes::max16((lanes::v16f)(bits & 0x7fffffffu)), input_scale);
+    const lanes::v16f value = scale > 0.0f ? nvfp4_values<L>(bits, scale) : lanes::v16f{};
     std::memcpy(out + b, &value, sizeof value);
   }
 }

@@ -1,17 +1,17 @@
-// The CPU activation fake-quant kernels return, bit for bit, what formats/activation_quant.cpp
-// returns: at every SIMD level, on one thread and on several, in place and not, for ordinary
-// activations, outliers past the calibrated amax, NaN, infinities, signed zeros, subnormals, tiny
-// blocks whose scale rounds to zero, and degenerate input scales.
+// The CPU activation fake-quant kernels return, bit for bit, what
+// formats/activation_quant.cpp returns: at every SIMD level, on one thread and
+// on several, in place and not, for ordinary activations, outliers past the
+// calibrated amax, NaN, infinities, signed zeros, subnormals, tiny blocks whose
+// scale rounds to zero, and degenerate input scales.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <bit>
 #include <cmath>
 #include <limits>
 #include <random>
 #include <vector>
-
-#include <fmt/format.h>
-#include <omp.h>
 
 #include "formats/activation_quant.hpp"
 #include "formats/nvfp4.hpp"
@@ -21,9 +21,11 @@
 namespace mixq {
 namespace {
 
-// rows × cols activations: a Gaussian body, channels 8-32x larger (as on projections that read
-// the residual stream), and every special value sprinkled in.
-std::vector<float> activations(int64_t rows, int64_t cols, uint32_t seed) {
+// rows × cols activations: a Gaussian body, channels 24x larger (as on
+// projections that read the residual stream), and special values sprinkled in:
+// every finite one, and where asked NaN and infinities (which send the vectors
+// that hold them to the reference's formulas).
+std::vector<float> activations(int64_t rows, int64_t cols, uint32_t seed, bool nonfinite = true) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> x(size_t(rows * cols));
@@ -40,39 +42,45 @@ std::vector<float> activations(int64_t rows, int64_t cols, uint32_t seed) {
                             3e38f,
                             -3e38f,
                             1e5f};
-  for (size_t i = 0; i < x.size(); i += 97) x[i] = specials[(i / 97) % std::size(specials)];
-  // Blocks of tiny values (their dynamic scale underflows to zero) and of all zeros.
+  for (size_t i = 0; i < x.size(); i += 97) {
+    const float v = specials[(i / 97) % std::size(specials)];
+    if (nonfinite || std::isfinite(v)) x[i] = v;
+  }
+  // Blocks of tiny values (their dynamic scale underflows to zero) and of all
+  // zeros.
   for (int64_t i = 0; i < 16; ++i) x[size_t(2 * 16 + i)] = 1e-9f * float(i), x[size_t(3 * 16 + i)] = 0.0f;
   return x;
 }
 
-::testing::AssertionResult same_bits(const std::vector<float>& got, const std::vector<float>& want) {
+::testing::AssertionResult same_bits(const std::vector<float> &got, const std::vector<float> &want) {
   if (got.size() != want.size()) return ::testing::AssertionFailure() << "sizes differ";
   for (size_t i = 0; i < got.size(); ++i)
     if (std::bit_cast<uint32_t>(got[i]) != std::bit_cast<uint32_t>(want[i]))
-      return ::testing::AssertionFailure() << fmt::format("value {}: {} ({:#010x}), reference {} ({:#010x})", i, got[i],
-                                                          std::bit_cast<uint32_t>(got[i]), want[i],
-                                                          std::bit_cast<uint32_t>(want[i]));
+      return ::testing::AssertionFailure()
+             << fmt::format("value {}: {} ({:#010x}), reference {} ({:#010x})", i, got[i],
+                            std::bit_cast<uint32_t>(got[i]), want[i], std::bit_cast<uint32_t>(want[i]));
   return ::testing::AssertionSuccess();
 }
 
-const float kInputScales[] = {nvfp4_input_scale(30.0f), 0.01f, 1.0f, 0.0f, 1e-42f, 3e37f,
-                              std::numeric_limits<float>::infinity(), -0.5f};
+const float kInputScales[] = {
+    nvfp4_input_scale(30.0f), 0.01f, 1.0f, 0.0f, 1e-42f, 3e37f, std::numeric_limits<float>::infinity(), -0.5f};
 
 TEST(cpu_fake_quant_activations, nvfp4_bit_identical_at_every_level) {
   const int64_t cols = 4096, rows = 80;  // (enough values for threads)
-  const std::vector<float> x = activations(rows, cols, 7);
-  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
-    if (level > cpu::cpu_simd_level()) continue;
-    cpu::limit_simd_level(level);
-    for (float is : kInputScales) {
-      std::vector<float> want(x.size()), got(x.size());
-      nvfp4_fake_quant_activations(x, cols, is, want);
-      cpu::nvfp4_fake_quant_activations(x, cols, is, got);
-      EXPECT_TRUE(same_bits(got, want)) << "level " << int(level) << ", input scale " << is;
-      std::vector<float> in_place = x;
-      cpu::nvfp4_fake_quant_activations(in_place, cols, is, in_place);
-      EXPECT_TRUE(same_bits(in_place, want)) << "in place, level " << int(level) << ", input scale " << is;
+  for (bool nonfinite : {true, false}) {
+    const std::vector<float> x = activations(rows, cols, 7, nonfinite);
+    for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+      if (level > cpu::cpu_simd_level()) continue;
+      cpu::limit_simd_level(level);
+      for (float is : kInputScales) {
+        std::vector<float> want(x.size()), got(x.size());
+        nvfp4_fake_quant_activations(x, cols, is, want);
+        cpu::nvfp4_fake_quant_activations(x, cols, is, got);
+        EXPECT_TRUE(same_bits(got, want)) << "level " << int(level) << ", input scale " << is;
+        std::vector<float> in_place = x;
+        cpu::nvfp4_fake_quant_activations(in_place, cols, is, in_place);
+        EXPECT_TRUE(same_bits(in_place, want)) << "in place, level " << int(level) << ", input scale " << is;
+      }
     }
   }
   cpu::limit_simd_level(cpu::cpu_simd_level());
@@ -80,24 +88,27 @@ TEST(cpu_fake_quant_activations, nvfp4_bit_identical_at_every_level) {
 
 TEST(cpu_fake_quant_activations, fp8_bit_identical_at_every_level) {
   const int64_t cols = 1000, rows = 300;
-  const std::vector<float> x = activations(rows, cols, 8);
-  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
-    if (level > cpu::cpu_simd_level()) continue;
-    cpu::limit_simd_level(level);
-    for (float is : kInputScales) {
-      std::vector<float> want(x.size()), got(x.size());
-      fp8_fake_quant_activations(x, is, want);
-      cpu::fp8_fake_quant_activations(x, is, got);
-      EXPECT_TRUE(same_bits(got, want)) << "level " << int(level) << ", input scale " << is;
-      std::vector<float> in_place = x;
-      cpu::fp8_fake_quant_activations(in_place, is, in_place);
-      EXPECT_TRUE(same_bits(in_place, want)) << "in place, level " << int(level) << ", input scale " << is;
+  for (bool nonfinite : {true, false}) {
+    const std::vector<float> x = activations(rows, cols, 8, nonfinite);
+    for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+      if (level > cpu::cpu_simd_level()) continue;
+      cpu::limit_simd_level(level);
+      for (float is : kInputScales) {
+        std::vector<float> want(x.size()), got(x.size());
+        fp8_fake_quant_activations(x, is, want);
+        cpu::fp8_fake_quant_activations(x, is, got);
+        EXPECT_TRUE(same_bits(got, want)) << "level " << int(level) << ", input scale " << is;
+        std::vector<float> in_place = x;
+        cpu::fp8_fake_quant_activations(in_place, is, in_place);
+        EXPECT_TRUE(same_bits(in_place, want)) << "in place, level " << int(level) << ", input scale " << is;
+      }
     }
   }
   cpu::limit_simd_level(cpu::cpu_simd_level());
 }
 
-// Called from threads (as the model runs sequences), each call works alone and agrees.
+// Called from threads (as the model runs sequences), each call works alone and
+// agrees.
 TEST(cpu_fake_quant_activations, inside_a_parallel_region_as_alone) {
   const int64_t cols = 2048, rows = 160;
   const std::vector<float> x = activations(rows, cols, 9);
@@ -106,13 +117,15 @@ TEST(cpu_fake_quant_activations, inside_a_parallel_region_as_alone) {
   std::vector<std::vector<float>> got(4, std::vector<float>(x.size()));
 #pragma omp parallel for num_threads(2)
   for (int i = 0; i < 4; ++i) cpu::nvfp4_fake_quant_activations(x, cols, 0.02f, got[size_t(i)]);
-  for (const auto& g : got) EXPECT_TRUE(same_bits(g, want));
+  for (const auto &g : got) EXPECT_TRUE(same_bits(g, want));
 }
 
 TEST(cpu_fake_quant_activations, shapes_that_are_not_rows_of_blocks_are_refused) {
   std::vector<float> x(48), out(48);
-  EXPECT_THROW(cpu::nvfp4_fake_quant_activations(x, 24, 1.0f, out), format_error);  // 24 is not a multiple of 16
-  EXPECT_THROW(cpu::nvfp4_fake_quant_activations(x, 32, 1.0f, out), format_error);  // 48 values are not rows of 32
+  EXPECT_THROW(cpu::nvfp4_fake_quant_activations(x, 24, 1.0f, out),
+               format_error);  // 24 is not a multiple of 16
+  EXPECT_THROW(cpu::nvfp4_fake_quant_activations(x, 32, 1.0f, out),
+               format_error);  // 48 values are not rows of 32
   EXPECT_THROW(cpu::nvfp4_fake_quant_activations(x, 0, 1.0f, out), format_error);
   std::vector<float> short_out(47);
   EXPECT_THROW(cpu::nvfp4_fake_quant_activations(x, 16, 1.0f, short_out), format_error);
