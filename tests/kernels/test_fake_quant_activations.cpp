@@ -65,20 +65,22 @@ std::vector<float> activations(int64_t rows, int64_t cols, uint32_t seed, bool n
 const float kInputScales[] = {
     nvfp4_input_scale(30.0f), 0.01f, 1.0f, 0.0f, 1e-42f, 3e37f, std::numeric_limits<float>::infinity(), -0.5f};
 
-TEST(cpu_fake_quant_activations, nvfp4_bit_identical_at_every_level) {
-  const int64_t cols = 4096, rows = 80;  // (enough values for threads)
+// reference(x, input_scale, out) against kernel(x, input_scale, out), out apart and in place, at every
+// SIMD level and input scale, on rows × cols activations with and without non-finite values.
+template <class Reference, class Kernel>
+void expect_the_reference_at_every_level(int64_t rows, int64_t cols, uint32_t seed, Reference reference, Kernel kernel) {
   for (bool nonfinite : {true, false}) {
-    const std::vector<float> x = activations(rows, cols, 7, nonfinite);
+    const std::vector<float> x = activations(rows, cols, seed, nonfinite);
     for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
       if (level > cpu::cpu_simd_level()) continue;
       cpu::limit_simd_level(level);
       for (float is : kInputScales) {
         std::vector<float> want(x.size()), got(x.size());
-        nvfp4_fake_quant_activations(x, cols, is, want);
-        cpu::nvfp4_fake_quant_activations(x, cols, is, got);
+        reference(x, is, want);
+        kernel(x, is, got);
         EXPECT_TRUE(same_bits(got, want)) << "level " << int(level) << ", input scale " << is;
         std::vector<float> in_place = x;
-        cpu::nvfp4_fake_quant_activations(in_place, cols, is, in_place);
+        kernel(in_place, is, in_place);
         EXPECT_TRUE(same_bits(in_place, want)) << "in place, level " << int(level) << ", input scale " << is;
       }
     }
@@ -86,25 +88,21 @@ TEST(cpu_fake_quant_activations, nvfp4_bit_identical_at_every_level) {
   cpu::limit_simd_level(cpu::cpu_simd_level());
 }
 
+TEST(cpu_fake_quant_activations, nvfp4_bit_identical_at_every_level) {
+  const int64_t cols = 4096;  // (80 rows: enough values for threads)
+  expect_the_reference_at_every_level(
+      80, cols, 7,
+      [&](std::span<const float> x, float is, std::span<float> out) { nvfp4_fake_quant_activations(x, cols, is, out); },
+      [&](std::span<const float> x, float is, std::span<float> out) {
+        cpu::nvfp4_fake_quant_activations(x, cols, is, out);
+      });
+}
+
 TEST(cpu_fake_quant_activations, fp8_bit_identical_at_every_level) {
-  const int64_t cols = 1000, rows = 300;
-  for (bool nonfinite : {true, false}) {
-    const std::vector<float> x = activations(rows, cols, 8, nonfinite);
-    for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
-      if (level > cpu::cpu_simd_level()) continue;
-      cpu::limit_simd_level(level);
-      for (float is : kInputScales) {
-        std::vector<float> want(x.size()), got(x.size());
-        fp8_fake_quant_activations(x, is, want);
-        cpu::fp8_fake_quant_activations(x, is, got);
-        EXPECT_TRUE(same_bits(got, want)) << "level " << int(level) << ", input scale " << is;
-        std::vector<float> in_place = x;
-        cpu::fp8_fake_quant_activations(in_place, is, in_place);
-        EXPECT_TRUE(same_bits(in_place, want)) << "in place, level " << int(level) << ", input scale " << is;
-      }
-    }
-  }
-  cpu::limit_simd_level(cpu::cpu_simd_level());
+  expect_the_reference_at_every_level(
+      300, 1000, 8,
+      [](std::span<const float> x, float is, std::span<float> out) { fp8_fake_quant_activations(x, is, out); },
+      [](std::span<const float> x, float is, std::span<float> out) { cpu::fp8_fake_quant_activations(x, is, out); });
 }
 
 // Called from threads (as the model runs sequences), each call works alone and
