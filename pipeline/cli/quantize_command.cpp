@@ -115,8 +115,9 @@ void print_report(const quantize_request& rq, const quantize_report& r, const ru
              bytes_text(double(r.exported.tensor_bytes)), double(r.source_bytes) / double(r.exported.tensor_bytes));
   for (const auto& [bits, ppl] : r.measured_front)
     fmt::print("front:        {:.3f} bits: ppl {:.6f} (searched)\n", bits, ppl);
-  fmt::print("perplexity on {} ({} tokens): source {:.6f}, fake-quant {:.6f}, export {:.6f} (re-loaded; matches)\n",
-             r.eval_source, r.eval_tokens, r.ppl_source, r.ppl_fake_quant, r.ppl_export);
+  fmt::print("perplexity on {} ({} tokens): source {:.6f}{}, fake-quant {:.6f}, export {:.6f} (re-loaded; matches)\n",
+             r.eval_source, r.eval_tokens, r.ppl_source, r.ppl_source_reused ? " (stored by an earlier run)" : "",
+             r.ppl_fake_quant, r.ppl_export);
   double total = 0.0;
   std::string stages;
   for (const auto& [stage, s] : r.stage_seconds) stages += fmt::format("{}{} {:.2f}s", stages.empty() ? "" : ", ", stage, s), total += s;
@@ -168,7 +169,7 @@ void add_quantize_command(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
       ->capture_default_str();
   add_layer_holding_flags(*cmd, o->layer_by_layer, o->whole_model);
-  cmd->add_flag("--resume", o->resume, "reuse the run directory's calibration statistics if they match");
+  cmd->add_flag("--resume", o->resume, "reuse the run directory's calibration statistics if they match, and the source perplexity stored for the same model, evaluation tokens and window");
   cmd->add_flag("--force", o->force, "replace an existing output directory once the new export is verified");
   cmd->add_flag("--quiet", o->quiet, "no progress output");
   cmd->add_flag("--measure-front", o->measure_front,

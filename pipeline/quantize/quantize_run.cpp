@@ -1,6 +1,7 @@
 #include "pipeline/quantize/quantize_run.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -68,6 +69,43 @@ int64_t peak_rss_bytes() {
 
 // Evaluation (each process its share of the windows), the export (written by the root, verified by
 // every process) and the run's record (the root's).
+// The source model's perplexity: with --resume, the one an earlier run stored in the run directory
+// for the same model, evaluation tokens and window (the same bits: evaluation does not depend on
+// threads, processes or how layers are held), else evaluated and stored for the next run.
+double source_perplexity(const quantize_request& rq, quantize_report& rep, const calibration_stats& stats,
+                         const std::vector<int32_t>& eval_tokens, int64_t ctx, const run_world& world,
+                         const std::function<double()>& evaluate) {
+  const fs::path file = rep.run_dir / "source_perplexity.json";
+  const nlohmann::json key = {{"model", stats.fingerprint.model},
+                              {"eval_tokens", fnv1a_hex(eval_tokens.data(), eval_tokens.size() * sizeof(int32_t))},
+                              {"eval_ctx", ctx}};
+  if (rq.resume) {
+    std::string found;  // the stored value's bits as the root reads them (16 hex digits), "" if none
+    world.stage([&] {
+      if (!world.root() || !fs::exists(file)) return;
+      std::ifstream in(file);
+      const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+      if (!j.is_object() || !j.contains("key") || j["key"] != key || !j.contains("bits") || !j["bits"].is_string()) return;
+      const std::string bits = j["bits"];  // (a record of other tokens or a damaged one: evaluated again)
+      if (bits.size() == 16 && bits.find_first_not_of("0123456789abcdef") == std::string::npos) found = bits;
+    });
+    if (world.size() > 1) found = world.all_gather(found)[0];
+    if (!found.empty()) {
+      rep.ppl_source_reused = true;
+      if (rq.progress) rq.progress("evaluate", 1, 3);
+      return std::bit_cast<double>(uint64_t(std::stoull(found, nullptr, 16)));
+    }
+  }
+  const double ppl = evaluate();
+  world.stage([&] {
+    if (!world.root()) return;
+    fs::create_directories(rep.run_dir);
+    const nlohmann::json j = {{"key", key}, {"perplexity", ppl}, {"bits", fmt::format("{:016x}", std::bit_cast<uint64_t>(ppl))}};
+    std::ofstream(file) << j.dump(2) << "\n";
+  });
+  return ppl;
+}
+
 void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock, const checkpoint& source,
             const model_spec& spec, std::unique_ptr<causal_lm> model, const std::vector<std::vector<int32_t>>& sequences,
             int64_t seq_len, const calibration_stats& stats, const quantized_weights* all,
@@ -119,7 +157,7 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
       apply_fake_quant(loading, lazy->quantize_layer(layer));
     });
   };
-  rep.ppl_source = eval(*model, 1);
+  rep.ppl_source = source_perplexity(rq, rep, stats, eval_tokens, ctx, world, [&] { return eval(*model, 1); });
   if (rep.searched && rq.measure_front) {  // the front's optimum at each feasible budget, on these tokens
     for (const front_entry& e : rep.search.front) {
       if (!e.feasible) continue;

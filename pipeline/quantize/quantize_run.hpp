@@ -73,6 +73,7 @@ struct quantize_report {
   std::string eval_source;
   int64_t eval_tokens = 0;
   double ppl_source = 0.0, ppl_fake_quant = 0.0, ppl_export = 0.0;
+  bool ppl_source_reused = false;     // --resume: the source's perplexity stored by an earlier run
   std::vector<std::pair<double, double>> measured_front;  // (effective bits, ppl) with --measure-front
   std::vector<std::pair<std::string, double>> stage_seconds;
   int64_t peak_rss_bytes = 0;

@@ -126,6 +126,20 @@ TEST(mpi_quantize, fixed_rules_give_the_bytes_of_one_process) {
   expect_same_as_one_process(synth_arch::llama, load_recipe("llama_nvfp4"));
 }
 
+// --resume: the root reads the source perplexity an earlier run stored, and every rank takes it.
+TEST(mpi_quantize, a_resumed_run_takes_the_stored_source_perplexity_on_every_rank) {
+  shared_dir dir("mixq-mpi-quantize-resume");
+  const fs::path model = synth_on_root(dir.path, synth_arch::llama);
+  quantize_request rq = request(model, dir.path / "out", load_recipe("llama_fp8"));
+  const quantize_report first = run_quantize(rq, world());
+  rq.resume = rq.overwrite = true;
+  const quantize_report again = run_quantize(rq, world());
+  EXPECT_FALSE(first.ppl_source_reused);
+  EXPECT_TRUE(again.ppl_source_reused);
+  EXPECT_EQ(again.ppl_source, first.ppl_source);
+  EXPECT_EQ(again.ppl_export, first.ppl_export);
+}
+
 TEST(mpi_quantize, layer_by_layer_gives_the_bytes_of_one_process_holding_the_model) {
   expect_same_as_one_process(synth_arch::nemotron_h, load_recipe("mamba_moe_nvfp4_conservative"),
                              layer_weights::on_demand);

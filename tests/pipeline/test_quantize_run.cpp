@@ -147,6 +147,20 @@ TEST(quantize_run, resume_reuses_matching_statistics_and_refuses_others) {
   const quantize_report again = run_quantize(rq);
   EXPECT_TRUE(again.stats_reused);
   EXPECT_EQ(again.ppl_export, first.ppl_export);
+  // the source's perplexity too: stored by the first run, the same bits
+  EXPECT_FALSE(first.ppl_source_reused);
+  EXPECT_TRUE(again.ppl_source_reused);
+  EXPECT_EQ(again.ppl_source, first.ppl_source);
+  rq.eval_ctx = 64;  // another window: evaluated again (and stored for it)
+  const quantize_report other_window = run_quantize(rq);
+  EXPECT_FALSE(other_window.ppl_source_reused);
+  EXPECT_NE(other_window.ppl_source, first.ppl_source);
+  EXPECT_TRUE(run_quantize(rq).ppl_source_reused);
+  std::ofstream(again.run_dir / "source_perplexity.json") << "{\"key\": 3";  // damaged: evaluated again
+  const quantize_report after_damage = run_quantize(rq);
+  EXPECT_FALSE(after_damage.ppl_source_reused);
+  EXPECT_EQ(after_damage.ppl_source, other_window.ppl_source);
+  rq.eval_ctx = 0;
 
   rq.rcp.calibration.samples = 3;  // different calibration: the stored statistics no longer apply
   try {
