@@ -69,14 +69,15 @@ int64_t peak_rss_bytes() {
 
 // Evaluation (each process its share of the windows), the export (written by the root, verified by
 // every process) and the run's record (the root's).
-// The source model's perplexity: with --resume, the one an earlier run stored in the run directory
-// for the same model, evaluation tokens and window (the same bits: evaluation does not depend on
-// threads, processes or how layers are held), else evaluated and stored for the next run.
+// The source model's perplexity: with --resume, the one an earlier run of this mixq stored in the run
+// directory for the same model, evaluation tokens and window (the same bits: evaluation does not
+// depend on threads, processes or how layers are held), else evaluated and stored for the next run.
 double source_perplexity(const quantize_request& rq, quantize_report& rep, const calibration_stats& stats,
                          const std::vector<int32_t>& eval_tokens, int64_t ctx, const run_world& world,
                          const std::function<double()>& evaluate) {
   const fs::path file = rep.run_dir / "source_perplexity.json";
-  const nlohmann::json key = {{"model", stats.fingerprint.model},
+  const nlohmann::json key = {{"mixq", rq.producer_version},  // (another build may round the forward otherwise)
+                              {"model", stats.fingerprint.model},
                               {"eval_tokens", fnv1a_hex(eval_tokens.data(), eval_tokens.size() * sizeof(int32_t))},
                               {"eval_ctx", ctx}};
   if (rq.resume) {
