@@ -67,8 +67,6 @@ int64_t peak_rss_bytes() {
   return int64_t(u.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
-// Evaluation (each process its share of the windows), the export (written by the root, verified by
-// every process) and the run's record (the root's).
 // The source model's perplexity: with --resume, the one an earlier run of this mixq stored in the run
 // directory for the same model, evaluation tokens and window (the same bits: evaluation does not
 // depend on threads, processes or how layers are held), else evaluated and stored for the next run.
@@ -107,6 +105,8 @@ double source_perplexity(const quantize_request& rq, quantize_report& rep, const
   return ppl;
 }
 
+// Evaluation (each process its share of the windows), the export (written by the root, verified by
+// every process) and the run's record (the root's).
 void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock, const checkpoint& source,
             const model_spec& spec, std::unique_ptr<causal_lm> model, const std::vector<std::vector<int32_t>>& sequences,
             int64_t seq_len, const calibration_stats& stats, const quantized_weights* all,
