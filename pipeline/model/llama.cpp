@@ -840,13 +840,17 @@ void llama_model::layer_forward(int64_t layer, float* h, int64_t T, const forwar
   residual_forward(h, y.data(), T, H);
 }
 
-std::vector<float> llama_model::head(const float* h, int64_t T, const forward_hooks& hook) const {
-  const int64_t H = config_.hidden;
+std::vector<float> final_logits(const float* h, int64_t T, int64_t H, const std::vector<float>& norm, float eps,
+                                const llama_linear& lm_head, int64_t vocab, const forward_hooks& hook) {
   std::vector<float> a(size_t(T * H));
-  rmsnorm_forward(a.data(), h, final_norm_.data(), T, H, config_.rms_norm_eps);
-  std::vector<float> logits(size_t(T * config_.vocab));  // [T, V]
-  linear_hooked(lm_head_, a.data(), logits.data(), T, hook);
+  rmsnorm_forward(a.data(), h, norm.data(), T, H, eps);
+  std::vector<float> logits(size_t(T * vocab));  // [T, V]
+  linear_hooked(lm_head, a.data(), logits.data(), T, hook);
   return logits;
+}
+
+std::vector<float> llama_model::head(const float* h, int64_t T, const forward_hooks& hook) const {
+  return final_logits(h, T, config_.hidden, final_norm_, config_.rms_norm_eps, lm_head_, config_.vocab, hook);
 }
 
 // ---- forward + backward ----------------------------------------------------------------------

@@ -279,6 +279,10 @@ void kv_cache_forward(const std::string& attention, float* k, float* v, int64_t 
 std::string attention_module_of(const llama_linear& k_proj);
 // out[T, C] = x / sqrt(mean(x^2) + eps) * weight[C]   (normalised in fp32, as HF does)
 void rmsnorm_forward(float* out, const float* x, const float* weight, int64_t T, int64_t C, float eps);
+// logits [T, V] from the residual stream h [T, H] after the last layer: the final RMSNorm, then
+// lm_head (hooked): every model's head.
+std::vector<float> final_logits(const float* h, int64_t T, int64_t H, const std::vector<float>& norm, float eps,
+                                const llama_linear& lm_head, int64_t vocab, const forward_hooks& hook);
 // dx[T, C] += r * (g - xhat * mean(g * xhat)) with g = weight * dout, xhat = x * r, r = rstd(x);
 // x is the forward input. Accumulates (dx is the residual-stream gradient).
 void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* weight, int64_t T, int64_t C,

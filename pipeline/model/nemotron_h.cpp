@@ -847,12 +847,7 @@ void nemotron_h_model::layer_forward(int64_t layer, float* h, int64_t T, const f
 }
 
 std::vector<float> nemotron_h_model::head(const float* h, int64_t T, const forward_hooks& hook) const {
-  const int64_t H = config_.hidden;
-  std::vector<float> a(size_t(T * H));
-  rmsnorm_forward(a.data(), h, norm_f_.data(), T, H, config_.eps);
-  std::vector<float> logits(size_t(T * config_.vocab));  // [T, V]
-  linear_hooked(lm_head_, a.data(), logits.data(), T, hook);
-  return logits;
+  return final_logits(h, T, config_.hidden, norm_f_, config_.eps, lm_head_, config_.vocab, hook);
 }
 
 // ---- forward + backward ----------------------------------------------------------------------
