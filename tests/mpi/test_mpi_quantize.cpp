@@ -16,6 +16,7 @@
 #include "pipeline/parallel/run_world.hpp"
 #include "pipeline/quantize/quantize_run.hpp"
 #include "pipeline/synth/synth_checkpoint.hpp"
+#include "tests/same_statistics.hpp"
 
 namespace mixq {
 namespace {
@@ -109,12 +110,7 @@ void expect_same_as_one_process(synth_arch arch, recipe r, std::optional<layer_w
   EXPECT_GE(files, 3u);
   EXPECT_EQ(across.ppl_export, alone.ppl_export);
 
-  const calibration_stats a = read_calibration_stats(across.stats_file), b = read_calibration_stats(alone.stats_file);
-  EXPECT_EQ(a.input_amax, b.input_amax);
-  EXPECT_EQ(a.k_amax, b.k_amax);
-  EXPECT_EQ(a.v_amax, b.v_amax);
-  EXPECT_EQ(a.expert_tokens, b.expert_tokens);
-  EXPECT_EQ(a.tokens, b.tokens);
+  testing::expect_same_statistics(across.stats_file, alone.stats_file);
   if (r.search.enabled) {
     ASSERT_TRUE(across.searched && alone.searched);
     EXPECT_EQ(across.search.scores.score, alone.search.scores.score);  // added in sequence order: the same bits
