@@ -23,6 +23,7 @@
 // weight scale near the float range's ends) take the scalar reference. The AVX2 form narrows the
 // searches' windows to the 12 codes k0-3 .. k0+8 (the same top octave; see estimate_narrow_pair).
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -64,6 +65,9 @@ constexpr int64_t kChunkGroups = 16;                // groups per work item (64 
 // dequantization step), its reciprocal and square. Index 0 is unused; windows load 16 from k >= 1.
 struct code_tables {
   alignas(64) float step[128] = {}, recip[128] = {}, step_sq[128] = {}, step_sq_margin[128] = {};  // margin: 2^-13 s²
+  // The entries of codes 8 + i % 8 one octave down (code c's are these scaled by 2^(c / 8)): the
+  // AVX-512 narrow windows' per-lane tables.
+  alignas(64) float octave_step[16] = {}, octave_recip[16] = {}, octave_step_sq[16] = {};
   bool usable = false;  // the window search's conditions on the float range hold (else: reference)
   explicit code_tables(float ws2) {
     for (int k = 1; k <= 0x7e; ++k) {
@@ -75,6 +79,11 @@ struct code_tables {
     // Steps in [2^-49, 2^49]: squares and errors (|w| < 32 steps) stay normal and finite, halving
     // and doubling a step are exact.
     usable = ws2 >= 0x1p-40f && ws2 <= 0x1p40f;
+    for (int i = 0; i < 16; ++i) {  // (exact in the usable range)
+      octave_step[i] = step[8 + i % 8] * 0.5f;
+      octave_recip[i] = recip[8 + i % 8] * 2.0f;
+      octave_step_sq[i] = step_sq[8 + i % 8] * 0.25f;
+    }
   }
 };
 
@@ -1500,53 +1509,198 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   return s;
 }
 
-// search_decide with mask compares: a block's lanes that may hold its least error come out of one
-// compare as its 16-bit mask (no transpose), and the blocks left with a single candidate take it
-// in one vector step; only the others (a fraction of a percent) go through settle_block.
-MIXQ_ALWAYS_INLINE v16u search_decide(const float (*values)[kNvfp4Block], v16f bmax, const search_setup& s,
-                                      const v16f* above, const v16f* below, const nvfp4_job& job) {
-  alignas(64) uint32_t window[kGroup];
-  std::memcpy(window, &s.in_window, sizeof window);
-  const __mmask16 eligible = _mm512_test_epi32_mask(vec(s.eligible), vec(s.eligible));
-  v16f candidates[kGroup];
-  for (int j = 0; j < kGroup; ++j)
-    candidates[j] = (v16f)_mm512_mask_mov_ps(_mm512_set1_ps(INFINITY),
-                                             __mmask16(window[j]) & __mmask16(-((eligible >> j) & 1)), (__m512)above[j]);
-  // >= the least error of each block's candidates (the window holds one)
-  const v16f bound = lanes::reduce16x16(candidates, lanes::min_op{});
-  alignas(64) float bound_of[kGroup];
-  std::memcpy(bound_of, &bound, sizeof bound_of);
-  alignas(32) uint16_t close_bits[kGroup];  // lanes whose error may be the least (NaN too)
-  for (int j = 0; j < kGroup; ++j)
-    close_bits[j] = _mm512_cmp_ps_mask((__m512)below[j], _mm512_set1_ps(bound_of[j]), _CMP_NGT_UQ);
-  const __m512i close = _mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(close_bits)));
+// One eligible block's code from the estimates of its 16-code window (lo .. lo + 15), as the AVX2
+// form's decide_block takes it: where the narrow window below leaves a block undecided, and for
+// the windows at the top of the codes.
+__attribute__((noinline)) uint32_t decide_by_full_window(const float* values, float bmax, uint32_t lo, uint32_t window,
+                                                         uint32_t above_bases, uint64_t above_codes,
+                                                         const nvfp4_job& job) {
+  v16f above, below;
+  estimate_window(values, lo, *job.tables, &above, &below);
+  const float bound = _mm512_reduce_min_ps(_mm512_mask_mov_ps(_mm512_set1_ps(INFINITY), __mmask16(window), (__m512)above));
+  const uint32_t close = _mm512_cmp_ps_mask((__m512)below, _mm512_set1_ps(bound), _CMP_NGT_UQ);  // (NaN: close)
   // Every code below lo clips the block's max: the max's own error term grows as the step shrinks.
-  const __m512i code_below = _mm512_max_epi32(_mm512_sub_epi32(vec(s.lo), u32(1)), _mm512_setzero_si512());
-  const __m512 step_below = _mm512_i32gather_ps(code_below, job.tables->step, 4);
-  const __m512 clipped = _mm512_sub_ps((__m512)bmax, _mm512_mul_ps(_mm512_set1_ps(6.0f), step_below));
-  const __mmask16 decided = eligible & _mm512_cmp_ps_mask((__m512)bound, _mm512_set1_ps(INFINITY), _CMP_LT_OQ) &
-                            _mm512_cmp_ps_mask(_mm512_mul_ps(clipped, clipped), (__m512)bound, _CMP_GT_OQ);
-  const __m512i contenders = _mm512_and_si512(close, vec(s.in_window));
+  const float clipped = bmax - 6.0f * job.tables->step[lo - 1];  // (lo >= 2 where eligible)
+  if (!(bound < INFINITY && clipped * clipped > bound))
+    return settle_block<simd_level::avx512>(values, bmax, lo, 0, 0, false, job);
+  const uint32_t contenders = close & window, unsettled = above_bases & ~window & close;
+  return !unsettled && std::popcount(contenders) == 1
+             ? lo + uint32_t(std::countr_zero(contenders))
+             : settle_block<simd_level::avx512>(values, bmax, lo, contenders, unsettled, true, job, 16, above_codes);
+}
+
+// v[i] lane j becomes v[j] lane i: four steps, each swapping one bit (h) of the vector index with
+// the same bit of the lane index.
+MIXQ_ALWAYS_INLINE void transpose16x16(__m512* v) {
+  alignas(64) static constexpr auto kIndex = [] {
+    std::array<std::array<std::array<uint32_t, 16>, 2>, 4> t{};
+    for (int s = 0; s < 4; ++s)
+      for (uint32_t h = 8u >> s, l = 0; l < 16; ++l) {
+        t[s][0][l] = l & h ? 16 + l - h : l;  // v[r] (r & h == 0): its lanes, v[r + h]'s below them
+        t[s][1][l] = l & h ? 16 + l : l + h;  // v[r + h]
+      }
+    return t;
+  }();
+  for (int s = 0; s < 4; ++s) {
+    const int h = 8 >> s;
+    const __m512i first = _mm512_load_si512(kIndex[s][0].data()), second = _mm512_load_si512(kIndex[s][1].data());
+    for (int r = 0; r < kGroup; ++r) {
+      if (r & h) continue;
+      const __m512 a = v[r], b = v[r + h];
+      v[r] = _mm512_permutex2var_ps(a, first, b);
+      v[r + h] = _mm512_permutex2var_ps(a, second, b);
+    }
+  }
+}
+
+// E2M1 levels by the floor key (lanes::e2m1_nearest_by_key) for q in [1/16, 16): keys 492-523 in
+// the slots of their low 5 bits, so that a key needs no clamp; in the second table, twice the
+// level of q / 2 (key − 4), for the codes 8 above.
+alignas(64) constexpr auto kNarrowLevels = [] {
+  std::array<std::array<float, 32>, 2> t{};
+  for (uint32_t p = 0; p < 32; ++p) {
+    const uint32_t key = p < 12 ? 512 + p : 480 + p;
+    t[0][p] = lanes::e2m1_magnitude_of_floor_key(key);
+    t[1][p] = 2.0f * lanes::e2m1_magnitude_of_floor_key(key - 4);
+  }
+  return t;
+}();
+
+// code_tables' entries for normal codes c (8 <= c <= 126) in lanes: the entry of 8 + c % 8 (by
+// c's low 4 bits: code_tables' octave arrays) scaled by 2^(c / 8 − 1), exactly, in the exponent bits.
+struct octave_tables {
+  __m512 step8, recip8, step_sq8;
+  explicit octave_tables(const code_tables& t)
+      : step8(_mm512_load_ps(t.octave_step)), recip8(_mm512_load_ps(t.octave_recip)),
+        step_sq8(_mm512_load_ps(t.octave_step_sq)) {}
+  static __m512i octave(__m512i code) { return _mm512_slli_epi32(_mm512_and_si512(code, u32(0xf8u)), 20); }  // (c / 8) << 23
+  __m512 step(__m512i code) const { return scaled(step8, code, octave(code)); }
+  __m512 recip(__m512i code) const {
+    return _mm512_castsi512_ps(_mm512_sub_epi32(_mm512_castps_si512(_mm512_permutexvar_ps(code, recip8)), octave(code)));
+  }
+  __m512 step_sq(__m512i code) const { return scaled(step_sq8, code, _mm512_slli_epi32(octave(code), 1)); }
+  static __m512 scaled(__m512 table, __m512i code, __m512i exponent) {
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(_mm512_permutexvar_ps(code, table)), exponent));
+  }
+};
+
+// The scale codes of 16 blocks from their narrow windows (the AVX2 form's: the 12 codes
+// k0 − 3 .. k0 + 8, see estimate_narrow_pair), a lane per block: its estimates take 12 × 16
+// products for 16 blocks where the 16-code windows, a lane per code, take 16 × 16.
+//  - A value with q = fl(|w| · fl(1/step)) <= 1/4 at the window's lowest code, where q is largest,
+//    has level 0 at every code: its squared error is w², summed once per block (small). The others
+//    keep q in [1/16, 8.8] at every code of the window (the max rule's step is at least bmax / 6.4,
+//    the lowest code's at least 8/11 of that, the highest twice it), where the key table needs no
+//    clamp; their terms are masked multiply-adds.
+//  - A = s² · Σ (q − level)² + small, with at most 18 roundings of a term (16 multiply-adds in one
+//    chain, then one more for the small sum) where estimate_window's analysis counts 16: the same δ
+//    holds (<= 927u·s² + 309u·S).
+// The decision is search_decide's, lane by lane; a block it leaves undecided (its clip bound, from
+// k0 − 4, too weak; no candidate in the window; a window at the top of the codes) takes its 16-code
+// window, and one left with several contenders their exact errors (settle_block).
+MIXQ_ALWAYS_INLINE v16u search_codes(const float (*values)[kNvfp4Block], v16f bmax_v, const search_setup& s,
+                                     const nvfp4_job& job) {
+  constexpr int kWidth = 12, kBase = 8;  // codes lo .. lo + 11, the first 8 with their own quotients
+  const code_tables& t = *job.tables;
+  const __m512 bmax = (__m512)bmax_v;
+  const __m512i lo = _mm512_add_epi32(vec(s.lo), u32(4));  // k0 − 3 where narrow
+  const __mmask16 eligible = _mm512_test_epi32_mask(vec(s.eligible), vec(s.eligible));
+  const __mmask16 narrow = eligible & _mm512_cmple_epu32_mask(_mm512_sub_epi32(vec(s.k0), u32(12)), u32(118 - 12));  // (there lo = k0 − 7)
+  __m512 x[kNvfp4Block];  // x[i] lane j: block j's value i
+  for (int j = 0; j < kGroup; ++j) x[j] = _mm512_load_ps(values[j]);
+  transpose16x16(x);
+  // Each lane's code tables from their first normal octave (codes 8-15) by the octave: a normal
+  // code 8 above another has exactly twice its step (code_tables' range keeps it so), and this
+  // costs less than gathers. Lanes whose codes reach below 8 (k0 < 12) are not narrow.
+  const octave_tables o(t);
+  __m512 recip[kBase], step_sq[kBase];
+  for (int d = 0; d < kBase; ++d) {
+    const __m512i code = _mm512_add_epi32(lo, u32(uint32_t(d)));
+    recip[d] = o.recip(code);
+    step_sq[d] = o.step_sq(code);
+  }
+  const __m512 levels_lo = _mm512_load_ps(kNarrowLevels[0].data()), levels_hi = _mm512_load_ps(kNarrowLevels[0].data() + 16);
+  const __m512 twice_lo = _mm512_load_ps(kNarrowLevels[1].data()), twice_hi = _mm512_load_ps(kNarrowLevels[1].data() + 16);
+  __m512 small = _mm512_setzero_ps();
+  __mmask16 large[kNvfp4Block];
+  for (int i = 0; i < kNvfp4Block; ++i) {
+    large[i] = _mm512_cmp_ps_mask(_mm512_mul_ps(x[i], recip[0]), _mm512_set1_ps(0.25f), _CMP_GT_OQ);
+    small = _mm512_mask3_fmadd_ps(x[i], x[i], small, __mmask16(~large[i]));
+  }
+  // Codes lo + d (d < 8) from q = x · recip; lo + 8 + d (d < 4) from the same q, as q / 2 is that
+  // code's, exactly: its terms (q − 2 · level(q / 2))² are 4 times its own, exactly, and its step²
+  // a quarter of code lo + 8 + d's. In two halves: accumulators and reciprocals in registers.
+  __m512 acc[kWidth];
+  for (int d = 0; d < kWidth; ++d) acc[d] = _mm512_setzero_ps();
+  const auto add_terms = [&](int i, int d) {
+    const __m512 q = _mm512_mul_ps(x[i], recip[d]);
+    const __m512i key = _mm512_srli_epi32(_mm512_castps_si512(q), 21);
+    const __m512 e = _mm512_sub_ps(q, _mm512_permutex2var_ps(levels_lo, key, levels_hi));
+    acc[d] = _mm512_mask3_fmadd_ps(e, e, acc[d], large[i]);
+    if (d < kWidth - kBase) {
+      const __m512 e2 = _mm512_sub_ps(q, _mm512_permutex2var_ps(twice_lo, key, twice_hi));
+      acc[kBase + d] = _mm512_mask3_fmadd_ps(e2, e2, acc[kBase + d], large[i]);
+    }
+  };
+#pragma GCC unroll 16
+  for (int i = 0; i < kNvfp4Block; ++i)
+#pragma GCC unroll 4
+    for (int d = 0; d < 4; ++d) add_terms(i, d);
+#pragma GCC unroll 16
+  for (int i = 0; i < kNvfp4Block; ++i)
+#pragma GCC unroll 4
+    for (int d = 4; d < kBase; ++d) add_terms(i, d);
+  // A ± δ per code; the candidates' least A + δ bounds each block's least error.
+  const __m512i window = _mm512_and_si512(_mm512_srli_epi32(vec(s.in_window), 4), u32(0xfffu));
+  __m512 above[kWidth], below[kWidth];
+  __m512 bound = _mm512_set1_ps(INFINITY);
+  for (int d = 0; d < kWidth; ++d) {
+    const __m512 sq = step_sq[d % kBase];  // (a quarter of code lo + d's from d = 8 on)
+    const __m512 est = _mm512_fmadd_ps(acc[d], sq, small);
+    const __m512 margin = _mm512_set1_ps(d < kBase ? 0x1p-13f : 0x1p-11f);
+    const __m512 delta = _mm512_fmadd_ps(sq, margin, _mm512_mul_ps(est, _mm512_set1_ps(0x1p-15f)));
+    above[d] = _mm512_add_ps(est, delta);
+    below[d] = _mm512_sub_ps(est, delta);
+    const __mmask16 candidate = _mm512_test_epi32_mask(window, u32(1u << d));
+    bound = _mm512_mask_min_ps(bound, candidate, bound, above[d]);
+  }
+  __m512i close = _mm512_setzero_si512();  // bit d: code lo + d may hold the least error (a NaN too)
+  for (int d = 0; d < kWidth; ++d)
+    close = _mm512_mask_or_epi32(close, _mm512_cmp_ps_mask(below[d], bound, _CMP_NGT_UQ), close, u32(1u << d));
+  // Every code below lo clips the block's max: the max's own error term grows as the step shrinks.
+  const __m512 clipped = _mm512_fnmadd_ps(_mm512_set1_ps(6.0f), o.step(_mm512_sub_epi32(lo, u32(1))), bmax);
+  const __mmask16 decided = narrow & _mm512_cmp_ps_mask(bound, _mm512_set1_ps(INFINITY), _CMP_LT_OQ) &
+                            _mm512_cmp_ps_mask(_mm512_mul_ps(clipped, clipped), bound, _CMP_GT_OQ);
+  const __m512i contenders = _mm512_and_si512(close, window);
   // A code above the window loses to the window code it doubles; where that one is not a
   // candidate itself but may be the least, the codes above it join the exact evaluation.
-  const __m512i unsettled = _mm512_andnot_si512(vec(s.in_window), _mm512_and_si512(vec(s.above_bases), close));
+  const __m512i bases = _mm512_srli_epi32(vec(s.above_bases), 4);
+  const __m512i unsettled = _mm512_andnot_si512(window, _mm512_and_si512(bases, close));
   const __mmask16 single =
       decided & _mm512_testn_epi32_mask(unsettled, unsettled) & _mm512_test_epi32_mask(contenders, contenders) &
       _mm512_testn_epi32_mask(contenders, _mm512_sub_epi32(contenders, u32(1)));
-  const __m512i first = _mm512_sub_epi32(u32(31), _mm512_lzcnt_epi32(contenders));  // the single bit's place
-  const __m512i chosen_v = _mm512_add_epi32(vec(s.lo), first);
+  const __m512i chosen_v = _mm512_add_epi32(lo, _mm512_sub_epi32(u32(31), _mm512_lzcnt_epi32(contenders)));
   if (single == 0xffff) return (v16u)chosen_v;
-  alignas(64) uint32_t chosen[kGroup], lo[kGroup], contender_bits[kGroup], unsettled_bits[kGroup];
+  alignas(64) uint32_t chosen[kGroup], lo_of[kGroup], contender_bits[kGroup], unsettled_bits[kGroup];
+  alignas(64) uint32_t window16[kGroup], bases16[kGroup], listed[kGroup], known[kGroup];
   alignas(64) float amax[kGroup];
   _mm512_store_si512(chosen, chosen_v);
-  _mm512_store_si512(lo, vec(s.lo));
+  _mm512_store_si512(lo_of, lo);
   _mm512_store_si512(contender_bits, contenders);
   _mm512_store_si512(unsettled_bits, unsettled);
-  _mm512_store_ps(amax, (__m512)bmax);
+  std::memcpy(window16, &s.in_window, sizeof window16);
+  std::memcpy(bases16, &s.above_bases, sizeof bases16);
+  std::memcpy(listed, &s.above, sizeof listed);
+  std::memcpy(known, &s.above_known, sizeof known);
+  _mm512_store_ps(amax, bmax);
   for (uint32_t rest = ~uint32_t(single) & 0xffffu; rest; rest &= rest - 1) {
     const int j = std::countr_zero(rest);
-    chosen[j] = settle_block<simd_level::avx512>(values[j], amax[j], lo[j], contender_bits[j], unsettled_bits[j],
-                                                 (decided >> j) & 1, job);
+    const uint64_t above_codes = above_codes_of(listed[j], known[j]);  // (bit i: lo + 16 + i = narrow lo + 12 + i)
+    chosen[j] = decided >> j & 1 ? settle_block<simd_level::avx512>(values[j], amax[j], lo_of[j], contender_bits[j],
+                                                                    unsettled_bits[j], true, job, kWidth, above_codes)
+                : eligible >> j & 1
+                    ? decide_by_full_window(values[j], amax[j], lo_of[j] - 4, window16[j], bases16[j], above_codes, job)
+                    : settle_block<simd_level::avx512>(values[j], amax[j], lo_of[j], 0, 0, false, job);
   }
   v16u out;
   std::memcpy(&out, chosen, sizeof out);
@@ -1586,14 +1740,8 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, con
       _mm512_store_ps(values[2 * p], _mm512_permutex2var_ps(magnitude(x[p].even), lo, magnitude(x[p].odd)));
       _mm512_store_ps(values[2 * p + 1], _mm512_permutex2var_ps(magnitude(x[p].even), hi, magnitude(x[p].odd)));
     }
-    alignas(64) uint32_t eligible[kGroup], window_lo[kGroup];
-    std::memcpy(eligible, &setup.eligible, sizeof eligible);
-    std::memcpy(window_lo, &setup.lo, sizeof window_lo);
-    v16f above[kGroup], below[kGroup];
-    for (int j = 0; j < kGroup; ++j)
-      if (eligible[j]) estimate_window(values[j], window_lo[j], *job.tables, &above[j], &below[j]);
-    encode_group<K == group_kind::search_with_errors, false>(
-        x, avx512::search_decide(values, bmax, setup, above, below, job), job.ws2, scales, packed, errors);
+    encode_group<K == group_kind::search_with_errors, false>(x, avx512::search_codes(values, bmax, setup, job),
+                                                             job.ws2, scales, packed, errors);
   }
 }
 
