@@ -1529,19 +1529,25 @@ __attribute__((noinline)) uint32_t decide_by_full_window(const float* values, fl
              : settle_block<simd_level::avx512>(values, bmax, lo, contenders, unsettled, true, job, 16, above_codes);
 }
 
-// v[i] lane j becomes v[j] lane i: four steps, each swapping one bit (h) of the vector index with
-// the same bit of the lane index.
-MIXQ_ALWAYS_INLINE void transpose16x16(__m512* v) {
+// The magnitudes of 16 blocks with a lane per block: v[i] lane j holds one of block j's values
+// (each once; in no particular order), from the pairs' even and odd halves (m[2p], m[2p + 1]:
+// lane l of either holds a value of block 2p + l / 8). Three steps, each swapping bit h of the
+// vector index with bit h of the lane index (h = 8, 4, 2), the first also swapping the lane
+// index's bits 3 and 0, so that the block's bit 0 (l / 8) ends as the lane's.
+MIXQ_ALWAYS_INLINE void blocks_in_lanes(const pair* x, __m512* v) {
   alignas(64) static constexpr auto kIndex = [] {
-    std::array<std::array<std::array<uint32_t, 16>, 2>, 4> t{};
-    for (int s = 0; s < 4; ++s)
+    const auto swap03 = [](uint32_t l) { return (l & 6u) | (l >> 3 & 1u) | (l & 1u) << 3; };
+    std::array<std::array<std::array<uint32_t, 16>, 2>, 3> t{};
+    for (int s = 0; s < 3; ++s)
       for (uint32_t h = 8u >> s, l = 0; l < 16; ++l) {
-        t[s][0][l] = l & h ? 16 + l - h : l;  // v[r] (r & h == 0): its lanes, v[r + h]'s below them
-        t[s][1][l] = l & h ? 16 + l : l + h;  // v[r + h]
+        const auto in = [&](uint32_t lane) { return s == 0 ? swap03(lane) : lane; };
+        t[s][0][l] = l & h ? 16 + in(l - h) : in(l);  // v[r] (r & h == 0): its lanes, v[r + h]'s below them
+        t[s][1][l] = l & h ? 16 + in(l) : in(l + h);  // v[r + h]
       }
     return t;
   }();
-  for (int s = 0; s < 4; ++s) {
+  for (int p = 0; p < kGroup / 2; ++p) v[2 * p] = magnitude(x[p].even), v[2 * p + 1] = magnitude(x[p].odd);
+  for (int s = 0; s < 3; ++s) {
     const int h = 8 >> s;
     const __m512i first = _mm512_load_si512(kIndex[s][0].data()), second = _mm512_load_si512(kIndex[s][1].data());
     for (int r = 0; r < kGroup; ++r) {
@@ -1551,6 +1557,13 @@ MIXQ_ALWAYS_INLINE void transpose16x16(__m512* v) {
       v[r + h] = _mm512_permutex2var_ps(a, second, b);
     }
   }
+}
+
+// Block j's magnitudes in element order (for the exact errors).
+MIXQ_ALWAYS_INLINE void block_values(const pair* x, int j, float* out) {
+  const __m512i order = _mm512_add_epi32(_mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+                                         u32(8u * uint32_t(j & 1)));
+  _mm512_storeu_ps(out, _mm512_permutex2var_ps(magnitude(x[j / 2].even), order, magnitude(x[j / 2].odd)));
 }
 
 // E2M1 levels by the floor key (lanes::e2m1_nearest_by_key) for q in [1/16, 16): keys 492-523 in
@@ -1598,7 +1611,7 @@ struct octave_tables {
 // The decision is search_decide's, lane by lane; a block it leaves undecided (its clip bound, from
 // k0 − 4, too weak; no candidate in the window; a window at the top of the codes) takes its 16-code
 // window, and one left with several contenders their exact errors (settle_block).
-MIXQ_ALWAYS_INLINE v16u search_codes(const float (*values)[kNvfp4Block], v16f bmax_v, const search_setup& s,
+MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const search_setup& s,
                                      const nvfp4_job& job) {
   constexpr int kWidth = 12, kBase = 8;  // codes lo .. lo + 11, the first 8 with their own quotients
   const code_tables& t = *job.tables;
@@ -1606,9 +1619,8 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const float (*values)[kNvfp4Block], v16f bm
   const __m512i lo = _mm512_add_epi32(vec(s.lo), u32(4));  // k0 − 3 where narrow
   const __mmask16 eligible = _mm512_test_epi32_mask(vec(s.eligible), vec(s.eligible));
   const __mmask16 narrow = eligible & _mm512_cmple_epu32_mask(_mm512_sub_epi32(vec(s.k0), u32(12)), u32(118 - 12));  // (there lo = k0 − 7)
-  __m512 x[kNvfp4Block];  // x[i] lane j: block j's value i
-  for (int j = 0; j < kGroup; ++j) x[j] = _mm512_load_ps(values[j]);
-  transpose16x16(x);
+  __m512 x[kNvfp4Block];  // lane j: block j's values
+  blocks_in_lanes(pairs, x);
   // Each lane's code tables from their first normal octave (codes 8-15) by the octave: a normal
   // code 8 above another has exactly twice its step (code_tables' range keeps it so), and this
   // costs less than gathers. Lanes whose codes reach below 8 (k0 < 12) are not narrow.
@@ -1695,12 +1707,14 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const float (*values)[kNvfp4Block], v16f bm
   _mm512_store_ps(amax, bmax);
   for (uint32_t rest = ~uint32_t(single) & 0xffffu; rest; rest &= rest - 1) {
     const int j = std::countr_zero(rest);
+    alignas(64) float values[kNvfp4Block];
+    block_values(pairs, j, values);
     const uint64_t above_codes = above_codes_of(listed[j], known[j]);  // (bit i: lo + 16 + i = narrow lo + 12 + i)
-    chosen[j] = decided >> j & 1 ? settle_block<simd_level::avx512>(values[j], amax[j], lo_of[j], contender_bits[j],
+    chosen[j] = decided >> j & 1 ? settle_block<simd_level::avx512>(values, amax[j], lo_of[j], contender_bits[j],
                                                                     unsettled_bits[j], true, job, kWidth, above_codes)
                 : eligible >> j & 1
-                    ? decide_by_full_window(values[j], amax[j], lo_of[j] - 4, window16[j], bases16[j], above_codes, job)
-                    : settle_block<simd_level::avx512>(values[j], amax[j], lo_of[j], 0, 0, false, job);
+                    ? decide_by_full_window(values, amax[j], lo_of[j] - 4, window16[j], bases16[j], above_codes, job)
+                    : settle_block<simd_level::avx512>(values, amax[j], lo_of[j], 0, 0, false, job);
   }
   v16u out;
   std::memcpy(&out, chosen, sizeof out);
@@ -1733,14 +1747,7 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, con
     four_over_six_group<K == group_kind::four_over_six_bounded>(x, bmax, job, scales, packed, errors);
   } else {
     const search_setup setup = avx512::setup_search(bmax, job);
-    alignas(64) float values[kGroup][kNvfp4Block];  // each block's magnitudes in element order
-    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i hi = _mm512_add_epi32(lo, u32(8));
-    for (int p = 0; p < kGroup / 2; ++p) {
-      _mm512_store_ps(values[2 * p], _mm512_permutex2var_ps(magnitude(x[p].even), lo, magnitude(x[p].odd)));
-      _mm512_store_ps(values[2 * p + 1], _mm512_permutex2var_ps(magnitude(x[p].even), hi, magnitude(x[p].odd)));
-    }
-    encode_group<K == group_kind::search_with_errors, false>(x, avx512::search_codes(values, bmax, setup, job),
+    encode_group<K == group_kind::search_with_errors, false>(x, avx512::search_codes(x, bmax, setup, job),
                                                              job.ws2, scales, packed, errors);
   }
 }
