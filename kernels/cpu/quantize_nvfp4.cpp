@@ -1726,12 +1726,8 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const searc
 // round it by up to 1.5x), inside the 32 the E2M1 key needs unclamped: their bounded kinds skip it.
 enum class group_kind { max, max_bounded, four_over_six, four_over_six_bounded, search, search_with_errors };
 
-// known_max: the 16 blocks' maxima from the amax pass, or null.
-template <group_kind K, class T>
-MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, const nvfp4_job& job, uint8_t* scales,
-                                       uint8_t* packed, float* errors) {
-  pair x[kGroup / 2];
-  for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(src + p * 2 * kNvfp4Block);
+// The 16 blocks' maxima: known_max's (from the amax pass), or from x where that is null.
+MIXQ_ALWAYS_INLINE v16f group_maxima(const pair* x, const float* known_max) {
   v16f bmax;
   if (known_max) {
     std::memcpy(&bmax, known_max, sizeof bmax);
@@ -1740,6 +1736,16 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, con
     for (int p = 0; p < kGroup / 2; ++p) m[p] = (v16f)_mm512_max_ps(magnitude(x[p].even), magnitude(x[p].odd));
     bmax = lanes::reduce_halves(m, lanes::max_op{});
   }
+  return bmax;
+}
+
+// known_max: the 16 blocks' maxima from the amax pass, or null.
+template <group_kind K, class T>
+MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, const nvfp4_job& job, uint8_t* scales,
+                                       uint8_t* packed, float* errors) {
+  pair x[kGroup / 2];
+  for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(src + p * 2 * kNvfp4Block);
+  const v16f bmax = group_maxima(x, known_max);
   if constexpr (K == group_kind::max || K == group_kind::max_bounded) {
     encode_group<false, K == group_kind::max_bounded>(x, lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2)),
                                                       job.ws2, scales, packed, nullptr);
@@ -1757,9 +1763,35 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, con
 template <group_kind K, class T>
 __attribute__((noinline)) void quantize_groups(const T* src, const float* known_max, int64_t count,
                                                const nvfp4_job& job, uint8_t* scales, uint8_t* packed, float* errors) {
-  for (int64_t g = 0; g < count; ++g)
-    quantize_group<K>(src + g * kGroupValues, known_max ? known_max + g * kGroup : nullptr, job, scales + g * kGroup,
-                      packed + g * kGroup * (kNvfp4Block / 2), errors ? errors + g * kGroup : nullptr);
+  if constexpr (K == group_kind::search || K == group_kind::search_with_errors) {
+    // The searches' codes for a run of groups first, then their encodings: a group's decision is a
+    // chain of dependent steps, and the next group's estimates, not its own encoding, can run
+    // beside it.
+    constexpr int64_t kRun = 8;
+    for (int64_t g0 = 0; g0 < count; g0 += kRun) {
+      const int64_t n = std::min(kRun, count - g0);
+      v16u codes[kRun];
+      for (int64_t g = g0; g < g0 + n; ++g) {
+        const T* group = src + g * kGroupValues;
+        pair x[kGroup / 2];
+        for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(group + p * 2 * kNvfp4Block);
+        const v16f bmax = group_maxima(x, known_max ? known_max + g * kGroup : nullptr);
+        codes[g - g0] = avx512::search_codes(x, bmax, avx512::setup_search(bmax, job), job);
+      }
+      for (int64_t g = g0; g < g0 + n; ++g) {
+        const T* group = src + g * kGroupValues;
+        pair x[kGroup / 2];
+        for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(group + p * 2 * kNvfp4Block);
+        encode_group<K == group_kind::search_with_errors, false>(x, codes[g - g0], job.ws2, scales + g * kGroup,
+                                                                 packed + g * kGroup * (kNvfp4Block / 2),
+                                                                 errors ? errors + g * kGroup : nullptr);
+      }
+    }
+  } else {
+    for (int64_t g = 0; g < count; ++g)
+      quantize_group<K>(src + g * kGroupValues, known_max ? known_max + g * kGroup : nullptr, job, scales + g * kGroup,
+                        packed + g * kGroup * (kNvfp4Block / 2), errors ? errors + g * kGroup : nullptr);
+  }
 }
 
 template <class T>
