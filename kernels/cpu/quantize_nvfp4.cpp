@@ -1547,9 +1547,11 @@ MIXQ_ALWAYS_INLINE void blocks_in_lanes(const pair* x, __m512* v) {
     return t;
   }();
   for (int p = 0; p < kGroup / 2; ++p) v[2 * p] = magnitude(x[p].even), v[2 * p + 1] = magnitude(x[p].odd);
+#pragma GCC unroll 3  // (constant indices keep v in registers)
   for (int s = 0; s < 3; ++s) {
     const int h = 8 >> s;
     const __m512i first = _mm512_load_si512(kIndex[s][0].data()), second = _mm512_load_si512(kIndex[s][1].data());
+#pragma GCC unroll 16
     for (int r = 0; r < kGroup; ++r) {
       if (r & h) continue;
       const __m512 a = v[r], b = v[r + h];
@@ -1597,6 +1599,14 @@ struct octave_tables {
   }
 };
 
+// v[0] op v[1] op ... op v[N − 1] as a tree (op associative and commutative; v is overwritten).
+template <int N, class V, class Op>
+MIXQ_ALWAYS_INLINE V reduce_tree(V* v, Op op) {
+  for (int n = N; n > 1; n = (n + 1) / 2)
+    for (int i = 0; i < n / 2; ++i) v[i] = op(v[i], v[n - 1 - i]);
+  return v[0];
+}
+
 // The scale codes of 16 blocks from their narrow windows (the AVX2 form's: the 12 codes
 // k0 − 3 .. k0 + 8, see estimate_narrow_pair), a lane per block: its estimates take 12 × 16
 // products for 16 blocks where the 16-code windows, a lane per code, take 16 × 16.
@@ -1625,60 +1635,68 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const searc
   // code 8 above another has exactly twice its step (code_tables' range keeps it so), and this
   // costs less than gathers. Lanes whose codes reach below 8 (k0 < 12) are not narrow.
   const octave_tables o(t);
-  __m512 recip[kBase], step_sq[kBase];
-  for (int d = 0; d < kBase; ++d) {
-    const __m512i code = _mm512_add_epi32(lo, u32(uint32_t(d)));
-    recip[d] = o.recip(code);
-    step_sq[d] = o.step_sq(code);
-  }
+  const auto code = [&](int d) { return _mm512_add_epi32(lo, u32(uint32_t(d))); };
   const __m512 levels_lo = _mm512_load_ps(kNarrowLevels[0].data()), levels_hi = _mm512_load_ps(kNarrowLevels[0].data() + 16);
   const __m512 twice_lo = _mm512_load_ps(kNarrowLevels[1].data()), twice_hi = _mm512_load_ps(kNarrowLevels[1].data() + 16);
   __m512 small = _mm512_setzero_ps();
   __mmask16 large[kNvfp4Block];
+  const __m512 recip0 = o.recip(code(0));
   for (int i = 0; i < kNvfp4Block; ++i) {
-    large[i] = _mm512_cmp_ps_mask(_mm512_mul_ps(x[i], recip[0]), _mm512_set1_ps(0.25f), _CMP_GT_OQ);
+    large[i] = _mm512_cmp_ps_mask(_mm512_mul_ps(x[i], recip0), _mm512_set1_ps(0.25f), _CMP_GT_OQ);
     small = _mm512_mask3_fmadd_ps(x[i], x[i], small, __mmask16(~large[i]));
   }
   // Codes lo + d (d < 8) from q = x · recip; lo + 8 + d (d < 4) from the same q, as q / 2 is that
   // code's, exactly: its terms (q − 2 · level(q / 2))² are 4 times its own, exactly, and its step²
-  // a quarter of code lo + 8 + d's. In two halves: accumulators and reciprocals in registers.
-  __m512 acc[kWidth];
-  for (int d = 0; d < kWidth; ++d) acc[d] = _mm512_setzero_ps();
-  const auto add_terms = [&](int i, int d) {
-    const __m512 q = _mm512_mul_ps(x[i], recip[d]);
-    const __m512i key = _mm512_srli_epi32(_mm512_castps_si512(q), 21);
-    const __m512 e = _mm512_sub_ps(q, _mm512_permutex2var_ps(levels_lo, key, levels_hi));
-    acc[d] = _mm512_mask3_fmadd_ps(e, e, acc[d], large[i]);
-    if (d < kWidth - kBase) {
-      const __m512 e2 = _mm512_sub_ps(q, _mm512_permutex2var_ps(twice_lo, key, twice_hi));
-      acc[kBase + d] = _mm512_mask3_fmadd_ps(e2, e2, acc[kBase + d], large[i]);
+  // a quarter of code lo + 8 + d's. In two halves, each one's accumulators and reciprocals in
+  // registers (the values from memory), its estimates A = s² · Σ + small out to memory.
+  const __m512* values = x;
+  asm("" : "+r"(values));
+  alignas(64) float estimates[kWidth][kGroup];
+  const auto estimate_codes = [&](auto first, auto count) {
+    constexpr int d0 = decltype(first)::value, n = decltype(count)::value;
+    __m512 recip[n], acc[2 * n];
+    for (int d = 0; d < n; ++d) recip[d] = o.recip(code(d0 + d));
+    for (int d = 0; d < 2 * n; ++d) acc[d] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int i = 0; i < kNvfp4Block; ++i)
+#pragma GCC unroll 4
+      for (int d = 0; d < n; ++d) {
+        const __m512 q = _mm512_mul_ps(_mm512_load_ps(values + i), recip[d]);
+        const __m512i key = _mm512_srli_epi32(_mm512_castps_si512(q), 21);
+        const __m512 e = _mm512_sub_ps(q, _mm512_permutex2var_ps(levels_lo, key, levels_hi));
+        acc[d] = _mm512_mask3_fmadd_ps(e, e, acc[d], large[i]);
+        if (d0 + d < kWidth - kBase) {
+          const __m512 e2 = _mm512_sub_ps(q, _mm512_permutex2var_ps(twice_lo, key, twice_hi));
+          acc[n + d] = _mm512_mask3_fmadd_ps(e2, e2, acc[n + d], large[i]);
+        }
+      }
+    for (int d = 0; d < n; ++d) {
+      const __m512 sq = o.step_sq(code(d0 + d));
+      _mm512_store_ps(estimates[d0 + d], _mm512_fmadd_ps(acc[d], sq, small));
+      if (d0 + d < kWidth - kBase) _mm512_store_ps(estimates[kBase + d0 + d], _mm512_fmadd_ps(acc[n + d], sq, small));
     }
   };
-#pragma GCC unroll 16
-  for (int i = 0; i < kNvfp4Block; ++i)
-#pragma GCC unroll 4
-    for (int d = 0; d < 4; ++d) add_terms(i, d);
-#pragma GCC unroll 16
-  for (int i = 0; i < kNvfp4Block; ++i)
-#pragma GCC unroll 4
-    for (int d = 4; d < kBase; ++d) add_terms(i, d);
+  estimate_codes(std::integral_constant<int, 0>(), std::integral_constant<int, 2>());
+  estimate_codes(std::integral_constant<int, 2>(), std::integral_constant<int, 2>());
+  estimate_codes(std::integral_constant<int, 4>(), std::integral_constant<int, 4>());
   // A ± δ per code; the candidates' least A + δ bounds each block's least error.
   const __m512i window = _mm512_and_si512(_mm512_srli_epi32(vec(s.in_window), 4), u32(0xfffu));
   __m512 above[kWidth], below[kWidth];
-  __m512 bound = _mm512_set1_ps(INFINITY);
   for (int d = 0; d < kWidth; ++d) {
-    const __m512 sq = step_sq[d % kBase];  // (a quarter of code lo + d's from d = 8 on)
-    const __m512 est = _mm512_fmadd_ps(acc[d], sq, small);
+    const __m512 sq = o.step_sq(code(d % kBase));  // (a quarter of code lo + d's from d = 8 on)
+    const __m512 est = _mm512_load_ps(estimates[d]);
     const __m512 margin = _mm512_set1_ps(d < kBase ? 0x1p-13f : 0x1p-11f);
     const __m512 delta = _mm512_fmadd_ps(sq, margin, _mm512_mul_ps(est, _mm512_set1_ps(0x1p-15f)));
-    above[d] = _mm512_add_ps(est, delta);
-    below[d] = _mm512_sub_ps(est, delta);
     const __mmask16 candidate = _mm512_test_epi32_mask(window, u32(1u << d));
-    bound = _mm512_mask_min_ps(bound, candidate, bound, above[d]);
+    above[d] = _mm512_mask_add_ps(_mm512_set1_ps(INFINITY), candidate, est, delta);  // (+inf: not a candidate)
+    below[d] = _mm512_sub_ps(est, delta);
   }
-  __m512i close = _mm512_setzero_si512();  // bit d: code lo + d may hold the least error (a NaN too)
+  // (as trees: these are chains of dependent steps where a group has little else to run)
+  const __m512 bound = reduce_tree<kWidth>(above, [](__m512 a, __m512 b) { return _mm512_min_ps(a, b); });
+  __m512i close_bits[kWidth];  // bit d: code lo + d may hold the least error (a NaN too)
   for (int d = 0; d < kWidth; ++d)
-    close = _mm512_mask_or_epi32(close, _mm512_cmp_ps_mask(below[d], bound, _CMP_NGT_UQ), close, u32(1u << d));
+    close_bits[d] = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(below[d], bound, _CMP_NGT_UQ), u32(1u << d));
+  const __m512i close = reduce_tree<kWidth>(close_bits, [](__m512i a, __m512i b) { return _mm512_or_si512(a, b); });
   // Every code below lo clips the block's max: the max's own error term grows as the step shrinks.
   const __m512 clipped = _mm512_fnmadd_ps(_mm512_set1_ps(6.0f), o.step(_mm512_sub_epi32(lo, u32(1))), bmax);
   const __mmask16 decided = narrow & _mm512_cmp_ps_mask(bound, _mm512_set1_ps(INFINITY), _CMP_LT_OQ) &
