@@ -1651,7 +1651,17 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const searc
   // registers (the values from memory), its estimates A = s² · Σ + small out to memory.
   const __m512* values = x;
   asm("" : "+r"(values));
-  alignas(64) float estimates[kWidth][kGroup];
+  // A ± δ of each code (A + δ: +inf where the code is not a candidate), to memory.
+  const __m512i window = _mm512_and_si512(_mm512_srli_epi32(vec(s.in_window), 4), u32(0xfffu));
+  __m512 above[kWidth], below[kWidth];
+  const auto bounds = [&](int d, __m512 acc, __m512 sq) {  // (sq: a quarter of code lo + d's from d = 8 on)
+    const __m512 est = _mm512_fmadd_ps(acc, sq, small);
+    const __m512 margin = _mm512_set1_ps(d < kBase ? 0x1p-13f : 0x1p-11f);
+    const __m512 delta = _mm512_fmadd_ps(sq, margin, _mm512_mul_ps(est, _mm512_set1_ps(0x1p-15f)));
+    const __mmask16 candidate = _mm512_test_epi32_mask(window, u32(1u << d));
+    above[d] = _mm512_mask_add_ps(_mm512_set1_ps(INFINITY), candidate, est, delta);
+    below[d] = _mm512_sub_ps(est, delta);
+  };
   const auto estimate_codes = [&](auto first, auto count) {
     constexpr int d0 = decltype(first)::value, n = decltype(count)::value;
     __m512 recip[n], acc[2 * n];
@@ -1672,25 +1682,13 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const searc
       }
     for (int d = 0; d < n; ++d) {
       const __m512 sq = o.step_sq(code(d0 + d));
-      _mm512_store_ps(estimates[d0 + d], _mm512_fmadd_ps(acc[d], sq, small));
-      if (d0 + d < kWidth - kBase) _mm512_store_ps(estimates[kBase + d0 + d], _mm512_fmadd_ps(acc[n + d], sq, small));
+      bounds(d0 + d, acc[d], sq);
+      if (d0 + d < kWidth - kBase) bounds(kBase + d0 + d, acc[n + d], sq);
     }
   };
   estimate_codes(std::integral_constant<int, 0>(), std::integral_constant<int, 2>());
   estimate_codes(std::integral_constant<int, 2>(), std::integral_constant<int, 2>());
   estimate_codes(std::integral_constant<int, 4>(), std::integral_constant<int, 4>());
-  // A ± δ per code; the candidates' least A + δ bounds each block's least error.
-  const __m512i window = _mm512_and_si512(_mm512_srli_epi32(vec(s.in_window), 4), u32(0xfffu));
-  __m512 above[kWidth], below[kWidth];
-  for (int d = 0; d < kWidth; ++d) {
-    const __m512 sq = o.step_sq(code(d % kBase));  // (a quarter of code lo + d's from d = 8 on)
-    const __m512 est = _mm512_load_ps(estimates[d]);
-    const __m512 margin = _mm512_set1_ps(d < kBase ? 0x1p-13f : 0x1p-11f);
-    const __m512 delta = _mm512_fmadd_ps(sq, margin, _mm512_mul_ps(est, _mm512_set1_ps(0x1p-15f)));
-    const __mmask16 candidate = _mm512_test_epi32_mask(window, u32(1u << d));
-    above[d] = _mm512_mask_add_ps(_mm512_set1_ps(INFINITY), candidate, est, delta);  // (+inf: not a candidate)
-    below[d] = _mm512_sub_ps(est, delta);
-  }
   // (as trees: these are chains of dependent steps where a group has little else to run)
   const __m512 bound = reduce_tree<kWidth>(above, [](__m512 a, __m512 b) { return _mm512_min_ps(a, b); });
   __m512i close_bits[kWidth];  // bit d: code lo + d may hold the least error (a NaN too)
