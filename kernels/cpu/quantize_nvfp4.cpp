@@ -20,8 +20,9 @@
 //     that is one candidate it is the answer, else those few are evaluated exactly, in ascending
 //     order (ties go to the smallest code, as in the reference's scan).
 // Blocks outside the conditions these need (an all-zero or tiny block, errors that overflow, a
-// weight scale near the float range's ends) take the scalar reference. The AVX2 form narrows the
-// searches' windows to the 12 codes k0-3 .. k0+8 (the same top octave; see estimate_narrow_pair).
+// weight scale near the float range's ends) take the scalar reference. The AVX2 and AVX-512 forms
+// narrow the windows to the 12 codes k0-3 .. k0+8 (the same top octave; see estimate_narrow_pair),
+// the AVX-512 one with a lane per block (search_codes).
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -1615,9 +1616,9 @@ MIXQ_ALWAYS_INLINE V reduce_tree(V* v, Op op) {
 //    keep q in [1/16, 8.8] at every code of the window (the max rule's step is at least bmax / 6.4,
 //    the lowest code's at least 8/11 of that, the highest twice it), where the key table needs no
 //    clamp; their terms are masked multiply-adds.
-//  - A = s² · Σ (q − level)² + small, with at most 18 roundings of a term (16 multiply-adds in one
-//    chain, then one more for the small sum) where estimate_window's analysis counts 16: the same δ
-//    holds (<= 927u·s² + 309u·S).
+//  - A = s² · Σ (q − level)² + small: a term takes at most 17 roundings (16 multiply-adds in one
+//    chain, then A in one more), where estimate_window's analysis counts 13 of these: at most
+//    4u·S more, and the same δ holds (<= 927u·s² + 301u·S).
 // The decision is search_decide's, lane by lane; a block it leaves undecided (its clip bound, from
 // k0 − 4, too weak; no candidate in the window; a window at the top of the codes) takes its 16-code
 // window, and one left with several contenders their exact errors (settle_block).
@@ -1649,8 +1650,8 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const searc
   // code's, exactly: its terms (q − 2 · level(q / 2))² are 4 times its own, exactly, and its step²
   // a quarter of code lo + 8 + d's. In two halves, each one's accumulators and reciprocals in
   // registers (the values from memory), its estimates A = s² · Σ + small out to memory.
-  const __m512* values = x;
-  asm("" : "+r"(values));
+  const __m512* in_lanes = x;
+  asm("" : "+r"(in_lanes));
   // A ± δ of each code (A + δ: +inf where the code is not a candidate), to memory.
   const __m512i window = _mm512_and_si512(_mm512_srli_epi32(vec(s.in_window), 4), u32(0xfffu));
   __m512 above[kWidth], below[kWidth];
@@ -1671,7 +1672,7 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const searc
     for (int i = 0; i < kNvfp4Block; ++i)
 #pragma GCC unroll 4
       for (int d = 0; d < n; ++d) {
-        const __m512 q = _mm512_mul_ps(_mm512_load_ps(values + i), recip[d]);
+        const __m512 q = _mm512_mul_ps(_mm512_load_ps(in_lanes + i), recip[d]);
         const __m512i key = _mm512_srli_epi32(_mm512_castps_si512(q), 21);
         const __m512 e = _mm512_sub_ps(q, _mm512_permutex2var_ps(levels_lo, key, levels_hi));
         acc[d] = _mm512_mask3_fmadd_ps(e, e, acc[d], large[i]);
