@@ -395,12 +395,14 @@ MIXQ_ALWAYS_INLINE v16u window_bases_of(v16u above) {
 
 // The candidates from job.codes_by_mantissa: false where a block needs more (a max that is not a
 // BF16 value, lo < 9, or a code 48 or more above lo).
-MIXQ_ALWAYS_INLINE bool multiplier_candidates_by_mantissa(search_setup& s, v16f bmax, const nvfp4_job& job) {
+// (lookup(table, index): table[index[j]] in lane j; the AVX-512 form passes gathers)
+template <class Lookup>
+MIXQ_ALWAYS_INLINE bool multiplier_candidates_by_mantissa(search_setup& s, v16f bmax, const nvfp4_job& job,
+                                                          Lookup lookup) {
   const multiplier_codes& t = *job.codes_by_mantissa;
   const v16u bits = (v16u)bmax;
   const v16u m = (bits >> 16) & 0x7fu;
-  v16u low, high, table_last;
-  for (int j = 0; j < kGroup; ++j) low[j] = t.low[m[j]], high[j] = t.high[m[j]], table_last[j] = t.last[m[j]];
+  const v16u low = lookup(t.low, m), high = lookup(t.high, m), table_last = lookup(t.last, m);
   // The table's e counts from k0 − 15, the window's d from lo: k0 − 7 but where the window stops
   // at 126 (lo = 111): d = e − 8 + shift. (Lanes that are not eligible compute garbage, unused.)
   const v16u shift = s.k0 - 7u - s.lo;                     // 0..8 where eligible
@@ -448,7 +450,12 @@ MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
 
 // A multiplier list's candidates over the window setup's (every code a candidate, the sweep's).
 MIXQ_ALWAYS_INLINE void multiplier_candidates(search_setup& s, v16f bmax, const nvfp4_job& job) {
-  if (!(job.codes_by_mantissa && multiplier_candidates_by_mantissa(s, bmax, job)) &&
+  const auto lookup = [](const uint32_t* table, v16u index) {
+    v16u out;
+    for (int j = 0; j < kGroup; ++j) out[j] = table[index[j]];
+    return out;
+  };
+  if (!(job.codes_by_mantissa && multiplier_candidates_by_mantissa(s, bmax, job, lookup)) &&
       (job.multiplier_factors.empty() || !fast_multiplier_candidates(s, bmax, job)))
     exact_multiplier_candidates(s, bmax, job);
 }
@@ -1503,8 +1510,11 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
 
 MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   search_setup s = window_setup(bmax, job);
+  const auto gather = [](const uint32_t* table, v16u index) {
+    return (v16u)_mm512_i32gather_epi32(vec(index), table, 4);
+  };
   if (job.selector == nvfp4_selector::mse_multiplier &&
-      !(job.codes_by_mantissa && multiplier_candidates_by_mantissa(s, bmax, job)) &&
+      !(job.codes_by_mantissa && multiplier_candidates_by_mantissa(s, bmax, job, gather)) &&
       (job.multiplier_factors.empty() || !avx512::fast_multiplier_candidates(s, bmax, job)))
     exact_multiplier_candidates(s, bmax, job);
   return s;
@@ -1790,6 +1800,9 @@ __attribute__((noinline)) void quantize_groups(const T* src, const float* known_
       v16u codes[kRun];
       for (int64_t g = g0; g < g0 + n; ++g) {
         const T* group = src + g * kGroupValues;
+        // (the weight streams from memory slower than the prefetchers expect of a second pass)
+        for (size_t b = 0; b < sizeof(T) * kGroupValues; b += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(group + 2 * kGroupValues) + b, _MM_HINT_T0);
         pair x[kGroup / 2];
         for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(group + p * 2 * kNvfp4Block);
         const v16f bmax = group_maxima(x, known_max ? known_max + g * kGroup : nullptr);
