@@ -1618,34 +1618,28 @@ MIXQ_ALWAYS_INLINE V reduce_tree(V* v, Op op) {
   return v[0];
 }
 
-// The scale codes of 16 blocks from their narrow windows (the AVX2 form's: the 12 codes
-// k0 − 3 .. k0 + 8, see estimate_narrow_pair), a lane per block: its estimates take 12 × 16
-// products for 16 blocks where the 16-code windows, a lane per code, take 16 × 16.
+constexpr int kNarrowWidth = 12, kNarrowBase = 8;  // codes lo .. lo + 11, the first 8 with their own quotients
+
+// The narrow windows' error bounds of 16 blocks (lo: each lane's k0 − 3), a lane per block: its
+// estimates take 8 quotients and 12 lookups per value for 16 blocks where the 16-code windows, a
+// lane per code, take 16 of each per block. A ± δ per code in above / below (A + δ: +inf where the
+// code is not a candidate).
 //  - A value with q = fl(|w| · fl(1/step)) <= 1/4 at the window's lowest code, where q is largest,
 //    has level 0 at every code: its squared error is w², summed once per block (small). The others
 //    keep q in [1/16, 8.8] at every code of the window (the max rule's step is at least bmax / 6.4,
 //    the lowest code's at least 8/11 of that, the highest twice it), where the key table needs no
 //    clamp; their terms are masked multiply-adds.
+//  - Codes lo + d (d < 8) from q = x · recip; lo + 8 + d (d < 4) from the same q, as q / 2 is that
+//    code's, exactly: its terms (q − 2 · level(q / 2))² are 4 times its own, exactly, and its step²
+//    a quarter of code lo + 8 + d's.
 //  - A = s² · Σ (q − level)² + small: a term takes at most 17 roundings (16 multiply-adds in one
 //    chain, then A in one more), where estimate_window's analysis counts 13 of these: at most
 //    4u·S more, and the same δ holds (<= 927u·s² + 301u·S).
-// The decision is search_decide's, lane by lane; a block it leaves undecided (its clip bound, from
-// k0 − 4, too weak; no candidate in the window; a window at the top of the codes) takes its 16-code
-// window, and one left with several contenders their exact errors (settle_block).
-MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const search_setup& s,
-                                     const nvfp4_job& job) {
-  constexpr int kWidth = 12, kBase = 8;  // codes lo .. lo + 11, the first 8 with their own quotients
-  const code_tables& t = *job.tables;
-  const __m512 bmax = (__m512)bmax_v;
-  const __m512i lo = _mm512_add_epi32(vec(s.lo), u32(4));  // k0 − 3 where narrow
-  const __mmask16 eligible = _mm512_test_epi32_mask(vec(s.eligible), vec(s.eligible));
-  const __mmask16 narrow = eligible & _mm512_cmple_epu32_mask(_mm512_sub_epi32(vec(s.k0), u32(12)), u32(118 - 12));  // (there lo = k0 − 7)
+MIXQ_ALWAYS_INLINE void narrow_bounds(const pair* pairs, __m512i lo, const search_setup& s, const octave_tables& o,
+                                      __m512* above, __m512* below) {
+  constexpr int kWidth = kNarrowWidth, kBase = kNarrowBase;
   __m512 x[kNvfp4Block];  // lane j: block j's values
   blocks_in_lanes(pairs, x);
-  // Each lane's code tables from their first normal octave (codes 8-15) by the octave: a normal
-  // code 8 above another has exactly twice its step (code_tables' range keeps it so), and this
-  // costs less than gathers. Lanes whose codes reach below 8 (k0 < 12) are not narrow.
-  const octave_tables o(t);
   const auto code = [&](int d) { return _mm512_add_epi32(lo, u32(uint32_t(d))); };
   const __m512 levels_lo = _mm512_load_ps(kNarrowLevels[0].data()), levels_hi = _mm512_load_ps(kNarrowLevels[0].data() + 16);
   const __m512 twice_lo = _mm512_load_ps(kNarrowLevels[1].data()), twice_hi = _mm512_load_ps(kNarrowLevels[1].data() + 16);
@@ -1656,15 +1650,7 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const searc
     large[i] = _mm512_cmp_ps_mask(_mm512_mul_ps(x[i], recip0), _mm512_set1_ps(0.25f), _CMP_GT_OQ);
     small = _mm512_mask3_fmadd_ps(x[i], x[i], small, __mmask16(~large[i]));
   }
-  // Codes lo + d (d < 8) from q = x · recip; lo + 8 + d (d < 4) from the same q, as q / 2 is that
-  // code's, exactly: its terms (q − 2 · level(q / 2))² are 4 times its own, exactly, and its step²
-  // a quarter of code lo + 8 + d's. In two halves, each one's accumulators and reciprocals in
-  // registers (the values from memory), its estimates A = s² · Σ + small out to memory.
-  const __m512* in_lanes = x;
-  asm("" : "+r"(in_lanes));
-  // A ± δ of each code (A + δ: +inf where the code is not a candidate), to memory.
   const __m512i window = _mm512_and_si512(_mm512_srli_epi32(vec(s.in_window), 4), u32(0xfffu));
-  __m512 above[kWidth], below[kWidth];
   const auto bounds = [&](int d, __m512 acc, __m512 sq) {  // (sq: a quarter of code lo + d's from d = 8 on)
     const __m512 est = _mm512_fmadd_ps(acc, sq, small);
     const __m512 margin = _mm512_set1_ps(d < kBase ? 0x1p-13f : 0x1p-11f);
@@ -1673,6 +1659,10 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const searc
     above[d] = _mm512_mask_add_ps(_mm512_set1_ps(INFINITY), candidate, est, delta);
     below[d] = _mm512_sub_ps(est, delta);
   };
+  // In passes over a few codes each: their accumulators and reciprocals in registers, the values
+  // read from memory.
+  const __m512* in_lanes = x;
+  asm("" : "+r"(in_lanes));
   const auto estimate_codes = [&](auto first, auto count) {
     constexpr int d0 = decltype(first)::value, n = decltype(count)::value;
     __m512 recip[n], acc[2 * n];
@@ -1700,6 +1690,28 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const searc
   estimate_codes(std::integral_constant<int, 0>(), std::integral_constant<int, 2>());
   estimate_codes(std::integral_constant<int, 2>(), std::integral_constant<int, 2>());
   estimate_codes(std::integral_constant<int, 4>(), std::integral_constant<int, 4>());
+}
+
+// The scale codes of 16 blocks from their narrow windows (the AVX2 form's: the 12 codes
+// k0 − 3 .. k0 + 8, see estimate_narrow_pair; their bounds from narrow_bounds). The decision is
+// search_decide's, lane by lane; a block it leaves undecided (its clip bound, from k0 − 4, too
+// weak; no candidate in the window; a window at the top of the codes or reaching below code 8)
+// takes its 16-code window, and one left with several contenders their exact errors (settle_block).
+MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const search_setup& s,
+                                     const nvfp4_job& job) {
+  constexpr int kWidth = kNarrowWidth;
+  const __m512 bmax = (__m512)bmax_v;
+  const __m512i lo = _mm512_add_epi32(vec(s.lo), u32(4));  // k0 − 3 where narrow
+  const __mmask16 eligible = _mm512_test_epi32_mask(vec(s.eligible), vec(s.eligible));
+  // (12 <= k0 <= 118: the window's codes normal, lo = k0 − 7 in the setup)
+  const __mmask16 narrow = eligible & _mm512_cmple_epu32_mask(_mm512_sub_epi32(vec(s.k0), u32(12)), u32(118 - 12));
+  // Each lane's code tables from their first normal octave (codes 8-15) by the octave: a normal
+  // code 8 above another has exactly twice its step (code_tables' range keeps it so), and this
+  // costs less than gathers.
+  const octave_tables o(*job.tables);
+  __m512 above[kWidth], below[kWidth];
+  narrow_bounds(pairs, lo, s, o, above, below);
+  const __m512i window = _mm512_and_si512(_mm512_srli_epi32(vec(s.in_window), 4), u32(0xfffu));
   // (as trees: these are chains of dependent steps where a group has little else to run)
   const __m512 bound = reduce_tree<kWidth>(above, [](__m512 a, __m512 b) { return _mm512_min_ps(a, b); });
   __m512i close_bits[kWidth];  // bit d: code lo + d may hold the least error (a NaN too)
