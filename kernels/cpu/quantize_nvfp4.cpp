@@ -470,6 +470,9 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
 namespace avx2 {
 float block_sq_error(const float* magnitudes, float step);
 }
+namespace avx512 {
+float block_sq_error(const float* magnitudes, float step);
+}
 #endif
 
 // One block's code where the window search left more than one candidate (decided: the window
@@ -490,8 +493,11 @@ __attribute__((noinline)) uint32_t settle_block(const float* values, float amax,
   float best = 0.0f;
   const auto consider = [&](int k) {
 #if MIXQ_HAVE_SIMD_TARGETS
-    // (this function is compiled for the baseline: the AVX2 form's errors come from AVX2 code)
-    const float err = L == simd_level::avx2 ? avx2::block_sq_error(values, t.step[k]) : block_error<L>(ax, t.step[k]);
+    // (this function is compiled for the baseline: the AVX2 and AVX-512 forms' errors come from
+    // code compiled for them)
+    const float err = L == simd_level::avx2     ? avx2::block_sq_error(values, t.step[k])
+                      : L == simd_level::avx512 ? avx512::block_sq_error(values, t.step[k])
+                                                : block_error<L>(ax, t.step[k]);
 #else
     const float err = block_error<L>(ax, t.step[k]);
 #endif
@@ -1518,6 +1524,13 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
       (job.multiplier_factors.empty() || !avx512::fast_multiplier_candidates(s, bmax, job)))
     exact_multiplier_candidates(s, bmax, job);
   return s;
+}
+
+// nvfp4_block_sq_error of 16 magnitudes, as block_error (the reference's roundings and tree).
+float block_sq_error(const float* magnitudes, float step) {
+  v16f ax;
+  std::memcpy(&ax, magnitudes, sizeof ax);
+  return block_error<simd_level::avx512>(ax, step);
 }
 
 // One eligible block's code from the estimates of its 16-code window (lo .. lo + 15), as the AVX2
