@@ -304,6 +304,62 @@ TEST(cpu_kernels, nvfp4_sweep_on_blocks_hard_to_bound_bit_identical) {
   cpu::limit_simd_level(cpu::cpu_simd_level());
 }
 
+TEST(cpu_kernels, nvfp4_searches_at_the_narrow_windows_edges_bit_identical) {
+  // The AVX-512 searches estimate the 12 codes k0 − 3 .. k0 + 8 with a lane per block where
+  // 12 <= k0 <= 118, count values whose quotient at code k0 − 3 is at most 1/4 as level 0 at every
+  // code, and take codes k0 + 5 .. k0 + 8 from the quotients of k0 − 3 .. k0: blocks with maxima
+  // at k0 from 9 (below the narrow windows) to 126 (above), values at that 1/4, an ulp either side
+  // of it and up to half above it, values far below it, zeros, and values on a code's E2M1 grid
+  // (ties between a code and the one 8 above). (The blocks that make the windows' own bounds work,
+  // with least errors at their edges, are nvfp4_sweep_on_blocks_hard_to_bound_bit_identical's.)
+  std::mt19937 rng(29);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  const float global_amax = 1.0f, ws2 = nvfp4_global_scale(global_amax, kNvfp4Normalizer);
+  const auto step = [&](int k) { return e4m3_decode_table()[k] * ws2; };
+  const int targets[] = {9, 10, 11, 12, 13, 40, 117, 118, 119, 126};
+  std::vector<float> values;
+  int narrow = 0, outside = 0;
+  for (int b = 0; b < 16 * 160; ++b) {
+    const int target = targets[b % std::size(targets)];
+    const float bmax = std::min(step(target) * 6.0f * (0.97f + 0.06f * unit(rng)), global_amax);
+    const int k0 = e4m3_encode(nvfp4_max_block_scale_f32(bmax, ws2));
+    (k0 >= 12 && k0 <= 118 ? narrow : outside) += 1;
+    const float quarter = 0.25f * step(std::max(k0 - 3, 1));
+    float x[16];
+    for (int i = 0; i < 16; ++i) {
+      switch ((b / int(std::size(targets)) + i) % 7) {
+        case 0: x[i] = quarter; break;
+        case 1: x[i] = std::nextafter(quarter, INFINITY); break;
+        case 2: x[i] = std::nextafter(quarter, 0.0f); break;
+        case 3: x[i] = quarter * std::ldexp(unit(rng), -int(rng() % 8)); break;
+        case 4: x[i] = quarter * (1.0f + 0.5f * unit(rng)); break;  // level 1/2 at k0 − 3, 0 from some code up
+        case 5: x[i] = kE2M1Magnitudes[rng() % 8] * step(std::clamp(k0 + int(rng() % 12) - 3, 1, 126)); break;
+        default: x[i] = rng() % 4 ? bmax * unit(rng) : 0.0f;
+      }
+      x[i] = std::min(x[i], bmax);
+    }
+    x[rng() % 16] = bmax;
+    for (float v : x) values.push_back(rng() % 2 ? -v : v);
+  }
+  EXPECT_GT(narrow, 256);
+  EXPECT_GT(outside, 256);
+  values[0] = global_amax;
+  const weight_view w{values.data(), int64_t(values.size() / 256), 256, "narrow edges"};
+  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+    if (level > cpu::cpu_simd_level()) continue;
+    cpu::limit_simd_level(level);
+    for (auto sel : {nvfp4_selector::mse_fp8_sweep, nvfp4_selector::mse_multiplier, nvfp4_selector::mse_four_over_six}) {
+      nvfp4_options o;
+      o.selector = sel;
+      const nvfp4_weight ref = nvfp4_quantize(w, o);
+      const nvfp4_weight fast = cpu::nvfp4_quantize(cpu::from_f32(w), o);
+      EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level) << " " << selector_name(sel);
+      EXPECT_EQ(fast.packed, ref.packed) << int(level) << " " << selector_name(sel);
+    }
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
 // The searches over BF16 weights of kNvfp4TermTableBlocks blocks, whose window estimates (AVX2)
 // come from a table of every term: ordinary and heavy-tailed blocks, blocks on the E2M1 grid of a
 // code's step, blocks with values below 2^-63 (BF16 subnormals and zeros too) beside larger ones,
