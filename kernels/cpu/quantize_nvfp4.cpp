@@ -330,9 +330,10 @@ MIXQ_ALWAYS_INLINE v16u window_applies(v16f max_rule_scale) {
 
 
 // The window search of 16 blocks, in three steps: setup_search (each block's window and candidate
-// codes), the estimates of every eligible block's window (estimate_window, or its AVX-512 twin),
-// and search_decide, which takes each step for all 16 blocks at once (the reductions as
-// transposes) and leaves per block what is left: usually a single candidate.
+// codes), the estimates of every eligible block's window (estimate_window; the AVX2 and AVX-512
+// forms their own), and search_decide, which takes each step for all 16 blocks at once (the
+// reductions as transposes) and leaves per block what is left: usually a single candidate. (The
+// AVX-512 form's search_codes takes the same steps with a lane per block.)
 struct search_setup {
   v16u lo, in_window, above_bases, eligible;
   v16u k0;  // the max-rule code (lo = k0 − 7 but at the top, where the window stops at 126)
