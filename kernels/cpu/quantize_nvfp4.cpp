@@ -98,6 +98,10 @@ struct code_tables {
 // and the last (largest) code's e + 1 (0 below k0 − 15, 255 for 254 and beyond).
 struct multiplier_codes {
   alignas(64) uint32_t low[128], high[128], last[128];
+  // The setup's bits where the window starts at k0 − 7 (multiplier_candidates_by_mantissa with
+  // shift 0 and no code at 126): the window's candidates (bits 0-15), their above_bases >> 8 (bits
+  // 16-23) and last (bits 24-31); and the candidates above the window (search_setup::above).
+  alignas(64) uint32_t window_at_k0[128], above_at_k0[128];
   static std::optional<multiplier_codes> build(std::span<const float> multipliers, float ws2, float global_amax,
                                                float normalizer) {
     if (!(ws2 >= 0x1p-40f && ws2 <= 0x1p40f)) return std::nullopt;
@@ -115,6 +119,10 @@ struct multiplier_codes {
         last = std::clamp(e, -1, 254);
       }
       t.low[m] = uint32_t(bits), t.high[m] = uint32_t(bits >> 32), t.last[m] = uint32_t(last + 1);
+      const uint32_t above = uint32_t(bits >> 24);  // codes k0 + 9 .. k0 + 40
+      const uint32_t bases = (above | above >> 8 | above >> 16 | above >> 24) & 0xffu;
+      t.window_at_k0[m] = uint32_t(bits >> 8 & 0xffffu) | bases << 16 | t.last[m] << 24;
+      t.above_at_k0[m] = above;
     }
     return t;
   }
@@ -1515,13 +1523,36 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
   return true;
 }
 
+// multiplier_candidates_by_mantissa where every eligible block's window starts at k0 − 7, its max
+// is a BF16 value, and its list's codes stop below 126 and within 48 of lo (the common case): two
+// gathers of its precomputed bits. False (s untouched) where a block needs more.
+MIXQ_ALWAYS_INLINE bool multiplier_candidates_at_k0(search_setup& s, v16f bmax, const nvfp4_job& job) {
+  const multiplier_codes& t = *job.codes_by_mantissa;
+  const __m512i bits = _mm512_castps_si512((__m512)bmax);
+  const __m512i m = _mm512_and_si512(_mm512_srli_epi32(bits, 16), u32(0x7fu));
+  const __m512i window = _mm512_i32gather_epi32(m, t.window_at_k0, 4);
+  const __m512i last = _mm512_sub_epi32(_mm512_srli_epi32(window, 24), u32(9));  // d of the last code (wraps below)
+  const __mmask16 eligible = _mm512_test_epi32_mask(vec(s.eligible), vec(s.eligible));
+  const __mmask16 fits = _mm512_cmpeq_epi32_mask(vec(s.lo), _mm512_sub_epi32(vec(s.k0), u32(7))) &
+                         _mm512_cmpge_epu32_mask(vec(s.lo), u32(9)) & _mm512_testn_epi32_mask(bits, u32(0xffffu)) &
+                         _mm512_cmplt_epu32_mask(last, u32(48)) &
+                         _mm512_cmplt_epu32_mask(last, _mm512_sub_epi32(u32(126), vec(s.lo)));
+  if ((eligible & ~fits) != 0) return false;
+  s.in_window = (v16u)_mm512_and_si512(window, u32(0xffffu));
+  s.above_bases = (v16u)_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(window, 16), u32(0xffu)), 8);
+  s.above = (v16u)_mm512_i32gather_epi32(m, t.above_at_k0, 4);
+  s.above_known = v16u{} - 1u;
+  return true;
+}
+
 MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   search_setup s = window_setup(bmax, job);
   const auto gather = [](const uint32_t* table, v16u index) {
     return (v16u)_mm512_i32gather_epi32(vec(index), table, 4);
   };
   if (job.selector == nvfp4_selector::mse_multiplier &&
-      !(job.codes_by_mantissa && multiplier_candidates_by_mantissa(s, bmax, job, gather)) &&
+      !(job.codes_by_mantissa && (multiplier_candidates_at_k0(s, bmax, job) ||
+                                  multiplier_candidates_by_mantissa(s, bmax, job, gather))) &&
       (job.multiplier_factors.empty() || !avx512::fast_multiplier_candidates(s, bmax, job)))
     exact_multiplier_candidates(s, bmax, job);
   return s;
@@ -1824,6 +1855,19 @@ __attribute__((noinline)) void quantize_groups(const T* src, const float* known_
     for (int64_t g0 = 0; g0 < count; g0 += kRun) {
       const int64_t n = std::min(kRun, count - g0);
       v16u codes[kRun];
+      v16f bmax[kRun];
+      search_setup setup[kRun];  // (each its own chain of dependent steps: together, they overlap)
+      for (int64_t g = g0; g < g0 + n; ++g) {
+        const T* group = src + g * kGroupValues;
+        if (known_max) {
+          std::memcpy(&bmax[g - g0], known_max + g * kGroup, sizeof(v16f));
+        } else {
+          pair x[kGroup / 2];
+          for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(group + p * 2 * kNvfp4Block);
+          bmax[g - g0] = group_maxima(x, nullptr);
+        }
+        setup[g - g0] = avx512::setup_search(bmax[g - g0], job);
+      }
       for (int64_t g = g0; g < g0 + n; ++g) {
         const T* group = src + g * kGroupValues;
         // (the weight streams from memory slower than the prefetchers expect of a second pass)
@@ -1831,8 +1875,7 @@ __attribute__((noinline)) void quantize_groups(const T* src, const float* known_
           _mm_prefetch(reinterpret_cast<const char*>(group + 2 * kGroupValues) + b, _MM_HINT_T0);
         pair x[kGroup / 2];
         for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(group + p * 2 * kNvfp4Block);
-        const v16f bmax = group_maxima(x, known_max ? known_max + g * kGroup : nullptr);
-        codes[g - g0] = avx512::search_codes(x, bmax, avx512::setup_search(bmax, job), job);
+        codes[g - g0] = avx512::search_codes(x, bmax[g - g0], setup[g - g0], job);
       }
       for (int64_t g = g0; g < g0 + n; ++g) {
         const T* group = src + g * kGroupValues;
