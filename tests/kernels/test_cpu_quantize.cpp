@@ -249,6 +249,23 @@ TEST(cpu_kernels, nvfp4_mse_searches_bit_identical_on_ties_and_near_ties) {
   }
 }
 
+// The three MSE searches of w (F32) against the reference, bit for bit, at every SIMD level here.
+void expect_searches_match_at_every_level(const weight_view& w) {
+  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+    if (level > cpu::cpu_simd_level()) continue;
+    cpu::limit_simd_level(level);
+    for (auto sel : {nvfp4_selector::mse_fp8_sweep, nvfp4_selector::mse_four_over_six, nvfp4_selector::mse_multiplier}) {
+      nvfp4_options o;
+      o.selector = sel;
+      const nvfp4_weight ref = nvfp4_quantize(w, o);
+      const nvfp4_weight fast = cpu::nvfp4_quantize(cpu::from_f32(w), o);
+      EXPECT_EQ(fast.block_scales, ref.block_scales) << w.name << " " << int(level) << " " << selector_name(sel);
+      EXPECT_EQ(fast.packed, ref.packed) << w.name << " " << int(level) << " " << selector_name(sel);
+    }
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
 TEST(cpu_kernels, nvfp4_sweep_on_blocks_hard_to_bound_bit_identical) {
   // Blocks whose least error over the codes k0 − 3 .. k0 + 8 around the max rule's k0 exceeds the
   // clipped max's term at k0 − 4 (magnitudes spread over the block, kept where that holds), so that
@@ -289,19 +306,7 @@ TEST(cpu_kernels, nvfp4_sweep_on_blocks_hard_to_bound_bit_identical) {
   values.resize(values.size() / 256 * 256);
   values[0] = global_amax;
   const weight_view w{values.data(), int64_t(values.size() / 256), 256, "hard"};
-  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
-    if (level > cpu::cpu_simd_level()) continue;
-    cpu::limit_simd_level(level);
-    for (auto sel : {nvfp4_selector::mse_fp8_sweep, nvfp4_selector::mse_four_over_six, nvfp4_selector::mse_multiplier}) {
-      nvfp4_options o;
-      o.selector = sel;
-      const nvfp4_weight ref = nvfp4_quantize(w, o);
-      const nvfp4_weight fast = cpu::nvfp4_quantize(cpu::from_f32(w), o);
-      EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level) << " " << selector_name(sel);
-      EXPECT_EQ(fast.packed, ref.packed) << int(level) << " " << selector_name(sel);
-    }
-  }
-  cpu::limit_simd_level(cpu::cpu_simd_level());
+  expect_searches_match_at_every_level(w);
 }
 
 TEST(cpu_kernels, nvfp4_searches_at_the_narrow_windows_edges_bit_identical) {
@@ -345,19 +350,7 @@ TEST(cpu_kernels, nvfp4_searches_at_the_narrow_windows_edges_bit_identical) {
   EXPECT_GT(outside, 256);
   values[0] = global_amax;
   const weight_view w{values.data(), int64_t(values.size() / 256), 256, "narrow edges"};
-  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
-    if (level > cpu::cpu_simd_level()) continue;
-    cpu::limit_simd_level(level);
-    for (auto sel : {nvfp4_selector::mse_fp8_sweep, nvfp4_selector::mse_multiplier, nvfp4_selector::mse_four_over_six}) {
-      nvfp4_options o;
-      o.selector = sel;
-      const nvfp4_weight ref = nvfp4_quantize(w, o);
-      const nvfp4_weight fast = cpu::nvfp4_quantize(cpu::from_f32(w), o);
-      EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level) << " " << selector_name(sel);
-      EXPECT_EQ(fast.packed, ref.packed) << int(level) << " " << selector_name(sel);
-    }
-  }
-  cpu::limit_simd_level(cpu::cpu_simd_level());
+  expect_searches_match_at_every_level(w);
 }
 
 // The searches over BF16 weights of kNvfp4TermTableBlocks blocks, whose window estimates (AVX2)
