@@ -457,6 +457,29 @@ MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
   return s;
 }
 
+// multiplier_candidates_by_mantissa where every eligible block's window starts at k0 − 7, its max
+// is a BF16 value, and its list's codes stop below 126 and within 48 of lo (the common case): two
+// lookups of its precomputed bits. False (s untouched) where a block needs more.
+template <class Lookup>
+MIXQ_ALWAYS_INLINE bool multiplier_candidates_at_k0(search_setup& s, v16f bmax, const nvfp4_job& job, Lookup lookup) {
+  const multiplier_codes& t = *job.codes_by_mantissa;
+  const v16u bits = (v16u)bmax;
+  const v16u m = (bits >> 16) & 0x7fu;
+  const v16u window = lookup(t.window_at_k0, m);
+  const v16u last = (window >> 24) - 9u;  // d of the last code (wraps below the window)
+  // (compares as masks, lanes::below's: GCC lowers vector compares lane by lane without AVX-512;
+  // where last < 48 it and 126 − lo are below 2^31)
+  const v16u fits = lanes::below_unsigned(s.lo ^ (s.k0 - 7u), 1u) & ~lanes::below(s.lo, 9u) &
+                    lanes::below_unsigned(bits & 0xffffu, 1u) & lanes::below_unsigned(last, 48u) &
+                    lanes::below(last, 126u - s.lo);
+  if (lanes::reduce16_bits(~fits & s.eligible) != 0) return false;
+  s.in_window = window & 0xffffu;
+  s.above_bases = ((window >> 16) & 0xffu) << 8;
+  s.above = lookup(t.above_at_k0, m);
+  s.above_known = v16u{} - 1u;
+  return true;
+}
+
 // A multiplier list's candidates over the window setup's (every code a candidate, the sweep's).
 MIXQ_ALWAYS_INLINE void multiplier_candidates(search_setup& s, v16f bmax, const nvfp4_job& job) {
   const auto lookup = [](const uint32_t* table, v16u index) {
@@ -464,7 +487,8 @@ MIXQ_ALWAYS_INLINE void multiplier_candidates(search_setup& s, v16f bmax, const 
     for (int j = 0; j < kGroup; ++j) out[j] = table[index[j]];
     return out;
   };
-  if (!(job.codes_by_mantissa && multiplier_candidates_by_mantissa(s, bmax, job, lookup)) &&
+  if (!(job.codes_by_mantissa && (multiplier_candidates_at_k0(s, bmax, job, lookup) ||
+                                  multiplier_candidates_by_mantissa(s, bmax, job, lookup))) &&
       (job.multiplier_factors.empty() || !fast_multiplier_candidates(s, bmax, job)))
     exact_multiplier_candidates(s, bmax, job);
 }
@@ -1523,35 +1547,13 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
   return true;
 }
 
-// multiplier_candidates_by_mantissa where every eligible block's window starts at k0 − 7, its max
-// is a BF16 value, and its list's codes stop below 126 and within 48 of lo (the common case): two
-// gathers of its precomputed bits. False (s untouched) where a block needs more.
-MIXQ_ALWAYS_INLINE bool multiplier_candidates_at_k0(search_setup& s, v16f bmax, const nvfp4_job& job) {
-  const multiplier_codes& t = *job.codes_by_mantissa;
-  const __m512i bits = _mm512_castps_si512((__m512)bmax);
-  const __m512i m = _mm512_and_si512(_mm512_srli_epi32(bits, 16), u32(0x7fu));
-  const __m512i window = _mm512_i32gather_epi32(m, t.window_at_k0, 4);
-  const __m512i last = _mm512_sub_epi32(_mm512_srli_epi32(window, 24), u32(9));  // d of the last code (wraps below)
-  const __mmask16 eligible = _mm512_test_epi32_mask(vec(s.eligible), vec(s.eligible));
-  const __mmask16 fits = _mm512_cmpeq_epi32_mask(vec(s.lo), _mm512_sub_epi32(vec(s.k0), u32(7))) &
-                         _mm512_cmpge_epu32_mask(vec(s.lo), u32(9)) & _mm512_testn_epi32_mask(bits, u32(0xffffu)) &
-                         _mm512_cmplt_epu32_mask(last, u32(48)) &
-                         _mm512_cmplt_epu32_mask(last, _mm512_sub_epi32(u32(126), vec(s.lo)));
-  if ((eligible & ~fits) != 0) return false;
-  s.in_window = (v16u)_mm512_and_si512(window, u32(0xffffu));
-  s.above_bases = (v16u)_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(window, 16), u32(0xffu)), 8);
-  s.above = (v16u)_mm512_i32gather_epi32(m, t.above_at_k0, 4);
-  s.above_known = v16u{} - 1u;
-  return true;
-}
-
 MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   search_setup s = window_setup(bmax, job);
   const auto gather = [](const uint32_t* table, v16u index) {
     return (v16u)_mm512_i32gather_epi32(vec(index), table, 4);
   };
   if (job.selector == nvfp4_selector::mse_multiplier &&
-      !(job.codes_by_mantissa && (multiplier_candidates_at_k0(s, bmax, job) ||
+      !(job.codes_by_mantissa && (multiplier_candidates_at_k0(s, bmax, job, gather) ||
                                   multiplier_candidates_by_mantissa(s, bmax, job, gather))) &&
       (job.multiplier_factors.empty() || !avx512::fast_multiplier_candidates(s, bmax, job)))
     exact_multiplier_candidates(s, bmax, job);
