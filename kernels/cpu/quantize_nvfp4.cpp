@@ -1670,7 +1670,7 @@ constexpr int kNarrowWidth = 12, kNarrowBase = 8;  // codes lo .. lo + 11, the f
 // The narrow windows' error bounds of 16 blocks (lo: each lane's k0 − 3), a lane per block: its
 // estimates take 8 quotients and 12 lookups per value for 16 blocks where the 16-code windows, a
 // lane per code, take 16 of each per block. A ± δ per code in above / below (A + δ: +inf where the
-// code is not a candidate).
+// code is not a candidate: window, bit d for code lo + d).
 //  - A value with q = fl(|w| · fl(1/step)) <= 1/4 at the window's lowest code, where q is largest,
 //    has level 0 at every code: its squared error is w², summed once per block (small). The others
 //    keep q in [1/16, 8.8] at every code of the window (the max rule's step is at least bmax / 6.4,
@@ -1682,7 +1682,7 @@ constexpr int kNarrowWidth = 12, kNarrowBase = 8;  // codes lo .. lo + 11, the f
 //  - A = s² · Σ (q − level)² + small: a term takes at most 17 roundings (16 multiply-adds in one
 //    chain, then A in one more), where estimate_window's analysis counts 13 of these: at most
 //    4u·S more, and the same δ holds (<= 927u·s² + 301u·S).
-MIXQ_ALWAYS_INLINE void narrow_bounds(const pair* pairs, __m512i lo, const search_setup& s, const octave_tables& o,
+MIXQ_ALWAYS_INLINE void narrow_bounds(const pair* pairs, __m512i lo, __m512i window, const octave_tables& o,
                                       __m512* above, __m512* below) {
   constexpr int kWidth = kNarrowWidth, kBase = kNarrowBase;
   __m512 x[kNvfp4Block];  // lane j: block j's values
@@ -1697,7 +1697,6 @@ MIXQ_ALWAYS_INLINE void narrow_bounds(const pair* pairs, __m512i lo, const searc
     large[i] = _mm512_cmp_ps_mask(_mm512_mul_ps(x[i], recip0), _mm512_set1_ps(0.25f), _CMP_GT_OQ);
     small = _mm512_mask3_fmadd_ps(x[i], x[i], small, __mmask16(~large[i]));
   }
-  const __m512i window = _mm512_and_si512(_mm512_srli_epi32(vec(s.in_window), 4), u32(0xfffu));
   const auto bounds = [&](int d, __m512 acc, __m512 sq) {  // (sq: a quarter of code lo + d's from d = 8 on)
     const __m512 est = _mm512_fmadd_ps(acc, sq, small);
     const __m512 margin = _mm512_set1_ps(d < kBase ? 0x1p-13f : 0x1p-11f);
@@ -1756,9 +1755,9 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const searc
   // code 8 above another has exactly twice its step (code_tables' range keeps it so), and this
   // costs less than gathers.
   const octave_tables o(*job.tables);
+  const __m512i window = _mm512_and_si512(_mm512_srli_epi32(vec(s.in_window), 4), u32(0xfffu));  // (narrow lo's bits)
   __m512 above[kWidth], below[kWidth];
-  narrow_bounds(pairs, lo, s, o, above, below);
-  const __m512i window = _mm512_and_si512(_mm512_srli_epi32(vec(s.in_window), 4), u32(0xfffu));
+  narrow_bounds(pairs, lo, window, o, above, below);
   // (as trees: these are chains of dependent steps where a group has little else to run)
   const __m512 bound = reduce_tree<kWidth>(above, [](__m512 a, __m512 b) { return _mm512_min_ps(a, b); });
   __m512i close_bits[kWidth];  // bit d: code lo + d may hold the least error (a NaN too)
@@ -1825,22 +1824,26 @@ MIXQ_ALWAYS_INLINE v16f group_maxima(const pair* x, const float* known_max) {
   return bmax;
 }
 
-// known_max: the 16 blocks' maxima from the amax pass, or null.
+// A group's 32 BF16 / F16 / F32 pairs of blocks.
+template <class T>
+MIXQ_ALWAYS_INLINE void load_group(const T* src, pair* x) {
+  for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(src + p * 2 * kNvfp4Block);
+}
+
+// max and four-over-six, a group at a time (the searches: quantize_groups). known_max: the 16
+// blocks' maxima from the amax pass, or null.
 template <group_kind K, class T>
 MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, const nvfp4_job& job, uint8_t* scales,
                                        uint8_t* packed, float* errors) {
   pair x[kGroup / 2];
-  for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(src + p * 2 * kNvfp4Block);
+  load_group(src, x);
   const v16f bmax = group_maxima(x, known_max);
   if constexpr (K == group_kind::max || K == group_kind::max_bounded) {
     encode_group<false, K == group_kind::max_bounded>(x, lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2)),
                                                       job.ws2, scales, packed, nullptr);
-  } else if constexpr (K == group_kind::four_over_six || K == group_kind::four_over_six_bounded) {
-    four_over_six_group<K == group_kind::four_over_six_bounded>(x, bmax, job, scales, packed, errors);
   } else {
-    const search_setup setup = avx512::setup_search(bmax, job);
-    encode_group<K == group_kind::search_with_errors, false>(x, avx512::search_codes(x, bmax, setup, job),
-                                                             job.ws2, scales, packed, errors);
+    static_assert(K == group_kind::four_over_six || K == group_kind::four_over_six_bounded);
+    four_over_six_group<K == group_kind::four_over_six_bounded>(x, bmax, job, scales, packed, errors);
   }
 }
 
@@ -1865,7 +1868,7 @@ __attribute__((noinline)) void quantize_groups(const T* src, const float* known_
           std::memcpy(&bmax[g - g0], known_max + g * kGroup, sizeof(v16f));
         } else {
           pair x[kGroup / 2];
-          for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(group + p * 2 * kNvfp4Block);
+          load_group(group, x);
           bmax[g - g0] = group_maxima(x, nullptr);
         }
         setup[g - g0] = avx512::setup_search(bmax[g - g0], job);
@@ -1876,13 +1879,12 @@ __attribute__((noinline)) void quantize_groups(const T* src, const float* known_
         for (size_t b = 0; b < sizeof(T) * kGroupValues; b += 64)
           _mm_prefetch(reinterpret_cast<const char*>(group + 2 * kGroupValues) + b, _MM_HINT_T0);
         pair x[kGroup / 2];
-        for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(group + p * 2 * kNvfp4Block);
+        load_group(group, x);
         codes[g - g0] = avx512::search_codes(x, bmax[g - g0], setup[g - g0], job);
       }
       for (int64_t g = g0; g < g0 + n; ++g) {
-        const T* group = src + g * kGroupValues;
         pair x[kGroup / 2];
-        for (int p = 0; p < kGroup / 2; ++p) x[p] = load_pair(group + p * 2 * kNvfp4Block);
+        load_group(src + g * kGroupValues, x);
         encode_group<K == group_kind::search_with_errors, false>(x, codes[g - g0], job.ws2, scales + g * kGroup,
                                                                  packed + g * kGroup * (kNvfp4Block / 2),
                                                                  errors ? errors + g * kGroup : nullptr);
