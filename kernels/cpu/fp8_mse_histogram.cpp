@@ -137,6 +137,49 @@ size_t take_binade(uint32_t* table, size_t n, uint32_t top, int shift, double* d
 #pragma GCC pop_options
 #endif
 
+#if MIXQ_HAVE_SIMD_TARGETS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+// (GCC 12's AVX-512 intrinsic headers leave their undefined-value temporaries to these warnings)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+namespace avx512 {
+// take_binade_impl's outputs, 16 counts at a time: the non-zero ones' mask from one test, their
+// magnitudes and counts left-packed by one compress each (stores run up to 16 lanes past the
+// packed ones, within the n slots the caller provides: kept never passes k0).
+size_t take_binade(uint32_t* table, size_t n, uint32_t top, int shift, double* dense, float* values, double* nonzero,
+                   uint64_t* sum) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i zero = _mm512_setzero_si512(), top_bits = _mm512_set1_epi32(int(top));
+  const __m128i by = _mm_cvtsi32_si128(shift);
+  __m512i total = zero;  // 8 lanes of 64 bits
+  size_t kept = 0;
+  for (size_t k0 = 0; k0 < n; k0 += 16) {
+    const __m512i t = _mm512_loadu_si512(table + k0);
+    const __mmask16 present = _mm512_test_epi32_mask(t, t);
+    const __m256i t_lo = _mm512_castsi512_si256(t), t_hi = _mm512_extracti64x4_epi64(t, 1);
+    _mm512_storeu_pd(dense + k0, _mm512_cvtepu32_pd(t_lo));
+    _mm512_storeu_pd(dense + k0 + 8, _mm512_cvtepu32_pd(t_hi));
+    if (present == 0) continue;
+    total = _mm512_add_epi64(total, _mm512_add_epi64(_mm512_cvtepu32_epi64(t_lo), _mm512_cvtepu32_epi64(t_hi)));
+    const __m512i keys = _mm512_add_epi32(lane, _mm512_set1_epi32(int(k0)));
+    const __m512i bits = _mm512_or_si512(top_bits, _mm512_sll_epi32(keys, by));
+    _mm512_storeu_si512(values + kept, _mm512_maskz_compress_epi32(present, bits));
+    const __m512i counts = _mm512_maskz_compress_epi32(present, t);
+    _mm512_storeu_pd(nonzero + kept, _mm512_cvtepu32_pd(_mm512_castsi512_si256(counts)));
+    _mm512_storeu_pd(nonzero + kept + 8, _mm512_cvtepu32_pd(_mm512_extracti64x4_epi64(counts, 1)));
+    kept += size_t(std::popcount(uint32_t(present)));
+    _mm512_storeu_si512(table + k0, zero);
+  }
+  *sum = uint64_t(_mm512_reduce_add_epi64(total));
+  return kept;
+}
+}  // namespace avx512
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
 // For each scale c: Σ count · err² over values [0, low_end) and [high_begin, n), n a multiple of 16
 // (zero counts past the values).
 template <simd_level L>
@@ -339,6 +382,7 @@ MIXQ_ALWAYS_INLINE size_t take_binade_impl(uint32_t* table, size_t n, uint32_t t
                                            float* values, double* nonzero, uint64_t* sum) {
 #if MIXQ_HAVE_SIMD_TARGETS
   if constexpr (L == simd_level::avx2) return avx2::take_binade(table, n, top, shift, dense, values, nonzero, sum);
+  if constexpr (L == simd_level::avx512) return avx512::take_binade(table, n, top, shift, dense, values, nonzero, sum);
 #endif
   size_t kept = 0;
   uint64_t total = 0;
