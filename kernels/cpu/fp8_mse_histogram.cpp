@@ -175,6 +175,19 @@ size_t take_binade(uint32_t* table, size_t n, uint32_t top, int shift, double* d
   *sum = uint64_t(_mm512_reduce_add_epi64(total));
   return kept;
 }
+// coarse_weighted_squares_impl's AVX-512 form (see there).
+void coarse_weighted_squares(const float* const* differences, const float* weight, float* out) {
+  __m512 acc[4][4];
+  for (int i = 0; i < 4; ++i) {
+    const __m512 w0 = _mm512_loadu_ps(weight + 16 * i), w1 = _mm512_loadu_ps(weight + 16 * (i + 4));
+    for (int j = 0; j < 4; ++j) {
+      const __m512 d0 = _mm512_loadu_ps(differences[j] + 16 * i), d1 = _mm512_loadu_ps(differences[j] + 16 * (i + 4));
+      acc[j][i] = _mm512_fmadd_ps(w1, _mm512_mul_ps(d1, d1), _mm512_mul_ps(w0, _mm512_mul_ps(d0, d0)));
+    }
+  }
+  for (int j = 0; j < 4; ++j)
+    out[j] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]), _mm512_add_ps(acc[j][2], acc[j][3])));
+}
 }  // namespace avx512
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
@@ -305,11 +318,19 @@ MIXQ_ALWAYS_INLINE double dot_impl(const double* a, const double* b, int64_t n) 
 MIXQ_SIMD_KERNEL(double, dot, dot_impl, (const double* a, const double* b, int64_t n), (a, b, n))
 
 // Σ weight · difference² over a binade's 128 differences in float, for each of four difference
-// tables (out[j] from differences[j]): four 8-lane sums (sum i takes the 8 differences at
-// k ≡ 8i mod 32, in order), added pairwise, then their lanes pairwise. The same operations in every
-// clone, so the same sums at every SIMD level; each term is within 3 roundings of its exact value,
-// and the sum within 3 + 2 + 3 more. (Four tables at once: no sum waits on its own adds.)
-MIXQ_CLONES void coarse_weighted_squares(const float* const* differences, const float* weight, float* out) {
+// tables (out[j] from differences[j]). Each term is within 3 roundings of its exact value (the
+// weight's and the difference's to float, the square's), and each level's sum within 8 more:
+// - AVX-512: four 16-lane sums per table (sum i takes the vectors i and i + 4), added pairwise,
+//   then their lanes by a 4-level tree;
+// - otherwise: four 8-lane sums (sum i takes the 8 differences at k ≡ 8i mod 32, in order), added
+//   pairwise, then their lanes pairwise.
+// (Four tables at once: no sum waits on its own adds.)
+
+template <simd_level L>
+MIXQ_ALWAYS_INLINE void coarse_weighted_squares_impl(const float* const* differences, const float* weight, float* out) {
+#if MIXQ_HAVE_SIMD_TARGETS
+  if constexpr (L == simd_level::avx512) return avx512::coarse_weighted_squares(differences, weight, out);
+#endif
   typedef float v8f __attribute__((vector_size(32)));
   v8f acc[4][4] = {};
   for (int k = 0; k < 128; k += 32)
@@ -327,6 +348,8 @@ MIXQ_CLONES void coarse_weighted_squares(const float* const* differences, const 
     out[j] = ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
   }
 }
+MIXQ_SIMD_KERNEL(void, coarse_weighted_squares, coarse_weighted_squares_impl,
+                 (const float* const* differences, const float* weight, float* out), (differences, weight, out))
 
 // with_top = float(core + top) (top null: 0) and alone = float(core); false where a sum exceeds
 // 2^100.
@@ -909,18 +932,22 @@ std::vector<size_t> fp8_error_estimate::row_contenders(source_dtype dtype, uint3
                                                        float amax, std::span<const float> multipliers) {
   if (multipliers.empty()) return {};
   const std::vector<float> scale = scales_of(amax, multipliers);
-  take_row(dtype, table, lo, hi, *std::min_element(scale.begin(), scale.end()),
-           *std::max_element(scale.begin(), scale.end()));
   // Rows' cached differences by their amax's top 7 mantissa bits (a BF16 amax's all; a slot's
   // tags tell a candidate's scale apart from another amax's).
-  if (mantissa_bits_ == kCachedMantissaBits && multipliers.size() <= kCachedCandidates) {
+  if (dtype == source_dtype::bf16 && multipliers.size() <= kCachedCandidates) {  // (mantissa_bits_ 7)
     if (cache_candidates_ != multipliers.size()) {
       cache_candidates_ = multipliers.size();
       cache_tags_.assign(kCacheSlots * cache_candidates_, 0u);
       cache_.resize(kCacheSlots * cache_candidates_ << kCachedMantissaBits);
     }
     cache_slot_ = (std::bit_cast<uint32_t>(amax) >> 16) & (kCacheSlots - 1);
+    // (the slot, mostly past L2, streams in while the row's binades are split)
+    const size_t slot_floats = cache_candidates_ << kCachedMantissaBits;
+    const float* slot = cache_.data() + cache_slot_ * slot_floats;
+    for (size_t k = 0; k < slot_floats; k += 16) __builtin_prefetch(slot + k, 0, 2);
   }
+  take_row(dtype, table, lo, hi, *std::min_element(scale.begin(), scale.end()),
+           *std::max_element(scale.begin(), scale.end()));
   std::vector<size_t> kept;
   if (cache_slot_ != SIZE_MAX && screen(scale)) {  // one left: the choice, without its estimate
     estimates_.assign(scale.size(), INFINITY);
