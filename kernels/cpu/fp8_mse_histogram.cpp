@@ -374,15 +374,26 @@ MIXQ_CLONES void add_scaled(double* out, const double* prev, double f, const dou
 MIXQ_CLONES void accumulate_scaled(double* out, double f, const double* c, size_t n) {
   for (size_t k = 0; k < n; ++k) out[k] += f * c[k];
 }
-// out[k] += f · counts[k], counts[k] = 0, and their total (a row's core binade, straight from its table).
-MIXQ_CLONES uint64_t accumulate_counts32(double* out, double f, uint32_t* counts, size_t n) {
-  uint64_t sum = 0;
-  for (size_t k = 0; k < n; ++k) {
-    sum += counts[k];
-    out[k] += f * double(counts[k]);
-    counts[k] = 0;
+// out[k] += f_b · counts[b · n + k] for the binades b = 0, 1, .. in order (f_b = f · 4^b), the
+// counts zeroed: a row's core binades, straight from its table, in one call. Returns their total
+// count, and in *nonempty how many binades have one.
+MIXQ_CLONES uint64_t accumulate_binades32(double* out, double f, uint32_t* counts, size_t n, size_t binades,
+                                          size_t* nonempty) {
+  uint64_t total = 0;
+  size_t filled = 0;
+  for (size_t b = 0; b < binades; ++b, f *= 4.0) {
+    uint32_t* c = counts + b * n;
+    uint64_t sum = 0;
+    for (size_t k = 0; k < n; ++k) {
+      sum += c[k];
+      out[k] += f * double(c[k]);
+      c[k] = 0;
+    }
+    total += sum;
+    filled += sum != 0;
   }
-  return sum;
+  *nonempty = filled;
+  return total;
 }
 // c[k] = counts[k] as doubles, and their total.
 MIXQ_CLONES uint64_t widen_counts(const uint64_t* counts, double* c, size_t n) {
@@ -626,23 +637,31 @@ void fp8_error_estimate::take_row(source_dtype dtype, uint32_t* table, uint32_t 
     }
   tiny_ = values_.size();
   start_split();
+  // The core's binades (consecutive: the tests below are monotone in the exponent) are summed in
+  // one call when the first binade above them, or the end, is reached.
+  uint32_t core_first = 0, core_binades = 0;
+  const auto sum_core = [&] {
+    size_t nonempty = 0;
+    elements_ += double(accumulate_binades32(core_.data(), 1.0, table + (core_first << mantissa_bits_), per,
+                                             core_binades, &nonempty));
+    n_binades_ += nonempty;
+    core_binades = 0;
+  };
   for (uint32_t e = std::max(lo >> mantissa_bits_, 1u); lo <= hi && e <= hi >> mantissa_bits_; ++e) {
     const uint32_t base = e << mantissa_bits_;
-    const uint32_t first = std::max(base, lo), last = std::min(base + per - 1, hi);
     const int exponent = int(e) - bias;
     // Whole binades into the core (its present magnitudes are not looked for): a binade that
     // scales from its least to its largest value under both scales, and so under every one between.
+    // (Counts outside [lo, hi] are zero: the row's keys lie there.)
     const float least_value = magnitude_of(dtype, base), largest_value = magnitude_of(dtype, base + per - 1);
     if (fp8_binade_scales(exponent, least_value, largest_value, least) &&
         fp8_binade_scales(exponent, least_value, largest_value, largest)) {
-      if (!has_core_) core_exponent_ = exponent, has_core_ = true;
-      const uint64_t sum = accumulate_counts32(core_.data() + (first - base), power_of_four(exponent - core_exponent_),
-                                               table + first, last - first + 1);
-      elements_ += double(sum);
-      n_binades_ += sum != 0;
+      if (!has_core_) core_exponent_ = exponent, has_core_ = true, core_first = e;
+      ++core_binades;
       continue;
     }
-    // An edge (counts outside [first, last] are zero: the row's keys lie in [lo, hi]).
+    if (core_binades != 0) sum_core();
+    // An edge.
     const size_t offset = counts_.size(), at = values_.size();
     counts_.resize(offset + per);  // (take_binade writes every count)
     values_.resize(at + per);
@@ -661,6 +680,7 @@ void fp8_error_estimate::take_row(source_dtype dtype, uint32_t* table, uint32_t 
     // its least and largest present magnitudes, for the per-scale tests
     edges_.push_back({exponent, values_[at], values_[at + kept - 1], offset, at, kept});
   }
+  if (core_binades != 0) sum_core();
   finish_split();
 }
 
