@@ -352,12 +352,28 @@ MIXQ_SIMD_KERNEL(void, coarse_weighted_squares, coarse_weighted_squares_impl,
                  (const float* const* differences, const float* weight, float* out), (differences, weight, out))
 
 // with_top = float(core + top) (top null: 0) and alone = float(core); false where a sum exceeds
-// 2^100.
+// 2^100. (In explicit 8-lane vectors: the compiler leaves the test's reduction scalar.)
 MIXQ_CLONES bool to_float_sums(const double* core, const double* top, float* with_top, float* alone, size_t n) {
+  typedef double v8d __attribute__((vector_size(64)));
+  typedef float v8f __attribute__((vector_size(32)));
+  typedef int64_t v8l __attribute__((vector_size(64)));
+  v8l over = {};
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    v8d c, t = {};
+    std::memcpy(&c, core + k, sizeof c);
+    if (top) std::memcpy(&t, top + k, sizeof t);
+    const v8d w = c + t;
+    over |= (w <= 0x1p100) == 0;  // (NaN too)
+    const v8f wf = __builtin_convertvector(w, v8f), cf = __builtin_convertvector(c, v8f);
+    std::memcpy(with_top + k, &wf, sizeof wf);
+    std::memcpy(alone + k, &cf, sizeof cf);
+  }
   bool within = true;
-  for (size_t k = 0; k < n; ++k) {
+  for (int j = 0; j < 8; ++j) within = within && over[j] == 0;
+  for (; k < n; ++k) {
     const double w = core[k] + (top ? top[k] : 0.0);
-    within &= w <= 0x1p100;
+    within = within && w <= 0x1p100;
     with_top[k] = float(w);
     alone[k] = float(core[k]);
   }
@@ -954,17 +970,13 @@ std::vector<size_t> fp8_error_estimate::row_contenders(source_dtype dtype, uint3
   const std::vector<float> scale = scales_of(amax, multipliers);
   // Rows' cached differences by their amax's top 7 mantissa bits (a BF16 amax's all; a slot's
   // tags tell a candidate's scale apart from another amax's).
-  if (dtype == source_dtype::bf16 && multipliers.size() <= kCachedCandidates) {  // (mantissa_bits_ 7)
+  if (dtype == source_dtype::bf16 && multipliers.size() <= kCachedCandidates) {  // (mantissa_bits_: 7)
     if (cache_candidates_ != multipliers.size()) {
       cache_candidates_ = multipliers.size();
       cache_tags_.assign(kCacheSlots * cache_candidates_, 0u);
       cache_.resize(kCacheSlots * cache_candidates_ << kCachedMantissaBits);
     }
     cache_slot_ = (std::bit_cast<uint32_t>(amax) >> 16) & (kCacheSlots - 1);
-    // (the slot, mostly past L2, streams in while the row's binades are split)
-    const size_t slot_floats = cache_candidates_ << kCachedMantissaBits;
-    const float* slot = cache_.data() + cache_slot_ * slot_floats;
-    for (size_t k = 0; k < slot_floats; k += 16) __builtin_prefetch(slot + k, 0, 2);
   }
   take_row(dtype, table, lo, hi, *std::min_element(scale.begin(), scale.end()),
            *std::max_element(scale.begin(), scale.end()));
