@@ -2,7 +2,8 @@
 // bytes with the same thread count (the yardstick: a quantizer reads its input at least once and
 // writes ~1/4 of it, so memcpy bandwidth is the ceiling to compare with). Each timed run follows a
 // memcpy timed the same way, so that both see the same machine (other work on it, clocks);
-// x_memcpy is the ratio of their medians.
+// x_memcpy is the ratio of their medians. The searches (MSE, four-over-six) also time their
+// format's max path in each iteration: x_max is their median time over its.
 // Two sizes: 4096 x 4096 (32 MiB of BF16, larger than this machine's L3: both passes — the global
 // amax, then the blocks — stream from DRAM) and 1024 x 4096 (8 MiB, an expert-sized weight whose
 // second pass is served from L3). Every timed run starts from cold caches.
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
+#include <type_traits>
 #include <map>
 #include <vector>
 
@@ -124,31 +126,36 @@ void evict_caches() {
 
 // Runs body once per benchmark iteration, right after a memcpy of the same bytes (each from cold
 // caches), and reports the body's time, its bandwidth and x_memcpy = (median memcpy time) /
-// (median body time).
-template <class Body>
-void run_against_memcpy(benchmark::State& state, const bench_setup& s, Body body, int value_bytes = 2) {
+// (median body time). A search also runs its format's max path (yardstick) in each iteration,
+// after the memcpy, and reports x_max = (median body time) / (median max time): the searches'
+// targets are ratios to max, and timing both side by side keeps the machine's drift out of them.
+template <class Body, class Yardstick = std::nullptr_t>
+void run_against_memcpy(benchmark::State& state, const bench_setup& s, Body body, int value_bytes = 2,
+                        Yardstick yardstick = nullptr) {
   static std::vector<std::byte> dst;
   const int64_t bytes = input_bytes(s.rows) / 2 * value_bytes;
   dst.resize(size_t(bytes));
   const auto* src = value_bytes == 2 ? reinterpret_cast<const std::byte*>(weight(s.rows).bf16.data())
                                      : reinterpret_cast<const std::byte*>(weight_f32(s.rows).data());
-  std::vector<double> copy, run;
-  for (auto _ : state) {
+  std::vector<double> copy, max, run;
+  const auto cold = [&](auto timed) {
     state.PauseTiming();
     evict_caches();
     state.ResumeTiming();
-    copy.push_back(seconds_of([&] {
+    return seconds_of(timed);
+  };
+  for (auto _ : state) {
+    copy.push_back(cold([&] {
       parallel_memcpy(dst.data(), src, bytes);
       benchmark::DoNotOptimize(dst.data());
     }));
-    state.PauseTiming();
-    evict_caches();
-    state.ResumeTiming();
-    run.push_back(seconds_of(body));
+    if constexpr (!std::is_same_v<Yardstick, std::nullptr_t>) max.push_back(cold(yardstick));
+    run.push_back(cold(body));
     state.SetIterationTime(run.back());
   }
   state.SetBytesProcessed(state.iterations() * bytes);
   state.counters["x_memcpy"] = median(copy) / median(run);
+  if (!max.empty()) state.counters["x_max"] = median(run) / median(max);
 }
 
 cpu::source_matrix source(int64_t rows) {
@@ -168,9 +175,13 @@ void BM_memcpy(benchmark::State& state) {
 
 void BM_nvfp4(benchmark::State& state, nvfp4_selector selector) {
   const bench_setup s = setup(state);
-  nvfp4_options o;
+  nvfp4_options o, max;
   o.selector = selector;
-  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::nvfp4_quantize(source(s.rows), o)); });
+  const auto quantize = [&](const nvfp4_options& with) {
+    return [&] { benchmark::DoNotOptimize(cpu::nvfp4_quantize(source(s.rows), with)); };
+  };
+  if (selector == nvfp4_selector::max) return run_against_memcpy(state, s, quantize(o));
+  run_against_memcpy(state, s, quantize(o), 2, quantize(max));
 }
 
 void BM_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector selector) {
@@ -178,7 +189,13 @@ void BM_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector s
   fp8_options o;
   o.granularity = granularity;
   o.selector = selector;
-  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(source(s.rows), o)); });
+  fp8_options max = o;
+  max.selector = fp8_selector::max;
+  const auto quantize = [&](const fp8_options& with) {
+    return [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(source(s.rows), with)); };
+  };
+  if (selector == fp8_selector::max) return run_against_memcpy(state, s, quantize(o));
+  run_against_memcpy(state, s, quantize(o), 2, quantize(max));
 }
 
 // FP8 over the weight in F32 or F16 (values that are not BF16 values).
@@ -190,7 +207,11 @@ void BM_fp8_in(benchmark::State& state, cpu::source_dtype dtype, fp8_granularity
   const bool f32 = dtype == cpu::source_dtype::f32;
   const void* data = f32 ? static_cast<const void*>(weight_f32(s.rows).data()) : weight_f16(s.rows).data();
   const cpu::source_matrix w{data, dtype, s.rows, kCols, "bench.weight"};
-  run_against_memcpy(state, s, [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(w, o)); }, f32 ? 4 : 2);
+  fp8_options max = o;
+  max.selector = fp8_selector::max;
+  const auto quantize = [&](const fp8_options& with) { return [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(w, with)); }; };
+  if (selector == fp8_selector::max) return run_against_memcpy(state, s, quantize(o), f32 ? 4 : 2);
+  run_against_memcpy(state, s, quantize(o), f32 ? 4 : 2, quantize(max));
 }
 
 void BM_mx(benchmark::State& state, format_id format) {
