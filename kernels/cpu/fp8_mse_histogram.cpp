@@ -325,7 +325,6 @@ MIXQ_SIMD_KERNEL(double, dot, dot_impl, (const double* a, const double* b, int64
 // - otherwise: four 8-lane sums (sum i takes the 8 differences at k ≡ 8i mod 32, in order), added
 //   pairwise, then their lanes pairwise.
 // (Four tables at once: no sum waits on its own adds.)
-
 template <simd_level L>
 MIXQ_ALWAYS_INLINE void coarse_weighted_squares_impl(const float* const* differences, const float* weight, float* out) {
 #if MIXQ_HAVE_SIMD_TARGETS
@@ -654,14 +653,15 @@ void fp8_error_estimate::take_row(source_dtype dtype, uint32_t* table, uint32_t 
   tiny_ = values_.size();
   start_split();
   // The core's binades (consecutive: the tests below are monotone in the exponent) are summed in
-  // one call when the first binade above them, or the end, is reached.
-  uint32_t core_first = 0, core_binades = 0;
-  const auto sum_core = [&] {
+  // one call when the first binade above a run of them, or the end, is reached.
+  uint32_t run_first = 0, run_binades = 0;
+  const auto sum_run = [&] {
     size_t nonempty = 0;
-    elements_ += double(accumulate_binades32(core_.data(), 1.0, table + (core_first << mantissa_bits_), per,
-                                             core_binades, &nonempty));
+    const double f = power_of_four(int(run_first) - bias - core_exponent_);
+    elements_ += double(accumulate_binades32(core_.data(), f, table + (run_first << mantissa_bits_), per, run_binades,
+                                             &nonempty));
     n_binades_ += nonempty;
-    core_binades = 0;
+    run_binades = 0;
   };
   for (uint32_t e = std::max(lo >> mantissa_bits_, 1u); lo <= hi && e <= hi >> mantissa_bits_; ++e) {
     const uint32_t base = e << mantissa_bits_;
@@ -672,11 +672,11 @@ void fp8_error_estimate::take_row(source_dtype dtype, uint32_t* table, uint32_t 
     const float least_value = magnitude_of(dtype, base), largest_value = magnitude_of(dtype, base + per - 1);
     if (fp8_binade_scales(exponent, least_value, largest_value, least) &&
         fp8_binade_scales(exponent, least_value, largest_value, largest)) {
-      if (!has_core_) core_exponent_ = exponent, has_core_ = true, core_first = e;
-      ++core_binades;
+      if (!has_core_) core_exponent_ = exponent, has_core_ = true;
+      if (run_binades++ == 0) run_first = e;
       continue;
     }
-    if (core_binades != 0) sum_core();
+    if (run_binades != 0) sum_run();
     // An edge.
     const size_t offset = counts_.size(), at = values_.size();
     counts_.resize(offset + per);  // (take_binade writes every count)
@@ -696,7 +696,7 @@ void fp8_error_estimate::take_row(source_dtype dtype, uint32_t* table, uint32_t 
     // its least and largest present magnitudes, for the per-scale tests
     edges_.push_back({exponent, values_[at], values_[at + kept - 1], offset, at, kept});
   }
-  if (core_binades != 0) sum_core();
+  if (run_binades != 0) sum_run();
   finish_split();
 }
 
@@ -968,9 +968,11 @@ std::vector<size_t> fp8_error_estimate::row_contenders(source_dtype dtype, uint3
                                                        float amax, std::span<const float> multipliers) {
   if (multipliers.empty()) return {};
   const std::vector<float> scale = scales_of(amax, multipliers);
+  take_row(dtype, table, lo, hi, *std::min_element(scale.begin(), scale.end()),
+           *std::max_element(scale.begin(), scale.end()));
   // Rows' cached differences by their amax's top 7 mantissa bits (a BF16 amax's all; a slot's
   // tags tell a candidate's scale apart from another amax's).
-  if (dtype == source_dtype::bf16 && multipliers.size() <= kCachedCandidates) {  // (mantissa_bits_: 7)
+  if (mantissa_bits_ == kCachedMantissaBits && multipliers.size() <= kCachedCandidates) {
     if (cache_candidates_ != multipliers.size()) {
       cache_candidates_ = multipliers.size();
       cache_tags_.assign(kCacheSlots * cache_candidates_, 0u);
@@ -978,8 +980,6 @@ std::vector<size_t> fp8_error_estimate::row_contenders(source_dtype dtype, uint3
     }
     cache_slot_ = (std::bit_cast<uint32_t>(amax) >> 16) & (kCacheSlots - 1);
   }
-  take_row(dtype, table, lo, hi, *std::min_element(scale.begin(), scale.end()),
-           *std::max_element(scale.begin(), scale.end()));
   std::vector<size_t> kept;
   if (cache_slot_ != SIZE_MAX && screen(scale)) {  // one left: the choice, without its estimate
     estimates_.assign(scale.size(), INFINITY);
