@@ -138,12 +138,7 @@ size_t take_binade(uint32_t* table, size_t n, uint32_t top, int shift, double* d
 #endif
 
 #if MIXQ_HAVE_SIMD_TARGETS
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
-// (GCC 12's AVX-512 intrinsic headers leave their undefined-value temporaries to these warnings)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+MIXQ_BEGIN_AVX512_REGION
 namespace avx512 {
 // take_binade_impl's outputs, 16 counts at a time: the non-zero ones' mask from one test, their
 // magnitudes and counts left-packed by one compress each (stores run up to 16 lanes past the
@@ -189,8 +184,7 @@ void coarse_weighted_squares(const float* const* differences, const float* weigh
     out[j] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]), _mm512_add_ps(acc[j][2], acc[j][3])));
 }
 }  // namespace avx512
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+MIXQ_END_AVX512_REGION
 #endif
 
 // For each scale c: Σ count · err² over values [0, low_end) and [high_begin, n), n a multiple of 16

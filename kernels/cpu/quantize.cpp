@@ -102,11 +102,7 @@ MIXQ_CLONES void fp8_row_codes(const float* x, int64_t n, float scale, uint8_t* 
 #if MIXQ_HAVE_SIMD_TARGETS
 // AVX-512 rows read BF16 / F16 / F32 in place: the codes from the source (no F32 copy of the row) and
 // the amax of a row as the max of its magnitude bits, 32 BF16 or 16 F32 per instruction.
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12: unmasked intrinsics' undefined pass-through
-#pragma GCC diagnostic ignored "-Wuninitialized"
+MIXQ_BEGIN_AVX512_REGION
 namespace avx512 {
 
 MIXQ_ALWAYS_INLINE __m512i u32(uint32_t x) { return _mm512_set1_epi32(int(x)); }
@@ -176,8 +172,7 @@ template void row_codes(const float*, int64_t, float, uint8_t*);
 template void row_codes(const f16_bits*, int64_t, float, uint8_t*);
 
 }  // namespace avx512
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+MIXQ_END_AVX512_REGION
 #endif
 
 #if MIXQ_HAVE_SIMD_TARGETS

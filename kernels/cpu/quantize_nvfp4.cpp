@@ -1365,12 +1365,7 @@ MIXQ_ALWAYS_INLINE void quantize_blocks_impl(const source_matrix& w, bool zero_n
 // blocks' packed codes in one 16-byte store. The reference's error tree (i+8, i+4, i+2, i+1) maps
 // onto the halves: i+8, i+4, i+2 stay within the even or the odd elements, i+1 adds the two.
 #if MIXQ_HAVE_SIMD_TARGETS
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
-// GCC 12 reports the deliberately undefined pass-through operand of unmasked AVX-512 intrinsics.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+MIXQ_BEGIN_AVX512_REGION
 namespace avx512 {
 
 struct pair {
@@ -1980,8 +1975,7 @@ bool block_maxima(const source_matrix& w, float* out, float* amax) {
 }
 
 }  // namespace avx512
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+MIXQ_END_AVX512_REGION
 #endif
 
 MIXQ_SIMD_KERNEL(void, quantize_blocks, quantize_blocks_impl,

@@ -12,6 +12,13 @@
 #define MIXQ_HAVE_SIMD_TARGETS 1
 #define MIXQ_TARGET_AVX512 __attribute__((target("arch=x86-64-v4")))
 #define MIXQ_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
+// Open and close a region of AVX-512 code (namespace avx512 of a kernel file). Inside it GCC 12's
+// warnings on the deliberately undefined pass-through operand of unmasked AVX-512 intrinsics are
+// off.
+#define MIXQ_BEGIN_AVX512_REGION                                                                     \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"arch=x86-64-v4\")") _Pragma("GCC diagnostic push") \
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define MIXQ_END_AVX512_REGION _Pragma("GCC diagnostic pop") _Pragma("GCC pop_options")
 #else
 #define MIXQ_CLONES
 #define MIXQ_HAVE_SIMD_TARGETS 0
