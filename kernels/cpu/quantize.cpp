@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <omp.h>
 
 #include "formats/minifloat.hpp"
 #include "formats/packing.hpp"
@@ -100,6 +101,47 @@ MIXQ_CLONES void fp8_row_codes(const float* x, int64_t n, float scale, uint8_t* 
 }
 
 #if MIXQ_HAVE_SIMD_TARGETS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+// A row's 16-bit magnitude keys counted beside its neighbour's codes (row_codes_counting): the keys
+// counted 4 per 64-bit load (as count16), their range by 16-lane minima and maxima.
+MIXQ_ALWAYS_INLINE void count_keys(const uint16_t* p, int64_t n, uint32_t* table) {
+  for (int64_t j = 0; j < n; j += 4) {
+    uint64_t w;
+    std::memcpy(&w, p + j, sizeof w);
+    ++table[w & 0x7fffu];
+    ++table[(w >> 16) & 0x7fffu];
+    ++table[(w >> 32) & 0x7fffu];
+    ++table[(w >> 48) & 0x7fffu];
+  }
+}
+struct key_range {
+  __m256i below, top;  // below: the least key less one
+  MIXQ_ALWAYS_INLINE key_range() : below(_mm256_set1_epi16(-1)), top(_mm256_setzero_si256()) {}
+  MIXQ_ALWAYS_INLINE void add(const uint16_t* p) {  // 16 keys
+    const __m256i keys = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), _mm256_set1_epi16(0x7fff));
+    below = _mm256_min_epu16(below, _mm256_sub_epi16(keys, _mm256_set1_epi16(1)));
+    top = _mm256_max_epu16(top, keys);
+  }
+  // The range, with the last n keys (fewer than a vector's) counted one by one.
+  MIXQ_ALWAYS_INLINE std::pair<uint32_t, uint32_t> with_tail(const uint16_t* p, int64_t n, uint32_t* table) const {
+    alignas(32) uint16_t lo[16], hi[16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lo), below);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(hi), top);
+    uint16_t least = *std::min_element(lo, lo + 16), largest = *std::max_element(hi, hi + 16);
+    for (int64_t i = 0; i < n; ++i) {
+      const auto key = uint16_t(p[i] & 0x7fffu);
+      ++table[key];
+      least = std::min(least, uint16_t(key - 1u));
+      largest = std::max(largest, key);
+    }
+    return {uint32_t(least) + 1u, largest};
+  }
+};
+#pragma GCC pop_options
+#endif
+
+#if MIXQ_HAVE_SIMD_TARGETS
 // AVX-512 rows read BF16 / F16 / F32 in place: the codes from the source (no F32 copy of the row) and
 // the amax of a row as the max of its magnitude bits, 32 BF16 or 16 F32 per instruction.
 MIXQ_BEGIN_AVX512_REGION
@@ -170,6 +212,28 @@ void row_codes(const T* p, int64_t n, float scale, uint8_t* dst) {
 template void row_codes(const uint16_t*, int64_t, float, uint8_t*);
 template void row_codes(const float*, int64_t, float, uint8_t*);
 template void row_codes(const f16_bits*, int64_t, float, uint8_t*);
+
+// row_codes of p while the next row's 16-bit magnitude keys (next: its bits) are counted into
+// table, as count16 counts them (its least non-zero and largest key returned): the codes wait on
+// the divider and the count on the load and store ports, so side by side each hides the other.
+template <class T>
+std::pair<uint32_t, uint32_t> row_codes_counting(const T* p, int64_t n, float scale, uint8_t* dst,
+                                                 const uint16_t* next, uint32_t* table) {
+  const __m512 s = _mm512_set1_ps(scale);
+  key_range range;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), fp8_codes(bits_of(p + i), s));
+    range.add(next + i);
+    count_keys(next + i, 16, table);
+  }
+  if (i < n) row_codes(p + i, n - i, scale, dst + i);
+  return range.with_tail(next + i, n - i, table);
+}
+template std::pair<uint32_t, uint32_t> row_codes_counting(const uint16_t*, int64_t, float, uint8_t*, const uint16_t*,
+                                                          uint32_t*);
+template std::pair<uint32_t, uint32_t> row_codes_counting(const f16_bits*, int64_t, float, uint8_t*, const uint16_t*,
+                                                          uint32_t*);
 
 }  // namespace avx512
 MIXQ_END_AVX512_REGION
@@ -304,6 +368,26 @@ void row_codes(const T* p, int64_t n, float scale, uint8_t* dst) {
 template void row_codes(const uint16_t*, int64_t, float, uint8_t*);
 template void row_codes(const float*, int64_t, float, uint8_t*);
 template void row_codes(const f16_bits*, int64_t, float, uint8_t*);
+
+// avx512::row_codes_counting, 32 values at a time.
+template <class T>
+std::pair<uint32_t, uint32_t> row_codes_counting(const T* p, int64_t n, float scale, uint8_t* dst,
+                                                 const uint16_t* next, uint32_t* table) {
+  const __m256 s = _mm256_set1_ps(scale);
+  key_range range;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), codes32(p + i, s));
+    range.add(next + i), range.add(next + i + 16);
+    count_keys(next + i, 32, table);
+  }
+  if (i < n) row_codes(p + i, n - i, scale, dst + i);
+  return range.with_tail(next + i, n - i, table);
+}
+template std::pair<uint32_t, uint32_t> row_codes_counting(const uint16_t*, int64_t, float, uint8_t*, const uint16_t*,
+                                                          uint32_t*);
+template std::pair<uint32_t, uint32_t> row_codes_counting(const f16_bits*, int64_t, float, uint8_t*, const uint16_t*,
+                                                          uint32_t*);
 
 }  // namespace avx2
 #pragma GCC pop_options
@@ -516,12 +600,19 @@ bool fp8_per_channel_rows(const source_matrix& w, const fp8_rows& rows, std::spa
   {
     row_copy x(w, rows.zero_nonfinite);
     row_mse_search search;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < w.rows; ++r) {
+    // (each thread's rows one contiguous share, so that it can count its next row early)
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t share = (w.rows + nt - 1) / nt, first = std::min(w.rows, t * share),
+                  end = std::min(w.rows, first + share);
+    const auto* bits16 = static_cast<const uint16_t*>(w.data);
+    const bool count_beside_codes = count_in_pass;  // (in place: AVX-512 or AVX2)
+    std::pair<uint32_t, uint32_t> next_keys{};
+    int64_t counted = -1;  // the row whose keys next_keys holds (counted beside the codes before it)
+    for (int64_t r = first; r < end; ++r) {
       // A 16-bit row read in place for the search is counted in the pass that finds its max
-      // magnitude (its largest key).
+      // magnitude (its largest key): with AVX-512, in the previous row's code pass.
       std::pair<uint32_t, uint32_t> keys{};
-      if (count_in_pass) keys = search.counter.count16(static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols);
+      if (count_in_pass) keys = counted == r ? next_keys : search.counter.count16(bits16 + r * w.cols, w.cols);
       const uint32_t bits = count_in_pass ? magnitude_bits(w.dtype, keys.second) : rows.amax_bits(r, x);
       if (check_rows && bits >= 0x7f800000u) {
         if (count_in_pass) search.counter.forget(keys);
@@ -537,6 +628,20 @@ bool fp8_per_channel_rows(const source_matrix& w, const fp8_rows& rows, std::spa
       }
       q.scales[size_t(r)] =
           fp8_scale_for_amax(!multipliers.empty() && chosen != SIZE_MAX ? amax * multipliers[chosen] : amax);
+#if MIXQ_HAVE_SIMD_TARGETS
+      if (count_beside_codes && r + 1 < end) {
+        next_keys = rows.on_row(r, [&](const auto* p, int64_t n, bool wide) {
+          const float scale = q.scales[size_t(r)];
+          uint8_t* dst = q.codes.data() + r * w.cols;
+          const uint16_t* next = bits16 + (r + 1) * w.cols;
+          uint32_t* table = search.counter.table.data();
+          return wide ? avx512::row_codes_counting(p, n, scale, dst, next, table)
+                      : avx2::row_codes_counting(p, n, scale, dst, next, table);
+        });
+        counted = r + 1;
+        continue;
+      }
+#endif
       rows.codes(r, x, q.scales[size_t(r)], q.codes.data() + r * w.cols);
     }
   }
