@@ -1037,15 +1037,7 @@ MIXQ_CLONES std::pair<uint32_t, uint32_t> count_keys16(const uint16_t* p, int64_
     const v16h less_one = keys - 1;
     below = below < less_one ? below : less_one;
     top = top > keys ? top : keys;
-#pragma GCC unroll 1
-    for (int64_t j = i; j < i + 16; j += 4) {  // (from memory, not from the vector: no spills)
-      uint64_t w;
-      std::memcpy(&w, p + j, sizeof w);
-      ++table[w & 0x7fffu];
-      ++table[(w >> 16) & 0x7fffu];
-      ++table[(w >> 32) & 0x7fffu];
-      ++table[(w >> 48) & 0x7fffu];
-    }
+    count_magnitude_keys(p + i, 16, table);  // (from memory, not from the vector: no spills)
   }
   uint16_t least = UINT16_MAX, largest = 0;
   for (int j = 0; j < 16; ++j) least = std::min(least, below[j]), largest = std::max(largest, top[j]);

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <vector>
@@ -159,6 +160,19 @@ class fp8_error_estimate {
   size_t cache_candidates_ = 0;
   size_t cache_slot_ = SIZE_MAX;  // the current row's, during row_contenders
 };
+
+// Counts the magnitude keys (bits & 0x7fff) of n 16-bit values into table, four per 64-bit load
+// (n a multiple of 4): row_magnitude_counter's count, and the one beside a row's codes.
+inline __attribute__((always_inline)) void count_magnitude_keys(const uint16_t* p, int64_t n, uint32_t* table) {
+  for (int64_t j = 0; j < n; j += 4) {
+    uint64_t w;
+    std::memcpy(&w, p + j, sizeof w);
+    ++table[w & 0x7fffu];
+    ++table[(w >> 16) & 0x7fffu];
+    ++table[(w >> 32) & 0x7fffu];
+    ++table[(w >> 48) & 0x7fffu];
+  }
+}
 
 // Per-channel MSE: one row's magnitudes counted with a table kept per thread between rows.
 struct row_magnitude_counter {

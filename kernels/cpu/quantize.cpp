@@ -103,18 +103,8 @@ MIXQ_CLONES void fp8_row_codes(const float* x, int64_t n, float scale, uint8_t* 
 #if MIXQ_HAVE_SIMD_TARGETS
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v3")
-// A row's 16-bit magnitude keys counted beside its neighbour's codes (row_codes_counting): the keys
-// counted 4 per 64-bit load (as count16), their range by 16-lane minima and maxima.
-MIXQ_ALWAYS_INLINE void count_keys(const uint16_t* p, int64_t n, uint32_t* table) {
-  for (int64_t j = 0; j < n; j += 4) {
-    uint64_t w;
-    std::memcpy(&w, p + j, sizeof w);
-    ++table[w & 0x7fffu];
-    ++table[(w >> 16) & 0x7fffu];
-    ++table[(w >> 32) & 0x7fffu];
-    ++table[(w >> 48) & 0x7fffu];
-  }
-}
+// The range of a row's 16-bit magnitude keys counted beside its neighbour's codes
+// (row_codes_counting), by 16-lane minima and maxima.
 struct key_range {
   __m256i below, top;  // below: the least key less one
   MIXQ_ALWAYS_INLINE key_range() : below(_mm256_set1_epi16(-1)), top(_mm256_setzero_si256()) {}
@@ -225,7 +215,7 @@ std::pair<uint32_t, uint32_t> row_codes_counting(const T* p, int64_t n, float sc
   for (; i + 16 <= n; i += 16) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), fp8_codes(bits_of(p + i), s));
     range.add(next + i);
-    count_keys(next + i, 16, table);
+    count_magnitude_keys(next + i, 16, table);
   }
   if (i < n) row_codes(p + i, n - i, scale, dst + i);
   return range.with_tail(next + i, n - i, table);
@@ -379,7 +369,7 @@ std::pair<uint32_t, uint32_t> row_codes_counting(const T* p, int64_t n, float sc
   for (; i + 32 <= n; i += 32) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), codes32(p + i, s));
     range.add(next + i), range.add(next + i + 16);
-    count_keys(next + i, 32, table);
+    count_magnitude_keys(next + i, 32, table);
   }
   if (i < n) row_codes(p + i, n - i, scale, dst + i);
   return range.with_tail(next + i, n - i, table);
@@ -605,12 +595,11 @@ bool fp8_per_channel_rows(const source_matrix& w, const fp8_rows& rows, std::spa
     const int64_t share = (w.rows + nt - 1) / nt, first = std::min(w.rows, t * share),
                   end = std::min(w.rows, first + share);
     const auto* bits16 = static_cast<const uint16_t*>(w.data);
-    const bool count_beside_codes = count_in_pass;  // (in place: AVX-512 or AVX2)
     std::pair<uint32_t, uint32_t> next_keys{};
     int64_t counted = -1;  // the row whose keys next_keys holds (counted beside the codes before it)
     for (int64_t r = first; r < end; ++r) {
       // A 16-bit row read in place for the search is counted in the pass that finds its max
-      // magnitude (its largest key): with AVX-512, in the previous row's code pass.
+      // magnitude (its largest key): past a share's first row, the previous row's code pass.
       std::pair<uint32_t, uint32_t> keys{};
       if (count_in_pass) keys = counted == r ? next_keys : search.counter.count16(bits16 + r * w.cols, w.cols);
       const uint32_t bits = count_in_pass ? magnitude_bits(w.dtype, keys.second) : rows.amax_bits(r, x);
@@ -629,7 +618,7 @@ bool fp8_per_channel_rows(const source_matrix& w, const fp8_rows& rows, std::spa
       q.scales[size_t(r)] =
           fp8_scale_for_amax(!multipliers.empty() && chosen != SIZE_MAX ? amax * multipliers[chosen] : amax);
 #if MIXQ_HAVE_SIMD_TARGETS
-      if (count_beside_codes && r + 1 < end) {
+      if (count_in_pass && r + 1 < end) {  // (in place: AVX-512 or AVX2)
         next_keys = rows.on_row(r, [&](const auto* p, int64_t n, bool wide) {
           const float scale = q.scales[size_t(r)];
           uint8_t* dst = q.codes.data() + r * w.cols;
