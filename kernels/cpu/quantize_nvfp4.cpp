@@ -1029,6 +1029,17 @@ MIXQ_ALWAYS_INLINE void term_positions(const float* a, uint32_t lo, const term_t
   }
 }
 
+// Lane k of each 128-bit half of v in all four of its lanes: an immediate per k, so that builds
+// that do not unroll the callers' loops (-O0, -O1) still compile.
+MIXQ_ALWAYS_INLINE __m256 lane_in_halves(__m256 v, int k) {
+  switch (k) {
+    case 0: return _mm256_permute_ps(v, 0x00);
+    case 1: return _mm256_permute_ps(v, 0x55);
+    case 2: return _mm256_permute_ps(v, 0xaa);
+    default: return _mm256_permute_ps(v, 0xff);
+  }
+}
+
 // estimate_window from the term table (BF16): each value's 16 terms read at once, scaled by 4^E
 // (exact), summed by multiply-adds into four accumulators per 8 codes (3 roundings of a partial
 // sum per term, then 2). The terms are the reference's own, bit for bit, but where one is subnormal
@@ -1045,7 +1056,7 @@ MIXQ_ALWAYS_INLINE void estimate_by_terms(const int32_t* offset, const float* po
 #pragma GCC unroll 16
   for (int i = 0; i < kNvfp4Block; ++i) {
     const float* r = terms + offset[i];
-    const __m256 p = _mm256_permute_ps(dup[i >> 2], (i & 3) * 0x55);
+    const __m256 p = lane_in_halves(dup[i >> 2], i & 3);
     for (int h = 0; h < 2; ++h) {
       const __m256 x = _mm256_loadu_ps(r + 8 * h);
       acc[h][i & 3] = i < 4 ? _mm256_mul_ps(x, p) : _mm256_fmadd_ps(x, p, acc[h][i & 3]);
