@@ -1415,9 +1415,11 @@ MIXQ_ALWAYS_INLINE __m512i e2m1_key(__m512 q) {
 }
 MIXQ_ALWAYS_INLINE __m512i lookup(__m512i key, v16u lo, v16u hi) { return _mm512_permutex2var_epi32(vec(lo), key, vec(hi)); }
 MIXQ_ALWAYS_INLINE __m512 lookup(__m512i key, v16f lo, v16f hi) { return _mm512_permutex2var_ps((__m512)lo, key, (__m512)hi); }
-// nibble (the sign bit of a low or high nibble) where x < 0, -0 excepted: bits above 0x80000000.
-MIXQ_ALWAYS_INLINE __m512i with_sign(__m512i code, __m512i bits, uint32_t nibble) {
-  return _mm512_mask_or_epi32(code, _mm512_cmpgt_epu32_mask(bits, u32(0x80000000u)), code, u32(nibble));
+// A pair's sign bits in its packed bytes: 0x8 where the even element is below 0, 0x80 where the odd
+// one is (-0 excepted: bits above 0x80000000). The same for every step the pair is encoded under.
+MIXQ_ALWAYS_INLINE __m512i sign_bits(const pair& x) {
+  const __m512i even = _mm512_maskz_mov_epi32(_mm512_cmpgt_epu32_mask(x.even, u32(0x80000000u)), u32(0x8u));
+  return _mm512_mask_or_epi32(even, _mm512_cmpgt_epu32_mask(x.odd, u32(0x80000000u)), even, u32(0x80u));
 }
 // Lanes 0-7: steps[2p], 8-15: steps[2p+1].
 alignas(64) inline constexpr uint32_t kPairLanes[8][16] = {
@@ -1432,12 +1434,12 @@ MIXQ_ALWAYS_INLINE __m512 pair_steps(v16f steps, int p) {
 // Codes of a pair under its steps: the packed bytes in 16 lanes and, when errors, the squared
 // error terms of the even and odd elements.
 template <bool kErrors, bool kBelow32>
-MIXQ_ALWAYS_INLINE void encode_pair(const pair& x, __m512 step, __m128i* bytes, v16f* te, v16f* to) {
+MIXQ_ALWAYS_INLINE void encode_pair(const pair& x, __m512i signs, __m512 step, __m128i* bytes, v16f* te, v16f* to) {
   const __m512 ae = magnitude(x.even), ao = magnitude(x.odd);
   const __m512i ke = e2m1_key<kBelow32>(_mm512_div_ps(ae, step)), ko = e2m1_key<kBelow32>(_mm512_div_ps(ao, step));
-  const __m512i ce = with_sign(lookup(ke, lanes::kE2M1CodeLo, lanes::kE2M1CodeHi), x.even, 0x8);
-  const __m512i co = with_sign(lookup(ko, lanes::kE2M1HighCodeLo, lanes::kE2M1HighCodeHi), x.odd, 0x80);
-  *bytes = _mm512_cvtepi32_epi8(_mm512_or_si512(ce, co));
+  const __m512i ce = lookup(ke, lanes::kE2M1CodeLo, lanes::kE2M1CodeHi);
+  const __m512i co = lookup(ko, lanes::kE2M1HighCodeLo, lanes::kE2M1HighCodeHi);
+  *bytes = _mm512_cvtepi32_epi8(_mm512_ternarylogic_epi32(ce, co, signs, 0xfe));  // (ce | co | signs)
   if constexpr (kErrors) {
     const __m512 de = _mm512_mul_ps(lookup(ke, lanes::kE2M1KeyMagLo, lanes::kE2M1KeyMagHi), step);
     const __m512 dor = _mm512_mul_ps(lookup(ko, lanes::kE2M1KeyMagLo, lanes::kE2M1KeyMagHi), step);
@@ -1462,7 +1464,7 @@ MIXQ_ALWAYS_INLINE void encode_group(const pair* x, v16u scale_codes, float ws2,
   v16f te[kGroup / 2], to[kGroup / 2];
   for (int p = 0; p < kGroup / 2; ++p) {
     __m128i bytes;
-    encode_pair<kErrors, kBelow32>(x[p], pair_steps(step, p), &bytes, &te[p], &to[p]);
+    encode_pair<kErrors, kBelow32>(x[p], sign_bits(x[p]), pair_steps(step, p), &bytes, &te[p], &to[p]);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + p * kNvfp4Block), bytes);
   }
   if constexpr (kErrors) {
@@ -1480,8 +1482,9 @@ MIXQ_ALWAYS_INLINE void four_over_six_group(const pair* x, v16f bmax, const nvfp
   v16f te1[kGroup / 2], to1[kGroup / 2], te2[kGroup / 2], to2[kGroup / 2];
   __m128i bytes1[kGroup / 2], bytes2[kGroup / 2];
   for (int p = 0; p < kGroup / 2; ++p) {
-    encode_pair<true, kBelow32>(x[p], pair_steps(step1, p), &bytes1[p], &te1[p], &to1[p]);
-    encode_pair<true, kBelow32>(x[p], pair_steps(step2, p), &bytes2[p], &te2[p], &to2[p]);
+    const __m512i signs = sign_bits(x[p]);
+    encode_pair<true, kBelow32>(x[p], signs, pair_steps(step1, p), &bytes1[p], &te1[p], &to1[p]);
+    encode_pair<true, kBelow32>(x[p], signs, pair_steps(step2, p), &bytes2[p], &te2[p], &to2[p]);
   }
   const v16f err1 = block_errors(te1, to1), err2 = block_errors(te2, to2);
   const __mmask16 second = _mm512_cmp_ps_mask((__m512)err2, (__m512)err1, _CMP_LT_OQ);
