@@ -5,6 +5,11 @@ cd "$(dirname "$0")/.."
 bash scripts/build.sh build
 (cd build && ctest --output-on-failure --timeout 600 -j "$(nproc)")
 
+# The CPU kernels also compile unoptimized (-O0): an intrinsic's immediate must not depend on a loop
+# being unrolled.
+cmake -S . -B build-debug -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMIXQ_TESTS=OFF -DMIXQ_BENCH=OFF -DMIXQ_CUDA=OFF >/dev/null
+cmake --build build-debug --target mixq_kernels_cpu --parallel "$(nproc)"
+
 # Fuzz the parsers for a bounded time (libFuzzer + ASan + UBSan; clang builds them separately).
 if command -v clang++ >/dev/null; then
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DMIXQ_FUZZ=ON -DMIXQ_CUDA=OFF >/dev/null
