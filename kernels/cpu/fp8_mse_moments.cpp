@@ -110,23 +110,101 @@ MIXQ_ALWAYS_INLINE double sum_of_squares_impl(const uint32_t* bits, int64_t n) {
 }
 MIXQ_SIMD_KERNEL(double, sum_of_squares, sum_of_squares_impl, (const uint32_t* bits, int64_t n), (bits, n))
 
-// Accumulates elements [begin, end) into tables and their Σ x² into *sum_sq; false when one lands
-// outside the layout. Branch-free: every binade has a route (its table's cells, the weight); zeros,
-// tiny and zeroed non-finite values go to a junk cell with weight 0.
-MIXQ_CLONES bool accumulate(const uint32_t* bits, int64_t begin, int64_t end, const layout& l, moments* tables,
-                            double* sum_sq) {
-  uint32_t outside = 0;
-  for (int64_t i = begin; i < end; ++i) {
-    const uint32_t u = bits[i] & 0x7fffffffu, be = u >> 23;
-    const binade_route& r = l.route[be];
-    const double w = r.weight;
-    moments& t = tables[r.first + (((u & 0x7fffffu) >> kBucketShift) & r.buckets)];
-    t.w0 += w;
-    t.w1 += w * double(std::bit_cast<float>((u & 0x7fffffu) | 0x3f800000u));
-    outside |= r.outside;
+// The pass over the weight counts exactly, in integers: per element one 64-bit add into its
+// bucket's counter, of 1 << 40 (the count, top 24 bits) plus the mantissa bits below the bucket
+// (their sum, low 40 bits). The binades with tables are consecutive, from the least that is not
+// tiny to the weight's max, and each has its own 2^12 counters, in order: an element's counter is
+// its bits >> 11 less an offset. Zeros, tiny and non-finite values add to a junk counter, binades
+// above the layout to an outside one. flush_counts turns the counters into the tables' moments
+// before a count can overflow.
+constexpr int kCountShift = 40;
+constexpr int64_t kFlushEvery = (int64_t(1) << (64 - kCountShift)) - 1;  // elements per flush, at most
+constexpr uint32_t kJunkCounter = 0, kOutsideCounter = 1, kFirstCounter = 2;
+struct counter_layout {
+  int first_binade = 0, binades = 0;  // the biased exponents with tables: [first, first + binades)
+  size_t counters() const { return kFirstCounter + (size_t(binades) << kBucketBits); }
+};
+counter_layout counters_for(const layout& l) {
+  counter_layout c;
+  for (int be = 0; be < 256; ++be) {
+    if (l.route[be].buckets == 0) continue;
+    if (c.binades == 0) c.first_binade = be;
+    c.binades = be - c.first_binade + 1;
   }
-  *sum_sq += sum_of_squares(bits + begin, end - begin);
-  return outside == 0;
+  return c;
+}
+
+// Adds the counters into tables (a binade's Σ w and Σ w·m, w its route's weight, m = 1 + mantissa
+// · 2^-23: exact in double before the weight, a power of 4) and zeroes them; false when an element
+// was outside the layout.
+bool flush_counts(const layout& l, const counter_layout& c, uint64_t* counters, moments* tables) {
+  const bool outside = counters[kOutsideCounter] != 0;
+  counters[kJunkCounter] = counters[kOutsideCounter] = 0;
+  for (int b = 0; b < c.binades; ++b) {
+    const binade_route& r = l.route[c.first_binade + b];
+    uint64_t* count = counters + kFirstCounter + (size_t(b) << kBucketBits);
+    for (uint32_t k = 0; k < (1u << kBucketBits); ++k) {
+      if (count[k] == 0) continue;
+      const uint64_t n = count[k] >> kCountShift, below = count[k] & ((uint64_t(1) << kCountShift) - 1u);
+      const double mantissas = double(n * (uint64_t(k) << kBucketShift) + below);  // (< 2^48: exact)
+      moments& t = tables[r.first + k];
+      t.w0 += r.weight * double(n);
+      t.w1 += r.weight * (double(n) + mantissas * 0x1p-23);
+      count[k] = 0;
+    }
+  }
+  return !outside;
+}
+
+// Counts elements [begin, end) (fewer than kFlushEvery) and adds their Σ x² into *sum_sq, a few
+// thousand at a time (Σ x² over values still in cache). The counters' indices and increments come
+// 16 at a time from vector lanes, the adds one by one.
+MIXQ_CLONES void count_elements(const uint32_t* bits, int64_t begin, int64_t end, const counter_layout& c,
+                                uint64_t* counters, double* sum_sq) {
+  using lanes::v16u;
+  constexpr int64_t kChunk = 4096;
+  // The first and last counted key (bits >> 11); with no binade counted, a first above every key.
+  const uint32_t least = c.binades ? uint32_t(c.first_binade) << kBucketBits : 1u << 21;
+  const uint32_t last = least + (uint32_t(c.binades) << kBucketBits) - 1u;
+  for (int64_t i0 = begin; i0 < end; i0 += kChunk) {
+    const int64_t i1 = std::min(end, i0 + kChunk);
+    int64_t i = i0;
+    for (; i + 16 <= i1; i += 16) {
+      v16u u;
+      std::memcpy(&u, bits + i, sizeof u);
+      u &= 0x7fffffffu;
+      const v16u key = u >> kBucketShift, high = lanes::above(key, last);
+      v16u index = ((key - least + kFirstCounter) & ~lanes::below(key, least) & ~high) | (high & kOutsideCounter);
+      index &= ~lanes::above(u, 0x7f7fffffu);  // inf / NaN: junk
+      alignas(64) uint32_t at[16], low[16];
+      const v16u below_bucket = u & ((1u << kBucketShift) - 1u);
+      std::memcpy(at, &index, sizeof at);
+      std::memcpy(low, &below_bucket, sizeof low);
+      for (int j = 0; j < 16; ++j) counters[at[j]] += (uint64_t(1) << kCountShift) + low[j];
+    }
+    for (; i < i1; ++i) {
+      const uint32_t u = bits[i] & 0x7fffffffu, key = u >> kBucketShift;
+      const uint32_t index = u > 0x7f7fffffu ? kJunkCounter
+                             : key < least   ? kJunkCounter
+                             : key > last    ? kOutsideCounter
+                                             : key - least + kFirstCounter;
+      counters[index] += (uint64_t(1) << kCountShift) + (u & ((1u << kBucketShift) - 1u));
+    }
+    *sum_sq += sum_of_squares(bits + i0, i1 - i0);
+  }
+}
+
+// Accumulates elements [begin, end) into tables and their Σ x² into *sum_sq; false when one lands
+// outside the layout.
+bool accumulate(const uint32_t* bits, int64_t begin, int64_t end, const layout& l, moments* tables, double* sum_sq) {
+  const counter_layout c = counters_for(l);
+  std::vector<uint64_t> counters(c.counters(), 0);
+  bool inside = true;
+  for (int64_t i0 = begin; i0 < end; i0 += kFlushEvery) {
+    count_elements(bits, i0, std::min(end, i0 + kFlushEvery), c, counters.data(), sum_sq);
+    inside &= flush_counts(l, c, counters.data(), tables);
+  }
+  return inside;
 }
 
 // The non-empty buckets, as columns: their least and largest magnitude in table coordinates, 2^E,
