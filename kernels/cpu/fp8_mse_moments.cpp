@@ -342,15 +342,19 @@ std::optional<std::vector<size_t>> fp8_moment_contenders(const source_matrix& w,
   // that is the margin.
   const double g = rounding_gamma(double(n) + double(b.lo.size()) + double(per_thread.size()) + 64.0);
   std::vector<double> estimate(scale.size(), NAN), bound(scale.size(), NAN);
-  double least_upper = INFINITY;
+  int far = 0;
+#pragma omp parallel for schedule(dynamic) reduction(| : far) if (worth_threads(int64_t(b.lo.size() * scale.size()) * 64))
   for (size_t c = 0; c < scale.size(); ++c) {
     if (!std::isfinite(scale[c])) continue;  // (errs by NaN: never the reference's choice)
     const candidate_sums s = sums_under(b, scale[c]);
-    if (s.far) return std::nullopt;
+    far |= int(s.far);
     estimate[c] = sum_sq + s.estimate;
     bound[c] = 1.01 * s.width + 4.0 * g * (sum_sq + s.magnitude + std::abs(estimate[c]) + s.width);
-    least_upper = std::min(least_upper, estimate[c] + bound[c]);
   }
+  if (far) return std::nullopt;
+  double least_upper = INFINITY;
+  for (size_t c = 0; c < scale.size(); ++c)
+    if (std::isfinite(scale[c])) least_upper = std::min(least_upper, estimate[c] + bound[c]);
   if (estimates)
     for (size_t c = 0; c < scale.size(); ++c) estimates->push_back({estimate[c], bound[c]});
   std::vector<size_t> kept;
