@@ -198,20 +198,39 @@ void BM_fp8(benchmark::State& state, fp8_granularity granularity, fp8_selector s
   run_against_memcpy(state, s, quantize(o), 2, quantize(max));
 }
 
-// FP8 over the weight in F32 or F16 (values that are not BF16 values).
+// The weight in F32 or F16 (values that are not BF16 values) and its input bytes per value.
+cpu::source_matrix source_in(cpu::source_dtype dtype, int64_t rows) {
+  const bool f32 = dtype == cpu::source_dtype::f32;
+  const void* data = f32 ? static_cast<const void*>(weight_f32(rows).data()) : weight_f16(rows).data();
+  return {data, dtype, rows, kCols, "bench.weight"};
+}
+int value_bytes(cpu::source_dtype dtype) { return dtype == cpu::source_dtype::f32 ? 4 : 2; }
+
+// NVFP4 over the weight in F32 or F16.
+void BM_nvfp4_in(benchmark::State& state, cpu::source_dtype dtype, nvfp4_selector selector) {
+  const bench_setup s = setup(state);
+  const cpu::source_matrix w = source_in(dtype, s.rows);
+  nvfp4_options o, max;
+  o.selector = selector;
+  const auto quantize = [&](const nvfp4_options& with) {
+    return [&] { benchmark::DoNotOptimize(cpu::nvfp4_quantize(w, with)); };
+  };
+  if (selector == nvfp4_selector::max) return run_against_memcpy(state, s, quantize(o), value_bytes(dtype));
+  run_against_memcpy(state, s, quantize(o), value_bytes(dtype), quantize(max));
+}
+
+// FP8 over the weight in F32 or F16.
 void BM_fp8_in(benchmark::State& state, cpu::source_dtype dtype, fp8_granularity granularity, fp8_selector selector) {
   const bench_setup s = setup(state);
   fp8_options o;
   o.granularity = granularity;
   o.selector = selector;
-  const bool f32 = dtype == cpu::source_dtype::f32;
-  const void* data = f32 ? static_cast<const void*>(weight_f32(s.rows).data()) : weight_f16(s.rows).data();
-  const cpu::source_matrix w{data, dtype, s.rows, kCols, "bench.weight"};
+  const cpu::source_matrix w = source_in(dtype, s.rows);
   fp8_options max = o;
   max.selector = fp8_selector::max;
   const auto quantize = [&](const fp8_options& with) { return [&] { benchmark::DoNotOptimize(cpu::fp8_quantize(w, with)); }; };
-  if (selector == fp8_selector::max) return run_against_memcpy(state, s, quantize(o), f32 ? 4 : 2);
-  run_against_memcpy(state, s, quantize(o), f32 ? 4 : 2, quantize(max));
+  if (selector == fp8_selector::max) return run_against_memcpy(state, s, quantize(o), value_bytes(dtype));
+  run_against_memcpy(state, s, quantize(o), value_bytes(dtype), quantize(max));
 }
 
 void BM_mx(benchmark::State& state, format_id format) {
@@ -270,6 +289,14 @@ BENCHMARK_CAPTURE(BM_nvfp4, four_over_six, nvfp4_selector::four_over_six)->Apply
 BENCHMARK_CAPTURE(BM_nvfp4, mse_fp8_sweep, nvfp4_selector::mse_fp8_sweep)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_nvfp4, mse_multiplier, nvfp4_selector::mse_multiplier)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_nvfp4, mse_four_over_six, nvfp4_selector::mse_four_over_six)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_nvfp4_in, f32_max, cpu::source_dtype::f32, nvfp4_selector::max)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_nvfp4_in, f32_four_over_six, cpu::source_dtype::f32, nvfp4_selector::four_over_six)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_nvfp4_in, f32_mse_fp8_sweep, cpu::source_dtype::f32, nvfp4_selector::mse_fp8_sweep)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_nvfp4_in, f32_mse_multiplier, cpu::source_dtype::f32, nvfp4_selector::mse_multiplier)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_nvfp4_in, f16_max, cpu::source_dtype::f16, nvfp4_selector::max)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_nvfp4_in, f16_four_over_six, cpu::source_dtype::f16, nvfp4_selector::four_over_six)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_nvfp4_in, f16_mse_fp8_sweep, cpu::source_dtype::f16, nvfp4_selector::mse_fp8_sweep)->Apply(thread_counts);
+BENCHMARK_CAPTURE(BM_nvfp4_in, f16_mse_multiplier, cpu::source_dtype::f16, nvfp4_selector::mse_multiplier)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8, per_tensor_max, fp8_granularity::per_tensor, fp8_selector::max)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8, per_channel_max, fp8_granularity::per_channel, fp8_selector::max)->Apply(thread_counts);
 BENCHMARK_CAPTURE(BM_fp8, per_tensor_mse, fp8_granularity::per_tensor, fp8_selector::mse)->Apply(thread_counts);
