@@ -15,9 +15,10 @@
 
 namespace mixq::cpu {
 
-// NVFP4 mse_multiplier over BF16 takes its candidate codes from a table by the block max's
-// mantissa from this many blocks on (the table's exact build then pays for itself).
+// NVFP4 mse_multiplier over BF16 (F16) takes its candidate codes from a table by the block max's
+// 7 (10) mantissa bits from this many blocks on (the table's exact build then pays for itself).
 inline constexpr int64_t kNvfp4MultiplierTableBlocks = 8192;
+inline constexpr int64_t kNvfp4MultiplierTableBlocksF16 = 8 * kNvfp4MultiplierTableBlocks;
 // The NVFP4 MSE searches over BF16 (with AVX2) take their error estimates from a table of every
 // term (~40 KiB, ~10 µs to build) from this many blocks on.
 inline constexpr int64_t kNvfp4TermTableBlocks = 8192;

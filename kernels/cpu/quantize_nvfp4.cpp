@@ -88,27 +88,35 @@ struct code_tables {
   }
 };
 
-// A multiplier list's candidate codes for every block max that is a BF16 value, by its 7 mantissa
-// bits: relative to k0, a block's codes depend on its max's mantissa alone (every rounding in k0's
-// and each multiplier's scale scales by 2^j with the max, and so every code moves by 8j) as long as
-// the codes are normal and unclamped, which the users check (lo >= 9: codes at or above the window
-// are normal; codes at 126, where the scale clamps at 448, are handled there). Built with the
-// reference's scale chain, exactly, at an exponent where the codes from k0 − 15 to k0 + 48 are
-// normal and unclamped. Per mantissa: bit e for each code k0 − 15 + e, e in [0, 64) (two words),
-// and the last (largest) code's e + 1 (0 below k0 − 15, 255 for 254 and beyond).
+// A multiplier list's candidate codes for every block max with at most `mantissa_bits` mantissa
+// bits (7: a BF16 value, 10: an F16 one), by those bits: relative to k0, a block's codes depend on
+// its max's mantissa alone (every rounding in k0's and each multiplier's scale scales by 2^j with
+// the max, and so every code moves by 8j) as long as the codes are normal and unclamped, which the
+// users check (lo >= 9: codes at or above the window are normal; codes at 126, where the scale
+// clamps at 448, are handled there). Built with the reference's scale chain, exactly, at an
+// exponent where the codes from k0 − 15 to k0 + 48 are normal and unclamped. Per mantissa: bit e
+// for each code k0 − 15 + e, e in [0, 64) (two words), and the last (largest) code's e + 1 (0
+// below k0 − 15, 255 for 254 and beyond).
 struct multiplier_codes {
-  alignas(64) uint32_t low[128], high[128], last[128];
+  static constexpr int kMaxMantissaBits = 10;
+  static constexpr size_t kMaxRows = size_t(1) << kMaxMantissaBits;
+  alignas(64) uint32_t low[kMaxRows], high[kMaxRows], last[kMaxRows];
   // The setup's bits where the window starts at k0 − 7 (multiplier_candidates_by_mantissa with
   // shift 0 and no code at 126): the window's candidates (bits 0-15), their above_bases >> 8 (bits
   // 16-23) and last (bits 24-31); and the candidates above the window (search_setup::above).
-  alignas(64) uint32_t window_at_k0[128], above_at_k0[128];
+  alignas(64) uint32_t window_at_k0[kMaxRows], above_at_k0[kMaxRows];
+  uint32_t shift = 0, row_mask = 0;  // a max's row: (its float bits >> shift) & row_mask
+  uint32_t below_rows = 0;           // the float bits below the row's: zero in a max the table holds
   static std::optional<multiplier_codes> build(std::span<const float> multipliers, float ws2, float global_amax,
-                                               float normalizer) {
-    if (!(ws2 >= 0x1p-40f && ws2 <= 0x1p40f)) return std::nullopt;
+                                               float normalizer, int mantissa_bits) {
+    if (!(ws2 >= 0x1p-40f && ws2 <= 0x1p40f) || mantissa_bits > kMaxMantissaBits) return std::nullopt;
     multiplier_codes t;
+    t.shift = uint32_t(23 - mantissa_bits);
+    t.row_mask = (1u << mantissa_bits) - 1u;
+    t.below_rows = (1u << t.shift) - 1u;
     const int e0 = std::ilogb(6.0f * ws2) - 3;  // max rule in (2^-4, 2^-2): k0 in [24, 40]
-    for (uint32_t m = 0; m < 128; ++m) {
-      const float bmax = std::ldexp(1.0f + float(m) / 128.0f, e0);
+    for (uint32_t m = 0; m <= t.row_mask; ++m) {
+      const float bmax = std::ldexp(1.0f + std::ldexp(float(m), -mantissa_bits), e0);
       const int base = int(e4m3_encode(nvfp4_max_block_scale_f32(bmax, ws2))) - 15;
       if (base < 9 || base > 25) return std::nullopt;  // (cannot happen: the exponent is chosen so)
       uint64_t bits = 0;
@@ -171,7 +179,7 @@ struct nvfp4_job {
   const code_tables* tables;
   bool amax_bounds_weight;      // global_amax >= max |w|
   const float* block_maxima;    // each block's max |w| when the amax pass found them, else null
-  const multiplier_codes* codes_by_mantissa;  // mse_multiplier over BF16 with an ascending list, else null
+  const multiplier_codes* codes_by_mantissa;  // mse_multiplier over BF16 / F16 with an ascending list, else null
   const term_table* terms;                     // the searches over BF16 (AVX2), else null
 };
 
@@ -402,15 +410,15 @@ MIXQ_ALWAYS_INLINE v16u window_bases_of(v16u above) {
   return ((above | above >> 8 | above >> 16 | above >> 24) & 0xffu) << 8;
 }
 
-// The candidates from job.codes_by_mantissa: false where a block needs more (a max that is not a
-// BF16 value, lo < 9, or a code 48 or more above lo).
+// The candidates from job.codes_by_mantissa: false where a block needs more (a max with more
+// mantissa bits than the table's, lo < 9, or a code 48 or more above lo).
 // (lookup(table, index): table[index[j]] in lane j; the AVX-512 form passes gathers)
 template <class Lookup>
 MIXQ_ALWAYS_INLINE bool multiplier_candidates_by_mantissa(search_setup& s, v16f bmax, const nvfp4_job& job,
                                                           Lookup lookup) {
   const multiplier_codes& t = *job.codes_by_mantissa;
   const v16u bits = (v16u)bmax;
-  const v16u m = (bits >> 16) & 0x7fu;
+  const v16u m = (bits >> t.shift) & t.row_mask;
   const v16u low = lookup(t.low, m), high = lookup(t.high, m), table_last = lookup(t.last, m);
   // The table's e counts from k0 − 15, the window's d from lo: k0 − 7 but where the window stops
   // at 126 (lo = 111): d = e − 8 + shift. (Lanes that are not eligible compute garbage, unused.)
@@ -418,7 +426,7 @@ MIXQ_ALWAYS_INLINE bool multiplier_candidates_by_mantissa(search_setup& s, v16f 
   const v16u first = (8u - shift) & 31u;                   // e of d = 0
   const v16u last = table_last - 9u + shift;               // d of the last code (signed: -9 .. 263)
   // (compares as masks: GCC lowers vector compares lane by lane without AVX-512; last is in [-9, 263])
-  const v16u beyond = lanes::above(bits & 0xffffu, 0u) | lanes::below(s.lo, 9u) | ~lanes::below(last, 48u);
+  const v16u beyond = lanes::above(bits & t.below_rows, 0u) | lanes::below(s.lo, 9u) | ~lanes::below(last, 48u);
   if (lanes::reduce16_bits(beyond & s.eligible) != 0) return false;
   // d in [0, 16) and [16, 48)
   v16u in = (low >> first) & 0xffffu;
@@ -458,19 +466,19 @@ MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
 }
 
 // multiplier_candidates_by_mantissa where every eligible block's window starts at k0 − 7, its max
-// is a BF16 value, and its list's codes stop below 126 and within 48 of lo (the common case): two
+// is one the table holds, and its list's codes stop below 126 and within 48 of lo (the common case): two
 // lookups of its precomputed bits. False (s untouched) where a block needs more.
 template <class Lookup>
 MIXQ_ALWAYS_INLINE bool multiplier_candidates_at_k0(search_setup& s, v16f bmax, const nvfp4_job& job, Lookup lookup) {
   const multiplier_codes& t = *job.codes_by_mantissa;
   const v16u bits = (v16u)bmax;
-  const v16u m = (bits >> 16) & 0x7fu;
+  const v16u m = (bits >> t.shift) & t.row_mask;
   const v16u window = lookup(t.window_at_k0, m);
   const v16u last = (window >> 24) - 9u;  // d of the last code (wraps below the window)
   // (compares as masks, lanes::below's: GCC lowers vector compares lane by lane without AVX-512;
   // where last < 48 it and 126 − lo are below 2^31)
   const v16u fits = lanes::below_unsigned(s.lo ^ (s.k0 - 7u), 1u) & ~lanes::below(s.lo, 9u) &
-                    lanes::below_unsigned(bits & 0xffffu, 1u) & lanes::below_unsigned(last, 48u) &
+                    lanes::below_unsigned(bits & t.below_rows, 1u) & lanes::below_unsigned(last, 48u) &
                     lanes::below(last, 126u - s.lo);
   if (lanes::reduce16_bits(~fits & s.eligible) != 0) return false;
   s.in_window = window & 0xffffu;
@@ -2035,12 +2043,14 @@ nvfp4_weight nvfp4_with_normalizer(const source_matrix& w, bool zero_nonfinite, 
   if (options.selector == nvfp4_selector::mse_multiplier && std::is_sorted(multipliers.begin(), multipliers.end()) &&
       multipliers.front() >= 0x1p-60f)
     for (float c : multipliers) factors.push_back(float(double(c) * double(normalizer) / (6.0 * double(g / 6.0f))));
-  // Over BF16 (block maxima are BF16 values), a table by the max's mantissa replaces the
-  // per-multiplier products where the weight is large enough to pay for its 128 × list exact codes
-  // (~20 µs for the default list; it saves ~50 ns per 16 blocks).
+  // Over BF16 / F16 (block maxima are BF16 / F16 values), a table by the max's mantissa replaces
+  // the per-multiplier products where the weight is large enough to pay for its 128 (1024) × list
+  // exact codes (~20 µs (~160 µs) for the default list; it saves ~50 ns per 16 blocks).
   std::optional<multiplier_codes> by_mantissa;
   if (!factors.empty() && w.dtype == source_dtype::bf16 && blocks >= kNvfp4MultiplierTableBlocks)
-    by_mantissa = multiplier_codes::build(multipliers, q.global_scale, global_amax, normalizer);
+    by_mantissa = multiplier_codes::build(multipliers, q.global_scale, global_amax, normalizer, 7);
+  if (!factors.empty() && w.dtype == source_dtype::f16 && blocks >= kNvfp4MultiplierTableBlocksF16)
+    by_mantissa = multiplier_codes::build(multipliers, q.global_scale, global_amax, normalizer, 10);
   std::optional<term_table> terms;
 #if MIXQ_HAVE_SIMD_TARGETS
   if (searches && w.dtype == source_dtype::bf16 && blocks >= kNvfp4TermTableBlocks &&

@@ -865,7 +865,7 @@ TEST(cpu_kernels, nvfp4_mse_multiplier_lists_bit_identical) {
     cpu::limit_simd_level(level);
     for (const auto& t : tensors)
       for (const auto& list : lists)
-        for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f32}) {
+        for (auto dtype : {cpu::source_dtype::bf16, cpu::source_dtype::f16, cpu::source_dtype::f32}) {
           const sourced s = as_dtype(t, dtype);
           nvfp4_options o;
           o.selector = nvfp4_selector::mse_multiplier;
@@ -875,6 +875,40 @@ TEST(cpu_kernels, nvfp4_mse_multiplier_lists_bit_identical) {
           EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level) << " " << t.name << " list " << list.size();
           EXPECT_EQ(fast.packed, ref.packed) << int(level) << " " << t.name << " list " << list.size();
         }
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
+// Over kNvfp4MultiplierTableBlocksF16 blocks, F16 weights take the candidate codes from a table by
+// the block max's 10 mantissa bits: block maxima over every F16 mantissa and binades from F16's
+// subnormals up to the global amax (codes clamped at 126 included), at every SIMD level.
+TEST(cpu_kernels, nvfp4_mse_multiplier_f16_table_bit_identical) {
+  constexpr int64_t rows = 64, cols = cpu::kNvfp4MultiplierTableBlocksF16 * 16 / rows;
+  testing::test_tensor t{"f16 spread", rows, cols, std::vector<float>(size_t(rows * cols))};
+  std::mt19937 rng(17);
+  for (size_t b = 0; b < t.values.size() / 16; ++b) {
+    const float bmax = std::ldexp(1.0f + float(rng() % 1024) / 1024.0f, -int(rng() % 26));
+    for (int i = 0; i < 16; ++i) t.values[b * 16 + i] = bmax * float(rng() % 1001) / 1000.0f * (rng() % 2 ? 1.0f : -1.0f);
+  }
+  t.values[0] = 2.0f;
+  const sourced s = as_dtype(t, cpu::source_dtype::f16);
+  const std::vector<std::vector<float>> lists = {
+      {default_mse_multipliers().begin(), default_mse_multipliers().end()},
+      {0.01f, 0.3f, 0.7f, 1.0f, 1.9f, 5.0f, 9.0f, 70.0f, 300.0f},  // codes 48+ above the window
+      {0.6f, 0.65f, 0.7f},
+  };
+  for (const auto& list : lists) {
+    nvfp4_options o;
+    o.selector = nvfp4_selector::mse_multiplier;
+    o.multipliers = list;
+    const nvfp4_weight ref = nvfp4_quantize(view_of(s), o);
+    for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+      if (level > cpu::cpu_simd_level()) continue;
+      cpu::limit_simd_level(level);
+      const nvfp4_weight fast = cpu::nvfp4_quantize(s.source, o);
+      EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level) << " list " << list.size();
+      EXPECT_EQ(fast.packed, ref.packed) << int(level) << " list " << list.size();
+    }
   }
   cpu::limit_simd_level(cpu::cpu_simd_level());
 }
