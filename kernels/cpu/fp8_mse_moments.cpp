@@ -118,7 +118,7 @@ MIXQ_SIMD_KERNEL(double, sum_of_squares, sum_of_squares_impl, (const uint32_t* b
 // above the layout to an outside one. flush_counts turns the counters into the tables' moments
 // before a count can overflow.
 constexpr int kCountShift = 40;
-constexpr int64_t kFlushEvery = (int64_t(1) << (64 - kCountShift)) - 1;  // elements per flush, at most
+static_assert(kFp8MomentCountsPerFlush < (int64_t(1) << (64 - kCountShift)));  // (the count's bits)
 constexpr uint32_t kJunkCounter = 0, kOutsideCounter = 1, kFirstCounter = 2;
 struct counter_layout {
   int first_binade = 0, binades = 0;  // the biased exponents with tables: [first, first + binades)
@@ -156,7 +156,7 @@ bool flush_counts(const layout& l, const counter_layout& c, uint64_t* counters, 
   return !outside;
 }
 
-// Counts elements [begin, end) (fewer than kFlushEvery) and adds their Σ x² into *sum_sq, a few
+// Counts elements [begin, end) (at most kFp8MomentCountsPerFlush) and adds their Σ x² into *sum_sq, a few
 // thousand at a time (Σ x² over values still in cache). The counters' indices and increments come
 // 16 at a time from vector lanes, the adds one by one.
 MIXQ_CLONES void count_elements(const uint32_t* bits, int64_t begin, int64_t end, const counter_layout& c,
@@ -196,12 +196,13 @@ MIXQ_CLONES void count_elements(const uint32_t* bits, int64_t begin, int64_t end
 
 // Accumulates elements [begin, end) into tables and their Σ x² into *sum_sq; false when one lands
 // outside the layout.
-bool accumulate(const uint32_t* bits, int64_t begin, int64_t end, const layout& l, moments* tables, double* sum_sq) {
+bool accumulate(const uint32_t* bits, int64_t begin, int64_t end, const layout& l, moments* tables, double* sum_sq,
+                int64_t counts_per_flush) {
   const counter_layout c = counters_for(l);
   std::vector<uint64_t> counters(c.counters(), 0);
   bool inside = true;
-  for (int64_t i0 = begin; i0 < end; i0 += kFlushEvery) {
-    count_elements(bits, i0, std::min(end, i0 + kFlushEvery), c, counters.data(), sum_sq);
+  for (int64_t i0 = begin; i0 < end; i0 += counts_per_flush) {
+    count_elements(bits, i0, std::min(end, i0 + counts_per_flush), c, counters.data(), sum_sq);
     inside &= flush_counts(l, c, counters.data(), tables);
   }
   return inside;
@@ -277,7 +278,9 @@ MIXQ_SIMD_KERNEL(candidate_sums, sums_under, sums_under_impl, (const buckets& b,
 
 std::optional<std::vector<size_t>> fp8_moment_contenders(const source_matrix& w, float weight_max, float amax,
                                                          std::span<const float> multipliers,
-                                                         std::vector<fp8_moment_estimate>* estimates) {
+                                                         std::vector<fp8_moment_estimate>* estimates,
+                                                         int64_t counts_per_flush) {
+  counts_per_flush = std::clamp<int64_t>(counts_per_flush, 1, kFp8MomentCountsPerFlush);
   std::vector<float> scale(multipliers.size());
   float least = INFINITY, largest = 0.0f;
   for (size_t c = 0; c < multipliers.size(); ++c) {
@@ -305,7 +308,7 @@ std::optional<std::vector<size_t>> fp8_moment_contenders(const source_matrix& w,
     const size_t t = size_t(omp_get_thread_num()), nt = per_thread.size();
     per_thread[t].assign(cells, moments{});
     const int64_t begin = n * int64_t(t) / int64_t(nt), end = n * int64_t(t + 1) / int64_t(nt);
-    inside &= int(accumulate(bits, begin, end, *l, per_thread[t].data(), &sum_sq_of[t]));
+    inside &= int(accumulate(bits, begin, end, *l, per_thread[t].data(), &sum_sq_of[t], counts_per_flush));
   }
   if (!inside) return std::nullopt;
   double sum_sq = 0.0;

@@ -32,11 +32,15 @@ namespace mixq::cpu {
 // subnormals leave code 0, or so spread that too many binades would need their own tables): the
 // caller then evaluates every candidate.
 // estimates (for tests): each candidate's estimate and its bound (NaN for an infinite scale).
+// counts_per_flush (for tests, smaller): the elements counted in integers between two additions into
+// the moments' doubles, at most (and by default) 2^24 − 1, where a 24-bit count could overflow.
 struct fp8_moment_estimate {
   double value, bound;  // |the reference's sum − value| <= bound
 };
+inline constexpr int64_t kFp8MomentCountsPerFlush = (int64_t(1) << 24) - 1;
 std::optional<std::vector<size_t>> fp8_moment_contenders(const source_matrix& w, float weight_max, float amax,
                                                          std::span<const float> multipliers,
-                                                         std::vector<fp8_moment_estimate>* estimates = nullptr);
+                                                         std::vector<fp8_moment_estimate>* estimates = nullptr,
+                                                         int64_t counts_per_flush = kFp8MomentCountsPerFlush);
 
 }  // namespace mixq::cpu

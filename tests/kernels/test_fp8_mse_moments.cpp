@@ -73,6 +73,36 @@ TEST(fp8_mse_moments, estimates_hold_the_reference_sums) {
   EXPECT_GE(single, separated * 95 / 100);
 }
 
+// The integer counts reach the moments' doubles in flushes (every 2^24 − 1 elements by default):
+// with a flush every 37 or every 1000 elements the estimates are the same but for rounding, within
+// their bounds of the reference's sums, and the contenders are the same.
+TEST(fp8_mse_moments, flushed_counts_give_the_same_estimates) {
+  const auto standard = default_mse_multipliers();
+  int compared = 0;
+  for (const auto& t : f32_tensors(23)) {
+    const cpu::source_matrix s{t.values.data(), cpu::source_dtype::f32, t.rows, t.cols, t.name};
+    const weight_view w{t.values.data(), t.rows, t.cols, t.name};
+    const float weight_max = max_magnitude(t.values);
+    std::vector<cpu::fp8_moment_estimate> once;
+    const auto kept = cpu::fp8_moment_contenders(s, weight_max, weight_max, standard, &once);
+    ASSERT_TRUE(kept.has_value()) << t.name;
+    for (int64_t every : {37, 1000}) {
+      std::vector<cpu::fp8_moment_estimate> flushed;
+      EXPECT_EQ(cpu::fp8_moment_contenders(s, weight_max, weight_max, standard, &flushed, every), kept) << t.name;
+      ASSERT_EQ(flushed.size(), once.size());
+      for (size_t c = 0; c < once.size(); ++c) {
+        if (std::isnan(once[c].value)) continue;
+        // (the same sums grouped otherwise: equal but for rounding, far inside the bounds)
+        EXPECT_NEAR(flushed[c].value, once[c].value, 1e-9 * once[c].value + 1e-300) << t.name << " " << every;
+        const double want = fp8_sq_error(w, fp8_scale_for_amax(weight_max * standard[c]));
+        EXPECT_LE(std::abs(flushed[c].value - want), flushed[c].bound) << t.name << " " << every;
+        ++compared;
+      }
+    }
+  }
+  EXPECT_GT(compared, 1000);
+}
+
 // The whole per-tensor search through cpu::fp8_quantize: the reference's scale and codes.
 TEST(fp8_mse_moments, per_tensor_choice_is_the_reference) {
   std::mt19937 rng(3);
