@@ -32,15 +32,14 @@ struct moments {
 constexpr int16_t kTiny = -1;     // adds x² to every candidate
 constexpr int16_t kOutside = -2;  // none expected (above the weight's max): the moments give up
 struct binade_route {
-  size_t first;      // the cell of the binade's first bucket (0: the junk cell)
-  uint32_t buckets;  // the bucket bits kept: 2^12 - 1, or 0 for the junk cell
-  uint32_t outside;  // no table for it: the moments give up
-  double weight;     // 4^(e − E), 0 for the junk cell
+  size_t first;      // the cell of the binade's first bucket
+  uint32_t buckets;  // 2^12 - 1, or 0 for a binade without a table (tiny, or above the max)
+  double weight;     // 4^(e − E)
 };
 struct layout {
   binade_route route[256];
-  std::vector<int> exponent;  // per table: the binade whose coordinates it holds; cell 0 is junk
-  size_t first_cell(size_t table) const { return 1 + (table << kBucketBits); }
+  std::vector<int> exponent;  // per table: the binade whose coordinates it holds
+  size_t first_cell(size_t table) const { return table << kBucketBits; }
   size_t cells() const { return first_cell(exponent.size()); }
 };
 
@@ -76,11 +75,11 @@ std::optional<layout> layout_for(float weight_max, float least, float largest) {
     table_of[be] = int16_t(l.exponent.size());
     l.exponent.push_back(e);
   }
-  if (table_of[0] == kOutside) return std::nullopt;  // (so zeros, binade 0, take the junk cell)
+  if (table_of[0] == kOutside) return std::nullopt;  // (so zeros, binade 0, are tiny: junk counts)
   for (int be = 0; be < 256; ++be) {
     const int id = table_of[be];
-    l.route[be] = id < 0 ? binade_route{0, 0, uint32_t(id == kOutside && be != 255), 0.0}
-                         : binade_route{l.first_cell(size_t(id)), (1u << kBucketBits) - 1u, 0, weight_of[be]};
+    l.route[be] = id < 0 ? binade_route{0, 0, 0.0}
+                         : binade_route{l.first_cell(size_t(id)), (1u << kBucketBits) - 1u, weight_of[be]};
   }
   return l;
 }
