@@ -84,31 +84,6 @@ std::optional<layout> layout_for(float weight_max, float least, float largest) {
   return l;
 }
 
-// Σ x² (inf / NaN count as 0).
-template <simd_level L>
-MIXQ_ALWAYS_INLINE double sum_of_squares_impl(const uint32_t* bits, int64_t n) {
-  using lanes::v16f, lanes::v16u, lanes::v8d;
-  lanes::lane_sums8<L> acc;
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    v16u u;
-    std::memcpy(&u, bits + i, sizeof u);
-    u &= 0x7fffffffu;
-    const v16f x = (v16f)(u & lanes::below(u, 0x7f800000u));  // inf / NaN: zeroed
-    v8d lo, hi;
-    lanes::widen(x, &lo, &hi);
-    acc.add(lo * lo + hi * hi);
-  }
-  double sum = acc.total();
-  for (; i < n; ++i) {
-    const uint32_t u = bits[i] & 0x7fffffffu;
-    const double x = u >= 0x7f800000u ? 0.0 : double(std::bit_cast<float>(u));
-    sum += x * x;
-  }
-  return sum;
-}
-MIXQ_SIMD_KERNEL(double, sum_of_squares, sum_of_squares_impl, (const uint32_t* bits, int64_t n), (bits, n))
-
 // The pass over the weight counts exactly, in integers: per element one 64-bit add into its
 // bucket's counter, of 1 << 40 (the count, top 24 bits) plus the mantissa bits below the bucket
 // (their sum, low 40 bits). The binades with tables are consecutive, from the least that is not
@@ -155,42 +130,47 @@ bool flush_counts(const layout& l, const counter_layout& c, uint64_t* counters, 
   return !outside;
 }
 
-// Counts elements [begin, end) (at most kFp8MomentCountsPerFlush) and adds their Σ x² into *sum_sq, a few
-// thousand at a time (Σ x² over values still in cache). The counters' indices and increments come
-// 16 at a time from vector lanes, the adds one by one.
+// Counts elements [begin, end) (at most kFp8MomentCountsPerFlush) and adds their Σ x² (inf / NaN
+// as 0) into *sum_sq. The counters' indices and increments, and the squares, come 16 at a time from
+// vector lanes; the adds to the counters one by one.
 MIXQ_CLONES void count_elements(const uint32_t* bits, int64_t begin, int64_t end, const counter_layout& c,
                                 uint64_t* counters, double* sum_sq) {
   using lanes::v16u;
-  constexpr int64_t kChunk = 4096;
+  constexpr uint64_t kOne = uint64_t(1) << kCountShift;
   // The first and last counted key (bits >> 11); with no binade counted, a first above every key.
   const uint32_t least = c.binades ? uint32_t(c.first_binade) << kBucketBits : 1u << 21;
   const uint32_t last = least + (uint32_t(c.binades) << kBucketBits) - 1u;
-  for (int64_t i0 = begin; i0 < end; i0 += kChunk) {
-    const int64_t i1 = std::min(end, i0 + kChunk);
-    int64_t i = i0;
-    for (; i + 16 <= i1; i += 16) {
-      v16u u;
-      std::memcpy(&u, bits + i, sizeof u);
-      u &= 0x7fffffffu;
-      const v16u key = u >> kBucketShift, high = lanes::above(key, last);
-      v16u index = ((key - least + kFirstCounter) & ~lanes::below(key, least) & ~high) | (high & kOutsideCounter);
-      index &= ~lanes::above(u, 0x7f7fffffu);  // inf / NaN: junk
-      alignas(64) uint32_t at[16], low[16];
-      const v16u below_bucket = u & ((1u << kBucketShift) - 1u);
-      std::memcpy(at, &index, sizeof at);
-      std::memcpy(low, &below_bucket, sizeof low);
-      for (int j = 0; j < 16; ++j) counters[at[j]] += (uint64_t(1) << kCountShift) + low[j];
-    }
-    for (; i < i1; ++i) {
-      const uint32_t u = bits[i] & 0x7fffffffu, key = u >> kBucketShift;
-      const uint32_t index = u > 0x7f7fffffu ? kJunkCounter
-                             : key < least   ? kJunkCounter
-                             : key > last    ? kOutsideCounter
-                                             : key - least + kFirstCounter;
-      counters[index] += (uint64_t(1) << kCountShift) + (u & ((1u << kBucketShift) - 1u));
-    }
-    *sum_sq += sum_of_squares(bits + i0, i1 - i0);
+  lanes::lane_sums8_as<true> squares;  // (as two 32-byte halves: the AVX2 clone keeps them in registers)
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    v16u u;
+    std::memcpy(&u, bits + i, sizeof u);
+    u &= 0x7fffffffu;
+    const v16u finite = lanes::below(u, 0x7f800000u);
+    lanes::v8d lo, hi;
+    lanes::widen((lanes::v16f)(u & finite), &lo, &hi);
+    squares.add(lo * lo + hi * hi);
+    const v16u key = u >> kBucketShift, high = lanes::above(key, last);
+    v16u index = ((key - least + kFirstCounter) & ~lanes::below(key, least) & ~high) | (high & kOutsideCounter);
+    index &= finite;  // inf / NaN: junk
+    alignas(64) uint32_t at[16], low[16];
+    const v16u below_bucket = u & ((1u << kBucketShift) - 1u);
+    std::memcpy(at, &index, sizeof at);
+    std::memcpy(low, &below_bucket, sizeof low);
+    for (int j = 0; j < 16; ++j) counters[at[j]] += kOne + low[j];
   }
+  for (; i < end; ++i) {
+    const uint32_t u = bits[i] & 0x7fffffffu, key = u >> kBucketShift;
+    const bool finite = u < 0x7f800000u;
+    const uint32_t index = !finite      ? kJunkCounter
+                           : key < least ? kJunkCounter
+                           : key > last  ? kOutsideCounter
+                                         : key - least + kFirstCounter;
+    counters[index] += kOne + (u & ((1u << kBucketShift) - 1u));
+    const double x = finite ? double(std::bit_cast<float>(u)) : 0.0;
+    *sum_sq += x * x;
+  }
+  *sum_sq += squares.total();
 }
 
 // Accumulates elements [begin, end) into tables and their Σ x² into *sum_sq; false when one lands
