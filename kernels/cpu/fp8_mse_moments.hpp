@@ -3,9 +3,10 @@
 // An F32 weight holds too many distinct magnitudes to count (fp8_mse_histogram counts BF16 / F16
 // ones), but an element's FP8 error under a scale s is (|x| − V)², V the dequantized value of its
 // code, and V is the same for every x between two of the code's rounding boundaries. So one pass
-// sums, per bucket of magnitudes (2^12 buckets per binade), Σ1, Σm and Σm² (x = 2^E · m); a bucket
-// that lies within one code under s then adds X²·Σm² − 2·X·V·Σm + V²·Σ1 exactly but for rounding,
-// and one that a boundary crosses (at most one: a bucket is 2^-12 of a binade, FP8's steps 2^-3 or
+// counts, per bucket of magnitudes (2^12 buckets per binade), Σ1 and Σm (x = 2^E · m) exactly, in
+// integers, and Σx² over the weight; a bucket that lies within one code under s then adds
+// X²·Σm² − 2·X·V·Σm + V²·Σ1 exactly but for rounding (its X²·Σm², common to every candidate, is
+// in Σx²), and one that a boundary crosses (at most one: a bucket is 2^-12 of a binade, FP8's steps 2^-3 or
 // more of theirs) adds the lesser of its two codes' sums, off by at most its width times the step,
 // per element. As in fp8_mse_histogram, binades that stay FP8-normal and unsaturated under every
 // candidate share one table (their errors scale by 4^(e − e0)); magnitudes too small to leave code
