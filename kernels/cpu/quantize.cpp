@@ -207,13 +207,16 @@ template void row_codes(const f16_bits*, int64_t, float, uint8_t*);
 // row_codes of p while the next row's 16-bit magnitude keys (next: its bits) are counted into
 // table, as count16 counts them (its least non-zero and largest key returned): the codes wait on
 // the divider and the count on the load and store ports, so side by side each hides the other.
+// The row after it (ahead, or null) is prefetched non-temporally: streamed through L1 without
+// displacing the cached differences the rows' screening reads from L2 and L3.
 template <class T>
 std::pair<uint32_t, uint32_t> row_codes_counting(const T* p, int64_t n, float scale, uint8_t* dst,
-                                                 const uint16_t* next, uint32_t* table) {
+                                                 const uint16_t* next, const uint16_t* ahead, uint32_t* table) {
   const __m512 s = _mm512_set1_ps(scale);
   key_range range;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
+    if (ahead && (i & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + i), _MM_HINT_NTA);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), fp8_codes(bits_of(p + i), s));
     range.add(next + i);
     count_magnitude_keys(next + i, 16, table);
@@ -222,9 +225,9 @@ std::pair<uint32_t, uint32_t> row_codes_counting(const T* p, int64_t n, float sc
   return range.with_tail(next + i, n - i, table);
 }
 template std::pair<uint32_t, uint32_t> row_codes_counting(const uint16_t*, int64_t, float, uint8_t*, const uint16_t*,
-                                                          uint32_t*);
+                                                          const uint16_t*, uint32_t*);
 template std::pair<uint32_t, uint32_t> row_codes_counting(const f16_bits*, int64_t, float, uint8_t*, const uint16_t*,
-                                                          uint32_t*);
+                                                          const uint16_t*, uint32_t*);
 
 }  // namespace avx512
 MIXQ_END_AVX512_REGION
@@ -363,11 +366,12 @@ template void row_codes(const f16_bits*, int64_t, float, uint8_t*);
 // avx512::row_codes_counting, 32 values at a time.
 template <class T>
 std::pair<uint32_t, uint32_t> row_codes_counting(const T* p, int64_t n, float scale, uint8_t* dst,
-                                                 const uint16_t* next, uint32_t* table) {
+                                                 const uint16_t* next, const uint16_t* ahead, uint32_t* table) {
   const __m256 s = _mm256_set1_ps(scale);
   key_range range;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
+    if (ahead) _mm_prefetch(reinterpret_cast<const char*>(ahead + i), _MM_HINT_NTA);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), codes32(p + i, s));
     range.add(next + i), range.add(next + i + 16);
     count_magnitude_keys(next + i, 32, table);
@@ -376,9 +380,9 @@ std::pair<uint32_t, uint32_t> row_codes_counting(const T* p, int64_t n, float sc
   return range.with_tail(next + i, n - i, table);
 }
 template std::pair<uint32_t, uint32_t> row_codes_counting(const uint16_t*, int64_t, float, uint8_t*, const uint16_t*,
-                                                          uint32_t*);
+                                                          const uint16_t*, uint32_t*);
 template std::pair<uint32_t, uint32_t> row_codes_counting(const f16_bits*, int64_t, float, uint8_t*, const uint16_t*,
-                                                          uint32_t*);
+                                                          const uint16_t*, uint32_t*);
 
 }  // namespace avx2
 #pragma GCC pop_options
@@ -624,9 +628,10 @@ bool fp8_per_channel_rows(const source_matrix& w, const fp8_rows& rows, std::spa
           const float scale = q.scales[size_t(r)];
           uint8_t* dst = q.codes.data() + r * w.cols;
           const uint16_t* next = bits16 + (r + 1) * w.cols;
+          const uint16_t* ahead = r + 2 < end ? next + w.cols : nullptr;
           uint32_t* table = search.counter.table.data();
-          return wide ? avx512::row_codes_counting(p, n, scale, dst, next, table)
-                      : avx2::row_codes_counting(p, n, scale, dst, next, table);
+          return wide ? avx512::row_codes_counting(p, n, scale, dst, next, ahead, table)
+                      : avx2::row_codes_counting(p, n, scale, dst, next, ahead, table);
         });
         counted = r + 1;
         continue;
