@@ -507,6 +507,23 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   return s;
 }
 
+// Four-over-six's fast forms decide a block from estimates of its two errors in the quotient's
+// units, step² · Σ (q − m)², which the divisions for the codes give at half the terms of the
+// reference's sums: (q − m)² of an even and an odd element in one multiply-add. Where two estimates
+// lie within this bound of each other the reference's sums decide. Per element, (q − m)·step and
+// the reference's |w| − m·step both lie within η = 2ε·M of the exact r = |w| − m·step (ε = 2^-24,
+// M = max(bmax, 6·step2) >= either candidate's |w| and 6·step), so each square within 2|r|η + η²
+// of r², and Σ|r| <= 16ρ with ρ = max(step2, bmax − 6·step1) (half the widest gap of a grid, or
+// the first scale's clipping). The sums' roundings add at most 8ε and 5ε of the larger sum, and
+// 2^-140 covers underflow: per candidate δ <= η(16η + 32ρ) + 2^-20·larger + 2^-140. The bound is
+// 4δ, twice the two candidates' together. V: 8 or 16 lanes of float.
+template <class V>
+MIXQ_ALWAYS_INLINE V four_over_six_bound(V larger, V step1, V step2, V bmax) {
+  const V m = bmax > 6.0f * step2 ? bmax : 6.0f * step2, clip = bmax - 6.0f * step1;
+  const V eta = m * 0x1p-23f, rho = step2 > clip ? step2 : clip;
+  return (64.0f * eta + 128.0f * rho) * eta + 0x1p-18f * larger + 0x1p-138f;
+}
+
 #if MIXQ_HAVE_SIMD_TARGETS
 namespace avx2 {
 float block_sq_error(const float* magnitudes, float step);
@@ -900,6 +917,48 @@ MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, c
   if (errors) _mm256_storeu_ps(errors, _mm256_blendv_ps(err1, err2, second));
 }
 
+// four_over_six_half deciding from estimates (four_over_six_bound): false, with nothing written,
+// where a block's two estimates lie within the bound of each other. Blocks whose two scale codes
+// agree keep the first, as the reference's strict comparison of equal sums does.
+MIXQ_ALWAYS_INLINE bool four_over_six_half_estimating(const __m256* ae, const __m256* ao, const __m256i* signs,
+                                                      const float* step1, const float* step2, const uint32_t* code1,
+                                                      const uint32_t* code2, __m256 bmax, uint8_t* scales,
+                                                      uint8_t* packed) {
+  __m256 level[2][8][2];  // [candidate][block][even, odd]
+  __m256 sq[2][8];
+  for (int j = 0; j < 8; ++j)
+    for (int c = 0; c < 2; ++c) {
+      const __m256 step = _mm256_broadcast_ss((c == 0 ? step1 : step2) + j);
+      const __m256 qe = _mm256_div_ps(ae[j], step), qo = _mm256_div_ps(ao[j], step);
+      level[c][j][0] = e2m1_levels(qe), level[c][j][1] = e2m1_levels(qo);
+      const __m256 de = _mm256_sub_ps(qe, level[c][j][0]), dor = _mm256_sub_ps(qo, level[c][j][1]);
+      sq[c][j] = _mm256_fmadd_ps(de, de, _mm256_mul_ps(dor, dor));
+    }
+  const __m256 s1 = _mm256_load_ps(step1), s2 = _mm256_load_ps(step2);
+  const __m256 e1 = _mm256_mul_ps(_mm256_mul_ps(in_block_order(reduce8x8_unordered(sq[0], sum_op{})), s1), s1);
+  const __m256 e2 = _mm256_mul_ps(_mm256_mul_ps(in_block_order(reduce8x8_unordered(sq[1], sum_op{})), s2), s2);
+  const __m256 bound = four_over_six_bound(_mm256_max_ps(e1, e2), s1, s2, bmax);
+  const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code1));
+  const __m256i c2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code2));
+  const __m256 second = _mm256_cmp_ps(_mm256_sub_ps(e1, e2), bound, _CMP_GT_OQ);
+  const __m256 first = _mm256_or_ps(_mm256_cmp_ps(_mm256_sub_ps(e2, e1), bound, _CMP_GE_OQ),
+                                    _mm256_castsi256_ps(_mm256_cmpeq_epi32(c1, c2)));
+  if (_mm256_movemask_ps(_mm256_or_ps(second, first)) != 0xff) return false;
+  const int second_bits = _mm256_movemask_ps(second);
+  __m256i bytes[8];
+  for (int j = 0; j < 8; ++j) {
+    const __m256* kept = level[(second_bits >> j) & 1][j];
+    bytes[j] = _mm256_or_si256(_mm256_or_si256(e2m1_code_of_level(kept[0]), _mm256_slli_epi32(e2m1_code_of_level(kept[1]), 4)),
+                               signs[j]);
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed), packed4(bytes));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + 32), packed4(bytes + 4));
+  const __m256i codes = _mm256_blendv_epi8(c1, c2, _mm256_castps_si256(second));
+  const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(scales), _mm_packus_epi16(c16, c16));
+  return true;
+}
+
 // A window's bounds from its 16 estimates A: A ± δ, δ = 2^-15 A + the codes' margins.
 MIXQ_ALWAYS_INLINE void window_bounds(const __m256* est, const float* margin, v16f* above_error, v16f* below_error) {
   __m256 above[2], below[2];
@@ -1189,8 +1248,11 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const nvfp4_job& job, uint8
         _mm256_store_ps((candidate ? step2 : step1) + 8 * h, steps);
       }
     for (int h = 0; h < 2; ++h)
-      four_over_six_half(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h, step2 + 8 * h, code1 + 8 * h,
-                         code2 + 8 * h, scales + 8 * h, packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
+      if (errors || !four_over_six_half_estimating(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h, step2 + 8 * h,
+                                                   code1 + 8 * h, code2 + 8 * h, bmax_half[h], scales + 8 * h,
+                                                   packed + 8 * h * (kNvfp4Block / 2)))
+        four_over_six_half(ae + 8 * h, ao + 8 * h, signs + 8 * h, step1 + 8 * h, step2 + 8 * h, code1 + 8 * h,
+                           code2 + 8 * h, scales + 8 * h, packed + 8 * h * (kNvfp4Block / 2), errors ? errors + 8 * h : nullptr);
     return;
   }
   __m256i codes[2];
@@ -1481,9 +1543,10 @@ MIXQ_ALWAYS_INLINE void encode_group(const pair* x, v16u scale_codes, float ws2,
   }
 }
 
+// Four-over-six's two scales by the reference's block errors, summed as it sums them.
 template <bool kBelow32>
-MIXQ_ALWAYS_INLINE void four_over_six_group(const pair* x, v16f bmax, const nvfp4_job& job, uint8_t* scales,
-                                            uint8_t* packed, float* errors) {
+MIXQ_ALWAYS_INLINE void four_over_six_group_exact(const pair* x, v16f bmax, const nvfp4_job& job, uint8_t* scales,
+                                                  uint8_t* packed, float* errors) {
   const v16u code1 = lanes::e4m3_encode(lanes::static_block_scale(bmax, job.g, job.normalizer));
   const v16u code2 = lanes::e4m3_encode(lanes::static_block_scale(bmax * 1.5f, job.g, job.normalizer));
   const v16f step1 = lanes::e4m3_decode(code1) * job.ws2, step2 = lanes::e4m3_decode(code2) * job.ws2;
@@ -1504,6 +1567,52 @@ MIXQ_ALWAYS_INLINE void four_over_six_group(const pair* x, v16f bmax, const nvfp
     const v16f e = (v16f)_mm512_mask_blend_ps(second, (__m512)err1, (__m512)err2);
     std::memcpy(errors, &e, sizeof e);
   }
+}
+
+// A pair's codes under its steps and the sum of their squared distances to the grid in the
+// quotient's units, (q_even − m_even)² + (q_odd − m_odd)², with one multiply-add.
+template <bool kBelow32>
+MIXQ_ALWAYS_INLINE void encode_pair_estimating(const pair& x, __m512i signs, __m512 step, __m128i* bytes, v16f* sq) {
+  const __m512 qe = _mm512_div_ps(magnitude(x.even), step), qo = _mm512_div_ps(magnitude(x.odd), step);
+  const __m512i ke = e2m1_key<kBelow32>(qe), ko = e2m1_key<kBelow32>(qo);
+  const __m512i ce = lookup(ke, lanes::kE2M1CodeLo, lanes::kE2M1CodeHi);
+  const __m512i co = lookup(ko, lanes::kE2M1HighCodeLo, lanes::kE2M1HighCodeHi);
+  *bytes = _mm512_cvtepi32_epi8(_mm512_ternarylogic_epi32(ce, co, signs, 0xfe));  // (ce | co | signs)
+  const __m512 de = _mm512_sub_ps(qe, lookup(ke, lanes::kE2M1KeyMagLo, lanes::kE2M1KeyMagHi));
+  const __m512 dor = _mm512_sub_ps(qo, lookup(ko, lanes::kE2M1KeyMagLo, lanes::kE2M1KeyMagHi));
+  *sq = (v16f)_mm512_fmadd_ps(de, de, _mm512_mul_ps(dor, dor));
+}
+
+// Four-over-six deciding each block from its estimates (four_over_six_bound). A group with a block
+// whose estimates lie within the bound of each other, and every group whose errors are asked for,
+// takes four_over_six_group_exact. Blocks whose two scale codes agree keep the first, as the
+// reference's strict comparison of equal sums does.
+template <bool kBelow32>
+MIXQ_ALWAYS_INLINE void four_over_six_group(const pair* x, v16f bmax, const nvfp4_job& job, uint8_t* scales,
+                                            uint8_t* packed, float* errors) {
+  if (errors) return four_over_six_group_exact<kBelow32>(x, bmax, job, scales, packed, errors);
+  const v16u code1 = lanes::e4m3_encode(lanes::static_block_scale(bmax, job.g, job.normalizer));
+  const v16u code2 = lanes::e4m3_encode(lanes::static_block_scale(bmax * 1.5f, job.g, job.normalizer));
+  const v16f step1 = lanes::e4m3_decode(code1) * job.ws2, step2 = lanes::e4m3_decode(code2) * job.ws2;
+  v16f sq1[kGroup / 2], sq2[kGroup / 2];
+  __m128i bytes1[kGroup / 2], bytes2[kGroup / 2];
+  for (int p = 0; p < kGroup / 2; ++p) {
+    const __m512i signs = sign_bits(x[p]);
+    encode_pair_estimating<kBelow32>(x[p], signs, pair_steps(step1, p), &bytes1[p], &sq1[p]);
+    encode_pair_estimating<kBelow32>(x[p], signs, pair_steps(step2, p), &bytes2[p], &sq2[p]);
+  }
+  const __m512 s1 = (__m512)step1, s2 = (__m512)step2;
+  const __m512 e1 = _mm512_mul_ps(_mm512_mul_ps((__m512)lanes::reduce_halves(sq1, lanes::sum_op{}), s1), s1);
+  const __m512 e2 = _mm512_mul_ps(_mm512_mul_ps((__m512)lanes::reduce_halves(sq2, lanes::sum_op{}), s2), s2);
+  const __m512 bound = four_over_six_bound(_mm512_max_ps(e1, e2), (__m512)step1, (__m512)step2, (__m512)bmax);
+  const __mmask16 second = _mm512_cmp_ps_mask(_mm512_sub_ps(e1, e2), bound, _CMP_GT_OQ);
+  const __mmask16 first = _mm512_cmp_ps_mask(_mm512_sub_ps(e2, e1), bound, _CMP_GE_OQ) |
+                          _mm512_cmpeq_epi32_mask(vec(code1), vec(code2));
+  if (__mmask16(second | first) != 0xffff) return four_over_six_group_exact<kBelow32>(x, bmax, job, scales, packed, nullptr);
+  lanes::store_bytes((v16u)_mm512_mask_blend_epi32(second, vec(code1), vec(code2)), scales);
+  for (int p = 0; p < kGroup / 2; ++p)  // bytes 0-7: block 2p, 8-15: block 2p+1
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + p * kNvfp4Block),
+                     _mm_mask_blend_epi64(__mmask8((second >> (2 * p)) & 3u), bytes1[p], bytes2[p]));
 }
 
 // The generic estimate_window with multiply-adds and the floor key's table in two registers (see

@@ -745,6 +745,39 @@ TEST(cpu_kernels, nvfp4_four_over_six_near_ties_bit_identical) {
   cpu::limit_simd_level(cpu::cpu_simd_level());
 }
 
+// Four-over-six on blocks whose two errors are exactly equal and not 0: with the global amax 1536
+// (weight_scale_2 = 1) a block max of 12 has steps 2 and 3 exactly, and 0, 3, 6, 12 lie on both
+// grids while 1.25 and 2.5 lie equally far from each. The reference keeps the first scale; the
+// errors' estimates, rounded differently, may order them either way and must not decide.
+TEST(cpu_kernels, nvfp4_four_over_six_exact_ties_keep_the_first_scale) {
+  std::mt19937 rng(11);
+  const float on_both[] = {0.0f, 3.0f, 6.0f, 12.0f, 1.25f, 2.5f, 5.25f};
+  testing::test_tensor t{"exact ties", 64, 256, std::vector<float>(64 * 256)};
+  for (size_t b = 0; b < t.values.size() / kNvfp4Block; ++b) {
+    float* x = t.values.data() + b * kNvfp4Block;
+    for (int i = 0; i < kNvfp4Block; ++i) x[i] = on_both[rng() % 7] * (rng() % 2 ? 1.0f : -1.0f);
+    x[rng() % kNvfp4Block] = 12.0f;
+  }
+  t.values[77] = 1536.0f;
+  nvfp4_options o;
+  o.selector = nvfp4_selector::four_over_six;
+  const nvfp4_weight ref = nvfp4_quantize(t.view(), o);
+  size_t first = 0;  // blocks of max 12 that keep step 2 (E4M3 code 0x40)
+  for (size_t b = 0; b < ref.block_scales.size(); ++b) first += ref.block_scales[b] == 0x40;
+  EXPECT_EQ(first, ref.block_scales.size() - 1);
+  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+    if (level > cpu::cpu_simd_level()) continue;
+    cpu::limit_simd_level(level);
+    for (auto dtype : {cpu::source_dtype::f32, cpu::source_dtype::bf16, cpu::source_dtype::f16}) {
+      const sourced s = as_dtype(t, dtype);
+      const nvfp4_weight fast = cpu::nvfp4_quantize(s.source, o);
+      EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level) << " " << int(dtype);
+      EXPECT_EQ(fast.packed, ref.packed) << int(level) << " " << int(dtype);
+    }
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
 // mse+four_over_six keeps the standard normalizer's result unless the narrow one's total error is
 // strictly less: with equal totals (an all-zero weight, large enough for the totals to be summed
 // over threads) the in-order sums decide, and the standard global scale is kept.
