@@ -885,6 +885,26 @@ MIXQ_ALWAYS_INLINE __m256 sq_error_terms(__m256 a, __m256 step, __m256* level = 
   return _mm256_mul_ps(d, d);
 }
 
+// The codes of the levels kept (second: the blocks whose second candidate is kept) and the kept
+// scale codes.
+MIXQ_ALWAYS_INLINE void store_kept(const __m256 (*level)[8][2], const __m256i* signs, const uint32_t* code1,
+                                   const uint32_t* code2, __m256 second, uint8_t* scales, uint8_t* packed) {
+  const int second_bits = _mm256_movemask_ps(second);
+  __m256i bytes[8];
+  for (int j = 0; j < 8; ++j) {
+    const __m256* kept = level[(second_bits >> j) & 1][j];
+    bytes[j] = _mm256_or_si256(_mm256_or_si256(e2m1_code_of_level(kept[0]), _mm256_slli_epi32(e2m1_code_of_level(kept[1]), 4)),
+                               signs[j]);
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed), packed4(bytes));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + 32), packed4(bytes + 4));
+  const __m256i codes = _mm256_blendv_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(code1)),
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code2)),
+                                           _mm256_castps_si256(second));
+  const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(scales), _mm_packus_epi16(c16, c16));
+}
+
 // Four-over-six for 8 blocks: both candidates' levels and errors, the first kept unless the
 // second's error is strictly lower, then the codes of the levels kept.
 MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, const __m256i* signs,
@@ -900,20 +920,7 @@ MIXQ_ALWAYS_INLINE void four_over_six_half(const __m256* ae, const __m256* ao, c
     }
   const __m256 err1 = block_errors(te[0], to[0]), err2 = block_errors(te[1], to[1]);
   const __m256 second = _mm256_cmp_ps(err2, err1, _CMP_LT_OQ);
-  const int second_bits = _mm256_movemask_ps(second);
-  __m256i bytes[8];
-  for (int j = 0; j < 8; ++j) {
-    const __m256* kept = level[(second_bits >> j) & 1][j];
-    bytes[j] = _mm256_or_si256(_mm256_or_si256(e2m1_code_of_level(kept[0]), _mm256_slli_epi32(e2m1_code_of_level(kept[1]), 4)),
-                               signs[j]);
-  }
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed), packed4(bytes));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + 32), packed4(bytes + 4));
-  const __m256i codes = _mm256_blendv_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(code1)),
-                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code2)),
-                                           _mm256_castps_si256(second));
-  const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(scales), _mm_packus_epi16(c16, c16));
+  store_kept(level, signs, code1, code2, second, scales, packed);
   if (errors) _mm256_storeu_ps(errors, _mm256_blendv_ps(err1, err2, second));
 }
 
@@ -938,24 +945,12 @@ MIXQ_ALWAYS_INLINE bool four_over_six_half_estimating(const __m256* ae, const __
   const __m256 e1 = _mm256_mul_ps(_mm256_mul_ps(in_block_order(reduce8x8_unordered(sq[0], sum_op{})), s1), s1);
   const __m256 e2 = _mm256_mul_ps(_mm256_mul_ps(in_block_order(reduce8x8_unordered(sq[1], sum_op{})), s2), s2);
   const __m256 bound = four_over_six_bound(_mm256_max_ps(e1, e2), s1, s2, bmax);
-  const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code1));
-  const __m256i c2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code2));
+  const __m256i same = _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(code1)),
+                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code2)));
   const __m256 second = _mm256_cmp_ps(_mm256_sub_ps(e1, e2), bound, _CMP_GT_OQ);
-  const __m256 first = _mm256_or_ps(_mm256_cmp_ps(_mm256_sub_ps(e2, e1), bound, _CMP_GE_OQ),
-                                    _mm256_castsi256_ps(_mm256_cmpeq_epi32(c1, c2)));
+  const __m256 first = _mm256_or_ps(_mm256_cmp_ps(_mm256_sub_ps(e2, e1), bound, _CMP_GE_OQ), _mm256_castsi256_ps(same));
   if (_mm256_movemask_ps(_mm256_or_ps(second, first)) != 0xff) return false;
-  const int second_bits = _mm256_movemask_ps(second);
-  __m256i bytes[8];
-  for (int j = 0; j < 8; ++j) {
-    const __m256* kept = level[(second_bits >> j) & 1][j];
-    bytes[j] = _mm256_or_si256(_mm256_or_si256(e2m1_code_of_level(kept[0]), _mm256_slli_epi32(e2m1_code_of_level(kept[1]), 4)),
-                               signs[j]);
-  }
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed), packed4(bytes));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + 32), packed4(bytes + 4));
-  const __m256i codes = _mm256_blendv_epi8(c1, c2, _mm256_castps_si256(second));
-  const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(scales), _mm_packus_epi16(c16, c16));
+  store_kept(level, signs, code1, code2, second, scales, packed);
   return true;
 }
 
