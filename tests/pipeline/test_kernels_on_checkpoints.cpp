@@ -66,9 +66,14 @@ void expect_kernels_match_reference(const std::filesystem::path& dir, size_t lea
         o.granularity = granularity;
         o.selector = sel;
         const fp8_weight ref = fp8_quantize(w.view(), o);
-        const fp8_weight fast = cpu::fp8_quantize(w.source, o);
-        EXPECT_EQ(fast.scales, ref.scales) << w.source.name << " " << int(granularity) << " " << int(sel);
-        EXPECT_EQ(fast.codes, ref.codes) << w.source.name << " " << int(granularity) << " " << int(sel);
+        for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+          if (level > cpu::cpu_simd_level()) continue;
+          cpu::limit_simd_level(level);
+          const fp8_weight fast = cpu::fp8_quantize(w.source, o);
+          EXPECT_EQ(fast.scales, ref.scales) << w.source.name << " " << int(granularity) << " " << int(sel) << " " << int(level);
+          EXPECT_EQ(fast.codes, ref.codes) << w.source.name << " " << int(granularity) << " " << int(sel) << " " << int(level);
+        }
+        cpu::limit_simd_level(cpu::cpu_simd_level());
       }
   }
 }
