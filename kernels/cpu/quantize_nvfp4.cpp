@@ -515,8 +515,9 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
 // M = max(bmax, 6·step2) >= either candidate's |w| and 6·step), so each square within 2|r|η + η²
 // of r², and Σ|r| <= 16ρ with ρ = max(step2, bmax − 6·step1) (half the widest gap of a grid, or
 // the first scale's clipping). The sums' roundings add at most 8ε and 5ε of the larger sum, and
-// 2^-140 covers underflow: per candidate δ <= η(16η + 32ρ) + 2^-20·larger + 2^-140. The bound is
-// 4δ, twice the two candidates' together. V: 8 or 16 lanes of float.
+// 2^-140 covers underflow (and, where the step is large, the η² term): per candidate δ <=
+// η(16η + 32ρ) + 2^-20·larger + 2^-140. The bound is 4δ, twice the two candidates' together; an
+// infinite one (an estimate overflowed) decides nothing. V: 8 or 16 lanes of float.
 template <class V>
 MIXQ_ALWAYS_INLINE V four_over_six_bound(V larger, V step1, V step2, V bmax) {
   const V m = bmax > 6.0f * step2 ? bmax : 6.0f * step2, clip = bmax - 6.0f * step1;
@@ -947,8 +948,10 @@ MIXQ_ALWAYS_INLINE bool four_over_six_half_estimating(const __m256* ae, const __
   const __m256 bound = four_over_six_bound(_mm256_max_ps(e1, e2), s1, s2, bmax);
   const __m256i same = _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(code1)),
                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code2)));
-  const __m256 second = _mm256_cmp_ps(_mm256_sub_ps(e1, e2), bound, _CMP_GT_OQ);
-  const __m256 first = _mm256_or_ps(_mm256_cmp_ps(_mm256_sub_ps(e2, e1), bound, _CMP_GE_OQ), _mm256_castsi256_ps(same));
+  const __m256 finite = _mm256_cmp_ps(bound, _mm256_set1_ps(INFINITY), _CMP_LT_OQ);  // (else an error overflowed)
+  const __m256 second = _mm256_and_ps(finite, _mm256_cmp_ps(_mm256_sub_ps(e1, e2), bound, _CMP_GT_OQ));
+  const __m256 first = _mm256_or_ps(_mm256_and_ps(finite, _mm256_cmp_ps(_mm256_sub_ps(e2, e1), bound, _CMP_GE_OQ)),
+                                    _mm256_castsi256_ps(same));
   if (_mm256_movemask_ps(_mm256_or_ps(second, first)) != 0xff) return false;
   store_kept(level, signs, code1, code2, second, scales, packed);
   return true;
@@ -1467,16 +1470,16 @@ MIXQ_ALWAYS_INLINE pair load_pair(const f16_bits* p) {
 }
 MIXQ_ALWAYS_INLINE __m512 magnitude(__m512i bits) { return _mm512_castsi512_ps(_mm512_and_si512(bits, u32(0x7fffffffu))); }
 
-// lanes::e2m1_codes_by_key's key, with its bit-22 step as a masked add. kBelow32: every q < 32,
+// lanes::e2m1_codes_by_key's key, with its bit-22 step as a masked add. kBelow28: every q < 28,
 // so keys need no upper clamp.
-template <bool kBelow32>
+template <bool kBelow28>
 MIXQ_ALWAYS_INLINE __m512i e2m1_key(__m512 q) {
   const __m512i u = _mm512_castps_si512(q);
   const __mmask16 ge = _mm512_test_epi32_mask(u, u32(0x400000u));
   __m512i k = _mm512_add_epi32(u, u32(0x1fffffu));
   k = _mm512_mask_add_epi32(k, ge, k, u32(1));
   k = _mm512_max_epu32(_mm512_srli_epi32(k, 21), u32(496));
-  return kBelow32 ? k : _mm512_min_epu32(k, u32(527));
+  return kBelow28 ? k : _mm512_min_epu32(k, u32(527));
 }
 MIXQ_ALWAYS_INLINE __m512i lookup(__m512i key, v16u lo, v16u hi) { return _mm512_permutex2var_epi32(vec(lo), key, vec(hi)); }
 MIXQ_ALWAYS_INLINE __m512 lookup(__m512i key, v16f lo, v16f hi) { return _mm512_permutex2var_ps((__m512)lo, key, (__m512)hi); }
@@ -1498,10 +1501,10 @@ MIXQ_ALWAYS_INLINE __m512 pair_steps(v16f steps, int p) {
 
 // Codes of a pair under its steps: the packed bytes in 16 lanes and, when errors, the squared
 // error terms of the even and odd elements.
-template <bool kErrors, bool kBelow32>
+template <bool kErrors, bool kBelow28>
 MIXQ_ALWAYS_INLINE void encode_pair(const pair& x, __m512i signs, __m512 step, __m128i* bytes, v16f* te, v16f* to) {
   const __m512 ae = magnitude(x.even), ao = magnitude(x.odd);
-  const __m512i ke = e2m1_key<kBelow32>(_mm512_div_ps(ae, step)), ko = e2m1_key<kBelow32>(_mm512_div_ps(ao, step));
+  const __m512i ke = e2m1_key<kBelow28>(_mm512_div_ps(ae, step)), ko = e2m1_key<kBelow28>(_mm512_div_ps(ao, step));
   const __m512i ce = lookup(ke, lanes::kE2M1CodeLo, lanes::kE2M1CodeHi);
   const __m512i co = lookup(ko, lanes::kE2M1HighCodeLo, lanes::kE2M1HighCodeHi);
   *bytes = _mm512_cvtepi32_epi8(_mm512_ternarylogic_epi32(ce, co, signs, 0xfe));  // (ce | co | signs)
@@ -1521,7 +1524,7 @@ MIXQ_ALWAYS_INLINE v16f block_errors(const v16f* te, const v16f* to) {
 }
 
 // Scale bytes, packed codes and (kErrors) squared errors of 16 blocks.
-template <bool kErrors, bool kBelow32>
+template <bool kErrors, bool kBelow28>
 MIXQ_ALWAYS_INLINE void encode_group(const pair* x, v16u scale_codes, float ws2, uint8_t* scales, uint8_t* packed,
                                      float* errors) {
   lanes::store_bytes(scale_codes, scales);
@@ -1529,7 +1532,7 @@ MIXQ_ALWAYS_INLINE void encode_group(const pair* x, v16u scale_codes, float ws2,
   v16f te[kGroup / 2], to[kGroup / 2];
   for (int p = 0; p < kGroup / 2; ++p) {
     __m128i bytes;
-    encode_pair<kErrors, kBelow32>(x[p], sign_bits(x[p]), pair_steps(step, p), &bytes, &te[p], &to[p]);
+    encode_pair<kErrors, kBelow28>(x[p], sign_bits(x[p]), pair_steps(step, p), &bytes, &te[p], &to[p]);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + p * kNvfp4Block), bytes);
   }
   if constexpr (kErrors) {
@@ -1539,7 +1542,7 @@ MIXQ_ALWAYS_INLINE void encode_group(const pair* x, v16u scale_codes, float ws2,
 }
 
 // Four-over-six's two scales by the reference's block errors, summed as it sums them.
-template <bool kBelow32>
+template <bool kBelow28>
 MIXQ_ALWAYS_INLINE void four_over_six_group_exact(const pair* x, v16f bmax, const nvfp4_job& job, uint8_t* scales,
                                                   uint8_t* packed, float* errors) {
   const v16u code1 = lanes::e4m3_encode(lanes::static_block_scale(bmax, job.g, job.normalizer));
@@ -1549,8 +1552,8 @@ MIXQ_ALWAYS_INLINE void four_over_six_group_exact(const pair* x, v16f bmax, cons
   __m128i bytes1[kGroup / 2], bytes2[kGroup / 2];
   for (int p = 0; p < kGroup / 2; ++p) {
     const __m512i signs = sign_bits(x[p]);
-    encode_pair<true, kBelow32>(x[p], signs, pair_steps(step1, p), &bytes1[p], &te1[p], &to1[p]);
-    encode_pair<true, kBelow32>(x[p], signs, pair_steps(step2, p), &bytes2[p], &te2[p], &to2[p]);
+    encode_pair<true, kBelow28>(x[p], signs, pair_steps(step1, p), &bytes1[p], &te1[p], &to1[p]);
+    encode_pair<true, kBelow28>(x[p], signs, pair_steps(step2, p), &bytes2[p], &te2[p], &to2[p]);
   }
   const v16f err1 = block_errors(te1, to1), err2 = block_errors(te2, to2);
   const __mmask16 second = _mm512_cmp_ps_mask((__m512)err2, (__m512)err1, _CMP_LT_OQ);
@@ -1566,10 +1569,10 @@ MIXQ_ALWAYS_INLINE void four_over_six_group_exact(const pair* x, v16f bmax, cons
 
 // A pair's codes under its steps and the sum of their squared distances to the grid in the
 // quotient's units, (q_even − m_even)² + (q_odd − m_odd)², with one multiply-add.
-template <bool kBelow32>
+template <bool kBelow28>
 MIXQ_ALWAYS_INLINE void encode_pair_estimating(const pair& x, __m512i signs, __m512 step, __m128i* bytes, v16f* sq) {
   const __m512 qe = _mm512_div_ps(magnitude(x.even), step), qo = _mm512_div_ps(magnitude(x.odd), step);
-  const __m512i ke = e2m1_key<kBelow32>(qe), ko = e2m1_key<kBelow32>(qo);
+  const __m512i ke = e2m1_key<kBelow28>(qe), ko = e2m1_key<kBelow28>(qo);
   const __m512i ce = lookup(ke, lanes::kE2M1CodeLo, lanes::kE2M1CodeHi);
   const __m512i co = lookup(ko, lanes::kE2M1HighCodeLo, lanes::kE2M1HighCodeHi);
   *bytes = _mm512_cvtepi32_epi8(_mm512_ternarylogic_epi32(ce, co, signs, 0xfe));  // (ce | co | signs)
@@ -1582,10 +1585,10 @@ MIXQ_ALWAYS_INLINE void encode_pair_estimating(const pair& x, __m512i signs, __m
 // whose estimates lie within the bound of each other, and every group whose errors are asked for,
 // takes four_over_six_group_exact. Blocks whose two scale codes agree keep the first, as the
 // reference's strict comparison of equal sums does.
-template <bool kBelow32>
+template <bool kBelow28>
 MIXQ_ALWAYS_INLINE void four_over_six_group(const pair* x, v16f bmax, const nvfp4_job& job, uint8_t* scales,
                                             uint8_t* packed, float* errors) {
-  if (errors) return four_over_six_group_exact<kBelow32>(x, bmax, job, scales, packed, errors);
+  if (errors) return four_over_six_group_exact<kBelow28>(x, bmax, job, scales, packed, errors);
   const v16u code1 = lanes::e4m3_encode(lanes::static_block_scale(bmax, job.g, job.normalizer));
   const v16u code2 = lanes::e4m3_encode(lanes::static_block_scale(bmax * 1.5f, job.g, job.normalizer));
   const v16f step1 = lanes::e4m3_decode(code1) * job.ws2, step2 = lanes::e4m3_decode(code2) * job.ws2;
@@ -1593,17 +1596,18 @@ MIXQ_ALWAYS_INLINE void four_over_six_group(const pair* x, v16f bmax, const nvfp
   __m128i bytes1[kGroup / 2], bytes2[kGroup / 2];
   for (int p = 0; p < kGroup / 2; ++p) {
     const __m512i signs = sign_bits(x[p]);
-    encode_pair_estimating<kBelow32>(x[p], signs, pair_steps(step1, p), &bytes1[p], &sq1[p]);
-    encode_pair_estimating<kBelow32>(x[p], signs, pair_steps(step2, p), &bytes2[p], &sq2[p]);
+    encode_pair_estimating<kBelow28>(x[p], signs, pair_steps(step1, p), &bytes1[p], &sq1[p]);
+    encode_pair_estimating<kBelow28>(x[p], signs, pair_steps(step2, p), &bytes2[p], &sq2[p]);
   }
   const __m512 s1 = (__m512)step1, s2 = (__m512)step2;
   const __m512 e1 = _mm512_mul_ps(_mm512_mul_ps((__m512)lanes::reduce_halves(sq1, lanes::sum_op{}), s1), s1);
   const __m512 e2 = _mm512_mul_ps(_mm512_mul_ps((__m512)lanes::reduce_halves(sq2, lanes::sum_op{}), s2), s2);
   const __m512 bound = four_over_six_bound(_mm512_max_ps(e1, e2), (__m512)step1, (__m512)step2, (__m512)bmax);
-  const __mmask16 second = _mm512_cmp_ps_mask(_mm512_sub_ps(e1, e2), bound, _CMP_GT_OQ);
-  const __mmask16 first = _mm512_cmp_ps_mask(_mm512_sub_ps(e2, e1), bound, _CMP_GE_OQ) |
+  const __mmask16 finite = _mm512_cmp_ps_mask(bound, _mm512_set1_ps(INFINITY), _CMP_LT_OQ);  // (else an error overflowed)
+  const __mmask16 second = _mm512_mask_cmp_ps_mask(finite, _mm512_sub_ps(e1, e2), bound, _CMP_GT_OQ);
+  const __mmask16 first = _mm512_mask_cmp_ps_mask(finite, _mm512_sub_ps(e2, e1), bound, _CMP_GE_OQ) |
                           _mm512_cmpeq_epi32_mask(vec(code1), vec(code2));
-  if (__mmask16(second | first) != 0xffff) return four_over_six_group_exact<kBelow32>(x, bmax, job, scales, packed, nullptr);
+  if (__mmask16(second | first) != 0xffff) return four_over_six_group_exact<kBelow28>(x, bmax, job, scales, packed, nullptr);
   lanes::store_bytes((v16u)_mm512_mask_blend_epi32(second, vec(code1), vec(code2)), scales);
   for (int p = 0; p < kGroup / 2; ++p)  // bytes 0-7: block 2p, 8-15: block 2p+1
     _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + p * kNvfp4Block),
@@ -1929,7 +1933,7 @@ MIXQ_ALWAYS_INLINE v16u search_codes(const pair* pairs, v16f bmax_v, const searc
 
 // max and four_over_six with the global amax at least every |w| (as when it is the weight's own)
 // keep every |w| / step below 9 (6.4 where the block scale is an E4M3 normal; its subnormal codes
-// round it by up to 1.5x), inside the 32 the E2M1 key needs unclamped: their bounded kinds skip it.
+// round it by up to 1.5x), inside the 28 the E2M1 key needs unclamped: their bounded kinds skip it.
 enum class group_kind { max, max_bounded, four_over_six, four_over_six_bounded, search, search_with_errors };
 
 // The 16 blocks' maxima: known_max's (from the amax pass), or from x where that is null.

@@ -778,6 +778,32 @@ TEST(cpu_kernels, nvfp4_four_over_six_exact_ties_keep_the_first_scale) {
   cpu::limit_simd_level(cpu::cpu_simd_level());
 }
 
+// Four-over-six where one candidate's error overflows: a block near the float range's top whose
+// first scale's error is +inf and whose second's is FLT_MAX. The reference keeps the second; an
+// estimate that overflows decides nothing (the exact sums do). 16 rows of 16 such blocks, whole
+// groups for every form, some with their signs flipped.
+TEST(cpu_kernels, nvfp4_four_over_six_overflowing_error_estimates) {
+  const uint32_t block[kNvfp4Block] = {0x1b57b5e, 0x152886a, 0x148554e, 0x1092632, 0x11750cc, 0x101cebc,
+                                       0x1506914, 0x1a03c38, 0x165f1de, 0x0dec3fd, 0x1891e9e, 0x0e6ac4a,
+                                       0x1124a78, 0x1325e42, 0x11afd8e, 0x191d088};
+  testing::test_tensor t{"overflowing errors", 16, 256, std::vector<float>(16 * 256)};
+  for (size_t i = 0; i < t.values.size(); ++i)
+    t.values[i] = std::ldexp(float(block[i % kNvfp4Block]), 65 - 24) * (i % 37 == 5 ? -1.0f : 1.0f);
+  nvfp4_options o;
+  o.selector = nvfp4_selector::four_over_six;
+  const nvfp4_weight ref = nvfp4_quantize(t.view(), o);
+  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+    if (level > cpu::cpu_simd_level()) continue;
+    cpu::limit_simd_level(level);
+    const nvfp4_weight fast = cpu::nvfp4_quantize(cpu::from_f32(t.view()), o);
+    EXPECT_EQ(fast.block_scales, ref.block_scales) << int(level);
+    EXPECT_EQ(fast.packed, ref.packed) << int(level);
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+  const float bmax = std::ldexp(float(block[0]), 65 - 24);  // the reference keeps the second scale
+  EXPECT_NE(ref.block_scales[0], e4m3_encode(nvfp4_block_scale_f32(bmax, bmax, kNvfp4FourOverSixNormalizer)));
+}
+
 // mse+four_over_six keeps the standard normalizer's result unless the narrow one's total error is
 // strictly less: with equal totals (an all-zero weight, large enough for the totals to be summed
 // over threads) the in-order sums decide, and the standard global scale is kept.
