@@ -515,7 +515,7 @@ MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
 // M = max(bmax, 6·step2) >= either candidate's |w| and 6·step), so each square within 2|r|η + η²
 // of r², and Σ|r| <= 16ρ with ρ = max(step2, bmax − 6·step1) (half the widest gap of a grid, or
 // the first scale's clipping). The sums' roundings add at most 8ε and 5ε of the larger sum, and
-// 2^-140 covers underflow (and, where the step is large, the η² term): per candidate δ <=
+// 2^-140 covers underflow (scaled by a step above ~2^9, the ηρ term does): per candidate δ <=
 // η(16η + 32ρ) + 2^-20·larger + 2^-140. The bound is 4δ, twice the two candidates' together; an
 // infinite one (an estimate overflowed) decides nothing. V: 8 or 16 lanes of float.
 template <class V>
