@@ -344,7 +344,7 @@ std::optional<std::vector<size_t>> fp8_moment_contenders(const source_matrix& w,
   std::vector<size_t> kept;
   for (size_t c = 0; c < scale.size(); ++c)
     if (std::isfinite(scale[c]) && estimate[c] - bound[c] <= least_upper) kept.push_back(c);
-  if (least_upper == 0.0) kept.resize(1);  // every error exactly 0 (an all-zero weight): the first
+  if (sum_sq == 0.0 && kept.size() > 1) kept.erase(kept.begin() + 1, kept.end());  // all-zero: every error 0, the first
   return kept;
 }
 
