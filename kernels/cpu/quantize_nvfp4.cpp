@@ -92,8 +92,10 @@ struct code_tables {
 // bits (7: a BF16 value, 10: an F16 one), by those bits: relative to k0, a block's codes depend on
 // its max's mantissa alone (every rounding in k0's and each multiplier's scale scales by 2^j with
 // the max, and so every code moves by 8j) as long as the codes are normal and unclamped, which the
-// users check (lo >= 9: codes at or above the window are normal; codes at 126, where the scale
-// clamps at 448, are handled there). Built with the reference's scale chain, exactly, at an
+// users check (lo >= 9: codes at or above the window are normal, and with ws2 in [2^-40, 2^40]
+// every float in the chain is too; codes at 126, where the scale clamps at 448, are handled there,
+// and a row whose last code lies 48 or more above the window's start is refused, which also keeps
+// the table's own codes below the clamp). Built with the reference's scale chain, exactly, at an
 // exponent where the codes from k0 − 15 to k0 + 48 are normal and unclamped. Per mantissa: bit e
 // for each code k0 − 15 + e, e in [0, 64) (two words), and the last (largest) code's e + 1 (0
 // below k0 − 15, 255 for 254 and beyond).
