@@ -998,9 +998,10 @@ std::vector<size_t> fp8_error_estimate::choose(std::span<const float> scale) {
   double least_upper = INFINITY;
   for (size_t c = 0; c < n_cand; ++c)
     if (std::isfinite(scale[c])) least_upper = std::min(least_upper, estimate_of[c] + relative * estimate_of[c]);
-  std::vector<size_t> kept;
+  std::vector<size_t> kept;  // (+inf: screened out before; said outright, not left to inf − inf)
   for (size_t c = 0; c < n_cand; ++c)
-    if (std::isfinite(scale[c]) && estimate_of[c] - relative * estimate_of[c] <= least_upper) kept.push_back(c);
+    if (std::isfinite(scale[c]) && estimate_of[c] < INFINITY && estimate_of[c] - relative * estimate_of[c] <= least_upper)
+      kept.push_back(c);
   // An estimate of 0 is exact (every term is 0): the first such candidate is the choice.
   if (least_upper == 0.0) kept.resize(1);
   return kept;
