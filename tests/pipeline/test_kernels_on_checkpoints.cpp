@@ -38,6 +38,17 @@ std::vector<weight> block_weights(const checkpoint& ckpt) {
   return out;
 }
 
+// f(level) at every SIMD level this machine has, the kernels limited to it; the top one after.
+template <class F>
+void at_every_simd_level(F f) {
+  for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
+    if (level > cpu::cpu_simd_level()) continue;
+    cpu::limit_simd_level(level);
+    f(level);
+  }
+  cpu::limit_simd_level(cpu::cpu_simd_level());
+}
+
 void expect_kernels_match_reference(const std::filesystem::path& dir, size_t least_weights) {
   const checkpoint ckpt = checkpoint::open(dir);
   const std::vector<weight> weights = block_weights(ckpt);
@@ -50,15 +61,12 @@ void expect_kernels_match_reference(const std::filesystem::path& dir, size_t lea
       nvfp4_options o;
       o.selector = sel;
       const nvfp4_weight ref = nvfp4_quantize(w.view(), o);
-      for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
-        if (level > cpu::cpu_simd_level()) continue;
-        cpu::limit_simd_level(level);
+      at_every_simd_level([&](cpu::simd_level level) {
         const nvfp4_weight fast = cpu::nvfp4_quantize(w.source, o);
         EXPECT_EQ(fast.global_scale, ref.global_scale) << w.source.name << " " << int(sel) << " " << int(level);
         EXPECT_EQ(fast.block_scales, ref.block_scales) << w.source.name << " " << int(sel) << " " << int(level);
         EXPECT_EQ(fast.packed, ref.packed) << w.source.name << " " << int(sel) << " " << int(level);
-      }
-      cpu::limit_simd_level(cpu::cpu_simd_level());
+      });
     }
     for (auto granularity : {fp8_granularity::per_tensor, fp8_granularity::per_channel})
       for (auto sel : {fp8_selector::max, fp8_selector::mse}) {
@@ -66,14 +74,11 @@ void expect_kernels_match_reference(const std::filesystem::path& dir, size_t lea
         o.granularity = granularity;
         o.selector = sel;
         const fp8_weight ref = fp8_quantize(w.view(), o);
-        for (auto level : {cpu::simd_level::baseline, cpu::simd_level::avx2, cpu::simd_level::avx512}) {
-          if (level > cpu::cpu_simd_level()) continue;
-          cpu::limit_simd_level(level);
+        at_every_simd_level([&](cpu::simd_level level) {
           const fp8_weight fast = cpu::fp8_quantize(w.source, o);
           EXPECT_EQ(fast.scales, ref.scales) << w.source.name << " " << int(granularity) << " " << int(sel) << " " << int(level);
           EXPECT_EQ(fast.codes, ref.codes) << w.source.name << " " << int(granularity) << " " << int(sel) << " " << int(level);
-        }
-        cpu::limit_simd_level(cpu::cpu_simd_level());
+        });
       }
   }
 }
