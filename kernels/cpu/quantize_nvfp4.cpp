@@ -1543,13 +1543,36 @@ MIXQ_ALWAYS_INLINE void encode_group(const pair* x, v16u scale_codes, float ws2,
   }
 }
 
+// 16 blocks' scale codes and steps from their scales before the clamp, as the AVX2 block_scales:
+// the clamped scale rounded to E4M3 by e4m3_avx2.hpp's multiply-add, its code off the rounding sum,
+// the step from the rounded value itself.
+MIXQ_ALWAYS_INLINE void block_scales(v16f s, float ws2, v16u* codes, v16f* steps) {
+  const __m512 c = _mm512_min_ps(_mm512_max_ps((__m512)s, _mm512_set1_ps(kNvfp4MinBlockScale)), _mm512_set1_ps(448.0f));
+  const __m512i b = _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(c), u32(0x7f800000u)), u32(0x3c800000u));
+  const __m512 t = _mm512_fmadd_ps(_mm512_castsi512_ps(b), _mm512_set1_ps(0x1p20f), c);
+  const __m512i k = _mm512_sub_epi32(_mm512_srli_epi32(b, 20), u32((20u << 23) + 968u));
+  *codes = (v16u)_mm512_add_epi32(_mm512_sub_epi32(_mm512_castps_si512(t), b), k);
+  *steps = (v16f)_mm512_mul_ps(_mm512_fnmadd_ps(_mm512_castsi512_ps(b), _mm512_set1_ps(0x1p20f), t), _mm512_set1_ps(ws2));
+}
+
+// Four-over-six's two candidates: scale codes and steps (block max -> 6, -> 4).
+struct four_over_six_scales {
+  v16u code1, code2;
+  v16f step1, step2;
+};
+MIXQ_ALWAYS_INLINE four_over_six_scales four_over_six_candidates(v16f bmax, const nvfp4_job& job) {
+  const auto unclamped = [&](v16f m) { return lanes::one_if_zero(m / 6.0f) * job.normalizer / (job.g / 6.0f); };
+  four_over_six_scales c;  // (static_block_scale before its clamp)
+  block_scales(unclamped(bmax), job.ws2, &c.code1, &c.step1);
+  block_scales(unclamped(bmax * 1.5f), job.ws2, &c.code2, &c.step2);
+  return c;
+}
+
 // Four-over-six's two scales by the reference's block errors, summed as it sums them.
 template <bool kBelow28>
 MIXQ_ALWAYS_INLINE void four_over_six_group_exact(const pair* x, v16f bmax, const nvfp4_job& job, uint8_t* scales,
                                                   uint8_t* packed, float* errors) {
-  const v16u code1 = lanes::e4m3_encode(lanes::static_block_scale(bmax, job.g, job.normalizer));
-  const v16u code2 = lanes::e4m3_encode(lanes::static_block_scale(bmax * 1.5f, job.g, job.normalizer));
-  const v16f step1 = lanes::e4m3_decode(code1) * job.ws2, step2 = lanes::e4m3_decode(code2) * job.ws2;
+  const auto [code1, code2, step1, step2] = four_over_six_candidates(bmax, job);
   v16f te1[kGroup / 2], to1[kGroup / 2], te2[kGroup / 2], to2[kGroup / 2];
   __m128i bytes1[kGroup / 2], bytes2[kGroup / 2];
   for (int p = 0; p < kGroup / 2; ++p) {
@@ -1591,9 +1614,7 @@ template <bool kBelow28>
 MIXQ_ALWAYS_INLINE void four_over_six_group(const pair* x, v16f bmax, const nvfp4_job& job, uint8_t* scales,
                                             uint8_t* packed, float* errors) {
   if (errors) return four_over_six_group_exact<kBelow28>(x, bmax, job, scales, packed, errors);
-  const v16u code1 = lanes::e4m3_encode(lanes::static_block_scale(bmax, job.g, job.normalizer));
-  const v16u code2 = lanes::e4m3_encode(lanes::static_block_scale(bmax * 1.5f, job.g, job.normalizer));
-  const v16f step1 = lanes::e4m3_decode(code1) * job.ws2, step2 = lanes::e4m3_decode(code2) * job.ws2;
+  const auto [code1, code2, step1, step2] = four_over_six_candidates(bmax, job);
   v16f sq1[kGroup / 2], sq2[kGroup / 2];
   __m128i bytes1[kGroup / 2], bytes2[kGroup / 2];
   for (int p = 0; p < kGroup / 2; ++p) {
