@@ -1527,10 +1527,9 @@ MIXQ_ALWAYS_INLINE v16f block_errors(const v16f* te, const v16f* to) {
 
 // Scale bytes, packed codes and (kErrors) squared errors of 16 blocks.
 template <bool kErrors, bool kBelow28>
-MIXQ_ALWAYS_INLINE void encode_group(const pair* x, v16u scale_codes, float ws2, uint8_t* scales, uint8_t* packed,
+MIXQ_ALWAYS_INLINE void encode_group(const pair* x, v16u scale_codes, v16f step, uint8_t* scales, uint8_t* packed,
                                      float* errors) {
   lanes::store_bytes(scale_codes, scales);
-  const v16f step = lanes::e4m3_decode(scale_codes) * ws2;
   v16f te[kGroup / 2], to[kGroup / 2];
   for (int p = 0; p < kGroup / 2; ++p) {
     __m128i bytes;
@@ -1987,8 +1986,10 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, con
   load_group(src, x);
   const v16f bmax = group_maxima(x, known_max);
   if constexpr (K == group_kind::max || K == group_kind::max_bounded) {
-    encode_group<false, K == group_kind::max_bounded>(x, lanes::e4m3_encode(lanes::max_block_scale(bmax, job.ws2)),
-                                                      job.ws2, scales, packed, nullptr);
+    v16u codes;
+    v16f steps;
+    block_scales(lanes::one_if_zero(bmax / (6.0f * job.ws2)), job.ws2, &codes, &steps);  // (max_block_scale)
+    encode_group<false, K == group_kind::max_bounded>(x, codes, steps, scales, packed, nullptr);
   } else {
     static_assert(K == group_kind::four_over_six || K == group_kind::four_over_six_bounded);
     four_over_six_group<K == group_kind::four_over_six_bounded>(x, bmax, job, scales, packed, errors);
@@ -2033,7 +2034,8 @@ __attribute__((noinline)) void quantize_groups(const T* src, const float* known_
       for (int64_t g = g0; g < g0 + n; ++g) {
         pair x[kGroup / 2];
         load_group(src + g * kGroupValues, x);
-        encode_group<K == group_kind::search_with_errors, false>(x, codes[g - g0], job.ws2, scales + g * kGroup,
+        const v16f steps = lanes::e4m3_decode(codes[g - g0]) * job.ws2;
+        encode_group<K == group_kind::search_with_errors, false>(x, codes[g - g0], steps, scales + g * kGroup,
                                                                  packed + g * kGroup * (kNvfp4Block / 2),
                                                                  errors ? errors + g * kGroup : nullptr);
       }
