@@ -50,6 +50,9 @@
 #include "kernels/cpu/e2m1_avx2.hpp"
 #include "kernels/cpu/e4m3_avx2.hpp"
 #pragma GCC pop_options
+MIXQ_BEGIN_AVX512_REGION
+#include "kernels/cpu/e4m3_avx512.hpp"
+MIXQ_END_AVX512_REGION
 #endif
 
 namespace mixq::cpu {
@@ -1543,15 +1546,11 @@ MIXQ_ALWAYS_INLINE void encode_group(const pair* x, v16u scale_codes, v16f step,
 }
 
 // 16 blocks' scale codes and steps from their scales before the clamp, as the AVX2 block_scales:
-// the clamped scale rounded to E4M3 by e4m3_avx2.hpp's multiply-add, its code off the rounding sum,
-// the step from the rounded value itself.
+// code and value from one multiply-add rounding (e4m3_avx512.hpp), the step from the value itself.
 MIXQ_ALWAYS_INLINE void block_scales(v16f s, float ws2, v16u* codes, v16f* steps) {
-  const __m512 c = _mm512_min_ps(_mm512_max_ps((__m512)s, _mm512_set1_ps(kNvfp4MinBlockScale)), _mm512_set1_ps(448.0f));
-  const __m512i b = _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(c), u32(0x7f800000u)), u32(0x3c800000u));
-  const __m512 t = _mm512_fmadd_ps(_mm512_castsi512_ps(b), _mm512_set1_ps(0x1p20f), c);
-  const __m512i k = _mm512_sub_epi32(_mm512_srli_epi32(b, 20), u32((20u << 23) + 968u));
-  *codes = (v16u)_mm512_add_epi32(_mm512_sub_epi32(_mm512_castps_si512(t), b), k);
-  *steps = (v16f)_mm512_mul_ps(_mm512_fnmadd_ps(_mm512_castsi512_ps(b), _mm512_set1_ps(0x1p20f), t), _mm512_set1_ps(ws2));
+  const e4m3_avx512::block_scale r = e4m3_avx512::round_block_scale((__m512)s);
+  *codes = (v16u)r.code;
+  *steps = (v16f)_mm512_mul_ps(r.value, _mm512_set1_ps(ws2));
 }
 
 // Four-over-six's two candidates: scale codes and steps (block max -> 6, -> 4).

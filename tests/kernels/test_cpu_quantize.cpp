@@ -24,6 +24,7 @@
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v3")
 #include "kernels/cpu/e2m1_avx2.hpp"
+#include "kernels/cpu/e4m3_avx2.hpp"
 namespace mixq {
 namespace {
 // The AVX2 E2M1 helpers against the scalar references over floats given by their bits (levels,
@@ -50,9 +51,48 @@ int64_t avx2_e2m1_mismatches(const std::vector<uint32_t>& bits) {
   }
   return bad;
 }
+// The AVX2 multiply-add E4M3 rounding (as the NVFP4 block scales take it: clamped to [2^-9, 448])
+// of 8 floats by their bits against the reference's encode and decode: the mismatches.
+int64_t avx2_block_scale_mismatches(const uint32_t* bits) {
+  const __m256 s = _mm256_min_ps(_mm256_max_ps(_mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits))),
+                                               _mm256_set1_ps(kNvfp4MinBlockScale)),
+                                 _mm256_set1_ps(448.0f));
+  const cpu::e4m3_avx2::rounding r = cpu::e4m3_avx2::round_to_e4m3(s);
+  alignas(32) uint32_t codes[8];
+  alignas(32) float values[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(codes), cpu::e4m3_avx2::code_of(r));
+  _mm256_store_ps(values, cpu::e4m3_avx2::value_of(r));
+  int64_t bad = 0;
+  for (int j = 0; j < 8; ++j) {
+    const uint8_t code = e4m3_encode(nvfp4_clamp_block_scale(std::bit_cast<float>(bits[j])));
+    bad += codes[j] != code || std::bit_cast<uint32_t>(values[j]) != std::bit_cast<uint32_t>(e4m3_decode(code));
+  }
+  return bad;
+}
 }  // namespace
 }  // namespace mixq
 #pragma GCC pop_options
+MIXQ_BEGIN_AVX512_REGION
+#include "kernels/cpu/e4m3_avx512.hpp"
+namespace mixq {
+namespace {
+// The same for the AVX-512 form, 16 floats.
+int64_t avx512_block_scale_mismatches(const uint32_t* bits) {
+  const cpu::e4m3_avx512::block_scale r = cpu::e4m3_avx512::round_block_scale(_mm512_castsi512_ps(_mm512_loadu_si512(bits)));
+  alignas(64) uint32_t codes[16];
+  alignas(64) float values[16];
+  _mm512_store_si512(codes, r.code);
+  _mm512_store_ps(values, r.value);
+  int64_t bad = 0;
+  for (int j = 0; j < 16; ++j) {
+    const uint8_t code = e4m3_encode(nvfp4_clamp_block_scale(std::bit_cast<float>(bits[j])));
+    bad += codes[j] != code || std::bit_cast<uint32_t>(values[j]) != std::bit_cast<uint32_t>(e4m3_decode(code));
+  }
+  return bad;
+}
+}  // namespace
+}  // namespace mixq
+MIXQ_END_AVX512_REGION
 #endif
 
 namespace mixq {
@@ -128,6 +168,32 @@ TEST(cpu_kernels, lane_e4m3_codec_matches_the_reference) {
     return bad;
   };
   EXPECT_EQ(count_lane_mismatches(0x3b000000u, 0x43e00000u, 1, check), 0);
+}
+
+// The block scales' multiply-add rounding (AVX2 and AVX-512 forms) against the reference's clamp,
+// encode and decode: every float from 2^-10 to 512 (below the clamp, every E4M3 subnormal and
+// normal step and rounding boundary, the clamp at 448), every 4099th beyond, and +inf.
+TEST(cpu_kernels, simd_block_scale_rounding_matches_the_reference) {
+#if MIXQ_HAVE_SIMD_TARGETS
+  if (cpu::cpu_simd_level() < cpu::simd_level::avx2) GTEST_SKIP() << "no AVX2";
+  const bool avx512 = cpu::cpu_simd_level() >= cpu::simd_level::avx512;
+  int64_t bad2 = 0, bad512 = 0;
+  const auto check = [&](uint64_t first, uint64_t last, uint64_t stride) {
+    alignas(64) uint32_t bits[16];
+    for (uint64_t u = first; u <= last; u += 16 * stride) {
+      for (uint64_t j = 0; j < 16; ++j) bits[j] = uint32_t(std::min(u + j * stride, last));
+      bad2 += avx2_block_scale_mismatches(bits) + avx2_block_scale_mismatches(bits + 8);
+      if (avx512) bad512 += avx512_block_scale_mismatches(bits);
+    }
+  };
+  check(0, 0x3a800000u, 4099);
+  check(0x3a800000u, 0x44000000u, 1);
+  check(0x44000000u, 0x7f800000u, 4099);
+  EXPECT_EQ(bad2, 0);
+  EXPECT_EQ(bad512, 0);
+#else
+  GTEST_SKIP() << "no x86 SIMD targets";
+#endif
 }
 
 TEST(cpu_kernels, lane_e4m3_rounding_matches_the_codec) {
