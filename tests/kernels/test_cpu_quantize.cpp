@@ -51,6 +51,16 @@ int64_t avx2_e2m1_mismatches(const std::vector<uint32_t>& bits) {
   }
   return bad;
 }
+// Block scales given by their bits whose codes and values differ from the reference's clamp,
+// encode and decode.
+int64_t block_scale_mismatches(const uint32_t* bits, const uint32_t* codes, const float* values, int n) {
+  int64_t bad = 0;
+  for (int j = 0; j < n; ++j) {
+    const uint8_t code = e4m3_encode(nvfp4_clamp_block_scale(std::bit_cast<float>(bits[j])));
+    bad += codes[j] != code || std::bit_cast<uint32_t>(values[j]) != std::bit_cast<uint32_t>(e4m3_decode(code));
+  }
+  return bad;
+}
 // The AVX2 multiply-add E4M3 rounding (as the NVFP4 block scales take it: clamped to [2^-9, 448])
 // of 8 floats by their bits against the reference's encode and decode: the mismatches.
 int64_t avx2_block_scale_mismatches(const uint32_t* bits) {
@@ -62,12 +72,7 @@ int64_t avx2_block_scale_mismatches(const uint32_t* bits) {
   alignas(32) float values[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(codes), cpu::e4m3_avx2::code_of(r));
   _mm256_store_ps(values, cpu::e4m3_avx2::value_of(r));
-  int64_t bad = 0;
-  for (int j = 0; j < 8; ++j) {
-    const uint8_t code = e4m3_encode(nvfp4_clamp_block_scale(std::bit_cast<float>(bits[j])));
-    bad += codes[j] != code || std::bit_cast<uint32_t>(values[j]) != std::bit_cast<uint32_t>(e4m3_decode(code));
-  }
-  return bad;
+  return block_scale_mismatches(bits, codes, values, 8);
 }
 }  // namespace
 }  // namespace mixq
@@ -83,12 +88,7 @@ int64_t avx512_block_scale_mismatches(const uint32_t* bits) {
   alignas(64) float values[16];
   _mm512_store_si512(codes, r.code);
   _mm512_store_ps(values, r.value);
-  int64_t bad = 0;
-  for (int j = 0; j < 16; ++j) {
-    const uint8_t code = e4m3_encode(nvfp4_clamp_block_scale(std::bit_cast<float>(bits[j])));
-    bad += codes[j] != code || std::bit_cast<uint32_t>(values[j]) != std::bit_cast<uint32_t>(e4m3_decode(code));
-  }
-  return bad;
+  return block_scale_mismatches(bits, codes, values, 16);
 }
 }  // namespace
 }  // namespace mixq
