@@ -452,11 +452,10 @@ MIXQ_ALWAYS_INLINE bool multiplier_candidates_by_mantissa(search_setup& s, v16f 
   return true;
 }
 
-// Each block's window and candidates, but for a multiplier list's (see the callers).
-MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
+// Each block's window and candidates, but for a multiplier list's (see the callers), from its
+// max-rule scale before the clamp (nvfp4_max_block_scale_f32's) and that scale's code k0.
+MIXQ_ALWAYS_INLINE search_setup window_setup_at(v16f max_rule, v16u k0, const nvfp4_job& job) {
   const code_tables& t = *job.tables;
-  const v16f max_rule = bmax / (6.0f * job.ws2);  // nvfp4_max_block_scale_f32 before its clamp
-  const v16u k0 = lanes::e4m3_encode(lanes::clamp_block_scale(lanes::one_if_zero(max_rule)));
   search_setup s;
   s.k0 = k0;
   s.lo = k0 - 7u;
@@ -468,6 +467,10 @@ MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
   s.above_bases = s.above = s.above_known = v16u{};
   s.eligible = window_applies(max_rule) & (v16u{} - uint32_t(t.usable));
   return s;
+}
+MIXQ_ALWAYS_INLINE search_setup window_setup(v16f bmax, const nvfp4_job& job) {
+  const v16f max_rule = bmax / (6.0f * job.ws2);
+  return window_setup_at(max_rule, lanes::e4m3_encode(lanes::clamp_block_scale(lanes::one_if_zero(max_rule))), job);
 }
 
 // multiplier_candidates_by_mantissa where every eligible block's window starts at k0 − 7, its max
@@ -1694,7 +1697,11 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
 }
 
 MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
-  search_setup s = window_setup(bmax, job);
+  const v16f max_rule = bmax / (6.0f * job.ws2);
+  v16u k0;
+  v16f steps;
+  block_scales(lanes::one_if_zero(max_rule), job.ws2, &k0, &steps);  // (k0 by the single rounding)
+  search_setup s = window_setup_at(max_rule, k0, job);
   const auto gather = [](const uint32_t* table, v16u index) {
     return (v16u)_mm512_i32gather_epi32(vec(index), table, 4);
   };
