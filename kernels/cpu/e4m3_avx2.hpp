@@ -6,6 +6,7 @@
 
 #include <immintrin.h>
 
+#include "formats/nvfp4.hpp"
 #include "kernels/cpu/simd_dispatch.hpp"
 
 namespace mixq::cpu::e4m3_avx2 {
@@ -32,6 +33,17 @@ MIXQ_ALWAYS_INLINE __m256i code_of(rounding r) {
 // The rounded value itself, unsaturated: t − C (exact).
 MIXQ_ALWAYS_INLINE __m256 value_of(rounding r) {
   return _mm256_fnmadd_ps(_mm256_castsi256_ps(r.b), _mm256_set1_ps(0x1p20f), r.t);
+}
+// A block scale s >= 0 (not NaN) clamped to [2^-9, 448] (nvfp4_clamp_block_scale) and rounded:
+// its code and value (in that range nothing saturates).
+struct block_scale {
+  __m256i code;
+  __m256 value;
+};
+MIXQ_ALWAYS_INLINE block_scale round_block_scale(__m256 s) {
+  const rounding r =
+      round_to_e4m3(_mm256_min_ps(_mm256_max_ps(s, _mm256_set1_ps(kNvfp4MinBlockScale)), _mm256_set1_ps(448.0f)));
+  return {code_of(r), value_of(r)};
 }
 // lanes::e4m3_round: the value saturating at 448 (from 464 up, and where C overflows: inf − inf is
 // NaN, and min gives its second operand).

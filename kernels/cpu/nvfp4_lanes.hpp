@@ -155,13 +155,19 @@ MIXQ_ALWAYS_INLINE v16f one_if_zero(v16f s) {
   const v16u u = (v16u)s;
   return (v16f)select(below(u, 1u), v16u{} + 0x3f800000u, u);
 }
-// nvfp4_max_block_scale_f32.
-MIXQ_ALWAYS_INLINE v16f max_block_scale(v16f block_amax, float ws2) {
-  return clamp_block_scale(one_if_zero(block_amax / (6.0f * ws2)));
+// nvfp4_max_block_scale_f32, before and after its clamp.
+MIXQ_ALWAYS_INLINE v16f unclamped_max_block_scale(v16f block_amax, float ws2) {
+  return one_if_zero(block_amax / (6.0f * ws2));
 }
-// nvfp4_block_scale_f32 (g > 0).
+MIXQ_ALWAYS_INLINE v16f max_block_scale(v16f block_amax, float ws2) {
+  return clamp_block_scale(unclamped_max_block_scale(block_amax, ws2));
+}
+// nvfp4_block_scale_f32 (g > 0), before and after its clamp.
+MIXQ_ALWAYS_INLINE v16f unclamped_static_block_scale(v16f block_amax, float g, float normalizer) {
+  return one_if_zero(block_amax / 6.0f) * normalizer / (g / 6.0f);
+}
 MIXQ_ALWAYS_INLINE v16f static_block_scale(v16f block_amax, float g, float normalizer) {
-  return clamp_block_scale(one_if_zero(block_amax / 6.0f) * normalizer / (g / 6.0f));
+  return clamp_block_scale(unclamped_static_block_scale(block_amax, g, normalizer));
 }
 // e4m3_encode for non-negative lanes (+inf included, NaN not).
 MIXQ_ALWAYS_INLINE v16u e4m3_encode(v16f s) {

@@ -782,14 +782,12 @@ MIXQ_ALWAYS_INLINE __m256i packed4(const __m256i* b) {
 }
 
 // 8 blocks' scale codes and steps from their scales before the clamp (nvfp4_clamp_block_scale, its
-// e4m3_encode, and that value times ws2): the clamped scale rounded to E4M3 by e4m3_avx2.hpp's
-// multiply-add (in [2^-9, 448], nothing saturates), its code off the rounding sum, the step from
-// the rounded value itself.
+// e4m3_encode, and that value times ws2): code and value from e4m3_avx2::round_block_scale, the
+// step from the value itself.
 MIXQ_ALWAYS_INLINE void block_scales(__m256 s, float ws2, __m256i* codes, __m256* steps) {
-  s = _mm256_min_ps(_mm256_max_ps(s, _mm256_set1_ps(kNvfp4MinBlockScale)), _mm256_set1_ps(448.0f));
-  const e4m3_avx2::rounding r = e4m3_avx2::round_to_e4m3(s);
-  *codes = e4m3_avx2::code_of(r);
-  *steps = _mm256_mul_ps(e4m3_avx2::value_of(r), _mm256_set1_ps(ws2));
+  const e4m3_avx2::block_scale r = e4m3_avx2::round_block_scale(s);
+  *codes = r.code;
+  *steps = _mm256_mul_ps(r.value, _mm256_set1_ps(ws2));
 }
 // The values of 8 E4M3 codes (0 to 0x7e): code · 2^-9 below 8, else exponent and mantissa bits.
 MIXQ_ALWAYS_INLINE __m256 e4m3_values(__m256i code) {
@@ -1562,10 +1560,9 @@ struct four_over_six_scales {
   v16f step1, step2;
 };
 MIXQ_ALWAYS_INLINE four_over_six_scales four_over_six_candidates(v16f bmax, const nvfp4_job& job) {
-  const auto unclamped = [&](v16f m) { return lanes::one_if_zero(m / 6.0f) * job.normalizer / (job.g / 6.0f); };
-  four_over_six_scales c;  // (static_block_scale before its clamp)
-  block_scales(unclamped(bmax), job.ws2, &c.code1, &c.step1);
-  block_scales(unclamped(bmax * 1.5f), job.ws2, &c.code2, &c.step2);
+  four_over_six_scales c;
+  block_scales(lanes::unclamped_static_block_scale(bmax, job.g, job.normalizer), job.ws2, &c.code1, &c.step1);
+  block_scales(lanes::unclamped_static_block_scale(bmax * 1.5f, job.g, job.normalizer), job.ws2, &c.code2, &c.step2);
   return c;
 }
 
@@ -1698,9 +1695,7 @@ MIXQ_ALWAYS_INLINE bool fast_multiplier_candidates(search_setup& s, v16f bmax, c
 
 MIXQ_ALWAYS_INLINE search_setup setup_search(v16f bmax, const nvfp4_job& job) {
   const v16f max_rule = bmax / (6.0f * job.ws2);
-  v16u k0;
-  v16f steps;
-  block_scales(lanes::one_if_zero(max_rule), job.ws2, &k0, &steps);  // (k0 by the single rounding)
+  const v16u k0 = (v16u)e4m3_avx512::round_block_scale((__m512)lanes::one_if_zero(max_rule)).code;
   search_setup s = window_setup_at(max_rule, k0, job);
   const auto gather = [](const uint32_t* table, v16u index) {
     return (v16u)_mm512_i32gather_epi32(vec(index), table, 4);
@@ -1994,7 +1989,7 @@ MIXQ_ALWAYS_INLINE void quantize_group(const T* src, const float* known_max, con
   if constexpr (K == group_kind::max || K == group_kind::max_bounded) {
     v16u codes;
     v16f steps;
-    block_scales(lanes::one_if_zero(bmax / (6.0f * job.ws2)), job.ws2, &codes, &steps);  // (max_block_scale)
+    block_scales(lanes::unclamped_max_block_scale(bmax, job.ws2), job.ws2, &codes, &steps);
     encode_group<false, K == group_kind::max_bounded>(x, codes, steps, scales, packed, nullptr);
   } else {
     static_assert(K == group_kind::four_over_six || K == group_kind::four_over_six_bounded);

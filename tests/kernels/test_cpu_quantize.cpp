@@ -61,17 +61,15 @@ int64_t block_scale_mismatches(const uint32_t* bits, const uint32_t* codes, cons
   }
   return bad;
 }
-// The AVX2 multiply-add E4M3 rounding (as the NVFP4 block scales take it: clamped to [2^-9, 448])
-// of 8 floats by their bits against the reference's encode and decode: the mismatches.
+// The AVX2 block-scale rounding (clamped to [2^-9, 448], then the multiply-add rounding) of 8
+// floats by their bits against the reference's clamp, encode and decode: the mismatches.
 int64_t avx2_block_scale_mismatches(const uint32_t* bits) {
-  const __m256 s = _mm256_min_ps(_mm256_max_ps(_mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits))),
-                                               _mm256_set1_ps(kNvfp4MinBlockScale)),
-                                 _mm256_set1_ps(448.0f));
-  const cpu::e4m3_avx2::rounding r = cpu::e4m3_avx2::round_to_e4m3(s);
+  const cpu::e4m3_avx2::block_scale r =
+      cpu::e4m3_avx2::round_block_scale(_mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits))));
   alignas(32) uint32_t codes[8];
   alignas(32) float values[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(codes), cpu::e4m3_avx2::code_of(r));
-  _mm256_store_ps(values, cpu::e4m3_avx2::value_of(r));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(codes), r.code);
+  _mm256_store_ps(values, r.value);
   return block_scale_mismatches(bits, codes, values, 8);
 }
 }  // namespace
