@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "pipeline/io/run_paths.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
 #include "pipeline/io/safetensors_writer.hpp"
 #include "pipeline/model/hf_config.hpp"
@@ -84,8 +85,9 @@ export_summary write_export(const checkpoint& source, const layer_formats& forma
                             std::vector<tensor_to_write> stored, const std::unordered_set<std::string>& replaced,
                             const fs::path& out, const export_options& options) {
   const fs::path final_dir = fs::absolute(out).lexically_normal();
-  if (fs::exists(final_dir) && fs::equivalent(source.dir(), final_dir))
-    throw io_error(fmt::format("{}: the output must not be the source checkpoint", final_dir.string()));
+  if (path_within(source.dir(), final_dir))
+    throw io_error(fmt::format("{}: the output must not be or hold the source checkpoint {}", final_dir.string(),
+                               source.dir().string()));
   if (fs::exists(final_dir) && !options.overwrite)
     throw io_error(fmt::format("{}: already exists (pass --force to replace it once the new export is complete)",
                                final_dir.string()));

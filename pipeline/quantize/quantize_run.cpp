@@ -17,6 +17,7 @@
 #include "pipeline/autoquant/sensitivity.hpp"
 #include "pipeline/eval/perplexity.hpp"
 #include "pipeline/io/checkpoint.hpp"
+#include "pipeline/io/run_paths.hpp"
 #include "pipeline/io/safetensors_file.hpp"  // io_error
 #include "pipeline/model/hf_config.hpp"
 #include "pipeline/model/llama.hpp"
@@ -359,6 +360,8 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
   std::vector<std::vector<int32_t>> sequences;
   world.stage([&] {
     if (!fs::is_directory(rq.model)) throw io_error(fmt::format("{}: model directory not found", rq.model.string()));
+    require_separate_run_paths(rq.model, rq.out, rq.run_dir.empty() ? fs::path(rq.out.string() + ".run") : rq.run_dir,
+                               rq.calib);
     if (fs::exists(rq.out) && !rq.overwrite)
       throw io_error(fmt::format("{}: already exists (pass --force to replace it once the new export is complete)",
                                  rq.out.string()));

@@ -12,6 +12,7 @@
 
 #include "calib/calibration_stats.hpp"
 #include "pipeline/io/checkpoint.hpp"
+#include "pipeline/io/run_paths.hpp"
 #include "pipeline/plan/run_plan.hpp"
 #include "pipeline/quantize/quantize_run.hpp"
 #include "tests/pipeline/model_test_support.hpp"
@@ -184,6 +185,54 @@ TEST(quantize_run, an_existing_output_is_refused_and_left_alone) {
   rq.rcp = test_recipe(kLlamaNvfp4Rules);
   EXPECT_THROW(run_quantize(rq), std::exception);
   EXPECT_TRUE(fs::exists(tmp.path / "out" / "keep.txt"));
+}
+
+TEST(quantize_run, paths_within_each_other_are_found_through_dots_and_links) {
+  const scratch_dir tmp("mixq-qrun-within");
+  fs::create_directories(tmp.path / "a" / "b");
+  fs::create_directory_symlink(tmp.path / "a" / "b", tmp.path / "link");
+  EXPECT_TRUE(path_within(tmp.path / "a" / "b", tmp.path / "a"));
+  EXPECT_TRUE(path_within(tmp.path / "a", tmp.path / "a"));
+  EXPECT_TRUE(path_within(tmp.path / "a" / "b" / ".." / "b", tmp.path / "a" / "b" / ""));
+  EXPECT_TRUE(path_within(tmp.path / "link" / "c", tmp.path / "a"));
+  EXPECT_TRUE(path_within(tmp.path / "a" / "new" / "x", tmp.path / "a" / "new"));  // (not there yet)
+  EXPECT_FALSE(path_within(tmp.path / "a", tmp.path / "a" / "b"));
+  EXPECT_FALSE(path_within(tmp.path / "ab", tmp.path / "a"));
+  EXPECT_FALSE(path_within(tmp.path / "a" / ".." / "x", tmp.path / "a"));
+}
+
+// --force replaces --out whole, and the run directory is cleared: neither may hold what the run reads.
+TEST(quantize_run, an_output_or_run_directory_holding_the_inputs_is_refused_before_any_work) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "stories260K");
+  const scratch_dir tmp("mixq-qrun-nested");
+  fs::create_directories(tmp.path / "parent" / "model");
+  fs::copy(model, tmp.path / "parent" / "model", fs::copy_options::recursive);
+  std::ofstream(tmp.path / "parent" / "tokens.txt") << "Once upon a time there was a cat.";
+  const auto refused = [&](fs::path out, fs::path run_dir, fs::path calib, const std::string& why) {
+    quantize_request rq;
+    rq.model = tmp.path / "parent" / "model";
+    rq.out = std::move(out);
+    rq.run_dir = std::move(run_dir);
+    rq.calib = std::move(calib);
+    rq.overwrite = true;
+    rq.rcp = test_recipe(kLlamaNvfp4Rules);
+    try {
+      run_quantize(rq);
+      ADD_FAILURE() << "not refused: " << why;
+    } catch (const std::exception& e) {
+      EXPECT_THAT(e.what(), HasSubstr(why));
+    }
+  };
+  refused(tmp.path / "parent", "", "", "contains the source checkpoint");
+  refused(tmp.path / "parent" / "model", "", "", "is the source checkpoint");
+  refused(tmp.path / "parent" / "." / "model" / "..", "", "", "contains the source checkpoint");
+  refused(tmp.path / "q", "", tmp.path / "q" / "tokens.txt", "contains the calibration data");
+  refused(tmp.path / "q", tmp.path / "q", "", "is the export");
+  refused(tmp.path / "q", tmp.path / "q" / "run", "", "lies inside the export");
+  refused(tmp.path / "q", tmp.path / "parent", "", "holds the source checkpoint");
+  EXPECT_TRUE(fs::exists(tmp.path / "parent" / "model" / "config.json"));
+  EXPECT_TRUE(fs::exists(tmp.path / "parent" / "tokens.txt"));
+  EXPECT_FALSE(fs::exists(tmp.path / "q"));
 }
 
 TEST(quantize_run, a_failed_verification_leaves_no_export) {
