@@ -32,7 +32,8 @@ struct calibration_stats {
 
 // 64-bit FNV-1a over bytes, as 16 hex digits: the fingerprint hash (stable across platforms).
 std::string fnv1a_hex(const void* data, size_t size, uint64_t seed = 0xcbf29ce484222325ull);
-// Fingerprint of a checkpoint directory: config.json, and each *.safetensors file's name, size and header.
+// Fingerprint of a checkpoint directory: config.json, and each *.safetensors file's name, size, header
+// and samples of its tensor data (stats_fingerprint.cpp).
 // token_file_error naming the path when config.json is missing or a shard is not safetensors.
 std::string model_fingerprint(const std::filesystem::path& model_dir);
 

@@ -286,6 +286,29 @@ TEST(Fingerprint, ModelFingerprintIsStableAndSeesTheConfig) {
   EXPECT_NE(model_fingerprint(tmp.dir), fp);
 }
 
+// The same shapes with other weights (a fine-tuned checkpoint) are another model: every sample of
+// the data sees them. Here one byte at the start, in the middle and at the end of the data.
+TEST(Fingerprint, ModelFingerprintSeesTheWeights) {
+  const fs::path model = stories260k();
+  if (model.empty()) GTEST_SKIP() << "../shared/models/stories260K not found through MIXQ_SOURCE_DIR";
+  scratch_dir tmp;
+  fs::copy_file(model / "config.json", tmp.dir / "config.json");
+  const std::string weights = read_bytes(model / "model.safetensors");
+  write_bytes(tmp.dir / "model.safetensors", weights);
+  const std::string fp = model_fingerprint(tmp.dir);
+  uint64_t header_len = 0;
+  for (int b = 0; b < 8; ++b) header_len |= uint64_t(uint8_t(weights[size_t(b)])) << (8 * b);
+  const size_t data_start = 8 + header_len;
+  for (const size_t at : {data_start, data_start + (weights.size() - data_start) / 2, weights.size() - 1}) {
+    std::string edited = weights;
+    edited[at] = char(edited[at] ^ 0x01);
+    write_bytes(tmp.dir / "model.safetensors", edited);
+    EXPECT_NE(model_fingerprint(tmp.dir), fp) << "byte " << at;
+  }
+  write_bytes(tmp.dir / "model.safetensors", weights);
+  EXPECT_EQ(model_fingerprint(tmp.dir), fp);
+}
+
 TEST(Fingerprint, ModelFingerprintSeesShardHeaders) {
   scratch_dir tmp;
   write_bytes(tmp.dir / "config.json", "{}");
