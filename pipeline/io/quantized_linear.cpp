@@ -57,6 +57,21 @@ std::vector<tensor_to_write> stored_tensors(const quantized_linear& q, export_la
   }
 }
 
+float amax_for_layout(float amax, export_layout layout, std::span<const float> normalizers) {
+  if (layout != export_layout::compressed_tensors || !(amax > 0x1p-100f) || !std::isfinite(amax)) return amax;
+  const auto survives = [&](float a) {
+    for (const float n : normalizers) {
+      const float s = nvfp4_global_scale(a, n);
+      if (1.0f / (1.0f / s) != s) return false;
+    }
+    return true;
+  };
+  float a = amax;
+  for (int step = 0; step <= 64 && std::isfinite(a); ++step, a = std::nextafter(a, INFINITY))
+    if (survives(a)) return a;
+  return amax;
+}
+
 std::vector<encoded_tensor> encode_quantized_linear(const quantized_linear& q, export_layout layout) {
   std::deque<float> scalars;
   std::vector<encoded_tensor> out;

@@ -53,6 +53,14 @@ std::vector<tensor_to_write> stored_tensors(const quantized_linear& q, export_la
 // The same tensors with their bytes copied.
 std::vector<encoded_tensor> encode_quantized_linear(const quantized_linear& q, export_layout layout);
 
+// compressed-tensors stores an NVFP4 scale s = amax / (6 · normalizer) as 1 / s, which a reader
+// turns back into 1 / (1 / s): s itself for ~83 % of floats, one step off for the rest. For that
+// layout this is the amax raised by the fewest float steps (at most 64) that make each
+// normalizer's s one that survives, so the export decodes to exactly what was quantized and still
+// bounds the tensor; amax as given for the ModelOpt layout, which stores s, and for amax <= 2^-100
+// (the scale of 1 such amax take).
+float amax_for_layout(float amax, export_layout layout, std::span<const float> normalizers);
+
 // The bytes encode_quantized_linear writes for an [out, in] weight in `format` (the same in both
 // layouts), from the shape alone; nullopt for a format with no export layout.
 std::optional<uint64_t> quantized_linear_bytes(format_id format, int64_t out, int64_t in);

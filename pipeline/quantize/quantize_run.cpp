@@ -168,10 +168,11 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
       world.stage([&] { m = load_causal_lm(rq.model, {}, rep.weights); });
       double ppl = 0.0;
       if (rep.weights == layer_weights::all) {
-        const quantized_weights qe = quantize_weights(source, spec, pe, rq.rcp.kv_cache, stats, {}, rq.device, world);
+        const quantized_weights qe = quantize_weights(source, spec, pe, rq.rcp.kv_cache, stats, {}, rq.device, world,
+                                                           rq.rcp.output.layout);
         ppl = eval_quantized(*m, 2, &qe, nullptr);
       } else {
-        const weight_quantizer qe(source, spec, pe, rq.rcp.kv_cache, stats, rq.device, world);
+        const weight_quantizer qe(source, spec, pe, rq.rcp.kv_cache, stats, rq.device, world, rq.rcp.output.layout);
         ppl = eval_quantized(*m, 2, nullptr, &qe);
       }
       rep.measured_front.emplace_back(e.achieved_bits, ppl);
@@ -304,15 +305,15 @@ void quantize_loaded(const quantize_request& rq, const run_world& world, quantiz
     clock.done("score + solve");
   }
 
-  // quantize
   // quantize: every weight now, or, layer by layer, each where it is needed (evaluation, export), so
   // that the quantized weights are never all held
   std::optional<quantized_weights> all;
   std::optional<weight_quantizer> lazy;
   if (rep.weights == layer_weights::all)
-    all = quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"), rq.device, world);
+    all = quantize_weights(source, spec, rep.plan, rq.rcp.kv_cache, stats, progress("quantize"), rq.device, world,
+                           rq.rcp.output.layout);
   else
-    lazy.emplace(source, spec, rep.plan, rq.rcp.kv_cache, stats, rq.device, world);
+    lazy.emplace(source, spec, rep.plan, rq.rcp.kv_cache, stats, rq.device, world, rq.rcp.output.layout);
   const quantized_weights& scales = all ? *all : lazy->scales();
   rep.uncalibrated_experts = scales.uncalibrated_experts;
   rep.uncalibrated_attention = scales.uncalibrated_attention;

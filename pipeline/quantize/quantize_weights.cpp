@@ -90,8 +90,8 @@ std::map<std::string, float> input_amax_by_linear(const model_spec& spec, const 
 
 weight_quantizer::weight_quantizer(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
                                    kv_cache_format kv, const calibration_stats& stats, weight_device device,
-                                   const run_world& world)
-    : device_(device) {
+                                   const run_world& world, export_layout layout)
+    : device_(device), layout_(layout) {
   std::unordered_map<std::string, checkpoint::entry> by_name;
   for (const auto& e : ckpt.tensors()) by_name.emplace(e.tensor->name, e);
 
@@ -176,9 +176,13 @@ quantized_linear weight_quantizer::quantize(size_t k) const {
     q.input_scale = fp8_input_scale(x_amax);
   } else if (q.format == format_id::nvfp4 || q.format == format_id::nvfp4_w4a16) {
     nvfp4_options o = nvfp4_options_for(s.quant);
-    o.global_amax = s.amax;
+    static constexpr float kNormalizers[] = {kNvfp4Normalizer, kNvfp4FourOverSixNormalizer};
+    const std::span<const float> normalizers = o.selector == nvfp4_selector::four_over_six ? std::span(kNormalizers).last(1)
+                                               : o.selector == nvfp4_selector::mse_four_over_six ? std::span(kNormalizers)
+                                                                                                  : std::span(kNormalizers).first(1);
+    o.global_amax = amax_for_layout(s.amax, layout_, normalizers);
     q.nvfp4 = nvfp4_quantize_on(device_, s.matrix, o);
-    if (q.format == format_id::nvfp4) q.input_scale = nvfp4_input_scale(x_amax);
+    if (q.format == format_id::nvfp4) q.input_scale = nvfp4_input_scale(amax_for_layout(x_amax, layout_, std::span(kNormalizers).first(1)));
   } else {
     throw io_error(fmt::format("{}: format {} cannot be exported", q.module, traits_of(q.format).name));
   }
@@ -195,8 +199,9 @@ quantized_weights weight_quantizer::quantize_layer(int64_t layer) const {
 
 quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
                                    kv_cache_format kv, const calibration_stats& stats,
-                                   const progress_callback& progress, weight_device device, const run_world& world) {
-  const weight_quantizer quantizer(ckpt, spec, plan, kv, stats, device, world);
+                                   const progress_callback& progress, weight_device device, const run_world& world,
+                                   export_layout layout) {
+  const weight_quantizer quantizer(ckpt, spec, plan, kv, stats, device, world, layout);
   // this process's weights, then every process gets every one, in spec order
   const size_t n = quantizer.size();
   std::vector<quantized_linear> made(n);

@@ -51,9 +51,10 @@ std::map<std::string, float> input_amax_by_linear(const model_spec& spec, const 
 // scales; quantize() then gives any one linear's bytes, the same in every process.
 class weight_quantizer {
  public:
+  // layout: the export's, whose storage of NVFP4 scales the amaxes are fitted to (amax_for_layout).
   weight_quantizer(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan, kv_cache_format kv,
                    const calibration_stats& stats, weight_device device = weight_device::cpu,
-                   const run_world& world = run_world::alone());
+                   const run_world& world = run_world::alone(), export_layout layout = export_layout::modelopt);
   size_t size() const { return todo_.size(); }  // the quantized linears, in spec order
   const linear_spec& linear(size_t k) const { return *todo_.at(k).spec; }
   format_id format(size_t k) const;
@@ -77,6 +78,7 @@ class weight_quantizer {
   std::map<std::string, float> x_amax_;
   quantized_weights scales_;
   weight_device device_;
+  export_layout layout_;
 };
 
 // io_error naming the tensor for a weight that is missing, not 2-D BF16 / F16 / F32, or holds
@@ -87,7 +89,8 @@ class weight_quantizer {
 quantized_weights quantize_weights(const checkpoint& ckpt, const model_spec& spec, const quant_plan& plan,
                                    kv_cache_format kv, const calibration_stats& stats,
                                    const progress_callback& progress = {}, weight_device device = weight_device::cpu,
-                                   const run_world& world = run_world::alone());
+                                   const run_world& world = run_world::alone(),
+                                   export_layout layout = export_layout::modelopt);
 
 // Rewrites the in-memory model to compute as the quantized checkpoint will: dequantized weights,
 // input fake-quant with the exported input scales, FP8 KV fake-quant. The model must hold the

@@ -266,7 +266,7 @@ TEST(quantize_run, compressed_tensors_layout_reloads_identically) {
   rq.rcp = test_recipe(kLlamaNvfp4Rules, "kv_cache: fp8\nexport:\n  layout: compressed-tensors\n");
   const quantize_report r = run_quantize(rq);
   EXPECT_EQ(r.exported.tensor_bytes, planned_export_bytes(rq));
-  EXPECT_NEAR(r.ppl_export, r.ppl_fake_quant, 1e-4 * r.ppl_fake_quant);
+  EXPECT_EQ(r.ppl_export, r.ppl_fake_quant);  // the reciprocal scales decode to exactly the ones quantized with
   const export_view out(rq.out);
   EXPECT_NE(out.find("model.layers.0.self_attn.q_proj.weight_packed"), nullptr);
   EXPECT_EQ(out.find("model.layers.0.self_attn.q_proj.weight"), nullptr);
@@ -275,6 +275,20 @@ TEST(quantize_run, compressed_tensors_layout_reloads_identically) {
   EXPECT_EQ(out.find("model.layers.0.self_attn.k_proj.k_scale"), nullptr);
   EXPECT_FALSE(fs::exists(rq.out / "hf_quant_config.json"));
   EXPECT_EQ(testing::read_json(rq.out / "config.json")["quantization_config"]["quant_method"], "compressed-tensors");
+}
+
+// A routed MoE turns a one-step change of a scale into other experts chosen: the export must decode
+// to exactly what was evaluated, reciprocal scales and all.
+TEST(quantize_run, compressed_tensors_moe_export_reloads_to_the_same_perplexity) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "nemotron-h-tiny");
+  const scratch_dir tmp("mixq-qrun-ct-moe");
+  quantize_request rq;
+  rq.model = model;
+  rq.out = tmp.path / "out";
+  rq.rcp = load_recipe("moe_nvfp4");
+  rq.rcp.output.layout = export_layout::compressed_tensors;
+  const quantize_report r = run_quantize(rq);
+  EXPECT_EQ(r.ppl_export, r.ppl_fake_quant);
 }
 
 TEST(quantize_run, nemotron_h_release_mix_with_fp8_kv_cache) {

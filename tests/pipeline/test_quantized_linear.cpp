@@ -4,8 +4,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <map>
+#include <random>
 
 #include "formats/minifloat.hpp"
 #include "pipeline/export/quant_config.hpp"
@@ -103,6 +105,28 @@ TEST(quantized_linear, compressed_tensors_stores_reciprocal_global_scales) {
   const std::vector<float> want = dequant_by_formula(s.at(m + ".weight_packed").bytes, s.at(m + ".weight_scale").bytes,
                                                      1.0f / s.scalar(m + ".weight_global_scale"), 16, 32);
   EXPECT_EQ(d->w, want);
+}
+
+// compressed-tensors' reciprocal scales: the fitted amax is the least at or above the given one
+// whose scales a reader recovers exactly, for every normalizer asked; ModelOpt's layout keeps it.
+TEST(quantized_linear, amax_for_layout_fits_the_reciprocal_scales) {
+  const float both[] = {kNvfp4Normalizer, kNvfp4FourOverSixNormalizer};
+  const auto survives = [](float s) { return 1.0f / (1.0f / s) == s; };
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> exponent(-30.0f, 30.0f);
+  int moved = 0;
+  for (int i = 0; i < 20000; ++i) {
+    const float amax = std::exp2(exponent(rng));
+    EXPECT_EQ(amax_for_layout(amax, export_layout::modelopt, both), amax);
+    const float fitted = amax_for_layout(amax, export_layout::compressed_tensors, both);
+    ASSERT_GE(fitted, amax);
+    for (const float n : both) ASSERT_TRUE(survives(nvfp4_global_scale(fitted, n))) << amax << " " << n;
+    for (float a = amax; a < fitted; a = std::nextafter(a, INFINITY))  // the least such
+      EXPECT_FALSE(survives(nvfp4_global_scale(a, both[0])) && survives(nvfp4_global_scale(a, both[1])));
+    moved += fitted != amax;
+  }
+  EXPECT_GT(moved, 20000 / 10);  // (a reciprocal that fails to come back is common: the test can fail)
+  EXPECT_EQ(amax_for_layout(0.0f, export_layout::compressed_tensors, both), 0.0f);
 }
 
 TEST(quantized_linear, fp8_both_layouts) {
