@@ -25,7 +25,7 @@ std::string describe_index(const weight_view& w, int64_t flat_index) {
 
 std::string nonfinite_message(const weight_view& w, int64_t flat_index, float value, int64_t count) {
   return fmt::format("{} is {} ({} non-finite value{} in the tensor); refusing to quantize it "
-                     "(fix the checkpoint, or pass --allow-nonfinite to count them and quantize them as 0)",
+                     "(fix the checkpoint; `mixq qerror --allow-nonfinite` measures the error with them quantized as 0)",
                      describe_index(w, flat_index), value, count, count == 1 ? "" : "s");
 }
 

@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <cmath>
+
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -39,7 +41,8 @@ void add_eval_command(CLI::App& app) {
                   "little-endian u16 / u32 token ids (*.u16.bin, *.u32.bin), or a NumPy integer array (*.npy, any shape, "
                   "read in row order)")
       ->required();
-  cmd->add_option("--ctx", o->ctx, "window length in tokens (default: max_position_embeddings)");
+  cmd->add_option("--ctx", o->ctx, "window length in tokens (default: max_position_embeddings)")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 30));
   cmd->add_option("--dtype", o->dtype, "token id width: u16, u32, or auto (from the file name)");
   cmd->add_flag("--layer-by-layer", o->layer_by_layer,
                 "hold one layer's FP32 weights at a time (every window passes through a layer before the next "
@@ -64,6 +67,7 @@ void add_eval_command(CLI::App& app) {
       tokens = read_token_stream(o->data, o->model, model->spec().dims.vocab, dtype);
     });
     const perplexity_result r = evaluate_perplexity(*model, tokens, ctx, world);
+    if (!std::isfinite(r.ppl)) throw std::runtime_error(nonfinite_perplexity_message(o->model, r.ppl));
     if (!world.root()) return;
     const model_dims& c = model->spec().dims;
     fmt::print("model:      {} ({}, {} layers, hidden {}, vocab {})\n", o->model, model->spec().architecture, c.layers,

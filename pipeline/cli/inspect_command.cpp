@@ -35,10 +35,13 @@ void print(const checkpoint_inspection& r, bool list_layers) {
   for (const auto& n : r.notes) fmt::print("note: {}\n", n);
   if (r.problems.empty() && !r.layout.empty())
     fmt::print("checks:       passed at --tp {} (scales finite and positive, fused siblings and MoE experts agree, "
-               "NVFP4 slices hold 16-blocks, activation and KV scales present, config matches tensors)\n",
-               r.tensor_parallel);
-  else if (r.problems.empty())
+               "NVFP4 slices hold 16-blocks, activation and KV scales present{})\n",
+               r.tensor_parallel, r.config_checked ? ", config matches tensors" : "; no config.json mixq knows: "
+                                                                                 "linears found by shape");
+  else if (r.problems.empty() && r.config_checked)
     fmt::print("checks:       passed (tensors match config.json)\n");
+  else if (r.problems.empty())
+    fmt::print("checks:       none against a config (no config.json mixq knows); headers read\n");
   for (const auto& p : r.problems) fmt::print("PROBLEM: {}\n", p);
 }
 
@@ -55,7 +58,7 @@ void add_inspect_command(CLI::App& app) {
   cmd->add_option("dir", o->dir, "Hugging Face checkpoint directory")->required();
   cmd->add_flag("--layers", o->layers, "List every linear with its format");
   cmd->add_option("--tp", o->tp, "Check NVFP4 linears for this tensor-parallel degree (default 1)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--json", o->json_path, "Also write the findings to this JSON file");
   cmd->callback([o] {
     const checkpoint_inspection r = inspect_checkpoint(o->dir, {.tensor_parallel = o->tp});
@@ -77,7 +80,10 @@ void add_inspect_command(CLI::App& app) {
       for (const auto& l : r.linears)
         j["linears"].push_back({{"module", l.module}, {"format", stored_format_name(l.format)}, {"rows", l.rows},
                                 {"cols", l.cols}, {"input_scale", l.input_scale}});
-      std::ofstream(o->json_path) << j.dump(2) << "\n";
+      std::ofstream f(o->json_path);
+      f << j.dump(2) << "\n";
+      f.flush();
+      if (!f) throw std::runtime_error(fmt::format("{}: cannot write the findings (--json)", o->json_path));
     }
     if (!r.problems.empty()) throw std::runtime_error(fmt::format("{}: {} problem(s) found", o->dir, r.problems.size()));
   });

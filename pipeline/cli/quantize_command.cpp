@@ -152,14 +152,22 @@ void add_quantize_command(CLI::App& app) {
       ->required();
   cmd->add_option("--out", o->out, "output checkpoint directory (written complete or not at all)")->required();
   cmd->add_option("--calib", o->calib, "calibration data (.txt, .jsonl, .u16.bin / .u32.bin, .npy); overrides the recipe");
-  cmd->add_option("--samples", o->samples, "calibration sequences; overrides the recipe");
-  cmd->add_option("--seq-len", o->seq_len, "tokens per calibration sequence, at most max_position_embeddings; overrides the recipe");
+  cmd->add_option("--samples", o->samples, "calibration sequences; overrides the recipe")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
+  cmd->add_option("--seq-len", o->seq_len, "tokens per calibration sequence, at most max_position_embeddings; overrides the recipe")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 30));
   cmd->add_option("--eval", o->eval, "held-out data to report perplexity on (default: the calibration sequences)");
-  cmd->add_option("--eval-ctx", o->eval_ctx, "perplexity window, at most max_position_embeddings (default: the calibration seq_len)");
+  cmd->add_option("--eval-ctx", o->eval_ctx, "perplexity window, at most max_position_embeddings (default: the calibration seq_len)")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 30));
   cmd->add_option("--effective-bits", o->effective_bits,
                   "the search budget; overrides the recipe's search.effective_bits (with --resume: re-solves from "
-                  "the stored scores, no scoring pass)")
-      ->check(CLI::Range(0.0, 16.0));
+                  "the stored scores, no scoring pass); above 0, at most 16")
+      ->check([](const std::string& v) {
+        double b = 0.0;
+        return CLI::detail::lexical_cast(v, b) && b > 0.0 && b <= 16.0
+                   ? std::string()
+                   : fmt::format("{} is not a budget: effective bits are above 0 and at most 16", v);
+      });
   cmd->add_option("--layout", o->layout, "modelopt or compressed-tensors; overrides the recipe")
       ->check(CLI::IsMember({"modelopt", "compressed-tensors"}));
   cmd->add_option("--run-dir", o->run_dir, "run directory for statistics and the summary (default: OUT.run)");

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "kernels/cpu/row_math.hpp"
+#include "pipeline/io/checkpoint.hpp"
 #include "pipeline/model/layer_stream.hpp"
 
 namespace mixq {
@@ -83,6 +84,13 @@ perplexity_result evaluate_perplexity(causal_lm& model, std::span<const int32_t>
   r.mean_nll = total / double(r.predicted);
   r.ppl = std::exp(r.mean_nll);
   return r;
+}
+
+std::string nonfinite_perplexity_message(const std::filesystem::path& model_dir, double ppl) {
+  const std::optional<std::string> bad = checkpoint::open(model_dir).first_nonfinite();
+  return fmt::format("{}: the model's own perplexity is {} (no quantization involved): {}", model_dir.string(), ppl,
+                     bad ? *bad : "every stored value is finite, so its float32 forward pass overflows (a weight or "
+                                  "an activation beyond float range)");
 }
 
 }  // namespace mixq

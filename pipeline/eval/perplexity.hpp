@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <span>
+#include <string>
 
 #include "pipeline/model/llama.hpp"
 #include "pipeline/parallel/run_world.hpp"
@@ -34,5 +36,10 @@ using layer_loaded = std::function<void(causal_lm& model, int64_t layer)>;
 // Any causal_lm: llama_model, nemotron_h_model.
 perplexity_result evaluate_perplexity(causal_lm& model, std::span<const int32_t> tokens, int64_t ctx,
                                       const run_world& world = run_world::alone(), const layer_loaded& loaded = {});
+
+// Why the checkpoint at model_dir evaluates to a perplexity of `ppl` (NaN or infinite) before any
+// quantization: its first non-finite tensor (checkpoint::first_nonfinite), else a float32 forward
+// pass that overflows.
+std::string nonfinite_perplexity_message(const std::filesystem::path& model_dir, double ppl);
 
 }  // namespace mixq

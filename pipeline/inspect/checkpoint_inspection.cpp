@@ -105,7 +105,10 @@ checkpoint_inspection inspect_checkpoint(const std::filesystem::path& dir, const
     try {
       spec = model_spec_from_config(*config, (dir / "config.json").string());
     } catch (const io_error& e) {
-      r.notes.push_back(fmt::format("config.json not understood ({}); linears found by shape", e.what()));
+      if (names_supported_architecture(*config))  // a config the runtimes will refuse as well
+        r.problems.push_back(fmt::format("config.json is not valid for its architecture: {}", e.what()));
+      else
+        r.notes.push_back(fmt::format("config.json not understood ({}); linears found by shape", e.what()));
     }
   } else {
     r.architecture = "?";
@@ -135,6 +138,7 @@ checkpoint_inspection inspect_checkpoint(const std::filesystem::path& dir, const
     weights += double(l.rows * l.cols);
   }
   r.effective_bits = weights > 0 ? bits / weights : 0;
+  r.config_checked = spec.has_value();
 
   // An unquantized checkpoint must hold exactly the tensors its config.json describes.
   if (spec && !any_quantized) {

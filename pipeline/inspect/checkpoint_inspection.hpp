@@ -42,6 +42,7 @@ struct checkpoint_inspection {
   int tensor_parallel = 1;
   std::vector<linear_layer> linears;  // the model's linear weights only (config.json's model when it parses)
   double effective_bits = 0;    // over the linears, weighted by size
+  bool config_checked = false;  // config.json described a model mixq knows, and the tensors were held to it
   std::vector<std::string> problems;  // the runtimes would refuse or compute wrongly
   std::vector<std::string> notes;     // worth knowing, not wrong
 

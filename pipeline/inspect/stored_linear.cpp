@@ -11,19 +11,20 @@
 namespace mixq::inspection {
 namespace {
 
-// E4M3 block scales: zero (the block dequantizes to 0 whatever its codes) or NaN are problems.
+// E4M3 block scales: zero (the block dequantizes to 0 whatever its codes), negative (its signs
+// flipped: no quantizer writes one) or NaN are problems.
 void check_block_scales(const tensor_ref& t, std::vector<std::string>& problems) {
   const auto bytes = t.bytes();
-  int64_t zero = 0, nan = 0, first = -1;
+  int64_t zero = 0, negative = 0, nan = 0, first = -1;
   for (size_t i = 0; i < bytes.size(); ++i) {
     const uint8_t b = std::to_integer<uint8_t>(bytes[i]);
-    const bool is_zero = (b & 0x7f) == 0, is_nan = (b & 0x7f) == 0x7f;
-    zero += is_zero, nan += is_nan;
-    if ((is_zero || is_nan) && first < 0) first = int64_t(i);
+    const bool is_zero = (b & 0x7f) == 0, is_nan = (b & 0x7f) == 0x7f, is_negative = !is_zero && !is_nan && b & 0x80;
+    zero += is_zero, nan += is_nan, negative += is_negative;
+    if ((is_zero || is_nan || is_negative) && first < 0) first = int64_t(i);
   }
-  if (zero + nan > 0)
-    problems.push_back(fmt::format("{} has {} zero and {} NaN block scales (first at flat index {})", t.info->name, zero,
-                                   nan, first));
+  if (zero + negative + nan > 0)
+    problems.push_back(fmt::format("{} has {} zero, {} negative and {} NaN block scales (first at flat index {})",
+                                   t.info->name, zero, negative, nan, first));
 }
 
 // NVFP4 in either layout: packed U8 [N, K/2] codes and F8_E4M3 [N, K/16] block scales.
@@ -123,15 +124,12 @@ std::optional<linear_layer> read_stored_linear(const std::string& module, const 
       check_scale(module + ".input_scale", tensors, false, r.problems);
       break;
     }
-    case dtype::u8:
-      if (!tensors.count(module + ".weight_scale")) {
-        r.notes.push_back(fmt::format("{} is U8 without a weight_scale: not a quantized linear", w.name));
-        return std::nullopt;
-      }
+    case dtype::u8:  // packed NVFP4 codes, whose block scales read_nvfp4 requires
       read_nvfp4(module, weight->second, tensors, false, l, r);
       break;
     default:
-      r.notes.push_back(fmt::format("{} is {}: not a linear weight format mixq knows", w.name, dtype_name(w.type)));
+      r.problems.push_back(fmt::format("{} is {}: a linear weight is BF16, F16, F32, F8_E4M3 or U8 (packed NVFP4) for "
+                                       "the runtimes", w.name, dtype_name(w.type)));
       return std::nullopt;
   }
   return l;

@@ -1,5 +1,6 @@
 #include "pipeline/io/checkpoint.hpp"
 
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <set>
@@ -72,6 +73,34 @@ std::optional<cpu::source_matrix> checkpoint::as_matrix(const entry& e) {
     default: return std::nullopt;
   }
   return cpu::source_matrix{e.shard->bytes(t).data(), d, t.shape[0], t.shape[1], t.name};
+}
+
+std::optional<std::string> checkpoint::first_nonfinite() const {
+  for (const entry& e : tensors()) {
+    const tensor_info& t = *e.tensor;
+    // the exponent field all ones, by width: F32 (8 of 32 bits), BF16 (8 of 16), F16 (5 of 16)
+    uint32_t width = 0, exponent = 0;
+    if (t.type == dtype::f32) width = 4, exponent = 0x7f800000u;
+    else if (t.type == dtype::bf16) width = 2, exponent = 0x7f80u;
+    else if (t.type == dtype::f16) width = 2, exponent = 0x7c00u;
+    else continue;
+    const std::span<const std::byte> bytes = e.shard->bytes(t);
+    int64_t first = -1, count = 0;
+    uint32_t first_bits = 0;
+    for (size_t i = 0; i + width <= bytes.size(); i += width) {
+      uint32_t bits = 0;
+      std::memcpy(&bits, bytes.data() + i, width);
+      if ((bits & exponent) != exponent) continue;
+      if (count++ == 0) first = int64_t(i / width), first_bits = bits;
+    }
+    if (count == 0) continue;
+    const bool nan = (first_bits & ~exponent & (width == 4 ? 0x7fffffffu : 0x7fffu)) != 0;
+    const bool negative = first_bits >> (8 * width - 1);
+    return fmt::format("tensor '{}' ({}) holds {} at flat index {} ({} non-finite value{})", t.name,
+                       e.shard->path().filename().string(), nan ? "NaN" : negative ? "-inf" : "+inf", first, count,
+                       count == 1 ? "" : "s");
+  }
+  return std::nullopt;
 }
 
 }  // namespace mixq

@@ -27,6 +27,10 @@ class checkpoint {
 
   // A 2-D BF16 / F16 / F32 tensor as a kernel source, or nullopt (other rank or dtype).
   static std::optional<cpu::source_matrix> as_matrix(const entry& e);
+  // The first BF16 / F16 / F32 value that is NaN or infinite, in tensor order, as "tensor 'NAME'
+  // (FILE) holds VALUE at flat index I (N such values)"; nullopt when every one is finite. Reads
+  // every such tensor: for explaining a non-finite result, not for every run.
+  std::optional<std::string> first_nonfinite() const;
 
  private:
   std::filesystem::path dir_;

@@ -590,6 +590,16 @@ std::string shape_string(const std::vector<int64_t>& shape) { return fmt::format
 
 }  // namespace
 
+bool names_supported_architecture(const json& config) {
+  if (!config.is_object()) return false;
+  try {
+    (void)pick_architecture(config_reader(config, "config.json"));
+    return true;
+  } catch (const io_error&) {
+    return false;
+  }
+}
+
 model_spec model_spec_from_config(const json& config, std::string_view origin) {
   const config_reader cfg(config, origin);
   if (!config.is_object()) cfg.fail("config is not a JSON object");

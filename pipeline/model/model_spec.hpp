@@ -109,6 +109,9 @@ struct model_spec {
 // Builds the spec; `origin` names the config in error messages. Missing or ill-typed keys,
 // unsupported architectures and options throw mixq::io_error naming origin and key.
 model_spec model_spec_from_config(const nlohmann::json& config, std::string_view origin);
+// Whether config names (in architectures or model_type) an architecture model_spec_from_config
+// builds: where one does and the config still fails, the config is wrong, not merely foreign.
+bool names_supported_architecture(const nlohmann::json& config);
 // `path` is a config.json or a checkpoint directory holding one.
 model_spec model_spec_from_file(const std::filesystem::path& path);
 

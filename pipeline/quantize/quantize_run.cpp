@@ -160,6 +160,7 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
     });
   };
   rep.ppl_source = source_perplexity(rq, rep, stats, eval_tokens, ctx, world, [&] { return eval(*model, 1); });
+  if (!std::isfinite(rep.ppl_source)) throw io_error(nonfinite_perplexity_message(rq.model, rep.ppl_source));
   if (rep.searched && rq.measure_front) {  // the front's optimum at each feasible budget, on these tokens
     for (const front_entry& e : rep.search.front) {
       if (!e.feasible) continue;

@@ -134,17 +134,29 @@ TEST(inspect, each_runtime_defect_is_named) {
   }));
   EXPECT_TRUE(mentions(r.problems, "k_proj.weight_scale_2", "fused group")) << ::testing::PrintToString(r.problems);
 
-  // A zero block scale and a NaN one.
+  // A zero block scale, a negative one and a NaN one (-0 counts as zero).
   r = inspect_checkpoint(write_export(t.path / "b", [](export_builder& b, nlohmann::json&) {
     for (auto& x : b.tensors)
       if (x.name == "model.layers.0.self_attn.v_proj.weight_scale") {
         std::vector<uint8_t> s(x.bytes.size(), 0x38);
         s[5] = 0x00;
+        s[6] = 0x80;
+        s[7] = 0xb8;
         s[9] = 0x7f;
         x.bytes = b.keep(s);
       }
   }));
-  EXPECT_TRUE(mentions(r.problems, "v_proj.weight_scale", "1 zero and 1 NaN")) << ::testing::PrintToString(r.problems);
+  EXPECT_TRUE(mentions(r.problems, "v_proj.weight_scale", "2 zero, 1 negative and 1 NaN"))
+      << ::testing::PrintToString(r.problems);
+
+  // An NVFP4 linear without its block scales, and packed codes stored as I8.
+  r = inspect_checkpoint(write_export(t.path / "f", [](export_builder& b, nlohmann::json&) {
+    std::erase_if(b.tensors, [](const tensor_to_write& x) { return x.name == "model.layers.0.self_attn.q_proj.weight_scale"; });
+    for (auto& x : b.tensors)
+      if (x.name == "model.layers.0.self_attn.v_proj.weight") x.type = dtype::i8;
+  }));
+  EXPECT_TRUE(mentions(r.problems, "q_proj.weight_scale", "missing")) << ::testing::PrintToString(r.problems);
+  EXPECT_TRUE(mentions(r.problems, "v_proj.weight", "is I8")) << ::testing::PrintToString(r.problems);
 
   // A non-positive input_scale.
   r = inspect_checkpoint(write_export(t.path / "c", [](export_builder& b, nlohmann::json&) {
@@ -185,6 +197,32 @@ TEST(inspect, real_checkpoints_match_their_configs) {
   EXPECT_TRUE(hybrid.problems.empty()) << ::testing::PrintToString(hybrid.problems);
   EXPECT_EQ(hybrid.parameters, 508464);
   EXPECT_EQ(hybrid.linears.size(), model_spec_from_file(nemotron).linears.size());
+}
+
+// A config.json for an architecture mixq knows that does not parse is a problem (the runtimes refuse
+// it too); one for an architecture it does not know leaves the tensors unchecked, and says so.
+TEST(inspect, a_broken_config_is_a_problem_and_a_foreign_one_is_not_checked_against) {
+  MIXQ_REQUIRE_SHARED_MODEL(stories, "stories260K");
+  temp_dir t;
+  fs::create_directories(t.path);
+  fs::copy_file(fs::path(stories) / "model.safetensors", t.path / "model.safetensors");
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(fs::path(stories) / "config.json"));
+  EXPECT_TRUE(inspect_checkpoint(stories).config_checked);
+
+  config["hidden_size"] = "64";
+  std::ofstream(t.path / "config.json") << config.dump();
+  auto r = inspect_checkpoint(t.path);
+  EXPECT_TRUE(mentions(r.problems, "not valid for its architecture", "hidden_size")) << ::testing::PrintToString(r.problems);
+  EXPECT_FALSE(r.config_checked);
+
+  config["hidden_size"] = 64;
+  config["architectures"] = {"GPT2LMHeadModel"};
+  config["model_type"] = "gpt2";
+  std::ofstream(t.path / "config.json") << config.dump();
+  r = inspect_checkpoint(t.path);
+  EXPECT_TRUE(r.problems.empty()) << ::testing::PrintToString(r.problems);
+  EXPECT_TRUE(mentions(r.notes, "not understood", "unsupported architecture")) << ::testing::PrintToString(r.notes);
+  EXPECT_FALSE(r.config_checked);
 }
 
 // A small export written through the exporter's own encoders and configs, in either layout, for the

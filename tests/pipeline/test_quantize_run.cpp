@@ -7,8 +7,10 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <limits>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "calib/calibration_stats.hpp"
 #include "pipeline/io/checkpoint.hpp"
@@ -233,6 +235,38 @@ TEST(quantize_run, an_output_or_run_directory_holding_the_inputs_is_refused_befo
   EXPECT_TRUE(fs::exists(tmp.path / "parent" / "model" / "config.json"));
   EXPECT_TRUE(fs::exists(tmp.path / "parent" / "tokens.txt"));
   EXPECT_FALSE(fs::exists(tmp.path / "q"));
+}
+
+// A NaN where no quantizer looks (a norm) makes the source perplexity NaN: the error names the tensor
+// instead of comparing NaN perplexities.
+TEST(quantize_run, a_nonfinite_source_perplexity_names_the_tensor) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "stories260K");
+  const scratch_dir tmp("mixq-qrun-nan");
+  fs::create_directories(tmp.path / "model");
+  fs::copy(model, tmp.path / "model", fs::copy_options::recursive);
+  {
+    std::fstream f(tmp.path / "model" / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    uint64_t header_len = 0;
+    f.read(reinterpret_cast<char*>(&header_len), 8);
+    std::string header(header_len, '\0');
+    f.read(header.data(), std::streamsize(header_len));
+    const auto offsets = nlohmann::json::parse(header)["model.norm.weight"]["data_offsets"];
+    f.seekp(std::streamoff(8 + header_len + offsets[0].get<uint64_t>() + 4 * 3));
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    f.write(reinterpret_cast<const char*>(&nan), 4);
+  }
+  quantize_request rq;
+  rq.model = tmp.path / "model";
+  rq.out = tmp.path / "out";
+  rq.rcp = test_recipe(kLlamaNvfp4Rules);
+  try {
+    run_quantize(rq);
+    ADD_FAILURE() << "a model with a NaN norm weight was quantized";
+  } catch (const std::exception& e) {
+    EXPECT_THAT(e.what(), HasSubstr("tensor 'model.norm.weight' (model.safetensors) holds NaN at flat index 3"));
+    EXPECT_THAT(e.what(), HasSubstr("no quantization involved"));
+  }
+  EXPECT_FALSE(fs::exists(rq.out));
 }
 
 TEST(quantize_run, a_failed_verification_leaves_no_export) {

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Bad command lines: each refused up front with a message naming the option or path, exit non-zero,
+# nothing written, nothing of the user's deleted.
+# Usage: test_cli_errors.sh MIXQ SOURCE_DIR
+set -euo pipefail
+mixq=$1
+src=$2
+model=$src/../shared/models/stories260K
+if [ ! -d "$model" ]; then
+  if [ "${CI:-}" = true ]; then echo "FAIL: $model is missing"; exit 1; fi
+  echo "skip: $model is missing"; exit 77
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+# refused: the command, then the text its error must hold
+refused() {
+  local want=$1; shift
+  if "$@" > "$tmp/out.txt" 2> "$tmp/err.txt"; then fail "accepted: $*"; fi
+  grep -qF -- "$want" "$tmp/err.txt" || fail "$*: no '$want' in: $(head -c 400 "$tmp/err.txt")"
+  [ "$(wc -c < "$tmp/err.txt")" -lt 600 ] || fail "$*: an error of $(wc -c < "$tmp/err.txt") bytes"
+}
+
+q=(quantize --model "$model" --recipe llama_fp8 --out "$tmp/q")
+refused "--samples: Value 0 not in range" "$mixq" "${q[@]}" --samples 0
+refused "--samples: Value -1 not in range" "$mixq" "${q[@]}" --samples -1
+refused "--seq-len: Value 1 not in range" "$mixq" "${q[@]}" --seq-len 1
+refused "--eval-ctx: Value 0 not in range" "$mixq" "${q[@]}" --eval-ctx 0
+refused "0 is not a budget" "$mixq" quantize --model "$model" --recipe auto_nvfp4_fp8_5p4bits --out "$tmp/q" \
+  --effective-bits 0
+[ ! -e "$tmp/q" ] || fail "a refused command line wrote $tmp/q"
+refused "--ctx: Value 0 not in range" "$mixq" eval --model "$model" \
+  --data "$src/../shared/data/tinystories/TinyStories-valid-reduced.tok512.u16.bin" --ctx 0
+
+# --force replaces --out whole: an --out holding the model is refused, and the model stays
+mkdir -p "$tmp/parent" && cp -r "$model" "$tmp/parent/model"
+refused "contains the source checkpoint" "$mixq" quantize --model "$tmp/parent/model" --recipe llama_fp8 \
+  --out "$tmp/parent" --force
+[ -f "$tmp/parent/model/config.json" ] || fail "the model under --out was deleted"
+refused "is the export" "$mixq" "${q[@]}" --run-dir "$tmp/q"
+
+# inspect: a tensor-parallel degree of 0, and findings that cannot be written
+"$mixq" quantize --model "$model" --recipe llama_nvfp4 --out "$tmp/nv" > /dev/null 2>&1
+refused "--tp: Value 0 not in range 1 to 65536" "$mixq" inspect "$tmp/nv" --tp 0
+refused "cannot write the findings" "$mixq" inspect "$tmp/nv" --json "$tmp/no/such/dir/x.json"
+"$mixq" inspect "$tmp/nv" --json "$tmp/nv.json" > /dev/null || fail "inspect of a clean export failed"
+[ -s "$tmp/nv.json" ] || fail "inspect --json wrote nothing"
+echo "cli errors: ok"
