@@ -35,7 +35,8 @@ std::optional<nvfp4_selector> parse_nvfp4_selector(std::string_view s) {
   return std::nullopt;
 }
 
-weight_quant_spec parse_spec(const std::string& text) {
+// option: the one that gave text, named in the errors.
+weight_quant_spec parse_spec(const std::string& text, const char* option = "--formats") {
   const auto slash = text.find('/');
   const std::string fmt_name = text.substr(0, slash);
   const std::string sel = slash == std::string::npos ? "" : text.substr(slash + 1);
@@ -43,7 +44,7 @@ weight_quant_spec parse_spec(const std::string& text) {
   if (!f) {
     std::string known;
     for (const auto& t : all_formats()) known += std::string(known.empty() ? "" : ", ") + std::string(t.name);
-    throw CLI::ValidationError("--formats", fmt::format("unknown format '{}' (known: {})", fmt_name, known));
+    throw CLI::ValidationError(option, fmt::format("unknown format '{}' (known: {})", fmt_name, known));
   }
   weight_quant_spec spec;
   spec.format = *f;
@@ -51,13 +52,13 @@ weight_quant_spec parse_spec(const std::string& text) {
   if (sel.empty()) return spec;
   if (e == element_kind::e2m1 && traits_of(*f).block_size == 16) {
     const auto s = parse_nvfp4_selector(sel);
-    if (!s) throw CLI::ValidationError("--formats", fmt::format("'{}': NVFP4 selectors are max, mse, mse_multiplier, four_over_six, mse+four_over_six", text));
+    if (!s) throw CLI::ValidationError(option, fmt::format("'{}': NVFP4 selectors are max, mse, mse_multiplier, four_over_six, mse+four_over_six", text));
     spec.nvfp4 = *s;
   } else if (e == element_kind::e4m3 && traits_of(*f).block_size == 0) {
-    if (sel != "max" && sel != "mse") throw CLI::ValidationError("--formats", fmt::format("'{}': FP8 selectors are max, mse", text));
+    if (sel != "max" && sel != "mse") throw CLI::ValidationError(option, fmt::format("'{}': FP8 selectors are max, mse", text));
     spec.fp8 = sel == "max" ? fp8_selector::max : fp8_selector::mse;
   } else {
-    throw CLI::ValidationError("--formats", fmt::format("'{}': {} has no scale selectors", text, fmt_name));
+    throw CLI::ValidationError(option, fmt::format("'{}': {} has no scale selectors", text, fmt_name));
   }
   return spec;
 }
@@ -92,6 +93,10 @@ void run(const options& o) {
     p = q + 1;
   }
   for (auto& s : specs) s.nonfinite = o.allow_nonfinite ? nonfinite_policy::zero : nonfinite_policy::reject;
+  const std::string baseline = describe(parse_spec(o.baseline, "--baseline"));
+  if (std::none_of(specs.begin(), specs.end(), [&](const weight_quant_spec& s) { return describe(s) == baseline; }))
+    throw std::runtime_error(fmt::format("--baseline {} is not among --formats {}: the MSE ratios are relative to "
+                                         "one of them", o.baseline, o.formats));
 
   // The weights: a checkpoint's 2-D float tensors, or the built-in set.
   std::optional<checkpoint> ckpt;
@@ -138,7 +143,7 @@ void run(const options& o) {
   fmt::print("threads: {}; MSE ratio = median over tensors of MSE / MSE({})\n\n", omp_get_max_threads(), o.baseline);
   size_t base = specs.size();
   for (size_t s = 0; s < specs.size(); ++s)
-    if (describe(specs[s]) == o.baseline) base = s;
+    if (describe(specs[s]) == baseline) base = s;
 
   if (o.per_tensor) {
     fmt::print("{:<48} {:>11}", "tensor (SNR dB)", "shape");

@@ -46,4 +46,8 @@ refused "--tp: Value 0 not in range 1 to 65536" "$mixq" inspect "$tmp/nv" --tp 0
 refused "cannot write the findings" "$mixq" inspect "$tmp/nv" --json "$tmp/no/such/dir/x.json"
 "$mixq" inspect "$tmp/nv" --json "$tmp/nv.json" > /dev/null || fail "inspect of a clean export failed"
 [ -s "$tmp/nv.json" ] || fail "inspect --json wrote nothing"
+# qerror: a baseline that is no format, or not one of those measured
+refused "--baseline: unknown format 'bogus'" "$mixq" qerror --formats nvfp4/max,fp8/max --baseline bogus
+refused "--baseline nvfp4/four_over_six is not among --formats" "$mixq" qerror --formats nvfp4/max,fp8/max \
+  --baseline nvfp4/four_over_six
 echo "cli errors: ok"
