@@ -15,8 +15,11 @@ checkpoint checkpoint::open(const std::filesystem::path& dir) {
   checkpoint c;
   c.dir_ = dir;
   if (!fs::is_directory(dir)) throw io_error(fmt::format("{}: not a directory (expected a Hugging Face checkpoint)", dir.string()));
+  // (transformers loads model.safetensors where both it and an index are present: so does mixq)
   const fs::path single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
-  if (fs::exists(index)) {
+  if (fs::exists(single)) {
+    c.shards_.push_back(safetensors_file::open(single));
+  } else if (fs::exists(index)) {
     nlohmann::json j;
     try {
       std::ifstream in(index);
@@ -47,8 +50,6 @@ checkpoint checkpoint::open(const std::filesystem::path& dir) {
       }
     for (const auto& [name, file] : where)
       if (!found.count(name)) throw io_error(fmt::format("{}: tensor '{}' is indexed in {} but missing there", index.string(), name, file));
-  } else if (fs::exists(single)) {
-    c.shards_.push_back(safetensors_file::open(single));
   } else {
     throw io_error(fmt::format("{}: no model.safetensors or model.safetensors.index.json", dir.string()));
   }

@@ -170,6 +170,13 @@ TEST(safetensors, sharded_checkpoint_round_trip_and_index_rules) {
   } catch (const io_error& e) {
     EXPECT_NE(std::string(e.what()).find("'ghost.weight' is indexed"), std::string::npos) << e.what();
   }
+
+  // A model.safetensors beside the (broken) index is what transformers loads, and so mixq.
+  std::vector<uint8_t> single(8, 9);
+  write_safetensors(dir.path / "model.safetensors", {{"only.weight", dtype::u8, {8}, as_bytes(single)}});
+  const checkpoint both = checkpoint::open(dir.path);
+  ASSERT_EQ(both.tensors().size(), 1u);
+  EXPECT_EQ(both.tensors()[0].tensor->name, "only.weight");
 }
 
 TEST(safetensors, writer_refuses_bad_tensors_and_leaves_nothing) {
