@@ -8,6 +8,8 @@
 #include <map>
 #include <memory>
 
+#include <cmath>
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <omp.h>
@@ -95,17 +97,21 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
   if (!p.searched) {
     fmt::print("{:<14} {:>9} {:>18} {:>12}\n", "format", "linears", "parameters", "exported");
     for (const format_share& s : p.formats)
-      fmt::print("{:<14} {:>9} {:>18} {:>12}\n", traits_of(s.format).name, count_text(s.linears),
+      fmt::print("{:<14} {:>9} {:>18} {:>12}\n", s.stored, count_text(s.linears),
                  count_text(s.parameters), gb(s.bytes));
     fmt::print("\nby role:\n");
     for (const run_plan::role_share& rs : p.roles) {
       std::string line;
       for (const format_share& s : rs.formats)
-        line += fmt::format("{}{} {}", line.empty() ? "" : ", ", traits_of(s.format).name, count_text(s.linears));
+        line += fmt::format("{}{} {}", line.empty() ? "" : ", ", s.stored, count_text(s.linears));
       fmt::print("  {:<14} {}\n", to_string(rs.role), line);
     }
-    fmt::print("\nexport:     {} of tensors ({:.2f} effective bits per linear weight; {:.2f}x smaller than the source)\n",
-               gb(p.export_bytes), p.effective_bits, double(p.source_bytes) / double(p.export_bytes));
+    fmt::print("\nexport:     {} of tensors ({}; {:.2f}x smaller than the source)\n", gb(p.export_bytes),
+               std::fabs(p.stored_bits - p.effective_bits) < 1e-9
+                   ? fmt::format("{:.2f} effective bits per linear weight", p.effective_bits)
+                   : fmt::format("{:.2f} effective bits per linear weight as stored, {:.2f} with the kept ones as BF16",
+                                 p.stored_bits, p.effective_bits),
+               double(p.source_bytes) / double(p.export_bytes));
   } else {
     fmt::print("search:     {} of {} linears take part; budget {:.2f} effective bits ({} cost), {:.3f} at the least\n",
                count_text(p.searched_linears), count_text(int64_t(spec.linears.size())), r.search.effective_bits,
@@ -115,7 +121,7 @@ void print_plan(const model_spec& spec, const recipe& r, const run_plan& p, cons
     if (p.export_bytes_budget > 0) fmt::print("            at most {} under the budget\n", gb(p.export_bytes_budget));
   }
   if (p.kv_scales > 0) fmt::print("KV cache:   FP8 scales for {} attention modules\n", p.kv_scales);
-  for (const std::string& n : p.notes) fmt::print("kept BF16:  {}\n", n);
+  for (const std::string& n : p.notes) fmt::print("unquantized: {}\n", n);
   for (const std::string& w : p.warnings) fmt::print("warning:    {}\n", w);
 
   fmt::print("\nprocesses:  {}: each calibrates {}{} of {} sequences of {} tokens and quantizes {}{} of {} linears\n",
@@ -196,6 +202,7 @@ nlohmann::ordered_json plan_json(const model_spec& spec, const recipe& r, const 
     j["roles"] = roles;
     j["export_bytes"] = p.export_bytes;
     j["effective_bits"] = p.effective_bits;
+    j["stored_bits"] = p.stored_bits;
   } else {
     j["searched_linears"] = p.searched_linears;
     j["budget_effective_bits"] = r.search.effective_bits;

@@ -92,7 +92,7 @@ void print_report(const quantize_request& rq, const quantize_report& r, const ru
   std::map<std::string, int> notes;  // identical notes (e.g. every down_proj) printed once with a count
   for (const linear_decision& d : r.plan.linears)
     if (!d.note.empty()) ++notes[d.note];
-  for (const auto& [note, n] : notes) fmt::print("kept BF16:    {} linear{}: {}\n", n, n == 1 ? "" : "s", note);
+  for (const auto& [note, n] : notes) fmt::print("unquantized:  {} linear{}: {}\n", n, n == 1 ? "" : "s", note);
   if (!r.uncalibrated_experts.empty())
     fmt::print("note:         {} expert(s) saw no calibration token; their input scales come from the other "
                "experts of their layer: {}\n",
@@ -108,9 +108,13 @@ void print_report(const quantize_request& rq, const quantize_report& r, const ru
                r.uncalibrated_attention.size(), fmt::join(r.uncalibrated_attention, ", "));
   fmt::print("\n{:<14}{:>9}{:>14}{:>10}{:>14}\n", "format", "linears", "parameters", "bits", "size");
   for (const format_usage& u : r.usage)
-    fmt::print("{:<14}{:>9}{:>14}{:>10.2f}{:>14}\n", traits_of(u.format).name, u.linears, u.parameters,
-               u.bits / double(u.parameters), bytes_text(u.bits / 8.0));
-  fmt::print("effective bits over all linears: {:.3f}\n", r.effective_bits);
+    fmt::print("{:<14}{:>9}{:>14}{:>10.2f}{:>14}\n", u.stored, u.linears, u.parameters, u.bits / double(u.parameters),
+               bytes_text(u.bits / 8.0));
+  if (std::fabs(r.stored_bits - r.effective_bits) < 1e-9)
+    fmt::print("effective bits over all linears: {:.3f}\n", r.effective_bits);
+  else  // (a source in F32 or F16 keeps its unquantized linears in that dtype)
+    fmt::print("effective bits over all linears: {:.3f} as stored; {:.3f} with the kept linears as BF16, as budgets "
+               "count them\n", r.stored_bits, r.effective_bits);
   fmt::print("checkpoint size: {} -> {} ({:.2f}x smaller)\n\n", bytes_text(double(r.source_bytes)),
              bytes_text(double(r.exported.tensor_bytes)), double(r.source_bytes) / double(r.exported.tensor_bytes));
   for (const auto& [bits, ppl] : r.measured_front)

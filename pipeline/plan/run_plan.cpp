@@ -1,6 +1,7 @@
 #include "pipeline/plan/run_plan.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -84,17 +85,23 @@ void plan_rules(run_plan& p, const model_spec& spec, const recipe& r, const dtyp
   std::map<format_id, format_share> by_format;
   std::map<linear_role, std::map<format_id, format_share>> by_role;
   std::map<std::string, int64_t> notes;
-  double bits = 0.0;
+  double bits = 0.0, stored_bits = 0.0;
   for (size_t i = 0; i < spec.linears.size(); ++i) {
     const linear_spec& l = spec.linears[i];
     const format_id f = plan.linears[i].weight.format;
+    std::string stored(f == format_id::bf16 ? dtype_name(source_dtype(l.weight_name())) : traits_of(f).name);
+    std::transform(stored.begin(), stored.end(), stored.begin(), [](unsigned char c) { return char(std::tolower(c)); });
     for (format_share* s : {&by_format[f], &by_role[l.role][f]}) {
       s->format = f;
+      if (s->stored.empty()) s->stored = stored;
+      else if (s->stored != stored && s->stored.find(stored) == std::string::npos) s->stored += "/" + stored;
       ++s->linears;
       s->parameters += l.numel();
     }
     by_format[f].bytes += exported_linear_bytes(l, f, source_dtype);
     bits += traits_of(f).effective_bits * double(l.numel());
+    stored_bits += (f == format_id::bf16 ? double(dtype_bits(source_dtype(l.weight_name()))) : traits_of(f).effective_bits) *
+                   double(l.numel());
     if (f != format_id::bf16) {
       ++p.quantized_linears;
       const uint64_t bytes = *quantized_linear_bytes(f, l.out_features, l.in_features);
@@ -115,6 +122,7 @@ void plan_rules(run_plan& p, const model_spec& spec, const recipe& r, const dtyp
   }
   p.export_bytes += fixed.other + fixed.kv;
   p.effective_bits = p.linear_parameters > 0 ? bits / double(p.linear_parameters) : 0.0;
+  p.stored_bits = p.linear_parameters > 0 ? stored_bits / double(p.linear_parameters) : 0.0;
   for (const auto& [note, n] : notes) p.notes.push_back(n > 1 ? fmt::format("{} ({} linears)", note, n) : note);
 }
 

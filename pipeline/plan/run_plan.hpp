@@ -22,6 +22,7 @@ namespace mixq {
 
 struct format_share {
   format_id format = format_id::bf16;
+  std::string stored;  // the format's name; for kept (bf16) linears the source dtype(s) they are copied in
   int64_t linears = 0, parameters = 0;
   uint64_t bytes = 0;  // as exported (BF16: the linears' source bytes, copied unchanged)
 };
@@ -48,6 +49,7 @@ struct run_plan {
   uint64_t export_bytes_budget = 0;   // a search with the weight cost model over 16-bit linears: at most
                                       // this under the budget (0: no such bound)
   double effective_bits = 0.0;        // fixed rules: bits per linear weight, as the search counts them
+  double stored_bits = 0.0;           // the same as exported: kept linears in their source dtype
   int64_t searched_linears = 0;       // a search: linears that take part
   double least_effective_bits = 0.0;  // a search: the least budget it can reach
   std::string refused;                // why `mixq quantize` will refuse the recipe (a budget below that)

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <bit>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <fstream>
 #include <optional>
 #include <sys/resource.h>
+#include <unordered_map>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -113,21 +115,31 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
             int64_t seq_len, const calibration_stats& stats, const quantized_weights* all,
             const weight_quantizer* layer_by_layer, const run_world& world) {
   // size and bits per format, over every linear
-  std::map<format_id, format_usage> usage;
+  std::map<std::pair<format_id, std::string>, format_usage> usage;
   const layer_formats formats = all ? formats_of(spec, *all) : formats_of(spec, *layer_by_layer);
-  double bits = 0.0;
+  std::unordered_map<std::string, dtype> source_dtype;  // kept linears are copied as they are
+  for (const auto& e : source.tensors()) source_dtype.emplace(e.tensor->name, e.tensor->type);
+  double bits = 0.0, stored_bits = 0.0;
   int64_t params = 0;
   for (size_t i = 0; i < spec.linears.size(); ++i) {
-    format_usage& u = usage.try_emplace(formats[i].second, format_usage{formats[i].second}).first->second;
+    const format_id f = formats[i].second;
+    const auto kept = source_dtype.find(spec.linears[i].module + ".weight");
+    const bool copied = f == format_id::bf16 && kept != source_dtype.end();
+    std::string stored(copied ? dtype_name(kept->second) : traits_of(f).name);
+    if (copied) std::transform(stored.begin(), stored.end(), stored.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+    const double b = copied ? double(dtype_bits(kept->second)) : traits_of(f).effective_bits;
+    format_usage& u = usage.try_emplace({f, stored}, format_usage{f, stored}).first->second;
     const int64_t n = spec.linears[i].numel();
     ++u.linears;
     u.parameters += n;
-    u.bits += double(n) * traits_of(u.format).effective_bits;
-    bits += double(n) * traits_of(u.format).effective_bits;
+    u.bits += double(n) * b;
+    bits += double(n) * traits_of(f).effective_bits;
+    stored_bits += double(n) * b;
     params += n;
   }
   for (const auto& [f, u] : usage) rep.usage.push_back(u);
   rep.effective_bits = params > 0 ? bits / double(params) : 0.0;
+  rep.stored_bits = params > 0 ? stored_bits / double(params) : 0.0;
   for (const auto& e : source.tensors()) rep.source_bytes += e.tensor->end - e.tensor->begin;
 
   // verification tokens: source, fake-quant and the re-loaded export see the same ones
@@ -234,6 +246,7 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
                               {"out", rq.out.string()},
                               {"layout", std::string(to_string(rq.rcp.output.layout))},
                               {"effective_bits", rep.effective_bits},
+                              {"stored_bits", rep.stored_bits},
                               {"source_bytes", rep.source_bytes},
                               {"export_bytes", rep.exported.tensor_bytes},
                               {"ppl", {{"source", rep.ppl_source}, {"fake_quant", rep.ppl_fake_quant},

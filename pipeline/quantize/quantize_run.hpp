@@ -51,8 +51,9 @@ layer_weights held_layers(const recipe& r, std::optional<layer_weights> asked);
 
 struct format_usage {
   format_id format;
+  std::string stored;                 // the format's name, or the dtype a kept (bf16) linear is copied in
   int64_t linears = 0, parameters = 0;
-  double bits = 0.0;                  // parameters x effective bits
+  double bits = 0.0;                  // parameters x the bits each is stored in
 };
 
 struct quantize_report {
@@ -67,7 +68,8 @@ struct quantize_report {
   std::vector<std::string> uncalibrated_experts;
   std::vector<std::string> uncalibrated_attention;  // KV scales borrowed (MTP attention)
   std::vector<format_usage> usage;    // one row per format used, bf16 included
-  double effective_bits = 0.0;        // over every linear of the model
+  double effective_bits = 0.0;        // over every linear of the model, kept ones at 16 (as budgets count)
+  double stored_bits = 0.0;           // the same as stored: kept linears in their source dtype
   uint64_t source_bytes = 0;          // tensor payload of the source checkpoint
   export_summary exported;
   std::string eval_source;

@@ -103,6 +103,16 @@ TEST(quantize_run, stories260k_nvfp4_export_reloads_to_the_fake_quant_perplexity
       ++kept;
     }
   EXPECT_EQ(kept, 5);
+  // ... and reported as what they are: F32, 32 bits each (the budget's count, BF16 at 16, apart)
+  int64_t linear_params = 0, f32_params = 0;
+  for (const format_usage& u : r.usage) {
+    linear_params += u.parameters;
+    if (u.stored != "f32") continue;
+    f32_params = u.parameters;
+    EXPECT_EQ(u.bits, 32.0 * double(u.parameters));
+  }
+  EXPECT_GT(f32_params, 0);
+  EXPECT_NEAR(r.stored_bits - r.effective_bits, 16.0 * double(f32_params) / double(linear_params), 1e-9);
   const export_view out(rq.out);
   const checkpoint src = checkpoint::open(model);
   const auto& down = src.shards()[0].at("model.layers.2.mlp.down_proj.weight");
