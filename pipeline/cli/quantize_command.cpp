@@ -130,6 +130,9 @@ void print_report(const quantize_request& rq, const quantize_report& r, const ru
              planned_peak > 0 ? fmt::format(" (planned {})", bytes_text(double(planned_peak))) : "");
   fmt::print("wrote:        {} ({} files; run record in {})\n", rq.out.string(), r.exported.files.size(),
              r.run_dir.string());
+  if (r.exported.abandoned_removed > 0)
+    fmt::print("cleaned:      {} staging director{} of killed runs beside it\n", r.exported.abandoned_removed,
+               r.exported.abandoned_removed == 1 ? "y" : "ies");
 }
 
 }  // namespace

@@ -1,5 +1,10 @@
 #include "pipeline/export/hf_export.hpp"
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -78,6 +83,35 @@ encoded_tensor f32_scalar(std::string name, float v, export_layout layout) {
 
 namespace {
 
+// The start of a staging directory's name beside final_dir: ".NAME.KIND-HOST-" (KIND partial: the
+// export being written; old: the export it replaces, until removed), then the process id.
+std::string staging_prefix(const fs::path& final_dir, const char* kind) {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "localhost");
+  return fmt::format(".{}.{}-{}-", final_dir.filename().string(), kind, host);
+}
+
+// Staging directories that a run on this host left when it was killed (SIGINT, SIGKILL, a node's
+// time limit) are removed once their process is gone; another host's, or a running process's,
+// are left alone. Returns how many were removed.
+int64_t remove_abandoned_staging(const fs::path& final_dir) {
+  int64_t removed = 0;
+  std::error_code ec;
+  for (const char* kind : {"partial", "old"}) {
+    const std::string prefix = staging_prefix(final_dir, kind);
+    for (fs::directory_iterator it(final_dir.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      if (!name.starts_with(prefix)) continue;
+      char* rest = nullptr;
+      const long pid = std::strtol(name.c_str() + prefix.size(), &rest, 10);
+      if (pid <= 0 || *rest != '-' || !(::kill(pid_t(pid), 0) != 0 && errno == ESRCH)) continue;
+      std::error_code gone;
+      if (fs::remove_all(it->path(), gone) > 0 && !gone) ++removed;
+    }
+  }
+  return removed;
+}
+
 // The export, given the tensors that replace each quantized linear's weight (`replaced`: the
 // weights they replace) and every linear's format.
 export_summary write_export(const checkpoint& source, const layer_formats& formats,
@@ -112,10 +146,11 @@ export_summary write_export(const checkpoint& source, const layer_formats& forma
   summary.tensors = int64_t(tensors.size());
   for (const tensor_to_write& t : tensors) summary.tensor_bytes += expected_bytes(t);
 
-  // 2. into a temporary sibling directory
+  // 2. into a temporary sibling directory, named for this host and process (staging_prefix)
   fs::create_directories(final_dir.parent_path());
+  summary.abandoned_removed = remove_abandoned_staging(final_dir);
   std::random_device rd;
-  const fs::path tmp = final_dir.parent_path() / fmt::format(".{}.partial-{:08x}", final_dir.filename().string(), rd());
+  const fs::path tmp = final_dir.parent_path() / fmt::format("{}{}-{:08x}", staging_prefix(final_dir, "partial"), ::getpid(), rd());
   try {
     fs::create_directory(tmp);
     write_checkpoint_tensors(tmp, tensors, options.max_shard_bytes);
@@ -133,7 +168,7 @@ export_summary write_export(const checkpoint& source, const layer_formats& forma
     if (options.verify) options.verify(tmp);
     // 3. into place
     if (fs::exists(final_dir)) {
-      const fs::path old = final_dir.parent_path() / fmt::format(".{}.old-{:08x}", final_dir.filename().string(), rd());
+      const fs::path old = final_dir.parent_path() / fmt::format("{}{}-{:08x}", staging_prefix(final_dir, "old"), ::getpid(), rd());
       fs::rename(final_dir, old);
       fs::rename(tmp, final_dir);
       fs::remove_all(old);

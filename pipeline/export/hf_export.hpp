@@ -33,6 +33,7 @@ struct export_summary {
   std::vector<std::filesystem::path> files;  // in the final directory
   uint64_t tensor_bytes = 0;                 // payload of every tensor written
   int64_t tensors = 0, copied = 0;           // tensors written; of those, copied unchanged
+  int64_t abandoned_removed = 0;             // staging directories of killed runs removed first
 };
 
 // The source checkpoint's model_spec gives the per-layer format list (every linear not in q is BF16).

@@ -3,6 +3,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -277,6 +280,35 @@ TEST(quantize_run, a_nonfinite_source_perplexity_names_the_tensor) {
     EXPECT_THAT(e.what(), HasSubstr("no quantization involved"));
   }
   EXPECT_FALSE(fs::exists(rq.out));
+}
+
+// A run killed while exporting leaves its staging directory: the next export beside it removes it
+// once that process is gone, and leaves a running process's and another host's alone.
+TEST(quantize_run, staging_directories_of_killed_runs_are_removed_by_the_next_export) {
+  MIXQ_REQUIRE_SHARED_MODEL(model, "stories260K");
+  const scratch_dir tmp("mixq-qrun-stale");
+  char host[256] = {};
+  ASSERT_EQ(::gethostname(host, sizeof host - 1), 0);
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);  // (a process id that has ended)
+  const fs::path dead = tmp.path / fmt::format(".out.partial-{}-{}-0badcafe", host, child);
+  const fs::path dead_old = tmp.path / fmt::format(".out.old-{}-{}-0badcafe", host, child);
+  const fs::path alive = tmp.path / fmt::format(".out.partial-{}-{}-0badcafe", host, ::getpid());
+  const fs::path elsewhere = tmp.path / fmt::format(".out.partial-{}x-{}-0badcafe", host, child);
+  const fs::path other = tmp.path / fmt::format(".other.partial-{}-{}-0badcafe", host, child);
+  for (const fs::path& d : {dead, dead_old, alive, elsewhere, other}) {
+    fs::create_directories(d);
+    std::ofstream(d / "model.safetensors") << "half";
+  }
+  const checkpoint src = checkpoint::open(model);
+  const export_summary s = export_checkpoint(src, model_spec_from_file(model), {}, tmp.path / "out", {});
+  EXPECT_EQ(s.abandoned_removed, 2);
+  EXPECT_FALSE(fs::exists(dead));
+  EXPECT_FALSE(fs::exists(dead_old));
+  for (const fs::path& d : {alive, elsewhere, other}) EXPECT_TRUE(fs::exists(d)) << d;
+  EXPECT_TRUE(fs::exists(tmp.path / "out" / "model.safetensors"));
 }
 
 TEST(quantize_run, a_failed_verification_leaves_no_export) {
