@@ -3,16 +3,7 @@
 # nothing written, nothing of the user's deleted.
 # Usage: test_cli_errors.sh MIXQ SOURCE_DIR
 set -euo pipefail
-mixq=$1
-src=$2
-model=$src/../shared/models/stories260K
-if [ ! -d "$model" ]; then
-  if [ "${CI:-}" = true ]; then echo "FAIL: $model is missing"; exit 1; fi
-  echo "skip: $model is missing"; exit 77
-fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+source "$(dirname "$0")/cli_test_setup.sh"
 
 # refused: the command, then the text its error must hold
 refused() {

@@ -3,16 +3,7 @@
 # byte; a config.json alone plans too; bad input is named and exits non-zero.
 # Usage: test_plan_cli.sh MIXQ SOURCE_DIR
 set -euo pipefail
-mixq=$1
-src=$2
-model=$src/../shared/models/stories260K
-if [ ! -d "$model" ]; then
-  if [ "${CI:-}" = true ]; then echo "FAIL: $model is missing"; exit 1; fi
-  echo "skip: $model is missing"; exit 77
-fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+source "$(dirname "$0")/cli_test_setup.sh"
 
 "$mixq" plan --model "$model" --recipe llama_fp8 --json "$tmp/plan.json" > "$tmp/plan.txt"
 grep -q '^export: ' "$tmp/plan.txt" || fail "no export line: $(cat "$tmp/plan.txt")"
