@@ -1,5 +1,6 @@
 #include "calib/text_tokenizer.hpp"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -88,26 +89,53 @@ std::vector<std::string> read_documents(const std::filesystem::path& path) {
   return docs;
 }
 
-std::vector<int32_t> tokenize_documents(const text_tokenizer& tokenizer, const std::vector<std::string>& docs) {
+std::vector<int32_t> encode_document(const text_tokenizer& tokenizer, std::string_view document, int64_t max_tokens,
+                                     size_t chunk_bytes) {
+  const auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
+  const auto is_letter = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
   std::vector<int32_t> ids;
-  const std::optional<int32_t> bos = tokenizer.bos_id();
-  for (const auto& d : docs) {
-    if (bos) ids.push_back(*bos);
-    const auto piece_ids = tokenizer.encode(d);
-    ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
+  for (size_t start = 0; start < document.size();) {
+    size_t end = document.size();
+    for (size_t p = start + std::max<size_t>(chunk_bytes, 1); p + 1 < document.size(); ++p)
+      if (document[p] == ' ' && !is_space(document[p - 1]) && is_letter(document[p + 1])) {
+        end = p;
+        break;
+      }
+    const std::vector<int32_t> piece = tokenizer.encode(document.substr(start, end - start));
+    ids.insert(ids.end(), piece.begin(), piece.end());
+    if (max_tokens > 0 && int64_t(ids.size()) >= max_tokens) break;
+    start = end;
   }
   return ids;
 }
 
+std::vector<int32_t> tokenize_documents(const text_tokenizer& tokenizer, const std::vector<std::string>& docs,
+                                        int64_t max_tokens) {
+  std::vector<int32_t> ids;
+  const std::optional<int32_t> bos = tokenizer.bos_id();
+  for (const auto& d : docs) {
+    if (max_tokens > 0 && int64_t(ids.size()) >= max_tokens) break;
+    if (bos) ids.push_back(*bos);
+    const auto piece_ids = encode_document(tokenizer, d, max_tokens > 0 ? max_tokens - int64_t(ids.size()) : 0);
+    ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
+  }
+  if (max_tokens > 0 && int64_t(ids.size()) > max_tokens) ids.resize(size_t(max_tokens));
+  return ids;
+}
+
 std::vector<int32_t> read_token_stream(const std::filesystem::path& data, const std::filesystem::path& model_dir,
-                                       int64_t vocab, token_dtype dtype) {
+                                       int64_t vocab, token_dtype dtype, int64_t max_tokens) {
   const std::string ext = data.extension().string();
-  if (ext != ".txt" && ext != ".jsonl") return read_token_file(data, vocab, dtype);
+  if (ext != ".txt" && ext != ".jsonl") {
+    std::vector<int32_t> ids = read_token_file(data, vocab, dtype);
+    if (max_tokens > 0 && int64_t(ids.size()) > max_tokens) ids.resize(size_t(max_tokens));
+    return ids;
+  }
   const auto tokenizer = open_text_tokenizer(model_dir);
   if (vocab > 0 && tokenizer->vocab_size() > vocab)
     throw token_file_error(fmt::format("{}: tokenizer has {} ids but the model's vocab is {}", tokenizer->path().string(),
                                        tokenizer->vocab_size(), vocab));
-  return tokenize_documents(*tokenizer, read_documents(data));
+  return tokenize_documents(*tokenizer, read_documents(data), max_tokens);
 }
 
 std::unique_ptr<text_tokenizer> open_text_tokenizer(const std::filesystem::path& model_dir) {

@@ -61,9 +61,21 @@ class sentencepiece_tokenizer final : public text_tokenizer {
 // Text must be UTF-8: an ill-formed byte is an error naming the file and its byte offset.
 std::vector<std::string> read_documents(const std::filesystem::path& path);
 
+// encode(document), in pieces of about chunk_bytes where it is longer: a tokenizer's working set is
+// ~100 bytes per byte of text (SentencePiece), so one 10 MB document would take a GB. A piece
+// ends before a space that follows a non-space and precedes an ASCII letter, where every
+// tokenizer mixq reads starts a new pre-token (byte-level BPE's " ?\p{L}+" patterns) or word
+// (SentencePiece's dummy prefix for the next piece's leading space): the same ids as the whole.
+// max_tokens > 0: stops once it has that many (the rest may be missing).
+inline constexpr size_t kDocumentChunkBytes = size_t(1) << 18;
+std::vector<int32_t> encode_document(const text_tokenizer& tokenizer, std::string_view document,
+                                     int64_t max_tokens = 0, size_t chunk_bytes = kDocumentChunkBytes);
+
 // [BOS] + encode(document) for each document, concatenated; just encode(document) when the
 // tokenizer has no BOS (GPT-2 / Qwen2 style byte-level BPE: their post-processor adds nothing).
-std::vector<int32_t> tokenize_documents(const text_tokenizer& tokenizer, const std::vector<std::string>& docs);
+// max_tokens > 0: the first max_tokens of that stream, no more tokenized than that needs.
+std::vector<int32_t> tokenize_documents(const text_tokenizer& tokenizer, const std::vector<std::string>& docs,
+                                        int64_t max_tokens = 0);
 
 // The tokenizer of a model directory: tokenizer.json when there is one, as transformers' fast
 // tokenizers choose — unless it is a kind mixq does not implement (a SentencePiece conversion) and
@@ -73,7 +85,9 @@ std::unique_ptr<text_tokenizer> open_text_tokenizer(const std::filesystem::path&
 
 // Token ids from any supported data file: pre-tokenized .bin (u16 / u32) as is, or .txt / .jsonl
 // encoded with the model directory's tokenizer (open_text_tokenizer). Every id is checked against vocab.
+// max_tokens > 0: only the stream's first max_tokens (calibration reads no further).
 std::vector<int32_t> read_token_stream(const std::filesystem::path& data, const std::filesystem::path& model_dir,
-                                       int64_t vocab, token_dtype dtype = token_dtype::from_extension);
+                                       int64_t vocab, token_dtype dtype = token_dtype::from_extension,
+                                       int64_t max_tokens = 0);
 
 }  // namespace mixq

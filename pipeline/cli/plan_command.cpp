@@ -64,15 +64,17 @@ dtype_lookup source_dtypes(const fs::path& model, const nlohmann::json& cfg, con
 }
 
 // The calibration data's length in tokens, through the model's tokenizer (the built-in text where
-// `data` is empty); -1 where there is no checkpoint directory to tokenize with.
-int64_t calibration_token_count(const fs::path& model, const model_spec& spec, const std::string& data) {
+// `data` is empty), counted up to `enough` (what the calibration sequences take); -1 where there is
+// no checkpoint directory to tokenize with.
+int64_t calibration_token_count(const fs::path& model, const model_spec& spec, const std::string& data, int64_t enough) {
   if (!fs::is_directory(model)) {
     if (!data.empty())
       throw std::runtime_error(fmt::format("calibration data {} needs the checkpoint directory (its tokenizer), not {}",
                                            data, model.string()));
     return -1;
   }
-  if (!data.empty()) return int64_t(read_token_stream(data, model, spec.dims.vocab).size());  // (must be readable)
+  if (!data.empty())  // (must be readable)
+    return int64_t(read_token_stream(data, model, spec.dims.vocab, token_dtype::from_extension, enough).size());
   try {
     return int64_t(builtin_calibration_tokens(model, spec.dims.vocab).size());
   } catch (const std::exception&) {
@@ -274,7 +276,10 @@ void add_plan_command(CLI::App& app) {
     setup.threads = o->threads;
     setup.max_positions = config_max_positions(model, cfg, spec.architecture);
     setup.weights = asked_layer_holding(o->layer_by_layer, o->whole_model);
-    setup.calibration_tokens = calibration_token_count(model, spec, o->calib.empty() ? r.calibration.data : o->calib);
+    const int64_t seq_len = setup.max_positions > 0 ? std::min(r.calibration.seq_len, setup.max_positions)
+                                                    : r.calibration.seq_len;
+    setup.calibration_tokens = calibration_token_count(model, spec, o->calib.empty() ? r.calibration.data : o->calib,
+                                                       r.calibration.samples * seq_len);
     const run_plan p = make_run_plan(spec, r, source_dtype, setup);
     print_plan(spec, r, p, o->model, dtypes_from);
     const double rate = gemm_rate(p.threads);

@@ -404,9 +404,10 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
     model = load_causal_lm(rq.model, {}, rep.weights);
     const fs::path data = !rq.calib.empty() ? rq.calib : fs::path(cs.data);
     rep.calib_source = data.empty() ? "built-in" : data.string();
+    const int64_t enough = cs.samples * std::min(cs.seq_len, model->max_positions());  // (windows from the start)
     const std::vector<int32_t> tokens =
         data.empty() ? builtin_calibration_tokens(rq.model, spec.dims.vocab)
-                     : read_token_stream(data, rq.model, spec.dims.vocab);
+                     : read_token_stream(data, rq.model, spec.dims.vocab, token_dtype::from_extension, enough);
     const auto too_long = [&](const char* what, int64_t n) {
       return io_error(fmt::format("{} {} is more than {} allows: max_position_embeddings is {} in {}", what, n,
                                   rq.model.string(), model->max_positions(), spec.origin));

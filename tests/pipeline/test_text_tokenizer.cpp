@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
 #include "calib/text_tokenizer.hpp"
 #include "calib/token_file.hpp"
@@ -63,6 +64,30 @@ TEST(text_tokenizer, jsonl_matches_txt_and_errors_name_the_line) {
   EXPECT_THROW(read_token_stream(dir / "empty.txt", model, 512), token_file_error);
   EXPECT_THROW(read_token_stream(dir / "a.txt", dir, 512), token_file_error);  // no tokenizer.model there
   fs::remove_all(dir);
+}
+
+// A document with no breaks is encoded in pieces (encode_document): the same ids as the whole, for
+// SentencePiece (stories260K) and the byte-level BPE tokenizers (GPT-2, Llama 3, Qwen2 patterns);
+// and a token limit stops at exactly that prefix.
+TEST(text_tokenizer, long_documents_encode_in_pieces_to_the_same_ids) {
+  if (!have_shared()) GTEST_SKIP() << "../shared is absent";
+  std::string text;
+  for (const std::string& d : read_documents(shared_dir() / "data" / "tinystories" / "TinyStories-valid-reduced.txt"))
+    text += (text.empty() ? "" : " ") + d;
+  ASSERT_GT(text.size(), 150000u);
+  std::vector<std::unique_ptr<text_tokenizer>> tokenizers;
+  tokenizers.push_back(open_text_tokenizer(shared_dir() / "models" / "stories260K"));
+  const fs::path bpe = fs::path(std::getenv("MIXQ_SOURCE_DIR") ? std::getenv("MIXQ_SOURCE_DIR") : ".") / "tests" / "data" / "bpe";
+  for (const char* name : {"gpt2", "llama3", "qwen2"}) tokenizers.push_back(open_text_tokenizer(bpe / name));
+  for (const auto& t : tokenizers) {
+    const std::vector<int32_t> whole = t->encode(text);
+    EXPECT_EQ(encode_document(*t, text, 0, 1000), whole) << t->path();  // ~150 pieces
+    EXPECT_EQ(encode_document(*t, text), whole) << t->path();          // one: shorter than a piece
+    const std::vector<int32_t> first = tokenize_documents(*t, {text}, 5000);
+    ASSERT_EQ(first.size(), 5000u) << t->path();
+    const size_t bos = t->bos_id() ? 1 : 0;
+    EXPECT_TRUE(std::equal(first.begin() + std::ptrdiff_t(bos), first.end(), whole.begin())) << t->path();
+  }
 }
 
 }  // namespace
