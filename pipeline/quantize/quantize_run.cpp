@@ -245,6 +245,7 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
                               {"recipe", rq.rcp.origin},
                               {"out", rq.out.string()},
                               {"layout", std::string(to_string(rq.rcp.output.layout))},
+                              {"searched", rep.searched},  // (mixq report: whether search.json is this run's)
                               {"effective_bits", rep.effective_bits},
                               {"stored_bits", rep.stored_bits},
                               {"source_bytes", rep.source_bytes},
@@ -257,6 +258,8 @@ void finish(const quantize_request& rq, quantize_report& rep, stage_clock& clock
   for (size_t i = 0; i < spec.linears.size(); ++i) {
     nlohmann::ordered_json l = {{"format", std::string(traits_of(formats[i].second).name)}};
     if (formats[i].second != format_id::bf16) l["weights"] = describe(rep.plan.linears[i].weight);
+    else if (const auto t = source_dtype.find(spec.linears[i].module + ".weight"); t != source_dtype.end())
+      l["stored"] = std::string(dtype_name(t->second));  // copied as it is in the source
     if (!rep.plan.linears[i].note.empty()) l["note"] = rep.plan.linears[i].note;
     layers[spec.linears[i].module] = std::move(l);
   }

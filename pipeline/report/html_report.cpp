@@ -1,6 +1,9 @@
 #include "pipeline/report/html_report.hpp"
 
+#include <fstream>
+
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "pipeline/report/atomic_file.hpp"
 #include "pipeline/report/number_text.hpp"
@@ -158,6 +161,16 @@ std::string render_html_report(const search_record& r) {
 }
 
 report_paths write_report(const std::filesystem::path& run_dir, const std::filesystem::path& html_out) {
+  // A later fixed-rule run into the same directory leaves the search's files (a search with
+  // --resume may use its scores again) but its summary.json says the export is not the search's.
+  if (std::ifstream f(run_dir / "summary.json"); f) {
+    const auto summary = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+    if (summary.is_object() && summary.value("searched", true) == false)
+      throw search_record_error(fmt::format(
+          "{}: the last run here ({}) used the fixed rules of {}; search.json is an earlier search's and does not "
+          "describe that export (run the search again, or give that run its own --run-dir)",
+          run_dir.string(), summary.value("out", std::string("?")), summary.value("recipe", std::string("?"))));
+  }
   const search_record record = read_search_record(run_dir / "search.json");
   report_paths out;
   out.html = html_out.empty() ? run_dir / "report.html" : html_out;

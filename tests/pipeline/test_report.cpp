@@ -249,5 +249,23 @@ TEST(HtmlReport, WriteReportProducesHtmlAndJson) {
   EXPECT_EQ(custom.json, root / "custom" / "report.json");
 }
 
+// A fixed-rule run into the search's run directory: its summary.json says the export is not the
+// search's, and the report refuses to describe it; a search run's summary lets it through.
+TEST(HtmlReport, RefusesASearchRecordThatALaterFixedRunOutdated) {
+  const fs::path run = fs::temp_directory_path() / "mixq-report-outdated";
+  fs::create_directories(run);
+  write_search_record(run / "search.json", report_examples::llama5());
+  std::ofstream(run / "summary.json") << R"({"out": "rs", "recipe": "built-in:llama_nvfp4", "searched": true})";
+  EXPECT_NO_THROW(write_report(run));
+  std::ofstream(run / "summary.json") << R"({"out": "rs", "recipe": "built-in:llama_nvfp4", "searched": false})";
+  try {
+    write_report(run);
+    ADD_FAILURE() << "an outdated search.json was rendered";
+  } catch (const search_record_error& e) {
+    EXPECT_NE(std::string(e.what()).find("used the fixed rules of built-in:llama_nvfp4"), std::string::npos) << e.what();
+  }
+  fs::remove_all(run);
+}
+
 }  // namespace
 }  // namespace mixq
