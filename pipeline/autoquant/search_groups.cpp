@@ -58,6 +58,8 @@ search_space make_search_space(const model_spec& spec, const search_settings& st
     g.linears.push_back(int(i));
     g.weights += l.numel();
     if (l.role == linear_role::router) g.disabled = true, g.disabled_reason = "router (kept BF16)";
+    if (!g.disabled && l.block >= 0 && spec.blocks[size_t(l.block)].mtp)  // (every score would be 0: no signal)
+      g.disabled = true, g.disabled_reason = "MTP head: outside the calibrated forward pass, nothing to score (kept BF16)";
     for (size_t k = 0; k < st.disable.size(); ++k)
       if (glob_match(st.disable[k].first, l.module)) {
         glob_used[k] = true;

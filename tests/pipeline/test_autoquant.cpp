@@ -83,6 +83,28 @@ TEST(autoquant, routers_and_globs_are_disabled_and_active_moe_weighs_experts) {
   EXPECT_THAT(s.warnings[0], HasSubstr("nothing.like.this"));
 }
 
+// The MTP head is outside the forward pass the scores come from: every one would be 0, and the
+// solver would quantize it for free. Its groups are kept BF16, saying why, without a recipe glob.
+TEST(autoquant, the_mtp_head_is_kept_out_of_the_search) {
+  const testing::synth_dir synth(synth_arch::nemotron_h);
+  const model_spec spec = model_spec_from_file(synth.dir);
+  const search_space s = make_search_space(spec, settings(score_method::fisher));
+  int mtp = 0, searched = 0;
+  for (const auto& g : s.groups) {
+    const bool in_mtp = g.name.starts_with("mtp.");
+    if (in_mtp) {
+      ++mtp;
+      EXPECT_TRUE(g.disabled) << g.name;
+      EXPECT_THAT(g.disabled_reason, HasSubstr(g.name.ends_with(".gate") ? "router" : "MTP head")) << g.name;
+      EXPECT_EQ(g.candidates.size(), 1u) << g.name;  // BF16 alone
+    } else {
+      searched += !g.disabled;
+    }
+  }
+  EXPECT_GT(mtp, 0);
+  EXPECT_GT(searched, 0);
+}
+
 TEST(autoquant, scores_are_monotone_in_bits) {
   search_group g;
   g.candidates = {weight_quant_spec{format_id::bf16}, weight_quant_spec{format_id::nvfp4},
