@@ -68,8 +68,13 @@ std::vector<std::string> read_documents(const std::filesystem::path& path) {
     std::string line;
     for (int64_t n = 1; std::getline(lines, line); ++n) {
       if (strip(line).empty()) continue;
-      const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_discarded() || !j.is_object() || !j.contains("text") || !j["text"].is_string())
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception& e) {
+        throw token_file_error(fmt::format("{}:{}: not valid JSON ({})", path.string(), n, e.what()));
+      }
+      if (!j.is_object() || !j.contains("text") || !j["text"].is_string())
         throw token_file_error(fmt::format("{}:{}: expected a JSON object with a string field \"text\"", path.string(), n));
       const std::string_view doc = strip(j["text"].get_ref<const std::string&>());
       if (!doc.empty()) docs.emplace_back(doc);
@@ -125,6 +130,9 @@ std::vector<int32_t> tokenize_documents(const text_tokenizer& tokenizer, const s
 
 std::vector<int32_t> read_token_stream(const std::filesystem::path& data, const std::filesystem::path& model_dir,
                                        int64_t vocab, token_dtype dtype, int64_t max_tokens) {
+  if (std::filesystem::is_directory(data))
+    throw token_file_error(fmt::format("{}: a directory; token data is one .txt, .jsonl, .u16.bin, .u32.bin or .npy "
+                                       "file", data.string()));
   const std::string ext = data.extension().string();
   if (ext != ".txt" && ext != ".jsonl") {
     std::vector<int32_t> ids = read_token_file(data, vocab, dtype);

@@ -122,11 +122,16 @@ int64_t least_cost(const search_space& s, const model_spec& spec, const search_s
 void require_reachable_budget(const search_space& s, const model_spec& spec, const search_settings& st,
                               std::string_view origin) {
   const int64_t per_bit = cost_per_bit(s, spec, st), lo = least_cost(s, spec, st);
-  if (int64_t(std::floor(st.effective_bits * double(per_bit))) < lo)
-    throw io_error(fmt::format("{}: search.effective_bits {} is below what this model can reach: {:.3f} bits with "
+  if (int64_t(std::floor(st.effective_bits * double(per_bit))) < lo) {
+    const double least = double(lo) / double(per_bit);
+    std::string shown;  // with the digits that show it above the budget (5.3504, not 5.350, against 5.35)
+    for (int digits = 3; digits <= 9; ++digits)
+      if (shown = fmt::format("{:.{}f}", least, digits); std::stod(shown) > st.effective_bits) break;
+    throw io_error(fmt::format("{}: search.effective_bits {} is below what this model can reach: {} bits with "
                                "every group in its smallest candidate (groups a format cannot hold, disabled ones "
                                "and routers stay larger)",
-                               origin, st.effective_bits, double(lo) / double(per_bit)));
+                               origin, st.effective_bits, shown));
+  }
 }
 
 }  // namespace mixq

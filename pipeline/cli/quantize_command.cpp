@@ -71,7 +71,10 @@ void print_report(const quantize_request& rq, const quantize_report& r, const ru
   fmt::print("weights on:   {}; {}\n", describe(rq.device),
              r.weights == layer_weights::on_demand ? "one layer's FP32 weights held at a time"
                                                    : "every layer's FP32 weights held");
-  fmt::print("calibration:  {} sequences, {} tokens from {}{}\n", r.calib_sequences, r.calib_tokens, r.calib_source,
+  fmt::print("calibration:  {} sequences, {} tokens from {}{}{}\n", r.calib_sequences, r.calib_tokens, r.calib_source,
+             r.calib_sequences < rq.rcp.calibration.samples
+                 ? fmt::format(" (of {} asked: the data holds no more)", rq.rcp.calibration.samples)
+                 : "",
              r.stats_reused ? fmt::format(" (reused {})", r.stats_file.string()) : "");
   for (const std::string& w : r.plan.warnings) fmt::print("warning:      {}\n", w);
   if (r.searched) {
@@ -214,6 +217,9 @@ void add_quantize_command(CLI::App& app) {
       rq.resume = o->resume;
       rq.overwrite = o->force;
       rq.measure_front = o->measure_front;
+      if (rq.measure_front && !rq.rcp.search.enabled)
+        throw std::runtime_error(fmt::format("--measure-front measures a search's front; {} has fixed rules",
+                                             rq.rcp.origin));
       rq.weights = asked_layer_holding(o->layer_by_layer, o->whole_model);
       rq.device = resolve_weight_device(o->device);
       rq.producer_version = MIXQ_VERSION;

@@ -20,6 +20,11 @@ refused "--seq-len: Value 1 not in range" "$mixq" "${q[@]}" --seq-len 1
 refused "--eval-ctx: Value 0 not in range" "$mixq" "${q[@]}" --eval-ctx 0
 refused "0 is not a budget" "$mixq" quantize --model "$model" --recipe auto_nvfp4_fp8_5p4bits --out "$tmp/q" \
   --effective-bits 0
+refused "--measure-front measures a search's front; built-in:llama_fp8 has fixed rules" "$mixq" "${q[@]}" --measure-front
+mkdir "$tmp/calib.txt"
+refused "calib.txt: a directory" "$mixq" "${q[@]}" --calib "$tmp/calib.txt"
+printf '{"text": "Once upon a time."}\n{"text": "a\\ud800"}\n' > "$tmp/bad.jsonl"
+refused "bad.jsonl:2: not valid JSON" "$mixq" "${q[@]}" --calib "$tmp/bad.jsonl"
 [ ! -e "$tmp/q" ] || fail "a refused command line wrote $tmp/q"
 refused "--ctx: Value 0 not in range" "$mixq" eval --model "$model" \
   --data "$src/../shared/data/tinystories/TinyStories-valid-reduced.tok512.u16.bin" --ctx 0
@@ -41,4 +46,8 @@ refused "cannot write the findings" "$mixq" inspect "$tmp/nv" --json "$tmp/no/su
 refused "--baseline: unknown format 'bogus'" "$mixq" qerror --formats nvfp4/max,fp8/max --baseline bogus
 refused "--baseline nvfp4/four_over_six is not among --formats" "$mixq" qerror --formats nvfp4/max,fp8/max \
   --baseline nvfp4/four_over_six
+# more calibration sequences asked than the data holds: run, and say so
+"$mixq" quantize --model "$model" --recipe llama_fp8 --out "$tmp/few" --samples 1000 > "$tmp/few.txt" 2>&1 ||
+  fail "quantize --samples 1000: $(tail -3 "$tmp/few.txt")"
+grep -q "(of 1000 asked: the data holds no more)" "$tmp/few.txt" || fail "no note of the samples cut: $(grep calibration: "$tmp/few.txt")"
 echo "cli errors: ok"

@@ -500,6 +500,13 @@ TEST(quantize_run, an_unreachable_budget_is_refused_before_any_work) {
   EXPECT_THAT(refusal_of(rq), HasSubstr(fmt::format("{:.3f} bits", p.least_effective_bits)));
   EXPECT_FALSE(fs::exists(rq.out));
   EXPECT_FALSE(fs::exists(tmp.path / "out.run"));  // nothing calibrated, nothing written
+
+  // A budget just under the least: the message shows the least with the digits that tell them apart.
+  rq.rcp.search.effective_bits = std::nextafter(p.least_effective_bits, 0.0);
+  const std::string near = refusal_of(rq);
+  const size_t at = near.find("reach: ");
+  ASSERT_NE(at, std::string::npos) << near;
+  EXPECT_GT(std::stod(near.substr(at + 7)), rq.rcp.search.effective_bits) << near;
 }
 
 // Every file of an export, byte for byte.
