@@ -247,6 +247,7 @@ void add_plan_command(CLI::App& app) {
     int processes = 1;
     int threads = omp_get_max_threads();
     bool layer_by_layer = false, whole_model = false;
+    recipe_overrides overrides;
   };
   auto o = std::make_shared<options>();
   auto* cmd = app.add_subcommand(
@@ -261,6 +262,7 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "threads per process (default: OMP_NUM_THREADS, else this machine's cores)")
       ->check(CLI::Range(1, 1 << 16));
   add_layer_holding_flags(*cmd, o->layer_by_layer, o->whole_model);
+  add_recipe_overrides(*cmd, o->overrides);
   cmd->add_option("--json", o->json, "also write the plan as JSON to this file");
   cmd->callback([o] {
     const fs::path model(o->model);
@@ -268,13 +270,17 @@ void add_plan_command(CLI::App& app) {
     const nlohmann::json cfg = read_hf_config(model);
     require_unquantized_checkpoint(model, cfg);
     const model_spec spec = model_spec_from_config(cfg, hf_config_path(model).string());
-    const recipe r = load_recipe(o->recipe);
+    recipe r = load_recipe(o->recipe);
+    apply_recipe_overrides(o->overrides, r);
     std::string dtypes_from;
     const dtype_lookup source_dtype = source_dtypes(model, cfg, spec, &dtypes_from);
     plan_setup setup;
     setup.processes = o->processes;
     setup.threads = o->threads;
     setup.max_positions = config_max_positions(model, cfg, spec.architecture);
+    if (setup.max_positions > 0 && o->overrides.seq_len > setup.max_positions)  // (as quantize refuses it)
+      throw std::runtime_error(fmt::format("calibration seq_len {} is more than {} allows: max_position_embeddings is "
+                                           "{}", o->overrides.seq_len, o->model, setup.max_positions));
     setup.weights = asked_layer_holding(o->layer_by_layer, o->whole_model);
     const int64_t seq_len = setup.max_positions > 0 ? std::min(r.calibration.seq_len, setup.max_positions)
                                                     : r.calibration.seq_len;

@@ -142,9 +142,9 @@ void print_report(const quantize_request& rq, const quantize_report& r, const ru
 
 void add_quantize_command(CLI::App& app) {
   struct options {
-    std::string model, recipe, out, run_dir, calib, eval, layout, device = "auto";
-    int64_t eval_ctx = 0, samples = 0, seq_len = 0;
-    double effective_bits = 0.0;
+    std::string model, recipe, out, run_dir, calib, eval, device = "auto";
+    int64_t eval_ctx = 0;
+    recipe_overrides overrides;
     bool resume = false, force = false, quiet = false, measure_front = false, layer_by_layer = false,
          whole_model = false;
   };
@@ -162,24 +162,10 @@ void add_quantize_command(CLI::App& app) {
       ->required();
   cmd->add_option("--out", o->out, "output checkpoint directory (written complete or not at all)")->required();
   cmd->add_option("--calib", o->calib, "calibration data (.txt, .jsonl, .u16.bin / .u32.bin, .npy); overrides the recipe");
-  cmd->add_option("--samples", o->samples, "calibration sequences; overrides the recipe")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
-  cmd->add_option("--seq-len", o->seq_len, "tokens per calibration sequence, at most max_position_embeddings; overrides the recipe")
-      ->check(CLI::Range(int64_t(2), int64_t(1) << 30));
   cmd->add_option("--eval", o->eval, "held-out data to report perplexity on (default: the calibration sequences)");
   cmd->add_option("--eval-ctx", o->eval_ctx, "perplexity window, at most max_position_embeddings (default: the calibration seq_len)")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 30));
-  cmd->add_option("--effective-bits", o->effective_bits,
-                  "the search budget; overrides the recipe's search.effective_bits (with --resume: re-solves from "
-                  "the stored scores, no scoring pass); above 0, at most 16")
-      ->check([](const std::string& v) {
-        double b = 0.0;
-        return CLI::detail::lexical_cast(v, b) && b > 0.0 && b <= 16.0
-                   ? std::string()
-                   : fmt::format("{} is not a budget: effective bits are above 0 and at most 16", v);
-      });
-  cmd->add_option("--layout", o->layout, "modelopt or compressed-tensors; overrides the recipe")
-      ->check(CLI::IsMember({"modelopt", "compressed-tensors"}));
+  add_recipe_overrides(*cmd, o->overrides);
   cmd->add_option("--run-dir", o->run_dir, "run directory for statistics and the summary (default: OUT.run)");
   cmd->add_option("--device", o->device,
                   "where weights quantize: cpu, cuda (a GPU, when mixq is built with CUDA) or auto (cuda if one is "
@@ -201,16 +187,8 @@ void add_quantize_command(CLI::App& app) {
       rq.out = o->out;
       rq.run_dir = o->run_dir;
       rq.rcp = load_recipe(o->recipe);
-      if (o->samples > 0) rq.rcp.calibration.samples = o->samples;
-      if (o->seq_len > 0) rq.rcp.calibration.seq_len = o->seq_len, rq.seq_len_explicit = true;
-      if (o->effective_bits > 0.0) {
-        if (!rq.rcp.search.enabled)
-          throw std::runtime_error(
-              fmt::format("--effective-bits needs a recipe with a search: section; {} has fixed rules", rq.rcp.origin));
-        rq.rcp.search.effective_bits = o->effective_bits;
-      }
-      if (o->layout == "modelopt") rq.rcp.output.layout = export_layout::modelopt;
-      if (o->layout == "compressed-tensors") rq.rcp.output.layout = export_layout::compressed_tensors;
+      apply_recipe_overrides(o->overrides, rq.rcp);
+      rq.seq_len_explicit = o->overrides.seq_len > 0;
       rq.calib = o->calib;
       rq.eval_data = o->eval;
       rq.eval_ctx = o->eval_ctx;

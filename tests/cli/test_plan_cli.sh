@@ -12,6 +12,20 @@ planned=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["expor
 written=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["export_bytes"])' "$tmp/out.run/summary.json")
 [ "$planned" = "$written" ] || fail "planned $planned bytes, quantize wrote $written"
 
+# the recipe overrides quantize takes, plan takes too: the same export bytes under --layout and --samples
+"$mixq" plan --model "$model" --recipe llama_nvfp4 --layout compressed-tensors --samples 3 --seq-len 100 \
+  --json "$tmp/plan-ct.json" > "$tmp/plan-ct.txt"
+grep -q 'each calibrates 3 of 3 sequences of 100 tokens' "$tmp/plan-ct.txt" || fail "plan --samples/--seq-len: $(cat "$tmp/plan-ct.txt")"
+"$mixq" quantize --model "$model" --recipe llama_nvfp4 --layout compressed-tensors --samples 3 --seq-len 100 \
+  --out "$tmp/ct" > /dev/null 2>&1 || fail "quantize --layout compressed-tensors failed"
+planned=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["export_bytes"])' "$tmp/plan-ct.json")
+written=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["export_bytes"])' "$tmp/ct.run/summary.json")
+[ "$planned" = "$written" ] || fail "compressed-tensors: planned $planned bytes, quantize wrote $written"
+if "$mixq" plan --model "$model" --recipe llama_nvfp4 --effective-bits 5 2> "$tmp/err.txt" > /dev/null; then
+  fail "a budget for fixed rules was planned"
+fi
+grep -q 'needs a recipe with a search' "$tmp/err.txt" || fail "plan --effective-bits on fixed rules: $(cat "$tmp/err.txt")"
+
 # a config.json alone (dtypes from torch_dtype)
 "$mixq" plan --model "$src/tests/data/configs/nemotron3-super-120b-a12b.json" --recipe nemotron_super_nvfp4_release \
   --processes 16 > "$tmp/super.txt"
