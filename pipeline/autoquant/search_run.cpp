@@ -28,10 +28,10 @@ std::vector<mck_group> knapsack_of(const model_spec& spec, const search_settings
   return groups;
 }
 
-// Everything the scores depend on besides the budget.
+// Everything the scores depend on (not the budget, nor the cost model: both only steer the solver).
 std::string score_fingerprint(const stats_fingerprint& fp, const search_settings& st) {
-  std::string s = fmt::format("{}|{}|{}|{}|{}|{}", fp.model, fp.calibration, fp.data, to_string(st.method),
-                              st.score_samples, to_string(st.cost));
+  std::string s = fmt::format("{}|{}|{}|{}|{}", fp.model, fp.calibration, fp.data, to_string(st.method),
+                              st.score_samples);
   for (const auto& c : st.candidates) s.append("|").append(describe(c));
   for (const auto& [glob, line] : st.disable) s.append("|").append(glob);
   return fnv1a_hex(s.data(), s.size());
@@ -199,6 +199,7 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
   bits["bf16"] = 16.0;
   rec["formats"] = formats;
   rec["format_bits"] = bits;
+  rec["cost"] = std::string(to_string(st.cost));  // what budget_bits and effective_bits count
   rec["budget_bits"] = out.budget_bits;
   rec["effective_bits"] = out.achieved_bits;
   rec["min_bits"] = out.min_bits;

@@ -84,8 +84,11 @@ void print_report(const quantize_request& rq, const quantize_report& r, const ru
                to_string(rq.rcp.search.method), s.scores.sequences, s.scores.tokens,
                s.scores_reused ? " (reused)" : "", s.score_seconds, s.space.groups.size(), s.solve_seconds,
                s.proven_optimal ? " (proven optimal)" : " (NOT proven optimal: node limit)");
-    fmt::print("budget:       {:.3f} effective bits asked, {:.3f} reached (this model spans {:.3f} to {:.3f})\n",
-               s.budget_bits, s.achieved_bits, s.min_bits, s.max_bits);
+    fmt::print("budget:       {:.3f} effective bits asked, {:.3f} reached (this model spans {:.3f} to {:.3f}){}\n",
+               s.budget_bits, s.achieved_bits, s.min_bits, s.max_bits,
+               rq.rcp.search.cost == cost_model::active_moe
+                   ? "; counted over the weights active per token (cost: active_moe), the table below over all"
+                   : "");
     fmt::print("front:       ");
     for (const front_entry& e : s.front)
       if (e.feasible) fmt::print(" {:.1f} bits: score {:.4g};", e.bits, e.score);

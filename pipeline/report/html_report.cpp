@@ -54,8 +54,11 @@ std::string header(const search_record& r, const report_figures& f) {
   row("model", escape(r.model));
   row("architecture", escape(r.architecture));
   row("sensitivity method", escape(r.method));
-  row("budget", fmt::format("{} bits asked, {} achieved (every quantizable linear; disabled ones as bf16)",
-                            fixed_text(r.budget_bits, 3), fixed_text(r.effective_bits, 3)));
+  row("budget", fmt::format("{} bits asked, {} achieved ({}; disabled ones as bf16)", fixed_text(r.budget_bits, 3),
+                            fixed_text(r.effective_bits, 3),
+                            r.cost == "active_moe" ? "over the weights active per token: routed experts count top_k "
+                                                     "/ experts of their bits"
+                                                   : "over every quantizable linear"));
   std::string formats;
   for (const std::string& format : r.formats)
     formats += fmt::format("{}{} ({} bits)", formats.empty() ? "" : ", ", swatch(format, f),

@@ -101,6 +101,7 @@ json report_figures_to_json(const search_record& r, const report_figures& f) {
   j["architecture"] = r.architecture;
   j["method"] = r.method;
   j["formats"] = r.formats;
+  j["cost"] = r.cost;
   j["budget_bits"] = r.budget_bits;
   j["effective_bits"] = r.effective_bits;
   j["grouped_bits"] = f.grouped_bits;

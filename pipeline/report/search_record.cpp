@@ -150,6 +150,10 @@ search_record parse_search_record(const json& doc, const std::string& source) {
     if (!bits.has(f.c_str())) bits.fail(fmt::format("is missing candidate format \"{}\"", f));
     r.format_bits[f] = bits.at(f.c_str()).number();
   }
+  if (root.has("cost")) {
+    r.cost = root.at("cost").str();
+    if (r.cost != "weight" && r.cost != "active_moe") root.at("cost").fail(fmt::format("must be weight or active_moe, not \"{}\"", r.cost));
+  }
   r.budget_bits = root.at("budget_bits").number();
   r.effective_bits = root.at("effective_bits").number();
   r.score_samples = root.at("score_samples").integer();
@@ -190,6 +194,7 @@ json search_record_to_json(const search_record& r) {
   j["formats"] = r.formats;
   j["format_bits"] = json::object();
   for (const std::string& f : r.formats) j["format_bits"][f] = r.format_bits.at(f);
+  j["cost"] = r.cost;
   j["budget_bits"] = r.budget_bits;
   j["effective_bits"] = r.effective_bits;
   j["score_samples"] = r.score_samples;

@@ -54,6 +54,7 @@ struct search_record {
   std::string method;  // fisher | kl | hessian
   std::vector<std::string> formats;
   std::map<std::string, double> format_bits;
+  std::string cost = "weight";  // weight | active_moe: what budget_bits and effective_bits count
   double budget_bits = 0, effective_bits = 0;
   int64_t score_samples = 0, score_tokens = 0;
   std::vector<std::pair<std::string, double>> seconds;  // stage -> wall time, in run order

@@ -224,6 +224,14 @@ TEST(autoquant, search_end_to_end_meets_the_budget_and_reuses_scores) {
   const quantize_report again = run_quantize(rq);
   EXPECT_TRUE(again.search.scores_reused);
   EXPECT_EQ(again.search.choice, r.search.choice);
+  EXPECT_EQ(read_search_record(r.run_dir / "search.json").cost, "weight");
+  // another cost model steers the solver only: the stored scores still apply, and the record says
+  // what its bits count
+  rq.rcp.search.cost = cost_model::active_moe;
+  const quantize_report active = run_quantize(rq);
+  EXPECT_TRUE(active.search.scores_reused);
+  EXPECT_EQ(read_search_record(r.run_dir / "search.json").cost, "active_moe");
+  rq.rcp.search.cost = cost_model::weight;
   // below the reachable minimum: refused with the minimum named
   rq.rcp.search.effective_bits = 4.5;
   rq.resume = false;
