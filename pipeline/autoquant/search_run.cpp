@@ -187,7 +187,8 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
 
   // the record (also what `mixq report` draws)
   nlohmann::ordered_json rec;
-  rec["model"] = stats.fingerprint.model;
+  rec["model"] = std::filesystem::path(spec.origin).parent_path().string();  // (the directory of its config.json)
+  rec["model_fingerprint"] = stats.fingerprint.model;
   rec["architecture"] = spec.architecture;
   rec["method"] = std::string(to_string(st.method));
   nlohmann::ordered_json formats = nlohmann::ordered_json::array(), bits = nlohmann::ordered_json::object();
@@ -231,8 +232,11 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
   }
   rec["groups"] = gs;
   nlohmann::ordered_json front = nlohmann::ordered_json::array();
-  for (const front_entry& e : dense)
-    if (e.feasible) front.push_back({{"bits", e.achieved_bits}, {"score", e.score}, {"budget", e.bits}});
+  for (size_t k = 0; k < dense.size(); ++k) {
+    const front_entry& e = dense[k];
+    const bool again = k > 0 && dense[k - 1].feasible && dense[k - 1].choice == e.choice;  // (budgets with one optimum)
+    if (e.feasible && !again) front.push_back({{"bits", e.achieved_bits}, {"score", e.score}, {"budget", e.bits}});
+  }
   rec["front"] = front;
   rec["expert_tokens"] = stats.expert_tokens;
   nlohmann::ordered_json excluded = nlohmann::ordered_json::array();

@@ -1,6 +1,7 @@
 #include "pipeline/report/html_report.hpp"
 
 #include <fstream>
+#include <set>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -110,9 +111,13 @@ std::string exclusions(const search_record& r, const report_figures& f) {
     h += "<p class=\"empty\">Every quantizable linear took part in the search.</p>\n";
   } else {
     h += "<table>\n<tr><th>module or group</th><th>status</th><th>why</th></tr>\n";
+    std::set<std::string> in_disabled_groups;  // (listed below, with their group)
+    for (const record_group& g : r.groups)
+      if (g.disabled) in_disabled_groups.insert(g.modules.begin(), g.modules.end());
     for (const excluded_module& e : r.excluded)
-      h += fmt::format("<tr><td class=\"name\">{}</td><td>excluded</td><td>{}</td></tr>\n", escape(e.module),
-                       escape(e.reason));
+      if (!in_disabled_groups.count(e.module))
+        h += fmt::format("<tr><td class=\"name\">{}</td><td>excluded</td><td>{}</td></tr>\n", escape(e.module),
+                         escape(e.reason));
     for (const record_group& g : r.groups)
       if (g.disabled)
         h += fmt::format("<tr><td class=\"name\">{}</td><td>disabled (kept bf16)</td><td>{}</td></tr>\n", escape(g.name),

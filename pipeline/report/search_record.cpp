@@ -156,6 +156,8 @@ search_record parse_search_record(const json& doc, const std::string& source) {
   }
   r.budget_bits = root.at("budget_bits").number();
   r.effective_bits = root.at("effective_bits").number();
+  for (const char* key : {"budget_bits", "effective_bits"})  // (bits per weight: a budget above 32 is no budget)
+    if (const double v = root.at(key).number(); !(v > 0.0 && v <= 32.0)) root.at(key).fail("must be above 0 and at most 32");
   r.score_samples = root.at("score_samples").integer();
   r.score_tokens = root.at("score_tokens").integer();
   for (const auto& [stage, s] : root.optional_members("seconds")) r.seconds.emplace_back(stage, s.number());

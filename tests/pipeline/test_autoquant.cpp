@@ -205,6 +205,9 @@ TEST(autoquant, search_end_to_end_meets_the_budget_and_reuses_scores) {
   EXPECT_EQ(rec.groups.size(), r.search.space.groups.size());
   EXPECT_EQ(rec.method, "fisher");
   EXPECT_EQ(rec.measured.size(), 3u);
+  for (size_t k = 1; k < rec.front.size(); ++k)  // one point per optimum, however many budgets share it
+    EXPECT_FALSE(rec.front[k].bits == rec.front[k - 1].bits && rec.front[k].score == rec.front[k - 1].score) << k;
+  EXPECT_EQ(rec.model, fs::path(model).string());
   ASSERT_TRUE(rec.reference_ppl.has_value());
   EXPECT_EQ(*rec.reference_ppl, r.ppl_source);
   const search_scores_table h5 = read_search_scores(r.run_dir / "search.h5");

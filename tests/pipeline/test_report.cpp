@@ -136,6 +136,37 @@ TEST(SearchRecord, ErrorsNameTheFileAndJsonPath) {
   doc = good;
   doc["groups"] = json::object();
   EXPECT_EQ(parse_error(doc), "run/search.json: groups must be an array");
+  doc = good;
+  doc["budget_bits"] = 1e308;
+  EXPECT_EQ(parse_error(doc), "run/search.json: budget_bits must be above 0 and at most 32");
+  doc = good;
+  doc["effective_bits"] = -1;
+  EXPECT_EQ(parse_error(doc), "run/search.json: effective_bits must be above 0 and at most 32");
+  doc = good;
+  doc["cost"] = "flops";
+  EXPECT_THAT(parse_error(doc), HasSubstr("run/search.json: cost must be weight or active_moe"));
+}
+
+// A disabled group's modules are listed once, with their group, not again as excluded modules.
+TEST(HtmlReport, DisabledGroupsAreListedOnce) {
+  search_record r = report_examples::llama5();
+  record_group* disabled = nullptr;
+  for (record_group& g : r.groups)
+    if (g.disabled) disabled = &g;
+  ASSERT_NE(disabled, nullptr);
+  ASSERT_FALSE(disabled->modules.empty());
+  const std::string module = disabled->modules.front();
+  r.excluded.push_back({module, disabled->disabled_reason});
+  r.excluded.push_back({"model.unrelated.proj", "not a linear the search knows"});
+  const std::string html = render_html_report(r);
+  const size_t from = html.find("<h2>Excluded and disabled</h2>");
+  ASSERT_NE(from, std::string::npos);
+  const std::string section = html.substr(from, html.find("<h2>", from + 1) - from);
+  size_t rows = 0;
+  for (size_t at = section.find("<tr>"); at != std::string::npos; at = section.find("<tr>", at + 1))
+    rows += section.substr(at, section.find("</tr>", at) - at).find(module) != std::string::npos;
+  EXPECT_EQ(rows, disabled->name == module ? 1u : 0u) << module;  // (in its group's row, where the group is named so)
+  EXPECT_NE(section.find("model.unrelated.proj"), std::string::npos);
 }
 
 TEST(SearchRecord, ReadNamesTheFileWhenItIsNotJson) {
