@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <set>
 
 #include <fmt/format.h>
@@ -130,6 +132,23 @@ struct safetensors_file::mapping {
   }
 };
 
+namespace {
+
+// One mapping per file (device, inode, size, modification time) while any safetensors_file holds
+// it: a checkpoint opened twice in a process (quantize reads it through the model's loader and its
+// own view) then counts its pages once in the resident set, not twice.
+struct file_key {
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  int64_t mtime_ns;
+  auto operator<=>(const file_key&) const = default;
+};
+std::mutex open_mappings_mutex;
+std::map<file_key, std::weak_ptr<safetensors_file::mapping>> open_mappings;
+
+}  // namespace
+
 safetensors_file safetensors_file::open(const std::filesystem::path& path) {
   const std::string origin = path.string();
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -139,13 +158,23 @@ safetensors_file safetensors_file::open(const std::filesystem::path& path) {
     ::close(fd);
     fail(origin, fmt::format("cannot stat ({})", std::strerror(errno)));
   }
-  auto map = std::make_shared<mapping>();
-  map->size = size_t(st.st_size);
-  if (map->size < 8) {
+  if (st.st_size < 8) {
     ::close(fd);
-    fail(origin, fmt::format("file is {} bytes, too short for a safetensors header", map->size));
+    fail(origin, fmt::format("file is {} bytes, too short for a safetensors header", st.st_size));
   }
-  map->addr = mmap(nullptr, map->size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const file_key key{st.st_dev, st.st_ino, st.st_size, int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+  std::shared_ptr<mapping> map;
+  {
+    const std::lock_guard<std::mutex> lock(open_mappings_mutex);
+    std::erase_if(open_mappings, [](const auto& e) { return e.second.expired(); });
+    if (const auto it = open_mappings.find(key); it != open_mappings.end()) map = it->second.lock();
+    if (!map) {
+      map = std::make_shared<mapping>();
+      map->size = size_t(st.st_size);
+      map->addr = mmap(nullptr, map->size, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (map->addr != MAP_FAILED) open_mappings[key] = map;
+    }
+  }
   ::close(fd);
   if (map->addr == MAP_FAILED) fail(origin, fmt::format("cannot mmap ({})", std::strerror(errno)));
 

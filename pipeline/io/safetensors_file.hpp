@@ -53,8 +53,9 @@ class safetensors_file {
   const tensor_info& at(std::string_view name) const;  // io_error naming file and tensor if absent
   std::span<const std::byte> bytes(const tensor_info& t) const;
 
+  struct mapping;  // one per file while any safetensors_file holds it (shared by opens of one file)
+
  private:
-  struct mapping;
   std::filesystem::path path_;
   std::shared_ptr<mapping> map_;
   const std::byte* data_ = nullptr;  // start of the data buffer

@@ -179,6 +179,23 @@ TEST(safetensors, sharded_checkpoint_round_trip_and_index_rules) {
   EXPECT_EQ(both.tensors()[0].tensor->name, "only.weight");
 }
 
+// One file opened twice shares one mapping (its pages count once in the resident set); a file
+// rewritten since is mapped afresh.
+TEST(safetensors, opens_of_one_file_share_its_mapping) {
+  temp_dir dir;
+  std::vector<uint8_t> bytes(64, 7);
+  const fs::path p = dir.path / "m.safetensors";
+  write_safetensors(p, {{"w", dtype::u8, {64}, as_bytes(bytes)}});
+  const safetensors_file a = safetensors_file::open(p), b = safetensors_file::open(p);
+  EXPECT_EQ(a.bytes(a.tensors()[0]).data(), b.bytes(b.tensors()[0]).data());
+  std::vector<uint8_t> other(128, 9);
+  write_safetensors(p, {{"w", dtype::u8, {128}, as_bytes(other)}});  // (a new file under the name)
+  const safetensors_file c = safetensors_file::open(p);
+  ASSERT_EQ(c.bytes(c.tensors()[0]).size(), 128u);
+  EXPECT_EQ(c.bytes(c.tensors()[0])[0], std::byte(9));
+  EXPECT_EQ(a.bytes(a.tensors()[0])[0], std::byte(7));  // the first mapping still holds the old file
+}
+
 TEST(safetensors, writer_refuses_bad_tensors_and_leaves_nothing) {
   temp_dir dir;
   std::vector<uint8_t> bytes(10);
