@@ -41,6 +41,19 @@ int main(int argc, char** argv) {
                  "run `mixq {}` without it\n", mixq::run_world::launcher(), world.size(), command);
     return 2;
   }
+  if (world.size() > 1) {  // (the processes exchange what their options make: they must be the same options)
+    std::string words;
+    for (int i = 1; i < argc; ++i) words.append(argv[i]).push_back('\0');
+    const std::vector<std::string> all = world.all_gather(words);
+    for (size_t r = 1; r < all.size(); ++r)
+      if (all[r] != all[0]) {
+        if (world.root())
+          fmt::print(stderr, "mixq: error: process {} was started with other arguments than process 0; every process "
+                     "of a run ({} started {}) takes the same command line\n", r, mixq::run_world::launcher(),
+                     world.size());
+        return 2;
+      }
+  }
   CLI::App app{
       "mixq: post-training quantization and mixed-precision search for LLM checkpoints.\n"
       "Quantizes Hugging Face checkpoints per layer to NVFP4 / FP8 / BF16 (plus MXFP4, MXFP8, NF4),\n"

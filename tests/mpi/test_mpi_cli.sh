@@ -27,4 +27,13 @@ set -e
 [ "$(grep -c "only \`mixq quantize\` and \`mixq eval\` run across processes" "$work/refused.txt")" = 1 ] ||
   { cat "$work/refused.txt"; echo "FAIL: the refusal is not said once"; exit 1; }
 [ ! -e "$work/refused" ] || { echo "FAIL: synth wrote under mpirun"; exit 1; }
-echo "ok: eval across 2 processes gives one process's figures; synth under mpirun refused"
+# processes started with different command lines (MPMD): told once, no MPI error, exit 2
+set +e
+timeout 120 "$mpiexec" --oversubscribe -np 1 "$mixq" eval --model "$work/model" --data "$work/tokens.u16.bin" --ctx 32 \
+  : -np 1 "$mixq" eval --model "$work/model" --data "$work/tokens.u16.bin" --ctx 16 > "$work/mixed.txt" 2>&1
+rc=$?
+set -e
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || { cat "$work/mixed.txt"; echo "FAIL: mismatched processes ran (rc $rc)"; exit 1; }
+[ "$(grep -c "process 1 was started with other arguments than process 0" "$work/mixed.txt")" = 1 ] ||
+  { cat "$work/mixed.txt"; echo "FAIL: the mismatch is not said once"; exit 1; }
+echo "ok: eval across 2 processes gives one process's figures; synth under mpirun and mismatched command lines refused"
