@@ -150,7 +150,10 @@ export_summary write_export(const checkpoint& source, const layer_formats& forma
   fs::create_directories(final_dir.parent_path());
   summary.abandoned_removed = remove_abandoned_staging(final_dir);
   std::random_device rd;
-  const fs::path tmp = final_dir.parent_path() / fmt::format("{}{}-{:08x}", staging_prefix(final_dir, "partial"), ::getpid(), rd());
+  const auto staging = [&](const char* kind) {
+    return final_dir.parent_path() / fmt::format("{}{}-{:08x}", staging_prefix(final_dir, kind), ::getpid(), rd());
+  };
+  const fs::path tmp = staging("partial");
   try {
     fs::create_directory(tmp);
     write_checkpoint_tensors(tmp, tensors, options.max_shard_bytes);
@@ -168,7 +171,7 @@ export_summary write_export(const checkpoint& source, const layer_formats& forma
     if (options.verify) options.verify(tmp);
     // 3. into place
     if (fs::exists(final_dir)) {
-      const fs::path old = final_dir.parent_path() / fmt::format("{}{}-{:08x}", staging_prefix(final_dir, "old"), ::getpid(), rd());
+      const fs::path old = staging("old");
       fs::rename(final_dir, old);
       fs::rename(tmp, final_dir);
       fs::remove_all(old);

@@ -1,7 +1,5 @@
 #include "pipeline/io/run_paths.hpp"
 
-#include <algorithm>
-
 #include <fmt/format.h>
 
 #include "pipeline/io/safetensors_file.hpp"
@@ -13,9 +11,10 @@ bool path_within(const fs::path& inner, const fs::path& outer) {
   std::error_code ec;
   const fs::path a = fs::weakly_canonical(fs::absolute(inner), ec), b = fs::weakly_canonical(fs::absolute(outer), ec);
   auto i = a.begin();
-  for (auto j = b.begin(); j != b.end(); ++j, ++i) {
-    if (j->empty()) continue;  // (a trailing separator)
-    if (i == a.end() || *i != *j) return false;
+  for (const fs::path& part : b) {
+    if (part.empty()) continue;  // (a trailing separator)
+    if (i == a.end() || *i != part) return false;
+    ++i;
   }
   return true;
 }
