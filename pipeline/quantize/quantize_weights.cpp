@@ -163,6 +163,18 @@ weight_quantizer::weight_quantizer(const checkpoint& ckpt, const model_spec& spe
 
 format_id weight_quantizer::format(size_t k) const { return todo_.at(k).quant.format; }
 
+namespace {
+
+// The normalizers an NVFP4 selector may quantize a weight under (the tensor keeps one of them).
+std::span<const float> normalizers_of(nvfp4_selector s) {
+  static constexpr float kBoth[] = {kNvfp4Normalizer, kNvfp4FourOverSixNormalizer};
+  if (s == nvfp4_selector::four_over_six) return std::span(kBoth).last(1);
+  if (s == nvfp4_selector::mse_four_over_six) return kBoth;
+  return std::span(kBoth).first(1);
+}
+
+}  // namespace
+
 quantized_linear weight_quantizer::quantize(size_t k) const {
   const source_weight& s = todo_.at(k);
   quantized_linear q;
@@ -176,13 +188,10 @@ quantized_linear weight_quantizer::quantize(size_t k) const {
     q.input_scale = fp8_input_scale(x_amax);
   } else if (q.format == format_id::nvfp4 || q.format == format_id::nvfp4_w4a16) {
     nvfp4_options o = nvfp4_options_for(s.quant);
-    static constexpr float kNormalizers[] = {kNvfp4Normalizer, kNvfp4FourOverSixNormalizer};
-    const std::span<const float> normalizers = o.selector == nvfp4_selector::four_over_six ? std::span(kNormalizers).last(1)
-                                               : o.selector == nvfp4_selector::mse_four_over_six ? std::span(kNormalizers)
-                                                                                                  : std::span(kNormalizers).first(1);
-    o.global_amax = amax_for_layout(s.amax, layout_, normalizers);
+    o.global_amax = amax_for_layout(s.amax, layout_, normalizers_of(o.selector));
     q.nvfp4 = nvfp4_quantize_on(device_, s.matrix, o);
-    if (q.format == format_id::nvfp4) q.input_scale = nvfp4_input_scale(amax_for_layout(x_amax, layout_, std::span(kNormalizers).first(1)));
+    if (q.format == format_id::nvfp4)  // (activations: the standard normalizer)
+      q.input_scale = nvfp4_input_scale(amax_for_layout(x_amax, layout_, normalizers_of(nvfp4_selector::max)));
   } else {
     throw io_error(fmt::format("{}: format {} cannot be exported", q.module, traits_of(q.format).name));
   }
