@@ -107,10 +107,15 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
   // scores: measured, or reused from a previous run with the same fingerprint
   const auto t0 = std::chrono::steady_clock::now();
   const bool reuse = resume && world.roots(fs::exists(record_file));
+  nlohmann::ordered_json measured_before = nlohmann::ordered_json::array(), reference_before;
   world.stage([&] {
     if (!reuse) return;
     std::ifstream in(record_file);
     const nlohmann::json rec = nlohmann::json::parse(in, nullptr, false);
+    // Measured (bits, perplexity) points belong to the scores and the cost model: a re-solve keeps them.
+    if (rec.is_object() && rec.value("cost", std::string("weight")) == to_string(st.cost) && rec.contains("measured") &&
+        rec.contains("reference_ppl"))
+      measured_before = rec["measured"], reference_before = rec["reference_ppl"];
     if (rec.is_discarded() || !rec.contains("score_fingerprint"))
       throw io_error(fmt::format("{}: not a search record mixq can resume from", record_file.string()));
     if (rec["score_fingerprint"] != fingerprint)
@@ -245,7 +250,8 @@ search_outcome run_search(causal_lm& model, const recipe& r, const calibration_s
       for (int i : G.linears) excluded.push_back({{"module", spec.linears[size_t(i)].module}, {"reason", G.disabled_reason}});
   }
   rec["excluded"] = excluded;
-  rec["measured"] = nlohmann::ordered_json::array();
+  rec["measured"] = measured_before;  // (root: the earlier run's when the scores were reused; --measure-front adds)
+  if (!reference_before.is_null()) rec["reference_ppl"] = reference_before;
   world.stage([&] {  // (the root writes the run's records)
     if (!world.root()) return;
     fs::create_directories(run_dir);

@@ -224,9 +224,11 @@ TEST(autoquant, search_end_to_end_meets_the_budget_and_reuses_scores) {
   // resume: the scores come back from search.json, the same choice follows
   rq.resume = true;
   rq.overwrite = true;
+  rq.measure_front = false;  // (the front measured before stays in the record: the same scores)
   const quantize_report again = run_quantize(rq);
   EXPECT_TRUE(again.search.scores_reused);
   EXPECT_EQ(again.search.choice, r.search.choice);
+  EXPECT_EQ(read_search_record(r.run_dir / "search.json").measured.size(), 3u);
   EXPECT_EQ(read_search_record(r.run_dir / "search.json").cost, "weight");
   // another cost model steers the solver only: the stored scores still apply, and the record says
   // what its bits count
@@ -234,6 +236,7 @@ TEST(autoquant, search_end_to_end_meets_the_budget_and_reuses_scores) {
   const quantize_report active = run_quantize(rq);
   EXPECT_TRUE(active.search.scores_reused);
   EXPECT_EQ(read_search_record(r.run_dir / "search.json").cost, "active_moe");
+  EXPECT_TRUE(read_search_record(r.run_dir / "search.json").measured.empty());  // (bits counted otherwise)
   rq.rcp.search.cost = cost_model::weight;
   // below the reachable minimum: refused with the minimum named
   rq.rcp.search.effective_bits = 4.5;
