@@ -30,7 +30,8 @@ std::vector<expert_layer> expert_layers(const search_record& r) {
     const std::string prefix = at == std::string::npos ? module : module.substr(0, at);
     expert_layer& l = by_prefix[prefix];
     l.layer = number_after(module, "layers.");
-    l.label = l.layer >= 0 ? fmt::format("layer {}", l.layer) : prefix;
+    const bool mtp = module.starts_with("mtp.");  // (the MTP head numbers its own layers from 0)
+    l.label = l.layer >= 0 ? fmt::format("{}layer {}", mtp ? "MTP " : "", l.layer) : prefix;
     l.experts.push_back({module, number_after(module, "experts."), tokens});
     l.tokens += tokens;
     l.zero_token_experts += tokens == 0;
@@ -41,7 +42,9 @@ std::vector<expert_layer> expert_layers(const search_record& r) {
               [](const expert_count& a, const expert_count& b) { return a.expert < b.expert; });
     out.push_back(std::move(l));
   }
-  std::stable_sort(out.begin(), out.end(), [](const expert_layer& a, const expert_layer& b) { return a.layer < b.layer; });
+  std::stable_sort(out.begin(), out.end(), [](const expert_layer& a, const expert_layer& b) {  // (the MTP head last)
+    return std::pair(a.label.starts_with("MTP"), a.layer) < std::pair(b.label.starts_with("MTP"), b.layer);
+  });
   return out;
 }
 

@@ -275,6 +275,13 @@ TEST(HtmlReport, WriteReportProducesHtmlAndJson) {
   const json nh = json::parse(read_text(root / "nemotron_h" / "report.json"));
   EXPECT_EQ(nh["expert_coverage"].size(), 2u);
   EXPECT_EQ(nh["expert_coverage"][1]["zero_token_experts"], 2);
+  // the MTP head's experts: labelled as its own, after the backbone's (its layers count from 0 again)
+  search_record with_mtp = report_examples::nemotron_h();
+  with_mtp.expert_tokens["mtp.layers.0.mixer.experts.0"] = 5;
+  const report_figures fm = derive_report_figures(with_mtp);
+  ASSERT_EQ(fm.experts.size(), 3u);
+  EXPECT_EQ(fm.experts.back().label, "MTP layer 0");
+  EXPECT_EQ(fm.experts.front().label.rfind("layer ", 0), 0u);
   const report_paths custom = write_report(root / "llama5", root / "custom" / "page.html");
   EXPECT_TRUE(fs::exists(custom.html));
   EXPECT_EQ(custom.json, root / "custom" / "report.json");
