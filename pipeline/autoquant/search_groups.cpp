@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -75,10 +76,18 @@ search_space make_search_space(const model_spec& spec, const search_settings& st
     if (g.disabled) continue;
     for (const weight_quant_spec& c : st.candidates) {
       std::string why;
+      std::set<std::string> sharing;  // (scale_sharing_key of the group's linears)
       for (int i : g.linears) {
         const linear_spec& l = spec.linears[size_t(i)];
         if (auto reason = format_cannot_hold(c.format, l.out_features, l.in_features)) {
           why = fmt::format("{}: {}", l.module, *reason);
+          break;
+        }
+        const bool picks_per_tensor = (c.format == format_id::nvfp4 || c.format == format_id::nvfp4_w4a16) &&
+                                      c.nvfp4 == nvfp4_selector::mse_four_over_six;
+        if (picks_per_tensor && !sharing.insert(scale_sharing_key(l.module)).second) {
+          why = fmt::format("{}: mse+four_over_six picks its normalizer per tensor, and fused siblings share one "
+                            "weight_scale_2 (use mse or four_over_six)", l.module);
           break;
         }
       }

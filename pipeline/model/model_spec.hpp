@@ -106,6 +106,11 @@ struct model_spec {
   std::vector<tensor_spec> tensors;  // every non-linear-weight tensor, linear biases included
 };
 
+// The key fused siblings share (one weight_scale_2 and input_scale: the engines run them as one
+// GEMM): "<prefix>.qkv" for q/k/v_proj, "<prefix>.gate_up" for gate/up_proj and Mixtral w1/w3; the
+// module itself otherwise.
+std::string scale_sharing_key(const std::string& module);
+
 // Builds the spec; `origin` names the config in error messages. Missing or ill-typed keys,
 // unsupported architectures and options throw mixq::io_error naming origin and key.
 model_spec model_spec_from_config(const nlohmann::json& config, std::string_view origin);

@@ -36,9 +36,6 @@ struct quantized_weights {
   std::vector<std::string> uncalibrated_attention;
 };
 
-// The key fused siblings share: "<prefix>.qkv" for q/k/v_proj, "<prefix>.gate_up" for gate/up_proj
-// and Mixtral w1/w3; the module itself otherwise.
-std::string scale_sharing_key(const std::string& module);
 
 // The input amax each linear's activation scale comes from: the max over its fused siblings (they
 // read the same input), or, for a routed expert that saw no calibration token, the max of the same

@@ -98,6 +98,33 @@ quant_plan plan_quantization(const recipe& r, const model_spec& spec) {
     }
   }
 
+  // Siblings that share one weight_scale_2 need one normalizer: 448 (max, mse, mse_multiplier) or
+  // 256 (four_over_six); mse+four_over_six picks its own per tensor.
+  const auto normalizer_of = [&](const weight_quant_spec& w) -> float {
+    if (w.format != format_id::nvfp4 && w.format != format_id::nvfp4_w4a16) return -1.0f;  // (no scale_2)
+    if (w.nvfp4 == nvfp4_selector::mse_four_over_six) return 0.0f;
+    return w.nvfp4 == nvfp4_selector::four_over_six ? kNvfp4FourOverSixNormalizer : kNvfp4Normalizer;
+  };
+  std::map<std::string, std::vector<size_t>> sharing;
+  for (size_t i = 0; i < spec.linears.size(); ++i) sharing[scale_sharing_key(spec.linears[i].module)].push_back(i);
+  for (const auto& [key, members] : sharing) {
+    if (members.size() < 2) continue;
+    for (size_t i : members) {
+      const float n = normalizer_of(plan.linears[i].weight), first = normalizer_of(plan.linears[members.front()].weight);
+      if (n < 0.0f || (n != 0.0f && n == first)) continue;
+      const size_t other = i == members.front() ? members[1] : members.front();
+      const auto gets = [&](size_t k) {
+        return fmt::format("{} gets {} from {}", spec.linears[k].module, describe(plan.linears[k].weight),
+                           rule_source(r, plan.linears[k].rule));
+      };
+      throw io_error(fmt::format(
+          "{}: {} and {} share one weight_scale_2 (the engines run them as one GEMM), so they need one NVFP4 "
+          "normalizer: {}, {}{}; use max, mse or mse_multiplier (448) or four_over_six (256) for all of them",
+          r.origin, spec.linears[other].module, spec.linears[i].module, gets(other), gets(i),
+          n == 0.0f || first == 0.0f ? " (mse+four_over_six picks its normalizer per tensor)" : ""));
+    }
+  }
+
   for (size_t k = 0; k < r.rules.size(); ++k)
     if (!rule_matches[k])
       plan.warnings.push_back(fmt::format("{}:{}: rule '{}' matches no module of this model", r.origin,

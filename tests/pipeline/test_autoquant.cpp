@@ -55,6 +55,13 @@ TEST(autoquant, stories260k_groups_candidates_and_costs) {
   EXPECT_EQ(group_cost(s, spec, st, qkv, qkv.candidates[1]), qkv_weights * 18);  // NVFP4: 4.5 bits = 18 quarters
   EXPECT_EQ(group_cost(s, spec, st, qkv, qkv.candidates[2]), qkv_weights * 32);  // FP8
   EXPECT_EQ(cost_per_bit(s, spec, st), 226560 * 4);
+
+  // mse+four_over_six picks its normalizer per tensor: not for fused siblings (one weight_scale_2)
+  search_settings per_tensor = st;
+  per_tensor.candidates[0].nvfp4 = nvfp4_selector::mse_four_over_six;
+  const search_space p = make_search_space(spec, per_tensor);
+  EXPECT_THAT(group_named(p, "model.layers.0.self_attn").unavailable.at("nvfp4"), HasSubstr("weight_scale_2"));
+  EXPECT_EQ(group_named(p, "model.layers.0.self_attn.o_proj").candidates.size(), 3u);
 }
 
 TEST(autoquant, routers_and_globs_are_disabled_and_active_moe_weighs_experts) {

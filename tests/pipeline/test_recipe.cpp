@@ -456,6 +456,31 @@ TEST(RecipePlan, RulesThatSplitAQuantGroupAreAnError) {
   }
 }
 
+// Fused siblings share one weight_scale_2: one NVFP4 normalizer for all of them. mse+four_over_six
+// picks its own per tensor, and four_over_six (256) beside mse (448) splits them too; an unfused
+// linear may take either.
+TEST(RecipePlan, FusedSiblingsNeedOneNvfp4Normalizer) {
+  const model_spec spec = toy_spec();
+  const auto refusal = [&](const std::string& yaml) {
+    try {
+      plan_quantization(parse(yaml), spec);
+    } catch (const io_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_THAT(refusal("quantize:\n  default: {format: nvfp4, weights: mse+four_over_six}\n"),
+              HasSubstr("share one weight_scale_2"));
+  EXPECT_THAT(refusal("quantize:\n  default: {format: nvfp4, weights: mse}\n  rules:\n    - match: '*q_proj'\n"
+                      "      format: nvfp4\n      weights: four_over_six\n"),
+              HasSubstr("l0.attn.q_proj gets nvfp4/four_over_six from the rule at line 4, l0.attn.k_proj gets "
+                        "nvfp4/mse from the default"));
+  EXPECT_EQ(refusal("quantize:\n  default: {format: nvfp4, weights: four_over_six}\n"), "");
+  EXPECT_EQ(refusal("quantize:\n  default: {format: nvfp4, weights: mse}\n  rules:\n    - match: '*o_proj'\n"
+                    "      format: nvfp4\n      weights: mse+four_over_six\n"),
+            "");
+}
+
 TEST(RecipePlan, RulesThatMatchNothingWarn) {
   const quant_plan plan = plan_quantization(
       parse("quantize:\n  rules:\n    - match: ['*o_proj', '*nothing*']\n      format: fp8\n"), toy_spec());
