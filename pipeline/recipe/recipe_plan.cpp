@@ -60,6 +60,11 @@ quant_plan plan_quantization(const recipe& r, const model_spec& spec) {
       // The router picks the experts: a quantized router changes which experts run.
       if (d.rule >= 0 && d.weight.format != format_id::bf16) d.note = "router stays BF16";
       d.weight = keep;
+    } else if (l.block >= 0 && spec.blocks[size_t(l.block)].mtp && traits_of(d.weight.format).quantizes_activations) {
+      // No calibration token reaches the MTP head: an input scale there would be made up.
+      d.note = fmt::format("MTP head: outside the calibrated forward pass, so {} has no input scale to take "
+                           "(weight-only nvfp4_w4a16 can quantize it)", traits_of(d.weight.format).name);
+      d.weight = keep;
     } else if (d.weight.format != format_id::bf16) {
       if (auto reason = format_cannot_hold(d.weight.format, l.out_features, l.in_features)) {
         d.weight = keep;

@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <cmath>
 
 #include "kernels/cpu/quantize.hpp"
@@ -110,6 +112,29 @@ TEST(autoquant, the_mtp_head_is_kept_out_of_the_search) {
   }
   EXPECT_GT(mtp, 0);
   EXPECT_GT(searched, 0);
+}
+
+// Fixed rules meet the same gap: no calibration token reaches the MTP head, so a format that
+// quantizes activations would take a made-up input scale there. Such linears stay BF16, saying why;
+// weight-only NVFP4 needs no input scale and applies.
+TEST(autoquant, fixed_rules_keep_the_mtp_head_out_of_activation_formats) {
+  const testing::synth_dir synth(synth_arch::nemotron_h);
+  const model_spec spec = model_spec_from_file(synth.dir);
+  const auto mtp_formats = [&](const recipe& r) {
+    const quant_plan plan = plan_quantization(r, spec);
+    std::set<std::string> formats;
+    int kept = 0;
+    for (size_t i = 0; i < spec.linears.size(); ++i) {
+      const linear_spec& l = spec.linears[i];
+      if (l.block < 0 || !spec.blocks[size_t(l.block)].mtp || l.role == linear_role::router) continue;
+      formats.insert(std::string(traits_of(plan.linears[i].weight.format).name));
+      kept += plan.linears[i].note.find("MTP head") != std::string::npos;
+    }
+    EXPECT_EQ(kept > 0, formats == std::set<std::string>{"bf16"});
+    return formats;
+  };
+  EXPECT_EQ(mtp_formats(load_recipe("moe_nvfp4")), std::set<std::string>{"bf16"});
+  EXPECT_TRUE(mtp_formats(parse_recipe("quantize:\n  default: nvfp4_w4a16\n", "w.yaml")).count("nvfp4_w4a16"));
 }
 
 TEST(autoquant, scores_are_monotone_in_bits) {
