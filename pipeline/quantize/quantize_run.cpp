@@ -32,6 +32,18 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The runtimes take the KV-cache scheme from the quantization config, which an export with no
+// quantized linear does not carry: its k_scale / v_scale would be ignored (and the measured
+// perplexity, with FP8 KV applied, would not be what they compute).
+void require_a_quantized_linear_for_the_kv_cache(const quant_plan& plan, const recipe& r) {
+  if (r.kv_cache != kv_cache_format::fp8) return;
+  for (const linear_decision& d : plan.linears)
+    if (d.weight.format != format_id::bf16) return;
+  throw io_error(fmt::format("{}: kv_cache: fp8 with every linear BF16{}: the runtimes read the KV-cache scheme from "
+                             "the quantization config, which such an export does not carry; quantize some linears, or "
+                             "drop kv_cache", r.origin, r.search.enabled ? " (the search's choice at this budget)" : ""));
+}
+
 // Each stage's wall time, in the report and in the run log.
 class stage_clock {
  public:
@@ -319,6 +331,7 @@ void quantize_loaded(const quantize_request& rq, const run_world& world, quantiz
     rep.searched = true;
     rep.search = run_search(*model, rq.rcp, stats, sequences, rep.run_dir, rq.resume, progress("score"), world);
     rep.plan = rep.search.plan;
+    require_a_quantized_linear_for_the_kv_cache(rep.plan, rq.rcp);
     clock.done("score + solve");
   }
 
@@ -389,6 +402,7 @@ quantize_report run_quantize(const quantize_request& rq, const run_world& world)
     source_file = checkpoint::open(rq.model);
     spec = model_spec_from_file(rq.model);
     rep.plan = plan_quantization(rq.rcp, spec);
+    if (!rq.rcp.search.enabled) require_a_quantized_linear_for_the_kv_cache(rep.plan, rq.rcp);
     rep.weights = held_layers(rq.rcp, rq.weights);
     if (rq.rcp.search.enabled)  // an unreachable budget is told now, not after calibration and scoring
       require_reachable_budget(make_search_space(spec, rq.rcp.search), spec, rq.rcp.search, rq.rcp.origin);

@@ -50,4 +50,8 @@ refused "--baseline nvfp4/four_over_six is not among --formats" "$mixq" qerror -
 "$mixq" quantize --model "$model" --recipe llama_fp8 --out "$tmp/few" --samples 1000 > "$tmp/few.txt" 2>&1 ||
   fail "quantize --samples 1000: $(tail -3 "$tmp/few.txt")"
 grep -q "(of 1000 asked: the data holds no more)" "$tmp/few.txt" || fail "no note of the samples cut: $(grep calibration: "$tmp/few.txt")"
+# an FP8 KV cache with no quantized linear: the export could not carry its scheme
+printf 'name: kv_only\nquantize:\n  default: bf16\nkv_cache: fp8\n' > "$tmp/kv_only.yaml"
+refused "kv_cache: fp8 with every linear BF16" "$mixq" quantize --model "$model" --recipe "$tmp/kv_only.yaml" --out "$tmp/kv"
+[ ! -e "$tmp/kv" ] || fail "a refused KV-only run wrote $tmp/kv"
 echo "cli errors: ok"
