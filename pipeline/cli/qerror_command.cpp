@@ -18,6 +18,7 @@
 #include "formats/error_metrics.hpp"
 #include "kernels/cpu/quantize.hpp"
 #include "pipeline/cli/commands.hpp"
+#include "pipeline/model/hf_config.hpp"
 #include "pipeline/io/checkpoint.hpp"
 #include "pipeline/synth_weights.hpp"
 
@@ -104,6 +105,7 @@ void run(const options& o) {
   std::vector<cpu::source_matrix> weights;
   std::string source_name;
   if (!o.model.empty()) {
+    require_unquantized_checkpoint(o.model, read_hf_config(o.model));  // (its scales are no weights)
     ckpt = checkpoint::open(o.model);
     for (const auto& e : ckpt->tensors())
       if (auto m = checkpoint::as_matrix(e)) weights.push_back(*m);

@@ -57,6 +57,12 @@ void add_synth_command(CLI::App& app) {
       ->check(CLI::IsMember({"tiny", "small"}))
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of every weight; a different seed gives different weights")
+      ->check([](const std::string& v) {  // (a negative or too large number would wrap around)
+        return !v.empty() && v.size() <= 20 && v.find_first_not_of("0123456789") == std::string::npos &&
+                       (v.size() < 20 || v <= "18446744073709551615")
+                   ? std::string()
+                   : fmt::format("{} is not a seed: 0 to 18446744073709551615", v);
+      })
       ->capture_default_str();
   cmd->add_option("--dtype", o->dtype_name, "Storage type of the weights")
       ->check(CLI::IsMember({"bf16", "f16", "f32"}))

@@ -54,4 +54,7 @@ grep -q "(of 1000 asked: the data holds no more)" "$tmp/few.txt" || fail "no not
 printf 'name: kv_only\nquantize:\n  default: bf16\nkv_cache: fp8\n' > "$tmp/kv_only.yaml"
 refused "kv_cache: fp8 with every linear BF16" "$mixq" quantize --model "$model" --recipe "$tmp/kv_only.yaml" --out "$tmp/kv"
 [ ! -e "$tmp/kv" ] || fail "a refused KV-only run wrote $tmp/kv"
+# a seed that would wrap around; qerror of an export (its scale tensors are no weights)
+refused "-1 is not a seed" "$mixq" synth --arch llama --out "$tmp/s" --seed -1
+refused "already quantized" "$mixq" qerror --model "$tmp/nv"
 echo "cli errors: ok"
