@@ -590,15 +590,6 @@ std::string shape_string(const std::vector<int64_t>& shape) { return fmt::format
 
 }  // namespace
 
-std::string scale_sharing_key(const std::string& module) {
-  const size_t dot = module.rfind('.');
-  if (dot == std::string::npos) return module;
-  const std::string leaf = module.substr(dot + 1), prefix = module.substr(0, dot);
-  if (leaf == "q_proj" || leaf == "k_proj" || leaf == "v_proj") return prefix + ".qkv";
-  if (leaf == "gate_proj" || leaf == "up_proj" || leaf == "w1" || leaf == "w3") return prefix + ".gate_up";
-  return module;
-}
-
 bool names_supported_architecture(const json& config) {
   if (!config.is_object()) return false;
   try {

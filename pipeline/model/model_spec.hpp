@@ -109,7 +109,15 @@ struct model_spec {
 // The key fused siblings share (one weight_scale_2 and input_scale: the engines run them as one
 // GEMM): "<prefix>.qkv" for q/k/v_proj, "<prefix>.gate_up" for gate/up_proj and Mixtral w1/w3; the
 // module itself otherwise.
-std::string scale_sharing_key(const std::string& module);
+// (Inline: the recipe planner and its fuzz target use it without the rest of model_spec.cpp.)
+inline std::string scale_sharing_key(const std::string& module) {
+  const size_t dot = module.rfind('.');
+  if (dot == std::string::npos) return module;
+  const std::string leaf = module.substr(dot + 1), prefix = module.substr(0, dot);
+  if (leaf == "q_proj" || leaf == "k_proj" || leaf == "v_proj") return prefix + ".qkv";
+  if (leaf == "gate_proj" || leaf == "up_proj" || leaf == "w1" || leaf == "w3") return prefix + ".gate_up";
+  return module;
+}
 
 // Builds the spec; `origin` names the config in error messages. Missing or ill-typed keys,
 // unsupported architectures and options throw mixq::io_error naming origin and key.

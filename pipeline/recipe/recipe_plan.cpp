@@ -119,8 +119,9 @@ quant_plan plan_quantization(const recipe& r, const model_spec& spec) {
       if (n < 0.0f || (n != 0.0f && n == first)) continue;
       const size_t other = i == members.front() ? members[1] : members.front();
       const auto gets = [&](size_t k) {
-        return fmt::format("{} gets {} from {}", spec.linears[k].module, describe(plan.linears[k].weight),
-                           rule_source(r, plan.linears[k].rule));
+        const weight_quant_spec& w = plan.linears[k].weight;  // (an NVFP4 format here)
+        return fmt::format("{} gets {}/{} from {}", spec.linears[k].module, traits_of(w.format).name,
+                           selector_name(w.nvfp4), rule_source(r, plan.linears[k].rule));
       };
       throw io_error(fmt::format(
           "{}: {} and {} share one weight_scale_2 (the engines run them as one GEMM), so they need one NVFP4 "
