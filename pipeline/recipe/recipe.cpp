@@ -385,26 +385,12 @@ std::string_view to_string(export_layout l) {
 recipe parse_recipe(std::string_view yaml_text, std::string_view origin) {
   // yaml-cpp reports bad YAML (and any later misuse) as YAML::Exception with a mark: one io_error.
   try {
-    const std::vector<YAML::Node> documents = YAML::LoadAll(std::string(yaml_text));
-    if (documents.size() > 1)  // (a second document would be silently ignored)
-      throw io_error(fmt::format("{}:{}: a second YAML document ('---'); a recipe is one document", origin,
-                                 line_of(documents[1].Mark())));
-    return recipe_parser(origin).parse(documents.empty() ? YAML::Node() : documents[0]);
+    return recipe_parser(origin).parse(YAML::Load(std::string(yaml_text)));
   } catch (const YAML::Exception& e) {
-    // An unquoted glob that starts with '*' reads as a YAML alias; YAML indents with spaces only.
+    // An unquoted glob that starts with '*' reads as a YAML alias.
     const bool alias = e.msg.find("anchor") != std::string::npos || e.msg.find("alias") != std::string::npos;
-    const size_t line_start = [&] {
-      size_t at = 0;
-      for (int l = 0; l < e.mark.line && at != std::string_view::npos; ++l) at = yaml_text.find('\n', at) + 1;
-      return at;
-    }();
-    const bool tab = e.mark.line >= 0 && line_start < yaml_text.size() &&
-                     yaml_text.substr(line_start, yaml_text.find('\n', line_start) - line_start).find('\t') !=
-                         std::string_view::npos;
     throw io_error(fmt::format("{}:{}: malformed YAML: {}{}", origin, line_of(e.mark), e.msg,
-                               alias ? " (quote globs that start with '*', e.g. match: \"*mixer.experts.*\")"
-                               : tab ? " (this line holds a tab: YAML indents with spaces only)"
-                                     : ""));
+                               alias ? " (quote globs that start with '*', e.g. match: \"*mixer.experts.*\")" : ""));
   }
 }
 
